@@ -1,0 +1,317 @@
+//! `Gpu`: one wgpu device + queue, with the buffer pool, the kernel registry and the
+//! command recorder. Cheap to clone (an `Arc`); tensors keep their `Gpu` alive.
+
+use std::sync::{Arc, Mutex};
+
+use crate::pool::{Pool, PoolStats};
+use crate::recorder::Recorder;
+use crate::registry::Registry;
+use crate::{Error, Result};
+
+/// Environment variable that selects the adapter, like `--adapter`.
+pub const ADAPTER_ENV: &str = "T2V_ADAPTER";
+
+/// Optional device features used when the adapter has them.
+pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::TIMESTAMP_QUERY);
+
+/// How to pick an adapter.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Adapter selector: an index from `t2v-turbo info`, a backend (`vulkan`, `metal`,
+    /// `dx12`, `gl`), a device type (`discrete`, `integrated`, `cpu`) or a case-insensitive
+    /// part of the adapter name. `None` reads `T2V_ADAPTER`, else picks the best adapter.
+    pub adapter: Option<String>,
+    /// Do not print the chosen adapter to stderr.
+    pub quiet: bool,
+}
+
+/// One adapter as listed by [`list_adapters`].
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub info: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+}
+
+impl AdapterSummary {
+    /// One line: index, name, backend, type, driver.
+    pub fn line(&self) -> String {
+        format!(
+            "[{}] {} ({:?}, {:?}, driver {} {})",
+            self.index,
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info
+        )
+    }
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::all(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    })
+}
+
+/// All adapters wgpu can reach on this machine.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    let adapters = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    adapters
+        .iter()
+        .enumerate()
+        .map(|(index, a)| AdapterSummary { index, info: a.get_info(), features: a.features(), limits: a.limits() })
+        .collect()
+}
+
+/// Preference among adapters when none is named: real GPUs first, GL last.
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let ty = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (backend, ty)
+}
+
+/// Does `query` select this adapter?
+fn matches(query: &str, index: usize, info: &wgpu::AdapterInfo) -> bool {
+    let q = query.trim().to_lowercase();
+    if let Ok(i) = q.parse::<usize>() {
+        return i == index;
+    }
+    let backend = format!("{:?}", info.backend).to_lowercase();
+    let ty = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => "discrete",
+        wgpu::DeviceType::IntegratedGpu => "integrated",
+        wgpu::DeviceType::VirtualGpu => "virtual",
+        wgpu::DeviceType::Cpu => "cpu",
+        wgpu::DeviceType::Other => "other",
+    };
+    q == backend || q == ty || info.name.to_lowercase().contains(&q)
+}
+
+pub(crate) struct GpuInner {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    pub pool: Mutex<Pool>,
+    pub registry: Mutex<Registry>,
+    pub recorder: Mutex<Recorder>,
+    /// Errors reported by wgpu outside an error scope (only on devices we created).
+    pub errors: Arc<Mutex<Vec<String>>>,
+    pub variant: Mutex<KernelVariant>,
+}
+
+/// Which implementation of kernels that have several is used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelVariant {
+    /// Barrier-free kernels on CPU adapters; workgroup-tiled kernels on GPUs where the
+    /// problem is large enough.
+    #[default]
+    Auto,
+    /// Always the workgroup-tiled kernels (e.g. to test them on a CPU adapter).
+    Tiled,
+    /// Always the barrier-free kernels.
+    BarrierFree,
+}
+
+/// A GPU device ready for tensors and kernels.
+#[derive(Clone)]
+pub struct Gpu(pub(crate) Arc<GpuInner>);
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({} on {:?})", self.0.info.name, self.0.info.backend)
+    }
+}
+
+impl Gpu {
+    /// Picks an adapter (see [`GpuOptions::adapter`]), requests its full limits and the
+    /// optional features it has, and opens a device.
+    pub fn new(opts: &GpuOptions) -> Result<Gpu> {
+        let instance = instance();
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter { detail: String::new() });
+        }
+        let query = opts.adapter.clone().or_else(|| std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty()));
+        let chosen = match &query {
+            Some(q) => adapters
+                .iter()
+                .enumerate()
+                .find(|(i, a)| matches(q, *i, &a.get_info()))
+                .map(|(_, a)| a)
+                .ok_or_else(|| Error::AdapterNotFound {
+                    query: q.clone(),
+                    available: list_adapters().iter().map(|a| format!("  {}", a.line())).collect::<Vec<_>>().join("\n"),
+                })?,
+            None => adapters.iter().min_by_key(|a| rank(&a.get_info())).expect("non-empty"),
+        };
+        let info = chosen.get_info();
+        let features = chosen.features() & OPTIONAL_FEATURES;
+        let limits = chosen.limits();
+        let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
+            label: Some("t2v-turbo"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|source| Error::RequestDevice { adapter: info.name.clone(), source })?;
+        if !opts.quiet {
+            eprintln!("t2v-turbo: using adapter {} ({:?}, {:?})", info.name, info.backend, info.device_type);
+        }
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.lock().unwrap().push(e.to_string())));
+        Ok(Self::assemble(device, queue, info, errors))
+    }
+
+    /// Wraps a device and queue owned by a host application (e.g. a renderer), so that
+    /// generation runs on the application's own GPU context. The host keeps its own
+    /// uncaptured-error handler; tensors and kernels are created on this device.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
+        let info = device.adapter_info();
+        Self::assemble(device, queue, info, Arc::default())
+    }
+
+    fn assemble(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, errors: Arc<Mutex<Vec<String>>>) -> Gpu {
+        let features = device.features();
+        let limits = device.limits();
+        let recorder = Recorder::new(&limits);
+        Gpu(Arc::new(GpuInner {
+            device,
+            queue,
+            info,
+            features,
+            limits,
+            pool: Mutex::new(Pool::default()),
+            registry: Mutex::new(Registry::default()),
+            recorder: Mutex::new(recorder),
+            errors,
+            variant: Mutex::new(KernelVariant::Auto),
+        }))
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.0.device
+    }
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.0.queue
+    }
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.0.info
+    }
+    pub fn features(&self) -> wgpu::Features {
+        self.0.features
+    }
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.0.limits
+    }
+    /// True for software adapters (lavapipe, WARP): kernels then prefer variants without
+    /// workgroup barriers, which are expensive on a CPU.
+    pub fn is_cpu(&self) -> bool {
+        self.0.info.device_type == wgpu::DeviceType::Cpu
+    }
+    /// Chooses between kernel implementations (see [`KernelVariant`]).
+    pub fn set_kernel_variant(&self, v: KernelVariant) {
+        *self.0.variant.lock().unwrap() = v;
+    }
+    pub fn kernel_variant(&self) -> KernelVariant {
+        *self.0.variant.lock().unwrap()
+    }
+    /// Largest tensor, in bytes, that one kernel binding can address on this device.
+    pub fn max_binding_bytes(&self) -> u64 {
+        (self.0.limits.max_storage_buffer_binding_size as u64).min(self.0.limits.max_buffer_size)
+    }
+
+    /// Memory held by tensors and the pool: current and peak bytes.
+    pub fn memory(&self) -> PoolStats {
+        self.0.pool.lock().unwrap().stats()
+    }
+    /// Resets the peak counters of [`Gpu::memory`] to the current values.
+    pub fn reset_peak_memory(&self) {
+        self.0.pool.lock().unwrap().reset_peak();
+    }
+    /// Frees every buffer the pool holds for reuse.
+    pub fn trim_pool(&self) {
+        self.0.pool.lock().unwrap().trim();
+    }
+
+    /// Submits everything recorded so far (does not wait).
+    pub fn flush(&self) -> Result<()> {
+        self.0.recorder.lock().unwrap().flush(self)?;
+        self.check_errors()
+    }
+
+    /// Submits and waits until the device is idle.
+    pub fn sync(&self) -> Result<()> {
+        self.flush()?;
+        self.0
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(e.to_string()))?;
+        self.check_errors()
+    }
+
+    /// Returns the first error wgpu reported asynchronously, if any.
+    pub fn check_errors(&self) -> Result<()> {
+        let mut errs = self.0.errors.lock().unwrap();
+        if errs.is_empty() {
+            return Ok(());
+        }
+        let msg = errs.join("\n");
+        errs.clear();
+        Err(Error::Device(msg))
+    }
+
+    /// Turns per-kernel GPU timing on (needs TIMESTAMP_QUERY) or off. While on, each
+    /// dispatch runs in its own pass and every flush waits for its timings.
+    pub fn set_profiling(&self, on: bool) -> Result<()> {
+        if on && !self.0.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::Device(format!(
+                "profiling needs the TIMESTAMP_QUERY feature, which adapter {:?} lacks",
+                self.0.info.name
+            )));
+        }
+        self.flush()?;
+        self.0.recorder.lock().unwrap().set_profiling(on);
+        Ok(())
+    }
+
+    /// Per-kernel totals gathered while profiling, slowest first.
+    pub fn profile(&self) -> Result<Vec<crate::recorder::ProfileRow>> {
+        self.sync()?;
+        Ok(self.0.recorder.lock().unwrap().profile_rows())
+    }
+
+    /// The profile as a printable table: kernel, calls, total and mean time.
+    pub fn profile_table(&self) -> Result<String> {
+        let rows = self.profile()?;
+        let total: f64 = rows.iter().map(|r| r.total_ms).sum();
+        let mut s = format!("{:<40} {:>8} {:>12} {:>12} {:>7}\n", "kernel", "calls", "total ms", "mean us", "share");
+        for r in &rows {
+            s += &format!(
+                "{:<40} {:>8} {:>12.3} {:>12.2} {:>6.1}%\n",
+                r.kernel,
+                r.calls,
+                r.total_ms,
+                1e3 * r.total_ms / r.calls.max(1) as f64,
+                100.0 * r.total_ms / total.max(1e-12)
+            );
+        }
+        Ok(s)
+    }
+}

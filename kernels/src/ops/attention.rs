@@ -1,0 +1,107 @@
+//! Fused scaled-dot-product attention (`shaders/attention.wgsl`), with a matmul/softmax
+//! fallback for head dims above the fused kernel's 128.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{check_f32, launch};
+use crate::error::shape_err;
+use crate::shaders::ATTENTION;
+use crate::{DType, Error, Result, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    bh: u32,
+    lq: u32,
+    lk: u32,
+    d: u32,
+    dv: u32,
+    scale: f32,
+    kv_rep: u32,
+    _pad: u32,
+}
+
+/// Largest head dim of the fused kernel (MAX_D in attention.wgsl).
+pub const FUSED_MAX_D: usize = 128;
+const ROWS_PER_GROUP: usize = 64;
+
+/// Outputs of [`attention`].
+pub struct Attention {
+    /// (BH, Lq, Dv)
+    pub out: Tensor,
+    /// (BH, Lq): log-sum-exp of each row of scaled scores, for the backward pass.
+    pub lse: Tensor,
+    /// (BH, Lq, Lk) softmax probabilities, when asked for.
+    pub probs: Option<Tensor>,
+}
+
+/// softmax(scale q k^T) v for q (BH, Lq, D), k (BH/r, Lk, D), v (BH/r, Lk, Dv): each K/V
+/// batch serves r consecutive query batches (e.g. one text context for every frame).
+/// `capture` also returns the probability matrix.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool) -> Result<Attention> {
+    let op = "attention";
+    check_f32(op, &[q, k, v])?;
+    if q.rank() != 3 || k.rank() != 3 || v.rank() != 3 {
+        return shape_err(op, format!("q {:?}, k {:?}, v {:?} must be (batch, len, dim)", q.shape(), k.shape(), v.shape()));
+    }
+    let [bh, lq, d] = [q.shape()[0], q.shape()[1], q.shape()[2]];
+    let [bk, lk, dk] = [k.shape()[0], k.shape()[1], k.shape()[2]];
+    let dv = v.shape()[2];
+    if dk != d || v.shape()[..2] != [bk, lk] || bk == 0 || bh % bk != 0 || lk == 0 {
+        return shape_err(
+            op,
+            format!("q {:?}, k {:?}, v {:?}: need k (B', Lk, D), v (B', Lk, Dv), B' > 0 dividing B, Lk > 0", q.shape(), k.shape(), v.shape()),
+        );
+    }
+    let gpu = q.gpu();
+    if d > FUSED_MAX_D || dv > FUSED_MAX_D {
+        return attention_unfused(q, k, v, scale, capture);
+    }
+    let out = Tensor::empty(gpu, &[bh, lq, dv], DType::F32, "attention output")?;
+    let lse = Tensor::empty(gpu, &[bh, lq], DType::F32, "attention lse")?;
+    let probs = if capture { Some(Tensor::empty(gpu, &[bh, lq, lk], DType::F32, "attention probs")?) } else { None };
+    if bh == 0 || lq == 0 {
+        return Ok(Attention { out, lse, probs });
+    }
+    let p = Params { bh: bh as u32, lq: lq as u32, lk: lk as u32, d: d as u32, dv: dv as u32, scale, kv_rep: (bh / bk) as u32, _pad: 0 };
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let gx = lq.div_ceil(ROWS_PER_GROUP);
+    let (gy, gz) = if bh <= max { (bh, 1) } else { (max, bh.div_ceil(max)) };
+    if gx > max || gz > max {
+        return Err(Error::Shape { op, msg: format!("q {:?} exceeds the dispatch grid", q.shape()) });
+    }
+    let probs_t = probs.as_ref().unwrap_or(&lse); // unread unless CAPTURE
+    launch(
+        gpu,
+        &ATTENTION,
+        "attention_fwd",
+        &[("CAPTURE", capture as u32 as f64)],
+        bytemuck::bytes_of(&p),
+        &[q, k, v, &out, &lse, probs_t],
+        [gx as u32, gy as u32, gz as u32],
+    )?;
+    Ok(Attention { out, lse, probs })
+}
+
+/// Same result through matmul + softmax (any head dim; materialises the scores).
+fn attention_unfused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool) -> Result<Attention> {
+    use super::{add, broadcast_to, exp, log, matmul, matmul_ex, max, softmax_scaled, sub, sum, Matmul};
+    let (bh, lq, lk) = (q.shape()[0], q.shape()[1], k.shape()[1]);
+    let (k, v) = if k.shape()[0] != bh {
+        let r = bh / k.shape()[0];
+        let expand = |t: &Tensor| -> Result<Tensor> {
+            let s = t.shape();
+            broadcast_to(&t.reshape(&[s[0], 1, s[1], s[2]])?, &[s[0], r, s[1], s[2]])?.reshape(&[bh, s[1], s[2]])
+        };
+        (expand(k)?, expand(v)?)
+    } else {
+        (k.clone(), v.clone())
+    };
+    let scores = matmul_ex(q, &k, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
+    let probs = softmax_scaled(&scores, 1.0)?;
+    let out = matmul(&probs, &v)?;
+    let m = max(&scores, -1)?.reshape(&[bh, lq, 1])?;
+    let lse = add(&log(&sum(&exp(&sub(&scores, &m)?)?, -1)?)?, &m.reshape(&[bh, lq])?)?;
+    let _ = lk;
+    Ok(Attention { out, lse, probs: capture.then_some(probs) })
+}

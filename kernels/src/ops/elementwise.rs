@@ -1,0 +1,295 @@
+//! Unary math, broadcasting binary ops, fills, and the strided copy behind the layout ops
+//! (`shaders/elementwise.wgsl`).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{check_f32, fold_groups, launch};
+use crate::error::shape_err;
+use crate::shaders::ELEMENTWISE;
+use crate::tensor::numel;
+use crate::{DType, Gpu, Result, Tensor};
+
+/// Highest rank the elementwise kernels address.
+pub const MAX_RANK: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct EwParams {
+    n: u32,
+    rank: u32,
+    flags: u32,
+    x_off: u32,
+    out_off: u32,
+    alpha: f32,
+    beta: f32,
+    gamma: f32,
+    shape: [u32; 8],
+    xs: [u32; 8],
+    bs: [u32; 8],
+    os: [u32; 8],
+}
+
+/// Unary ops; codes match `unary_op` in elementwise.wgsl.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryOp {
+    Identity = 0,
+    Neg = 1,
+    Exp = 2,
+    Log = 3,
+    Sqrt = 4,
+    Rsqrt = 5,
+    Abs = 6,
+    Sigmoid = 7,
+    Tanh = 8,
+    Relu = 9,
+    Silu = 10,
+    /// Exact GELU, x * Phi(x) (erf form; PyTorch's default).
+    Gelu = 11,
+    /// GELU, tanh approximation.
+    GeluTanh = 12,
+    /// x * sigmoid(1.702 x) (OpenAI CLIP).
+    QuickGelu = 13,
+    Square = 14,
+    Recip = 15,
+    Sin = 16,
+    Cos = 17,
+    /// x^gamma (see [`powf`]).
+    Powf = 18,
+}
+
+/// Binary ops; codes match `binary_op` in elementwise.wgsl.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add = 0,
+    Sub = 1,
+    Mul = 2,
+    Div = 3,
+    Max = 4,
+    Min = 5,
+    Pow = 6,
+    /// alpha * a + beta * b (see [`axpby`]).
+    Axpby = 7,
+}
+
+fn pad8(v: &[usize]) -> [u32; 8] {
+    let mut o = [0u32; 8];
+    for (i, x) in v.iter().enumerate() {
+        o[i] = *x as u32;
+    }
+    o
+}
+
+fn is_contiguous(shape: &[usize], strides: &[usize]) -> bool {
+    strides == contiguous(shape).as_slice()
+}
+
+pub(crate) fn contiguous(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * shape[d + 1];
+    }
+    s
+}
+
+/// A strided view used as a kernel operand: (offset, strides) over a logical shape.
+pub(crate) struct View<'a> {
+    pub t: &'a Tensor,
+    pub offset: usize,
+    pub strides: Vec<usize>,
+}
+
+impl<'a> View<'a> {
+    pub fn whole(t: &'a Tensor) -> View<'a> {
+        View { t, offset: 0, strides: contiguous(t.shape()) }
+    }
+}
+
+/// The one strided-copy/unary dispatch: out_view = alpha * op(x_view) + beta over `shape`.
+pub(crate) fn unary_into(
+    op_name: &'static str,
+    shape: &[usize],
+    x: View,
+    out: View,
+    op: UnaryOp,
+    alpha: f32,
+    beta: f32,
+    gamma: f32,
+) -> Result<()> {
+    if shape.len() > MAX_RANK {
+        return shape_err(op_name, format!("rank {} exceeds {MAX_RANK}", shape.len()));
+    }
+    let n = numel(shape);
+    if n == 0 {
+        return Ok(());
+    }
+    let mut flags = 2u32;
+    if is_contiguous(shape, &x.strides) {
+        flags |= 1;
+    }
+    if is_contiguous(shape, &out.strides) {
+        flags |= 4;
+    }
+    let p = EwParams {
+        n: n as u32,
+        rank: shape.len() as u32,
+        flags,
+        x_off: x.offset as u32,
+        out_off: out.offset as u32,
+        alpha,
+        beta,
+        gamma,
+        shape: pad8(shape),
+        xs: pad8(&x.strides),
+        bs: [0; 8],
+        os: pad8(&out.strides),
+    };
+    let gpu = x.t.gpu();
+    launch(
+        gpu,
+        &ELEMENTWISE,
+        "unary",
+        &[("OP", op as u32 as f64)],
+        bytemuck::bytes_of(&p),
+        &[x.t, out.t],
+        fold_groups(gpu, n, 256),
+    )
+}
+
+/// y = alpha * op(x) + beta, elementwise.
+pub fn unary_affine(x: &Tensor, op: UnaryOp, alpha: f32, beta: f32) -> Result<Tensor> {
+    check_f32("unary", &[x])?;
+    let y = Tensor::empty(x.gpu(), x.shape(), DType::F32, "unary output")?;
+    unary_into("unary", x.shape(), View::whole(x), View::whole(&y), op, alpha, beta, 1.0)?;
+    Ok(y)
+}
+
+/// y = op(x), elementwise.
+pub fn unary(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
+    unary_affine(x, op, 1.0, 0.0)
+}
+
+macro_rules! unary_fns {
+    ($($(#[$doc:meta])* $name:ident => $op:ident),* $(,)?) => {
+        $( $(#[$doc])* pub fn $name(x: &Tensor) -> Result<Tensor> { unary(x, UnaryOp::$op) } )*
+    };
+}
+unary_fns! {
+    neg => Neg, exp => Exp, log => Log, sqrt => Sqrt, rsqrt => Rsqrt, abs => Abs,
+    sigmoid => Sigmoid, tanh => Tanh, relu => Relu, silu => Silu,
+    /// Exact (erf) GELU.
+    gelu => Gelu,
+    gelu_tanh => GeluTanh, quick_gelu => QuickGelu, square => Square, recip => Recip,
+    sin => Sin, cos => Cos,
+}
+
+/// x * s.
+pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
+    unary_affine(x, UnaryOp::Identity, s, 0.0)
+}
+
+/// x * s + b.
+pub fn affine(x: &Tensor, s: f32, b: f32) -> Result<Tensor> {
+    unary_affine(x, UnaryOp::Identity, s, b)
+}
+
+/// x^g (x > 0; NaN elsewhere, like C's powf).
+pub fn powf(x: &Tensor, g: f32) -> Result<Tensor> {
+    check_f32("powf", &[x])?;
+    let y = Tensor::empty(x.gpu(), x.shape(), DType::F32, "powf output")?;
+    unary_into("powf", x.shape(), View::whole(x), View::whole(&y), UnaryOp::Powf, 1.0, 0.0, g)?;
+    Ok(y)
+}
+
+/// A tensor of `shape` filled with `value`.
+pub fn fill(gpu: &Gpu, shape: &[usize], value: f32) -> Result<Tensor> {
+    let y = Tensor::empty(gpu, shape, DType::F32, "fill")?;
+    let n = numel(shape);
+    if n > 0 {
+        let p = EwParams { n: n as u32, alpha: value, ..Zeroable::zeroed() };
+        launch(gpu, &ELEMENTWISE, "fill", &[], bytemuck::bytes_of(&p), &[&y], fold_groups(gpu, n, 256))?;
+    }
+    Ok(y)
+}
+
+/// The NumPy broadcast of two shapes.
+pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let r = a.len().max(b.len());
+    let mut out = vec![0; r];
+    for i in 0..r {
+        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
+        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return shape_err(op, format!("shapes {a:?} and {b:?} do not broadcast")),
+        };
+    }
+    Ok(out)
+}
+
+/// Strides that read `shape` as if broadcast to `out` (0 on broadcast dimensions).
+pub(crate) fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let cs = contiguous(shape);
+    let off = out.len() - shape.len();
+    (0..out.len())
+        .map(|i| if i < off || shape[i - off] == 1 && out[i] != 1 { 0 } else { cs[i - off] })
+        .collect()
+}
+
+fn binary_impl(op_name: &'static str, a: &Tensor, b: &Tensor, op: BinaryOp, alpha: f32, beta: f32) -> Result<Tensor> {
+    check_f32(op_name, &[a, b])?;
+    let shape = broadcast_shapes(op_name, a.shape(), b.shape())?;
+    if shape.len() > MAX_RANK {
+        return shape_err(op_name, format!("rank {} exceeds {MAX_RANK}", shape.len()));
+    }
+    let y = Tensor::empty(a.gpu(), &shape, DType::F32, "binary output")?;
+    let n = numel(&shape);
+    if n == 0 {
+        return Ok(y);
+    }
+    let (xs, bs) = (broadcast_strides(a.shape(), &shape), broadcast_strides(b.shape(), &shape));
+    let flags = is_contiguous(&shape, &xs) as u32 | (is_contiguous(&shape, &bs) as u32) << 1 | 4;
+    let p = EwParams {
+        n: n as u32,
+        rank: shape.len() as u32,
+        flags,
+        x_off: 0,
+        out_off: 0,
+        alpha,
+        beta,
+        gamma: 0.0,
+        shape: pad8(&shape),
+        xs: pad8(&xs),
+        bs: pad8(&bs),
+        os: pad8(&contiguous(&shape)),
+    };
+    let gpu = a.gpu();
+    launch(
+        gpu,
+        &ELEMENTWISE,
+        "binary",
+        &[("OP", op as u32 as f64)],
+        bytemuck::bytes_of(&p),
+        &[a, b, &y],
+        fold_groups(gpu, n, 256),
+    )?;
+    Ok(y)
+}
+
+/// op(a, b) with NumPy broadcasting.
+pub fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
+    binary_impl("binary", a, b, op, 1.0, 1.0)
+}
+
+/// alpha * a + beta * b with broadcasting (e.g. classifier-free guidance in one kernel).
+pub fn axpby(a: &Tensor, alpha: f32, b: &Tensor, beta: f32) -> Result<Tensor> {
+    binary_impl("axpby", a, b, BinaryOp::Axpby, alpha, beta)
+}
+
+macro_rules! binary_fns {
+    ($($name:ident => $op:ident),* $(,)?) => {
+        $( pub fn $name(a: &Tensor, b: &Tensor) -> Result<Tensor> { binary_impl(stringify!($name), a, b, BinaryOp::$op, 1.0, 1.0) } )*
+    };
+}
+binary_fns! { add => Add, sub => Sub, mul => Mul, div => Div, maximum => Max, minimum => Min, pow => Pow }

@@ -1,0 +1,283 @@
+//! Matmul, linear, conv2d and temporal conv: one GEMM family (`shaders/gemm.wgsl`).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::check_f32;
+use super::launch;
+use crate::error::shape_err;
+use crate::shaders::GEMM;
+use crate::{DType, Error, Gpu, KernelVariant, Result, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Default)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    a_bs: u32,
+    b_bs: u32,
+    c_bs: u32,
+    alpha: f32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    kh: u32,
+    kw: u32,
+    sh: u32,
+    sw: u32,
+    ph: u32,
+    pw: u32,
+    oh: u32,
+    ow: u32,
+    _pad: u32,
+}
+
+/// Where a bias is added.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BiasMode {
+    None = 0,
+    PerColumn = 1,
+    PerRow = 2,
+}
+
+/// Rows per workgroup of gemm_cpu (CTM in gemm.wgsl) and columns per thread.
+const CPU_ROWS: usize = 8;
+const CPU_COLS_PER_THREAD: usize = 2;
+/// Output tile of gemm_tiled.
+const TILE: usize = 128;
+
+/// Records one GEMM dispatch: c = alpha * a b (+ bias) (+ c if accumulate).
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    gpu: &Gpu,
+    p: Params,
+    trans_a: bool,
+    trans_b: bool,
+    conv: bool,
+    bias: (BiasMode, Option<&Tensor>),
+    accumulate: bool,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+) -> Result<()> {
+    let (m, n, batch) = (p.m as usize, p.n as usize, p.batch as usize);
+    if m == 0 || n == 0 || batch == 0 {
+        return Ok(());
+    }
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    if batch > max {
+        return Err(Error::Shape { op: "matmul", msg: format!("batch {batch} exceeds the device's {max} workgroups per dimension") });
+    }
+    let bias_t = bias.1.unwrap_or(a); // unread when BIAS == 0
+    let mut constants = vec![
+        ("TRANS_A", trans_a as u32 as f64),
+        ("TRANS_B", trans_b as u32 as f64),
+        ("B_MODE", conv as u32 as f64),
+        ("BIAS", bias.0 as u32 as f64),
+        ("ACCUMULATE", accumulate as u32 as f64),
+    ];
+    // CPU adapters, and small outputs on GPUs: the barrier-free kernel.
+    let tiled = match gpu.kernel_variant() {
+        KernelVariant::Tiled => true,
+        KernelVariant::BarrierFree => false,
+        KernelVariant::Auto => !gpu.is_cpu() && m >= TILE / 2 && n >= TILE / 2,
+    };
+    let (entry, groups) = if tiled {
+        ("gemm_tiled", [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32])
+    } else {
+        let wg = n.div_ceil(CPU_COLS_PER_THREAD).next_power_of_two().clamp(8, 64);
+        constants.push(("CPU_WG", wg as f64));
+        ("gemm_cpu", [n.div_ceil(wg * CPU_COLS_PER_THREAD) as u32, m.div_ceil(CPU_ROWS) as u32, batch as u32])
+    };
+    if groups[0] as usize > max || groups[1] as usize > max {
+        return Err(Error::Shape { op: "matmul", msg: format!("output {m}x{n} needs a grid {groups:?} beyond {max}") });
+    }
+    launch(gpu, &GEMM, entry, &constants, bytemuck::bytes_of(&p), &[a, b, bias_t, c], groups)
+}
+
+/// Options of [`matmul_ex`].
+#[derive(Clone, Copy, Debug)]
+pub struct Matmul<'a> {
+    /// Use A^T: `a` is stored (..., K, M).
+    pub trans_a: bool,
+    /// Use B^T: `b` is stored (..., N, K).
+    pub trans_b: bool,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Added to every row: shape [N].
+    pub bias: Option<&'a Tensor>,
+}
+
+impl Default for Matmul<'_> {
+    fn default() -> Self {
+        Matmul { trans_a: false, trans_b: false, alpha: 1.0, bias: None }
+    }
+}
+
+fn mat_dims<'t>(op: &'static str, t: &'t Tensor, trans: bool) -> Result<(usize, usize, &'t [usize])> {
+    if t.rank() < 2 {
+        return shape_err(op, format!("operand of shape {:?} is not a matrix", t.shape()));
+    }
+    let r = t.rank();
+    let (rows, cols) = (t.shape()[r - 2], t.shape()[r - 1]);
+    Ok(if trans { (cols, rows, &t.shape()[..r - 2]) } else { (rows, cols, &t.shape()[..r - 2]) })
+}
+
+/// Batched matmul: a (..., M, K) x b (..., K, N) -> (..., M, N), with optional transposes,
+/// scale and bias. Batch dims must be equal, or one side has none (a shared matrix).
+pub fn matmul_ex(a: &Tensor, b: &Tensor, o: Matmul) -> Result<Tensor> {
+    let op = "matmul";
+    check_f32(op, &[a, b])?;
+    let (m, k, ba) = mat_dims(op, a, o.trans_a)?;
+    let (k2, n, bb) = mat_dims(op, b, o.trans_b)?;
+    if k != k2 {
+        return shape_err(
+            op,
+            format!("inner dims differ: a {:?} (trans {}) has K={k}, b {:?} (trans {}) has K={k2}", a.shape(), o.trans_a, b.shape(), o.trans_b),
+        );
+    }
+    let (pa, pb): (usize, usize) = (ba.iter().product(), bb.iter().product());
+    let batch_shape = match (ba.is_empty() || pa == 1, bb.is_empty() || pb == 1) {
+        _ if ba == bb => ba.to_vec(),
+        (_, true) => ba.to_vec(),
+        (true, _) => bb.to_vec(),
+        _ => return shape_err(op, format!("batch dims of {:?} and {:?} differ", a.shape(), b.shape())),
+    };
+    let batch: usize = batch_shape.iter().product();
+    if let Some(bias) = o.bias {
+        check_f32(op, &[a, bias])?;
+        if bias.shape() != [n] {
+            return shape_err(op, format!("bias {:?} must be [{n}]", bias.shape()));
+        }
+    }
+    let mut shape = batch_shape;
+    shape.extend([m, n]);
+    let c = Tensor::empty(a.gpu(), &shape, DType::F32, "matmul output")?;
+    let p = Params {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        batch: batch as u32,
+        a_bs: if pa == 1 { 0 } else { (m * k) as u32 },
+        b_bs: if pb == 1 { 0 } else { (k * n) as u32 },
+        c_bs: (m * n) as u32,
+        alpha: o.alpha,
+        ..Default::default()
+    };
+    let bias = match o.bias {
+        Some(t) => (BiasMode::PerColumn, Some(t)),
+        None => (BiasMode::None, None),
+    };
+    if k == 0 {
+        return super::fill(a.gpu(), &shape, 0.0).and_then(|z| match o.bias {
+            Some(bv) => super::add(&z, bv),
+            None => Ok(z),
+        });
+    }
+    dispatch(a.gpu(), p, o.trans_a, o.trans_b, false, bias, false, a, b, &c)?;
+    Ok(c)
+}
+
+/// a (..., M, K) x b (..., K, N).
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_ex(a, b, Matmul::default())
+}
+
+/// x (..., in) W^T + bias with W (out, in) as stored by PyTorch's nn.Linear.
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    check_f32("linear", &[x, w])?;
+    if w.rank() != 2 || x.rank() == 0 || x.dim(-1) != w.shape()[1] {
+        return shape_err("linear", format!("input {:?} does not match weight {:?} (out, in)", x.shape(), w.shape()));
+    }
+    let rows = x.numel() / w.shape()[1].max(1);
+    let x2 = x.reshape(&[rows, w.shape()[1]])?;
+    let y = matmul_ex(&x2, w, Matmul { trans_b: true, bias, ..Default::default() })?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank >= 1") = w.shape()[0];
+    y.reshape(&shape)
+}
+
+/// Geometry of [`conv2d`]: stride (h, w) and padding (top, bottom, left, right).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize, usize, usize),
+}
+
+impl Conv2d {
+    /// Stride s and symmetric padding p on both axes.
+    pub fn new(stride: usize, padding: usize) -> Conv2d {
+        Conv2d { stride: (stride, stride), padding: (padding, padding, padding, padding) }
+    }
+}
+
+/// 2-D cross-correlation (PyTorch's conv2d): x (N, C, H, W), w (O, C, KH, KW), bias [O]
+/// -> (N, O, OH, OW).
+pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Result<Tensor> {
+    let op = "conv2d";
+    check_f32(op, &[x, w])?;
+    if x.rank() != 4 || w.rank() != 4 || x.shape()[1] != w.shape()[1] {
+        return shape_err(op, format!("input {:?} (N, C, H, W) does not match weight {:?} (O, C, KH, KW)", x.shape(), w.shape()));
+    }
+    let [n, c, h, wd] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+    let [o, _, kh, kw] = [w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]];
+    let (sh, sw) = g.stride;
+    let (pt, pb, pl, pr) = g.padding;
+    if sh == 0 || sw == 0 || h + pt + pb < kh || wd + pl + pr < kw {
+        return shape_err(op, format!("kernel {kh}x{kw} with {g:?} does not fit input {:?}", x.shape()));
+    }
+    let (oh, ow) = ((h + pt + pb - kh) / sh + 1, (wd + pl + pr - kw) / sw + 1);
+    if let Some(bias) = bias {
+        check_f32(op, &[x, bias])?;
+        if bias.shape() != [o] {
+            return shape_err(op, format!("bias {:?} must be [{o}]", bias.shape()));
+        }
+    }
+    let y = Tensor::empty(x.gpu(), &[n, o, oh, ow], DType::F32, "conv2d output")?;
+    let p = Params {
+        m: o as u32,
+        n: (oh * ow) as u32,
+        k: (c * kh * kw) as u32,
+        batch: n as u32,
+        a_bs: 0,
+        b_bs: (c * h * wd) as u32,
+        c_bs: (o * oh * ow) as u32,
+        alpha: 1.0,
+        cin: c as u32,
+        h: h as u32,
+        w: wd as u32,
+        kh: kh as u32,
+        kw: kw as u32,
+        sh: sh as u32,
+        sw: sw as u32,
+        ph: pt as u32,
+        pw: pl as u32,
+        oh: oh as u32,
+        ow: ow as u32,
+        _pad: 0,
+    };
+    let bias = match bias {
+        Some(t) => (BiasMode::PerRow, Some(t)),
+        None => (BiasMode::None, None),
+    };
+    dispatch(x.gpu(), p, false, false, true, bias, false, w, x, &y)?;
+    Ok(y)
+}
+
+/// VideoCrafter's temporal convolution: nn.Conv3d with kernel (3, 1, 1) and padding
+/// (1, 0, 0) over x (B, C, F, H, W) with w (O, C, 3, 1, 1) -> (B, O, F, H, W).
+/// Computed as a (3, 1) conv2d over (B, C, F, H*W).
+pub fn temporal_conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let op = "temporal_conv";
+    check_f32(op, &[x, w])?;
+    if x.rank() != 5 || w.rank() != 5 || w.shape()[2..] != [3, 1, 1] || w.shape()[1] != x.shape()[1] {
+        return shape_err(op, format!("input {:?} (B, C, F, H, W) does not match weight {:?} (O, C, 3, 1, 1)", x.shape(), w.shape()));
+    }
+    let [b, c, f, h, wd] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3], x.shape()[4]];
+    let o = w.shape()[0];
+    let x4 = x.reshape(&[b, c, f, h * wd])?;
+    let w4 = w.reshape(&[o, c, 3, 1])?;
+    let y = conv2d(&x4, &w4, bias, Conv2d { stride: (1, 1), padding: (1, 1, 0, 0) })?;
+    y.reshape(&[b, o, f, h, wd])
+}

@@ -1,0 +1,72 @@
+//! Forward ops. Each public function checks shapes and dtypes, allocates its output from
+//! the pool and records one or more dispatches; nothing waits for the GPU.
+
+mod attention;
+mod elementwise;
+mod embedding;
+mod gemm;
+mod layout;
+mod norm;
+mod reduce;
+mod softmax;
+
+pub use attention::{attention, Attention};
+pub use elementwise::*;
+pub use embedding::{embedding, gather_rows, sinusoidal_embedding};
+pub use gemm::{conv2d, linear, matmul, matmul_ex, temporal_conv, Conv2d, Matmul};
+pub use layout::{broadcast_to, concat, contiguous_strides, permute, slice, transpose, upsample_nearest2x};
+pub use norm::{group_norm, layer_norm, Norm};
+pub use reduce::{max, mean, min, sum, Reduce};
+pub use softmax::{softmax, softmax_scaled};
+
+use crate::gpu::Gpu;
+use crate::registry::{pipeline, KernelSource};
+use crate::{DType, Error, Result, Tensor};
+
+/// Workgroups for `items` work items of `per_group` each, folded into (x, y) so that no
+/// dimension exceeds the device limit. Kernels rebuild the index as (y * nx + x).
+pub(crate) fn fold_groups(gpu: &Gpu, items: usize, per_group: u32) -> [u32; 3] {
+    let groups = items.div_ceil(per_group as usize).max(1);
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    if groups <= max {
+        [groups as u32, 1, 1]
+    } else {
+        [max as u32, groups.div_ceil(max) as u32, 1]
+    }
+}
+
+/// Records one dispatch: `params` at binding 0, then `tensors` at bindings 1, 2, ...
+pub(crate) fn launch(
+    gpu: &Gpu,
+    src: &'static KernelSource,
+    entry: &'static str,
+    constants: &[(&'static str, f64)],
+    params: &[u8],
+    tensors: &[&Tensor],
+    groups: [u32; 3],
+) -> Result<()> {
+    let pipe = pipeline(gpu, src, entry, constants)?;
+    let buffers = tensors.iter().map(|t| t.binding()).collect();
+    gpu.0.recorder.lock().unwrap().dispatch(gpu, pipe, params, buffers, groups)
+}
+
+/// All tensors must live on the same device and be f32.
+pub(crate) fn check_f32(op: &'static str, tensors: &[&Tensor]) -> Result<()> {
+    for t in tensors {
+        t.expect_dtype(op, DType::F32)?;
+        if !std::sync::Arc::ptr_eq(&t.gpu().0, &tensors[0].gpu().0) {
+            return Err(Error::Shape { op, msg: "tensors live on different devices".into() });
+        }
+    }
+    Ok(())
+}
+
+/// Resolves a possibly negative axis.
+pub(crate) fn axis(op: &'static str, shape: &[usize], axis: isize) -> Result<usize> {
+    let r = shape.len() as isize;
+    let a = if axis < 0 { r + axis } else { axis };
+    if a < 0 || a >= r {
+        return Err(Error::Shape { op, msg: format!("axis {axis} out of range for shape {shape:?}") });
+    }
+    Ok(a as usize)
+}

@@ -1,0 +1,119 @@
+//! Layer norm and group norm (optionally fused with SiLU) — one kernel, `shaders/norm.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{check_f32, fold_groups, launch};
+use crate::error::shape_err;
+use crate::shaders::NORM;
+use crate::{DType, Result, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    len: u32,
+    groups: u32,
+    cpg: u32,
+    inner: u32,
+    eps: f32,
+    affine: u32,
+    _pad: u32,
+}
+
+/// A normalisation result: the output and per-row (mean, rstd), shape (rows, 2).
+pub struct Norm {
+    pub y: Tensor,
+    pub stats: Tensor,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn norm_rows(
+    x: &Tensor,
+    rows: usize,
+    len: usize,
+    groups: usize,
+    cpg: usize,
+    inner: usize,
+    affine: Option<(&Tensor, &Tensor)>,
+    eps: f32,
+    silu: bool,
+) -> Result<Norm> {
+    let gpu = x.gpu();
+    let y = Tensor::empty(gpu, x.shape(), DType::F32, "norm output")?;
+    let stats = Tensor::empty(gpu, &[rows, 2], DType::F32, "norm stats")?;
+    if rows == 0 || len == 0 {
+        return Ok(Norm { y, stats });
+    }
+    let p = Params {
+        rows: rows as u32,
+        len: len as u32,
+        groups: groups as u32,
+        cpg: cpg as u32,
+        inner: inner as u32,
+        eps,
+        affine: affine.is_some() as u32,
+        _pad: 0,
+    };
+    let (g, b) = affine.unwrap_or((x, x)); // unread when affine == 0
+    let wg = (len.next_power_of_two() as u32).clamp(32, 256);
+    launch(
+        gpu,
+        &NORM,
+        "norm_rows",
+        &[("WG", wg as f64), ("ACT", silu as u32 as f64)],
+        bytemuck::bytes_of(&p),
+        &[x, g, b, &y, &stats],
+        fold_groups(gpu, rows, 1),
+    )?;
+    Ok(Norm { y, stats })
+}
+
+fn check_affine(op: &'static str, x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, n: usize) -> Result<Option<(Tensor, Tensor)>> {
+    match (gamma, beta) {
+        (None, None) => Ok(None),
+        (Some(g), Some(b)) => {
+            check_f32(op, &[x, g, b])?;
+            if g.shape() != [n] || b.shape() != [n] {
+                return shape_err(op, format!("weight {:?} and bias {:?} must both be [{n}]", g.shape(), b.shape()));
+            }
+            Ok(Some((g.clone(), b.clone())))
+        }
+        _ => shape_err(op, "give both weight and bias, or neither"),
+    }
+}
+
+/// Layer norm over the last axis with optional weight/bias of shape [D].
+pub fn layer_norm(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32) -> Result<Norm> {
+    check_f32("layer_norm", &[x])?;
+    if x.rank() == 0 {
+        return shape_err("layer_norm", "needs at least one dimension");
+    }
+    let d = x.dim(-1);
+    let aff = check_affine("layer_norm", x, gamma, beta, d)?;
+    let rows = x.numel() / d.max(1);
+    norm_rows(x, rows, d, 1, 0, 1, aff.as_ref().map(|(g, b)| (g, b)), eps, false)
+}
+
+/// Group norm of x (N, C, ...) with `groups` groups over C and everything after it, with
+/// optional per-channel weight/bias [C]; `silu` fuses SiLU on the output.
+pub fn group_norm(
+    x: &Tensor,
+    groups: usize,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    eps: f32,
+    silu: bool,
+) -> Result<Norm> {
+    check_f32("group_norm", &[x])?;
+    if x.rank() < 2 {
+        return shape_err("group_norm", format!("needs (N, C, ...), got {:?}", x.shape()));
+    }
+    let (n, c) = (x.shape()[0], x.shape()[1]);
+    if groups == 0 || c % groups != 0 {
+        return shape_err("group_norm", format!("{c} channels do not split into {groups} groups"));
+    }
+    let aff = check_affine("group_norm", x, gamma, beta, c)?;
+    let s: usize = x.shape()[2..].iter().product();
+    let cpg = c / groups;
+    norm_rows(x, n * groups, cpg * s, groups, cpg, s, aff.as_ref().map(|(g, b)| (g, b)), eps, silu)
+}

@@ -1,0 +1,262 @@
+//! The scheduler: dispatches, copies and clears are recorded on the host and submitted in
+//! batches in one command encoder (consecutive dispatches share one compute pass). Nothing
+//! waits for the GPU except readback (and profiling, which reads its timestamps).
+//!
+//! Kernel parameters (shapes, scalars) of a batch are packed into one uniform buffer, one
+//! 256-byte slot per dispatch, written with the batch's submit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::gpu::Gpu;
+use crate::registry::Pipeline;
+use crate::{Error, Result};
+
+/// Bytes of one parameter slot (>= every device's uniform offset alignment).
+pub(crate) const PARAM_SLOT: u64 = 256;
+/// A batch is submitted once it holds this many commands.
+const MAX_BATCH: usize = 256;
+
+pub(crate) enum Cmd {
+    Dispatch { pipe: Arc<Pipeline>, buffers: Vec<(wgpu::Buffer, u64)>, params_at: u64, groups: [u32; 3] },
+    Copy { src: wgpu::Buffer, src_at: u64, dst: wgpu::Buffer, dst_at: u64, bytes: u64 },
+    Clear { buf: wgpu::Buffer, bytes: u64 },
+}
+
+/// One row of the kernel profile.
+#[derive(Clone, Debug)]
+pub struct ProfileRow {
+    pub kernel: String,
+    pub calls: u64,
+    pub total_ms: f64,
+}
+
+pub(crate) struct Recorder {
+    cmds: Vec<Cmd>,
+    params: Vec<u8>,
+    params_buf: Option<wgpu::Buffer>,
+    profiling: bool,
+    profile: HashMap<String, (u64, f64)>,
+    submissions: u64,
+}
+
+impl Recorder {
+    pub fn new(limits: &wgpu::Limits) -> Recorder {
+        assert!(limits.min_uniform_buffer_offset_alignment as u64 <= PARAM_SLOT);
+        Recorder { cmds: Vec::new(), params: Vec::new(), params_buf: None, profiling: false, profile: HashMap::new(), submissions: 0 }
+    }
+
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profiling = on;
+        if on {
+            self.profile.clear();
+        }
+    }
+
+    pub fn profile_rows(&self) -> Vec<ProfileRow> {
+        let mut rows: Vec<ProfileRow> = self
+            .profile
+            .iter()
+            .map(|(k, (calls, ms))| ProfileRow { kernel: k.clone(), calls: *calls, total_ms: *ms })
+            .collect();
+        rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+        rows
+    }
+
+
+    /// Records a dispatch; `params` (<= 256 bytes) go to this dispatch's uniform slot.
+    pub fn dispatch(
+        &mut self,
+        gpu: &Gpu,
+        pipe: Arc<Pipeline>,
+        params: &[u8],
+        buffers: Vec<(wgpu::Buffer, u64)>,
+        groups: [u32; 3],
+    ) -> Result<()> {
+        assert!(params.len() as u64 <= PARAM_SLOT, "kernel params exceed one slot");
+        let max = gpu.limits().max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::Device(format!("{}: grid {groups:?} exceeds {max} workgroups per dimension", pipe.label)));
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let params_at = self.params.len() as u64;
+        self.params.extend_from_slice(params);
+        self.params.resize((params_at + PARAM_SLOT) as usize, 0);
+        self.cmds.push(Cmd::Dispatch { pipe, buffers, params_at, groups });
+        self.maybe_flush(gpu)
+    }
+
+    pub fn push(&mut self, gpu: &Gpu, cmd: Cmd) -> Result<()> {
+        self.cmds.push(cmd);
+        self.maybe_flush(gpu)
+    }
+
+    fn maybe_flush(&mut self, gpu: &Gpu) -> Result<()> {
+        if self.cmds.len() >= MAX_BATCH {
+            self.flush(gpu)?;
+        }
+        Ok(())
+    }
+
+    /// Submits all recorded commands. Returns without waiting unless profiling.
+    pub fn flush(&mut self, gpu: &Gpu) -> Result<()> {
+        if self.cmds.is_empty() {
+            return Ok(());
+        }
+        let device = gpu.device();
+        let queue = gpu.queue();
+        let need = self.params.len().max(PARAM_SLOT as usize) as u64;
+        if self.params_buf.as_ref().is_none_or(|b| b.size() < need) {
+            self.params_buf = Some(device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kernel params"),
+                size: need.next_power_of_two(),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        let params_buf = self.params_buf.clone().expect("params buffer");
+        if !self.params.is_empty() {
+            queue.write_buffer(&params_buf, 0, &self.params);
+        }
+        let cmds = std::mem::take(&mut self.cmds);
+        self.params.clear();
+
+        let n_dispatch = cmds.iter().filter(|c| matches!(c, Cmd::Dispatch { .. })).count() as u32;
+        let timing = if self.profiling && n_dispatch > 0 { Some(Timing::new(device, n_dispatch)) } else { None };
+        let bind = |pipe: &Pipeline, buffers: &[(wgpu::Buffer, u64)], params_at: u64| {
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &params_buf,
+                    offset: params_at,
+                    size: wgpu::BufferSize::new(PARAM_SLOT),
+                }),
+            }];
+            for (i, (b, bytes)) in buffers.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: 1 + i as u32,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: b,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(*bytes),
+                    }),
+                });
+            }
+            device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipe.layout, entries: &entries })
+        };
+
+        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("t2v batch") });
+        let mut labels = Vec::new();
+        let mut i = 0;
+        while i < cmds.len() {
+            match &cmds[i] {
+                Cmd::Dispatch { .. } => {
+                    // Without profiling: all consecutive dispatches in one pass.
+                    // With profiling: one pass per dispatch, timestamps at both ends.
+                    let tw = timing.as_ref().map(|t| {
+                        let q = 2 * labels.len() as u32;
+                        wgpu::ComputePassTimestampWrites {
+                            query_set: &t.set,
+                            beginning_of_pass_write_index: Some(q),
+                            end_of_pass_write_index: Some(q + 1),
+                        }
+                    });
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: tw });
+                    while let Some(Cmd::Dispatch { pipe, buffers, params_at, groups }) = cmds.get(i) {
+                        let bg = bind(pipe, buffers, *params_at);
+                        pass.set_pipeline(&pipe.pipeline);
+                        pass.set_bind_group(0, &bg, &[]);
+                        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                        i += 1;
+                        if timing.is_some() {
+                            labels.push(pipe.label.clone());
+                            break;
+                        }
+                    }
+                }
+                Cmd::Copy { src, src_at, dst, dst_at, bytes } => {
+                    enc.copy_buffer_to_buffer(src, *src_at, dst, *dst_at, *bytes);
+                    i += 1;
+                }
+                Cmd::Clear { buf, bytes } => {
+                    enc.clear_buffer(buf, 0, Some(*bytes));
+                    i += 1;
+                }
+            }
+        }
+        if let Some(t) = &timing {
+            t.resolve(&mut enc);
+        }
+        queue.submit([enc.finish()]);
+        self.submissions += 1;
+        if let Some(t) = timing {
+            let ns = t.read(gpu)?;
+            let period = queue.get_timestamp_period() as f64;
+            for (k, label) in labels.into_iter().enumerate() {
+                let dt = ns[2 * k + 1].saturating_sub(ns[2 * k]) as f64 * period * 1e-6;
+                let e = self.profile.entry(label).or_insert((0, 0.0));
+                e.0 += 1;
+                e.1 += dt;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Timestamp queries of one profiled batch.
+struct Timing {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    read: wgpu::Buffer,
+    count: u32,
+}
+
+impl Timing {
+    fn new(device: &wgpu::Device, n: u32) -> Timing {
+        let count = 2 * n;
+        let bytes = 8 * count as u64;
+        Timing {
+            set: device.create_query_set(&wgpu::QuerySetDescriptor { label: None, ty: wgpu::QueryType::Timestamp, count }),
+            resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            read: device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            count,
+        }
+    }
+    fn resolve(&self, enc: &mut wgpu::CommandEncoder) {
+        enc.resolve_query_set(&self.set, 0..self.count, &self.resolve, 0);
+        enc.copy_buffer_to_buffer(&self.resolve, 0, &self.read, 0, 8 * self.count as u64);
+    }
+    fn read(&self, gpu: &Gpu) -> Result<Vec<u64>> {
+        let bytes = map_read(gpu, &self.read)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+/// Maps a MAP_READ buffer after the work writing it was submitted, and copies it out.
+pub(crate) fn map_read(gpu: &Gpu, buf: &wgpu::Buffer) -> Result<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    buf.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    gpu.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Readback(e.to_string()))?;
+    rx.recv()
+        .map_err(|e| Error::Readback(e.to_string()))?
+        .map_err(|e| Error::Readback(e.to_string()))?;
+    let out = buf.slice(..).get_mapped_range().map_err(|e| Error::Readback(format!("{e:?}")))?.to_vec();
+    buf.unmap();
+    Ok(out)
+}

@@ -1,0 +1,94 @@
+//! Kernel registry: WGSL sources embedded at build time, one shader module per family and
+//! one compute pipeline per (family, entry point, specialisation constants), created once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::gpu::Gpu;
+use crate::{Error, Result};
+
+/// One WGSL file (a kernel family).
+#[derive(Debug)]
+pub struct KernelSource {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// A cached pipeline with its bind-group layout (group 0) and profiling label.
+pub(crate) struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub label: String,
+}
+
+type Key = (&'static str, &'static str, Vec<(&'static str, u64)>);
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    modules: HashMap<&'static str, wgpu::ShaderModule>,
+    pipelines: HashMap<Key, Arc<Pipeline>>,
+}
+
+impl Registry {
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines.len()
+    }
+}
+
+fn scoped<T>(gpu: &Gpu, make: impl FnOnce() -> T) -> (T, Option<wgpu::Error>) {
+    let scope = gpu.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    let out = make();
+    (out, pollster::block_on(scope.pop()))
+}
+
+/// The pipeline of `entry` in `src`, specialised by `constants` (WGSL `override`s).
+pub(crate) fn pipeline(
+    gpu: &Gpu,
+    src: &'static KernelSource,
+    entry: &'static str,
+    constants: &[(&'static str, f64)],
+) -> Result<Arc<Pipeline>> {
+    let key: Key = (src.name, entry, constants.iter().map(|(k, v)| (*k, v.to_bits())).collect());
+    let mut reg = gpu.0.registry.lock().unwrap();
+    if let Some(p) = reg.pipelines.get(&key) {
+        return Ok(p.clone());
+    }
+    let shader_err = |e: wgpu::Error| Error::Shader { shader: src.name, entry, msg: e.to_string() };
+    if !reg.modules.contains_key(src.name) {
+        let (module, err) = scoped(gpu, || {
+            gpu.device().create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(src.name),
+                source: wgpu::ShaderSource::Wgsl(src.source.into()),
+            })
+        });
+        if let Some(e) = err {
+            return Err(shader_err(e));
+        }
+        reg.modules.insert(src.name, module);
+    }
+    let module = &reg.modules[src.name];
+    let (pipeline, err) = scoped(gpu, || {
+        gpu.device().create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        })
+    });
+    if let Some(e) = err {
+        return Err(shader_err(e));
+    }
+    let layout = pipeline.get_bind_group_layout(0);
+    let mut label = format!("{}::{}", src.name, entry);
+    for (k, v) in constants {
+        label += &format!(" {k}={v}");
+    }
+    let p = Arc::new(Pipeline { pipeline, layout, label });
+    reg.pipelines.insert(key, p.clone());
+    Ok(p)
+}

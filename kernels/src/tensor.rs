@@ -1,0 +1,204 @@
+//! `Tensor`: a device buffer with a shape and a dtype, contiguous row-major. Upload and
+//! readback are explicit and are the only points that synchronise with the host.
+
+use std::sync::Arc;
+
+use crate::gpu::Gpu;
+use crate::pool::Storage;
+use crate::recorder::{map_read, Cmd};
+use crate::{Error, Result};
+
+/// Element type of a tensor. Compute is f32; u32 holds indices (token ids, gathers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    U32,
+}
+
+/// A GPU tensor. Cloning is cheap and shares the buffer; ops never write their inputs.
+#[derive(Clone)]
+pub struct Tensor {
+    gpu: Gpu,
+    storage: Arc<Storage>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {:?})", self.shape, self.dtype)
+    }
+}
+
+pub(crate) fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    /// An uninitialised tensor (every op writes all of its output).
+    pub(crate) fn empty(gpu: &Gpu, shape: &[usize], dtype: DType, what: &str) -> Result<Tensor> {
+        let bytes = 4 * numel(shape) as u64;
+        let storage = Storage::acquire(gpu, bytes, &|| format!("{what} of shape {shape:?}"))?;
+        Ok(Tensor { gpu: gpu.clone(), storage: Arc::new(storage), shape: shape.to_vec(), dtype })
+    }
+
+    /// Uploads `data` (row-major) as a tensor of `shape`.
+    pub fn from_slice(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        Self::upload(gpu, shape, DType::F32, bytemuck::cast_slice(data), data.len())
+    }
+
+    /// Uploads u32 data (indices).
+    pub fn from_u32(gpu: &Gpu, shape: &[usize], data: &[u32]) -> Result<Tensor> {
+        Self::upload(gpu, shape, DType::U32, bytemuck::cast_slice(data), data.len())
+    }
+
+    fn upload(gpu: &Gpu, shape: &[usize], dtype: DType, bytes: &[u8], len: usize) -> Result<Tensor> {
+        if len != numel(shape) {
+            return Err(Error::Shape {
+                op: "upload",
+                msg: format!("{len} values do not fill shape {shape:?} ({} elements)", numel(shape)),
+            });
+        }
+        let t = Self::empty(gpu, shape, dtype, "upload")?;
+        t.write_bytes(bytes)?;
+        Ok(t)
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+        let t = Self::empty(gpu, shape, DType::F32, "zeros")?;
+        let bytes = t.binding_bytes();
+        gpu.0.recorder.lock().unwrap().push(gpu, Cmd::Clear { buf: t.storage.buffer.clone(), bytes })?;
+        Ok(t)
+    }
+
+    /// A tensor filled with `value`.
+    pub fn full(gpu: &Gpu, shape: &[usize], value: f32) -> Result<Tensor> {
+        crate::ops::fill(gpu, shape, value)
+    }
+
+    /// Overwrites the contents from the host (same number of elements).
+    pub fn write(&self, data: &[f32]) -> Result<()> {
+        self.expect_dtype("write", DType::F32)?;
+        if data.len() != self.numel() {
+            return Err(Error::Shape {
+                op: "write",
+                msg: format!("{} values for a tensor of shape {:?}", data.len(), self.shape),
+            });
+        }
+        self.write_bytes(bytemuck::cast_slice(data))
+    }
+
+    fn write_bytes(&self, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        // Queue writes run before the next submit's commands: submit what was recorded
+        // first, so that earlier kernels still see this buffer's previous contents.
+        self.gpu.flush()?;
+        self.gpu.queue().write_buffer(&self.storage.buffer, 0, bytes);
+        Ok(())
+    }
+
+    /// Reads the tensor back (waits for the GPU).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        self.expect_dtype("to_vec", DType::F32)?;
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes()?))
+    }
+
+    /// Reads a u32 tensor back.
+    pub fn to_vec_u32(&self) -> Result<Vec<u32>> {
+        self.expect_dtype("to_vec_u32", DType::U32)?;
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes()?))
+    }
+
+    /// Reads one element (flat index) back: a cheap way to make sure work has completed.
+    pub fn item_at(&self, index: usize) -> Result<f32> {
+        self.expect_dtype("item_at", DType::F32)?;
+        if index >= self.numel() {
+            return Err(Error::Shape { op: "item_at", msg: format!("index {index} out of {:?}", self.shape) });
+        }
+        let v = self.read_range(4 * index as u64, 4)?;
+        Ok(bytemuck::pod_read_unaligned(&v))
+    }
+
+    fn read_bytes(&self) -> Result<Vec<u8>> {
+        let mut v = self.read_range(0, self.binding_bytes())?;
+        v.truncate(4 * self.numel());
+        Ok(v)
+    }
+
+    fn read_range(&self, offset: u64, bytes: u64) -> Result<Vec<u8>> {
+        let gpu = &self.gpu;
+        let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut rec = gpu.0.recorder.lock().unwrap();
+            rec.push(
+                gpu,
+                Cmd::Copy { src: self.storage.buffer.clone(), src_at: offset, dst: staging.clone(), dst_at: 0, bytes },
+            )?;
+            rec.flush(gpu)?;
+        }
+        gpu.check_errors()?;
+        let out = map_read(gpu, &staging)?;
+        gpu.check_errors()?;
+        Ok(out)
+    }
+
+    /// Same data, new shape (same element count); shares the buffer.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.numel() {
+            return Err(Error::Shape {
+                op: "reshape",
+                msg: format!("cannot reshape {:?} ({} elements) to {shape:?}", self.shape, self.numel()),
+            });
+        }
+        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+    /// Size of dimension `d`; negative counts from the end.
+    pub fn dim(&self, d: isize) -> usize {
+        let r = self.rank() as isize;
+        self.shape[(if d < 0 { r + d } else { d }) as usize]
+    }
+    /// True when both tensors share one buffer.
+    pub fn same_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+    }
+
+    pub(crate) fn expect_dtype(&self, op: &'static str, dtype: DType) -> Result<()> {
+        if self.dtype != dtype {
+            return Err(Error::DType { op, expected: dtype, actual: self.dtype });
+        }
+        Ok(())
+    }
+
+    /// Bytes bound to kernels (at least 4: empty tensors still bind a word).
+    pub(crate) fn binding_bytes(&self) -> u64 {
+        (4 * self.numel() as u64).max(4)
+    }
+
+    pub(crate) fn binding(&self) -> (wgpu::Buffer, u64) {
+        (self.storage.buffer.clone(), self.binding_bytes())
+    }
+}

@@ -1,0 +1,257 @@
+//! Elementwise, broadcasting and layout kernels against f64 CPU references.
+mod common;
+use common::*;
+use t2v_kernels::ops::{self, BinaryOp, UnaryOp};
+use t2v_kernels::{Error, Tensor};
+
+const SHAPE: [usize; 3] = [7, 13, 29];
+
+/// erf by its Taylor series (|x| <= 3 here): accurate to ~1e-13.
+fn erf(x: f64) -> f64 {
+    let (mut term, mut sum, x2) = (x, x, x * x);
+    for n in 1..200 {
+        term *= -x2 / n as f64;
+        let t = term / (2 * n + 1) as f64;
+        sum += t;
+        if t.abs() < 1e-17 {
+            break;
+        }
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+fn unary_ref(op: UnaryOp, x: f64, gamma: f64) -> f64 {
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    match op {
+        UnaryOp::Identity => x,
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Sigmoid => sig(x),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::Silu => x * sig(x),
+        UnaryOp::Gelu => 0.5 * x * (1.0 + erf(x / 2f64.sqrt())),
+        UnaryOp::GeluTanh => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh()),
+        UnaryOp::QuickGelu => x * sig(1.702 * x),
+        UnaryOp::Square => x * x,
+        UnaryOp::Recip => 1.0 / x,
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Powf => x.powf(gamma),
+    }
+}
+
+#[test]
+fn unary_ops_match_reference() {
+    use UnaryOp::*;
+    let all = [Identity, Neg, Exp, Log, Sqrt, Rsqrt, Abs, Sigmoid, Tanh, Relu, Silu, Gelu, GeluTanh, QuickGelu, Square, Recip, Sin, Cos];
+    let (xt, xv) = rand_tensor(&SHAPE, 1, -4.0, 4.0);
+    let (pt, pv) = rand_tensor(&SHAPE, 2, 0.05, 5.0); // positive domain
+    for op in all {
+        let positive = matches!(op, Log | Sqrt | Rsqrt | Recip);
+        let (t, v) = if positive { (&pt, &pv) } else { (&xt, &xv) };
+        let got = ops::unary(t, op).unwrap().to_vec().unwrap();
+        let want: Vec<f64> = v.iter().map(|&x| unary_ref(op, x as f64, 1.0)).collect();
+        let atol = if matches!(op, Sin | Cos) { 1e-5 } else { 3e-6 };
+        assert_close(&format!("{op:?}"), &got, &want, atol, 3e-6);
+    }
+    let got = ops::powf(&pt, 1.7).unwrap().to_vec().unwrap();
+    assert_close("powf", &got, &pv.iter().map(|&x| (x as f64).powf(1.7)).collect::<Vec<_>>(), 1e-5, 3e-6);
+    let got = ops::affine(&xt, -2.5, 0.75).unwrap().to_vec().unwrap();
+    assert_close("affine", &got, &xv.iter().map(|&x| -2.5 * x as f64 + 0.75).collect::<Vec<_>>(), 1e-6, 1e-6);
+    let got = ops::unary_affine(&xt, Silu, 3.0, -1.0).unwrap().to_vec().unwrap();
+    assert_close("3*silu-1", &got, &xv.iter().map(|&x| 3.0 * unary_ref(Silu, x as f64, 0.0) - 1.0).collect::<Vec<_>>(), 1e-5, 3e-6);
+}
+
+#[test]
+fn unary_edge_values_stay_finite() {
+    let t = Tensor::from_slice(gpu(), &[6], &[-1e4, -90.0, 0.0, 1e-30, 90.0, 1e4]).unwrap();
+    for op in [UnaryOp::Tanh, UnaryOp::Sigmoid, UnaryOp::Silu, UnaryOp::Gelu, UnaryOp::GeluTanh, UnaryOp::QuickGelu] {
+        let v = ops::unary(&t, op).unwrap().to_vec().unwrap();
+        assert!(v.iter().all(|x| x.is_finite()), "{op:?}: {v:?}");
+    }
+    let th = ops::tanh(&t).unwrap().to_vec().unwrap();
+    assert_eq!((th[0], th[5]), (-1.0, 1.0));
+}
+
+/// out[idx] = f(a[bcast idx], b[bcast idx]) on the host.
+fn broadcast_ref(a: &[f32], ash: &[usize], b: &[f32], bsh: &[usize], out: &[usize], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    let r = out.len();
+    let idx = |sh: &[usize], coord: &[usize]| -> usize {
+        let off = r - sh.len();
+        let st = strides(sh);
+        (0..sh.len()).map(|d| if sh[d] == 1 { 0 } else { coord[d + off] * st[d] }).sum()
+    };
+    let os = strides(out);
+    (0..numel(out))
+        .map(|i| {
+            let coord: Vec<usize> = (0..r).map(|d| (i / os[d]) % out[d]).collect();
+            f(a[idx(ash, &coord)] as f64, b[idx(bsh, &coord)] as f64)
+        })
+        .collect()
+}
+
+#[test]
+fn binary_ops_broadcast_like_numpy() {
+    let cases: [(&[usize], &[usize], &[usize]); 5] = [
+        (&[7, 13, 29], &[7, 13, 29], &[7, 13, 29]),
+        (&[7, 1, 29], &[13, 1], &[7, 13, 29]),
+        (&[1], &[5, 3], &[5, 3]),
+        (&[3, 1, 5, 1, 2], &[4, 1], &[3, 1, 5, 4, 2]),
+        (&[2, 1, 3, 1, 2, 1, 1, 3], &[3, 1, 1, 4, 1], &[2, 1, 3, 3, 2, 1, 4, 3]),
+    ];
+    for (k, (ash, bsh, out)) in cases.iter().enumerate() {
+        let (a, av) = rand_tensor(ash, 10 + k as u64, -3.0, 3.0);
+        let (b, bv) = rand_tensor(bsh, 20 + k as u64, 0.5, 3.0);
+        let ops_: [(BinaryOp, fn(f64, f64) -> f64); 6] = [
+            (BinaryOp::Add, |x, y| x + y),
+            (BinaryOp::Sub, |x, y| x - y),
+            (BinaryOp::Mul, |x, y| x * y),
+            (BinaryOp::Div, |x, y| x / y),
+            (BinaryOp::Max, f64::max),
+            (BinaryOp::Min, f64::min),
+        ];
+        for (op, f) in ops_ {
+            let c = ops::binary(&a, &b, op).unwrap();
+            assert_eq!(c.shape(), *out, "{op:?} shape");
+            assert_close(&format!("{op:?} {ash:?}x{bsh:?}"), &c.to_vec().unwrap(), &broadcast_ref(&av, ash, &bv, bsh, out, f), 1e-6, 1e-6);
+        }
+        let c = ops::axpby(&a, 1.5, &b, -0.25).unwrap().to_vec().unwrap();
+        assert_close("axpby", &c, &broadcast_ref(&av, ash, &bv, bsh, out, |x, y| 1.5 * x - 0.25 * y), 1e-6, 1e-6);
+        let c = ops::binary(&b, &b, BinaryOp::Pow).unwrap().to_vec().unwrap();
+        assert_close("pow", &c, &bv.iter().map(|&x| (x as f64).powf(x as f64)).collect::<Vec<_>>(), 1e-5, 1e-5);
+    }
+}
+
+#[test]
+fn bad_broadcast_and_rank_are_errors() {
+    let (a, _) = rand_tensor(&[3, 4], 1, 0.0, 1.0);
+    let (b, _) = rand_tensor(&[5], 1, 0.0, 1.0);
+    let e = ops::add(&a, &b).unwrap_err();
+    assert!(matches!(e, Error::Shape { op: "add", .. }), "{e}");
+    assert!(e.to_string().contains("[3, 4]") && e.to_string().contains("[5]"), "{e}");
+    let (big, _) = rand_tensor(&[1; 9], 1, 0.0, 1.0);
+    assert!(ops::add(&big, &big).unwrap_err().to_string().contains("rank 9"));
+}
+
+#[test]
+fn fill_zeros_and_huge_grids() {
+    let z = Tensor::zeros(gpu(), &[3, 5]).unwrap().to_vec().unwrap();
+    assert!(z.iter().all(|&v| v == 0.0));
+    let f = Tensor::full(gpu(), &[4, 7], -2.5).unwrap().to_vec().unwrap();
+    assert!(f.iter().all(|&v| v == -2.5));
+    // More than 65535 * 256 elements: the grid folds into two dimensions.
+    let n = 65535 * 256 + 1000;
+    let big = Tensor::full(gpu(), &[n], 1.25).unwrap();
+    let y = ops::affine(&big, 2.0, 0.5).unwrap();
+    for i in [0, 65535 * 256 - 1, 65535 * 256, n - 1] {
+        assert_eq!(y.item_at(i).unwrap(), 3.0, "element {i}");
+    }
+    // empty tensors are fine
+    let e = Tensor::zeros(gpu(), &[0, 3]).unwrap();
+    assert_eq!(ops::exp(&e).unwrap().to_vec().unwrap().len(), 0);
+}
+
+#[test]
+fn permute_transpose_slice_concat_broadcast() {
+    let sh = [2, 3, 5, 7];
+    let (x, xv) = rand_tensor(&sh, 3, -1.0, 1.0);
+    let st = strides(&sh);
+    let at = |c: [usize; 4]| xv[c[0] * st[0] + c[1] * st[1] + c[2] * st[2] + c[3] * st[3]];
+
+    let p = ops::permute(&x, &[3, 1, 0, 2]).unwrap();
+    assert_eq!(p.shape(), [7, 3, 2, 5]);
+    let pv = p.to_vec().unwrap();
+    let mut want = vec![];
+    for a in 0..7 { for b in 0..3 { for c in 0..2 { for d in 0..5 { want.push(at([c, b, d, a])); } } } }
+    assert_eq!(pv, want);
+
+    let t = ops::transpose(&x, -1, -2).unwrap();
+    assert_eq!(t.shape(), [2, 3, 7, 5]);
+    assert_eq!(t.to_vec().unwrap()[1], at([0, 0, 1, 0]));
+
+    let s = ops::slice(&x, 2, 1, 3).unwrap();
+    let mut want = vec![];
+    for a in 0..2 { for b in 0..3 { for c in 1..4 { for d in 0..7 { want.push(at([a, b, c, d])); } } } }
+    assert_eq!(s.to_vec().unwrap(), want);
+    assert!(ops::slice(&x, 2, 3, 3).is_err());
+
+    let (y, yv) = rand_tensor(&[2, 1, 5, 7], 4, -1.0, 1.0);
+    let c = ops::concat(&[&x, &y, &x], 1).unwrap();
+    assert_eq!(c.shape(), [2, 7, 5, 7]);
+    let cv = c.to_vec().unwrap();
+    let cs = strides(&[2, 7, 5, 7]);
+    for a in 0..2 { for b in 0..7 { for d2 in 0..5 { for e in 0..7 {
+        let w = match b { 0..=2 => at([a, b, d2, e]), 3 => yv[a * 35 + d2 * 7 + e], _ => at([a, b - 4, d2, e]) };
+        assert_eq!(cv[a * cs[0] + b * cs[1] + d2 * cs[2] + e], w);
+    } } } }
+    assert!(ops::concat(&[&x, &ops::slice(&y, 2, 0, 4).unwrap()], 1).is_err());
+
+    let b = ops::broadcast_to(&y, &[3, 2, 4, 5, 7]).unwrap().to_vec().unwrap();
+    assert_eq!(b.len(), 3 * 2 * 4 * 35);
+    assert_eq!(b[(2 * 2 + 1) * 4 * 35 + 3 * 35 + 9], yv[35 + 9]);
+    assert!(ops::broadcast_to(&y, &[2, 3, 4, 7]).is_err());
+}
+
+#[test]
+fn nearest_upsample_doubles_each_pixel() {
+    let (x, xv) = rand_tensor(&[2, 3, 5, 7], 5, -1.0, 1.0);
+    let y = ops::upsample_nearest2x(&x).unwrap();
+    assert_eq!(y.shape(), [2, 3, 10, 14]);
+    let yv = y.to_vec().unwrap();
+    for r in 0..6 { for i in 0..10 { for j in 0..14 {
+        assert_eq!(yv[(r * 10 + i) * 14 + j], xv[(r * 5 + i / 2) * 7 + j / 2]);
+    } } }
+}
+
+#[test]
+fn sinusoidal_embedding_matches_ldm() {
+    let ts = [0.0f32, 1.0, 17.5, 249.0, 999.0, 7531.25];
+    let t = Tensor::from_slice(gpu(), &[ts.len()], &ts).unwrap();
+    for dim in [320usize, 7, 2] {
+        let got = ops::sinusoidal_embedding(&t, dim, 10000.0).unwrap().to_vec().unwrap();
+        let half = dim / 2;
+        let mut want = vec![];
+        let mut tol = vec![];
+        for &tv in &ts {
+            for j in 0..dim {
+                if j >= 2 * half {
+                    want.push(0.0);
+                    tol.push(0.0);
+                    continue;
+                }
+                let f = (-(10000f64).ln() * (j % half) as f64 / half as f64).exp();
+                let arg = tv as f64 * f;
+                want.push(if j < half { arg.cos() } else { arg.sin() });
+                // f32 rounding of the frequency's exponent and of the product (as in PyTorch)
+                tol.push(arg.abs() * (f.ln().abs() + 4.0) * f32::EPSILON as f64);
+            }
+        }
+        for i in 0..want.len() {
+            assert!((got[i] as f64 - want[i]).abs() <= 2e-6 + tol[i], "dim {dim} elem {i}: {} vs {}", got[i], want[i]);
+        }
+    }
+}
+
+#[test]
+fn gather_and_embedding() {
+    let (table, tv) = rand_tensor(&[11, 7], 6, -1.0, 1.0);
+    let ids = [3u32, 0, 10, 3, 5];
+    let y = ops::embedding(&table, &ids).unwrap();
+    assert_eq!(y.shape(), [5, 7]);
+    let yv = y.to_vec().unwrap();
+    for (r, &i) in ids.iter().enumerate() {
+        assert_eq!(&yv[r * 7..r * 7 + 7], &tv[i as usize * 7..i as usize * 7 + 7]);
+    }
+    let e = ops::embedding(&table, &[11]).unwrap_err();
+    assert!(e.to_string().contains("id 11 out of range"), "{e}");
+    let idx = Tensor::from_u32(gpu(), &[2], &[1, 99]).unwrap();
+    let g = ops::gather_rows(&table, &idx).unwrap().to_vec().unwrap();
+    assert_eq!(&g[..7], &tv[7..14]);
+    assert!(g[7..].iter().all(|&v| v == 0.0));
+    assert!(ops::gather_rows(&table, &table).is_err(), "f32 indices are a dtype error");
+}

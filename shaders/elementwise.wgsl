@@ -1,0 +1,156 @@
+// Elementwise kernels over a logical shape of rank <= 8.
+//
+// Every operand is addressed by (offset, strides): a contiguous tensor has row-major
+// strides, a broadcast dimension stride 0, a permuted/sliced view its own strides. So one
+// kernel serves unary math, copies (permute, slice, concat, broadcast, nearest upsample)
+// and broadcasting binary ops. Flags mark contiguous operands to skip the index math.
+//
+// Grid: 1-D over the n logical elements, 256 per workgroup, folded into x/y so that large
+// tensors stay under 65535 workgroups per dimension.
+
+struct Params {
+    n: u32,
+    rank: u32,
+    flags: u32,          // bit 0: x/a contiguous, bit 1: b contiguous, bit 2: out contiguous
+    x_off: u32,
+    out_off: u32,
+    alpha: f32,
+    beta: f32,
+    gamma: f32,
+    shape: array<vec4<u32>, 2>,  // logical shape, dims 0..7
+    xs: array<vec4<u32>, 2>,     // strides of x (or a)
+    bs: array<vec4<u32>, 2>,     // strides of b
+    os: array<vec4<u32>, 2>,     // strides of out
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// unary / copy: binding 1 = x, binding 2 = out
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+// binary: binding 1 = a (x above), binding 2 = b, binding 3 = out
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+// fill: binding 1 = out
+@group(0) @binding(1) var<storage, read_write> f: array<f32>;
+
+override OP: u32 = 0u;
+
+const WG: u32 = 256u;
+
+fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
+// Offsets of logical element i in (x, b, out).
+fn offsets(i: u32) -> vec3<u32> {
+    var o = vec3<u32>(p.x_off + i, i, p.out_off + i);
+    if ((p.flags & 7u) == 7u) {
+        return o;
+    }
+    var rem = i;
+    var s = vec3<u32>(p.x_off, 0u, p.out_off);
+    for (var d = i32(p.rank) - 1; d >= 0; d--) {
+        let q = u32(d) / 4u;
+        let r = u32(d) % 4u;
+        let size = p.shape[q][r];
+        let coord = rem % size;
+        rem = rem / size;
+        s += coord * vec3<u32>(p.xs[q][r], p.bs[q][r], p.os[q][r]);
+    }
+    return select(s, o, vec3<bool>((p.flags & 1u) != 0u, (p.flags & 2u) != 0u, (p.flags & 4u) != 0u));
+}
+
+// erf with |error| < 1.2e-7 (Numerical Recipes' erfc, Chebyshev fit).
+fn erf(v: f32) -> f32 {
+    let z = abs(v);
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
+        t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
+        t * (-0.82215223 + t * 0.17087277)))))))));
+    return select(r - 1.0, 1.0 - r, v >= 0.0);
+}
+
+fn sigmoid(v: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-v));
+}
+
+// tanh that stays finite for large |v| on every driver.
+fn tanh_safe(v: f32) -> f32 {
+    return tanh(clamp(v, -15.0, 15.0));
+}
+
+// OP codes: keep in sync with `UnaryOp` in kernels/src/ops/elementwise.rs.
+fn unary_op(v: f32) -> f32 {
+    switch OP {
+        case 0u: { return v; }                                   // identity / copy
+        case 1u: { return -v; }
+        case 2u: { return exp(v); }
+        case 3u: { return log(v); }
+        case 4u: { return sqrt(v); }
+        case 5u: { return inverseSqrt(v); }
+        case 6u: { return abs(v); }
+        case 7u: { return sigmoid(v); }
+        case 8u: { return tanh_safe(v); }
+        case 9u: { return max(v, 0.0); }                         // relu
+        case 10u: { return v * sigmoid(v); }                     // silu
+        case 11u: { return 0.5 * v * (1.0 + erf(v * 0.70710678118654752)); } // gelu (erf)
+        case 12u: { return 0.5 * v * (1.0 + tanh_safe(0.7978845608028654 * (v + 0.044715 * v * v * v))); }
+        case 13u: { return v * sigmoid(1.702 * v); }             // quick_gelu
+        case 14u: { return v * v; }
+        case 15u: { return 1.0 / v; }
+        case 16u: { return sin(v); }
+        case 17u: { return cos(v); }
+        case 18u: { return pow(v, p.gamma); }                    // x^gamma (x > 0)
+        default: { return v; }
+    }
+}
+
+// y = alpha * op(x) + beta
+@compute @workgroup_size(256)
+fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wid, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    let o = offsets(i);
+    y[o.z] = p.alpha * unary_op(x[o.x]) + p.beta;
+}
+
+// OP codes: keep in sync with `BinaryOp`.
+fn binary_op(u: f32, v: f32) -> f32 {
+    switch OP {
+        case 0u: { return u + v; }
+        case 1u: { return u - v; }
+        case 2u: { return u * v; }
+        case 3u: { return u / v; }
+        case 4u: { return max(u, v); }
+        case 5u: { return min(u, v); }
+        case 6u: { return pow(u, v); }
+        case 7u: { return p.alpha * u + p.beta * v; }            // axpby
+        default: { return u; }
+    }
+}
+
+// out = op(a, b) with broadcasting (out contiguous or strided)
+@compute @workgroup_size(256)
+fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wid, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    let o = offsets(i);
+    c[o.z] = binary_op(x[o.x], b[o.y]);
+}
+
+// out[i] = alpha
+@compute @workgroup_size(256)
+fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wid, nwg, lid);
+    if (i < p.n) {
+        f[i] = p.alpha;
+    }
+}
