@@ -51,16 +51,21 @@ impl AdapterSummary {
     }
 }
 
+/// Backends searched: `WGPU_BACKEND` (e.g. `vulkan,gl`) if set, else Vulkan, Metal, DX12.
+fn backends() -> wgpu::Backends {
+    wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY)
+}
+
 fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::all(),
+        backends: backends(),
         ..wgpu::InstanceDescriptor::new_without_display_handle()
     })
 }
 
 /// All adapters wgpu can reach on this machine.
 pub fn list_adapters() -> Vec<AdapterSummary> {
-    let adapters = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    let adapters = pollster::block_on(instance().enumerate_adapters(backends()));
     adapters
         .iter()
         .enumerate()
@@ -143,7 +148,7 @@ impl Gpu {
     /// optional features it has, and opens a device.
     pub fn new(opts: &GpuOptions) -> Result<Gpu> {
         let instance = instance();
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let adapters = pollster::block_on(instance.enumerate_adapters(backends()));
         if adapters.is_empty() {
             return Err(Error::NoAdapter { detail: String::new() });
         }

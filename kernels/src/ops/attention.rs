@@ -26,6 +26,7 @@ pub const FUSED_MAX_D: usize = 128;
 const ROWS_PER_GROUP: usize = 64;
 
 /// Outputs of [`attention`].
+#[derive(Debug)]
 pub struct Attention {
     /// (BH, Lq, Dv)
     pub out: Tensor,

@@ -16,7 +16,7 @@ pub use embedding::{embedding, gather_rows, sinusoidal_embedding};
 pub use gemm::{conv2d, linear, matmul, matmul_ex, temporal_conv, Conv2d, Matmul};
 pub use layout::{broadcast_to, concat, contiguous_strides, permute, slice, transpose, upsample_nearest2x};
 pub use norm::{group_norm, layer_norm, Norm};
-pub use reduce::{max, mean, min, sum, Reduce};
+pub use reduce::{max, mean, min, reduce, sum, Reduce};
 pub use softmax::{softmax, softmax_scaled};
 
 use crate::gpu::Gpu;

@@ -21,6 +21,7 @@ struct Params {
 }
 
 /// A normalisation result: the output and per-row (mean, rstd), shape (rows, 2).
+#[derive(Debug)]
 pub struct Norm {
     pub y: Tensor,
     pub stats: Tensor,

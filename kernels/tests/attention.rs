@@ -1,0 +1,72 @@
+//! Fused attention (and its unfused fallback) against an f64 reference.
+mod common;
+use common::*;
+use t2v_kernels::ops;
+
+/// (out, lse, probs) for q (bh, lq, d), k/v with kv_rep sharing.
+fn attn_ref(q: &[f32], k: &[f32], v: &[f32], bh: usize, lq: usize, lk: usize, d: usize, dv: usize, rep: usize, scale: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut out, mut lse, mut probs) = (vec![], vec![], vec![]);
+    for z in 0..bh {
+        let zk = z / rep;
+        for i in 0..lq {
+            let s: Vec<f64> = (0..lk)
+                .map(|j| scale * (0..d).map(|t| q[(z * lq + i) * d + t] as f64 * k[(zk * lk + j) * d + t] as f64).sum::<f64>())
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / sum).collect();
+            for t in 0..dv {
+                out.push((0..lk).map(|j| p[j] * v[(zk * lk + j) * dv + t] as f64).sum());
+            }
+            lse.push(m + sum.ln());
+            probs.extend(p);
+        }
+    }
+    (out, lse, probs)
+}
+
+#[test]
+fn fused_attention_self_cross_temporal_and_shared_kv() {
+    // (bh, lq, lk, d, dv, kv batches)
+    let cases = [
+        (6, 37, 19, 24, 16, 6),  // odd everything
+        (4, 29, 77, 64, 64, 2),  // cross attention, K/V shared by 2 query batches each
+        (50, 16, 16, 40, 40, 50), // temporal: many short sequences
+        (2, 1, 1, 8, 8, 1),
+        (3, 70, 70, 128, 128, 3), // the fused kernel's largest head dim, rows > one workgroup
+        (2, 9, 11, 160, 136, 2), // beyond the fused kernel: matmul/softmax fallback
+    ];
+    for (s, &(bh, lq, lk, d, dv, bk)) in cases.iter().enumerate() {
+        let (q, qv) = rand_tensor(&[bh, lq, d], 200 + s as u64, -1.0, 1.0);
+        let (k, kv) = rand_tensor(&[bk, lk, d], 210 + s as u64, -1.0, 1.0);
+        let (v, vv) = rand_tensor(&[bk, lk, dv], 220 + s as u64, -1.0, 1.0);
+        let scale = 1.0 / (d as f32).sqrt();
+        for capture in [false, true] {
+            let a = ops::attention(&q, &k, &v, scale, capture).unwrap();
+            let (out, lse, probs) = attn_ref(&qv, &kv, &vv, bh, lq, lk, d, dv, bh / bk, scale as f64);
+            let what = format!("attention {:?}", (bh, lq, lk, d, dv, bk));
+            assert_eq!(a.out.shape(), [bh, lq, dv]);
+            assert_close(&what, &a.out.to_vec().unwrap(), &out, 2e-6, 1e-5);
+            assert_close(&format!("{what} lse"), &a.lse.to_vec().unwrap(), &lse, 1e-5, 1e-5);
+            match (capture, a.probs) {
+                (true, Some(p)) => {
+                    assert_eq!(p.shape(), [bh, lq, lk]);
+                    assert_close(&format!("{what} probs"), &p.to_vec().unwrap(), &probs, 1e-6, 1e-5);
+                }
+                (false, None) => {}
+                (c, p) => panic!("capture {c} but probs {:?}", p.map(|t| t.shape().to_vec())),
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_rejects_mismatched_shapes() {
+    let (q, _) = rand_tensor(&[4, 5, 8], 1, -1.0, 1.0);
+    let (k, _) = rand_tensor(&[3, 6, 8], 2, -1.0, 1.0);
+    let (k2, _) = rand_tensor(&[4, 6, 7], 2, -1.0, 1.0);
+    let (v, _) = rand_tensor(&[4, 6, 8], 3, -1.0, 1.0);
+    assert!(ops::attention(&q, &k, &v, 1.0, false).is_err(), "3 K/V batches do not divide 4");
+    let e = ops::attention(&q, &k2, &v, 1.0, false).unwrap_err().to_string();
+    assert!(e.contains("[4, 5, 8]") && e.contains("[4, 6, 7]"), "{e}");
+}

@@ -1,0 +1,188 @@
+//! Matmul, linear, conv2d and temporal conv against f64 references, on both kernel
+//! variants (barrier-free and workgroup-tiled) whatever the adapter.
+mod common;
+use common::*;
+use t2v_kernels::ops::{self, Conv2d, Matmul};
+use t2v_kernels::{Gpu, KernelVariant, Tensor};
+
+/// C = alpha * op(A) op(B) + bias for one batch.
+#[allow(clippy::too_many_arguments)]
+fn matmul_ref(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f64, bias: Option<&[f32]>) -> Vec<f64> {
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0f64;
+            for l in 0..k {
+                let av = if ta { a[l * m + i] } else { a[i * k + l] } as f64;
+                let bv = if tb { b[j * k + l] } else { b[l * n + j] } as f64;
+                s += av * bv;
+            }
+            c[i * n + j] = alpha * s + bias.map_or(0.0, |bb| bb[j] as f64);
+        }
+    }
+    c
+}
+
+fn variants() -> Vec<(KernelVariant, Gpu)> {
+    [KernelVariant::BarrierFree, KernelVariant::Tiled]
+        .into_iter()
+        .map(|v| {
+            let g = private_gpu();
+            g.set_kernel_variant(v);
+            (v, g)
+        })
+        .collect()
+}
+
+fn upload(g: &Gpu, shape: &[usize], seed: u64) -> (Tensor, Vec<f32>) {
+    let v = Rng::new(seed).uniform(numel(shape), -1.0, 1.0);
+    (Tensor::from_slice(g, shape, &v).unwrap(), v)
+}
+
+#[test]
+fn matmul_shapes_transposes_bias_batches() {
+    // (M, K, N) including non-multiples of every tile, degenerate 1s and a tile overhang
+    let dims = [(7, 13, 29), (1, 5, 1), (130, 3, 129), (64, 200, 65), (3, 1, 7)];
+    for (v, g) in variants() {
+        for (s, &(m, k, n)) in dims.iter().enumerate() {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let ash = if ta { [k, m] } else { [m, k] };
+                let bsh = if tb { [n, k] } else { [k, n] };
+                let (a, av) = upload(&g, &ash, 7 * s as u64 + 1);
+                let (b, bv) = upload(&g, &bsh, 7 * s as u64 + 2);
+                let (bias, biasv) = upload(&g, &[n], 7 * s as u64 + 3);
+                let c = ops::matmul_ex(&a, &b, Matmul { trans_a: ta, trans_b: tb, alpha: 0.5, bias: Some(&bias) }).unwrap();
+                assert_eq!(c.shape(), [m, n]);
+                let want = matmul_ref(&av, &bv, m, k, n, ta, tb, 0.5, Some(&biasv));
+                assert_close(&format!("{v:?} {m}x{k}x{n} ta={ta} tb={tb}"), &c.to_vec().unwrap(), &want, 1e-5 * (k as f64).sqrt(), 1e-5);
+            }
+        }
+        // batched, and a shared right operand (batch stride 0)
+        let (a, av) = upload(&g, &[2, 3, 7, 13], 50);
+        let (b, bv) = upload(&g, &[2, 3, 13, 29], 51);
+        let c = ops::matmul(&a, &b).unwrap();
+        assert_eq!(c.shape(), [2, 3, 7, 29]);
+        let cv = c.to_vec().unwrap();
+        for z in 0..6 {
+            let want = matmul_ref(&av[z * 91..(z + 1) * 91], &bv[z * 377..(z + 1) * 377], 7, 13, 29, false, false, 1.0, None);
+            assert_close(&format!("{v:?} batch {z}"), &cv[z * 203..(z + 1) * 203], &want, 1e-5, 1e-5);
+        }
+        let (w, wv) = upload(&g, &[13, 29], 52);
+        let cv = ops::matmul(&a, &w).unwrap().to_vec().unwrap();
+        for z in 0..6 {
+            let want = matmul_ref(&av[z * 91..(z + 1) * 91], &wv, 7, 13, 29, false, false, 1.0, None);
+            assert_close(&format!("{v:?} shared b {z}"), &cv[z * 203..(z + 1) * 203], &want, 1e-5, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn matmul_shape_errors_name_both_operands() {
+    let g = gpu();
+    let (a, _) = upload(g, &[3, 4], 1);
+    let (b, _) = upload(g, &[5, 6], 2);
+    let e = ops::matmul(&a, &b).unwrap_err().to_string();
+    assert!(e.contains("[3, 4]") && e.contains("[5, 6]"), "{e}");
+    let (c, _) = upload(g, &[2, 4, 6], 3);
+    let (d, _) = upload(g, &[3, 6, 2], 3);
+    assert!(ops::matmul(&c, &d).unwrap_err().to_string().contains("batch dims"));
+    let (bias, _) = upload(g, &[7], 3);
+    let (e2, _) = upload(g, &[4, 5], 3);
+    assert!(ops::matmul_ex(&a, &e2, Matmul { bias: Some(&bias), ..Default::default() }).is_err());
+}
+
+#[test]
+fn linear_matches_torch_layout() {
+    for (v, g) in variants() {
+        let (x, xv) = upload(&g, &[2, 5, 13], 60);
+        let (w, wv) = upload(&g, &[29, 13], 61);
+        let (b, bv) = upload(&g, &[29], 62);
+        let y = ops::linear(&x, &w, Some(&b)).unwrap();
+        assert_eq!(y.shape(), [2, 5, 29]);
+        let want = matmul_ref(&xv, &wv, 10, 13, 29, false, true, 1.0, Some(&bv));
+        assert_close(&format!("{v:?} linear"), &y.to_vec().unwrap(), &want, 1e-5, 1e-5);
+        assert!(ops::linear(&x, &b, None).is_err());
+    }
+}
+
+/// PyTorch conv2d on the host: x (N, C, H, W), w (O, C, KH, KW), padding (t, b, l, r).
+fn conv_ref(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], bias: Option<&[f32]>, g: Conv2d) -> (Vec<f64>, [usize; 4]) {
+    let [n, c, h, wd] = xs;
+    let [o, _, kh, kw] = ws;
+    let (sh, sw) = g.stride;
+    let (pt, pb, pl, pr) = g.padding;
+    let (oh, ow) = ((h + pt + pb - kh) / sh + 1, (wd + pl + pr - kw) / sw + 1);
+    let mut y = vec![0.0; n * o * oh * ow];
+    for b in 0..n { for oc in 0..o { for oy in 0..oh { for ox in 0..ow {
+        let mut s = bias.map_or(0.0, |bb| bb[oc] as f64);
+        for ic in 0..c { for ky in 0..kh { for kx in 0..kw {
+            let iy = (oy * sh + ky) as isize - pt as isize;
+            let ix = (ox * sw + kx) as isize - pl as isize;
+            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                s += x[((b * c + ic) * h + iy as usize) * wd + ix as usize] as f64 * w[((oc * c + ic) * kh + ky) * kw + kx] as f64;
+            }
+        } } }
+        y[((b * o + oc) * oh + oy) * ow + ox] = s;
+    } } } }
+    (y, [n, o, oh, ow])
+}
+
+#[test]
+fn conv2d_kernels_strides_paddings() {
+    let cases = [
+        ([2, 3, 11, 13], [5, 3, 3, 3], Conv2d::new(1, 1)),
+        ([2, 3, 11, 13], [5, 3, 3, 3], Conv2d::new(2, 1)),
+        ([1, 7, 9, 5], [4, 7, 1, 1], Conv2d::new(1, 0)),
+        ([2, 4, 10, 9], [6, 4, 3, 3], Conv2d { stride: (2, 2), padding: (0, 1, 0, 1) }), // ldm Downsample
+        ([1, 2, 5, 6], [3, 2, 3, 1], Conv2d { stride: (1, 1), padding: (1, 1, 0, 0) }),   // temporal (3, 1)
+        ([1, 66, 12, 12], [70, 66, 3, 3], Conv2d::new(1, 1)),                            // tiles overhang
+    ];
+    for (v, g) in variants() {
+        for (s, (xs, ws, geo)) in cases.iter().enumerate() {
+            let (x, xv) = upload(&g, xs, 70 + s as u64);
+            let (w, wv) = upload(&g, ws, 80 + s as u64);
+            let (b, bv) = upload(&g, &[ws[0]], 90 + s as u64);
+            let y = ops::conv2d(&x, &w, Some(&b), *geo).unwrap();
+            let (want, shape) = conv_ref(&xv, *xs, &wv, *ws, Some(&bv), *geo);
+            assert_eq!(y.shape(), shape);
+            let k = (ws[1] * ws[2] * ws[3]) as f64;
+            assert_close(&format!("{v:?} conv {xs:?} {ws:?} {geo:?}"), &y.to_vec().unwrap(), &want, 1e-5 * k.sqrt(), 1e-5);
+            let y0 = ops::conv2d(&x, &w, None, *geo).unwrap();
+            let (want0, _) = conv_ref(&xv, *xs, &wv, *ws, None, *geo);
+            assert_close("conv no bias", &y0.to_vec().unwrap(), &want0, 1e-5 * k.sqrt(), 1e-5);
+        }
+    }
+    let g = gpu();
+    let (x, _) = upload(g, &[1, 3, 4, 4], 1);
+    let (w, _) = upload(g, &[2, 4, 3, 3], 1);
+    assert!(ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap_err().to_string().contains("[2, 4, 3, 3]"));
+    let (w5, _) = upload(g, &[2, 3, 5, 5], 1);
+    assert!(ops::conv2d(&x, &w5, None, Conv2d::new(1, 0)).is_err(), "kernel larger than padded input");
+}
+
+#[test]
+fn temporal_conv_is_conv3d_311() {
+    let g = gpu();
+    let [b, c, f, h, w, o] = [2, 3, 5, 4, 3, 4];
+    let (x, xv) = upload(g, &[b, c, f, h, w], 100);
+    let (wt, wv) = upload(g, &[o, c, 3, 1, 1], 101);
+    let (bias, bv) = upload(g, &[o], 102);
+    let y = ops::temporal_conv(&x, &wt, Some(&bias)).unwrap();
+    assert_eq!(y.shape(), [b, o, f, h, w]);
+    let yv = y.to_vec().unwrap();
+    let xi = |bb: usize, cc: usize, ff: usize, hw: usize| xv[((bb * c + cc) * f + ff) * h * w + hw] as f64;
+    let mut want = vec![];
+    for bb in 0..b { for oc in 0..o { for ff in 0..f { for hw in 0..h * w {
+        let mut s = bv[oc] as f64;
+        for cc in 0..c { for t in 0..3 {
+            let src = ff as isize + t as isize - 1;
+            if (0..f as isize).contains(&src) {
+                s += wv[(oc * c + cc) * 3 + t] as f64 * xi(bb, cc, src as usize, hw);
+            }
+        } }
+        want.push(s);
+    } } } }
+    assert_close("temporal conv", &yv, &want, 1e-5, 1e-5);
+    let (bad, _) = upload(g, &[o, c, 3, 3, 1], 1);
+    assert!(ops::temporal_conv(&x, &bad, None).is_err());
+}

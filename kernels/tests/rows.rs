@@ -1,0 +1,140 @@
+//! Reductions, softmax, layer norm and group norm against f64 CPU references.
+mod common;
+use common::*;
+use t2v_kernels::ops::{self, Reduce};
+
+fn reduce_ref(x: &[f32], shape: &[usize], ax: usize, kind: Reduce) -> Vec<f64> {
+    let outer: usize = shape[..ax].iter().product();
+    let len = shape[ax];
+    let inner: usize = shape[ax + 1..].iter().product();
+    let mut out = vec![];
+    for o in 0..outer {
+        for i in 0..inner {
+            let vals = (0..len).map(|j| x[(o * len + j) * inner + i] as f64);
+            out.push(match kind {
+                Reduce::Sum => vals.sum(),
+                Reduce::Mean => vals.sum::<f64>() / len as f64,
+                Reduce::Max => vals.fold(f64::NEG_INFINITY, f64::max),
+                Reduce::Min => vals.fold(f64::INFINITY, f64::min),
+            });
+        }
+    }
+    out
+}
+
+#[test]
+fn reductions_along_every_axis() {
+    let shapes: [&[usize]; 5] = [&[7, 13, 29], &[1, 100_003], &[3, 5000, 7], &[5, 1, 3], &[4097, 3]];
+    for (s, shape) in shapes.iter().enumerate() {
+        let (x, xv) = rand_tensor(shape, 40 + s as u64, -2.0, 2.0);
+        for ax in 0..shape.len() {
+            for kind in [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Min] {
+                let y = ops::reduce(&x, ax as isize, kind).unwrap().to_vec().unwrap();
+                let want = reduce_ref(&xv, shape, ax, kind);
+                let len = shape[ax] as f64;
+                // f32 accumulation: error grows ~ sqrt(len) for random data
+                let atol = if kind == Reduce::Sum { 1e-6 * len.sqrt() * 4.0 } else { 1e-5 };
+                assert_close(&format!("{kind:?} axis {ax} of {shape:?}"), &y, &want, atol, 1e-5);
+            }
+        }
+    }
+    let (x, _) = rand_tensor(&[2, 3], 1, 0.0, 1.0);
+    assert!(ops::sum(&x, 2).is_err());
+    assert_eq!(ops::sum(&x, -1).unwrap().shape(), [2]);
+}
+
+fn softmax_ref(x: &[f32], len: usize, scale: f64) -> Vec<f64> {
+    x.chunks(len)
+        .flat_map(|r| {
+            let m = r.iter().map(|&v| scale * v as f64).fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = r.iter().map(|&v| (scale * v as f64 - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(move |v| v / s)
+        })
+        .collect()
+}
+
+#[test]
+fn softmax_short_and_long_rows() {
+    for (k, (shape, scale, lo, hi)) in [
+        (vec![7, 13, 29], 1.0, -3.0, 3.0),
+        (vec![5, 1000], 0.125, -50.0, 50.0),
+        (vec![3, 1], 1.0, -1.0, 1.0),
+        (vec![2, 129], 1.0, 500.0, 1000.0), // large logits: must not overflow
+        (vec![40_000, 16], 1.0, -8.0, 8.0),  // temporal-attention-like rows
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (x, xv) = rand_tensor(&shape, 60 + k as u64, lo, hi);
+        let got = ops::softmax_scaled(&x, scale).unwrap().to_vec().unwrap();
+        assert_close(&format!("softmax {shape:?}"), &got, &softmax_ref(&xv, *shape.last().unwrap(), scale as f64), 1e-6, 1e-5);
+    }
+}
+
+/// Host normalisation of rows with per-element channel index.
+fn norm_ref(x: &[f32], len: usize, eps: f64, ch: impl Fn(usize, usize) -> usize, g: Option<(&[f32], &[f32])>, silu: bool) -> (Vec<f64>, Vec<f64>) {
+    let mut y = vec![];
+    let mut stats = vec![];
+    for (r, row) in x.chunks(len).enumerate() {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / len as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        stats.extend([mean, rstd]);
+        for (j, &v) in row.iter().enumerate() {
+            let mut o = (v as f64 - mean) * rstd;
+            if let Some((gm, bt)) = g {
+                let c = ch(r, j);
+                o = o * gm[c] as f64 + bt[c] as f64;
+            }
+            if silu {
+                o /= 1.0 + (-o).exp();
+            }
+            y.push(o);
+        }
+    }
+    (y, stats)
+}
+
+#[test]
+fn layer_norm_with_and_without_affine() {
+    for (k, shape) in [vec![7, 13, 29], vec![77, 1024], vec![3, 1], vec![2, 5, 300]].into_iter().enumerate() {
+        let d = *shape.last().unwrap();
+        let (x, xv) = rand_tensor(&shape, 80 + k as u64, -3.0, 5.0);
+        let (g, gv) = rand_tensor(&[d], 90 + k as u64, 0.5, 1.5);
+        let (b, bv) = rand_tensor(&[d], 95 + k as u64, -1.0, 1.0);
+        let n = ops::layer_norm(&x, Some(&g), Some(&b), 1e-5).unwrap();
+        let (want, stats) = norm_ref(&xv, d, 1e-5, |_, j| j, Some((&gv, &bv)), false);
+        assert_close(&format!("layer_norm {shape:?}"), &n.y.to_vec().unwrap(), &want, 2e-5, 2e-5);
+        assert_close("layer_norm stats", &n.stats.to_vec().unwrap(), &stats, 2e-5, 2e-5);
+        let plain = ops::layer_norm(&x, None, None, 1e-5).unwrap().y.to_vec().unwrap();
+        assert_close("layer_norm plain", &plain, &norm_ref(&xv, d, 1e-5, |_, j| j, None, false).0, 2e-5, 2e-5);
+    }
+    let (x, _) = rand_tensor(&[3, 4], 1, 0.0, 1.0);
+    let (g, _) = rand_tensor(&[5], 1, 0.0, 1.0);
+    assert!(ops::layer_norm(&x, Some(&g), Some(&g), 1e-5).is_err());
+    assert!(ops::layer_norm(&x, Some(&g), None, 1e-5).is_err());
+}
+
+#[test]
+fn group_norm_4d_and_5d_with_fused_silu() {
+    for (k, (shape, groups)) in [(vec![3, 12, 5, 7], 4), (vec![2, 32, 3, 5, 7], 8), (vec![1, 6, 1], 3), (vec![2, 64, 9, 11], 32)]
+        .into_iter()
+        .enumerate()
+    {
+        let c = shape[1];
+        let s: usize = shape[2..].iter().product();
+        let cpg = c / groups;
+        let (x, xv) = rand_tensor(&shape, 100 + k as u64, -2.0, 4.0);
+        let (g, gv) = rand_tensor(&[c], 110 + k as u64, 0.5, 1.5);
+        let (b, bv) = rand_tensor(&[c], 120 + k as u64, -1.0, 1.0);
+        for silu in [false, true] {
+            let n = ops::group_norm(&x, groups, Some(&g), Some(&b), 1e-6, silu).unwrap();
+            let (want, stats) = norm_ref(&xv, cpg * s, 1e-6, |r, j| (r % groups) * cpg + j / s, Some((&gv, &bv)), silu);
+            assert_close(&format!("group_norm {shape:?} silu={silu}"), &n.y.to_vec().unwrap(), &want, 2e-5, 2e-5);
+            assert_close("group_norm stats", &n.stats.to_vec().unwrap(), &stats, 2e-5, 2e-5);
+        }
+    }
+    let (x, _) = rand_tensor(&[2, 6, 3], 1, 0.0, 1.0);
+    assert!(ops::group_norm(&x, 4, None, None, 1e-5, false).unwrap_err().to_string().contains("6 channels"));
+}

@@ -1,0 +1,121 @@
+//! The runtime: adapters, pool reuse, profiling, readback, errors, host-owned devices.
+mod common;
+use common::*;
+use t2v_kernels::{list_adapters, ops, DType, Error, Gpu, GpuOptions, Tensor};
+
+#[test]
+fn adapters_are_listed_and_selectable() {
+    let list = list_adapters();
+    assert!(!list.is_empty());
+    let g = gpu();
+    let name = g.adapter_info().name.clone();
+    // By index and by a part of the name.
+    let idx = list.iter().find(|a| a.info.name == name).unwrap().index;
+    let by_index = Gpu::new(&GpuOptions { adapter: Some(idx.to_string()), quiet: true }).unwrap();
+    assert_eq!(by_index.adapter_info().name, name);
+    let part = name.split_whitespace().next().unwrap().to_lowercase();
+    assert!(Gpu::new(&GpuOptions { adapter: Some(part), quiet: true }).is_ok());
+    let e = Gpu::new(&GpuOptions { adapter: Some("no-such-adapter-xyz".into()), quiet: true }).unwrap_err();
+    assert!(matches!(e, Error::AdapterNotFound { .. }));
+    assert!(e.to_string().contains(&name), "lists what is available: {e}");
+    // The device got the adapter's limits, not wgpu's defaults.
+    let adapter_limits = &list[idx].limits;
+    assert_eq!(g.limits().max_storage_buffer_binding_size, adapter_limits.max_storage_buffer_binding_size);
+    assert_eq!(g.limits().max_buffer_size, adapter_limits.max_buffer_size);
+}
+
+#[test]
+fn steady_state_loop_allocates_nothing_new() {
+    let g = private_gpu();
+    let x = Tensor::from_slice(&g, &[33, 17], &Rng::new(1).uniform(33 * 17, -1.0, 1.0)).unwrap();
+    let w = Tensor::from_slice(&g, &[9, 17], &Rng::new(2).uniform(9 * 17, -1.0, 1.0)).unwrap();
+    let step = |x: &Tensor| -> f32 {
+        let h = ops::silu(&ops::linear(x, &w, None).unwrap()).unwrap();
+        let s = ops::softmax(&h).unwrap();
+        ops::sum(&ops::sum(&s, -1).unwrap(), 0).unwrap().item_at(0).unwrap()
+    };
+    let first = step(&x);
+    assert!((first - 33.0).abs() < 1e-3, "softmax rows sum to 1: {first}");
+    let warm = g.memory();
+    for _ in 0..5 {
+        step(&x);
+    }
+    let after = g.memory();
+    assert_eq!(after.allocations, warm.allocations, "no new buffers in steady state");
+    assert!(after.reuses > warm.reuses);
+    assert_eq!(after.live_bytes, warm.live_bytes);
+    assert!(after.peak_total_bytes >= after.live_bytes);
+    g.trim_pool();
+    assert_eq!(g.memory().pooled_bytes, 0);
+    drop(x);
+    assert!(g.memory().live_bytes < after.live_bytes, "dropping a tensor returns its buffer");
+}
+
+#[test]
+fn profiling_reports_kernels_or_says_why_not() {
+    let g = private_gpu();
+    match g.set_profiling(true) {
+        Ok(()) => {
+            let (a, _) = (Tensor::full(&g, &[64, 64], 1.0).unwrap(), ());
+            let c = ops::matmul(&a, &a).unwrap();
+            assert_eq!(c.item_at(0).unwrap(), 64.0);
+            let rows = g.profile().unwrap();
+            let gemm = rows.iter().find(|r| r.kernel.starts_with("gemm::")).expect("gemm row");
+            assert_eq!(gemm.calls, 1);
+            assert!(gemm.total_ms >= 0.0);
+            assert!(g.profile_table().unwrap().contains("gemm::"));
+        }
+        Err(e) => assert!(e.to_string().contains("TIMESTAMP_QUERY"), "{e}"),
+    }
+}
+
+#[test]
+fn upload_readback_and_reshape_errors() {
+    let g = gpu();
+    let e = Tensor::from_slice(g, &[2, 3], &[1.0; 5]).unwrap_err();
+    assert!(e.to_string().contains("5 values") && e.to_string().contains("[2, 3]"), "{e}");
+    let t = Tensor::from_slice(g, &[2, 3], &[1., 2., 3., 4., 5., 6.]).unwrap();
+    assert!(t.reshape(&[4, 2]).unwrap_err().to_string().contains("[2, 3]"));
+    let r = t.reshape(&[3, 2]).unwrap();
+    assert!(r.same_storage(&t));
+    assert_eq!(r.to_vec().unwrap(), vec![1., 2., 3., 4., 5., 6.]);
+    assert!(matches!(t.to_vec_u32().unwrap_err(), Error::DType { .. }));
+    let u = Tensor::from_u32(g, &[3], &[7, 8, 9]).unwrap();
+    assert_eq!(u.dtype(), DType::U32);
+    assert_eq!(u.to_vec_u32().unwrap(), vec![7, 8, 9]);
+    assert!(matches!(ops::exp(&u).unwrap_err(), Error::DType { .. }));
+    // Writes are ordered after earlier kernels that read the old contents.
+    let y = ops::scale(&t, 2.0).unwrap();
+    t.write(&[0.0; 6]).unwrap();
+    assert_eq!(y.to_vec().unwrap(), vec![2., 4., 6., 8., 10., 12.]);
+    assert_eq!(t.to_vec().unwrap(), vec![0.0; 6]);
+}
+
+#[test]
+fn oversized_tensors_are_refused_before_any_dispatch() {
+    let g = gpu();
+    let limit = g.max_binding_bytes();
+    let elems = (limit / 4 + 1) as usize;
+    let e = Tensor::zeros(g, &[elems]).unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("zeros"), "{e}");
+    // the device still works
+    assert_eq!(Tensor::full(g, &[3], 1.5).unwrap().to_vec().unwrap(), vec![1.5; 3]);
+}
+
+#[test]
+fn a_host_applications_device_can_be_lent() {
+    // What an embedding application does: it owns instance, adapter, device and queue.
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::PRIMARY,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).unwrap();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let g = Gpu::from_device(device.clone(), queue);
+    assert_eq!(g.adapter_info().name, adapter.get_info().name);
+    let a = Tensor::from_slice(&g, &[2, 2], &[1., 2., 3., 4.]).unwrap();
+    let c = ops::matmul(&a, &a).unwrap();
+    assert_eq!(c.to_vec().unwrap(), vec![7., 10., 15., 22.]);
+    assert_eq!(g.device().limits().max_buffer_size, device.limits().max_buffer_size);
+}
