@@ -1,1 +1,8 @@
-pub fn _y(){}
+//! t2v-turbo: T2V-Turbo-v2 video consistency distillation and fast sampling on wgpu.
+//!
+//! Layers (see ARCHITECTURE.md): the compute core lives in the `t2v-kernels` crate,
+//! re-exported here as [`kernels`]; models, method and pipeline build on it.
+
+pub use t2v_kernels as kernels;
+
+pub mod cli;
