@@ -1,1 +1,128 @@
-fn main(){}
+//! Throughput of the forward kernels: `cargo bench -p t2v-kernels [-- --quick]`.
+//!
+//! Compute-bound kernels report GFLOP/s; memory-bound ones GB/s, with a ratio to a plain
+//! copy measured in the same run (the device's practical bandwidth). The matmul ratio to
+//! burn-wgpu comes from the peer benchmark (`cargo run --release -p t2v-peer-bench`).
+//! Every timed region ends with a one-element readback, checked against the CPU.
+//! Shapes are reduced on CPU adapters (lavapipe) and full on GPUs.
+
+use t2v_kernels::bench::{best_time, check_value, pseudo_data};
+use t2v_kernels::ops::{self, Conv2d};
+use t2v_kernels::{Gpu, GpuOptions, Tensor};
+
+struct Bench {
+    gpu: Gpu,
+    budget: f64,
+    rows: Vec<String>,
+}
+
+impl Bench {
+    fn tensor(&self, shape: &[usize], seed: u32) -> (Tensor, Vec<f32>) {
+        let v = pseudo_data(shape.iter().product(), seed);
+        (Tensor::from_slice(&self.gpu, shape, &v).unwrap(), v)
+    }
+    fn row(&mut self, name: &str, shape: String, secs: f64, amount: f64, unit: &str, baseline: Option<f64>) -> f64 {
+        let rate = amount / secs * 1e-9;
+        let ratio = baseline.map_or(String::new(), |b| format!("{:.2}x", rate / b));
+        let line = format!("| {name} | {shape} | {:.3} | {rate:.1} {unit} | {ratio} |", secs * 1e3);
+        println!("{line}");
+        self.rows.push(line);
+        rate
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let gpu = Gpu::new(&GpuOptions { adapter: None, quiet: true, ..Default::default() }).expect("a wgpu adapter");
+    let cpu = gpu.is_cpu();
+    let info = gpu.adapter_info().clone();
+    println!("device: {} ({:?}, {:?}, {})", info.name, info.backend, info.device_type, info.driver_info);
+    println!("| kernel | shape | best ms | throughput | vs copy |");
+    println!("|---|---|---:|---:|---:|");
+    let mut b = Bench { gpu, budget: if cpu { 2.0 } else { 0.5 }, rows: vec![] };
+
+    // Bandwidth baseline: a contiguous copy (read + write).
+    let n = if cpu { 1 << 23 } else { 1 << 27 };
+    let (x, xv) = b.tensor(&[n], 1);
+    let t = best_time(b.budget, 3, || check_value("copy", ops::scale(&x, 1.0).unwrap().item_at(n - 1).unwrap(), xv[n - 1] as f64, 0.0));
+    let copy_gbs = b.row("copy (bandwidth)", format!("{n}"), t, 8.0 * n as f64, "GB/s", None);
+
+    // Matmul: squares and UNet shapes (M x K x N).
+    let mut mm = vec![(256, 256, 256), (512, 512, 512), (1024, 1024, 1024)];
+    if !quick {
+        mm.extend([(2048, 2048, 2048), (2560, 320, 320), (640, 1280, 1280)]);
+    }
+    if !cpu {
+        mm.push((4096, 4096, 4096));
+    }
+    for (m, k, nn) in mm {
+        let (a, av) = b.tensor(&[m, k], 2);
+        let (w, wv) = b.tensor(&[k, nn], 3);
+        let want: f64 = (0..k).map(|l| av[l] as f64 * wv[l * nn] as f64).sum();
+        let t = best_time(b.budget, 3, || check_value("matmul", ops::matmul(&a, &w).unwrap().item_at(0).unwrap(), want, 1e-4));
+        b.row("matmul", format!("{m}x{k}x{nn}"), t, 2.0 * (m * k * nn) as f64, "GFLOP/s", None);
+    }
+
+    // Attention (batch*heads, Lq, Lk, d): spatial self, cross to 77 text tokens, temporal.
+    let hw = if cpu { 640 } else { 2560 };
+    let att = [
+        ("attention spatial", if cpu { 2 } else { 16 }, hw, hw, 64),
+        ("attention cross", if cpu { 2 } else { 16 }, hw, 77, 64),
+        ("attention temporal", if cpu { 640 } else { 2 * 2560 * 5 }, 16, 16, 64),
+    ];
+    for (name, bh, lq, lk, d) in att {
+        let (q, qv) = b.tensor(&[bh, lq, d], 4);
+        let (k, kv) = b.tensor(&[bh, lk, d], 5);
+        let (v, vv) = b.tensor(&[bh, lk, d], 6);
+        let scale = 1.0 / (d as f64).sqrt();
+        let s: Vec<f64> = (0..lk).map(|j| scale * (0..d).map(|t| qv[t] as f64 * kv[j * d + t] as f64).sum::<f64>()).collect();
+        let mx = s.iter().cloned().fold(f64::MIN, f64::max);
+        let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
+        let want: f64 = (0..lk).map(|j| (s[j] - mx).exp() / z * vv[j * d] as f64).sum();
+        let t = best_time(b.budget, 3, || {
+            let o = ops::attention(&q, &k, &v, scale as f32, false).unwrap().out;
+            check_value(name, o.item_at(0).unwrap(), want, 1e-4);
+        });
+        b.row(name, format!("{bh}x{lq}x{lk}x{d}"), t, 4.0 * (bh * lq * lk * d) as f64, "GFLOP/s", None);
+    }
+
+    // conv2d 3x3, 320 -> 320 channels at the 40x64 latent size (frames folded into N).
+    let frames = if cpu { 1 } else { 16 };
+    let (x, xv) = b.tensor(&[frames, 320, 40, 64], 7);
+    let (w, wv) = b.tensor(&[320, 320, 3, 3], 8);
+    // y[0,0,1,1]: the full 3x3 window around input (1, 1)
+    let want: f64 = (0..320)
+        .flat_map(|c| (0..3).flat_map(move |ky| (0..3).map(move |kx| (c, ky, kx))))
+        .map(|(c, ky, kx)| wv[(c * 3 + ky) * 3 + kx] as f64 * xv[(c * 40 + ky) * 64 + kx] as f64)
+        .sum();
+    let t = best_time(b.budget, 3, || {
+        let y = ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap();
+        check_value("conv2d", y.item_at(65).unwrap(), want, 1e-4);
+    });
+    b.row("conv2d 3x3", format!("{frames}x320x40x64 -> 320"), t, 2.0 * (frames * 320 * 320 * 9 * 40 * 64) as f64, "GFLOP/s", None);
+
+    // Group norm (32 groups) with fused SiLU over (N, C, F, H, W).
+    let f = if cpu { 4 } else { 16 };
+    let shape = [1, 320, f, 40, 64];
+    let (x, xv) = b.tensor(&shape, 9);
+    let len = 10 * f * 40 * 64;
+    let mean = xv[..len].iter().map(|&v| v as f64).sum::<f64>() / len as f64;
+    let var = xv[..len].iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len as f64;
+    let y0 = (xv[0] as f64 - mean) / (var + 1e-6).sqrt();
+    let want = y0 / (1.0 + (-y0).exp());
+    let t = best_time(b.budget, 3, || {
+        let y = ops::group_norm(&x, 32, None, None, 1e-6, true).unwrap().y;
+        check_value("group_norm", y.item_at(0).unwrap(), want, 1e-4);
+    });
+    let numel: usize = shape.iter().product();
+    b.row("group_norm+silu", format!("{shape:?}"), t, 8.0 * numel as f64, "GB/s", Some(copy_gbs));
+
+    // Softmax over long rows (spatial attention scores).
+    let (x, _) = b.tensor(&[hw, hw], 10);
+    let t = best_time(b.budget, 3, || {
+        let y = ops::softmax(&x).unwrap();
+        assert!(y.item_at(0).unwrap() > 0.0);
+    });
+    b.row("softmax", format!("{hw}x{hw}"), t, 8.0 * (hw * hw) as f64, "GB/s", Some(copy_gbs));
+    let _ = b.rows.len();
+}

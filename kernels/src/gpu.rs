@@ -25,7 +25,14 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// Do not print the chosen adapter to stderr.
     pub quiet: bool,
+    /// Keep wgpu's runtime checks in shaders (index clamping, loop bounding). Off by default:
+    /// every kernel bounds its indices itself, and the checks cost ~25% on CPU adapters.
+    /// Also on when the environment has `T2V_SHADER_CHECKS=1` (a debugging aid).
+    pub shader_checks: bool,
 }
+
+/// Environment variable that turns shader runtime checks on.
+pub const SHADER_CHECKS_ENV: &str = "T2V_SHADER_CHECKS";
 
 /// One adapter as listed by [`list_adapters`].
 #[derive(Clone, Debug)]
@@ -118,6 +125,7 @@ pub(crate) struct GpuInner {
     /// Errors reported by wgpu outside an error scope (only on devices we created).
     pub errors: Arc<Mutex<Vec<String>>>,
     pub variant: Mutex<KernelVariant>,
+    pub shader_checks: std::sync::atomic::AtomicBool,
 }
 
 /// Which implementation of kernels that have several is used.
@@ -129,8 +137,10 @@ pub enum KernelVariant {
     Auto,
     /// Always the workgroup-tiled kernels (e.g. to test them on a CPU adapter).
     Tiled,
-    /// Always the barrier-free kernels.
+    /// Always the barrier-free kernels without subgroup operations (portable fallback).
     BarrierFree,
+    /// The subgroup kernels where they exist (needs SUBGROUP and a fixed subgroup size >= 8).
+    Subgroup,
 }
 
 /// A GPU device ready for tensors and kernels.
@@ -181,7 +191,11 @@ impl Gpu {
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.lock().unwrap().push(e.to_string())));
-        Ok(Self::assemble(device, queue, info, errors))
+        let gpu = Self::assemble(device, queue, info, errors);
+        if opts.shader_checks {
+            gpu.0.shader_checks.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(gpu)
     }
 
     /// Wraps a device and queue owned by a host application (e.g. a renderer), so that
@@ -207,6 +221,7 @@ impl Gpu {
             recorder: Mutex::new(recorder),
             errors,
             variant: Mutex::new(KernelVariant::Auto),
+            shader_checks: std::sync::atomic::AtomicBool::new(std::env::var(SHADER_CHECKS_ENV).is_ok_and(|v| v == "1")),
         }))
     }
 
@@ -236,6 +251,12 @@ impl Gpu {
     }
     pub fn kernel_variant(&self) -> KernelVariant {
         *self.0.variant.lock().unwrap()
+    }
+    /// The subgroup size when the device has SUBGROUP and a single, fixed size >= 8.
+    pub fn fixed_subgroup_size(&self) -> Option<u32> {
+        let i = &self.0.info;
+        (self.0.features.contains(wgpu::Features::SUBGROUP) && i.subgroup_min_size == i.subgroup_max_size && i.subgroup_min_size >= 8)
+            .then_some(i.subgroup_min_size)
     }
     /// Largest tensor, in bytes, that one kernel binding can address on this device.
     pub fn max_binding_bytes(&self) -> u64 {

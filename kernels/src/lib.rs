@@ -17,6 +17,7 @@
 //! # Ok::<(), t2v_kernels::Error>(())
 //! ```
 
+pub mod bench;
 mod error;
 mod gpu;
 pub mod ops;
@@ -27,7 +28,7 @@ pub mod shaders;
 mod tensor;
 
 pub use error::{Error, Result};
-pub use gpu::{list_adapters, AdapterSummary, Gpu, GpuOptions, KernelVariant, ADAPTER_ENV, OPTIONAL_FEATURES};
+pub use gpu::{list_adapters, AdapterSummary, Gpu, GpuOptions, KernelVariant, ADAPTER_ENV, OPTIONAL_FEATURES, SHADER_CHECKS_ENV};
 pub use pool::PoolStats;
 pub use recorder::ProfileRow;
 pub use registry::KernelSource;

@@ -96,7 +96,7 @@ impl Storage {
     /// A buffer of at least `bytes` (contents undefined). `what` names it in errors.
     pub fn acquire(gpu: &Gpu, bytes: u64, what: &dyn Fn() -> String) -> Result<Storage> {
         let limit = gpu.max_binding_bytes();
-        let bytes = bytes.max(4).next_multiple_of(4);
+        let bytes = bytes.max(16).next_multiple_of(16);
         if bytes > limit {
             return Err(Error::TooLarge { what: what(), bytes, limit, adapter: gpu.adapter_info().name.clone() });
         }

@@ -55,11 +55,16 @@ pub(crate) fn pipeline(
     }
     let shader_err = |e: wgpu::Error| Error::Shader { shader: src.name, entry, msg: e.to_string() };
     if !reg.modules.contains_key(src.name) {
+        let desc = wgpu::ShaderModuleDescriptor { label: Some(src.name), source: wgpu::ShaderSource::Wgsl(src.source.into()) };
         let (module, err) = scoped(gpu, || {
-            gpu.device().create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(src.name),
-                source: wgpu::ShaderSource::Wgsl(src.source.into()),
-            })
+            if gpu.0.shader_checks.load(std::sync::atomic::Ordering::Relaxed) {
+                gpu.device().create_shader_module(desc)
+            } else {
+                // SAFETY: every kernel of `shaders/` keeps its indices in bounds itself
+                // (explicit checks or clamps, tested at odd shapes), and every loop is
+                // bounded by its parameters; the runtime checks wgpu would add are redundant.
+                unsafe { gpu.device().create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+            }
         });
         if let Some(e) = err {
             return Err(shader_err(e));

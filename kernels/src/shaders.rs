@@ -7,11 +7,11 @@ macro_rules! family {
         pub static $ident: KernelSource =
             KernelSource { name: $name, source: include_str!(concat!("../../shaders/", $name, ".wgsl")) };
     };
-    ($ident:ident, $name:literal, with_common) => {
+    ($ident:ident, $name:literal, with $prelude:literal) => {
         pub static $ident: KernelSource = KernelSource {
             name: $name,
             source: concat!(
-                include_str!("../../shaders/common.wgsl"),
+                include_str!(concat!("../../shaders/", $prelude, ".wgsl")),
                 include_str!(concat!("../../shaders/", $name, ".wgsl"))
             ),
         };
@@ -19,12 +19,14 @@ macro_rules! family {
 }
 
 family!(ELEMENTWISE, "elementwise");
-family!(REDUCE, "reduce", with_common);
-family!(SOFTMAX, "softmax", with_common);
-family!(NORM, "norm", with_common);
-family!(GEMM, "gemm");
+family!(REDUCE, "reduce", with "common");
+family!(SOFTMAX, "softmax", with "common");
+family!(NORM, "norm", with "common");
+family!(GEMM, "gemm", with "gemm_common");
+// Needs the SUBGROUP feature (a separate module so that devices without it can use GEMM).
+family!(GEMM_SUBGROUP, "gemm_subgroup", with "gemm_common");
 family!(ATTENTION, "attention");
 family!(EMBEDDING, "embedding");
 
 /// Every family, for validation.
-pub static ALL: &[&KernelSource] = &[&ELEMENTWISE, &REDUCE, &SOFTMAX, &NORM, &GEMM, &ATTENTION, &EMBEDDING];
+pub static ALL: &[&KernelSource] = &[&ELEMENTWISE, &REDUCE, &SOFTMAX, &NORM, &GEMM, &GEMM_SUBGROUP, &ATTENTION, &EMBEDDING];

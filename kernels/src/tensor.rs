@@ -123,7 +123,7 @@ impl Tensor {
     }
 
     fn read_bytes(&self) -> Result<Vec<u8>> {
-        let mut v = self.read_range(0, self.binding_bytes())?;
+        let mut v = self.read_range(0, (4 * self.numel() as u64).max(4))?;
         v.truncate(4 * self.numel());
         Ok(v)
     }
@@ -193,9 +193,10 @@ impl Tensor {
         Ok(())
     }
 
-    /// Bytes bound to kernels (at least 4: empty tensors still bind a word).
+    /// Bytes bound to kernels: a multiple of 16 (at least 16), so that kernels may view
+    /// any tensor as vec4s (pooled buffers are allocated in classes of >= 256 bytes).
     pub(crate) fn binding_bytes(&self) -> u64 {
-        (4 * self.numel() as u64).max(4)
+        (4 * self.numel() as u64).max(16).next_multiple_of(16)
     }
 
     pub(crate) fn binding(&self) -> (wgpu::Buffer, u64) {

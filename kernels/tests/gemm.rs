@@ -24,7 +24,7 @@ fn matmul_ref(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ta: bool, tb: 
 }
 
 fn variants() -> Vec<(KernelVariant, Gpu)> {
-    [KernelVariant::BarrierFree, KernelVariant::Tiled]
+    [KernelVariant::BarrierFree, KernelVariant::Tiled, KernelVariant::Subgroup]
         .into_iter()
         .map(|v| {
             let g = private_gpu();
@@ -66,6 +66,16 @@ fn matmul_shapes_transposes_bias_batches() {
         for z in 0..6 {
             let want = matmul_ref(&av[z * 91..(z + 1) * 91], &bv[z * 377..(z + 1) * 377], 7, 13, 29, false, false, 1.0, None);
             assert_close(&format!("{v:?} batch {z}"), &cv[z * 203..(z + 1) * 203], &want, 1e-5, 1e-5);
+        }
+        // K % 4 == 0 and M, N >= 16: the subgroup path transposes operands first
+        for (ta, tb) in [(false, false), (true, true)] {
+            let (a2, a2v) = upload(&g, if ta { &[2, 16, 20] } else { &[2, 20, 16] }, 53);
+            let (b2, b2v) = upload(&g, if tb { &[2, 24, 16] } else { &[2, 16, 24] }, 54);
+            let c2 = ops::matmul_ex(&a2, &b2, Matmul { trans_a: ta, trans_b: tb, ..Default::default() }).unwrap().to_vec().unwrap();
+            for z in 0..2 {
+                let want = matmul_ref(&a2v[z * 320..(z + 1) * 320], &b2v[z * 384..(z + 1) * 384], 20, 16, 24, ta, tb, 1.0, None);
+                assert_close(&format!("{v:?} batch K%4 {z}"), &c2[z * 480..(z + 1) * 480], &want, 1e-5, 1e-5);
+            }
         }
         let (w, wv) = upload(&g, &[13, 29], 52);
         let cv = ops::matmul(&a, &w).unwrap().to_vec().unwrap();

@@ -14,7 +14,7 @@ fn validate(name: &str, src: &str) -> naga::Module {
 
 #[test]
 fn every_family_validates() {
-    assert!(ALL.len() >= 7);
+    assert!(ALL.len() >= 8);
     for k in ALL {
         let m = validate(k.name, k.source);
         assert!(!m.entry_points.is_empty(), "{} has no entry point", k.name);
@@ -32,6 +32,7 @@ fn families_lower_to_spirv_with_overrides() {
         ("reduce", &[("OP", 2.0), ("WG", 32.0)]),
         ("softmax", &[("WG", 64.0)]),
         ("norm", &[("WG", 256.0), ("ACT", 1.0)]),
+        ("gemm_subgroup", &[("SG", 8.0), ("TRANS_B", 1.0), ("B_MODE", 1.0)]),
         ("gemm", &[("TRANS_A", 1.0), ("TRANS_B", 1.0), ("B_MODE", 1.0), ("BIAS", 2.0), ("ACCUMULATE", 1.0), ("CPU_WG", 8.0)]),
         ("attention", &[("CAPTURE", 1.0)]),
         ("embedding", &[]),

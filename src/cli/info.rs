@@ -44,7 +44,7 @@ pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> Result<(), CliError> {
     if args.no_check {
         return Ok(());
     }
-    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), quiet: true })?;
+    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), quiet: true, ..Default::default() })?;
     let info = gpu.adapter_info();
     let enabled: Vec<String> = (gpu.features() & OPTIONAL_FEATURES).iter_names().map(|(n, _)| n.to_string()).collect();
     println!(

@@ -5,7 +5,7 @@ use bytemuck::{Pod, Zeroable};
 use super::check_f32;
 use super::launch;
 use crate::error::shape_err;
-use crate::shaders::GEMM;
+use crate::shaders::{GEMM, GEMM_SUBGROUP};
 use crate::{DType, Error, Gpu, KernelVariant, Result, Tensor};
 
 #[repr(C)]
@@ -41,16 +41,41 @@ enum BiasMode {
     PerRow = 2,
 }
 
-/// Rows per workgroup of gemm_cpu (CTM in gemm.wgsl) and columns per thread.
-const CPU_ROWS: usize = 8;
-const CPU_COLS_PER_THREAD: usize = 2;
+/// Columns per thread of gemm_cpu (CTN in gemm.wgsl); its workgroup spans rows.
+const CPU_COLS: usize = 8;
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tiled,
+    Subgroup,
+    Cpu,
+}
+
 /// Output tile of gemm_tiled.
 const TILE: usize = 128;
 
 /// Records one GEMM dispatch: c = alpha * a b (+ bias) (+ c if accumulate).
+/// Which GEMM kernel runs an (m x n) output on this device.
+fn choose_kind(gpu: &Gpu, m: usize, n: usize) -> Result<Kind> {
+    // GPUs with large outputs: the tiled kernel. CPU adapters: the subgroup kernel when the
+    // device allows it, else the portable barrier-free one (also for small outputs).
+    let sg = gpu.fixed_subgroup_size();
+    Ok(match gpu.kernel_variant() {
+        KernelVariant::Tiled => Kind::Tiled,
+        KernelVariant::BarrierFree => Kind::Cpu,
+        KernelVariant::Subgroup if sg.is_some() => Kind::Subgroup,
+        KernelVariant::Subgroup => {
+            return Err(Error::Device("the subgroup GEMM needs SUBGROUP and a fixed subgroup size >= 8".into()))
+        }
+        KernelVariant::Auto if !gpu.is_cpu() && m >= TILE / 2 && n >= TILE / 2 => Kind::Tiled,
+        KernelVariant::Auto if gpu.is_cpu() && sg.is_some() => Kind::Subgroup,
+        KernelVariant::Auto => Kind::Cpu,
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn dispatch(
     gpu: &Gpu,
+    kind: Kind,
     p: Params,
     trans_a: bool,
     trans_b: bool,
@@ -77,23 +102,28 @@ fn dispatch(
         ("BIAS", bias.0 as u32 as f64),
         ("ACCUMULATE", accumulate as u32 as f64),
     ];
-    // CPU adapters, and small outputs on GPUs: the barrier-free kernel.
-    let tiled = match gpu.kernel_variant() {
-        KernelVariant::Tiled => true,
-        KernelVariant::BarrierFree => false,
-        KernelVariant::Auto => !gpu.is_cpu() && m >= TILE / 2 && n >= TILE / 2,
-    };
-    let (entry, groups) = if tiled {
-        ("gemm_tiled", [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32])
-    } else {
-        let wg = n.div_ceil(CPU_COLS_PER_THREAD).next_power_of_two().clamp(8, 64);
-        constants.push(("CPU_WG", wg as f64));
-        ("gemm_cpu", [n.div_ceil(wg * CPU_COLS_PER_THREAD) as u32, m.div_ceil(CPU_ROWS) as u32, batch as u32])
+    let (src, entry, groups) = match kind {
+        Kind::Tiled => (&GEMM, "gemm_tiled", [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32]),
+        Kind::Subgroup => {
+            let sg = gpu.fixed_subgroup_size().expect("checked by choose_kind") as usize;
+            let nsg = n.div_ceil(4 * sg).clamp(1, 8);
+            constants.push(("SG", sg as f64));
+            constants.push(("NSG", nsg as f64));
+            let vec_k = !trans_a && trans_b && !conv && p.k % 4 == 0;
+            let entry = if vec_k { "gemm_sg4" } else { "gemm_sg" };
+            (&GEMM_SUBGROUP, entry, [n.div_ceil(4 * sg * nsg) as u32, m.div_ceil(8) as u32, batch as u32])
+        }
+        Kind::Cpu => {
+            let wg = m.next_power_of_two().clamp(8, 64);
+            constants.push(("CPU_WG", wg as f64));
+            constants.push(("VEC_A", (!trans_a && p.k % 4 == 0) as u32 as f64));
+            (&GEMM, "gemm_cpu", [n.div_ceil(CPU_COLS) as u32, m.div_ceil(wg) as u32, batch as u32])
+        }
     };
     if groups[0] as usize > max || groups[1] as usize > max {
         return Err(Error::Shape { op: "matmul", msg: format!("output {m}x{n} needs a grid {groups:?} beyond {max}") });
     }
-    launch(gpu, &GEMM, entry, &constants, bytemuck::bytes_of(&p), &[a, b, bias_t, c], groups)
+    launch(gpu, src, entry, &constants, bytemuck::bytes_of(&p), &[a, b, bias_t, c], groups)
 }
 
 /// Options of [`matmul_ex`].
@@ -175,7 +205,14 @@ pub fn matmul_ex(a: &Tensor, b: &Tensor, o: Matmul) -> Result<Tensor> {
             None => Ok(z),
         });
     }
-    dispatch(a.gpu(), p, o.trans_a, o.trans_b, false, bias, false, a, b, &c)?;
+    let gpu = a.gpu();
+    let kind = choose_kind(gpu, m, n)?;
+    // The subgroup kernel is fastest with both operands K-contiguous (A (M, K), B stored
+    // (N, K)): transposing an operand costs O(MK) or O(NK) against O(MNK) of compute.
+    let normalise = kind == Kind::Subgroup && k % 4 == 0 && m >= 16 && n >= 16;
+    let (a_t, ta) = if normalise && o.trans_a { (super::transpose(a, -1, -2)?, false) } else { (a.clone(), o.trans_a) };
+    let (b_t, tb) = if normalise && !o.trans_b { (super::transpose(b, -1, -2)?, true) } else { (b.clone(), o.trans_b) };
+    dispatch(gpu, kind, p, ta, tb, false, bias, false, &a_t, &b_t, &c)?;
     Ok(c)
 }
 
@@ -261,7 +298,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
         Some(t) => (BiasMode::PerRow, Some(t)),
         None => (BiasMode::None, None),
     };
-    dispatch(x.gpu(), p, false, false, true, bias, false, w, x, &y)?;
+    let kind = choose_kind(x.gpu(), o, oh * ow)?;
+    dispatch(x.gpu(), kind, p, false, false, true, bias, false, w, x, &y)?;
     Ok(y)
 }
 

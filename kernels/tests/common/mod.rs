@@ -8,12 +8,12 @@ use t2v_kernels::{Gpu, GpuOptions, Tensor};
 /// The device every test of a binary shares (lavapipe on CI).
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| Gpu::new(&GpuOptions { adapter: None, quiet: true }).expect("a wgpu adapter (install mesa-vulkan-drivers)"))
+    GPU.get_or_init(|| Gpu::new(&GpuOptions { adapter: None, quiet: true, ..Default::default() }).expect("a wgpu adapter (install mesa-vulkan-drivers)"))
 }
 
 /// A second device with its own settings (kernel variant), for tests that change them.
 pub fn private_gpu() -> Gpu {
-    Gpu::new(&GpuOptions { adapter: None, quiet: true }).expect("a wgpu adapter")
+    Gpu::new(&GpuOptions { adapter: None, quiet: true, ..Default::default() }).expect("a wgpu adapter")
 }
 
 /// xorshift64*: deterministic test data without extra dependencies.
