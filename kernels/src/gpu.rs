@@ -252,6 +252,16 @@ impl Gpu {
     pub fn kernel_variant(&self) -> KernelVariant {
         *self.0.variant.lock().unwrap()
     }
+    /// Most loop iterations one kernel invocation may run on this device, if it is bounded.
+    /// llvmpipe (lavapipe) stops any invocation's loops after 65535 back-edges in total,
+    /// silently; kernels whose work per invocation grows with the problem check this
+    /// (with a margin) and take another path. `None`: unbounded.
+    pub fn loop_limit(&self) -> Option<u64> {
+        let i = &self.0.info;
+        (i.device_type == wgpu::DeviceType::Cpu && (i.driver.contains("llvmpipe") || i.name.contains("llvmpipe")))
+            .then_some(60_000)
+    }
+
     /// The subgroup size when the device has SUBGROUP and a single, fixed size >= 8.
     pub fn fixed_subgroup_size(&self) -> Option<u32> {
         let i = &self.0.info;

@@ -35,6 +35,8 @@ fn fused_attention_self_cross_temporal_and_shared_kv() {
         (2, 1, 1, 8, 8, 1),
         (3, 70, 70, 128, 128, 3), // the fused kernel's largest head dim, rows > one workgroup
         (2, 9, 11, 160, 136, 2), // beyond the fused kernel: matmul/softmax fallback
+        (2, 640, 640, 64, 64, 2), // spatial attention at the latent size
+        (2, 5, 2100, 64, 64, 1),  // long keys: over llvmpipe's loop budget -> unfused path there
     ];
     for (s, &(bh, lq, lk, d, dv, bk)) in cases.iter().enumerate() {
         let (q, qv) = rand_tensor(&[bh, lq, d], 200 + s as u64, -1.0, 1.0);

@@ -102,6 +102,20 @@ fn matmul_shape_errors_name_both_operands() {
 }
 
 #[test]
+fn loop_limited_devices_refuse_what_they_would_truncate() {
+    let g = private_gpu();
+    let Some(limit) = g.loop_limit() else { return };
+    g.set_kernel_variant(KernelVariant::Tiled);
+    let k = (limit as usize / 645 + 2) * 8;
+    let (a, _) = upload(&g, &[2, k], 1);
+    let (b, _) = upload(&g, &[k, 2], 2);
+    let e = ops::matmul(&a, &b).unwrap_err().to_string();
+    assert!(e.contains("loop iterations"), "{e}");
+    g.set_kernel_variant(KernelVariant::Auto);
+    assert_eq!(ops::matmul(&a, &b).unwrap().shape(), [2, 2]);
+}
+
+#[test]
 fn linear_matches_torch_layout() {
     for (v, g) in variants() {
         let (x, xv) = upload(&g, &[2, 5, 13], 60);

@@ -14,14 +14,15 @@ struct Params {
     bh: u32,
     lq: u32,
     lk: u32,
-    d: u32,
-    dv: u32,
+    d4: u32,
+    dv4: u32,
     scale: f32,
     kv_rep: u32,
     _pad: u32,
 }
 
-/// Largest head dim of the fused kernel (MAX_D in attention.wgsl).
+/// Largest head dim of the fused kernel (4 * MAX_D4 in attention.wgsl); head dims must
+/// also be multiples of 4 there. Other shapes take the matmul/softmax path.
 pub const FUSED_MAX_D: usize = 128;
 const ROWS_PER_GROUP: usize = 64;
 
@@ -55,7 +56,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool) 
         );
     }
     let gpu = q.gpu();
-    if d > FUSED_MAX_D || dv > FUSED_MAX_D {
+    // Loop iterations of one invocation of the fused kernel (see Gpu::loop_limit).
+    let (d4, dv4) = (d / 4, dv / 4);
+    let iterations = (d4 + 2 * dv4 + lk * (d4 + dv4 + 1) + if capture { lk * (d4 + 1) } else { 0 }) as u64;
+    let fits = gpu.loop_limit().is_none_or(|limit| iterations <= limit);
+    if d > FUSED_MAX_D || dv > FUSED_MAX_D || d % 4 != 0 || dv % 4 != 0 || !fits {
         return attention_unfused(q, k, v, scale, capture);
     }
     let out = Tensor::empty(gpu, &[bh, lq, dv], DType::F32, "attention output")?;
@@ -64,7 +69,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool) 
     if bh == 0 || lq == 0 {
         return Ok(Attention { out, lse, probs });
     }
-    let p = Params { bh: bh as u32, lq: lq as u32, lk: lk as u32, d: d as u32, dv: dv as u32, scale, kv_rep: (bh / bk) as u32, _pad: 0 };
+    let p = Params { bh: bh as u32, lq: lq as u32, lk: lk as u32, d4: d4 as u32, dv4: dv4 as u32, scale, kv_rep: (bh / bk) as u32, _pad: 0 };
     let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
     let gx = lq.div_ceil(ROWS_PER_GROUP);
     let (gy, gz) = if bh <= max { (bh, 1) } else { (max, bh.div_ceil(max)) };
@@ -87,7 +92,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool) 
 /// Same result through matmul + softmax (any head dim; materialises the scores).
 fn attention_unfused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool) -> Result<Attention> {
     use super::{add, broadcast_to, exp, log, matmul, matmul_ex, max, softmax_scaled, sub, sum, Matmul};
-    let (bh, lq, lk) = (q.shape()[0], q.shape()[1], k.shape()[1]);
+    let (bh, lq) = (q.shape()[0], q.shape()[1]);
     let (k, v) = if k.shape()[0] != bh {
         let r = bh / k.shape()[0];
         let expand = |t: &Tensor| -> Result<Tensor> {
@@ -103,6 +108,5 @@ fn attention_unfused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bo
     let out = matmul(&probs, &v)?;
     let m = max(&scores, -1)?.reshape(&[bh, lq, 1])?;
     let lse = add(&log(&sum(&exp(&sub(&scores, &m)?)?, -1)?)?, &m.reshape(&[bh, lq])?)?;
-    let _ = lk;
     Ok(Attention { out, lse, probs: capture.then_some(probs) })
 }

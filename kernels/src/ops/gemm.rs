@@ -94,6 +94,24 @@ fn dispatch(
     if batch > max {
         return Err(Error::Shape { op: "matmul", msg: format!("batch {batch} exceeds the device's {max} workgroups per dimension") });
     }
+    // Loop iterations of one invocation (see Gpu::loop_limit): ~645 per 8-deep k slice in
+    // gemm_tiled, one per k (plus the epilogue) in the barrier-free kernels.
+    if let Some(limit) = gpu.loop_limit() {
+        let k = p.k as u64;
+        let iterations = match kind {
+            Kind::Tiled => 645 * k.div_ceil(8) + 136,
+            Kind::Subgroup | Kind::Cpu => k + 40,
+        };
+        if iterations > limit {
+            return Err(Error::Shape {
+                op: "matmul",
+                msg: format!(
+                    "inner dimension K = {k} needs {iterations} loop iterations per invocation, more than this \
+                     device runs ({limit}, llvmpipe); use the default kernel variant or split K"
+                ),
+            });
+        }
+    }
     let bias_t = bias.1.unwrap_or(a); // unread when BIAS == 0
     let mut constants = vec![
         ("TRANS_A", trans_a as u32 as f64),
