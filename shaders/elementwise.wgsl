@@ -154,3 +154,34 @@ fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         f[i] = p.alpha;
     }
 }
+
+// Whole contiguous tensors as vec4s (4 elements per thread): unary4 (x -> y), binary4
+// (a, b -> c, same shape). Bindings are padded to 16 bytes, so the last vec4 may cover
+// up to 3 padding elements past n; they are computed and written but never read as data.
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> y4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> c4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn unary4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wid, nwg, lid);
+    if (i * 4u >= p.n) {
+        return;
+    }
+    let v = x4[i];
+    y4[i] = p.alpha * vec4<f32>(unary_op(v.x), unary_op(v.y), unary_op(v.z), unary_op(v.w)) + p.beta;
+}
+
+@compute @workgroup_size(256)
+fn binary4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wid, nwg, lid);
+    if (i * 4u >= p.n) {
+        return;
+    }
+    let u = x4[i];
+    let v = b4[i];
+    c4[i] = vec4<f32>(binary_op(u.x, v.x), binary_op(u.y, v.y), binary_op(u.z, v.z), binary_op(u.w, v.w));
+}

@@ -144,14 +144,17 @@ pub(crate) fn unary_into(
         os: pad8(&out.strides),
     };
     let gpu = x.t.gpu();
+    // Whole contiguous tensors go 4 elements per thread.
+    let whole = flags == 7 && x.offset == 0 && out.offset == 0;
+    let (entry, threads) = if whole { ("unary4", n.div_ceil(4)) } else { ("unary", n) };
     launch(
         gpu,
         &ELEMENTWISE,
-        "unary",
+        entry,
         &[("OP", op as u32 as f64)],
         bytemuck::bytes_of(&p),
         &[x.t, out.t],
-        fold_groups(gpu, n, 256),
+        fold_groups(gpu, threads, 256),
     )
 }
 
@@ -265,14 +268,15 @@ fn binary_impl(op_name: &'static str, a: &Tensor, b: &Tensor, op: BinaryOp, alph
         os: pad8(&contiguous(&shape)),
     };
     let gpu = a.gpu();
+    let (entry, threads) = if flags == 7 { ("binary4", n.div_ceil(4)) } else { ("binary", n) };
     launch(
         gpu,
         &ELEMENTWISE,
-        "binary",
+        entry,
         &[("OP", op as u32 as f64)],
         bytemuck::bytes_of(&p),
         &[a, b, &y],
-        fold_groups(gpu, n, 256),
+        fold_groups(gpu, threads, 256),
     )?;
     Ok(y)
 }
