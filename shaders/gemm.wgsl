@@ -109,3 +109,20 @@ fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         }
     }
 }
+
+// im2col: cols[z, n, k] = im2col element k of output pixel n of image b[z], i.e. the
+// convolution's B operand stored transposed (K-contiguous), for the vec4 GEMM on CPU
+// adapters. Grid: one thread per (n, k) of one image, 1-D folded; z = workgroup_id.z.
+@group(0) @binding(3) var<storage, read_write> cols: array<f32>;
+
+@compute @workgroup_size(256)
+fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    if (i >= p.n * p.k) {
+        return;
+    }
+    let n = i / p.k;
+    let k = i % p.k;
+    cols[wid.z * p.n * p.k + i] = load_im2col(wid.z, k, conv_origin(n));
+}

@@ -18,7 +18,7 @@ pub(crate) const PARAM_SLOT: u64 = 256;
 const MAX_BATCH: usize = 256;
 
 pub(crate) enum Cmd {
-    Dispatch { pipe: Arc<Pipeline>, buffers: Vec<(wgpu::Buffer, u64)>, params_at: u64, groups: [u32; 3] },
+    Dispatch { pipe: Arc<Pipeline>, buffers: Vec<(wgpu::Buffer, u64)>, first_binding: u32, params_at: u64, groups: [u32; 3] },
     Copy { src: wgpu::Buffer, src_at: u64, dst: wgpu::Buffer, dst_at: u64, bytes: u64 },
     Clear { buf: wgpu::Buffer, bytes: u64 },
 }
@@ -70,6 +70,7 @@ impl Recorder {
         gpu: &Gpu,
         pipe: Arc<Pipeline>,
         params: &[u8],
+        first_binding: u32,
         buffers: Vec<(wgpu::Buffer, u64)>,
         groups: [u32; 3],
     ) -> Result<()> {
@@ -84,7 +85,7 @@ impl Recorder {
         let params_at = self.params.len() as u64;
         self.params.extend_from_slice(params);
         self.params.resize((params_at + PARAM_SLOT) as usize, 0);
-        self.cmds.push(Cmd::Dispatch { pipe, buffers, params_at, groups });
+        self.cmds.push(Cmd::Dispatch { pipe, buffers, first_binding, params_at, groups });
         self.maybe_flush(gpu)
     }
 
@@ -125,7 +126,7 @@ impl Recorder {
 
         let n_dispatch = cmds.iter().filter(|c| matches!(c, Cmd::Dispatch { .. })).count() as u32;
         let timing = if self.profiling && n_dispatch > 0 { Some(Timing::new(device, n_dispatch)) } else { None };
-        let bind = |pipe: &Pipeline, buffers: &[(wgpu::Buffer, u64)], params_at: u64| {
+        let bind = |pipe: &Pipeline, buffers: &[(wgpu::Buffer, u64)], first: u32, params_at: u64| {
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -136,7 +137,7 @@ impl Recorder {
             }];
             for (i, (b, bytes)) in buffers.iter().enumerate() {
                 entries.push(wgpu::BindGroupEntry {
-                    binding: 1 + i as u32,
+                    binding: first + i as u32,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                         buffer: b,
                         offset: 0,
@@ -164,8 +165,8 @@ impl Recorder {
                         }
                     });
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: tw });
-                    while let Some(Cmd::Dispatch { pipe, buffers, params_at, groups }) = cmds.get(i) {
-                        let bg = bind(pipe, buffers, *params_at);
+                    while let Some(Cmd::Dispatch { pipe, buffers, first_binding, params_at, groups }) = cmds.get(i) {
+                        let bg = bind(pipe, buffers, *first_binding, *params_at);
                         pass.set_pipeline(&pipe.pipeline);
                         pass.set_bind_group(0, &bg, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);

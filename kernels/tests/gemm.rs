@@ -160,6 +160,8 @@ fn conv2d_kernels_strides_paddings() {
         ([2, 4, 10, 9], [6, 4, 3, 3], Conv2d { stride: (2, 2), padding: (0, 1, 0, 1) }), // ldm Downsample
         ([1, 2, 5, 6], [3, 2, 3, 1], Conv2d { stride: (1, 1), padding: (1, 1, 0, 0) }),   // temporal (3, 1)
         ([1, 66, 12, 12], [70, 66, 3, 3], Conv2d::new(1, 1)),                            // tiles overhang
+        ([2, 8, 7, 9], [20, 8, 3, 3], Conv2d::new(2, 1)),   // K % 4 == 0, O >= 16: im2col + vec4 GEMM on CPU
+        ([1, 16, 5, 7], [24, 16, 1, 1], Conv2d::new(1, 0)),
     ];
     for (v, g) in variants() {
         for (s, (xs, ws, geo)) in cases.iter().enumerate() {

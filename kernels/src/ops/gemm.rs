@@ -3,7 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::check_f32;
-use super::launch;
+use super::{launch, launch_at};
 use crate::error::shape_err;
 use crate::shaders::{GEMM, GEMM_SUBGROUP};
 use crate::{DType, Error, Gpu, KernelVariant, Result, Tensor};
@@ -316,8 +316,20 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
         Some(t) => (BiasMode::PerRow, Some(t)),
         None => (BiasMode::None, None),
     };
-    let kind = choose_kind(x.gpu(), o, oh * ow)?;
-    dispatch(x.gpu(), kind, p, false, false, true, bias, false, w, x, &y)?;
+    let gpu = x.gpu();
+    let kind = choose_kind(gpu, o, oh * ow)?;
+    let k = c * kh * kw;
+    if kind == Kind::Subgroup && k % 4 == 0 && o >= 16 {
+        // CPU adapters: materialise the columns once, K-contiguous, for the vec4 GEMM.
+        let cols = Tensor::empty(gpu, &[n, oh * ow, k], DType::F32, "conv2d im2col")?;
+        let mut groups = super::fold_groups(gpu, oh * ow * k, 256);
+        groups[2] = n as u32;
+        launch_at(gpu, &GEMM, "im2col", &[], bytemuck::bytes_of(&p), 2, &[x, &cols], groups)?;
+        let p2 = Params { b_bs: (oh * ow * k) as u32, ..p };
+        dispatch(gpu, kind, p2, false, true, false, bias, false, w, &cols, &y)?;
+    } else {
+        dispatch(gpu, kind, p, false, false, true, bias, false, w, x, &y)?;
+    }
     Ok(y)
 }
 

@@ -45,9 +45,25 @@ pub(crate) fn launch(
     tensors: &[&Tensor],
     groups: [u32; 3],
 ) -> Result<()> {
+    launch_at(gpu, src, entry, constants, params, 1, tensors, groups)
+}
+
+/// Like [`launch`], with `tensors` at bindings `first`, `first + 1`, ... (for entry points
+/// that use a later slice of their family's bindings).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_at(
+    gpu: &Gpu,
+    src: &'static KernelSource,
+    entry: &'static str,
+    constants: &[(&'static str, f64)],
+    params: &[u8],
+    first: u32,
+    tensors: &[&Tensor],
+    groups: [u32; 3],
+) -> Result<()> {
     let pipe = pipeline(gpu, src, entry, constants)?;
     let buffers = tensors.iter().map(|t| t.binding()).collect();
-    gpu.0.recorder.lock().unwrap().dispatch(gpu, pipe, params, buffers, groups)
+    gpu.0.recorder.lock().unwrap().dispatch(gpu, pipe, params, first, buffers, groups)
 }
 
 /// All tensors must live on the same device and be f32.
