@@ -56,11 +56,13 @@ fn norm_rows(
         _pad: 0,
     };
     let (g, b) = affine.unwrap_or((x, x)); // unread when affine == 0
-    let wg = (len.next_power_of_two() as u32).clamp(32, 256);
+    let vec4 = len % 4 == 0;
+    let per_thread = if vec4 { len / 4 } else { len };
+    let wg = (per_thread.next_power_of_two() as u32).clamp(32, 256);
     launch(
         gpu,
         &NORM,
-        "norm_rows",
+        if vec4 { "norm_rows4" } else { "norm_rows" },
         &[("WG", wg as f64), ("ACT", silu as u32 as f64)],
         bytemuck::bytes_of(&p),
         &[x, g, b, &y, &stats],
