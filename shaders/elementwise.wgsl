@@ -185,3 +185,47 @@ fn binary4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let v = b4[i];
     c4[i] = vec4<f32>(binary_op(u.x, v.x), binary_op(u.y, v.y), binary_op(u.z, v.z), binary_op(u.w, v.w));
 }
+
+// d/dv of alpha * op(v) + beta, without alpha (same OP codes as unary_op).
+fn unary_deriv(v: f32) -> f32 {
+    switch OP {
+        case 0u: { return 1.0; }
+        case 1u: { return -1.0; }
+        case 2u: { return exp(v); }
+        case 3u: { return 1.0 / v; }
+        case 4u: { return 0.5 * inverseSqrt(v); }
+        case 5u: { return -0.5 * inverseSqrt(v) / v; }
+        case 6u: { return sign(v); }
+        case 7u: { let s = sigmoid(v); return s * (1.0 - s); }
+        case 8u: { let t = tanh_safe(v); return 1.0 - t * t; }
+        case 9u: { return select(0.0, 1.0, v > 0.0); }
+        case 10u: { let s = sigmoid(v); return s * (1.0 + v * (1.0 - s)); }
+        case 11u: {
+            // Phi(v) + v phi(v)
+            return 0.5 * (1.0 + erf(v * 0.70710678118654752)) + v * 0.3989422804014327 * exp(-0.5 * v * v);
+        }
+        case 12u: {
+            let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+            let t = tanh_safe(u);
+            return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v);
+        }
+        case 13u: { let s = sigmoid(1.702 * v); return s * (1.0 + 1.702 * v * (1.0 - s)); }
+        case 14u: { return 2.0 * v; }
+        case 15u: { return -1.0 / (v * v); }
+        case 16u: { return cos(v); }
+        case 17u: { return -sin(v); }
+        case 18u: { return p.gamma * pow(v, p.gamma - 1.0); }
+        default: { return 1.0; }
+    }
+}
+
+// dx = alpha * dy * op'(x); bindings as binary: 1 = x, 2 = dy, 3 = dx (contiguous, same shape)
+@compute @workgroup_size(256)
+fn unary_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wid, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    c[i] = p.alpha * b[i] * unary_deriv(x[i]);
+}

@@ -126,3 +126,39 @@ fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let k = i % p.k;
     cols[wid.z * p.n * p.k + i] = load_im2col(wid.z, k, conv_origin(n));
 }
+
+// col2im: the transpose of im2col (a convolution's input gradient). For image z,
+// dx[c, iy, ix] = sum over (ky, kx) of dcols[(c, ky, kx), (oy, ox)] where the window of
+// output pixel (oy, ox) covers (iy, ix). dcols (batch, K, P = oh * ow) is `b` (binding 2,
+// batch stride b_bs), dx (batch, cin, h, w) is `cols` (binding 3). One thread per input
+// element; no atomics.
+@compute @workgroup_size(256)
+fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let hw = p.h * p.w;
+    if (i >= p.cin * hw) {
+        return;
+    }
+    let ch = i / hw;
+    let iy = i32((i / p.w) % p.h);
+    let ix = i32(i % p.w);
+    let zb = wid.z * p.b_bs;
+    var s = 0.0;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        let ty = iy + i32(p.ph) - i32(ky);
+        if (ty < 0 || ty % i32(p.sh) != 0 || ty / i32(p.sh) >= i32(p.oh)) {
+            continue;
+        }
+        let oy = u32(ty) / p.sh;
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let tx = ix + i32(p.pw) - i32(kx);
+            if (tx < 0 || tx % i32(p.sw) != 0 || tx / i32(p.sw) >= i32(p.ow)) {
+                continue;
+            }
+            let ox = u32(tx) / p.sw;
+            s += b[zb + ((ch * p.kh + ky) * p.kw + kx) * p.n + oy * p.ow + ox];
+        }
+    }
+    cols[wid.z * p.cin * hw + i] = s;
+}

@@ -119,3 +119,71 @@ fn norm_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         stats[2u * r + 1u] = rstd;
     }
 }
+
+// norm_bwd: backward of norm_rows from the saved (mean, rstd). With g = dy' * gamma (dy'
+// being dy through the fused SiLU's derivative, gamma = 1 without affine):
+//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+// and, with affine, the per-element terms of the weight and bias gradients:
+//   gw = dy' * xhat, gb = dy' (summed over rows/space by the caller).
+@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(5) var<storage, read> stats_in: array<f32>;
+@group(0) @binding(6) var<storage, read> dy: array<f32>;
+@group(0) @binding(7) var<storage, read_write> gw: array<f32>;
+@group(0) @binding(8) var<storage, read_write> gb: array<f32>;
+
+// (dy', g) at element j of row `base` with channel `ch`.
+fn norm_dy(i: u32, xh: f32, ch: u32) -> vec2<f32> {
+    var d = dy[i];
+    var gm = 1.0;
+    if (p.affine != 0u) {
+        gm = gamma[ch];
+    }
+    if (ACT == 1u) {
+        var z = xh;
+        if (p.affine != 0u) {
+            z = xh * gm + beta[ch];
+        }
+        let s = 1.0 / (1.0 + exp(-z));
+        d = d * s * (1.0 + z * (1.0 - s));
+    }
+    return vec2<f32>(d, d * gm);
+}
+
+@compute @workgroup_size(WG)
+fn norm_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg);
+    let live = r < p.rows;
+    let base = r * p.len;
+    var mean = 0.0;
+    var rstd = 0.0;
+    if (live) {
+        mean = stats_in[2u * r];
+        rstd = stats_in[2u * r + 1u];
+    }
+    let ch0 = (r % p.groups) * p.cpg;
+    var sg = 0.0;
+    var sgx = 0.0;
+    if (live) {
+        for (var j = lid; j < p.len; j += WG) {
+            let xh = (x[base + j] - mean) * rstd;
+            let dg = norm_dy(base + j, xh, ch0 + j / p.inner);
+            sg += dg.y;
+            sgx += dg.y * xh;
+        }
+    }
+    let mg = wg_sum(sg, lid) / f32(p.len);
+    let mgx = wg_sum(sgx, lid) / f32(p.len);
+    if (!live) {
+        return;
+    }
+    for (var j = lid; j < p.len; j += WG) {
+        let xh = (x[base + j] - mean) * rstd;
+        let dg = norm_dy(base + j, xh, ch0 + j / p.inner);
+        dx[base + j] = rstd * (dg.y - mg - xh * mgx);
+        if (p.affine != 0u) {
+            gw[base + j] = dg.x * xh;
+            gb[base + j] = dg.x;
+        }
+    }
+}

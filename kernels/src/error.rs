@@ -42,6 +42,9 @@ pub enum Error {
     #[error("reading a tensor back from the GPU failed: {0}")]
     Readback(String),
 
+    #[error("autograd: {0}")]
+    Autograd(String),
+
     #[error("dtype mismatch in {op}: expected {expected:?}, got {actual:?}")]
     DType { op: &'static str, expected: crate::DType, actual: crate::DType },
 }

@@ -17,6 +17,7 @@
 //! # Ok::<(), t2v_kernels::Error>(())
 //! ```
 
+pub mod autograd;
 pub mod bench;
 mod error;
 mod gpu;

@@ -5,24 +5,6 @@ use common::*;
 use t2v_kernels::ops::{self, Conv2d, Matmul};
 use t2v_kernels::{Gpu, KernelVariant, Tensor};
 
-/// C = alpha * op(A) op(B) + bias for one batch.
-#[allow(clippy::too_many_arguments)]
-fn matmul_ref(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f64, bias: Option<&[f32]>) -> Vec<f64> {
-    let mut c = vec![0.0; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            let mut s = 0.0f64;
-            for l in 0..k {
-                let av = if ta { a[l * m + i] } else { a[i * k + l] } as f64;
-                let bv = if tb { b[j * k + l] } else { b[l * n + j] } as f64;
-                s += av * bv;
-            }
-            c[i * n + j] = alpha * s + bias.map_or(0.0, |bb| bb[j] as f64);
-        }
-    }
-    c
-}
-
 fn variants() -> Vec<(KernelVariant, Gpu)> {
     [KernelVariant::BarrierFree, KernelVariant::Tiled, KernelVariant::Subgroup]
         .into_iter()
@@ -127,28 +109,6 @@ fn linear_matches_torch_layout() {
         assert_close(&format!("{v:?} linear"), &y.to_vec().unwrap(), &want, 1e-5, 1e-5);
         assert!(ops::linear(&x, &b, None).is_err());
     }
-}
-
-/// PyTorch conv2d on the host: x (N, C, H, W), w (O, C, KH, KW), padding (t, b, l, r).
-fn conv_ref(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], bias: Option<&[f32]>, g: Conv2d) -> (Vec<f64>, [usize; 4]) {
-    let [n, c, h, wd] = xs;
-    let [o, _, kh, kw] = ws;
-    let (sh, sw) = g.stride;
-    let (pt, pb, pl, pr) = g.padding;
-    let (oh, ow) = ((h + pt + pb - kh) / sh + 1, (wd + pl + pr - kw) / sw + 1);
-    let mut y = vec![0.0; n * o * oh * ow];
-    for b in 0..n { for oc in 0..o { for oy in 0..oh { for ox in 0..ow {
-        let mut s = bias.map_or(0.0, |bb| bb[oc] as f64);
-        for ic in 0..c { for ky in 0..kh { for kx in 0..kw {
-            let iy = (oy * sh + ky) as isize - pt as isize;
-            let ix = (ox * sw + kx) as isize - pl as isize;
-            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
-                s += x[((b * c + ic) * h + iy as usize) * wd + ix as usize] as f64 * w[((oc * c + ic) * kh + ky) * kw + kx] as f64;
-            }
-        } } }
-        y[((b * o + oc) * oh + oy) * ow + ox] = s;
-    } } } }
-    (y, [n, o, oh, ow])
 }
 
 #[test]

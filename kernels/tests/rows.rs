@@ -72,30 +72,6 @@ fn softmax_short_and_long_rows() {
     }
 }
 
-/// Host normalisation of rows with per-element channel index.
-fn norm_ref(x: &[f32], len: usize, eps: f64, ch: impl Fn(usize, usize) -> usize, g: Option<(&[f32], &[f32])>, silu: bool) -> (Vec<f64>, Vec<f64>) {
-    let mut y = vec![];
-    let mut stats = vec![];
-    for (r, row) in x.chunks(len).enumerate() {
-        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / len as f64;
-        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len as f64;
-        let rstd = 1.0 / (var + eps).sqrt();
-        stats.extend([mean, rstd]);
-        for (j, &v) in row.iter().enumerate() {
-            let mut o = (v as f64 - mean) * rstd;
-            if let Some((gm, bt)) = g {
-                let c = ch(r, j);
-                o = o * gm[c] as f64 + bt[c] as f64;
-            }
-            if silu {
-                o /= 1.0 + (-o).exp();
-            }
-            y.push(o);
-        }
-    }
-    (y, stats)
-}
-
 #[test]
 fn layer_norm_with_and_without_affine() {
     for (k, shape) in [vec![7, 13, 29], vec![77, 1024], vec![3, 1], vec![2, 5, 300]].into_iter().enumerate() {

@@ -166,6 +166,24 @@ pub fn unary_affine(x: &Tensor, op: UnaryOp, alpha: f32, beta: f32) -> Result<Te
     Ok(y)
 }
 
+/// dx = alpha * dy * op'(x) for `y = alpha * op(x) + beta` (the backward of
+/// [`unary_affine`] and [`powf`]); `gamma` is the exponent of [`UnaryOp::Powf`].
+pub fn unary_grad(x: &Tensor, dy: &Tensor, op: UnaryOp, alpha: f32, gamma: f32) -> Result<Tensor> {
+    check_f32("unary_grad", &[x, dy])?;
+    if x.shape() != dy.shape() {
+        return shape_err("unary_grad", format!("x {:?} and dy {:?} differ", x.shape(), dy.shape()));
+    }
+    let n = x.numel();
+    let y = Tensor::empty(x.gpu(), x.shape(), DType::F32, "unary_grad output")?;
+    if n == 0 {
+        return Ok(y);
+    }
+    let p = EwParams { n: n as u32, flags: 7, alpha, gamma, ..Zeroable::zeroed() };
+    let gpu = x.gpu();
+    launch(gpu, &ELEMENTWISE, "unary_grad", &[("OP", op as u32 as f64)], bytemuck::bytes_of(&p), &[x, dy, &y], fold_groups(gpu, n, 256))?;
+    Ok(y)
+}
+
 /// y = op(x), elementwise.
 pub fn unary(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
     unary_affine(x, op, 1.0, 0.0)

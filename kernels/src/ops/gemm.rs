@@ -267,10 +267,9 @@ impl Conv2d {
     }
 }
 
-/// 2-D cross-correlation (PyTorch's conv2d): x (N, C, H, W), w (O, C, KH, KW), bias [O]
-/// -> (N, O, OH, OW).
-pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Result<Tensor> {
-    let op = "conv2d";
+/// Checks a conv2d's operands and returns its GEMM parameters (A = weights (O, K), B =
+/// im2col of one image, C = output (O, OH*OW)) and the output size.
+fn conv_params(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Result<(Params, usize, usize)> {
     check_f32(op, &[x, w])?;
     if x.rank() != 4 || w.rank() != 4 || x.shape()[1] != w.shape()[1] {
         return shape_err(op, format!("input {:?} (N, C, H, W) does not match weight {:?} (O, C, KH, KW)", x.shape(), w.shape()));
@@ -289,7 +288,6 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
             return shape_err(op, format!("bias {:?} must be [{o}]", bias.shape()));
         }
     }
-    let y = Tensor::empty(x.gpu(), &[n, o, oh, ow], DType::F32, "conv2d output")?;
     let p = Params {
         m: o as u32,
         n: (oh * ow) as u32,
@@ -312,25 +310,84 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
         ow: ow as u32,
         _pad: 0,
     };
+    Ok((p, oh, ow))
+}
+
+/// The im2col matrix of a conv2d, stored K-contiguous: (N, OH*OW, C*KH*KW).
+fn im2col(x: &Tensor, p: &Params) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let (batch, pix, k) = (p.batch as usize, p.n as usize, p.k as usize);
+    let cols = Tensor::empty(gpu, &[batch, pix, k], DType::F32, "conv2d im2col")?;
+    let mut groups = super::fold_groups(gpu, pix * k, 256);
+    groups[2] = batch as u32;
+    launch_at(gpu, &GEMM, "im2col", &[], bytemuck::bytes_of(p), 2, &[x, &cols], groups)?;
+    Ok(cols)
+}
+
+/// 2-D cross-correlation (PyTorch's conv2d): x (N, C, H, W), w (O, C, KH, KW), bias [O]
+/// -> (N, O, OH, OW).
+pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Result<Tensor> {
+    let (p, oh, ow) = conv_params("conv2d", x, w, bias, g)?;
+    let (n, o, k) = (x.shape()[0], w.shape()[0], p.k as usize);
+    let y = Tensor::empty(x.gpu(), &[n, o, oh, ow], DType::F32, "conv2d output")?;
     let bias = match bias {
         Some(t) => (BiasMode::PerRow, Some(t)),
         None => (BiasMode::None, None),
     };
     let gpu = x.gpu();
     let kind = choose_kind(gpu, o, oh * ow)?;
-    let k = c * kh * kw;
     if kind == Kind::Subgroup && k % 4 == 0 && o >= 16 {
         // CPU adapters: materialise the columns once, K-contiguous, for the vec4 GEMM.
-        let cols = Tensor::empty(gpu, &[n, oh * ow, k], DType::F32, "conv2d im2col")?;
-        let mut groups = super::fold_groups(gpu, oh * ow * k, 256);
-        groups[2] = n as u32;
-        launch_at(gpu, &GEMM, "im2col", &[], bytemuck::bytes_of(&p), 2, &[x, &cols], groups)?;
+        let cols = im2col(x, &p)?;
         let p2 = Params { b_bs: (oh * ow * k) as u32, ..p };
         dispatch(gpu, kind, p2, false, true, false, bias, false, w, &cols, &y)?;
     } else {
         dispatch(gpu, kind, p, false, false, true, bias, false, w, x, &y)?;
     }
     Ok(y)
+}
+
+/// Gradients of [`conv2d`] for the output gradient `dy` (N, O, OH, OW): (dx, dw, dbias),
+/// each computed only when asked for.
+pub fn conv2d_backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    g: Conv2d,
+    need: (bool, bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (p, oh, ow) = conv_params("conv2d_backward", x, w, None, g)?;
+    let (n, o, k, pix) = (x.shape()[0], w.shape()[0], p.k as usize, oh * ow);
+    if dy.shape() != [n, o, oh, ow] {
+        return shape_err("conv2d_backward", format!("dy {:?} is not the output shape {:?}", dy.shape(), [n, o, oh, ow]));
+    }
+    let gpu = x.gpu();
+    let dy3 = dy.reshape(&[n, o, pix])?;
+    let dx = if need.0 {
+        // dcols = W^T dy per image, then fold the columns back onto the image.
+        let w2 = w.reshape(&[o, k])?;
+        let dcols = matmul_ex(&w2, &dy3, Matmul { trans_a: true, ..Default::default() })?;
+        let dx = Tensor::empty(gpu, x.shape(), DType::F32, "conv2d dx")?;
+        let p2 = Params { b_bs: (k * pix) as u32, ..p };
+        let mut groups = super::fold_groups(gpu, x.numel() / n.max(1), 256);
+        groups[2] = n as u32;
+        if n > 0 {
+            launch_at(gpu, &GEMM, "col2im", &[], bytemuck::bytes_of(&p2), 2, &[&dcols, &dx], groups)?;
+        }
+        Some(dx)
+    } else {
+        None
+    };
+    let dw = if need.1 {
+        // dW (O, K) = dy (O, N*P) x cols (N*P, K)
+        let cols = im2col(x, &p)?.reshape(&[n * pix, k])?;
+        let dyt = super::permute(&dy3, &[1, 0, 2])?.reshape(&[o, n * pix])?;
+        Some(matmul(&dyt, &cols)?.reshape(w.shape())?)
+    } else {
+        None
+    };
+    let db = if need.2 { Some(super::sum(&super::sum(&dy3, 2)?, 0)?) } else { None };
+    Ok((dx, dw, db))
 }
 
 /// VideoCrafter's temporal convolution: nn.Conv3d with kernel (3, 1, 1) and padding

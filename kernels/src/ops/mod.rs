@@ -13,9 +13,9 @@ mod softmax;
 pub use attention::{attention, Attention};
 pub use elementwise::*;
 pub use embedding::{embedding, gather_rows, sinusoidal_embedding};
-pub use gemm::{conv2d, linear, matmul, matmul_ex, temporal_conv, Conv2d, Matmul};
+pub use gemm::{conv2d, conv2d_backward, linear, matmul, matmul_ex, temporal_conv, Conv2d, Matmul};
 pub use layout::{broadcast_to, concat, contiguous_strides, permute, slice, transpose, upsample_nearest2x};
-pub use norm::{group_norm, layer_norm, Norm};
+pub use norm::{group_norm, group_norm_backward, layer_norm, layer_norm_backward, Norm, NormGrad};
 pub use reduce::{max, mean, min, reduce, sum, Reduce};
 pub use softmax::{softmax, softmax_scaled};
 
@@ -75,6 +75,11 @@ pub(crate) fn check_f32(op: &'static str, tensors: &[&Tensor]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resolves a possibly negative axis of `shape` to an index.
+pub fn axis_index(shape: &[usize], ax: isize) -> Result<usize> {
+    axis("axis", shape, ax)
 }
 
 /// Resolves a possibly negative axis.

@@ -120,3 +120,108 @@ pub fn group_norm(
     let cpg = c / groups;
     norm_rows(x, n * groups, cpg * s, groups, cpg, s, aff.as_ref().map(|(g, b)| (g, b)), eps, silu)
 }
+
+/// Gradients of a normalisation: input, and weight/bias when it has them.
+#[derive(Debug)]
+pub struct NormGrad {
+    pub dx: Tensor,
+    pub dgamma: Option<Tensor>,
+    pub dbeta: Option<Tensor>,
+}
+
+/// Backward of norm_rows: dx and, with affine, per-element weight/bias terms.
+#[allow(clippy::too_many_arguments)]
+fn norm_rows_bwd(
+    x: &Tensor,
+    stats: &Tensor,
+    dy: &Tensor,
+    rows: usize,
+    len: usize,
+    groups: usize,
+    cpg: usize,
+    inner: usize,
+    affine: Option<(&Tensor, &Tensor)>,
+    eps: f32,
+    silu: bool,
+) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    check_f32("norm backward", &[x, stats, dy])?;
+    if dy.shape() != x.shape() || stats.shape() != [rows, 2] {
+        return shape_err("norm backward", format!("dy {:?} / stats {:?} do not match x {:?}", dy.shape(), stats.shape(), x.shape()));
+    }
+    let gpu = x.gpu();
+    let dx = Tensor::empty(gpu, x.shape(), DType::F32, "norm dx")?;
+    let terms = match affine {
+        Some(_) => Some((
+            Tensor::empty(gpu, x.shape(), DType::F32, "norm dgamma terms")?,
+            Tensor::empty(gpu, x.shape(), DType::F32, "norm dbeta terms")?,
+        )),
+        None => None,
+    };
+    if rows == 0 || len == 0 {
+        return Ok((dx, terms));
+    }
+    let p = Params {
+        rows: rows as u32,
+        len: len as u32,
+        groups: groups as u32,
+        cpg: cpg as u32,
+        inner: inner as u32,
+        eps,
+        affine: affine.is_some() as u32,
+        _pad: 0,
+    };
+    let (g, b) = affine.unwrap_or((x, x));
+    let (gw, gb) = terms.as_ref().map(|(a, b)| (a, b)).unwrap_or((&dx, &dx)); // unwritten without affine
+    let wg = (len.next_power_of_two() as u32).clamp(32, 256);
+    launch(
+        gpu,
+        &NORM,
+        "norm_bwd",
+        &[("WG", wg as f64), ("ACT", silu as u32 as f64)],
+        bytemuck::bytes_of(&p),
+        &[x, g, b, &dx, stats, dy, gw, gb],
+        fold_groups(gpu, rows, 1),
+    )?;
+    Ok((dx, terms))
+}
+
+/// Backward of [`layer_norm`] from its saved stats.
+pub fn layer_norm_backward(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, stats: &Tensor, dy: &Tensor, eps: f32) -> Result<NormGrad> {
+    let d = x.dim(-1);
+    let aff = check_affine("layer_norm_backward", x, gamma, beta, d)?;
+    let rows = x.numel() / d.max(1);
+    let (dx, terms) = norm_rows_bwd(x, stats, dy, rows, d, 1, 0, 1, aff.as_ref().map(|(g, b)| (g, b)), eps, false)?;
+    let (dgamma, dbeta) = match terms {
+        Some((gw, gb)) => (Some(super::sum(&gw.reshape(&[rows, d])?, 0)?), Some(super::sum(&gb.reshape(&[rows, d])?, 0)?)),
+        None => (None, None),
+    };
+    Ok(NormGrad { dx, dgamma, dbeta })
+}
+
+/// Backward of [`group_norm`] (with its `silu` flag) from its saved stats.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_backward(
+    x: &Tensor,
+    groups: usize,
+    gamma: Option<&Tensor>,
+    beta: Option<&Tensor>,
+    stats: &Tensor,
+    dy: &Tensor,
+    eps: f32,
+    silu: bool,
+) -> Result<NormGrad> {
+    if x.rank() < 2 || groups == 0 || x.shape()[1] % groups != 0 {
+        return shape_err("group_norm_backward", format!("x {:?} with {groups} groups", x.shape()));
+    }
+    let (n, c) = (x.shape()[0], x.shape()[1]);
+    let aff = check_affine("group_norm_backward", x, gamma, beta, c)?;
+    let s: usize = x.shape()[2..].iter().product();
+    let cpg = c / groups;
+    let (dx, terms) = norm_rows_bwd(x, stats, dy, n * groups, cpg * s, groups, cpg, s, aff.as_ref().map(|(g, b)| (g, b)), eps, silu)?;
+    let per_channel = |t: Tensor| -> Result<Tensor> { super::sum(&super::sum(&t.reshape(&[n, c, s])?, 2)?, 0) };
+    let (dgamma, dbeta) = match terms {
+        Some((gw, gb)) => (Some(per_channel(gw)?), Some(per_channel(gb)?)),
+        None => (None, None),
+    };
+    Ok(NormGrad { dx, dgamma, dbeta })
+}

@@ -72,3 +72,68 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
     }
     s
 }
+
+/// C = alpha * op(A) op(B) + bias for one batch.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_ref<T: Copy + Into<f64>>(a: &[T], b: &[T], m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f64, bias: Option<&[T]>) -> Vec<f64> {
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0f64;
+            for l in 0..k {
+                let av: f64 = if ta { a[l * m + i] } else { a[i * k + l] }.into();
+                let bv: f64 = if tb { b[j * k + l] } else { b[l * n + j] }.into();
+                s += av * bv;
+            }
+            c[i * n + j] = alpha * s + bias.map_or(0.0, |bb| bb[j].into());
+        }
+    }
+    c
+}
+
+/// PyTorch conv2d on the host: x (N, C, H, W), w (O, C, KH, KW), padding (t, b, l, r).
+pub fn conv_ref<T: Copy + Into<f64>>(x: &[T], xs: [usize; 4], w: &[T], ws: [usize; 4], bias: Option<&[T]>, g: t2v_kernels::ops::Conv2d) -> (Vec<f64>, [usize; 4]) {
+    let [n, c, h, wd] = xs;
+    let [o, _, kh, kw] = ws;
+    let (sh, sw) = g.stride;
+    let (pt, pb, pl, pr) = g.padding;
+    let (oh, ow) = ((h + pt + pb - kh) / sh + 1, (wd + pl + pr - kw) / sw + 1);
+    let mut y = vec![0.0; n * o * oh * ow];
+    for b in 0..n { for oc in 0..o { for oy in 0..oh { for ox in 0..ow {
+        let mut s = bias.map_or(0.0, |bb| bb[oc].into());
+        for ic in 0..c { for ky in 0..kh { for kx in 0..kw {
+            let iy = (oy * sh + ky) as isize - pt as isize;
+            let ix = (ox * sw + kx) as isize - pl as isize;
+            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                s += x[((b * c + ic) * h + iy as usize) * wd + ix as usize].into() * w[((oc * c + ic) * kh + ky) * kw + kx].into();
+            }
+        } } }
+        y[((b * o + oc) * oh + oy) * ow + ox] = s;
+    } } } }
+    (y, [n, o, oh, ow])
+}
+
+/// Host normalisation of rows with per-element channel index.
+pub fn norm_ref<T: Copy + Into<f64>>(x: &[T], len: usize, eps: f64, ch: impl Fn(usize, usize) -> usize, g: Option<(&[T], &[T])>, silu: bool) -> (Vec<f64>, Vec<f64>) {
+    let mut y = vec![];
+    let mut stats = vec![];
+    for (r, row) in x.chunks(len).enumerate() {
+        let mean = row.iter().map(|&v| v.into()).sum::<f64>() / len as f64;
+        let var = row.iter().map(|&v| (v.into() - mean).powi(2)).sum::<f64>() / len as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        stats.extend([mean, rstd]);
+        for (j, &v) in row.iter().enumerate() {
+            let mut o = (v.into() - mean) * rstd;
+            if let Some((gm, bt)) = g {
+                let c = ch(r, j);
+                o = o * gm[c].into() + bt[c].into();
+            }
+            if silu {
+                o /= 1.0 + (-o).exp();
+            }
+            y.push(o);
+        }
+    }
+    (y, stats)
+}
+

@@ -1,0 +1,254 @@
+//! The tape, tracked values and gradients.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::{ops, Error, Result, Tensor};
+
+/// Maps the output gradient to one gradient per input (None where not needed); `needs[i]`
+/// says whether input i wants a gradient, so unneeded work can be skipped.
+pub(crate) type Backward = Box<dyn FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + Send>;
+
+struct Node {
+    inputs: Vec<usize>,
+    backward: Option<Backward>,
+}
+
+#[derive(Default)]
+struct Inner {
+    nodes: Vec<Node>,
+    recording: bool,
+    consumed: bool,
+}
+
+/// A recording of differentiable ops. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Tape(Arc<Mutex<Inner>>);
+
+impl Default for Tape {
+    fn default() -> Self {
+        Tape::new()
+    }
+}
+
+/// A tensor on a tape: tracked (it has a node and may receive a gradient) or constant.
+#[derive(Clone)]
+pub struct Var {
+    pub(crate) value: Tensor,
+    pub(crate) node: Option<usize>,
+    pub(crate) tape: Tape,
+}
+
+impl std::fmt::Debug for Var {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Var({:?}, node {:?})", self.value.shape(), self.node)
+    }
+}
+
+/// Gradients of the leaves reached by one backward pass.
+#[derive(Debug)]
+pub struct Grads {
+    map: HashMap<usize, Tensor>,
+}
+
+impl Grads {
+    /// The gradient of `v` (None if `v` is no leaf or got no gradient).
+    pub fn get(&self, v: &Var) -> Option<&Tensor> {
+        v.node.and_then(|n| self.map.get(&n))
+    }
+    /// Moves the gradient of `v` out.
+    pub fn take(&mut self, v: &Var) -> Option<Tensor> {
+        v.node.and_then(|n| self.map.remove(&n))
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+fn ad_err<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Error::Autograd(msg.into()))
+}
+
+impl Tape {
+    pub fn new() -> Tape {
+        Tape(Arc::new(Mutex::new(Inner { recording: true, ..Default::default() })))
+    }
+
+    /// A tracked leaf: a parameter, or an input whose gradient is wanted.
+    pub fn leaf(&self, value: Tensor) -> Var {
+        let mut t = self.0.lock().unwrap();
+        t.nodes.push(Node { inputs: vec![], backward: None });
+        Var { value, node: Some(t.nodes.len() - 1), tape: self.clone() }
+    }
+
+    /// An untracked value (data, targets, frozen weights).
+    pub fn constant(&self, value: Tensor) -> Var {
+        Var { value, node: None, tape: self.clone() }
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.0.lock().unwrap().recording
+    }
+
+    /// Runs `f` without recording: ops inside give untracked results.
+    pub fn no_grad<T>(&self, f: impl FnOnce() -> T) -> T {
+        let before = std::mem::replace(&mut self.0.lock().unwrap().recording, false);
+        let out = f();
+        self.0.lock().unwrap().recording = before;
+        out
+    }
+
+    /// Number of recorded nodes (leaves included).
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().nodes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records an op with output `value` computed from `inputs`; returns an untracked Var
+    /// when nothing needs a gradient.
+    pub(crate) fn record(&self, value: Tensor, inputs: &[&Var], backward: Backward) -> Result<Var> {
+        for v in inputs {
+            if !Arc::ptr_eq(&v.tape.0, &self.0) {
+                return ad_err("an op mixes values of two different tapes");
+            }
+        }
+        let mut t = self.0.lock().unwrap();
+        let tracked = inputs.iter().any(|v| v.node.is_some());
+        if !t.recording || !tracked {
+            drop(t);
+            return Ok(Var { value, node: None, tape: self.clone() });
+        }
+        if t.consumed {
+            return ad_err("this tape's backward pass already ran; record on a new tape");
+        }
+        // Untracked inputs get usize::MAX: no gradient flows to them.
+        let ids = inputs.iter().map(|v| v.node.unwrap_or(usize::MAX)).collect();
+        t.nodes.push(Node { inputs: ids, backward: Some(backward) });
+        let id = t.nodes.len() - 1;
+        drop(t);
+        Ok(Var { value, node: Some(id), tape: self.clone() })
+    }
+
+    /// Gradients of the scalar `loss` (one element) with respect to every leaf it depends on.
+    pub fn backward(&self, loss: &Var) -> Result<Grads> {
+        if loss.value.numel() != 1 {
+            return ad_err(format!(
+                "backward needs a scalar loss, got shape {:?}; use backward_with and a seed gradient",
+                loss.value.shape()
+            ));
+        }
+        let seed = Tensor::full(loss.value.gpu(), loss.value.shape(), 1.0)?;
+        self.backward_with(loss, seed)
+    }
+
+    /// Backward pass from `out` with the given output gradient `seed` (same shape).
+    /// Consumes the tape: a second backward is an error.
+    pub fn backward_with(&self, out: &Var, seed: Tensor) -> Result<Grads> {
+        let Some(root) = out.node else {
+            return ad_err("backward of a value that does not require grad (constant, detached, or made under no_grad)");
+        };
+        if seed.shape() != out.value.shape() {
+            return ad_err(format!("seed gradient {:?} does not match output {:?}", seed.shape(), out.value.shape()));
+        }
+        let mut nodes = {
+            let mut t = self.0.lock().unwrap();
+            if t.consumed {
+                return ad_err("backward called twice on one tape (its records were freed by the first)");
+            }
+            t.consumed = true;
+            std::mem::take(&mut t.nodes)
+        };
+        // Which nodes lie on a path to the root (and so need gradients)?
+        let mut live = vec![false; root + 1];
+        live[root] = true;
+        for i in (0..=root).rev() {
+            if live[i] {
+                for &j in &nodes[i].inputs {
+                    if j != usize::MAX {
+                        live[j] = true;
+                    }
+                }
+            }
+        }
+        let mut grads: HashMap<usize, Tensor> = HashMap::new();
+        grads.insert(root, seed);
+        let mut leaves = HashMap::new();
+        for i in (0..=root).rev() {
+            let Some(g) = grads.remove(&i) else { continue };
+            let node = &mut nodes[i];
+            let Some(bw) = node.backward.take() else {
+                leaves.insert(i, g);
+                continue;
+            };
+            let needs: Vec<bool> = node.inputs.iter().map(|&j| j != usize::MAX && live[j]).collect();
+            let input_grads = bw(&g, &needs)?;
+            for (k, gi) in input_grads.into_iter().enumerate() {
+                let (Some(gi), true) = (gi, needs[k]) else { continue };
+                let j = node.inputs[k];
+                let acc = match grads.remove(&j) {
+                    Some(prev) => ops::add(&prev, &gi)?,
+                    None => gi,
+                };
+                grads.insert(j, acc);
+            }
+        }
+        Ok(Grads { map: leaves })
+    }
+
+    /// Gradient checkpointing: runs `block` on `inputs` without keeping its intermediate
+    /// values, and re-runs it during the backward pass to get the gradients. Pass every
+    /// tracked value the block uses (its parameters too) in `inputs`; `block` receives them
+    /// as Vars of a private tape and must be deterministic.
+    pub fn checkpoint<F>(&self, inputs: &[&Var], block: F) -> Result<Var>
+    where
+        F: Fn(&[Var]) -> Result<Var> + Send + 'static,
+    {
+        let inner = Tape::new();
+        let detached: Vec<Var> = inputs.iter().map(|v| inner.constant(v.value.clone())).collect();
+        let out = inner.no_grad(|| block(&detached))?;
+        let saved: Vec<Tensor> = inputs.iter().map(|v| v.value.clone()).collect();
+        self.record(
+            out.value.clone(),
+            inputs,
+            Box::new(move |g, needs| {
+                let sub = Tape::new();
+                let vars: Vec<Var> = saved
+                    .iter()
+                    .zip(needs)
+                    .map(|(t, &n)| if n { sub.leaf(t.clone()) } else { sub.constant(t.clone()) })
+                    .collect();
+                let y = block(&vars)?;
+                if y.node.is_none() {
+                    return Ok(vec![None; vars.len()]);
+                }
+                let grads = sub.backward_with(&y, g.clone())?;
+                Ok(vars.iter().map(|v| grads.get(v).cloned()).collect())
+            }),
+        )
+    }
+}
+
+impl Var {
+    pub fn value(&self) -> &Tensor {
+        &self.value
+    }
+    pub fn shape(&self) -> &[usize] {
+        self.value.shape()
+    }
+    pub fn tape(&self) -> &Tape {
+        &self.tape
+    }
+    /// Does a gradient flow through this value?
+    pub fn requires_grad(&self) -> bool {
+        self.node.is_some()
+    }
+    /// The same value, untracked (stop-gradient).
+    pub fn detach(&self) -> Var {
+        Var { value: self.value.clone(), node: None, tape: self.tape.clone() }
+    }
+}

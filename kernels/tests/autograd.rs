@@ -1,0 +1,346 @@
+//! Backward passes: every differentiable op against central differences of its f64 CPU
+//! reference at odd shapes, plus the tape's semantics.
+mod common;
+use common::*;
+use t2v_kernels::autograd::{self as ad, Tape, Var};
+use t2v_kernels::ops::{Conv2d, UnaryOp};
+use t2v_kernels::{Error, Result, Tensor};
+
+type CpuFn<'a> = &'a dyn Fn(&[Vec<f64>]) -> Vec<f64>;
+
+/// Checks the tape's gradient of L = sum(R * f(inputs)) (R a fixed random cotangent)
+/// against central differences of the f64 reference `cpu`, on every element of small
+/// inputs and 48 random elements of larger ones. Also checks the forward value.
+fn grad_check(name: &str, inputs: &[(&[usize], f32, f32)], gpu_f: &dyn Fn(&[Var]) -> Result<Var>, cpu: CpuFn) {
+    let tape = Tape::new();
+    let data: Vec<Vec<f32>> = inputs.iter().enumerate().map(|(i, (s, lo, hi))| Rng::new(1000 + i as u64).uniform(numel(s), *lo, *hi)).collect();
+    let vars: Vec<Var> = inputs.iter().zip(&data).map(|((s, _, _), d)| tape.leaf(Tensor::from_slice(gpu(), s, d).unwrap())).collect();
+    let y = gpu_f(&vars).unwrap();
+    let x64: Vec<Vec<f64>> = data.iter().map(|d| to64(d)).collect();
+    let want = cpu(&x64);
+    assert_close(&format!("{name} forward"), &y.value().to_vec().unwrap(), &want, 1e-4, 1e-4);
+    let r = Rng::new(77).uniform(want.len(), -1.0, 1.0);
+    let seed = Tensor::from_slice(gpu(), y.shape(), &r).unwrap();
+    let grads = tape.backward_with(&y, seed).unwrap();
+    let loss = |x: &[Vec<f64>]| -> f64 { cpu(x).iter().zip(&r).map(|(a, b)| a * *b as f64).sum() };
+    for (i, v) in vars.iter().enumerate() {
+        let g = grads.get(v).unwrap_or_else(|| panic!("{name}: no gradient for input {i}")).to_vec().unwrap();
+        assert_eq!(g.len(), data[i].len(), "{name}: gradient {i} shape");
+        let n = data[i].len();
+        let picks: Vec<usize> = if n <= 64 { (0..n).collect() } else { (0..48).map(|j| (j * 7919 + 13) % n).collect() };
+        for &e in &picks {
+            let h = 1e-4 * (1.0 + x64[i][e].abs());
+            let mut xp = x64.clone();
+            xp[i][e] += h;
+            let mut xm = x64.clone();
+            xm[i][e] -= h;
+            let num = (loss(&xp) - loss(&xm)) / (2.0 * h);
+            let err = (g[e] as f64 - num).abs();
+            assert!(err <= 2e-3 * (1.0 + num.abs()), "{name}: d/dinput{i}[{e}]: tape {} vs finite difference {num}", g[e]);
+        }
+    }
+}
+
+fn elementwise(x: &[f64], f: impl Fn(f64) -> f64) -> Vec<f64> {
+    x.iter().map(|&v| f(v)).collect()
+}
+
+fn erf(x: f64) -> f64 {
+    let (mut term, mut sum, x2) = (x, x, x * x);
+    for n in 1..200 {
+        term *= -x2 / n as f64;
+        let t = term / (2 * n + 1) as f64;
+        sum += t;
+        if t.abs() < 1e-17 {
+            break;
+        }
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+#[test]
+fn unary_ops() {
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let cases: Vec<(UnaryOp, f32, f32, Box<dyn Fn(f64) -> f64>)> = vec![
+        (UnaryOp::Identity, -2.0, 2.0, Box::new(|v| v)),
+        (UnaryOp::Neg, -2.0, 2.0, Box::new(|v| -v)),
+        (UnaryOp::Exp, -2.0, 2.0, Box::new(f64::exp)),
+        (UnaryOp::Log, 0.2, 3.0, Box::new(f64::ln)),
+        (UnaryOp::Sqrt, 0.2, 3.0, Box::new(f64::sqrt)),
+        (UnaryOp::Rsqrt, 0.2, 3.0, Box::new(|v| 1.0 / v.sqrt())),
+        (UnaryOp::Abs, 0.1, 2.0, Box::new(f64::abs)),
+        (UnaryOp::Sigmoid, -3.0, 3.0, Box::new(sig)),
+        (UnaryOp::Tanh, -3.0, 3.0, Box::new(f64::tanh)),
+        (UnaryOp::Relu, 0.1, 2.0, Box::new(|v| v.max(0.0))),
+        (UnaryOp::Silu, -3.0, 3.0, Box::new(move |v| v * sig(v))),
+        (UnaryOp::Gelu, -3.0, 3.0, Box::new(|v| 0.5 * v * (1.0 + erf(v / 2f64.sqrt())))),
+        (UnaryOp::GeluTanh, -3.0, 3.0, Box::new(|v| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh()))),
+        (UnaryOp::QuickGelu, -3.0, 3.0, Box::new(move |v| v * sig(1.702 * v))),
+        (UnaryOp::Square, -2.0, 2.0, Box::new(|v| v * v)),
+        (UnaryOp::Recip, 0.3, 2.0, Box::new(|v| 1.0 / v)),
+        (UnaryOp::Sin, -3.0, 3.0, Box::new(f64::sin)),
+        (UnaryOp::Cos, -3.0, 3.0, Box::new(f64::cos)),
+    ];
+    for (op, lo, hi, f) in cases {
+        grad_check(&format!("{op:?}"), &[(&[3, 5, 7], lo, hi)], &|v| ad::unary_affine(&v[0], op, 1.3, 0.2), &|x| elementwise(&x[0], |t| 1.3 * f(t) + 0.2));
+    }
+    grad_check("powf", &[(&[13], 0.3, 2.0)], &|v| ad::powf(&v[0], 1.7), &|x| elementwise(&x[0], |t| t.powf(1.7)));
+}
+
+/// out[i] = f(a[bcast], b[bcast]) for a (3,1,5), b (4,1) -> (3,4,5).
+fn bcast(x: &[Vec<f64>], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    let mut out = vec![];
+    for i in 0..3 {
+        for j in 0..4 {
+            for l in 0..5 {
+                out.push(f(x[0][i * 5 + l], x[1][j]));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn broadcasting_binary_ops() {
+    let ins: &[(&[usize], f32, f32)] = &[(&[3, 1, 5], -2.0, 2.0), (&[4, 1], 0.5, 2.0)];
+    grad_check("add", ins, &|v| ad::add(&v[0], &v[1]), &|x| bcast(x, |a, b| a + b));
+    grad_check("sub", ins, &|v| ad::sub(&v[0], &v[1]), &|x| bcast(x, |a, b| a - b));
+    grad_check("mul", ins, &|v| ad::mul(&v[0], &v[1]), &|x| bcast(x, |a, b| a * b));
+    grad_check("div", ins, &|v| ad::div(&v[0], &v[1]), &|x| bcast(x, |a, b| a / b));
+    grad_check("axpby", ins, &|v| ad::axpby(&v[0], 0.7, &v[1], -1.9), &|x| bcast(x, |a, b| 0.7 * a - 1.9 * b));
+}
+
+#[test]
+fn layout_ops() {
+    // permute (2,3,5) -> (5,2,3)
+    grad_check("permute", &[(&[2, 3, 5], -1.0, 1.0)], &|v| ad::permute(&v[0], &[2, 0, 1]), &|x| {
+        let mut o = vec![];
+        for c in 0..5 { for a in 0..2 { for b in 0..3 { o.push(x[0][(a * 3 + b) * 5 + c]); } } }
+        o
+    });
+    grad_check("slice", &[(&[3, 7], -1.0, 1.0)], &|v| ad::slice(&v[0], 1, 2, 3), &|x| {
+        (0..3).flat_map(|r| (2..5).map(move |c| (r, c))).map(|(r, c)| x[0][r * 7 + c]).collect()
+    });
+    grad_check("concat", &[(&[2, 3], -1.0, 1.0), (&[2, 1], -1.0, 1.0)], &|v| ad::concat(&[&v[0], &v[1], &v[0]], 1), &|x| {
+        (0..2).flat_map(|r| {
+            let mut row: Vec<f64> = x[0][r * 3..r * 3 + 3].to_vec();
+            row.push(x[1][r]);
+            row.extend_from_slice(&x[0][r * 3..r * 3 + 3]);
+            row
+        }).collect()
+    });
+    grad_check("broadcast_to", &[(&[3, 1], -1.0, 1.0)], &|v| ad::broadcast_to(&v[0], &[2, 3, 4]), &|x| {
+        (0..24).map(|i| x[0][(i / 4) % 3]).collect()
+    });
+    grad_check("upsample", &[(&[2, 3, 5], -1.0, 1.0)], &|v| ad::upsample_nearest2x(&v[0]), &|x| {
+        let mut o = vec![];
+        for b in 0..2 { for i in 0..6 { for j in 0..10 { o.push(x[0][(b * 3 + i / 2) * 5 + j / 2]); } } }
+        o
+    });
+    grad_check("reshape+transpose", &[(&[6, 5], -1.0, 1.0)], &|v| ad::transpose(&ad::reshape(&v[0], &[2, 3, 5])?, -1, -2), &|x| {
+        let mut o = vec![];
+        for a in 0..2 { for c in 0..5 { for b in 0..3 { o.push(x[0][(a * 3 + b) * 5 + c]); } } }
+        o
+    });
+}
+
+#[test]
+fn reductions_softmax_and_losses() {
+    grad_check("sum axis 1", &[(&[3, 7, 2], -1.0, 1.0)], &|v| ad::sum(&v[0], 1), &|x| {
+        (0..3).flat_map(|a| (0..2).map(move |c| (a, c))).map(|(a, c)| (0..7).map(|b| x[0][(a * 7 + b) * 2 + c]).sum()).collect()
+    });
+    grad_check("mean last", &[(&[3, 7], -1.0, 1.0)], &|v| ad::mean(&v[0], -1), &|x| {
+        (0..3).map(|a| x[0][a * 7..a * 7 + 7].iter().sum::<f64>() / 7.0).collect()
+    });
+    grad_check("softmax", &[(&[4, 9], -2.0, 2.0)], &|v| ad::softmax_scaled(&v[0], 0.7), &|x| {
+        x[0].chunks(9).flat_map(|r| {
+            let m = r.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = r.iter().map(|v| (0.7 * (v - m)).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(move |v| v / s)
+        }).collect()
+    });
+    grad_check("mse", &[(&[5, 3], -1.0, 1.0), (&[5, 3], -1.0, 1.0)], &|v| ad::mse(&v[0], &v[1]), &|x| {
+        vec![x[0].iter().zip(&x[1]).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / 15.0]
+    });
+    grad_check("pseudo_huber", &[(&[5, 3], -1.0, 1.0), (&[5, 3], -1.0, 1.0)], &|v| ad::pseudo_huber(&v[0], &v[1], 0.05), &|x| {
+        vec![x[0].iter().zip(&x[1]).map(|(a, b)| ((a - b).powi(2) + 0.0025).sqrt() - 0.05).sum::<f64>() / 15.0]
+    });
+}
+
+#[test]
+fn matmul_linear_all_layouts() {
+    let (m, k, n) = (5, 7, 3);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let sa: &[usize] = if ta { &[k, m] } else { &[m, k] };
+        let sb: &[usize] = if tb { &[n, k] } else { &[k, n] };
+        grad_check(
+            &format!("matmul ta={ta} tb={tb}"),
+            &[(sa, -1.0, 1.0), (sb, -1.0, 1.0), (&[n], -1.0, 1.0)],
+            &|v| ad::matmul_ex(&v[0], &v[1], ta, tb, 0.6, Some(&v[2])),
+            &|x| matmul_ref(&x[0], &x[1], m, k, n, ta, tb, 0.6, Some(&x[2])),
+        );
+    }
+    // batched A with a shared B (its gradient sums over the batch)
+    grad_check("batched shared", &[(&[2, 4, 3], -1.0, 1.0), (&[3, 5], -1.0, 1.0)], &|v| ad::matmul(&v[0], &v[1]), &|x| {
+        (0..2).flat_map(|z| matmul_ref(&x[0][z * 12..z * 12 + 12], &x[1], 4, 3, 5, false, false, 1.0, None)).collect()
+    });
+    grad_check("linear", &[(&[2, 3, 5], -1.0, 1.0), (&[4, 5], -1.0, 1.0), (&[4], -1.0, 1.0)], &|v| ad::linear(&v[0], &v[1], Some(&v[2])), &|x| {
+        matmul_ref(&x[0], &x[1], 6, 5, 4, false, true, 1.0, Some(&x[2]))
+    });
+}
+
+#[test]
+fn conv2d_and_temporal_conv() {
+    let cases = [
+        ([2, 3, 6, 7], [4, 3, 3, 3], Conv2d::new(1, 1)),
+        ([1, 2, 7, 6], [3, 2, 3, 3], Conv2d { stride: (2, 2), padding: (0, 1, 0, 1) }),
+        ([2, 5, 4, 3], [3, 5, 1, 1], Conv2d::new(1, 0)),
+        ([1, 4, 5, 5], [17, 4, 3, 3], Conv2d::new(2, 1)), // K % 4 == 0, O >= 16: im2col path on CPU
+    ];
+    for (xs, ws, geo) in cases {
+        grad_check(
+            &format!("conv2d {xs:?} {ws:?} {geo:?}"),
+            &[(&xs, -1.0, 1.0), (&ws, -1.0, 1.0), (&[ws[0]], -1.0, 1.0)],
+            &|v| ad::conv2d(&v[0], &v[1], Some(&v[2]), geo),
+            &|x| conv_ref(&x[0], xs, &x[1], ws, Some(&x[2]), geo).0,
+        );
+    }
+    let [b, c, f, h, w, o] = [1, 2, 4, 2, 3, 3];
+    grad_check("temporal_conv", &[(&[b, c, f, h, w], -1.0, 1.0), (&[o, c, 3, 1, 1], -1.0, 1.0), (&[o], -1.0, 1.0)], &|v| ad::temporal_conv(&v[0], &v[1], Some(&v[2])), &|x| {
+        let mut out = vec![];
+        for oc in 0..o { for ff in 0..f { for p in 0..h * w {
+            let mut s = x[2][oc];
+            for cc in 0..c { for t in 0..3 {
+                let src = ff as isize + t as isize - 1;
+                if (0..f as isize).contains(&src) {
+                    s += x[1][(oc * c + cc) * 3 + t] * x[0][(cc * f + src as usize) * h * w + p];
+                }
+            } }
+            out.push(s);
+        } } }
+        out
+    });
+}
+
+#[test]
+fn layer_and_group_norm() {
+    grad_check("layer_norm affine", &[(&[3, 10], -2.0, 2.0), (&[10], 0.5, 1.5), (&[10], -1.0, 1.0)], &|v| ad::layer_norm(&v[0], Some(&v[1]), Some(&v[2]), 1e-5), &|x| {
+        norm_ref(&x[0], 10, 1e-5, |_, j| j, Some((&x[1], &x[2])), false).0
+    });
+    grad_check("layer_norm plain", &[(&[4, 7], -2.0, 2.0)], &|v| ad::layer_norm(&v[0], None, None, 1e-5), &|x| norm_ref(&x[0], 7, 1e-5, |_, j| j, None::<(&[f64], &[f64])>, false).0);
+    for silu in [false, true] {
+        // (N, C, F, H, W) = (2, 6, 2, 3, 1), 3 groups
+        let s = 6;
+        grad_check(&format!("group_norm silu={silu}"), &[(&[2, 6, 2, 3, 1], -2.0, 2.0), (&[6], 0.5, 1.5), (&[6], -1.0, 1.0)], &|v| ad::group_norm(&v[0], 3, Some(&v[1]), Some(&v[2]), 1e-5, silu), &|x| {
+            norm_ref(&x[0], 2 * s, 1e-5, |r, j| (r % 3) * 2 + j / s, Some((&x[1], &x[2])), silu).0
+        });
+    }
+}
+
+#[test]
+fn tape_semantics() {
+    let g = gpu();
+    let tape = Tape::new();
+    let w = tape.leaf(Tensor::from_slice(g, &[3], &[1.0, 2.0, 3.0]).unwrap());
+    let c = tape.constant(Tensor::from_slice(g, &[3], &[4.0, 5.0, 6.0]).unwrap());
+    // constants and detached values record nothing and have no gradient
+    let y = ad::mul(&c, &c).unwrap();
+    assert!(!y.requires_grad());
+    assert!(matches!(tape.backward(&ad::sum_all(&y).unwrap()).unwrap_err(), Error::Autograd(_)));
+    let nog = tape.no_grad(|| ad::mul(&w, &c).unwrap());
+    assert!(!nog.requires_grad());
+    assert!(!ad::mul(&w.detach(), &c).unwrap().requires_grad());
+    // d/dw sum(w * c + stop_grad(w) * w) = c + w (the detached factor is a constant)
+    let loss = ad::sum_all(&ad::add(&ad::mul(&w, &c).unwrap(), &ad::mul(&w.detach(), &w).unwrap()).unwrap()).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    assert_eq!(grads.get(&w).unwrap().to_vec().unwrap(), vec![5.0, 7.0, 9.0]);
+    assert!(grads.get(&c).is_none());
+    // the tape is consumed
+    let e = tape.backward(&loss).unwrap_err().to_string();
+    assert!(e.contains("twice"), "{e}");
+    assert!(ad::mul(&w, &c).is_err(), "recording on a consumed tape");
+    // non-scalar loss without seed
+    let t2 = Tape::new();
+    let v = t2.leaf(Tensor::from_slice(g, &[2], &[1.0, 2.0]).unwrap());
+    assert!(t2.backward(&ad::square(&v).unwrap()).unwrap_err().to_string().contains("scalar"));
+    // values of different tapes do not mix
+    let t3 = Tape::new();
+    let u = t3.leaf(Tensor::from_slice(g, &[2], &[1.0, 2.0]).unwrap());
+    assert!(ad::add(&v, &u).is_err());
+}
+
+#[test]
+fn gradient_with_respect_to_an_input_through_conv_and_attention_like_stack() {
+    // Motion guidance differentiates the energy w.r.t. the latent, not the weights.
+    let g = gpu();
+    let tape = Tape::new();
+    let (xt, xv) = rand_tensor(&[1, 2, 5, 6], 5, -1.0, 1.0);
+    let (wt, wv) = rand_tensor(&[4, 2, 3, 3], 6, -0.5, 0.5);
+    let x = tape.leaf(xt);
+    let w = tape.constant(wt);
+    let h = ad::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap(); // (1, 4, 5, 6)
+    let tokens = ad::reshape(&ad::permute(&ad::reshape(&h, &[4, 30]).unwrap(), &[1, 0]).unwrap(), &[1, 30, 4]).unwrap();
+    let scores = ad::matmul_ex(&tokens, &tokens, false, true, 0.5, None).unwrap();
+    let p = ad::softmax(&scores).unwrap();
+    let out = ad::matmul(&p, &tokens).unwrap();
+    let loss = ad::mean_all(&ad::square(&out).unwrap()).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    let gx = grads.get(&x).unwrap().to_vec().unwrap();
+    assert!(grads.get(&w).is_none());
+    // finite differences of the same stack on the CPU
+    let f = |x: &[f64]| -> f64 {
+        let (hc, _) = conv_ref(x, [1, 2, 5, 6], &to64(&wv), [4, 2, 3, 3], None, Conv2d::new(1, 1));
+        let tok: Vec<Vec<f64>> = (0..30).map(|t| (0..4).map(|c| hc[c * 30 + t]).collect()).collect();
+        let mut total = 0.0;
+        for i in 0..30 {
+            let s: Vec<f64> = (0..30).map(|j| 0.5 * (0..4).map(|c| tok[i][c] * tok[j][c]).sum::<f64>()).collect();
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for c in 0..4 {
+                let o: f64 = (0..30).map(|j| e[j] / z * tok[j][c]).sum();
+                total += o * o;
+            }
+        }
+        total / 120.0
+    };
+    let x64 = to64(&xv);
+    for e in [0, 7, 29, 44, 59] {
+        let mut p = x64.clone();
+        p[e] += 1e-5;
+        let mut m = x64.clone();
+        m[e] -= 1e-5;
+        let num = (f(&p) - f(&m)) / 2e-5;
+        assert!((gx[e] as f64 - num).abs() <= 1e-3 * (1.0 + num.abs()), "dx[{e}]: {} vs {num}", gx[e]);
+    }
+    let _ = g;
+}
+
+#[test]
+fn checkpointed_block_gives_the_same_gradients() {
+    let block = |v: &[Var]| -> Result<Var> {
+        let h = ad::group_norm(&v[0], 2, Some(&v[2]), Some(&v[3]), 1e-5, true)?;
+        ad::add(&ad::conv2d(&h, &v[1], None, Conv2d::new(1, 1))?, &v[0])
+    };
+    let (xt, _) = rand_tensor(&[2, 4, 5, 3], 11, -1.0, 1.0);
+    let (wt, _) = rand_tensor(&[4, 4, 3, 3], 12, -0.3, 0.3);
+    let (gt, _) = rand_tensor(&[4], 13, 0.5, 1.5);
+    let (bt, _) = rand_tensor(&[4], 14, -0.5, 0.5);
+    let run = |checkpoint: bool| -> Vec<Vec<f32>> {
+        let tape = Tape::new();
+        let vars: Vec<Var> = [&xt, &wt, &gt, &bt].iter().map(|t| tape.leaf((*t).clone())).collect();
+        let mut h = vars[0].clone();
+        for _ in 0..2 {
+            let ins = [&h, &vars[1], &vars[2], &vars[3]];
+            h = if checkpoint { tape.checkpoint(&ins, block).unwrap() } else { block(&[h.clone(), vars[1].clone(), vars[2].clone(), vars[3].clone()]).unwrap() };
+        }
+        let loss = ad::mean_all(&ad::square(&h).unwrap()).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        vars.iter().map(|v| grads.get(v).unwrap().to_vec().unwrap()).collect()
+    };
+    let (plain, ckpt) = (run(false), run(true));
+    for (i, (a, b)) in plain.iter().zip(&ckpt).enumerate() {
+        assert_close(&format!("checkpointed grad {i}"), b, &to64(a), 1e-6, 1e-5);
+    }
+}
