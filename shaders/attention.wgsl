@@ -82,3 +82,108 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         }
     }
 }
+
+// Backward (FlashAttention-2 style: probabilities recomputed from the saved lse, never
+// stored). With P_ij = exp(scale q_i.k_j - lse_i), D_i = dO_i . O_i (precomputed):
+//   dS_ij = P_ij (dO_i . v_j - D_i)
+//   dQ_i = scale sum_j dS_ij k_j           attention_bwd_dq: one thread per query row
+//   dK_j = scale sum_i dS_ij q_i           attention_bwd_dkv: one thread per key row,
+//   dV_j = sum_i P_ij dO_i                 over every query batch that shares this K/V batch
+@group(0) @binding(4) var<storage, read> dout: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> lse_in: array<f32>;
+@group(0) @binding(6) var<storage, read> dvec: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dq: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> dk: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> dv: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let z = wid.z * nwg.y + wid.y;
+    let i = wid.x * 64u + lid;
+    if (z >= p.bh || i >= p.lq) {
+        return;
+    }
+    let row = z * p.lq + i;
+    let zk = z / p.kv_rep;
+    let kb = zk * p.lk * p.d4;
+    let vb = zk * p.lk * p.dv4;
+    var qv: array<vec4<f32>, MAX_D4>;
+    var go: array<vec4<f32>, MAX_D4>;
+    var acc: array<vec4<f32>, MAX_D4>;
+    for (var t = 0u; t < p.d4; t++) {
+        qv[t] = q[row * p.d4 + t] * p.scale;
+        acc[t] = vec4<f32>(0.0);
+    }
+    for (var t = 0u; t < p.dv4; t++) {
+        go[t] = dout[row * p.dv4 + t];
+    }
+    let l = lse_in[row];
+    let di = dvec[row];
+    for (var j = 0u; j < p.lk; j++) {
+        var s = 0.0;
+        for (var t = 0u; t < p.d4; t++) {
+            s += dot(qv[t], k[kb + j * p.d4 + t]);
+        }
+        var dp = 0.0;
+        for (var t = 0u; t < p.dv4; t++) {
+            dp += dot(go[t], v[vb + j * p.dv4 + t]);
+        }
+        let ds = exp(s - l) * (dp - di);
+        for (var t = 0u; t < p.d4; t++) {
+            acc[t] = fma(vec4<f32>(ds), k[kb + j * p.d4 + t], acc[t]);
+        }
+    }
+    for (var t = 0u; t < p.d4; t++) {
+        dq[row * p.d4 + t] = acc[t] * p.scale;
+    }
+}
+
+@compute @workgroup_size(64)
+fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let zk = wid.z * nwg.y + wid.y;   // K/V batch
+    let j = wid.x * 64u + lid;        // key row
+    if (zk * p.kv_rep >= p.bh || j >= p.lk) {
+        return;
+    }
+    let krow = zk * p.lk + j;
+    var kv: array<vec4<f32>, MAX_D4>;
+    var vv: array<vec4<f32>, MAX_D4>;
+    var dka: array<vec4<f32>, MAX_D4>;
+    var dva: array<vec4<f32>, MAX_D4>;
+    for (var t = 0u; t < p.d4; t++) {
+        kv[t] = k[krow * p.d4 + t] * p.scale;
+        dka[t] = vec4<f32>(0.0);
+    }
+    for (var t = 0u; t < p.dv4; t++) {
+        vv[t] = v[krow * p.dv4 + t];
+        dva[t] = vec4<f32>(0.0);
+    }
+    for (var z = zk * p.kv_rep; z < (zk + 1u) * p.kv_rep; z++) {
+        for (var i = 0u; i < p.lq; i++) {
+            let row = z * p.lq + i;
+            var s = 0.0;
+            for (var t = 0u; t < p.d4; t++) {
+                s += dot(kv[t], q[row * p.d4 + t]);
+            }
+            let pij = exp(s - lse_in[row]);
+            var dp = 0.0;
+            for (var t = 0u; t < p.dv4; t++) {
+                let g = dout[row * p.dv4 + t];
+                dp += dot(g, vv[t]);
+                dva[t] = fma(vec4<f32>(pij), g, dva[t]);
+            }
+            let ds = pij * (dp - dvec[row]);
+            for (var t = 0u; t < p.d4; t++) {
+                dka[t] = fma(vec4<f32>(ds), q[row * p.d4 + t], dka[t]);
+            }
+        }
+    }
+    for (var t = 0u; t < p.d4; t++) {
+        dk[krow * p.d4 + t] = dka[t] * p.scale;
+    }
+    for (var t = 0u; t < p.dv4; t++) {
+        dv[krow * p.dv4 + t] = dva[t];
+    }
+}

@@ -344,3 +344,49 @@ fn checkpointed_block_gives_the_same_gradients() {
         assert_close(&format!("checkpointed grad {i}"), b, &to64(a), 1e-6, 1e-5);
     }
 }
+
+/// softmax(scale q k^T) v on the host: q (bh, lq, d), k (bk, lk, d), v (bk, lk, dv).
+fn attention_ref(x: &[Vec<f64>], bh: usize, bk: usize, lq: usize, lk: usize, d: usize, dv: usize, scale: f64) -> Vec<f64> {
+    let (q, k, v) = (&x[0], &x[1], &x[2]);
+    let mut out = vec![];
+    for z in 0..bh {
+        let zk = z / (bh / bk);
+        for i in 0..lq {
+            let s: Vec<f64> = (0..lk).map(|j| scale * (0..d).map(|t| q[(z * lq + i) * d + t] * k[(zk * lk + j) * d + t]).sum::<f64>()).collect();
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = s.iter().map(|a| (a - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for t in 0..dv {
+                out.push((0..lk).map(|j| e[j] / sum * v[(zk * lk + j) * dv + t]).sum());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_fused_and_unfused_backward() {
+    // (bh, bk, lq, lk, d, dv): shared K/V, head dims off the vec4 grid, long keys
+    for (bh, bk, lq, lk, d, dv) in [(4, 2, 5, 7, 8, 12), (3, 3, 9, 4, 16, 8), (2, 1, 3, 5, 6, 5), (1, 1, 2, 2100, 64, 64)] {
+        let scale = 1.0 / (d as f32).sqrt();
+        grad_check(
+            &format!("attention {:?}", (bh, bk, lq, lk, d, dv)),
+            &[(&[bh, lq, d], -1.0, 1.0), (&[bk, lk, d], -1.0, 1.0), (&[bk, lk, dv], -1.0, 1.0)],
+            &|v| ad::attention(&v[0], &v[1], &v[2], scale),
+            &|x| attention_ref(x, bh, bk, lq, lk, d, dv, scale as f64),
+        );
+    }
+    grad_check("attention_probs", &[(&[2, 4, 8], -1.0, 1.0), (&[2, 6, 8], -1.0, 1.0)], &|v| ad::attention_probs(&v[0], &v[1], 0.5), &|x| {
+        let mut out = vec![];
+        for z in 0..2 {
+            for i in 0..4 {
+                let s: Vec<f64> = (0..6).map(|j| 0.5 * (0..8).map(|t| x[0][(z * 4 + i) * 8 + t] * x[1][(z * 6 + j) * 8 + t]).sum::<f64>()).collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|a| (a - m).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                out.extend(e.iter().map(|a| a / sum));
+            }
+        }
+        out
+    });
+}

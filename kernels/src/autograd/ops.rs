@@ -425,3 +425,25 @@ pub fn group_norm(x: &Var, groups: usize, gamma: Option<&Var>, beta: Option<&Var
         }),
     )
 }
+
+// ---- attention --------------------------------------------------------------------------
+
+/// softmax(scale q k^T) v with q (BH, Lq, D), k/v (BH/r, Lk, *): fused forward and backward.
+pub fn attention(q: &Var, k: &Var, v: &Var, scale: f32) -> Result<Var> {
+    let a = k::attention(&q.value, &k.value, &v.value, scale, false)?;
+    let (qv, kv, vv, ov, lse) = (q.value.clone(), k.value.clone(), v.value.clone(), a.out.clone(), a.lse);
+    record(
+        a.out,
+        &[q, k, v],
+        Box::new(move |g, need| {
+            let (dq, dk, dv) = k::attention_backward(&qv, &kv, &vv, &ov, &lse, g, scale, (need[0], need[1], need[2]))?;
+            Ok(vec![dq, dk, dv])
+        }),
+    )
+}
+
+/// The attention probabilities softmax(scale q k^T), differentiable (motion guidance's
+/// temporal attention maps).
+pub fn attention_probs(q: &Var, k: &Var, scale: f32) -> Result<Var> {
+    softmax_scaled(&matmul_ex(q, k, false, true, 1.0, None)?, scale)
+}

@@ -8,6 +8,7 @@ use crate::error::shape_err;
 use crate::shaders::ATTENTION;
 use crate::{DType, Error, Result, Tensor};
 
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -109,4 +110,108 @@ fn attention_unfused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bo
     let m = max(&scores, -1)?.reshape(&[bh, lq, 1])?;
     let lse = add(&log(&sum(&exp(&sub(&scores, &m)?)?, -1)?)?, &m.reshape(&[bh, lq])?)?;
     Ok(Attention { out, lse, probs: capture.then_some(probs) })
+}
+
+/// Gradients of [`attention`] for the output gradient `dout`, from the forward's `out` and
+/// `lse`: (dq, dk, dv), each only when asked for. Fused kernels that recompute the
+/// probabilities (nothing of size Lq x Lk is stored); the matmul/softmax path where the
+/// fused forward would not run (head dims, loop budget).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    scale: f32,
+    need: (bool, bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let op = "attention_backward";
+    check_f32(op, &[q, k, v, out, lse, dout])?;
+    let [bh, lq, d] = [q.shape()[0], q.shape()[1], q.shape()[2]];
+    let [bk, lk, dv] = [v.shape()[0], v.shape()[1], v.shape()[2]];
+    if dout.shape() != [bh, lq, dv] || out.shape() != dout.shape() || lse.shape() != [bh, lq] || k.shape() != [bk, lk, d] {
+        return shape_err(op, format!("dout {:?}, out {:?}, lse {:?} do not match q {:?}, k {:?}, v {:?}", dout.shape(), out.shape(), lse.shape(), q.shape(), k.shape(), v.shape()));
+    }
+    let gpu = q.gpu();
+    let rep = bh / bk.max(1);
+    let (d4, dv4) = (d / 4, dv / 4);
+    let it_q = (2 * d4 + dv4 + lk * (2 * d4 + dv4 + 1)) as u64;
+    let it_kv = (2 * d4 + 2 * dv4 + rep * lq * (2 * d4 + dv4 + 1)) as u64;
+    let fits = gpu.loop_limit().is_none_or(|limit| it_q.max(it_kv) <= limit);
+    // D_i = dO_i . O_i
+    let dvec = super::sum(&super::mul(dout, out)?, -1)?;
+    if d > FUSED_MAX_D || dv > FUSED_MAX_D || d % 4 != 0 || dv % 4 != 0 || !fits {
+        return attention_backward_unfused(q, k, v, lse, dout, &dvec, scale, need);
+    }
+    let p = Params { bh: bh as u32, lq: lq as u32, lk: lk as u32, d4: d4 as u32, dv4: dv4 as u32, scale, kv_rep: rep as u32, _pad: 0 };
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let grid = |rows: usize, batches: usize| -> Result<[u32; 3]> {
+        let (gy, gz) = if batches <= max { (batches, 1) } else { (max, batches.div_ceil(max)) };
+        let gx = rows.div_ceil(ROWS_PER_GROUP);
+        if gx > max || gz > max {
+            return Err(Error::Shape { op: "attention_backward", msg: format!("q {:?} exceeds the dispatch grid", q.shape()) });
+        }
+        Ok([gx as u32, gy as u32, gz as u32])
+    };
+    let dq = if need.0 && bh * lq > 0 {
+        let dq = Tensor::empty(gpu, q.shape(), DType::F32, "attention dq")?;
+        launch(gpu, &ATTENTION, "attention_bwd_dq", &[], bytemuck::bytes_of(&p), &[q, k, v, dout, lse, &dvec, &dq], grid(lq, bh)?)?;
+        Some(dq)
+    } else {
+        None
+    };
+    let (dk, dvt) = if (need.1 || need.2) && bk * lk > 0 {
+        let dk = Tensor::empty(gpu, k.shape(), DType::F32, "attention dk")?;
+        let dvt = Tensor::empty(gpu, v.shape(), DType::F32, "attention dv")?;
+        launch(gpu, &ATTENTION, "attention_bwd_dkv", &[], bytemuck::bytes_of(&p), &[q, k, v, dout, lse, &dvec, &dk, &dvt], grid(lk, bk)?)?;
+        (need.1.then_some(dk), need.2.then_some(dvt))
+    } else {
+        (None, None)
+    };
+    Ok((dq, dk, dvt))
+}
+
+/// The same gradients through materialised probabilities (any head dim).
+#[allow(clippy::too_many_arguments)]
+fn attention_backward_unfused(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    dvec: &Tensor,
+    scale: f32,
+    need: (bool, bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    use super::{broadcast_to, exp, matmul, matmul_ex, mul, scale as scl, sub, sum, Matmul};
+    let (bh, lq) = (q.shape()[0], q.shape()[1]);
+    let (bk, lk) = (k.shape()[0], k.shape()[1]);
+    let rep = bh / bk;
+    let expand = |t: &Tensor| -> Result<Tensor> {
+        if rep == 1 {
+            return Ok(t.clone());
+        }
+        let s = t.shape();
+        broadcast_to(&t.reshape(&[s[0], 1, s[1], s[2]])?, &[s[0], rep, s[1], s[2]])?.reshape(&[bh, s[1], s[2]])
+    };
+    let fold = |t: Tensor| -> Result<Tensor> {
+        if rep == 1 {
+            return Ok(t);
+        }
+        let s = t.shape().to_vec();
+        sum(&t.reshape(&[bk, rep, s[1], s[2]])?, 1)
+    };
+    let (ke, ve) = (expand(k)?, expand(v)?);
+    // P = exp(scale q k^T - lse)
+    let scores = matmul_ex(q, &ke, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
+    let pr = exp(&sub(&scores, &lse.reshape(&[bh, lq, 1])?)?)?;
+    let dp = matmul_ex(dout, &ve, Matmul { trans_b: true, ..Default::default() })?;
+    let ds = mul(&pr, &sub(&dp, &dvec.reshape(&[bh, lq, 1])?)?)?;
+    let dq = if need.0 { Some(scl(&matmul(&ds, &ke)?, scale)?) } else { None };
+    let dk = if need.1 { Some(fold(matmul_ex(&ds, q, Matmul { trans_a: true, alpha: scale, ..Default::default() })?)?) } else { None };
+    let dv = if need.2 { Some(fold(matmul_ex(&pr, dout, Matmul { trans_a: true, ..Default::default() })?)?) } else { None };
+    let _ = lk;
+    Ok((dq, dk, dv))
 }
