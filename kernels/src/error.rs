@@ -45,6 +45,15 @@ pub enum Error {
     #[error("autograd: {0}")]
     Autograd(String),
 
+    #[error("optimizer: {0}")]
+    Optim(String),
+
+    #[error("{what} contains NaN or infinite values; the step was not applied (lower the learning rate or enable gradient clipping)")]
+    NonFinite { what: String },
+
+    #[error("{path}: {msg}")]
+    Io { path: String, msg: String },
+
     #[error("dtype mismatch in {op}: expected {expected:?}, got {actual:?}")]
     DType { op: &'static str, expected: crate::DType, actual: crate::DType },
 }

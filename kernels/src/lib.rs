@@ -21,6 +21,8 @@ pub mod autograd;
 pub mod bench;
 mod error;
 mod gpu;
+pub mod io;
+pub mod optim;
 pub mod ops;
 mod pool;
 mod recorder;

@@ -27,6 +27,7 @@ family!(GEMM, "gemm", with "gemm_common");
 family!(GEMM_SUBGROUP, "gemm_subgroup", with "gemm_common");
 family!(ATTENTION, "attention");
 family!(EMBEDDING, "embedding");
+family!(OPTIM, "optim");
 
 /// Every family, for validation.
-pub static ALL: &[&KernelSource] = &[&ELEMENTWISE, &REDUCE, &SOFTMAX, &NORM, &GEMM, &GEMM_SUBGROUP, &ATTENTION, &EMBEDDING];
+pub static ALL: &[&KernelSource] = &[&ELEMENTWISE, &REDUCE, &SOFTMAX, &NORM, &GEMM, &GEMM_SUBGROUP, &ATTENTION, &EMBEDDING, &OPTIM];
