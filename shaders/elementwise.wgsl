@@ -129,6 +129,7 @@ fn binary_op(u: f32, v: f32) -> f32 {
         case 5u: { return min(u, v); }
         case 6u: { return pow(u, v); }
         case 7u: { return p.alpha * u + p.beta * v; }            // axpby
+        case 8u: { return select(0.0, 1.0, u == v); }            // eq (masks)
         default: { return u; }
     }
 }

@@ -74,3 +74,29 @@ fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let r = idx[i / p.dim];
     rows[i] = select(0.0, table[r * p.dim + i % p.dim], r < p.vocab);
 }
+
+// scatter_rows_sum: the backward of a gather. The ids were grouped on the host: unique id
+// u owns positions[offsets[u] .. offsets[u + 1]] of the gathered rows, so
+// out[uniq[u], :] = sum of g[pos, :] over them. Each output row has one writer: no atomics.
+// p.n = number of unique ids, p.dim = D. out must be zero-filled (rows never gathered).
+@group(0) @binding(1) var<storage, read> g_rows: array<f32>;
+@group(0) @binding(2) var<storage, read> positions: array<u32>;
+@group(0) @binding(3) var<storage, read> offsets: array<u32>;
+@group(0) @binding(4) var<storage, read> uniq: array<u32>;
+@group(0) @binding(5) var<storage, read_write> dtable: array<f32>;
+
+@compute @workgroup_size(256)
+fn scatter_rows_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n * p.dim) {
+        return;
+    }
+    let u = i / p.dim;
+    let d = i % p.dim;
+    var s = 0.0;
+    for (var k = offsets[u]; k < offsets[u + 1u]; k++) {
+        s += g_rows[positions[k] * p.dim + d];
+    }
+    dtable[uniq[u] * p.dim + d] = s;
+}

@@ -149,6 +149,9 @@ fn reductions_softmax_and_losses() {
     grad_check("sum axis 1", &[(&[3, 7, 2], -1.0, 1.0)], &|v| ad::sum(&v[0], 1), &|x| {
         (0..3).flat_map(|a| (0..2).map(move |c| (a, c))).map(|(a, c)| (0..7).map(|b| x[0][(a * 7 + b) * 2 + c]).sum()).collect()
     });
+    grad_check("max axis 0", &[(&[5, 4], -1.0, 1.0)], &|v| ad::max(&v[0], 0), &|x| {
+        (0..4).map(|c| (0..5).map(|r| x[0][r * 4 + c]).fold(f64::MIN, f64::max)).collect()
+    });
     grad_check("mean last", &[(&[3, 7], -1.0, 1.0)], &|v| ad::mean(&v[0], -1), &|x| {
         (0..3).map(|a| x[0][a * 7..a * 7 + 7].iter().sum::<f64>() / 7.0).collect()
     });
@@ -389,4 +392,14 @@ fn attention_fused_and_unfused_backward() {
         }
         out
     });
+}
+
+#[test]
+fn embedding_rows_sum_their_gradients() {
+    let ids = [3u32, 0, 3, 6, 3];
+    grad_check("embedding", &[(&[7, 5], -1.0, 1.0)], &|v| ad::embedding(&v[0], &ids), &|x| {
+        ids.iter().flat_map(|&i| x[0][i as usize * 5..i as usize * 5 + 5].to_vec()).collect()
+    });
+    let g = Tensor::zeros(gpu(), &[2, 5]).unwrap();
+    assert!(t2v_kernels::ops::embedding_backward(&g, &[1, 9], 7).is_err());
 }

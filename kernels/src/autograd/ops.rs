@@ -243,6 +243,24 @@ pub fn mean(x: &Var, ax: isize) -> Result<Var> {
     reduce_like(x, ax, true)
 }
 
+/// Maximum along `ax` (torch.amax): the gradient is split evenly among tied maxima.
+pub fn max(x: &Var, ax: isize) -> Result<Var> {
+    let a = crate::ops::axis_index(x.shape(), ax)?;
+    let y = k::max(&x.value, ax)?;
+    let (xv, yv, s) = (x.value.clone(), y.clone(), x.shape().to_vec());
+    record(
+        y,
+        &[x],
+        Box::new(move |g, _| {
+            let mut keep = s.clone();
+            keep[a] = 1;
+            let mask = k::eq(&xv, &yv.reshape(&keep)?)?;
+            let count = k::sum(&mask, a as isize)?.reshape(&keep)?;
+            Ok(vec![Some(k::div(&k::mul(&mask, &g.reshape(&keep)?)?, &count)?)])
+        }),
+    )
+}
+
 /// Sum of all elements (shape [1]).
 pub fn sum_all(x: &Var) -> Result<Var> {
     reshape(&sum(&reshape(x, &[x.value.numel()])?, 0)?, &[1])
@@ -446,4 +464,13 @@ pub fn attention(q: &Var, k: &Var, v: &Var, scale: f32) -> Result<Var> {
 /// temporal attention maps).
 pub fn attention_probs(q: &Var, k: &Var, scale: f32) -> Result<Var> {
     softmax_scaled(&matmul_ex(q, k, false, true, 1.0, None)?, scale)
+}
+
+// ---- embeddings -------------------------------------------------------------------------
+
+/// Rows `ids` of `table` (V, D) -> (N, D); the table gets the summed row gradients.
+pub fn embedding(table: &Var, ids: &[u32]) -> Result<Var> {
+    let y = k::embedding(&table.value, ids)?;
+    let (ids, vocab) = (ids.to_vec(), table.shape()[0]);
+    record(y, &[table], Box::new(move |g, _| Ok(vec![Some(k::embedding_backward(g, &ids, vocab)?)])))
 }

@@ -69,6 +69,8 @@ pub enum BinaryOp {
     Pow = 6,
     /// alpha * a + beta * b (see [`axpby`]).
     Axpby = 7,
+    /// 1.0 where a == b, else 0.0.
+    Eq = 8,
 }
 
 fn pad8(v: &[usize]) -> [u32; 8] {
@@ -314,4 +316,4 @@ macro_rules! binary_fns {
         $( pub fn $name(a: &Tensor, b: &Tensor) -> Result<Tensor> { binary_impl(stringify!($name), a, b, BinaryOp::$op, 1.0, 1.0) } )*
     };
 }
-binary_fns! { add => Add, sub => Sub, mul => Mul, div => Div, maximum => Max, minimum => Min, pow => Pow }
+binary_fns! { add => Add, sub => Sub, mul => Mul, div => Div, maximum => Max, minimum => Min, pow => Pow, eq => Eq }

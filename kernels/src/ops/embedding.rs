@@ -62,3 +62,41 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let idx = Tensor::from_u32(table.gpu(), &[ids.len()], ids)?;
     gather_rows(table, &idx)
 }
+
+/// The backward of [`embedding`]: dtable (V, D) with row v = sum of the rows of `g` (N, D)
+/// whose id is v (zero for ids not present).
+pub fn embedding_backward(g: &Tensor, ids: &[u32], vocab: usize) -> Result<Tensor> {
+    check_f32("embedding_backward", &[g])?;
+    if g.rank() != 2 || g.shape()[0] != ids.len() {
+        return shape_err("embedding_backward", format!("gradient {:?} for {} ids", g.shape(), ids.len()));
+    }
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return shape_err("embedding_backward", format!("id {bad} out of range for a table of {vocab} rows"));
+    }
+    let d = g.shape()[1];
+    let gpu = g.gpu();
+    let out = Tensor::zeros(gpu, &[vocab, d])?;
+    if ids.is_empty() || d == 0 {
+        return Ok(out);
+    }
+    // group positions by id (CSR)
+    let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+    order.sort_by_key(|&p| ids[p as usize]);
+    let (mut uniq, mut offsets) = (Vec::new(), vec![0u32]);
+    for (k, &p) in order.iter().enumerate() {
+        let id = ids[p as usize];
+        if uniq.last() != Some(&id) {
+            if k > 0 {
+                offsets.push(k as u32);
+            }
+            uniq.push(id);
+        }
+    }
+    offsets.push(order.len() as u32);
+    let pos = Tensor::from_u32(gpu, &[order.len()], &order)?;
+    let off = Tensor::from_u32(gpu, &[offsets.len()], &offsets)?;
+    let un = Tensor::from_u32(gpu, &[uniq.len()], &uniq)?;
+    let p = Params { n: uniq.len() as u32, dim: d as u32, half: 0, vocab: vocab as u32, log_max_period: 0.0, _p: [0; 3] };
+    launch(gpu, &EMBEDDING, "scatter_rows_sum", &[], bytemuck::bytes_of(&p), &[g, &pos, &off, &un, &out], fold_groups(gpu, uniq.len() * d, 256))?;
+    Ok(out)
+}

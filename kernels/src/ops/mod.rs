@@ -12,7 +12,7 @@ mod softmax;
 
 pub use attention::{attention, attention_backward, Attention};
 pub use elementwise::*;
-pub use embedding::{embedding, gather_rows, sinusoidal_embedding};
+pub use embedding::{embedding, embedding_backward, gather_rows, sinusoidal_embedding};
 pub use gemm::{conv2d, conv2d_backward, linear, matmul, matmul_ex, temporal_conv, Conv2d, Matmul};
 pub use layout::{broadcast_to, concat, contiguous_strides, permute, slice, transpose, upsample_nearest2x};
 pub use norm::{group_norm, group_norm_backward, layer_norm, layer_norm_backward, Norm, NormGrad};
