@@ -403,3 +403,37 @@ fn embedding_rows_sum_their_gradients() {
     let g = Tensor::zeros(gpu(), &[2, 5]).unwrap();
     assert!(t2v_kernels::ops::embedding_backward(&g, &[1, 9], 7).is_err());
 }
+
+#[test]
+fn lora_trains_alone_and_merges() {
+    use t2v_kernels::autograd::{conv2d_lora, linear_lora, Lora};
+    use t2v_kernels::ops;
+    let g = gpu();
+    // linear: only the adapter gets gradients; merged weights reproduce the adapted output
+    let (w, _) = rand_tensor(&[6, 5], 1, -0.5, 0.5);
+    let (x, _) = rand_tensor(&[4, 5], 2, -1.0, 1.0);
+    let mut lora = Lora::linear(g, 5, 6, 3, 6.0, 7).unwrap();
+    assert_eq!(lora.up.to_vec().unwrap(), vec![0.0; 18], "B starts at zero");
+    lora.up = Tensor::from_slice(g, &[6, 3], &Rng::new(3).uniform(18, -0.5, 0.5)).unwrap();
+    let tape = Tape::new();
+    let (xv, wv) = (tape.constant(x.clone()), tape.constant(w.clone()));
+    let lv = lora.vars(&tape);
+    let y = linear_lora(&xv, &wv, None, &lv).unwrap();
+    let merged = ops::linear(&x, &lora.merge(&w).unwrap(), None).unwrap();
+    assert_close("lora linear merge", &y.value().to_vec().unwrap(), &to64(&merged.to_vec().unwrap()), 1e-5, 1e-5);
+    let grads = tape.backward(&ad::mean_all(&ad::square(&y).unwrap()).unwrap()).unwrap();
+    assert!(grads.get(&lv.down).is_some() && grads.get(&lv.up).is_some() && grads.get(&wv).is_none());
+    // conv: same, with stride and padding carried by the down projection
+    let (wc, _) = rand_tensor(&[4, 3, 3, 3], 4, -0.5, 0.5);
+    let (xc, _) = rand_tensor(&[2, 3, 6, 5], 5, -1.0, 1.0);
+    let mut lc = Lora::conv(g, [4, 3, 3, 3], 2, 4.0, 8).unwrap();
+    lc.up = Tensor::from_slice(g, &[4, 2, 1, 1], &Rng::new(6).uniform(8, -0.5, 0.5)).unwrap();
+    let geo = Conv2d::new(2, 1);
+    let tape = Tape::new();
+    let lcv = lc.vars(&tape);
+    let yc = conv2d_lora(&tape.constant(xc.clone()), &tape.constant(wc.clone()), None, geo, &lcv).unwrap();
+    let mc = ops::conv2d(&xc, &lc.merge(&wc).unwrap(), None, geo).unwrap();
+    assert_close("lora conv merge", &yc.value().to_vec().unwrap(), &to64(&mc.to_vec().unwrap()), 1e-5, 1e-5);
+    assert!(Lora::linear(g, 5, 6, 0, 1.0, 1).is_err());
+    assert!(lora.merge(&wc).is_err());
+}

@@ -19,8 +19,10 @@
 //! # Ok::<(), t2v_kernels::Error>(())
 //! ```
 
+mod lora;
 mod ops;
 mod tape;
 
+pub use lora::{conv2d_lora, linear_lora, Lora, LoraVars};
 pub use ops::*;
 pub use tape::{Grads, Tape, Var};
