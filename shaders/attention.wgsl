@@ -120,10 +120,12 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
     let l = lse_in[row];
     let di = dvec[row];
+    var kj: array<vec4<f32>, MAX_D4>;   // key row j, loaded once per j
     for (var j = 0u; j < p.lk; j++) {
         var s = 0.0;
         for (var t = 0u; t < p.d4; t++) {
-            s += dot(qv[t], k[kb + j * p.d4 + t]);
+            kj[t] = k[kb + j * p.d4 + t];
+            s += dot(qv[t], kj[t]);
         }
         var dp = 0.0;
         for (var t = 0u; t < p.dv4; t++) {
@@ -131,7 +133,7 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         }
         let ds = exp(s - l) * (dp - di);
         for (var t = 0u; t < p.d4; t++) {
-            acc[t] = fma(vec4<f32>(ds), k[kb + j * p.d4 + t], acc[t]);
+            acc[t] = fma(vec4<f32>(ds), kj[t], acc[t]);
         }
     }
     for (var t = 0u; t < p.d4; t++) {
@@ -160,12 +162,14 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         vv[t] = v[krow * p.dv4 + t];
         dva[t] = vec4<f32>(0.0);
     }
+    var qi: array<vec4<f32>, MAX_D4>;   // query row i, loaded once per i
     for (var z = zk * p.kv_rep; z < (zk + 1u) * p.kv_rep; z++) {
         for (var i = 0u; i < p.lq; i++) {
             let row = z * p.lq + i;
             var s = 0.0;
             for (var t = 0u; t < p.d4; t++) {
-                s += dot(kv[t], q[row * p.d4 + t]);
+                qi[t] = q[row * p.d4 + t];
+                s += dot(kv[t], qi[t]);
             }
             let pij = exp(s - lse_in[row]);
             var dp = 0.0;
@@ -176,7 +180,7 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
             }
             let ds = pij * (dp - dvec[row]);
             for (var t = 0u; t < p.d4; t++) {
-                dka[t] = fma(vec4<f32>(ds), q[row * p.d4 + t], dka[t]);
+                dka[t] = fma(vec4<f32>(ds), qi[t], dka[t]);
             }
         }
     }
