@@ -112,8 +112,12 @@ fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 
 // im2col: cols[z, n, k] = im2col element k of output pixel n of image b[z], i.e. the
 // convolution's B operand stored transposed (K-contiguous), for the vec4 GEMM on CPU
-// adapters. Grid: one thread per (n, k) of one image, 1-D folded; z = workgroup_id.z.
+// adapters. KMAJOR instead writes cols[k, z * P + n] (K rows over all images: the operand
+// of the weight gradient dW = dY (O, N*P) x cols^T). Grid: one thread per (n, k) of one
+// image, 1-D folded; z = workgroup_id.z.
 @group(0) @binding(3) var<storage, read_write> cols: array<f32>;
+
+override KMAJOR: bool = false;
 
 @compute @workgroup_size(256)
 fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -124,7 +128,12 @@ fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     let n = i / p.k;
     let k = i % p.k;
-    cols[wid.z * p.n * p.k + i] = load_im2col(wid.z, k, conv_origin(n));
+    let v = load_im2col(wid.z, k, conv_origin(n));
+    if (KMAJOR) {
+        cols[k * p.batch * p.n + wid.z * p.n + n] = v;
+    } else {
+        cols[wid.z * p.n * p.k + i] = v;
+    }
 }
 
 // col2im: the transpose of im2col (a convolution's input gradient). For image z,

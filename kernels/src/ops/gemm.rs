@@ -313,14 +313,16 @@ fn conv_params(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, 
     Ok((p, oh, ow))
 }
 
-/// The im2col matrix of a conv2d, stored K-contiguous: (N, OH*OW, C*KH*KW).
-fn im2col(x: &Tensor, p: &Params) -> Result<Tensor> {
+/// The im2col matrix of a conv2d: K-contiguous (N, OH*OW, C*KH*KW), or with `k_major`
+/// (C*KH*KW, N*OH*OW).
+fn im2col(x: &Tensor, p: &Params, k_major: bool) -> Result<Tensor> {
     let gpu = x.gpu();
     let (batch, pix, k) = (p.batch as usize, p.n as usize, p.k as usize);
-    let cols = Tensor::empty(gpu, &[batch, pix, k], DType::F32, "conv2d im2col")?;
+    let shape = if k_major { vec![k, batch * pix] } else { vec![batch, pix, k] };
+    let cols = Tensor::empty(gpu, &shape, DType::F32, "conv2d im2col")?;
     let mut groups = super::fold_groups(gpu, pix * k, 256);
     groups[2] = batch as u32;
-    launch_at(gpu, &GEMM, "im2col", &[], bytemuck::bytes_of(p), 2, &[x, &cols], groups)?;
+    launch_at(gpu, &GEMM, "im2col", &[("KMAJOR", k_major as u32 as f64)], bytemuck::bytes_of(p), 2, &[x, &cols], groups)?;
     Ok(cols)
 }
 
@@ -338,7 +340,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
     let kind = choose_kind(gpu, o, oh * ow)?;
     if kind == Kind::Subgroup && k % 4 == 0 && o >= 16 {
         // CPU adapters: materialise the columns once, K-contiguous, for the vec4 GEMM.
-        let cols = im2col(x, &p)?;
+        let cols = im2col(x, &p, false)?;
         let p2 = Params { b_bs: (oh * ow * k) as u32, ..p };
         dispatch(gpu, kind, p2, false, true, false, bias, false, w, &cols, &y)?;
     } else {
@@ -379,10 +381,11 @@ pub fn conv2d_backward(
         None
     };
     let dw = if need.1 {
-        // dW (O, K) = dy (O, N*P) x cols (N*P, K)
-        let cols = im2col(x, &p)?.reshape(&[n * pix, k])?;
-        let dyt = super::permute(&dy3, &[1, 0, 2])?.reshape(&[o, n * pix])?;
-        Some(matmul(&dyt, &cols)?.reshape(w.shape())?)
+        // dW (O, K) = dy (O, N*P) x cols (N*P, K), with cols stored K-major (K, N*P) so
+        // that both operands are contiguous along the N*P contraction
+        let cols_t = im2col(x, &p, true)?;
+        let dyt = if n == 1 { dy3.reshape(&[o, pix])? } else { super::permute(&dy3, &[1, 0, 2])?.reshape(&[o, n * pix])? };
+        Some(matmul_ex(&dyt, &cols_t, Matmul { trans_b: true, ..Default::default() })?.reshape(w.shape())?)
     } else {
         None
     };
