@@ -152,6 +152,9 @@ fn reductions_softmax_and_losses() {
     grad_check("max axis 0", &[(&[5, 4], -1.0, 1.0)], &|v| ad::max(&v[0], 0), &|x| {
         (0..4).map(|c| (0..5).map(|r| x[0][r * 4 + c]).fold(f64::MIN, f64::max)).collect()
     });
+    grad_check("min axis 1", &[(&[5, 4], -1.0, 1.0)], &|v| ad::min(&v[0], 1), &|x| {
+        (0..5).map(|r| (0..4).map(|c| x[0][r * 4 + c]).fold(f64::MAX, f64::min)).collect()
+    });
     grad_check("mean last", &[(&[3, 7], -1.0, 1.0)], &|v| ad::mean(&v[0], -1), &|x| {
         (0..3).map(|a| x[0][a * 7..a * 7 + 7].iter().sum::<f64>() / 7.0).collect()
     });

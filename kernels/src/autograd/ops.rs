@@ -245,8 +245,17 @@ pub fn mean(x: &Var, ax: isize) -> Result<Var> {
 
 /// Maximum along `ax` (torch.amax): the gradient is split evenly among tied maxima.
 pub fn max(x: &Var, ax: isize) -> Result<Var> {
+    extreme(x, ax, k::Reduce::Max)
+}
+
+/// Minimum along `ax` (torch.amin): the gradient is split evenly among tied minima.
+pub fn min(x: &Var, ax: isize) -> Result<Var> {
+    extreme(x, ax, k::Reduce::Min)
+}
+
+fn extreme(x: &Var, ax: isize, kind: k::Reduce) -> Result<Var> {
     let a = crate::ops::axis_index(x.shape(), ax)?;
-    let y = k::max(&x.value, ax)?;
+    let y = k::reduce(&x.value, ax, kind)?;
     let (xv, yv, s) = (x.value.clone(), y.clone(), x.shape().to_vec());
     record(
         y,
