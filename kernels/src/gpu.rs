@@ -270,7 +270,7 @@ impl Gpu {
     }
     /// Largest tensor, in bytes, that one kernel binding can address on this device.
     pub fn max_binding_bytes(&self) -> u64 {
-        (self.0.limits.max_storage_buffer_binding_size as u64).min(self.0.limits.max_buffer_size)
+        self.0.limits.max_storage_buffer_binding_size.min(self.0.limits.max_buffer_size)
     }
 
     /// Memory held by tensors and the pool: current and peak bytes.

@@ -45,19 +45,6 @@ fn elementwise(x: &[f64], f: impl Fn(f64) -> f64) -> Vec<f64> {
     x.iter().map(|&v| f(v)).collect()
 }
 
-fn erf(x: f64) -> f64 {
-    let (mut term, mut sum, x2) = (x, x, x * x);
-    for n in 1..200 {
-        term *= -x2 / n as f64;
-        let t = term / (2 * n + 1) as f64;
-        sum += t;
-        if t.abs() < 1e-17 {
-            break;
-        }
-    }
-    sum * 2.0 / std::f64::consts::PI.sqrt()
-}
-
 #[test]
 fn unary_ops() {
     let sig = |v: f64| 1.0 / (1.0 + (-v).exp());

@@ -6,20 +6,6 @@ use t2v_kernels::{Error, Tensor};
 
 const SHAPE: [usize; 3] = [7, 13, 29];
 
-/// erf by its Taylor series (|x| <= 3 here): accurate to ~1e-13.
-fn erf(x: f64) -> f64 {
-    let (mut term, mut sum, x2) = (x, x, x * x);
-    for n in 1..200 {
-        term *= -x2 / n as f64;
-        let t = term / (2 * n + 1) as f64;
-        sum += t;
-        if t.abs() < 1e-17 {
-            break;
-        }
-    }
-    sum * 2.0 / std::f64::consts::PI.sqrt()
-}
-
 fn unary_ref(op: UnaryOp, x: f64, gamma: f64) -> f64 {
     let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
     match op {

@@ -409,6 +409,15 @@ pub fn temporal_conv(x: &Var, w: &Var, bias: Option<&Var>) -> Result<Var> {
 
 // ---- normalisation ----------------------------------------------------------------------
 
+/// [dx] or [dx, dgamma, dbeta], in the order the norm ops take their inputs.
+fn norm_grads(r: k::NormGrad) -> Vec<Option<Tensor>> {
+    let mut out = vec![Some(r.dx)];
+    if r.dgamma.is_some() {
+        out.extend([r.dgamma, r.dbeta]);
+    }
+    out
+}
+
 /// Layer norm over the last axis with optional weight and bias.
 pub fn layer_norm(x: &Var, gamma: Option<&Var>, beta: Option<&Var>, eps: f32) -> Result<Var> {
     let n = k::layer_norm(&x.value, gamma.map(|v| &v.value), beta.map(|v| &v.value), eps)?;
@@ -421,12 +430,7 @@ pub fn layer_norm(x: &Var, gamma: Option<&Var>, beta: Option<&Var>, eps: f32) ->
         n.y,
         &inputs,
         Box::new(move |g, _| {
-            let r = k::layer_norm_backward(&xv, gv.as_ref(), bv.as_ref(), &st, g, eps)?;
-            let mut out = vec![Some(r.dx)];
-            if gv.is_some() {
-                out.extend([r.dgamma, r.dbeta]);
-            }
-            Ok(out)
+            Ok(norm_grads(k::layer_norm_backward(&xv, gv.as_ref(), bv.as_ref(), &st, g, eps)?))
         }),
     )
 }
@@ -443,12 +447,7 @@ pub fn group_norm(x: &Var, groups: usize, gamma: Option<&Var>, beta: Option<&Var
         n.y,
         &inputs,
         Box::new(move |g, _| {
-            let r = k::group_norm_backward(&xv, groups, gv.as_ref(), bv.as_ref(), &st, g, eps, silu)?;
-            let mut out = vec![Some(r.dx)];
-            if gv.is_some() {
-                out.extend([r.dgamma, r.dbeta]);
-            }
-            Ok(out)
+            Ok(norm_grads(k::group_norm_backward(&xv, groups, gv.as_ref(), bv.as_ref(), &st, g, eps, silu)?))
         }),
     )
 }

@@ -20,6 +20,14 @@ struct Params {
     _pad: u32,
 }
 
+impl Params {
+    #[allow(clippy::too_many_arguments)]
+    fn new(rows: usize, len: usize, groups: usize, cpg: usize, inner: usize, eps: f32, affine: bool) -> Params {
+        let u = |v: usize| v as u32;
+        Params { rows: u(rows), len: u(len), groups: u(groups), cpg: u(cpg), inner: u(inner), eps, affine: affine as u32, _pad: 0 }
+    }
+}
+
 /// A normalisation result: the output and per-row (mean, rstd), shape (rows, 2).
 #[derive(Debug)]
 pub struct Norm {
@@ -45,16 +53,7 @@ fn norm_rows(
     if rows == 0 || len == 0 {
         return Ok(Norm { y, stats });
     }
-    let p = Params {
-        rows: rows as u32,
-        len: len as u32,
-        groups: groups as u32,
-        cpg: cpg as u32,
-        inner: inner as u32,
-        eps,
-        affine: affine.is_some() as u32,
-        _pad: 0,
-    };
+    let p = Params::new(rows, len, groups, cpg, inner, eps, affine.is_some());
     let (g, b) = affine.unwrap_or((x, x)); // unread when affine == 0
     let vec4 = len % 4 == 0;
     let per_thread = if vec4 { len / 4 } else { len };
@@ -160,16 +159,7 @@ fn norm_rows_bwd(
     if rows == 0 || len == 0 {
         return Ok((dx, terms));
     }
-    let p = Params {
-        rows: rows as u32,
-        len: len as u32,
-        groups: groups as u32,
-        cpg: cpg as u32,
-        inner: inner as u32,
-        eps,
-        affine: affine.is_some() as u32,
-        _pad: 0,
-    };
+    let p = Params::new(rows, len, groups, cpg, inner, eps, affine.is_some());
     let (g, b) = affine.unwrap_or((x, x));
     let (gw, gb) = terms.as_ref().map(|(a, b)| (a, b)).unwrap_or((&dx, &dx)); // unwritten without affine
     let wg = (len.next_power_of_two() as u32).clamp(32, 256);

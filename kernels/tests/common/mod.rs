@@ -64,6 +64,20 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     }
 }
 
+/// erf by its Taylor series (|x| <= 3 here): accurate to ~1e-13.
+pub fn erf(x: f64) -> f64 {
+    let (mut term, mut sum, x2) = (x, x, x * x);
+    for n in 1..200 {
+        term *= -x2 / n as f64;
+        let t = term / (2 * n + 1) as f64;
+        sum += t;
+        if t.abs() < 1e-17 {
+            break;
+        }
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
 /// Row-major strides.
 pub fn strides(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1; shape.len()];
