@@ -1,0 +1,4 @@
+//! Networks of the method, loadable from the real checkpoints' key names.
+
+pub mod weights;
+pub mod vae;

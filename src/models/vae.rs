@@ -1,0 +1,329 @@
+//! The ldm AutoencoderKL of VideoCrafter2 (`lvdm/modules/networks/ae_modules.py`), applied
+//! per frame. Struct fields and loader paths follow the checkpoint keys
+//! (`first_stage_model.encoder.down.0.block.0.norm1.weight`, ...). Forward passes run on
+//! autograd values: with frozen weights (constants on the tape) the decoder is
+//! differentiable with respect to its latent input, which reward feedback needs.
+
+use t2v_kernels::autograd::{self as ad, Tape, Var};
+use t2v_kernels::ops::Conv2d as Geo;
+use t2v_kernels::Tensor;
+
+use super::weights::{Loader, Result};
+
+/// `ddconfig` + `embed_dim` of the reference config (defaults: VideoCrafter2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VaeConfig {
+    pub ch: usize,
+    pub ch_mult: Vec<usize>,
+    pub num_res_blocks: usize,
+    pub z_channels: usize,
+    pub in_channels: usize,
+    pub out_ch: usize,
+    pub double_z: bool,
+    pub attn_resolutions: Vec<usize>,
+    pub resolution: usize,
+    pub embed_dim: usize,
+    pub scale_factor: f32,
+}
+
+impl Default for VaeConfig {
+    fn default() -> Self {
+        VaeConfig {
+            ch: 128,
+            ch_mult: vec![1, 2, 4, 4],
+            num_res_blocks: 2,
+            z_channels: 4,
+            in_channels: 3,
+            out_ch: 3,
+            double_z: true,
+            attn_resolutions: vec![],
+            resolution: 256,
+            embed_dim: 4,
+            scale_factor: 0.18215,
+        }
+    }
+}
+
+impl VaeConfig {
+    /// Reads the reference's config layout (`{"ddconfig": {...}, "embed_dim": 4, ...}`).
+    pub fn from_json(v: &serde_json::Value) -> Option<VaeConfig> {
+        let d = &v["ddconfig"];
+        let u = |x: &serde_json::Value| x.as_u64().map(|n| n as usize);
+        let list = |x: &serde_json::Value| -> Option<Vec<usize>> { x.as_array()?.iter().map(u).collect() };
+        Some(VaeConfig {
+            ch: u(&d["ch"])?,
+            ch_mult: list(&d["ch_mult"])?,
+            num_res_blocks: u(&d["num_res_blocks"])?,
+            z_channels: u(&d["z_channels"])?,
+            in_channels: u(&d["in_channels"])?,
+            out_ch: u(&d["out_ch"])?,
+            double_z: d["double_z"].as_bool().unwrap_or(true),
+            attn_resolutions: list(&d["attn_resolutions"]).unwrap_or_default(),
+            resolution: u(&d["resolution"])?,
+            embed_dim: u(&v["embed_dim"])?,
+            scale_factor: v["scale_factor"].as_f64().unwrap_or(0.18215) as f32,
+        })
+    }
+}
+
+const GN_GROUPS: usize = 32;
+const GN_EPS: f32 = 1e-6;
+
+struct Conv {
+    w: Tensor,
+    b: Tensor,
+    geo: Geo,
+}
+
+impl Conv {
+    fn load(l: &Loader, key: &str, cin: usize, cout: usize, k: usize, geo: Geo) -> Result<Conv> {
+        Ok(Conv { w: l.get(&format!("{key}.weight"), &[cout, cin, k, k])?, b: l.get(&format!("{key}.bias"), &[cout])?, geo })
+    }
+    fn forward(&self, t: &Tape, x: &Var) -> Result<Var> {
+        Ok(ad::conv2d(x, &t.constant(self.w.clone()), Some(&t.constant(self.b.clone())), self.geo)?)
+    }
+}
+
+struct Norm {
+    g: Tensor,
+    b: Tensor,
+}
+
+impl Norm {
+    fn load(l: &Loader, key: &str, c: usize) -> Result<Norm> {
+        Ok(Norm { g: l.get(&format!("{key}.weight"), &[c])?, b: l.get(&format!("{key}.bias"), &[c])? })
+    }
+    fn forward(&self, t: &Tape, x: &Var, silu: bool) -> Result<Var> {
+        Ok(ad::group_norm(x, GN_GROUPS, Some(&t.constant(self.g.clone())), Some(&t.constant(self.b.clone())), GN_EPS, silu)?)
+    }
+}
+
+/// `ResnetBlock` without time embedding.
+struct ResnetBlock {
+    norm1: Norm,
+    conv1: Conv,
+    norm2: Norm,
+    conv2: Conv,
+    nin_shortcut: Option<Conv>,
+}
+
+impl ResnetBlock {
+    fn load(l: &Loader, key: &str, cin: usize, cout: usize) -> Result<ResnetBlock> {
+        Ok(ResnetBlock {
+            norm1: Norm::load(l, &format!("{key}.norm1"), cin)?,
+            conv1: Conv::load(l, &format!("{key}.conv1"), cin, cout, 3, Geo::new(1, 1))?,
+            norm2: Norm::load(l, &format!("{key}.norm2"), cout)?,
+            conv2: Conv::load(l, &format!("{key}.conv2"), cout, cout, 3, Geo::new(1, 1))?,
+            nin_shortcut: if cin != cout { Some(Conv::load(l, &format!("{key}.nin_shortcut"), cin, cout, 1, Geo::new(1, 0))?) } else { None },
+        })
+    }
+    fn forward(&self, t: &Tape, x: &Var) -> Result<Var> {
+        let h = self.conv1.forward(t, &self.norm1.forward(t, x, true)?)?;
+        let h = self.conv2.forward(t, &self.norm2.forward(t, &h, true)?)?;
+        let skip = match &self.nin_shortcut {
+            Some(c) => c.forward(t, x)?,
+            None => x.clone(),
+        };
+        Ok(ad::add(&skip, &h)?)
+    }
+}
+
+/// `AttnBlock`: single-head self-attention over the h*w positions with 1x1 projections.
+struct AttnBlock {
+    norm: Norm,
+    q: Conv,
+    k: Conv,
+    v: Conv,
+    proj_out: Conv,
+}
+
+impl AttnBlock {
+    fn load(l: &Loader, key: &str, c: usize) -> Result<AttnBlock> {
+        let p = |n: &str| Conv::load(l, &format!("{key}.{n}"), c, c, 1, Geo::new(1, 0));
+        Ok(AttnBlock { norm: Norm::load(l, &format!("{key}.norm"), c)?, q: p("q")?, k: p("k")?, v: p("v")?, proj_out: p("proj_out")? })
+    }
+    fn forward(&self, t: &Tape, x: &Var) -> Result<Var> {
+        let s = x.shape().to_vec();
+        let (b, c, hw) = (s[0], s[1], s[2] * s[3]);
+        let h = self.norm.forward(t, x, false)?;
+        // (b, c, h, w) -> (b, h*w, c) tokens
+        let tokens = |v: Var| -> Result<Var> { Ok(ad::permute(&ad::reshape(&v, &[b, c, hw])?, &[0, 2, 1])?) };
+        let (q, k, v) = (tokens(self.q.forward(t, &h)?)?, tokens(self.k.forward(t, &h)?)?, tokens(self.v.forward(t, &h)?)?);
+        let a = ad::attention(&q, &k, &v, (c as f32).powf(-0.5))?;
+        let a = ad::reshape(&ad::permute(&a, &[0, 2, 1])?, &s)?;
+        Ok(ad::add(x, &self.proj_out.forward(t, &a)?)?)
+    }
+}
+
+struct Level {
+    blocks: Vec<ResnetBlock>,
+    attns: Vec<AttnBlock>,
+    /// Downsample (encoder) or Upsample (decoder) conv.
+    resample: Option<Conv>,
+}
+
+struct Mid {
+    block_1: ResnetBlock,
+    attn_1: AttnBlock,
+    block_2: ResnetBlock,
+}
+
+impl Mid {
+    fn load(l: &Loader, key: &str, c: usize) -> Result<Mid> {
+        Ok(Mid {
+            block_1: ResnetBlock::load(l, &format!("{key}.block_1"), c, c)?,
+            attn_1: AttnBlock::load(l, &format!("{key}.attn_1"), c)?,
+            block_2: ResnetBlock::load(l, &format!("{key}.block_2"), c, c)?,
+        })
+    }
+    fn forward(&self, t: &Tape, x: &Var) -> Result<Var> {
+        self.block_2.forward(t, &self.attn_1.forward(t, &self.block_1.forward(t, x)?)?)
+    }
+}
+
+fn run_level(t: &Tape, lv: &Level, mut h: Var, up: bool) -> Result<Var> {
+    for (i, b) in lv.blocks.iter().enumerate() {
+        h = b.forward(t, &h)?;
+        if let Some(a) = lv.attns.get(i) {
+            h = a.forward(t, &h)?;
+        }
+    }
+    if let Some(r) = &lv.resample {
+        if up {
+            h = ad::upsample_nearest2x(&h)?;
+        }
+        h = r.forward(t, &h)?;
+    }
+    Ok(h)
+}
+
+/// Encoder + decoder + (post_)quant_conv.
+pub struct Vae {
+    pub config: VaeConfig,
+    enc_conv_in: Conv,
+    enc_down: Vec<Level>,
+    enc_mid: Mid,
+    enc_norm_out: Norm,
+    enc_conv_out: Conv,
+    quant_conv: Conv,
+    post_quant_conv: Conv,
+    dec_conv_in: Conv,
+    dec_mid: Mid,
+    /// Indexed like the checkpoint: `up.0` is the highest resolution (run last).
+    dec_up: Vec<Level>,
+    dec_norm_out: Norm,
+    dec_conv_out: Conv,
+}
+
+impl Vae {
+    /// Builds the model from `l` (whose prefix is e.g. `first_stage_model.`); call
+    /// `l.finish()` afterwards for the strict key check.
+    pub fn load(l: &Loader, config: &VaeConfig) -> Result<Vae> {
+        let c = config;
+        let nres = c.ch_mult.len();
+        let zc = if c.double_z { 2 * c.z_channels } else { c.z_channels };
+        let mut curr = c.resolution;
+        let mut down = Vec::new();
+        let mut block_in = c.ch;
+        for i in 0..nres {
+            let block_out = c.ch * c.ch_mult[i];
+            let (mut blocks, mut attns) = (Vec::new(), Vec::new());
+            for j in 0..c.num_res_blocks {
+                blocks.push(ResnetBlock::load(l, &format!("encoder.down.{i}.block.{j}"), block_in, block_out)?);
+                block_in = block_out;
+                if c.attn_resolutions.contains(&curr) {
+                    attns.push(AttnBlock::load(l, &format!("encoder.down.{i}.attn.{j}"), block_in)?);
+                }
+            }
+            let resample = if i != nres - 1 {
+                curr /= 2;
+                Some(Conv::load(l, &format!("encoder.down.{i}.downsample.conv"), block_in, block_in, 3, Geo { stride: (2, 2), padding: (0, 1, 0, 1) })?)
+            } else {
+                None
+            };
+            down.push(Level { blocks, attns, resample });
+        }
+        let enc_mid = Mid::load(l, "encoder.mid", block_in)?;
+        let enc_norm_out = Norm::load(l, "encoder.norm_out", block_in)?;
+        let enc_conv_out = Conv::load(l, "encoder.conv_out", block_in, zc, 3, Geo::new(1, 1))?;
+        let quant_conv = Conv::load(l, "quant_conv", 2 * c.z_channels, 2 * c.embed_dim, 1, Geo::new(1, 0))?;
+        let post_quant_conv = Conv::load(l, "post_quant_conv", c.embed_dim, c.z_channels, 1, Geo::new(1, 0))?;
+
+        let mut block_in = c.ch * c.ch_mult[nres - 1];
+        let mut curr = c.resolution >> (nres - 1);
+        let dec_conv_in = Conv::load(l, "decoder.conv_in", c.z_channels, block_in, 3, Geo::new(1, 1))?;
+        let dec_mid = Mid::load(l, "decoder.mid", block_in)?;
+        let mut up: Vec<Option<Level>> = (0..nres).map(|_| None).collect();
+        for i in (0..nres).rev() {
+            let block_out = c.ch * c.ch_mult[i];
+            let (mut blocks, mut attns) = (Vec::new(), Vec::new());
+            for j in 0..=c.num_res_blocks {
+                blocks.push(ResnetBlock::load(l, &format!("decoder.up.{i}.block.{j}"), block_in, block_out)?);
+                block_in = block_out;
+                if c.attn_resolutions.contains(&curr) {
+                    attns.push(AttnBlock::load(l, &format!("decoder.up.{i}.attn.{j}"), block_in)?);
+                }
+            }
+            let resample = if i != 0 {
+                curr *= 2;
+                Some(Conv::load(l, &format!("decoder.up.{i}.upsample.conv"), block_in, block_in, 3, Geo::new(1, 1))?)
+            } else {
+                None
+            };
+            up[i] = Some(Level { blocks, attns, resample });
+        }
+        Ok(Vae {
+            config: c.clone(),
+            enc_conv_in: Conv::load(l, "encoder.conv_in", c.in_channels, c.ch, 3, Geo::new(1, 1))?,
+            enc_down: down,
+            enc_mid,
+            enc_norm_out,
+            enc_conv_out,
+            quant_conv,
+            post_quant_conv,
+            dec_conv_in,
+            dec_mid,
+            dec_up: up.into_iter().map(|l| l.expect("every level built")).collect(),
+            dec_norm_out: Norm::load(l, "decoder.norm_out", block_in)?,
+            dec_conv_out: Conv::load(l, "decoder.conv_out", block_in, c.out_ch, 3, Geo::new(1, 1))?,
+        })
+    }
+
+    /// Posterior moments (mean, logvar clamped to [-30, 20]) of images (N, 3, H, W) in [-1, 1].
+    pub fn encode_moments(&self, x: &Var) -> Result<(Var, Var)> {
+        let t = x.tape().clone();
+        let mut h = self.enc_conv_in.forward(&t, x)?;
+        for lv in &self.enc_down {
+            h = run_level(&t, lv, h, false)?;
+        }
+        h = self.enc_mid.forward(&t, &h)?;
+        h = self.enc_conv_out.forward(&t, &self.enc_norm_out.forward(&t, &h, true)?)?;
+        let m = self.quant_conv.forward(&t, &h)?;
+        let e = self.config.embed_dim;
+        let mean = ad::slice(&m, 1, 0, e)?;
+        let logvar = ad::slice(&m, 1, e, e)?;
+        // clamp(logvar, -30, 20) = min(max(x, -30), 20); applied on the value (no gradient
+        // flows through the log-variance in the method)
+        let lv = t2v_kernels::ops::minimum(&t2v_kernels::ops::maximum(logvar.value(), &Tensor::full(x.value().gpu(), &[1], -30.0)?)?, &Tensor::full(x.value().gpu(), &[1], 20.0)?)?;
+        Ok((mean, t.constant(lv)))
+    }
+
+    /// The deterministic scaled latent the pipeline uses: mean * scale_factor.
+    pub fn encode(&self, x: &Var) -> Result<Var> {
+        let (mean, _) = self.encode_moments(x)?;
+        Ok(ad::scale(&mean, self.config.scale_factor)?)
+    }
+
+    /// Images (N, out_ch, H, W) from scaled latents (N, embed_dim, h, w): differentiable
+    /// with respect to the latent.
+    pub fn decode(&self, z: &Var) -> Result<Var> {
+        let t = z.tape().clone();
+        let z = ad::scale(z, 1.0 / self.config.scale_factor)?;
+        let mut h = self.dec_conv_in.forward(&t, &self.post_quant_conv.forward(&t, &z)?)?;
+        h = self.dec_mid.forward(&t, &h)?;
+        for lv in self.dec_up.iter().rev() {
+            h = run_level(&t, lv, h, true)?;
+        }
+        self.dec_conv_out.forward(&t, &self.dec_norm_out.forward(&t, &h, true)?)
+    }
+}

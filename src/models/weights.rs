@@ -1,0 +1,194 @@
+//! Checkpoint weights from safetensors files: memory-mapped, converted to f32 on upload
+//! (f32, f16, bf16), addressed by the real checkpoints' key names.
+//!
+//! Loading is strict: a model constructor asks a [`Loader`] for every tensor it needs by key
+//! and shape; the loader records every missing key and shape mismatch instead of stopping
+//! at the first, and [`Loader::finish`] reports them all together with the keys of the file
+//! (under the model's prefix) that nothing asked for.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use half::{bf16, f16};
+use safetensors::Dtype;
+use t2v_kernels::{Gpu, Tensor};
+
+/// Errors of weight files.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("{path}: cannot read: {msg}")]
+    Io { path: String, msg: String },
+    #[error("{path}: not a valid safetensors file ({msg}); is it truncated or a different format?")]
+    Format { path: String, msg: String },
+    #[error("{path}: tensor {key} has dtype {dtype:?}; supported: F32, F16, BF16")]
+    Dtype { path: String, key: String, dtype: Dtype },
+    #[error("{path}: no tensor {key}")]
+    Missing { path: String, key: String },
+    #[error("{path}: weights do not match the model (prefix {prefix:?}):\n{report}")]
+    Mismatch { path: String, prefix: String, report: String },
+    #[error(transparent)]
+    Gpu(#[from] t2v_kernels::Error),
+}
+
+pub type Result<T, E = WeightsError> = std::result::Result<T, E>;
+
+/// One tensor's description in a file.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// A memory-mapped safetensors file.
+pub struct WeightFile {
+    pub path: PathBuf,
+    map: memmap2::Mmap,
+    data_start: usize,
+    entries: BTreeMap<String, Entry>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl WeightFile {
+    pub fn open(path: &Path) -> Result<WeightFile> {
+        let p = path.display().to_string();
+        let file = std::fs::File::open(path).map_err(|e| WeightsError::Io { path: p.clone(), msg: e.to_string() })?;
+        // SAFETY: the map is read-only; the file is not expected to change while in use
+        // (like every tool that maps model checkpoints).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| WeightsError::Io { path: p.clone(), msg: e.to_string() })?;
+        // Full validation (header, offsets inside the file) before anything is read.
+        safetensors::SafeTensors::deserialize(&map).map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
+        let (n, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
+        let entries = meta
+            .tensors()
+            .into_iter()
+            .map(|(k, i)| (k, Entry { dtype: i.dtype, shape: i.shape.clone(), start: i.data_offsets.0, end: i.data_offsets.1 }))
+            .collect();
+        let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+        Ok(WeightFile { path: path.to_path_buf(), map, data_start: 8 + n, entries, metadata })
+    }
+
+    pub fn entries(&self) -> &BTreeMap<String, Entry> {
+        &self.entries
+    }
+
+    fn bytes(&self, e: &Entry) -> &[u8] {
+        &self.map[self.data_start + e.start..self.data_start + e.end]
+    }
+
+    /// A tensor's values as f32 on the host.
+    pub fn host_f32(&self, key: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let e = self.entry(key)?;
+        let b = self.bytes(e);
+        let v: Vec<f32> = match e.dtype {
+            Dtype::F32 => bytemuck::pod_collect_to_vec(b),
+            Dtype::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
+            Dtype::U8 => b.iter().map(|&x| x as f32).collect(),
+            d => return Err(WeightsError::Dtype { path: self.path.display().to_string(), key: key.into(), dtype: d }),
+        };
+        Ok((e.shape.clone(), v))
+    }
+
+    /// An integer tensor (I64 or I32) on the host.
+    pub fn host_i64(&self, key: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+        let e = self.entry(key)?;
+        let b = self.bytes(e);
+        let v = match e.dtype {
+            Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect(),
+            d => return Err(WeightsError::Dtype { path: self.path.display().to_string(), key: key.into(), dtype: d }),
+        };
+        Ok((e.shape.clone(), v))
+    }
+
+    fn entry(&self, key: &str) -> Result<&Entry> {
+        self.entries.get(key).ok_or_else(|| WeightsError::Missing { path: self.path.display().to_string(), key: key.into() })
+    }
+
+    /// Uploads a tensor as f32.
+    pub fn tensor(&self, gpu: &Gpu, key: &str) -> Result<Tensor> {
+        let (shape, v) = self.host_f32(key)?;
+        Ok(Tensor::from_slice(gpu, &shape, &v)?)
+    }
+}
+
+#[derive(Default)]
+struct Problems {
+    missing: Vec<String>,
+    shape: Vec<String>,
+    other: Vec<String>,
+    used: BTreeSet<String>,
+}
+
+/// Hands tensors to a model constructor and collects every problem (see module docs).
+pub struct Loader<'f> {
+    file: &'f WeightFile,
+    gpu: Gpu,
+    prefix: String,
+    problems: Mutex<Problems>,
+}
+
+impl<'f> Loader<'f> {
+    /// Tensors under `prefix` (e.g. `first_stage_model.`) of `file`.
+    pub fn new(file: &'f WeightFile, gpu: &Gpu, prefix: &str) -> Loader<'f> {
+        Loader { file, gpu: gpu.clone(), prefix: prefix.to_string(), problems: Mutex::default() }
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Does the file have `key` (under the prefix)?
+    pub fn contains(&self, key: &str) -> bool {
+        self.file.entries.contains_key(&format!("{}{key}", self.prefix))
+    }
+
+    /// The tensor `key` (under the prefix) of shape `shape`. On a problem it is recorded and
+    /// a zero tensor of the expected shape stands in, so construction can go on and every
+    /// problem gets reported by [`Loader::finish`].
+    pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
+        let full = format!("{}{key}", self.prefix);
+        let mut pr = self.problems.lock().unwrap();
+        pr.used.insert(full.clone());
+        match self.file.entries.get(&full) {
+            None => pr.missing.push(format!("{full} {shape:?}")),
+            Some(e) if e.shape != shape => pr.shape.push(format!("{full}: file {:?}, model {shape:?}", e.shape)),
+            Some(_) => {
+                drop(pr);
+                match self.file.tensor(&self.gpu, &full) {
+                    Ok(t) => return Ok(t),
+                    Err(e) => self.problems.lock().unwrap().other.push(e.to_string()),
+                }
+            }
+        }
+        Ok(Tensor::zeros(&self.gpu, shape)?)
+    }
+
+    /// Ok if every requested tensor was present with its shape and every file key under
+    /// the prefix was used; else one error listing all problems.
+    pub fn finish(self) -> Result<()> {
+        let pr = self.problems.into_inner().unwrap();
+        let unexpected: Vec<&String> = self.file.entries.keys().filter(|k| k.starts_with(&self.prefix) && !pr.used.contains(*k)).collect();
+        if pr.missing.is_empty() && pr.shape.is_empty() && pr.other.is_empty() && unexpected.is_empty() {
+            return Ok(());
+        }
+        let mut report = String::new();
+        let mut section = |title: &str, items: Vec<String>| {
+            if !items.is_empty() {
+                report += &format!("  {title} ({}):\n", items.len());
+                for i in items {
+                    report += &format!("    {i}\n");
+                }
+            }
+        };
+        section("missing keys", pr.missing);
+        section("shape mismatches", pr.shape);
+        section("unreadable tensors", pr.other);
+        section("unexpected keys", unexpected.into_iter().cloned().collect());
+        Err(WeightsError::Mismatch { path: self.file.path.display().to_string(), prefix: self.prefix, report })
+    }
+}

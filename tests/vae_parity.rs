@@ -1,0 +1,107 @@
+//! The VAE against the ldm reference outputs in tests/fixtures/vae (bf16 weights).
+use std::path::Path;
+
+use t2v_kernels::autograd::Tape;
+use t2v_kernels::{Gpu, GpuOptions, Tensor};
+use t2v_turbo::models::vae::{Vae, VaeConfig};
+use t2v_turbo::models::weights::{Loader, WeightFile, WeightsError};
+
+fn gpu() -> Gpu {
+    Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).expect("a wgpu adapter")
+}
+
+fn max_err(got: &[f32], want: &[f32]) -> (f32, f32) {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    (err, scale)
+}
+
+#[test]
+fn vae_matches_the_reference() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let config = VaeConfig::from_json(&cfg).unwrap();
+    let g = gpu();
+    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
+    let loader = Loader::new(&wf, &g, "first_stage_model.");
+    let vae = Vae::load(&loader, &config).unwrap();
+    loader.finish().unwrap();
+    let io = WeightFile::open(&dir.join("io.safetensors")).unwrap();
+    let tape = Tape::new();
+    let x = tape.constant(io.tensor(&g, "in.image").unwrap());
+    let (mean, logvar) = vae.encode_moments(&x).unwrap();
+    let latent = vae.encode(&x).unwrap();
+    for (name, v) in [("out.mean", &mean), ("out.logvar", &logvar), ("out.latent_scaled", &latent)] {
+        let (shape, want) = io.host_f32(name).unwrap();
+        assert_eq!(v.shape(), shape.as_slice(), "{name}");
+        let (err, scale) = max_err(&v.value().to_vec().unwrap(), &want);
+        assert!(err <= 1e-4 * scale, "{name}: max abs error {err:e} > 1e-4 x {scale}");
+    }
+    let z = tape.constant(io.tensor(&g, "in.latent_scaled").unwrap());
+    let dec = vae.decode(&z).unwrap();
+    let (shape, want) = io.host_f32("out.decoded").unwrap();
+    assert_eq!(dec.shape(), shape.as_slice());
+    let (err, scale) = max_err(&dec.value().to_vec().unwrap(), &want);
+    assert!(err <= 1e-4 * scale, "decoded: max abs error {err:e} > 1e-4 x {scale}");
+}
+
+#[test]
+fn decoder_is_differentiable_in_its_latent() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let g = gpu();
+    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
+    let loader = Loader::new(&wf, &g, "first_stage_model.");
+    let vae = Vae::load(&loader, &VaeConfig::from_json(&cfg).unwrap()).unwrap();
+    let io = WeightFile::open(&dir.join("io.safetensors")).unwrap();
+    let (shape, zv) = io.host_f32("in.latent_scaled").unwrap();
+    let loss_of = |z: &[f32]| -> (f32, Option<Vec<f32>>) {
+        let tape = Tape::new();
+        let zl = tape.leaf(Tensor::from_slice(&g, &shape, z).unwrap());
+        let img = vae.decode(&zl).unwrap();
+        let loss = t2v_kernels::autograd::mean_all(&t2v_kernels::autograd::square(&img).unwrap()).unwrap();
+        let l = loss.value().item_at(0).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        (l, grads.get(&zl).map(|t| t.to_vec().unwrap()))
+    };
+    let (_, grad) = loss_of(&zv);
+    let grad = grad.expect("gradient w.r.t. the latent");
+    // central differences on a few latent elements (f32 forward: loose tolerance)
+    for e in [0, zv.len() / 3, zv.len() - 1] {
+        let h = 1e-2;
+        let (mut p, mut m) = (zv.clone(), zv.clone());
+        p[e] += h;
+        m[e] -= h;
+        let num = (loss_of(&p).0 - loss_of(&m).0) / (2.0 * h);
+        assert!((grad[e] - num).abs() <= 0.05 * num.abs().max(1e-3), "d loss / d z[{e}]: {} vs {num}", grad[e]);
+    }
+}
+
+#[test]
+fn weight_problems_are_reported_together() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae");
+    let g = gpu();
+    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
+    // a config that disagrees with the file: wider channels and an extra level
+    let wrong = VaeConfig { ch: 32, ch_mult: vec![1, 2, 2], num_res_blocks: 1, resolution: 32, ..Default::default() };
+    let loader = Loader::new(&wf, &g, "first_stage_model.");
+    let _ = Vae::load(&loader, &wrong).unwrap();
+    let e = loader.finish().unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, WeightsError::Mismatch { .. }));
+    assert!(msg.contains("missing keys") && msg.contains("encoder.down.2.block.0.conv1.weight"), "{msg}");
+    assert!(msg.contains("weights.safetensors"), "names the file: {msg}");
+    // wrong prefix: everything missing, the file's keys unexpected... none under this prefix
+    let l2 = Loader::new(&wf, &g, "model.diffusion_model.");
+    let _ = Vae::load(&l2, &VaeConfig::from_json(&serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()).unwrap()).unwrap();
+    assert!(l2.finish().unwrap_err().to_string().contains("missing keys"));
+    // truncated and foreign files
+    let tmp = std::env::temp_dir().join(format!("t2v-trunc-{}.safetensors", std::process::id()));
+    let bytes = std::fs::read(dir.join("weights.safetensors")).unwrap();
+    std::fs::write(&tmp, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(matches!(WeightFile::open(&tmp), Err(WeightsError::Format { .. })));
+    std::fs::write(&tmp, b"{\"hello\": 1}").unwrap();
+    assert!(matches!(WeightFile::open(&tmp), Err(WeightsError::Format { .. })));
+    std::fs::remove_file(&tmp).unwrap();
+    assert!(matches!(WeightFile::open(&dir.join("nope.safetensors")), Err(WeightsError::Io { .. })));
+}
