@@ -7,3 +7,4 @@ pub use t2v_kernels as kernels;
 
 pub mod cli;
 pub mod models;
+pub mod parity;

@@ -37,3 +37,62 @@ fn no_adapter_explains_how_to_get_software_vulkan() {
     assert!(!ok);
     assert!(err.contains("no GPU adapter found") && err.contains("mesa-vulkan-drivers"), "{err}");
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+#[test]
+fn parity_passes_on_the_vae_fixture() {
+    let (ok, out, err) = t2v(&["parity", fixture("vae").to_str().unwrap()], &[]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("out.decoded") && out.contains("all 4 tensors within tolerance"), "{out}");
+}
+
+#[test]
+fn parity_fails_when_a_reference_output_is_off() {
+    // copy the fixture, nudge one reference tensor by 1% of its scale, expect FAIL + exit 1
+    let src = fixture("vae");
+    let dir = std::env::temp_dir().join(format!("t2v-parity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "weights.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("io.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    for (name, view) in st.tensors() {
+        let mut data = view.data().to_vec();
+        if name == "out.decoded" {
+            let mut v: Vec<f32> = bytemuck::pod_collect_to_vec(&data);
+            let scale = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            v[5] += 0.01 * scale;
+            data = bytemuck::cast_slice(&v).to_vec();
+        }
+        owned.push((name, view.shape().to_vec(), data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
+        .collect();
+    std::fs::write(dir.join("io.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    let (ok, out, err) = t2v(&["parity", dir.to_str().unwrap()], &[]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAIL") && err.contains("1 of 4 tensors outside tolerance"), "{out}\n{err}");
+}
+
+#[test]
+fn parity_names_unknown_and_unsupported_folders() {
+    let (ok, _, err) = t2v(&["parity", env!("CARGO_MANIFEST_DIR")], &[]);
+    assert!(!ok && err.contains("not a fixture folder"), "{err}");
+}
+
+#[test]
+fn info_describes_a_checkpoint() {
+    let (ok, out, err) = t2v(&["info", "--weights", fixture("vae").join("weights.safetensors").to_str().unwrap()], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("124 tensors") && out.contains("VAE (ldm AutoencoderKL)") && out.contains("BF16"), "{out}");
+    let (ok, _, err) = t2v(&["info", "--weights", "/nonexistent.safetensors"], &[]);
+    assert!(!ok && err.contains("/nonexistent.safetensors"), "{err}");
+}

@@ -9,6 +9,66 @@ pub struct InfoArgs {
     /// Only list adapters; do not open a device and run the self-check.
     #[arg(long)]
     pub no_check: bool,
+    /// Describe a safetensors checkpoint instead: tensors, dtypes, parameter count, and
+    /// which model(s) it holds.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<std::path::PathBuf>,
+    /// With --weights: list every tensor (default: the first 30).
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Known checkpoint key prefixes and what they hold.
+const MODELS: &[(&str, &str)] = &[
+    ("model.diffusion_model.", "VideoCrafter2 / T2V-Turbo 3D UNet"),
+    ("first_stage_model.", "VAE (ldm AutoencoderKL)"),
+    ("cond_stage_model.model.", "OpenCLIP text tower (VideoCrafter2 conditioning)"),
+    ("visual.", "OpenCLIP vision tower (HPSv2.1 / CLIPScore)"),
+    ("token_embedding.", "OpenCLIP text tower"),
+    ("encoder.", "VAE encoder (no prefix)"),
+    ("decoder.", "VAE decoder (no prefix)"),
+    ("input_blocks.", "3D UNet (no prefix)"),
+    ("vision_encoder.", "InternVideo2 vision encoder"),
+    ("text_encoder.", "InternVideo2 BERT text encoder"),
+];
+
+fn describe_weights(path: &std::path::Path, all: bool) -> Result<(), CliError> {
+    let wf = crate::models::weights::WeightFile::open(path)?;
+    let entries = wf.entries();
+    let total: usize = entries.values().map(|e| e.shape.iter().product::<usize>()).sum();
+    let mut dtypes = std::collections::BTreeMap::new();
+    for e in entries.values() {
+        *dtypes.entry(format!("{:?}", e.dtype)).or_insert(0usize) += 1;
+    }
+    println!("{}: {} tensors, {} parameters ({:.1} M)", path.display(), entries.len(), total, total as f64 / 1e6);
+    println!("dtypes: {}", dtypes.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "));
+    let mut found = Vec::new();
+    for (prefix, what) in MODELS {
+        let (n, p): (usize, usize) = entries
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .fold((0, 0), |(n, p), (_, e)| (n + 1, p + e.shape.iter().product::<usize>()));
+        if n > 0 {
+            found.push(format!("  {what}: {n} tensors under {prefix:?}, {:.1} M parameters", p as f64 / 1e6));
+        }
+    }
+    if found.is_empty() {
+        println!("models: none recognised by key prefix");
+    } else {
+        println!("models:
+{}", found.join("\n"));
+    }
+    if !wf.metadata.is_empty() {
+        println!("metadata: {:?}", wf.metadata);
+    }
+    let shown = if all { entries.len() } else { entries.len().min(30) };
+    for (k, e) in entries.iter().take(shown) {
+        println!("  {k:<70} {:?} {:?}", e.dtype, e.shape);
+    }
+    if shown < entries.len() {
+        println!("  ... {} more (--all lists every tensor)", entries.len() - shown);
+    }
+    Ok(())
 }
 
 fn mib(b: u64) -> String {
@@ -36,6 +96,9 @@ fn describe(a: &AdapterSummary) -> String {
 }
 
 pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> Result<(), CliError> {
+    if let Some(w) = &args.weights {
+        return describe_weights(w, args.all);
+    }
     let adapters = list_adapters();
     println!("t2v-turbo {} — {} adapter(s):", env!("CARGO_PKG_VERSION"), adapters.len());
     for a in &adapters {

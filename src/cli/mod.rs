@@ -1,6 +1,7 @@
 //! Command-line interface. Each subcommand lives in its own module.
 
 mod info;
+mod parity;
 
 use clap::{Parser, Subcommand};
 
@@ -25,8 +26,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// List GPU adapters with their features and key limits, and self-check the chosen one.
+    /// List GPU adapters with their features and key limits, and self-check the chosen one;
+    /// or, with --weights, describe a checkpoint file.
     Info(info::InfoArgs),
+    /// Run a reference fixture folder through the project and compare every output tensor
+    /// (exit status 1 on any difference beyond the tolerance).
+    Parity(parity::ParityArgs),
 }
 
 /// Errors of the command line.
@@ -36,11 +41,14 @@ pub enum CliError {
     Kernels(#[from] t2v_kernels::Error),
     #[error("{0}")]
     Check(String),
+    #[error(transparent)]
+    Weights(#[from] crate::models::weights::WeightsError),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Info(args) => info::run(&cli.device, &args),
+        Command::Parity(args) => parity::run(&cli.device, &args),
     }
 }

@@ -1,0 +1,82 @@
+//! `t2v-turbo parity DIR`: runs a fixture folder of one of the documented layouts
+//! (../shared/fixtures) through the project and compares every output tensor.
+
+mod vae;
+
+use std::path::Path;
+
+/// One compared tensor.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub max_abs: f32,
+    pub max_rel: f32,
+    /// Allowed max abs error.
+    pub tolerance: f32,
+}
+
+impl Check {
+    /// Compares `got` with `want` under tolerance `rel_to_scale` x max|want|.
+    pub fn new(name: &str, got: &[f32], want: &[f32], rel_to_scale: f32) -> Check {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let mut max_abs = if got.len() == want.len() { 0f32 } else { f32::INFINITY };
+        let mut max_rel = 0f32;
+        for (a, b) in got.iter().zip(want) {
+            let e = (a - b).abs();
+            max_abs = if e.is_nan() { f32::INFINITY } else { max_abs.max(e) };
+            max_rel = max_rel.max(e / b.abs().max(1e-6 * scale.max(1e-30)));
+        }
+        Check { name: name.to_string(), max_abs, max_rel, tolerance: rel_to_scale * scale }
+    }
+    pub fn passed(&self) -> bool {
+        self.max_abs <= self.tolerance
+    }
+}
+
+/// The fixture layouts `parity` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Tokenizer,
+    OpenClip,
+    Vae,
+    Unet3d,
+    InternVideo2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParityError {
+    #[error("{0}: not a fixture folder of a known layout (tokenizer/, openclip/, vae/, unet3d/, internvideo2/: see their README.md)")]
+    Unknown(String),
+    #[error("{dir}: the {layout:?} layout is recognised, but this build cannot run it yet (the model is not implemented)")]
+    NotYet { dir: String, layout: Layout },
+    #[error("{path}: {msg}")]
+    Bad { path: String, msg: String },
+    #[error(transparent)]
+    Weights(#[from] crate::models::weights::WeightsError),
+    #[error(transparent)]
+    Kernels(#[from] t2v_kernels::Error),
+}
+
+/// Recognises a fixture folder's layout from the files present.
+pub fn detect(dir: &Path) -> Result<Layout, ParityError> {
+    let has = |f: &str| dir.join(f).exists();
+    let config = std::fs::read_to_string(dir.join("config.json")).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+    Ok(match config {
+        _ if has("forward.safetensors") => Layout::Unet3d,
+        Some(c) if c.get("ddconfig").is_some() => Layout::Vae,
+        Some(c) if c.get("vision").is_some() && c.get("text").is_some() => Layout::OpenClip,
+        Some(_) if has("io.safetensors") && dir.to_string_lossy().contains("internvideo") => Layout::InternVideo2,
+        _ if has("prompts.json") => Layout::Tokenizer,
+        _ => return Err(ParityError::Unknown(dir.display().to_string())),
+    })
+}
+
+/// Runs the folder; returns its layout and every comparison.
+pub fn run(dir: &Path, gpu: &t2v_kernels::Gpu) -> Result<(Layout, Vec<Check>), ParityError> {
+    let layout = detect(dir)?;
+    let checks = match layout {
+        Layout::Vae => vae::run(dir, gpu)?,
+        other => return Err(ParityError::NotYet { dir: dir.display().to_string(), layout: other }),
+    };
+    Ok((layout, checks))
+}
