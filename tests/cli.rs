@@ -96,3 +96,10 @@ fn info_describes_a_checkpoint() {
     let (ok, _, err) = t2v(&["info", "--weights", "/nonexistent.safetensors"], &[]);
     assert!(!ok && err.contains("/nonexistent.safetensors"), "{err}");
 }
+
+#[test]
+fn parity_passes_on_the_tokenizer_fixture_with_the_shipped_tokenizer() {
+    let (ok, out, err) = t2v(&["parity", fixture("tokenizer").to_str().unwrap()], &[]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("Tokenizer layout") && out.contains("all 25 tensors within tolerance"), "{out}");
+}

@@ -17,12 +17,12 @@ pub fn run(dev: &DeviceArgs, args: &ParityArgs) -> Result<(), CliError> {
     let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), quiet: true, ..Default::default() })?;
     let (layout, checks) = crate::parity::run(&args.dir, &gpu).map_err(|e| CliError::Check(e.to_string()))?;
     println!("{} ({layout:?} layout) on {}", args.dir.display(), gpu.adapter_info().name);
-    println!("{:<24} {:>12} {:>12} {:>12}  result", "tensor", "max abs", "max rel", "tolerance");
+    println!("{:<34} {:>12} {:>12} {:>12}  result", "tensor", "max abs", "max rel", "tolerance");
     let mut failed = 0;
     for c in &checks {
         let ok = c.passed();
         failed += !ok as usize;
-        println!("{:<24} {:>12.3e} {:>12.3e} {:>12.3e}  {}", c.name, c.max_abs, c.max_rel, c.tolerance, if ok { "pass" } else { "FAIL" });
+        println!("{:<34} {:>12.3e} {:>12.3e} {:>12.3e}  {}", c.name, c.max_abs, c.max_rel, c.tolerance, if ok { "pass" } else { "FAIL" });
     }
     if checks.is_empty() {
         return Err(CliError::Check("no output tensors to compare in this folder".into()));

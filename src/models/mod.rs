@@ -2,3 +2,4 @@
 
 pub mod weights;
 pub mod vae;
+pub mod tokenizer;

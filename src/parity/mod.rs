@@ -1,6 +1,7 @@
 //! `t2v-turbo parity DIR`: runs a fixture folder of one of the documented layouts
 //! (../shared/fixtures) through the project and compares every output tensor.
 
+mod tokenizer;
 mod vae;
 
 use std::path::Path;
@@ -76,6 +77,7 @@ pub fn run(dir: &Path, gpu: &t2v_kernels::Gpu) -> Result<(Layout, Vec<Check>), P
     let layout = detect(dir)?;
     let checks = match layout {
         Layout::Vae => vae::run(dir, gpu)?,
+        Layout::Tokenizer => tokenizer::run(dir)?,
         other => return Err(ParityError::NotYet { dir: dir.display().to_string(), layout: other }),
     };
     Ok((layout, checks))
