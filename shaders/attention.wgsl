@@ -6,6 +6,12 @@
 //   one K/V batch (the same text context for every frame) without copies.
 // One thread per query row; a workgroup holds 64 rows of one batch, so K/V loads are
 // uniform across the workgroup. Rows are handled as vec4s: D, Dv multiples of 4, <= 128.
+// causal: query i attends to keys 0..=i (the CLIP text tower).
+
+// Keys query row i may see.
+fn key_end(i: u32) -> u32 {
+    return select(p.lk, min(i + 1u, p.lk), p.causal != 0u);
+}
 
 struct Params {
     bh: u32,
@@ -15,7 +21,7 @@ struct Params {
     dv4: u32,    // Dv / 4
     scale: f32,
     kv_rep: u32,
-    _pad: u32,
+    causal: u32,   // 1: query i sees keys 0..=i only (Lq == Lk)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -52,7 +58,8 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
     var m = bitcast<f32>(0xff800000u);
     var l = 0.0;
-    for (var j = 0u; j < p.lk; j++) {
+    let jend = key_end(i);
+    for (var j = 0u; j < jend; j++) {
         var s = 0.0;
         for (var t = 0u; t < p.d4; t++) {
             s += dot(qv[t], k[kb + j * p.d4 + t]);
@@ -78,7 +85,7 @@ fn attention_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             for (var t = 0u; t < p.d4; t++) {
                 s += dot(qv[t], k[kb + j * p.d4 + t]);
             }
-            probs[row * p.lk + j] = exp(s - lse_row);
+            probs[row * p.lk + j] = select(0.0, exp(s - lse_row), j < jend);
         }
     }
 }
@@ -121,7 +128,8 @@ fn attention_bwd_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let l = lse_in[row];
     let di = dvec[row];
     var kj: array<vec4<f32>, MAX_D4>;   // key row j, loaded once per j
-    for (var j = 0u; j < p.lk; j++) {
+    let jend = key_end(i);
+    for (var j = 0u; j < jend; j++) {
         var s = 0.0;
         for (var t = 0u; t < p.d4; t++) {
             kj[t] = k[kb + j * p.d4 + t];
@@ -164,7 +172,8 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     }
     var qi: array<vec4<f32>, MAX_D4>;   // query row i, loaded once per i
     for (var z = zk * p.kv_rep; z < (zk + 1u) * p.kv_rep; z++) {
-        for (var i = 0u; i < p.lq; i++) {
+        // causal: only queries i >= j see key j
+        for (var i = select(0u, j, p.causal != 0u); i < p.lq; i++) {
             let row = z * p.lq + i;
             var s = 0.0;
             for (var t = 0u; t < p.d4; t++) {

@@ -340,6 +340,11 @@ fn checkpointed_block_gives_the_same_gradients() {
 
 /// softmax(scale q k^T) v on the host: q (bh, lq, d), k (bk, lk, d), v (bk, lk, dv).
 fn attention_ref(x: &[Vec<f64>], bh: usize, bk: usize, lq: usize, lk: usize, d: usize, dv: usize, scale: f64) -> Vec<f64> {
+    attention_ref_masked(x, bh, bk, lq, lk, d, dv, scale, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_ref_masked(x: &[Vec<f64>], bh: usize, bk: usize, lq: usize, lk: usize, d: usize, dv: usize, scale: f64, causal: bool) -> Vec<f64> {
     let (q, k, v) = (&x[0], &x[1], &x[2]);
     let mut out = vec![];
     for z in 0..bh {
@@ -347,7 +352,7 @@ fn attention_ref(x: &[Vec<f64>], bh: usize, bk: usize, lq: usize, lk: usize, d: 
         for i in 0..lq {
             let s: Vec<f64> = (0..lk).map(|j| scale * (0..d).map(|t| q[(z * lq + i) * d + t] * k[(zk * lk + j) * d + t]).sum::<f64>()).collect();
             let m = s.iter().cloned().fold(f64::MIN, f64::max);
-            let e: Vec<f64> = s.iter().map(|a| (a - m).exp()).collect();
+            let e: Vec<f64> = s.iter().enumerate().map(|(j, a)| if causal && j > i { 0.0 } else { (a - m).exp() }).collect();
             let sum: f64 = e.iter().sum();
             for t in 0..dv {
                 out.push((0..lk).map(|j| e[j] / sum * v[(zk * lk + j) * dv + t]).sum());
@@ -367,6 +372,14 @@ fn attention_fused_and_unfused_backward() {
             &[(&[bh, lq, d], -1.0, 1.0), (&[bk, lk, d], -1.0, 1.0), (&[bk, lk, dv], -1.0, 1.0)],
             &|v| ad::attention(&v[0], &v[1], &v[2], scale),
             &|x| attention_ref(x, bh, bk, lq, lk, d, dv, scale as f64),
+        );
+    }
+    for (bh, bk, l, d) in [(4, 2, 9, 8), (2, 2, 7, 6)] {
+        grad_check(
+            &format!("causal attention {:?}", (bh, bk, l, d)),
+            &[(&[bh, l, d], -1.0, 1.0), (&[bk, l, d], -1.0, 1.0), (&[bk, l, d], -1.0, 1.0)],
+            &|v| ad::attention_masked(&v[0], &v[1], &v[2], 0.4, true),
+            &|x| attention_ref_masked(x, bh, bk, l, l, d, d, 0.4, true),
         );
     }
     grad_check("attention_probs", &[(&[2, 4, 8], -1.0, 1.0), (&[2, 6, 8], -1.0, 1.0)], &|v| ad::attention_probs(&v[0], &v[1], 0.5), &|x| {

@@ -456,13 +456,18 @@ pub fn group_norm(x: &Var, groups: usize, gamma: Option<&Var>, beta: Option<&Var
 
 /// softmax(scale q k^T) v with q (BH, Lq, D), k/v (BH/r, Lk, *): fused forward and backward.
 pub fn attention(q: &Var, k: &Var, v: &Var, scale: f32) -> Result<Var> {
-    let a = k::attention(&q.value, &k.value, &v.value, scale, false)?;
+    attention_masked(q, k, v, scale, false)
+}
+
+/// [`attention`] with an optional causal mask (query i sees keys 0..=i).
+pub fn attention_masked(q: &Var, k: &Var, v: &Var, scale: f32, causal: bool) -> Result<Var> {
+    let a = k::attention_masked(&q.value, &k.value, &v.value, scale, false, causal)?;
     let (qv, kv, vv, ov, lse) = (q.value.clone(), k.value.clone(), v.value.clone(), a.out.clone(), a.lse);
     record(
         a.out,
         &[q, k, v],
         Box::new(move |g, need| {
-            let (dq, dk, dv) = k::attention_backward(&qv, &kv, &vv, &ov, &lse, g, scale, (need[0], need[1], need[2]))?;
+            let (dq, dk, dv) = k::attention_backward(&qv, &kv, &vv, &ov, &lse, g, scale, causal, (need[0], need[1], need[2]))?;
             Ok(vec![dq, dk, dv])
         }),
     )

@@ -19,7 +19,7 @@ struct Params {
     dv4: u32,
     scale: f32,
     kv_rep: u32,
-    _pad: u32,
+    causal: u32,
 }
 
 /// Largest head dim of the fused kernel (4 * MAX_D4 in attention.wgsl); head dims must
@@ -42,6 +42,17 @@ pub struct Attention {
 /// batch serves r consecutive query batches (e.g. one text context for every frame).
 /// `capture` also returns the probability matrix.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool) -> Result<Attention> {
+    attention_masked(q, k, v, scale, capture, false)
+}
+
+/// Additive mask (Lq, Lk): 0 on and below the diagonal, -inf above.
+fn causal_mask(gpu: &crate::Gpu, lq: usize, lk: usize) -> Result<Tensor> {
+    let m: Vec<f32> = (0..lq * lk).map(|x| if x % lk > x / lk { f32::NEG_INFINITY } else { 0.0 }).collect();
+    Tensor::from_slice(gpu, &[lq, lk], &m)
+}
+
+/// [`attention`] with an optional causal mask (query i sees keys 0..=i; needs Lq == Lk).
+pub fn attention_masked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool, causal: bool) -> Result<Attention> {
     let op = "attention";
     check_f32(op, &[q, k, v])?;
     if q.rank() != 3 || k.rank() != 3 || v.rank() != 3 {
@@ -56,13 +67,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool) 
             format!("q {:?}, k {:?}, v {:?}: need k (B', Lk, D), v (B', Lk, Dv), B' > 0 dividing B, Lk > 0", q.shape(), k.shape(), v.shape()),
         );
     }
+    if causal && lq != lk {
+        return shape_err(op, format!("a causal mask needs as many keys as queries, got q {:?}, k {:?}", q.shape(), k.shape()));
+    }
     let gpu = q.gpu();
     // Loop iterations of one invocation of the fused kernel (see Gpu::loop_limit).
     let (d4, dv4) = (d / 4, dv / 4);
     let iterations = (d4 + 2 * dv4 + lk * (d4 + dv4 + 1) + if capture { lk * (d4 + 1) } else { 0 }) as u64;
     let fits = gpu.loop_limit().is_none_or(|limit| iterations <= limit);
     if d > FUSED_MAX_D || dv > FUSED_MAX_D || d % 4 != 0 || dv % 4 != 0 || !fits {
-        return attention_unfused(q, k, v, scale, capture);
+        return attention_unfused(q, k, v, scale, capture, causal);
     }
     let out = Tensor::empty(gpu, &[bh, lq, dv], DType::F32, "attention output")?;
     let lse = Tensor::empty(gpu, &[bh, lq], DType::F32, "attention lse")?;
@@ -70,7 +84,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool) 
     if bh == 0 || lq == 0 {
         return Ok(Attention { out, lse, probs });
     }
-    let p = Params { bh: bh as u32, lq: lq as u32, lk: lk as u32, d4: d4 as u32, dv4: dv4 as u32, scale, kv_rep: (bh / bk) as u32, _pad: 0 };
+    let p = Params { bh: bh as u32, lq: lq as u32, lk: lk as u32, d4: d4 as u32, dv4: dv4 as u32, scale, kv_rep: (bh / bk) as u32, causal: causal as u32 };
     let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
     let gx = lq.div_ceil(ROWS_PER_GROUP);
     let (gy, gz) = if bh <= max { (bh, 1) } else { (max, bh.div_ceil(max)) };
@@ -91,7 +105,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool) 
 }
 
 /// Same result through matmul + softmax (any head dim; materialises the scores).
-fn attention_unfused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool) -> Result<Attention> {
+fn attention_unfused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool, causal: bool) -> Result<Attention> {
     use super::{add, broadcast_to, exp, log, matmul, matmul_ex, max, softmax_scaled, sub, sum, Matmul};
     let (bh, lq) = (q.shape()[0], q.shape()[1]);
     let (k, v) = if k.shape()[0] != bh {
@@ -104,7 +118,10 @@ fn attention_unfused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bo
     } else {
         (k.clone(), v.clone())
     };
-    let scores = matmul_ex(q, &k, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
+    let mut scores = matmul_ex(q, &k, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
+    if causal {
+        scores = add(&scores, &causal_mask(q.gpu(), lq, k.shape()[1])?)?;
+    }
     let probs = softmax_scaled(&scores, 1.0)?;
     let out = matmul(&probs, &v)?;
     let m = max(&scores, -1)?.reshape(&[bh, lq, 1])?;
@@ -125,6 +142,7 @@ pub fn attention_backward(
     lse: &Tensor,
     dout: &Tensor,
     scale: f32,
+    causal: bool,
     need: (bool, bool, bool),
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let op = "attention_backward";
@@ -143,9 +161,9 @@ pub fn attention_backward(
     // D_i = dO_i . O_i
     let dvec = super::sum(&super::mul(dout, out)?, -1)?;
     if d > FUSED_MAX_D || dv > FUSED_MAX_D || d % 4 != 0 || dv % 4 != 0 || !fits {
-        return attention_backward_unfused(q, k, v, lse, dout, &dvec, scale, need);
+        return attention_backward_unfused(q, k, v, lse, dout, &dvec, scale, causal, need);
     }
-    let p = Params { bh: bh as u32, lq: lq as u32, lk: lk as u32, d4: d4 as u32, dv4: dv4 as u32, scale, kv_rep: rep as u32, _pad: 0 };
+    let p = Params { bh: bh as u32, lq: lq as u32, lk: lk as u32, d4: d4 as u32, dv4: dv4 as u32, scale, kv_rep: rep as u32, causal: causal as u32 };
     let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
     let grid = |rows: usize, batches: usize| -> Result<[u32; 3]> {
         let (gy, gz) = if batches <= max { (batches, 1) } else { (max, batches.div_ceil(max)) };
@@ -183,9 +201,10 @@ fn attention_backward_unfused(
     dout: &Tensor,
     dvec: &Tensor,
     scale: f32,
+    causal: bool,
     need: (bool, bool, bool),
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    use super::{broadcast_to, exp, matmul, matmul_ex, mul, scale as scl, sub, sum, Matmul};
+    use super::{add, broadcast_to, exp, matmul, matmul_ex, mul, scale as scl, sub, sum, Matmul};
     let (bh, lq) = (q.shape()[0], q.shape()[1]);
     let (bk, lk) = (k.shape()[0], k.shape()[1]);
     let rep = bh / bk;
@@ -205,13 +224,15 @@ fn attention_backward_unfused(
     };
     let (ke, ve) = (expand(k)?, expand(v)?);
     // P = exp(scale q k^T - lse)
-    let scores = matmul_ex(q, &ke, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
+    let mut scores = matmul_ex(q, &ke, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
+    if causal {
+        scores = add(&scores, &causal_mask(q.gpu(), lq, lk)?)?;
+    }
     let pr = exp(&sub(&scores, &lse.reshape(&[bh, lq, 1])?)?)?;
     let dp = matmul_ex(dout, &ve, Matmul { trans_b: true, ..Default::default() })?;
     let ds = mul(&pr, &sub(&dp, &dvec.reshape(&[bh, lq, 1])?)?)?;
     let dq = if need.0 { Some(scl(&matmul(&ds, &ke)?, scale)?) } else { None };
     let dk = if need.1 { Some(fold(matmul_ex(&ds, q, Matmul { trans_a: true, alpha: scale, ..Default::default() })?)?) } else { None };
     let dv = if need.2 { Some(fold(matmul_ex(&pr, dout, Matmul { trans_a: true, ..Default::default() })?)?) } else { None };
-    let _ = lk;
     Ok((dq, dk, dv))
 }

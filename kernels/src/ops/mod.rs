@@ -10,7 +10,7 @@ mod norm;
 mod reduce;
 mod softmax;
 
-pub use attention::{attention, attention_backward, Attention};
+pub use attention::{attention, attention_backward, attention_masked, Attention};
 pub use elementwise::*;
 pub use embedding::{embedding, embedding_backward, gather_rows, sinusoidal_embedding};
 pub use gemm::{conv2d, conv2d_backward, linear, matmul, matmul_ex, temporal_conv, Conv2d, Matmul};
