@@ -103,3 +103,13 @@ fn parity_passes_on_the_tokenizer_fixture_with_the_shipped_tokenizer() {
     assert!(ok, "{out}\n{err}");
     assert!(out.contains("Tokenizer layout") && out.contains("all 25 tensors within tolerance"), "{out}");
 }
+
+#[test]
+fn parity_passes_on_the_openclip_fixture_and_lists_what_it_skips() {
+    let (ok, out, err) = t2v(&["parity", fixture("openclip").to_str().unwrap()], &[]);
+    assert!(ok, "{out}\n{err}");
+    for t in ["out.penultimate", "out.text_features", "out.image_features", "out.cosine"] {
+        assert!(out.lines().any(|l| l.starts_with(t) && l.ends_with("pass")), "{t}: {out}");
+    }
+    assert!(out.contains("SKIP") && out.contains("4 tensors within tolerance, 2 not compared"), "{out}");
+}

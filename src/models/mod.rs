@@ -3,3 +3,4 @@
 pub mod weights;
 pub mod vae;
 pub mod tokenizer;
+pub mod clip;

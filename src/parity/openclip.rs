@@ -1,0 +1,54 @@
+//! The `openclip/` layout: config.json, weights.safetensors (open_clip names, f16),
+//! io.safetensors (see ../shared/fixtures/openclip/README.md).
+
+use std::path::Path;
+
+use t2v_kernels::autograd::Tape;
+use t2v_kernels::Gpu;
+
+use super::{Check, ParityError};
+use crate::models::clip::{cosine, Clip, ClipConfig};
+use crate::models::weights::{Loader, WeightFile};
+
+pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
+    let cfg_path = dir.join("config.json");
+    let bad = |msg: String| ParityError::Bad { path: cfg_path.display().to_string(), msg };
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+    let config = ClipConfig::from_json(&cfg).ok_or_else(|| bad("needs embed_dim, text {width, heads, layers}, vision {width, layers, image_size, patch_size}".into()))?;
+    let wf = WeightFile::open(&dir.join("weights.safetensors"))?;
+    let loader = Loader::new(&wf, gpu, "");
+    let clip = Clip::load(&loader, &config)?;
+    loader.finish()?;
+    let io = WeightFile::open(&dir.join("io.safetensors"))?;
+    let io_path = dir.join("io.safetensors").display().to_string();
+    let mut checks = Vec::new();
+    let tape = Tape::new();
+    let mut compare = |name: &str, got: &t2v_kernels::Tensor, abs_tol: Option<f32>| -> Result<(), ParityError> {
+        let (shape, want) = io.host_f32(name)?;
+        if got.shape() != shape.as_slice() {
+            return Err(ParityError::Bad { path: io_path.clone(), msg: format!("{name}: reference shape {shape:?}, ours {:?}", got.shape()) });
+        }
+        let v = got.to_vec()?;
+        checks.push(match abs_tol {
+            Some(t) => Check::absolute(name, &v, &want, t),
+            None => Check::new(name, &v, &want, 1e-4),
+        });
+        Ok(())
+    };
+    let (ishape, ids) = io.host_i64("in.ids")?;
+    let ctx = ishape.last().copied().unwrap_or(0);
+    let rows: Vec<Vec<u32>> = ids.chunks(ctx.max(1)).map(|r| r.iter().map(|&x| x as u32).collect()).collect();
+    compare("out.penultimate", clip.text.penultimate(&tape, &rows)?.value(), None)?;
+    let text = clip.text.features(&tape, &rows)?;
+    compare("out.text_features", text.value(), None)?;
+    let images = tape.constant(io.tensor(gpu, "in.images")?);
+    let image = clip.vision.features(&images)?;
+    compare("out.image_features", image.value(), None)?;
+    compare("out.cosine", cosine(&image, &text)?.value(), Some(1e-4))?;
+    for name in ["out.preprocess_hps", "out.preprocess_clipscore"] {
+        if io.entries().contains_key(name) {
+            checks.push(Check::skipped(name, "image resampling (HPS / CLIPScore preprocessing) is not implemented yet"));
+        }
+    }
+    Ok(checks)
+}
