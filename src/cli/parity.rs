@@ -18,13 +18,8 @@ pub fn run(dev: &DeviceArgs, args: &ParityArgs) -> Result<(), CliError> {
     let (layout, checks) = crate::parity::run(&args.dir, &gpu).map_err(|e| CliError::Check(e.to_string()))?;
     println!("{} ({layout:?} layout) on {}", args.dir.display(), gpu.adapter_info().name);
     println!("{:<34} {:>12} {:>12} {:>12}  result", "tensor", "max abs", "max rel", "tolerance");
-    let (mut failed, mut skipped) = (0, 0);
+    let mut failed = 0;
     for c in &checks {
-        if let Some(why) = &c.skipped {
-            skipped += 1;
-            println!("{:<34} {:>12} {:>12} {:>12}  SKIP ({why})", c.name, "-", "-", "-");
-            continue;
-        }
         let ok = c.passed();
         failed += !ok as usize;
         println!("{:<34} {:>12.3e} {:>12.3e} {:>12.3e}  {}", c.name, c.max_abs, c.max_rel, c.tolerance, if ok { "pass" } else { "FAIL" });
@@ -33,13 +28,8 @@ pub fn run(dev: &DeviceArgs, args: &ParityArgs) -> Result<(), CliError> {
         return Err(CliError::Check("no output tensors to compare in this folder".into()));
     }
     if failed > 0 {
-        return Err(CliError::Check(format!("{failed} of {} tensors outside tolerance", checks.len() - skipped)));
+        return Err(CliError::Check(format!("{failed} of {} tensors outside tolerance", checks.len())));
     }
-    let compared = checks.len() - skipped;
-    if skipped > 0 {
-        println!("{compared} tensors within tolerance, {skipped} not compared (see SKIP)");
-    } else {
-        println!("all {compared} tensors within tolerance");
-    }
+    println!("all {} tensors within tolerance", checks.len());
     Ok(())
 }

@@ -4,3 +4,4 @@ pub mod weights;
 pub mod vae;
 pub mod tokenizer;
 pub mod clip;
+pub mod preprocess;

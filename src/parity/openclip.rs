@@ -8,6 +8,7 @@ use t2v_kernels::Gpu;
 
 use super::{Check, ParityError};
 use crate::models::clip::{cosine, Clip, ClipConfig};
+use crate::models::preprocess;
 use crate::models::weights::{Loader, WeightFile};
 
 pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
@@ -45,9 +46,20 @@ pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
     let image = clip.vision.features(&images)?;
     compare("out.image_features", image.value(), None)?;
     compare("out.cosine", cosine(&image, &text)?.value(), Some(1e-4))?;
-    for name in ["out.preprocess_hps", "out.preprocess_clipscore"] {
-        if io.entries().contains_key(name) {
-            checks.push(Check::skipped(name, "image resampling (HPS / CLIPScore preprocessing) is not implemented yet"));
+    if io.entries().contains_key("in.frame_u8") {
+        // Resampling kernels differ between libraries: the README's tolerance is on the
+        // mean abs error (2e-2).
+        let (shape, frame) = io.host_f32("in.frame_u8")?;
+        let img: Vec<f32> = frame.iter().map(|v| v / 255.0).collect();
+        let x = tape.constant(t2v_kernels::Tensor::from_slice(gpu, &[1, shape[0], shape[1], shape[2]], &img)?);
+        let size = config.vision.image_size;
+        for (name, y) in [("out.preprocess_hps", preprocess::hps(&x, size)?), ("out.preprocess_clipscore", preprocess::clipscore(&x, size)?)] {
+            let (rshape, want) = io.host_f32(name)?;
+            let got = y.value().to_vec()?;
+            if got.len() != want.len() {
+                return Err(ParityError::Bad { path: io_path.clone(), msg: format!("{name}: reference shape {rshape:?}, ours {:?}", y.shape()) });
+            }
+            checks.push(Check::mean_abs(name, &got, &want, 2e-2));
         }
     }
     Ok(checks)
