@@ -6,5 +6,6 @@
 pub use t2v_kernels as kernels;
 
 pub mod cli;
+pub mod guidance;
 pub mod models;
 pub mod parity;

@@ -113,3 +113,12 @@ fn parity_passes_on_the_openclip_fixture() {
     }
     assert!(out.contains("all 6 tensors within tolerance"), "{out}");
 }
+
+#[test]
+fn parity_passes_on_the_unet3d_fixture_forward_and_motion_guidance() {
+    let (ok, out, err) = t2v(&["parity", fixture("unet3d").to_str().unwrap()], &[]);
+    assert!(ok, "{out}\n{err}");
+    for t in ["out.eps_teacher", "out.eps_student", "attn.output_blocks.5.2.transformer_blocks.0.attn1", "motion.energy", "motion.grad"] {
+        assert!(out.lines().any(|l| l.starts_with(t) && l.ends_with("pass")), "{t}: {out}");
+    }
+}

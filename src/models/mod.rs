@@ -4,4 +4,6 @@ pub mod weights;
 pub mod vae;
 pub mod tokenizer;
 pub mod clip;
+pub mod layers;
 pub mod preprocess;
+pub mod unet3d;

@@ -3,6 +3,7 @@
 
 mod openclip;
 mod tokenizer;
+mod unet3d;
 mod vae;
 
 use std::path::Path;
@@ -89,6 +90,7 @@ pub fn run(dir: &Path, gpu: &t2v_kernels::Gpu) -> Result<(Layout, Vec<Check>), P
         Layout::Vae => vae::run(dir, gpu)?,
         Layout::Tokenizer => tokenizer::run(dir)?,
         Layout::OpenClip => openclip::run(dir, gpu)?,
+        Layout::Unet3d => unet3d::run(dir, gpu)?,
         other => return Err(ParityError::NotYet { dir: dir.display().to_string(), layout: other }),
     };
     Ok((layout, checks))

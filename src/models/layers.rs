@@ -1,0 +1,100 @@
+//! Layers shared by the models, loaded by checkpoint key (`{key}.weight`, `{key}.bias`)
+//! with frozen weights put on the caller's tape as constants.
+
+use t2v_kernels::autograd::{self as ad, Var};
+use t2v_kernels::ops::Conv2d as Geo;
+use t2v_kernels::Tensor;
+
+use super::weights::{Loader, Result};
+
+/// A weight as a constant on `like`'s tape.
+pub fn konst(t: &Tensor, like: &Var) -> Var {
+    like.tape().constant(t.clone())
+}
+
+/// nn.Linear (weight (out, in)); also Conv1d with kernel 1 (weight (out, in, 1)).
+pub struct Linear {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(l: &Loader, key: &str, inp: usize, out: usize, bias: bool) -> Result<Linear> {
+        Ok(Linear { w: l.get(&format!("{key}.weight"), &[out, inp])?, b: if bias { Some(l.get(&format!("{key}.bias"), &[out])?) } else { None } })
+    }
+    /// A Conv1d with kernel size 1 used as a linear map over channels.
+    pub fn load_conv1x1(l: &Loader, key: &str, inp: usize, out: usize) -> Result<Linear> {
+        let w = l.get(&format!("{key}.weight"), &[out, inp, 1])?.reshape(&[out, inp])?;
+        Ok(Linear { w, b: Some(l.get(&format!("{key}.bias"), &[out])?) })
+    }
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        let b = self.b.as_ref().map(|b| konst(b, x));
+        Ok(ad::linear(x, &konst(&self.w, x), b.as_ref())?)
+    }
+}
+
+/// nn.Conv2d (weight (out, in, k, k)) with its geometry.
+pub struct Conv {
+    pub w: Tensor,
+    pub b: Tensor,
+    pub geo: Geo,
+}
+
+impl Conv {
+    pub fn load(l: &Loader, key: &str, cin: usize, cout: usize, k: usize, geo: Geo) -> Result<Conv> {
+        Ok(Conv { w: l.get(&format!("{key}.weight"), &[cout, cin, k, k])?, b: l.get(&format!("{key}.bias"), &[cout])?, geo })
+    }
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        Ok(ad::conv2d(x, &konst(&self.w, x), Some(&konst(&self.b, x)), self.geo)?)
+    }
+}
+
+/// nn.Conv3d with kernel (3, 1, 1), padding (1, 0, 0): VideoCrafter's temporal conv.
+pub struct TemporalConv {
+    pub w: Tensor,
+    pub b: Tensor,
+}
+
+impl TemporalConv {
+    pub fn load(l: &Loader, key: &str, cin: usize, cout: usize) -> Result<TemporalConv> {
+        Ok(TemporalConv { w: l.get(&format!("{key}.weight"), &[cout, cin, 3, 1, 1])?, b: l.get(&format!("{key}.bias"), &[cout])? })
+    }
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        Ok(ad::temporal_conv(x, &konst(&self.w, x), Some(&konst(&self.b, x)))?)
+    }
+}
+
+/// nn.GroupNorm (affine) with its group count and eps.
+pub struct GroupNorm {
+    pub g: Tensor,
+    pub b: Tensor,
+    pub groups: usize,
+    pub eps: f32,
+}
+
+impl GroupNorm {
+    pub fn load(l: &Loader, key: &str, c: usize, groups: usize, eps: f32) -> Result<GroupNorm> {
+        Ok(GroupNorm { g: l.get(&format!("{key}.weight"), &[c])?, b: l.get(&format!("{key}.bias"), &[c])?, groups, eps })
+    }
+    /// Normalises x (N, C, ...) over each group of channels and everything after them;
+    /// `silu` fuses the activation that follows in most blocks.
+    pub fn forward(&self, x: &Var, silu: bool) -> Result<Var> {
+        Ok(ad::group_norm(x, self.groups, Some(&konst(&self.g, x)), Some(&konst(&self.b, x)), self.eps, silu)?)
+    }
+}
+
+/// nn.LayerNorm over the last axis.
+pub struct LayerNorm {
+    pub w: Tensor,
+    pub b: Tensor,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    pub fn load(l: &Loader, key: &str, n: usize, eps: f32) -> Result<LayerNorm> {
+        Ok(LayerNorm { w: l.get(&format!("{key}.weight"), &[n])?, b: l.get(&format!("{key}.bias"), &[n])?, eps })
+    }
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        Ok(ad::layer_norm(x, Some(&konst(&self.w, x)), Some(&konst(&self.b, x)), self.eps)?)
+    }
+}
