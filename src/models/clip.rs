@@ -9,6 +9,7 @@ use t2v_kernels::autograd::{self as ad, Var};
 use t2v_kernels::ops::Conv2d;
 use t2v_kernels::Tensor;
 
+use super::layers::{LayerNorm, Linear};
 use super::weights::{Loader, Result, WeightsError};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -75,38 +76,6 @@ impl ClipConfig {
 
 const LN_EPS: f32 = 1e-5;
 
-fn c(t: &Tensor, like: &Var) -> Var {
-    like.tape().constant(t.clone())
-}
-
-struct LayerNorm {
-    w: Tensor,
-    b: Tensor,
-}
-
-impl LayerNorm {
-    fn load(l: &Loader, key: &str, n: usize) -> Result<LayerNorm> {
-        Ok(LayerNorm { w: l.get(&format!("{key}.weight"), &[n])?, b: l.get(&format!("{key}.bias"), &[n])? })
-    }
-    fn forward(&self, x: &Var) -> Result<Var> {
-        Ok(ad::layer_norm(x, Some(&c(&self.w, x)), Some(&c(&self.b, x)), LN_EPS)?)
-    }
-}
-
-struct Linear {
-    w: Tensor,
-    b: Tensor,
-}
-
-impl Linear {
-    fn load(l: &Loader, key: &str, inp: usize, out: usize) -> Result<Linear> {
-        Ok(Linear { w: l.get(&format!("{key}.weight"), &[out, inp])?, b: l.get(&format!("{key}.bias"), &[out])? })
-    }
-    fn forward(&self, x: &Var) -> Result<Var> {
-        Ok(ad::linear(x, &c(&self.w, x), Some(&c(&self.b, x)))?)
-    }
-}
-
 /// `ResidualAttentionBlock`: pre-LN multi-head self-attention and GELU MLP.
 struct ResBlock {
     ln_1: LayerNorm,
@@ -120,12 +89,12 @@ struct ResBlock {
 impl ResBlock {
     fn load(l: &Loader, key: &str, w: usize) -> Result<ResBlock> {
         Ok(ResBlock {
-            ln_1: LayerNorm::load(l, &format!("{key}.ln_1"), w)?,
-            in_proj: Linear { w: l.get(&format!("{key}.attn.in_proj_weight"), &[3 * w, w])?, b: l.get(&format!("{key}.attn.in_proj_bias"), &[3 * w])? },
-            out_proj: Linear::load(l, &format!("{key}.attn.out_proj"), w, w)?,
-            ln_2: LayerNorm::load(l, &format!("{key}.ln_2"), w)?,
-            c_fc: Linear::load(l, &format!("{key}.mlp.c_fc"), w, 4 * w)?,
-            c_proj: Linear::load(l, &format!("{key}.mlp.c_proj"), 4 * w, w)?,
+            ln_1: LayerNorm::load(l, &format!("{key}.ln_1"), w, LN_EPS)?,
+            in_proj: Linear { w: l.get(&format!("{key}.attn.in_proj_weight"), &[3 * w, w])?, b: Some(l.get(&format!("{key}.attn.in_proj_bias"), &[3 * w])?) },
+            out_proj: Linear::load(l, &format!("{key}.attn.out_proj"), w, w, true)?,
+            ln_2: LayerNorm::load(l, &format!("{key}.ln_2"), w, LN_EPS)?,
+            c_fc: Linear::load(l, &format!("{key}.mlp.c_fc"), w, 4 * w, true)?,
+            c_proj: Linear::load(l, &format!("{key}.mlp.c_proj"), 4 * w, w, true)?,
         })
     }
 
@@ -174,7 +143,7 @@ impl TextTower {
             token_embedding: l.get("token_embedding.weight", &[cfg.vocab_size, w])?,
             positional_embedding: l.get("positional_embedding", &[cfg.context_length, w])?,
             resblocks: (0..cfg.layers).map(|i| ResBlock::load(l, &format!("transformer.resblocks.{i}"), w)).collect::<Result<_>>()?,
-            ln_final: LayerNorm::load(l, "ln_final", w)?,
+            ln_final: LayerNorm::load(l, "ln_final", w, LN_EPS)?,
             text_projection: match embed_dim {
                 Some(e) => Some(l.get("text_projection", &[w, e])?),
                 None => None,
@@ -244,9 +213,9 @@ impl VisionTower {
             conv1: l.get("visual.conv1.weight", &[w, 3, p, p])?,
             class_embedding: l.get("visual.class_embedding", &[w])?,
             positional_embedding: l.get("visual.positional_embedding", &[grid * grid + 1, w])?,
-            ln_pre: LayerNorm::load(l, "visual.ln_pre", w)?,
+            ln_pre: LayerNorm::load(l, "visual.ln_pre", w, LN_EPS)?,
             resblocks: (0..cfg.layers).map(|i| ResBlock::load(l, &format!("visual.transformer.resblocks.{i}"), w)).collect::<Result<_>>()?,
-            ln_post: LayerNorm::load(l, "visual.ln_post", w)?,
+            ln_post: LayerNorm::load(l, "visual.ln_post", w, LN_EPS)?,
             proj: l.get("visual.proj", &[w, embed_dim])?,
         })
     }

@@ -4,10 +4,11 @@
 //! autograd values: with frozen weights (constants on the tape) the decoder is
 //! differentiable with respect to its latent input, which reward feedback needs.
 
-use t2v_kernels::autograd::{self as ad, Tape, Var};
+use t2v_kernels::autograd::{self as ad, Var};
 use t2v_kernels::ops::Conv2d as Geo;
 use t2v_kernels::Tensor;
 
+use super::layers::{Conv, GroupNorm};
 use super::weights::{Loader, Result};
 
 /// `ddconfig` + `embed_dim` of the reference config (defaults: VideoCrafter2).
@@ -69,40 +70,15 @@ impl VaeConfig {
 const GN_GROUPS: usize = 32;
 const GN_EPS: f32 = 1e-6;
 
-struct Conv {
-    w: Tensor,
-    b: Tensor,
-    geo: Geo,
-}
-
-impl Conv {
-    fn load(l: &Loader, key: &str, cin: usize, cout: usize, k: usize, geo: Geo) -> Result<Conv> {
-        Ok(Conv { w: l.get(&format!("{key}.weight"), &[cout, cin, k, k])?, b: l.get(&format!("{key}.bias"), &[cout])?, geo })
-    }
-    fn forward(&self, t: &Tape, x: &Var) -> Result<Var> {
-        Ok(ad::conv2d(x, &t.constant(self.w.clone()), Some(&t.constant(self.b.clone())), self.geo)?)
-    }
-}
-
-struct Norm {
-    g: Tensor,
-    b: Tensor,
-}
-
-impl Norm {
-    fn load(l: &Loader, key: &str, c: usize) -> Result<Norm> {
-        Ok(Norm { g: l.get(&format!("{key}.weight"), &[c])?, b: l.get(&format!("{key}.bias"), &[c])? })
-    }
-    fn forward(&self, t: &Tape, x: &Var, silu: bool) -> Result<Var> {
-        Ok(ad::group_norm(x, GN_GROUPS, Some(&t.constant(self.g.clone())), Some(&t.constant(self.b.clone())), GN_EPS, silu)?)
-    }
+fn norm(l: &Loader, key: &str, c: usize) -> Result<GroupNorm> {
+    GroupNorm::load(l, key, c, GN_GROUPS, GN_EPS)
 }
 
 /// `ResnetBlock` without time embedding.
 struct ResnetBlock {
-    norm1: Norm,
+    norm1: GroupNorm,
     conv1: Conv,
-    norm2: Norm,
+    norm2: GroupNorm,
     conv2: Conv,
     nin_shortcut: Option<Conv>,
 }
@@ -110,18 +86,18 @@ struct ResnetBlock {
 impl ResnetBlock {
     fn load(l: &Loader, key: &str, cin: usize, cout: usize) -> Result<ResnetBlock> {
         Ok(ResnetBlock {
-            norm1: Norm::load(l, &format!("{key}.norm1"), cin)?,
+            norm1: norm(l, &format!("{key}.norm1"), cin)?,
             conv1: Conv::load(l, &format!("{key}.conv1"), cin, cout, 3, Geo::new(1, 1))?,
-            norm2: Norm::load(l, &format!("{key}.norm2"), cout)?,
+            norm2: norm(l, &format!("{key}.norm2"), cout)?,
             conv2: Conv::load(l, &format!("{key}.conv2"), cout, cout, 3, Geo::new(1, 1))?,
             nin_shortcut: if cin != cout { Some(Conv::load(l, &format!("{key}.nin_shortcut"), cin, cout, 1, Geo::new(1, 0))?) } else { None },
         })
     }
-    fn forward(&self, t: &Tape, x: &Var) -> Result<Var> {
-        let h = self.conv1.forward(t, &self.norm1.forward(t, x, true)?)?;
-        let h = self.conv2.forward(t, &self.norm2.forward(t, &h, true)?)?;
+    fn forward(&self, x: &Var) -> Result<Var> {
+        let h = self.conv1.forward(&self.norm1.forward(x, true)?)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
         let skip = match &self.nin_shortcut {
-            Some(c) => c.forward(t, x)?,
+            Some(c) => c.forward(x)?,
             None => x.clone(),
         };
         Ok(ad::add(&skip, &h)?)
@@ -130,7 +106,7 @@ impl ResnetBlock {
 
 /// `AttnBlock`: single-head self-attention over the h*w positions with 1x1 projections.
 struct AttnBlock {
-    norm: Norm,
+    norm: GroupNorm,
     q: Conv,
     k: Conv,
     v: Conv,
@@ -140,18 +116,18 @@ struct AttnBlock {
 impl AttnBlock {
     fn load(l: &Loader, key: &str, c: usize) -> Result<AttnBlock> {
         let p = |n: &str| Conv::load(l, &format!("{key}.{n}"), c, c, 1, Geo::new(1, 0));
-        Ok(AttnBlock { norm: Norm::load(l, &format!("{key}.norm"), c)?, q: p("q")?, k: p("k")?, v: p("v")?, proj_out: p("proj_out")? })
+        Ok(AttnBlock { norm: norm(l, &format!("{key}.norm"), c)?, q: p("q")?, k: p("k")?, v: p("v")?, proj_out: p("proj_out")? })
     }
-    fn forward(&self, t: &Tape, x: &Var) -> Result<Var> {
+    fn forward(&self, x: &Var) -> Result<Var> {
         let s = x.shape().to_vec();
         let (b, c, hw) = (s[0], s[1], s[2] * s[3]);
-        let h = self.norm.forward(t, x, false)?;
+        let h = self.norm.forward(x, false)?;
         // (b, c, h, w) -> (b, h*w, c) tokens
         let tokens = |v: Var| -> Result<Var> { Ok(ad::permute(&ad::reshape(&v, &[b, c, hw])?, &[0, 2, 1])?) };
-        let (q, k, v) = (tokens(self.q.forward(t, &h)?)?, tokens(self.k.forward(t, &h)?)?, tokens(self.v.forward(t, &h)?)?);
+        let (q, k, v) = (tokens(self.q.forward(&h)?)?, tokens(self.k.forward(&h)?)?, tokens(self.v.forward(&h)?)?);
         let a = ad::attention(&q, &k, &v, (c as f32).powf(-0.5))?;
         let a = ad::reshape(&ad::permute(&a, &[0, 2, 1])?, &s)?;
-        Ok(ad::add(x, &self.proj_out.forward(t, &a)?)?)
+        Ok(ad::add(x, &self.proj_out.forward(&a)?)?)
     }
 }
 
@@ -176,23 +152,23 @@ impl Mid {
             block_2: ResnetBlock::load(l, &format!("{key}.block_2"), c, c)?,
         })
     }
-    fn forward(&self, t: &Tape, x: &Var) -> Result<Var> {
-        self.block_2.forward(t, &self.attn_1.forward(t, &self.block_1.forward(t, x)?)?)
+    fn forward(&self, x: &Var) -> Result<Var> {
+        self.block_2.forward(&self.attn_1.forward(&self.block_1.forward(x)?)?)
     }
 }
 
-fn run_level(t: &Tape, lv: &Level, mut h: Var, up: bool) -> Result<Var> {
+fn run_level(lv: &Level, mut h: Var, up: bool) -> Result<Var> {
     for (i, b) in lv.blocks.iter().enumerate() {
-        h = b.forward(t, &h)?;
+        h = b.forward(&h)?;
         if let Some(a) = lv.attns.get(i) {
-            h = a.forward(t, &h)?;
+            h = a.forward(&h)?;
         }
     }
     if let Some(r) = &lv.resample {
         if up {
             h = ad::upsample_nearest2x(&h)?;
         }
-        h = r.forward(t, &h)?;
+        h = r.forward(&h)?;
     }
     Ok(h)
 }
@@ -203,7 +179,7 @@ pub struct Vae {
     enc_conv_in: Conv,
     enc_down: Vec<Level>,
     enc_mid: Mid,
-    enc_norm_out: Norm,
+    enc_norm_out: GroupNorm,
     enc_conv_out: Conv,
     quant_conv: Conv,
     post_quant_conv: Conv,
@@ -211,7 +187,7 @@ pub struct Vae {
     dec_mid: Mid,
     /// Indexed like the checkpoint: `up.0` is the highest resolution (run last).
     dec_up: Vec<Level>,
-    dec_norm_out: Norm,
+    dec_norm_out: GroupNorm,
     dec_conv_out: Conv,
 }
 
@@ -244,7 +220,7 @@ impl Vae {
             down.push(Level { blocks, attns, resample });
         }
         let enc_mid = Mid::load(l, "encoder.mid", block_in)?;
-        let enc_norm_out = Norm::load(l, "encoder.norm_out", block_in)?;
+        let enc_norm_out = norm(l, "encoder.norm_out", block_in)?;
         let enc_conv_out = Conv::load(l, "encoder.conv_out", block_in, zc, 3, Geo::new(1, 1))?;
         let quant_conv = Conv::load(l, "quant_conv", 2 * c.z_channels, 2 * c.embed_dim, 1, Geo::new(1, 0))?;
         let post_quant_conv = Conv::load(l, "post_quant_conv", c.embed_dim, c.z_channels, 1, Geo::new(1, 0))?;
@@ -284,7 +260,7 @@ impl Vae {
             dec_conv_in,
             dec_mid,
             dec_up: up.into_iter().map(|l| l.expect("every level built")).collect(),
-            dec_norm_out: Norm::load(l, "decoder.norm_out", block_in)?,
+            dec_norm_out: norm(l, "decoder.norm_out", block_in)?,
             dec_conv_out: Conv::load(l, "decoder.conv_out", block_in, c.out_ch, 3, Geo::new(1, 1))?,
         })
     }
@@ -292,13 +268,13 @@ impl Vae {
     /// Posterior moments (mean, logvar clamped to [-30, 20]) of images (N, 3, H, W) in [-1, 1].
     pub fn encode_moments(&self, x: &Var) -> Result<(Var, Var)> {
         let t = x.tape().clone();
-        let mut h = self.enc_conv_in.forward(&t, x)?;
+        let mut h = self.enc_conv_in.forward(x)?;
         for lv in &self.enc_down {
-            h = run_level(&t, lv, h, false)?;
+            h = run_level(lv, h, false)?;
         }
-        h = self.enc_mid.forward(&t, &h)?;
-        h = self.enc_conv_out.forward(&t, &self.enc_norm_out.forward(&t, &h, true)?)?;
-        let m = self.quant_conv.forward(&t, &h)?;
+        h = self.enc_mid.forward(&h)?;
+        h = self.enc_conv_out.forward(&self.enc_norm_out.forward(&h, true)?)?;
+        let m = self.quant_conv.forward(&h)?;
         let e = self.config.embed_dim;
         let mean = ad::slice(&m, 1, 0, e)?;
         let logvar = ad::slice(&m, 1, e, e)?;
@@ -317,13 +293,12 @@ impl Vae {
     /// Images (N, out_ch, H, W) from scaled latents (N, embed_dim, h, w): differentiable
     /// with respect to the latent.
     pub fn decode(&self, z: &Var) -> Result<Var> {
-        let t = z.tape().clone();
         let z = ad::scale(z, 1.0 / self.config.scale_factor)?;
-        let mut h = self.dec_conv_in.forward(&t, &self.post_quant_conv.forward(&t, &z)?)?;
-        h = self.dec_mid.forward(&t, &h)?;
+        let mut h = self.dec_conv_in.forward(&self.post_quant_conv.forward(&z)?)?;
+        h = self.dec_mid.forward(&h)?;
         for lv in self.dec_up.iter().rev() {
-            h = run_level(&t, lv, h, true)?;
+            h = run_level(lv, h, true)?;
         }
-        self.dec_conv_out.forward(&t, &self.dec_norm_out.forward(&t, &h, true)?)
+        self.dec_conv_out.forward(&self.dec_norm_out.forward(&h, true)?)
     }
 }
