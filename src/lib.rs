@@ -6,6 +6,7 @@
 pub use t2v_kernels as kernels;
 
 pub mod cli;
+pub mod diffusion;
 pub mod guidance;
 pub mod models;
 pub mod parity;

@@ -67,5 +67,69 @@ pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
         checks.push(Check::new("motion.grad", &r.grad.to_vec()?, &mg.host_f32("grad")?.1, 1e-3));
         checks.push(Check::new("motion.cond_teacher_out", &r.teacher_eps.to_vec()?, &mg.host_f32("cond_teacher_out")?.1, 1e-4));
     }
+    if dir.join("solver.json").exists() && dir.join("solver.safetensors").exists() {
+        checks.extend(solver(dir, gpu, &unet, &io)?);
+    }
+    Ok(checks)
+}
+
+/// solver.json / solver.safetensors: schedule, grids, boundary conditions, DDIM step and
+/// inversion, and a 4-step consistency sampling run of this UNet as the student.
+fn solver(dir: &Path, gpu: &Gpu, unet: &Unet3d, forward_io: &WeightFile) -> Result<Vec<Check>, ParityError> {
+    use crate::diffusion::{boundary, consistency_sample, consistency_timesteps, ddim_timesteps, DdimSolver, SamplerConfig, Schedule};
+    let jpath = dir.join("solver.json");
+    let bad = |msg: String| ParityError::Bad { path: jpath.display().to_string(), msg };
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&jpath).map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+    let st = WeightFile::open(&dir.join("solver.safetensors"))?;
+    let list = |k: &str| -> Result<Vec<f64>, ParityError> {
+        j[k].as_array().ok_or_else(|| bad(format!("no list {k}")))?.iter().map(|v| v.as_f64().ok_or_else(|| bad(format!("{k}: not a number")))).collect()
+    };
+    let exact = |name: &str, got: &[usize], want: &[f64]| -> Check {
+        let wrong = got.len().abs_diff(want.len()) + got.iter().zip(want).filter(|(a, b)| **a as f64 != **b).count();
+        Check { name: name.to_string(), max_abs: wrong as f32, max_rel: 0.0, tolerance: 0.0 }
+    };
+    let sched = Schedule::videocrafter();
+    let mut checks = vec![Check::new("alphas_cumprod", &sched.alphas_cumprod, &st.host_f32("alphas_cumprod")?.1, 1e-5)];
+    for n in [200, 50] {
+        checks.push(exact(&format!("ddim_timesteps_{n}"), &ddim_timesteps(1000, n), &list(&format!("ddim_timesteps_{n}"))?));
+        for steps in [4, 8, 16] {
+            let k = format!("inference_timesteps_origin{n}_steps{steps}");
+            if j.get(&k).is_some() {
+                checks.push(exact(&k, &consistency_timesteps(1000, n, steps), &list(&k)?));
+            }
+        }
+    }
+    let bt = list("boundary_t")?;
+    let (cs, co): (Vec<f32>, Vec<f32>) = bt.iter().map(|&t| boundary(t as f32)).unzip();
+    let to32 = |v: Vec<f64>| -> Vec<f32> { v.into_iter().map(|x| x as f32).collect() };
+    checks.push(Check::new("c_skip", &cs, &to32(list("c_skip")?), 1e-6));
+    checks.push(Check::new("c_out", &co, &to32(list("c_out")?), 1e-6));
+
+    let tape = Tape::new();
+    let c = |k: &str| -> Result<t2v_kernels::autograd::Var, ParityError> { Ok(tape.constant(st.tensor(gpu, k)?)) };
+    let solver = DdimSolver::new(&sched, 200);
+    let index = st.host_i64("ddim_step.index")?.1[0] as usize;
+    let out = solver.step(&c("ddim_step.x0")?, &c("ddim_step.eps")?, index)?;
+    checks.push(Check::new("ddim_step.out", &out.value().to_vec()?, &st.host_f32("ddim_step.out")?.1, 1e-4));
+    let t = st.host_i64("ddim_reverse.t")?.1[0] as usize;
+    let rev = sched.ddim_reverse(&c("ddim_reverse.x_prev")?, &c("ddim_reverse.eps")?, t, 5)?;
+    checks.push(Check::new("ddim_reverse.out", &rev.value().to_vec()?, &st.host_f32("ddim_reverse.out")?.1, 1e-4));
+
+    if st.entries().contains_key("sample.init") {
+        let steps: Vec<usize> = list("sample_steps")?.into_iter().map(|x| x as usize).collect();
+        let cfg = SamplerConfig {
+            timesteps: steps,
+            w: j["sample_w"].as_f64().unwrap_or(7.5) as f32,
+            motion_scale: j["sample_motion_scale"].as_f64().unwrap_or(0.0) as f32,
+            motion_percentage: j["sample_percentage"].as_f64().unwrap_or(0.5) as f32,
+        };
+        let context = tape.constant(forward_io.tensor(gpu, "in.context")?);
+        let fps: Vec<f32> = forward_io.host_i64("in.fps")?.1.into_iter().map(|x| x as f32).collect();
+        let denoised = consistency_sample(unet, &sched, &c("sample.init")?, &context, &fps, &cfg, |i| Ok(st.tensor(gpu, &format!("sample.noise{i}"))?))?;
+        for (i, d) in denoised.iter().enumerate() {
+            let k = format!("sample.denoised{i}");
+            checks.push(Check::new(&k, &d.value().to_vec()?, &st.host_f32(&k)?.1, 1e-3));
+        }
+    }
     Ok(checks)
 }

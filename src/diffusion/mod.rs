@@ -1,0 +1,178 @@
+//! The method's diffusion numerics (see reference/METHOD.md):
+//! - the scaled-linear schedule of VideoCrafter2 (1000 steps, eps prediction);
+//! - DDIM grids, the DDIM solver step on a grid and DDIM inversion;
+//! - consistency boundary conditions (sigma_data 0.5, timestep scaling 10);
+//! - the multistep consistency sampler of the student (LCM-style timesteps).
+//! Elementwise updates run on autograd values (the distillation loss differentiates them).
+
+use t2v_kernels::autograd::{self as ad, Var};
+use t2v_kernels::{Gpu, Tensor};
+
+use crate::models::unet3d::{Unet3d, UnetInputs};
+use crate::models::weights::Result;
+
+/// alpha_bar_t for t = 0..n.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub alphas_cumprod: Vec<f32>,
+}
+
+impl Schedule {
+    /// betas = linspace(sqrt(start), sqrt(end), n)^2 (in f64, stored as f32 like the reference).
+    pub fn scaled_linear(n: usize, start: f64, end: f64) -> Schedule {
+        let (a, b) = (start.sqrt(), end.sqrt());
+        let mut prod = 1.0f64;
+        let alphas_cumprod = (0..n)
+            .map(|i| {
+                let s = if n > 1 { a + (b - a) * i as f64 / (n - 1) as f64 } else { a };
+                prod *= 1.0 - s * s;
+                prod as f32
+            })
+            .collect();
+        Schedule { alphas_cumprod }
+    }
+
+    /// VideoCrafter2's: 1000 steps from 0.00085 to 0.012.
+    pub fn videocrafter() -> Schedule {
+        Schedule::scaled_linear(1000, 0.00085, 0.012)
+    }
+
+    pub fn len(&self) -> usize {
+        self.alphas_cumprod.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.alphas_cumprod.is_empty()
+    }
+    fn abar(&self, t: usize) -> f32 {
+        self.alphas_cumprod[t]
+    }
+
+    /// x0 from eps: (z - sqrt(1 - abar_t) eps) / sqrt(abar_t).
+    pub fn x0_from_eps(&self, z: &Var, eps: &Var, t: usize) -> Result<Var> {
+        let a = self.abar(t);
+        Ok(ad::axpby(z, 1.0 / a.sqrt(), eps, -(1.0 - a).sqrt() / a.sqrt())?)
+    }
+
+    /// Forward noising: sqrt(abar_t) x0 + sqrt(1 - abar_t) noise.
+    pub fn add_noise(&self, x0: &Var, noise: &Var, t: usize) -> Result<Var> {
+        let a = self.abar(t);
+        Ok(ad::axpby(x0, a.sqrt(), noise, (1.0 - a).sqrt())?)
+    }
+
+    /// One DDIM inversion step from t - skip to t (the reference's `ddim_reverse_step`):
+    /// (x_prev - sqrt(1 - abar[t-skip]) eps) sqrt(abar[t] / abar[t-skip]) + sqrt(1 - abar[t]) eps.
+    pub fn ddim_reverse(&self, x_prev: &Var, eps: &Var, t: usize, skip: usize) -> Result<Var> {
+        let (ap, at) = (self.abar(t - skip), self.abar(t));
+        let r = (at / ap).sqrt();
+        // = r x_prev + (sqrt(1 - at) - r sqrt(1 - ap)) eps
+        Ok(ad::axpby(x_prev, r, eps, (1.0 - at).sqrt() - r * (1.0 - ap).sqrt())?)
+    }
+}
+
+/// DDIM grid of `n` points: (arange(1, n+1) * (n_train // n)) - 1.
+pub fn ddim_timesteps(n_train: usize, n: usize) -> Vec<usize> {
+    (1..=n).map(|i| i * (n_train / n) - 1).collect()
+}
+
+/// The student's inference timesteps: `steps` points of the `origin`-point grid, from the
+/// top, every len/steps-th (LCM's set_timesteps): origin 200 -> 4 steps 999, 749, 499, 249.
+pub fn consistency_timesteps(n_train: usize, origin: usize, steps: usize) -> Vec<usize> {
+    let grid = ddim_timesteps(n_train, origin);
+    let skip = (grid.len() / steps.max(1)).max(1);
+    grid.iter().rev().step_by(skip).take(steps).copied().collect()
+}
+
+/// Consistency boundary conditions at timestep t: (c_skip, c_out), sigma_data 0.5 and
+/// timestep scaling 10.
+pub fn boundary(t: f32) -> (f32, f32) {
+    let (sd2, s) = (0.25f32, 10.0 * t);
+    (sd2 / (s * s + sd2), s / (s * s + sd2).sqrt())
+}
+
+/// The DDIM solver on a grid (the teacher's ODE step of consistency distillation).
+#[derive(Clone, Debug)]
+pub struct DdimSolver {
+    pub grid: Vec<usize>,
+    /// abar of the previous grid point: [abar_0] + abar[grid[:-1]]
+    pub abar_prev: Vec<f32>,
+}
+
+impl DdimSolver {
+    pub fn new(s: &Schedule, points: usize) -> DdimSolver {
+        let grid = ddim_timesteps(s.len(), points);
+        let abar_prev = std::iter::once(s.abar(0)).chain(grid[..grid.len() - 1].iter().map(|&t| s.abar(t))).collect();
+        DdimSolver { grid, abar_prev }
+    }
+    /// sqrt(abar_prev[index]) x0 + sqrt(1 - abar_prev[index]) eps.
+    pub fn step(&self, x0: &Var, eps: &Var, index: usize) -> Result<Var> {
+        let a = self.abar_prev[index];
+        Ok(ad::axpby(x0, a.sqrt(), eps, (1.0 - a).sqrt())?)
+    }
+}
+
+/// guidance_scale_embedding of diffusers' LCM (the student's w and motion-scale inputs):
+/// [sin, cos] of (s * 1000) * exp(-ln(10000) * i / (half - 1)), computed with float32
+/// arguments like the reference. Returns (N, dim).
+pub fn guidance_scale_embedding(gpu: &Gpu, scales: &[f32], dim: usize) -> Result<Tensor> {
+    let half = dim / 2;
+    let step = ((10000f64).ln() / (half as f64 - 1.0)) as f32;
+    let mut out = Vec::with_capacity(scales.len() * dim);
+    for &w in scales {
+        let ws = w * 1000.0;
+        let args: Vec<f32> = (0..half).map(|i| ws * (i as f32 * -step).exp()).collect();
+        out.extend(args.iter().map(|&a| (a as f64).sin() as f32));
+        out.extend(args.iter().map(|&a| (a as f64).cos() as f32));
+        out.extend(std::iter::repeat_n(0.0, dim - 2 * half));
+    }
+    Ok(Tensor::from_slice(gpu, &[scales.len(), dim], &out)?)
+}
+
+/// Settings of the multistep consistency sampler.
+#[derive(Clone, Debug)]
+pub struct SamplerConfig {
+    pub timesteps: Vec<usize>,
+    /// CFG scale given to the student (no CFG at inference).
+    pub w: f32,
+    /// Motion-guidance scale given to the student while t >= n_train (1 - percentage).
+    pub motion_scale: f32,
+    pub motion_percentage: f32,
+}
+
+/// Multistep consistency sampling: at each timestep the student predicts eps, the
+/// boundary conditions give `denoised`, and (but for the last step) the latent is
+/// re-noised to the next timestep with `noise(i)`. Returns every step's `denoised`.
+pub fn consistency_sample(
+    unet: &Unet3d,
+    sched: &Schedule,
+    init: &Var,
+    context: &Var,
+    fps: &[f32],
+    cfg: &SamplerConfig,
+    mut noise: impl FnMut(usize) -> Result<Tensor>,
+) -> Result<Vec<Var>> {
+    let gpu = init.value().gpu().clone();
+    let tape = init.tape().clone();
+    let b = init.shape()[0];
+    let w_dim = unet.config.time_cond_proj_dim.unwrap_or(256);
+    let m_dim = unet.config.motion_cond_proj_dim.unwrap_or(256);
+    let w_emb = tape.constant(guidance_scale_embedding(&gpu, &vec![cfg.w; b], w_dim)?);
+    let mut z = init.clone();
+    let mut out = Vec::new();
+    let n = cfg.timesteps.len();
+    for (i, &t) in cfg.timesteps.iter().enumerate() {
+        let m = if (t as f32) >= sched.len() as f32 * (1.0 - cfg.motion_percentage) { cfg.motion_scale } else { 0.0 };
+        let m_emb = tape.constant(guidance_scale_embedding(&gpu, &vec![m; b], m_dim)?);
+        let motion = unet.config.motion_cond_proj_dim.map(|_| &m_emb);
+        let ts = vec![t as f32; b];
+        let eps = unet.forward(&UnetInputs { z: &z, t: &ts, context, fps, w_embedding: Some(&w_emb), motion_embedding: motion, record_attention: false })?.eps;
+        let x0 = sched.x0_from_eps(&z, &eps, t)?;
+        let (c_skip, c_out) = boundary(t as f32);
+        let denoised = ad::axpby(&x0, c_out, &z, c_skip)?;
+        if i + 1 < n {
+            let nz = tape.constant(noise(i)?);
+            z = sched.add_noise(&denoised, &nz, cfg.timesteps[i + 1])?;
+        }
+        out.push(denoised);
+    }
+    Ok(out)
+}
