@@ -181,6 +181,10 @@ impl Tensor {
         let r = self.rank() as isize;
         self.shape[(if d < 0 { r + d } else { d }) as usize]
     }
+    /// Identity of the underlying buffer (equal for views that share it).
+    pub fn storage_id(&self) -> usize {
+        Arc::as_ptr(&self.storage) as usize
+    }
     /// True when both tensors share one buffer.
     pub fn same_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.storage, &other.storage)

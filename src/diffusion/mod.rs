@@ -5,6 +5,8 @@
 //! - the multistep consistency sampler of the student (LCM-style timesteps).
 //! Elementwise updates run on autograd values (the distillation loss differentiates them).
 
+pub mod distill;
+
 use t2v_kernels::autograd::{self as ad, Var};
 use t2v_kernels::{Gpu, Tensor};
 

@@ -7,9 +7,9 @@ use t2v_kernels::Tensor;
 
 use super::weights::{Loader, Result};
 
-/// A weight as a constant on `like`'s tape.
+/// A weight on `like`'s tape: a constant, or a trainable leaf when the tape trains.
 pub fn konst(t: &Tensor, like: &Var) -> Var {
-    like.tape().constant(t.clone())
+    like.tape().param(t)
 }
 
 /// nn.Linear (weight (out, in)); also Conv1d with kernel 1 (weight (out, in, 1)).

@@ -122,6 +122,7 @@ struct Problems {
     shape: Vec<String>,
     other: Vec<String>,
     used: BTreeSet<String>,
+    loaded: Vec<(String, Tensor)>,
 }
 
 /// Hands tensors to a model constructor and collects every problem (see module docs).
@@ -160,12 +161,21 @@ impl<'f> Loader<'f> {
             Some(_) => {
                 drop(pr);
                 match self.file.tensor(&self.gpu, &full) {
-                    Ok(t) => return Ok(t),
+                    Ok(t) => {
+                        self.problems.lock().unwrap().loaded.push((key.to_string(), t.clone()));
+                        return Ok(t);
+                    }
                     Err(e) => self.problems.lock().unwrap().other.push(e.to_string()),
                 }
             }
         }
         Ok(Tensor::zeros(&self.gpu, shape)?)
+    }
+
+    /// Every tensor loaded so far with its key (without the prefix): the model's named
+    /// parameters, e.g. to map gradients back to checkpoint names.
+    pub fn params(&self) -> Vec<(String, Tensor)> {
+        self.problems.lock().unwrap().loaded.clone()
     }
 
     /// Ok if every requested tensor was present with its shape and every file key under

@@ -22,6 +22,7 @@ pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
     let wf = WeightFile::open(&dir.join("weights.safetensors"))?;
     let loader = Loader::new(&wf, gpu, prefix);
     let unet = Unet3d::load(&loader, &config)?;
+    let params = loader.params();
     loader.finish()?;
     let io = WeightFile::open(&dir.join("forward.safetensors"))?;
     let io_path = dir.join("forward.safetensors").display().to_string();
@@ -70,7 +71,68 @@ pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
     if dir.join("solver.json").exists() && dir.join("solver.safetensors").exists() {
         checks.extend(solver(dir, gpu, &unet, &io)?);
     }
+    if dir.join("train_step.safetensors").exists() {
+        let grad_params: Vec<String> = cfg["grad_params"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+        checks.extend(train_step(dir, &unet, &params, &grad_params)?);
+    }
     Ok(checks)
+}
+
+/// train_step.safetensors: one consistency-distillation loss and its parameter gradients.
+fn train_step(dir: &Path, unet: &Unet3d, params: &[(String, t2v_kernels::Tensor)], grad_params: &[String]) -> Result<Vec<Check>, ParityError> {
+    use crate::diffusion::distill::{consistency_loss, CdSample};
+    use crate::diffusion::{DdimSolver, Schedule};
+    let path = dir.join("train_step.safetensors");
+    let ts = WeightFile::open(&path)?;
+    let gpu = unet_gpu(params)?;
+    let t = |k: &str| ts.tensor(&gpu, k);
+    let scalar = |k: &str| -> Result<f32, ParityError> { Ok(ts.host_f32(k)?.1[0]) };
+    let (z_t, cond, uncond, score, context) = (t("in.z_t")?, t("in.cond_teacher_out")?, t("in.uncond_teacher_out")?, t("in.score")?, t("in.context")?);
+    let fps: Vec<f32> = ts.host_i64("in.fps")?.1.into_iter().map(|x| x as f32).collect();
+    let use_motion = ts.host_f32("in.use_motion_guide")?.1[0] != 0.0;
+    let sample = CdSample {
+        z_t: &z_t,
+        index: ts.host_i64("in.index")?.1[0] as usize,
+        cond_eps: &cond,
+        uncond_eps: &uncond,
+        score: Some(&score),
+        use_motion,
+        w: scalar("in.w")?,
+        motion_gs: scalar("in.motion_gs")?,
+        context: &context,
+        fps: &fps,
+    };
+    let sched = Schedule::videocrafter();
+    let solver = DdimSolver::new(&sched, 200);
+    let tape = Tape::new();
+    tape.set_trainable(true);
+    let out = consistency_loss(unet, &sched, &solver, &tape, &sample, 0.001)?;
+    let mut checks = vec![
+        Check::new("train.model_pred", &out.model_pred.value().to_vec()?, &ts.host_f32("mid.model_pred")?.1, 1e-4),
+        Check::new("train.x_prev", &out.x_prev.to_vec()?, &ts.host_f32("mid.x_prev")?.1, 1e-4),
+        Check::new("train.target", &out.target.to_vec()?, &ts.host_f32("mid.target")?.1, 1e-4),
+        Check::new("train.loss", &[out.loss.value().item_at(0)?], &ts.host_f32("out.loss")?.1, 1e-4),
+        Check::new("train.motion_scale", &[out.motion_scale], &ts.host_f32("mid.motion_scale_cond")?.1, 1e-6),
+    ];
+    let vars: Vec<(String, Option<t2v_kernels::autograd::Var>)> = grad_params
+        .iter()
+        .map(|name| (name.clone(), params.iter().find(|(k, _)| k == name).and_then(|(_, p)| tape.param_var(p))))
+        .collect();
+    let grads = tape.backward(&out.loss)?;
+    for (name, var) in vars {
+        let key = format!("grad.{name}");
+        let want = ts.host_f32(&key)?.1;
+        let got = match var.as_ref().and_then(|v| grads.get(v)) {
+            Some(g) => g.to_vec()?,
+            None => return Err(ParityError::Bad { path: path.display().to_string(), msg: format!("{name}: no gradient reached this parameter") }),
+        };
+        checks.push(Check::new(&format!("train.{key}"), &got, &want, 1e-3));
+    }
+    Ok(checks)
+}
+
+fn unet_gpu(params: &[(String, t2v_kernels::Tensor)]) -> Result<Gpu, ParityError> {
+    params.first().map(|(_, t)| t.gpu().clone()).ok_or_else(|| ParityError::Bad { path: "weights".into(), msg: "no parameters".into() })
 }
 
 /// solver.json / solver.safetensors: schedule, grids, boundary conditions, DDIM step and

@@ -19,6 +19,9 @@ struct Inner {
     nodes: Vec<Node>,
     recording: bool,
     consumed: bool,
+    /// With `trainable`, [`Tape::param`] gives one leaf per weight buffer.
+    trainable: bool,
+    params: HashMap<usize, usize>,
 }
 
 /// A recording of differentiable ops. Cheap to clone (shared).
@@ -87,6 +90,38 @@ impl Tape {
     /// An untracked value (data, targets, frozen weights).
     pub fn constant(&self, value: Tensor) -> Var {
         Var { value, node: None, tape: self.clone() }
+    }
+
+    /// Makes [`Tape::param`] return tracked leaves (training) instead of constants.
+    pub fn set_trainable(&self, on: bool) {
+        self.0.lock().unwrap().trainable = on;
+    }
+
+    /// A model weight on this tape: a constant, or with [`Tape::set_trainable`] the one
+    /// leaf of this weight's buffer (the same leaf each time it is used, whatever view).
+    pub fn param(&self, value: &Tensor) -> Var {
+        let mut t = self.0.lock().unwrap();
+        if !t.trainable {
+            drop(t);
+            return self.constant(value.clone());
+        }
+        let key = value.storage_id();
+        let node = match t.params.get(&key) {
+            Some(&id) => id,
+            None => {
+                t.nodes.push(Node { inputs: vec![], backward: None });
+                let id = t.nodes.len() - 1;
+                t.params.insert(key, id);
+                id
+            }
+        };
+        Var { value: value.clone(), node: Some(node), tape: self.clone() }
+    }
+
+    /// The leaf of a weight made by [`Tape::param`], if it was used on this tape.
+    pub fn param_var(&self, value: &Tensor) -> Option<Var> {
+        let t = self.0.lock().unwrap();
+        t.params.get(&value.storage_id()).map(|&id| Var { value: value.clone(), node: Some(id), tape: self.clone() })
     }
 
     pub fn is_recording(&self) -> bool {
