@@ -37,6 +37,13 @@ fn vae_matches_the_reference() {
         let (err, scale) = max_err(&v.value().to_vec().unwrap(), &want);
         assert!(err <= 1e-4 * scale, "{name}: max abs error {err:e} > 1e-4 x {scale}");
     }
+    // a video of the two images as frames gives the same latents, frame by frame
+    let frames = t2v_kernels::ops::permute(&x.value().reshape(&[1, 2, 3, 32, 32]).unwrap(), &[0, 2, 1, 3, 4]).unwrap();
+    let zv = vae.encode_video(&tape.constant(frames)).unwrap();
+    assert_eq!(zv.shape(), [1, 4, 2, 16, 16]);
+    let zv_frames = t2v_kernels::ops::permute(zv.value(), &[0, 2, 1, 3, 4]).unwrap().to_vec().unwrap();
+    let (err, scale) = max_err(&zv_frames, &latent.value().to_vec().unwrap());
+    assert!(err <= 1e-6 * scale.max(1.0), "video encode differs from per-image encode by {err}");
     let z = tape.constant(io.tensor(&g, "in.latent_scaled").unwrap());
     let dec = vae.decode(&z).unwrap();
     let (shape, want) = io.host_f32("out.decoded").unwrap();

@@ -301,4 +301,30 @@ impl Vae {
         }
         self.dec_conv_out.forward(&self.dec_norm_out.forward(&h, true)?)
     }
+
+    /// Videos (B, 3, F, H, W) in [-1, 1] -> scaled latents (B, embed_dim, F, h, w), frame by
+    /// frame (VideoCrafter2's `encode_first_stage`).
+    pub fn encode_video(&self, x: &Var) -> Result<Var> {
+        let b = x.shape()[0];
+        unfold_frames(&self.encode(&fold_frames(x)?)?, b)
+    }
+
+    /// Scaled latents (B, C, F, h, w) -> videos (B, 3, F, H, W), frame by frame,
+    /// differentiable with respect to the latents.
+    pub fn decode_video(&self, z: &Var) -> Result<Var> {
+        let b = z.shape()[0];
+        unfold_frames(&self.decode(&fold_frames(z)?)?, b)
+    }
+}
+
+/// (B, C, F, H, W) -> (B*F, C, H, W)
+fn fold_frames(x: &Var) -> Result<Var> {
+    let s = x.shape().to_vec();
+    Ok(ad::reshape(&ad::permute(x, &[0, 2, 1, 3, 4])?, &[s[0] * s[2], s[1], s[3], s[4]])?)
+}
+
+/// (B*F, C, H, W) -> (B, C, F, H, W)
+fn unfold_frames(x: &Var, b: usize) -> Result<Var> {
+    let s = x.shape().to_vec();
+    Ok(ad::permute(&ad::reshape(x, &[b, s[0] / b, s[1], s[2], s[3]])?, &[0, 2, 1, 3, 4])?)
 }
