@@ -127,16 +127,51 @@ struct Problems {
 
 /// Hands tensors to a model constructor and collects every problem (see module docs).
 pub struct Loader<'f> {
-    file: &'f WeightFile,
+    file: Option<&'f WeightFile>,
+    /// Without a file: the seed of deterministic random initialisation.
+    seed: u64,
     gpu: Gpu,
     prefix: String,
     problems: Mutex<Problems>,
 }
 
+/// A deterministic random initialisation for `key`: 1-D `*.weight` (norm scales) ones,
+/// `*.bias` zeros, others uniform in +-1/sqrt(fan_in), fan_in = product of all but the
+/// first dimension.
+fn random_init(key: &str, shape: &[usize], seed: u64) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    if key.ends_with(".bias") {
+        return vec![0.0; n];
+    }
+    if key.ends_with(".weight") && shape.len() == 1 {
+        return vec![1.0; n];
+    }
+    let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+    let bound = 1.0 / (fan_in as f32).sqrt();
+    // FNV-1a of the key, then splitmix64
+    let mut h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    (0..n)
+        .map(|_| {
+            h = h.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = h;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
+        })
+        .collect()
+}
+
 impl<'f> Loader<'f> {
     /// Tensors under `prefix` (e.g. `first_stage_model.`) of `file`.
     pub fn new(file: &'f WeightFile, gpu: &Gpu, prefix: &str) -> Loader<'f> {
-        Loader { file, gpu: gpu.clone(), prefix: prefix.to_string(), problems: Mutex::default() }
+        Loader { file: Some(file), seed: 0, gpu: gpu.clone(), prefix: prefix.to_string(), problems: Mutex::default() }
+    }
+
+    /// No file: every tensor is initialised randomly (deterministic in `seed` and the key),
+    /// for training from scratch and for benchmarks at full size.
+    pub fn random(gpu: &Gpu, seed: u64) -> Loader<'static> {
+        Loader { file: None, seed, gpu: gpu.clone(), prefix: String::new(), problems: Mutex::default() }
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -145,22 +180,27 @@ impl<'f> Loader<'f> {
 
     /// Does the file have `key` (under the prefix)?
     pub fn contains(&self, key: &str) -> bool {
-        self.file.entries.contains_key(&format!("{}{key}", self.prefix))
+        self.file.is_none_or(|f| f.entries.contains_key(&format!("{}{key}", self.prefix)))
     }
 
     /// The tensor `key` (under the prefix) of shape `shape`. On a problem it is recorded and
     /// a zero tensor of the expected shape stands in, so construction can go on and every
     /// problem gets reported by [`Loader::finish`].
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
+        let Some(file) = self.file else {
+            let t = Tensor::from_slice(&self.gpu, shape, &random_init(key, shape, self.seed))?;
+            self.problems.lock().unwrap().loaded.push((key.to_string(), t.clone()));
+            return Ok(t);
+        };
         let full = format!("{}{key}", self.prefix);
         let mut pr = self.problems.lock().unwrap();
         pr.used.insert(full.clone());
-        match self.file.entries.get(&full) {
+        match file.entries.get(&full) {
             None => pr.missing.push(format!("{full} {shape:?}")),
             Some(e) if e.shape != shape => pr.shape.push(format!("{full}: file {:?}, model {shape:?}", e.shape)),
             Some(_) => {
                 drop(pr);
-                match self.file.tensor(&self.gpu, &full) {
+                match file.tensor(&self.gpu, &full) {
                     Ok(t) => {
                         self.problems.lock().unwrap().loaded.push((key.to_string(), t.clone()));
                         return Ok(t);
@@ -182,7 +222,8 @@ impl<'f> Loader<'f> {
     /// the prefix was used; else one error listing all problems.
     pub fn finish(self) -> Result<()> {
         let pr = self.problems.into_inner().unwrap();
-        let unexpected: Vec<&String> = self.file.entries.keys().filter(|k| k.starts_with(&self.prefix) && !pr.used.contains(*k)).collect();
+        let Some(file) = self.file else { return Ok(()) };
+        let unexpected: Vec<&String> = file.entries.keys().filter(|k| k.starts_with(&self.prefix) && !pr.used.contains(*k)).collect();
         if pr.missing.is_empty() && pr.shape.is_empty() && pr.other.is_empty() && unexpected.is_empty() {
             return Ok(());
         }
@@ -199,6 +240,6 @@ impl<'f> Loader<'f> {
         section("shape mismatches", pr.shape);
         section("unreadable tensors", pr.other);
         section("unexpected keys", unexpected.into_iter().cloned().collect());
-        Err(WeightsError::Mismatch { path: self.file.path.display().to_string(), prefix: self.prefix, report })
+        Err(WeightsError::Mismatch { path: file.path.display().to_string(), prefix: self.prefix, report })
     }
 }

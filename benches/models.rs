@@ -1,0 +1,83 @@
+//! Model costs with random weights: `cargo bench -p t2v-turbo --bench models`.
+//! VideoCrafter2 sizes on a GPU; reduced sizes on a CPU adapter (lavapipe), stated in the
+//! table. Every timed run reads one output value back and checks that it is finite and equal
+//! to the warm-up run's (the parity tests establish the values themselves).
+
+use t2v_kernels::autograd::Tape;
+use t2v_kernels::bench::{best_time, pseudo_data};
+use t2v_kernels::{Gpu, GpuOptions, Tensor};
+use t2v_turbo::models::clip::{TextConfig, TextTower};
+use t2v_turbo::models::tokenizer::ClipTokenizer;
+use t2v_turbo::models::unet3d::{Unet3d, UnetConfig, UnetInputs};
+use t2v_turbo::models::vae::{Vae, VaeConfig};
+use t2v_turbo::models::weights::Loader;
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1048576.0
+}
+
+/// Times `f` (which returns one output value); checks finiteness and determinism.
+fn timed(gpu: &Gpu, budget: f64, f: impl Fn() -> f32) -> (f64, u64) {
+    let first = f();
+    assert!(first.is_finite(), "non-finite output");
+    gpu.sync().unwrap();
+    gpu.reset_peak_memory();
+    let base = gpu.memory().live_bytes;
+    let t = best_time(budget, 2, || assert_eq!(f(), first, "a repeated run gave another value"));
+    (t, gpu.memory().peak_live_bytes - base)
+}
+
+fn main() {
+    let gpu = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).expect("a wgpu adapter");
+    let cpu = gpu.is_cpu();
+    let info = gpu.adapter_info().clone();
+    println!("device: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
+    println!("| model | size | best ms | peak activation MiB |");
+    println!("|---|---|---:|---:|");
+    let budget = if cpu { 5.0 } else { 2.0 };
+
+    // 3D UNet (one call, student conditioning)
+    let (cfg, f, h, w, what) = if cpu {
+        (UnetConfig { model_channels: 64, num_head_channels: 32, context_dim: 256, ..Default::default() }, 4, 16, 16, "reduced: 64 channels, 4x16x16 latent")
+    } else {
+        (UnetConfig::default(), 16, 40, 64, "VideoCrafter2: 320 channels, 16x40x64 latent")
+    };
+    let unet = Unet3d::load(&Loader::random(&gpu, 1), &cfg).unwrap();
+    let z = Tensor::from_slice(&gpu, &[1, 4, f, h, w], &pseudo_data(4 * f * h * w, 2)).unwrap();
+    let ctx = Tensor::from_slice(&gpu, &[1, 77, cfg.context_dim], &pseudo_data(77 * cfg.context_dim, 3)).unwrap();
+    let emb = Tensor::from_slice(&gpu, &[1, 256], &pseudo_data(256, 4)).unwrap();
+    let (t, peak) = timed(&gpu, budget, || {
+        let tape = Tape::new();
+        let (zv, cv, e) = (tape.constant(z.clone()), tape.constant(ctx.clone()), tape.constant(emb.clone()));
+        let out = unet
+            .forward(&UnetInputs { z: &zv, t: &[499.0], context: &cv, fps: &[8.0], w_embedding: Some(&e), motion_embedding: Some(&e), record_attention: false })
+            .unwrap();
+        out.eps.value().item_at(7).unwrap()
+    });
+    println!("| 3D UNet forward | {what} | {:.1} | {:.1} |", t * 1e3, mib(peak));
+
+    // VAE decoder per frame
+    let (vcfg, lh, lw, what) = if cpu { (VaeConfig::default(), 8, 8, "VideoCrafter2 VAE, 1 frame 64x64") } else { (VaeConfig::default(), 40, 64, "VideoCrafter2 VAE, 1 frame 320x512") };
+    let vae = Vae::load(&Loader::random(&gpu, 5), &vcfg).unwrap();
+    let lat = Tensor::from_slice(&gpu, &[1, 4, lh, lw], &pseudo_data(4 * lh * lw, 6)).unwrap();
+    let (t, peak) = timed(&gpu, budget, || {
+        let tape = Tape::new();
+        vae.decode(&tape.constant(lat.clone())).unwrap().value().item_at(11).unwrap()
+    });
+    println!("| VAE decoder | {what} | {:.1} | {:.1} |", t * 1e3, mib(peak));
+
+    // Text tower (penultimate context of two prompts)
+    let (tcfg, what) = if cpu {
+        (TextConfig { context_length: 77, vocab_size: 49408, width: 512, heads: 8, layers: 12 }, "reduced: width 512, 12 layers, 2 prompts")
+    } else {
+        (TextConfig { context_length: 77, vocab_size: 49408, width: 1024, heads: 16, layers: 24 }, "OpenCLIP ViT-H text, 2 prompts")
+    };
+    let text = TextTower::load(&Loader::random(&gpu, 7), &tcfg, None).unwrap();
+    let tok = ClipTokenizer::new().unwrap();
+    let ids: Vec<Vec<u32>> = ["a red fox running through snow", "a teddy bear skating in Times Square"].iter().map(|p| tok.encode(p).unwrap().ids).collect();
+    let (t, peak) = timed(&gpu, budget, || {
+        let tape = Tape::new();
+        text.penultimate(&tape, &ids).unwrap().value().item_at(5).unwrap()
+    });
+    println!("| text tower | {what} | {:.1} | {:.1} |", t * 1e3, mib(peak));
+}
