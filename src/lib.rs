@@ -10,3 +10,4 @@ pub mod diffusion;
 pub mod guidance;
 pub mod models;
 pub mod parity;
+pub mod pipeline;

@@ -124,3 +124,42 @@ fn parity_passes_on_the_unet3d_fixture_forward_and_motion_guidance() {
         assert!(out.lines().any(|l| l.starts_with(t) && l.ends_with("pass")), "{t}: {out}");
     }
 }
+
+fn sample_args(out: &std::path::Path) -> Vec<String> {
+    let f = |p: &str| fixture(p).to_str().unwrap().to_string();
+    [
+        "sample", "--unet", &f("unet3d/weights.safetensors"), "--unet-config", &f("unet3d/config.json"),
+        "--vae", &f("vae/weights.safetensors"), "--vae-config", &f("vae/config.json"),
+        "--text", &f("openclip/weights.safetensors"), "--text-config", &f("openclip/config.json"),
+        "--prompt", "a red fox running through snow", "--frames", "4", "--height", "32", "--width", "32",
+        "--out", out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn sample_writes_gifs_and_frames_reproducibly_and_never_overwrites() {
+    let base = std::env::temp_dir().join(format!("t2v-sample-{}", std::process::id()));
+    let (a, b) = (base.join("a"), base.join("b"));
+    for out in [&a, &b] {
+        let args = sample_args(out);
+        let (ok, stdout, err) = t2v(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+        assert!(ok, "{stdout}\n{err}");
+        assert!(stdout.contains("4 steps") && stdout.contains("peak GPU memory"), "{stdout}");
+    }
+    let gif = std::fs::read(a.join("000_a_red_fox_running_through_snow.gif")).unwrap();
+    assert_eq!(&gif[..6], b"GIF89a");
+    let frames: Vec<_> = std::fs::read_dir(a.join("000_a_red_fox_running_through_snow")).unwrap().collect();
+    assert_eq!(frames.len(), 4);
+    let f0 = |d: &std::path::Path| std::fs::read(d.join("000_a_red_fox_running_through_snow/frame_002.png")).unwrap();
+    assert_eq!(f0(&a), f0(&b), "the same seed gives the same video");
+    // the folder is not empty now: refused without --overwrite
+    let args = sample_args(&a);
+    let (ok, _, err) = t2v(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(!ok && err.contains("not empty"), "{err}");
+    let (ok, _, err) = t2v(&["sample", "--out", base.join("c").to_str().unwrap()], &[]);
+    assert!(!ok && err.contains("--checkpoint"), "{err}");
+    std::fs::remove_dir_all(&base).unwrap();
+}

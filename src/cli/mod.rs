@@ -2,6 +2,7 @@
 
 mod info;
 mod parity;
+mod sample;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,8 @@ pub enum Command {
     /// List GPU adapters with their features and key limits, and self-check the chosen one;
     /// or, with --weights, describe a checkpoint file.
     Info(info::InfoArgs),
+    /// Generate videos from prompts with a distilled student (4/8/16 consistency steps).
+    Sample(Box<sample::SampleArgs>),
     /// Run a reference fixture folder through the project and compare every output tensor
     /// (exit status 1 on any difference beyond the tolerance).
     Parity(parity::ParityArgs),
@@ -50,5 +53,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Info(args) => info::run(&cli.device, &args),
         Command::Parity(args) => parity::run(&cli.device, &args),
+        Command::Sample(args) => sample::run(&cli.device, &args),
     }
 }

@@ -302,6 +302,11 @@ impl Vae {
         self.dec_conv_out.forward(&self.dec_norm_out.forward(&h, true)?)
     }
 
+    /// The device the weights live on.
+    pub fn gpu(&self) -> &t2v_kernels::Gpu {
+        self.enc_conv_in.w.gpu()
+    }
+
     /// Videos (B, 3, F, H, W) in [-1, 1] -> scaled latents (B, embed_dim, F, h, w), frame by
     /// frame (VideoCrafter2's `encode_first_stage`).
     pub fn encode_video(&self, x: &Var) -> Result<Var> {

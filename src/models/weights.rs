@@ -132,6 +132,8 @@ pub struct Loader<'f> {
     seed: u64,
     gpu: Gpu,
     prefix: String,
+    /// Key prefixes (after `prefix`) of other models in the same file: never "unexpected".
+    ignore: Vec<String>,
     problems: Mutex<Problems>,
 }
 
@@ -165,17 +167,24 @@ fn random_init(key: &str, shape: &[usize], seed: u64) -> Vec<f32> {
 impl<'f> Loader<'f> {
     /// Tensors under `prefix` (e.g. `first_stage_model.`) of `file`.
     pub fn new(file: &'f WeightFile, gpu: &Gpu, prefix: &str) -> Loader<'f> {
-        Loader { file: Some(file), seed: 0, gpu: gpu.clone(), prefix: prefix.to_string(), problems: Mutex::default() }
+        Loader { file: Some(file), seed: 0, gpu: gpu.clone(), prefix: prefix.to_string(), ignore: Vec::new(), problems: Mutex::default() }
     }
 
     /// No file: every tensor is initialised randomly (deterministic in `seed` and the key),
     /// for training from scratch and for benchmarks at full size.
     pub fn random(gpu: &Gpu, seed: u64) -> Loader<'static> {
-        Loader { file: None, seed, gpu: gpu.clone(), prefix: String::new(), problems: Mutex::default() }
+        Loader { file: None, seed, gpu: gpu.clone(), prefix: String::new(), ignore: Vec::new(), problems: Mutex::default() }
     }
 
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+
+    /// Keys under these sub-prefixes belong to other models sharing the file (e.g. an
+    /// OpenCLIP file's `visual.` tower when only the text tower is loaded).
+    pub fn ignoring(mut self, prefixes: &[&str]) -> Self {
+        self.ignore = prefixes.iter().map(|p| format!("{}{p}", self.prefix)).collect();
+        self
     }
 
     /// Does the file have `key` (under the prefix)?
@@ -223,7 +232,11 @@ impl<'f> Loader<'f> {
     pub fn finish(self) -> Result<()> {
         let pr = self.problems.into_inner().unwrap();
         let Some(file) = self.file else { return Ok(()) };
-        let unexpected: Vec<&String> = file.entries.keys().filter(|k| k.starts_with(&self.prefix) && !pr.used.contains(*k)).collect();
+        let unexpected: Vec<&String> = file
+            .entries
+            .keys()
+            .filter(|k| k.starts_with(&self.prefix) && !pr.used.contains(*k) && !self.ignore.iter().any(|i| k.starts_with(i.as_str())))
+            .collect();
         if pr.missing.is_empty() && pr.shape.is_empty() && pr.other.is_empty() && unexpected.is_empty() {
             return Ok(());
         }

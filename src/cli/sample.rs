@@ -1,0 +1,158 @@
+//! `t2v-turbo sample`: prompts -> videos (GIF + PNG frames) with the distilled student.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use t2v_kernels::{Gpu, GpuOptions};
+
+use super::{CliError, DeviceArgs};
+use crate::models::clip::{ClipConfig, TextConfig};
+use crate::models::unet3d::UnetConfig;
+use crate::models::vae::VaeConfig;
+use crate::pipeline::sample::{Generator, GeneratorFiles, SampleOptions};
+use crate::pipeline::video_io::{write_gif, write_png, Frames};
+
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    /// One safetensors checkpoint holding UNet, VAE and text encoder (VideoCrafter2 key
+    /// prefixes). Or give the three files below.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// UNet weights (default: --checkpoint).
+    #[arg(long)]
+    pub unet: Option<PathBuf>,
+    /// VAE weights (default: --checkpoint).
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// OpenCLIP text-encoder weights (default: --checkpoint).
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// UNet config JSON (UNetModel arguments; default: VideoCrafter2 + T2V-Turbo-v2).
+    #[arg(long)]
+    pub unet_config: Option<PathBuf>,
+    /// VAE config JSON ({"ddconfig": {...}, "embed_dim": 4}; default: VideoCrafter2's).
+    #[arg(long)]
+    pub vae_config: Option<PathBuf>,
+    /// Text-encoder config JSON (open_clip layout with a "text" section; default: ViT-H-14).
+    #[arg(long)]
+    pub text_config: Option<PathBuf>,
+    /// A prompt (repeat for several videos).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// A file with one prompt per line.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Consistency steps (4, 8 or 16 are the method's).
+    #[arg(long, default_value_t = 4)]
+    pub steps: usize,
+    /// Points of the DDIM grid the steps are taken from (200 for v2, 50 for v1).
+    #[arg(long, default_value_t = 200)]
+    pub origin: usize,
+    /// Guidance scale given to the student.
+    #[arg(long, default_value_t = 7.5)]
+    pub w: f32,
+    /// Motion-guidance scale given to the student in the first part of the trajectory.
+    #[arg(long, default_value_t = 0.05)]
+    pub motion_scale: f32,
+    /// Fraction of the trajectory (from t = 999 down) that gets the motion scale.
+    #[arg(long, default_value_t = 0.5)]
+    pub motion_percentage: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 16)]
+    pub frames: usize,
+    #[arg(long, default_value_t = 320)]
+    pub height: usize,
+    #[arg(long, default_value_t = 512)]
+    pub width: usize,
+    /// fps conditioning and GIF frame rate.
+    #[arg(long, default_value_t = 8.0)]
+    pub fps: f32,
+    /// Output folder (must not exist or be empty, unless --overwrite).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace files in a non-empty output folder.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+fn json(path: &Path) -> Result<serde_json::Value, CliError> {
+    let s = std::fs::read_to_string(path).map_err(|e| CliError::Check(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&s).map_err(|e| CliError::Check(format!("{}: {e}", path.display())))
+}
+
+fn slug(p: &str) -> String {
+    let s: String = p.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    s.split('_').filter(|x| !x.is_empty()).collect::<Vec<_>>().join("_").chars().take(48).collect()
+}
+
+pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
+    let pick = |x: &Option<PathBuf>, what: &str| -> Result<PathBuf, CliError> {
+        x.clone().or_else(|| a.checkpoint.clone()).ok_or_else(|| CliError::Check(format!("no {what} weights: give --checkpoint or --{what}")))
+    };
+    let (unet, vae, text) = (pick(&a.unet, "unet")?, pick(&a.vae, "vae")?, pick(&a.text, "text")?);
+    let mut prompts = a.prompt.clone();
+    if let Some(p) = &a.prompts {
+        let s = std::fs::read_to_string(p).map_err(|e| CliError::Check(format!("{}: {e}", p.display())))?;
+        prompts.extend(s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+    }
+    if prompts.is_empty() {
+        return Err(CliError::Check("no prompt: give --prompt TEXT or --prompts FILE".into()));
+    }
+    if a.out.exists() && !a.overwrite && std::fs::read_dir(&a.out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(CliError::Check(format!("{} exists and is not empty; choose another --out or pass --overwrite", a.out.display())));
+    }
+    let bad = |what: &str, p: &Path| CliError::Check(format!("{}: not a {what} config", p.display()));
+    let unet_config = match &a.unet_config {
+        Some(p) => UnetConfig::from_json(&json(p)?).ok_or_else(|| bad("UNet", p))?,
+        None => UnetConfig::default(),
+    };
+    let vae_config = match &a.vae_config {
+        Some(p) => VaeConfig::from_json(&json(p)?).ok_or_else(|| bad("VAE", p))?,
+        None => VaeConfig::default(),
+    };
+    let text_config: TextConfig = match &a.text_config {
+        Some(p) => ClipConfig::from_json(&json(p)?).ok_or_else(|| bad("text encoder", p))?.text,
+        None => ClipConfig::default().text,
+    };
+    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let t0 = Instant::now();
+    let generator = Generator::load(&gpu, &GeneratorFiles { unet: &unet, vae: &vae, text: &text, unet_config, vae_config, text_config })?;
+    eprintln!("loaded models in {:.1} s", t0.elapsed().as_secs_f64());
+    std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;
+    let opts = SampleOptions {
+        steps: a.steps,
+        origin: a.origin,
+        w: a.w,
+        motion_scale: a.motion_scale,
+        motion_percentage: a.motion_percentage,
+        seed: a.seed,
+        frames: a.frames,
+        height: a.height,
+        width: a.width,
+        fps: a.fps,
+    };
+    for (i, prompt) in prompts.iter().enumerate() {
+        gpu.reset_peak_memory();
+        let t = Instant::now();
+        let video = generator.generate(prompt, &SampleOptions { seed: a.seed + i as u64, ..opts.clone() })?;
+        let secs = t.elapsed().as_secs_f64();
+        let frames = Frames::from_chw(&video, a.frames, a.height, a.width);
+        let name = format!("{i:03}_{}", slug(prompt));
+        let dir = a.out.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| CliError::Check(format!("{}: {e}", dir.display())))?;
+        for (k, rgb) in frames.frames.iter().enumerate() {
+            write_png(&dir.join(format!("frame_{k:03}.png")), a.width, a.height, rgb).map_err(|e| CliError::Check(e.to_string()))?;
+        }
+        let gif = a.out.join(format!("{name}.gif"));
+        write_gif(&gif, &frames, a.fps).map_err(|e| CliError::Check(e.to_string()))?;
+        println!(
+            "{} ({} steps, {:.2} s, peak GPU memory {:.0} MiB): {prompt:?}",
+            gif.display(),
+            a.steps,
+            secs,
+            gpu.memory().peak_total_bytes as f64 / 1048576.0
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Text-to-video with the distilled student: prompt -> OpenCLIP text context -> multistep
+//! consistency sampling (4/8/16 steps, no CFG: w is an input of the student) -> VAE decode.
+
+use std::path::Path;
+
+use t2v_kernels::autograd::Tape;
+use t2v_kernels::{Gpu, Tensor};
+
+use crate::diffusion::{consistency_sample, consistency_timesteps, SamplerConfig, Schedule};
+use crate::models::clip::{TextConfig, TextTower};
+use crate::models::tokenizer::ClipTokenizer;
+use crate::models::unet3d::{Unet3d, UnetConfig};
+use crate::models::vae::{Vae, VaeConfig};
+use crate::models::weights::{Loader, Result, WeightFile, WeightsError};
+
+/// The models of generation, each with its checkpoint key prefix detected from the file
+/// (a VideoCrafter2 checkpoint holds all three under `model.diffusion_model.`,
+/// `first_stage_model.` and `cond_stage_model.model.`; separate files may use none).
+pub struct Generator {
+    pub unet: Unet3d,
+    pub vae: Vae,
+    pub text: TextTower,
+    pub tokenizer: ClipTokenizer,
+    pub schedule: Schedule,
+}
+
+fn prefix_of(f: &WeightFile, candidates: &[&str]) -> String {
+    candidates.iter().find(|p| !p.is_empty() && f.entries().keys().any(|k| k.starts_with(*p))).map(|p| p.to_string()).unwrap_or_default()
+}
+
+/// Weight files and configs of a [`Generator`].
+pub struct GeneratorFiles<'a> {
+    pub unet: &'a Path,
+    pub vae: &'a Path,
+    pub text: &'a Path,
+    pub unet_config: UnetConfig,
+    pub vae_config: VaeConfig,
+    pub text_config: TextConfig,
+}
+
+impl Generator {
+    pub fn load(gpu: &Gpu, f: &GeneratorFiles) -> Result<Generator> {
+        let open = |p: &Path| WeightFile::open(p);
+        let (uf, vf, tf) = (open(f.unet)?, open(f.vae)?, open(f.text)?);
+        let l = Loader::new(&uf, gpu, &prefix_of(&uf, &["model.diffusion_model."])).ignoring(&["first_stage_model.", "cond_stage_model."]);
+        let unet = Unet3d::load(&l, &f.unet_config)?;
+        l.finish()?;
+        let l = Loader::new(&vf, gpu, &prefix_of(&vf, &["first_stage_model."])).ignoring(&["model.", "cond_stage_model."]);
+        let vae = Vae::load(&l, &f.vae_config)?;
+        l.finish()?;
+        let l = Loader::new(&tf, gpu, &prefix_of(&tf, &["cond_stage_model.model."]))
+            .ignoring(&["visual.", "text_projection", "logit_scale", "model.diffusion_model.", "first_stage_model."]);
+        let text = TextTower::load(&l, &f.text_config, None)?;
+        l.finish()?;
+        let tokenizer = ClipTokenizer::new().map_err(|e| WeightsError::Format { path: "tokenizer".into(), msg: e.to_string() })?;
+        Ok(Generator { unet, vae, text, tokenizer, schedule: Schedule::videocrafter() })
+    }
+
+    /// One video (3, F, H, W) in [-1, 1] for `prompt`.
+    pub fn generate(&self, prompt: &str, opts: &SampleOptions) -> Result<Vec<f32>> {
+        let gpu = self.unet_gpu();
+        let tape = Tape::new();
+        tape.no_grad(|| -> Result<Vec<f32>> {
+            let ids = vec![self.tokenizer.encode_warn(prompt).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids];
+            let context = self.text.penultimate(&tape, &ids)?;
+            let f = 1usize << (self.vae.config.ch_mult.len() - 1);
+            if opts.height % (f * 2) != 0 || opts.width % (f * 2) != 0 {
+                return Err(WeightsError::Gpu(t2v_kernels::Error::Shape { op: "sample", msg: format!("height and width must be multiples of {}", f * 2) }));
+            }
+            let shape = [1, self.unet.config.in_channels, opts.frames, opts.height / f, opts.width / f];
+            let n: usize = shape.iter().product();
+            let mut rng = Gaussian::new(opts.seed);
+            let init = tape.constant(Tensor::from_slice(gpu, &shape, &rng.take(n))?);
+            let cfg = SamplerConfig {
+                timesteps: consistency_timesteps(self.schedule.len(), opts.origin, opts.steps),
+                w: opts.w,
+                motion_scale: opts.motion_scale,
+                motion_percentage: opts.motion_percentage,
+            };
+            let fps = vec![opts.fps];
+            let out = consistency_sample(&self.unet, &self.schedule, &init, &context, &fps, &cfg, |_| Ok(Tensor::from_slice(gpu, &shape, &rng.take(n))?))?;
+            let video = self.vae.decode_video(out.last().expect("at least one step"))?;
+            Ok(video.value().to_vec()?)
+        })
+    }
+
+    fn unet_gpu(&self) -> &Gpu {
+        self.vae.gpu()
+    }
+}
+
+/// Options of one generation.
+#[derive(Clone, Debug)]
+pub struct SampleOptions {
+    pub steps: usize,
+    pub origin: usize,
+    pub w: f32,
+    pub motion_scale: f32,
+    pub motion_percentage: f32,
+    pub seed: u64,
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+    pub fps: f32,
+}
+
+/// Standard normal samples (splitmix64 + Box-Muller), deterministic in the seed.
+pub struct Gaussian(u64);
+
+impl Gaussian {
+    pub fn new(seed: u64) -> Gaussian {
+        Gaussian(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+    fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    pub fn take(&mut self, n: usize) -> Vec<f32> {
+        let mut v = Vec::with_capacity(n + 1);
+        while v.len() < n {
+            let (u1, u2) = (self.uniform(), self.uniform());
+            let r = (-2.0 * u1.ln()).sqrt();
+            v.push((r * (2.0 * std::f64::consts::PI * u2).cos()) as f32);
+            v.push((r * (2.0 * std::f64::consts::PI * u2).sin()) as f32);
+        }
+        v.truncate(n);
+        v
+    }
+}
