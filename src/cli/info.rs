@@ -86,7 +86,7 @@ fn describe(a: &AdapterSummary) -> String {
         f(wgpu::Features::SUBGROUP, "SUBGROUP"),
         f(wgpu::Features::TIMESTAMP_QUERY, "TIMESTAMP_QUERY"),
         mib(l.max_buffer_size),
-        mib(l.max_storage_buffer_binding_size as u64),
+        mib(l.max_storage_buffer_binding_size),
         l.max_compute_workgroup_storage_size / 1024,
         l.max_compute_invocations_per_workgroup,
         l.max_compute_workgroups_per_dimension,

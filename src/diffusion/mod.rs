@@ -3,6 +3,7 @@
 //! - DDIM grids, the DDIM solver step on a grid and DDIM inversion;
 //! - consistency boundary conditions (sigma_data 0.5, timestep scaling 10);
 //! - the multistep consistency sampler of the student (LCM-style timesteps).
+//!
 //! Elementwise updates run on autograd values (the distillation loss differentiates them).
 
 pub mod distill;

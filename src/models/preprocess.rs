@@ -3,6 +3,7 @@
 //! - HPSv2.1: longest side resized to S (bicubic, antialiased), zero padding centred
 //!   (left/top = pad // 2), then OpenAI mean/std;
 //! - CLIPScore: squash-resize to S x S (bicubic, antialiased), then OpenAI mean/std.
+//!
 //! A resize is a linear map: out = R_h x img x R_w^T, with the resampling weights of
 //! PIL / torchvision's antialiased bicubic (a = -0.5, support widened by the downscale
 //! factor, weights normalised per output pixel) built on the host.
@@ -10,8 +11,8 @@
 use t2v_kernels::autograd::{self as ad, Var};
 use t2v_kernels::{Result, Tensor};
 
-pub const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+pub const OPENAI_MEAN: [f32; 3] = [0.481_454_7, 0.457_827_5, 0.408_210_7];
+pub const OPENAI_STD: [f32; 3] = [0.268_629_5, 0.261_302_6, 0.275_777_1];
 
 fn bicubic(x: f64) -> f64 {
     let a = -0.5;

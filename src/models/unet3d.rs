@@ -353,6 +353,7 @@ impl ResBlock {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // built once per model
 enum Layer {
     Res(ResBlock),
     Spatial(SpatialTransformer),

@@ -56,7 +56,6 @@ pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
     }
     let student = unet.forward(&UnetInputs { z: &z, t: &t, context: &context, fps: &fps, w_embedding: Some(&w), motion_embedding: Some(&m), record_attention: false })?;
     compare("out.eps_student", student.eps.value(), None)?;
-    drop(compare);
     let mg_path = dir.join("motion_guidance.safetensors");
     if mg_path.exists() {
         let mg = WeightFile::open(&mg_path)?;
@@ -187,7 +186,7 @@ fn solver(dir: &Path, gpu: &Gpu, unet: &Unet3d, forward_io: &WeightFile) -> Resu
         };
         let context = tape.constant(forward_io.tensor(gpu, "in.context")?);
         let fps: Vec<f32> = forward_io.host_i64("in.fps")?.1.into_iter().map(|x| x as f32).collect();
-        let denoised = consistency_sample(unet, &sched, &c("sample.init")?, &context, &fps, &cfg, |i| Ok(st.tensor(gpu, &format!("sample.noise{i}"))?))?;
+        let denoised = consistency_sample(unet, &sched, &c("sample.init")?, &context, &fps, &cfg, |i| st.tensor(gpu, &format!("sample.noise{i}")))?;
         for (i, d) in denoised.iter().enumerate() {
             let k = format!("sample.denoised{i}");
             checks.push(Check::new(&k, &d.value().to_vec()?, &st.host_f32(&k)?.1, 1e-3));
