@@ -11,3 +11,4 @@ pub mod guidance;
 pub mod models;
 pub mod parity;
 pub mod pipeline;
+pub mod reward;
