@@ -147,7 +147,7 @@ fn sample_writes_gifs_and_frames_reproducibly_and_never_overwrites() {
         let args = sample_args(out);
         let (ok, stdout, err) = t2v(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
         assert!(ok, "{stdout}\n{err}");
-        assert!(stdout.contains("4 steps") && stdout.contains("peak GPU memory"), "{stdout}");
+        assert!(stdout.contains("4 consistency steps") && stdout.contains("peak GPU memory"), "{stdout}");
     }
     let gif = std::fs::read(a.join("000_a_red_fox_running_through_snow.gif")).unwrap();
     assert_eq!(&gif[..6], b"GIF89a");
@@ -159,6 +159,12 @@ fn sample_writes_gifs_and_frames_reproducibly_and_never_overwrites() {
     let args = sample_args(&a);
     let (ok, _, err) = t2v(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     assert!(!ok && err.contains("not empty"), "{err}");
+    // the teacher's DDIM with CFG (3 steps keep the test short)
+    let mut targs = sample_args(&base.join("t"));
+    targs.extend(["--teacher", "--teacher-steps", "3", "--eta", "0"].map(String::from));
+    let (ok, stdout, err) = t2v(&targs.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(ok && stdout.contains("3 teacher DDIM steps"), "{stdout}\n{err}");
+    assert!(base.join("t/000_a_red_fox_running_through_snow.gif").exists());
     let (ok, _, err) = t2v(&["sample", "--out", base.join("c").to_str().unwrap()], &[]);
     assert!(!ok && err.contains("--checkpoint"), "{err}");
     std::fs::remove_dir_all(&base).unwrap();

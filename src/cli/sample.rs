@@ -74,6 +74,18 @@ pub struct SampleArgs {
     /// Replace files in a non-empty output folder.
     #[arg(long)]
     pub overwrite: bool,
+    /// Sample with the teacher's DDIM and classifier-free guidance (for comparison).
+    #[arg(long)]
+    pub teacher: bool,
+    /// --teacher: DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    pub teacher_steps: usize,
+    /// --teacher: classifier-free guidance scale.
+    #[arg(long, default_value_t = 12.0)]
+    pub cfg: f32,
+    /// --teacher: DDIM eta (0 deterministic, 1 stochastic like VideoCrafter2's default).
+    #[arg(long, default_value_t = 1.0)]
+    pub eta: f32,
 }
 
 fn json(path: &Path) -> Result<serde_json::Value, CliError> {
@@ -131,6 +143,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         height: a.height,
         width: a.width,
         fps: a.fps,
+        teacher: a.teacher.then(|| crate::diffusion::DdimConfig { steps: a.teacher_steps, cfg: a.cfg, eta: a.eta }),
     };
     for (i, prompt) in prompts.iter().enumerate() {
         gpu.reset_peak_memory();
@@ -147,9 +160,10 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         let gif = a.out.join(format!("{name}.gif"));
         write_gif(&gif, &frames, a.fps).map_err(|e| CliError::Check(e.to_string()))?;
         println!(
-            "{} ({} steps, {:.2} s, peak GPU memory {:.0} MiB): {prompt:?}",
+            "{} ({} {} steps, {:.2} s, peak GPU memory {:.0} MiB): {prompt:?}",
             gif.display(),
-            a.steps,
+            if a.teacher { a.teacher_steps } else { a.steps },
+            if a.teacher { "teacher DDIM" } else { "consistency" },
             secs,
             gpu.memory().peak_total_bytes as f64 / 1048576.0
         );

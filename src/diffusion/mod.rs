@@ -179,3 +179,54 @@ pub fn consistency_sample(
     }
     Ok(out)
 }
+
+/// Settings of the teacher's DDIM sampler (VideoCrafter2's: 50 steps, cfg 12, eta 1).
+#[derive(Clone, Debug)]
+pub struct DdimConfig {
+    pub steps: usize,
+    /// Classifier-free guidance: eps = eps_u + cfg (eps_c - eps_u).
+    pub cfg: f32,
+    /// 0: deterministic DDIM; 1: DDPM-like stochastic steps.
+    pub eta: f32,
+}
+
+/// The teacher's DDIM sampling with classifier-free guidance (lvdm's DDIMSampler):
+/// on the `steps`-point grid from the top, x0 = (z - sqrt(1 - abar) eps) / sqrt(abar),
+/// sigma = eta sqrt((1 - abar_prev)/(1 - abar) (1 - abar/abar_prev)),
+/// z = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma noise(i).
+/// Returns the final x0 (the last step lands on abar_0).
+#[allow(clippy::too_many_arguments)]
+pub fn ddim_sample(
+    unet: &Unet3d,
+    sched: &Schedule,
+    init: &Var,
+    context: &Var,
+    uncond: &Var,
+    fps: &[f32],
+    cfg: &DdimConfig,
+    mut noise: impl FnMut(usize) -> Result<Tensor>,
+) -> Result<Var> {
+    let tape = init.tape().clone();
+    let b = init.shape()[0];
+    let grid = ddim_timesteps(sched.len(), cfg.steps);
+    let mut z = init.clone();
+    let mut x0 = init.clone();
+    for (i, &t) in grid.iter().enumerate().rev() {
+        let ts = vec![t as f32; b];
+        let call = |ctx: &Var| -> Result<Var> {
+            Ok(unet.forward(&UnetInputs { z: &z, t: &ts, context: ctx, fps, w_embedding: None, motion_embedding: None, record_attention: false })?.eps)
+        };
+        let (ec, eu) = (call(context)?, call(uncond)?);
+        let eps = ad::axpby(&eu, 1.0 - cfg.cfg, &ec, cfg.cfg)?;
+        x0 = sched.x0_from_eps(&z, &eps, t)?;
+        let a = sched.abar(t);
+        let ap = if i == 0 { sched.abar(0) } else { sched.abar(grid[i - 1]) };
+        let sigma = cfg.eta * ((1.0 - ap) / (1.0 - a) * (1.0 - a / ap)).max(0.0).sqrt();
+        let dir = (1.0 - ap - sigma * sigma).max(0.0).sqrt();
+        z = ad::axpby(&x0, ap.sqrt(), &eps, dir)?;
+        if sigma > 0.0 && i > 0 {
+            z = ad::axpby(&z, 1.0, &tape.constant(noise(grid.len() - 1 - i)?), sigma)?;
+        }
+    }
+    Ok(x0)
+}

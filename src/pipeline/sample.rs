@@ -6,7 +6,7 @@ use std::path::Path;
 use t2v_kernels::autograd::Tape;
 use t2v_kernels::{Gpu, Tensor};
 
-use crate::diffusion::{consistency_sample, consistency_timesteps, SamplerConfig, Schedule};
+use crate::diffusion::{consistency_sample, consistency_timesteps, ddim_sample, DdimConfig, SamplerConfig, Schedule};
 use crate::models::clip::{TextConfig, TextTower};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet3d::{Unet3d, UnetConfig};
@@ -78,8 +78,18 @@ impl Generator {
                 motion_percentage: opts.motion_percentage,
             };
             let fps = vec![opts.fps];
-            let out = consistency_sample(&self.unet, &self.schedule, &init, &context, &fps, &cfg, |_| Ok(Tensor::from_slice(gpu, &shape, &rng.take(n))?))?;
-            let video = self.vae.decode_video(out.last().expect("at least one step"))?;
+            let latent = match &opts.teacher {
+                Some(tc) => {
+                    let empty = vec![self.tokenizer.encode("").map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids];
+                    let uncond = self.text.penultimate(&tape, &empty)?;
+                    ddim_sample(&self.unet, &self.schedule, &init, &context, &uncond, &fps, tc, |_| Ok(Tensor::from_slice(gpu, &shape, &rng.take(n))?))?
+                }
+                None => {
+                    let out = consistency_sample(&self.unet, &self.schedule, &init, &context, &fps, &cfg, |_| Ok(Tensor::from_slice(gpu, &shape, &rng.take(n))?))?;
+                    out.last().expect("at least one step").clone()
+                }
+            };
+            let video = self.vae.decode_video(&latent)?;
             Ok(video.value().to_vec()?)
         })
     }
@@ -102,6 +112,8 @@ pub struct SampleOptions {
     pub height: usize,
     pub width: usize,
     pub fps: f32,
+    /// Sample with the teacher's DDIM + CFG instead of the student.
+    pub teacher: Option<DdimConfig>,
 }
 
 /// Standard normal samples (splitmix64 + Box-Muller), deterministic in the seed.
