@@ -143,7 +143,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         height: a.height,
         width: a.width,
         fps: a.fps,
-        teacher: a.teacher.then(|| crate::diffusion::DdimConfig { steps: a.teacher_steps, cfg: a.cfg, eta: a.eta }),
+        teacher: a.teacher.then_some(crate::diffusion::DdimConfig { steps: a.teacher_steps, cfg: a.cfg, eta: a.eta }),
     };
     for (i, prompt) in prompts.iter().enumerate() {
         gpu.reset_peak_memory();
