@@ -112,3 +112,34 @@ fn weight_problems_are_reported_together() {
     std::fs::remove_file(&tmp).unwrap();
     assert!(matches!(WeightFile::open(&dir.join("nope.safetensors")), Err(WeightsError::Io { .. })));
 }
+
+#[test]
+fn extra_keys_and_shape_mismatches_are_reported_with_missing_ones() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(dir.join("weights.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // drop one key, change one shape, add one unknown key
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = vec![];
+    for (name, v) in st.tensors() {
+        match name.as_str() {
+            "first_stage_model.decoder.conv_out.bias" => continue,
+            "first_stage_model.quant_conv.bias" => owned.push((name.clone(), v.dtype(), vec![2, v.shape()[0] / 2], v.data().to_vec())),
+            _ => owned.push((name.clone(), v.dtype(), v.shape().to_vec(), v.data().to_vec())),
+        }
+    }
+    owned.push(("first_stage_model.encoder.extra_head.weight".into(), safetensors::Dtype::F32, vec![2], vec![0u8; 8]));
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        owned.iter().map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let tmp = std::env::temp_dir().join(format!("t2v-badkeys-{}.safetensors", std::process::id()));
+    std::fs::write(&tmp, safetensors::serialize(views, None).unwrap()).unwrap();
+    let g = gpu();
+    let wf = WeightFile::open(&tmp).unwrap();
+    let l = Loader::new(&wf, &g, "first_stage_model.");
+    let _ = Vae::load(&l, &VaeConfig::from_json(&cfg).unwrap()).unwrap();
+    let msg = l.finish().unwrap_err().to_string();
+    std::fs::remove_file(&tmp).unwrap();
+    assert!(msg.contains("missing keys (1)") && msg.contains("decoder.conv_out.bias"), "{msg}");
+    assert!(msg.contains("shape mismatches (1)") && msg.contains("quant_conv.bias: file [2, 4], model [8]"), "{msg}");
+    assert!(msg.contains("unexpected keys (1)") && msg.contains("encoder.extra_head.weight"), "{msg}");
+}
