@@ -124,6 +124,15 @@ impl Tape {
         t.params.get(&value.storage_id()).map(|&id| Var { value: value.clone(), node: Some(id), tape: self.clone() })
     }
 
+    /// The gradient of a weight used through [`Tape::param`], in the weight's own shape
+    /// (a layer may have used a reshaped view of it); None if it got no gradient.
+    pub fn param_grad(&self, grads: &Grads, value: &Tensor) -> Result<Option<Tensor>> {
+        match self.param_var(value).as_ref().and_then(|v| grads.get(v)) {
+            Some(g) => Ok(Some(g.reshape(value.shape())?)),
+            None => Ok(None),
+        }
+    }
+
     pub fn is_recording(&self) -> bool {
         self.0.lock().unwrap().recording
     }
