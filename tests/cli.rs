@@ -120,7 +120,7 @@ fn parity_passes_on_the_unet3d_fixture_forward_and_motion_guidance() {
     assert!(ok, "{out}\n{err}");
     for t in ["out.eps_teacher", "out.eps_student", "attn.output_blocks.5.2.transformer_blocks.0.attn1", "motion.energy", "motion.grad",
               "alphas_cumprod", "inference_timesteps_origin200_steps16", "c_out", "ddim_step.out", "ddim_reverse.out", "sample.denoised3",
-              "train.loss", "train.target", "train.grad.time_cond_proj.weight", "train.grad.out.2.weight"] {
+              "train.loss", "train.target", "train.grad.time_cond_proj.weight", "train.grad.out.2.weight", "motion.z_ref"] {
         assert!(out.lines().any(|l| l.starts_with(t) && l.ends_with("pass")), "{t}: {out}");
     }
 }

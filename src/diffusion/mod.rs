@@ -62,14 +62,30 @@ impl Schedule {
         Ok(ad::axpby(x0, a.sqrt(), noise, (1.0 - a).sqrt())?)
     }
 
-    /// One DDIM inversion step from t - skip to t (the reference's `ddim_reverse_step`):
-    /// (x_prev - sqrt(1 - abar[t-skip]) eps) sqrt(abar[t] / abar[t-skip]) + sqrt(1 - abar[t]) eps.
+    /// One DDIM inversion step from p = max(t - skip, 0) to t (the reference's
+    /// `ddim_reverse_step`):
+    /// (x_prev - sqrt(1 - abar[p]) eps) sqrt(abar[t] / abar[p]) + sqrt(1 - abar[t]) eps.
     pub fn ddim_reverse(&self, x_prev: &Var, eps: &Var, t: usize, skip: usize) -> Result<Var> {
-        let (ap, at) = (self.abar(t - skip), self.abar(t));
+        let (ap, at) = (self.abar(t.saturating_sub(skip)), self.abar(t));
         let r = (at / ap).sqrt();
         // = r x_prev + (sqrt(1 - at) - r sqrt(1 - ap)) eps
         Ok(ad::axpby(x_prev, r, eps, (1.0 - at).sqrt() - r * (1.0 - ap).sqrt())?)
     }
+}
+
+/// DDIM inversion of a clean latent z0 up to grid[index] (Algorithm 1's reference latent):
+/// for each grid timestep t up to it, the teacher predicts eps at t on the current latent
+/// (text-conditioned), and one [`Schedule::ddim_reverse`] step moves the latent to t.
+pub fn ddim_invert(unet: &Unet3d, sched: &Schedule, grid: &[usize], z0: &Var, context: &Var, fps: &[f32], index: usize) -> Result<Var> {
+    let b = z0.shape()[0];
+    let skip = sched.len() / grid.len();
+    let mut x = z0.clone();
+    for &t in &grid[..=index] {
+        let ts = vec![t as f32; b];
+        let eps = unet.forward(&UnetInputs { z: &x, t: &ts, context, fps, w_embedding: None, motion_embedding: None, record_attention: false })?.eps;
+        x = sched.ddim_reverse(&x, &eps, t, skip)?;
+    }
+    Ok(x)
 }
 
 /// DDIM grid of `n` points: (arange(1, n+1) * (n_train // n)) - 1.

@@ -66,6 +66,19 @@ pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
         checks.push(Check::new("motion.energy", &[r.energy], &energy, 1e-4));
         checks.push(Check::new("motion.grad", &r.grad.to_vec()?, &mg.host_f32("grad")?.1, 1e-3));
         checks.push(Check::new("motion.cond_teacher_out", &r.teacher_eps.to_vec()?, &mg.host_f32("cond_teacher_out")?.1, 1e-4));
+        // the reference latent itself: DDIM inversion of z0 up to t on the 200 grid
+        let sched = crate::diffusion::Schedule::videocrafter();
+        let grid = crate::diffusion::ddim_timesteps(1000, 200);
+        let t_target = i64s("t")?[0] as usize;
+        if let Some(index) = grid.iter().position(|&g| g == t_target) {
+            let tape = Tape::new();
+            let fps = i64s("fps")?;
+            let z_ref = tape.no_grad(|| {
+                let (z0, ctx) = (tape.constant(mg.tensor(gpu, "z0")?), tape.constant(mg.tensor(gpu, "context")?));
+                crate::diffusion::ddim_invert(&unet, &sched, &grid, &z0, &ctx, &fps, index)
+            })?;
+            checks.push(Check::new("motion.z_ref (DDIM inversion)", &z_ref.value().to_vec()?, &mg.host_f32("z_ref")?.1, 1e-4));
+        }
     }
     if dir.join("solver.json").exists() && dir.join("solver.safetensors").exists() {
         checks.extend(solver(dir, gpu, &unet, &io)?);
