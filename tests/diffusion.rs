@@ -84,3 +84,49 @@ fn distillation_steps_lower_the_consistency_loss() {
     // so the drop is gradual)
     assert!(losses.windows(2).all(|w| w[1] < w[0]) && losses[3] < losses[0] * 0.995, "loss did not fall: {losses:?}");
 }
+
+#[test]
+fn preprocessed_records_feed_the_distillation_loss() {
+    use t2v_turbo::diffusion::distill::{consistency_loss, CdSample};
+    use t2v_turbo::diffusion::DdimSolver;
+    use t2v_turbo::guidance::{motion_guidance, MotionScales};
+    use t2v_turbo::pipeline::preprocess::{preprocess_clip, PreprocessConfig};
+    use t2v_turbo::pipeline::sample::Gaussian;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet3d");
+    let g = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap();
+    let cfg = UnetConfig::from_json(&serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()).unwrap();
+    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
+    let unet = Unet3d::load(&Loader::new(&wf, &g, "model.diffusion_model."), &cfg).unwrap();
+    let mg = WeightFile::open(&dir.join("motion_guidance.safetensors")).unwrap();
+    let (z0, ctx) = (mg.tensor(&g, "z0").unwrap(), mg.tensor(&g, "context").unwrap());
+    let unc = Tensor::zeros(&g, ctx.shape()).unwrap();
+    let sched = Schedule::videocrafter();
+    // a short grid keeps the DDIM inversion of motion-guided draws cheap in a test
+    let solver = DdimSolver::new(&sched, 8);
+    let mut seen_motion = false;
+    for seed in 0..6 {
+        let pc = PreprocessConfig::default();
+        let r = preprocess_clip(&unet, &sched, &solver, &z0, &ctx, &unc, &[8.0], &pc, &mut Gaussian::new(seed)).unwrap();
+        let again = preprocess_clip(&unet, &sched, &solver, &z0, &ctx, &unc, &[8.0], &pc, &mut Gaussian::new(seed)).unwrap();
+        assert_eq!((r.index, r.w), (again.index, again.w), "deterministic in the seed");
+        assert_eq!(r.z_t.to_vec().unwrap(), again.z_t.to_vec().unwrap());
+        assert!((5.0..15.0).contains(&r.w) && r.index < 8);
+        assert_eq!(r.score.is_some(), r.index >= 4, "motion guidance exactly on the upper half");
+        if let Some(score) = &r.score {
+            seen_motion = true;
+            // the stored score is the motion gradient at z_t with the inverted reference
+            let t = solver.grid[r.index];
+            let tape = Tape::new();
+            let z_ref = tape.no_grad(|| t2v_turbo::diffusion::ddim_invert(&unet, &sched, &solver.grid, &tape.constant(z0.clone()), &tape.constant(ctx.clone()), &[8.0], r.index)).unwrap();
+            let direct = motion_guidance(&unet, z_ref.value(), &r.z_t, &[t as f32], &ctx, &[8.0], MotionScales::default()).unwrap();
+            assert_eq!(score.to_vec().unwrap(), direct.grad.to_vec().unwrap());
+        }
+        let tape = Tape::new();
+        let out = consistency_loss(&unet, &sched, &solver, &tape, &CdSample {
+            z_t: &r.z_t, index: r.index, cond_eps: &r.cond_eps, uncond_eps: &r.uncond_eps, score: r.score.as_ref(),
+            use_motion: r.score.is_some(), w: r.w, motion_gs: 0.05, context: &ctx, fps: &[8.0],
+        }, 0.001).unwrap();
+        assert!(out.loss.value().item_at(0).unwrap().is_finite());
+    }
+    assert!(seen_motion, "some seed drew the upper half");
+}

@@ -2,3 +2,4 @@
 
 pub mod sample;
 pub mod video_io;
+pub mod preprocess;

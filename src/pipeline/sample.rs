@@ -123,7 +123,8 @@ impl Gaussian {
     pub fn new(seed: u64) -> Gaussian {
         Gaussian(seed ^ 0x5DEE_CE66_D1CE_4E5B)
     }
-    fn uniform(&mut self) -> f64 {
+    /// A uniform draw in (0, 1).
+    pub fn uniform(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
