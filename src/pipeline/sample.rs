@@ -58,7 +58,7 @@ impl Generator {
 
     /// One video (3, F, H, W) in [-1, 1] for `prompt`.
     pub fn generate(&self, prompt: &str, opts: &SampleOptions) -> Result<Vec<f32>> {
-        let gpu = self.unet_gpu();
+        let gpu = self.gpu();
         let tape = Tape::new();
         tape.no_grad(|| -> Result<Vec<f32>> {
             let ids = vec![self.tokenizer.encode_warn(prompt).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids];
@@ -94,7 +94,8 @@ impl Generator {
         })
     }
 
-    fn unet_gpu(&self) -> &Gpu {
+    /// The device the models live on.
+    fn gpu(&self) -> &Gpu {
         self.vae.gpu()
     }
 }
