@@ -8,13 +8,21 @@ use t2v_turbo::diffusion::{consistency_timesteps, ddim_sample, ddim_timesteps, D
 use t2v_turbo::models::unet3d::{Unet3d, UnetConfig, UnetInputs};
 use t2v_turbo::models::weights::{Loader, WeightFile};
 
-#[test]
-fn one_ddim_step_is_x0_of_the_guided_eps() {
+/// The unet3d fixture model: (folder, device, model, its parameters in load order).
+fn fixture_unet() -> (std::path::PathBuf, Gpu, Unet3d, Vec<Tensor>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet3d");
     let g = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap();
     let cfg = UnetConfig::from_json(&serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()).unwrap();
     let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
-    let unet = Unet3d::load(&Loader::new(&wf, &g, "model.diffusion_model."), &cfg).unwrap();
+    let loader = Loader::new(&wf, &g, "model.diffusion_model.");
+    let unet = Unet3d::load(&loader, &cfg).unwrap();
+    let params = loader.params().into_iter().map(|(_, t)| t).collect();
+    (dir, g, unet, params)
+}
+
+#[test]
+fn one_ddim_step_is_x0_of_the_guided_eps() {
+    let (dir, g, unet, _) = fixture_unet();
     let io = WeightFile::open(&dir.join("forward.safetensors")).unwrap();
     let tape = Tape::new();
     let z = tape.constant(io.tensor(&g, "in.z").unwrap());
@@ -41,13 +49,7 @@ fn distillation_steps_lower_the_consistency_loss() {
     use t2v_kernels::optim::{AdamW, AdamWConfig, ParamGroup};
     use t2v_turbo::diffusion::distill::{consistency_loss, CdSample};
     use t2v_turbo::diffusion::DdimSolver;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet3d");
-    let g = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap();
-    let cfg = UnetConfig::from_json(&serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()).unwrap();
-    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
-    let loader = Loader::new(&wf, &g, "model.diffusion_model.");
-    let unet = Unet3d::load(&loader, &cfg).unwrap();
-    let params: Vec<Tensor> = loader.params().into_iter().map(|(_, t)| t).collect();
+    let (dir, g, unet, params) = fixture_unet();
     let ts = WeightFile::open(&dir.join("train_step.safetensors")).unwrap();
     let t = |k: &str| ts.tensor(&g, k).unwrap();
     let (z_t, cond, uncond, score, context) = (t("in.z_t"), t("in.cond_teacher_out"), t("in.uncond_teacher_out"), t("in.score"), t("in.context"));
@@ -92,11 +94,7 @@ fn preprocessed_records_feed_the_distillation_loss() {
     use t2v_turbo::guidance::{motion_guidance, MotionScales};
     use t2v_turbo::pipeline::preprocess::{preprocess_clip, PreprocessConfig};
     use t2v_turbo::pipeline::sample::Gaussian;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet3d");
-    let g = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap();
-    let cfg = UnetConfig::from_json(&serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()).unwrap();
-    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
-    let unet = Unet3d::load(&Loader::new(&wf, &g, "model.diffusion_model."), &cfg).unwrap();
+    let (dir, g, unet, _) = fixture_unet();
     let mg = WeightFile::open(&dir.join("motion_guidance.safetensors")).unwrap();
     let (z0, ctx) = (mg.tensor(&g, "z0").unwrap(), mg.tensor(&g, "context").unwrap());
     let unc = Tensor::zeros(&g, ctx.shape()).unwrap();
