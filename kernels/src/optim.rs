@@ -231,18 +231,24 @@ pub fn global_norm(ts: &[Tensor]) -> Result<Tensor> {
 }
 
 /// Ok if every element of every tensor is finite; else an error naming the first bad one.
-/// Reads one value per tensor back (a sync point: call it where a step ends anyway).
+/// One readback for all tensors (a sync point: call it where a step ends anyway).
 pub fn check_finite(named: &[(&str, &Tensor)]) -> Result<()> {
+    // sum(x * 0) is 0 for finite x and NaN if any element is NaN or infinite
+    let mut probes = Vec::new();
+    let mut names = Vec::new();
     for (name, t) in named {
-        if t.numel() == 0 {
-            continue;
-        }
-        // sum(x * 0) is 0 for finite x and NaN if any element is NaN or infinite
-        let probe = ops::sum(&ops::scale(&t.reshape(&[t.numel()])?, 0.0)?, 0)?;
-        let v = probe.item_at(0)?;
-        if !v.is_finite() || v != 0.0 {
-            return Err(Error::NonFinite { what: name.to_string() });
+        if t.numel() > 0 {
+            probes.push(ops::sum(&ops::scale(&t.reshape(&[t.numel()])?, 0.0)?, 0)?.reshape(&[1])?);
+            names.push(*name);
         }
     }
-    Ok(())
+    if probes.is_empty() {
+        return Ok(());
+    }
+    let refs: Vec<&Tensor> = probes.iter().collect();
+    let values = ops::concat(&refs, 0)?.to_vec()?;
+    match values.iter().position(|v| !v.is_finite() || *v != 0.0) {
+        Some(i) => Err(Error::NonFinite { what: names[i].to_string() }),
+        None => Ok(()),
+    }
 }

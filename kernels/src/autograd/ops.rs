@@ -409,47 +409,45 @@ pub fn temporal_conv(x: &Var, w: &Var, bias: Option<&Var>) -> Result<Var> {
 
 // ---- normalisation ----------------------------------------------------------------------
 
-/// [dx] or [dx, dgamma, dbeta], in the order the norm ops take their inputs.
-fn norm_grads(r: k::NormGrad) -> Vec<Option<Tensor>> {
-    let mut out = vec![Some(r.dx)];
-    if r.dgamma.is_some() {
-        out.extend([r.dgamma, r.dbeta]);
-    }
-    out
+/// Records a normalisation: `n` is the kernel's forward, `bw` its backward given
+/// (x, gamma, beta, stats, dy). Gradients come back as [dx] or [dx, dgamma, dbeta], the
+/// order of the inputs.
+fn record_norm(
+    x: &Var,
+    gamma: Option<&Var>,
+    beta: Option<&Var>,
+    n: k::Norm,
+    bw: impl FnOnce(&Tensor, Option<&Tensor>, Option<&Tensor>, &Tensor, &Tensor) -> Result<k::NormGrad> + Send + 'static,
+) -> Result<Var> {
+    let (xv, st) = (x.value.clone(), n.stats);
+    let (gv, bv) = (gamma.map(|v| v.value.clone()), beta.map(|v| v.value.clone()));
+    let mut inputs = vec![x];
+    inputs.extend(gamma);
+    inputs.extend(beta);
+    record(
+        n.y,
+        &inputs,
+        Box::new(move |g, _| {
+            let r = bw(&xv, gv.as_ref(), bv.as_ref(), &st, g)?;
+            let mut out = vec![Some(r.dx)];
+            if gv.is_some() {
+                out.extend([r.dgamma, r.dbeta]);
+            }
+            Ok(out)
+        }),
+    )
 }
 
 /// Layer norm over the last axis with optional weight and bias.
 pub fn layer_norm(x: &Var, gamma: Option<&Var>, beta: Option<&Var>, eps: f32) -> Result<Var> {
     let n = k::layer_norm(&x.value, gamma.map(|v| &v.value), beta.map(|v| &v.value), eps)?;
-    let (xv, st) = (x.value.clone(), n.stats);
-    let (gv, bv) = (gamma.map(|v| v.value.clone()), beta.map(|v| v.value.clone()));
-    let mut inputs = vec![x];
-    inputs.extend(gamma);
-    inputs.extend(beta);
-    record(
-        n.y,
-        &inputs,
-        Box::new(move |g, _| {
-            Ok(norm_grads(k::layer_norm_backward(&xv, gv.as_ref(), bv.as_ref(), &st, g, eps)?))
-        }),
-    )
+    record_norm(x, gamma, beta, n, move |x, g, b, st, dy| k::layer_norm_backward(x, g, b, st, dy, eps))
 }
 
 /// Group norm of (N, C, ...) with optional per-channel weight/bias and fused SiLU.
 pub fn group_norm(x: &Var, groups: usize, gamma: Option<&Var>, beta: Option<&Var>, eps: f32, silu: bool) -> Result<Var> {
     let n = k::group_norm(&x.value, groups, gamma.map(|v| &v.value), beta.map(|v| &v.value), eps, silu)?;
-    let (xv, st) = (x.value.clone(), n.stats);
-    let (gv, bv) = (gamma.map(|v| v.value.clone()), beta.map(|v| v.value.clone()));
-    let mut inputs = vec![x];
-    inputs.extend(gamma);
-    inputs.extend(beta);
-    record(
-        n.y,
-        &inputs,
-        Box::new(move |g, _| {
-            Ok(norm_grads(k::group_norm_backward(&xv, groups, gv.as_ref(), bv.as_ref(), &st, g, eps, silu)?))
-        }),
-    )
+    record_norm(x, gamma, beta, n, move |x, g, b, st, dy| k::group_norm_backward(x, groups, g, b, st, dy, eps, silu))
 }
 
 // ---- attention --------------------------------------------------------------------------

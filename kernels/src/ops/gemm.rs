@@ -201,6 +201,12 @@ pub fn matmul_ex(a: &Tensor, b: &Tensor, o: Matmul) -> Result<Tensor> {
     }
     let mut shape = batch_shape;
     shape.extend([m, n]);
+    if k == 0 {
+        return super::fill(a.gpu(), &shape, 0.0).and_then(|z| match o.bias {
+            Some(bv) => super::add(&z, bv),
+            None => Ok(z),
+        });
+    }
     let c = Tensor::empty(a.gpu(), &shape, DType::F32, "matmul output")?;
     let p = Params {
         m: m as u32,
@@ -217,12 +223,6 @@ pub fn matmul_ex(a: &Tensor, b: &Tensor, o: Matmul) -> Result<Tensor> {
         Some(t) => (BiasMode::PerColumn, Some(t)),
         None => (BiasMode::None, None),
     };
-    if k == 0 {
-        return super::fill(a.gpu(), &shape, 0.0).and_then(|z| match o.bias {
-            Some(bv) => super::add(&z, bv),
-            None => Ok(z),
-        });
-    }
     let gpu = a.gpu();
     let kind = choose_kind(gpu, m, n)?;
     // The subgroup kernel is fastest with both operands K-contiguous (A (M, K), B stored

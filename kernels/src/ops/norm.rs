@@ -20,11 +20,63 @@ struct Params {
     _pad: u32,
 }
 
-impl Params {
-    #[allow(clippy::too_many_arguments)]
-    fn new(rows: usize, len: usize, groups: usize, cpg: usize, inner: usize, eps: f32, affine: bool) -> Params {
+/// How a tensor is cut into normalised rows (see norm.wgsl): `rows` rows of `len`
+/// elements; the affine channel of element j of row r is (r % groups) * cpg + j / inner.
+/// As a whole the tensor is (outer, channels, inner), which is how the per-channel
+/// weight/bias gradients are summed.
+#[derive(Clone, Copy, Debug)]
+struct Rows {
+    rows: usize,
+    len: usize,
+    groups: usize,
+    cpg: usize,
+    inner: usize,
+    outer: usize,
+    channels: usize,
+}
+
+impl Rows {
+    /// Layer norm over the last axis D: rows of D, channel j.
+    fn layer(op: &'static str, x: &Tensor) -> Result<Rows> {
+        check_f32(op, &[x])?;
+        if x.rank() == 0 {
+            return shape_err(op, "needs at least one dimension");
+        }
+        let d = x.dim(-1);
+        let rows = x.numel() / d.max(1);
+        Ok(Rows { rows, len: d, groups: 1, cpg: 0, inner: 1, outer: rows, channels: d })
+    }
+
+    /// Group norm of (N, C, ...) with G groups: rows of (C/G) * S, S = product of the rest.
+    fn group(op: &'static str, x: &Tensor, groups: usize) -> Result<Rows> {
+        check_f32(op, &[x])?;
+        if x.rank() < 2 {
+            return shape_err(op, format!("needs (N, C, ...), got {:?}", x.shape()));
+        }
+        let (n, c) = (x.shape()[0], x.shape()[1]);
+        if groups == 0 || c % groups != 0 {
+            return shape_err(op, format!("{c} channels do not split into {groups} groups"));
+        }
+        let s: usize = x.shape()[2..].iter().product();
+        let cpg = c / groups;
+        Ok(Rows { rows: n * groups, len: cpg * s, groups, cpg, inner: s, outer: n, channels: c })
+    }
+
+    fn params(&self, eps: f32, affine: bool) -> Params {
         let u = |v: usize| v as u32;
-        Params { rows: u(rows), len: u(len), groups: u(groups), cpg: u(cpg), inner: u(inner), eps, affine: affine as u32, _pad: 0 }
+        Params { rows: u(self.rows), len: u(self.len), groups: u(self.groups), cpg: u(self.cpg), inner: u(self.inner), eps, affine: affine as u32, _pad: 0 }
+    }
+
+    /// Per-element terms (shaped like the input) summed per channel -> [channels].
+    fn per_channel(&self, t: &Tensor) -> Result<Tensor> {
+        let t = t.reshape(&[self.outer, self.channels, self.inner])?;
+        let t = if self.inner > 1 { super::sum(&t, 2)? } else { t.reshape(&[self.outer, self.channels])? };
+        super::sum(&t, 0)
+    }
+
+    fn workgroup(&self) -> u32 {
+        let per_thread = if self.len % 4 == 0 { self.len / 4 } else { self.len };
+        (per_thread.next_power_of_two() as u32).clamp(32, 256)
     }
 }
 
@@ -35,91 +87,6 @@ pub struct Norm {
     pub stats: Tensor,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn norm_rows(
-    x: &Tensor,
-    rows: usize,
-    len: usize,
-    groups: usize,
-    cpg: usize,
-    inner: usize,
-    affine: Option<(&Tensor, &Tensor)>,
-    eps: f32,
-    silu: bool,
-) -> Result<Norm> {
-    let gpu = x.gpu();
-    let y = Tensor::empty(gpu, x.shape(), DType::F32, "norm output")?;
-    let stats = Tensor::empty(gpu, &[rows, 2], DType::F32, "norm stats")?;
-    if rows == 0 || len == 0 {
-        return Ok(Norm { y, stats });
-    }
-    let p = Params::new(rows, len, groups, cpg, inner, eps, affine.is_some());
-    let (g, b) = affine.unwrap_or((x, x)); // unread when affine == 0
-    let vec4 = len % 4 == 0;
-    let per_thread = if vec4 { len / 4 } else { len };
-    let wg = (per_thread.next_power_of_two() as u32).clamp(32, 256);
-    launch(
-        gpu,
-        &NORM,
-        if vec4 { "norm_rows4" } else { "norm_rows" },
-        &[("WG", wg as f64), ("ACT", silu as u32 as f64)],
-        bytemuck::bytes_of(&p),
-        &[x, g, b, &y, &stats],
-        fold_groups(gpu, rows, 1),
-    )?;
-    Ok(Norm { y, stats })
-}
-
-fn check_affine(op: &'static str, x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, n: usize) -> Result<Option<(Tensor, Tensor)>> {
-    match (gamma, beta) {
-        (None, None) => Ok(None),
-        (Some(g), Some(b)) => {
-            check_f32(op, &[x, g, b])?;
-            if g.shape() != [n] || b.shape() != [n] {
-                return shape_err(op, format!("weight {:?} and bias {:?} must both be [{n}]", g.shape(), b.shape()));
-            }
-            Ok(Some((g.clone(), b.clone())))
-        }
-        _ => shape_err(op, "give both weight and bias, or neither"),
-    }
-}
-
-/// Layer norm over the last axis with optional weight/bias of shape [D].
-pub fn layer_norm(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32) -> Result<Norm> {
-    check_f32("layer_norm", &[x])?;
-    if x.rank() == 0 {
-        return shape_err("layer_norm", "needs at least one dimension");
-    }
-    let d = x.dim(-1);
-    let aff = check_affine("layer_norm", x, gamma, beta, d)?;
-    let rows = x.numel() / d.max(1);
-    norm_rows(x, rows, d, 1, 0, 1, aff.as_ref().map(|(g, b)| (g, b)), eps, false)
-}
-
-/// Group norm of x (N, C, ...) with `groups` groups over C and everything after it, with
-/// optional per-channel weight/bias [C]; `silu` fuses SiLU on the output.
-pub fn group_norm(
-    x: &Tensor,
-    groups: usize,
-    gamma: Option<&Tensor>,
-    beta: Option<&Tensor>,
-    eps: f32,
-    silu: bool,
-) -> Result<Norm> {
-    check_f32("group_norm", &[x])?;
-    if x.rank() < 2 {
-        return shape_err("group_norm", format!("needs (N, C, ...), got {:?}", x.shape()));
-    }
-    let (n, c) = (x.shape()[0], x.shape()[1]);
-    if groups == 0 || c % groups != 0 {
-        return shape_err("group_norm", format!("{c} channels do not split into {groups} groups"));
-    }
-    let aff = check_affine("group_norm", x, gamma, beta, c)?;
-    let s: usize = x.shape()[2..].iter().product();
-    let cpg = c / groups;
-    norm_rows(x, n * groups, cpg * s, groups, cpg, s, aff.as_ref().map(|(g, b)| (g, b)), eps, silu)
-}
-
 /// Gradients of a normalisation: input, and weight/bias when it has them.
 #[derive(Debug)]
 pub struct NormGrad {
@@ -128,64 +95,91 @@ pub struct NormGrad {
     pub dbeta: Option<Tensor>,
 }
 
-/// Backward of norm_rows: dx and, with affine, per-element weight/bias terms.
-#[allow(clippy::too_many_arguments)]
-fn norm_rows_bwd(
-    x: &Tensor,
-    stats: &Tensor,
-    dy: &Tensor,
-    rows: usize,
-    len: usize,
-    groups: usize,
-    cpg: usize,
-    inner: usize,
-    affine: Option<(&Tensor, &Tensor)>,
-    eps: f32,
-    silu: bool,
-) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+fn check_affine<'a>(op: &'static str, r: &Rows, gamma: Option<&'a Tensor>, beta: Option<&'a Tensor>) -> Result<Option<(&'a Tensor, &'a Tensor)>> {
+    let n = r.channels;
+    match (gamma, beta) {
+        (None, None) => Ok(None),
+        (Some(g), Some(b)) => {
+            check_f32(op, &[g, b])?;
+            if g.shape() != [n] || b.shape() != [n] {
+                return shape_err(op, format!("weight {:?} and bias {:?} must both be [{n}]", g.shape(), b.shape()));
+            }
+            Ok(Some((g, b)))
+        }
+        _ => shape_err(op, "give both weight and bias, or neither"),
+    }
+}
+
+fn forward(x: &Tensor, r: Rows, affine: Option<(&Tensor, &Tensor)>, eps: f32, silu: bool) -> Result<Norm> {
+    let gpu = x.gpu();
+    let y = Tensor::empty(gpu, x.shape(), DType::F32, "norm output")?;
+    let stats = Tensor::empty(gpu, &[r.rows, 2], DType::F32, "norm stats")?;
+    if r.rows == 0 || r.len == 0 {
+        return Ok(Norm { y, stats });
+    }
+    let (g, b) = affine.unwrap_or((x, x)); // unread when affine == 0
+    launch(
+        gpu,
+        &NORM,
+        if r.len % 4 == 0 { "norm_rows4" } else { "norm_rows" },
+        &[("WG", r.workgroup() as f64), ("ACT", silu as u32 as f64)],
+        bytemuck::bytes_of(&r.params(eps, affine.is_some())),
+        &[x, g, b, &y, &stats],
+        fold_groups(gpu, r.rows, 1),
+    )?;
+    Ok(Norm { y, stats })
+}
+
+/// dx and, with affine, dgamma/dbeta from the forward's saved stats.
+fn backward(x: &Tensor, r: Rows, affine: Option<(&Tensor, &Tensor)>, stats: &Tensor, dy: &Tensor, eps: f32, silu: bool) -> Result<NormGrad> {
     check_f32("norm backward", &[x, stats, dy])?;
-    if dy.shape() != x.shape() || stats.shape() != [rows, 2] {
+    if dy.shape() != x.shape() || stats.shape() != [r.rows, 2] {
         return shape_err("norm backward", format!("dy {:?} / stats {:?} do not match x {:?}", dy.shape(), stats.shape(), x.shape()));
     }
     let gpu = x.gpu();
     let dx = Tensor::empty(gpu, x.shape(), DType::F32, "norm dx")?;
+    // per-element terms of the weight and bias gradients (dy' * xhat, dy')
     let terms = match affine {
-        Some(_) => Some((
-            Tensor::empty(gpu, x.shape(), DType::F32, "norm dgamma terms")?,
-            Tensor::empty(gpu, x.shape(), DType::F32, "norm dbeta terms")?,
-        )),
+        Some(_) => Some((Tensor::empty(gpu, x.shape(), DType::F32, "norm dgamma terms")?, Tensor::empty(gpu, x.shape(), DType::F32, "norm dbeta terms")?)),
         None => None,
     };
-    if rows == 0 || len == 0 {
-        return Ok((dx, terms));
+    if r.rows > 0 && r.len > 0 {
+        let (g, b) = affine.unwrap_or((x, x));
+        let (gw, gb) = terms.as_ref().map(|(a, b)| (a, b)).unwrap_or((&dx, &dx)); // unwritten without affine
+        launch(
+            gpu,
+            &NORM,
+            "norm_bwd",
+            &[("WG", (r.len.next_power_of_two() as u32).clamp(32, 256) as f64), ("ACT", silu as u32 as f64)],
+            bytemuck::bytes_of(&r.params(eps, affine.is_some())),
+            &[x, g, b, &dx, stats, dy, gw, gb],
+            fold_groups(gpu, r.rows, 1),
+        )?;
     }
-    let p = Params::new(rows, len, groups, cpg, inner, eps, affine.is_some());
-    let (g, b) = affine.unwrap_or((x, x));
-    let (gw, gb) = terms.as_ref().map(|(a, b)| (a, b)).unwrap_or((&dx, &dx)); // unwritten without affine
-    let wg = (len.next_power_of_two() as u32).clamp(32, 256);
-    launch(
-        gpu,
-        &NORM,
-        "norm_bwd",
-        &[("WG", wg as f64), ("ACT", silu as u32 as f64)],
-        bytemuck::bytes_of(&p),
-        &[x, g, b, &dx, stats, dy, gw, gb],
-        fold_groups(gpu, rows, 1),
-    )?;
-    Ok((dx, terms))
+    let (dgamma, dbeta) = match terms {
+        Some((gw, gb)) => (Some(r.per_channel(&gw)?), Some(r.per_channel(&gb)?)),
+        None => (None, None),
+    };
+    Ok(NormGrad { dx, dgamma, dbeta })
+}
+
+/// Layer norm over the last axis with optional weight/bias of shape [D].
+pub fn layer_norm(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32) -> Result<Norm> {
+    let r = Rows::layer("layer_norm", x)?;
+    forward(x, r, check_affine("layer_norm", &r, gamma, beta)?, eps, false)
+}
+
+/// Group norm of x (N, C, ...) with `groups` groups over C and everything after it, with
+/// optional per-channel weight/bias [C]; `silu` fuses SiLU on the output.
+pub fn group_norm(x: &Tensor, groups: usize, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32, silu: bool) -> Result<Norm> {
+    let r = Rows::group("group_norm", x, groups)?;
+    forward(x, r, check_affine("group_norm", &r, gamma, beta)?, eps, silu)
 }
 
 /// Backward of [`layer_norm`] from its saved stats.
 pub fn layer_norm_backward(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, stats: &Tensor, dy: &Tensor, eps: f32) -> Result<NormGrad> {
-    let d = x.dim(-1);
-    let aff = check_affine("layer_norm_backward", x, gamma, beta, d)?;
-    let rows = x.numel() / d.max(1);
-    let (dx, terms) = norm_rows_bwd(x, stats, dy, rows, d, 1, 0, 1, aff.as_ref().map(|(g, b)| (g, b)), eps, false)?;
-    let (dgamma, dbeta) = match terms {
-        Some((gw, gb)) => (Some(super::sum(&gw.reshape(&[rows, d])?, 0)?), Some(super::sum(&gb.reshape(&[rows, d])?, 0)?)),
-        None => (None, None),
-    };
-    Ok(NormGrad { dx, dgamma, dbeta })
+    let r = Rows::layer("layer_norm_backward", x)?;
+    backward(x, r, check_affine("layer_norm_backward", &r, gamma, beta)?, stats, dy, eps, false)
 }
 
 /// Backward of [`group_norm`] (with its `silu` flag) from its saved stats.
@@ -200,18 +194,6 @@ pub fn group_norm_backward(
     eps: f32,
     silu: bool,
 ) -> Result<NormGrad> {
-    if x.rank() < 2 || groups == 0 || x.shape()[1] % groups != 0 {
-        return shape_err("group_norm_backward", format!("x {:?} with {groups} groups", x.shape()));
-    }
-    let (n, c) = (x.shape()[0], x.shape()[1]);
-    let aff = check_affine("group_norm_backward", x, gamma, beta, c)?;
-    let s: usize = x.shape()[2..].iter().product();
-    let cpg = c / groups;
-    let (dx, terms) = norm_rows_bwd(x, stats, dy, n * groups, cpg * s, groups, cpg, s, aff.as_ref().map(|(g, b)| (g, b)), eps, silu)?;
-    let per_channel = |t: Tensor| -> Result<Tensor> { super::sum(&super::sum(&t.reshape(&[n, c, s])?, 2)?, 0) };
-    let (dgamma, dbeta) = match terms {
-        Some((gw, gb)) => (Some(per_channel(gw)?), Some(per_channel(gb)?)),
-        None => (None, None),
-    };
-    Ok(NormGrad { dx, dgamma, dbeta })
+    let r = Rows::group("group_norm_backward", x, groups)?;
+    backward(x, r, check_affine("group_norm_backward", &r, gamma, beta)?, stats, dy, eps, silu)
 }

@@ -32,14 +32,12 @@ pub fn reduce(x: &Tensor, ax: isize, kind: Reduce) -> Result<Tensor> {
     let (outer, len, inner) = (s[..a].iter().product::<usize>(), s[a], s[a + 1..].iter().product::<usize>());
     let mut out_shape = s.to_vec();
     out_shape.remove(a);
-    let y = Tensor::empty(x.gpu(), &out_shape, DType::F32, "reduce output")?;
     let outputs = outer * inner;
-    if outputs == 0 {
-        return Ok(y);
-    }
-    if len == 0 {
+    if outputs == 0 || len == 0 {
+        // an empty axis sums to 0 (PyTorch's convention)
         return crate::ops::fill(x.gpu(), &out_shape, 0.0);
     }
+    let y = Tensor::empty(x.gpu(), &out_shape, DType::F32, "reduce output")?;
     let gpu = x.gpu();
     let p = Params { outer: outer as u32, len: len as u32, inner: inner as u32, _pad: 0 };
     // Short axes or many outputs: a thread per output. Long axes: a workgroup per output.
