@@ -7,8 +7,10 @@ pub use t2v_kernels as kernels;
 
 pub mod cli;
 pub mod diffusion;
+pub mod eval;
 pub mod guidance;
 pub mod models;
 pub mod parity;
 pub mod pipeline;
 pub mod reward;
+pub mod world;

@@ -7,7 +7,14 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = t2v_turbo::cli::Cli::parse();
+    let args = match t2v_turbo::cli::expand_config(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cli = t2v_turbo::cli::Cli::parse_from(args);
     if let Err(e) = t2v_turbo::cli::run(cli) {
         eprintln!("error: {e}");
         std::process::exit(1);

@@ -1,8 +1,18 @@
-//! Command-line interface. Each subcommand lives in its own module.
+//! Command-line interface. Each subcommand lives in its own module. Every command also
+//! takes `--config FILE.toml`: its keys are the command's long options (`steps = 4`,
+//! `motion_scale = 0.1`, `prompt = ["a", "b"]`, `teacher = true`); options given on the
+//! command line win over the file.
 
+mod eval;
 mod info;
+mod init;
 mod parity;
+mod preprocess;
 mod sample;
+mod world;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -18,9 +28,14 @@ pub struct DeviceArgs {
 
 #[derive(Parser, Debug)]
 #[command(name = "t2v-turbo", version, about = "T2V-Turbo-v2 video consistency distillation and fast sampling on any GPU (wgpu)")]
+#[command(args_override_self = true)]
 pub struct Cli {
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// A TOML file of options for the command (keys = long option names); options on the
+    /// command line override it.
+    #[arg(long, global = true, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -35,6 +50,17 @@ pub enum Command {
     /// Run a reference fixture folder through the project and compare every output tensor
     /// (exit status 1 on any difference beyond the tolerance).
     Parity(parity::ParityArgs),
+    /// Write clips of the built-in moving-shapes world as a data set (frame folders +
+    /// captions.jsonl).
+    World(world::WorldArgs),
+    /// Score generated moving-shapes clips: color/shape/direction accuracy against the
+    /// prompt, dynamic degree, flicker, subject consistency (independent of reward models).
+    Eval(eval::EvalArgs),
+    /// Write a model folder of randomly initialised models (tiny or VideoCrafter2 size).
+    Init(init::InitArgs),
+    /// Algorithm 1: encode videos, draw n and w, store teacher outputs and motion-guidance
+    /// gradients in shards (resumable, shardable across machines).
+    Preprocess(Box<preprocess::PreprocessArgs>),
 }
 
 /// Errors of the command line.
@@ -54,5 +80,82 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Info(args) => info::run(&cli.device, &args),
         Command::Parity(args) => parity::run(&cli.device, &args),
         Command::Sample(args) => sample::run(&cli.device, &args),
+        Command::World(args) => world::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::Init(args) => init::run(&cli.device, &args),
+        Command::Preprocess(args) => preprocess::run(&cli.device, &args),
     }
+}
+
+/// An output folder that must not hold anything yet (created). With `overwrite` an
+/// existing non-empty folder is accepted (files in it get replaced).
+pub fn ensure_new_dir(dir: &Path, overwrite: bool) -> Result<(), CliError> {
+    let non_empty = dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true);
+    if non_empty && !overwrite {
+        return Err(CliError::Check(format!("{} exists and is not empty; choose another output folder (nothing was overwritten)", dir.display())));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| CliError::Check(format!("{}: {e}", dir.display())))
+}
+
+/// Expands `--config FILE` in a command line: the file's keys become `--key=value`
+/// options placed right after the subcommand, so options written later on the command
+/// line override them.
+pub fn expand_config(args: Vec<OsString>) -> Result<Vec<OsString>, CliError> {
+    let pos = args.iter().position(|a| a == "--config" || a.to_string_lossy().starts_with("--config="));
+    let Some(pos) = pos else { return Ok(args) };
+    let mut args = args;
+    let file = match args[pos].to_string_lossy().strip_prefix("--config=") {
+        Some(f) => {
+            let f = PathBuf::from(f);
+            args.remove(pos);
+            f
+        }
+        None => {
+            if pos + 1 >= args.len() {
+                return Err(CliError::Check("--config needs a file".into()));
+            }
+            let f = PathBuf::from(args.remove(pos + 1));
+            args.remove(pos);
+            f
+        }
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| CliError::Check(format!("config {}: {e}", file.display())))?;
+    let table: toml::Table = text.parse().map_err(|e| CliError::Check(format!("config {}: {e}", file.display())))?;
+    let mut extra = Vec::new();
+    for (key, value) in &table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let scalar = |v: &toml::Value| -> Result<String, CliError> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                toml::Value::Float(f) => Ok(f.to_string()),
+                other => Err(CliError::Check(format!("config {}: {key} = {other} is not a string or number", file.display()))),
+            }
+        };
+        match value {
+            toml::Value::Boolean(true) => extra.push(OsString::from(flag)),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for v in items {
+                    extra.push(OsString::from(format!("{flag}={}", scalar(v)?)));
+                }
+            }
+            v => extra.push(OsString::from(format!("{flag}={}", scalar(v)?))),
+        }
+    }
+    // after the subcommand: the first argument that is neither an option nor its value
+    let mut sub = 1;
+    while sub < args.len() {
+        let a = args[sub].to_string_lossy();
+        if a == "--adapter" {
+            sub += 2;
+        } else if a.starts_with('-') {
+            sub += 1;
+        } else {
+            break;
+        }
+    }
+    let at = (sub + 1).min(args.len());
+    args.splice(at..at, extra);
+    Ok(args)
 }

@@ -74,6 +74,18 @@ impl ClipConfig {
     }
 }
 
+impl ClipConfig {
+    /// The layout [`ClipConfig::from_json`] reads.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (t, v) = (&self.text, &self.vision);
+        serde_json::json!({
+            "embed_dim": self.embed_dim,
+            "text": { "context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width, "heads": t.heads, "layers": t.layers },
+            "vision": { "width": v.width, "layers": v.layers, "head_width": v.head_width, "image_size": v.image_size, "patch_size": v.patch_size },
+        })
+    }
+}
+
 const LN_EPS: f32 = 1e-5;
 
 /// `ResidualAttentionBlock`: pre-LN multi-head self-attention and GELU MLP.

@@ -92,6 +92,20 @@ impl UnetConfig {
         })
     }
 
+    /// The keys [`UnetConfig::from_json`] reads.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "in_channels": self.in_channels, "out_channels": self.out_channels, "model_channels": self.model_channels,
+            "num_res_blocks": self.num_res_blocks, "attention_resolutions": self.attention_resolutions,
+            "channel_mult": self.channel_mult, "num_head_channels": self.num_head_channels,
+            "transformer_depth": self.transformer_depth, "context_dim": self.context_dim, "use_linear": self.use_linear,
+            "temporal_conv": self.temporal_conv, "temporal_attention": self.temporal_attention,
+            "temporal_selfatt_only": self.temporal_selfatt_only, "use_relative_position": self.use_relative_position,
+            "use_causal_attention": self.use_causal_attention, "addition_attention": self.addition_attention,
+            "fps_cond": self.fps_cond, "time_cond_proj_dim": self.time_cond_proj_dim, "motion_cond_proj_dim": self.motion_cond_proj_dim,
+        })
+    }
+
     fn check(&self) -> Result<()> {
         let unsupported = |what: &str| Err(WeightsError::Gpu(t2v_kernels::Error::Shape { op: "unet3d config", msg: format!("{what} is not supported (VideoCrafter2 does not use it)") }));
         if !self.use_linear {

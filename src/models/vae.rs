@@ -67,6 +67,21 @@ impl VaeConfig {
     }
 }
 
+impl VaeConfig {
+    /// The layout [`VaeConfig::from_json`] reads.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ddconfig": {
+                "ch": self.ch, "ch_mult": self.ch_mult, "num_res_blocks": self.num_res_blocks, "z_channels": self.z_channels,
+                "in_channels": self.in_channels, "out_ch": self.out_ch, "double_z": self.double_z,
+                "attn_resolutions": self.attn_resolutions, "resolution": self.resolution,
+            },
+            "embed_dim": self.embed_dim,
+            "scale_factor": self.scale_factor,
+        })
+    }
+}
+
 const GN_GROUPS: usize = 32;
 const GN_EPS: f32 = 1e-6;
 

@@ -134,6 +134,9 @@ pub struct Loader<'f> {
     prefix: String,
     /// Key prefixes (after `prefix`) of other models in the same file: never "unexpected".
     ignore: Vec<String>,
+    /// Key prefixes (after `prefix`) that are randomly initialised when the file lacks them
+    /// (new layers of a student on top of teacher weights).
+    init_missing: Vec<String>,
     problems: Mutex<Problems>,
 }
 
@@ -167,13 +170,13 @@ fn random_init(key: &str, shape: &[usize], seed: u64) -> Vec<f32> {
 impl<'f> Loader<'f> {
     /// Tensors under `prefix` (e.g. `first_stage_model.`) of `file`.
     pub fn new(file: &'f WeightFile, gpu: &Gpu, prefix: &str) -> Loader<'f> {
-        Loader { file: Some(file), seed: 0, gpu: gpu.clone(), prefix: prefix.to_string(), ignore: Vec::new(), problems: Mutex::default() }
+        Loader { file: Some(file), seed: 0, gpu: gpu.clone(), prefix: prefix.to_string(), ignore: Vec::new(), init_missing: Vec::new(), problems: Mutex::default() }
     }
 
     /// No file: every tensor is initialised randomly (deterministic in `seed` and the key),
     /// for training from scratch and for benchmarks at full size.
     pub fn random(gpu: &Gpu, seed: u64) -> Loader<'static> {
-        Loader { file: None, seed, gpu: gpu.clone(), prefix: String::new(), ignore: Vec::new(), problems: Mutex::default() }
+        Loader { file: None, seed, gpu: gpu.clone(), prefix: String::new(), ignore: Vec::new(), init_missing: Vec::new(), problems: Mutex::default() }
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -184,6 +187,15 @@ impl<'f> Loader<'f> {
     /// OpenCLIP file's `visual.` tower when only the text tower is loaded).
     pub fn ignoring(mut self, prefixes: &[&str]) -> Self {
         self.ignore = prefixes.iter().map(|p| format!("{}{p}", self.prefix)).collect();
+        self
+    }
+
+    /// Tensors under these key prefixes that the file lacks are initialised randomly
+    /// (deterministic in `seed`), like PyTorch's `load_state_dict(strict=False)` leaves the
+    /// new layers of T2V-Turbo's student (`time_cond_proj.`, ...) at their default init.
+    pub fn init_missing(mut self, prefixes: &[&str], seed: u64) -> Self {
+        self.init_missing = prefixes.iter().map(|p| p.to_string()).collect();
+        self.seed = seed;
         self
     }
 
@@ -202,6 +214,11 @@ impl<'f> Loader<'f> {
             return Ok(t);
         };
         let full = format!("{}{key}", self.prefix);
+        if !file.entries.contains_key(&full) && self.init_missing.iter().any(|p| key.starts_with(p.as_str())) {
+            let t = Tensor::from_slice(&self.gpu, shape, &random_init(key, shape, self.seed))?;
+            self.problems.lock().unwrap().loaded.push((key.to_string(), t.clone()));
+            return Ok(t);
+        }
         let mut pr = self.problems.lock().unwrap();
         pr.used.insert(full.clone());
         match file.entries.get(&full) {
@@ -255,4 +272,39 @@ impl<'f> Loader<'f> {
         section("unexpected keys", unexpected.into_iter().cloned().collect());
         Err(WeightsError::Mismatch { path: file.path.display().to_string(), prefix: self.prefix, report })
     }
+}
+
+/// Storage type of saved weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaveDtype {
+    F32,
+    /// Half the size; for shipping small models (loaded back as f32).
+    F16,
+}
+
+/// Writes named tensors (e.g. [`Loader::params`]) to a safetensors file atomically, with
+/// string metadata.
+pub fn save_weights(path: &Path, tensors: &[(String, Tensor)], dtype: SaveDtype, metadata: &[(&str, String)]) -> Result<()> {
+    let fail = |msg: String| WeightsError::Format { path: path.display().to_string(), msg };
+    let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let v = t.to_vec()?;
+        let bytes = match dtype {
+            SaveDtype::F32 => bytemuck::cast_slice(&v).to_vec(),
+            SaveDtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+        };
+        host.push((name.clone(), t.shape().to_vec(), bytes));
+    }
+    let st = match dtype {
+        SaveDtype::F32 => safetensors::Dtype::F32,
+        SaveDtype::F16 => safetensors::Dtype::F16,
+    };
+    let views = host
+        .iter()
+        .map(|(n, s, d)| Ok((n.clone(), safetensors::tensor::TensorView::new(st, s.clone(), d).map_err(|e| fail(format!("{n}: {e}")))?)))
+        .collect::<Result<Vec<_>>>()?;
+    let meta: std::collections::HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| fail(e.to_string()))?;
+    t2v_kernels::io::write_atomic(path, &bytes)?;
+    Ok(())
 }

@@ -1,5 +1,10 @@
-//! The method end to end: loading the models and generating videos (`sample`).
+//! The method end to end: data sets on disk, Algorithm 1 (`preprocess`), Algorithm 2
+//! (`train`), generation (`sample`), progress and metrics.
 
-pub mod sample;
-pub mod video_io;
+pub mod captions;
+pub mod model_dir;
 pub mod preprocess;
+pub mod progress;
+pub mod sample;
+pub mod shards;
+pub mod video_io;

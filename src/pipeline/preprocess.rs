@@ -10,8 +10,9 @@ use t2v_kernels::Tensor;
 use crate::diffusion::{ddim_invert, DdimSolver, Schedule};
 use crate::guidance::{motion_guidance, MotionScales};
 use crate::models::unet3d::{Unet3d, UnetInputs};
-use crate::models::weights::Result;
+use crate::models::weights::{Result, WeightsError};
 use crate::pipeline::sample::Gaussian;
+use crate::pipeline::shards::{manifest_name, shard_name, write_shard, RecordMeta, RecordTensors, Shard, ShardConfig};
 
 /// One preprocessed clip.
 pub struct Record {
@@ -22,6 +23,8 @@ pub struct Record {
     pub uncond_eps: Tensor,
     /// dG/dz_t for motion-guided samples.
     pub score: Option<Tensor>,
+    /// The motion energy G(z_t) for motion-guided samples.
+    pub energy: Option<f32>,
 }
 
 /// Settings of preprocessing.
@@ -70,11 +73,158 @@ pub fn preprocess_clip(
         };
         Ok((z_t.value().clone(), call(context)?, call(uncond)?))
     })?;
-    let score = if cfg.motion && index >= solver.grid.len() / 2 {
+    let (score, energy) = if cfg.motion && index >= solver.grid.len() / 2 {
         let z_ref = tape.no_grad(|| ddim_invert(unet, sched, &solver.grid, &tape.constant(z0.clone()), &tape.constant(context.clone()), fps, index))?;
-        Some(motion_guidance(unet, z_ref.value(), &z_t, &vec![t as f32; b], context, fps, cfg.scales)?.grad)
+        let g = motion_guidance(unet, z_ref.value(), &z_t, &vec![t as f32; b], context, fps, cfg.scales)?;
+        (Some(g.grad), Some(g.energy))
     } else {
-        None
+        (None, None)
     };
-    Ok(Record { index, w, z_t, cond_eps, uncond_eps, score })
+    Ok(Record { index, w, z_t, cond_eps, uncond_eps, score, energy })
+}
+
+/// Algorithm 1 over a data set: the models it needs.
+pub struct PreprocessModels<'a> {
+    pub unet: &'a Unet3d,
+    pub vae: &'a crate::models::vae::Vae,
+    pub text: &'a crate::models::clip::TextTower,
+    pub tokenizer: &'a crate::models::tokenizer::ClipTokenizer,
+}
+
+/// What to preprocess and where.
+pub struct PreprocessJob {
+    pub captions: std::path::PathBuf,
+    pub out: std::path::PathBuf,
+    /// Machine i of n: rows with row % n == i.
+    pub shard: (usize, usize),
+    /// Records per shard file.
+    pub shard_size: usize,
+    pub config: ShardConfig,
+    /// Frame rate of frame folders (every round(source_fps / fps)-th frame is used);
+    /// None: use consecutive frames.
+    pub source_fps: Option<f32>,
+    pub settings: PreprocessConfig,
+    pub quiet: bool,
+}
+
+/// Outcome of a run.
+#[derive(Debug, Default)]
+pub struct PreprocessReport {
+    pub shards_written: usize,
+    /// Shards found finished from an earlier run.
+    pub shards_skipped: usize,
+    pub records: usize,
+    pub motion_records: usize,
+    /// Videos that could not be read, with the reason.
+    pub skipped_videos: Vec<(String, String)>,
+    /// Peak GPU memory of one clip, bytes.
+    pub peak_bytes: u64,
+}
+
+/// Runs Algorithm 1 over machine `shard.0`'s part of the captions file. Each row draws from
+/// its own random stream (seeded by the data set seed and the row), so results do not
+/// depend on sharding or on resuming; finished shards are skipped.
+pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::result::Result<PreprocessReport, PreprocessError> {
+    use crate::pipeline::captions::read_captions;
+    use crate::pipeline::video_io::read_video;
+    let rows = read_captions(&job.captions)?;
+    let (i, n) = job.shard;
+    let mine: Vec<usize> = (0..rows.len()).filter(|r| r % n == i).collect();
+    let chunks: Vec<&[usize]> = mine.chunks(job.shard_size.max(1)).collect();
+    let cfg = &job.config;
+    let gpu = m.vae.gpu().clone();
+    let sched = Schedule::videocrafter();
+    let solver = DdimSolver::new(&sched, cfg.ddim_steps);
+    let tape = Tape::new();
+    let encode_text = |text: &str| -> Result<Tensor> {
+        let ids = vec![m.tokenizer.encode_warn(text).map_err(|e| WeightsError::Format { path: "caption".into(), msg: e.to_string() })?.ids];
+        tape.no_grad(|| Ok(m.text.penultimate(&tape, &ids)?.value().clone()))
+    };
+    let uncond = encode_text("")?;
+    let stride = job.source_fps.map(|s| (s / cfg.fps).round().max(1.0) as usize).unwrap_or(1);
+    let mut report = PreprocessReport::default();
+    let mut progress = crate::pipeline::progress::Progress::new("preprocess", mine.len()).quiet(job.quiet);
+    let mut done_shards = Vec::new();
+    for (k, chunk) in chunks.iter().enumerate() {
+        let name = shard_name(job.shard, k);
+        let path = job.out.join(&name);
+        if path.exists() && Shard::open(&path).is_ok_and(|s| s.config == *cfg) {
+            report.shards_skipped += 1;
+            done_shards.push(name);
+            progress.advance(chunk.len(), "(done earlier)");
+            continue;
+        }
+        let mut records = Vec::new();
+        for &r in chunk.iter() {
+            let row = &rows[r];
+            let video = read_video(&row.resolve(&job.captions), cfg.fps, stride, cfg.frames).and_then(|v| {
+                if v.frames.len() < cfg.frames {
+                    Err(crate::pipeline::video_io::VideoIoError { path: row.path.clone(), msg: format!("{} frames, {} needed", v.frames.len(), cfg.frames) })
+                } else {
+                    Ok(v)
+                }
+            });
+            let video = match video {
+                Ok(v) => v,
+                Err(e) => {
+                    if !job.quiet {
+                        eprintln!("skipping {}: {e}", row.path);
+                    }
+                    report.skipped_videos.push((row.path.clone(), e.to_string()));
+                    progress.advance(1, &format!("skipped {}", report.skipped_videos.len()));
+                    continue;
+                }
+            };
+            gpu.reset_peak_memory();
+            let x = Tensor::from_slice(&gpu, &[1, 3, cfg.frames, cfg.height, cfg.width], &video.to_model_input(cfg.height, cfg.width))?;
+            let z0 = tape.no_grad(|| -> Result<Tensor> { Ok(m.vae.encode_video(&tape.constant(x))?.value().clone()) })?;
+            let context = encode_text(&row.caption)?;
+            let mut rng = Gaussian::new(cfg.seed ^ (r as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F));
+            let rec = preprocess_clip(m.unet, &sched, &solver, &z0, &context, &uncond, &[cfg.fps], &job.settings, &mut rng)?;
+            report.peak_bytes = report.peak_bytes.max(gpu.memory().peak_total_bytes);
+            report.motion_records += rec.score.is_some() as usize;
+            let meta = RecordMeta {
+                row: r,
+                path: row.path.clone(),
+                caption: row.caption.clone(),
+                short_caption: row.short_caption.clone(),
+                index: rec.index,
+                w: rec.w,
+                motion_energy: rec.energy,
+            };
+            records.push((meta, RecordTensors { z_t: rec.z_t, cond_eps: rec.cond_eps, uncond_eps: rec.uncond_eps, context, score: rec.score }));
+            progress.advance(1, &if report.skipped_videos.is_empty() { String::new() } else { format!("skipped {}", report.skipped_videos.len()) });
+        }
+        report.records += records.len();
+        write_shard(&path, cfg, &records)?;
+        report.shards_written += 1;
+        done_shards.push(name);
+        write_manifest(job, cfg, &done_shards, &report)?;
+    }
+    write_manifest(job, cfg, &done_shards, &report)?;
+    Ok(report)
+}
+
+fn write_manifest(job: &PreprocessJob, cfg: &ShardConfig, shards: &[String], report: &PreprocessReport) -> Result<()> {
+    let v = serde_json::json!({
+        "format": "t2v-turbo shards",
+        "captions": job.captions.display().to_string(),
+        "machine": [job.shard.0, job.shard.1],
+        "config": cfg,
+        "shards": shards,
+        "skipped_videos": report.skipped_videos.iter().map(|(p, e)| serde_json::json!({"path": p, "error": e})).collect::<Vec<_>>(),
+    });
+    t2v_kernels::io::write_atomic(&job.out.join(manifest_name(job.shard)), serde_json::to_string_pretty(&v).expect("json").as_bytes())?;
+    Ok(())
+}
+
+/// Errors of a preprocessing run.
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    #[error(transparent)]
+    Captions(#[from] crate::pipeline::captions::CaptionsError),
+    #[error(transparent)]
+    Model(#[from] WeightsError),
+    #[error(transparent)]
+    Gpu(#[from] t2v_kernels::Error),
 }

@@ -1,0 +1,126 @@
+//! `t2v-turbo preprocess`: Algorithm 1 over a video data set, into safetensors shards.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use t2v_kernels::{Gpu, GpuOptions};
+
+use super::{CliError, DeviceArgs};
+use crate::guidance::MotionScales;
+use crate::models::tokenizer::ClipTokenizer;
+use crate::pipeline::model_dir::ModelDir;
+use crate::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
+use crate::pipeline::shards::ShardConfig;
+
+#[derive(clap::Args, Debug)]
+pub struct PreprocessArgs {
+    /// Model folder (config.json + weights) with the teacher UNet, VAE and text encoder.
+    #[arg(long)]
+    pub models: PathBuf,
+    /// Captions file: CSV with a header or JSONL; columns path, caption, optional
+    /// short_caption. Paths are frame folders (PNG/JPEG) or video files (read by ffmpeg),
+    /// relative to the captions file.
+    #[arg(long)]
+    pub captions: PathBuf,
+    /// Output folder of shards. Re-running with the same settings resumes: finished
+    /// shards are kept and skipped.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// This machine's part, "i/n" (0-based): rows with row % n == i.
+    #[arg(long, default_value = "0/1")]
+    pub shard: String,
+    /// Records per shard file.
+    #[arg(long, default_value_t = 64)]
+    pub shard_size: usize,
+    /// Frames per clip (default: the model folder's).
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Clip height and width after resize + center crop (default: the model folder's).
+    #[arg(long)]
+    pub height: Option<usize>,
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Frame rate of the clips (videos are decoded at it; the UNet's fps conditioning).
+    #[arg(long)]
+    pub fps: Option<f32>,
+    /// Frame rate of frame folders (every round(source_fps / fps)-th frame is used);
+    /// default: use consecutive frames.
+    #[arg(long)]
+    pub source_fps: Option<f32>,
+    /// Points of the DDIM grid (200: T2V-Turbo-v2, skip 5).
+    #[arg(long, default_value_t = 200)]
+    pub ddim_steps: usize,
+    /// Range of the guidance scale w drawn per clip.
+    #[arg(long, default_value_t = 5.0)]
+    pub w_min: f32,
+    #[arg(long, default_value_t = 15.0)]
+    pub w_max: f32,
+    /// Skip motion guidance (no DDIM inversion, no backward): faster, no motion prior.
+    #[arg(long)]
+    pub no_motion: bool,
+    /// Scale of the motion energy (the reference's temp_loss_scale).
+    #[arg(long, default_value_t = 100.0)]
+    pub temp_loss_scale: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), CliError> {
+    let bad = || CliError::Check(format!("--shard {s:?}: expected i/n with 0 <= i < n, e.g. 0/4"));
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n) = (i.trim().parse::<usize>().map_err(|_| bad())?, n.trim().parse::<usize>().map_err(|_| bad())?);
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
+    let shard = parse_shard(&a.shard)?;
+    let md = ModelDir::read(&a.models)?;
+    let config = ShardConfig {
+        ddim_steps: a.ddim_steps,
+        frames: a.frames.unwrap_or(md.video.frames),
+        height: a.height.unwrap_or(md.video.height),
+        width: a.width.unwrap_or(md.video.width),
+        fps: a.fps.unwrap_or(md.video.fps),
+        seed: a.seed,
+        motion: !a.no_motion,
+    };
+    if a.ddim_steps == 0 || 1000 % a.ddim_steps != 0 {
+        return Err(CliError::Check(format!("--ddim-steps {} must divide 1000", a.ddim_steps)));
+    }
+    if !(a.w_min <= a.w_max) {
+        return Err(CliError::Check("--w-min must not exceed --w-max".into()));
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;
+    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let t0 = Instant::now();
+    let (unet, vae, text) = (md.load_unet(&gpu)?, md.load_vae(&gpu)?, md.load_text(&gpu)?);
+    let tokenizer = ClipTokenizer::new().map_err(|e| CliError::Check(e.to_string()))?;
+    eprintln!("loaded models in {:.1} s", t0.elapsed().as_secs_f64());
+    let job = PreprocessJob {
+        captions: a.captions.clone(),
+        out: a.out.clone(),
+        shard,
+        shard_size: a.shard_size,
+        config: config.clone(),
+        source_fps: a.source_fps,
+        settings: PreprocessConfig { w_range: (a.w_min, a.w_max), motion: !a.no_motion, scales: MotionScales { temp_loss_scale: a.temp_loss_scale, ..MotionScales::default() } },
+        quiet: false,
+    };
+    let t = Instant::now();
+    let rep = preprocess_dataset(&PreprocessModels { unet: &unet, vae: &vae, text: &text, tokenizer: &tokenizer }, &job).map_err(|e| CliError::Check(e.to_string()))?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{} records ({} motion-guided) in {} new shards, {} shards done earlier, {} videos skipped; {:.2} s per clip, peak GPU memory {:.0} MiB per clip",
+        rep.records,
+        rep.motion_records,
+        rep.shards_written,
+        rep.shards_skipped,
+        rep.skipped_videos.len(),
+        secs / rep.records.max(1) as f64,
+        rep.peak_bytes as f64 / 1048576.0
+    );
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! A model folder: every model of the method with its config, so commands take one
+//! `--models DIR` instead of a dozen paths. `DIR/config.json`:
+//! ```json
+//! { "format": "t2v-turbo models",
+//!   "unet":  { "file": "unet.safetensors", "config": { UNetModel arguments } },
+//!   "vae":   { "file": "vae.safetensors",  "config": { "ddconfig": {...}, "embed_dim": 4 } },
+//!   "text":  { "file": "text.safetensors", "config": { open_clip config } },
+//!   "image_rewards": [ { "file": "...", "config": {...}, "preprocess": "hps" | "clipscore", "weight": 1.0 } ],
+//!   "video_reward":  { "file": "...", "config": {...} },
+//!   "video": { "frames": 16, "height": 320, "width": 512, "fps": 8 } }
+//! ```
+//! Files are relative to the folder (or absolute). Each file may use the VideoCrafter2 /
+//! open_clip key prefixes or none. The UNet is the teacher, or a distilled student when its
+//! config has `time_cond_proj_dim`.
+
+use std::path::{Path, PathBuf};
+
+use t2v_kernels::Gpu;
+
+use crate::models::clip::{Clip, ClipConfig, TextConfig, TextTower, VisionConfig};
+use crate::models::unet3d::{Unet3d, UnetConfig};
+use crate::models::vae::{Vae, VaeConfig};
+use crate::models::weights::{save_weights, Loader, Result, SaveDtype, WeightFile, WeightsError};
+use crate::reward::{ClipVideoReward, ImageTextReward, Preprocess};
+
+/// The new layers of T2V-Turbo's student, absent from a teacher checkpoint.
+pub const STUDENT_LAYERS: [&str; 3] = ["time_cond_proj.", "motion_cond_proj.", "combine_proj."];
+
+/// Clip size the models were made for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VideoShape {
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+    pub fps: f32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RewardSpec {
+    pub file: PathBuf,
+    pub config: ClipConfig,
+    pub preprocess: Preprocess,
+    pub weight: f32,
+}
+
+/// A parsed model folder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelDir {
+    pub root: PathBuf,
+    pub unet: (PathBuf, UnetConfig),
+    pub vae: (PathBuf, VaeConfig),
+    pub text: (PathBuf, ClipConfig),
+    pub image_rewards: Vec<RewardSpec>,
+    pub video_reward: Option<(PathBuf, ClipConfig)>,
+    pub video: VideoShape,
+}
+
+fn bad(path: &Path, msg: impl std::fmt::Display) -> WeightsError {
+    WeightsError::Format { path: path.display().to_string(), msg: msg.to_string() }
+}
+
+fn prefix_of(f: &WeightFile, candidates: &[&str]) -> String {
+    candidates.iter().find(|p| f.entries().keys().any(|k| k.starts_with(*p))).map(|p| p.to_string()).unwrap_or_default()
+}
+
+impl ModelDir {
+    pub fn read(root: &Path) -> Result<ModelDir> {
+        let cfg_path = root.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, format!("{e} (a model folder needs config.json; `t2v-turbo init` writes one)")))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&cfg_path, e))?;
+        let file = |sec: &serde_json::Value, name: &str| -> Result<PathBuf> {
+            let f = sec["file"].as_str().ok_or_else(|| bad(&cfg_path, format!("{name}.file missing")))?;
+            Ok(if Path::new(f).is_absolute() { PathBuf::from(f) } else { root.join(f) })
+        };
+        let clip = |sec: &serde_json::Value, name: &str| ClipConfig::from_json(&sec["config"]).ok_or_else(|| bad(&cfg_path, format!("{name}.config is not an open_clip config")));
+        let unet = (file(&v["unet"], "unet")?, UnetConfig::from_json(&v["unet"]["config"]).ok_or_else(|| bad(&cfg_path, "unet.config is not a UNetModel config"))?);
+        let vae = (file(&v["vae"], "vae")?, VaeConfig::from_json(&v["vae"]["config"]).ok_or_else(|| bad(&cfg_path, "vae.config is not a VAE config"))?);
+        let text_model = (file(&v["text"], "text")?, clip(&v["text"], "text")?);
+        let mut image_rewards = Vec::new();
+        for (i, r) in v["image_rewards"].as_array().cloned().unwrap_or_default().iter().enumerate() {
+            let name = format!("image_rewards[{i}]");
+            let preprocess = match r["preprocess"].as_str().unwrap_or("clipscore") {
+                "hps" => Preprocess::Hps,
+                "clipscore" => Preprocess::ClipScore,
+                other => return Err(bad(&cfg_path, format!("{name}.preprocess {other:?}: use \"hps\" or \"clipscore\""))),
+            };
+            image_rewards.push(RewardSpec { file: file(r, &name)?, config: clip(r, &name)?, preprocess, weight: r["weight"].as_f64().unwrap_or(1.0) as f32 });
+        }
+        let video_reward = match v.get("video_reward").filter(|x| !x.is_null()) {
+            Some(r) => Some((file(r, "video_reward")?, clip(r, "video_reward")?)),
+            None => None,
+        };
+        let vs = &v["video"];
+        let u = |k: &str, d: usize| vs[k].as_u64().map(|x| x as usize).unwrap_or(d);
+        let video = VideoShape { frames: u("frames", 16), height: u("height", 320), width: u("width", 512), fps: vs["fps"].as_f64().unwrap_or(8.0) as f32 };
+        Ok(ModelDir { root: root.to_path_buf(), unet, vae, text: text_model, image_rewards, video_reward, video })
+    }
+
+    /// config.json for this folder (paths written relative to `root` when inside it).
+    pub fn to_json(&self) -> serde_json::Value {
+        let rel = |p: &Path| p.strip_prefix(&self.root).unwrap_or(p).display().to_string();
+        serde_json::json!({
+            "format": "t2v-turbo models",
+            "unet": { "file": rel(&self.unet.0), "config": self.unet.1.to_json() },
+            "vae": { "file": rel(&self.vae.0), "config": self.vae.1.to_json() },
+            "text": { "file": rel(&self.text.0), "config": self.text.1.to_json() },
+            "image_rewards": self.image_rewards.iter().map(|r| serde_json::json!({
+                "file": rel(&r.file), "config": r.config.to_json(),
+                "preprocess": match r.preprocess { Preprocess::Hps => "hps", Preprocess::ClipScore => "clipscore" },
+                "weight": r.weight,
+            })).collect::<Vec<_>>(),
+            "video_reward": self.video_reward.as_ref().map(|(f, c)| serde_json::json!({ "file": rel(f), "config": c.to_json() })),
+            "video": { "frames": self.video.frames, "height": self.video.height, "width": self.video.width, "fps": self.video.fps },
+        })
+    }
+
+    pub fn write_config(&self) -> Result<()> {
+        let p = self.root.join("config.json");
+        t2v_kernels::io::write_atomic(&p, serde_json::to_string_pretty(&self.to_json()).expect("json").as_bytes())?;
+        Ok(())
+    }
+
+    /// Is the UNet a distilled student (conditioned on w)?
+    pub fn is_student(&self) -> bool {
+        self.unet.1.time_cond_proj_dim.is_some()
+    }
+
+    /// The UNet as stored.
+    pub fn load_unet(&self, gpu: &Gpu) -> Result<Unet3d> {
+        load_unet_file(gpu, &self.unet.0, &self.unet.1, None)
+    }
+
+    pub fn load_vae(&self, gpu: &Gpu) -> Result<Vae> {
+        let f = WeightFile::open(&self.vae.0)?;
+        let l = Loader::new(&f, gpu, &prefix_of(&f, &["first_stage_model."])).ignoring(&["model.", "cond_stage_model."]);
+        let vae = Vae::load(&l, &self.vae.1)?;
+        l.finish()?;
+        Ok(vae)
+    }
+
+    /// The conditioning text tower (penultimate layer; no projection needed).
+    pub fn load_text(&self, gpu: &Gpu) -> Result<TextTower> {
+        let f = WeightFile::open(&self.text.0)?;
+        let l = Loader::new(&f, gpu, &prefix_of(&f, &["cond_stage_model.model."]))
+            .ignoring(&["visual.", "text_projection", "logit_scale", "model.diffusion_model.", "first_stage_model."]);
+        let t = TextTower::load(&l, &self.text.1.text, None)?;
+        l.finish()?;
+        Ok(t)
+    }
+
+    pub fn load_image_rewards(&self, gpu: &Gpu) -> Result<Vec<(ImageTextReward, f32)>> {
+        self.image_rewards.iter().map(|r| Ok((ImageTextReward { clip: load_clip(gpu, &r.file, &r.config)?, mode: r.preprocess }, r.weight))).collect()
+    }
+
+    pub fn load_video_reward(&self, gpu: &Gpu) -> Result<Option<ClipVideoReward>> {
+        self.video_reward.as_ref().map(|(f, c)| Ok(ClipVideoReward { clip: load_clip(gpu, f, c)? })).transpose()
+    }
+}
+
+/// A UNet from `path`. With `student`, the config gets the student's conditioning
+/// (guidance- and motion-scale embeddings of `dim`) and layers the file lacks are
+/// initialised (deterministic in `seed`), like the reference's `strict=False` load.
+pub fn load_unet_file(gpu: &Gpu, path: &Path, config: &UnetConfig, student: Option<(usize, u64)>) -> Result<Unet3d> {
+    let f = WeightFile::open(path)?;
+    let l = Loader::new(&f, gpu, &prefix_of(&f, &["model.diffusion_model."])).ignoring(&["first_stage_model.", "cond_stage_model."]);
+    let (l, config) = match student {
+        Some((dim, seed)) => {
+            let mut c = config.clone();
+            c.time_cond_proj_dim = c.time_cond_proj_dim.or(Some(dim));
+            c.motion_cond_proj_dim = c.motion_cond_proj_dim.or(Some(dim));
+            (l.init_missing(&STUDENT_LAYERS, seed), c)
+        }
+        None => (l, config.clone()),
+    };
+    let unet = Unet3d::load(&l, &config)?;
+    l.finish()?;
+    Ok(unet)
+}
+
+pub fn load_clip(gpu: &Gpu, path: &Path, config: &ClipConfig) -> Result<Clip> {
+    let f = WeightFile::open(path)?;
+    let l = Loader::new(&f, gpu, "");
+    let c = Clip::load(&l, config)?;
+    l.finish()?;
+    Ok(c)
+}
+
+/// Built-in model sizes for `t2v-turbo init`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// The embedded default's size: 8 frames of 32x32, a few MB per model.
+    Tiny,
+    /// VideoCrafter2 + OpenCLIP ViT-H-14 (random weights: benchmarks, memory planning).
+    Videocrafter2,
+}
+
+impl Preset {
+    /// (teacher UNet, VAE, text encoder, reward CLIP, clip shape).
+    pub fn configs(self) -> (UnetConfig, VaeConfig, ClipConfig, ClipConfig, VideoShape) {
+        match self {
+            Preset::Tiny => {
+                let text = TextConfig { context_length: 77, vocab_size: 49408, width: 64, heads: 4, layers: 2 };
+                let unet = UnetConfig {
+                    model_channels: 32,
+                    channel_mult: vec![1, 2],
+                    num_res_blocks: 1,
+                    attention_resolutions: vec![1, 2],
+                    num_head_channels: 16,
+                    context_dim: text.width,
+                    time_cond_proj_dim: None,
+                    motion_cond_proj_dim: None,
+                    ..UnetConfig::default()
+                };
+                let vae = VaeConfig { ch: 32, ch_mult: vec![1, 2, 2], num_res_blocks: 1, resolution: 32, ..VaeConfig::default() };
+                let vision = VisionConfig { width: 64, layers: 2, head_width: 32, image_size: 32, patch_size: 8 };
+                let clip = ClipConfig { embed_dim: 64, text: text.clone(), vision };
+                let text_model = ClipConfig { embed_dim: 64, text, vision: clip.vision.clone() };
+                (unet, vae, text_model, clip, VideoShape { frames: 8, height: 32, width: 32, fps: 8.0 })
+            }
+            Preset::Videocrafter2 => {
+                let unet = UnetConfig { time_cond_proj_dim: None, motion_cond_proj_dim: None, ..UnetConfig::default() };
+                (unet, VaeConfig::default(), ClipConfig::default(), ClipConfig::default(), VideoShape { frames: 16, height: 320, width: 512, fps: 8.0 })
+            }
+        }
+    }
+}
+
+/// Writes a model folder of randomly initialised models of `preset` (deterministic in
+/// `seed`): teacher UNet, VAE, text encoder, one HPS-style and one CLIP-style image reward
+/// and a video reward.
+pub fn init_random(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: SaveDtype) -> Result<ModelDir> {
+    let (unet, vae, text, clip, video) = preset.configs();
+    std::fs::create_dir_all(root).map_err(|e| bad(root, e))?;
+    let meta = |what: &str| vec![("model", what.to_string()), ("init", format!("random, seed {seed}"))];
+    let save = |name: &str, l: &Loader, what: &str| save_weights(&root.join(name), &l.params(), dtype, &meta(what));
+    let l = Loader::random(gpu, seed);
+    Unet3d::load(&l, &unet)?;
+    save("unet.safetensors", &l, "unet3d")?;
+    let l = Loader::random(gpu, seed + 1);
+    Vae::load(&l, &vae)?;
+    save("vae.safetensors", &l, "vae")?;
+    let l = Loader::random(gpu, seed + 2);
+    TextTower::load(&l, &text.text, None)?;
+    save("text.safetensors", &l, "openclip text")?;
+    for (i, name) in ["reward_hps.safetensors", "reward_clip.safetensors", "reward_video.safetensors"].iter().enumerate() {
+        let l = Loader::random(gpu, seed + 3 + i as u64);
+        Clip::load(&l, &clip)?;
+        save(name, &l, "openclip")?;
+    }
+    let dir = ModelDir {
+        root: root.to_path_buf(),
+        unet: (root.join("unet.safetensors"), unet),
+        vae: (root.join("vae.safetensors"), vae),
+        text: (root.join("text.safetensors"), text),
+        image_rewards: vec![
+            RewardSpec { file: root.join("reward_hps.safetensors"), config: clip.clone(), preprocess: Preprocess::Hps, weight: 1.0 },
+            RewardSpec { file: root.join("reward_clip.safetensors"), config: clip.clone(), preprocess: Preprocess::ClipScore, weight: 1.0 },
+        ],
+        video_reward: Some((root.join("reward_video.safetensors"), clip)),
+        video,
+    };
+    dir.write_config()?;
+    Ok(dir)
+}

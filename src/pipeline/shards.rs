@@ -1,0 +1,134 @@
+//! The preprocessed data set on disk: safetensors shards written by `preprocess` and read by
+//! `train`. Shard `shard-{i}of{n}-{k:05}.safetensors` holds records `0.., ` as tensors
+//! `{j}.z_t`, `{j}.cond_eps`, `{j}.uncond_eps`, `{j}.context` and, for motion-guided
+//! records, `{j}.score` (all f32, batch 1), with the records' metadata as JSON in the
+//! header (`__metadata__.records`). `manifest-{i}of{n}.json` lists the finished shards and
+//! the skipped videos of machine i of n.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use t2v_kernels::{Gpu, Tensor};
+
+use crate::models::weights::{save_weights, Result, SaveDtype, WeightFile, WeightsError};
+
+/// Metadata of one preprocessed clip.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordMeta {
+    /// Row of the captions file.
+    pub row: usize,
+    pub path: String,
+    pub caption: String,
+    pub short_caption: Option<String>,
+    /// Grid index n (z_t is at grid[n]).
+    pub index: usize,
+    pub w: f32,
+    /// Motion-guidance energy (motion-guided records).
+    pub motion_energy: Option<f32>,
+}
+
+/// Settings every shard of a data set shares (checked by `train`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardConfig {
+    pub ddim_steps: usize,
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+    pub fps: f32,
+    pub seed: u64,
+    pub motion: bool,
+}
+
+/// One record's tensors.
+pub struct RecordTensors {
+    pub z_t: Tensor,
+    pub cond_eps: Tensor,
+    pub uncond_eps: Tensor,
+    pub context: Tensor,
+    pub score: Option<Tensor>,
+}
+
+pub fn shard_name(shard: (usize, usize), k: usize) -> String {
+    format!("shard-{}of{}-{k:05}.safetensors", shard.0, shard.1)
+}
+
+pub fn manifest_name(shard: (usize, usize)) -> String {
+    format!("manifest-{}of{}.json", shard.0, shard.1)
+}
+
+fn bad(path: &Path, msg: impl std::fmt::Display) -> WeightsError {
+    WeightsError::Format { path: path.display().to_string(), msg: msg.to_string() }
+}
+
+/// Writes one shard atomically.
+pub fn write_shard(path: &Path, config: &ShardConfig, records: &[(RecordMeta, RecordTensors)]) -> Result<()> {
+    let mut named = Vec::new();
+    for (j, (_, t)) in records.iter().enumerate() {
+        named.push((format!("{j}.z_t"), t.z_t.clone()));
+        named.push((format!("{j}.cond_eps"), t.cond_eps.clone()));
+        named.push((format!("{j}.uncond_eps"), t.uncond_eps.clone()));
+        named.push((format!("{j}.context"), t.context.clone()));
+        if let Some(s) = &t.score {
+            named.push((format!("{j}.score"), s.clone()));
+        }
+    }
+    let metas: Vec<&RecordMeta> = records.iter().map(|(m, _)| m).collect();
+    let meta = [
+        ("format", "t2v-turbo shard".to_string()),
+        ("config", serde_json::to_string(config).expect("json")),
+        ("records", serde_json::to_string(&metas).expect("json")),
+    ];
+    save_weights(path, &named, SaveDtype::F32, &meta)
+}
+
+/// One shard opened for reading (memory-mapped).
+pub struct Shard {
+    pub path: PathBuf,
+    pub config: ShardConfig,
+    pub records: Vec<RecordMeta>,
+    file: WeightFile,
+}
+
+impl Shard {
+    pub fn open(path: &Path) -> Result<Shard> {
+        let file = WeightFile::open(path)?;
+        let meta = &file.metadata;
+        if meta.get("format").map(String::as_str) != Some("t2v-turbo shard") {
+            return Err(bad(path, "not a t2v-turbo shard (written by `t2v-turbo preprocess`)"));
+        }
+        let config: ShardConfig = serde_json::from_str(meta.get("config").map(String::as_str).unwrap_or("")).map_err(|e| bad(path, format!("config: {e}")))?;
+        let records: Vec<RecordMeta> = serde_json::from_str(meta.get("records").map(String::as_str).unwrap_or("")).map_err(|e| bad(path, format!("records: {e}")))?;
+        Ok(Shard { path: path.to_path_buf(), config, records, file })
+    }
+
+    /// Record `j`'s tensors on `gpu`.
+    pub fn tensors(&self, gpu: &Gpu, j: usize) -> Result<RecordTensors> {
+        let t = |name: &str| self.file.tensor(gpu, &format!("{j}.{name}"));
+        let key = format!("{j}.score");
+        Ok(RecordTensors {
+            z_t: t("z_t")?,
+            cond_eps: t("cond_eps")?,
+            uncond_eps: t("uncond_eps")?,
+            context: t("context")?,
+            score: if self.file.entries().contains_key(&key) { Some(t("score")?) } else { None },
+        })
+    }
+}
+
+/// Every shard in `dir`, in name order, checked to share one config.
+pub fn open_dataset(dir: &Path) -> Result<Vec<Shard>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| bad(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("shard-") && n.ends_with(".safetensors")))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(bad(dir, "no shard-*.safetensors files (write them with `t2v-turbo preprocess`)"));
+    }
+    let shards = files.iter().map(|f| Shard::open(f)).collect::<Result<Vec<_>>>()?;
+    if let Some(other) = shards.iter().find(|s| s.config != shards[0].config) {
+        return Err(bad(&other.path, format!("preprocessed with other settings than {}: {:?} vs {:?}", shards[0].path.display(), other.config, shards[0].config)));
+    }
+    Ok(shards)
+}
