@@ -62,6 +62,8 @@ fn distillation_steps_lower_the_consistency_loss() {
         use_motion: true,
         w: ts.host_f32("in.w").unwrap().1[0],
         motion_gs: 0.05,
+        motion_percentage: 0.5,
+        noise_factor: t2v_turbo::diffusion::distill::NoiseFactor::Code,
         context: &context,
         fps: &[8.0],
     };
@@ -122,7 +124,7 @@ fn preprocessed_records_feed_the_distillation_loss() {
         let tape = Tape::new();
         let out = consistency_loss(&unet, &sched, &solver, &tape, &CdSample {
             z_t: &r.z_t, index: r.index, cond_eps: &r.cond_eps, uncond_eps: &r.uncond_eps, score: r.score.as_ref(),
-            use_motion: r.score.is_some(), w: r.w, motion_gs: 0.05, context: &ctx, fps: &[8.0],
+            use_motion: r.score.is_some(), w: r.w, motion_gs: 0.05, motion_percentage: 0.5, noise_factor: Default::default(), context: &ctx, fps: &[8.0],
         }, 0.001).unwrap();
         assert!(out.loss.value().item_at(0).unwrap().is_finite());
     }

@@ -9,6 +9,7 @@ mod init;
 mod parity;
 mod preprocess;
 mod sample;
+mod train;
 mod world;
 
 use std::ffi::OsString;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Algorithm 1: encode videos, draw n and w, store teacher outputs and motion-guidance
     /// gradients in shards (resumable, shardable across machines).
     Preprocess(Box<preprocess::PreprocessArgs>),
+    /// Algorithm 2: consistency distillation with reward feedback and motion guidance on
+    /// preprocessed shards (checkpoints, exact resume, metrics).
+    Train(Box<train::TrainArgs>),
 }
 
 /// Errors of the command line.
@@ -84,6 +88,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Eval(args) => eval::run(&args),
         Command::Init(args) => init::run(&cli.device, &args),
         Command::Preprocess(args) => preprocess::run(&cli.device, &args),
+        Command::Train(args) => train::run(&cli.device, &args),
     }
 }
 

@@ -8,8 +8,10 @@
 //!   target = c_skip(t_prev) x_prev + c_out(t_prev) x0(student(x_prev, t_prev))  (no grad,
 //!            the same network: no EMA target)
 //!   loss = pseudo_huber(model_pred, target, c)
-//! The student sees w and the motion scale (motion_gs on motion-guided samples in the upper
-//! half of the grid, else 0) through their guidance-scale embeddings.
+//! The student sees w and the motion scale (motion_gs on motion-guided samples with
+//! index >= (1 - motion_percentage) * grid, else 0) through their guidance-scale embeddings.
+//! The factor of the motion score is the reference code's sqrt(1 - sqrt(abar)) by default;
+//! the paper's sigma_t = sqrt(1 - abar) is an option ([`NoiseFactor`]).
 
 use t2v_kernels::autograd::{self as ad, Tape, Var};
 use t2v_kernels::Tensor;
@@ -17,6 +19,25 @@ use t2v_kernels::Tensor;
 use super::{boundary, guidance_scale_embedding, DdimSolver, Schedule};
 use crate::models::unet3d::{Unet3d, UnetInputs};
 use crate::models::weights::Result;
+
+/// The factor s_t of the motion score in the teacher's eps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum NoiseFactor {
+    /// The reference code: sqrt(1 - alpha) with alpha = sqrt(abar_t).
+    #[default]
+    Code,
+    /// The paper (and MotionClone): sigma_t = sqrt(1 - abar_t).
+    Paper,
+}
+
+impl NoiseFactor {
+    pub fn at(self, abar: f64) -> f32 {
+        match self {
+            NoiseFactor::Code => (1.0 - abar.sqrt()).sqrt() as f32,
+            NoiseFactor::Paper => (1.0 - abar).sqrt() as f32,
+        }
+    }
+}
 
 /// One preprocessed sample (Algorithm 1's record).
 pub struct CdSample<'a> {
@@ -30,6 +51,9 @@ pub struct CdSample<'a> {
     pub use_motion: bool,
     pub w: f32,
     pub motion_gs: f32,
+    /// Fraction of the trajectory (high noise) where motion guidance applies (0.5).
+    pub motion_percentage: f32,
+    pub noise_factor: NoiseFactor,
     pub context: &'a Tensor,
     pub fps: &'a [f32],
 }
@@ -52,7 +76,8 @@ pub fn consistency_loss(unet: &Unet3d, sched: &Schedule, solver: &DdimSolver, ta
     let start_t = solver.grid[s.index];
     let k = sched.len() / solver.grid.len();
     let t_prev = start_t.saturating_sub(k);
-    let guided = s.use_motion && s.index >= solver.grid.len() / 2 && s.score.is_some();
+    let first = ((1.0 - s.motion_percentage as f64) * solver.grid.len() as f64).round() as usize;
+    let guided = s.use_motion && s.index >= first && s.score.is_some();
     let m = if guided { s.motion_gs } else { 0.0 };
     let w_emb = tape.constant(guidance_scale_embedding(gpu, &vec![s.w; b], unet.config.time_cond_proj_dim.unwrap_or(256))?);
     let m_emb = tape.constant(guidance_scale_embedding(gpu, &vec![m; b], unet.config.motion_cond_proj_dim.unwrap_or(256))?);
@@ -74,8 +99,7 @@ pub fn consistency_loss(unet: &Unet3d, sched: &Schedule, solver: &DdimSolver, ta
         let x0 = ad::axpby(&x0c, 1.0 + s.w, &x0u, -s.w)?;
         let mut eps = ad::axpby(&ec, 1.0 + s.w, &eu, -s.w)?;
         if let (true, Some(score)) = (guided, s.score) {
-            // the reference multiplies by sqrt(1 - alpha) with alpha = sqrt(abar)
-            let f = s.motion_gs * (1.0 - sched.alphas_cumprod[start_t].sqrt()).sqrt();
+            let f = s.motion_gs * s.noise_factor.at(sched.alphas_cumprod[start_t] as f64);
             eps = ad::axpby(&eps, 1.0, &tape.constant(score.clone()), -f)?;
         }
         let x_prev = solver.step(&x0, &eps, s.index)?;

@@ -111,6 +111,8 @@ fn train_step(dir: &Path, unet: &Unet3d, params: &[(String, t2v_kernels::Tensor)
         use_motion,
         w: scalar("in.w")?,
         motion_gs: scalar("in.motion_gs")?,
+        motion_percentage: 0.5,
+        noise_factor: crate::diffusion::distill::NoiseFactor::Code,
         context: &context,
         fps: &fps,
     };

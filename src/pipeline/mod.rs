@@ -3,8 +3,10 @@
 
 pub mod captions;
 pub mod model_dir;
+pub mod plot;
 pub mod preprocess;
 pub mod progress;
 pub mod sample;
 pub mod shards;
+pub mod train;
 pub mod video_io;

@@ -127,7 +127,7 @@ impl ModelDir {
 
     /// The UNet as stored.
     pub fn load_unet(&self, gpu: &Gpu) -> Result<Unet3d> {
-        load_unet_file(gpu, &self.unet.0, &self.unet.1, None)
+        Ok(load_unet_file(gpu, &self.unet.0, &self.unet.1, None)?.0)
     }
 
     pub fn load_vae(&self, gpu: &Gpu) -> Result<Vae> {
@@ -160,7 +160,8 @@ impl ModelDir {
 /// A UNet from `path`. With `student`, the config gets the student's conditioning
 /// (guidance- and motion-scale embeddings of `dim`) and layers the file lacks are
 /// initialised (deterministic in `seed`), like the reference's `strict=False` load.
-pub fn load_unet_file(gpu: &Gpu, path: &Path, config: &UnetConfig, student: Option<(usize, u64)>) -> Result<Unet3d> {
+/// Returns the named parameters too (checkpoint keys without prefix).
+pub fn load_unet_file(gpu: &Gpu, path: &Path, config: &UnetConfig, student: Option<(usize, u64)>) -> Result<(Unet3d, Vec<(String, t2v_kernels::Tensor)>)> {
     let f = WeightFile::open(path)?;
     let l = Loader::new(&f, gpu, &prefix_of(&f, &["model.diffusion_model."])).ignoring(&["first_stage_model.", "cond_stage_model."]);
     let (l, config) = match student {
@@ -173,8 +174,9 @@ pub fn load_unet_file(gpu: &Gpu, path: &Path, config: &UnetConfig, student: Opti
         None => (l, config.clone()),
     };
     let unet = Unet3d::load(&l, &config)?;
+    let params = l.params();
     l.finish()?;
-    Ok(unet)
+    Ok((unet, params))
 }
 
 pub fn load_clip(gpu: &Gpu, path: &Path, config: &ClipConfig) -> Result<Clip> {

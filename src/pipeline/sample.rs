@@ -124,6 +124,13 @@ impl Gaussian {
     pub fn new(seed: u64) -> Gaussian {
         Gaussian(seed ^ 0x5DEE_CE66_D1CE_4E5B)
     }
+    /// The generator's whole state (to checkpoint and resume a stream exactly).
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+    pub fn from_state(state: u64) -> Gaussian {
+        Gaussian(state)
+    }
     /// A uniform draw in (0, 1).
     pub fn uniform(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -73,6 +73,24 @@ impl Lora {
         LoraVars { down: tape.leaf(self.down.clone()), up: tape.leaf(self.up.clone()), scale: self.scale }
     }
 
+    /// Tracked adapter leaves and the merged weight W + (alpha/r) B A on `tape` (W a
+    /// constant), to substitute for W with [`Tape::substitute`]: the same function as the
+    /// adapter applied next to the layer, for any layer type.
+    pub fn merged_on(&self, tape: &Tape, w: &Tensor) -> Result<(LoraVars, Var)> {
+        let vars = self.vars(tape);
+        let r = self.down.shape()[0];
+        let o = self.up.shape()[0];
+        let fan_in = self.down.numel() / r;
+        if w.numel() != o * fan_in || w.shape()[0] != o {
+            return Err(Error::Shape { op: "lora merge", msg: format!("weight {:?} does not fit adapter up {:?} down {:?}", w.shape(), self.up.shape(), self.down.shape()) });
+        }
+        let up = super::reshape(&vars.up, &[o, r])?;
+        let down = super::reshape(&vars.down, &[r, fan_in])?;
+        let delta = super::matmul_ex(&up, &down, false, false, self.scale, None)?;
+        let merged = super::add(&tape.constant(w.reshape(&[o, fan_in])?), &delta)?;
+        Ok((vars, merged))
+    }
+
     /// W + (alpha/r) B A, same shape as `w` (linear (out, in) or conv (o, c, kh, kw)).
     pub fn merge(&self, w: &Tensor) -> Result<Tensor> {
         let r = self.down.shape()[0];

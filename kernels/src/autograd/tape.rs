@@ -22,6 +22,8 @@ struct Inner {
     /// With `trainable`, [`Tape::param`] gives one leaf per weight buffer.
     trainable: bool,
     params: HashMap<usize, usize>,
+    /// Weight buffer -> the value [`Tape::param`] returns instead (LoRA-merged weights).
+    substitutes: HashMap<usize, Var>,
 }
 
 /// A recording of differentiable ops. Cheap to clone (shared).
@@ -101,6 +103,12 @@ impl Tape {
     /// leaf of this weight's buffer (the same leaf each time it is used, whatever view).
     pub fn param(&self, value: &Tensor) -> Var {
         let mut t = self.0.lock().unwrap();
+        if let Some(v) = t.substitutes.get(&value.storage_id()).cloned() {
+            drop(t);
+            // same element count by construction (checked in `substitute`); a layer may
+            // use a reshaped view of the weight
+            return super::reshape(&v, value.shape()).expect("substitute has the weight's size");
+        }
         if !t.trainable {
             drop(t);
             return self.constant(value.clone());
@@ -116,6 +124,16 @@ impl Tape {
             }
         };
         Var { value: value.clone(), node: Some(node), tape: self.clone() }
+    }
+
+    /// From now on [`Tape::param`] of `weight` (any view of its buffer) returns `with`
+    /// instead: a computed weight such as W + (alpha/r) B A of a LoRA adapter.
+    pub fn substitute(&self, weight: &Tensor, with: Var) -> Result<()> {
+        if with.value.numel() != weight.numel() {
+            return ad_err(format!("substitute of {} elements for a weight of {}", with.value.numel(), weight.numel()));
+        }
+        self.0.lock().unwrap().substitutes.insert(weight.storage_id(), with);
+        Ok(())
     }
 
     /// The leaf of a weight made by [`Tape::param`], if it was used on this tape.

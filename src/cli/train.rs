@@ -1,0 +1,177 @@
+//! `t2v-turbo train`: Algorithm 2 on preprocessed shards.
+
+use std::path::PathBuf;
+
+use t2v_kernels::{Gpu, GpuOptions};
+
+use super::{CliError, DeviceArgs};
+use crate::diffusion::distill::NoiseFactor;
+use crate::models::tokenizer::ClipTokenizer;
+use crate::models::weights::{save_weights, SaveDtype};
+use crate::pipeline::model_dir::{load_unet_file, ModelDir};
+use crate::pipeline::shards::open_dataset;
+use crate::pipeline::train::{list_checkpoints, run as run_training, LoraConfig, RewardModels, RunOptions, Student, TrainConfig, Trainer};
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Model folder with the teacher UNet (the student starts from it), the VAE and the
+    /// reward models (config.json's image_rewards and video_reward).
+    #[arg(long)]
+    pub models: PathBuf,
+    /// Folder of shards written by `t2v-turbo preprocess`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder: checkpoints/, metrics.jsonl, metrics.png and the student model
+    /// folder model/ at the end.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its newest checkpoint (same settings; --steps may grow).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 8000)]
+    pub steps: u64,
+    /// Records per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Global gradient-norm clipping.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    /// c of the pseudo-Huber distance.
+    #[arg(long, default_value_t = 0.001)]
+    pub huber_c: f32,
+    /// Ignore the stored motion scores (plain consistency distillation).
+    #[arg(long)]
+    pub no_motion: bool,
+    /// Motion-guidance strength lambda (the student sees it as a condition).
+    #[arg(long, default_value_t = 0.05)]
+    pub motion_gs: f32,
+    /// Fraction of the trajectory (high noise) with motion guidance.
+    #[arg(long, default_value_t = 0.5)]
+    pub motion_percentage: f32,
+    /// Factor of the motion score: the reference code's sqrt(1 - sqrt(abar)) or the paper's
+    /// sqrt(1 - abar).
+    #[arg(long, value_enum, default_value_t = NoiseFactor::Code)]
+    pub noise_factor: NoiseFactor,
+    /// Scale of the image rewards (0 disables them).
+    #[arg(long, default_value_t = 0.2)]
+    pub beta_img: f32,
+    /// Scale of the video reward (0 disables it).
+    #[arg(long, default_value_t = 0.5)]
+    pub beta_vid: f32,
+    /// Decoded frames per clip for the image rewards.
+    #[arg(long, default_value_t = 2)]
+    pub img_frames: usize,
+    /// Strided frames per clip for the video reward.
+    #[arg(long, default_value_t = 4)]
+    pub vid_frames: usize,
+    /// Weights of the image rewards, in config.json order (default: the config's).
+    #[arg(long, value_delimiter = ',')]
+    pub reward_weights: Vec<f32>,
+    /// Train LoRA adapters of this rank on every UNet weight instead of all weights.
+    #[arg(long, default_value_t = 0)]
+    pub lora_rank: usize,
+    #[arg(long, default_value_t = 64.0)]
+    pub lora_alpha: f32,
+    /// Write a checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    /// Checkpoints to keep.
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
+    let has_ckpt = !list_checkpoints(&a.out.join("checkpoints")).is_empty();
+    let non_empty = a.out.exists() && std::fs::read_dir(&a.out).map(|mut d| d.next().is_some()).unwrap_or(true);
+    match (a.resume, has_ckpt, non_empty) {
+        (false, true, _) => return Err(CliError::Check(format!("{} holds a run's checkpoints; pass --resume to continue it, or choose another --out", a.out.display()))),
+        (false, false, true) => return Err(CliError::Check(format!("{} exists and is not empty; choose another --out (nothing was overwritten)", a.out.display()))),
+        (true, false, _) => return Err(CliError::Check(format!("--resume: no checkpoint in {}", a.out.join("checkpoints").display()))),
+        _ => {}
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;
+    let md = ModelDir::read(&a.models)?;
+    let shards = open_dataset(&a.data)?;
+    let config = TrainConfig {
+        steps: a.steps,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        max_grad_norm: a.max_grad_norm,
+        huber_c: a.huber_c,
+        use_motion: !a.no_motion,
+        motion_gs: a.motion_gs,
+        motion_percentage: a.motion_percentage,
+        noise_factor_paper: a.noise_factor == NoiseFactor::Paper,
+        beta_img: a.beta_img,
+        beta_vid: a.beta_vid,
+        img_frames: a.img_frames,
+        vid_frames: a.vid_frames,
+        lora: (a.lora_rank > 0).then_some(LoraConfig { rank: a.lora_rank, alpha: a.lora_alpha }),
+        seed: a.seed,
+        cond_dim: 256,
+    };
+    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let student_init = (!md.is_student()).then_some((config.cond_dim, a.seed));
+    let (unet, params) = load_unet_file(&gpu, &md.unet.0, &md.unet.1, student_init)?;
+    let student_config = unet.config.clone();
+    let mut student = Student { unet, params, adapters: vec![] };
+    if let Some(l) = config.lora {
+        student = student.with_lora(l, a.seed)?;
+    }
+    let mut image = md.load_image_rewards(&gpu)?;
+    if !a.reward_weights.is_empty() {
+        if a.reward_weights.len() != image.len() {
+            return Err(CliError::Check(format!("--reward-weights has {} values, the model folder has {} image rewards", a.reward_weights.len(), image.len())));
+        }
+        for (r, w) in image.iter_mut().zip(&a.reward_weights) {
+            r.1 = *w;
+        }
+    }
+    let models = RewardModels {
+        vae: md.load_vae(&gpu)?,
+        image,
+        video: md.load_video_reward(&gpu)?,
+        tokenizer: ClipTokenizer::new().map_err(|e| CliError::Check(e.to_string()))?,
+    };
+    let records: usize = shards.iter().map(|s| s.records.len()).sum();
+    eprintln!(
+        "{records} records in {} shards; student: {} parameters{}",
+        shards.len(),
+        student.params.iter().map(|(_, t)| t.numel()).sum::<usize>(),
+        if student.adapters.is_empty() { String::new() } else { format!(", LoRA rank {} on {} weights", a.lora_rank, student.adapters.len()) }
+    );
+    let mut trainer = Trainer::new(config, student, &models, &shards).map_err(|e| CliError::Check(e.to_string()))?;
+    let opts = RunOptions { out: a.out.clone(), checkpoint_every: a.checkpoint_every, keep_checkpoints: a.keep_checkpoints, stop_after: None, quiet: false };
+    let ms = run_training(&mut trainer, &opts).map_err(|e| CliError::Check(e.to_string()))?;
+    // the student as a model folder the sampler reads
+    let model = a.out.join("model");
+    std::fs::create_dir_all(&model).map_err(|e| CliError::Check(format!("{}: {e}", model.display())))?;
+    let merged = trainer.student.merged_params()?;
+    save_weights(&model.join("unet.safetensors"), &merged, SaveDtype::F32, &[("model", "t2v-turbo student unet3d".into()), ("steps", trainer.state.step.to_string())])?;
+    let abs = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut out_md = md.clone();
+    out_md.root = model.clone();
+    out_md.unet = (model.join("unet.safetensors"), student_config);
+    out_md.vae.0 = abs(&md.vae.0);
+    out_md.text.0 = abs(&md.text.0);
+    for r in &mut out_md.image_rewards {
+        r.file = abs(&r.file);
+    }
+    if let Some(v) = &mut out_md.video_reward {
+        v.0 = abs(&v.0);
+    }
+    out_md.write_config()?;
+    if let Some(m) = ms.last() {
+        println!("step {}: loss {:.5} (consistency {:.5}); student model folder: {}", m.step, m.loss, m.cd_loss, model.display());
+    } else {
+        println!("nothing to do (already at step {}); student model folder: {}", trainer.state.step, model.display());
+    }
+    Ok(())
+}

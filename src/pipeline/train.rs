@@ -1,0 +1,555 @@
+//! Algorithm 2 over preprocessed shards: consistency distillation of the student (the same
+//! network as its own target, no EMA) with pseudo-Huber distance, plus reward feedback on
+//! the consistency output `model_pred` for records that carry a short caption:
+//!   image rewards on `img_frames` random decoded frames against the short caption,
+//!   weighted sum over the reward models, scaled by beta_img;
+//!   the video reward on `vid_frames` evenly strided frames (random start) against the
+//!   full caption, scaled by beta_vid.
+//! loss = cd - beta_img * R_img - beta_vid * R_vid; AdamW with global-norm clipping.
+//! Full fine-tuning or LoRA adapters on every >= 2-D UNet weight.
+//!
+//! Everything a step draws comes from one seeded stream, and the data order from the seed
+//! and the epoch, so a run resumed from a checkpoint (weights, optimizer, stream state,
+//! data cursor) continues exactly like an uninterrupted one.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use t2v_kernels::autograd::{self as ad, Lora, Tape, Var};
+use t2v_kernels::optim::{check_finite, AdamW, AdamWConfig, ParamGroup};
+use t2v_kernels::{Gpu, Tensor};
+
+use crate::diffusion::distill::{consistency_loss, CdSample, NoiseFactor};
+use crate::diffusion::{DdimSolver, Schedule};
+use crate::models::tokenizer::ClipTokenizer;
+use crate::models::unet3d::Unet3d;
+use crate::models::vae::Vae;
+use crate::models::weights::{save_weights, Result, SaveDtype, WeightFile, WeightsError};
+use crate::pipeline::sample::Gaussian;
+use crate::pipeline::shards::Shard;
+use crate::reward::{ClipVideoReward, ImageTextReward, VideoTextReward};
+
+/// LoRA settings.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f32,
+}
+
+/// Settings of a run (stored in every checkpoint; a resumed run must use the same).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub steps: u64,
+    /// Records per optimizer step (gradients are averaged).
+    pub batch_size: usize,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub max_grad_norm: f32,
+    /// c of the pseudo-Huber distance.
+    pub huber_c: f32,
+    /// Use the stored motion scores (the student then sees motion_gs).
+    pub use_motion: bool,
+    pub motion_gs: f32,
+    pub motion_percentage: f32,
+    pub noise_factor_paper: bool,
+    pub beta_img: f32,
+    pub beta_vid: f32,
+    pub img_frames: usize,
+    pub vid_frames: usize,
+    pub lora: Option<LoraConfig>,
+    pub seed: u64,
+    /// Dimension of the student's guidance-scale embeddings (256).
+    pub cond_dim: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 8000,
+            batch_size: 1,
+            lr: 1e-5,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            huber_c: 0.001,
+            use_motion: true,
+            motion_gs: 0.05,
+            motion_percentage: 0.5,
+            noise_factor_paper: false,
+            beta_img: 0.2,
+            beta_vid: 0.5,
+            img_frames: 2,
+            vid_frames: 4,
+            lora: None,
+            seed: 0,
+            cond_dim: 256,
+        }
+    }
+}
+
+/// Where the run is: written with every checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub step: u64,
+    pub epoch: u64,
+    /// Position in the epoch's order.
+    pub cursor: usize,
+    /// State of the step stream (frame choices).
+    pub rng: u64,
+}
+
+/// The losses and rewards of one step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub loss: f32,
+    pub cd_loss: f32,
+    /// Mean weighted image reward of the records that had a short caption (None: none had).
+    pub image_reward: Option<f32>,
+    pub video_reward: Option<f32>,
+    pub grad_norm: f32,
+    pub lr: f32,
+    pub seconds: f32,
+    pub peak_gpu_mib: f32,
+}
+
+/// Errors of training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] WeightsError),
+    #[error(transparent)]
+    Gpu(#[from] t2v_kernels::Error),
+    #[error("step {step}: the loss is not finite ({what}); stopped. The last good checkpoint is kept: {checkpoint}. Lower --lr or check the data.")]
+    NonFinite { step: u64, what: String, checkpoint: String },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The models a run uses besides the student.
+pub struct RewardModels {
+    pub vae: Vae,
+    pub image: Vec<(ImageTextReward, f32)>,
+    pub video: Option<ClipVideoReward>,
+    pub tokenizer: ClipTokenizer,
+}
+
+/// The trainable state: the student and, with LoRA, its adapters.
+pub struct Student {
+    pub unet: Unet3d,
+    /// Named UNet weights (checkpoint keys).
+    pub params: Vec<(String, Tensor)>,
+    /// With LoRA: (index into `params`, adapter) for every >= 2-D weight.
+    pub adapters: Vec<(usize, Lora)>,
+}
+
+impl Student {
+    /// Adds LoRA adapters (deterministic in `seed`) to every >= 2-D weight.
+    pub fn with_lora(mut self, cfg: LoraConfig, seed: u64) -> Result<Student> {
+        let gpu = self.unet_gpu();
+        for (i, (_, w)) in self.params.iter().enumerate() {
+            if w.shape().len() >= 2 {
+                let o = w.shape()[0];
+                self.adapters.push((i, Lora::linear(&gpu, w.numel() / o, o, cfg.rank, cfg.alpha, seed ^ (i as u64).wrapping_mul(0x9E37_79B9))?));
+            }
+        }
+        Ok(self)
+    }
+
+    fn unet_gpu(&self) -> Gpu {
+        self.params[0].1.gpu().clone()
+    }
+
+    /// The tensors the optimizer updates.
+    pub fn trainable(&self) -> Vec<Tensor> {
+        if self.adapters.is_empty() {
+            self.params.iter().map(|(_, t)| t.clone()).collect()
+        } else {
+            self.adapters.iter().flat_map(|(_, l)| [l.down.clone(), l.up.clone()]).collect()
+        }
+    }
+
+    /// Names of [`Student::trainable`] in checkpoints.
+    pub fn trainable_names(&self) -> Vec<String> {
+        if self.adapters.is_empty() {
+            self.params.iter().map(|(n, _)| n.clone()).collect()
+        } else {
+            self.adapters.iter().flat_map(|(i, _)| [format!("{}.lora_down", self.params[*i].0), format!("{}.lora_up", self.params[*i].0)]).collect()
+        }
+    }
+
+    /// Puts the student on `tape`: trainable weights, or frozen weights with adapters
+    /// merged in (tracked through the adapters).
+    fn attach(&self, tape: &Tape) -> Result<Vec<Var>> {
+        if self.adapters.is_empty() {
+            tape.set_trainable(true);
+            return Ok(vec![]);
+        }
+        let mut leaves = Vec::new();
+        for (i, l) in &self.adapters {
+            let w = &self.params[*i].1;
+            let (vars, merged) = l.merged_on(tape, w)?;
+            tape.substitute(w, merged)?;
+            leaves.push(vars.down);
+            leaves.push(vars.up);
+        }
+        Ok(leaves)
+    }
+
+    /// Gradients of [`Student::trainable`] (zeros where none).
+    fn grads(&self, tape: &Tape, grads: &ad::Grads, leaves: &[Var]) -> Result<Vec<Tensor>> {
+        let zero = |t: &Tensor| Tensor::zeros(t.gpu(), t.shape());
+        if self.adapters.is_empty() {
+            return self.params.iter().map(|(_, p)| Ok(match tape.param_grad(grads, p)? { Some(g) => g, None => zero(p)? })).collect();
+        }
+        leaves.iter().map(|v| Ok(match grads.get(v) { Some(g) => g.reshape(v.shape())?, None => zero(v.value())? })).collect()
+    }
+
+    /// The UNet weights with adapters merged (what a sampler loads).
+    pub fn merged_params(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = self.params.clone();
+        for (i, l) in &self.adapters {
+            out[*i].1 = l.merge(&self.params[*i].1)?;
+        }
+        Ok(out)
+    }
+}
+
+/// A record address: (shard, index in shard).
+type Item = (usize, usize);
+
+/// Algorithm 2.
+pub struct Trainer<'a> {
+    pub config: TrainConfig,
+    pub student: Student,
+    pub models: &'a RewardModels,
+    shards: &'a [Shard],
+    items: Vec<Item>,
+    opt: AdamW,
+    pub state: TrainState,
+    sched: Schedule,
+    solver: DdimSolver,
+    fps: f32,
+}
+
+/// The order of epoch `epoch`: a seeded Fisher-Yates shuffle.
+fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut rng = Gaussian::new(seed ^ 0x0E90_C400 ^ epoch.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = ((rng.uniform() * (i + 1) as f64) as usize).min(i);
+        v.swap(i, j);
+    }
+    v
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(config: TrainConfig, student: Student, models: &'a RewardModels, shards: &'a [Shard]) -> std::result::Result<Trainer<'a>, TrainError> {
+        let items: Vec<Item> = shards.iter().enumerate().flat_map(|(s, sh)| (0..sh.records.len()).map(move |j| (s, j))).collect();
+        if items.is_empty() {
+            return Err(TrainError::Setup("the shards hold no records".into()));
+        }
+        if config.batch_size == 0 || config.img_frames == 0 || config.vid_frames == 0 {
+            return Err(TrainError::Setup("batch size and frame counts must be at least 1".into()));
+        }
+        let sc = &shards[0].config;
+        if config.img_frames > sc.frames || config.vid_frames > sc.frames {
+            return Err(TrainError::Setup(format!("reward frames ({} image, {} video) exceed the clips' {} frames", config.img_frames, config.vid_frames, sc.frames)));
+        }
+        let sched = Schedule::videocrafter();
+        let solver = DdimSolver::new(&sched, sc.ddim_steps);
+        let opt = AdamW::new(
+            AdamWConfig { lr: config.lr, weight_decay: config.weight_decay, ..Default::default() },
+            vec![ParamGroup { params: student.trainable(), lr_scale: 1.0, weight_decay: None }],
+        );
+        let state = TrainState { step: 0, epoch: 0, cursor: 0, rng: Gaussian::new(config.seed ^ 0x7A11).state() };
+        Ok(Trainer { fps: sc.fps, config, student, models, shards, items, opt, state, sched, solver })
+    }
+
+    fn next_item(&mut self) -> Item {
+        let order = epoch_order(self.items.len(), self.config.seed, self.state.epoch);
+        let item = self.items[order[self.state.cursor]];
+        self.state.cursor += 1;
+        if self.state.cursor == self.items.len() {
+            self.state.cursor = 0;
+            self.state.epoch += 1;
+        }
+        item
+    }
+
+    fn ids(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.models.tokenizer.encode_warn(text).map_err(|e| WeightsError::Format { path: "caption".into(), msg: e.to_string() })?.ids)
+    }
+
+    /// One optimizer step over `batch_size` records.
+    pub fn step(&mut self) -> std::result::Result<StepMetrics, TrainError> {
+        let t0 = Instant::now();
+        let gpu = self.student.unet_gpu();
+        gpu.reset_peak_memory();
+        let b = self.config.batch_size;
+        let mut rng = Gaussian::from_state(self.state.rng);
+        let mut acc: Option<Vec<Tensor>> = None;
+        let (mut loss_sum, mut cd_sum) = (0f32, 0f32);
+        let (mut img_vals, mut vid_vals) = (Vec::new(), Vec::new());
+        for _ in 0..b {
+            let (mut img_k, mut vid_k) = (None, None);
+            let (s, j) = self.next_item();
+            let shard = &self.shards[s];
+            let meta = &shard.records[j];
+            let rec = shard.tensors(&gpu, j)?;
+            let tape = Tape::new();
+            let leaves = self.student.attach(&tape)?;
+            let sample = CdSample {
+                z_t: &rec.z_t,
+                index: meta.index,
+                cond_eps: &rec.cond_eps,
+                uncond_eps: &rec.uncond_eps,
+                score: rec.score.as_ref(),
+                use_motion: self.config.use_motion,
+                w: meta.w,
+                motion_gs: self.config.motion_gs,
+                motion_percentage: self.config.motion_percentage,
+                noise_factor: if self.config.noise_factor_paper { NoiseFactor::Paper } else { NoiseFactor::Code },
+                context: &rec.context,
+                fps: &[self.fps],
+            };
+            let out = consistency_loss(&self.student.unet, &self.sched, &self.solver, &tape, &sample, self.config.huber_c)?;
+            let mut total = out.loss.clone();
+            let mut probes = vec![out.loss.value().clone()];
+            if let Some(short) = meta.short_caption.as_deref().filter(|_| self.config.beta_img > 0.0 || self.config.beta_vid > 0.0) {
+                let f = out.model_pred.shape()[2];
+                if self.config.beta_img > 0.0 && !self.models.image.is_empty() {
+                    let frames = pick_frames(&mut rng, f, self.config.img_frames);
+                    let images = self.decode_frames(&out.model_pred, &frames)?; // (M, 3, H, W)
+                    let ids = vec![self.ids(short)?; frames.len()];
+                    let mut r: Option<Var> = None;
+                    for (model, weight) in &self.models.image {
+                        let s = ad::scale(&ad::mean_all(&model.score(&images, &ids)?)?, *weight)?;
+                        r = Some(match r {
+                            Some(r) => ad::add(&r, &s)?,
+                            None => s,
+                        });
+                    }
+                    let r = r.expect("at least one image reward");
+                    total = ad::axpby(&total, 1.0, &r, -self.config.beta_img)?;
+                    probes.push(r.value().clone());
+                    img_k = Some(probes.len() - 1);
+                }
+                if let (true, Some(model)) = (self.config.beta_vid > 0.0, &self.models.video) {
+                    let frames = strided_frames(&mut rng, f, self.config.vid_frames);
+                    let images = self.decode_frames(&out.model_pred, &frames)?; // (n, 3, H, W)
+                    let s = images.shape().to_vec();
+                    let video = ad::permute(&ad::reshape(&images, &[1, s[0], s[1], s[2], s[3]])?, &[0, 2, 1, 3, 4])?;
+                    let r = ad::mean_all(&model.score(&video, &[self.ids(&meta.caption)?])?)?;
+                    total = ad::axpby(&total, 1.0, &r, -self.config.beta_vid)?;
+                    probes.push(r.value().clone());
+                    vid_k = Some(probes.len() - 1);
+                }
+            }
+            let grads = tape.backward(&ad::scale(&total, 1.0 / b as f32)?)?;
+            let g = self.student.grads(&tape, &grads, &leaves)?;
+            acc = Some(match acc {
+                None => g,
+                Some(a) => a.iter().zip(&g).map(|(x, y)| t2v_kernels::ops::add(x, y)).collect::<t2v_kernels::Result<_>>()?,
+            });
+            // one readback per record: the loss and the rewards
+            let vals = t2v_kernels::ops::concat(&probes.iter().map(|p| p.reshape(&[1])).collect::<t2v_kernels::Result<Vec<_>>>()?.iter().collect::<Vec<_>>(), 0)?.to_vec()?;
+            cd_sum += vals[0];
+            let mut total_v = vals[0];
+            if let Some(k) = img_k {
+                total_v -= self.config.beta_img * vals[k];
+                img_vals.push(vals[k]);
+            }
+            if let Some(k) = vid_k {
+                total_v -= self.config.beta_vid * vals[k];
+                vid_vals.push(vals[k]);
+            }
+            loss_sum += total_v;
+        }
+        let grads = acc.expect("batch of at least one");
+        let (loss, cd_loss) = (loss_sum / b as f32, cd_sum / b as f32);
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite { step: self.state.step + 1, what: format!("loss {loss}"), checkpoint: String::new() });
+        }
+        check_finite(&grads.iter().map(|g| ("gradient", g)).collect::<Vec<_>>())
+            .map_err(|e| TrainError::NonFinite { step: self.state.step + 1, what: e.to_string(), checkpoint: String::new() })?;
+        let info = self.opt.step(&grads, Some(self.config.max_grad_norm))?;
+        let grad_norm = info.grad_norm.to_vec()?[0];
+        self.state.rng = rng.state();
+        self.state.step += 1;
+        let mean = |v: &[f32]| (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32);
+        let (image_reward, video_reward) = (mean(&img_vals), mean(&vid_vals));
+        Ok(StepMetrics {
+            step: self.state.step,
+            loss,
+            cd_loss,
+            image_reward,
+            video_reward,
+            grad_norm,
+            lr: self.config.lr,
+            seconds: t0.elapsed().as_secs_f32(),
+            peak_gpu_mib: gpu.memory().peak_total_bytes as f32 / 1048576.0,
+        })
+    }
+
+    /// Decodes frames `idx` of the consistency output (1, C, F, h, w) -> (n, 3, H, W).
+    fn decode_frames(&self, pred: &Var, idx: &[usize]) -> Result<Var> {
+        let parts = idx.iter().map(|&i| ad::slice(pred, 2, i, 1)).collect::<t2v_kernels::Result<Vec<_>>>()?;
+        let refs: Vec<&Var> = parts.iter().collect();
+        let sel = ad::concat(&refs, 2)?; // (1, C, n, h, w)
+        let s = sel.shape().to_vec();
+        let lat = ad::reshape(&ad::permute(&sel, &[0, 2, 1, 3, 4])?, &[s[2], s[1], s[3], s[4]])?;
+        self.models.vae.decode(&lat)
+    }
+}
+
+/// `m` distinct random frames of `f`, ascending.
+fn pick_frames(rng: &mut Gaussian, f: usize, m: usize) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..f).collect();
+    for i in 0..m.min(f) {
+        let j = i + ((rng.uniform() * (f - i) as f64) as usize).min(f - i - 1);
+        all.swap(i, j);
+    }
+    let mut v = all[..m.min(f)].to_vec();
+    v.sort_unstable();
+    v
+}
+
+/// `n` evenly strided frames `start, start + f/n, ...` with a random start in [0, f/n)
+/// (the reference's `arange(start, F, F // n)[:n]`).
+fn strided_frames(rng: &mut Gaussian, f: usize, n: usize) -> Vec<usize> {
+    let stride = (f / n).max(1);
+    let start = ((rng.uniform() * stride as f64) as usize).min(stride - 1);
+    (0..n).map(|i| (start + i * stride).min(f - 1)).collect()
+}
+
+impl Trainer<'_> {
+    /// Writes a checkpoint folder `dir/step-{step:06}` atomically (written under a
+    /// temporary name, then renamed), then drops all but the newest `keep`.
+    pub fn save_checkpoint(&self, dir: &Path, keep: usize) -> Result<PathBuf> {
+        let io = |p: &Path, e: std::io::Error| WeightsError::Io { path: p.display().to_string(), msg: e.to_string() };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let name = format!("step-{:06}", self.state.step);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+        let named: Vec<(String, Tensor)> = self.student.trainable_names().into_iter().zip(self.student.trainable()).collect();
+        save_weights(&tmp.join("student.safetensors"), &named, SaveDtype::F32, &[("format", "t2v-turbo student".into())])?;
+        self.opt.save(&tmp.join("optimizer.safetensors"))?;
+        let state = serde_json::json!({ "state": self.state, "config": self.config });
+        t2v_kernels::io::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&state).expect("json").as_bytes())?;
+        let fin = dir.join(&name);
+        let _ = std::fs::remove_dir_all(&fin);
+        std::fs::rename(&tmp, &fin).map_err(|e| io(&fin, e))?;
+        let mut all = list_checkpoints(dir);
+        while all.len() > keep.max(1) {
+            let old = all.remove(0);
+            let _ = std::fs::remove_dir_all(old);
+        }
+        Ok(fin)
+    }
+
+    /// Restores weights, optimizer, stream and cursor from a checkpoint folder. The run's
+    /// settings must equal the checkpoint's.
+    pub fn load_checkpoint(&mut self, ckpt: &Path) -> std::result::Result<(), TrainError> {
+        let text = std::fs::read_to_string(ckpt.join("state.json")).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.join("state.json").display())))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.display())))?;
+        let config: TrainConfig = serde_json::from_value(v["config"].clone()).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.display())))?;
+        let state: TrainState = serde_json::from_value(v["state"].clone()).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.display())))?;
+        let same = TrainConfig { steps: self.config.steps, ..config.clone() };
+        if same != self.config {
+            return Err(TrainError::Setup(format!(
+                "{} was written with other settings; resume with the same ones (only --steps may change).\n  checkpoint: {config:?}\n  now:        {:?}",
+                ckpt.display(),
+                self.config
+            )));
+        }
+        let f = WeightFile::open(&ckpt.join("student.safetensors"))?;
+        for (name, t) in self.student.trainable_names().iter().zip(self.student.trainable()) {
+            let (shape, data) = f.host_f32(name)?;
+            if shape != t.shape() {
+                return Err(TrainError::Setup(format!("{}: {name} is {shape:?}, the student has {:?}", ckpt.display(), t.shape())));
+            }
+            t.write(&data)?;
+        }
+        self.opt.load(&ckpt.join("optimizer.safetensors"))?;
+        self.state = state;
+        Ok(())
+    }
+}
+
+/// Checkpoint folders in `dir`, oldest first.
+pub fn list_checkpoints(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-"))).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Where a run writes: `checkpoints/step-*/`, `metrics.jsonl`, `metrics.png`, and the final
+/// student model folder `model/`.
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub checkpoint_every: u64,
+    pub keep_checkpoints: usize,
+    /// Stop after this step even if `steps` is larger (an interrupted run, for tests).
+    pub stop_after: Option<u64>,
+    pub quiet: bool,
+}
+
+/// Runs (or resumes, when `out/checkpoints` has a checkpoint) to `config.steps`. Returns
+/// the metrics of the steps run now.
+pub fn run(trainer: &mut Trainer, o: &RunOptions) -> std::result::Result<Vec<StepMetrics>, TrainError> {
+    let ckpt_dir = o.out.join("checkpoints");
+    if let Some(last) = list_checkpoints(&ckpt_dir).pop() {
+        trainer.load_checkpoint(&last)?;
+        if !o.quiet {
+            eprintln!("resuming from {} (step {})", last.display(), trainer.state.step);
+        }
+    }
+    let metrics_path = o.out.join("metrics.jsonl");
+    let mut history = read_metrics(&metrics_path);
+    history.retain(|m| m.step <= trainer.state.step);
+    let end = o.stop_after.map_or(trainer.config.steps, |s| s.min(trainer.config.steps));
+    let mut progress = crate::pipeline::progress::Progress::new("train", end.saturating_sub(trainer.state.step) as usize).quiet(o.quiet);
+    let mut now = Vec::new();
+    let mut last_good = list_checkpoints(&ckpt_dir).pop().map(|p| p.display().to_string()).unwrap_or_else(|| "none (no checkpoint written yet)".into());
+    while trainer.state.step < end {
+        let m = match trainer.step() {
+            Ok(m) => m,
+            Err(TrainError::NonFinite { step, what, .. }) => {
+                write_metrics(&metrics_path, &history)?;
+                return Err(TrainError::NonFinite { step, what, checkpoint: last_good });
+            }
+            Err(e) => return Err(e),
+        };
+        let note = format!(
+            "loss {:.4} cd {:.4}{}{}",
+            m.loss,
+            m.cd_loss,
+            m.image_reward.map(|r| format!(" img {r:.3}")).unwrap_or_default(),
+            m.video_reward.map(|r| format!(" vid {r:.3}")).unwrap_or_default()
+        );
+        history.push(m.clone());
+        now.push(m);
+        progress.advance(1, &note);
+        let s = trainer.state.step;
+        if s % o.checkpoint_every.max(1) == 0 || s == end {
+            write_metrics(&metrics_path, &history)?;
+            last_good = trainer.save_checkpoint(&ckpt_dir, o.keep_checkpoints)?.display().to_string();
+            crate::pipeline::plot::plot_metrics(&o.out.join("metrics.png"), &history)?;
+        }
+    }
+    Ok(now)
+}
+
+fn read_metrics(path: &Path) -> Vec<StepMetrics> {
+    std::fs::read_to_string(path).map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()).unwrap_or_default()
+}
+
+fn write_metrics(path: &Path, ms: &[StepMetrics]) -> Result<()> {
+    let text: String = ms.iter().map(|m| serde_json::to_string(m).expect("json") + "\n").collect();
+    t2v_kernels::io::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
