@@ -10,10 +10,16 @@ use crate::models::clip::{ClipConfig, TextConfig};
 use crate::models::unet3d::UnetConfig;
 use crate::models::vae::VaeConfig;
 use crate::pipeline::sample::{Generator, GeneratorFiles, SampleOptions};
-use crate::pipeline::video_io::{write_gif, write_png, Frames};
+use crate::pipeline::captions::{write_jsonl, CaptionRow};
+use crate::pipeline::model_dir::ModelDir;
+use crate::pipeline::video_io::{write_frames, write_gif, write_mp4, Frames};
 
 #[derive(clap::Args, Debug)]
 pub struct SampleArgs {
+    /// A model folder (config.json + weights, e.g. `train`'s `OUT/model`); replaces the
+    /// file and config options below, and gives the default clip size.
+    #[arg(long)]
+    pub models: Option<PathBuf>,
     /// One safetensors checkpoint holding UNet, VAE and text encoder (VideoCrafter2 key
     /// prefixes). Or give the three files below.
     #[arg(long)]
@@ -59,15 +65,21 @@ pub struct SampleArgs {
     pub motion_percentage: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 16)]
-    pub frames: usize,
-    #[arg(long, default_value_t = 320)]
-    pub height: usize,
-    #[arg(long, default_value_t = 512)]
-    pub width: usize,
-    /// fps conditioning and GIF frame rate.
-    #[arg(long, default_value_t = 8.0)]
-    pub fps: f32,
+    /// Frames (default: the model folder's, else 16).
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Height (default: the model folder's, else 320).
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Width (default: the model folder's, else 512).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// fps conditioning and GIF frame rate (default: the model folder's, else 8).
+    #[arg(long)]
+    pub fps: Option<f32>,
+    /// Do not write MP4 files (written only when ffmpeg is installed).
+    #[arg(long)]
+    pub no_mp4: bool,
     /// Output folder (must not exist or be empty, unless --overwrite).
     #[arg(long)]
     pub out: PathBuf,
@@ -99,10 +111,6 @@ fn slug(p: &str) -> String {
 }
 
 pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
-    let pick = |x: &Option<PathBuf>, what: &str| -> Result<PathBuf, CliError> {
-        x.clone().or_else(|| a.checkpoint.clone()).ok_or_else(|| CliError::Check(format!("no {what} weights: give --checkpoint or --{what}")))
-    };
-    let (unet, vae, text) = (pick(&a.unet, "unet")?, pick(&a.vae, "vae")?, pick(&a.text, "text")?);
     let mut prompts = a.prompt.clone();
     if let Some(p) = &a.prompts {
         let s = std::fs::read_to_string(p).map_err(|e| CliError::Check(format!("{}: {e}", p.display())))?;
@@ -111,9 +119,80 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     if prompts.is_empty() {
         return Err(CliError::Check("no prompt: give --prompt TEXT or --prompts FILE".into()));
     }
-    if a.out.exists() && !a.overwrite && std::fs::read_dir(&a.out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        return Err(CliError::Check(format!("{} exists and is not empty; choose another --out or pass --overwrite", a.out.display())));
+    super::ensure_new_dir(&a.out, a.overwrite).map_err(|e| CliError::Check(format!("{e}, or pass --overwrite")))?;
+    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let t0 = Instant::now();
+    let (generator, shape) = match &a.models {
+        Some(dir) => {
+            let md = ModelDir::read(dir)?;
+            if a.teacher == md.is_student() {
+                return Err(CliError::Check(if a.teacher {
+                    format!("--teacher needs a teacher UNet; the one in {} is a distilled student (drop --teacher)", dir.display())
+                } else {
+                    format!("the UNet in {} is a teacher (no guidance-scale conditioning); sample it with --teacher, or distill a student with `t2v-turbo train`", dir.display())
+                }));
+            }
+            (Generator::from_model_dir(&gpu, &md)?, Some(md.video))
+        }
+        None => (load_from_files(&gpu, a)?, None),
+    };
+    eprintln!("loaded models in {:.1} s", t0.elapsed().as_secs_f64());
+    let frames_n = a.frames.or(shape.map(|s| s.frames)).unwrap_or(16);
+    let height = a.height.or(shape.map(|s| s.height)).unwrap_or(320);
+    let width = a.width.or(shape.map(|s| s.width)).unwrap_or(512);
+    let fps = a.fps.or(shape.map(|s| s.fps)).unwrap_or(8.0);
+    let opts = SampleOptions {
+        steps: a.steps,
+        origin: a.origin,
+        w: a.w,
+        motion_scale: a.motion_scale,
+        motion_percentage: a.motion_percentage,
+        seed: a.seed,
+        frames: frames_n,
+        height,
+        width,
+        fps,
+        teacher: a.teacher.then_some(crate::diffusion::DdimConfig { steps: a.teacher_steps, cfg: a.cfg, eta: a.eta }),
+    };
+    let mut rows = Vec::new();
+    let mut mp4 = !a.no_mp4;
+    for (i, prompt) in prompts.iter().enumerate() {
+        gpu.reset_peak_memory();
+        let t = Instant::now();
+        let video = generator.generate(prompt, &SampleOptions { seed: a.seed + i as u64, ..opts.clone() })?;
+        let secs = t.elapsed().as_secs_f64();
+        let frames = Frames::from_chw(&video, frames_n, height, width);
+        let name = format!("{i:03}_{}", slug(prompt));
+        let dir = a.out.join(&name);
+        write_frames(&dir, &frames).map_err(|e| CliError::Check(e.to_string()))?;
+        let gif = a.out.join(format!("{name}.gif"));
+        write_gif(&gif, &frames, fps).map_err(|e| CliError::Check(e.to_string()))?;
+        if mp4 {
+            if let Err(e) = write_mp4(&a.out.join(format!("{name}.mp4")), &dir, fps) {
+                eprintln!("note: no MP4 files ({e})");
+                mp4 = false;
+            }
+        }
+        rows.push(CaptionRow { path: name.clone(), caption: prompt.clone(), short_caption: None });
+        println!(
+            "{} ({} {} steps, {:.2} s, peak GPU memory {:.0} MiB): {prompt:?}",
+            gif.display(),
+            if a.teacher { a.teacher_steps } else { a.steps },
+            if a.teacher { "teacher DDIM" } else { "consistency" },
+            secs,
+            gpu.memory().peak_total_bytes as f64 / 1048576.0
+        );
     }
+    // the clips with their prompts, in the format `t2v-turbo eval` reads
+    write_jsonl(&a.out.join("captions.jsonl"), &rows)?;
+    Ok(())
+}
+
+fn load_from_files(gpu: &Gpu, a: &SampleArgs) -> Result<Generator, CliError> {
+    let pick = |x: &Option<PathBuf>, what: &str| -> Result<PathBuf, CliError> {
+        x.clone().or_else(|| a.checkpoint.clone()).ok_or_else(|| CliError::Check(format!("no {what} weights: give --models DIR, --checkpoint or --{what}")))
+    };
+    let (unet, vae, text) = (pick(&a.unet, "unet")?, pick(&a.vae, "vae")?, pick(&a.text, "text")?);
     let bad = |what: &str, p: &Path| CliError::Check(format!("{}: not a {what} config", p.display()));
     let unet_config = match &a.unet_config {
         Some(p) => UnetConfig::from_json(&json(p)?).ok_or_else(|| bad("UNet", p))?,
@@ -127,46 +206,5 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         Some(p) => ClipConfig::from_json(&json(p)?).ok_or_else(|| bad("text encoder", p))?.text,
         None => ClipConfig::default().text,
     };
-    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
-    let t0 = Instant::now();
-    let generator = Generator::load(&gpu, &GeneratorFiles { unet: &unet, vae: &vae, text: &text, unet_config, vae_config, text_config })?;
-    eprintln!("loaded models in {:.1} s", t0.elapsed().as_secs_f64());
-    std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;
-    let opts = SampleOptions {
-        steps: a.steps,
-        origin: a.origin,
-        w: a.w,
-        motion_scale: a.motion_scale,
-        motion_percentage: a.motion_percentage,
-        seed: a.seed,
-        frames: a.frames,
-        height: a.height,
-        width: a.width,
-        fps: a.fps,
-        teacher: a.teacher.then_some(crate::diffusion::DdimConfig { steps: a.teacher_steps, cfg: a.cfg, eta: a.eta }),
-    };
-    for (i, prompt) in prompts.iter().enumerate() {
-        gpu.reset_peak_memory();
-        let t = Instant::now();
-        let video = generator.generate(prompt, &SampleOptions { seed: a.seed + i as u64, ..opts.clone() })?;
-        let secs = t.elapsed().as_secs_f64();
-        let frames = Frames::from_chw(&video, a.frames, a.height, a.width);
-        let name = format!("{i:03}_{}", slug(prompt));
-        let dir = a.out.join(&name);
-        std::fs::create_dir_all(&dir).map_err(|e| CliError::Check(format!("{}: {e}", dir.display())))?;
-        for (k, rgb) in frames.frames.iter().enumerate() {
-            write_png(&dir.join(format!("frame_{k:03}.png")), a.width, a.height, rgb).map_err(|e| CliError::Check(e.to_string()))?;
-        }
-        let gif = a.out.join(format!("{name}.gif"));
-        write_gif(&gif, &frames, a.fps).map_err(|e| CliError::Check(e.to_string()))?;
-        println!(
-            "{} ({} {} steps, {:.2} s, peak GPU memory {:.0} MiB): {prompt:?}",
-            gif.display(),
-            if a.teacher { a.teacher_steps } else { a.steps },
-            if a.teacher { "teacher DDIM" } else { "consistency" },
-            secs,
-            gpu.memory().peak_total_bytes as f64 / 1048576.0
-        );
-    }
-    Ok(())
+    Ok(Generator::load(gpu, &GeneratorFiles { unet: &unet, vae: &vae, text: &text, unet_config, vae_config, text_config })?)
 }

@@ -6,11 +6,9 @@ use t2v_kernels::{Gpu, GpuOptions};
 
 use super::{CliError, DeviceArgs};
 use crate::diffusion::distill::NoiseFactor;
-use crate::models::tokenizer::ClipTokenizer;
-use crate::models::weights::{save_weights, SaveDtype};
-use crate::pipeline::model_dir::{load_unet_file, ModelDir};
+use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::shards::open_dataset;
-use crate::pipeline::train::{list_checkpoints, run as run_training, LoraConfig, RewardModels, RunOptions, Student, TrainConfig, Trainer};
+use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, RunOptions, TrainConfig, Trainer};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -118,28 +116,8 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         cond_dim: 256,
     };
     let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
-    let student_init = (!md.is_student()).then_some((config.cond_dim, a.seed));
-    let (unet, params) = load_unet_file(&gpu, &md.unet.0, &md.unet.1, student_init)?;
-    let student_config = unet.config.clone();
-    let mut student = Student { unet, params, adapters: vec![] };
-    if let Some(l) = config.lora {
-        student = student.with_lora(l, a.seed)?;
-    }
-    let mut image = md.load_image_rewards(&gpu)?;
-    if !a.reward_weights.is_empty() {
-        if a.reward_weights.len() != image.len() {
-            return Err(CliError::Check(format!("--reward-weights has {} values, the model folder has {} image rewards", a.reward_weights.len(), image.len())));
-        }
-        for (r, w) in image.iter_mut().zip(&a.reward_weights) {
-            r.1 = *w;
-        }
-    }
-    let models = RewardModels {
-        vae: md.load_vae(&gpu)?,
-        image,
-        video: md.load_video_reward(&gpu)?,
-        tokenizer: ClipTokenizer::new().map_err(|e| CliError::Check(e.to_string()))?,
-    };
+    let weights = (!a.reward_weights.is_empty()).then_some(a.reward_weights.as_slice());
+    let (student, models) = load_run(&gpu, &md, &config, weights).map_err(|e| CliError::Check(e.to_string()))?;
     let records: usize = shards.iter().map(|s| s.records.len()).sum();
     eprintln!(
         "{records} records in {} shards; student: {} parameters{}",
@@ -150,24 +128,8 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
     let mut trainer = Trainer::new(config, student, &models, &shards).map_err(|e| CliError::Check(e.to_string()))?;
     let opts = RunOptions { out: a.out.clone(), checkpoint_every: a.checkpoint_every, keep_checkpoints: a.keep_checkpoints, stop_after: None, quiet: false };
     let ms = run_training(&mut trainer, &opts).map_err(|e| CliError::Check(e.to_string()))?;
-    // the student as a model folder the sampler reads
     let model = a.out.join("model");
-    std::fs::create_dir_all(&model).map_err(|e| CliError::Check(format!("{}: {e}", model.display())))?;
-    let merged = trainer.student.merged_params()?;
-    save_weights(&model.join("unet.safetensors"), &merged, SaveDtype::F32, &[("model", "t2v-turbo student unet3d".into()), ("steps", trainer.state.step.to_string())])?;
-    let abs = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let mut out_md = md.clone();
-    out_md.root = model.clone();
-    out_md.unet = (model.join("unet.safetensors"), student_config);
-    out_md.vae.0 = abs(&md.vae.0);
-    out_md.text.0 = abs(&md.text.0);
-    for r in &mut out_md.image_rewards {
-        r.file = abs(&r.file);
-    }
-    if let Some(v) = &mut out_md.video_reward {
-        v.0 = abs(&v.0);
-    }
-    out_md.write_config()?;
+    write_student_model(&model, &md, &trainer.student, trainer.state.step)?;
     if let Some(m) = ms.last() {
         println!("step {}: loss {:.5} (consistency {:.5}); student model folder: {}", m.step, m.loss, m.cd_loss, model.display());
     } else {

@@ -56,6 +56,12 @@ impl Generator {
         Ok(Generator { unet, vae, text, tokenizer, schedule: Schedule::videocrafter() })
     }
 
+    /// The models of a model folder.
+    pub fn from_model_dir(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir) -> Result<Generator> {
+        let tokenizer = ClipTokenizer::new().map_err(|e| WeightsError::Format { path: "tokenizer".into(), msg: e.to_string() })?;
+        Ok(Generator { unet: md.load_unet(gpu)?, vae: md.load_vae(gpu)?, text: md.load_text(gpu)?, tokenizer, schedule: Schedule::videocrafter() })
+    }
+
     /// One video (3, F, H, W) in [-1, 1] for `prompt`.
     pub fn generate(&self, prompt: &str, opts: &SampleOptions) -> Result<Vec<f32>> {
         let gpu = self.gpu();

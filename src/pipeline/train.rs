@@ -215,6 +215,30 @@ impl Student {
     }
 }
 
+/// Loads what a run needs from a model folder: the student (from the folder's UNet: a
+/// teacher gets the student's new layers, deterministic in the seed; with LoRA, adapters),
+/// the VAE, reward models (image-reward weights overridden by `reward_weights`) and the
+/// tokenizer.
+pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &TrainConfig, reward_weights: Option<&[f32]>) -> std::result::Result<(Student, RewardModels), TrainError> {
+    let init = (!md.is_student()).then_some((config.cond_dim, config.seed));
+    let (unet, params) = crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init)?;
+    let mut student = Student { unet, params, adapters: vec![] };
+    if let Some(l) = config.lora {
+        student = student.with_lora(l, config.seed)?;
+    }
+    let mut image = md.load_image_rewards(gpu)?;
+    if let Some(ws) = reward_weights {
+        if ws.len() != image.len() {
+            return Err(TrainError::Setup(format!("{} reward weights given, the model folder has {} image rewards", ws.len(), image.len())));
+        }
+        for (r, w) in image.iter_mut().zip(ws) {
+            r.1 = *w;
+        }
+    }
+    let tokenizer = ClipTokenizer::new().map_err(|e| TrainError::Setup(e.to_string()))?;
+    Ok((student, RewardModels { vae: md.load_vae(gpu)?, image, video: md.load_video_reward(gpu)?, tokenizer }))
+}
+
 /// A record address: (shard, index in shard).
 type Item = (usize, usize);
 
@@ -552,4 +576,26 @@ fn write_metrics(path: &Path, ms: &[StepMetrics]) -> Result<()> {
     let text: String = ms.iter().map(|m| serde_json::to_string(m).expect("json") + "\n").collect();
     t2v_kernels::io::write_atomic(path, text.as_bytes())?;
     Ok(())
+}
+
+/// Writes the student as a model folder the sampler reads: its UNet (adapters merged) and
+/// a config.json whose other models are the source folder's files (absolute paths).
+pub fn write_student_model(dir: &Path, source: &crate::pipeline::model_dir::ModelDir, student: &Student, steps: u64) -> Result<crate::pipeline::model_dir::ModelDir> {
+    std::fs::create_dir_all(dir).map_err(|e| WeightsError::Io { path: dir.display().to_string(), msg: e.to_string() })?;
+    let unet = dir.join("unet.safetensors");
+    save_weights(&unet, &student.merged_params()?, SaveDtype::F32, &[("model", "t2v-turbo student unet3d".into()), ("steps", steps.to_string())])?;
+    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut md = source.clone();
+    md.root = dir.to_path_buf();
+    md.unet = (unet, student.unet.config.clone());
+    md.vae.0 = abs(&source.vae.0);
+    md.text.0 = abs(&source.text.0);
+    for r in &mut md.image_rewards {
+        r.file = abs(&r.file);
+    }
+    if let Some(v) = &mut md.video_reward {
+        v.0 = abs(&v.0);
+    }
+    md.write_config()?;
+    Ok(md)
 }

@@ -206,3 +206,20 @@ pub fn write_frames(dir: &Path, v: &Frames) -> Result<(), VideoIoError> {
     }
     Ok(())
 }
+
+/// Encodes the `frame_%03d.png` files of `frames_dir` to an H.264 MP4 with an installed
+/// ffmpeg (or $T2V_FFMPEG). Err when ffmpeg is missing or fails.
+pub fn write_mp4(path: &Path, frames_dir: &Path, fps: f32) -> Result<(), VideoIoError> {
+    let ffmpeg = std::env::var("T2V_FFMPEG").unwrap_or_else(|_| "ffmpeg".into());
+    let out = std::process::Command::new(&ffmpeg)
+        .args(["-v", "error", "-y", "-framerate", &fps.to_string(), "-i"])
+        .arg(frames_dir.join("frame_%03d.png"))
+        .args(["-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"])
+        .arg(path)
+        .output()
+        .map_err(|e| err(path, format!("cannot run `{ffmpeg}`: {e}")))?;
+    if !out.status.success() {
+        return Err(err(path, format!("ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
+}
