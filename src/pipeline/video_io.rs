@@ -12,6 +12,7 @@ pub struct VideoIoError {
 }
 
 /// One video as RGB frames (height x width x 3 bytes each).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Frames {
     pub width: usize,
     pub height: usize,

@@ -1,0 +1,228 @@
+//! The pipeline on tiny random models (lavapipe): world -> preprocess -> train -> sample
+//! through the binary, exact resume, LoRA, NaN stop and bad input.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use t2v_kernels::{Gpu, GpuOptions};
+use t2v_turbo::guidance::MotionScales;
+use t2v_turbo::models::tokenizer::ClipTokenizer;
+use t2v_turbo::models::weights::SaveDtype;
+use t2v_turbo::pipeline::model_dir::{init_random, ModelDir, Preset};
+use t2v_turbo::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
+use t2v_turbo::pipeline::shards::{open_dataset, write_shard, RecordTensors, Shard, ShardConfig};
+use t2v_turbo::pipeline::train::{load_run, run, LoraConfig, RunOptions, TrainConfig, TrainError, Trainer};
+use t2v_turbo::world::{write_dataset, WorldConfig};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("t2v-pipe-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn gpu() -> Gpu {
+    Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap()
+}
+
+/// Tiny random models and 4 preprocessed clips (10-point DDIM grid), made once.
+fn fixture() -> &'static (PathBuf, PathBuf) {
+    static F: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    F.get_or_init(|| {
+        let d = tmp("fixture");
+        let g = gpu();
+        let md = init_random(&g, Preset::Tiny, &d.join("models"), 0, SaveDtype::F32).unwrap();
+        write_dataset(&d.join("world"), 5, 4, &WorldConfig { short_fraction: 0.75, ..Default::default() }, true).unwrap();
+        let (unet, vae, text) = (md.load_unet(&g).unwrap(), md.load_vae(&g).unwrap(), md.load_text(&g).unwrap());
+        let tokenizer = ClipTokenizer::new().unwrap();
+        let job = PreprocessJob {
+            captions: d.join("world/captions.jsonl"),
+            out: d.join("shards"),
+            shard: (0, 1),
+            shard_size: 2,
+            config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true },
+            source_fps: None,
+            settings: PreprocessConfig { w_range: (5.0, 15.0), motion: true, scales: MotionScales::default() },
+            quiet: true,
+        };
+        std::fs::create_dir_all(&job.out).unwrap();
+        let rep = preprocess_dataset(&PreprocessModels { unet: &unet, vae: &vae, text: &text, tokenizer: &tokenizer }, &job).unwrap();
+        assert_eq!((rep.records, rep.shards_written), (4, 2));
+        (d.join("models"), d.join("shards"))
+    })
+}
+
+fn config(steps: u64) -> TrainConfig {
+    TrainConfig { steps, lr: 1e-4, ..TrainConfig::default() }
+}
+
+fn opts(out: &Path, stop_after: Option<u64>) -> RunOptions {
+    RunOptions { out: out.to_path_buf(), checkpoint_every: 1, keep_checkpoints: 2, stop_after, quiet: true }
+}
+
+#[test]
+fn a_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
+    let (models, shards) = fixture();
+    let g = gpu();
+    let md = ModelDir::read(models).unwrap();
+    let data = open_dataset(shards).unwrap();
+    let losses = |out: &Path, stop: Option<u64>| -> Vec<(u32, Option<u32>, u32)> {
+        let (student, rewards) = load_run(&g, &md, &config(4), None).unwrap();
+        let mut t = Trainer::new(config(4), student, &rewards, &data).unwrap();
+        run(&mut t, &opts(out, stop)).unwrap().iter().map(|m| (m.loss.to_bits(), m.image_reward.map(f32::to_bits), m.grad_norm.to_bits())).collect()
+    };
+    let straight = losses(&tmp("straight"), None);
+    let resumed_dir = tmp("resumed");
+    let mut parts = losses(&resumed_dir, Some(2));
+    assert_eq!(parts.len(), 2);
+    parts.extend(losses(&resumed_dir, None)); // resumes from step 2
+    assert_eq!(parts, straight);
+    // rewards were part of it: at least one record had a short caption
+    assert!(straight.iter().any(|s| s.1.is_some()), "no reward step in {straight:?}");
+    // the metrics file holds each step once
+    let lines = std::fs::read_to_string(resumed_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 4);
+    assert!(resumed_dir.join("metrics.png").exists());
+    // only the newest two checkpoints are kept
+    let ck: Vec<_> = std::fs::read_dir(resumed_dir.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut ck = ck;
+    ck.sort();
+    assert_eq!(ck, vec!["step-000003", "step-000004"]);
+    // other settings cannot resume
+    let (student, rewards) = load_run(&g, &md, &TrainConfig { lr: 2e-4, ..config(6) }, None).unwrap();
+    let mut t = Trainer::new(TrainConfig { lr: 2e-4, ..config(6) }, student, &rewards, &data).unwrap();
+    let e = run(&mut t, &opts(&resumed_dir, None)).unwrap_err().to_string();
+    assert!(e.contains("other settings"), "{e}");
+}
+
+#[test]
+fn lora_trains_adapters_and_leaves_the_base_weights() {
+    let (models, shards) = fixture();
+    let g = gpu();
+    let md = ModelDir::read(models).unwrap();
+    let data = open_dataset(shards).unwrap();
+    let cfg = TrainConfig { lora: Some(LoraConfig { rank: 4, alpha: 4.0 }), lr: 1e-2, beta_vid: 0.0, ..config(2) };
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let base: Vec<Vec<f32>> = student.params.iter().map(|(_, t)| t.to_vec().unwrap()).collect();
+    let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
+    let m1 = t.step().unwrap();
+    let m2 = t.step().unwrap();
+    assert!(m1.loss.is_finite() && m2.loss.is_finite() && m1.grad_norm > 0.0);
+    for ((_, p), b) in t.student.params.iter().zip(&base) {
+        assert_eq!(&p.to_vec().unwrap(), b, "a base weight changed");
+    }
+    let moved = t.student.adapters.iter().filter(|(_, l)| l.up.to_vec().unwrap().iter().any(|&x| x != 0.0)).count();
+    assert!(moved > t.student.adapters.len() / 2, "{moved} of {} adapters trained", t.student.adapters.len());
+    let merged = t.student.merged_params().unwrap();
+    let changed = merged.iter().zip(&base).filter(|((_, m), b)| &m.to_vec().unwrap() != *b).count();
+    assert!(changed > 0);
+}
+
+#[test]
+fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let (models, shards) = fixture();
+    let g = gpu();
+    let md = ModelDir::read(models).unwrap();
+    let good = open_dataset(shards).unwrap();
+    let out = tmp("nan");
+    let cfg = TrainConfig { beta_img: 0.0, beta_vid: 0.0, ..config(3) };
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let mut t = Trainer::new(cfg.clone(), student, &rewards, &good).unwrap();
+    run(&mut t, &opts(&out, Some(1))).unwrap();
+    // the same records with NaN latents
+    let bad_dir = tmp("nan-shards");
+    for s in &good {
+        let recs: Vec<_> = (0..s.records.len())
+            .map(|j| {
+                let r = s.tensors(&g, j).unwrap();
+                let nan = t2v_kernels::Tensor::from_slice(&g, r.z_t.shape(), &vec![f32::NAN; r.z_t.numel()]).unwrap();
+                (s.records[j].clone(), RecordTensors { z_t: nan, ..r })
+            })
+            .collect();
+        write_shard(&bad_dir.join(s.path.file_name().unwrap()), &s.config, &recs).unwrap();
+    }
+    let bad = open_dataset(&bad_dir).unwrap();
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let mut t = Trainer::new(cfg.clone(), student, &rewards, &bad).unwrap();
+    let e = run(&mut t, &opts(&out, None)).unwrap_err();
+    assert!(matches!(e, TrainError::NonFinite { step: 2, .. }), "{e}");
+    assert!(e.to_string().contains("step-000001"), "{e}");
+    // the checkpoint is intact and resumable
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let mut t = Trainer::new(cfg, student, &rewards, &good).unwrap();
+    let ms = run(&mut t, &opts(&out, None)).unwrap();
+    assert_eq!(ms.first().map(|m| m.step), Some(2));
+}
+
+#[test]
+fn bad_shards_are_reported_by_name() {
+    let (_, shards) = fixture();
+    let d = tmp("bad-shards");
+    assert!(open_dataset(&d).err().unwrap().to_string().contains("no shard-"));
+    let first = std::fs::read_dir(shards).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "safetensors")).unwrap();
+    let bytes = std::fs::read(&first).unwrap();
+    std::fs::write(d.join("shard-0of1-00000.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let e = open_dataset(&d).err().unwrap().to_string();
+    assert!(e.contains("shard-0of1-00000.safetensors"), "{e}");
+    // not a shard: a model file renamed
+    let (models, _) = fixture();
+    std::fs::copy(models.join("vae.safetensors"), d.join("shard-0of1-00000.safetensors")).unwrap();
+    assert!(Shard::open(&d.join("shard-0of1-00000.safetensors")).err().unwrap().to_string().contains("not a t2v-turbo shard"));
+}
+
+fn t2v(args: &[&str]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_t2v-turbo")).args(args).env("T2V_FFMPEG", "/nonexistent/ffmpeg").output().expect("run t2v-turbo");
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+#[test]
+fn the_commands_run_end_to_end() {
+    let (models, _) = fixture();
+    let d = tmp("e2e");
+    let p = |x: &str| d.join(x).to_string_lossy().into_owned();
+    let m = models.to_string_lossy().into_owned();
+    let (ok, out) = t2v(&["world", "--out", &p("world"), "--count", "3", "--seed", "9"]);
+    assert!(ok, "{out}");
+    // one missing video and one too short
+    let mut caps = std::fs::read_to_string(d.join("world/captions.jsonl")).unwrap();
+    caps += "{\"path\": \"clips/missing\", \"caption\": \"a red circle\"}\n";
+    std::fs::create_dir_all(d.join("world/short")).unwrap();
+    std::fs::copy(d.join("world/clips/00000/frame_000.png"), d.join("world/short/frame_000.png")).unwrap();
+    caps += "{\"path\": \"short\", \"caption\": \"a blue square\"}\n";
+    std::fs::write(d.join("world/captions.jsonl"), caps).unwrap();
+    let pre = ["preprocess", "--models", &m, "--captions", &p("world/captions.jsonl"), "--out", &p("shards"), "--ddim-steps", "10", "--shard-size", "2"];
+    let (ok, out) = t2v(&pre);
+    assert!(ok, "{out}");
+    assert!(out.contains("3 records") && out.contains("2 videos skipped") && out.contains("3 new shards"), "{out}");
+    assert!(out.contains("clips/missing") && out.contains("1 frames, 8 needed"), "{out}");
+    let manifest = std::fs::read_to_string(d.join("shards/manifest-0of1.json")).unwrap();
+    assert!(manifest.contains("clips/missing"), "{manifest}");
+    // again: everything is done already
+    let (ok, out) = t2v(&pre);
+    assert!(ok && out.contains("0 new shards, 3 shards done earlier"), "{out}");
+    let (ok, out) = t2v(&["preprocess", "--models", &m, "--captions", &p("world/captions.jsonl"), "--out", &p("s2"), "--shard", "2/2"]);
+    assert!(!ok && out.contains("expected i/n"), "{out}");
+
+    let train = ["train", "--models", &m, "--data", &p("shards"), "--out", &p("run"), "--steps", "2", "--checkpoint-every", "1", "--lr", "1e-4"];
+    let (ok, out) = t2v(&train);
+    assert!(ok, "{out}");
+    assert!(d.join("run/model/config.json").exists() && d.join("run/metrics.png").exists());
+    let (ok, out) = t2v(&train);
+    assert!(!ok && out.contains("--resume"), "{out}");
+    let mut more = train.to_vec();
+    more[8] = "3";
+    more.push("--resume");
+    let (ok, out) = t2v(&more);
+    assert!(ok && out.contains("step 3"), "{out}");
+
+    let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "a red circle moving left", "--out", &p("videos")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("4 consistency steps") && out.contains("peak GPU memory") && out.contains("no MP4"), "{out}");
+    assert!(d.join("videos/000_a_red_circle_moving_left.gif").exists() && d.join("videos/000_a_red_circle_moving_left/frame_007.png").exists());
+    let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "x", "--out", &p("videos")]);
+    assert!(!ok && out.contains("not empty"), "{out}");
+    let (ok, out) = t2v(&["eval", &p("videos")]);
+    assert!(ok && out.contains("accuracy") && out.contains("clips                 1"), "{out}");
+    let (ok, out) = t2v(&["sample", "--models", &m, "--prompt", "x", "--out", &p("v2")]);
+    assert!(!ok && out.contains("is a teacher"), "{out}");
+}
