@@ -12,5 +12,6 @@ pub mod guidance;
 pub mod models;
 pub mod parity;
 pub mod pipeline;
+pub mod pretrain;
 pub mod reward;
 pub mod world;

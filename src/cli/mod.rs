@@ -3,11 +3,13 @@
 //! `motion_scale = 0.1`, `prompt = ["a", "b"]`, `teacher = true`); options given on the
 //! command line win over the file.
 
+mod demo;
 mod eval;
 mod info;
 mod init;
 mod parity;
 mod preprocess;
+mod pretrain;
 mod sample;
 mod train;
 mod world;
@@ -43,6 +45,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the whole method on the embedded default (tiny shipped models, moving-shapes
+    /// world): preprocess, distill, sample student and teacher, evaluate, write a report.
+    Demo(Box<demo::DemoArgs>),
     /// List GPU adapters with their features and key limits, and self-check the chosen one;
     /// or, with --weights, describe a checkpoint file.
     Info(info::InfoArgs),
@@ -62,6 +67,9 @@ pub enum Command {
     /// Algorithm 1: encode videos, draw n and w, store teacher outputs and motion-guidance
     /// gradients in shards (resumable, shardable across machines).
     Preprocess(Box<preprocess::PreprocessArgs>),
+    /// Train the embedded default's tiny VAE, teacher UNet or reward towers on the
+    /// moving-shapes world.
+    Pretrain(Box<pretrain::PretrainArgs>),
     /// Algorithm 2: consistency distillation with reward feedback and motion guidance on
     /// preprocessed shards (checkpoints, exact resume, metrics).
     Train(Box<train::TrainArgs>),
@@ -82,6 +90,7 @@ pub enum CliError {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Info(args) => info::run(&cli.device, &args),
+        Command::Demo(args) => demo::run(&cli.device, &args),
         Command::Parity(args) => parity::run(&cli.device, &args),
         Command::Sample(args) => sample::run(&cli.device, &args),
         Command::World(args) => world::run(&args),
@@ -89,6 +98,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init(args) => init::run(&cli.device, &args),
         Command::Preprocess(args) => preprocess::run(&cli.device, &args),
         Command::Train(args) => train::run(&cli.device, &args),
+        Command::Pretrain(args) => pretrain::run(&cli.device, &args),
     }
 }
 

@@ -170,9 +170,9 @@ impl TextTower {
             return Err(WeightsError::Gpu(t2v_kernels::Error::Shape { op: "text tower", msg: format!("token rows must have {ctx} ids, got {}", bad.len()) }));
         }
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let table = tape.constant(self.token_embedding.clone());
+        let table = tape.param(&self.token_embedding);
         let x = ad::reshape(&ad::embedding(&table, &flat)?, &[n, ctx, w])?;
-        let mut x = ad::add(&x, &tape.constant(self.positional_embedding.clone()))?;
+        let mut x = ad::add(&x, &tape.param(&self.positional_embedding))?;
         for b in &self.resblocks[..layers] {
             x = b.forward(&x, self.config.heads, true)?;
         }
@@ -199,7 +199,7 @@ impl TextTower {
             .map(|(i, r)| (i * ctx + r.iter().enumerate().fold(0, |best, (j, &v)| if v > r[best] { j } else { best })) as u32)
             .collect();
         let pooled = ad::embedding(&ad::reshape(&x, &[n * ctx, w])?, &rows)?;
-        l2_normalize(&ad::matmul(&pooled, &tape.constant(proj.clone()))?)
+        l2_normalize(&ad::matmul(&pooled, &tape.param(proj))?)
     }
 }
 
@@ -236,18 +236,18 @@ impl VisionTower {
     pub fn features(&self, images: &Var) -> Result<Var> {
         let tape = images.tape().clone();
         let (n, w, p) = (images.shape()[0], self.config.width, self.config.patch_size);
-        let x = ad::conv2d(images, &tape.constant(self.conv1.clone()), None, Conv2d::new(p, 0))?; // (N, W, g, g)
+        let x = ad::conv2d(images, &tape.param(&self.conv1), None, Conv2d::new(p, 0))?; // (N, W, g, g)
         let g2 = x.shape()[2] * x.shape()[3];
         let tokens = ad::permute(&ad::reshape(&x, &[n, w, g2])?, &[0, 2, 1])?; // (N, g*g, W)
-        let cls = ad::broadcast_to(&ad::reshape(&tape.constant(self.class_embedding.clone()), &[1, 1, w])?, &[n, 1, w])?;
-        let x = ad::add(&ad::concat(&[&cls, &tokens], 1)?, &tape.constant(self.positional_embedding.clone()))?;
+        let cls = ad::broadcast_to(&ad::reshape(&tape.param(&self.class_embedding), &[1, 1, w])?, &[n, 1, w])?;
+        let x = ad::add(&ad::concat(&[&cls, &tokens], 1)?, &tape.param(&self.positional_embedding))?;
         let mut x = self.ln_pre.forward(&x)?;
         let heads = w / self.config.head_width;
         for b in &self.resblocks {
             x = b.forward(&x, heads, false)?;
         }
         let cls_out = ad::reshape(&ad::slice(&x, 1, 0, 1)?, &[n, w])?;
-        l2_normalize(&ad::matmul(&self.ln_post.forward(&cls_out)?, &tape.constant(self.proj.clone()))?)
+        l2_normalize(&ad::matmul(&self.ln_post.forward(&cls_out)?, &tape.param(&self.proj))?)
     }
 }
 

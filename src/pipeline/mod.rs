@@ -2,6 +2,7 @@
 //! (`train`), generation (`sample`), progress and metrics.
 
 pub mod captions;
+pub mod demo;
 pub mod model_dir;
 pub mod plot;
 pub mod preprocess;

@@ -215,7 +215,8 @@ impl Preset {
                 };
                 let vae = VaeConfig { ch: 32, ch_mult: vec![1, 2, 2], num_res_blocks: 1, resolution: 32, ..VaeConfig::default() };
                 let vision = VisionConfig { width: 64, layers: 2, head_width: 32, image_size: 32, patch_size: 8 };
-                let clip = ClipConfig { embed_dim: 64, text: text.clone(), vision };
+                // reward towers: a narrower text tower (its 49408-token table dominates the size)
+                let clip = ClipConfig { embed_dim: 64, text: TextConfig { width: 32, heads: 2, ..text.clone() }, vision };
                 let text_model = ClipConfig { embed_dim: 64, text, vision: clip.vision.clone() };
                 (unet, vae, text_model, clip, VideoShape { frames: 8, height: 32, width: 32, fps: 8.0 })
             }

@@ -182,7 +182,7 @@ impl Student {
     /// merged in (tracked through the adapters).
     fn attach(&self, tape: &Tape) -> Result<Vec<Var>> {
         if self.adapters.is_empty() {
-            tape.set_trainable(true);
+            tape.train_only(&self.trainable());
             return Ok(vec![]);
         }
         let mut leaves = Vec::new();

@@ -22,6 +22,8 @@ struct Inner {
     /// With `trainable`, [`Tape::param`] gives one leaf per weight buffer.
     trainable: bool,
     params: HashMap<usize, usize>,
+    /// With `trainable`: only these weight buffers become leaves (None: all).
+    only: Option<std::collections::HashSet<usize>>,
     /// Weight buffer -> the value [`Tape::param`] returns instead (LoRA-merged weights).
     substitutes: HashMap<usize, Var>,
 }
@@ -96,7 +98,17 @@ impl Tape {
 
     /// Makes [`Tape::param`] return tracked leaves (training) instead of constants.
     pub fn set_trainable(&self, on: bool) {
-        self.0.lock().unwrap().trainable = on;
+        let mut t = self.0.lock().unwrap();
+        t.trainable = on;
+        t.only = None;
+    }
+
+    /// Makes [`Tape::param`] return tracked leaves for these weights only; every other
+    /// weight stays a constant (frozen models sharing the tape cost no weight gradients).
+    pub fn train_only(&self, weights: &[Tensor]) {
+        let mut t = self.0.lock().unwrap();
+        t.trainable = true;
+        t.only = Some(weights.iter().map(|w| w.storage_id()).collect());
     }
 
     /// A model weight on this tape: a constant, or with [`Tape::set_trainable`] the one
@@ -109,11 +121,11 @@ impl Tape {
             // use a reshaped view of the weight
             return super::reshape(&v, value.shape()).expect("substitute has the weight's size");
         }
-        if !t.trainable {
+        let key = value.storage_id();
+        if !t.trainable || t.only.as_ref().is_some_and(|o| !o.contains(&key)) {
             drop(t);
             return self.constant(value.clone());
         }
-        let key = value.storage_id();
         let node = match t.params.get(&key) {
             Some(&id) => id,
             None => {

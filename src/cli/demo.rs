@@ -1,0 +1,70 @@
+//! `t2v-turbo demo`: the whole method on the embedded default (see `pipeline::demo`).
+
+use std::path::PathBuf;
+
+use t2v_kernels::{Gpu, GpuOptions};
+
+use super::{ensure_new_dir, CliError, DeviceArgs};
+use crate::pipeline::demo::{run_demo, DemoConfig, CD_ONLY, FULL, NO_MOTION, NO_REWARD};
+use crate::pipeline::model_dir::ModelDir;
+
+/// The shipped tiny models of the embedded default.
+pub fn default_models() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/tiny")
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Model folder (default: the shipped tiny models in assets/tiny).
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Output folder (must not exist or be empty): report.md, gifs/, samples/, students/.
+    #[arg(long, default_value = "demo-out")]
+    pub out: PathBuf,
+    /// Training clips.
+    #[arg(long, default_value_t = 24)]
+    pub clips: usize,
+    /// Held-out prompts sampled by every method.
+    #[arg(long, default_value_t = 8)]
+    pub prompts: usize,
+    /// Distillation steps per student.
+    #[arg(long, default_value_t = 80)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f32,
+    /// Points of the DDIM grid (50: T2V-Turbo v1's, cheaper inversion on a CPU; 200: v2's).
+    #[arg(long, default_value_t = 50)]
+    pub ddim_steps: usize,
+    /// Teacher DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    pub teacher_steps: usize,
+    /// Also train the ablations without rewards and without motion guidance.
+    #[arg(long)]
+    pub ablations: bool,
+    /// A shortened run (a few clips, prompts and steps) that checks everything works.
+    #[arg(long)]
+    pub quick: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(dev: &DeviceArgs, a: &DemoArgs) -> Result<(), CliError> {
+    let models = a.models.clone().unwrap_or_else(default_models);
+    let md = ModelDir::read(&models).map_err(|e| CliError::Check(format!("{e}\n(the shipped models are in assets/tiny of the repository; or give --models DIR, e.g. from `t2v-turbo init`)")))?;
+    ensure_new_dir(&a.out, false)?;
+    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, seed: a.seed, ..DemoConfig::default() };
+    if a.ablations {
+        c.variants = vec![FULL, NO_REWARD, NO_MOTION, CD_ONLY];
+    }
+    if a.quick {
+        (c.clips, c.prompts, c.steps, c.ddim_steps, c.teacher_steps) = (4, 2, 3, 10, 10);
+    }
+    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let results = run_demo(&gpu, &md, &a.out, &c)?;
+    println!("{:<40} {:>10} {:>9} {:>8} {:>10}", "method", "accuracy%", "dynamic", "flicker", "s/video");
+    for r in &results {
+        println!("{:<40} {:>10.1} {:>9.2} {:>8.4} {:>10.2}", r.name, r.report.accuracy, r.report.dynamic_degree, r.report.flicker, r.seconds_per_video);
+    }
+    println!("report: {}", a.out.join("report.md").display());
+    Ok(())
+}

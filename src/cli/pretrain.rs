@@ -1,0 +1,68 @@
+//! `t2v-turbo pretrain vae|teacher|reward`: trains the embedded default's tiny models on
+//! the moving-shapes world.
+
+use std::path::PathBuf;
+
+use t2v_kernels::{Gpu, GpuOptions};
+
+use super::{CliError, DeviceArgs};
+use crate::models::weights::SaveDtype;
+use crate::pipeline::model_dir::ModelDir;
+use crate::pretrain::{pretrain, PretrainConfig, What};
+
+#[derive(clap::Args, Debug)]
+pub struct PretrainArgs {
+    /// What to train: the VAE, the teacher UNet, or the reward towers.
+    #[arg(value_enum)]
+    pub what: What,
+    /// Source model folder (e.g. from `t2v-turbo init`, or the previous stage's output).
+    #[arg(long)]
+    pub models: PathBuf,
+    /// Output model folder: a copy of the source with the trained weights; training
+    /// checkpoints and curves go to OUT/pretrain-{what}/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue an interrupted run in --out from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 2000)]
+    pub steps: u64,
+    /// Clips (teacher, rewards) or frames (VAE) per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seed of the world the clips are drawn from.
+    #[arg(long, default_value_t = 1000)]
+    pub world_seed: u64,
+    #[arg(long, default_value_t = 200)]
+    pub checkpoint_every: u64,
+    /// Store the trained weights as f16 (half the size; how the shipped models are stored).
+    #[arg(long)]
+    pub f16: bool,
+}
+
+pub fn run(dev: &DeviceArgs, a: &PretrainArgs) -> Result<(), CliError> {
+    let stage = a.out.join(format!("pretrain-{}", format!("{:?}", a.what).to_lowercase()));
+    let non_empty = a.out.exists() && std::fs::read_dir(&a.out).map(|mut d| d.next().is_some()).unwrap_or(true);
+    if non_empty && !a.resume {
+        return Err(CliError::Check(format!("{} exists and is not empty; choose another --out, or pass --resume to continue its run", a.out.display())));
+    }
+    if a.resume && !stage.join("checkpoints").exists() {
+        return Err(CliError::Check(format!("--resume: no checkpoints in {}", stage.display())));
+    }
+    if a.batch < 2 && a.what == What::Reward {
+        return Err(CliError::Check("the contrastive reward loss needs --batch of at least 2".into()));
+    }
+    let src = ModelDir::read(&a.models)?;
+    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let cfg = PretrainConfig { steps: a.steps, batch: a.batch.max(1), lr: a.lr, seed: a.seed, world_seed: a.world_seed };
+    let dtype = if a.f16 { SaveDtype::F16 } else { SaveDtype::F32 };
+    let t = std::time::Instant::now();
+    let (md, ms) = pretrain(&gpu, a.what, &src, &a.out, &cfg, a.checkpoint_every, dtype, false)?;
+    let last = ms.last().map(|m| format!("loss {:.4}{}", m.loss, m.logs.iter().map(|(n, v)| format!(", {n} {v:.3}")).collect::<String>())).unwrap_or_else(|| "nothing to do".into());
+    println!("{:?} trained to step {} in {:.0} s ({last}); model folder: {}", a.what, a.steps, t.elapsed().as_secs_f64(), md.root.display());
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! `t2v-turbo demo`: the whole method on the embedded default, end to end:
+//! world -> preprocess (with motion guidance) -> distill students (consistency + rewards +
+//! motion, and ablations) -> sample held-out prompts with each 4-step student and with the
+//! teacher's 50-step DDIM -> the reward-independent analyser -> a Markdown report with
+//! side-by-side GIFs, training curves and a table of accuracy, motion and time per video.
+
+use std::path::Path;
+use std::time::Instant;
+
+use t2v_kernels::Gpu;
+
+use crate::diffusion::DdimConfig;
+use crate::eval::{score, Report};
+use crate::guidance::MotionScales;
+use crate::models::tokenizer::ClipTokenizer;
+use crate::models::weights::{Result, WeightsError};
+use crate::pipeline::model_dir::ModelDir;
+use crate::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
+use crate::pipeline::sample::{Generator, SampleOptions};
+use crate::pipeline::shards::{open_dataset, ShardConfig};
+use crate::pipeline::train::{load_run, run as run_training, write_student_model, RunOptions, StepMetrics, TrainConfig, Trainer};
+use crate::pipeline::video_io::{write_frames, write_gif, Frames};
+use crate::world::{clip_spec, write_dataset, WorldConfig};
+
+/// A student variant: which parts of T2V-Turbo-v2 it is trained with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Variant {
+    pub name: &'static str,
+    pub rewards: bool,
+    pub motion: bool,
+}
+
+pub const FULL: Variant = Variant { name: "t2v-turbo-v2", rewards: true, motion: true };
+pub const CD_ONLY: Variant = Variant { name: "cd-only", rewards: false, motion: false };
+pub const NO_MOTION: Variant = Variant { name: "no-motion", rewards: true, motion: false };
+pub const NO_REWARD: Variant = Variant { name: "no-reward", rewards: false, motion: true };
+
+/// Settings of a demo run.
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    /// Training clips of the world.
+    pub clips: usize,
+    /// Held-out prompts sampled by every method.
+    pub prompts: usize,
+    /// Distillation steps per student.
+    pub steps: u64,
+    pub lr: f32,
+    /// DDIM grid of preprocessing and distillation.
+    pub ddim_steps: usize,
+    pub student_steps: usize,
+    pub teacher_steps: usize,
+    pub teacher_cfg: f32,
+    pub variants: Vec<Variant>,
+    pub seed: u64,
+    pub quiet: bool,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            clips: 24,
+            prompts: 8,
+            steps: 80,
+            lr: 1e-4,
+            ddim_steps: 50,
+            student_steps: 4,
+            teacher_steps: 50,
+            teacher_cfg: 7.5,
+            variants: vec![FULL, CD_ONLY],
+            seed: 0,
+            quiet: false,
+        }
+    }
+}
+
+/// One method's results.
+pub struct MethodResult {
+    pub name: String,
+    pub report: Report,
+    pub seconds_per_video: f64,
+    pub videos: Vec<Frames>,
+}
+
+fn io(p: &Path, e: impl std::fmt::Display) -> WeightsError {
+    WeightsError::Io { path: p.display().to_string(), msg: e.to_string() }
+}
+
+fn say(quiet: bool, msg: String) {
+    if !quiet {
+        eprintln!("== {msg}");
+    }
+}
+
+/// Runs the demo into `out` (an empty or new folder); returns the results per method.
+pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Result<Vec<MethodResult>> {
+    let t_all = Instant::now();
+    let v = models.video;
+    let world = WorldConfig { frames: v.frames, size: v.height, short_fraction: 0.5 };
+    if v.height != v.width {
+        return Err(io(&models.root, "the demo's world makes square clips: the model folder's height and width must be equal"));
+    }
+    // 1. the data set
+    say(c.quiet, format!("world: {} clips of {} frames {}x{}", c.clips, v.frames, v.height, v.width));
+    write_dataset(&out.join("world"), c.seed, c.clips, &world, c.quiet).map_err(|e| io(&out.join("world"), e))?;
+
+    // 2. Algorithm 1
+    let t = Instant::now();
+    let shard_cfg = ShardConfig { ddim_steps: c.ddim_steps, frames: v.frames, height: v.height, width: v.width, fps: v.fps, seed: c.seed, motion: true };
+    {
+        let (unet, vae, text) = (models.load_unet(gpu)?, models.load_vae(gpu)?, models.load_text(gpu)?);
+        let tokenizer = ClipTokenizer::new().map_err(|e| io(Path::new("tokenizer"), e))?;
+        let job = PreprocessJob {
+            captions: out.join("world/captions.jsonl"),
+            out: out.join("shards"),
+            shard: (0, 1),
+            shard_size: 64,
+            config: shard_cfg,
+            source_fps: None,
+            settings: PreprocessConfig { w_range: (5.0, 15.0), motion: true, scales: MotionScales::default() },
+            quiet: c.quiet,
+        };
+        std::fs::create_dir_all(&job.out).map_err(|e| io(&job.out, e))?;
+        let rep = preprocess_dataset(&PreprocessModels { unet: &unet, vae: &vae, text: &text, tokenizer: &tokenizer }, &job).map_err(|e| io(&job.out, e))?;
+        say(c.quiet, format!("preprocess: {} clips ({} motion-guided) in {:.0} s", rep.records, rep.motion_records, t.elapsed().as_secs_f64()));
+    }
+    let shards = open_dataset(&out.join("shards"))?;
+
+    // 3. Algorithm 2, one student per variant
+    let mut curves: Vec<(String, Vec<StepMetrics>)> = Vec::new();
+    let mut students = Vec::new();
+    for var in &c.variants {
+        let t = Instant::now();
+        let cfg = TrainConfig {
+            steps: c.steps,
+            lr: c.lr,
+            use_motion: var.motion,
+            beta_img: if var.rewards { 0.2 } else { 0.0 },
+            beta_vid: if var.rewards { 0.5 } else { 0.0 },
+            seed: c.seed,
+            ..TrainConfig::default()
+        };
+        let (student, rewards) = load_run(gpu, models, &cfg, None).map_err(|e| io(&models.root, e))?;
+        let mut trainer = Trainer::new(cfg, student, &rewards, &shards).map_err(|e| io(&models.root, e))?;
+        let dir = out.join("students").join(var.name);
+        let ms = run_training(&mut trainer, &RunOptions { out: dir.clone(), checkpoint_every: c.steps.max(1), keep_checkpoints: 1, stop_after: None, quiet: c.quiet }).map_err(|e| io(&dir, e))?;
+        let md = write_student_model(&dir.join("model"), models, &trainer.student, trainer.state.step)?;
+        say(c.quiet, format!("distill {}: {} steps in {:.0} s", var.name, c.steps, t.elapsed().as_secs_f64()));
+        curves.push((var.name.to_string(), ms));
+        students.push((var.name.to_string(), md));
+    }
+
+    // 4. sampling held-out prompts (another world seed)
+    let prompts: Vec<String> = (0..c.prompts as u64).map(|i| clip_spec(c.seed ^ 0xE7A1, i, &world).short_caption()).collect();
+    let opts = |teacher: Option<DdimConfig>, steps: usize| SampleOptions {
+        steps,
+        origin: c.ddim_steps,
+        w: 7.5,
+        motion_scale: 0.05,
+        motion_percentage: 0.5,
+        seed: c.seed,
+        frames: v.frames,
+        height: v.height,
+        width: v.width,
+        fps: v.fps,
+        teacher,
+    };
+    let mut methods: Vec<(String, Generator, SampleOptions)> = Vec::new();
+    methods.push((
+        format!("teacher ({} DDIM steps, CFG {})", c.teacher_steps, c.teacher_cfg),
+        Generator::from_model_dir(gpu, models)?,
+        opts(Some(DdimConfig { steps: c.teacher_steps, cfg: c.teacher_cfg, eta: 0.0 }), c.teacher_steps),
+    ));
+    for (name, md) in &students {
+        methods.push((format!("{name} ({} steps)", c.student_steps), Generator::from_model_dir(gpu, md)?, opts(None, c.student_steps)));
+    }
+    let mut results = Vec::new();
+    for (k, (name, gen, o)) in methods.iter().enumerate() {
+        let t = Instant::now();
+        let mut videos = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let video = gen.generate(p, &SampleOptions { seed: c.seed + i as u64, ..o.clone() })?;
+            videos.push(Frames::from_chw(&video, v.frames, v.height, v.width));
+        }
+        let secs = t.elapsed().as_secs_f64() / prompts.len().max(1) as f64;
+        let dir = out.join("samples").join(format!("{k}"));
+        for (i, f) in videos.iter().enumerate() {
+            write_frames(&dir.join(format!("{i:03}")), f).map_err(|e| io(&dir, e))?;
+        }
+        let rows: Vec<_> = prompts.iter().enumerate().map(|(i, p)| crate::pipeline::captions::CaptionRow { path: format!("{i:03}"), caption: p.clone(), short_caption: None }).collect();
+        crate::pipeline::captions::write_jsonl(&dir.join("captions.jsonl"), &rows)?;
+        let report = score(&videos.iter().cloned().zip(prompts.iter().cloned()).collect::<Vec<_>>());
+        say(c.quiet, format!("sample {name}: {secs:.2} s per video, accuracy {:.1} %", report.accuracy));
+        results.push(MethodResult { name: name.clone(), report, seconds_per_video: secs, videos });
+    }
+
+    // 5. the report
+    write_report(out, c, &prompts, &results, &curves, models, t_all.elapsed().as_secs_f64())?;
+    Ok(results)
+}
+
+/// Frames of several videos side by side (same size and length), 2 px gaps.
+fn side_by_side(vs: &[&Frames]) -> Frames {
+    let (w, h, gap) = (vs[0].width, vs[0].height, 2);
+    let total = vs.len() * w + (vs.len() - 1) * gap;
+    let frames = (0..vs[0].frames.len())
+        .map(|t| {
+            let mut rgb = vec![255u8; total * h * 3];
+            for (k, v) in vs.iter().enumerate() {
+                for y in 0..h {
+                    let dst = (y * total + k * (w + gap)) * 3;
+                    rgb[dst..dst + w * 3].copy_from_slice(&v.frames[t][y * w * 3..(y + 1) * w * 3]);
+                }
+            }
+            rgb
+        })
+        .collect();
+    Frames { width: total, height: h, frames }
+}
+
+fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[MethodResult], curves: &[(String, Vec<StepMetrics>)], models: &ModelDir, total_secs: f64) -> Result<()> {
+    let gifs = out.join("gifs");
+    std::fs::create_dir_all(&gifs).map_err(|e| io(&gifs, e))?;
+    let mut md = String::new();
+    md += "# t2v-turbo demo\n\n";
+    md += &format!(
+        "Models: `{}`. World: {} training clips; {} held-out prompts; DDIM grid {} points; {} distillation steps per student (lr {}). Total time {:.0} s.\n\n",
+        models.root.display(),
+        c.clips,
+        prompts.len(),
+        c.ddim_steps,
+        c.steps,
+        c.lr,
+        total_secs
+    );
+    md += "## Evaluation (reward-independent analyser, `t2v-turbo eval`)\n\n";
+    md += "| method | accuracy % | color % | shape % | direction % | dynamic degree | flicker | subject consistency | s / video | speed-up |\n";
+    md += "|---|---|---|---|---|---|---|---|---|---|\n";
+    let base = results.first().map(|r| r.seconds_per_video).unwrap_or(1.0);
+    for r in results {
+        let p = &r.report;
+        md += &format!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.4} | {:.3} | {:.2} | {:.1}x |\n",
+            r.name, p.accuracy, p.color_accuracy, p.shape_accuracy, p.direction_accuracy, p.dynamic_degree, p.flicker, p.subject_consistency, r.seconds_per_video, base / r.seconds_per_video.max(1e-9)
+        );
+    }
+    md += "\nAccuracy: color, shape and direction of the subject against the prompt. Dynamic degree: subject speed in % of the frame width per frame. Flicker: mean background change between frames (lower is better).\n\n";
+    md += "## Videos (left to right: ";
+    md += &results.iter().map(|r| r.name.clone()).collect::<Vec<_>>().join(" | ");
+    md += ")\n\n";
+    for (i, p) in prompts.iter().enumerate() {
+        let row: Vec<&Frames> = results.iter().map(|r| &r.videos[i]).collect();
+        let name = format!("{i:03}.gif");
+        write_gif(&gifs.join(&name), &side_by_side(&row), models.video.fps).map_err(|e| io(&gifs, e))?;
+        md += &format!("**{p}**\n\n![{p}](gifs/{name})\n\n");
+    }
+    md += "## Training curves\n\n";
+    for (name, _) in curves {
+        md += &format!("### {name}\n\n![{name}](students/{name}/metrics.png)\n\n");
+    }
+    let path = out.join("report.md");
+    t2v_kernels::io::write_atomic(&path, md.as_bytes())?;
+    Ok(())
+}

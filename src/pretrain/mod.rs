@@ -1,0 +1,186 @@
+//! Training the embedded default's tiny models on the moving-shapes world (drawn fresh
+//! every step, deterministic in the seed):
+//! - `vae`: the autoencoder, frame reconstruction (MSE); afterwards the latent scale factor
+//!   is set to 1 / std of the latents, as ldm does;
+//! - `teacher`: the text-to-video UNet, the standard eps-prediction loss at uniform
+//!   timesteps, long or short captions, the empty prompt 10% of the time (for CFG);
+//! - `reward`: the HPS-style and CLIP-style image towers (frames vs short captions) and the
+//!   video tower (strided frames, mean-pooled, vs long captions), symmetric contrastive loss.
+//!
+//! Each writes a new model folder (a copy of the source with the trained file replaced),
+//! with checkpoints every N steps in `OUT/pretrain-{what}/` and exact resume.
+
+mod objectives;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use t2v_kernels::autograd::{Tape, Var};
+use t2v_kernels::optim::{check_finite, AdamW, AdamWConfig, ParamGroup};
+use t2v_kernels::{Gpu, Tensor};
+
+pub use objectives::{pretrain, What};
+
+use crate::models::weights::{save_weights, Result, SaveDtype, WeightFile, WeightsError};
+use crate::pipeline::model_dir::ModelDir;
+use crate::pipeline::sample::Gaussian;
+use crate::world::{clip_spec, render, ClipSpec, WorldConfig};
+
+/// Settings of a pretraining run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PretrainConfig {
+    pub steps: u64,
+    pub batch: usize,
+    pub lr: f32,
+    pub seed: u64,
+    /// World seed of the training clips.
+    pub world_seed: u64,
+}
+
+/// One step's loss and named values for the log.
+pub struct StepOut {
+    pub loss: Var,
+    pub logs: Vec<(&'static str, Var)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LoopState {
+    step: u64,
+    rng: u64,
+    config: PretrainConfig,
+}
+
+/// Line of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoopMetrics {
+    pub step: u64,
+    pub loss: f32,
+    pub logs: Vec<(String, f32)>,
+    pub seconds: f32,
+}
+
+/// Runs `step` to `cfg.steps` with AdamW (clip 1.0) on `params`, resuming from the newest
+/// checkpoint in `dir/checkpoints`; checkpoints every `every` steps and at the end.
+pub fn run_loop(
+    dir: &Path,
+    params: &[(String, Tensor)],
+    cfg: &PretrainConfig,
+    every: u64,
+    quiet: bool,
+    mut step: impl FnMut(&Tape, &mut Gaussian, u64) -> Result<StepOut>,
+) -> Result<Vec<LoopMetrics>> {
+    let io = |p: &Path, e: std::io::Error| WeightsError::Io { path: p.display().to_string(), msg: e.to_string() };
+    let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
+    let mut opt = AdamW::new(AdamWConfig { lr: cfg.lr, weight_decay: 0.0, ..Default::default() }, vec![ParamGroup { params: tensors.clone(), lr_scale: 1.0, weight_decay: None }]);
+    let ckpts = dir.join("checkpoints");
+    let mut rng = Gaussian::new(cfg.seed ^ 0x9E7A_1A);
+    let mut at = 0u64;
+    if let Some(last) = crate::pipeline::train::list_checkpoints(&ckpts).pop() {
+        let s: LoopState = serde_json::from_str(&std::fs::read_to_string(last.join("state.json")).map_err(|e| io(&last, e))?)
+            .map_err(|e| WeightsError::Format { path: last.display().to_string(), msg: e.to_string() })?;
+        if s.config != (PretrainConfig { steps: s.config.steps, ..cfg.clone() }) {
+            return Err(WeightsError::Format { path: last.display().to_string(), msg: format!("written with other settings {:?}; resume with the same ones (only --steps may change)", s.config) });
+        }
+        let f = WeightFile::open(&last.join("weights.safetensors"))?;
+        for (name, t) in params {
+            t.write(&f.host_f32(name)?.1)?;
+        }
+        opt.load(&last.join("optimizer.safetensors"))?;
+        (at, rng) = (s.step, Gaussian::from_state(s.rng));
+        if !quiet {
+            eprintln!("resuming from {} (step {at})", last.display());
+        }
+    }
+    let metrics_path = dir.join("metrics.jsonl");
+    let mut history: Vec<LoopMetrics> = std::fs::read_to_string(&metrics_path)
+        .map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default();
+    history.retain(|m| m.step <= at);
+    let mut progress = crate::pipeline::progress::Progress::new("pretrain", cfg.steps.saturating_sub(at) as usize).quiet(quiet);
+    let mut now = Vec::new();
+    while at < cfg.steps {
+        let t0 = std::time::Instant::now();
+        let tape = Tape::new();
+        tape.train_only(&tensors);
+        let out = step(&tape, &mut rng, at)?;
+        let grads = tape.backward(&out.loss)?;
+        let gs = tensors.iter().map(|p| Ok(match tape.param_grad(&grads, p)? { Some(g) => g, None => Tensor::zeros(p.gpu(), p.shape())? })).collect::<Result<Vec<_>>>()?;
+        let mut vals = vec![out.loss.value().clone()];
+        vals.extend(out.logs.iter().map(|(_, v)| v.value().clone()));
+        let vals = t2v_kernels::ops::concat(&vals.iter().map(|v| v.reshape(&[1])).collect::<t2v_kernels::Result<Vec<_>>>()?.iter().collect::<Vec<_>>(), 0)?.to_vec()?;
+        if !vals[0].is_finite() {
+            return Err(WeightsError::Format { path: dir.display().to_string(), msg: format!("step {}: loss {} is not finite; the last checkpoint is kept; lower --lr", at + 1, vals[0]) });
+        }
+        check_finite(&gs.iter().map(|g| ("gradient", g)).collect::<Vec<_>>())?;
+        opt.step(&gs, Some(1.0))?;
+        at += 1;
+        let m = LoopMetrics { step: at, loss: vals[0], logs: out.logs.iter().zip(&vals[1..]).map(|((n, _), v)| (n.to_string(), *v)).collect(), seconds: t0.elapsed().as_secs_f32() };
+        progress.advance(1, &format!("loss {:.4}", m.loss));
+        history.push(m.clone());
+        now.push(m);
+        if at % every.max(1) == 0 || at == cfg.steps {
+            let name = format!("step-{at:06}");
+            let tmp = ckpts.join(format!(".{name}.tmp"));
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+            save_weights(&tmp.join("weights.safetensors"), params, SaveDtype::F32, &[])?;
+            opt.save(&tmp.join("optimizer.safetensors"))?;
+            let st = LoopState { step: at, rng: rng.state(), config: cfg.clone() };
+            t2v_kernels::io::write_atomic(&tmp.join("state.json"), serde_json::to_string(&st).expect("json").as_bytes())?;
+            let fin = ckpts.join(&name);
+            std::fs::rename(&tmp, &fin).map_err(|e| io(&fin, e))?;
+            for old in crate::pipeline::train::list_checkpoints(&ckpts).iter().rev().skip(2) {
+                let _ = std::fs::remove_dir_all(old);
+            }
+            let text: String = history.iter().map(|m| serde_json::to_string(m).expect("json") + "\n").collect();
+            t2v_kernels::io::write_atomic(&metrics_path, text.as_bytes())?;
+            let mut series = vec![("LOSS".to_string(), history.iter().map(|m| (m.step as f32, m.loss)).collect::<Vec<_>>())];
+            for (k, (n, _)) in out.logs.iter().enumerate() {
+                series.push((n.to_uppercase().replace('_', " "), history.iter().filter_map(|m| m.logs.get(k).map(|v| (m.step as f32, v.1))).collect()));
+            }
+            let refs: Vec<(&str, Vec<(f32, f32)>)> = series.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+            crate::pipeline::plot::plot_series(&dir.join("metrics.png"), &refs)?;
+        }
+    }
+    Ok(now)
+}
+
+/// `n` random clips of the world (indices drawn from a large range: fresh data each step).
+pub fn draw_clips(rng: &mut Gaussian, world_seed: u64, n: usize, cfg: &WorldConfig) -> Vec<ClipSpec> {
+    (0..n).map(|_| clip_spec(world_seed, (rng.uniform() * 1e12) as u64, cfg)).collect()
+}
+
+/// Clips as (B, 3, F, H, W) in [-1, 1].
+pub fn clips_tensor(gpu: &Gpu, specs: &[ClipSpec], cfg: &WorldConfig) -> Result<Tensor> {
+    let mut data = Vec::new();
+    for s in specs {
+        data.extend(render(s, cfg).to_model_input(cfg.size, cfg.size));
+    }
+    Ok(Tensor::from_slice(gpu, &[specs.len(), 3, cfg.frames, cfg.size, cfg.size], &data)?)
+}
+
+/// Copies a model folder's files into `out` (a new folder) and returns it parsed there.
+pub fn copy_model_dir(src: &ModelDir, out: &Path) -> Result<ModelDir> {
+    let io = |p: &Path, e: std::io::Error| WeightsError::Io { path: p.display().to_string(), msg: e.to_string() };
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let mut md = src.clone();
+    md.root = out.to_path_buf();
+    let copy = |p: &PathBuf| -> Result<PathBuf> {
+        let dst = out.join(p.file_name().expect("file"));
+        if !dst.exists() {
+            std::fs::copy(p, &dst).map_err(|e| io(p, e))?;
+        }
+        Ok(dst)
+    };
+    md.unet.0 = copy(&src.unet.0)?;
+    md.vae.0 = copy(&src.vae.0)?;
+    md.text.0 = copy(&src.text.0)?;
+    for r in &mut md.image_rewards {
+        r.file = copy(&r.file)?;
+    }
+    if let Some(v) = &mut md.video_reward {
+        v.0 = copy(&v.0)?;
+    }
+    md.write_config()?;
+    Ok(md)
+}

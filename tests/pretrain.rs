@@ -1,0 +1,72 @@
+//! Pretraining the embedded default's models (tiny random start, a few steps) and the
+//! shortened demo on the shipped models.
+use std::path::PathBuf;
+
+use t2v_kernels::{Gpu, GpuOptions};
+use t2v_turbo::models::weights::{SaveDtype, WeightFile};
+use t2v_turbo::pipeline::model_dir::{init_random, ModelDir, Preset};
+use t2v_turbo::pretrain::{pretrain, PretrainConfig, What};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("t2v-pretrain-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn gpu() -> Gpu {
+    Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap()
+}
+
+fn values(path: &std::path::Path) -> Vec<f32> {
+    let f = WeightFile::open(path).unwrap();
+    let keys: Vec<String> = f.entries().keys().cloned().collect();
+    keys.iter().flat_map(|k| f.host_f32(k).unwrap().1).collect()
+}
+
+#[test]
+fn each_stage_trains_and_resumes_exactly() {
+    let g = gpu();
+    let d = tmp("stages");
+    let src = init_random(&g, Preset::Tiny, &d.join("init"), 3, SaveDtype::F32).unwrap();
+    for (what, batch, file) in [(What::Vae, 2, "vae.safetensors"), (What::Teacher, 1, "unet.safetensors"), (What::Reward, 2, "reward_video.safetensors")] {
+        let cfg = |steps| PretrainConfig { steps, batch, lr: 1e-3, seed: 1, world_seed: 2 };
+        let a = d.join(format!("{what:?}-straight"));
+        let (md, ms) = pretrain(&g, what, &src, &a, &cfg(3), 10, SaveDtype::F32, true).unwrap();
+        assert_eq!(ms.len(), 3);
+        assert!(ms.iter().all(|m| m.loss.is_finite()), "{what:?}");
+        assert_ne!(values(&a.join(file)), values(&src.root.join(file)), "{what:?}: weights did not change");
+        // interrupted after 2 steps, then resumed to 3: the same weights bit for bit
+        let b = d.join(format!("{what:?}-resumed"));
+        pretrain(&g, what, &src, &b, &cfg(2), 1, SaveDtype::F32, true).unwrap();
+        let (_, ms_b) = pretrain(&g, what, &src, &b, &cfg(3), 1, SaveDtype::F32, true).unwrap();
+        assert_eq!(ms_b.len(), 1, "{what:?}: resumed at step 2");
+        assert_eq!(ms_b[0].loss.to_bits(), ms[2].loss.to_bits(), "{what:?}");
+        assert_eq!(values(&b.join(file)), values(&a.join(file)), "{what:?}");
+        // the output is a model folder with the source's other models
+        let back = ModelDir::read(&a).unwrap();
+        assert_eq!(back.unet.1, src.unet.1);
+        if what == What::Vae {
+            assert!(md.vae.1.scale_factor != src.vae.1.scale_factor && md.vae.1.scale_factor.is_finite());
+        }
+        if what == What::Reward {
+            assert_eq!(ms[0].logs.len(), 3, "retrieval accuracy of each tower");
+        }
+        assert!(a.join(format!("pretrain-{}/metrics.png", format!("{what:?}").to_lowercase())).exists());
+    }
+    // other settings do not resume silently
+    let e = pretrain(&g, What::Vae, &src, &d.join("Vae-resumed"), &PretrainConfig { steps: 4, batch: 2, lr: 5e-3, seed: 1, world_seed: 2 }, 1, SaveDtype::F32, true).unwrap_err();
+    assert!(e.to_string().contains("other settings"), "{e}");
+}
+
+#[test]
+fn the_quick_demo_runs_on_the_shipped_models() {
+    let out = tmp("demo").join("out");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_t2v-turbo")).args(["demo", "--quick", "--out", out.to_str().unwrap()]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{text}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| teacher (10 DDIM steps") && report.contains("| t2v-turbo-v2 (4 steps)") && report.contains("| cd-only (4 steps)"), "{report}");
+    assert!(out.join("gifs/000.gif").exists() && out.join("students/t2v-turbo-v2/metrics.png").exists());
+    assert!(out.join("students/t2v-turbo-v2/model/config.json").exists());
+}
