@@ -5,7 +5,6 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use t2v_kernels::{Gpu, GpuOptions};
-use t2v_turbo::guidance::MotionScales;
 use t2v_turbo::models::tokenizer::ClipTokenizer;
 use t2v_turbo::models::weights::SaveDtype;
 use t2v_turbo::pipeline::model_dir::{init_random, ModelDir, Preset};
@@ -42,7 +41,7 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
             shard_size: 2,
             config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true },
             source_fps: None,
-            settings: PreprocessConfig { w_range: (5.0, 15.0), motion: true, scales: MotionScales::default() },
+            settings: PreprocessConfig::default(),
             quiet: true,
         };
         std::fs::create_dir_all(&job.out).unwrap();

@@ -55,6 +55,10 @@ pub struct PreprocessArgs {
     pub w_min: f32,
     #[arg(long, default_value_t = 15.0)]
     pub w_max: f32,
+    /// Fractions of the DDIM grid the noise level n is drawn from, "lo,hi" (the reference
+    /// runs two passes: 0.5,1 with motion guidance and 0,0.5 without).
+    #[arg(long, value_delimiter = ',', num_args = 2, default_values_t = [0.0, 1.0])]
+    pub index_range: Vec<f32>,
     /// Skip motion guidance (no DDIM inversion, no backward): faster, no motion prior.
     #[arg(long)]
     pub no_motion: bool,
@@ -90,7 +94,10 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
     if a.ddim_steps == 0 || 1000 % a.ddim_steps != 0 {
         return Err(CliError::Check(format!("--ddim-steps {} must divide 1000", a.ddim_steps)));
     }
-    if !(a.w_min <= a.w_max) {
+    if a.index_range.len() != 2 || !(0.0..=1.0).contains(&a.index_range[0]) || !(a.index_range[0] < a.index_range[1] && a.index_range[1] <= 1.0) {
+        return Err(CliError::Check("--index-range lo,hi needs 0 <= lo < hi <= 1".into()));
+    }
+    if a.w_min.is_nan() || a.w_max.is_nan() || a.w_min > a.w_max {
         return Err(CliError::Check("--w-min must not exceed --w-max".into()));
     }
     std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;
@@ -106,7 +113,9 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
         shard_size: a.shard_size,
         config: config.clone(),
         source_fps: a.source_fps,
-        settings: PreprocessConfig { w_range: (a.w_min, a.w_max), motion: !a.no_motion, scales: MotionScales { temp_loss_scale: a.temp_loss_scale, ..MotionScales::default() } },
+        settings: PreprocessConfig { w_range: (a.w_min, a.w_max), motion: !a.no_motion, scales: MotionScales { temp_loss_scale: a.temp_loss_scale, ..MotionScales::default() },
+            index_range: (a.index_range[0], a.index_range[1]),
+        },
         quiet: false,
     };
     let t = Instant::now();

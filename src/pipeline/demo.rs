@@ -11,7 +11,6 @@ use t2v_kernels::Gpu;
 
 use crate::diffusion::DdimConfig;
 use crate::eval::{score, Report};
-use crate::guidance::MotionScales;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::weights::{Result, WeightsError};
 use crate::pipeline::model_dir::ModelDir;
@@ -116,7 +115,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
             shard_size: 64,
             config: shard_cfg,
             source_fps: None,
-            settings: PreprocessConfig { w_range: (5.0, 15.0), motion: true, scales: MotionScales::default() },
+            settings: PreprocessConfig::default(),
             quiet: c.quiet,
         };
         std::fs::create_dir_all(&job.out).map_err(|e| io(&job.out, e))?;

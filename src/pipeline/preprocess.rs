@@ -35,11 +35,14 @@ pub struct PreprocessConfig {
     /// Compute motion guidance for samples in the upper half of the grid.
     pub motion: bool,
     pub scales: MotionScales,
+    /// Fractions of the grid n is drawn from (the reference's motion pass: 0.5..1, its
+    /// no-motion pass: 0..0.5; default: the whole grid).
+    pub index_range: (f32, f32),
 }
 
 impl Default for PreprocessConfig {
     fn default() -> Self {
-        PreprocessConfig { w_range: (5.0, 15.0), motion: true, scales: MotionScales::default() }
+        PreprocessConfig { w_range: (5.0, 15.0), motion: true, scales: MotionScales::default(), index_range: (0.0, 1.0) }
     }
 }
 
@@ -59,7 +62,9 @@ pub fn preprocess_clip(
 ) -> Result<Record> {
     let gpu = z0.gpu();
     let b = z0.shape()[0];
-    let index = ((rng.uniform() * solver.grid.len() as f64) as usize).min(solver.grid.len() - 1);
+    let n = solver.grid.len() as f64;
+    let (lo, hi) = ((cfg.index_range.0.clamp(0.0, 1.0) as f64 * n) as usize, (cfg.index_range.1.clamp(0.0, 1.0) as f64 * n) as usize);
+    let index = (lo + (rng.uniform() * hi.saturating_sub(lo) as f64) as usize).min(solver.grid.len() - 1);
     let w = cfg.w_range.0 + (cfg.w_range.1 - cfg.w_range.0) * rng.uniform() as f32;
     let t = solver.grid[index];
     let tape = Tape::new();
@@ -148,11 +153,24 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
     for (k, chunk) in chunks.iter().enumerate() {
         let name = shard_name(job.shard, k);
         let path = job.out.join(&name);
-        if path.exists() && Shard::open(&path).is_ok_and(|s| s.config == *cfg) {
-            report.shards_skipped += 1;
-            done_shards.push(name);
-            progress.advance(chunk.len(), "(done earlier)");
-            continue;
+        if path.exists() {
+            match Shard::open(&path) {
+                Ok(s) if s.config == *cfg => {
+                    report.shards_skipped += 1;
+                    done_shards.push(name);
+                    progress.advance(chunk.len(), "(done earlier)");
+                    continue;
+                }
+                Ok(s) => {
+                    return Err(PreprocessError::Exists(format!(
+                        "{} was written with other settings ({:?}, now {cfg:?}); use another output folder (nothing was overwritten)",
+                        path.display(),
+                        s.config
+                    )))
+                }
+                // a broken file (e.g. an interrupted copy) is redone
+                Err(_) => {}
+            }
         }
         let mut records = Vec::new();
         for &r in chunk.iter() {
@@ -227,4 +245,6 @@ pub enum PreprocessError {
     Model(#[from] WeightsError),
     #[error(transparent)]
     Gpu(#[from] t2v_kernels::Error),
+    #[error("{0}")]
+    Exists(String),
 }

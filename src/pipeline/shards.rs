@@ -115,7 +115,7 @@ impl Shard {
     }
 }
 
-/// Every shard in `dir`, in name order, checked to share one config.
+/// Every shard in `dir`, in name order, checked to share one DDIM grid and clip size.
 pub fn open_dataset(dir: &Path) -> Result<Vec<Shard>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| bad(dir, e))?
@@ -127,8 +127,10 @@ pub fn open_dataset(dir: &Path) -> Result<Vec<Shard>> {
         return Err(bad(dir, "no shard-*.safetensors files (write them with `t2v-turbo preprocess`)"));
     }
     let shards = files.iter().map(|f| Shard::open(f)).collect::<Result<Vec<_>>>()?;
-    if let Some(other) = shards.iter().find(|s| s.config != shards[0].config) {
-        return Err(bad(&other.path, format!("preprocessed with other settings than {}: {:?} vs {:?}", shards[0].path.display(), other.config, shards[0].config)));
+    // what training depends on must agree (passes may differ in seed and motion)
+    let key = |c: &ShardConfig| (c.ddim_steps, c.frames, c.height, c.width, c.fps.to_bits());
+    if let Some(other) = shards.iter().find(|s| key(&s.config) != key(&shards[0].config)) {
+        return Err(bad(&other.path, format!("another DDIM grid or clip size than {}: {:?} vs {:?}", shards[0].path.display(), other.config, shards[0].config)));
     }
     Ok(shards)
 }

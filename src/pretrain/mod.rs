@@ -73,7 +73,7 @@ pub fn run_loop(
     let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
     let mut opt = AdamW::new(AdamWConfig { lr: cfg.lr, weight_decay: 0.0, ..Default::default() }, vec![ParamGroup { params: tensors.clone(), lr_scale: 1.0, weight_decay: None }]);
     let ckpts = dir.join("checkpoints");
-    let mut rng = Gaussian::new(cfg.seed ^ 0x9E7A_1A);
+    let mut rng = Gaussian::new(cfg.seed ^ 0x009E_7A1A);
     let mut at = 0u64;
     if let Some(last) = crate::pipeline::train::list_checkpoints(&ckpts).pop() {
         let s: LoopState = serde_json::from_str(&std::fs::read_to_string(last.join("state.json")).map_err(|e| io(&last, e))?)

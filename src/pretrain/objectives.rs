@@ -133,8 +133,8 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 })?;
                 let ts: Vec<usize> = (0..b).map(|_| ((rng.uniform() * 1000.0) as usize).min(999)).collect();
                 let shape = [b, 1, 1, 1, 1];
-                let a: Vec<f32> = ts.iter().map(|&t| sched.alphas_cumprod[t].sqrt() as f32).collect();
-                let s: Vec<f32> = ts.iter().map(|&t| (1.0 - sched.alphas_cumprod[t]).sqrt() as f32).collect();
+                let a: Vec<f32> = ts.iter().map(|&t| sched.alphas_cumprod[t].sqrt()).collect();
+                let s: Vec<f32> = ts.iter().map(|&t| (1.0 - sched.alphas_cumprod[t]).sqrt()).collect();
                 let noise = Tensor::from_slice(gpu, z0.shape(), &rng.take(z0.numel()))?;
                 let z_t = t2v_kernels::ops::add(&t2v_kernels::ops::mul(&z0, &Tensor::from_slice(gpu, &shape, &a)?)?, &t2v_kernels::ops::mul(&noise, &Tensor::from_slice(gpu, &shape, &s)?)?)?;
                 let tf: Vec<f32> = ts.iter().map(|&t| t as f32).collect();
