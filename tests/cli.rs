@@ -165,7 +165,9 @@ fn sample_writes_gifs_and_frames_reproducibly_and_never_overwrites() {
     let (ok, stdout, err) = t2v(&targs.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     assert!(ok && stdout.contains("3 teacher DDIM steps"), "{stdout}\n{err}");
     assert!(base.join("t/000_a_red_fox_running_through_snow.gif").exists());
-    let (ok, _, err) = t2v(&["sample", "--out", base.join("c").to_str().unwrap()], &[]);
+    let (ok, _, err) = t2v(&["sample", "--prompt", "x", "--out", base.join("c").to_str().unwrap()], &[]);
     assert!(!ok && err.contains("--checkpoint"), "{err}");
+    let (ok, _, err) = t2v(&["sample", "--out", base.join("d").to_str().unwrap()], &[]);
+    assert!(!ok && err.contains("no prompt"), "{err}");
     std::fs::remove_dir_all(&base).unwrap();
 }
