@@ -242,6 +242,7 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
             r.name, p.accuracy, p.color_accuracy, p.shape_accuracy, p.direction_accuracy, p.dynamic_degree, p.flicker, p.subject_consistency, r.seconds_per_video, base / r.seconds_per_video.max(1e-9)
         );
     }
+    md += &targets(results);
     md += "\nAccuracy: color, shape and direction of the subject against the prompt. Dynamic degree: subject speed in % of the frame width per frame. Flicker: mean background change between frames (lower is better).\n\n";
     md += "## Videos (left to right: ";
     md += &results.iter().map(|r| r.name.clone()).collect::<Vec<_>>().join(" | ");
@@ -259,4 +260,36 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
     let path = out.join("report.md");
     t2v_kernels::io::write_atomic(&path, md.as_bytes())?;
     Ok(())
+}
+
+/// The targets, read off the results: student vs teacher, and the ablations.
+fn targets(results: &[MethodResult]) -> String {
+    let find = |prefix: &str| results.iter().find(|r| r.name.starts_with(prefix));
+    let mut out = String::from("\n### Against the targets\n\n");
+    let teacher = find("teacher");
+    let full = find(FULL.name);
+    if let (Some(t), Some(f)) = (teacher, full) {
+        let gap = t.report.accuracy - f.report.accuracy;
+        let speed = t.seconds_per_video / f.seconds_per_video.max(1e-9);
+        out += &format!(
+            "- 4-step student within 5 points of the teacher's accuracy at >= 10x less time: {:.1} points behind, {speed:.1}x faster — {}.\n",
+            gap,
+            if gap <= 5.0 && speed >= 10.0 { "met" } else { "not met" }
+        );
+    }
+    let line = |a: &MethodResult, b: &MethodResult, what: &str, f: &dyn Fn(&Report) -> f32| {
+        let (x, y) = (f(&a.report), f(&b.report));
+        format!("- {what}: {} {x:.2} vs {} {y:.2} — {}.\n", a.name, b.name, if x > y { "raised" } else { "not raised" })
+    };
+    if let (Some(f), Some(c)) = (full, find(CD_ONLY.name)) {
+        out += &line(f, c, "rewards + motion raise text alignment (accuracy) over plain consistency distillation", &|r| r.accuracy);
+    }
+    if let (Some(f), Some(n)) = (full, find(NO_REWARD.name)) {
+        out += &line(f, n, "reward feedback raises text alignment (accuracy)", &|r| r.accuracy);
+    }
+    if let (Some(f), Some(n)) = (full, find(NO_MOTION.name)) {
+        out += &line(f, n, "motion guidance raises dynamic degree", &|r| r.dynamic_degree);
+        out += &format!("- flicker with motion guidance {:.4} vs without {:.4}.\n", f.report.flicker, n.report.flicker);
+    }
+    out
 }
