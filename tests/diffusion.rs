@@ -130,3 +130,54 @@ fn preprocessed_records_feed_the_distillation_loss() {
     }
     assert!(seen_motion, "some seed drew the upper half");
 }
+
+#[test]
+fn recomputed_unet_blocks_give_the_same_gradients_with_less_memory() {
+    use t2v_turbo::diffusion::distill::{consistency_loss, CdSample};
+    use t2v_turbo::diffusion::DdimSolver;
+    let (dir, g, mut unet, params) = fixture_unet();
+    let ts = WeightFile::open(&dir.join("train_step.safetensors")).unwrap();
+    let t = |k: &str| ts.tensor(&g, k).unwrap();
+    let (z_t, cond, uncond, score, context) = (t("in.z_t"), t("in.cond_teacher_out"), t("in.uncond_teacher_out"), t("in.score"), t("in.context"));
+    let sample = CdSample {
+        z_t: &z_t,
+        index: ts.host_i64("in.index").unwrap().1[0] as usize,
+        cond_eps: &cond,
+        uncond_eps: &uncond,
+        score: Some(&score),
+        use_motion: true,
+        w: ts.host_f32("in.w").unwrap().1[0],
+        motion_gs: 0.05,
+        motion_percentage: 0.5,
+        noise_factor: Default::default(),
+        context: &context,
+        fps: &[8.0],
+    };
+    let sched = Schedule::videocrafter();
+    let solver = DdimSolver::new(&sched, 200);
+    let mut run = |recompute: bool| -> (f32, Vec<Vec<f32>>, u64) {
+        unet.set_checkpointing(recompute);
+        g.sync().unwrap();
+        g.reset_peak_memory();
+        let tape = Tape::new();
+        tape.train_only(&params);
+        let out = consistency_loss(&unet, &sched, &solver, &tape, &sample, 0.001).unwrap();
+        let grads = tape.backward(&out.loss).unwrap();
+        let gs = params.iter().map(|p| tape.param_grad(&grads, p).unwrap().map(|x| x.to_vec().unwrap()).unwrap_or_default()).collect();
+        (out.loss.value().item_at(0).unwrap(), gs, g.memory().peak_live_bytes)
+    };
+    let (l0, g0, m0) = run(false);
+    let (l1, g1, m1) = run(true);
+    assert_eq!(l0, l1);
+    let mut worst = 0f32;
+    for (a, b) in g0.iter().zip(&g1) {
+        assert_eq!(a.len(), b.len(), "a parameter lost its gradient");
+        for (x, y) in a.iter().zip(b) {
+            worst = worst.max((x - y).abs() / (x.abs().max(y.abs()).max(1e-3)));
+        }
+    }
+    assert!(worst < 1e-4, "gradients differ by {worst}");
+    assert!(g0.iter().filter(|v| !v.is_empty()).count() > params.len() / 2);
+    assert!(m1 < m0, "peak memory {m1} with recomputation, {m0} without");
+    eprintln!("peak live memory: {m0} -> {m1} bytes");
+}

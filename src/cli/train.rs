@@ -74,6 +74,10 @@ pub struct TrainArgs {
     pub lora_rank: usize,
     #[arg(long, default_value_t = 64.0)]
     pub lora_alpha: f32,
+    /// Recompute each UNet block during the backward pass instead of keeping its
+    /// activations (much less memory at full size, about one more forward of time).
+    #[arg(long)]
+    pub recompute: bool,
     /// Write a checkpoint every N steps (and at the end).
     #[arg(long, default_value_t = 500)]
     pub checkpoint_every: u64,
@@ -112,6 +116,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         img_frames: a.img_frames,
         vid_frames: a.vid_frames,
         lora: (a.lora_rank > 0).then_some(LoraConfig { rank: a.lora_rank, alpha: a.lora_alpha }),
+        recompute: a.recompute,
         seed: a.seed,
         cond_dim: 256,
     };

@@ -6,6 +6,8 @@
 //! Forward passes run on autograd values: the student trains through them, and motion
 //! guidance differentiates the recorded temporal attention maps with respect to z_t.
 
+use std::sync::Arc;
+
 use t2v_kernels::autograd::{self as ad, Var};
 use t2v_kernels::ops::{self, Conv2d as Geo};
 use t2v_kernels::Tensor;
@@ -431,15 +433,24 @@ pub struct Unet3d {
     time_cond_proj: Option<Linear>,
     motion_cond_proj: Option<Linear>,
     combine_proj: Option<Linear>,
-    input_blocks: Vec<Vec<Layer>>,
+    input_blocks: Vec<Arc<Vec<Layer>>>,
     init_attn: Option<TemporalTransformer>,
-    middle_block: Vec<Layer>,
-    output_blocks: Vec<Vec<Layer>>,
+    middle_block: Arc<Vec<Layer>>,
+    output_blocks: Vec<Arc<Vec<Layer>>>,
+    /// Recompute each block during the backward pass instead of keeping its activations.
+    checkpointing: bool,
     out_norm: GroupNorm,
     out_conv: Conv,
 }
 
 impl Unet3d {
+    /// Recomputation checkpoints: each input, middle and output block keeps only its input
+    /// and is run again during the backward pass (less activation memory for training,
+    /// about one more forward of time). Not applied while attention is recorded.
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+
     /// Builds the model (loader prefix e.g. `model.diffusion_model.`); call `l.finish()`
     /// afterwards for the strict key check.
     pub fn load(l: &Loader, config: &UnetConfig) -> Result<Unet3d> {
@@ -518,14 +529,15 @@ impl Unet3d {
                 None => None,
             },
             combine_proj: if c.motion_cond_proj_dim.is_some() { Some(Linear::load(l, "combine_proj", 2 * mc, mc, false)?) } else { None },
-            input_blocks,
+            input_blocks: input_blocks.into_iter().map(Arc::new).collect(),
             init_attn: if c.addition_attention {
                 Some(TemporalTransformer::load(l, "init_attn.0", mc, 8, c.num_head_channels, c.transformer_depth, true, c.use_causal_attention, false)?)
             } else {
                 None
             },
-            middle_block,
-            output_blocks,
+            middle_block: Arc::new(middle_block),
+            output_blocks: output_blocks.into_iter().map(Arc::new).collect(),
+            checkpointing: false,
             out_norm: GroupNorm::load(l, "out.0", mc, 32, GN_RES_EPS)?,
             out_conv: Conv::load(l, "out.2", mc, c.out_channels, 3, Geo::new(1, 1))?,
         })
@@ -569,8 +581,22 @@ impl Unet3d {
         let mut maps = Vec::new();
         let mut h = to_frames(z)?;
         let mut hs = Vec::new();
+        let recompute = self.checkpointing && !inp.record_attention;
+        let step = |block: &Arc<Vec<Layer>>, h: Var, maps: &mut Vec<(String, Var)>| -> Result<Var> {
+            if !recompute {
+                return run_block(block, h, &cx, maps);
+            }
+            let (blk, b) = (block.clone(), cx.b);
+            Ok(tape.checkpoint_params(&[&h, cx.emb_silu, cx.context], move |v| {
+                let cx = Ctx { emb_silu: &v[1], context: &v[2], b, recording: false };
+                run_block(&blk, v[0].clone(), &cx, &mut Vec::new()).map_err(|e| match e {
+                    WeightsError::Gpu(g) => g,
+                    other => t2v_kernels::Error::Autograd(other.to_string()),
+                })
+            })?)
+        };
         for (i, block) in self.input_blocks.iter().enumerate() {
-            h = run_block(block, h, &cx, &mut maps)?;
+            h = step(block, h, &mut maps)?;
             if i == 0 {
                 if let Some(ia) = &self.init_attn {
                     h = to_frames(&ia.forward(&to_video(&h, b)?, &mut maps, false)?)?;
@@ -578,10 +604,10 @@ impl Unet3d {
             }
             hs.push(h.clone());
         }
-        h = run_block(&self.middle_block, h, &cx, &mut maps)?;
+        h = step(&self.middle_block, h, &mut maps)?;
         for block in &self.output_blocks {
             let skip = hs.pop().expect("one skip per output block");
-            h = run_block(block, ad::concat(&[&h, &skip], 1)?, &cx, &mut maps)?;
+            h = step(block, ad::concat(&[&h, &skip], 1)?, &mut maps)?;
         }
         let y = self.out_conv.forward(&self.out_norm.forward(&h, true)?)?;
         Ok(UnetOutput { eps: to_video(&y, b)?, attention: maps })

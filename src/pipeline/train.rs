@@ -58,6 +58,9 @@ pub struct TrainConfig {
     pub img_frames: usize,
     pub vid_frames: usize,
     pub lora: Option<LoraConfig>,
+    /// Recompute UNet blocks in the backward pass (less memory, ~1 more forward of time).
+    #[serde(default)]
+    pub recompute: bool,
     pub seed: u64,
     /// Dimension of the student's guidance-scale embeddings (256).
     pub cond_dim: usize,
@@ -81,6 +84,7 @@ impl Default for TrainConfig {
             img_frames: 2,
             vid_frames: 4,
             lora: None,
+            recompute: false,
             seed: 0,
             cond_dim: 256,
         }
@@ -221,7 +225,8 @@ impl Student {
 /// tokenizer.
 pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &TrainConfig, reward_weights: Option<&[f32]>) -> std::result::Result<(Student, RewardModels), TrainError> {
     let init = (!md.is_student()).then_some((config.cond_dim, config.seed));
-    let (unet, params) = crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init)?;
+    let (mut unet, params) = crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init)?;
+    unet.set_checkpointing(config.recompute);
     let mut student = Student { unet, params, adapters: vec![] };
     if let Some(l) = config.lora {
         student = student.with_lora(l, config.seed)?;

@@ -24,6 +24,9 @@ struct Inner {
     params: HashMap<usize, usize>,
     /// With `trainable`: only these weight buffers become leaves (None: all).
     only: Option<std::collections::HashSet<usize>>,
+    /// When Some: every weight [`Tape::param`] is asked for, once each (see
+    /// [`Tape::checkpoint_params`]).
+    param_log: Option<(std::collections::HashSet<usize>, Vec<Tensor>)>,
     /// Weight buffer -> the value [`Tape::param`] returns instead (LoRA-merged weights).
     substitutes: HashMap<usize, Var>,
 }
@@ -115,6 +118,11 @@ impl Tape {
     /// leaf of this weight's buffer (the same leaf each time it is used, whatever view).
     pub fn param(&self, value: &Tensor) -> Var {
         let mut t = self.0.lock().unwrap();
+        if let Some((seen, log)) = t.param_log.as_mut() {
+            if seen.insert(value.storage_id()) {
+                log.push(value.clone());
+            }
+        }
         if let Some(v) = t.substitutes.get(&value.storage_id()).cloned() {
             drop(t);
             // same element count by construction (checked in `substitute`); a layer may
@@ -302,6 +310,57 @@ impl Tape {
                 }
                 let grads = sub.backward_with(&y, g.clone())?;
                 Ok(vars.iter().map(|v| grads.get(v).cloned()).collect())
+            }),
+        )
+    }
+}
+
+impl Tape {
+    /// [`Tape::checkpoint`] for blocks of a model whose weights are read through
+    /// [`Tape::param`] (so they need not be passed in): a first run finds the weights the
+    /// block asks for, and those this tape trains get their gradients from the recomputed
+    /// block. With substituted (LoRA) weights, or when nothing needs a gradient, the block
+    /// simply runs on this tape.
+    pub fn checkpoint_params<F>(&self, inputs: &[&Var], block: F) -> Result<Var>
+    where
+        F: Fn(&[Var]) -> Result<Var> + Send + 'static,
+    {
+        let (trainable, only, substituted, recording) = {
+            let t = self.0.lock().unwrap();
+            (t.trainable, t.only.clone(), !t.substitutes.is_empty(), t.recording)
+        };
+        if substituted || !recording || (!trainable && inputs.iter().all(|v| v.node.is_none())) {
+            return block(&inputs.iter().map(|v| (*v).clone()).collect::<Vec<_>>());
+        }
+        let inner = Tape::new();
+        inner.0.lock().unwrap().param_log = Some(Default::default());
+        let detached: Vec<Var> = inputs.iter().map(|v| inner.constant(v.value.clone())).collect();
+        let out = inner.no_grad(|| block(&detached))?;
+        let used = inner.0.lock().unwrap().param_log.take().map(|(_, l)| l).unwrap_or_default();
+        let trained: Vec<Tensor> = if trainable { used.into_iter().filter(|w| only.as_ref().is_none_or(|o| o.contains(&w.storage_id()))).collect() } else { vec![] };
+        let wvars: Vec<Var> = trained.iter().map(|w| self.param(w)).collect();
+        let mut all: Vec<&Var> = inputs.to_vec();
+        all.extend(wvars.iter());
+        let saved: Vec<Tensor> = inputs.iter().map(|v| v.value.clone()).collect();
+        let n_in = saved.len();
+        self.record(
+            out.value.clone(),
+            &all,
+            Box::new(move |g, needs| {
+                let sub = Tape::new();
+                let vars: Vec<Var> = saved.iter().zip(needs).map(|(t, &n)| if n { sub.leaf(t.clone()) } else { sub.constant(t.clone()) }).collect();
+                let train: Vec<Tensor> = trained.iter().zip(&needs[n_in..]).filter(|(_, &n)| n).map(|(w, _)| w.clone()).collect();
+                sub.train_only(&train);
+                let y = block(&vars)?;
+                if y.node.is_none() {
+                    return Ok(vec![None; needs.len()]);
+                }
+                let grads = sub.backward_with(&y, g.clone())?;
+                let mut out: Vec<Option<Tensor>> = vars.iter().map(|v| grads.get(v).cloned()).collect();
+                for (w, &n) in trained.iter().zip(&needs[n_in..]) {
+                    out.push(if n { sub.param_grad(&grads, w)? } else { None });
+                }
+                Ok(out)
             }),
         )
     }
