@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use t2v_kernels::autograd::{Tape, Var};
-use t2v_kernels::optim::{check_finite, AdamW, AdamWConfig, ParamGroup};
+use t2v_kernels::optim::{AdamW, AdamWConfig, ParamGroup};
 use t2v_kernels::{Gpu, Tensor};
 
 pub use objectives::{pretrain, What};
@@ -100,6 +100,11 @@ pub fn run_loop(
     let mut now = Vec::new();
     while at < cfg.steps {
         let t0 = std::time::Instant::now();
+        // T2V_PROFILE=1: per-kernel GPU times of one step (the second one run now)
+        let profile = std::env::var("T2V_PROFILE").is_ok_and(|v| v == "1") && now.len() == 1;
+        if profile {
+            tensors[0].gpu().set_profiling(true)?;
+        }
         let tape = Tape::new();
         tape.train_only(&tensors);
         let out = step(&tape, &mut rng, at)?;
@@ -111,8 +116,14 @@ pub fn run_loop(
         if !vals[0].is_finite() {
             return Err(WeightsError::Format { path: dir.display().to_string(), msg: format!("step {}: loss {} is not finite; the last checkpoint is kept; lower --lr", at + 1, vals[0]) });
         }
-        check_finite(&gs.iter().map(|g| ("gradient", g)).collect::<Vec<_>>())?;
-        opt.step(&gs, Some(1.0))?;
+        let norm = opt.step(&gs, Some(1.0))?.grad_norm.to_vec()?[0];
+        if !norm.is_finite() {
+            return Err(WeightsError::Format { path: dir.display().to_string(), msg: format!("step {}: gradient norm {norm} is not finite; the last checkpoint is kept; lower --lr", at + 1) });
+        }
+        if profile {
+            eprintln!("{}", tensors[0].gpu().profile_table()?);
+            tensors[0].gpu().set_profiling(false)?;
+        }
         at += 1;
         let m = LoopMetrics { step: at, loss: vals[0], logs: out.logs.iter().zip(&vals[1..]).map(|((n, _), v)| (n.to_string(), *v)).collect(), seconds: t0.elapsed().as_secs_f32() };
         progress.advance(1, &format!("loss {:.4}", m.loss));

@@ -95,8 +95,26 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
             let specs = draw_clips(&mut rng, ws ^ 1, 16, &world);
             let tape = Tape::new();
             let mut z = Vec::new();
+            let mut recon = Vec::new();
             for pair in specs.chunks(2) {
-                z.extend(tape.no_grad(|| vae.encode_video(&tape.constant(clips_tensor(gpu, pair, &world)?)))?.value().to_vec()?);
+                let (lat, video) = tape.no_grad(|| -> Result<(Vec<f32>, Vec<f32>)> {
+                    let l = vae.encode_video(&tape.constant(clips_tensor(gpu, pair, &world)?))?;
+                    Ok((l.value().to_vec()?, vae.decode_video(&l)?.value().to_vec()?))
+                })?;
+                z.extend(lat);
+                let per = video.len() / pair.len();
+                for (k, s) in pair.iter().enumerate() {
+                    let frames = crate::pipeline::video_io::Frames::from_chw(&video[k * per..(k + 1) * per], world.frames, world.size, world.size);
+                    recon.push((frames, s.caption()));
+                }
+            }
+            // the analyser on reconstructions: what the VAE preserves of the world
+            let rep = crate::eval::score(&recon);
+            if !quiet {
+                eprintln!(
+                    "VAE reconstructions of {} fresh clips: accuracy {:.1} % (color {:.1}, shape {:.1}, direction {:.1}), flicker {:.4}",
+                    rep.clips, rep.accuracy, rep.color_accuracy, rep.shape_accuracy, rep.direction_accuracy, rep.flicker
+                );
             }
             let unscaled: Vec<f64> = z.iter().map(|v| *v as f64 / md.vae.1.scale_factor as f64).collect();
             let mean = unscaled.iter().sum::<f64>() / unscaled.len() as f64;

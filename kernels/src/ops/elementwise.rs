@@ -93,6 +93,38 @@ pub(crate) fn contiguous(shape: &[usize]) -> Vec<usize> {
     s
 }
 
+/// Merges dimensions that every operand walks as one (stride[d] == stride[d+1] * size[d+1]
+/// in all of them) and drops size-1 dimensions: the same element order with fewer index
+/// steps per element in the kernel (a 5-D permute often becomes 2-D or 3-D).
+pub(crate) fn coalesce(shape: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let mut out_shape: Vec<usize> = Vec::with_capacity(shape.len());
+    let mut out_strides: Vec<Vec<usize>> = vec![Vec::with_capacity(shape.len()); strides.len()];
+    for d in 0..shape.len() {
+        if shape[d] == 1 {
+            continue;
+        }
+        let mergeable = !out_shape.is_empty() && strides.iter().zip(&out_strides).all(|(s, o)| *o.last().expect("same length") == s[d] * shape[d]);
+        if mergeable {
+            *out_shape.last_mut().expect("non-empty") *= shape[d];
+            for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+                *o.last_mut().expect("non-empty") = s[d];
+            }
+        } else {
+            out_shape.push(shape[d]);
+            for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+                o.push(s[d]);
+            }
+        }
+    }
+    if out_shape.is_empty() {
+        out_shape.push(1);
+        for o in out_strides.iter_mut() {
+            o.push(1);
+        }
+    }
+    (out_shape, out_strides)
+}
+
 /// A strided view used as a kernel operand: (offset, strides) over a logical shape.
 pub(crate) struct View<'a> {
     pub t: &'a Tensor,
@@ -124,26 +156,27 @@ pub(crate) fn unary_into(
     if n == 0 {
         return Ok(());
     }
+    let (cshape, cs) = coalesce(shape, &[&x.strides, &out.strides]);
     let mut flags = 2u32;
-    if is_contiguous(shape, &x.strides) {
+    if is_contiguous(&cshape, &cs[0]) {
         flags |= 1;
     }
-    if is_contiguous(shape, &out.strides) {
+    if is_contiguous(&cshape, &cs[1]) {
         flags |= 4;
     }
     let p = EwParams {
         n: n as u32,
-        rank: shape.len() as u32,
+        rank: cshape.len() as u32,
         flags,
         x_off: x.offset as u32,
         out_off: out.offset as u32,
         alpha,
         beta,
         gamma,
-        shape: pad8(shape),
-        xs: pad8(&x.strides),
+        shape: pad8(&cshape),
+        xs: pad8(&cs[0]),
         bs: [0; 8],
-        os: pad8(&out.strides),
+        os: pad8(&cs[1]),
     };
     let gpu = x.t.gpu();
     // Whole contiguous tensors go 4 elements per thread.
@@ -271,21 +304,22 @@ fn binary_impl(op_name: &'static str, a: &Tensor, b: &Tensor, op: BinaryOp, alph
     if n == 0 {
         return Ok(y);
     }
-    let (xs, bs) = (broadcast_strides(a.shape(), &shape), broadcast_strides(b.shape(), &shape));
-    let flags = is_contiguous(&shape, &xs) as u32 | (is_contiguous(&shape, &bs) as u32) << 1 | 4;
+    let (xs, bs, os) = (broadcast_strides(a.shape(), &shape), broadcast_strides(b.shape(), &shape), contiguous(&shape));
+    let (cshape, cs) = coalesce(&shape, &[&xs, &bs, &os]);
+    let flags = is_contiguous(&cshape, &cs[0]) as u32 | (is_contiguous(&cshape, &cs[1]) as u32) << 1 | 4;
     let p = EwParams {
         n: n as u32,
-        rank: shape.len() as u32,
+        rank: cshape.len() as u32,
         flags,
         x_off: 0,
         out_off: 0,
         alpha,
         beta,
         gamma: 0.0,
-        shape: pad8(&shape),
-        xs: pad8(&xs),
-        bs: pad8(&bs),
-        os: pad8(&contiguous(&shape)),
+        shape: pad8(&cshape),
+        xs: pad8(&cs[0]),
+        bs: pad8(&cs[1]),
+        os: pad8(&cs[2]),
     };
     let gpu = a.gpu();
     let (entry, threads) = if flags == 7 { ("binary4", n.div_ceil(4)) } else { ("binary", n) };
