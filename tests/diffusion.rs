@@ -20,6 +20,49 @@ fn fixture_unet() -> (std::path::PathBuf, Gpu, Unet3d, Vec<Tensor>) {
     (dir, g, unet, params)
 }
 
+/// The inputs of the fixture's distillation step (`train_step.safetensors`).
+struct StepInputs {
+    z_t: Tensor,
+    cond: Tensor,
+    uncond: Tensor,
+    score: Tensor,
+    context: Tensor,
+    index: usize,
+    w: f32,
+}
+
+impl StepInputs {
+    fn read(dir: &Path, g: &Gpu) -> StepInputs {
+        let ts = WeightFile::open(&dir.join("train_step.safetensors")).unwrap();
+        let t = |k: &str| ts.tensor(g, k).unwrap();
+        StepInputs {
+            z_t: t("in.z_t"),
+            cond: t("in.cond_teacher_out"),
+            uncond: t("in.uncond_teacher_out"),
+            score: t("in.score"),
+            context: t("in.context"),
+            index: ts.host_i64("in.index").unwrap().1[0] as usize,
+            w: ts.host_f32("in.w").unwrap().1[0],
+        }
+    }
+    fn sample(&self) -> t2v_turbo::diffusion::distill::CdSample<'_> {
+        t2v_turbo::diffusion::distill::CdSample {
+            z_t: &self.z_t,
+            index: self.index,
+            cond_eps: &self.cond,
+            uncond_eps: &self.uncond,
+            score: Some(&self.score),
+            use_motion: true,
+            w: self.w,
+            motion_gs: 0.05,
+            motion_percentage: 0.5,
+            noise_factor: t2v_turbo::diffusion::distill::NoiseFactor::Code,
+            context: &self.context,
+            fps: &[8.0],
+        }
+    }
+}
+
 #[test]
 fn one_ddim_step_is_x0_of_the_guided_eps() {
     let (dir, g, unet, _) = fixture_unet();
@@ -47,26 +90,11 @@ fn one_ddim_step_is_x0_of_the_guided_eps() {
 #[test]
 fn distillation_steps_lower_the_consistency_loss() {
     use t2v_kernels::optim::{AdamW, AdamWConfig, ParamGroup};
-    use t2v_turbo::diffusion::distill::{consistency_loss, CdSample};
+    use t2v_turbo::diffusion::distill::consistency_loss;
     use t2v_turbo::diffusion::DdimSolver;
     let (dir, g, unet, params) = fixture_unet();
-    let ts = WeightFile::open(&dir.join("train_step.safetensors")).unwrap();
-    let t = |k: &str| ts.tensor(&g, k).unwrap();
-    let (z_t, cond, uncond, score, context) = (t("in.z_t"), t("in.cond_teacher_out"), t("in.uncond_teacher_out"), t("in.score"), t("in.context"));
-    let sample = CdSample {
-        z_t: &z_t,
-        index: ts.host_i64("in.index").unwrap().1[0] as usize,
-        cond_eps: &cond,
-        uncond_eps: &uncond,
-        score: Some(&score),
-        use_motion: true,
-        w: ts.host_f32("in.w").unwrap().1[0],
-        motion_gs: 0.05,
-        motion_percentage: 0.5,
-        noise_factor: t2v_turbo::diffusion::distill::NoiseFactor::Code,
-        context: &context,
-        fps: &[8.0],
-    };
+    let inputs = StepInputs::read(&dir, &g);
+    let sample = inputs.sample();
     let sched = Schedule::videocrafter();
     let solver = DdimSolver::new(&sched, 200);
     let mut opt = AdamW::new(AdamWConfig { lr: 1e-3, weight_decay: 0.0, ..Default::default() }, vec![ParamGroup { params: params.clone(), lr_scale: 1.0, weight_decay: None }]);
@@ -133,26 +161,11 @@ fn preprocessed_records_feed_the_distillation_loss() {
 
 #[test]
 fn recomputed_unet_blocks_give_the_same_gradients_with_less_memory() {
-    use t2v_turbo::diffusion::distill::{consistency_loss, CdSample};
+    use t2v_turbo::diffusion::distill::consistency_loss;
     use t2v_turbo::diffusion::DdimSolver;
     let (dir, g, mut unet, params) = fixture_unet();
-    let ts = WeightFile::open(&dir.join("train_step.safetensors")).unwrap();
-    let t = |k: &str| ts.tensor(&g, k).unwrap();
-    let (z_t, cond, uncond, score, context) = (t("in.z_t"), t("in.cond_teacher_out"), t("in.uncond_teacher_out"), t("in.score"), t("in.context"));
-    let sample = CdSample {
-        z_t: &z_t,
-        index: ts.host_i64("in.index").unwrap().1[0] as usize,
-        cond_eps: &cond,
-        uncond_eps: &uncond,
-        score: Some(&score),
-        use_motion: true,
-        w: ts.host_f32("in.w").unwrap().1[0],
-        motion_gs: 0.05,
-        motion_percentage: 0.5,
-        noise_factor: Default::default(),
-        context: &context,
-        fps: &[8.0],
-    };
+    let inputs = StepInputs::read(&dir, &g);
+    let sample = inputs.sample();
     let sched = Schedule::videocrafter();
     let solver = DdimSolver::new(&sched, 200);
     let mut run = |recompute: bool| -> (f32, Vec<Vec<f32>>, u64) {

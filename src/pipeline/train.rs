@@ -254,6 +254,8 @@ pub struct Trainer<'a> {
     pub models: &'a RewardModels,
     shards: &'a [Shard],
     items: Vec<Item>,
+    /// The order of one epoch (epoch, permutation of `items`), made when first needed.
+    order: Option<(u64, Vec<usize>)>,
     opt: AdamW,
     pub state: TrainState,
     sched: Schedule,
@@ -292,12 +294,15 @@ impl<'a> Trainer<'a> {
             vec![ParamGroup { params: student.trainable(), lr_scale: 1.0, weight_decay: None }],
         );
         let state = TrainState { step: 0, epoch: 0, cursor: 0, rng: Gaussian::new(config.seed ^ 0x7A11).state() };
-        Ok(Trainer { fps: sc.fps, config, student, models, shards, items, opt, state, sched, solver })
+        Ok(Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, state, sched, solver })
     }
 
     fn next_item(&mut self) -> Item {
-        let order = epoch_order(self.items.len(), self.config.seed, self.state.epoch);
-        let item = self.items[order[self.state.cursor]];
+        let epoch = self.state.epoch;
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            self.order = Some((epoch, epoch_order(self.items.len(), self.config.seed, epoch)));
+        }
+        let item = self.items[self.order.as_ref().expect("made above").1[self.state.cursor]];
         self.state.cursor += 1;
         if self.state.cursor == self.items.len() {
             self.state.cursor = 0;
