@@ -539,6 +539,7 @@ pub struct RunOptions {
 /// Runs (or resumes, when `out/checkpoints` has a checkpoint) to `config.steps`. Returns
 /// the metrics of the steps run now.
 pub fn run(trainer: &mut Trainer, o: &RunOptions) -> std::result::Result<Vec<StepMetrics>, TrainError> {
+    std::fs::create_dir_all(&o.out).map_err(|e| WeightsError::Io { path: o.out.display().to_string(), msg: e.to_string() })?;
     let ckpt_dir = o.out.join("checkpoints");
     if let Some(last) = list_checkpoints(&ckpt_dir).pop() {
         trainer.load_checkpoint(&last)?;
