@@ -22,13 +22,13 @@ pub struct DemoArgs {
     #[arg(long, default_value = "demo-out")]
     pub out: PathBuf,
     /// Training clips.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 20)]
     pub clips: usize,
     /// Held-out prompts sampled by every method.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 6)]
     pub prompts: usize,
     /// Distillation steps per student.
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 70)]
     pub steps: u64,
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f32,

@@ -57,9 +57,9 @@ pub struct DemoConfig {
 impl Default for DemoConfig {
     fn default() -> Self {
         DemoConfig {
-            clips: 24,
-            prompts: 8,
-            steps: 80,
+            clips: 20,
+            prompts: 6,
+            steps: 70,
             lr: 1e-4,
             ddim_steps: 50,
             student_steps: 4,
