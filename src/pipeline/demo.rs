@@ -271,11 +271,20 @@ fn targets(results: &[MethodResult]) -> String {
     if let (Some(t), Some(f)) = (teacher, full) {
         let gap = t.report.accuracy - f.report.accuracy;
         let speed = t.seconds_per_video / f.seconds_per_video.max(1e-9);
+        let rel = if gap >= 0.0 { format!("{gap:.1} points behind") } else { format!("{:.1} points ahead", -gap) };
         out += &format!(
-            "- 4-step student within 5 points of the teacher's accuracy at >= 10x less time: {:.1} points behind, {speed:.1}x faster — {}.\n",
-            gap,
+            "- 4-step student within 5 points of the teacher's accuracy at >= 10x less time: {rel}, {speed:.1}x faster — {}.\n",
             if gap <= 5.0 && speed >= 10.0 { "met" } else { "not met" }
         );
+        // chance: 1/6 colors, 1/3 shapes, 1/4 directions
+        let chance = 100.0 * (1.0 / 6.0 + 1.0 / 3.0 + 1.0 / 4.0) / 3.0;
+        if t.report.accuracy < 1.5 * chance {
+            out += &format!(
+                "- Caution: the teacher's accuracy ({:.1}%) is near chance ({chance:.0}%), and {} prompts make a small sample: these comparisons say little until the teacher is better trained.\n",
+                t.report.accuracy,
+                t.report.clips
+            );
+        }
     }
     let line = |a: &MethodResult, b: &MethodResult, what: &str, f: &dyn Fn(&Report) -> f32| {
         let (x, y) = (f(&a.report), f(&b.report));
