@@ -113,7 +113,10 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
         shard_size: a.shard_size,
         config: config.clone(),
         source_fps: a.source_fps,
-        settings: PreprocessConfig { w_range: (a.w_min, a.w_max), motion: !a.no_motion, scales: MotionScales { temp_loss_scale: a.temp_loss_scale, ..MotionScales::default() },
+        settings: PreprocessConfig {
+            w_range: (a.w_min, a.w_max),
+            motion: !a.no_motion,
+            scales: MotionScales { temp_loss_scale: a.temp_loss_scale, ..MotionScales::default() },
             index_range: (a.index_range[0], a.index_range[1]),
         },
         quiet: false,

@@ -155,7 +155,7 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
         let path = job.out.join(&name);
         if path.exists() {
             match Shard::open(&path) {
-                Ok(s) if s.config == *cfg => {
+                Ok(s) if s.config == *cfg && s.records.iter().all(|r| chunk.contains(&r.row)) => {
                     report.shards_skipped += 1;
                     done_shards.push(name);
                     progress.advance(chunk.len(), "(done earlier)");
@@ -163,7 +163,7 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
                 }
                 Ok(s) => {
                     return Err(PreprocessError::Exists(format!(
-                        "{} was written with other settings ({:?}, now {cfg:?}); use another output folder (nothing was overwritten)",
+                        "{} was written with other settings ({:?}, now {cfg:?}) or another --shard/--shard-size or captions file; use another output folder (nothing was overwritten)",
                         path.display(),
                         s.config
                     )))
