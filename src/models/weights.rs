@@ -74,6 +74,12 @@ impl WeightFile {
         &self.entries
     }
 
+    /// The first of `candidates` (checkpoint key prefixes such as `first_stage_model.`)
+    /// that some key starts with; "" when none does (a file of one model, no prefix).
+    pub fn prefix_among(&self, candidates: &[&str]) -> String {
+        candidates.iter().find(|p| !p.is_empty() && self.entries.keys().any(|k| k.starts_with(*p))).map(|p| p.to_string()).unwrap_or_default()
+    }
+
     fn bytes(&self, e: &Entry) -> &[u8] {
         &self.map[self.data_start + e.start..self.data_start + e.end]
     }

@@ -59,10 +59,6 @@ fn bad(path: &Path, msg: impl std::fmt::Display) -> WeightsError {
     WeightsError::Format { path: path.display().to_string(), msg: msg.to_string() }
 }
 
-fn prefix_of(f: &WeightFile, candidates: &[&str]) -> String {
-    candidates.iter().find(|p| f.entries().keys().any(|k| k.starts_with(*p))).map(|p| p.to_string()).unwrap_or_default()
-}
-
 impl ModelDir {
     pub fn read(root: &Path) -> Result<ModelDir> {
         let cfg_path = root.join("config.json");
@@ -131,21 +127,12 @@ impl ModelDir {
     }
 
     pub fn load_vae(&self, gpu: &Gpu) -> Result<Vae> {
-        let f = WeightFile::open(&self.vae.0)?;
-        let l = Loader::new(&f, gpu, &prefix_of(&f, &["first_stage_model."])).ignoring(&["model.", "cond_stage_model."]);
-        let vae = Vae::load(&l, &self.vae.1)?;
-        l.finish()?;
-        Ok(vae)
+        load_vae_file(gpu, &self.vae.0, &self.vae.1)
     }
 
     /// The conditioning text tower (penultimate layer; no projection needed).
     pub fn load_text(&self, gpu: &Gpu) -> Result<TextTower> {
-        let f = WeightFile::open(&self.text.0)?;
-        let l = Loader::new(&f, gpu, &prefix_of(&f, &["cond_stage_model.model."]))
-            .ignoring(&["visual.", "text_projection", "logit_scale", "model.diffusion_model.", "first_stage_model."]);
-        let t = TextTower::load(&l, &self.text.1.text, None)?;
-        l.finish()?;
-        Ok(t)
+        load_text_file(gpu, &self.text.0, &self.text.1.text)
     }
 
     pub fn load_image_rewards(&self, gpu: &Gpu) -> Result<Vec<(ImageTextReward, f32)>> {
@@ -163,7 +150,7 @@ impl ModelDir {
 /// Returns the named parameters too (checkpoint keys without prefix).
 pub fn load_unet_file(gpu: &Gpu, path: &Path, config: &UnetConfig, student: Option<(usize, u64)>) -> Result<(Unet3d, Vec<(String, t2v_kernels::Tensor)>)> {
     let f = WeightFile::open(path)?;
-    let l = Loader::new(&f, gpu, &prefix_of(&f, &["model.diffusion_model."])).ignoring(&["first_stage_model.", "cond_stage_model."]);
+    let l = Loader::new(&f, gpu, &f.prefix_among(&["model.diffusion_model."])).ignoring(&["first_stage_model.", "cond_stage_model."]);
     let (l, config) = match student {
         Some((dim, seed)) => {
             let mut c = config.clone();
@@ -177,6 +164,26 @@ pub fn load_unet_file(gpu: &Gpu, path: &Path, config: &UnetConfig, student: Opti
     let params = l.params();
     l.finish()?;
     Ok((unet, params))
+}
+
+/// A VAE from `path` (VideoCrafter2's `first_stage_model.` prefix or none).
+pub fn load_vae_file(gpu: &Gpu, path: &Path, config: &VaeConfig) -> Result<Vae> {
+    let f = WeightFile::open(path)?;
+    let l = Loader::new(&f, gpu, &f.prefix_among(&["first_stage_model."])).ignoring(&["model.", "cond_stage_model."]);
+    let vae = Vae::load(&l, config)?;
+    l.finish()?;
+    Ok(vae)
+}
+
+/// The conditioning text tower from `path` (VideoCrafter2's `cond_stage_model.model.`
+/// prefix, an open_clip file, or none); the rest of an open_clip model is ignored.
+pub fn load_text_file(gpu: &Gpu, path: &Path, config: &TextConfig) -> Result<TextTower> {
+    let f = WeightFile::open(path)?;
+    let l = Loader::new(&f, gpu, &f.prefix_among(&["cond_stage_model.model."]))
+        .ignoring(&["visual.", "text_projection", "logit_scale", "model.diffusion_model.", "first_stage_model."]);
+    let t = TextTower::load(&l, config, None)?;
+    l.finish()?;
+    Ok(t)
 }
 
 pub fn load_clip(gpu: &Gpu, path: &Path, config: &ClipConfig) -> Result<Clip> {

@@ -11,7 +11,7 @@ use crate::models::clip::{TextConfig, TextTower};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet3d::{Unet3d, UnetConfig};
 use crate::models::vae::{Vae, VaeConfig};
-use crate::models::weights::{Loader, Result, WeightFile, WeightsError};
+use crate::models::weights::{Result, WeightsError};
 
 /// The models of generation, each with its checkpoint key prefix detected from the file
 /// (a VideoCrafter2 checkpoint holds all three under `model.diffusion_model.`,
@@ -22,10 +22,6 @@ pub struct Generator {
     pub text: TextTower,
     pub tokenizer: ClipTokenizer,
     pub schedule: Schedule,
-}
-
-fn prefix_of(f: &WeightFile, candidates: &[&str]) -> String {
-    candidates.iter().find(|p| !p.is_empty() && f.entries().keys().any(|k| k.starts_with(*p))).map(|p| p.to_string()).unwrap_or_default()
 }
 
 /// Weight files and configs of a [`Generator`].
@@ -40,18 +36,10 @@ pub struct GeneratorFiles<'a> {
 
 impl Generator {
     pub fn load(gpu: &Gpu, f: &GeneratorFiles) -> Result<Generator> {
-        let open = |p: &Path| WeightFile::open(p);
-        let (uf, vf, tf) = (open(f.unet)?, open(f.vae)?, open(f.text)?);
-        let l = Loader::new(&uf, gpu, &prefix_of(&uf, &["model.diffusion_model."])).ignoring(&["first_stage_model.", "cond_stage_model."]);
-        let unet = Unet3d::load(&l, &f.unet_config)?;
-        l.finish()?;
-        let l = Loader::new(&vf, gpu, &prefix_of(&vf, &["first_stage_model."])).ignoring(&["model.", "cond_stage_model."]);
-        let vae = Vae::load(&l, &f.vae_config)?;
-        l.finish()?;
-        let l = Loader::new(&tf, gpu, &prefix_of(&tf, &["cond_stage_model.model."]))
-            .ignoring(&["visual.", "text_projection", "logit_scale", "model.diffusion_model.", "first_stage_model."]);
-        let text = TextTower::load(&l, &f.text_config, None)?;
-        l.finish()?;
+        use crate::pipeline::model_dir::{load_text_file, load_unet_file, load_vae_file};
+        let unet = load_unet_file(gpu, f.unet, &f.unet_config, None)?.0;
+        let vae = load_vae_file(gpu, f.vae, &f.vae_config)?;
+        let text = load_text_file(gpu, f.text, &f.text_config)?;
         let tokenizer = ClipTokenizer::new().map_err(|e| WeightsError::Format { path: "tokenizer".into(), msg: e.to_string() })?;
         Ok(Generator { unet, vae, text, tokenizer, schedule: Schedule::videocrafter() })
     }

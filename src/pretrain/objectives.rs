@@ -28,8 +28,8 @@ pub enum What {
 
 fn load<T>(gpu: &Gpu, path: &Path, f: impl FnOnce(&Loader) -> Result<T>) -> Result<(T, Vec<(String, Tensor)>)> {
     let file = WeightFile::open(path)?;
-    let prefix = ["model.diffusion_model.", "first_stage_model.", "cond_stage_model.model."].into_iter().find(|p| file.entries().keys().any(|k| k.starts_with(p))).unwrap_or("");
-    let l = Loader::new(&file, gpu, prefix);
+    let prefix = file.prefix_among(&["model.diffusion_model.", "first_stage_model.", "cond_stage_model.model."]);
+    let l = Loader::new(&file, gpu, &prefix);
     let m = f(&l)?;
     let params = l.params();
     l.finish()?;
@@ -45,12 +45,7 @@ fn tokenize(tok: &ClipTokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>> {
 fn contrastive(a: &Var, b: &Var, scale: f32) -> Result<(Var, Var)> {
     let n = a.shape()[0];
     let logits = ad::matmul_ex(a, b, false, true, scale, None)?; // (B, B)
-    let diag = |m: &Var| -> Result<Var> {
-        let flat = ad::reshape(m, &[n * n, 1])?;
-        let idx: Vec<u32> = (0..n as u32).map(|i| i * (n as u32 + 1)).collect();
-        Ok(ad::reshape(&ad::embedding(&flat, &idx)?, &[n])?)
-    };
-    let nll = |m: &Var| -> Result<Var> { Ok(ad::scale(&ad::mean_all(&ad::unary(&diag(&ad::softmax(m)?)?, UnaryOp::Log)?)?, -1.0)?) };
+    let nll = |m: &Var| -> Result<Var> { Ok(ad::scale(&ad::mean_all(&ad::unary(&crate::reward::diagonal(&ad::softmax(m)?, n)?, UnaryOp::Log)?)?, -1.0)?) };
     let loss = ad::axpby(&nll(&logits)?, 0.5, &nll(&ad::transpose(&logits, 0, 1)?)?, 0.5)?;
     // retrieval accuracy (no gradient): the diagonal wins its row
     let l = logits.value().to_vec()?;

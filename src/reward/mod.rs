@@ -48,7 +48,7 @@ impl ImageTextReward {
 }
 
 /// The diagonal of a square (n, n) matrix -> (n,).
-fn diagonal(m: &Var, n: usize) -> Result<Var> {
+pub(crate) fn diagonal(m: &Var, n: usize) -> Result<Var> {
     let flat = ad::reshape(m, &[n * n, 1])?;
     let idx: Vec<u32> = (0..n as u32).map(|i| i * (n as u32 + 1)).collect();
     Ok(ad::reshape(&ad::embedding(&flat, &idx)?, &[n])?)
