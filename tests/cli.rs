@@ -83,6 +83,16 @@ fn parity_fails_when_a_reference_output_is_off() {
 }
 
 #[test]
+fn parity_passes_on_the_internvideo2_fixture() {
+    let (ok, out, err) = t2v(&["parity", fixture("internvideo2").to_str().unwrap()], &[]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("InternVideo2 layout"), "{out}");
+    for t in ["out.vision_tokens", "out.vision_pooled", "out.video_features", "out.text_cls", "out.text_features", "out.score"] {
+        assert!(out.lines().any(|l| l.starts_with(t) && l.ends_with("pass")), "{t}: {out}");
+    }
+}
+
+#[test]
 fn parity_names_unknown_and_unsupported_folders() {
     let (ok, _, err) = t2v(&["parity", env!("CARGO_MANIFEST_DIR")], &[]);
     assert!(!ok && err.contains("not a fixture folder"), "{err}");

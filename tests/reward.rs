@@ -38,8 +38,8 @@ fn video_of_identical_frames_scores_like_the_frame() {
             video[(c * 4 + t) * h * w..(c * 4 + t + 1) * h * w].copy_from_slice(&f[c * h * w..(c + 1) * h * w]);
         }
     }
-    let vid = ClipVideoReward { clip: clip(&g) };
-    let s_vid = vid.score(&tape.constant(Tensor::from_slice(&g, &[1, 3, 4, h, w], &video).unwrap()), &ids).unwrap().value().item_at(0).unwrap();
+    let vid = ClipVideoReward { clip: clip(&g), tokenizer: ClipTokenizer::new().unwrap() };
+    let s_vid = vid.score(&tape.constant(Tensor::from_slice(&g, &[1, 3, 4, h, w], &video).unwrap()), &["a red fox in the snow"], 0.5).unwrap().value().item_at(0).unwrap();
     assert!((s_img - s_vid).abs() < 1e-5, "{s_img} vs {s_vid}");
     assert!(s_img.abs() <= 1.0 && s_img != 0.0);
     let hps = ImageTextReward { clip: clip(&g), mode: Preprocess::Hps };

@@ -8,7 +8,7 @@ use super::{CliError, DeviceArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct ParityArgs {
-    /// A fixture folder (layouts of ../shared/fixtures: tokenizer/, openclip/, vae/, unet3d/),
+    /// A fixture folder (layouts of ../shared/fixtures: tokenizer/, openclip/, vae/, unet3d/, internvideo2/),
     /// from this project or your own PyTorch run of the reference code.
     pub dir: PathBuf,
 }

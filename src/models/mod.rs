@@ -7,3 +7,5 @@ pub mod clip;
 pub mod layers;
 pub mod preprocess;
 pub mod unet3d;
+pub mod bert;
+pub mod internvideo2;

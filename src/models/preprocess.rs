@@ -2,7 +2,10 @@
 //! it to the generated frames):
 //! - HPSv2.1: longest side resized to S (bicubic, antialiased), zero padding centred
 //!   (left/top = pad // 2), then OpenAI mean/std;
-//! - CLIPScore: squash-resize to S x S (bicubic, antialiased), then OpenAI mean/std.
+//! - CLIPScore: squash-resize to S x S (bicubic, antialiased), then OpenAI mean/std;
+//! - InternVideo2 (T2V-Turbo's `ResizeCropMinSize`): shorter side resized to S (bicubic,
+//!   antialiased), an S x S crop (the reference crops at random; the caller says where),
+//!   then ImageNet mean/std.
 //!
 //! A resize is a linear map: out = R_h x img x R_w^T, with the resampling weights of
 //! PIL / torchvision's antialiased bicubic (a = -0.5, support widened by the downscale
@@ -13,6 +16,8 @@ use t2v_kernels::{Result, Tensor};
 
 pub const OPENAI_MEAN: [f32; 3] = [0.481_454_7, 0.457_827_5, 0.408_210_7];
 pub const OPENAI_STD: [f32; 3] = [0.268_629_5, 0.261_302_6, 0.275_777_1];
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 fn bicubic(x: f64) -> f64 {
     let a = -0.5;
@@ -61,10 +66,15 @@ pub fn resize(img: &Var, oh: usize, ow: usize) -> Result<Var> {
 
 /// (x - mean[c]) / std[c] with OpenAI's statistics.
 pub fn normalize(img: &Var) -> Result<Var> {
+    normalize_with(img, &OPENAI_MEAN, &OPENAI_STD)
+}
+
+/// (x - mean[c]) / std[c] of images (N, 3, H, W).
+pub fn normalize_with(img: &Var, mean: &[f32; 3], std: &[f32; 3]) -> Result<Var> {
     let gpu = img.value().gpu();
     let t = img.tape();
-    let mean = t.constant(Tensor::from_slice(gpu, &[1, 3, 1, 1], &OPENAI_MEAN)?);
-    let inv: Vec<f32> = OPENAI_STD.iter().map(|s| 1.0 / s).collect();
+    let mean = t.constant(Tensor::from_slice(gpu, &[1, 3, 1, 1], mean)?);
+    let inv: Vec<f32> = std.iter().map(|s| 1.0 / s).collect();
     let inv = t.constant(Tensor::from_slice(gpu, &[1, 3, 1, 1], &inv)?);
     ad::mul(&ad::sub(img, &mean)?, &inv)
 }
@@ -110,4 +120,28 @@ pub fn hps(img: &Var, size: usize) -> Result<Var> {
 /// CLIPScore preprocessing of images in [0, 1] (N, 3, H, W) -> (N, 3, S, S).
 pub fn clipscore(img: &Var, size: usize) -> Result<Var> {
     normalize(&resize(img, size, size)?)
+}
+
+/// InternVideo2's preprocessing of images in [0, 1] (N, 3, H, W) -> (N, 3, S, S): the
+/// shorter side resized to S (sizes rounded like the reference; no resize when it is S
+/// already), an S x S window taken along the longer side at `crop_at` in [0, 1] (0: top or
+/// left, 0.5: centre, 1: bottom or right), ImageNet mean/std.
+pub fn min_side_crop(img: &Var, size: usize, crop_at: f32) -> Result<Var> {
+    let s = img.shape().to_vec();
+    let (h, w) = (s[2], s[3]);
+    let scale = size as f64 / h.min(w) as f64;
+    let mut x = img.clone();
+    let (mut nh, mut nw) = (h, w);
+    if scale != 1.0 {
+        (nh, nw) = (((h as f64 * scale).round() as usize).max(size), ((w as f64 * scale).round() as usize).max(size));
+        x = resize(img, nh, nw)?;
+    }
+    let at = |extra: usize| (crop_at.clamp(0.0, 1.0) * extra as f32).round() as usize;
+    if nh > size {
+        x = ad::slice(&x, 2, at(nh - size), size)?;
+    }
+    if nw > size {
+        x = ad::slice(&x, 3, at(nw - size), size)?;
+    }
+    normalize_with(&x, &IMAGENET_MEAN, &IMAGENET_STD)
 }

@@ -117,3 +117,104 @@ pub fn html_unescape(s: &str) -> String {
     out.push_str(rest);
     out
 }
+
+/// One prompt for a BERT text encoder: `[CLS] tokens [SEP]` padded to the model's length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BertTokens {
+    pub ids: Vec<u32>,
+    /// 1 for tokens, 0 for padding.
+    pub mask: Vec<u32>,
+    /// The prompt had more tokens than fit; the rest were dropped.
+    pub truncated: bool,
+}
+
+/// The WordPiece tokenizer of a BERT checkpoint (InternVideo2's text side uses
+/// bert-large-uncased), as Hugging Face's `tokenizer(text, padding="max_length",
+/// truncation=True, max_length=L)` applies it: `[CLS]`, at most L - 2 word pieces, `[SEP]`,
+/// `[PAD]` up to L. Built from the checkpoint's `vocab.txt` (lower-casing, accent
+/// stripping, punctuation splitting of the uncased models) or from its `tokenizer.json`.
+pub struct BertTokenizer {
+    inner: tokenizers::Tokenizer,
+    cls: u32,
+    sep: u32,
+    pad: u32,
+    /// Tokens per prompt, special tokens and padding included.
+    pub max_len: usize,
+}
+
+impl BertTokenizer {
+    /// `vocab.txt` (one word piece per line; uncased BERT normalisation) or a Hugging Face
+    /// `tokenizer.json`.
+    pub fn from_file(path: &Path, max_len: usize) -> Result<BertTokenizer, TokenizerError> {
+        let name = path.display().to_string();
+        let load = |msg: String| TokenizerError::Load { source_name: name.clone(), msg };
+        let bytes = std::fs::read(path).map_err(|e| load(format!("{e} (the text encoder's vocab.txt or tokenizer.json)")))?;
+        let inner = if path.extension().is_some_and(|e| e == "json") {
+            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| load(e.to_string()))?
+        } else {
+            let text = String::from_utf8(bytes).map_err(|e| load(format!("vocab is not UTF-8: {e}")))?;
+            Self::uncased(&text.lines().map(|l| l.trim_end()).collect::<Vec<_>>()).map_err(load)?
+        };
+        Self::new(inner, max_len).map_err(load)
+    }
+
+    /// An uncased WordPiece tokenizer over `vocab` (index = id), which must hold `[CLS]`,
+    /// `[SEP]`, `[PAD]` and `[UNK]`.
+    pub fn from_vocab(vocab: &[&str], max_len: usize) -> Result<BertTokenizer, TokenizerError> {
+        let load = |msg: String| TokenizerError::Load { source_name: "vocabulary".into(), msg };
+        Self::new(Self::uncased(vocab).map_err(load)?, max_len).map_err(load)
+    }
+
+    fn uncased(vocab: &[&str]) -> Result<tokenizers::Tokenizer, String> {
+        // the model through its serialised form (the builder wants the crate's own map type)
+        let map: serde_json::Map<String, serde_json::Value> = vocab.iter().enumerate().map(|(i, t)| (t.to_string(), i.into())).collect();
+        let json = serde_json::json!({ "type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": map });
+        let model = tokenizers::models::wordpiece::WordPiece::from_bytes(json.to_string()).map_err(|e| e.to_string())?;
+        let mut t = tokenizers::Tokenizer::new(model);
+        t.with_normalizer(Some(tokenizers::normalizers::BertNormalizer::new(true, true, None, true)));
+        t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::bert::BertPreTokenizer));
+        let specials: Vec<tokenizers::AddedToken> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            .iter()
+            .filter(|s| vocab.contains(s))
+            .map(|s| tokenizers::AddedToken::from(s.to_string(), true))
+            .collect();
+        t.add_special_tokens(&specials);
+        Ok(t)
+    }
+
+    fn new(mut inner: tokenizers::Tokenizer, max_len: usize) -> Result<BertTokenizer, String> {
+        if max_len < 2 {
+            return Err(format!("max_len {max_len}: need room for [CLS] and [SEP]"));
+        }
+        inner.with_truncation(None).map_err(|e| e.to_string())?;
+        inner.with_padding(None);
+        let id = |t: &str| inner.token_to_id(t).ok_or_else(|| format!("the vocabulary has no {t} token; is this a BERT vocabulary?"));
+        let (cls, sep, pad) = (id("[CLS]")?, id("[SEP]")?, id("[PAD]")?);
+        id("[UNK]")?;
+        Ok(BertTokenizer { inner, cls, sep, pad, max_len })
+    }
+
+    pub fn encode(&self, prompt: &str) -> Result<BertTokens, TokenizerError> {
+        let enc = self.inner.encode(prompt, false).map_err(|e| TokenizerError::Encode { prompt: prompt.into(), msg: e.to_string() })?;
+        let room = self.max_len - 2;
+        let pieces = enc.get_ids();
+        let truncated = pieces.len() > room;
+        let mut ids = Vec::with_capacity(self.max_len);
+        ids.push(self.cls);
+        ids.extend_from_slice(&pieces[..pieces.len().min(room)]);
+        ids.push(self.sep);
+        let mut mask = vec![1; ids.len()];
+        ids.resize(self.max_len, self.pad);
+        mask.resize(self.max_len, 0);
+        Ok(BertTokens { ids, mask, truncated })
+    }
+
+    /// Encodes and warns on stderr when a prompt is truncated.
+    pub fn encode_warn(&self, prompt: &str) -> Result<BertTokens, TokenizerError> {
+        let t = self.encode(prompt)?;
+        if t.truncated {
+            eprintln!("warning: prompt longer than {} word pieces, truncated for the text encoder: {prompt:?}", self.max_len - 2);
+        }
+        Ok(t)
+    }
+}

@@ -146,15 +146,16 @@ pub struct Loader<'f> {
     problems: Mutex<Problems>,
 }
 
-/// A deterministic random initialisation for `key`: 1-D `*.weight` (norm scales) ones,
-/// `*.bias` zeros, others uniform in +-1/sqrt(fan_in), fan_in = product of all but the
-/// first dimension.
+/// A deterministic random initialisation for `key`: 1-D `*.weight` (norm scales) and
+/// `*.gamma` (layer scales) ones, `*.bias` and InternVideo2's `q_bias`/`k_bias`/`v_bias`
+/// zeros, others uniform in +-1/sqrt(fan_in), fan_in = product of all but the first
+/// dimension.
 fn random_init(key: &str, shape: &[usize], seed: u64) -> Vec<f32> {
     let n: usize = shape.iter().product();
-    if key.ends_with(".bias") {
+    if key.ends_with(".bias") || ["q_bias", "k_bias", "v_bias"].iter().any(|b| key.ends_with(&format!(".{b}"))) {
         return vec![0.0; n];
     }
-    if key.ends_with(".weight") && shape.len() == 1 {
+    if (key.ends_with(".weight") && shape.len() == 1) || key.ends_with(".gamma") {
         return vec![1.0; n];
     }
     let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);

@@ -1,6 +1,7 @@
 //! `t2v-turbo parity DIR`: runs a fixture folder of one of the documented layouts
 //! (../shared/fixtures) through the project and compares every output tensor.
 
+mod internvideo2;
 mod openclip;
 mod tokenizer;
 mod unet3d;
@@ -59,8 +60,6 @@ pub enum Layout {
 pub enum ParityError {
     #[error("{0}: not a fixture folder of a known layout (tokenizer/, openclip/, vae/, unet3d/, internvideo2/: see their README.md)")]
     Unknown(String),
-    #[error("{dir}: the {layout:?} layout is recognised, but this build cannot run it yet (the model is not implemented)")]
-    NotYet { dir: String, layout: Layout },
     #[error("{path}: {msg}")]
     Bad { path: String, msg: String },
     #[error(transparent)]
@@ -76,8 +75,9 @@ pub fn detect(dir: &Path) -> Result<Layout, ParityError> {
     Ok(match config {
         _ if has("forward.safetensors") => Layout::Unet3d,
         Some(c) if c.get("ddconfig").is_some() => Layout::Vae,
+        // InternVideo2's config names its parts like the reference (vision.depth, text.hidden_size)
+        Some(c) if c["vision"].get("depth").is_some() && c["text"].get("hidden_size").is_some() => Layout::InternVideo2,
         Some(c) if c.get("vision").is_some() && c.get("text").is_some() => Layout::OpenClip,
-        Some(_) if has("io.safetensors") && dir.to_string_lossy().contains("internvideo") => Layout::InternVideo2,
         _ if has("prompts.json") => Layout::Tokenizer,
         _ => return Err(ParityError::Unknown(dir.display().to_string())),
     })
@@ -91,7 +91,7 @@ pub fn run(dir: &Path, gpu: &t2v_kernels::Gpu) -> Result<(Layout, Vec<Check>), P
         Layout::Tokenizer => tokenizer::run(dir)?,
         Layout::OpenClip => openclip::run(dir, gpu)?,
         Layout::Unet3d => unet3d::run(dir, gpu)?,
-        other => return Err(ParityError::NotYet { dir: dir.display().to_string(), layout: other }),
+        Layout::InternVideo2 => internvideo2::run(dir, gpu)?,
     };
     Ok((layout, checks))
 }

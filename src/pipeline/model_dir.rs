@@ -6,7 +6,8 @@
 //!   "vae":   { "file": "vae.safetensors",  "config": { "ddconfig": {...}, "embed_dim": 4 } },
 //!   "text":  { "file": "text.safetensors", "config": { open_clip config } },
 //!   "image_rewards": [ { "file": "...", "config": {...}, "preprocess": "hps" | "clipscore", "weight": 1.0 } ],
-//!   "video_reward":  { "file": "...", "config": {...} },
+//!   "video_reward":  { "kind": "internvideo2", "file": "...", "config": {...}, "tokenizer": "vocab.txt" }
+//!                    or { "kind": "clip", "file": "...", "config": { open_clip config } },
 //!   "video": { "frames": 16, "height": 320, "width": 512, "fps": 8 } }
 //! ```
 //! Files are relative to the folder (or absolute). Each file may use the VideoCrafter2 /
@@ -18,10 +19,12 @@ use std::path::{Path, PathBuf};
 use t2v_kernels::Gpu;
 
 use crate::models::clip::{Clip, ClipConfig, TextConfig, TextTower, VisionConfig};
+use crate::models::internvideo2::{InternVideo2, InternVideo2Config};
+use crate::models::tokenizer::{BertTokenizer, ClipTokenizer};
 use crate::models::unet3d::{Unet3d, UnetConfig};
 use crate::models::vae::{Vae, VaeConfig};
 use crate::models::weights::{save_weights, Loader, Result, SaveDtype, WeightFile, WeightsError};
-use crate::reward::{ClipVideoReward, ImageTextReward, Preprocess};
+use crate::reward::{ClipVideoReward, ImageTextReward, InternVideo2Reward, Preprocess, VideoTextReward};
 
 /// The new layers of T2V-Turbo's student, absent from a teacher checkpoint.
 pub const STUDENT_LAYERS: [&str; 3] = ["time_cond_proj.", "motion_cond_proj.", "combine_proj."];
@@ -43,6 +46,32 @@ pub struct RewardSpec {
     pub weight: f32,
 }
 
+/// The video-text reward model of a folder.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VideoRewardSpec {
+    /// InternVideo2-stage2 (the paper's R_vid) with its BERT vocabulary (`vocab.txt` or
+    /// `tokenizer.json`).
+    InternVideo2 { file: PathBuf, config: InternVideo2Config, tokenizer: PathBuf },
+    /// An open_clip model over frames with temporal mean pooling.
+    Clip { file: PathBuf, config: ClipConfig },
+}
+
+impl VideoRewardSpec {
+    /// The files it reads (weights, then the tokenizer if it has its own).
+    pub fn files_mut(&mut self) -> Vec<&mut PathBuf> {
+        match self {
+            VideoRewardSpec::InternVideo2 { file, tokenizer, .. } => vec![file, tokenizer],
+            VideoRewardSpec::Clip { file, .. } => vec![file],
+        }
+    }
+
+    pub fn file(&self) -> &Path {
+        match self {
+            VideoRewardSpec::InternVideo2 { file, .. } | VideoRewardSpec::Clip { file, .. } => file,
+        }
+    }
+}
+
 /// A parsed model folder.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelDir {
@@ -51,7 +80,7 @@ pub struct ModelDir {
     pub vae: (PathBuf, VaeConfig),
     pub text: (PathBuf, ClipConfig),
     pub image_rewards: Vec<RewardSpec>,
-    pub video_reward: Option<(PathBuf, ClipConfig)>,
+    pub video_reward: Option<VideoRewardSpec>,
     pub video: VideoShape,
 }
 
@@ -64,10 +93,11 @@ impl ModelDir {
         let cfg_path = root.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, format!("{e} (a model folder needs config.json; `t2v-turbo init` writes one)")))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&cfg_path, e))?;
-        let file = |sec: &serde_json::Value, name: &str| -> Result<PathBuf> {
-            let f = sec["file"].as_str().ok_or_else(|| bad(&cfg_path, format!("{name}.file missing")))?;
+        let path_of = |sec: &serde_json::Value, name: &str, key: &str| -> Result<PathBuf> {
+            let f = sec[key].as_str().ok_or_else(|| bad(&cfg_path, format!("{name}.{key} missing")))?;
             Ok(if Path::new(f).is_absolute() { PathBuf::from(f) } else { root.join(f) })
         };
+        let file = |sec: &serde_json::Value, name: &str| path_of(sec, name, "file");
         let clip = |sec: &serde_json::Value, name: &str| ClipConfig::from_json(&sec["config"]).ok_or_else(|| bad(&cfg_path, format!("{name}.config is not an open_clip config")));
         let unet = (file(&v["unet"], "unet")?, UnetConfig::from_json(&v["unet"]["config"]).ok_or_else(|| bad(&cfg_path, "unet.config is not a UNetModel config"))?);
         let vae = (file(&v["vae"], "vae")?, VaeConfig::from_json(&v["vae"]["config"]).ok_or_else(|| bad(&cfg_path, "vae.config is not a VAE config"))?);
@@ -83,7 +113,15 @@ impl ModelDir {
             image_rewards.push(RewardSpec { file: file(r, &name)?, config: clip(r, &name)?, preprocess, weight: r["weight"].as_f64().unwrap_or(1.0) as f32 });
         }
         let video_reward = match v.get("video_reward").filter(|x| !x.is_null()) {
-            Some(r) => Some((file(r, "video_reward")?, clip(r, "video_reward")?)),
+            Some(r) => Some(match r["kind"].as_str().unwrap_or("clip") {
+                "internvideo2" => VideoRewardSpec::InternVideo2 {
+                    file: file(r, "video_reward")?,
+                    config: InternVideo2Config::from_json(&r["config"]).ok_or_else(|| bad(&cfg_path, "video_reward.config is not an InternVideo2 config (vision {...}, text {...}, embed_dim)"))?,
+                    tokenizer: path_of(r, "video_reward", "tokenizer")?,
+                },
+                "clip" => VideoRewardSpec::Clip { file: file(r, "video_reward")?, config: clip(r, "video_reward")? },
+                other => return Err(bad(&cfg_path, format!("video_reward.kind {other:?}: use \"internvideo2\" or \"clip\""))),
+            }),
             None => None,
         };
         let vs = &v["video"];
@@ -105,7 +143,10 @@ impl ModelDir {
                 "preprocess": match r.preprocess { Preprocess::Hps => "hps", Preprocess::ClipScore => "clipscore" },
                 "weight": r.weight,
             })).collect::<Vec<_>>(),
-            "video_reward": self.video_reward.as_ref().map(|(f, c)| serde_json::json!({ "file": rel(f), "config": c.to_json() })),
+            "video_reward": self.video_reward.as_ref().map(|r| match r {
+                VideoRewardSpec::InternVideo2 { file, config, tokenizer } => serde_json::json!({ "kind": "internvideo2", "file": rel(file), "config": config.to_json(), "tokenizer": rel(tokenizer) }),
+                VideoRewardSpec::Clip { file, config } => serde_json::json!({ "kind": "clip", "file": rel(file), "config": config.to_json() }),
+            }),
             "video": { "frames": self.video.frames, "height": self.video.height, "width": self.video.width, "fps": self.video.fps },
         })
     }
@@ -139,8 +180,16 @@ impl ModelDir {
         self.image_rewards.iter().map(|r| Ok((ImageTextReward { clip: load_clip(gpu, &r.file, &r.config)?, mode: r.preprocess }, r.weight))).collect()
     }
 
-    pub fn load_video_reward(&self, gpu: &Gpu) -> Result<Option<ClipVideoReward>> {
-        self.video_reward.as_ref().map(|(f, c)| Ok(ClipVideoReward { clip: load_clip(gpu, f, c)? })).transpose()
+    pub fn load_video_reward(&self, gpu: &Gpu) -> Result<Option<Box<dyn VideoTextReward>>> {
+        let Some(spec) = &self.video_reward else { return Ok(None) };
+        let tok_err = |p: &Path, e: crate::models::tokenizer::TokenizerError| bad(p, e);
+        Ok(Some(match spec {
+            VideoRewardSpec::InternVideo2 { file, config, tokenizer } => Box::new(InternVideo2Reward {
+                model: load_internvideo2_file(gpu, file, config)?,
+                tokenizer: BertTokenizer::from_file(tokenizer, config.max_txt_len).map_err(|e| tok_err(tokenizer, e))?,
+            }),
+            VideoRewardSpec::Clip { file, config } => Box::new(ClipVideoReward { clip: load_clip(gpu, file, config)?, tokenizer: ClipTokenizer::new().map_err(|e| tok_err(file, e))? }),
+        }))
     }
 }
 
@@ -194,6 +243,42 @@ pub fn load_clip(gpu: &Gpu, path: &Path, config: &ClipConfig) -> Result<Clip> {
     Ok(c)
 }
 
+/// InternVideo2-stage2 from `path` (the stage-2 checkpoint's keys, optionally under
+/// `module.`): the parts scoring does not use (distillation heads, the MLM and ITM heads,
+/// BERT's fusion layers past the text layers) are skipped.
+pub fn load_internvideo2_file(gpu: &Gpu, path: &Path, config: &InternVideo2Config) -> Result<InternVideo2> {
+    let f = WeightFile::open(path)?;
+    let mut skip: Vec<String> = [
+        "vision_encoder.clip_decoder.",
+        "vision_encoder.final_clip_decoder.",
+        "vision_encoder.clip_pos_embed",
+        "vision_encoder.clip_img_pos_embed",
+        "text_encoder.cls.",
+        "text_encoder.bert.pooler.",
+        "text_encoder.bert.embeddings.position_ids",
+        "itm_head.",
+        "temp",
+    ]
+    .map(String::from)
+    .to_vec();
+    let prefix = f.prefix_among(&["module."]);
+    // fusion layers: encoder.layer.N with N >= the text layers
+    let layer_key = format!("{prefix}text_encoder.bert.encoder.layer.");
+    for k in f.entries().keys() {
+        if let Some(n) = k.strip_prefix(&layer_key).and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok()) {
+            if n >= config.text.layers {
+                skip.push(format!("text_encoder.bert.encoder.layer.{n}."));
+            }
+        }
+    }
+    skip.sort();
+    skip.dedup();
+    let l = Loader::new(&f, gpu, &prefix).ignoring(&skip.iter().map(String::as_str).collect::<Vec<_>>());
+    let m = InternVideo2::load(&l, config)?;
+    l.finish()?;
+    Ok(m)
+}
+
 /// Built-in model sizes for `t2v-turbo init`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
@@ -235,9 +320,55 @@ impl Preset {
     }
 }
 
+impl Preset {
+    /// The video reward: InternVideo2-stage2 (the 1B model of the paper, or a tiny one
+    /// whose text side reads the moving-shapes world's vocabulary).
+    pub fn video_reward_config(self) -> InternVideo2Config {
+        let full = InternVideo2Config::default();
+        match self {
+            Preset::Tiny => InternVideo2Config {
+                vision: crate::models::internvideo2::VisionConfig {
+                    img_size: 32,
+                    patch_size: 8,
+                    embed_dim: 64,
+                    depth: 2,
+                    num_heads: 4,
+                    mlp_hidden: 279, // int(64 * 48/11), the 1B model's ratio
+                    clip_embed_dim: 64,
+                    attn_pool_num_heads: 4,
+                    ..full.vision
+                },
+                text: crate::models::bert::BertConfig {
+                    vocab_size: crate::world::bert_vocabulary().len(),
+                    hidden_size: 32,
+                    layers: 2,
+                    heads: 2,
+                    intermediate_size: 64,
+                    max_position_embeddings: full.max_txt_len,
+                    ..full.text
+                },
+                embed_dim: 64,
+                ..full
+            },
+            Preset::Videocrafter2 => full,
+        }
+    }
+}
+
+/// A BERT vocabulary file for randomly initialised InternVideo2 text towers: the world's
+/// words, padded with `[unusedN]` up to `size` entries (replace it with the checkpoint's
+/// `vocab.txt` when loading real weights).
+fn write_vocab(path: &Path, size: usize) -> Result<()> {
+    let mut v = crate::world::bert_vocabulary();
+    let n = v.len();
+    v.extend((n..size).map(|i| format!("[unused{i}]")));
+    t2v_kernels::io::write_atomic(path, (v.join("\n") + "\n").as_bytes())?;
+    Ok(())
+}
+
 /// Writes a model folder of randomly initialised models of `preset` (deterministic in
 /// `seed`): teacher UNet, VAE, text encoder, one HPS-style and one CLIP-style image reward
-/// and a video reward.
+/// and an InternVideo2 video reward with its vocabulary.
 pub fn init_random(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: SaveDtype) -> Result<ModelDir> {
     let (unet, vae, text, clip, video) = preset.configs();
     std::fs::create_dir_all(root).map_err(|e| bad(root, e))?;
@@ -252,11 +383,16 @@ pub fn init_random(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: Sav
     let l = Loader::random(gpu, seed + 2);
     TextTower::load(&l, &text.text, None)?;
     save("text.safetensors", &l, "openclip text")?;
-    for (i, name) in ["reward_hps.safetensors", "reward_clip.safetensors", "reward_video.safetensors"].iter().enumerate() {
+    for (i, name) in ["reward_hps.safetensors", "reward_clip.safetensors"].iter().enumerate() {
         let l = Loader::random(gpu, seed + 3 + i as u64);
         Clip::load(&l, &clip)?;
         save(name, &l, "openclip")?;
     }
+    let iv2 = preset.video_reward_config();
+    let l = Loader::random(gpu, seed + 5);
+    InternVideo2::load(&l, &iv2)?;
+    save("reward_video.safetensors", &l, "internvideo2")?;
+    write_vocab(&root.join("bert_vocab.txt"), iv2.text.vocab_size)?;
     let dir = ModelDir {
         root: root.to_path_buf(),
         unet: (root.join("unet.safetensors"), unet),
@@ -266,7 +402,7 @@ pub fn init_random(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: Sav
             RewardSpec { file: root.join("reward_hps.safetensors"), config: clip.clone(), preprocess: Preprocess::Hps, weight: 1.0 },
             RewardSpec { file: root.join("reward_clip.safetensors"), config: clip.clone(), preprocess: Preprocess::ClipScore, weight: 1.0 },
         ],
-        video_reward: Some((root.join("reward_video.safetensors"), clip)),
+        video_reward: Some(VideoRewardSpec::InternVideo2 { file: root.join("reward_video.safetensors"), config: iv2, tokenizer: root.join("bert_vocab.txt") }),
         video,
     };
     dir.write_config()?;

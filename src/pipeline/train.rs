@@ -28,7 +28,7 @@ use crate::models::vae::Vae;
 use crate::models::weights::{save_weights, Result, SaveDtype, WeightFile, WeightsError};
 use crate::pipeline::sample::Gaussian;
 use crate::pipeline::shards::Shard;
-use crate::reward::{ClipVideoReward, ImageTextReward, VideoTextReward};
+use crate::reward::{ImageTextReward, VideoTextReward};
 
 /// LoRA settings.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,7 +134,7 @@ pub enum TrainError {
 pub struct RewardModels {
     pub vae: Vae,
     pub image: Vec<(ImageTextReward, f32)>,
-    pub video: Option<ClipVideoReward>,
+    pub video: Option<Box<dyn VideoTextReward>>,
     pub tokenizer: ClipTokenizer,
 }
 
@@ -374,7 +374,7 @@ impl<'a> Trainer<'a> {
                     let images = self.decode_frames(&out.model_pred, &frames)?; // (n, 3, H, W)
                     let s = images.shape().to_vec();
                     let video = ad::permute(&ad::reshape(&images, &[1, s[0], s[1], s[2], s[3]])?, &[0, 2, 1, 3, 4])?;
-                    let r = ad::mean_all(&model.score(&video, &[self.ids(&meta.caption)?])?)?;
+                    let r = ad::mean_all(&model.score(&video, &[meta.caption.as_str()], rng.uniform() as f32)?)?;
                     total = ad::axpby(&total, 1.0, &r, -self.config.beta_vid)?;
                     probes.push(r.value().clone());
                     vid_k = Some(probes.len() - 1);
@@ -609,7 +609,9 @@ pub fn write_student_model(dir: &Path, source: &crate::pipeline::model_dir::Mode
         r.file = abs(&r.file);
     }
     if let Some(v) = &mut md.video_reward {
-        v.0 = abs(&v.0);
+        for f in v.files_mut() {
+            *f = abs(f);
+        }
     }
     md.write_config()?;
     Ok(md)

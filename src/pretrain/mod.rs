@@ -190,7 +190,9 @@ pub fn copy_model_dir(src: &ModelDir, out: &Path) -> Result<ModelDir> {
         r.file = copy(&r.file)?;
     }
     if let Some(v) = &mut md.video_reward {
-        v.0 = copy(&v.0)?;
+        for f in v.files_mut() {
+            *f = copy(f)?;
+        }
     }
     md.write_config()?;
     Ok(md)

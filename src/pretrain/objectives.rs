@@ -1,6 +1,6 @@
 //! The three pretraining objectives (see the module docs of `pretrain`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use t2v_kernels::autograd::{self as ad, Tape, Var};
 use t2v_kernels::ops::UnaryOp;
@@ -9,11 +9,12 @@ use t2v_kernels::{Gpu, Tensor};
 use super::{clips_tensor, copy_model_dir, draw_clips, run_loop, LoopMetrics, PretrainConfig, StepOut};
 use crate::diffusion::Schedule;
 use crate::models::clip::Clip;
-use crate::models::tokenizer::ClipTokenizer;
+use crate::models::internvideo2::InternVideo2;
+use crate::models::tokenizer::{BertTokenizer, ClipTokenizer};
 use crate::models::unet3d::{Unet3d, UnetInputs};
 use crate::models::vae::Vae;
 use crate::models::weights::{save_weights, Loader, Result, SaveDtype, WeightFile, WeightsError};
-use crate::pipeline::model_dir::ModelDir;
+use crate::pipeline::model_dir::{ModelDir, VideoRewardSpec};
 use crate::pipeline::sample::Gaussian;
 use crate::reward::Preprocess;
 use crate::world::WorldConfig;
@@ -52,6 +53,43 @@ fn contrastive(a: &Var, b: &Var, scale: f32) -> Result<(Var, Var)> {
     let hits = (0..n).filter(|&i| (0..n).all(|j| j == i || l[i * n + j] < l[i * n + i])).count();
     let acc = a.tape().constant(Tensor::from_slice(a.value().gpu(), &[1], &[hits as f32 / n as f32])?);
     Ok((loss, acc))
+}
+
+/// A reward model being pretrained.
+enum Tower {
+    /// An image-text tower scoring one frame against the short caption.
+    Image(Clip, Preprocess),
+    /// A CLIP video tower (frames mean-pooled) against the long caption.
+    ClipVideo(Clip),
+    /// InternVideo2 against the long caption.
+    InternVideo2(Box<InternVideo2>, BertTokenizer),
+}
+
+impl Tower {
+    /// The retrieval-accuracy column of the metrics.
+    fn metric(&self) -> &'static str {
+        match self {
+            Tower::Image(_, Preprocess::Hps) => "hps_retrieval",
+            Tower::Image(_, Preprocess::ClipScore) => "clip_retrieval",
+            Tower::ClipVideo(_) | Tower::InternVideo2(..) => "video_retrieval",
+        }
+    }
+    fn model_name(&self) -> &'static str {
+        match self {
+            Tower::InternVideo2(..) => "internvideo2 reward",
+            _ => "openclip reward",
+        }
+    }
+}
+
+/// `n` evenly strided frames of each clip (random start), clip-major: (B*n, 3, S, S).
+fn strided_frames(x: &Tensor, rng: &mut Gaussian, n: usize, world: &WorldConfig) -> Result<Tensor> {
+    let b = x.shape()[0];
+    let stride = (world.frames / n).max(1);
+    let start = ((rng.uniform() * stride as f64) as usize).min(stride - 1);
+    let parts = (0..n).map(|i| t2v_kernels::ops::slice(x, 2, (start + i * stride).min(world.frames - 1), 1)).collect::<t2v_kernels::Result<Vec<_>>>()?;
+    let sel = t2v_kernels::ops::concat(&parts.iter().collect::<Vec<_>>(), 2)?; // (b, 3, n, S, S)
+    Ok(t2v_kernels::ops::permute(&sel, &[0, 2, 1, 3, 4])?.reshape(&[b * n, 3, world.size, world.size])?)
 }
 
 /// Pretrains `what` starting from the models of `src`; writes the model folder `out`.
@@ -158,64 +196,77 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
             m
         }
         What::Reward => {
-            let mut towers = Vec::new(); // (clip, params, preprocess or None for the video tower)
+            let mut towers: Vec<(Tower, Vec<(String, Tensor)>, PathBuf)> = Vec::new();
             for r in &md.image_rewards {
                 let (c, p) = load(gpu, &r.file, |l| Clip::load(l, &r.config))?;
-                towers.push((c, p, Some(r.preprocess)));
+                towers.push((Tower::Image(c, r.preprocess), p, r.file.clone()));
             }
-            if let Some((f, c)) = &md.video_reward {
-                let (c, p) = load(gpu, f, |l| Clip::load(l, c))?;
-                towers.push((c, p, None));
+            match &md.video_reward {
+                Some(VideoRewardSpec::Clip { file, config }) => {
+                    let (c, p) = load(gpu, file, |l| Clip::load(l, config))?;
+                    towers.push((Tower::ClipVideo(c), p, file.clone()));
+                }
+                Some(VideoRewardSpec::InternVideo2 { file, config, tokenizer }) => {
+                    let (m, p) = load(gpu, file, |l| InternVideo2::load(l, config))?;
+                    let tok = BertTokenizer::from_file(tokenizer, config.max_txt_len).map_err(|e| WeightsError::Format { path: tokenizer.display().to_string(), msg: e.to_string() })?;
+                    towers.push((Tower::InternVideo2(Box::new(m), tok), p, file.clone()));
+                }
+                None => {}
             }
             if towers.is_empty() {
                 return Err(WeightsError::Format { path: src.root.display().to_string(), msg: "the model folder has no reward models".into() });
             }
             let all: Vec<(String, Tensor)> = towers.iter().enumerate().flat_map(|(k, (_, p, _))| p.iter().map(move |(n, t)| (format!("{k}.{n}"), t.clone()))).collect();
-            let nvid = 4.min(world.frames);
-            let names: Vec<&'static str> = towers.iter().map(|(_, _, p)| match p {
-                Some(Preprocess::Hps) => "hps_retrieval",
-                Some(Preprocess::ClipScore) => "clip_retrieval",
-                None => "video_retrieval",
-            }).collect();
             let m = run_loop(&dir, &all, cfg, every, quiet, |tape, rng, _| {
                 let specs = draw_clips(rng, ws, b, &world);
                 let x = clips_tensor(gpu, &specs, &world)?;
-                let short = tokenize(&tok, &specs.iter().map(|s| s.short_caption()).collect::<Vec<_>>())?;
-                let long = tokenize(&tok, &specs.iter().map(|s| s.caption()).collect::<Vec<_>>())?;
+                let short: Vec<String> = specs.iter().map(|s| s.short_caption()).collect();
+                let long: Vec<String> = specs.iter().map(|s| s.caption()).collect();
                 let mut total: Option<Var> = None;
                 let mut logs = Vec::new();
-                for (k, (clip, _, pre)) in towers.iter().enumerate() {
-                    let size = clip.vision.config.image_size;
-                    let (img, ids) = match pre {
-                        Some(mode) => {
-                            // one random frame per clip
+                for (tower, _, _) in &towers {
+                    let (vis, txt) = match tower {
+                        Tower::Image(clip, mode) => {
+                            // one random frame per clip vs the short caption
                             let f = ((rng.uniform() * world.frames as f64) as usize).min(world.frames - 1);
                             let fr = t2v_kernels::ops::slice(&x, 2, f, 1)?.reshape(&[b, 3, world.size, world.size])?;
                             let unit = ad::affine(&tape.constant(fr), 0.5, 0.5)?;
+                            let size = clip.vision.config.image_size;
                             let prep = match mode {
                                 Preprocess::Hps => crate::models::preprocess::hps(&unit, size)?,
                                 Preprocess::ClipScore => crate::models::preprocess::clipscore(&unit, size)?,
                             };
-                            (clip.vision.features(&prep)?, &short)
+                            (clip.vision.features(&prep)?, clip.text.features(tape, &tokenize(&tok, &short)?)?)
                         }
-                        None => {
-                            // strided frames, features mean-pooled over time and renormalised
-                            let stride = (world.frames / nvid).max(1);
-                            let start = ((rng.uniform() * stride as f64) as usize).min(stride - 1);
-                            let parts = (0..nvid).map(|i| t2v_kernels::ops::slice(&x, 2, (start + i * stride).min(world.frames - 1), 1)).collect::<t2v_kernels::Result<Vec<_>>>()?;
-                            let sel = t2v_kernels::ops::concat(&parts.iter().collect::<Vec<_>>(), 2)?; // (b, 3, n, S, S)
-                            let frames = t2v_kernels::ops::permute(&sel, &[0, 2, 1, 3, 4])?.reshape(&[b * nvid, 3, world.size, world.size])?;
+                        Tower::ClipVideo(clip) => {
+                            // strided frames, features mean-pooled over time and renormalised, vs the long caption
+                            let n = 4.min(world.frames);
+                            let frames = strided_frames(&x, rng, n, &world)?; // (b*n, 3, S, S)
                             let unit = ad::affine(&tape.constant(frames), 0.5, 0.5)?;
-                            let feats = clip.vision.features(&crate::models::preprocess::clipscore(&unit, size)?)?;
+                            let feats = clip.vision.features(&crate::models::preprocess::clipscore(&unit, clip.vision.config.image_size)?)?;
                             let e = feats.shape()[1];
-                            let pooled = ad::mean(&ad::reshape(&feats, &[b, nvid, e])?, 1)?;
+                            let pooled = ad::mean(&ad::reshape(&feats, &[b, n, e])?, 1)?;
                             let norm = ad::sqrt(&ad::sum(&ad::square(&pooled)?, -1)?)?;
-                            (ad::div(&pooled, &ad::reshape(&norm, &[b, 1])?)?, &long)
+                            (ad::div(&pooled, &ad::reshape(&norm, &[b, 1])?)?, clip.text.features(tape, &tokenize(&tok, &long)?)?)
+                        }
+                        Tower::InternVideo2(model, bert) => {
+                            // as the reward sees them: num_frames strided frames vs the long caption
+                            let (n, size) = (model.config.vision.num_frames, model.config.vision.img_size);
+                            if n > world.frames {
+                                return Err(WeightsError::Format { path: "video_reward".into(), msg: format!("the video reward takes {n} frames, the clips have {}", world.frames) });
+                            }
+                            let frames = strided_frames(&x, rng, n, &world)?;
+                            let unit = ad::affine(&tape.constant(frames), 0.5, 0.5)?;
+                            let prep = crate::models::preprocess::min_side_crop(&unit, size, 0.5)?;
+                            let vid = model.video_features(&ad::reshape(&prep, &[b, n, 3, size, size])?)?;
+                            let toks = long.iter().map(|t| bert.encode(t).map_err(|e| WeightsError::Format { path: "caption".into(), msg: e.to_string() })).collect::<Result<Vec<_>>>()?;
+                            let ids: Vec<Vec<u32>> = toks.iter().map(|t| t.ids.clone()).collect();
+                            let mask: Vec<Vec<u32>> = toks.into_iter().map(|t| t.mask).collect();
+                            (vid, model.text_features(tape, &ids, &mask)?)
                         }
                     };
-                    let txt = clip.text.features(tape, ids)?;
-                    let (loss, acc) = contrastive(&img, &txt, 20.0)?;
-                    logs.push((names[k], acc));
+                    let (loss, acc) = contrastive(&vis, &txt, 20.0)?;
+                    logs.push((tower.metric(), acc));
                     total = Some(match total {
                         Some(t) => ad::add(&t, &loss)?,
                         None => loss,
@@ -223,9 +274,8 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 }
                 Ok(StepOut { loss: total.expect("a tower"), logs })
             })?;
-            for (k, (_, p, _)) in towers.iter().enumerate() {
-                let file = if k < md.image_rewards.len() { md.image_rewards[k].file.clone() } else { md.video_reward.as_ref().expect("video").0.clone() };
-                save_weights(&file, p, dtype, &[("model", "openclip reward".into()), ("pretrained", format!("{} steps on the moving-shapes world", cfg.steps))])?;
+            for (tower, p, file) in &towers {
+                save_weights(file, p, dtype, &[("model", tower.model_name().into()), ("pretrained", format!("{} steps on the moving-shapes world", cfg.steps))])?;
             }
             m
         }

@@ -2,15 +2,17 @@
 //! frames:
 //! - image-text: an OpenCLIP ViT + text tower scoring frames by cosine similarity, with
 //!   HPSv2.1's preprocessing (longest side + zero padding) or CLIPScore's (squash);
-//! - video-text: behind [`VideoTextReward`]. Implemented here: [`ClipVideoReward`], a CLIP
-//!   ViT over frames with temporal mean pooling (ViCLIP-style). InternVideo2-stage2 (the
-//!   paper's video reward) is not implemented yet.
+//! - video-text: behind [`VideoTextReward`]: [`InternVideo2Reward`] (InternVideo2-stage2,
+//!   the paper's R_vid) and [`ClipVideoReward`], a CLIP ViT over frames with temporal mean
+//!   pooling (ViCLIP-style). Each brings its own tokenizer, so callers pass prompts.
 
 use t2v_kernels::autograd::{self as ad, Var};
 
 use crate::models::clip::{cosine, Clip};
+use crate::models::internvideo2::InternVideo2;
 use crate::models::preprocess;
-use crate::models::weights::Result;
+use crate::models::tokenizer::{BertTokenizer, ClipTokenizer, TokenizerError};
+use crate::models::weights::{Result, WeightsError};
 
 /// Which reference preprocessing an image reward uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,27 +58,65 @@ pub(crate) fn diagonal(m: &Var, n: usize) -> Result<Var> {
 
 /// A video-text reward: videos (B, 3, F, H, W) in [-1, 1] and one prompt each -> (B,).
 pub trait VideoTextReward {
-    fn score(&self, video: &Var, ids: &[Vec<u32>]) -> Result<Var>;
+    /// `crop_at` in [0, 1] places the square crop of a model that crops non-square frames
+    /// (0.5: centre; training draws it uniformly, like the reference's RandomCrop).
+    fn score(&self, video: &Var, prompts: &[&str], crop_at: f32) -> Result<Var>;
+}
+
+fn token_error(e: TokenizerError) -> WeightsError {
+    WeightsError::Format { path: "prompt".into(), msg: e.to_string() }
+}
+
+/// Videos (B, 3, F, H, W) -> frames (B*F, 3, H, W), video-major.
+fn frames_of(video: &Var) -> Result<Var> {
+    let s = video.shape().to_vec();
+    if s.len() != 5 || s[1] != 3 {
+        return Err(WeightsError::Gpu(t2v_kernels::Error::Shape { op: "video reward", msg: format!("videos must be (B, 3, F, H, W), got {s:?}") }));
+    }
+    Ok(ad::reshape(&ad::permute(video, &[0, 2, 1, 3, 4])?, &[s[0] * s[2], 3, s[3], s[4]])?)
 }
 
 /// CLIP ViT over every frame, features averaged over time and L2-normalised, cosine with
 /// the text features (ViCLIP-style temporal pooling).
 pub struct ClipVideoReward {
     pub clip: Clip,
+    pub tokenizer: ClipTokenizer,
 }
 
 impl VideoTextReward for ClipVideoReward {
-    fn score(&self, video: &Var, ids: &[Vec<u32>]) -> Result<Var> {
-        let s = video.shape().to_vec();
-        let (b, f) = (s[0], s[2]);
-        let frames = ad::reshape(&ad::permute(video, &[0, 2, 1, 3, 4])?, &[b * f, s[1], s[3], s[4]])?;
+    fn score(&self, video: &Var, prompts: &[&str], _crop_at: f32) -> Result<Var> {
+        let (b, f) = (video.shape()[0], video.shape()[2]);
+        let frames = frames_of(video)?;
         let size = self.clip.vision.config.image_size;
         let feats = self.clip.vision.features(&prepare(&frames, Preprocess::ClipScore, size)?)?; // (B*F, E)
         let e = feats.shape()[1];
         let pooled = ad::mean(&ad::reshape(&feats, &[b, f, e])?, 1)?;
         let norm = ad::sqrt(&ad::sum(&ad::square(&pooled)?, -1)?)?;
         let pooled = ad::div(&pooled, &ad::reshape(&norm, &[b, 1])?)?;
-        let txt = self.clip.text.features(video.tape(), ids)?;
+        let ids = prompts.iter().map(|p| Ok(self.tokenizer.encode_warn(p).map_err(token_error)?.ids)).collect::<Result<Vec<_>>>()?;
+        let txt = self.clip.text.features(video.tape(), &ids)?;
         diagonal(&cosine(&pooled, &txt)?, b)
+    }
+}
+
+/// InternVideo2-stage2 as the reference's reward function uses it: frames to [0, 1],
+/// shorter side to the model's size and a square crop, ImageNet normalisation, cosine of
+/// the projected, normalised video and text features.
+pub struct InternVideo2Reward {
+    pub model: InternVideo2,
+    pub tokenizer: BertTokenizer,
+}
+
+impl VideoTextReward for InternVideo2Reward {
+    fn score(&self, video: &Var, prompts: &[&str], crop_at: f32) -> Result<Var> {
+        let (b, f) = (video.shape()[0], video.shape()[2]);
+        let size = self.model.config.vision.img_size;
+        let frames = preprocess::min_side_crop(&ad::affine(&frames_of(video)?, 0.5, 0.5)?, size, crop_at)?;
+        let vid = self.model.video_features(&ad::reshape(&frames, &[b, f, 3, size, size])?)?;
+        let toks = prompts.iter().map(|p| self.tokenizer.encode_warn(p).map_err(token_error)).collect::<Result<Vec<_>>>()?;
+        let ids: Vec<Vec<u32>> = toks.iter().map(|t| t.ids.clone()).collect();
+        let mask: Vec<Vec<u32>> = toks.into_iter().map(|t| t.mask).collect();
+        let txt = self.model.text_features(video.tape(), &ids, &mask)?;
+        diagonal(&cosine(&vid, &txt)?, b)
     }
 }

@@ -73,6 +73,30 @@ impl ClipSpec {
     }
 }
 
+/// A BERT WordPiece vocabulary (one token per line, index = id) covering every word and
+/// punctuation mark of the world's captions, lower-cased, after BERT's special tokens:
+/// the text side of the tiny InternVideo2 video reward.
+pub fn bert_vocabulary() -> Vec<String> {
+    let mut words = std::collections::BTreeSet::new();
+    for color in 0..COLORS.len() {
+        for shape in 0..SHAPES.len() {
+            for direction in 0..DIRECTIONS.len() {
+                for (size, speed, background) in [(0, 0, 0), (1, 1, 1), (0, 1, 2)] {
+                    let spec = ClipSpec { color, shape, direction, size, speed, background, start: (0.0, 0.0), has_short: true };
+                    for text in [spec.caption(), spec.short_caption()] {
+                        for w in text.to_lowercase().split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+                            words.insert(w.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut v: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","].map(String::from).to_vec();
+    v.extend(words);
+    v
+}
+
 /// Draws clip `index` of the world of `seed` (each clip has its own stream, so clips can
 /// be generated in any order or in parallel).
 pub fn clip_spec(seed: u64, index: u64, cfg: &WorldConfig) -> ClipSpec {
