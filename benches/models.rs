@@ -6,11 +6,14 @@
 use t2v_kernels::autograd::Tape;
 use t2v_kernels::bench::{best_time, pseudo_data};
 use t2v_kernels::{Gpu, GpuOptions, Tensor};
+use t2v_kernels::autograd as ad;
 use t2v_turbo::models::clip::{TextConfig, TextTower};
-use t2v_turbo::models::tokenizer::ClipTokenizer;
+use t2v_turbo::models::internvideo2::{InternVideo2, InternVideo2Config};
+use t2v_turbo::models::tokenizer::{BertTokenizer, ClipTokenizer};
 use t2v_turbo::models::unet3d::{Unet3d, UnetConfig, UnetInputs};
 use t2v_turbo::models::vae::{Vae, VaeConfig};
 use t2v_turbo::models::weights::Loader;
+use t2v_turbo::reward::{InternVideo2Reward, VideoTextReward};
 
 fn mib(b: u64) -> f64 {
     b as f64 / 1048576.0
@@ -80,4 +83,30 @@ fn main() {
         text.penultimate(&tape, &ids).unwrap().value().item_at(5).unwrap()
     });
     println!("| text tower | {what} | {:.1} | {:.1} |", t * 1e3, mib(peak));
+
+    // Video reward: InternVideo2-stage2 score of one 4-frame video and its gradient w.r.t.
+    // the frames (how training uses it)
+    let full = InternVideo2Config::default();
+    let (icfg, vh, vw, what) = if cpu {
+        let mut c = full.clone();
+        (c.vision.depth, c.vision.embed_dim, c.vision.num_heads, c.vision.mlp_hidden, c.vision.clip_embed_dim) = (4, 384, 6, 1536, 384);
+        (c.text.layers, c.text.hidden_size, c.text.heads, c.text.intermediate_size, c.text.vocab_size) = (4, 256, 4, 1024, 1000);
+        (c, 64, 96, "reduced: ViT width 384, 4 blocks, BERT width 256, 4 layers; 4 frames 64x96 -> 224")
+    } else {
+        (full, 320, 512, "InternVideo2-stage2 1B + BERT-large text; 4 frames 320x512 -> 224")
+    };
+    let vocab = t2v_turbo::pipeline::model_dir::world_vocab(icfg.text.vocab_size);
+    let reward = InternVideo2Reward {
+        model: InternVideo2::load(&Loader::random(&gpu, 9), &icfg).unwrap(),
+        tokenizer: BertTokenizer::from_vocab(&vocab.iter().map(String::as_str).collect::<Vec<_>>(), icfg.max_txt_len).unwrap(),
+    };
+    let nf = icfg.vision.num_frames;
+    let video = Tensor::from_slice(&gpu, &[1, 3, nf, vh, vw], &pseudo_data(3 * nf * vh * vw, 10)).unwrap();
+    let (t, peak) = timed(&gpu, budget, || {
+        let tape = Tape::new();
+        let x = tape.leaf(video.clone());
+        let s = ad::sum_all(&reward.score(&x, &["a small red circle moves quickly from left to right"], 0.5).unwrap()).unwrap();
+        tape.backward(&s).unwrap().get(&x).unwrap().item_at(13).unwrap()
+    });
+    println!("| video reward score + backward | {what} | {:.1} | {:.1} |", t * 1e3, mib(peak));
 }

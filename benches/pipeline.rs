@@ -9,16 +9,17 @@ use t2v_kernels::bench::{best_time, pseudo_data};
 use t2v_kernels::{Gpu, GpuOptions, Tensor};
 use t2v_turbo::diffusion::{DdimConfig, DdimSolver, Schedule};
 use t2v_turbo::models::clip::{Clip, TextTower};
-use t2v_turbo::models::tokenizer::ClipTokenizer;
+use t2v_turbo::models::internvideo2::InternVideo2;
+use t2v_turbo::models::tokenizer::{BertTokenizer, ClipTokenizer};
 use t2v_turbo::models::unet3d::Unet3d;
 use t2v_turbo::models::vae::Vae;
 use t2v_turbo::models::weights::Loader;
-use t2v_turbo::pipeline::model_dir::Preset;
+use t2v_turbo::pipeline::model_dir::{world_vocab, Preset};
 use t2v_turbo::pipeline::preprocess::{preprocess_clip, PreprocessConfig};
 use t2v_turbo::pipeline::sample::{Gaussian, Generator, SampleOptions};
 use t2v_turbo::pipeline::shards::{open_dataset, write_shard, RecordMeta, RecordTensors, ShardConfig};
 use t2v_turbo::pipeline::train::{RewardModels, Student, TrainConfig, Trainer};
-use t2v_turbo::reward::{ClipVideoReward, ImageTextReward, Preprocess};
+use t2v_turbo::reward::{ImageTextReward, InternVideo2Reward, Preprocess};
 
 fn mib(b: u64) -> f64 {
     b as f64 / 1048576.0
@@ -118,10 +119,15 @@ fn main() {
     write_shard(&dir.join("shard-0of1-00000.safetensors"), &sc, &[(meta, RecordTensors { z_t: rec.z_t, cond_eps: rec.cond_eps, uncond_eps: rec.uncond_eps, context: ctx.clone(), score: rec.score })]).unwrap();
     let shards = open_dataset(&dir).unwrap();
     let clip = |seed| Clip::load(&Loader::random(&gpu, seed), &rcfg).unwrap();
+    let iv2 = preset.video_reward_config();
+    let vocab = world_vocab(iv2.text.vocab_size);
     let rewards = RewardModels {
         vae,
         image: vec![(ImageTextReward { clip: clip(10), mode: Preprocess::Hps }, 1.0), (ImageTextReward { clip: clip(11), mode: Preprocess::ClipScore }, 1.0)],
-        video: Some(ClipVideoReward { clip: clip(12) }),
+        video: Some(Box::new(InternVideo2Reward {
+            model: InternVideo2::load(&Loader::random(&gpu, 12), &iv2).unwrap(),
+            tokenizer: BertTokenizer::from_vocab(&vocab.iter().map(String::as_str).collect::<Vec<_>>(), iv2.max_txt_len).unwrap(),
+        })),
         tokenizer: ClipTokenizer::new().unwrap(),
     };
     let params = student_loader.params();

@@ -17,6 +17,14 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/internvideo2")
 }
 
+/// The message of an expected error.
+fn error_text<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn gpu() -> Gpu {
     Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap()
 }
@@ -31,7 +39,7 @@ fn model(g: &Gpu) -> InternVideo2 {
 
 /// A BERT-style vocabulary of the fixture's size: specials at BERT's ids, then words.
 fn vocab() -> Vec<String> {
-    let words = ["a", "red", "fox", "jumps", "over", "the", "lazy", "dog", "cat", "##s", "un", "##aff", "##able", ",", ".", "!"];
+    let words = ["a", "red", "fox", "jumps", "over", "the", "lazy", "dog", "cat", "##s", "un", "##aff", "##able", ",", ".", "!", "cafe"];
     let mut v: Vec<String> = (0..512).map(|i| format!("[unused{i}]")).collect();
     for (i, s) in [(0, "[PAD]"), (100, "[UNK]"), (101, "[CLS]"), (102, "[SEP]"), (103, "[MASK]")] {
         v[i] = s.to_string();
@@ -65,6 +73,9 @@ fn wordpiece_tokenizer_lowercases_splits_pads_and_truncates() {
     assert_eq!(e.ids.len(), 12);
     assert_eq!((e.ids[0], e.ids[11]), (101, 102));
     assert!(e.mask.iter().all(|&m| m == 1));
+    // non-ASCII: accents stripped and lower-cased like the uncased models, unknown symbols
+    let e = t.encode("CAFÉ 🐶 Café").unwrap();
+    assert_eq!(&e.ids[..5], &[101, 216, 100, 216, 102]);
     // empty and whitespace-only prompts: [CLS] [SEP]
     for p in ["", "   "] {
         let e = t.encode(p).unwrap();
@@ -83,9 +94,9 @@ fn tokenizer_files_and_bad_vocabularies() {
     assert_eq!(t.encode("a lazy dog.").unwrap().ids[..6], [101, 200, 206, 207, 214, 102]);
     let bad = d.join("bad.txt");
     std::fs::write(&bad, "a\nb\n[UNK]\n").unwrap();
-    let err = BertTokenizer::from_file(&bad, 40).err().expect("no [CLS]").to_string();
+    let err = error_text(BertTokenizer::from_file(&bad, 40));
     assert!(err.contains("[CLS]") && err.contains("bad.txt"), "{err}");
-    let err = BertTokenizer::from_file(&d.join("missing.txt"), 40).err().expect("missing file").to_string();
+    let err = error_text(BertTokenizer::from_file(&d.join("missing.txt"), 40));
     assert!(err.contains("missing.txt"), "{err}");
     std::fs::remove_dir_all(&d).ok();
 }
@@ -203,16 +214,16 @@ fn wrong_frame_counts_sizes_and_token_ids_are_refused() {
     let c = config();
     let s = c.vision.img_size;
     let frames = |t: usize, size: usize| tape.constant(Tensor::zeros(&g, &[1, t, 3, size, size]).unwrap());
-    let err = m.video_features(&frames(c.vision.num_frames + 1, s)).err().expect("frames").to_string();
+    let err = error_text(m.video_features(&frames(c.vision.num_frames + 1, s)));
     assert!(err.contains("num_frames"), "{err}");
-    let err = m.video_features(&frames(c.vision.num_frames, s + 2)).err().expect("size").to_string();
+    let err = error_text(m.video_features(&frames(c.vision.num_frames, s + 2)));
     assert!(err.contains("img_size"), "{err}");
     // a single image goes through img_pos_embed
     let img = m.video_features(&frames(1, s)).unwrap();
     assert_eq!(img.shape(), &[1, c.embed_dim]);
-    let err = m.text_features(&tape, &[vec![101, 9999]], &[vec![1, 1]]).err().expect("id").to_string();
+    let err = error_text(m.text_features(&tape, &[vec![101, 9999]], &[vec![1, 1]]));
     assert!(err.contains("9999"), "{err}");
-    let err = m.text_features(&tape, &[vec![101, 5]], &[vec![1]]).err().expect("mask").to_string();
+    let err = error_text(m.text_features(&tape, &[vec![101, 5]], &[vec![1]]));
     assert!(err.contains("mask"), "{err}");
 }
 
@@ -233,7 +244,7 @@ fn missing_and_extra_checkpoint_keys_are_reported_together() {
     std::fs::create_dir_all(&d).unwrap();
     let p = d.join("w.safetensors");
     t2v_turbo::models::weights::save_weights(&p, &tensors, t2v_turbo::models::weights::SaveDtype::F32, &[]).unwrap();
-    let err = load_internvideo2_file(&g, &p, &config()).err().expect("mismatch").to_string();
+    let err = error_text(load_internvideo2_file(&g, &p, &config()));
     for k in ["vision_encoder.blocks.1.attn.q_norm.weight", "text_encoder.bert.encoder.layer.0.output.dense.bias", "vision_encoder.surprise"] {
         assert!(err.contains(k), "{k} not named in: {err}");
     }

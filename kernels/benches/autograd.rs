@@ -12,7 +12,7 @@ use t2v_kernels::autograd::{self as ad, Tape, Var};
 use t2v_kernels::bench::{best_time, pseudo_data};
 use t2v_kernels::ops::{self, Conv2d};
 use t2v_kernels::optim::{AdamW, AdamWConfig, ParamGroup};
-use t2v_kernels::{Gpu, GpuOptions, Result, Tensor};
+use t2v_kernels::{AttentionPath, Gpu, GpuOptions, Result, Tensor};
 
 fn t(gpu: &Gpu, shape: &[usize], seed: u32, scale: f32) -> Tensor {
     let v: Vec<f32> = pseudo_data(shape.iter().product(), seed).iter().map(|x| x * scale).collect();
@@ -115,11 +115,18 @@ fn main() {
     });
     let (bh, l) = if cpu { (2, 640) } else { (16, 2560) };
     let (q, k, v) = (t(&gpu, &[bh, l, 64], 5, 1.0), t(&gpu, &[bh, l, 64], 6, 1.0), t(&gpu, &[bh, l, 64], 7, 1.0));
-    let att = ratio("attention (fused)", &format!("{bh}x{l}x{l}x64"), budget, &|tape| {
-        let (qv, kv, vv) = (tape.leaf(q.clone()), tape.leaf(k.clone()), tape.leaf(v.clone()));
-        (ad::attention(&qv, &kv, &vv, 0.125).unwrap(), vec![qv, kv, vv])
-    });
-    println!("\nattention backward / forward: {att:.2}x (target <= 2.5x)\n");
+    // both attention paths; the default (Auto) picks one per adapter and size
+    let mut att = Vec::new();
+    for path in [AttentionPath::Fused, AttentionPath::Materialised] {
+        gpu.set_attention_path(path);
+        att.push(ratio(&format!("attention ({path:?})"), &format!("{bh}x{l}x{l}x64"), budget, &|tape| {
+            let (qv, kv, vv) = (tape.leaf(q.clone()), tape.leaf(k.clone()), tape.leaf(v.clone()));
+            (ad::attention(&qv, &kv, &vv, 0.125).unwrap(), vec![qv, kv, vv])
+        }));
+    }
+    gpu.set_attention_path(AttentionPath::Auto);
+    let auto = ops::materialises_scores(&gpu, bh, l, l);
+    println!("\nattention backward / forward on this adapter's default path ({}): {:.2}x (target <= 2.5x)\n", if auto { "Materialised" } else { "Fused" }, att[auto as usize]);
 
     // One training step of the block vs its forward.
     let (c, hw, n) = if cpu { (32, 16, 2) } else { (320, 32, 16) };
@@ -169,12 +176,15 @@ fn main() {
         drop(grads);
         gpu.memory().peak_live_bytes - base
     };
-    let (plain, ckpt) = (peak(false), peak(true));
-    println!(
-        "| 4-block stack peak activation memory | plain {:.1} MiB | checkpointed {:.1} MiB | {:.2}x less (target >= 2x) |",
-        plain as f64 / 1048576.0,
-        ckpt as f64 / 1048576.0,
-        plain as f64 / ckpt as f64
-    );
-    let _ = ops::sum;
+    for path in [AttentionPath::Fused, AttentionPath::Materialised] {
+        gpu.set_attention_path(path);
+        let (plain, ckpt) = (peak(false), peak(true));
+        println!(
+            "| 4-block stack peak activation memory, attention {path:?} | plain {:.2} MiB | checkpointed {:.2} MiB | {:.2}x less (target >= 2x) |",
+            plain as f64 / 1048576.0,
+            ckpt as f64 / 1048576.0,
+            plain as f64 / ckpt as f64
+        );
+    }
+    gpu.set_attention_path(AttentionPath::Auto);
 }

@@ -125,6 +125,7 @@ pub(crate) struct GpuInner {
     /// Errors reported by wgpu outside an error scope (only on devices we created).
     pub errors: Arc<Mutex<Vec<String>>>,
     pub variant: Mutex<KernelVariant>,
+    pub attention_path: Mutex<AttentionPath>,
     pub shader_checks: std::sync::atomic::AtomicBool,
 }
 
@@ -141,6 +142,21 @@ pub enum KernelVariant {
     BarrierFree,
     /// The subgroup kernels where they exist (needs SUBGROUP and a fixed subgroup size >= 8).
     Subgroup,
+}
+
+/// How scaled-dot-product attention runs (forward and backward).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// Fused kernels (nothing of size Lq x Lk stored) on GPUs; on CPU adapters, matmul +
+    /// softmax through materialised scores when those stay under
+    /// [`crate::ops::CPU_MATERIALISED_SCORES_MAX_BYTES`]: llvmpipe runs the subgroup GEMM
+    /// several times faster per FLOP than the fused kernels' gathers.
+    #[default]
+    Auto,
+    /// Always the fused kernels where they apply (head dims, loop budget).
+    Fused,
+    /// Always matmul + softmax over materialised scores.
+    Materialised,
 }
 
 /// A GPU device ready for tensors and kernels.
@@ -221,6 +237,7 @@ impl Gpu {
             recorder: Mutex::new(recorder),
             errors,
             variant: Mutex::new(KernelVariant::Auto),
+            attention_path: Mutex::new(AttentionPath::Auto),
             shader_checks: std::sync::atomic::AtomicBool::new(std::env::var(SHADER_CHECKS_ENV).is_ok_and(|v| v == "1")),
         }))
     }
@@ -251,6 +268,13 @@ impl Gpu {
     }
     pub fn kernel_variant(&self) -> KernelVariant {
         *self.0.variant.lock().unwrap()
+    }
+    /// Chooses how attention runs (see [`AttentionPath`]).
+    pub fn set_attention_path(&self, p: AttentionPath) {
+        *self.0.attention_path.lock().unwrap() = p;
+    }
+    pub fn attention_path(&self) -> AttentionPath {
+        *self.0.attention_path.lock().unwrap()
     }
     /// Most loop iterations one kernel invocation may run on this device, if it is bounded.
     /// llvmpipe (lavapipe) stops any invocation's loops after 65535 back-edges in total,

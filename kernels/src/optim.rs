@@ -11,6 +11,9 @@ use crate::ops::{self, fold_groups, launch};
 use crate::shaders::OPTIM;
 use crate::{Error, Result, Tensor};
 
+/// Elements per partial sum of [`global_norm`] (SQ_CHUNK in optim.wgsl).
+const SQ_CHUNK: usize = 4096;
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -221,13 +224,26 @@ impl AdamW {
 
 /// sqrt(sum of squares of all tensors), shape [1], computed on the GPU.
 pub fn global_norm(ts: &[Tensor]) -> Result<Tensor> {
-    let mut parts = Vec::with_capacity(ts.len());
-    for t in ts {
-        let flat = t.reshape(&[t.numel()])?;
-        parts.push(ops::sum(&ops::square(&flat)?, 0)?.reshape(&[1])?);
+    let Some(first) = ts.first() else {
+        return opt_err("global norm of no tensors");
+    };
+    let gpu = first.gpu();
+    // one partial sum of squares per SQ_CHUNK elements of each tensor (optim.wgsl)
+    let slots: Vec<usize> = ts.iter().map(|t| t.numel().div_ceil(SQ_CHUNK)).collect();
+    let total: usize = slots.iter().sum();
+    if total == 0 {
+        return Tensor::zeros(gpu, &[1]);
     }
-    let refs: Vec<&Tensor> = parts.iter().collect();
-    ops::sqrt(&ops::sum(&ops::concat(&refs, 0)?, 0)?.reshape(&[1])?)
+    let partials = Tensor::empty(gpu, &[total], crate::DType::F32, "global norm partials")?;
+    let mut at = 0;
+    for (t, &n) in ts.iter().zip(&slots) {
+        if n > 0 {
+            let prm = Params { n: t.numel() as u32, _pad: at as u32, lr: 0.0, beta1: 0.0, beta2: 0.0, eps: 0.0, weight_decay: 0.0, bc1: 0.0, bc2_sqrt: 0.0, _p: [0; 3] };
+            ops::launch_at(gpu, &OPTIM, "sumsq", &[], bytemuck::bytes_of(&prm), 6, &[t, &partials], fold_groups(gpu, n, 1))?;
+        }
+        at += n;
+    }
+    ops::sqrt(&ops::sum(&partials, 0)?.reshape(&[1])?)
 }
 
 /// Ok if every element of every tensor is finite; else an error naming the first bad one.

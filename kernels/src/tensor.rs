@@ -35,6 +35,12 @@ pub(crate) fn numel(shape: &[usize]) -> usize {
 }
 
 impl Tensor {
+    /// No other tensor (a reshape, a clone) shares this one's buffer: in-place updates
+    /// through it are seen by no one else.
+    pub fn owns_buffer(&self) -> bool {
+        Arc::strong_count(&self.storage) == 1
+    }
+
     /// An uninitialised tensor (every op writes all of its output).
     pub(crate) fn empty(gpu: &Gpu, shape: &[usize], dtype: DType, what: &str) -> Result<Tensor> {
         let bytes = 4 * numel(shape) as u64;

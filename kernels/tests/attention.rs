@@ -1,7 +1,7 @@
 //! Fused attention (and its unfused fallback) against an f64 reference.
 mod common;
 use common::*;
-use t2v_kernels::ops;
+use t2v_kernels::{ops, AttentionPath};
 
 /// (out, lse, probs) for q (bh, lq, d), k/v with kv_rep sharing.
 fn attn_ref(q: &[f32], k: &[f32], v: &[f32], bh: usize, lq: usize, lk: usize, d: usize, dv: usize, rep: usize, scale: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
@@ -38,7 +38,10 @@ fn fused_attention_self_cross_temporal_and_shared_kv() {
         (2, 640, 640, 64, 64, 2), // spatial attention at the latent size
         (2, 5, 2100, 64, 64, 1),  // long keys: over llvmpipe's loop budget -> unfused path there
     ];
-    for (s, &(bh, lq, lk, d, dv, bk)) in cases.iter().enumerate() {
+    // each case through the fused kernels and through materialised scores
+    for (s, &(bh, lq, lk, d, dv, bk)) in cases.iter().enumerate().flat_map(|c| [c, c]) {
+        let path = if gpu().attention_path() == AttentionPath::Fused { AttentionPath::Materialised } else { AttentionPath::Fused };
+        gpu().set_attention_path(path);
         let (q, qv) = rand_tensor(&[bh, lq, d], 200 + s as u64, -1.0, 1.0);
         let (k, kv) = rand_tensor(&[bk, lk, d], 210 + s as u64, -1.0, 1.0);
         let (v, vv) = rand_tensor(&[bk, lk, dv], 220 + s as u64, -1.0, 1.0);
@@ -46,7 +49,7 @@ fn fused_attention_self_cross_temporal_and_shared_kv() {
         for capture in [false, true] {
             let a = ops::attention(&q, &k, &v, scale, capture).unwrap();
             let (out, lse, probs) = attn_ref(&qv, &kv, &vv, bh, lq, lk, d, dv, bh / bk, scale as f64);
-            let what = format!("attention {:?}", (bh, lq, lk, d, dv, bk));
+            let what = format!("attention {:?} {path:?}", (bh, lq, lk, d, dv, bk));
             assert_eq!(a.out.shape(), [bh, lq, dv]);
             assert_close(&what, &a.out.to_vec().unwrap(), &out, 2e-6, 1e-5);
             assert_close(&format!("{what} lse"), &a.lse.to_vec().unwrap(), &lse, 1e-5, 1e-5);

@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use t2v_kernels::autograd::{self as ad, Tape, Var};
 use t2v_kernels::ops::{Conv2d, UnaryOp};
-use t2v_kernels::{Error, Result, Tensor};
+use t2v_kernels::{AttentionPath, Error, Result, Tensor};
 
 type CpuFn<'a> = &'a dyn Fn(&[Vec<f64>]) -> Vec<f64>;
 
@@ -364,11 +364,19 @@ fn attention_ref_masked(x: &[Vec<f64>], bh: usize, bk: usize, lq: usize, lk: usi
 
 #[test]
 fn attention_fused_and_unfused_backward() {
+    for path in [AttentionPath::Fused, AttentionPath::Materialised] {
+        gpu().set_attention_path(path);
+        attention_backward_cases(&format!("{path:?}"));
+    }
+    gpu().set_attention_path(AttentionPath::Auto);
+}
+
+fn attention_backward_cases(path: &str) {
     // (bh, bk, lq, lk, d, dv): shared K/V, head dims off the vec4 grid, long keys
     for (bh, bk, lq, lk, d, dv) in [(4, 2, 5, 7, 8, 12), (3, 3, 9, 4, 16, 8), (2, 1, 3, 5, 6, 5), (1, 1, 2, 2100, 64, 64)] {
         let scale = 1.0 / (d as f32).sqrt();
         grad_check(
-            &format!("attention {:?}", (bh, bk, lq, lk, d, dv)),
+            &format!("attention {:?} {path}", (bh, bk, lq, lk, d, dv)),
             &[(&[bh, lq, d], -1.0, 1.0), (&[bk, lk, d], -1.0, 1.0), (&[bk, lk, dv], -1.0, 1.0)],
             &|v| ad::attention(&v[0], &v[1], &v[2], scale),
             &|x| attention_ref(x, bh, bk, lq, lk, d, dv, scale as f64),
@@ -376,7 +384,7 @@ fn attention_fused_and_unfused_backward() {
     }
     for (bh, bk, l, d) in [(4, 2, 9, 8), (2, 2, 7, 6)] {
         grad_check(
-            &format!("causal attention {:?}", (bh, bk, l, d)),
+            &format!("causal attention {:?} {path}", (bh, bk, l, d)),
             &[(&[bh, l, d], -1.0, 1.0), (&[bk, l, d], -1.0, 1.0), (&[bk, l, d], -1.0, 1.0)],
             &|v| ad::attention_masked(&v[0], &v[1], &v[2], 0.4, true),
             &|x| attention_ref_masked(x, bh, bk, l, l, d, d, 0.4, true),

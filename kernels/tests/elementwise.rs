@@ -241,3 +241,20 @@ fn gather_and_embedding() {
     assert!(g[7..].iter().all(|&v| v == 0.0));
     assert!(ops::gather_rows(&table, &table).is_err(), "f32 indices are a dtype error");
 }
+
+#[test]
+fn add_assign_accumulates_in_place_and_checks_sizes() {
+    // odd sizes: the vec4 kernel's last vector covers padding
+    for n in [1usize, 3, 7 * 13 * 29, 4096 + 5] {
+        let (acc, av) = rand_tensor(&[n], 40 + n as u64, -2.0, 2.0);
+        let (b, bv) = rand_tensor(&[n], 41 + n as u64, -2.0, 2.0);
+        ops::add_assign(&acc, &b).unwrap();
+        let want: Vec<f64> = av.iter().zip(&bv).map(|(x, y)| *x as f64 + *y as f64).collect();
+        assert_close(&format!("add_assign {n}"), &acc.to_vec().unwrap(), &want, 1e-6, 1e-6);
+        // b is untouched
+        assert_close(&format!("add_assign {n} b"), &b.to_vec().unwrap(), &bv.iter().map(|&x| x as f64).collect::<Vec<_>>(), 0.0, 0.0);
+    }
+    let (a, _) = rand_tensor(&[2, 3], 50, -1.0, 1.0);
+    let (b, _) = rand_tensor(&[7], 51, -1.0, 1.0);
+    assert!(ops::add_assign(&a, &b).unwrap_err().to_string().contains("add_assign"));
+}

@@ -122,6 +122,7 @@ fn conv2d_kernels_strides_paddings() {
         ([1, 66, 12, 12], [70, 66, 3, 3], Conv2d::new(1, 1)),                            // tiles overhang
         ([2, 8, 7, 9], [20, 8, 3, 3], Conv2d::new(2, 1)),   // K % 4 == 0, O >= 16: im2col + vec4 GEMM on CPU
         ([1, 16, 5, 7], [24, 16, 1, 1], Conv2d::new(1, 0)),
+        ([5, 8, 24, 26], [20, 8, 3, 3], Conv2d::new(1, 1)), // columns over CONV_COLUMNS_MAX_BYTES: chunks of images on CPU
     ];
     for (v, g) in variants() {
         for (s, (xs, ws, geo)) in cases.iter().enumerate() {
@@ -144,6 +145,32 @@ fn conv2d_kernels_strides_paddings() {
     assert!(ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap_err().to_string().contains("[2, 4, 3, 3]"));
     let (w5, _) = upload(g, &[2, 3, 5, 5], 1);
     assert!(ops::conv2d(&x, &w5, None, Conv2d::new(1, 0)).is_err(), "kernel larger than padded input");
+}
+
+/// conv2d is bilinear, so its gradients are its adjoints: <dy, conv(x, w)> = <dx, x> =
+/// <dw, w>. Checked at a batch whose columns exceed CONV_COLUMNS_MAX_BYTES (the backward
+/// then runs a few images at a time) and at one that fits.
+#[test]
+fn conv2d_backward_is_the_adjoint_in_chunks_and_whole() {
+    let g = gpu();
+    for (s, (xs, ws, geo)) in [([5usize, 8, 24, 26], [20usize, 8, 3, 3], Conv2d::new(1, 1)), ([2, 3, 11, 13], [5, 3, 3, 3], Conv2d::new(2, 1))].into_iter().enumerate() {
+        let per_image = ws[1] * ws[2] * ws[3] * xs[2] * xs[3] * 4 / (geo.stride.0 * geo.stride.1);
+        assert_eq!(per_image * xs[0] > ops::CONV_COLUMNS_MAX_BYTES, s == 0, "case {s} chunks as intended");
+        let (x, xv) = upload(g, &xs, 300 + s as u64);
+        let (w, wv) = upload(g, &ws, 310 + s as u64);
+        let y = ops::conv2d(&x, &w, None, geo).unwrap();
+        let (dy, dyv) = upload(g, y.shape(), 320 + s as u64);
+        let (dx, dw, db) = ops::conv2d_backward(&x, &w, &dy, geo, (true, true, true)).unwrap();
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| *p as f64 * *q as f64).sum::<f64>();
+        let yy = dot(&dyv, &y.to_vec().unwrap());
+        let (xx, ww) = (dot(&dx.unwrap().to_vec().unwrap(), &xv), dot(&dw.unwrap().to_vec().unwrap(), &wv));
+        assert!((xx - yy).abs() <= 1e-4 * yy.abs().max(1.0) && (ww - yy).abs() <= 1e-4 * yy.abs().max(1.0), "case {s}: <dy,y> {yy}, <dx,x> {xx}, <dw,w> {ww}");
+        // the bias gradient sums dy over images and pixels
+        let o = ws[0];
+        let pix = dyv.len() / (xs[0] * o);
+        let want: Vec<f64> = (0..o).map(|c| (0..xs[0]).map(|n| dyv[(n * o + c) * pix..(n * o + c + 1) * pix].iter().map(|&v| v as f64).sum::<f64>()).sum()).collect();
+        assert_close("conv bias grad", &db.unwrap().to_vec().unwrap(), &want, 1e-4, 1e-5);
+    }
 }
 
 #[test]

@@ -108,6 +108,20 @@ fn norms_and_non_finite_values() {
     let a = Tensor::from_slice(g, &[2], &[3.0, 4.0]).unwrap();
     let b = Tensor::from_slice(g, &[1], &[12.0]).unwrap();
     assert_eq!(global_norm(&[a.clone(), b]).unwrap().item_at(0).unwrap(), 13.0);
+    // many tensors of odd sizes, some spanning several partial sums, one empty
+    let sizes = [1usize, 7, 4095, 4096, 4097, 13_001, 0, 33];
+    let mut want = 0f64;
+    let ts: Vec<Tensor> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let v: Vec<f32> = (0..n).map(|j| ((j * 31 + i * 7) % 97) as f32 / 48.0 - 1.0).collect();
+            want += v.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+            Tensor::from_slice(g, &[n], &v).unwrap()
+        })
+        .collect();
+    let got = global_norm(&ts).unwrap().item_at(0).unwrap() as f64;
+    assert!((got - want.sqrt()).abs() <= 1e-5 * want.sqrt(), "{got} vs {}", want.sqrt());
     check_finite(&[("a", &a)]).unwrap();
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let t = Tensor::from_slice(g, &[3], &[1.0, bad, 2.0]).unwrap();

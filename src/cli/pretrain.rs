@@ -12,7 +12,8 @@ use crate::pretrain::{pretrain, PretrainConfig, What};
 
 #[derive(clap::Args, Debug)]
 pub struct PretrainArgs {
-    /// What to train: the VAE, the teacher UNet, or the reward towers.
+    /// What to train: the VAE, the teacher UNet, or the reward models (all of them, only
+    /// the image towers, or only the video reward).
     #[arg(value_enum)]
     pub what: What,
     /// Source model folder (e.g. from `t2v-turbo init`, or the previous stage's output).
@@ -53,7 +54,7 @@ pub fn run(dev: &DeviceArgs, a: &PretrainArgs) -> Result<(), CliError> {
     if a.resume && !stage.join("checkpoints").exists() {
         return Err(CliError::Check(format!("--resume: no checkpoints in {}", stage.display())));
     }
-    if a.batch < 2 && a.what == What::Reward {
+    if a.batch < 2 && a.what.is_reward() {
         return Err(CliError::Check("the contrastive reward loss needs --batch of at least 2".into()));
     }
     let src = ModelDir::read(&a.models)?;

@@ -149,7 +149,7 @@ impl InternVideo2Config {
                 "vocab_size": t.vocab_size, "hidden_size": t.hidden_size, "text_layers": t.layers,
                 "num_attention_heads": t.heads, "intermediate_size": t.intermediate_size,
                 "max_position_embeddings": t.max_position_embeddings, "type_vocab_size": t.type_vocab_size,
-                "layer_norm_eps": t.layer_norm_eps, "max_txt_len": self.max_txt_len,
+                "layer_norm_eps": t.layer_norm_eps.to_string().parse::<f64>().unwrap_or(1e-12), "max_txt_len": self.max_txt_len,
             },
             "embed_dim": self.embed_dim,
         })

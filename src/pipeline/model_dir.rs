@@ -355,15 +355,14 @@ impl Preset {
     }
 }
 
-/// A BERT vocabulary file for randomly initialised InternVideo2 text towers: the world's
-/// words, padded with `[unusedN]` up to `size` entries (replace it with the checkpoint's
-/// `vocab.txt` when loading real weights).
-fn write_vocab(path: &Path, size: usize) -> Result<()> {
+/// A BERT vocabulary for randomly initialised InternVideo2 text towers: the world's words,
+/// padded with `[unusedN]` up to `size` entries (real weights come with their own
+/// `vocab.txt`).
+pub fn world_vocab(size: usize) -> Vec<String> {
     let mut v = crate::world::bert_vocabulary();
     let n = v.len();
     v.extend((n..size).map(|i| format!("[unused{i}]")));
-    t2v_kernels::io::write_atomic(path, (v.join("\n") + "\n").as_bytes())?;
-    Ok(())
+    v
 }
 
 /// Writes a model folder of randomly initialised models of `preset` (deterministic in
@@ -392,7 +391,7 @@ pub fn init_random(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: Sav
     let l = Loader::random(gpu, seed + 5);
     InternVideo2::load(&l, &iv2)?;
     save("reward_video.safetensors", &l, "internvideo2")?;
-    write_vocab(&root.join("bert_vocab.txt"), iv2.text.vocab_size)?;
+    t2v_kernels::io::write_atomic(&root.join("bert_vocab.txt"), (world_vocab(iv2.text.vocab_size).join("\n") + "\n").as_bytes())?;
     let dir = ModelDir {
         root: root.to_path_buf(),
         unet: (root.join("unet.safetensors"), unet),

@@ -24,7 +24,18 @@ use crate::world::WorldConfig;
 pub enum What {
     Vae,
     Teacher,
+    /// Every reward model of the folder, together.
     Reward,
+    /// Only the image reward towers.
+    ImageRewards,
+    /// Only the video reward.
+    VideoReward,
+}
+
+impl What {
+    pub fn is_reward(self) -> bool {
+        matches!(self, What::Reward | What::ImageRewards | What::VideoReward)
+    }
 }
 
 fn load<T>(gpu: &Gpu, path: &Path, f: impl FnOnce(&Loader) -> Result<T>) -> Result<(T, Vec<(String, Tensor)>)> {
@@ -58,11 +69,11 @@ fn contrastive(a: &Var, b: &Var, scale: f32) -> Result<(Var, Var)> {
 /// A reward model being pretrained.
 enum Tower {
     /// An image-text tower scoring one frame against the short caption.
-    Image(Clip, Preprocess),
+    Image(Box<Clip>, Preprocess),
     /// A CLIP video tower (frames mean-pooled) against the long caption.
-    ClipVideo(Clip),
+    ClipVideo(Box<Clip>),
     /// InternVideo2 against the long caption.
-    InternVideo2(Box<InternVideo2>, BertTokenizer),
+    InternVideo2(Box<InternVideo2>, Box<BertTokenizer>),
 }
 
 impl Tower {
@@ -81,6 +92,9 @@ impl Tower {
         }
     }
 }
+
+/// A tower with its named weights and the file they are saved to.
+type TowerRun = (Tower, Vec<(String, Tensor)>, PathBuf);
 
 /// `n` evenly strided frames of each clip (random start), clip-major: (B*n, 3, S, S).
 fn strided_frames(x: &Tensor, rng: &mut Gaussian, n: usize, world: &WorldConfig) -> Result<Tensor> {
@@ -195,26 +209,28 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
             save_weights(&md.unet.0, &params, dtype, &[("model", "unet3d teacher".into()), ("pretrained", format!("{} steps on the moving-shapes world", cfg.steps))])?;
             m
         }
-        What::Reward => {
-            let mut towers: Vec<(Tower, Vec<(String, Tensor)>, PathBuf)> = Vec::new();
-            for r in &md.image_rewards {
+        What::Reward | What::ImageRewards | What::VideoReward => {
+            let mut towers: Vec<TowerRun> = Vec::new();
+            let image_rewards = if what == What::VideoReward { &[][..] } else { &md.image_rewards[..] };
+            let video_reward = if what == What::ImageRewards { None } else { md.video_reward.as_ref() };
+            for r in image_rewards {
                 let (c, p) = load(gpu, &r.file, |l| Clip::load(l, &r.config))?;
-                towers.push((Tower::Image(c, r.preprocess), p, r.file.clone()));
+                towers.push((Tower::Image(Box::new(c), r.preprocess), p, r.file.clone()));
             }
-            match &md.video_reward {
+            match video_reward {
                 Some(VideoRewardSpec::Clip { file, config }) => {
                     let (c, p) = load(gpu, file, |l| Clip::load(l, config))?;
-                    towers.push((Tower::ClipVideo(c), p, file.clone()));
+                    towers.push((Tower::ClipVideo(Box::new(c)), p, file.clone()));
                 }
                 Some(VideoRewardSpec::InternVideo2 { file, config, tokenizer }) => {
                     let (m, p) = load(gpu, file, |l| InternVideo2::load(l, config))?;
                     let tok = BertTokenizer::from_file(tokenizer, config.max_txt_len).map_err(|e| WeightsError::Format { path: tokenizer.display().to_string(), msg: e.to_string() })?;
-                    towers.push((Tower::InternVideo2(Box::new(m), tok), p, file.clone()));
+                    towers.push((Tower::InternVideo2(Box::new(m), Box::new(tok)), p, file.clone()));
                 }
                 None => {}
             }
             if towers.is_empty() {
-                return Err(WeightsError::Format { path: src.root.display().to_string(), msg: "the model folder has no reward models".into() });
+                return Err(WeightsError::Format { path: src.root.display().to_string(), msg: format!("the model folder has no reward models to train ({what:?})") });
             }
             let all: Vec<(String, Tensor)> = towers.iter().enumerate().flat_map(|(k, (_, p, _))| p.iter().map(move |(n, t)| (format!("{k}.{n}"), t.clone()))).collect();
             let m = run_loop(&dir, &all, cfg, every, quiet, |tape, rng, _| {

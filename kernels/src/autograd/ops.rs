@@ -152,25 +152,7 @@ pub fn slice(x: &Var, ax: isize, start: usize, len: usize) -> Result<Var> {
     record(
         y,
         &[x],
-        Box::new(move |g, _| {
-            // zeros with g written into [start, start + len) of axis a
-            let before = if start > 0 {
-                let mut sh = s.clone();
-                sh[a] = start;
-                Some(Tensor::zeros(g.gpu(), &sh)?)
-            } else {
-                None
-            };
-            let after = if start + len < s[a] {
-                let mut sh = s.clone();
-                sh[a] = s[a] - start - len;
-                Some(Tensor::zeros(g.gpu(), &sh)?)
-            } else {
-                None
-            };
-            let parts: Vec<&Tensor> = before.iter().chain(std::iter::once(g)).chain(after.iter()).collect();
-            Ok(vec![Some(k::concat(&parts, a as isize)?)])
-        }),
+        Box::new(move |g, _| Ok(vec![Some(k::unslice(g, &s, a as isize, start)?)])),
     )
 }
 

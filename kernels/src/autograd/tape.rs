@@ -273,6 +273,11 @@ impl Tape {
                 let (Some(gi), true) = (gi, needs[k]) else { continue };
                 let j = node.inputs[k];
                 let acc = match grads.remove(&j) {
+                    // in place when this accumulator is ours alone (no new buffer)
+                    Some(prev) if prev.owns_buffer() && prev.shape() == gi.shape() => {
+                        ops::add_assign(&prev, &gi)?;
+                        prev
+                    }
                     Some(prev) => ops::add(&prev, &gi)?,
                     None => gi,
                 };

@@ -1,5 +1,7 @@
-//! Fused scaled-dot-product attention (`shaders/attention.wgsl`), with a matmul/softmax
-//! fallback for head dims above the fused kernel's 128.
+//! Scaled-dot-product attention: fused kernels (`shaders/attention.wgsl`, online softmax,
+//! FlashAttention-2-style backward) and a matmul/softmax path over materialised scores,
+//! taken for head dims above the fused kernel's 128, beyond llvmpipe's loop budget, and on
+//! CPU adapters while the scores are small (see [`crate::AttentionPath`]).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -26,6 +28,20 @@ struct Params {
 /// also be multiples of 4 there. Other shapes take the matmul/softmax path.
 pub const FUSED_MAX_D: usize = 128;
 const ROWS_PER_GROUP: usize = 64;
+
+/// Largest score matrix (BH x Lq x Lk f32) that [`crate::AttentionPath::Auto`]
+/// materialises on a CPU adapter.
+pub const CPU_MATERIALISED_SCORES_MAX_BYTES: usize = 64 << 20;
+
+/// Does attention of this size take the materialised path by the device's
+/// [`crate::AttentionPath`] (the fused kernels' own limits are checked separately)?
+pub fn materialises_scores(gpu: &crate::Gpu, bh: usize, lq: usize, lk: usize) -> bool {
+    match gpu.attention_path() {
+        crate::AttentionPath::Fused => false,
+        crate::AttentionPath::Materialised => true,
+        crate::AttentionPath::Auto => gpu.is_cpu() && bh * lq * lk * 4 <= CPU_MATERIALISED_SCORES_MAX_BYTES,
+    }
+}
 
 /// Outputs of [`attention`].
 #[derive(Debug)]
@@ -75,7 +91,7 @@ pub fn attention_masked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture:
     let (d4, dv4) = (d / 4, dv / 4);
     let iterations = (d4 + 2 * dv4 + lk * (d4 + dv4 + 1) + if capture { lk * (d4 + 1) } else { 0 }) as u64;
     let fits = gpu.loop_limit().is_none_or(|limit| iterations <= limit);
-    if d > FUSED_MAX_D || dv > FUSED_MAX_D || d % 4 != 0 || dv % 4 != 0 || !fits {
+    if d > FUSED_MAX_D || dv > FUSED_MAX_D || d % 4 != 0 || dv % 4 != 0 || !fits || materialises_scores(gpu, bh, lq, lk) {
         return attention_unfused(q, k, v, scale, capture, causal);
     }
     let out = Tensor::empty(gpu, &[bh, lq, dv], DType::F32, "attention output")?;
@@ -106,7 +122,7 @@ pub fn attention_masked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture:
 
 /// Same result through matmul + softmax (any head dim; materialises the scores).
 fn attention_unfused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool, causal: bool) -> Result<Attention> {
-    use super::{add, broadcast_to, exp, log, matmul, matmul_ex, max, softmax_scaled, sub, sum, Matmul};
+    use super::{add, broadcast_to, log, matmul, matmul_ex, max, softmax_scaled, sub, Matmul};
     let (bh, lq) = (q.shape()[0], q.shape()[1]);
     let (k, v) = if k.shape()[0] != bh {
         let r = bh / k.shape()[0];
@@ -118,21 +134,24 @@ fn attention_unfused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bo
     } else {
         (k.clone(), v.clone())
     };
-    let mut scores = matmul_ex(q, &k, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
-    if causal {
-        scores = add(&scores, &causal_mask(q.gpu(), lq, k.shape()[1])?)?;
-    }
-    let probs = softmax_scaled(&scores, 1.0)?;
+    // scores live only until the probabilities and row maxima are taken
+    let (probs, m) = {
+        let mut scores = matmul_ex(q, &k, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
+        if causal {
+            scores = add(&scores, &causal_mask(q.gpu(), lq, k.shape()[1])?)?;
+        }
+        (softmax_scaled(&scores, 1.0)?, max(&scores, -1)?)
+    };
     let out = matmul(&probs, &v)?;
-    let m = max(&scores, -1)?.reshape(&[bh, lq, 1])?;
-    let lse = add(&log(&sum(&exp(&sub(&scores, &m)?)?, -1)?)?, &m.reshape(&[bh, lq])?)?;
+    // the largest probability of a row is exp(max - lse): lse = max - log(max p)
+    let lse = sub(&m, &log(&max(&probs, -1)?)?)?;
     Ok(Attention { out, lse, probs: capture.then_some(probs) })
 }
 
 /// Gradients of [`attention`] for the output gradient `dout`, from the forward's `out` and
 /// `lse`: (dq, dk, dv), each only when asked for. Fused kernels that recompute the
 /// probabilities (nothing of size Lq x Lk is stored); the matmul/softmax path where the
-/// fused forward would not run (head dims, loop budget).
+/// forward took it (head dims, loop budget, the device's [`crate::AttentionPath`]).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     q: &Tensor,
@@ -160,7 +179,7 @@ pub fn attention_backward(
     let fits = gpu.loop_limit().is_none_or(|limit| it_q.max(it_kv) <= limit);
     // D_i = dO_i . O_i
     let dvec = super::sum(&super::mul(dout, out)?, -1)?;
-    if d > FUSED_MAX_D || dv > FUSED_MAX_D || d % 4 != 0 || dv % 4 != 0 || !fits {
+    if d > FUSED_MAX_D || dv > FUSED_MAX_D || d % 4 != 0 || dv % 4 != 0 || !fits || materialises_scores(gpu, bh, lq, lk) {
         return attention_backward_unfused(q, k, v, lse, dout, &dvec, scale, causal, need);
     }
     let p = Params { bh: bh as u32, lq: lq as u32, lk: lk as u32, d4: d4 as u32, dv4: dv4 as u32, scale, kv_rep: rep as u32, causal: causal as u32 };
@@ -223,16 +242,22 @@ fn attention_backward_unfused(
         sum(&t.reshape(&[bk, rep, s[1], s[2]])?, 1)
     };
     let (ke, ve) = (expand(k)?, expand(v)?);
-    // P = exp(scale q k^T - lse)
-    let mut scores = matmul_ex(q, &ke, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
-    if causal {
-        scores = add(&scores, &causal_mask(q.gpu(), lq, lk)?)?;
-    }
-    let pr = exp(&sub(&scores, &lse.reshape(&[bh, lq, 1])?)?)?;
-    let dp = matmul_ex(dout, &ve, Matmul { trans_b: true, ..Default::default() })?;
-    let ds = mul(&pr, &sub(&dp, &dvec.reshape(&[bh, lq, 1])?)?)?;
+    // P = exp(scale q k^T - lse); the scores and dP are dropped as soon as they are used
+    let pr = {
+        let mut scores = matmul_ex(q, &ke, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
+        if causal {
+            scores = add(&scores, &causal_mask(q.gpu(), lq, lk)?)?;
+        }
+        exp(&sub(&scores, &lse.reshape(&[bh, lq, 1])?)?)?
+    };
+    // dS = P * (dP - D), dP = dO V^T
+    let ds = {
+        let dp = matmul_ex(dout, &ve, Matmul { trans_b: true, ..Default::default() })?;
+        mul(&pr, &sub(&dp, &dvec.reshape(&[bh, lq, 1])?)?)?
+    };
+    let dv = if need.2 { Some(fold(matmul_ex(&pr, dout, Matmul { trans_a: true, ..Default::default() })?)?) } else { None };
+    drop(pr);
     let dq = if need.0 { Some(scl(&matmul(&ds, &ke)?, scale)?) } else { None };
     let dk = if need.1 { Some(fold(matmul_ex(&ds, q, Matmul { trans_a: true, alpha: scale, ..Default::default() })?)?) } else { None };
-    let dv = if need.2 { Some(fold(matmul_ex(&pr, dout, Matmul { trans_a: true, ..Default::default() })?)?) } else { None };
     Ok((dq, dk, dv))
 }

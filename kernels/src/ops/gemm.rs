@@ -331,15 +331,22 @@ fn im2col(x: &Tensor, p: &Params, k_major: bool) -> Result<Tensor> {
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Result<Tensor> {
     let (p, oh, ow) = conv_params("conv2d", x, w, bias, g)?;
     let (n, o, k) = (x.shape()[0], w.shape()[0], p.k as usize);
-    let y = Tensor::empty(x.gpu(), &[n, o, oh, ow], DType::F32, "conv2d output")?;
+    let gpu = x.gpu();
+    let kind = choose_kind(gpu, o, oh * ow)?;
+    // CPU adapters: materialised columns, K-contiguous, for the vec4 GEMM, a few images at
+    // a time within CONV_COLUMNS_MAX_BYTES; other devices: implicit GEMM
+    let columns = kind == Kind::Subgroup && k % 4 == 0 && o >= 16;
+    let chunk = (CONV_COLUMNS_MAX_BYTES / (oh * ow * k * 4).max(1)).clamp(1, n.max(1));
+    if columns && chunk < n {
+        let parts = (0..n).step_by(chunk).map(|i0| conv2d(&super::slice(x, 0, i0, chunk.min(n - i0))?, w, bias, g)).collect::<Result<Vec<_>>>()?;
+        return super::concat(&parts.iter().collect::<Vec<_>>(), 0);
+    }
+    let y = Tensor::empty(gpu, &[n, o, oh, ow], DType::F32, "conv2d output")?;
     let bias = match bias {
         Some(t) => (BiasMode::PerRow, Some(t)),
         None => (BiasMode::None, None),
     };
-    let gpu = x.gpu();
-    let kind = choose_kind(gpu, o, oh * ow)?;
-    if kind == Kind::Subgroup && k % 4 == 0 && o >= 16 {
-        // CPU adapters: materialise the columns once, K-contiguous, for the vec4 GEMM.
+    if columns {
         let cols = im2col(x, &p, false)?;
         let p2 = Params { b_bs: (oh * ow * k) as u32, ..p };
         dispatch(gpu, kind, p2, false, true, false, bias, false, w, &cols, &y)?;
@@ -348,6 +355,11 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
     }
     Ok(y)
 }
+
+/// Largest column matrix (im2col of a conv's input, or the input gradient's columns) that
+/// [`conv2d`] on a CPU adapter and [`conv2d_backward`] materialise at once: bigger batches
+/// are processed a few images at a time (at least one), bounding transient memory.
+pub const CONV_COLUMNS_MAX_BYTES: usize = 256 << 10;
 
 /// Gradients of [`conv2d`] for the output gradient `dy` (N, O, OH, OW): (dx, dw, dbias),
 /// each computed only when asked for.
@@ -359,10 +371,37 @@ pub fn conv2d_backward(
     need: (bool, bool, bool),
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let (p, oh, ow) = conv_params("conv2d_backward", x, w, None, g)?;
-    let (n, o, k, pix) = (x.shape()[0], w.shape()[0], p.k as usize, oh * ow);
+    let (n, o) = (x.shape()[0], w.shape()[0]);
     if dy.shape() != [n, o, oh, ow] {
         return shape_err("conv2d_backward", format!("dy {:?} is not the output shape {:?}", dy.shape(), [n, o, oh, ow]));
     }
+    let per_image = p.k as usize * oh * ow * 4;
+    let chunk = (CONV_COLUMNS_MAX_BYTES / per_image.max(1)).clamp(1, n.max(1));
+    let db = if need.2 { Some(super::sum(&super::sum(&dy.reshape(&[n, o, oh * ow])?, 2)?, 0)?) } else { None };
+    if chunk >= n {
+        let (dx, dw) = conv2d_backward_columns(x, w, dy, g, need)?;
+        return Ok((dx, dw, db));
+    }
+    let (mut dxs, mut dw) = (Vec::new(), None::<Tensor>);
+    for i0 in (0..n).step_by(chunk) {
+        let m = chunk.min(n - i0);
+        let (dxc, dwc) = conv2d_backward_columns(&super::slice(x, 0, i0, m)?, w, &super::slice(dy, 0, i0, m)?, g, need)?;
+        dxs.extend(dxc);
+        if let Some(c) = dwc {
+            dw = Some(match dw {
+                Some(a) => super::add(&a, &c)?,
+                None => c,
+            });
+        }
+    }
+    let dx = if need.0 { Some(super::concat(&dxs.iter().collect::<Vec<_>>(), 0)?) } else { None };
+    Ok((dx, dw, db))
+}
+
+/// (dx, dw) of a conv2d through materialised columns of all images of `x` at once.
+fn conv2d_backward_columns(x: &Tensor, w: &Tensor, dy: &Tensor, g: Conv2d, need: (bool, bool, bool)) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (p, oh, ow) = conv_params("conv2d_backward", x, w, None, g)?;
+    let (n, o, k, pix) = (x.shape()[0], w.shape()[0], p.k as usize, oh * ow);
     let gpu = x.gpu();
     let dy3 = dy.reshape(&[n, o, pix])?;
     let dx = if need.0 {
@@ -389,8 +428,7 @@ pub fn conv2d_backward(
     } else {
         None
     };
-    let db = if need.2 { Some(super::sum(&super::sum(&dy3, 2)?, 0)?) } else { None };
-    Ok((dx, dw, db))
+    Ok((dx, dw))
 }
 
 /// VideoCrafter's temporal convolution: nn.Conv3d with kernel (3, 1, 1) and padding

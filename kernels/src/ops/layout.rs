@@ -1,5 +1,5 @@
 //! Layout ops, all through the strided copy of elementwise.wgsl: permute, transpose,
-//! slice, concat, broadcast, nearest 2x upsampling.
+//! slice and its transpose, concat, broadcast, nearest 2x upsampling.
 
 use super::elementwise::{broadcast_strides, contiguous, unary_into, UnaryOp, View, MAX_RANK};
 use super::{axis, check_f32};
@@ -51,6 +51,21 @@ pub fn slice(x: &Tensor, ax: isize, start: usize, len: usize) -> Result<Tensor> 
     let xs = contiguous(x.shape());
     let y = Tensor::empty(x.gpu(), &shape, DType::F32, "slice output")?;
     copy("slice", &shape, View { t: x, offset: start * xs[a], strides: xs }, View::whole(&y))?;
+    Ok(y)
+}
+
+/// The transpose of [`slice`]: a zero tensor of `shape` with `x` written at
+/// [start, start + len) of axis `ax` (the gradient of a slice; one allocation).
+pub fn unslice(x: &Tensor, shape: &[usize], ax: isize, start: usize) -> Result<Tensor> {
+    check_f32("unslice", &[x])?;
+    let a = axis("unslice", shape, ax)?;
+    let fits = x.rank() == shape.len() && x.shape().iter().zip(shape).enumerate().all(|(d, (p, q))| if d == a { start + p <= *q } else { p == q });
+    if !fits {
+        return shape_err("unslice", format!("{:?} at {start} of axis {a} does not fit in {shape:?}", x.shape()));
+    }
+    let y = super::fill(x.gpu(), shape, 0.0)?;
+    let ys = contiguous(shape);
+    copy("unslice", x.shape(), View::whole(x), View { t: &y, offset: start * ys[a], strides: ys })?;
     Ok(y)
 }
 

@@ -10,11 +10,11 @@ mod norm;
 mod reduce;
 mod softmax;
 
-pub use attention::{attention, attention_backward, attention_masked, Attention};
+pub use attention::{attention, attention_backward, attention_masked, materialises_scores, Attention, CPU_MATERIALISED_SCORES_MAX_BYTES};
 pub use elementwise::*;
 pub use embedding::{embedding, embedding_backward, gather_rows, sinusoidal_embedding};
-pub use gemm::{conv2d, conv2d_backward, linear, matmul, matmul_ex, temporal_conv, Conv2d, Matmul};
-pub use layout::{broadcast_to, concat, contiguous_strides, permute, slice, transpose, upsample_nearest2x};
+pub use gemm::{conv2d, conv2d_backward, linear, matmul, matmul_ex, temporal_conv, Conv2d, Matmul, CONV_COLUMNS_MAX_BYTES};
+pub use layout::{broadcast_to, concat, contiguous_strides, permute, slice, transpose, unslice, upsample_nearest2x};
 pub use norm::{group_norm, group_norm_backward, layer_norm, layer_norm_backward, Norm, NormGrad};
 pub use reduce::{max, mean, min, reduce, sum, Reduce};
 pub use softmax::{softmax, softmax_scaled};
