@@ -131,9 +131,7 @@ fn reward_scores_equal_the_models_features_of_the_same_frames_and_prompts() {
     let io = WeightFile::open(&dir().join("io.safetensors")).unwrap();
     let vid = m.video_features(&tape.constant(io.tensor(&g, "in.frames").unwrap())).unwrap();
     let tok = tokenizer(config().max_txt_len);
-    let enc: Vec<_> = prompts.iter().map(|p| tok.encode(p).unwrap()).collect();
-    let ids: Vec<Vec<u32>> = enc.iter().map(|e| e.ids.clone()).collect();
-    let mask: Vec<Vec<u32>> = enc.iter().map(|e| e.mask.clone()).collect();
+    let (ids, mask) = tok.encode_batch(&prompts).unwrap();
     let want = cosine(&vid, &m.text_features(&tape, &ids, &mask).unwrap()).unwrap().value().to_vec().unwrap();
     // the reward: [-1, 1] videos (B, 3, T, S, S) and prompts
     let r = InternVideo2Reward { model: m, tokenizer: tok };

@@ -129,7 +129,7 @@ impl ResBlock {
 }
 
 /// (N, E) rows scaled to unit length.
-fn l2_normalize(x: &Var) -> Result<Var> {
+pub fn l2_normalize(x: &Var) -> Result<Var> {
     let n = x.shape()[0];
     let norm = ad::sqrt(&ad::sum(&ad::square(x)?, -1)?)?;
     Ok(ad::div(x, &ad::reshape(&norm, &[n, 1])?)?)

@@ -19,6 +19,7 @@ use t2v_kernels::autograd::{self as ad, Var};
 use t2v_kernels::Tensor;
 
 use super::bert::{Bert, BertConfig};
+use super::clip::l2_normalize;
 use super::layers::{konst, LayerNorm, Linear};
 use super::weights::{Loader, Result, WeightsError};
 
@@ -376,13 +377,6 @@ impl VisionEncoder {
     pub fn pool(&self, tokens: &Var) -> Result<Var> {
         self.clip_projector.forward(tokens)
     }
-}
-
-/// (N, E) rows scaled to unit length.
-fn l2_normalize(x: &Var) -> Result<Var> {
-    let n = x.shape()[0];
-    let norm = ad::sqrt(&ad::sum(&ad::square(x)?, -1)?)?;
-    Ok(ad::div(x, &ad::reshape(&norm, &[n, 1])?)?)
 }
 
 /// The whole video-text model.

@@ -217,4 +217,10 @@ impl BertTokenizer {
         }
         Ok(t)
     }
+
+    /// (ids, masks) of prompts, as the text encoder takes them; warns on truncation.
+    pub fn encode_batch<S: AsRef<str>>(&self, prompts: &[S]) -> Result<(Vec<Vec<u32>>, Vec<Vec<u32>>), TokenizerError> {
+        let toks = prompts.iter().map(|p| self.encode_warn(p.as_ref())).collect::<Result<Vec<_>, _>>()?;
+        Ok(toks.into_iter().map(|t| (t.ids, t.mask)).unzip())
+    }
 }

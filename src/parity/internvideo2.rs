@@ -4,12 +4,11 @@
 use std::path::Path;
 
 use t2v_kernels::autograd::Tape;
-use t2v_kernels::{Gpu, Tensor};
+use t2v_kernels::Gpu;
 
-use super::{Check, ParityError};
+use super::{Check, ParityError, Reference};
 use crate::models::clip::cosine;
 use crate::models::internvideo2::InternVideo2Config;
-use crate::models::weights::WeightFile;
 use crate::pipeline::model_dir::load_internvideo2_file;
 
 pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
@@ -20,38 +19,24 @@ pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
         bad("needs vision {img_size, patch_size, embed_dim, depth, num_heads, clip_embed_dim, num_frames}, text {vocab_size, hidden_size, text_layers, num_attention_heads, intermediate_size}, embed_dim".into())
     })?;
     let model = load_internvideo2_file(gpu, &dir.join("weights.safetensors"), &config)?;
-    let io = WeightFile::open(&dir.join("io.safetensors"))?;
-    let io_path = dir.join("io.safetensors").display().to_string();
-    let mut checks = Vec::new();
-    let mut compare = |name: &str, got: &Tensor, abs_tol: Option<f32>| -> Result<(), ParityError> {
-        let (shape, want) = io.host_f32(name)?;
-        if got.shape() != shape.as_slice() {
-            return Err(ParityError::Bad { path: io_path.clone(), msg: format!("{name}: reference shape {shape:?}, ours {:?}", got.shape()) });
-        }
-        let v = got.to_vec()?;
-        checks.push(match abs_tol {
-            Some(t) => Check::absolute(name, &v, &want, t),
-            None => Check::new(name, &v, &want, 1e-4),
-        });
-        Ok(())
-    };
+    let mut r = Reference::open(&dir.join("io.safetensors"))?;
     let tape = Tape::new();
-    let frames = tape.constant(io.tensor(gpu, "in.frames")?);
+    let frames = tape.constant(r.io.tensor(gpu, "in.frames")?);
     let tokens = model.vision.tokens(&frames)?;
-    compare("out.vision_tokens", tokens.value(), None)?;
+    r.compare("out.vision_tokens", tokens.value(), None)?;
     let pooled = model.vision.pool(&tokens)?;
-    compare("out.vision_pooled", pooled.value(), None)?;
+    r.compare("out.vision_pooled", pooled.value(), None)?;
     let video = model.video_features(&frames)?;
-    compare("out.video_features", video.value(), None)?;
+    r.compare("out.video_features", video.value(), None)?;
     let rows = |key: &str| -> Result<Vec<Vec<u32>>, ParityError> {
-        let (shape, v) = io.host_i64(key)?;
+        let (shape, v) = r.io.host_i64(key)?;
         let l = shape.last().copied().unwrap_or(0).max(1);
         Ok(v.chunks(l).map(|r| r.iter().map(|&x| x as u32).collect()).collect())
     };
     let (ids, mask) = (rows("in.input_ids")?, rows("in.attention_mask")?);
-    compare("out.text_cls", model.text_cls(&tape, &ids, &mask)?.value(), None)?;
+    r.compare("out.text_cls", model.text_cls(&tape, &ids, &mask)?.value(), None)?;
     let text = model.text_features(&tape, &ids, &mask)?;
-    compare("out.text_features", text.value(), None)?;
-    compare("out.score", cosine(&video, &text)?.value(), Some(1e-4))?;
-    Ok(checks)
+    r.compare("out.text_features", text.value(), None)?;
+    r.compare("out.score", cosine(&video, &text)?.value(), Some(1e-4))?;
+    Ok(r.checks)
 }

@@ -46,6 +46,33 @@ impl Check {
     }
 }
 
+/// A file of reference outputs and the checks made against it.
+pub(crate) struct Reference {
+    pub io: crate::models::weights::WeightFile,
+    pub checks: Vec<Check>,
+}
+
+impl Reference {
+    pub fn open(path: &Path) -> Result<Reference, ParityError> {
+        Ok(Reference { io: crate::models::weights::WeightFile::open(path)?, checks: Vec::new() })
+    }
+
+    /// Compares `got` with the reference tensor `name` (same shape required): within
+    /// 1e-4 x the reference's scale, or within `abs` absolute.
+    pub fn compare(&mut self, name: &str, got: &t2v_kernels::Tensor, abs: Option<f32>) -> Result<(), ParityError> {
+        let (shape, want) = self.io.host_f32(name)?;
+        if got.shape() != shape.as_slice() {
+            return Err(ParityError::Bad { path: self.io.path.display().to_string(), msg: format!("{name}: reference shape {shape:?}, ours {:?}", got.shape()) });
+        }
+        let v = got.to_vec()?;
+        self.checks.push(match abs {
+            Some(a) => Check::absolute(name, &v, &want, a),
+            None => Check::new(name, &v, &want, 1e-4),
+        });
+        Ok(())
+    }
+}
+
 /// The fixture layouts `parity` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {

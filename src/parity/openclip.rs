@@ -6,7 +6,7 @@ use std::path::Path;
 use t2v_kernels::autograd::Tape;
 use t2v_kernels::Gpu;
 
-use super::{Check, ParityError};
+use super::{Check, ParityError, Reference};
 use crate::models::clip::{cosine, Clip, ClipConfig};
 use crate::models::preprocess;
 use crate::models::weights::{Loader, WeightFile};
@@ -20,47 +20,33 @@ pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
     let loader = Loader::new(&wf, gpu, "");
     let clip = Clip::load(&loader, &config)?;
     loader.finish()?;
-    let io = WeightFile::open(&dir.join("io.safetensors"))?;
-    let io_path = dir.join("io.safetensors").display().to_string();
-    let mut checks = Vec::new();
+    let mut r = Reference::open(&dir.join("io.safetensors"))?;
     let tape = Tape::new();
-    let mut compare = |name: &str, got: &t2v_kernels::Tensor, abs_tol: Option<f32>| -> Result<(), ParityError> {
-        let (shape, want) = io.host_f32(name)?;
-        if got.shape() != shape.as_slice() {
-            return Err(ParityError::Bad { path: io_path.clone(), msg: format!("{name}: reference shape {shape:?}, ours {:?}", got.shape()) });
-        }
-        let v = got.to_vec()?;
-        checks.push(match abs_tol {
-            Some(t) => Check::absolute(name, &v, &want, t),
-            None => Check::new(name, &v, &want, 1e-4),
-        });
-        Ok(())
-    };
-    let (ishape, ids) = io.host_i64("in.ids")?;
+    let (ishape, ids) = r.io.host_i64("in.ids")?;
     let ctx = ishape.last().copied().unwrap_or(0);
     let rows: Vec<Vec<u32>> = ids.chunks(ctx.max(1)).map(|r| r.iter().map(|&x| x as u32).collect()).collect();
-    compare("out.penultimate", clip.text.penultimate(&tape, &rows)?.value(), None)?;
+    r.compare("out.penultimate", clip.text.penultimate(&tape, &rows)?.value(), None)?;
     let text = clip.text.features(&tape, &rows)?;
-    compare("out.text_features", text.value(), None)?;
-    let images = tape.constant(io.tensor(gpu, "in.images")?);
+    r.compare("out.text_features", text.value(), None)?;
+    let images = tape.constant(r.io.tensor(gpu, "in.images")?);
     let image = clip.vision.features(&images)?;
-    compare("out.image_features", image.value(), None)?;
-    compare("out.cosine", cosine(&image, &text)?.value(), Some(1e-4))?;
-    if io.entries().contains_key("in.frame_u8") {
+    r.compare("out.image_features", image.value(), None)?;
+    r.compare("out.cosine", cosine(&image, &text)?.value(), Some(1e-4))?;
+    if r.io.entries().contains_key("in.frame_u8") {
         // Resampling kernels differ between libraries: the README's tolerance is on the
         // mean abs error (2e-2).
-        let (shape, frame) = io.host_f32("in.frame_u8")?;
+        let (shape, frame) = r.io.host_f32("in.frame_u8")?;
         let img: Vec<f32> = frame.iter().map(|v| v / 255.0).collect();
         let x = tape.constant(t2v_kernels::Tensor::from_slice(gpu, &[1, shape[0], shape[1], shape[2]], &img)?);
         let size = config.vision.image_size;
         for (name, y) in [("out.preprocess_hps", preprocess::hps(&x, size)?), ("out.preprocess_clipscore", preprocess::clipscore(&x, size)?)] {
-            let (rshape, want) = io.host_f32(name)?;
+            let (rshape, want) = r.io.host_f32(name)?;
             let got = y.value().to_vec()?;
             if got.len() != want.len() {
-                return Err(ParityError::Bad { path: io_path.clone(), msg: format!("{name}: reference shape {rshape:?}, ours {:?}", y.shape()) });
+                return Err(ParityError::Bad { path: r.io.path.display().to_string(), msg: format!("{name}: reference shape {rshape:?}, ours {:?}", y.shape()) });
             }
-            checks.push(Check::mean_abs(name, &got, &want, 2e-2));
+            r.checks.push(Check::mean_abs(name, &got, &want, 2e-2));
         }
     }
-    Ok(checks)
+    Ok(r.checks)
 }

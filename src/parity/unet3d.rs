@@ -8,7 +8,7 @@ use std::path::Path;
 use t2v_kernels::autograd::Tape;
 use t2v_kernels::Gpu;
 
-use super::{Check, ParityError};
+use super::{Check, ParityError, Reference};
 use crate::guidance::{motion_guidance, MotionScales};
 use crate::models::unet3d::{Unet3d, UnetConfig, UnetInputs};
 use crate::models::weights::{Loader, WeightFile};
@@ -24,38 +24,25 @@ pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
     let unet = Unet3d::load(&loader, &config)?;
     let params = loader.params();
     loader.finish()?;
-    let io = WeightFile::open(&dir.join("forward.safetensors"))?;
-    let io_path = dir.join("forward.safetensors").display().to_string();
+    let mut fwd = Reference::open(&dir.join("forward.safetensors"))?;
     let tape = Tape::new();
-    let z = tape.constant(io.tensor(gpu, "in.z")?);
-    let context = tape.constant(io.tensor(gpu, "in.context")?);
-    let as_f32 = |k: &str| -> Result<Vec<f32>, ParityError> { Ok(io.host_i64(k)?.1.into_iter().map(|x| x as f32).collect()) };
+    let z = tape.constant(fwd.io.tensor(gpu, "in.z")?);
+    let context = tape.constant(fwd.io.tensor(gpu, "in.context")?);
+    let as_f32 = |k: &str| -> Result<Vec<f32>, ParityError> { Ok(fwd.io.host_i64(k)?.1.into_iter().map(|x| x as f32).collect()) };
     let (t, fps) = (as_f32("in.t")?, as_f32("in.fps")?);
-    let w = tape.constant(io.tensor(gpu, "in.w_embedding")?);
-    let m = tape.constant(io.tensor(gpu, "in.motion_embedding")?);
-    let mut checks = Vec::new();
-    let mut compare = |name: &str, got: &t2v_kernels::Tensor, abs: Option<f32>| -> Result<(), ParityError> {
-        let (shape, want) = io.host_f32(name)?;
-        if got.shape() != shape.as_slice() {
-            return Err(ParityError::Bad { path: io_path.clone(), msg: format!("{name}: reference shape {shape:?}, ours {:?}", got.shape()) });
-        }
-        let v = got.to_vec()?;
-        checks.push(match abs {
-            Some(a) => Check::absolute(name, &v, &want, a),
-            None => Check::new(name, &v, &want, 1e-4),
-        });
-        Ok(())
-    };
+    let w = tape.constant(fwd.io.tensor(gpu, "in.w_embedding")?);
+    let m = tape.constant(fwd.io.tensor(gpu, "in.motion_embedding")?);
     let teacher = unet.forward(&UnetInputs { z: &z, t: &t, context: &context, fps: &fps, w_embedding: None, motion_embedding: None, record_attention: true })?;
-    compare("out.eps_teacher", teacher.eps.value(), None)?;
+    fwd.compare("out.eps_teacher", teacher.eps.value(), None)?;
     for (path, probs) in &teacher.attention {
         let key = format!("attn.{path}");
-        if io.entries().contains_key(&key) {
-            compare(&key, probs.value(), Some(1e-5))?;
+        if fwd.io.entries().contains_key(&key) {
+            fwd.compare(&key, probs.value(), Some(1e-5))?;
         }
     }
     let student = unet.forward(&UnetInputs { z: &z, t: &t, context: &context, fps: &fps, w_embedding: Some(&w), motion_embedding: Some(&m), record_attention: false })?;
-    compare("out.eps_student", student.eps.value(), None)?;
+    fwd.compare("out.eps_student", student.eps.value(), None)?;
+    let mut checks = std::mem::take(&mut fwd.checks);
     let mg_path = dir.join("motion_guidance.safetensors");
     if mg_path.exists() {
         let mg = WeightFile::open(&mg_path)?;
@@ -81,7 +68,7 @@ pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
         }
     }
     if dir.join("solver.json").exists() && dir.join("solver.safetensors").exists() {
-        checks.extend(solver(dir, gpu, &unet, &io)?);
+        checks.extend(solver(dir, gpu, &unet, &fwd.io)?);
     }
     if dir.join("train_step.safetensors").exists() {
         let grad_params: Vec<String> = cfg["grad_params"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();

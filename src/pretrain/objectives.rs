@@ -8,7 +8,7 @@ use t2v_kernels::{Gpu, Tensor};
 
 use super::{clips_tensor, copy_model_dir, draw_clips, run_loop, LoopMetrics, PretrainConfig, StepOut};
 use crate::diffusion::Schedule;
-use crate::models::clip::Clip;
+use crate::models::clip::{l2_normalize, Clip};
 use crate::models::internvideo2::InternVideo2;
 use crate::models::tokenizer::{BertTokenizer, ClipTokenizer};
 use crate::models::unet3d::{Unet3d, UnetInputs};
@@ -261,9 +261,8 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                             let unit = ad::affine(&tape.constant(frames), 0.5, 0.5)?;
                             let feats = clip.vision.features(&crate::models::preprocess::clipscore(&unit, clip.vision.config.image_size)?)?;
                             let e = feats.shape()[1];
-                            let pooled = ad::mean(&ad::reshape(&feats, &[b, n, e])?, 1)?;
-                            let norm = ad::sqrt(&ad::sum(&ad::square(&pooled)?, -1)?)?;
-                            (ad::div(&pooled, &ad::reshape(&norm, &[b, 1])?)?, clip.text.features(tape, &tokenize(&tok, &long)?)?)
+                            let pooled = l2_normalize(&ad::mean(&ad::reshape(&feats, &[b, n, e])?, 1)?)?;
+                            (pooled, clip.text.features(tape, &tokenize(&tok, &long)?)?)
                         }
                         Tower::InternVideo2(model, bert) => {
                             // as the reward sees them: num_frames strided frames vs the long caption
@@ -275,9 +274,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                             let unit = ad::affine(&tape.constant(frames), 0.5, 0.5)?;
                             let prep = crate::models::preprocess::min_side_crop(&unit, size, 0.5)?;
                             let vid = model.video_features(&ad::reshape(&prep, &[b, n, 3, size, size])?)?;
-                            let toks = long.iter().map(|t| bert.encode(t).map_err(|e| WeightsError::Format { path: "caption".into(), msg: e.to_string() })).collect::<Result<Vec<_>>>()?;
-                            let ids: Vec<Vec<u32>> = toks.iter().map(|t| t.ids.clone()).collect();
-                            let mask: Vec<Vec<u32>> = toks.into_iter().map(|t| t.mask).collect();
+                            let (ids, mask) = bert.encode_batch(&long).map_err(|e| WeightsError::Format { path: "caption".into(), msg: e.to_string() })?;
                             (vid, model.text_features(tape, &ids, &mask)?)
                         }
                     };

@@ -8,7 +8,7 @@
 
 use t2v_kernels::autograd::{self as ad, Var};
 
-use crate::models::clip::{cosine, Clip};
+use crate::models::clip::{cosine, l2_normalize, Clip};
 use crate::models::internvideo2::InternVideo2;
 use crate::models::preprocess;
 use crate::models::tokenizer::{BertTokenizer, ClipTokenizer, TokenizerError};
@@ -90,9 +90,7 @@ impl VideoTextReward for ClipVideoReward {
         let size = self.clip.vision.config.image_size;
         let feats = self.clip.vision.features(&prepare(&frames, Preprocess::ClipScore, size)?)?; // (B*F, E)
         let e = feats.shape()[1];
-        let pooled = ad::mean(&ad::reshape(&feats, &[b, f, e])?, 1)?;
-        let norm = ad::sqrt(&ad::sum(&ad::square(&pooled)?, -1)?)?;
-        let pooled = ad::div(&pooled, &ad::reshape(&norm, &[b, 1])?)?;
+        let pooled = l2_normalize(&ad::mean(&ad::reshape(&feats, &[b, f, e])?, 1)?)?;
         let ids = prompts.iter().map(|p| Ok(self.tokenizer.encode_warn(p).map_err(token_error)?.ids)).collect::<Result<Vec<_>>>()?;
         let txt = self.clip.text.features(video.tape(), &ids)?;
         diagonal(&cosine(&pooled, &txt)?, b)
@@ -113,9 +111,7 @@ impl VideoTextReward for InternVideo2Reward {
         let size = self.model.config.vision.img_size;
         let frames = preprocess::min_side_crop(&ad::affine(&frames_of(video)?, 0.5, 0.5)?, size, crop_at)?;
         let vid = self.model.video_features(&ad::reshape(&frames, &[b, f, 3, size, size])?)?;
-        let toks = prompts.iter().map(|p| self.tokenizer.encode_warn(p).map_err(token_error)).collect::<Result<Vec<_>>>()?;
-        let ids: Vec<Vec<u32>> = toks.iter().map(|t| t.ids.clone()).collect();
-        let mask: Vec<Vec<u32>> = toks.into_iter().map(|t| t.mask).collect();
+        let (ids, mask) = self.tokenizer.encode_batch(prompts).map_err(token_error)?;
         let txt = self.model.text_features(video.tape(), &ids, &mask)?;
         diagonal(&cosine(&vid, &txt)?, b)
     }
