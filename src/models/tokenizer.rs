@@ -118,6 +118,9 @@ pub fn html_unescape(s: &str) -> String {
     out
 }
 
+/// One row of token ids (or mask values) per prompt.
+pub type TokenRows = Vec<Vec<u32>>;
+
 /// One prompt for a BERT text encoder: `[CLS] tokens [SEP]` padded to the model's length.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BertTokens {
@@ -219,7 +222,7 @@ impl BertTokenizer {
     }
 
     /// (ids, masks) of prompts, as the text encoder takes them; warns on truncation.
-    pub fn encode_batch<S: AsRef<str>>(&self, prompts: &[S]) -> Result<(Vec<Vec<u32>>, Vec<Vec<u32>>), TokenizerError> {
+    pub fn encode_batch<S: AsRef<str>>(&self, prompts: &[S]) -> Result<(TokenRows, TokenRows), TokenizerError> {
         let toks = prompts.iter().map(|p| self.encode_warn(p.as_ref())).collect::<Result<Vec<_>, _>>()?;
         Ok(toks.into_iter().map(|t| (t.ids, t.mask)).unzip())
     }
