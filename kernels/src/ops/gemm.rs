@@ -389,6 +389,10 @@ pub fn conv2d_backward(
         dxs.extend(dxc);
         if let Some(c) = dwc {
             dw = Some(match dw {
+                Some(a) if a.owns_buffer() => {
+                    super::add_assign(&a, &c)?;
+                    a
+                }
                 Some(a) => super::add(&a, &c)?,
                 None => c,
             });
