@@ -64,12 +64,6 @@ impl VideoRewardSpec {
             VideoRewardSpec::Clip { file, .. } => vec![file],
         }
     }
-
-    pub fn file(&self) -> &Path {
-        match self {
-            VideoRewardSpec::InternVideo2 { file, .. } | VideoRewardSpec::Clip { file, .. } => file,
-        }
-    }
 }
 
 /// A parsed model folder.
@@ -247,6 +241,11 @@ pub fn load_clip(gpu: &Gpu, path: &Path, config: &ClipConfig) -> Result<Clip> {
 /// `module.`): the parts scoring does not use (distillation heads, the MLM and ITM heads,
 /// BERT's fusion layers past the text layers) are skipped.
 pub fn load_internvideo2_file(gpu: &Gpu, path: &Path, config: &InternVideo2Config) -> Result<InternVideo2> {
+    Ok(load_internvideo2_params(gpu, path, config)?.0)
+}
+
+/// [`load_internvideo2_file`], with the named weights (checkpoint keys without prefix).
+pub fn load_internvideo2_params(gpu: &Gpu, path: &Path, config: &InternVideo2Config) -> Result<(InternVideo2, Vec<(String, t2v_kernels::Tensor)>)> {
     let f = WeightFile::open(path)?;
     let mut skip: Vec<String> = [
         "vision_encoder.clip_decoder.",
@@ -275,8 +274,9 @@ pub fn load_internvideo2_file(gpu: &Gpu, path: &Path, config: &InternVideo2Confi
     skip.dedup();
     let l = Loader::new(&f, gpu, &prefix).ignoring(&skip.iter().map(String::as_str).collect::<Vec<_>>());
     let m = InternVideo2::load(&l, config)?;
+    let params = l.params();
     l.finish()?;
-    Ok(m)
+    Ok((m, params))
 }
 
 /// Built-in model sizes for `t2v-turbo init`.

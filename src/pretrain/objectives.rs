@@ -14,7 +14,7 @@ use crate::models::tokenizer::{BertTokenizer, ClipTokenizer};
 use crate::models::unet3d::{Unet3d, UnetInputs};
 use crate::models::vae::Vae;
 use crate::models::weights::{save_weights, Loader, Result, SaveDtype, WeightFile, WeightsError};
-use crate::pipeline::model_dir::{ModelDir, VideoRewardSpec};
+use crate::pipeline::model_dir::{load_internvideo2_params, ModelDir, VideoRewardSpec};
 use crate::pipeline::sample::Gaussian;
 use crate::reward::Preprocess;
 use crate::world::WorldConfig;
@@ -223,7 +223,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                     towers.push((Tower::ClipVideo(Box::new(c)), p, file.clone()));
                 }
                 Some(VideoRewardSpec::InternVideo2 { file, config, tokenizer }) => {
-                    let (m, p) = load(gpu, file, |l| InternVideo2::load(l, config))?;
+                    let (m, p) = load_internvideo2_params(gpu, file, config)?;
                     let tok = BertTokenizer::from_file(tokenizer, config.max_txt_len).map_err(|e| WeightsError::Format { path: tokenizer.display().to_string(), msg: e.to_string() })?;
                     towers.push((Tower::InternVideo2(Box::new(m), Box::new(tok)), p, file.clone()));
                 }
