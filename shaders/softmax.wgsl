@@ -1,17 +1,27 @@
 // Softmax along the last axis of (rows, len): y = softmax(scale * x).
 //   softmax_thread: one thread per row (short rows, e.g. temporal attention over frames)
 //   softmax_wg:     one workgroup per row
+// and the in-place row kernels of attention over materialised scores (rows = BH * Lq,
+// len = Lk; with `causal` = Lq > 0, row r is query r % Lq and sees keys 0..=r % Lq):
+//   softmax_lse_thread / _wg: s <- softmax(s) in place, lse[r] = log sum_j exp(s[r, j])
+//   exp_sub_rows:             s <- exp(s - lse[r]) in place (probabilities from saved lse)
+//   ds_rows:                  dp <- p * (dp - dvec[r]) in place (softmax backward)
 
 struct Params {
     rows: u32,
     len: u32,
     scale: f32,
-    _pad: u32,
+    causal: u32,         // row kernels: Lq of a causal mask, 0 for none
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
+// row kernels: binding 1 = s (in place), binding 2 = per-row values, binding 3 = dp (in place)
+@group(0) @binding(1) var<storage, read_write> s_io: array<f32>;
+@group(0) @binding(2) var<storage, read_write> row_out: array<f32>;
+@group(0) @binding(2) var<storage, read> row_in: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dp_io: array<f32>;
 
 @compute @workgroup_size(WG)
 fn softmax_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -60,5 +70,103 @@ fn softmax_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         for (var j = lid; j < p.len; j += WG) {
             y[base + j] = exp(p.scale * x[base + j] - m) * inv;
         }
+    }
+}
+
+// Is key j hidden from row r by the causal mask?
+fn masked(r: u32, j: u32) -> bool {
+    return p.causal > 0u && j > r % p.causal;
+}
+
+@compute @workgroup_size(WG)
+fn softmax_lse_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg) * WG + lid;
+    if (r >= p.rows) {
+        return;
+    }
+    let base = r * p.len;
+    var m = neg_inf();
+    for (var j = 0u; j < p.len; j++) {
+        if (!masked(r, j)) {
+            m = max(m, s_io[base + j]);
+        }
+    }
+    var t = 0.0;
+    for (var j = 0u; j < p.len; j++) {
+        if (!masked(r, j)) {
+            t += exp(s_io[base + j] - m);
+        }
+    }
+    let inv = 1.0 / t;
+    for (var j = 0u; j < p.len; j++) {
+        s_io[base + j] = select(exp(s_io[base + j] - m) * inv, 0.0, masked(r, j));
+    }
+    row_out[r] = m + log(t);
+}
+
+@compute @workgroup_size(WG)
+fn softmax_lse_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg);
+    let live = r < p.rows;
+    let base = r * p.len;
+    var m = neg_inf();
+    if (live) {
+        for (var j = lid; j < p.len; j += WG) {
+            if (!masked(r, j)) {
+                m = max(m, s_io[base + j]);
+            }
+        }
+    }
+    m = wg_max(m, lid);
+    var t = 0.0;
+    if (live) {
+        for (var j = lid; j < p.len; j += WG) {
+            if (!masked(r, j)) {
+                t += exp(s_io[base + j] - m);
+            }
+        }
+    }
+    t = wg_sum(t, lid);
+    if (live) {
+        let inv = 1.0 / t;
+        for (var j = lid; j < p.len; j += WG) {
+            s_io[base + j] = select(exp(s_io[base + j] - m) * inv, 0.0, masked(r, j));
+        }
+        if (lid == 0u) {
+            row_out[r] = m + log(t);
+        }
+    }
+}
+
+// One workgroup per row (WG threads stride along it): no per-element index division.
+@compute @workgroup_size(WG)
+fn exp_sub_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg);
+    if (r >= p.rows) {
+        return;
+    }
+    let base = r * p.len;
+    let l = row_in[r];
+    // with a causal mask, keys past the query get 0
+    let seen = select(p.len, min(p.len, r % max(p.causal, 1u) + 1u), p.causal > 0u);
+    for (var j = lid; j < p.len; j += WG) {
+        s_io[base + j] = select(0.0, exp(s_io[base + j] - l), j < seen);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn ds_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg);
+    if (r >= p.rows) {
+        return;
+    }
+    let base = r * p.len;
+    let d = row_in[r];
+    for (var j = lid; j < p.len; j += WG) {
+        dp_io[base + j] = x[base + j] * (dp_io[base + j] - d);
     }
 }

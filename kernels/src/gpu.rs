@@ -126,6 +126,8 @@ pub(crate) struct GpuInner {
     pub errors: Arc<Mutex<Vec<String>>>,
     pub variant: Mutex<KernelVariant>,
     pub attention_path: Mutex<AttentionPath>,
+    /// Depth of [`Gpu::memory_lean`] scopes now running.
+    pub memory_lean: std::sync::atomic::AtomicUsize,
     pub shader_checks: std::sync::atomic::AtomicBool,
 }
 
@@ -150,7 +152,9 @@ pub enum AttentionPath {
     /// Fused kernels (nothing of size Lq x Lk stored) on GPUs; on CPU adapters, matmul +
     /// softmax through materialised scores when those stay under
     /// [`crate::ops::CPU_MATERIALISED_SCORES_MAX_BYTES`]: llvmpipe runs the subgroup GEMM
-    /// several times faster per FLOP than the fused kernels' gathers.
+    /// several times faster per FLOP than the fused kernels' gathers — except inside
+    /// [`Gpu::memory_lean`] scopes (recomputation checkpoints), which take the fused kernels
+    /// to keep the Lq x Lk transients out of memory.
     #[default]
     Auto,
     /// Always the fused kernels where they apply (head dims, loop budget).
@@ -238,6 +242,7 @@ impl Gpu {
             errors,
             variant: Mutex::new(KernelVariant::Auto),
             attention_path: Mutex::new(AttentionPath::Auto),
+            memory_lean: std::sync::atomic::AtomicUsize::new(0),
             shader_checks: std::sync::atomic::AtomicBool::new(std::env::var(SHADER_CHECKS_ENV).is_ok_and(|v| v == "1")),
         }))
     }
@@ -275,6 +280,25 @@ impl Gpu {
     }
     pub fn attention_path(&self) -> AttentionPath {
         *self.0.attention_path.lock().unwrap()
+    }
+    /// Runs `f` preferring memory over speed where kernels have the choice (today: fused
+    /// attention under [`AttentionPath::Auto`] on CPU adapters). `Tape::checkpoint` runs its
+    /// blocks in such a scope. Scopes nest; they are per device, not per thread.
+    pub fn memory_lean<R>(&self, f: impl FnOnce() -> R) -> R {
+        use std::sync::atomic::Ordering;
+        struct Exit<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Exit<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.0.memory_lean.fetch_add(1, Ordering::SeqCst);
+        let _exit = Exit(&self.0.memory_lean);
+        f()
+    }
+    /// Is a [`Gpu::memory_lean`] scope running?
+    pub fn is_memory_lean(&self) -> bool {
+        self.0.memory_lean.load(std::sync::atomic::Ordering::SeqCst) > 0
     }
     /// Most loop iterations one kernel invocation may run on this device, if it is bounded.
     /// llvmpipe (lavapipe) stops any invocation's loops after 65535 back-edges in total,

@@ -75,3 +75,21 @@ fn attention_rejects_mismatched_shapes() {
     let e = ops::attention(&q, &k2, &v, 1.0, false).unwrap_err().to_string();
     assert!(e.contains("[4, 5, 8]") && e.contains("[4, 6, 7]"), "{e}");
 }
+
+#[test]
+fn memory_lean_scopes_take_the_fused_kernels() {
+    let g = &private_gpu(); // its own attention setting, apart from the tests above
+    g.set_attention_path(AttentionPath::Auto);
+    let cpu_default = ops::materialises_scores(g, 2, 64, 64);
+    assert_eq!(cpu_default, g.is_cpu(), "Auto materialises small scores on CPU adapters only");
+    let inside = g.memory_lean(|| (ops::materialises_scores(g, 2, 64, 64), g.memory_lean(|| g.is_memory_lean()), g.is_memory_lean()));
+    assert_eq!(inside, (false, true, true), "fused inside (nested) scopes");
+    assert!(!g.is_memory_lean(), "the scope ends with its closure");
+    // a forced path is kept inside the scope
+    g.set_attention_path(AttentionPath::Materialised);
+    assert!(g.memory_lean(|| ops::materialises_scores(g, 2, 64, 64)));
+    g.set_attention_path(AttentionPath::Auto);
+    // an early exit (panic) leaves no scope behind
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.memory_lean(|| panic!("inside"))));
+    assert!(!g.is_memory_lean());
+}

@@ -290,19 +290,20 @@ impl Tape {
     /// Gradient checkpointing: runs `block` on `inputs` without keeping its intermediate
     /// values, and re-runs it during the backward pass to get the gradients. Pass every
     /// tracked value the block uses (its parameters too) in `inputs`; `block` receives them
-    /// as Vars of a private tape and must be deterministic.
+    /// as Vars of a private tape and must be deterministic. Both runs of the block happen in
+    /// the device's [`crate::Gpu::memory_lean`] scope (e.g. fused attention on CPU adapters).
     pub fn checkpoint<F>(&self, inputs: &[&Var], block: F) -> Result<Var>
     where
         F: Fn(&[Var]) -> Result<Var> + Send + 'static,
     {
         let inner = Tape::new();
         let detached: Vec<Var> = inputs.iter().map(|v| inner.constant(v.value.clone())).collect();
-        let out = inner.no_grad(|| block(&detached))?;
+        let out = memory_lean(inputs.first().map(|v| &v.value), || inner.no_grad(|| block(&detached)))?;
         let saved: Vec<Tensor> = inputs.iter().map(|v| v.value.clone()).collect();
         self.record(
             out.value.clone(),
             inputs,
-            Box::new(move |g, needs| {
+            Box::new(move |g, needs| memory_lean(saved.first(), || {
                 let sub = Tape::new();
                 let vars: Vec<Var> = saved
                     .iter()
@@ -315,7 +316,7 @@ impl Tape {
                 }
                 let grads = sub.backward_with(&y, g.clone())?;
                 Ok(vars.iter().map(|v| grads.get(v).cloned()).collect())
-            }),
+            })),
         )
     }
 }
@@ -340,7 +341,7 @@ impl Tape {
         let inner = Tape::new();
         inner.0.lock().unwrap().param_log = Some(Default::default());
         let detached: Vec<Var> = inputs.iter().map(|v| inner.constant(v.value.clone())).collect();
-        let out = inner.no_grad(|| block(&detached))?;
+        let out = memory_lean(inputs.first().map(|v| &v.value), || inner.no_grad(|| block(&detached)))?;
         let used = inner.0.lock().unwrap().param_log.take().map(|(_, l)| l).unwrap_or_default();
         let trained: Vec<Tensor> = if trainable { used.into_iter().filter(|w| only.as_ref().is_none_or(|o| o.contains(&w.storage_id()))).collect() } else { vec![] };
         let wvars: Vec<Var> = trained.iter().map(|w| self.param(w)).collect();
@@ -351,7 +352,7 @@ impl Tape {
         self.record(
             out.value.clone(),
             &all,
-            Box::new(move |g, needs| {
+            Box::new(move |g, needs| memory_lean(saved.first(), || {
                 let sub = Tape::new();
                 let vars: Vec<Var> = saved.iter().zip(needs).map(|(t, &n)| if n { sub.leaf(t.clone()) } else { sub.constant(t.clone()) }).collect();
                 let train: Vec<Tensor> = trained.iter().zip(&needs[n_in..]).filter(|(_, &n)| n).map(|(w, _)| w.clone()).collect();
@@ -366,8 +367,17 @@ impl Tape {
                     out.push(if n { sub.param_grad(&grads, w)? } else { None });
                 }
                 Ok(out)
-            }),
+            })),
         )
+    }
+}
+
+/// Runs a checkpointed block (its first run and its recomputation) in the device's
+/// memory-lean scope: checkpointing is asked for to save memory (see [`crate::Gpu::memory_lean`]).
+fn memory_lean<R>(any_input: Option<&Tensor>, f: impl FnOnce() -> R) -> R {
+    match any_input {
+        Some(t) => t.gpu().clone().memory_lean(f),
+        None => f(),
     }
 }
 

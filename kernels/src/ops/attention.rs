@@ -30,7 +30,7 @@ pub const FUSED_MAX_D: usize = 128;
 const ROWS_PER_GROUP: usize = 64;
 
 /// Largest score matrix (BH x Lq x Lk f32) that [`crate::AttentionPath::Auto`]
-/// materialises on a CPU adapter.
+/// materialises on a CPU adapter (outside [`crate::Gpu::memory_lean`] scopes).
 pub const CPU_MATERIALISED_SCORES_MAX_BYTES: usize = 64 << 20;
 
 /// Does attention of this size take the materialised path by the device's
@@ -39,7 +39,7 @@ pub fn materialises_scores(gpu: &crate::Gpu, bh: usize, lq: usize, lk: usize) ->
     match gpu.attention_path() {
         crate::AttentionPath::Fused => false,
         crate::AttentionPath::Materialised => true,
-        crate::AttentionPath::Auto => gpu.is_cpu() && bh * lq * lk * 4 <= CPU_MATERIALISED_SCORES_MAX_BYTES,
+        crate::AttentionPath::Auto => gpu.is_cpu() && !gpu.is_memory_lean() && bh * lq * lk * 4 <= CPU_MATERIALISED_SCORES_MAX_BYTES,
     }
 }
 
@@ -59,12 +59,6 @@ pub struct Attention {
 /// `capture` also returns the probability matrix.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool) -> Result<Attention> {
     attention_masked(q, k, v, scale, capture, false)
-}
-
-/// Additive mask (Lq, Lk): 0 on and below the diagonal, -inf above.
-fn causal_mask(gpu: &crate::Gpu, lq: usize, lk: usize) -> Result<Tensor> {
-    let m: Vec<f32> = (0..lq * lk).map(|x| if x % lk > x / lk { f32::NEG_INFINITY } else { 0.0 }).collect();
-    Tensor::from_slice(gpu, &[lq, lk], &m)
 }
 
 /// [`attention`] with an optional causal mask (query i sees keys 0..=i; needs Lq == Lk).
@@ -120,32 +114,26 @@ pub fn attention_masked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture:
     Ok(Attention { out, lse, probs })
 }
 
-/// Same result through matmul + softmax (any head dim; materialises the scores).
+/// Same result through matmul + softmax (any head dim). One Lq x Lk buffer: the scores
+/// become the probabilities in place, and the row log-sum-exp comes with them.
 fn attention_unfused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool, causal: bool) -> Result<Attention> {
-    use super::{add, broadcast_to, log, matmul, matmul_ex, max, softmax_scaled, sub, Matmul};
+    use super::softmax::softmax_lse_in_place;
+    use super::{matmul, matmul_ex, Matmul};
     let (bh, lq) = (q.shape()[0], q.shape()[1]);
-    let (k, v) = if k.shape()[0] != bh {
-        let r = bh / k.shape()[0];
-        let expand = |t: &Tensor| -> Result<Tensor> {
-            let s = t.shape();
-            broadcast_to(&t.reshape(&[s[0], 1, s[1], s[2]])?, &[s[0], r, s[1], s[2]])?.reshape(&[bh, s[1], s[2]])
-        };
-        (expand(k)?, expand(v)?)
-    } else {
-        (k.clone(), v.clone())
-    };
-    // scores live only until the probabilities and row maxima are taken
-    let (probs, m) = {
-        let mut scores = matmul_ex(q, &k, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
-        if causal {
-            scores = add(&scores, &causal_mask(q.gpu(), lq, k.shape()[1])?)?;
-        }
-        (softmax_scaled(&scores, 1.0)?, max(&scores, -1)?)
-    };
+    let (k, v) = (expand_kv(k, bh)?, expand_kv(v, bh)?);
+    let probs = matmul_ex(q, &k, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
+    let lse = softmax_lse_in_place(&probs, if causal { lq } else { 0 })?;
     let out = matmul(&probs, &v)?;
-    // the largest probability of a row is exp(max - lse): lse = max - log(max p)
-    let lse = sub(&m, &log(&max(&probs, -1)?)?)?;
     Ok(Attention { out, lse, probs: capture.then_some(probs) })
+}
+
+/// K or V (B', L, D) repeated to the BH query batches (each batch serving BH / B' of them).
+fn expand_kv(t: &Tensor, bh: usize) -> Result<Tensor> {
+    let s = t.shape();
+    if s[0] == bh {
+        return Ok(t.clone());
+    }
+    super::broadcast_to(&t.reshape(&[s[0], 1, s[1], s[2]])?, &[s[0], bh / s[0], s[1], s[2]])?.reshape(&[bh, s[1], s[2]])
 }
 
 /// Gradients of [`attention`] for the output gradient `dout`, from the forward's `out` and
@@ -223,17 +211,10 @@ fn attention_backward_unfused(
     causal: bool,
     need: (bool, bool, bool),
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    use super::{add, broadcast_to, exp, matmul, matmul_ex, mul, scale as scl, sub, sum, Matmul};
+    use super::softmax::{ds_rows_in_place, exp_sub_rows_in_place};
+    use super::{matmul_ex, sum, Matmul};
     let (bh, lq) = (q.shape()[0], q.shape()[1]);
-    let (bk, lk) = (k.shape()[0], k.shape()[1]);
-    let rep = bh / bk;
-    let expand = |t: &Tensor| -> Result<Tensor> {
-        if rep == 1 {
-            return Ok(t.clone());
-        }
-        let s = t.shape();
-        broadcast_to(&t.reshape(&[s[0], 1, s[1], s[2]])?, &[s[0], rep, s[1], s[2]])?.reshape(&[bh, s[1], s[2]])
-    };
+    let (bk, rep) = (k.shape()[0], bh / k.shape()[0]);
     let fold = |t: Tensor| -> Result<Tensor> {
         if rep == 1 {
             return Ok(t);
@@ -241,23 +222,16 @@ fn attention_backward_unfused(
         let s = t.shape().to_vec();
         sum(&t.reshape(&[bk, rep, s[1], s[2]])?, 1)
     };
-    let (ke, ve) = (expand(k)?, expand(v)?);
-    // P = exp(scale q k^T - lse); the scores and dP are dropped as soon as they are used
-    let pr = {
-        let mut scores = matmul_ex(q, &ke, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
-        if causal {
-            scores = add(&scores, &causal_mask(q.gpu(), lq, lk)?)?;
-        }
-        exp(&sub(&scores, &lse.reshape(&[bh, lq, 1])?)?)?
-    };
-    // dS = P * (dP - D), dP = dO V^T
-    let ds = {
-        let dp = matmul_ex(dout, &ve, Matmul { trans_b: true, ..Default::default() })?;
-        mul(&pr, &sub(&dp, &dvec.reshape(&[bh, lq, 1])?)?)?
-    };
+    let (ke, ve) = (expand_kv(k, bh)?, expand_kv(v, bh)?);
+    // Two Lq x Lk buffers: P = exp(scale q k^T - lse) in place over the scores, and
+    // dS = P * (dP - D) in place over dP = dO V^T.
+    let pr = matmul_ex(q, &ke, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
+    exp_sub_rows_in_place(&pr, lse, if causal { lq } else { 0 })?;
+    let ds = matmul_ex(dout, &ve, Matmul { trans_b: true, ..Default::default() })?;
+    ds_rows_in_place(&pr, &ds, dvec)?;
     let dv = if need.2 { Some(fold(matmul_ex(&pr, dout, Matmul { trans_a: true, ..Default::default() })?)?) } else { None };
     drop(pr);
-    let dq = if need.0 { Some(scl(&matmul(&ds, &ke)?, scale)?) } else { None };
+    let dq = if need.0 { Some(matmul_ex(&ds, &ke, Matmul { alpha: scale, ..Default::default() })?) } else { None };
     let dk = if need.1 { Some(fold(matmul_ex(&ds, q, Matmul { trans_a: true, alpha: scale, ..Default::default() })?)?) } else { None };
     Ok((dq, dk, dv))
 }

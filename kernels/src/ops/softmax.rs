@@ -13,7 +13,7 @@ struct Params {
     rows: u32,
     len: u32,
     scale: f32,
-    _pad: u32,
+    causal: u32,
 }
 
 /// softmax(scale * x) over the last axis.
@@ -29,7 +29,7 @@ pub fn softmax_scaled(x: &Tensor, scale: f32) -> Result<Tensor> {
         return Ok(y);
     }
     let gpu = x.gpu();
-    let p = Params { rows: rows as u32, len: len as u32, scale, _pad: 0 };
+    let p = Params { rows: rows as u32, len: len as u32, scale, causal: 0 };
     let (entry, wg, groups) = if len <= 128 {
         ("softmax_thread", 64u32, fold_groups(gpu, rows, 64))
     } else {
@@ -43,4 +43,58 @@ pub fn softmax_scaled(x: &Tensor, scale: f32) -> Result<Tensor> {
 /// softmax(x) over the last axis.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
     softmax_scaled(x, 1.0)
+}
+
+// In-place row kernels of attention over materialised scores (`attention.rs`). They
+// overwrite their first argument, so callers pass only tensors they made and hold alone.
+// `causal` = Lq of a causal mask over (BH, Lq, Lk) rows, 0 for none.
+
+fn row_params(s: &Tensor, causal: usize) -> (Params, usize) {
+    let len = s.dim(-1);
+    let rows = s.numel() / len.max(1);
+    (Params { rows: rows as u32, len: len as u32, scale: 1.0, causal: causal as u32 }, rows)
+}
+
+/// Threads of the one-workgroup-per-row kernels: enough to cover short rows once.
+fn row_wg(len: u32) -> u32 {
+    len.next_power_of_two().clamp(8, 256)
+}
+
+/// s <- softmax(s) along the last axis, in place; returns the log-sum-exp of each row
+/// (shape `s.shape()[..rank - 1]`).
+pub(crate) fn softmax_lse_in_place(s: &Tensor, causal: usize) -> Result<Tensor> {
+    let (p, rows) = row_params(s, causal);
+    let lse = Tensor::empty(s.gpu(), &s.shape()[..s.rank() - 1], DType::F32, "softmax lse")?;
+    if s.numel() == 0 {
+        return Ok(lse);
+    }
+    let gpu = s.gpu();
+    let len = p.len as usize;
+    let (entry, wg, groups) = if len <= 128 {
+        ("softmax_lse_thread", 64u32, fold_groups(gpu, rows, 64))
+    } else {
+        ("softmax_lse_wg", (len.next_power_of_two() as u32).clamp(32, 256), fold_groups(gpu, rows, 1))
+    };
+    launch(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(&p), &[s, &lse], groups)?;
+    Ok(lse)
+}
+
+/// s <- exp(s - lse[row]) in place (0 where the causal mask hides a key).
+pub(crate) fn exp_sub_rows_in_place(s: &Tensor, lse: &Tensor, causal: usize) -> Result<()> {
+    let (p, rows) = row_params(s, causal);
+    if lse.numel() != rows {
+        return shape_err("exp_sub_rows", format!("{} row values for {rows} rows of {:?}", lse.numel(), s.shape()));
+    }
+    let gpu = s.gpu();
+    launch(gpu, &SOFTMAX, "exp_sub_rows", &[("WG", row_wg(p.len) as f64)], bytemuck::bytes_of(&p), &[s, lse], fold_groups(gpu, rows, 1))
+}
+
+/// dp <- p * (dp - d[row]) in place: the softmax backward dS from dP and D = rowsum(dO * O).
+pub(crate) fn ds_rows_in_place(p: &Tensor, dp: &Tensor, d: &Tensor) -> Result<()> {
+    let (params, rows) = row_params(dp, 0);
+    if p.shape() != dp.shape() || d.numel() != rows {
+        return shape_err("ds_rows", format!("p {:?}, dp {:?}, d {:?}", p.shape(), dp.shape(), d.shape()));
+    }
+    let gpu = p.gpu();
+    launch(gpu, &SOFTMAX, "ds_rows", &[("WG", row_wg(params.len) as f64)], bytemuck::bytes_of(&params), &[p, d, dp], fold_groups(gpu, rows, 1))
 }
