@@ -106,6 +106,42 @@ fn unary_op(v: f32) -> f32 {
     }
 }
 
+// Strided unary / copy by runs: one thread per run of up to RUN elements along the last
+// (coalesced) dimension, so the index decomposition (integer divisions, slow on CPU
+// adapters) happens once per run instead of once per element. p.n = number of runs.
+const RUN: u32 = 32u;
+
+@compute @workgroup_size(256)
+fn unary_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let t = flat_index(wid, nwg, lid);
+    if (t >= p.n) {
+        return;
+    }
+    let last = p.rank - 1u;
+    let len = p.shape[last / 4u][last % 4u];
+    let runs = (len + RUN - 1u) / RUN;
+    var rem = t / runs;
+    let start = (t - rem * runs) * RUN;
+    var xo = p.x_off;
+    var oo = p.out_off;
+    for (var d = i32(last) - 1; d >= 0; d--) {
+        let q = u32(d) / 4u;
+        let r = u32(d) % 4u;
+        let size = p.shape[q][r];
+        let coord = rem % size;
+        rem = rem / size;
+        xo += coord * p.xs[q][r];
+        oo += coord * p.os[q][r];
+    }
+    let xs = p.xs[last / 4u][last % 4u];
+    let os = p.os[last / 4u][last % 4u];
+    let end = min(len, start + RUN);
+    for (var j = start; j < end; j++) {
+        y[oo + j * os] = p.alpha * unary_op(x[xo + j * xs]) + p.beta;
+    }
+}
+
 // y = alpha * op(x) + beta
 @compute @workgroup_size(256)
 fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -47,6 +47,22 @@ fn main() {
     let t = best_time(b.budget, 3, || check_value("copy", ops::scale(&x, 1.0).unwrap().item_at(n - 1).unwrap(), xv[n - 1] as f64, 0.0));
     let copy_gbs = b.row("copy (bandwidth)", format!("{n}"), t, 8.0 * n as f64, "GB/s", None);
 
+    // Strided copies (permutes) the 3D UNet makes: heads split (N, L, H, D) -> (N, H, L, D),
+    // and video <-> frames (B, C, T, HW) -> (B, T, C, HW).
+    let perms: [(&str, Vec<usize>, Vec<usize>); 2] = if cpu {
+        [("permute heads", vec![32, 256, 2, 16], vec![0, 2, 1, 3]), ("permute frames", vec![4, 32, 8, 256], vec![0, 2, 1, 3])]
+    } else {
+        [("permute heads", vec![16, 4096, 5, 64], vec![0, 2, 1, 3]), ("permute frames", vec![2, 320, 16, 1024], vec![0, 2, 1, 3])]
+    };
+    for (name, shape, perm) in perms {
+        let (x, xv) = b.tensor(&shape, 9);
+        let numel: usize = shape.iter().product();
+        // the last output element reads input (s0-1, s1-1, s2-1, s3-1) for a [0, 2, 1, 3] permute
+        let want = xv[numel - 1] as f64;
+        let t = best_time(b.budget, 3, || check_value(name, ops::permute(&x, &perm).unwrap().item_at(numel - 1).unwrap(), want, 0.0));
+        b.row(name, format!("{shape:?}"), t, 8.0 * numel as f64, "GB/s", Some(copy_gbs));
+    }
+
     // Matmul: squares and UNet shapes (M x K x N).
     let mut mm = vec![(256, 256, 256), (512, 512, 512), (1024, 1024, 1024)];
     if !quick {

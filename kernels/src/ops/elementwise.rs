@@ -29,6 +29,11 @@ pub(crate) struct EwParams {
     os: [u32; 8],
 }
 
+/// Elements per thread of the strided `unary_runs` kernel (RUN in elementwise.wgsl), and the
+/// shortest last dimension that takes it.
+const STRIDED_RUN: usize = 32;
+const STRIDED_RUN_MIN: usize = 4;
+
 /// Unary ops; codes match `unary_op` in elementwise.wgsl.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnaryOp {
@@ -164,7 +169,7 @@ pub(crate) fn unary_into(
     if is_contiguous(&cshape, &cs[1]) {
         flags |= 4;
     }
-    let p = EwParams {
+    let mut p = EwParams {
         n: n as u32,
         rank: cshape.len() as u32,
         flags,
@@ -179,9 +184,18 @@ pub(crate) fn unary_into(
         os: pad8(&cs[1]),
     };
     let gpu = x.t.gpu();
-    // Whole contiguous tensors go 4 elements per thread.
+    // Whole contiguous tensors go 4 elements per thread; strided ones by runs along the
+    // last dimension when that is long enough to pay for it.
     let whole = flags == 7 && x.offset == 0 && out.offset == 0;
-    let (entry, threads) = if whole { ("unary4", n.div_ceil(4)) } else { ("unary", n) };
+    let last = *cshape.last().expect("coalesce keeps one dimension");
+    let (entry, threads) = if whole {
+        ("unary4", n.div_ceil(4))
+    } else if flags != 7 && last >= STRIDED_RUN_MIN {
+        p.n = (n / last * last.div_ceil(STRIDED_RUN)) as u32;
+        ("unary_runs", p.n as usize)
+    } else {
+        ("unary", n)
+    };
     launch(
         gpu,
         &ELEMENTWISE,
