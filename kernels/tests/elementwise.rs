@@ -184,6 +184,24 @@ fn permute_transpose_slice_concat_broadcast() {
 }
 
 #[test]
+fn strided_copies_over_several_runs() {
+    // last dims longer than one run of the strided kernel (32), not a multiple of it,
+    // read contiguously (heads-style permute) and with a stride (transpose)
+    let (x, xv) = rand_tensor(&[2, 3, 5, 75], 6, -1.0, 1.0);
+    let p = ops::permute(&x, &[0, 2, 1, 3]).unwrap().to_vec().unwrap();
+    let mut want = vec![];
+    for a in 0..2 { for c in 0..5 { for b in 0..3 { for d in 0..75 { want.push(xv[((a * 3 + b) * 5 + c) * 75 + d]); } } } }
+    assert_eq!(p, want);
+    let (y, yv) = rand_tensor(&[9, 70], 7, -1.0, 1.0);
+    let t = ops::transpose(&y, 0, 1).unwrap();
+    assert_eq!(t.shape(), [70, 9]);
+    let tt = ops::transpose(&t, 0, 1).unwrap().to_vec().unwrap();
+    assert_eq!(tt, yv, "transposing twice (each read strided along the output's last dim)");
+    let tv = t.to_vec().unwrap();
+    for i in 0..70 { for j in 0..9 { assert_eq!(tv[i * 9 + j], yv[j * 70 + i]); } }
+}
+
+#[test]
 fn nearest_upsample_doubles_each_pixel() {
     let (x, xv) = rand_tensor(&[2, 3, 5, 7], 5, -1.0, 1.0);
     let y = ops::upsample_nearest2x(&x).unwrap();
