@@ -43,6 +43,13 @@ fn each_stage_trains_and_resumes_exactly() {
         assert_eq!(ms_b.len(), 1, "{what:?}: resumed at step 2");
         assert_eq!(ms_b[0].loss.to_bits(), ms[2].loss.to_bits(), "{what:?}");
         assert_eq!(values(&b.join(file)), values(&a.join(file)), "{what:?}");
+        // the weights record their pretraining, and a continued run records both
+        let note = |dir: &std::path::Path| WeightFile::open(&dir.join(file)).unwrap().metadata.get("pretrained").cloned();
+        assert_eq!(note(&a).as_deref(), Some("3 steps on the moving-shapes world"), "{what:?}");
+        assert_eq!(note(&b), note(&a), "{what:?}: resuming is not continuing");
+        let c = d.join(format!("{what:?}-continued"));
+        pretrain(&g, what, &md, &c, &cfg(1), 10, SaveDtype::F32, true).unwrap();
+        assert_eq!(note(&c).as_deref(), Some("1 step on the moving-shapes world, after 3 steps on the moving-shapes world"), "{what:?}");
         // the output is a model folder with the source's other models
         let back = ModelDir::read(&a).unwrap();
         assert_eq!(back.unet.1, src.unet.1);

@@ -1,5 +1,7 @@
 //! The three pretraining objectives (see the module docs of `pretrain`).
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use t2v_kernels::autograd::{self as ad, Tape, Var};
@@ -46,6 +48,30 @@ fn load<T>(gpu: &Gpu, path: &Path, f: impl FnOnce(&Loader) -> Result<T>) -> Resu
     let params = l.params();
     l.finish()?;
     Ok((m, params))
+}
+
+/// The "pretrained" metadata of the source folder's weight files, by file name: what the
+/// weights had been through before this run (continued pretraining records both).
+fn source_notes(src: &ModelDir) -> BTreeMap<OsString, String> {
+    let mut src = src.clone();
+    let mut files = vec![src.unet.0.clone(), src.vae.0.clone(), src.text.0.clone()];
+    files.extend(src.image_rewards.iter().map(|r| r.file.clone()));
+    if let Some(v) = &mut src.video_reward {
+        files.extend(v.files_mut().into_iter().map(|f| f.clone()));
+    }
+    files
+        .iter()
+        .filter_map(|f| Some((f.file_name()?.to_os_string(), WeightFile::open(f).ok()?.metadata.get("pretrained")?.clone())))
+        .collect()
+}
+
+/// The "pretrained" metadata of `file` after `steps` more steps.
+fn pretrained_note(notes: &BTreeMap<OsString, String>, file: &Path, steps: u64) -> String {
+    let now = format!("{steps} step{} on the moving-shapes world", if steps == 1 { "" } else { "s" });
+    match file.file_name().and_then(|n| notes.get(n)) {
+        Some(before) => format!("{now}, after {before}"),
+        None => now,
+    }
 }
 
 fn tokenize(tok: &ClipTokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>> {
@@ -109,6 +135,7 @@ fn strided_frames(x: &Tensor, rng: &mut Gaussian, n: usize, world: &WorldConfig)
 /// Pretrains `what` starting from the models of `src`; writes the model folder `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &PretrainConfig, every: u64, dtype: SaveDtype, quiet: bool) -> Result<(ModelDir, Vec<LoopMetrics>)> {
+    let notes = source_notes(src);
     let mut md = copy_model_dir(src, out)?;
     let world = WorldConfig { frames: md.video.frames, size: md.video.height, short_fraction: 0.5 };
     if md.video.height != md.video.width {
@@ -167,7 +194,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
             let mean = unscaled.iter().sum::<f64>() / unscaled.len() as f64;
             let std = (unscaled.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / unscaled.len() as f64).sqrt();
             md.vae.1.scale_factor = (1.0 / std.max(1e-6)) as f32;
-            save_weights(&md.vae.0, &params, dtype, &[("model", "vae".into()), ("pretrained", format!("{} steps on the moving-shapes world", cfg.steps))])?;
+            save_weights(&md.vae.0, &params, dtype, &[("model", "vae".into()), ("pretrained", pretrained_note(&notes, &md.vae.0, cfg.steps))])?;
             m
         }
         What::Teacher => {
@@ -206,7 +233,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 let eps = unet.forward(&UnetInputs { z: &tape.constant(z_t), t: &tf, context: &tape.constant(ctx), fps: &fps, w_embedding: None, motion_embedding: None, record_attention: false })?.eps;
                 Ok(StepOut { loss: ad::mse(&eps, &tape.constant(noise))?, logs: vec![] })
             })?;
-            save_weights(&md.unet.0, &params, dtype, &[("model", "unet3d teacher".into()), ("pretrained", format!("{} steps on the moving-shapes world", cfg.steps))])?;
+            save_weights(&md.unet.0, &params, dtype, &[("model", "unet3d teacher".into()), ("pretrained", pretrained_note(&notes, &md.unet.0, cfg.steps))])?;
             m
         }
         What::Reward | What::ImageRewards | What::VideoReward => {
@@ -288,7 +315,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 Ok(StepOut { loss: total.expect("a tower"), logs })
             })?;
             for (tower, p, file) in &towers {
-                save_weights(file, p, dtype, &[("model", tower.model_name().into()), ("pretrained", format!("{} steps on the moving-shapes world", cfg.steps))])?;
+                save_weights(file, p, dtype, &[("model", tower.model_name().into()), ("pretrained", pretrained_note(&notes, file, cfg.steps))])?;
             }
             m
         }
