@@ -42,15 +42,11 @@ fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
 }
 
-// Offsets of logical element i in (x, b, out).
-fn offsets(i: u32) -> vec3<u32> {
-    var o = vec3<u32>(p.x_off + i, i, p.out_off + i);
-    if ((p.flags & 7u) == 7u) {
-        return o;
-    }
+// Offsets in (x, b, out) of element i of the logical shape's first `dims` dimensions.
+fn strided_offsets(i: u32, dims: u32) -> vec3<u32> {
     var rem = i;
     var s = vec3<u32>(p.x_off, 0u, p.out_off);
-    for (var d = i32(p.rank) - 1; d >= 0; d--) {
+    for (var d = i32(dims) - 1; d >= 0; d--) {
         let q = u32(d) / 4u;
         let r = u32(d) % 4u;
         let size = p.shape[q][r];
@@ -58,6 +54,16 @@ fn offsets(i: u32) -> vec3<u32> {
         rem = rem / size;
         s += coord * vec3<u32>(p.xs[q][r], p.bs[q][r], p.os[q][r]);
     }
+    return s;
+}
+
+// Offsets of logical element i in (x, b, out).
+fn offsets(i: u32) -> vec3<u32> {
+    var o = vec3<u32>(p.x_off + i, i, p.out_off + i);
+    if ((p.flags & 7u) == 7u) {
+        return o;
+    }
+    let s = strided_offsets(i, p.rank);
     return select(s, o, vec3<bool>((p.flags & 1u) != 0u, (p.flags & 2u) != 0u, (p.flags & 4u) != 0u));
 }
 
@@ -121,24 +127,14 @@ fn unary_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let last = p.rank - 1u;
     let len = p.shape[last / 4u][last % 4u];
     let runs = (len + RUN - 1u) / RUN;
-    var rem = t / runs;
-    let start = (t - rem * runs) * RUN;
-    var xo = p.x_off;
-    var oo = p.out_off;
-    for (var d = i32(last) - 1; d >= 0; d--) {
-        let q = u32(d) / 4u;
-        let r = u32(d) % 4u;
-        let size = p.shape[q][r];
-        let coord = rem % size;
-        rem = rem / size;
-        xo += coord * p.xs[q][r];
-        oo += coord * p.os[q][r];
-    }
+    let row = t / runs;
+    let start = (t - row * runs) * RUN;
+    let o = strided_offsets(row, last);
     let xs = p.xs[last / 4u][last % 4u];
     let os = p.os[last / 4u][last % 4u];
     let end = min(len, start + RUN);
     for (var j = start; j < end; j++) {
-        y[oo + j * os] = p.alpha * unary_op(x[xo + j * xs]) + p.beta;
+        y[o.z + j * os] = p.alpha * unary_op(x[o.x + j * xs]) + p.beta;
     }
 }
 

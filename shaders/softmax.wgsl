@@ -2,7 +2,9 @@
 //   softmax_thread: one thread per row (short rows, e.g. temporal attention over frames)
 //   softmax_wg:     one workgroup per row
 // and the in-place row kernels of attention over materialised scores (rows = BH * Lq,
-// len = Lk; with `causal` = Lq > 0, row r is query r % Lq and sees keys 0..=r % Lq):
+// len = Lk; with `causal` = Lq > 0, row r is query r % Lq and sees keys 0..=r % Lq). They
+// are separate entries because one buffer cannot be both the read-only x and the
+// read-write y of a dispatch:
 //   softmax_lse_thread / _wg: s <- softmax(s) in place, lse[r] = log sum_j exp(s[r, j])
 //   exp_sub_rows:             s <- exp(s - lse[r]) in place (probabilities from saved lse)
 //   ds_rows:                  dp <- p * (dp - dvec[r]) in place (softmax backward)

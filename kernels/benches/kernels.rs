@@ -57,7 +57,7 @@ fn main() {
     for (name, shape, perm) in perms {
         let (x, xv) = b.tensor(&shape, 9);
         let numel: usize = shape.iter().product();
-        // the last output element reads input (s0-1, s1-1, s2-1, s3-1) for a [0, 2, 1, 3] permute
+        // the last element of any permutation is the last input element
         let want = xv[numel - 1] as f64;
         let t = best_time(b.budget, 3, || check_value(name, ops::permute(&x, &perm).unwrap().item_at(numel - 1).unwrap(), want, 0.0));
         b.row(name, format!("{shape:?}"), t, 8.0 * numel as f64, "GB/s", Some(copy_gbs));

@@ -58,6 +58,13 @@ pub enum VideoRewardSpec {
 
 impl VideoRewardSpec {
     /// The files it reads (weights, then the tokenizer if it has its own).
+    pub fn files(&self) -> Vec<&PathBuf> {
+        match self {
+            VideoRewardSpec::InternVideo2 { file, tokenizer, .. } => vec![file, tokenizer],
+            VideoRewardSpec::Clip { file, .. } => vec![file],
+        }
+    }
+    /// [`VideoRewardSpec::files`], to relocate them.
     pub fn files_mut(&mut self) -> Vec<&mut PathBuf> {
         match self {
             VideoRewardSpec::InternVideo2 { file, tokenizer, .. } => vec![file, tokenizer],
@@ -83,6 +90,21 @@ fn bad(path: &Path, msg: impl std::fmt::Display) -> WeightsError {
 }
 
 impl ModelDir {
+    /// Every file the folder's config names (weights, tokenizer files).
+    pub fn files(&self) -> Vec<&PathBuf> {
+        let mut f = vec![&self.unet.0, &self.vae.0, &self.text.0];
+        f.extend(self.image_rewards.iter().map(|r| &r.file));
+        f.extend(self.video_reward.iter().flat_map(|v| v.files()));
+        f
+    }
+    /// [`ModelDir::files`], to copy or relocate them.
+    pub fn files_mut(&mut self) -> Vec<&mut PathBuf> {
+        let mut f = vec![&mut self.unet.0, &mut self.vae.0, &mut self.text.0];
+        f.extend(self.image_rewards.iter_mut().map(|r| &mut r.file));
+        f.extend(self.video_reward.iter_mut().flat_map(|v| v.files_mut()));
+        f
+    }
+
     pub fn read(root: &Path) -> Result<ModelDir> {
         let cfg_path = root.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, format!("{e} (a model folder needs config.json; `t2v-turbo init` writes one)")))?;

@@ -602,17 +602,10 @@ pub fn write_student_model(dir: &Path, source: &crate::pipeline::model_dir::Mode
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let mut md = source.clone();
     md.root = dir.to_path_buf();
+    for f in md.files_mut() {
+        *f = abs(f);
+    }
     md.unet = (unet, student.unet.config.clone());
-    md.vae.0 = abs(&source.vae.0);
-    md.text.0 = abs(&source.text.0);
-    for r in &mut md.image_rewards {
-        r.file = abs(&r.file);
-    }
-    if let Some(v) = &mut md.video_reward {
-        for f in v.files_mut() {
-            *f = abs(f);
-        }
-    }
     md.write_config()?;
     Ok(md)
 }

@@ -183,16 +183,8 @@ pub fn copy_model_dir(src: &ModelDir, out: &Path) -> Result<ModelDir> {
         }
         Ok(dst)
     };
-    md.unet.0 = copy(&src.unet.0)?;
-    md.vae.0 = copy(&src.vae.0)?;
-    md.text.0 = copy(&src.text.0)?;
-    for r in &mut md.image_rewards {
-        r.file = copy(&r.file)?;
-    }
-    if let Some(v) = &mut md.video_reward {
-        for f in v.files_mut() {
-            *f = copy(f)?;
-        }
+    for f in md.files_mut() {
+        *f = copy(f)?;
     }
     md.write_config()?;
     Ok(md)

@@ -53,14 +53,8 @@ fn load<T>(gpu: &Gpu, path: &Path, f: impl FnOnce(&Loader) -> Result<T>) -> Resu
 /// The "pretrained" metadata of the source folder's weight files, by file name: what the
 /// weights had been through before this run (continued pretraining records both).
 fn source_notes(src: &ModelDir) -> BTreeMap<OsString, String> {
-    let mut src = src.clone();
-    let mut files = vec![src.unet.0.clone(), src.vae.0.clone(), src.text.0.clone()];
-    files.extend(src.image_rewards.iter().map(|r| r.file.clone()));
-    if let Some(v) = &mut src.video_reward {
-        files.extend(v.files_mut().into_iter().map(|f| f.clone()));
-    }
-    files
-        .iter()
+    src.files()
+        .into_iter()
         .filter_map(|f| Some((f.file_name()?.to_os_string(), WeightFile::open(f).ok()?.metadata.get("pretrained")?.clone())))
         .collect()
 }

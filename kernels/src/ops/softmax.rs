@@ -16,6 +16,16 @@ struct Params {
     causal: u32,
 }
 
+/// The thread-per-row entry for short rows, else the workgroup-per-row one: (entry,
+/// workgroup size, grid).
+fn row_kernel(gpu: &crate::Gpu, rows: usize, len: usize, [thread, wg]: [&'static str; 2]) -> (&'static str, u32, [u32; 3]) {
+    if len <= 128 {
+        (thread, 64, fold_groups(gpu, rows, 64))
+    } else {
+        (wg, (len.next_power_of_two() as u32).clamp(32, 256), fold_groups(gpu, rows, 1))
+    }
+}
+
 /// softmax(scale * x) over the last axis.
 pub fn softmax_scaled(x: &Tensor, scale: f32) -> Result<Tensor> {
     check_f32("softmax", &[x])?;
@@ -30,12 +40,7 @@ pub fn softmax_scaled(x: &Tensor, scale: f32) -> Result<Tensor> {
     }
     let gpu = x.gpu();
     let p = Params { rows: rows as u32, len: len as u32, scale, causal: 0 };
-    let (entry, wg, groups) = if len <= 128 {
-        ("softmax_thread", 64u32, fold_groups(gpu, rows, 64))
-    } else {
-        let wg = (len.next_power_of_two() as u32).clamp(32, 256);
-        ("softmax_wg", wg, fold_groups(gpu, rows, 1))
-    };
+    let (entry, wg, groups) = row_kernel(gpu, rows, len, ["softmax_thread", "softmax_wg"]);
     launch(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(&p), &[x, &y], groups)?;
     Ok(y)
 }
@@ -69,12 +74,7 @@ pub(crate) fn softmax_lse_in_place(s: &Tensor, causal: usize) -> Result<Tensor> 
         return Ok(lse);
     }
     let gpu = s.gpu();
-    let len = p.len as usize;
-    let (entry, wg, groups) = if len <= 128 {
-        ("softmax_lse_thread", 64u32, fold_groups(gpu, rows, 64))
-    } else {
-        ("softmax_lse_wg", (len.next_power_of_two() as u32).clamp(32, 256), fold_groups(gpu, rows, 1))
-    };
+    let (entry, wg, groups) = row_kernel(gpu, rows, p.len as usize, ["softmax_lse_thread", "softmax_lse_wg"]);
     launch(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(&p), &[s, &lse], groups)?;
     Ok(lse)
 }
