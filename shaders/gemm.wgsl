@@ -113,8 +113,10 @@ fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // im2col: cols[z, n, k] = im2col element k of output pixel n of image b[z], i.e. the
 // convolution's B operand stored transposed (K-contiguous), for the vec4 GEMM on CPU
 // adapters. KMAJOR instead writes cols[k, z * P + n] (K rows over all images: the operand
-// of the weight gradient dW = dY (O, N*P) x cols^T). Grid: one thread per (n, k) of one
-// image, 1-D folded; z = workgroup_id.z.
+// of the weight gradient dW = dY (O, N*P) x cols^T). One thread per (input channel c,
+// output pixel n) of one image writes the kh*kw window elements k = c*kh*kw + ky*kw + kx,
+// so the index divisions (scalarised on CPU adapters) are paid once per window. Grid: the
+// cin * P threads 1-D folded; z = workgroup_id.z.
 @group(0) @binding(3) var<storage, read_write> cols: array<f32>;
 
 override KMAJOR: bool = false;
@@ -123,16 +125,30 @@ override KMAJOR: bool = false;
 fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     let i = (wid.y * nwg.x + wid.x) * 256u + lid;
-    if (i >= p.n * p.k) {
+    if (i >= p.n * p.cin) {
         return;
     }
-    let n = i / p.k;
-    let k = i % p.k;
-    let v = load_im2col(wid.z, k, conv_origin(n));
-    if (KMAJOR) {
-        cols[k * p.batch * p.n + wid.z * p.n + n] = v;
-    } else {
-        cols[wid.z * p.n * p.k + i] = v;
+    let ch = i / p.n;
+    let n = i - ch * p.n;
+    let o = conv_origin(n);
+    let src = wid.z * p.b_bs + ch * p.h * p.w;
+    var k = ch * p.kh * p.kw;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        let iy = o.x + i32(ky);
+        let row_in = iy >= 0 && iy < i32(p.h);
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let ix = o.y + i32(kx);
+            var v = 0.0;
+            if (row_in && ix >= 0 && ix < i32(p.w)) {
+                v = b[src + u32(iy) * p.w + u32(ix)];
+            }
+            if (KMAJOR) {
+                cols[k * p.batch * p.n + wid.z * p.n + n] = v;
+            } else {
+                cols[(wid.z * p.n + n) * p.k + k] = v;
+            }
+            k++;
+        }
     }
 }
 

@@ -120,6 +120,37 @@ fn norm_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
 }
 
+// norm_thread4: norm_rows4 with one invocation per row (row index = group * WG + lid) and no
+// workgroup barriers, for short rows (layer norms over C channels), where a workgroup per
+// row would leave most lanes idle and pay its barriers for a few elements.
+@compute @workgroup_size(WG)
+fn norm_thread4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg) * WG + lid;
+    if (r >= p.rows) {
+        return;
+    }
+    let len4 = p.len / 4u;
+    let base = r * len4;
+    var s = vec4<f32>(0.0);
+    for (var j = 0u; j < len4; j++) {
+        s += x4[base + j];
+    }
+    let mean = (s.x + s.y + s.z + s.w) / f32(p.len);
+    var v = vec4<f32>(0.0);
+    for (var j = 0u; j < len4; j++) {
+        let d = x4[base + j] - mean;
+        v += d * d;
+    }
+    let rstd = inverseSqrt((v.x + v.y + v.z + v.w) / f32(p.len) + p.eps);
+    let ch0 = (r % p.groups) * p.cpg;
+    for (var j = 0u; j < len4; j++) {
+        y4[base + j] = affine4((x4[base + j] - mean) * rstd, ch0, 4u * j);
+    }
+    stats[2u * r] = mean;
+    stats[2u * r + 1u] = rstd;
+}
+
 // norm_bwd: backward of norm_rows from the saved (mean, rstd). With g = dy' * gamma (dy'
 // being dy through the fused SiLU's derivative, gamma = 1 without affine):
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
@@ -178,6 +209,39 @@ fn norm_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         return;
     }
     for (var j = lid; j < p.len; j += WG) {
+        let xh = (x[base + j] - mean) * rstd;
+        let dg = norm_dy(base + j, xh, ch0 + j / p.inner);
+        dx[base + j] = rstd * (dg.y - mg - xh * mgx);
+        if (p.affine != 0u) {
+            gw[base + j] = dg.x * xh;
+            gb[base + j] = dg.x;
+        }
+    }
+}
+
+// norm_bwd_thread: norm_bwd with one invocation per row, for short rows (see norm_thread4).
+@compute @workgroup_size(WG)
+fn norm_bwd_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg) * WG + lid;
+    if (r >= p.rows) {
+        return;
+    }
+    let base = r * p.len;
+    let mean = stats_in[2u * r];
+    let rstd = stats_in[2u * r + 1u];
+    let ch0 = (r % p.groups) * p.cpg;
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var j = 0u; j < p.len; j++) {
+        let xh = (x[base + j] - mean) * rstd;
+        let dg = norm_dy(base + j, xh, ch0 + j / p.inner);
+        sg += dg.y;
+        sgx += dg.y * xh;
+    }
+    let mg = sg / f32(p.len);
+    let mgx = sgx / f32(p.len);
+    for (var j = 0u; j < p.len; j++) {
         let xh = (x[base + j] - mean) * rstd;
         let dg = norm_dy(base + j, xh, ch0 + j / p.inner);
         dx[base + j] = rstd * (dg.y - mg - xh * mgx);

@@ -225,3 +225,32 @@ fn the_commands_run_end_to_end() {
     let (ok, out) = t2v(&["sample", "--models", &m, "--prompt", "x", "--out", &p("v2")]);
     assert!(!ok && out.contains("is a teacher"), "{out}");
 }
+
+#[test]
+fn a_video_does_not_depend_on_the_batch_it_is_generated_in() {
+    use t2v_turbo::diffusion::DdimConfig;
+    use t2v_turbo::pipeline::sample::{Generator, SampleOptions};
+    let (models, _) = fixture();
+    let g = gpu();
+    let md = ModelDir::read(models).unwrap();
+    let d = tmp("batch");
+    let (student, _) = load_run(&g, &md, &config(1), None).unwrap();
+    let smd = t2v_turbo::pipeline::train::write_student_model(&d.join("student"), &md, &student, 0).unwrap();
+    let v = md.video;
+    // the teacher's DDIM (eta 1: a noise draw between its two steps) and the student's sampler
+    for (gen, teacher) in [(Generator::from_model_dir(&g, &md).unwrap(), Some(DdimConfig { steps: 2, cfg: 7.5, eta: 1.0 })), (Generator::from_model_dir(&g, &smd).unwrap(), None)] {
+        let opts = SampleOptions { steps: 2, origin: 50, w: 7.5, motion_scale: 0.05, motion_percentage: 0.5, seed: 0, frames: v.frames, height: v.height, width: v.width, fps: v.fps, teacher };
+        let items = [("a red circle moving left", 3), ("a blue square moving up", 4), ("a red circle moving left", 5)];
+        let batch = gen.generate_batch(&items, &opts).unwrap();
+        assert_eq!(batch.len(), 3);
+        for ((p, seed), got) in items.iter().zip(&batch) {
+            let one = gen.generate(p, &SampleOptions { seed: *seed, ..opts.clone() }).unwrap();
+            assert_eq!(one.len(), got.len());
+            let diff = one.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff <= 1e-4, "{p:?} seed {seed}, teacher {}: batched vs alone differ by {diff}", opts.teacher.is_some());
+        }
+        // same prompt, other seed: another video
+        let diff = batch[0].iter().zip(&batch[2]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff > 1e-2, "seeds 3 and 5 gave the same video");
+    }
+}

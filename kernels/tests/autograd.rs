@@ -229,6 +229,11 @@ fn layer_and_group_norm() {
             norm_ref(&x[0], 2 * s, 1e-5, |r, j| (r % 3) * 2 + j / s, Some((&x[1], &x[2])), silu).0
         });
     }
+    // rows of 2 x 135 = 270 elements: the workgroup-per-row backward (short rows take one thread each)
+    let s = 135;
+    grad_check("group_norm long rows", &[(&[1, 4, 3, 5, 9], -2.0, 2.0), (&[4], 0.5, 1.5), (&[4], -1.0, 1.0)], &|v| ad::group_norm(&v[0], 2, Some(&v[1]), Some(&v[2]), 1e-5, true), &|x| {
+        norm_ref(&x[0], 2 * s, 1e-5, |r, j| (r % 2) * 2 + j / s, Some((&x[1], &x[2])), true).0
+    });
 }
 
 #[test]

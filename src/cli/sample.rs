@@ -63,8 +63,13 @@ pub struct SampleArgs {
     /// Fraction of the trajectory (from t = 999 down) that gets the motion scale.
     #[arg(long, default_value_t = 0.5)]
     pub motion_percentage: f32,
+    /// Seed of the first prompt's noise; prompt i uses seed + i (whatever the batch).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Videos generated together in one batch (more use the device better and need more
+    /// memory; a video does not depend on the batch it is in).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Frames (default: the model folder's, else 16).
     #[arg(long)]
     pub frames: Option<usize>,
@@ -86,6 +91,9 @@ pub struct SampleArgs {
     /// Replace files in a non-empty output folder.
     #[arg(long)]
     pub overwrite: bool,
+    /// Print a table of GPU time per kernel (all batches) at the end.
+    #[arg(long)]
+    pub profile: bool,
     /// Sample with the teacher's DDIM and classifier-free guidance (for comparison).
     #[arg(long)]
     pub teacher: bool,
@@ -156,32 +164,47 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     };
     let mut rows = Vec::new();
     let mut mp4 = !a.no_mp4;
-    for (i, prompt) in prompts.iter().enumerate() {
+    if a.batch == 0 {
+        return Err(CliError::Check("--batch must be at least 1".into()));
+    }
+    if a.profile {
+        gpu.set_profiling(true)?;
+    }
+    for (c, chunk) in prompts.chunks(a.batch).enumerate() {
         gpu.reset_peak_memory();
         let t = Instant::now();
-        let video = generator.generate(prompt, &SampleOptions { seed: a.seed + i as u64, ..opts.clone() })?;
-        let secs = t.elapsed().as_secs_f64();
-        let frames = Frames::from_chw(&video, frames_n, height, width);
-        let name = format!("{i:03}_{}", slug(prompt));
-        let dir = a.out.join(&name);
-        write_frames(&dir, &frames).map_err(|e| CliError::Check(e.to_string()))?;
-        let gif = a.out.join(format!("{name}.gif"));
-        write_gif(&gif, &frames, fps).map_err(|e| CliError::Check(e.to_string()))?;
-        if mp4 {
-            if let Err(e) = write_mp4(&a.out.join(format!("{name}.mp4")), &dir, fps) {
-                eprintln!("note: no MP4 files ({e})");
-                mp4 = false;
+        let items: Vec<(&str, u64)> = chunk.iter().enumerate().map(|(j, p)| (p.as_str(), a.seed + (c * a.batch + j) as u64)).collect();
+        let videos = generator.generate_batch(&items, &opts)?;
+        let secs = t.elapsed().as_secs_f64() / chunk.len() as f64;
+        let peak = gpu.memory().peak_total_bytes as f64 / 1048576.0;
+        for (j, (prompt, video)) in chunk.iter().zip(&videos).enumerate() {
+            let i = c * a.batch + j;
+            let frames = Frames::from_chw(video, frames_n, height, width);
+            let name = format!("{i:03}_{}", slug(prompt));
+            let dir = a.out.join(&name);
+            write_frames(&dir, &frames).map_err(|e| CliError::Check(e.to_string()))?;
+            let gif = a.out.join(format!("{name}.gif"));
+            write_gif(&gif, &frames, fps).map_err(|e| CliError::Check(e.to_string()))?;
+            if mp4 {
+                if let Err(e) = write_mp4(&a.out.join(format!("{name}.mp4")), &dir, fps) {
+                    eprintln!("note: no MP4 files ({e})");
+                    mp4 = false;
+                }
             }
+            rows.push(CaptionRow { path: name.clone(), caption: prompt.clone(), short_caption: None });
+            println!(
+                "{} ({} {} steps, {:.2} s per video in a batch of {}, peak GPU memory {:.0} MiB): {prompt:?}",
+                gif.display(),
+                if a.teacher { a.teacher_steps } else { a.steps },
+                if a.teacher { "teacher DDIM" } else { "consistency" },
+                secs,
+                chunk.len(),
+                peak
+            );
         }
-        rows.push(CaptionRow { path: name.clone(), caption: prompt.clone(), short_caption: None });
-        println!(
-            "{} ({} {} steps, {:.2} s, peak GPU memory {:.0} MiB): {prompt:?}",
-            gif.display(),
-            if a.teacher { a.teacher_steps } else { a.steps },
-            if a.teacher { "teacher DDIM" } else { "consistency" },
-            secs,
-            gpu.memory().peak_total_bytes as f64 / 1048576.0
-        );
+    }
+    if a.profile {
+        eprintln!("{}", gpu.profile_table()?);
     }
     // the clips with their prompts, in the format `t2v-turbo eval` reads
     write_jsonl(&a.out.join("captions.jsonl"), &rows)?;

@@ -210,7 +210,9 @@ pub struct DdimConfig {
 /// on the `steps`-point grid from the top, x0 = (z - sqrt(1 - abar) eps) / sqrt(abar),
 /// sigma = eta sqrt((1 - abar_prev)/(1 - abar) (1 - abar/abar_prev)),
 /// z = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma noise(i).
-/// Returns the final x0 (the last step lands on abar_0).
+/// The conditional and unconditional predictions of a step come from one UNet call on a
+/// doubled batch (rows 0..B conditional, B..2B unconditional). `uncond` holds B contexts, or
+/// one shared by the batch. Returns the final x0 (the last step lands on abar_0).
 #[allow(clippy::too_many_arguments)]
 pub fn ddim_sample(
     unet: &Unet3d,
@@ -224,15 +226,16 @@ pub fn ddim_sample(
 ) -> Result<Var> {
     let tape = init.tape().clone();
     let b = init.shape()[0];
+    let uncond = if uncond.shape()[0] == 1 && b > 1 { ad::concat(&vec![uncond; b], 0)? } else { uncond.clone() };
+    let contexts = ad::concat(&[context, &uncond], 0)?;
+    let fps2: Vec<f32> = fps.iter().chain(fps).copied().collect();
     let grid = ddim_timesteps(sched.len(), cfg.steps);
     let mut z = init.clone();
     let mut x0 = init.clone();
     for (i, &t) in grid.iter().enumerate().rev() {
-        let ts = vec![t as f32; b];
-        let call = |ctx: &Var| -> Result<Var> {
-            Ok(unet.forward(&UnetInputs { z: &z, t: &ts, context: ctx, fps, w_embedding: None, motion_embedding: None, record_attention: false })?.eps)
-        };
-        let (ec, eu) = (call(context)?, call(uncond)?);
+        let ts = vec![t as f32; 2 * b];
+        let both = unet.forward(&UnetInputs { z: &ad::concat(&[&z, &z], 0)?, t: &ts, context: &contexts, fps: &fps2, w_embedding: None, motion_embedding: None, record_attention: false })?.eps;
+        let (ec, eu) = (ad::slice(&both, 0, 0, b)?, ad::slice(&both, 0, b, b)?);
         let eps = ad::axpby(&eu, 1.0 - cfg.cfg, &ec, cfg.cfg)?;
         x0 = sched.x0_from_eps(&z, &eps, t)?;
         let a = sched.abar(t);

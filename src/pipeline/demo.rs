@@ -175,11 +175,9 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
     let mut results = Vec::new();
     for (k, (name, gen, o)) in methods.iter().enumerate() {
         let t = Instant::now();
-        let mut videos = Vec::new();
-        for (i, p) in prompts.iter().enumerate() {
-            let video = gen.generate(p, &SampleOptions { seed: c.seed + i as u64, ..o.clone() })?;
-            videos.push(Frames::from_chw(&video, v.frames, v.height, v.width));
-        }
+        // every prompt in one batch (prompt i: seed + i)
+        let items: Vec<(&str, u64)> = prompts.iter().enumerate().map(|(i, p)| (p.as_str(), c.seed + i as u64)).collect();
+        let videos: Vec<Frames> = gen.generate_batch(&items, o)?.iter().map(|x| Frames::from_chw(x, v.frames, v.height, v.width)).collect();
         let secs = t.elapsed().as_secs_f64() / prompts.len().max(1) as f64;
         let dir = out.join("samples").join(format!("{k}"));
         for (i, f) in videos.iter().enumerate() {

@@ -50,41 +50,59 @@ impl Generator {
         Ok(Generator { unet: md.load_unet(gpu)?, vae: md.load_vae(gpu)?, text: md.load_text(gpu)?, tokenizer, schedule: Schedule::videocrafter() })
     }
 
-    /// One video (3, F, H, W) in [-1, 1] for `prompt`.
+    /// One video (3, F, H, W) in [-1, 1] for `prompt`, with noise seeded by `opts.seed`.
     pub fn generate(&self, prompt: &str, opts: &SampleOptions) -> Result<Vec<f32>> {
+        Ok(self.generate_batch(&[(prompt, opts.seed)], opts)?.pop().expect("one video"))
+    }
+
+    /// Several videos in one batch, (prompt, seed) each: one UNet call per step for the
+    /// whole batch (the teacher's CFG doubles it). Every video draws its noise from its own
+    /// seeded stream, so it is the same video whatever batch it is generated in.
+    pub fn generate_batch(&self, items: &[(&str, u64)], opts: &SampleOptions) -> Result<Vec<Vec<f32>>> {
         let gpu = self.gpu();
         let tape = Tape::new();
-        tape.no_grad(|| -> Result<Vec<f32>> {
-            let ids = vec![self.tokenizer.encode_warn(prompt).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids];
+        let b = items.len();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        tape.no_grad(|| -> Result<Vec<Vec<f32>>> {
+            let tokenize = |p: &str| -> Result<Vec<u32>> { Ok(self.tokenizer.encode_warn(p).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids) };
+            let ids = items.iter().map(|(p, _)| tokenize(p)).collect::<Result<Vec<_>>>()?;
             let context = self.text.penultimate(&tape, &ids)?;
             let f = 1usize << (self.vae.config.ch_mult.len() - 1);
             if opts.height % (f * 2) != 0 || opts.width % (f * 2) != 0 {
                 return Err(WeightsError::Gpu(t2v_kernels::Error::Shape { op: "sample", msg: format!("height and width must be multiples of {}", f * 2) }));
             }
-            let shape = [1, self.unet.config.in_channels, opts.frames, opts.height / f, opts.width / f];
-            let n: usize = shape.iter().product();
-            let mut rng = Gaussian::new(opts.seed);
-            let init = tape.constant(Tensor::from_slice(gpu, &shape, &rng.take(n))?);
+            let one = [1, self.unet.config.in_channels, opts.frames, opts.height / f, opts.width / f];
+            let n: usize = one.iter().product();
+            let shape = [b, one[1], one[2], one[3], one[4]];
+            // (B, C, F, h, w) noise: video k's block from stream k
+            let mut rngs: Vec<Gaussian> = items.iter().map(|&(_, seed)| Gaussian::new(seed)).collect();
+            let mut draw = || -> Result<Tensor> {
+                let v: Vec<f32> = rngs.iter_mut().flat_map(|r| r.take(n)).collect();
+                Ok(Tensor::from_slice(gpu, &shape, &v)?)
+            };
+            let init = tape.constant(draw()?);
             let cfg = SamplerConfig {
                 timesteps: consistency_timesteps(self.schedule.len(), opts.origin, opts.steps),
                 w: opts.w,
                 motion_scale: opts.motion_scale,
                 motion_percentage: opts.motion_percentage,
             };
-            let fps = vec![opts.fps];
+            let fps = vec![opts.fps; b];
             let latent = match &opts.teacher {
                 Some(tc) => {
-                    let empty = vec![self.tokenizer.encode("").map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids];
-                    let uncond = self.text.penultimate(&tape, &empty)?;
-                    ddim_sample(&self.unet, &self.schedule, &init, &context, &uncond, &fps, tc, |_| Ok(Tensor::from_slice(gpu, &shape, &rng.take(n))?))?
+                    let uncond = self.text.penultimate(&tape, &[tokenize("")?])?;
+                    ddim_sample(&self.unet, &self.schedule, &init, &context, &uncond, &fps, tc, |_| draw())?
                 }
                 None => {
-                    let out = consistency_sample(&self.unet, &self.schedule, &init, &context, &fps, &cfg, |_| Ok(Tensor::from_slice(gpu, &shape, &rng.take(n))?))?;
+                    let out = consistency_sample(&self.unet, &self.schedule, &init, &context, &fps, &cfg, |_| draw())?;
                     out.last().expect("at least one step").clone()
                 }
             };
-            let video = self.vae.decode_video(&latent)?;
-            Ok(video.value().to_vec()?)
+            let video = self.vae.decode_video(&latent)?.value().to_vec()?;
+            let per = video.len() / b;
+            Ok(video.chunks(per).map(<[f32]>::to_vec).collect())
         })
     }
 

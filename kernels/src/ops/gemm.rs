@@ -320,7 +320,7 @@ fn im2col(x: &Tensor, p: &Params, k_major: bool) -> Result<Tensor> {
     let (batch, pix, k) = (p.batch as usize, p.n as usize, p.k as usize);
     let shape = if k_major { vec![k, batch * pix] } else { vec![batch, pix, k] };
     let cols = Tensor::empty(gpu, &shape, DType::F32, "conv2d im2col")?;
-    let mut groups = super::fold_groups(gpu, pix * k, 256);
+    let mut groups = super::fold_groups(gpu, pix * p.cin as usize, 256);
     groups[2] = batch as u32;
     launch_at(gpu, &GEMM, "im2col", &[("KMAJOR", k_major as u32 as f64)], bytemuck::bytes_of(p), 2, &[x, &cols], groups)?;
     Ok(cols)
@@ -358,8 +358,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
 
 /// Largest column matrix (im2col of a conv's input, or the input gradient's columns) that
 /// [`conv2d`] on a CPU adapter and [`conv2d_backward`] materialise at once: bigger batches
-/// are processed a few images at a time (at least one), bounding transient memory.
-pub const CONV_COLUMNS_MAX_BYTES: usize = 256 << 10;
+/// are processed a few images at a time (at least one), bounding transient memory. 4 MiB
+/// keeps the per-frame convs of small videos to one or two dispatches (256 KiB split the
+/// tiny teacher's convs per frame: ~6% slower sampling, from the slices and concats).
+pub const CONV_COLUMNS_MAX_BYTES: usize = 4 << 20;
 
 /// Gradients of [`conv2d`] for the output gradient `dy` (N, O, OH, OW): (dx, dw, dbias),
 /// each computed only when asked for.

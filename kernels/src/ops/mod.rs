@@ -35,6 +35,21 @@ pub(crate) fn fold_groups(gpu: &Gpu, items: usize, per_group: u32) -> [u32; 3] {
     }
 }
 
+/// Rows up to this length are handled one invocation per row by the row-wise kernels
+/// (softmax, norms): no workgroup barriers and no idle lanes, which a workgroup per row
+/// would cost for a few elements.
+pub(crate) const SHORT_ROW: usize = 128;
+
+/// The thread-per-row entry for short rows (see [`SHORT_ROW`]), else the workgroup-per-row
+/// one: (entry, workgroup size, grid).
+pub(crate) fn row_kernel(gpu: &Gpu, rows: usize, len: usize, [thread, wg]: [&'static str; 2]) -> (&'static str, u32, [u32; 3]) {
+    if len <= SHORT_ROW {
+        (thread, 64, fold_groups(gpu, rows, 64))
+    } else {
+        (wg, (len.next_power_of_two() as u32).clamp(32, 256), fold_groups(gpu, rows, 1))
+    }
+}
+
 /// Records one dispatch: `params` at binding 0, then `tensors` at bindings 1, 2, ...
 pub(crate) fn launch(
     gpu: &Gpu,

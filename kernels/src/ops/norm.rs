@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{check_f32, fold_groups, launch};
+use super::{check_f32, fold_groups, launch, row_kernel, SHORT_ROW};
 use crate::error::shape_err;
 use crate::shaders::NORM;
 use crate::{DType, Result, Tensor};
@@ -118,15 +118,12 @@ fn forward(x: &Tensor, r: Rows, affine: Option<(&Tensor, &Tensor)>, eps: f32, si
         return Ok(Norm { y, stats });
     }
     let (g, b) = affine.unwrap_or((x, x)); // unread when affine == 0
-    launch(
-        gpu,
-        &NORM,
-        if r.len % 4 == 0 { "norm_rows4" } else { "norm_rows" },
-        &[("WG", r.workgroup() as f64), ("ACT", silu as u32 as f64)],
-        bytemuck::bytes_of(&r.params(eps, affine.is_some())),
-        &[x, g, b, &y, &stats],
-        fold_groups(gpu, r.rows, 1),
-    )?;
+    let (entry, wg, groups) = match r.len % 4 == 0 {
+        true if r.len <= SHORT_ROW => ("norm_thread4", 64, fold_groups(gpu, r.rows, 64)),
+        true => ("norm_rows4", r.workgroup(), fold_groups(gpu, r.rows, 1)),
+        false => ("norm_rows", r.workgroup(), fold_groups(gpu, r.rows, 1)),
+    };
+    launch(gpu, &NORM, entry, &[("WG", wg as f64), ("ACT", silu as u32 as f64)], bytemuck::bytes_of(&r.params(eps, affine.is_some())), &[x, g, b, &y, &stats], groups)?;
     Ok(Norm { y, stats })
 }
 
@@ -146,15 +143,8 @@ fn backward(x: &Tensor, r: Rows, affine: Option<(&Tensor, &Tensor)>, stats: &Ten
     if r.rows > 0 && r.len > 0 {
         let (g, b) = affine.unwrap_or((x, x));
         let (gw, gb) = terms.as_ref().map(|(a, b)| (a, b)).unwrap_or((&dx, &dx)); // unwritten without affine
-        launch(
-            gpu,
-            &NORM,
-            "norm_bwd",
-            &[("WG", (r.len.next_power_of_two() as u32).clamp(32, 256) as f64), ("ACT", silu as u32 as f64)],
-            bytemuck::bytes_of(&r.params(eps, affine.is_some())),
-            &[x, g, b, &dx, stats, dy, gw, gb],
-            fold_groups(gpu, r.rows, 1),
-        )?;
+        let (entry, wg, groups) = row_kernel(gpu, r.rows, r.len, ["norm_bwd_thread", "norm_bwd"]);
+        launch(gpu, &NORM, entry, &[("WG", wg as f64), ("ACT", silu as u32 as f64)], bytemuck::bytes_of(&r.params(eps, affine.is_some())), &[x, g, b, &dx, stats, dy, gw, gb], groups)?;
     }
     let (dgamma, dbeta) = match terms {
         Some((gw, gb)) => (Some(r.per_channel(&gw)?), Some(r.per_channel(&gb)?)),

@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{check_f32, fold_groups, launch};
+use super::{check_f32, fold_groups, launch, row_kernel};
 use crate::error::shape_err;
 use crate::shaders::SOFTMAX;
 use crate::{DType, Result, Tensor};
@@ -14,16 +14,6 @@ struct Params {
     len: u32,
     scale: f32,
     causal: u32,
-}
-
-/// The thread-per-row entry for short rows, else the workgroup-per-row one: (entry,
-/// workgroup size, grid).
-fn row_kernel(gpu: &crate::Gpu, rows: usize, len: usize, [thread, wg]: [&'static str; 2]) -> (&'static str, u32, [u32; 3]) {
-    if len <= 128 {
-        (thread, 64, fold_groups(gpu, rows, 64))
-    } else {
-        (wg, (len.next_power_of_two() as u32).clamp(32, 256), fold_groups(gpu, rows, 1))
-    }
 }
 
 /// softmax(scale * x) over the last axis.
