@@ -133,6 +133,19 @@ fn main() {
     let numel: usize = shape.iter().product();
     b.row("group_norm+silu", format!("{shape:?}"), t, 8.0 * numel as f64, "GB/s", Some(copy_gbs));
 
+    // Layer norm over the channels of every token (the transformers' norm1..3): short rows,
+    // one invocation per row up to 128 channels.
+    let (tokens, c) = if cpu { (16384, 64) } else { (40960, 320) };
+    let (x, xv) = b.tensor(&[tokens, c], 11);
+    let mean = xv[..c].iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+    let var = xv[..c].iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+    let want = (xv[0] as f64 - mean) / (var + 1e-5).sqrt();
+    let t = best_time(b.budget, 3, || {
+        let y = ops::layer_norm(&x, None, None, 1e-5).unwrap().y;
+        check_value("layer_norm", y.item_at(0).unwrap(), want, 1e-4);
+    });
+    b.row("layer_norm", format!("{tokens}x{c}"), t, 8.0 * (tokens * c) as f64, "GB/s", Some(copy_gbs));
+
     // Softmax over long rows (spatial attention scores).
     let (x, _) = b.tensor(&[hw, hw], 10);
     let t = best_time(b.budget, 3, || {

@@ -38,6 +38,10 @@ pub struct DemoArgs {
     /// Teacher DDIM steps.
     #[arg(long, default_value_t = 50)]
     pub teacher_steps: usize,
+    /// Videos sampled per batch (the teacher's CFG doubles it); a video does not depend on
+    /// its batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
     /// Also train the ablations without rewards and without motion guidance.
     #[arg(long)]
     pub ablations: bool,
@@ -52,7 +56,7 @@ pub fn run(dev: &DeviceArgs, a: &DemoArgs) -> Result<(), CliError> {
     let models = a.models.clone().unwrap_or_else(default_models);
     let md = ModelDir::read(&models).map_err(|e| CliError::Check(format!("{e}\n(the shipped models are in assets/tiny of the repository; or give --models DIR, e.g. from `t2v-turbo init`)")))?;
     ensure_new_dir(&a.out, false)?;
-    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, seed: a.seed, ..DemoConfig::default() };
+    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch.max(1), seed: a.seed, ..DemoConfig::default() };
     if a.ablations {
         c.variants = vec![FULL, NO_REWARD, NO_MOTION, CD_ONLY];
     }

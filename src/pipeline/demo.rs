@@ -49,6 +49,8 @@ pub struct DemoConfig {
     pub student_steps: usize,
     pub teacher_steps: usize,
     pub teacher_cfg: f32,
+    /// Videos per sampling batch.
+    pub sample_batch: usize,
     pub variants: Vec<Variant>,
     pub seed: u64,
     pub quiet: bool,
@@ -65,6 +67,7 @@ impl Default for DemoConfig {
             student_steps: 4,
             teacher_steps: 50,
             teacher_cfg: 7.5,
+            sample_batch: 8,
             variants: vec![FULL, CD_ONLY],
             seed: 0,
             quiet: false,
@@ -93,6 +96,8 @@ fn say(quiet: bool, msg: String) {
 /// Runs the demo into `out` (an empty or new folder); returns the results per method.
 pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Result<Vec<MethodResult>> {
     let t_all = Instant::now();
+    // (stage, seconds) for the report
+    let mut stages: Vec<(String, f64)> = Vec::new();
     let v = models.video;
     let world = WorldConfig { frames: v.frames, size: v.height, short_fraction: 0.5 };
     if v.height != v.width {
@@ -121,6 +126,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         std::fs::create_dir_all(&job.out).map_err(|e| io(&job.out, e))?;
         let rep = preprocess_dataset(&PreprocessModels { unet: &unet, vae: &vae, text: &text, tokenizer: &tokenizer }, &job).map_err(|e| io(&job.out, e))?;
         say(c.quiet, format!("preprocess: {} clips ({} motion-guided) in {:.0} s", rep.records, rep.motion_records, t.elapsed().as_secs_f64()));
+        stages.push(("preprocess".into(), t.elapsed().as_secs_f64()));
     }
     let shards = open_dataset(&out.join("shards"))?;
 
@@ -144,6 +150,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         let ms = run_training(&mut trainer, &RunOptions { out: dir.clone(), checkpoint_every: c.steps.max(1), keep_checkpoints: 1, stop_after: None, quiet: c.quiet }).map_err(|e| io(&dir, e))?;
         let md = write_student_model(&dir.join("model"), models, &trainer.student, trainer.state.step)?;
         say(c.quiet, format!("distill {}: {} steps in {:.0} s", var.name, c.steps, t.elapsed().as_secs_f64()));
+        stages.push((format!("distill {}", var.name), t.elapsed().as_secs_f64()));
         curves.push((var.name.to_string(), ms));
         students.push((var.name.to_string(), md));
     }
@@ -175,9 +182,12 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
     let mut results = Vec::new();
     for (k, (name, gen, o)) in methods.iter().enumerate() {
         let t = Instant::now();
-        // every prompt in one batch (prompt i: seed + i)
+        // prompt i with seed + i, in batches
         let items: Vec<(&str, u64)> = prompts.iter().enumerate().map(|(i, p)| (p.as_str(), c.seed + i as u64)).collect();
-        let videos: Vec<Frames> = gen.generate_batch(&items, o)?.iter().map(|x| Frames::from_chw(x, v.frames, v.height, v.width)).collect();
+        let mut videos = Vec::new();
+        for chunk in items.chunks(c.sample_batch.max(1)) {
+            videos.extend(gen.generate_batch(chunk, o)?.iter().map(|x| Frames::from_chw(x, v.frames, v.height, v.width)));
+        }
         let secs = t.elapsed().as_secs_f64() / prompts.len().max(1) as f64;
         let dir = out.join("samples").join(format!("{k}"));
         for (i, f) in videos.iter().enumerate() {
@@ -187,11 +197,13 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         crate::pipeline::captions::write_jsonl(&dir.join("captions.jsonl"), &rows)?;
         let report = score(&videos.iter().cloned().zip(prompts.iter().cloned()).collect::<Vec<_>>());
         say(c.quiet, format!("sample {name}: {secs:.2} s per video, accuracy {:.1} %", report.accuracy));
+        stages.push((format!("sample {name}"), t.elapsed().as_secs_f64()));
         results.push(MethodResult { name: name.clone(), report, seconds_per_video: secs, videos });
     }
 
     // 5. the report
-    write_report(out, c, &prompts, &results, &curves, models, t_all.elapsed().as_secs_f64())?;
+    stages.push(("total".into(), t_all.elapsed().as_secs_f64()));
+    write_report(out, c, &prompts, &results, &curves, models, &stages)?;
     Ok(results)
 }
 
@@ -214,20 +226,21 @@ fn side_by_side(vs: &[&Frames]) -> Frames {
     Frames { width: total, height: h, frames }
 }
 
-fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[MethodResult], curves: &[(String, Vec<StepMetrics>)], models: &ModelDir, total_secs: f64) -> Result<()> {
+fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[MethodResult], curves: &[(String, Vec<StepMetrics>)], models: &ModelDir, stages: &[(String, f64)]) -> Result<()> {
     let gifs = out.join("gifs");
     std::fs::create_dir_all(&gifs).map_err(|e| io(&gifs, e))?;
     let mut md = String::new();
     md += "# t2v-turbo demo\n\n";
     md += &format!(
-        "Models: `{}`. World: {} training clips; {} held-out prompts; DDIM grid {} points; {} distillation steps per student (lr {}). Total time {:.0} s.\n\n",
+        "Models: `{}`. World: {} training clips; {} held-out prompts, sampled in batches of up to {}; DDIM grid {} points; {} distillation steps per student (lr {}).\n\nTime: {}.\n\n",
         models.root.display(),
         c.clips,
         prompts.len(),
+        c.sample_batch,
         c.ddim_steps,
         c.steps,
         c.lr,
-        total_secs
+        stages.iter().map(|(n, t)| format!("{n} {t:.0} s")).collect::<Vec<_>>().join(", ")
     );
     md += "## Evaluation (reward-independent analyser, `t2v-turbo eval`)\n\n";
     md += "| method | accuracy % | color % | shape % | direction % | dynamic degree | flicker | subject consistency | s / video | speed-up |\n";
