@@ -180,6 +180,18 @@ fn norm_dy(i: u32, xh: f32, ch: u32) -> vec2<f32> {
     return vec2<f32>(d, d * gm);
 }
 
+// dx (and the affine terms) at element j of the row at `base`, given the row's mean(g)
+// and mean(g * xhat).
+fn norm_bwd_store(base: u32, j: u32, mean: f32, rstd: f32, ch0: u32, mg: f32, mgx: f32) {
+    let xh = (x[base + j] - mean) * rstd;
+    let dg = norm_dy(base + j, xh, ch0 + j / p.inner);
+    dx[base + j] = rstd * (dg.y - mg - xh * mgx);
+    if (p.affine != 0u) {
+        gw[base + j] = dg.x * xh;
+        gb[base + j] = dg.x;
+    }
+}
+
 @compute @workgroup_size(WG)
 fn norm_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
@@ -209,13 +221,7 @@ fn norm_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         return;
     }
     for (var j = lid; j < p.len; j += WG) {
-        let xh = (x[base + j] - mean) * rstd;
-        let dg = norm_dy(base + j, xh, ch0 + j / p.inner);
-        dx[base + j] = rstd * (dg.y - mg - xh * mgx);
-        if (p.affine != 0u) {
-            gw[base + j] = dg.x * xh;
-            gb[base + j] = dg.x;
-        }
+        norm_bwd_store(base, j, mean, rstd, ch0, mg, mgx);
     }
 }
 
@@ -242,12 +248,6 @@ fn norm_bwd_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     let mg = sg / f32(p.len);
     let mgx = sgx / f32(p.len);
     for (var j = 0u; j < p.len; j++) {
-        let xh = (x[base + j] - mean) * rstd;
-        let dg = norm_dy(base + j, xh, ch0 + j / p.inner);
-        dx[base + j] = rstd * (dg.y - mg - xh * mgx);
-        if (p.affine != 0u) {
-            gw[base + j] = dg.x * xh;
-            gb[base + j] = dg.x;
-        }
+        norm_bwd_store(base, j, mean, rstd, ch0, mg, mgx);
     }
 }
