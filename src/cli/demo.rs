@@ -55,8 +55,11 @@ pub struct DemoArgs {
 pub fn run(dev: &DeviceArgs, a: &DemoArgs) -> Result<(), CliError> {
     let models = a.models.clone().unwrap_or_else(default_models);
     let md = ModelDir::read(&models).map_err(|e| CliError::Check(format!("{e}\n(the shipped models are in assets/tiny of the repository; or give --models DIR, e.g. from `t2v-turbo init`)")))?;
+    if a.batch == 0 {
+        return Err(CliError::Check("--batch must be at least 1".into()));
+    }
     ensure_new_dir(&a.out, false)?;
-    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch.max(1), seed: a.seed, ..DemoConfig::default() };
+    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch, seed: a.seed, ..DemoConfig::default() };
     if a.ablations {
         c.variants = vec![FULL, NO_REWARD, NO_MOTION, CD_ONLY];
     }

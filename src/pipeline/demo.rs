@@ -125,8 +125,9 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         };
         std::fs::create_dir_all(&job.out).map_err(|e| io(&job.out, e))?;
         let rep = preprocess_dataset(&PreprocessModels { unet: &unet, vae: &vae, text: &text, tokenizer: &tokenizer }, &job).map_err(|e| io(&job.out, e))?;
-        say(c.quiet, format!("preprocess: {} clips ({} motion-guided) in {:.0} s", rep.records, rep.motion_records, t.elapsed().as_secs_f64()));
-        stages.push(("preprocess".into(), t.elapsed().as_secs_f64()));
+        let secs = t.elapsed().as_secs_f64();
+        say(c.quiet, format!("preprocess: {} clips ({} motion-guided) in {secs:.0} s", rep.records, rep.motion_records));
+        stages.push(("preprocess".into(), secs));
     }
     let shards = open_dataset(&out.join("shards"))?;
 
@@ -149,8 +150,9 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         let dir = out.join("students").join(var.name);
         let ms = run_training(&mut trainer, &RunOptions { out: dir.clone(), checkpoint_every: c.steps.max(1), keep_checkpoints: 1, stop_after: None, quiet: c.quiet }).map_err(|e| io(&dir, e))?;
         let md = write_student_model(&dir.join("model"), models, &trainer.student, trainer.state.step)?;
-        say(c.quiet, format!("distill {}: {} steps in {:.0} s", var.name, c.steps, t.elapsed().as_secs_f64()));
-        stages.push((format!("distill {}", var.name), t.elapsed().as_secs_f64()));
+        let secs = t.elapsed().as_secs_f64();
+        say(c.quiet, format!("distill {}: {} steps in {secs:.0} s", var.name, c.steps));
+        stages.push((format!("distill {}", var.name), secs));
         curves.push((var.name.to_string(), ms));
         students.push((var.name.to_string(), md));
     }
@@ -179,11 +181,11 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
     for (name, md) in &students {
         methods.push((format!("{name} ({} steps)", c.student_steps), Generator::from_model_dir(gpu, md)?, opts(None, c.student_steps)));
     }
+    // prompt i with seed + i, in batches
+    let items: Vec<(&str, u64)> = prompts.iter().enumerate().map(|(i, p)| (p.as_str(), c.seed + i as u64)).collect();
     let mut results = Vec::new();
     for (k, (name, gen, o)) in methods.iter().enumerate() {
         let t = Instant::now();
-        // prompt i with seed + i, in batches
-        let items: Vec<(&str, u64)> = prompts.iter().enumerate().map(|(i, p)| (p.as_str(), c.seed + i as u64)).collect();
         let mut videos = Vec::new();
         for chunk in items.chunks(c.sample_batch.max(1)) {
             videos.extend(gen.generate_batch(chunk, o)?.iter().map(|x| Frames::from_chw(x, v.frames, v.height, v.width)));
