@@ -23,8 +23,10 @@ fn upload(g: &Gpu, shape: &[usize], seed: u64) -> (Tensor, Vec<f32>) {
 
 #[test]
 fn matmul_shapes_transposes_bias_batches() {
-    // (M, K, N) including non-multiples of every tile, degenerate 1s and a tile overhang
-    let dims = [(7, 13, 29), (1, 5, 1), (130, 3, 129), (64, 200, 65), (3, 1, 7)];
+    // (M, K, N) including non-multiples of every tile, degenerate 1s and a tile overhang;
+    // M = 13 and 45 take the subgroup kernels' 2- and 4-row-group tiles part-filled, with
+    // K % 4 == 0 for their vec4 loads
+    let dims = [(7, 13, 29), (1, 5, 1), (130, 3, 129), (64, 200, 65), (3, 1, 7), (13, 36, 21), (45, 12, 70)];
     for (v, g) in variants() {
         for (s, &(m, k, n)) in dims.iter().enumerate() {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
