@@ -203,8 +203,68 @@ fn unary4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     if (i * 4u >= p.n) {
         return;
     }
-    let v = x4[i];
-    y4[i] = p.alpha * vec4<f32>(unary_op(v.x), unary_op(v.y), unary_op(v.z), unary_op(v.w)) + p.beta;
+    y4[i] = unary_affine4(x4[i]);
+}
+
+fn unary_affine4(v: vec4<f32>) -> vec4<f32> {
+    return p.alpha * vec4<f32>(unary_op(v.x), unary_op(v.y), unary_op(v.z), unary_op(v.w)) + p.beta;
+}
+
+// The strided unary / copy in vec4s, for views whose offsets and strides are multiples of
+// 4 (on a CPU adapter every storage access is a loop over the lanes, so moving 4 elements
+// per access makes a copy ~4x cheaper). Two layouts of the last (coalesced) dimensions:
+//
+// unary_runs4: the last dimension is contiguous in x and out (head split/merge permutes,
+// slices): one thread per run of up to RUN elements, as unary_runs. p.n = number of runs.
+@compute @workgroup_size(256)
+fn unary_runs4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let t = flat_index(wid, nwg, lid);
+    if (t >= p.n) {
+        return;
+    }
+    let last = p.rank - 1u;
+    let len = p.shape[last / 4u][last % 4u];
+    let runs = (len + RUN - 1u) / RUN;
+    let row = t / runs;
+    let start = (t - row * runs) * RUN;
+    let o = strided_offsets(row, last) / 4u;
+    let end = min(len, start + RUN) / 4u;
+    for (var j = start / 4u; j < end; j++) {
+        y4[o.z + j] = unary_affine4(x4[o.x + j]);
+    }
+}
+
+// unary_transpose4: the last two dimensions (R, C) are transposed: x is contiguous along R,
+// out along C. One thread per 4x4 tile: 4 vec4 loads down x's columns, a register
+// transpose, 4 vec4 stores along out's rows. p.n = number of tiles.
+@compute @workgroup_size(256)
+fn unary_transpose4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let t = flat_index(wid, nwg, lid);
+    if (t >= p.n) {
+        return;
+    }
+    let dr = p.rank - 2u;
+    let dc = p.rank - 1u;
+    let tiles_c = p.shape[dc / 4u][dc % 4u] / 4u;
+    let tiles = p.shape[dr / 4u][dr % 4u] / 4u * tiles_c;
+    let outer = t / tiles;
+    let r0 = (t - outer * tiles) / tiles_c * 4u;
+    let c0 = (t - outer * tiles) % tiles_c * 4u;
+    let o = strided_offsets(outer, dr);
+    let xc = p.xs[dc / 4u][dc % 4u] / 4u;   // x's step along C, in vec4s
+    let or = p.os[dr / 4u][dr % 4u] / 4u;   // out's step along R, in vec4s
+    let ix = (o.x + r0 + c0 * xc * 4u) / 4u;
+    let v0 = x4[ix];
+    let v1 = x4[ix + xc];
+    let v2 = x4[ix + 2u * xc];
+    let v3 = x4[ix + 3u * xc];
+    let io = (o.z + r0 * or * 4u + c0) / 4u;
+    y4[io] = unary_affine4(vec4<f32>(v0.x, v1.x, v2.x, v3.x));
+    y4[io + or] = unary_affine4(vec4<f32>(v0.y, v1.y, v2.y, v3.y));
+    y4[io + 2u * or] = unary_affine4(vec4<f32>(v0.z, v1.z, v2.z, v3.z));
+    y4[io + 3u * or] = unary_affine4(vec4<f32>(v0.w, v1.w, v2.w, v3.w));
 }
 
 @compute @workgroup_size(256)

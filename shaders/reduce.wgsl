@@ -1,13 +1,16 @@
 // Reductions along one axis. The input is viewed as (outer, len, inner) and the output as
 // (outer, inner): element (o, i) reduces x[o, 0..len, i].
-//   reduce_thread: one thread per output (short axes, or many outputs)
+//   reduce_thread: one thread per output (short axes, or many outputs); with p.chunk > 0,
+//                  one thread per (chunk of p.chunk along the axis, output), writing the
+//                  partial results as (chunks, outer, inner) for a second pass (long axes
+//                  without workgroup barriers, which CPU adapters run slowly)
 //   reduce_wg:     one workgroup per output, WG threads stride the axis then combine
 
 struct Params {
     outer: u32,
     len: u32,
     inner: u32,
-    _pad: u32,
+    chunk: u32,   // 0: the whole axis
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,22 +42,28 @@ fn finish(a: f32) -> f32 {
 @compute @workgroup_size(WG)
 fn reduce_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let o = row_index(wid, nwg) * WG + lid;
-    if (o >= p.outer * p.inner) {
+    let t = row_index(wid, nwg) * WG + lid;
+    let outputs = p.outer * p.inner;
+    let chunk = select(p.len, p.chunk, p.chunk > 0u);
+    if (t >= outputs * ((p.len + chunk - 1u) / chunk)) {
         return;
     }
+    let o = t % outputs;
+    let start = t / outputs * chunk;
+    let end = min(p.len, start + chunk);
     let base = (o / p.inner) * p.len * p.inner + o % p.inner;
     // four partial accumulators: shorter dependency chains and smaller rounding error
     var acc = vec4<f32>(init());
-    var j = 0u;
-    for (; j + 4u <= p.len; j += 4u) {
+    var j = start;
+    for (; j + 4u <= end; j += 4u) {
         acc = vec4<f32>(combine(acc.x, x[base + j * p.inner]), combine(acc.y, x[base + (j + 1u) * p.inner]),
                         combine(acc.z, x[base + (j + 2u) * p.inner]), combine(acc.w, x[base + (j + 3u) * p.inner]));
     }
-    for (; j < p.len; j++) {
+    for (; j < end; j++) {
         acc.x = combine(acc.x, x[base + j * p.inner]);
     }
-    y[o] = finish(combine(combine(acc.x, acc.y), combine(acc.z, acc.w)));
+    let r = combine(combine(acc.x, acc.y), combine(acc.z, acc.w));
+    y[t] = select(finish(r), r, p.chunk > 0u);
 }
 
 @compute @workgroup_size(WG)

@@ -201,6 +201,54 @@ fn strided_copies_over_several_runs() {
     for i in 0..70 { for j in 0..9 { assert_eq!(tv[i * 9 + j], yv[j * 70 + i]); } }
 }
 
+/// x permuted by `perm`, on the CPU.
+fn permute_ref(xv: &[f32], shape: &[usize], perm: &[usize]) -> Vec<f32> {
+    let st = strides(shape);
+    let out: Vec<usize> = perm.iter().map(|&d| shape[d]).collect();
+    (0..numel(&out))
+        .map(|i| {
+            let (mut rem, mut src) = (i, 0);
+            for d in (0..out.len()).rev() {
+                src += (rem % out[d]) * st[perm[d]];
+                rem /= out[d];
+            }
+            xv[src]
+        })
+        .collect()
+}
+
+#[test]
+fn vec4_strided_copies_match_the_scalar_ones() {
+    // Layouts the vec4 kernels take (offsets and strides multiples of 4): a contiguous last
+    // dimension over several runs with a part-filled one (76), transposes of the last two
+    // dimensions with and without outer dimensions; and near misses that must fall back
+    // (odd sizes, a last dimension of 6).
+    for (shape, perm) in [
+        (vec![3, 5, 2, 76], vec![0, 2, 1, 3]),
+        (vec![3, 12, 20], vec![0, 2, 1]),
+        (vec![2, 3, 8, 12], vec![1, 0, 3, 2]),
+        (vec![36, 8], vec![1, 0]),
+        (vec![5, 7, 12], vec![0, 2, 1]),
+        (vec![4, 8, 6], vec![0, 2, 1]),
+        (vec![2, 4, 3, 6], vec![0, 2, 1, 3]),
+    ] {
+        let (x, xv) = rand_tensor(&shape, 11, -1.0, 1.0);
+        let got = ops::permute(&x, &perm).unwrap().to_vec().unwrap();
+        assert_eq!(got, permute_ref(&xv, &shape, &perm), "permute {shape:?} by {perm:?}");
+    }
+    // slices: offset 8 (vec4 runs) and offset 1 (scalar)
+    let (x, xv) = rand_tensor(&[4, 6, 8], 12, -1.0, 1.0);
+    for (dim, start, len) in [(1usize, 1, 3), (2, 1, 4), (2, 4, 4)] {
+        let got = ops::slice(&x, dim as isize, start, len).unwrap().to_vec().unwrap();
+        let mut want = vec![];
+        for a in 0..4 { for b in 0..6 { for c in 0..8 {
+            let i = [a, b, c][dim];
+            if i >= start && i < start + len { want.push(xv[(a * 6 + b) * 8 + c]); }
+        } } }
+        assert_eq!(got, want, "slice dim {dim} from {start} length {len}");
+    }
+}
+
 #[test]
 fn nearest_upsample_doubles_each_pixel() {
     let (x, xv) = rand_tensor(&[2, 3, 5, 7], 5, -1.0, 1.0);

@@ -2,6 +2,7 @@
 mod common;
 use common::*;
 use t2v_kernels::ops::{self, Reduce};
+use t2v_kernels::{KernelVariant, Tensor};
 
 fn reduce_ref(x: &[f32], shape: &[usize], ax: usize, kind: Reduce) -> Vec<f64> {
     let outer: usize = shape[..ax].iter().product();
@@ -24,17 +25,24 @@ fn reduce_ref(x: &[f32], shape: &[usize], ax: usize, kind: Reduce) -> Vec<f64> {
 
 #[test]
 fn reductions_along_every_axis() {
-    let shapes: [&[usize]; 5] = [&[7, 13, 29], &[1, 100_003], &[3, 5000, 7], &[5, 1, 3], &[4097, 3]];
-    for (s, shape) in shapes.iter().enumerate() {
-        let (x, xv) = rand_tensor(shape, 40 + s as u64, -2.0, 2.0);
-        for ax in 0..shape.len() {
-            for kind in [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Min] {
-                let y = ops::reduce(&x, ax as isize, kind).unwrap().to_vec().unwrap();
-                let want = reduce_ref(&xv, shape, ax, kind);
-                let len = shape[ax] as f64;
-                // f32 accumulation: error grows ~ sqrt(len) for random data
-                let atol = if kind == Reduce::Sum { 1e-6 * len.sqrt() * 4.0 } else { 1e-5 };
-                assert_close(&format!("{kind:?} axis {ax} of {shape:?}"), &y, &want, atol, 1e-5);
+    // Long axes take workgroup reductions (Tiled) or chunked partial ones (BarrierFree,
+    // the CPU adapters' default): 100_003 needs three chunked passes, 65 a part-filled chunk.
+    let shapes: [&[usize]; 6] = [&[7, 13, 29], &[1, 100_003], &[3, 5000, 7], &[5, 1, 3], &[4097, 3], &[2, 65, 33]];
+    for variant in [KernelVariant::Tiled, KernelVariant::BarrierFree] {
+        let g = private_gpu();
+        g.set_kernel_variant(variant);
+        for (s, shape) in shapes.iter().enumerate() {
+            let xv = Rng::new(40 + s as u64).uniform(numel(shape), -2.0, 2.0);
+            let x = Tensor::from_slice(&g, shape, &xv).unwrap();
+            for ax in 0..shape.len() {
+                for kind in [Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Min] {
+                    let y = ops::reduce(&x, ax as isize, kind).unwrap().to_vec().unwrap();
+                    let want = reduce_ref(&xv, shape, ax, kind);
+                    let len = shape[ax] as f64;
+                    // f32 accumulation: error grows ~ sqrt(len) for random data
+                    let atol = if kind == Reduce::Sum { 1e-6 * len.sqrt() * 4.0 } else { 1e-5 };
+                    assert_close(&format!("{variant:?} {kind:?} axis {ax} of {shape:?}"), &y, &want, atol, 1e-5);
+                }
             }
         }
     }

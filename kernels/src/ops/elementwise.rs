@@ -185,11 +185,18 @@ pub(crate) fn unary_into(
     };
     let gpu = x.t.gpu();
     // Whole contiguous tensors go 4 elements per thread; strided ones by runs along the
-    // last dimension when that is long enough to pay for it.
+    // last dimension when that is long enough to pay for it, in vec4s where the layout
+    // allows (see `vec4_layout`).
     let whole = flags == 7 && x.offset == 0 && out.offset == 0;
     let last = *cshape.last().expect("coalesce keeps one dimension");
     let (entry, threads) = if whole {
         ("unary4", n.div_ceil(4))
+    } else if let Some(layout) = vec4_layout(&cshape, &cs[0], &cs[1], x.offset, out.offset) {
+        p.n = match layout {
+            Vec4Layout::Runs => n / last * last.div_ceil(STRIDED_RUN),
+            Vec4Layout::Transpose => n / 16,
+        } as u32;
+        (if layout == Vec4Layout::Runs { "unary_runs4" } else { "unary_transpose4" }, p.n as usize)
     } else if flags != 7 && last >= STRIDED_RUN_MIN {
         p.n = (n / last * last.div_ceil(STRIDED_RUN)) as u32;
         ("unary_runs", p.n as usize)
@@ -205,6 +212,34 @@ pub(crate) fn unary_into(
         &[x.t, out.t],
         fold_groups(gpu, threads, 256),
     )
+}
+
+/// Layouts the vec4 strided kernels take (elementwise.wgsl: unary_runs4, unary_transpose4).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Vec4Layout {
+    /// The last dimension is contiguous in x and out.
+    Runs,
+    /// The last two dimensions (R, C) are transposed: x contiguous along R, out along C.
+    Transpose,
+}
+
+/// Which vec4 kernel copies a coalesced view (shape, x strides xs, out strides os), if
+/// any: every offset and every stride but the unit ones must be a multiple of 4, and so
+/// must the dimensions read or written as vec4s.
+fn vec4_layout(shape: &[usize], xs: &[usize], os: &[usize], x_off: usize, o_off: usize) -> Option<Vec4Layout> {
+    let r = shape.len();
+    let m4 = |v: usize| v % 4 == 0;
+    if !m4(x_off) || !m4(o_off) || !m4(shape[r - 1]) {
+        return None;
+    }
+    let all4 = |s: &[usize], skip: usize| s.iter().enumerate().all(|(d, &v)| d == skip || m4(v));
+    if xs[r - 1] == 1 && os[r - 1] == 1 && all4(&xs[..r - 1], r) && all4(&os[..r - 1], r) {
+        return Some(Vec4Layout::Runs);
+    }
+    if r >= 2 && m4(shape[r - 2]) && xs[r - 2] == 1 && os[r - 1] == 1 && all4(xs, r - 2) && all4(os, r - 1) {
+        return Some(Vec4Layout::Transpose);
+    }
+    None
 }
 
 /// y = alpha * op(x) + beta, elementwise.

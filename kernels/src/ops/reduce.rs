@@ -4,7 +4,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::{axis, check_f32, fold_groups, launch};
 use crate::shaders::REDUCE;
-use crate::{DType, Result, Tensor};
+use crate::{DType, KernelVariant, Result, Tensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -12,8 +12,13 @@ struct Params {
     outer: u32,
     len: u32,
     inner: u32,
-    _pad: u32,
+    /// > 0: partial results over chunks of this length (reduce_thread only).
+    chunk: u32,
 }
+
+/// Axis chunk of the barrier-free long-axis reduction: each thread reduces this many
+/// elements, and the partial results are reduced again until one remains per output.
+const CHUNK: usize = 64;
 
 /// Reduction kinds; codes match reduce.wgsl.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,11 +42,29 @@ pub fn reduce(x: &Tensor, ax: isize, kind: Reduce) -> Result<Tensor> {
         // an empty axis sums to 0 (PyTorch's convention)
         return crate::ops::fill(x.gpu(), &out_shape, 0.0);
     }
-    let y = Tensor::empty(x.gpu(), &out_shape, DType::F32, "reduce output")?;
     let gpu = x.gpu();
-    let p = Params { outer: outer as u32, len: len as u32, inner: inner as u32, _pad: 0 };
+    let short = len <= CHUNK || (outputs >= 4096 && len <= 4096);
+    // Long axes on CPU adapters (or when barrier-free kernels are asked for): partial
+    // results over chunks, then the same reduction of those (a mean sums, then scales).
+    let barrier_free = match gpu.kernel_variant() {
+        KernelVariant::Auto => gpu.is_cpu(),
+        KernelVariant::Tiled => false,
+        KernelVariant::BarrierFree | KernelVariant::Subgroup => true,
+    };
+    if !short && barrier_free {
+        let chunks = len.div_ceil(CHUNK);
+        let partial_kind = if kind == Reduce::Mean { Reduce::Sum } else { kind };
+        let partial = Tensor::empty(gpu, &[chunks, outer, inner], DType::F32, "reduce partials")?;
+        let p = Params { outer: outer as u32, len: len as u32, inner: inner as u32, chunk: CHUNK as u32 };
+        let groups = fold_groups(gpu, outputs * chunks, 64);
+        launch(gpu, &REDUCE, "reduce_thread", &[("OP", partial_kind as u32 as f64), ("WG", 64.0)], bytemuck::bytes_of(&p), &[x, &partial], groups)?;
+        let y = reduce(&partial, 0, partial_kind)?.reshape(&out_shape)?;
+        return if kind == Reduce::Mean { crate::ops::scale(&y, 1.0 / len as f32) } else { Ok(y) };
+    }
+    let y = Tensor::empty(x.gpu(), &out_shape, DType::F32, "reduce output")?;
+    let p = Params { outer: outer as u32, len: len as u32, inner: inner as u32, chunk: 0 };
     // Short axes or many outputs: a thread per output. Long axes: a workgroup per output.
-    let (entry, wg, groups) = if len <= 64 || (outputs >= 4096 && len <= 4096) {
+    let (entry, wg, groups) = if short {
         ("reduce_thread", 64u32, fold_groups(gpu, outputs, 64))
     } else {
         let wg = (len.next_power_of_two() as u32).clamp(32, 256);
