@@ -122,7 +122,8 @@ fn norm_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 
 // norm_thread4: norm_rows4 with one invocation per row (row index = group * WG + lid) and no
 // workgroup barriers, for short rows (layer norms over C channels), where a workgroup per
-// row would leave most lanes idle and pay its barriers for a few elements.
+// row would leave most lanes idle and pay its barriers for a few elements, and on CPU
+// adapters for many long rows too (ops::thread_per_row).
 @compute @workgroup_size(WG)
 fn norm_thread4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
@@ -225,7 +226,7 @@ fn norm_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
 }
 
-// norm_bwd_thread: norm_bwd with one invocation per row, for short rows (see norm_thread4).
+// norm_bwd_thread: norm_bwd with one invocation per row, where norm_thread4 would be used.
 @compute @workgroup_size(WG)
 fn norm_bwd_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) lid: u32) {

@@ -1,5 +1,6 @@
 // Softmax along the last axis of (rows, len): y = softmax(scale * x).
-//   softmax_thread: one thread per row (short rows, e.g. temporal attention over frames)
+//   softmax_thread: one thread per row (short rows, e.g. temporal attention over frames;
+//                   on CPU adapters also many long rows, see ops::thread_per_row)
 //   softmax_wg:     one workgroup per row
 // and the in-place row kernels of attention over materialised scores (rows = BH * Lq,
 // len = Lk; with `causal` = Lq > 0, row r is query r % Lq and sees keys 0..=r % Lq). They

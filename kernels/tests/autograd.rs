@@ -234,6 +234,14 @@ fn layer_and_group_norm() {
     grad_check("group_norm long rows", &[(&[1, 4, 3, 5, 9], -2.0, 2.0), (&[4], 0.5, 1.5), (&[4], -1.0, 1.0)], &|v| ad::group_norm(&v[0], 2, Some(&v[1]), Some(&v[2]), 1e-5, true), &|x| {
         norm_ref(&x[0], 2 * s, 1e-5, |r, j| (r % 2) * 2 + j / s, Some((&x[1], &x[2])), true).0
     });
+    // 128 rows of 2 x 75 = 150 elements: many long rows, one thread each on CPU adapters
+    let s = 75;
+    grad_check("group_norm many long rows", &[(&[2, 128, 3, 5, 5], -2.0, 2.0), (&[128], 0.5, 1.5), (&[128], -1.0, 1.0)], &|v| ad::group_norm(&v[0], 64, Some(&v[1]), Some(&v[2]), 1e-5, true), &|x| {
+        norm_ref(&x[0], 2 * s, 1e-5, |r, j| (r % 64) * 2 + j / s, Some((&x[1], &x[2])), true).0
+    });
+    grad_check("layer_norm many long rows", &[(&[130, 132], -2.0, 2.0), (&[132], 0.5, 1.5), (&[132], -1.0, 1.0)], &|v| ad::layer_norm(&v[0], Some(&v[1]), Some(&v[2]), 1e-5), &|x| {
+        norm_ref(&x[0], 132, 1e-5, |_, j| j, Some((&x[1], &x[2])), false).0
+    });
 }
 
 #[test]

@@ -70,6 +70,7 @@ fn softmax_short_and_long_rows() {
         (vec![3, 1], 1.0, -1.0, 1.0),
         (vec![2, 129], 1.0, 500.0, 1000.0), // large logits: must not overflow
         (vec![40_000, 16], 1.0, -8.0, 8.0),  // temporal-attention-like rows
+        (vec![130, 300], 1.0, -8.0, 8.0),    // many long rows: one thread each on CPU adapters
     ]
     .into_iter()
     .enumerate()
@@ -83,7 +84,7 @@ fn softmax_short_and_long_rows() {
 #[test]
 fn layer_norm_with_and_without_affine() {
     // short rows of a multiple of 4 take the thread-per-row kernel (131 rows: not a multiple of its 64)
-    for (k, shape) in [vec![7, 13, 29], vec![77, 1024], vec![3, 1], vec![2, 5, 300], vec![131, 36], vec![5, 128], vec![2, 132]].into_iter().enumerate() {
+    for (k, shape) in [vec![7, 13, 29], vec![77, 1024], vec![3, 1], vec![2, 5, 300], vec![131, 36], vec![5, 128], vec![2, 132], vec![130, 260]].into_iter().enumerate() {
         let d = *shape.last().unwrap();
         let (x, xv) = rand_tensor(&shape, 80 + k as u64, -3.0, 5.0);
         let (g, gv) = rand_tensor(&[d], 90 + k as u64, 0.5, 1.5);
@@ -103,7 +104,7 @@ fn layer_norm_with_and_without_affine() {
 
 #[test]
 fn group_norm_4d_and_5d_with_fused_silu() {
-    for (k, (shape, groups)) in [(vec![3, 12, 5, 7], 4), (vec![2, 32, 3, 5, 7], 8), (vec![1, 6, 1], 3), (vec![2, 64, 9, 11], 32), (vec![3, 8, 3, 4], 4)]
+    for (k, (shape, groups)) in [(vec![3, 12, 5, 7], 4), (vec![2, 32, 3, 5, 7], 8), (vec![1, 6, 1], 3), (vec![2, 64, 9, 11], 32), (vec![3, 8, 3, 4], 4), (vec![4, 64, 8, 10], 32)]
         .into_iter()
         .enumerate()
     {

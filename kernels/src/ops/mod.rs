@@ -21,7 +21,7 @@ pub use softmax::{softmax, softmax_scaled};
 
 use crate::gpu::Gpu;
 use crate::registry::{pipeline, KernelSource};
-use crate::{DType, Error, Result, Tensor};
+use crate::{DType, Error, KernelVariant, Result, Tensor};
 
 /// Workgroups for `items` work items of `per_group` each, folded into (x, y) so that no
 /// dimension exceeds the device limit. Kernels rebuild the index as (y * nx + x).
@@ -40,10 +40,34 @@ pub(crate) fn fold_groups(gpu: &Gpu, items: usize, per_group: u32) -> [u32; 3] {
 /// would cost for a few elements.
 pub(crate) const SHORT_ROW: usize = 128;
 
-/// The thread-per-row entry for short rows (see [`SHORT_ROW`]), else the workgroup-per-row
-/// one: (entry, workgroup size, grid).
-pub(crate) fn row_kernel(gpu: &Gpu, rows: usize, len: usize, [thread, wg]: [&'static str; 2]) -> (&'static str, u32, [u32; 3]) {
-    if len <= SHORT_ROW {
+/// On adapters that prefer barrier-free kernels, this many rows or more take the
+/// thread-per-row kernels whatever their length: enough invocations to keep a CPU's
+/// threads busy, none of the workgroup barriers that llvmpipe runs slowly.
+const MANY_ROWS: usize = 128;
+
+/// Whether the row and reduction kernels should avoid workgroup barriers: by default on
+/// CPU adapters (llvmpipe runs every barrier as a switch through all of a workgroup's
+/// invocations), or when the barrier-free / subgroup kernels are asked for.
+pub(crate) fn barrier_free(gpu: &Gpu) -> bool {
+    match gpu.kernel_variant() {
+        KernelVariant::Auto => gpu.is_cpu(),
+        KernelVariant::Tiled => false,
+        KernelVariant::BarrierFree | KernelVariant::Subgroup => true,
+    }
+}
+
+/// Whether `rows` rows of `len` take a thread-per-row kernel whose invocation runs
+/// `iterations` loop iterations: short rows always, long ones when there are many and the
+/// adapter prefers barrier-free kernels (and its loop limit allows them).
+pub(crate) fn thread_per_row(gpu: &Gpu, rows: usize, len: usize, iterations: usize) -> bool {
+    let fits = gpu.loop_limit().is_none_or(|l| iterations as u64 <= l);
+    fits && (len <= SHORT_ROW || (rows >= MANY_ROWS && barrier_free(gpu)))
+}
+
+/// The thread-per-row entry (see [`thread_per_row`]; its invocation runs `passes` loops
+/// over the row), else the workgroup-per-row one: (entry, workgroup size, grid).
+pub(crate) fn row_kernel(gpu: &Gpu, rows: usize, len: usize, passes: usize, [thread, wg]: [&'static str; 2]) -> (&'static str, u32, [u32; 3]) {
+    if thread_per_row(gpu, rows, len, passes * len) {
         (thread, 64, fold_groups(gpu, rows, 64))
     } else {
         (wg, (len.next_power_of_two() as u32).clamp(32, 256), fold_groups(gpu, rows, 1))

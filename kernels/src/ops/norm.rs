@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{check_f32, fold_groups, launch, row_kernel, SHORT_ROW};
+use super::{check_f32, fold_groups, launch, row_kernel, thread_per_row};
 use crate::error::shape_err;
 use crate::shaders::NORM;
 use crate::{DType, Result, Tensor};
@@ -119,7 +119,7 @@ fn forward(x: &Tensor, r: Rows, affine: Option<(&Tensor, &Tensor)>, eps: f32, si
     }
     let (g, b) = affine.unwrap_or((x, x)); // unread when affine == 0
     let (entry, wg, groups) = match r.len % 4 == 0 {
-        true if r.len <= SHORT_ROW => ("norm_thread4", 64, fold_groups(gpu, r.rows, 64)),
+        true if thread_per_row(gpu, r.rows, r.len, 3 * r.len / 4) => ("norm_thread4", 64, fold_groups(gpu, r.rows, 64)),
         true => ("norm_rows4", r.workgroup(), fold_groups(gpu, r.rows, 1)),
         false => ("norm_rows", r.workgroup(), fold_groups(gpu, r.rows, 1)),
     };
@@ -143,7 +143,7 @@ fn backward(x: &Tensor, r: Rows, affine: Option<(&Tensor, &Tensor)>, stats: &Ten
     if r.rows > 0 && r.len > 0 {
         let (g, b) = affine.unwrap_or((x, x));
         let (gw, gb) = terms.as_ref().map(|(a, b)| (a, b)).unwrap_or((&dx, &dx)); // unwritten without affine
-        let (entry, wg, groups) = row_kernel(gpu, r.rows, r.len, ["norm_bwd_thread", "norm_bwd"]);
+        let (entry, wg, groups) = row_kernel(gpu, r.rows, r.len, 2, ["norm_bwd_thread", "norm_bwd"]);
         launch(gpu, &NORM, entry, &[("WG", wg as f64), ("ACT", silu as u32 as f64)], bytemuck::bytes_of(&r.params(eps, affine.is_some())), &[x, g, b, &dx, stats, dy, gw, gb], groups)?;
     }
     let (dgamma, dbeta) = match terms {

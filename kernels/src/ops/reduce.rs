@@ -2,9 +2,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{axis, check_f32, fold_groups, launch};
+use super::{axis, barrier_free, check_f32, fold_groups, launch};
 use crate::shaders::REDUCE;
-use crate::{DType, KernelVariant, Result, Tensor};
+use crate::{DType, Result, Tensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -46,12 +46,7 @@ pub fn reduce(x: &Tensor, ax: isize, kind: Reduce) -> Result<Tensor> {
     let short = len <= CHUNK || (outputs >= 4096 && len <= 4096);
     // Long axes on CPU adapters (or when barrier-free kernels are asked for): partial
     // results over chunks, then the same reduction of those (a mean sums, then scales).
-    let barrier_free = match gpu.kernel_variant() {
-        KernelVariant::Auto => gpu.is_cpu(),
-        KernelVariant::Tiled => false,
-        KernelVariant::BarrierFree | KernelVariant::Subgroup => true,
-    };
-    if !short && barrier_free {
+    if !short && barrier_free(gpu) {
         let chunks = len.div_ceil(CHUNK);
         let partial_kind = if kind == Reduce::Mean { Reduce::Sum } else { kind };
         let partial = Tensor::empty(gpu, &[chunks, outer, inner], DType::F32, "reduce partials")?;

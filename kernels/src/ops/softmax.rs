@@ -30,7 +30,7 @@ pub fn softmax_scaled(x: &Tensor, scale: f32) -> Result<Tensor> {
     }
     let gpu = x.gpu();
     let p = Params { rows: rows as u32, len: len as u32, scale, causal: 0 };
-    let (entry, wg, groups) = row_kernel(gpu, rows, len, ["softmax_thread", "softmax_wg"]);
+    let (entry, wg, groups) = row_kernel(gpu, rows, len, 3, ["softmax_thread", "softmax_wg"]);
     launch(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(&p), &[x, &y], groups)?;
     Ok(y)
 }
@@ -64,7 +64,7 @@ pub(crate) fn softmax_lse_in_place(s: &Tensor, causal: usize) -> Result<Tensor> 
         return Ok(lse);
     }
     let gpu = s.gpu();
-    let (entry, wg, groups) = row_kernel(gpu, rows, p.len as usize, ["softmax_lse_thread", "softmax_lse_wg"]);
+    let (entry, wg, groups) = row_kernel(gpu, rows, p.len as usize, 3, ["softmax_lse_thread", "softmax_lse_wg"]);
     launch(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(&p), &[s, &lse], groups)?;
     Ok(lse)
 }
