@@ -181,7 +181,9 @@ fn recomputed_unet_blocks_give_the_same_gradients_with_less_memory() {
     };
     let (l0, g0, m0) = run(false);
     let (l1, g1, m1) = run(true);
-    assert_eq!(l0, l1);
+    // A recomputed block's first forward runs without a tape and so takes the fused
+    // attention kernel where the recorded one takes matmul + softmax: equal up to rounding.
+    assert!((l0 - l1).abs() <= 1e-6 * l0.abs(), "loss {l0} without recomputation, {l1} with");
     let mut worst = 0f32;
     for (a, b) in g0.iter().zip(&g1) {
         assert_eq!(a.len(), b.len(), "a parameter lost its gradient");
