@@ -117,6 +117,16 @@ fn unary_op(v: f32) -> f32 {
 // adapters) happens once per run instead of once per element. p.n = number of runs.
 const RUN: u32 = 32u;
 
+// Run t: (row over the leading dimensions, first and one-past-last element along the last).
+fn run_of(t: u32) -> vec3<u32> {
+    let last = p.rank - 1u;
+    let len = p.shape[last / 4u][last % 4u];
+    let runs = (len + RUN - 1u) / RUN;
+    let row = t / runs;
+    let start = (t - row * runs) * RUN;
+    return vec3<u32>(row, start, min(len, start + RUN));
+}
+
 @compute @workgroup_size(256)
 fn unary_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
@@ -125,15 +135,11 @@ fn unary_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         return;
     }
     let last = p.rank - 1u;
-    let len = p.shape[last / 4u][last % 4u];
-    let runs = (len + RUN - 1u) / RUN;
-    let row = t / runs;
-    let start = (t - row * runs) * RUN;
-    let o = strided_offsets(row, last);
+    let r = run_of(t);
+    let o = strided_offsets(r.x, last);
     let xs = p.xs[last / 4u][last % 4u];
     let os = p.os[last / 4u][last % 4u];
-    let end = min(len, start + RUN);
-    for (var j = start; j < end; j++) {
+    for (var j = r.y; j < r.z; j++) {
         y[o.z + j * os] = p.alpha * unary_op(x[o.x + j * xs]) + p.beta;
     }
 }
@@ -223,14 +229,9 @@ fn unary_runs4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (t >= p.n) {
         return;
     }
-    let last = p.rank - 1u;
-    let len = p.shape[last / 4u][last % 4u];
-    let runs = (len + RUN - 1u) / RUN;
-    let row = t / runs;
-    let start = (t - row * runs) * RUN;
-    let o = strided_offsets(row, last) / 4u;
-    let end = min(len, start + RUN) / 4u;
-    for (var j = start / 4u; j < end; j++) {
+    let r = run_of(t) / vec3<u32>(1u, 4u, 4u);
+    let o = strided_offsets(r.x, p.rank - 1u) / 4u;
+    for (var j = r.y; j < r.z; j++) {
         y4[o.z + j] = unary_affine4(x4[o.x + j]);
     }
 }

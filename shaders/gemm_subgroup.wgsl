@@ -50,6 +50,18 @@ fn store_rows(acc: Rows8, z: u32, m0: u32, n0: u32) {
     }
 }
 
+// Writes the ROW_GROUPS groups of a lane's block, rows m0.. (unused groups are not read).
+fn store_groups(c0: Rows8, c1: Rows8, c2: Rows8, c3: Rows8, z: u32, m0: u32, n0: u32) {
+    store_rows(c0, z, m0, n0);
+    if (ROW_GROUPS > 1u) {
+        store_rows(c1, z, m0 + 8u, n0);
+    }
+    if (ROW_GROUPS > 2u) {
+        store_rows(c2, z, m0 + 16u, n0);
+        store_rows(c3, z, m0 + 24u, n0);
+    }
+}
+
 // Row of A that lane `lane` of row group g loads (clamped: rows past M read valid data
 // that store_rows drops, so the k loop has no per-lane bounds checks).
 fn a_row(m0: u32, g: u32, lane: u32) -> u32 {
@@ -99,14 +111,7 @@ fn gemm_sg(@builtin(workgroup_id) wid: vec3<u32>,
             rank1(&c3, a[ai.w], bv);
         }
     }
-    store_rows(c0, z, m0, n0);
-    if (ROW_GROUPS > 1u) {
-        store_rows(c1, z, m0 + 8u, n0);
-    }
-    if (ROW_GROUPS > 2u) {
-        store_rows(c2, z, m0 + 16u, n0);
-        store_rows(c3, z, m0 + 24u, n0);
-    }
+    store_groups(c0, c1, c2, c3, z, m0, n0);
 }
 
 // gemm_sg4: the same tiling when both operands are K-contiguous (A row-major (M, K), B
@@ -144,12 +149,5 @@ fn gemm_sg4(@builtin(workgroup_id) wid: vec3<u32>,
             rank4(&c3, a4[ra.w + kk], bk);
         }
     }
-    store_rows(c0, z, m0, n0);
-    if (ROW_GROUPS > 1u) {
-        store_rows(c1, z, m0 + 8u, n0);
-    }
-    if (ROW_GROUPS > 2u) {
-        store_rows(c2, z, m0 + 16u, n0);
-        store_rows(c3, z, m0 + 24u, n0);
-    }
+    store_groups(c0, c1, c2, c3, z, m0, n0);
 }
