@@ -74,7 +74,7 @@ fn choose_kind(gpu: &Gpu, m: usize, n: usize) -> Result<Kind> {
 
 /// 8-row groups per subgroup in gemm_sg / gemm_sg4: as many as M fills, up to 4 (32 rows).
 /// More rows share each load of B; on llvmpipe, where loads dominate, 4 groups run the
-/// UNet's GEMMs 1.6-2.4x faster than 1 (`cargo bench -p t2v-kernels`).
+/// tiny UNet's GEMM shapes 1.9-2.5x faster than 1 (BENCHMARKS.md, session 6).
 fn subgroup_row_groups(m: usize) -> usize {
     match m {
         0..=8 => 1,
