@@ -192,11 +192,12 @@ pub(crate) fn unary_into(
     let (entry, threads) = if whole {
         ("unary4", n.div_ceil(4))
     } else if let Some(layout) = vec4_layout(&cshape, &cs[0], &cs[1], x.offset, out.offset) {
-        p.n = match layout {
-            Vec4Layout::Runs => n / last * last.div_ceil(STRIDED_RUN),
-            Vec4Layout::Transpose => n / 16,
-        } as u32;
-        (if layout == Vec4Layout::Runs { "unary_runs4" } else { "unary_transpose4" }, p.n as usize)
+        let (entry, threads) = match layout {
+            Vec4Layout::Runs => ("unary_runs4", n / last * last.div_ceil(STRIDED_RUN)),
+            Vec4Layout::Transpose => ("unary_transpose4", n / 16),
+        };
+        p.n = threads as u32;
+        (entry, threads)
     } else if flags != 7 && last >= STRIDED_RUN_MIN {
         p.n = (n / last * last.div_ceil(STRIDED_RUN)) as u32;
         ("unary_runs", p.n as usize)

@@ -56,7 +56,7 @@ pub fn reduce(x: &Tensor, ax: isize, kind: Reduce) -> Result<Tensor> {
         let y = reduce(&partial, 0, partial_kind)?.reshape(&out_shape)?;
         return if kind == Reduce::Mean { crate::ops::scale(&y, 1.0 / len as f32) } else { Ok(y) };
     }
-    let y = Tensor::empty(x.gpu(), &out_shape, DType::F32, "reduce output")?;
+    let y = Tensor::empty(gpu, &out_shape, DType::F32, "reduce output")?;
     let p = Params { outer: outer as u32, len: len as u32, inner: inner as u32, chunk: 0 };
     // Short axes or many outputs: a thread per output. Long axes: a workgroup per output.
     let (entry, wg, groups) = if short {
