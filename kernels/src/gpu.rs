@@ -142,8 +142,13 @@ pub enum KernelVariant {
     Tiled,
     /// Always the barrier-free kernels without subgroup operations (portable fallback).
     BarrierFree,
-    /// The subgroup kernels where they exist (needs SUBGROUP and a fixed subgroup size >= 8).
+    /// The subgroup kernels where they exist (needs SUBGROUP and a fixed subgroup size >= 8),
+    /// with GEMM operands read from storage buffers.
     Subgroup,
+    /// Like `Subgroup`, with GEMM operands copied into textures where the device allows
+    /// (8-lane subgroups, operands within its texture limits; see `shaders/gemm_texture.wgsl`);
+    /// what `Auto` runs on CPU adapters.
+    Texture,
 }
 
 /// How scaled-dot-product attention runs (forward and backward).

@@ -18,8 +18,19 @@ pub(crate) const PARAM_SLOT: u64 = 256;
 const MAX_BATCH: usize = 256;
 
 pub(crate) enum Cmd {
-    Dispatch { pipe: Arc<Pipeline>, buffers: Vec<(wgpu::Buffer, u64)>, first_binding: u32, params_at: u64, groups: [u32; 3] },
+    Dispatch {
+        pipe: Arc<Pipeline>,
+        buffers: Vec<(wgpu::Buffer, u64)>,
+        first_binding: u32,
+        /// (binding, view): sampled or storage textures after the buffers
+        textures: Vec<(u32, wgpu::TextureView)>,
+        params_at: u64,
+        groups: [u32; 3],
+    },
     Copy { src: wgpu::Buffer, src_at: u64, dst: wgpu::Buffer, dst_at: u64, bytes: u64 },
+    /// `extent` (width, height) texels from `src` at `src_at`, rows `bytes_per_row` apart (a
+    /// multiple of 256; None for one row), into `dst` from row `dst_row`.
+    CopyToTexture { src: wgpu::Buffer, src_at: u64, bytes_per_row: Option<u32>, dst: wgpu::Texture, dst_row: u32, extent: [u32; 2] },
     Clear { buf: wgpu::Buffer, bytes: u64 },
 }
 
@@ -72,6 +83,7 @@ impl Recorder {
         params: &[u8],
         first_binding: u32,
         buffers: Vec<(wgpu::Buffer, u64)>,
+        textures: Vec<(u32, wgpu::TextureView)>,
         groups: [u32; 3],
     ) -> Result<()> {
         assert!(params.len() as u64 <= PARAM_SLOT, "kernel params exceed one slot");
@@ -85,7 +97,7 @@ impl Recorder {
         let params_at = self.params.len() as u64;
         self.params.extend_from_slice(params);
         self.params.resize((params_at + PARAM_SLOT) as usize, 0);
-        self.cmds.push(Cmd::Dispatch { pipe, buffers, first_binding, params_at, groups });
+        self.cmds.push(Cmd::Dispatch { pipe, buffers, first_binding, textures, params_at, groups });
         self.maybe_flush(gpu)
     }
 
@@ -126,7 +138,7 @@ impl Recorder {
 
         let n_dispatch = cmds.iter().filter(|c| matches!(c, Cmd::Dispatch { .. })).count() as u32;
         let timing = if self.profiling && n_dispatch > 0 { Some(Timing::new(device, n_dispatch)) } else { None };
-        let bind = |pipe: &Pipeline, buffers: &[(wgpu::Buffer, u64)], first: u32, params_at: u64| {
+        let bind = |pipe: &Pipeline, buffers: &[(wgpu::Buffer, u64)], first: u32, textures: &[(u32, wgpu::TextureView)], params_at: u64| {
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -144,6 +156,9 @@ impl Recorder {
                         size: wgpu::BufferSize::new(*bytes),
                     }),
                 });
+            }
+            for (binding, view) in textures {
+                entries.push(wgpu::BindGroupEntry { binding: *binding, resource: wgpu::BindingResource::TextureView(view) });
             }
             device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipe.layout, entries: &entries })
         };
@@ -165,8 +180,8 @@ impl Recorder {
                         }
                     });
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: tw });
-                    while let Some(Cmd::Dispatch { pipe, buffers, first_binding, params_at, groups }) = cmds.get(i) {
-                        let bg = bind(pipe, buffers, *first_binding, *params_at);
+                    while let Some(Cmd::Dispatch { pipe, buffers, first_binding, textures, params_at, groups }) = cmds.get(i) {
+                        let bg = bind(pipe, buffers, *first_binding, textures, *params_at);
                         pass.set_pipeline(&pipe.pipeline);
                         pass.set_bind_group(0, &bg, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -179,6 +194,17 @@ impl Recorder {
                 }
                 Cmd::Copy { src, src_at, dst, dst_at, bytes } => {
                     enc.copy_buffer_to_buffer(src, *src_at, dst, *dst_at, *bytes);
+                    i += 1;
+                }
+                Cmd::CopyToTexture { src, src_at, bytes_per_row, dst, dst_row, extent } => {
+                    enc.copy_buffer_to_texture(
+                        wgpu::TexelCopyBufferInfo {
+                            buffer: src,
+                            layout: wgpu::TexelCopyBufferLayout { offset: *src_at, bytes_per_row: *bytes_per_row, rows_per_image: None },
+                        },
+                        wgpu::TexelCopyTextureInfo { texture: dst, mip_level: 0, origin: wgpu::Origin3d { x: 0, y: *dst_row, z: 0 }, aspect: wgpu::TextureAspect::All },
+                        wgpu::Extent3d { width: extent[0], height: extent[1], depth_or_array_layers: 1 },
+                    );
                     i += 1;
                 }
                 Cmd::Clear { buf, bytes } => {

@@ -25,9 +25,11 @@ family!(NORM, "norm", with "common");
 family!(GEMM, "gemm", with "gemm_common");
 // Needs the SUBGROUP feature (a separate module so that devices without it can use GEMM).
 family!(GEMM_SUBGROUP, "gemm_subgroup", with "gemm_common");
+// CPU adapters: operands read from textures (needs SUBGROUP with 8 lanes).
+family!(GEMM_TEXTURE, "gemm_texture", with "gemm_common");
 family!(ATTENTION, "attention");
 family!(EMBEDDING, "embedding");
 family!(OPTIM, "optim");
 
 /// Every family, for validation.
-pub static ALL: &[&KernelSource] = &[&ELEMENTWISE, &REDUCE, &SOFTMAX, &NORM, &GEMM, &GEMM_SUBGROUP, &ATTENTION, &EMBEDDING, &OPTIM];
+pub static ALL: &[&KernelSource] = &[&ELEMENTWISE, &REDUCE, &SOFTMAX, &NORM, &GEMM, &GEMM_SUBGROUP, &GEMM_TEXTURE, &ATTENTION, &EMBEDDING, &OPTIM];

@@ -6,7 +6,7 @@ use t2v_kernels::ops::{self, Conv2d, Matmul};
 use t2v_kernels::{Gpu, KernelVariant, Tensor};
 
 fn variants() -> Vec<(KernelVariant, Gpu)> {
-    [KernelVariant::BarrierFree, KernelVariant::Tiled, KernelVariant::Subgroup]
+    [KernelVariant::BarrierFree, KernelVariant::Tiled, KernelVariant::Subgroup, KernelVariant::Texture]
         .into_iter()
         .map(|v| {
             let g = private_gpu();
@@ -67,6 +67,44 @@ fn matmul_shapes_transposes_bias_batches() {
             let want = matmul_ref(&av[z * 91..(z + 1) * 91], &wv, 7, 13, 29, false, false, 1.0, None);
             assert_close(&format!("{v:?} shared b {z}"), &cv[z * 203..(z + 1) * 203], &want, 1e-5, 1e-5);
         }
+    }
+}
+
+/// gemm_tex (operands in textures, CPU adapters with 8-lane subgroups): every layout, K
+/// tails of 0..3, tiles part-filled in rows and columns, layers of batches and shared
+/// operands, both ways into a texture (a plain copy of whole and part texture rows for rows
+/// of 4k floats, else `pack`).
+#[test]
+fn texture_gemm_layouts_tails_batches() {
+    let g = private_gpu();
+    g.set_kernel_variant(KernelVariant::Texture);
+    if g.fixed_subgroup_size() != Some(8) || g.set_profiling(true).is_err() {
+        eprintln!("skipped: needs 8-lane subgroups and timestamps (the texture GEMM's adapter)");
+        return;
+    }
+    // (batch A, batch B, M, K, N); a batch of 0 is a shared matrix
+    let cases = [(0, 0, 33, 67, 41), (0, 0, 17, 9, 5), (0, 0, 40, 64, 128), (0, 0, 40, 68, 132), (0, 0, 300, 16, 20), (0, 0, 70, 130, 66), (3, 3, 20, 64, 64), (2, 0, 37, 6, 50), (0, 2, 19, 128, 7)];
+    for (s, &(ba, bb, m, k, n)) in cases.iter().enumerate() {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let mat = |batch: usize, r: usize, c: usize| if batch == 0 { vec![r, c] } else { vec![batch, r, c] };
+            let (a, av) = upload(&g, &mat(ba, if ta { k } else { m }, if ta { m } else { k }), 11 * s as u64 + 1);
+            let (b, bv) = upload(&g, &mat(bb, if tb { n } else { k }, if tb { k } else { n }), 11 * s as u64 + 2);
+            let (bias, biasv) = upload(&g, &[n], 11 * s as u64 + 3);
+            let c = ops::matmul_ex(&a, &b, Matmul { trans_a: ta, trans_b: tb, alpha: -1.5, bias: Some(&bias) }).unwrap();
+            let batch = ba.max(bb).max(1);
+            assert_eq!(c.numel(), batch * m * n);
+            let cv = c.to_vec().unwrap();
+            for z in 0..batch {
+                let (za, zb) = (if ba == 0 { 0 } else { z }, if bb == 0 { 0 } else { z });
+                let want = matmul_ref(&av[za * m * k..(za + 1) * m * k], &bv[zb * k * n..(zb + 1) * k * n], m, k, n, ta, tb, -1.5, Some(&biasv));
+                let name = format!("texture {ba}x{bb}x{m}x{k}x{n} ta={ta} tb={tb} batch {z}");
+                assert_close(&name, &cv[z * m * n..(z + 1) * m * n], &want, 1e-5 * (k as f64).sqrt(), 1e-5);
+            }
+        }
+    }
+    let kernels: Vec<String> = g.profile().unwrap().into_iter().map(|r| r.kernel).collect();
+    for entry in ["gemm_texture::gemm_tex", "gemm_texture::pack"] {
+        assert!(kernels.iter().any(|k| k.starts_with(entry)), "{entry} never ran: {kernels:?}");
     }
 }
 

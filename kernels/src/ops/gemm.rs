@@ -3,9 +3,10 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::check_f32;
-use super::{launch, launch_at};
+use super::{launch, launch_at, launch_textures};
 use crate::error::shape_err;
-use crate::shaders::{GEMM, GEMM_SUBGROUP};
+use crate::recorder::Cmd;
+use crate::shaders::{GEMM, GEMM_SUBGROUP, GEMM_TEXTURE};
 use crate::{DType, Error, Gpu, KernelVariant, Result, Tensor};
 
 #[repr(C)]
@@ -46,7 +47,8 @@ const CPU_COLS: usize = 8;
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Tiled,
-    Subgroup,
+    /// gemm_sg / gemm_sg4, and gemm_tex where [`texture_operands`] allows when `textures`.
+    Subgroup { textures: bool },
     Cpu,
 }
 
@@ -62,12 +64,14 @@ fn choose_kind(gpu: &Gpu, m: usize, n: usize) -> Result<Kind> {
     Ok(match gpu.kernel_variant() {
         KernelVariant::Tiled => Kind::Tiled,
         KernelVariant::BarrierFree => Kind::Cpu,
-        KernelVariant::Subgroup if sg.is_some() => Kind::Subgroup,
-        KernelVariant::Subgroup => {
+        KernelVariant::Subgroup | KernelVariant::Texture if sg.is_some() => {
+            Kind::Subgroup { textures: gpu.kernel_variant() == KernelVariant::Texture }
+        }
+        KernelVariant::Subgroup | KernelVariant::Texture => {
             return Err(Error::Device("the subgroup GEMM needs SUBGROUP and a fixed subgroup size >= 8".into()))
         }
         KernelVariant::Auto if !gpu.is_cpu() && m >= TILE / 2 && n >= TILE / 2 => Kind::Tiled,
-        KernelVariant::Auto if gpu.is_cpu() && sg.is_some() => Kind::Subgroup,
+        KernelVariant::Auto if gpu.is_cpu() && sg.is_some() => Kind::Subgroup { textures: true },
         KernelVariant::Auto => Kind::Cpu,
     })
 }
@@ -81,6 +85,75 @@ fn subgroup_row_groups(m: usize) -> usize {
         9..=16 => 2,
         _ => 4,
     }
+}
+
+/// Rows of C per subgroup tile of gemm_tex; smaller outputs take gemm_sg's fewer row groups.
+const TEXTURE_TILE_ROWS: usize = 32;
+/// Texels per row of gemm_tex's operand textures (TEX_W in `shaders/gemm_texture.wgsl`):
+/// 16 KiB rows, a multiple of the 256-byte alignment of buffer-to-texture copies.
+const TEXTURE_WIDTH: usize = 1024;
+
+/// The operands of gemm_tex as (rows, len) with all layers' rows counted (see
+/// `shaders/gemm_texture.wgsl`), when it runs this GEMM: a subgroup kernel allowed to use
+/// textures, 8-lane subgroups, dense operands, more rows than gemm_sg's 16-row tiles and
+/// textures within the device's limits.
+fn texture_operands(gpu: &Gpu, kind: Kind, p: &Params, trans_a: bool, trans_b: bool, conv: bool) -> Option<[[usize; 2]; 2]> {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    if kind != (Kind::Subgroup { textures: true }) || gpu.fixed_subgroup_size() != Some(8) || conv || m <= 16 || k == 0 {
+        return None;
+    }
+    let layers = |bs: u32| if bs == 0 { 1 } else { p.batch as usize };
+    let a = if trans_a { [layers(p.a_bs) * k, m] } else { [layers(p.a_bs) * m, k] };
+    let b = if trans_b { [layers(p.b_bs) * n, k] } else { [layers(p.b_bs) * k, n] };
+    let max = gpu.limits().max_texture_dimension_2d as usize;
+    let fits = |[rows, len]: [usize; 2]| texture_rows(rows, len) <= max && TEXTURE_WIDTH <= max;
+    (fits(a) && fits(b)).then_some([a, b])
+}
+
+/// Texture rows holding `rows` rows of `len` floats.
+fn texture_rows(rows: usize, len: usize) -> usize {
+    (rows * len.div_ceil(4)).div_ceil(TEXTURE_WIDTH)
+}
+
+/// Copies an operand of `rows` rows of `len` floats into a new rgba32float texture laid out
+/// for gemm_tex: the buffer's bytes as they are when len % 4 == 0 (one copy of the whole
+/// texture rows, one of the last part), else through the `pack` kernel, which pads rows
+/// to whole texels. Returns the view gemm_tex samples.
+fn operand_texture(t: &Tensor, [rows, len]: [usize; 2]) -> Result<wgpu::TextureView> {
+    let gpu = t.gpu();
+    let texels = rows * len.div_ceil(4);
+    let height = texture_rows(rows, len);
+    let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
+        label: Some("gemm operand"),
+        size: wgpu::Extent3d { width: TEXTURE_WIDTH as u32, height: height as u32, depth_or_array_layers: 1 },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba32Float,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    let view = |usage| texture.create_view(&wgpu::TextureViewDescriptor { usage: Some(usage), ..Default::default() });
+    if len % 4 == 0 {
+        let (src, _) = t.binding();
+        let (full, rest) = (texels / TEXTURE_WIDTH, texels % TEXTURE_WIDTH);
+        let row_bytes = 16 * TEXTURE_WIDTH as u32;
+        let mut rec = gpu.0.recorder.lock().unwrap();
+        if full > 0 {
+            let extent = [TEXTURE_WIDTH as u32, full as u32];
+            rec.push(gpu, Cmd::CopyToTexture { src: src.clone(), src_at: 0, bytes_per_row: Some(row_bytes), dst: texture.clone(), dst_row: 0, extent })?;
+        }
+        if rest > 0 {
+            let src_at = full as u64 * row_bytes as u64;
+            rec.push(gpu, Cmd::CopyToTexture { src, src_at, bytes_per_row: None, dst: texture.clone(), dst_row: full as u32, extent: [rest as u32, 1] })?;
+        }
+    } else {
+        let p = Params { m: rows as u32, n: len.div_ceil(4) as u32, k: len as u32, ..Default::default() };
+        let storage = view(wgpu::TextureUsages::STORAGE_BINDING);
+        let groups = super::fold_groups(gpu, texels, 64);
+        launch_textures(gpu, &GEMM_TEXTURE, "pack", &[("TEX_W", TEXTURE_WIDTH as f64)], bytemuck::bytes_of(&p), 1, &[t], &[(7, &storage)], groups)?;
+    }
+    Ok(view(wgpu::TextureUsages::TEXTURE_BINDING))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -111,7 +184,7 @@ fn dispatch(
         let k = p.k as u64;
         let iterations = match kind {
             Kind::Tiled => 645 * k.div_ceil(8) + 136,
-            Kind::Subgroup | Kind::Cpu => k + 40,
+            Kind::Subgroup { .. } | Kind::Cpu => k + 40,
         };
         if iterations > limit {
             return Err(Error::Shape {
@@ -131,9 +204,21 @@ fn dispatch(
         ("BIAS", bias.0 as u32 as f64),
         ("ACCUMULATE", accumulate as u32 as f64),
     ];
+    if let Some([ta, tb]) = texture_operands(gpu, kind, &p, trans_a, trans_b, conv) {
+        let nsg = n.div_ceil(32).clamp(1, 8);
+        constants.push(("NSG", nsg as f64));
+        constants.push(("TEX_W", TEXTURE_WIDTH as f64));
+        let groups = [n.div_ceil(32 * nsg) as u32, m.div_ceil(TEXTURE_TILE_ROWS) as u32, batch as u32];
+        if groups[0] as usize > max || groups[1] as usize > max {
+            return Err(Error::Shape { op: "matmul", msg: format!("output {m}x{n} needs a grid {groups:?} beyond {max}") });
+        }
+        let (va, vb) = (operand_texture(a, ta)?, operand_texture(b, tb)?);
+        constants.retain(|(name, _)| *name != "B_MODE");
+        return launch_textures(gpu, &GEMM_TEXTURE, "gemm_tex", &constants, bytemuck::bytes_of(&p), 3, &[bias_t, c], &[(5, &va), (6, &vb)], groups);
+    }
     let (src, entry, groups) = match kind {
         Kind::Tiled => (&GEMM, "gemm_tiled", [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32]),
-        Kind::Subgroup => {
+        Kind::Subgroup { .. } => {
             let sg = gpu.fixed_subgroup_size().expect("checked by choose_kind") as usize;
             let nsg = n.div_ceil(4 * sg).clamp(1, 8);
             let row_groups = subgroup_row_groups(m);
@@ -238,9 +323,11 @@ pub fn matmul_ex(a: &Tensor, b: &Tensor, o: Matmul) -> Result<Tensor> {
     };
     let gpu = a.gpu();
     let kind = choose_kind(gpu, m, n)?;
-    // The subgroup kernel is fastest with both operands K-contiguous (A (M, K), B stored
-    // (N, K)): transposing an operand costs O(MK) or O(NK) against O(MNK) of compute.
-    let normalise = kind == Kind::Subgroup && k % 4 == 0 && m >= 16 && n >= 16;
+    // gemm_sg is fastest with both operands K-contiguous (A (M, K), B stored (N, K)):
+    // transposing an operand costs O(MK) or O(NK) against O(MNK) of compute. gemm_tex
+    // reads any layout from its textures.
+    let textures = texture_operands(gpu, kind, &p, o.trans_a, o.trans_b, false).is_some();
+    let normalise = matches!(kind, Kind::Subgroup { .. }) && !textures && k % 4 == 0 && m >= 16 && n >= 16;
     let (a_t, ta) = if normalise && o.trans_a { (super::transpose(a, -1, -2)?, false) } else { (a.clone(), o.trans_a) };
     let (b_t, tb) = if normalise && !o.trans_b { (super::transpose(b, -1, -2)?, true) } else { (b.clone(), o.trans_b) };
     dispatch(gpu, kind, p, ta, tb, false, bias, false, &a_t, &b_t, &c)?;
@@ -348,7 +435,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
     let kind = choose_kind(gpu, o, oh * ow)?;
     // CPU adapters: materialised columns, K-contiguous, for the vec4 GEMM, a few images at
     // a time within CONV_COLUMNS_MAX_BYTES; other devices: implicit GEMM
-    let columns = kind == Kind::Subgroup && k % 4 == 0 && o >= 16;
+    let columns = matches!(kind, Kind::Subgroup { .. }) && k % 4 == 0 && o >= 16;
     let chunk = (CONV_COLUMNS_MAX_BYTES / (oh * ow * k * 4).max(1)).clamp(1, n.max(1));
     if columns && chunk < n {
         let parts = (0..n).step_by(chunk).map(|i0| conv2d(&super::slice(x, 0, i0, chunk.min(n - i0))?, w, bias, g)).collect::<Result<Vec<_>>>()?;

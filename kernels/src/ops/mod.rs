@@ -52,7 +52,7 @@ pub(crate) fn barrier_free(gpu: &Gpu) -> bool {
     match gpu.kernel_variant() {
         KernelVariant::Auto => gpu.is_cpu(),
         KernelVariant::Tiled => false,
-        KernelVariant::BarrierFree | KernelVariant::Subgroup => true,
+        KernelVariant::BarrierFree | KernelVariant::Subgroup | KernelVariant::Texture => true,
     }
 }
 
@@ -100,9 +100,26 @@ pub(crate) fn launch_at(
     tensors: &[&Tensor],
     groups: [u32; 3],
 ) -> Result<()> {
+    launch_textures(gpu, src, entry, constants, params, first, tensors, &[], groups)
+}
+
+/// Like [`launch_at`], also binding texture views at the given bindings.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_textures(
+    gpu: &Gpu,
+    src: &'static KernelSource,
+    entry: &'static str,
+    constants: &[(&'static str, f64)],
+    params: &[u8],
+    first: u32,
+    tensors: &[&Tensor],
+    textures: &[(u32, &wgpu::TextureView)],
+    groups: [u32; 3],
+) -> Result<()> {
     let pipe = pipeline(gpu, src, entry, constants)?;
     let buffers = tensors.iter().map(|t| t.binding()).collect();
-    gpu.0.recorder.lock().unwrap().dispatch(gpu, pipe, params, first, buffers, groups)
+    let textures = textures.iter().map(|(b, v)| (*b, (*v).clone())).collect();
+    gpu.0.recorder.lock().unwrap().dispatch(gpu, pipe, params, first, buffers, textures, groups)
 }
 
 /// All tensors must live on the same device and be f32.
