@@ -93,39 +93,47 @@ const TEXTURE_TILE_ROWS: usize = 32;
 /// 16 KiB rows, a multiple of the 256-byte alignment of buffer-to-texture copies.
 const TEXTURE_WIDTH: usize = 1024;
 
-/// The operands of gemm_tex as (rows, len) with all layers' rows counted (see
-/// `shaders/gemm_texture.wgsl`), when it runs this GEMM: a subgroup kernel allowed to use
+/// An operand of gemm_tex: `layers` x `rows` rows of `len` floats (see
+/// `shaders/gemm_texture.wgsl`).
+#[derive(Clone, Copy)]
+struct TextureOperand {
+    layers: usize,
+    rows: usize,
+    len: usize,
+}
+
+/// The operands of gemm_tex when it runs this GEMM: a subgroup kernel allowed to use
 /// textures, 8-lane subgroups, dense operands, more rows than gemm_sg's 16-row tiles and
 /// textures within the device's limits.
-fn texture_operands(gpu: &Gpu, kind: Kind, p: &Params, trans_a: bool, trans_b: bool, conv: bool) -> Option<[[usize; 2]; 2]> {
+fn texture_operands(gpu: &Gpu, kind: Kind, p: &Params, trans_a: bool, trans_b: bool, conv: bool) -> Option<[TextureOperand; 2]> {
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
     if kind != (Kind::Subgroup { textures: true }) || gpu.fixed_subgroup_size() != Some(8) || conv || m <= 16 || k == 0 {
         return None;
     }
     let layers = |bs: u32| if bs == 0 { 1 } else { p.batch as usize };
-    let a = if trans_a { [layers(p.a_bs) * k, m] } else { [layers(p.a_bs) * m, k] };
-    let b = if trans_b { [layers(p.b_bs) * n, k] } else { [layers(p.b_bs) * k, n] };
+    let op = |layers, rows, len| TextureOperand { layers, rows, len };
+    let a = if trans_a { op(layers(p.a_bs), k, m) } else { op(layers(p.a_bs), m, k) };
+    let b = if trans_b { op(layers(p.b_bs), n, k) } else { op(layers(p.b_bs), k, n) };
     let max = gpu.limits().max_texture_dimension_2d as usize;
-    let fits = |[rows, len]: [usize; 2]| texture_rows(rows, len) <= max && TEXTURE_WIDTH <= max;
-    (fits(a) && fits(b)).then_some([a, b])
+    let fits = |o: &TextureOperand| texture_rows(o) <= max && TEXTURE_WIDTH <= max;
+    (fits(&a) && fits(&b)).then_some([a, b])
 }
 
-/// Texture rows holding `rows` rows of `len` floats.
-fn texture_rows(rows: usize, len: usize) -> usize {
-    (rows * len.div_ceil(4)).div_ceil(TEXTURE_WIDTH)
+/// Texture rows holding an operand.
+fn texture_rows(o: &TextureOperand) -> usize {
+    (o.layers * o.rows * o.len.div_ceil(4)).div_ceil(TEXTURE_WIDTH)
 }
 
-/// Copies an operand of `rows` rows of `len` floats into a new rgba32float texture laid out
-/// for gemm_tex: the buffer's bytes as they are when len % 4 == 0 (one copy of the whole
-/// texture rows, one of the last part), else through the `pack` kernel, which pads rows
-/// to whole texels. Returns the view gemm_tex samples.
-fn operand_texture(t: &Tensor, [rows, len]: [usize; 2]) -> Result<wgpu::TextureView> {
+/// Copies an operand into a new rgba32float texture laid out for gemm_tex: the buffer's
+/// bytes as they are when len % 4 == 0 (one copy of the whole texture rows, one of the last
+/// part), else through the `pack` kernel, which pads rows to whole texels. Returns the view
+/// gemm_tex samples.
+fn operand_texture(t: &Tensor, o: TextureOperand) -> Result<wgpu::TextureView> {
     let gpu = t.gpu();
-    let texels = rows * len.div_ceil(4);
-    let height = texture_rows(rows, len);
+    let texels = o.layers * o.rows * o.len.div_ceil(4);
     let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
         label: Some("gemm operand"),
-        size: wgpu::Extent3d { width: TEXTURE_WIDTH as u32, height: height as u32, depth_or_array_layers: 1 },
+        size: wgpu::Extent3d { width: TEXTURE_WIDTH as u32, height: texture_rows(&o) as u32, depth_or_array_layers: 1 },
         mip_level_count: 1,
         sample_count: 1,
         dimension: wgpu::TextureDimension::D2,
@@ -134,7 +142,7 @@ fn operand_texture(t: &Tensor, [rows, len]: [usize; 2]) -> Result<wgpu::TextureV
         view_formats: &[],
     });
     let view = |usage| texture.create_view(&wgpu::TextureViewDescriptor { usage: Some(usage), ..Default::default() });
-    if len % 4 == 0 {
+    if o.len % 4 == 0 {
         let (src, _) = t.binding();
         let (full, rest) = (texels / TEXTURE_WIDTH, texels % TEXTURE_WIDTH);
         let row_bytes = 16 * TEXTURE_WIDTH as u32;
@@ -148,7 +156,8 @@ fn operand_texture(t: &Tensor, [rows, len]: [usize; 2]) -> Result<wgpu::TextureV
             rec.push(gpu, Cmd::CopyToTexture { src, src_at, bytes_per_row: None, dst: texture.clone(), dst_row: full as u32, extent: [rest as u32, 1] })?;
         }
     } else {
-        let p = Params { m: rows as u32, n: len.div_ceil(4) as u32, k: len as u32, ..Default::default() };
+        // pack: p.m rows (all layers) of p.k floats, p.n texels each
+        let p = Params { m: (o.layers * o.rows) as u32, n: o.len.div_ceil(4) as u32, k: o.len as u32, ..Default::default() };
         let storage = view(wgpu::TextureUsages::STORAGE_BINDING);
         let groups = super::fold_groups(gpu, texels, 64);
         launch_textures(gpu, &GEMM_TEXTURE, "pack", &[("TEX_W", TEXTURE_WIDTH as f64)], bytemuck::bytes_of(&p), 1, &[t], &[(7, &storage)], groups)?;
