@@ -214,7 +214,9 @@ fn dispatch(
         ("ACCUMULATE", accumulate as u32 as f64),
     ];
     if let Some([ta, tb]) = texture_operands(gpu, kind, &p, trans_a, trans_b, conv) {
-        let nsg = n.div_ceil(32).clamp(1, 8);
+        // 1, 2, 4 or 8 subgroups (fewer pipeline variants to compile; at most the last
+        // workgroup half idle)
+        let nsg = n.div_ceil(32).next_power_of_two().min(8);
         constants.push(("NSG", nsg as f64));
         constants.push(("TEX_W", TEXTURE_WIDTH as f64));
         let groups = [n.div_ceil(32 * nsg) as u32, m.div_ceil(TEXTURE_TILE_ROWS) as u32, batch as u32];
