@@ -3,8 +3,9 @@
 // On llvmpipe (Mesa 22.3) every storage-buffer load, scalar or vector, uniform or not, is a
 // loop over the lanes with an exec-mask test and a bounds check per element (~10 ns per
 // value per core, measured), while a texel fetch loads a vec4 for all lanes in straight-line
-// code (~2 ns per value). So the operands are first copied into textures (`pack`, or a
-// buffer-to-texture copy where rows are 256-byte aligned) and the GEMM reads only texels.
+// code (~2 ns per value). So the operands are first copied into textures (a plain
+// buffer-to-texture copy where rows are whole texels, else `pack`) and the GEMM reads only
+// texels.
 //
 // Texture of an operand stored (layers, rows, len) row-major: texel x of row r of layer l
 // holds floats 4x..4x+4 of that row (zero past len); TEX_W texels per texture row. Rows are

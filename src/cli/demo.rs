@@ -42,6 +42,10 @@ pub struct DemoArgs {
     /// its batch.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Motion-guidance scale lambda of the motion-guided students (distillation and
+    /// sampling; the reference code's default).
+    #[arg(long, default_value_t = 0.05)]
+    pub motion_gs: f32,
     /// Also train the ablations without rewards and without motion guidance.
     #[arg(long)]
     pub ablations: bool,
@@ -58,8 +62,11 @@ pub fn run(dev: &DeviceArgs, a: &DemoArgs) -> Result<(), CliError> {
     if a.batch == 0 {
         return Err(CliError::Check("--batch must be at least 1".into()));
     }
+    if !(a.motion_gs.is_finite() && a.motion_gs >= 0.0) {
+        return Err(CliError::Check(format!("--motion-gs must be a finite number >= 0, not {}", a.motion_gs)));
+    }
     ensure_new_dir(&a.out, false)?;
-    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch, seed: a.seed, ..DemoConfig::default() };
+    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch, motion_gs: a.motion_gs, seed: a.seed, ..DemoConfig::default() };
     if a.ablations {
         c.variants = vec![FULL, NO_REWARD, NO_MOTION, CD_ONLY];
     }

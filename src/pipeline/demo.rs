@@ -51,6 +51,9 @@ pub struct DemoConfig {
     pub teacher_cfg: f32,
     /// Videos per sampling batch.
     pub sample_batch: usize,
+    /// Motion-guidance scale lambda of the motion-guided students, in distillation and
+    /// sampling (the reference code's default: 0.05).
+    pub motion_gs: f32,
     pub variants: Vec<Variant>,
     pub seed: u64,
     pub quiet: bool,
@@ -68,6 +71,7 @@ impl Default for DemoConfig {
             teacher_steps: 50,
             teacher_cfg: 7.5,
             sample_batch: 8,
+            motion_gs: 0.05,
             variants: vec![FULL, CD_ONLY],
             seed: 0,
             quiet: false,
@@ -140,6 +144,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
             steps: c.steps,
             lr: c.lr,
             use_motion: var.motion,
+            motion_gs: c.motion_gs,
             beta_img: if var.rewards { 0.2 } else { 0.0 },
             beta_vid: if var.rewards { 0.5 } else { 0.0 },
             seed: c.seed,
@@ -163,7 +168,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         steps,
         origin: c.ddim_steps,
         w: 7.5,
-        motion_scale: 0.05,
+        motion_scale: c.motion_gs,
         motion_percentage: 0.5,
         seed: c.seed,
         frames: v.frames,
@@ -234,7 +239,7 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
     let mut md = String::new();
     md += "# t2v-turbo demo\n\n";
     md += &format!(
-        "Models: `{}`. World: {} training clips; {} held-out prompts, sampled in batches of up to {}; DDIM grid {} points; {} distillation steps per student (lr {}).\n\nTime: {}.\n\n",
+        "Models: `{}`. World: {} training clips; {} held-out prompts, sampled in batches of up to {}; DDIM grid {} points; {} distillation steps per student (lr {}); motion-guidance scale {}.\n\nTime: {}.\n\n",
         models.root.display(),
         c.clips,
         prompts.len(),
@@ -242,6 +247,7 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
         c.ddim_steps,
         c.steps,
         c.lr,
+        c.motion_gs,
         stages.iter().map(|(n, t)| format!("{n} {t:.0} s")).collect::<Vec<_>>().join(", ")
     );
     md += "## Evaluation (reward-independent analyser, `t2v-turbo eval`)\n\n";

@@ -131,6 +131,7 @@ fn texture_rows(o: &TextureOperand) -> usize {
 fn operand_texture(t: &Tensor, o: TextureOperand) -> Result<wgpu::TextureView> {
     let gpu = t.gpu();
     let texels = o.layers * o.rows * o.len.div_ceil(4);
+    let scope = gpu.device().push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
         label: Some("gemm operand"),
         size: wgpu::Extent3d { width: TEXTURE_WIDTH as u32, height: texture_rows(&o) as u32, depth_or_array_layers: 1 },
@@ -141,6 +142,11 @@ fn operand_texture(t: &Tensor, o: TextureOperand) -> Result<wgpu::TextureView> {
         usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
         view_formats: &[],
     });
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        let s = gpu.memory();
+        let msg = format!("a GEMM operand's texture ({texels} texels; textures are not pooled): {e}");
+        return Err(Error::OutOfMemory { bytes: 16 * texture_rows(&o) as u64 * TEXTURE_WIDTH as u64, live: s.live_bytes, pooled: s.pooled_bytes, msg });
+    }
     let view = |usage| texture.create_view(&wgpu::TextureViewDescriptor { usage: Some(usage), ..Default::default() });
     if o.len % 4 == 0 {
         let (src, _) = t.binding();
@@ -224,7 +230,6 @@ fn dispatch(
             return Err(Error::Shape { op: "matmul", msg: format!("output {m}x{n} needs a grid {groups:?} beyond {max}") });
         }
         let (va, vb) = (operand_texture(a, ta)?, operand_texture(b, tb)?);
-        constants.retain(|(name, _)| *name != "B_MODE");
         return launch_textures(gpu, &GEMM_TEXTURE, "gemm_tex", &constants, bytemuck::bytes_of(&p), 3, &[bias_t, c], &[(5, &va), (6, &vb)], groups);
     }
     let (src, entry, groups) = match kind {
