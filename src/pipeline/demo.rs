@@ -159,16 +159,18 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         say(c.quiet, format!("distill {}: {} steps in {secs:.0} s", var.name, c.steps));
         stages.push((format!("distill {}", var.name), secs));
         curves.push((var.name.to_string(), ms));
-        students.push((var.name.to_string(), md));
+        students.push((var.name.to_string(), md, var.motion));
     }
 
     // 4. sampling held-out prompts (another world seed)
     let prompts: Vec<String> = (0..c.prompts as u64).map(|i| clip_spec(c.seed ^ 0xE7A1, i, &world).short_caption()).collect();
-    let opts = |teacher: Option<DdimConfig>, steps: usize| SampleOptions {
+    // a student samples with the motion scale it was distilled with (0 without motion
+    // guidance: it never saw another); the teacher ignores it
+    let opts = |teacher: Option<DdimConfig>, steps: usize, motion_scale: f32| SampleOptions {
         steps,
         origin: c.ddim_steps,
         w: 7.5,
-        motion_scale: c.motion_gs,
+        motion_scale,
         motion_percentage: 0.5,
         seed: c.seed,
         frames: v.frames,
@@ -181,10 +183,11 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
     methods.push((
         format!("teacher ({} DDIM steps, CFG {})", c.teacher_steps, c.teacher_cfg),
         Generator::from_model_dir(gpu, models)?,
-        opts(Some(DdimConfig { steps: c.teacher_steps, cfg: c.teacher_cfg, eta: 0.0 }), c.teacher_steps),
+        opts(Some(DdimConfig { steps: c.teacher_steps, cfg: c.teacher_cfg, eta: 0.0 }), c.teacher_steps, 0.0),
     ));
-    for (name, md) in &students {
-        methods.push((format!("{name} ({} steps)", c.student_steps), Generator::from_model_dir(gpu, md)?, opts(None, c.student_steps)));
+    for (name, md, motion) in &students {
+        let lambda = if *motion { c.motion_gs } else { 0.0 };
+        methods.push((format!("{name} ({} steps)", c.student_steps), Generator::from_model_dir(gpu, md)?, opts(None, c.student_steps, lambda)));
     }
     // prompt i with seed + i, in batches
     let items: Vec<(&str, u64)> = prompts.iter().enumerate().map(|(i, p)| (p.as_str(), c.seed + i as u64)).collect();
