@@ -1,4 +1,4 @@
-// GEMM for CPU adapters (prelude: gemm_common.wgsl), with subgroup operations.
+// GEMM for CPU adapters (preludes: gemm_common.wgsl, gemm_rows8.wgsl), with subgroup operations.
 //
 // On a CPU adapter (lavapipe) a subgroup is one SIMD vector of lanes and every per-lane
 // storage load is a loop over the lanes with a bounds check per element, so the cost is the
@@ -13,24 +13,6 @@
 override SG: u32 = 8u;
 override NSG: u32 = 8u;   // subgroups per workgroup: same rows, each its own columns
 override ROW_GROUPS: u32 = 1u;   // 8-row groups per subgroup: 1, 2 or 4
-
-// Eight rows x 4 columns of one lane's output block.
-struct Rows8 {
-    r0: vec4<f32>, r1: vec4<f32>, r2: vec4<f32>, r3: vec4<f32>,
-    r4: vec4<f32>, r5: vec4<f32>, r6: vec4<f32>, r7: vec4<f32>,
-}
-
-// acc(i, j) += A(i) * bv[j], where lane i of the subgroup holds A(i) in `a`.
-fn rank1(acc: ptr<function, Rows8>, a: f32, bv: vec4<f32>) {
-    (*acc).r0 += subgroupBroadcast(a, 0u) * bv;
-    (*acc).r1 += subgroupBroadcast(a, 1u) * bv;
-    (*acc).r2 += subgroupBroadcast(a, 2u) * bv;
-    (*acc).r3 += subgroupBroadcast(a, 3u) * bv;
-    (*acc).r4 += subgroupBroadcast(a, 4u) * bv;
-    (*acc).r5 += subgroupBroadcast(a, 5u) * bv;
-    (*acc).r6 += subgroupBroadcast(a, 6u) * bv;
-    (*acc).r7 += subgroupBroadcast(a, 7u) * bv;
-}
 
 // Four k steps of rank1: av holds A(i, k..k+4), bk[t] the 4 columns of B at k + t.
 fn rank4(acc: ptr<function, Rows8>, av: vec4<f32>, bk: array<vec4<f32>, 4>) {

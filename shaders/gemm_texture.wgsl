@@ -1,4 +1,5 @@
-// GEMM for CPU adapters with both operands in rgba32float textures (prelude: gemm_common.wgsl).
+// GEMM for CPU adapters with both operands in rgba32float textures (preludes: gemm_common.wgsl,
+// gemm_rows8.wgsl).
 //
 // On llvmpipe (Mesa 22.3) every storage-buffer load, scalar or vector, uniform or not, is a
 // loop over the lanes with an exec-mask test and a bounds check per element (~10 ns per
@@ -47,23 +48,6 @@ fn load_tex_b(zb: u32, r: u32, x: u32) -> vec4<f32> {
         return textureLoad(tb, texel(zb, r, x, p.n, p.k), 0);
     }
     return textureLoad(tb, texel(zb, r, x, p.k, p.n), 0);
-}
-
-struct Rows8 {
-    r0: vec4<f32>, r1: vec4<f32>, r2: vec4<f32>, r3: vec4<f32>,
-    r4: vec4<f32>, r5: vec4<f32>, r6: vec4<f32>, r7: vec4<f32>,
-}
-
-// acc(i) += A(i) * bv for i < 8, where lane i holds A(i) in `a`.
-fn rank1(acc: ptr<function, Rows8>, a: f32, bv: vec4<f32>) {
-    (*acc).r0 += subgroupBroadcast(a, 0u) * bv;
-    (*acc).r1 += subgroupBroadcast(a, 1u) * bv;
-    (*acc).r2 += subgroupBroadcast(a, 2u) * bv;
-    (*acc).r3 += subgroupBroadcast(a, 3u) * bv;
-    (*acc).r4 += subgroupBroadcast(a, 4u) * bv;
-    (*acc).r5 += subgroupBroadcast(a, 5u) * bv;
-    (*acc).r6 += subgroupBroadcast(a, 6u) * bv;
-    (*acc).r7 += subgroupBroadcast(a, 7u) * bv;
 }
 
 // One k step of the 32 x 32 tile c0..c3: s holds this lane's A values for the four groups,

@@ -7,11 +7,11 @@ macro_rules! family {
         pub static $ident: KernelSource =
             KernelSource { name: $name, source: include_str!(concat!("../../shaders/", $name, ".wgsl")) };
     };
-    ($ident:ident, $name:literal, with $prelude:literal) => {
+    ($ident:ident, $name:literal, with $($prelude:literal),+) => {
         pub static $ident: KernelSource = KernelSource {
             name: $name,
             source: concat!(
-                include_str!(concat!("../../shaders/", $prelude, ".wgsl")),
+                $(include_str!(concat!("../../shaders/", $prelude, ".wgsl")),)+
                 include_str!(concat!("../../shaders/", $name, ".wgsl"))
             ),
         };
@@ -24,9 +24,9 @@ family!(SOFTMAX, "softmax", with "common");
 family!(NORM, "norm", with "common");
 family!(GEMM, "gemm", with "gemm_common");
 // Needs the SUBGROUP feature (a separate module so that devices without it can use GEMM).
-family!(GEMM_SUBGROUP, "gemm_subgroup", with "gemm_common");
+family!(GEMM_SUBGROUP, "gemm_subgroup", with "gemm_common", "gemm_rows8");
 // CPU adapters: operands read from textures (needs SUBGROUP with 8 lanes).
-family!(GEMM_TEXTURE, "gemm_texture", with "gemm_common");
+family!(GEMM_TEXTURE, "gemm_texture", with "gemm_common", "gemm_rows8");
 family!(ATTENTION, "attention");
 family!(EMBEDDING, "embedding");
 family!(OPTIM, "optim");
