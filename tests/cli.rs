@@ -181,3 +181,12 @@ fn sample_writes_gifs_and_frames_reproducibly_and_never_overwrites() {
     assert!(!ok && err.contains("no prompt"), "{err}");
     std::fs::remove_dir_all(&base).unwrap();
 }
+
+#[test]
+fn demo_refuses_a_negative_motion_scale_before_any_work() {
+    let out = std::env::temp_dir().join(format!("t2v-demo-bad-mgs-{}", std::process::id()));
+    let (ok, _, err) = t2v(&["demo", "--motion-gs=-1", "--out", out.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(err.contains("--motion-gs must be a finite number >= 0"), "{err}");
+    assert!(!out.exists(), "nothing is written for a refused run");
+}
