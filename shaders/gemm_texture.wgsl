@@ -36,20 +36,6 @@ fn texel(l: u32, r: u32, x: u32, rows: u32, len: u32) -> vec2<u32> {
     return tex_coord((l * rows + r) * ((len + 3u) / 4u) + x);
 }
 
-fn load_tex_a(za: u32, r: u32, x: u32) -> vec4<f32> {
-    if (TRANS_A) {
-        return textureLoad(ta, texel(za, r, x, p.k, p.m), 0);
-    }
-    return textureLoad(ta, texel(za, r, x, p.m, p.k), 0);
-}
-
-fn load_tex_b(zb: u32, r: u32, x: u32) -> vec4<f32> {
-    if (TRANS_B) {
-        return textureLoad(tb, texel(zb, r, x, p.n, p.k), 0);
-    }
-    return textureLoad(tb, texel(zb, r, x, p.k, p.n), 0);
-}
-
 // One k step of the 32 x 32 tile c0..c3: s holds this lane's A values for the four groups,
 // bv its 4 columns of B.
 fn step(c0: ptr<function, Rows8>, c1: ptr<function, Rows8>, c2: ptr<function, Rows8>, c3: ptr<function, Rows8>,
@@ -70,50 +56,45 @@ fn row_of(m0: u32, g: u32, i: u32) -> u32 {
     return m0 + 8u * g + i;
 }
 
-// Transposes four texels w_j (k-major in their components) into k-major vec4s over j.
-fn transpose4(w0: vec4<f32>, w1: vec4<f32>, w2: vec4<f32>, w3: vec4<f32>) -> array<vec4<f32>, 4> {
+// Texels x of rows k..k+4 of layer l of an operand whose rows run along k (`rows` = K rows
+// of `len` floats): element t holds row k + t (clamped: rows past K are never used).
+fn along_k(t: texture_2d<f32>, l: u32, x: u32, k: u32, len: u32) -> array<vec4<f32>, 4> {
+    let last = p.k - 1u;
+    return array<vec4<f32>, 4>(
+        textureLoad(t, texel(l, min(k, last), x, p.k, len), 0),
+        textureLoad(t, texel(l, min(k + 1u, last), x, p.k, len), 0),
+        textureLoad(t, texel(l, min(k + 2u, last), x, p.k, len), 0),
+        textureLoad(t, texel(l, min(k + 3u, last), x, p.k, len), 0));
+}
+
+// Texel kb (k = 4kb .. 4kb + 4) of rows r.x..r.w of layer l of a K-contiguous operand with
+// `rows` rows, transposed: element t holds k = 4kb + t of the four rows.
+fn across_k(t: texture_2d<f32>, l: u32, r: vec4<u32>, kb: u32, rows: u32) -> array<vec4<f32>, 4> {
+    let w0 = textureLoad(t, texel(l, r.x, kb, rows, p.k), 0);
+    let w1 = textureLoad(t, texel(l, r.y, kb, rows, p.k), 0);
+    let w2 = textureLoad(t, texel(l, r.z, kb, rows, p.k), 0);
+    let w3 = textureLoad(t, texel(l, r.w, kb, rows, p.k), 0);
     return array<vec4<f32>, 4>(vec4<f32>(w0.x, w1.x, w2.x, w3.x), vec4<f32>(w0.y, w1.y, w2.y, w3.y),
                                vec4<f32>(w0.z, w1.z, w2.z, w3.z), vec4<f32>(w0.w, w1.w, w2.w, w3.w));
 }
 
-// This lane's A values of k = 4 kb + t (t < 4) for the four groups: element t.
+// This lane's A values of k = 4 kb + t (t < 4) for the four groups: element t. Rows and
+// columns past the end are clamped: they read valid texels whose products are dropped.
 fn fetch_a(za: u32, m0: u32, lane: u32, kb: u32) -> array<vec4<f32>, 4> {
     if (TRANS_A) {
-        // texels along m: lane l fetches rows m0 + 4l .. + 4 at each k (clamped: rows and
-        // k past the end read valid texels whose products are dropped or skipped)
-        let x = min(m0 / 4u + lane, (p.m - 1u) / 4u);
-        let k = 4u * kb;
-        return array<vec4<f32>, 4>(
-            load_tex_a(za, min(k, p.k - 1u), x),
-            load_tex_a(za, min(k + 1u, p.k - 1u), x),
-            load_tex_a(za, min(k + 2u, p.k - 1u), x),
-            load_tex_a(za, min(k + 3u, p.k - 1u), x));
+        // texels along m: lane l fetches rows m0 + 4l .. + 4 at each k
+        return along_k(ta, za, min(m0 / 4u + lane, (p.m - 1u) / 4u), 4u * kb, p.m);
     }
-    // texels along k: group g's lane l fetches k = 4kb .. + 4 of row m0 + 8g + l
-    let last = p.m - 1u;
-    return transpose4(load_tex_a(za, min(m0 + lane, last), kb),
-                      load_tex_a(za, min(m0 + 8u + lane, last), kb),
-                      load_tex_a(za, min(m0 + 16u + lane, last), kb),
-                      load_tex_a(za, min(m0 + 24u + lane, last), kb));
+    // texels along k: group g's lane l fetches row m0 + 8g + l
+    return across_k(ta, za, min(vec4<u32>(m0 + lane) + vec4<u32>(0u, 8u, 16u, 24u), vec4<u32>(p.m - 1u)), kb, p.m);
 }
 
 // This lane's 4 columns n0 + 4 lane + j of B at k = 4 kb + t: element t.
 fn fetch_b(zb: u32, n0: u32, lane: u32, kb: u32) -> array<vec4<f32>, 4> {
     if (TRANS_B) {
-        let n = n0 + 4u * lane;
-        let last = p.n - 1u;
-        return transpose4(load_tex_b(zb, min(n, last), kb),
-                          load_tex_b(zb, min(n + 1u, last), kb),
-                          load_tex_b(zb, min(n + 2u, last), kb),
-                          load_tex_b(zb, min(n + 3u, last), kb));
+        return across_k(tb, zb, min(vec4<u32>(n0 + 4u * lane) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u)), kb, p.n);
     }
-    let x = min(n0 / 4u + lane, (p.n - 1u) / 4u);
-    let k = 4u * kb;
-    return array<vec4<f32>, 4>(
-        load_tex_b(zb, min(k, p.k - 1u), x),
-        load_tex_b(zb, min(k + 1u, p.k - 1u), x),
-        load_tex_b(zb, min(k + 2u, p.k - 1u), x),
-        load_tex_b(zb, min(k + 3u, p.k - 1u), x));
+    return along_k(tb, zb, min(n0 / 4u + lane, (p.n - 1u) / 4u), 4u * kb, p.n);
 }
 
 // Writes group g of a lane's tile (`store` drops rows and columns outside C).
