@@ -120,6 +120,9 @@ pub(crate) struct GpuInner {
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
     pub pool: Mutex<Pool>,
+    /// GEMM operand textures for reuse, by height (see `ops::gemm`; not counted in
+    /// [`Gpu::memory`], freed by [`Gpu::trim_pool`]).
+    pub textures: Mutex<std::collections::HashMap<u32, Vec<wgpu::Texture>>>,
     pub registry: Mutex<Registry>,
     pub recorder: Mutex<Recorder>,
     /// Errors reported by wgpu outside an error scope (only on devices we created).
@@ -242,6 +245,7 @@ impl Gpu {
             features,
             limits,
             pool: Mutex::new(Pool::default()),
+            textures: Mutex::new(Default::default()),
             registry: Mutex::new(Registry::default()),
             recorder: Mutex::new(recorder),
             errors,
@@ -334,9 +338,10 @@ impl Gpu {
     pub fn reset_peak_memory(&self) {
         self.0.pool.lock().unwrap().reset_peak();
     }
-    /// Frees every buffer the pool holds for reuse.
+    /// Frees every buffer (and GEMM operand texture) the pool holds for reuse.
     pub fn trim_pool(&self) {
         self.0.pool.lock().unwrap().trim();
+        self.0.textures.lock().unwrap().clear();
     }
 
     /// Submits everything recorded so far (does not wait).

@@ -124,29 +124,39 @@ fn texture_rows(o: &TextureOperand) -> usize {
     (o.layers * o.rows * o.len.div_ceil(4)).div_ceil(TEXTURE_WIDTH)
 }
 
-/// Copies an operand into a new rgba32float texture laid out for gemm_tex: the buffer's
-/// bytes as they are when len % 4 == 0 (one copy of the whole texture rows, one of the last
-/// part), else through the `pack` kernel, which pads rows to whole texels. Returns the view
-/// gemm_tex samples.
-fn operand_texture(t: &Tensor, o: TextureOperand) -> Result<wgpu::TextureView> {
+/// Copies an operand into an rgba32float texture laid out for gemm_tex: the buffer's bytes
+/// as they are when len % 4 == 0 (one copy of the whole texture rows, one of the last part),
+/// else through the `pack` kernel, which pads rows to whole texels. The texture comes from
+/// the device's reuse list (heights in powers of two), or is created; give it back with
+/// [`reuse_texture`] once the GEMM is recorded (later commands run after it, like pooled
+/// buffers). Returns it and the view gemm_tex samples.
+fn operand_texture(t: &Tensor, o: TextureOperand) -> Result<(wgpu::Texture, wgpu::TextureView)> {
     let gpu = t.gpu();
     let texels = o.layers * o.rows * o.len.div_ceil(4);
-    let scope = gpu.device().push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
-        label: Some("gemm operand"),
-        size: wgpu::Extent3d { width: TEXTURE_WIDTH as u32, height: texture_rows(&o) as u32, depth_or_array_layers: 1 },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format: wgpu::TextureFormat::Rgba32Float,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
-        view_formats: &[],
-    });
-    if let Some(e) = pollster::block_on(scope.pop()) {
-        let s = gpu.memory();
-        let msg = format!("a GEMM operand's texture ({texels} texels; textures are not pooled): {e}");
-        return Err(Error::OutOfMemory { bytes: 16 * texture_rows(&o) as u64 * TEXTURE_WIDTH as u64, live: s.live_bytes, pooled: s.pooled_bytes, msg });
-    }
+    let height = (texture_rows(&o) as u32).next_power_of_two().min(gpu.limits().max_texture_dimension_2d);
+    let reused = gpu.0.textures.lock().unwrap().get_mut(&height).and_then(|v| v.pop());
+    let texture = match reused {
+        Some(t) => t,
+        None => {
+            let scope = gpu.device().push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
+                label: Some("gemm operand"),
+                size: wgpu::Extent3d { width: TEXTURE_WIDTH as u32, height, depth_or_array_layers: 1 },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: wgpu::TextureFormat::Rgba32Float,
+                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+                view_formats: &[],
+            });
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                let s = gpu.memory();
+                let msg = format!("a GEMM operand's texture ({texels} texels; these textures are reused but not counted in Gpu::memory): {e}");
+                return Err(Error::OutOfMemory { bytes: 16 * height as u64 * TEXTURE_WIDTH as u64, live: s.live_bytes, pooled: s.pooled_bytes, msg });
+            }
+            texture
+        }
+    };
     let view = |usage| texture.create_view(&wgpu::TextureViewDescriptor { usage: Some(usage), ..Default::default() });
     if o.len % 4 == 0 {
         let (src, _) = t.binding();
@@ -168,7 +178,13 @@ fn operand_texture(t: &Tensor, o: TextureOperand) -> Result<wgpu::TextureView> {
         let groups = super::fold_groups(gpu, texels, 64);
         launch_textures(gpu, &GEMM_TEXTURE, "pack", &[("TEX_W", TEXTURE_WIDTH as f64)], bytemuck::bytes_of(&p), 1, &[t], &[(7, &storage)], groups)?;
     }
-    Ok(view(wgpu::TextureUsages::TEXTURE_BINDING))
+    let sampled = view(wgpu::TextureUsages::TEXTURE_BINDING);
+    Ok((texture, sampled))
+}
+
+/// Returns an operand texture to the device's reuse list.
+fn reuse_texture(gpu: &Gpu, t: wgpu::Texture) {
+    gpu.0.textures.lock().unwrap().entry(t.height()).or_default().push(t);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -229,8 +245,12 @@ fn dispatch(
         if groups[0] as usize > max || groups[1] as usize > max {
             return Err(Error::Shape { op: "matmul", msg: format!("output {m}x{n} needs a grid {groups:?} beyond {max}") });
         }
-        let (va, vb) = (operand_texture(a, ta)?, operand_texture(b, tb)?);
-        return launch_textures(gpu, &GEMM_TEXTURE, "gemm_tex", &constants, bytemuck::bytes_of(&p), 3, &[bias_t, c], &[(5, &va), (6, &vb)], groups);
+        let (ta, va) = operand_texture(a, ta)?;
+        let (tb, vb) = operand_texture(b, tb)?;
+        launch_textures(gpu, &GEMM_TEXTURE, "gemm_tex", &constants, bytemuck::bytes_of(&p), 3, &[bias_t, c], &[(5, &va), (6, &vb)], groups)?;
+        reuse_texture(gpu, ta);
+        reuse_texture(gpu, tb);
+        return Ok(());
     }
     let (src, entry, groups) = match kind {
         Kind::Tiled => (&GEMM, "gemm_tiled", [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32]),
