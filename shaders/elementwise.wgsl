@@ -140,7 +140,7 @@ fn unary_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let xs = p.xs[last / 4u][last % 4u];
     let os = p.os[last / 4u][last % 4u];
     for (var j = r.y; j < r.z; j++) {
-        y[o.z + j * os] = p.alpha * unary_op(x[o.x + j * xs]) + p.beta;
+        y[o.z + j * os] = p.alpha * unary_op(x_at(o.x + j * xs)) + p.beta;
     }
 }
 
@@ -153,7 +153,7 @@ fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         return;
     }
     let o = offsets(i);
-    y[o.z] = p.alpha * unary_op(x[o.x]) + p.beta;
+    y[o.z] = p.alpha * unary_op(x_at(o.x)) + p.beta;
 }
 
 // OP codes: keep in sync with `BinaryOp`.
@@ -181,7 +181,7 @@ fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         return;
     }
     let o = offsets(i);
-    c[o.z] = binary_op(x[o.x], b[o.y]);
+    c[o.z] = binary_op(x_at(o.x), b_at(o.y));
 }
 
 // out[i] = alpha
@@ -202,6 +202,39 @@ fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 @group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> c4: array<vec4<f32>>;
 
+// Reads of x (or a) and b: with TEX_IN from their textures (every entry but fill and
+// add_assign4). Indices are element (x_at, b_at) or vec4 (x4_at, b4_at) indices.
+@group(0) @binding(9) var x_tex: texture_2d<f32>;
+@group(0) @binding(10) var b_tex: texture_2d<f32>;
+
+fn x_at(i: u32) -> f32 {
+    if (TEX_IN) {
+        return element_at(x_tex, i);
+    }
+    return x[i];
+}
+
+fn b_at(i: u32) -> f32 {
+    if (TEX_IN) {
+        return element_at(b_tex, i);
+    }
+    return b[i];
+}
+
+fn x4_at(i: u32) -> vec4<f32> {
+    if (TEX_IN) {
+        return texel_at(x_tex, i);
+    }
+    return x4[i];
+}
+
+fn b4_at(i: u32) -> vec4<f32> {
+    if (TEX_IN) {
+        return texel_at(b_tex, i);
+    }
+    return b4[i];
+}
+
 @compute @workgroup_size(256)
 fn unary4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
@@ -209,7 +242,7 @@ fn unary4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     if (i * 4u >= p.n) {
         return;
     }
-    y4[i] = unary_affine4(x4[i]);
+    y4[i] = unary_affine4(x4_at(i));
 }
 
 fn unary_affine4(v: vec4<f32>) -> vec4<f32> {
@@ -232,7 +265,7 @@ fn unary_runs4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let r = run_of(t) / vec3<u32>(1u, 4u, 4u);
     let o = strided_offsets(r.x, p.rank - 1u) / 4u;
     for (var j = r.y; j < r.z; j++) {
-        y4[o.z + j] = unary_affine4(x4[o.x + j]);
+        y4[o.z + j] = unary_affine4(x4_at(o.x + j));
     }
 }
 
@@ -257,10 +290,10 @@ fn unary_transpose4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let xc = p.xs[dc / 4u][dc % 4u] / 4u;   // x's step along C, in vec4s
     let or = p.os[dr / 4u][dr % 4u] / 4u;   // out's step along R, in vec4s
     let ix = (o.x + r0 + c0 * xc * 4u) / 4u;
-    let v0 = x4[ix];
-    let v1 = x4[ix + xc];
-    let v2 = x4[ix + 2u * xc];
-    let v3 = x4[ix + 3u * xc];
+    let v0 = x4_at(ix);
+    let v1 = x4_at(ix + xc);
+    let v2 = x4_at(ix + 2u * xc);
+    let v3 = x4_at(ix + 3u * xc);
     let io = (o.z + r0 * or * 4u + c0) / 4u;
     y4[io] = unary_affine4(vec4<f32>(v0.x, v1.x, v2.x, v3.x));
     y4[io + or] = unary_affine4(vec4<f32>(v0.y, v1.y, v2.y, v3.y));
@@ -275,8 +308,8 @@ fn binary4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (i * 4u >= p.n) {
         return;
     }
-    let u = x4[i];
-    let v = b4[i];
+    let u = x4_at(i);
+    let v = b4_at(i);
     c4[i] = vec4<f32>(binary_op(u.x, v.x), binary_op(u.y, v.y), binary_op(u.z, v.z), binary_op(u.w, v.w));
 }
 
@@ -336,5 +369,5 @@ fn unary_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (i >= p.n) {
         return;
     }
-    c[i] = p.alpha * b[i] * unary_deriv(x[i]);
+    c[i] = p.alpha * b_at(i) * unary_deriv(x_at(i));
 }

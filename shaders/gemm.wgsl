@@ -117,6 +117,16 @@ fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // output pixel n) of one image writes the kh*kw window elements k = c*kh*kw + ky*kw + kx,
 // so the index divisions (scalarised on CPU adapters) are paid once per window. Grid: the
 // cin * P threads 1-D folded; z = workgroup_id.z.
+// im2col, im2col4 and col2im read `b` through image_at: from its texture with TEX_IN.
+@group(0) @binding(9) var image_tex: texture_2d<f32>;
+
+fn image_at(i: u32) -> f32 {
+    if (TEX_IN) {
+        return element_at(image_tex, i);
+    }
+    return b[i];
+}
+
 @group(0) @binding(3) var<storage, read_write> cols: array<f32>;
 
 override KMAJOR: bool = false;
@@ -140,7 +150,7 @@ fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             let ix = o.y + i32(kx);
             var v = 0.0;
             if (row_in && ix >= 0 && ix < i32(p.w)) {
-                v = b[src + u32(iy) * p.w + u32(ix)];
+                v = image_at(src + u32(iy) * p.w + u32(ix));
             }
             if (KMAJOR) {
                 cols[k * p.batch * p.n + wid.z * p.n + n] = v;
@@ -152,11 +162,53 @@ fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 }
 
+// im2col4: im2col (K-contiguous, KMAJOR = 0) with K % 4 == 0, one thread per 4 elements
+// k = 4q..4q+4 of output pixel n of image z = wid.z: one vec4 store (a per-element store is
+// a loop over the lanes on CPU adapters), the input read from its texture with TEX_IN.
+// The window position (c, ky, kx) of k = 4q is divided out once, then stepped.
+@group(0) @binding(3) var<storage, read_write> cols4: array<vec4<f32>>;
+@compute @workgroup_size(256)
+fn im2col4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let kq = p.k / 4u;
+    if (i >= p.n * kq) {
+        return;
+    }
+    let n = i / kq;
+    let q = i - n * kq;
+    let o = conv_origin(n);
+    let khw = p.kh * p.kw;
+    var ch = 4u * q / khw;
+    let r = 4u * q - ch * khw;
+    var ky = r / p.kw;
+    var kx = r - ky * p.kw;
+    let src = wid.z * p.b_bs;
+    var v = vec4<f32>(0.0);
+    for (var t = 0u; t < 4u; t++) {
+        let iy = o.x + i32(ky);
+        let ix = o.y + i32(kx);
+        if (iy >= 0 && ix >= 0 && iy < i32(p.h) && ix < i32(p.w)) {
+            v[t] = image_at(src + (ch * p.h + u32(iy)) * p.w + u32(ix));
+        }
+        kx++;
+        if (kx == p.kw) {
+            kx = 0u;
+            ky++;
+            if (ky == p.kh) {
+                ky = 0u;
+                ch++;
+            }
+        }
+    }
+    cols4[(wid.z * p.n + n) * kq + q] = v;
+}
+
 // col2im: the transpose of im2col (a convolution's input gradient). For image z,
 // dx[c, iy, ix] = sum over (ky, kx) of dcols[(c, ky, kx), (oy, ox)] where the window of
 // output pixel (oy, ox) covers (iy, ix). dcols (batch, K, P = oh * ow) is `b` (binding 2,
-// batch stride b_bs), dx (batch, cin, h, w) is `cols` (binding 3). One thread per input
-// element; no atomics.
+// batch stride b_bs; read from its texture with TEX_IN), dx (batch, cin, h, w) is `cols`
+// (binding 3). One thread per input element; no atomics.
 @compute @workgroup_size(256)
 fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
@@ -182,7 +234,7 @@ fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                 continue;
             }
             let ox = u32(tx) / p.sw;
-            s += b[zb + ((ch * p.kh + ky) * p.kw + kx) * p.n + oy * p.ow + ox];
+            s += image_at(zb + ((ch * p.kh + ky) * p.kw + kx) * p.n + oy * p.ow + ox);
         }
     }
     cols[wid.z * p.cin * hw + i] = s;

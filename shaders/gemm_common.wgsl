@@ -24,7 +24,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+// C as vec4s (bindings are whole multiples of 16 bytes); `store` writes single components.
+@group(0) @binding(4) var<storage, read_write> c: array<vec4<f32>>;
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
@@ -87,8 +88,41 @@ fn store(z: u32, m: u32, n: u32, v: f32) {
     }
     let idx = z * p.c_bs + m * p.n + n;
     if (ACCUMULATE) {
-        o += c[idx];
+        o += c[idx / 4u][idx % 4u];
     }
-    c[idx] = o;
+    c[idx / 4u][idx % 4u] = o;
+}
+
+// Bias of row m for columns n..n+3 (zero without BIAS; indices clamped into range).
+fn bias4(m: u32, n: u32) -> vec4<f32> {
+    if (BIAS == 1u) {
+        let last = p.n - 1u;
+        return vec4<f32>(bias[min(n, last)], bias[min(n + 1u, last)], bias[min(n + 2u, last)], bias[min(n + 3u, last)]);
+    }
+    if (BIAS == 2u) {
+        return vec4<f32>(bias[min(m, p.m - 1u)]);
+    }
+    return vec4<f32>(0.0);
+}
+
+// Columns n..n+3 of row m, with `bv` = bias4(m, n): one vector store when they are in C and
+// start on a vec4 boundary (one store and no bias load per value on CPU adapters), else
+// `store` per column.
+fn store4(z: u32, m: u32, n: u32, v: vec4<f32>, bv: vec4<f32>) {
+    if (m >= p.m) {
+        return;
+    }
+    let idx = z * p.c_bs + m * p.n + n;
+    if (n + 3u < p.n && idx % 4u == 0u) {
+        var o = p.alpha * v + bv;
+        if (ACCUMULATE) {
+            o += c[idx / 4u];
+        }
+        c[idx / 4u] = o;
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        store(z, m, n + j, v[j]);
+    }
 }
 

@@ -1,5 +1,5 @@
 // GEMM for CPU adapters with both operands in rgba32float textures (preludes: gemm_common.wgsl,
-// gemm_rows8.wgsl).
+// gemm_rows8.wgsl, texel_input.wgsl).
 //
 // On llvmpipe (Mesa 22.3) every storage-buffer load, scalar or vector, uniform or not, is a
 // loop over the lanes with an exec-mask test and a bounds check per element (~10 ns per
@@ -25,11 +25,6 @@
 @group(0) @binding(6) var tb: texture_2d<f32>;
 
 override NSG: u32 = 8u;   // subgroups per workgroup: same rows, each its own 32 columns
-override TEX_W: u32 = 1024u;   // texels per texture row (a power of two)
-
-fn tex_coord(t: u32) -> vec2<u32> {
-    return vec2<u32>(t % TEX_W, t / TEX_W);
-}
 
 // Texel x of row r of layer l of an operand with `rows` rows of `len` floats, row after row.
 fn texel(l: u32, r: u32, x: u32, rows: u32, len: u32) -> vec2<u32> {
@@ -97,14 +92,17 @@ fn fetch_b(zb: u32, n0: u32, lane: u32, kb: u32) -> array<vec4<f32>, 4> {
     return along_k(tb, zb, min(n0 / 4u + lane, (p.n - 1u) / 4u), 4u * kb, p.n);
 }
 
-// Writes group g of a lane's tile (`store` drops rows and columns outside C).
-fn store_group(acc: Rows8, z: u32, m0: u32, g: u32, n: u32) {
+// Writes group g of a lane's tile: row_of(m0, g, i), columns n..n+3 (`store4` drops what
+// lies outside C). `bcol` holds the per-column bias of these columns (BIAS 1).
+fn store_group(acc: Rows8, z: u32, m0: u32, g: u32, n: u32, bcol: vec4<f32>) {
     let rows = array<vec4<f32>, 8>(acc.r0, acc.r1, acc.r2, acc.r3, acc.r4, acc.r5, acc.r6, acc.r7);
     for (var i = 0u; i < 8u; i++) {
         let m = row_of(m0, g, i);
-        for (var j = 0u; j < 4u; j++) {
-            store(z, m, n + j, rows[i][j]);
+        var bv = bcol;
+        if (BIAS == 2u) {
+            bv = bias4(m, n);
         }
+        store4(z, m, n, rows[i], bv);
     }
 }
 
@@ -140,10 +138,11 @@ fn gemm_tex(@builtin(workgroup_id) wid: vec3<u32>,
         }
     }
     let n = n0 + 4u * lane;
-    store_group(c0, z, m0, 0u, n);
-    store_group(c1, z, m0, 1u, n);
-    store_group(c2, z, m0, 2u, n);
-    store_group(c3, z, m0, 3u, n);
+    let bcol = bias4(0u, n);   // per-column bias, loaded once (zero unless BIAS 1)
+    store_group(c0, z, m0, 0u, n, bcol);
+    store_group(c1, z, m0, 1u, n, bcol);
+    store_group(c2, z, m0, 2u, n, bcol);
+    store_group(c3, z, m0, 3u, n, bcol);
 }
 
 // pack: the texture of an operand (see the top) whose rows are not a whole number of

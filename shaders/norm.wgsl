@@ -68,16 +68,42 @@ fn norm_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
-// norm_rows4: the same with rows read and written as vec4s (len % 4 == 0).
+// norm_rows4: the same with rows read and written as vec4s (len % 4 == 0). With TEX_IN
+// (norm_rows4 and norm_thread4) x, gamma and beta are read from their textures.
 @group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y4: array<vec4<f32>>;
+@group(0) @binding(9) var x_tex: texture_2d<f32>;
+@group(0) @binding(10) var gamma_tex: texture_2d<f32>;
+@group(0) @binding(11) var beta_tex: texture_2d<f32>;
+
+fn x4_at(i: u32) -> vec4<f32> {
+    if (TEX_IN) {
+        return texel_at(x_tex, i);
+    }
+    return x4[i];
+}
+
+// (gamma, beta) of channel ch.
+fn gamma_beta(ch: u32) -> vec2<f32> {
+    if (TEX_IN) {
+        return vec2<f32>(element_at(gamma_tex, ch), element_at(beta_tex, ch));
+    }
+    return vec2<f32>(gamma[ch], beta[ch]);
+}
 
 fn affine4(o: vec4<f32>, ch0: u32, j: u32) -> vec4<f32> {
     var r = o;
-    if (p.affine != 0u) {
+    if (p.affine != 0u && p.inner % 4u == 0u) {
+        // the four elements share a channel
+        let gb = gamma_beta(ch0 + j / p.inner);
+        r = r * gb.x + gb.y;
+    } else if (p.affine != 0u) {
         let ch = vec4<u32>(ch0) + (vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u)) / p.inner;
-        r = r * vec4<f32>(gamma[ch.x], gamma[ch.y], gamma[ch.z], gamma[ch.w])
-              + vec4<f32>(beta[ch.x], beta[ch.y], beta[ch.z], beta[ch.w]);
+        let g0 = gamma_beta(ch.x);
+        let g1 = gamma_beta(ch.y);
+        let g2 = gamma_beta(ch.z);
+        let g3 = gamma_beta(ch.w);
+        r = r * vec4<f32>(g0.x, g1.x, g2.x, g3.x) + vec4<f32>(g0.y, g1.y, g2.y, g3.y);
     }
     if (ACT == 1u) {
         r = r / (1.0 + exp(-r));
@@ -95,14 +121,14 @@ fn norm_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     var s = vec4<f32>(0.0);
     if (live) {
         for (var j = lid; j < len4; j += WG) {
-            s += x4[base + j];
+            s += x4_at(base + j);
         }
     }
     let mean = wg_sum(s.x + s.y + s.z + s.w, lid) / f32(p.len);
     var v = vec4<f32>(0.0);
     if (live) {
         for (var j = lid; j < len4; j += WG) {
-            let d = x4[base + j] - mean;
+            let d = x4_at(base + j) - mean;
             v += d * d;
         }
     }
@@ -112,7 +138,7 @@ fn norm_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     let ch0 = (r % p.groups) * p.cpg;
     for (var j = lid; j < len4; j += WG) {
-        y4[base + j] = affine4((x4[base + j] - mean) * rstd, ch0, 4u * j);
+        y4[base + j] = affine4((x4_at(base + j) - mean) * rstd, ch0, 4u * j);
     }
     if (lid == 0u) {
         stats[2u * r] = mean;
@@ -135,18 +161,18 @@ fn norm_thread4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let base = r * len4;
     var s = vec4<f32>(0.0);
     for (var j = 0u; j < len4; j++) {
-        s += x4[base + j];
+        s += x4_at(base + j);
     }
     let mean = (s.x + s.y + s.z + s.w) / f32(p.len);
     var v = vec4<f32>(0.0);
     for (var j = 0u; j < len4; j++) {
-        let d = x4[base + j] - mean;
+        let d = x4_at(base + j) - mean;
         v += d * d;
     }
     let rstd = inverseSqrt((v.x + v.y + v.z + v.w) / f32(p.len) + p.eps);
     let ch0 = (r % p.groups) * p.cpg;
     for (var j = 0u; j < len4; j++) {
-        y4[base + j] = affine4((x4[base + j] - mean) * rstd, ch0, 4u * j);
+        y4[base + j] = affine4((x4_at(base + j) - mean) * rstd, ch0, 4u * j);
     }
     stats[2u * r] = mean;
     stats[2u * r + 1u] = rstd;
@@ -163,17 +189,34 @@ fn norm_thread4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 @group(0) @binding(7) var<storage, read_write> gw: array<f32>;
 @group(0) @binding(8) var<storage, read_write> gb: array<f32>;
 
+// With TEX_IN (norm_bwd, norm_bwd_thread) x, gamma, beta and dy are read from their textures.
+@group(0) @binding(12) var dy_tex: texture_2d<f32>;
+
+fn x_at(i: u32) -> f32 {
+    if (TEX_IN) {
+        return element_at(x_tex, i);
+    }
+    return x[i];
+}
+
+fn dy_at(i: u32) -> f32 {
+    if (TEX_IN) {
+        return element_at(dy_tex, i);
+    }
+    return dy[i];
+}
+
 // (dy', g) at element j of row `base` with channel `ch`.
 fn norm_dy(i: u32, xh: f32, ch: u32) -> vec2<f32> {
-    var d = dy[i];
+    var d = dy_at(i);
     var gm = 1.0;
     if (p.affine != 0u) {
-        gm = gamma[ch];
+        gm = gamma_beta(ch).x;
     }
     if (ACT == 1u) {
         var z = xh;
         if (p.affine != 0u) {
-            z = xh * gm + beta[ch];
+            z = xh * gm + gamma_beta(ch).y;
         }
         let s = 1.0 / (1.0 + exp(-z));
         d = d * s * (1.0 + z * (1.0 - s));
@@ -184,7 +227,7 @@ fn norm_dy(i: u32, xh: f32, ch: u32) -> vec2<f32> {
 // dx (and the affine terms) at element j of the row at `base`, given the row's mean(g)
 // and mean(g * xhat).
 fn norm_bwd_store(base: u32, j: u32, mean: f32, rstd: f32, ch0: u32, mg: f32, mgx: f32) {
-    let xh = (x[base + j] - mean) * rstd;
+    let xh = (x_at(base + j) - mean) * rstd;
     let dg = norm_dy(base + j, xh, ch0 + j / p.inner);
     dx[base + j] = rstd * (dg.y - mg - xh * mgx);
     if (p.affine != 0u) {
@@ -210,7 +253,7 @@ fn norm_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     var sgx = 0.0;
     if (live) {
         for (var j = lid; j < p.len; j += WG) {
-            let xh = (x[base + j] - mean) * rstd;
+            let xh = (x_at(base + j) - mean) * rstd;
             let dg = norm_dy(base + j, xh, ch0 + j / p.inner);
             sg += dg.y;
             sgx += dg.y * xh;
@@ -241,7 +284,7 @@ fn norm_bwd_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     var sg = 0.0;
     var sgx = 0.0;
     for (var j = 0u; j < p.len; j++) {
-        let xh = (x[base + j] - mean) * rstd;
+        let xh = (x_at(base + j) - mean) * rstd;
         let dg = norm_dy(base + j, xh, ch0 + j / p.inner);
         sg += dg.y;
         sgx += dg.y * xh;

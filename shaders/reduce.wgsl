@@ -16,6 +16,15 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
+// reduce_thread: with TEX_IN, x is read from its texture.
+@group(0) @binding(9) var x_tex: texture_2d<f32>;
+
+fn x_at(i: u32) -> f32 {
+    if (TEX_IN) {
+        return element_at(x_tex, i);
+    }
+    return x[i];
+}
 
 override OP: u32 = 0u;   // 0 sum, 1 mean, 2 max, 3 min
 
@@ -56,11 +65,11 @@ fn reduce_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     var acc = vec4<f32>(init());
     var j = start;
     for (; j + 4u <= end; j += 4u) {
-        acc = vec4<f32>(combine(acc.x, x[base + j * p.inner]), combine(acc.y, x[base + (j + 1u) * p.inner]),
-                        combine(acc.z, x[base + (j + 2u) * p.inner]), combine(acc.w, x[base + (j + 3u) * p.inner]));
+        acc = vec4<f32>(combine(acc.x, x_at(base + j * p.inner)), combine(acc.y, x_at(base + (j + 1u) * p.inner)),
+                        combine(acc.z, x_at(base + (j + 2u) * p.inner)), combine(acc.w, x_at(base + (j + 3u) * p.inner)));
     }
     for (; j < end; j++) {
-        acc.x = combine(acc.x, x[base + j * p.inner]);
+        acc.x = combine(acc.x, x_at(base + j * p.inner));
     }
     let r = combine(combine(acc.x, acc.y), combine(acc.z, acc.w));
     y[t] = select(finish(r), r, p.chunk > 0u);

@@ -25,6 +25,23 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> row_out: array<f32>;
 @group(0) @binding(2) var<storage, read> row_in: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dp_io: array<f32>;
+// softmax_thread, softmax_lse_thread: with TEX_IN the input (x, or s before it is
+// overwritten) is read from its texture.
+@group(0) @binding(9) var in_tex: texture_2d<f32>;
+
+fn x_at(i: u32) -> f32 {
+    if (TEX_IN) {
+        return element_at(in_tex, i);
+    }
+    return x[i];
+}
+
+fn s_at(i: u32) -> f32 {
+    if (TEX_IN) {
+        return element_at(in_tex, i);
+    }
+    return s_io[i];
+}
 
 @compute @workgroup_size(WG)
 fn softmax_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -36,15 +53,15 @@ fn softmax_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let base = r * p.len;
     var m = neg_inf();
     for (var j = 0u; j < p.len; j++) {
-        m = max(m, p.scale * x[base + j]);
+        m = max(m, p.scale * x_at(base + j));
     }
     var s = 0.0;
     for (var j = 0u; j < p.len; j++) {
-        s += exp(p.scale * x[base + j] - m);
+        s += exp(p.scale * x_at(base + j) - m);
     }
     let inv = 1.0 / s;
     for (var j = 0u; j < p.len; j++) {
-        y[base + j] = exp(p.scale * x[base + j] - m) * inv;
+        y[base + j] = exp(p.scale * x_at(base + j) - m) * inv;
     }
 }
 
@@ -92,18 +109,18 @@ fn softmax_lse_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     var m = neg_inf();
     for (var j = 0u; j < p.len; j++) {
         if (!masked(r, j)) {
-            m = max(m, s_io[base + j]);
+            m = max(m, s_at(base + j));
         }
     }
     var t = 0.0;
     for (var j = 0u; j < p.len; j++) {
         if (!masked(r, j)) {
-            t += exp(s_io[base + j] - m);
+            t += exp(s_at(base + j) - m);
         }
     }
     let inv = 1.0 / t;
     for (var j = 0u; j < p.len; j++) {
-        s_io[base + j] = select(exp(s_io[base + j] - m) * inv, 0.0, masked(r, j));
+        s_io[base + j] = select(exp(s_at(base + j) - m) * inv, 0.0, masked(r, j));
     }
     row_out[r] = m + log(t);
 }

@@ -120,9 +120,11 @@ pub(crate) struct GpuInner {
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
     pub pool: Mutex<Pool>,
-    /// GEMM operand textures for reuse, by height (see `ops::gemm`; not counted in
+    /// Kernel input textures for reuse, by height (see `ops::texture`; not counted in
     /// [`Gpu::memory`], freed by [`Gpu::trim_pool`]).
     pub textures: Mutex<std::collections::HashMap<u32, Vec<wgpu::Texture>>>,
+    /// The 1-texel texture bound where a kernel declares a texture it does not read.
+    pub placeholder_texture: Mutex<Option<wgpu::TextureView>>,
     pub registry: Mutex<Registry>,
     pub recorder: Mutex<Recorder>,
     /// Errors reported by wgpu outside an error scope (only on devices we created).
@@ -246,6 +248,7 @@ impl Gpu {
             limits,
             pool: Mutex::new(Pool::default()),
             textures: Mutex::new(Default::default()),
+            placeholder_texture: Mutex::new(None),
             registry: Mutex::new(Registry::default()),
             recorder: Mutex::new(recorder),
             errors,

@@ -18,15 +18,15 @@ macro_rules! family {
     };
 }
 
-family!(ELEMENTWISE, "elementwise");
-family!(REDUCE, "reduce", with "common");
-family!(SOFTMAX, "softmax", with "common");
-family!(NORM, "norm", with "common");
-family!(GEMM, "gemm", with "gemm_common");
+family!(ELEMENTWISE, "elementwise", with "texel_input");
+family!(REDUCE, "reduce", with "common", "texel_input");
+family!(SOFTMAX, "softmax", with "common", "texel_input");
+family!(NORM, "norm", with "common", "texel_input");
+family!(GEMM, "gemm", with "gemm_common", "texel_input");
 // Needs the SUBGROUP feature (a separate module so that devices without it can use GEMM).
 family!(GEMM_SUBGROUP, "gemm_subgroup", with "gemm_common", "gemm_rows8");
 // CPU adapters: operands read from textures (needs SUBGROUP with 8 lanes).
-family!(GEMM_TEXTURE, "gemm_texture", with "gemm_common", "gemm_rows8");
+family!(GEMM_TEXTURE, "gemm_texture", with "gemm_common", "gemm_rows8", "texel_input");
 family!(ATTENTION, "attention");
 family!(EMBEDDING, "embedding");
 family!(OPTIM, "optim");

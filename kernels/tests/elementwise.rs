@@ -324,3 +324,28 @@ fn add_assign_accumulates_in_place_and_checks_sizes() {
     let (b, _) = rand_tensor(&[7], 51, -1.0, 1.0);
     assert!(ops::add_assign(&a, &b).unwrap_err().to_string().contains("add_assign"));
 }
+
+/// The elementwise kernels give the same bits reading textures (CPU adapters) as reading
+/// buffers: contiguous and strided unary ops (runs, transposes, scalar strides), same-shape
+/// and broadcasting binary ops, and unary_grad.
+#[test]
+fn elementwise_kernels_read_textures_like_buffers() {
+    let entries = ["elementwise::unary4", "elementwise::unary_runs4", "elementwise::unary_transpose4", "elementwise::unary_runs", "elementwise::unary", "elementwise::binary4", "elementwise::binary", "elementwise::unary_grad"];
+    texel_reads_agree("elementwise", &entries, |g| {
+        let (x, _) = rand_on(g, &SHAPE, 1, -2.0, 2.0);
+        let (y, _) = rand_on(g, &SHAPE, 2, -2.0, 2.0);
+        let (b, _) = rand_on(g, &[13, 1], 3, -2.0, 2.0);
+        let (q, _) = rand_on(g, &[3, 8, 12], 4, -2.0, 2.0);
+        let (r, _) = rand_on(g, &[3, 7], 5, -2.0, 2.0); // out (7, 3): runs of 3, the scalar kernel
+        vec![
+            ops::permute(&r, &[1, 0]).unwrap().to_vec().unwrap(),
+            ops::unary(&x, UnaryOp::Gelu).unwrap().to_vec().unwrap(),
+            ops::permute(&q, &[1, 0, 2]).unwrap().to_vec().unwrap(),
+            ops::permute(&q, &[0, 2, 1]).unwrap().to_vec().unwrap(),
+            ops::permute(&x, &[2, 0, 1]).unwrap().to_vec().unwrap(),
+            ops::binary(&x, &y, BinaryOp::Mul).unwrap().to_vec().unwrap(),
+            ops::binary(&x, &b, BinaryOp::Sub).unwrap().to_vec().unwrap(),
+            ops::unary_grad(&x, &y, UnaryOp::Silu, 1.5, 0.0).unwrap().to_vec().unwrap(),
+        ]
+    });
+}

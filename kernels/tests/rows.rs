@@ -124,3 +124,34 @@ fn group_norm_4d_and_5d_with_fused_silu() {
     let (x, _) = rand_tensor(&[2, 6, 3], 1, 0.0, 1.0);
     assert!(ops::group_norm(&x, 4, None, None, 1e-5, false).unwrap_err().to_string().contains("6 channels"));
 }
+
+/// The row kernels give the same bits reading textures (CPU adapters) as reading buffers:
+/// softmax, the norms forward and backward (thread-per-row and workgroup-per-row rows,
+/// group channels shared by 4 elements or not) and the thread reductions.
+#[test]
+fn row_kernels_read_textures_like_buffers() {
+    texel_reads_agree("rows", &["softmax::softmax_thread", "norm::norm_thread4", "norm::norm_rows4", "norm::norm_bwd_thread", "norm::norm_bwd", "reduce::reduce_thread"], |g| {
+        let mut out = Vec::new();
+        let (s, _) = rand_on(g, &[37, 29], 1, -4.0, 4.0);
+        out.push(ops::softmax_scaled(&s, 0.7).unwrap().to_vec().unwrap());
+        // (shape, groups): S = 12 (channels per vec4), S = 15 (mixed), one long row
+        for (k, (shape, groups)) in [(vec![3, 8, 3, 4], 4), (vec![2, 6, 3, 5], 3), (vec![1, 4, 40, 41], 2)].into_iter().enumerate() {
+            let c = shape[1];
+            let (x, _) = rand_on(g, &shape, 10 + k as u64, -2.0, 3.0);
+            let (gm, _) = rand_on(g, &[c], 20 + k as u64, 0.5, 1.5);
+            let (bt, _) = rand_on(g, &[c], 30 + k as u64, -1.0, 1.0);
+            let (dy, _) = rand_on(g, &shape, 40 + k as u64, -1.0, 1.0);
+            let n = ops::group_norm(&x, groups, Some(&gm), Some(&bt), 1e-5, true).unwrap();
+            let d = ops::group_norm_backward(&x, groups, Some(&gm), Some(&bt), &n.stats, &dy, 1e-5, true).unwrap();
+            out.extend([n.y.to_vec().unwrap(), n.stats.to_vec().unwrap(), d.dx.to_vec().unwrap(), d.dgamma.unwrap().to_vec().unwrap()]);
+        }
+        let (x, _) = rand_on(g, &[70, 36], 50, -2.0, 3.0);
+        let (dy, _) = rand_on(g, &[70, 36], 51, -1.0, 1.0);
+        let n = ops::layer_norm(&x, None, None, 1e-5).unwrap();
+        out.push(n.y.to_vec().unwrap());
+        out.push(ops::layer_norm_backward(&x, None, None, &n.stats, &dy, 1e-5).unwrap().dx.to_vec().unwrap());
+        out.push(ops::sum(&x, 0).unwrap().to_vec().unwrap());
+        out.push(ops::max(&x, 1).unwrap().to_vec().unwrap());
+        out
+    });
+}

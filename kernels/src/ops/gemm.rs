@@ -3,9 +3,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::check_f32;
-use super::{launch, launch_at, launch_textures};
+use super::texture::{fits_texture, PooledTexture, TexelInputs, TEXTURE_WIDTH};
+use super::{launch, launch_textures};
 use crate::error::shape_err;
-use crate::recorder::Cmd;
 use crate::shaders::{GEMM, GEMM_SUBGROUP, GEMM_TEXTURE};
 use crate::{DType, Error, Gpu, KernelVariant, Result, Tensor};
 
@@ -89,9 +89,6 @@ fn subgroup_row_groups(m: usize) -> usize {
 
 /// Rows of C per subgroup tile of gemm_tex; smaller outputs take gemm_sg's fewer row groups.
 const TEXTURE_TILE_ROWS: usize = 32;
-/// Texels per row of gemm_tex's operand textures (TEX_W in `shaders/gemm_texture.wgsl`):
-/// 16 KiB rows, a multiple of the 256-byte alignment of buffer-to-texture copies.
-const TEXTURE_WIDTH: usize = 1024;
 
 /// An operand of gemm_tex: `layers` x `rows` rows of `len` floats (see
 /// `shaders/gemm_texture.wgsl`).
@@ -114,77 +111,34 @@ fn texture_operands(gpu: &Gpu, kind: Kind, p: &Params, trans_a: bool, trans_b: b
     let op = |layers, rows, len| TextureOperand { layers, rows, len };
     let a = if trans_a { op(layers(p.a_bs), k, m) } else { op(layers(p.a_bs), m, k) };
     let b = if trans_b { op(layers(p.b_bs), n, k) } else { op(layers(p.b_bs), k, n) };
-    let max = gpu.limits().max_texture_dimension_2d as usize;
-    let fits = |o: &TextureOperand| texture_rows(o) <= max && TEXTURE_WIDTH <= max;
-    (fits(&a) && fits(&b)).then_some([a, b])
+    (fits_texture(gpu, a.texels()) && fits_texture(gpu, b.texels())).then_some([a, b])
 }
 
-/// Texture rows holding an operand.
-fn texture_rows(o: &TextureOperand) -> usize {
-    (o.layers * o.rows * o.len.div_ceil(4)).div_ceil(TEXTURE_WIDTH)
+impl TextureOperand {
+    /// Texels holding the operand (rows padded to whole texels).
+    fn texels(&self) -> usize {
+        self.layers * self.rows * self.len.div_ceil(4)
+    }
 }
 
 /// Copies an operand into an rgba32float texture laid out for gemm_tex: the buffer's bytes
-/// as they are when len % 4 == 0 (one copy of the whole texture rows, one of the last part),
-/// else through the `pack` kernel, which pads rows to whole texels. The texture comes from
-/// the device's reuse list (heights in powers of two), or is created; give it back with
-/// [`reuse_texture`] once the GEMM is recorded (later commands run after it, like pooled
-/// buffers). Returns it and the view gemm_tex samples.
-fn operand_texture(t: &Tensor, o: TextureOperand) -> Result<(wgpu::Texture, wgpu::TextureView)> {
+/// as they are when len % 4 == 0, else through the `pack` kernel, which pads rows to whole
+/// texels. Returns the texture (give it back by dropping it once the GEMM is recorded) and
+/// the view gemm_tex samples.
+fn operand_texture(t: &Tensor, o: TextureOperand) -> Result<(PooledTexture, wgpu::TextureView)> {
     let gpu = t.gpu();
-    let texels = o.layers * o.rows * o.len.div_ceil(4);
-    let height = (texture_rows(&o) as u32).next_power_of_two().min(gpu.limits().max_texture_dimension_2d);
-    let reused = gpu.0.textures.lock().unwrap().get_mut(&height).and_then(|v| v.pop());
-    let texture = match reused {
-        Some(t) => t,
-        None => {
-            let scope = gpu.device().push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-            let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
-                label: Some("gemm operand"),
-                size: wgpu::Extent3d { width: TEXTURE_WIDTH as u32, height, depth_or_array_layers: 1 },
-                mip_level_count: 1,
-                sample_count: 1,
-                dimension: wgpu::TextureDimension::D2,
-                format: wgpu::TextureFormat::Rgba32Float,
-                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
-                view_formats: &[],
-            });
-            if let Some(e) = pollster::block_on(scope.pop()) {
-                let s = gpu.memory();
-                let msg = format!("a GEMM operand's texture ({texels} texels; these textures are reused but not counted in Gpu::memory): {e}");
-                return Err(Error::OutOfMemory { bytes: 16 * height as u64 * TEXTURE_WIDTH as u64, live: s.live_bytes, pooled: s.pooled_bytes, msg });
-            }
-            texture
-        }
-    };
-    let view = |usage| texture.create_view(&wgpu::TextureViewDescriptor { usage: Some(usage), ..Default::default() });
+    let texture = PooledTexture::take(gpu, o.texels(), "a GEMM operand's texture")?;
     if o.len % 4 == 0 {
-        let (src, _) = t.binding();
-        let (full, rest) = (texels / TEXTURE_WIDTH, texels % TEXTURE_WIDTH);
-        let row_bytes = 16 * TEXTURE_WIDTH as u32;
-        let mut rec = gpu.0.recorder.lock().unwrap();
-        if full > 0 {
-            let extent = [TEXTURE_WIDTH as u32, full as u32];
-            rec.push(gpu, Cmd::CopyToTexture { src: src.clone(), src_at: 0, bytes_per_row: Some(row_bytes), dst: texture.clone(), dst_row: 0, extent })?;
-        }
-        if rest > 0 {
-            let src_at = full as u64 * row_bytes as u64;
-            rec.push(gpu, Cmd::CopyToTexture { src, src_at, bytes_per_row: None, dst: texture.clone(), dst_row: full as u32, extent: [rest as u32, 1] })?;
-        }
+        texture.copy_from(t, o.texels())?;
     } else {
         // pack: p.m rows (all layers) of p.k floats, p.n texels each
         let p = Params { m: (o.layers * o.rows) as u32, n: o.len.div_ceil(4) as u32, k: o.len as u32, ..Default::default() };
-        let storage = view(wgpu::TextureUsages::STORAGE_BINDING);
-        let groups = super::fold_groups(gpu, texels, 64);
+        let storage = texture.view(wgpu::TextureUsages::STORAGE_BINDING);
+        let groups = super::fold_groups(gpu, o.texels(), 64);
         launch_textures(gpu, &GEMM_TEXTURE, "pack", &[("TEX_W", TEXTURE_WIDTH as f64)], bytemuck::bytes_of(&p), 1, &[t], &[(7, &storage)], groups)?;
     }
-    let sampled = view(wgpu::TextureUsages::TEXTURE_BINDING);
+    let sampled = texture.view(wgpu::TextureUsages::TEXTURE_BINDING);
     Ok((texture, sampled))
-}
-
-/// Returns an operand texture to the device's reuse list.
-fn reuse_texture(gpu: &Gpu, t: wgpu::Texture) {
-    gpu.0.textures.lock().unwrap().entry(t.height()).or_default().push(t);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -245,12 +199,10 @@ fn dispatch(
         if groups[0] as usize > max || groups[1] as usize > max {
             return Err(Error::Shape { op: "matmul", msg: format!("output {m}x{n} needs a grid {groups:?} beyond {max}") });
         }
-        let (ta, va) = operand_texture(a, ta)?;
-        let (tb, vb) = operand_texture(b, tb)?;
-        launch_textures(gpu, &GEMM_TEXTURE, "gemm_tex", &constants, bytemuck::bytes_of(&p), 3, &[bias_t, c], &[(5, &va), (6, &vb)], groups)?;
-        reuse_texture(gpu, ta);
-        reuse_texture(gpu, tb);
-        return Ok(());
+        let (_ta, va) = operand_texture(a, ta)?;
+        let (_tb, vb) = operand_texture(b, tb)?;
+        // the textures go back to the reuse list after the dispatch is recorded
+        return launch_textures(gpu, &GEMM_TEXTURE, "gemm_tex", &constants, bytemuck::bytes_of(&p), 3, &[bias_t, c], &[(5, &va), (6, &vb)], groups);
     }
     let (src, entry, groups) = match kind {
         Kind::Tiled => (&GEMM, "gemm_tiled", [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32]),
@@ -456,9 +408,19 @@ fn im2col(x: &Tensor, p: &Params, k_major: bool) -> Result<Tensor> {
     let (batch, pix, k) = (p.batch as usize, p.n as usize, p.k as usize);
     let shape = if k_major { vec![k, batch * pix] } else { vec![batch, pix, k] };
     let cols = Tensor::empty(gpu, &shape, DType::F32, "conv2d im2col")?;
+    if !k_major && k % 4 == 0 {
+        // vec4 stores, the image through a texture on CPU adapters
+        let mut groups = super::fold_groups(gpu, pix * k / 4, 256);
+        groups[2] = batch as u32;
+        let tex = TexelInputs::new(gpu, &[Some(x)])?;
+        launch_textures(gpu, &GEMM, "im2col4", &tex.constants(), bytemuck::bytes_of(p), 2, &[x, &cols], &tex.bindings(9), groups)?;
+        return Ok(cols);
+    }
     let mut groups = super::fold_groups(gpu, pix * p.cin as usize, 256);
     groups[2] = batch as u32;
-    launch_at(gpu, &GEMM, "im2col", &[("KMAJOR", k_major as u32 as f64)], bytemuck::bytes_of(p), 2, &[x, &cols], groups)?;
+    let tex = TexelInputs::new(gpu, &[Some(x)])?;
+    let [a, b] = tex.constants();
+    launch_textures(gpu, &GEMM, "im2col", &[("KMAJOR", k_major as u32 as f64), a, b], bytemuck::bytes_of(p), 2, &[x, &cols], &tex.bindings(9), groups)?;
     Ok(cols)
 }
 
@@ -494,10 +456,11 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
 
 /// Largest column matrix (im2col of a conv's input, or the input gradient's columns) that
 /// [`conv2d`] on a CPU adapter and [`conv2d_backward`] materialise at once: bigger batches
-/// are processed a few images at a time (at least one), bounding transient memory. 4 MiB
-/// keeps the per-frame convs of small videos to one or two dispatches (256 KiB split the
-/// tiny teacher's convs per frame: ~6% slower sampling, from the slices and concats).
-pub const CONV_COLUMNS_MAX_BYTES: usize = 4 << 20;
+/// are processed a few images at a time (at least one), bounding transient memory. 32 MiB
+/// keeps most convs of small videos to one dispatch: with 4 MiB the tiny VAE's 32x32
+/// convs ran one frame at a time, and the slices and concats made sampling 4% slower
+/// (256 KiB, which split even the tiny teacher's convs per frame, ~6% more).
+pub const CONV_COLUMNS_MAX_BYTES: usize = 32 << 20;
 
 /// Gradients of [`conv2d`] for the output gradient `dy` (N, O, OH, OW): (dx, dw, dbias),
 /// each computed only when asked for.
@@ -555,7 +518,8 @@ fn conv2d_backward_columns(x: &Tensor, w: &Tensor, dy: &Tensor, g: Conv2d, need:
         let mut groups = super::fold_groups(gpu, x.numel() / n.max(1), 256);
         groups[2] = n as u32;
         if n > 0 {
-            launch_at(gpu, &GEMM, "col2im", &[], bytemuck::bytes_of(&p2), 2, &[&dcols, &dx], groups)?;
+            let tex = TexelInputs::new(gpu, &[Some(&dcols)])?;
+            launch_textures(gpu, &GEMM, "col2im", &tex.constants(), bytemuck::bytes_of(&p2), 2, &[&dcols, &dx], &tex.bindings(9), groups)?;
         }
         Some(dx)
     } else {

@@ -9,6 +9,7 @@ mod layout;
 mod norm;
 mod reduce;
 mod softmax;
+mod texture;
 
 pub use attention::{attention, attention_backward, attention_masked, materialises_scores, Attention, CPU_MATERIALISED_SCORES_MAX_BYTES};
 pub use elementwise::*;

@@ -2,7 +2,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{axis, barrier_free, check_f32, fold_groups, launch};
+use super::texture::TexelInputs;
+use super::{axis, barrier_free, check_f32, fold_groups, launch, launch_textures};
 use crate::shaders::REDUCE;
 use crate::{DType, Result, Tensor};
 
@@ -52,7 +53,7 @@ pub fn reduce(x: &Tensor, ax: isize, kind: Reduce) -> Result<Tensor> {
         let partial = Tensor::empty(gpu, &[chunks, outer, inner], DType::F32, "reduce partials")?;
         let p = Params { outer: outer as u32, len: len as u32, inner: inner as u32, chunk: CHUNK as u32 };
         let groups = fold_groups(gpu, outputs * chunks, 64);
-        launch(gpu, &REDUCE, "reduce_thread", &[("OP", partial_kind as u32 as f64), ("WG", 64.0)], bytemuck::bytes_of(&p), &[x, &partial], groups)?;
+        launch_thread(gpu, partial_kind, &p, x, &partial, groups)?;
         let y = reduce(&partial, 0, partial_kind)?.reshape(&out_shape)?;
         return if kind == Reduce::Mean { crate::ops::scale(&y, 1.0 / len as f32) } else { Ok(y) };
     }
@@ -65,8 +66,19 @@ pub fn reduce(x: &Tensor, ax: isize, kind: Reduce) -> Result<Tensor> {
         let wg = (len.next_power_of_two() as u32).clamp(32, 256);
         ("reduce_wg", wg, fold_groups(gpu, outputs, 1))
     };
-    launch(gpu, &REDUCE, entry, &[("OP", kind as u32 as f64), ("WG", wg as f64)], bytemuck::bytes_of(&p), &[x, &y], groups)?;
+    if short {
+        launch_thread(gpu, kind, &p, x, &y, groups)?;
+    } else {
+        launch(gpu, &REDUCE, entry, &[("OP", kind as u32 as f64), ("WG", wg as f64)], bytemuck::bytes_of(&p), &[x, &y], groups)?;
+    }
     Ok(y)
+}
+
+/// Records reduce_thread, x read through a texture on CPU adapters (texture.rs).
+fn launch_thread(gpu: &crate::Gpu, kind: Reduce, p: &Params, x: &Tensor, y: &Tensor, groups: [u32; 3]) -> Result<()> {
+    let tex = TexelInputs::new(gpu, &[Some(x)])?;
+    let [a, b] = tex.constants();
+    launch_textures(gpu, &REDUCE, "reduce_thread", &[("OP", kind as u32 as f64), ("WG", 64.0), a, b], bytemuck::bytes_of(p), 1, &[x, y], &tex.bindings(9), groups)
 }
 
 pub fn sum(x: &Tensor, ax: isize) -> Result<Tensor> {

@@ -2,7 +2,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{check_f32, fold_groups, launch, row_kernel};
+use super::texture::TexelInputs;
+use super::{check_f32, fold_groups, launch, launch_textures, row_kernel};
 use crate::error::shape_err;
 use crate::shaders::SOFTMAX;
 use crate::{DType, Result, Tensor};
@@ -31,8 +32,19 @@ pub fn softmax_scaled(x: &Tensor, scale: f32) -> Result<Tensor> {
     let gpu = x.gpu();
     let p = Params { rows: rows as u32, len: len as u32, scale, causal: 0 };
     let (entry, wg, groups) = row_kernel(gpu, rows, len, 3, ["softmax_thread", "softmax_wg"]);
-    launch(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(&p), &[x, &y], groups)?;
+    row_launch(gpu, entry, wg, &p, &[x, &y], groups)?;
     Ok(y)
+}
+
+/// Launches a softmax row kernel; the thread-per-row ones read their input (the first
+/// tensor) through a texture on CPU adapters (texture.rs).
+fn row_launch(gpu: &crate::Gpu, entry: &'static str, wg: u32, p: &Params, tensors: &[&Tensor], groups: [u32; 3]) -> Result<()> {
+    if !entry.ends_with("_thread") {
+        return launch(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(p), tensors, groups);
+    }
+    let tex = TexelInputs::new(gpu, &[Some(tensors[0])])?;
+    let [a, b] = tex.constants();
+    launch_textures(gpu, &SOFTMAX, entry, &[("WG", wg as f64), a, b], bytemuck::bytes_of(p), 1, tensors, &tex.bindings(9), groups)
 }
 
 /// softmax(x) over the last axis.
@@ -65,7 +77,7 @@ pub(crate) fn softmax_lse_in_place(s: &Tensor, causal: usize) -> Result<Tensor> 
     }
     let gpu = s.gpu();
     let (entry, wg, groups) = row_kernel(gpu, rows, p.len as usize, 3, ["softmax_lse_thread", "softmax_lse_wg"]);
-    launch(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(&p), &[s, &lse], groups)?;
+    row_launch(gpu, entry, wg, &p, &[s, &lse], groups)?;
     Ok(lse)
 }
 

@@ -16,6 +16,45 @@ pub fn private_gpu() -> Gpu {
     Gpu::new(&GpuOptions { adapter: None, quiet: true, ..Default::default() }).expect("a wgpu adapter")
 }
 
+/// Runs `f` (which makes its inputs on the device it is given and returns its outputs) on
+/// a device whose kernels read storage buffers (BarrierFree) and on one whose kernels read
+/// texture copies of their inputs (Texture, what CPU adapters run by default): the outputs
+/// must be bit-identical (the same arithmetic on the same values), and the texture device
+/// must have run every kernel in `entries` with TEX_IN=1, the buffer device with TEX_IN=0.
+pub fn texel_reads_agree(name: &str, entries: &[&str], f: impl Fn(&Gpu) -> Vec<Vec<f32>>) {
+    let run = |variant: t2v_kernels::KernelVariant| {
+        let g = private_gpu();
+        g.set_kernel_variant(variant);
+        g.set_profiling(true).ok();
+        let out = f(&g);
+        let kernels: Vec<String> = g.profile().map(|rows| rows.into_iter().map(|r| r.kernel).collect()).unwrap_or_default();
+        (out, kernels)
+    };
+    let (buffers, kb) = run(t2v_kernels::KernelVariant::BarrierFree);
+    let (texels, kt) = run(t2v_kernels::KernelVariant::Texture);
+    assert_eq!(buffers.len(), texels.len());
+    for (i, (a, b)) in buffers.iter().zip(&texels).enumerate() {
+        assert_eq!(a.len(), b.len(), "{name}: output {i} sizes");
+        for (j, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()), "{name}: output {i}[{j}]: buffers {x}, textures {y}");
+        }
+    }
+    if kb.is_empty() || kt.is_empty() {
+        return; // no timestamps on this adapter: nothing to say about which kernels ran
+    }
+    for e in entries {
+        let ran = |ks: &[String], on: u32| ks.iter().any(|k| k.split(' ').next() == Some(*e) && k.contains(&format!("TEX_IN={on}")));
+        assert!(ran(&kt, 1), "{name}: {e} never read textures: {kt:?}");
+        assert!(ran(&kb, 0), "{name}: {e} never read buffers: {kb:?}");
+    }
+}
+
+/// A random tensor on `g` and its host copy.
+pub fn rand_on(g: &Gpu, shape: &[usize], seed: u64, lo: f32, hi: f32) -> (Tensor, Vec<f32>) {
+    let v = Rng::new(seed).uniform(numel(shape), lo, hi);
+    (Tensor::from_slice(g, shape, &v).unwrap(), v)
+}
+
 /// xorshift64*: deterministic test data without extra dependencies.
 pub struct Rng(u64);
 impl Rng {
