@@ -49,11 +49,18 @@ fn the_analyser_scores_ground_truth_high_and_broken_clips_low() {
         let r = score(&clips);
         assert!(r.color_accuracy >= 98.0 && r.shape_accuracy >= 95.0 && r.direction_accuracy >= 98.0, "{cfg:?}: {r:?}");
         assert!(r.flicker < 0.01 && r.subject_consistency > 0.85 && r.dynamic_degree > 1.0, "{cfg:?}: {r:?}");
+        // steady motion: steps close to the fitted velocity
+        assert!(r.jitter < 0.25 * r.dynamic_degree, "{cfg:?}: {r:?}");
+
+        // frames in a scrambled order: the subject jumps around
+        let scrambled: Vec<_> = clips.iter().map(|(v, p)| (Frames { frames: (0..v.frames.len()).map(|i| v.frames[(i * 3) % v.frames.len()].clone()).collect(), ..*v }, p.clone())).collect();
+        let rj = score(&scrambled);
+        assert!(rj.jitter > 4.0 * r.jitter.max(0.1) && rj.jitter > rj.dynamic_degree, "scrambled {rj:?} vs {r:?}");
 
         // static clips (the first frame repeated): no direction, no motion
         let frozen: Vec<_> = clips.iter().map(|(v, p)| (Frames { frames: vec![v.frames[0].clone(); v.frames.len()], ..*v }, p.clone())).collect();
         let rf = score(&frozen);
-        assert!(rf.direction_accuracy == 0.0 && rf.dynamic_degree < 0.01, "{rf:?}");
+        assert!(rf.direction_accuracy == 0.0 && rf.dynamic_degree < 0.01 && rf.jitter < 0.01, "{rf:?}");
 
         // frames in reverse: every direction is wrong
         let reversed: Vec<_> = clips.iter().map(|(v, p)| (Frames { frames: v.frames.iter().rev().cloned().collect(), ..*v }, p.clone())).collect();

@@ -162,7 +162,7 @@ fn conv2d_kernels_strides_paddings() {
         ([1, 66, 12, 12], [70, 66, 3, 3], Conv2d::new(1, 1)),                            // tiles overhang
         ([2, 8, 7, 9], [20, 8, 3, 3], Conv2d::new(2, 1)),   // K % 4 == 0, O >= 16: im2col + vec4 GEMM on CPU
         ([1, 16, 5, 7], [24, 16, 1, 1], Conv2d::new(1, 0)),
-        ([5, 16, 40, 44], [20, 16, 3, 3], Conv2d::new(1, 1)), // columns over CONV_COLUMNS_MAX_BYTES: chunks of 3 + 2 images on CPU
+        ([3, 16, 150, 150], [20, 16, 3, 3], Conv2d::new(1, 1)), // columns (13 MB per image) over CONV_COLUMNS_MAX_BYTES: chunks of 2 + 1 images on CPU
     ];
     for (v, g) in variants() {
         for (s, (xs, ws, geo)) in cases.iter().enumerate() {
@@ -200,7 +200,7 @@ fn conv2d_backward_is_the_adjoint_in_chunks_and_whole() {
 }
 
 fn conv2d_adjoints(g: &Gpu, v: &str) {
-    for (s, (xs, ws, geo)) in [([5usize, 16, 40, 44], [20usize, 16, 3, 3], Conv2d::new(1, 1)), ([2, 3, 11, 13], [5, 3, 3, 3], Conv2d::new(2, 1))].into_iter().enumerate() {
+    for (s, (xs, ws, geo)) in [([3usize, 16, 150, 150], [20usize, 16, 3, 3], Conv2d::new(1, 1)), ([2, 3, 11, 13], [5, 3, 3, 3], Conv2d::new(2, 1))].into_iter().enumerate() {
         let per_image = ws[1] * ws[2] * ws[3] * xs[2] * xs[3] * 4 / (geo.stride.0 * geo.stride.1);
         assert_eq!(per_image * xs[0] > ops::CONV_COLUMNS_MAX_BYTES, s == 0, "case {s} chunks as intended");
         let (x, xv) = upload(g, &xs, 300 + s as u64);

@@ -25,7 +25,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 20)]
     pub clips: usize,
     /// Held-out prompts sampled by every method.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 8)]
     pub prompts: usize,
     /// Distillation steps per student.
     #[arg(long, default_value_t = 70)]

@@ -38,12 +38,13 @@ pub fn run(a: &EvalArgs) -> Result<(), CliError> {
     println!("clips                 {}", rep.clips);
     println!("accuracy              {:.1} %  (color {:.1}, shape {:.1}, direction {:.1})", rep.accuracy, rep.color_accuracy, rep.shape_accuracy, rep.direction_accuracy);
     println!("dynamic degree        {:.2} % of the width per frame", rep.dynamic_degree);
+    println!("jitter                {:.2} % of the width per frame  (lower is better)", rep.jitter);
     println!("flicker               {:.4}  (lower is better)", rep.flicker);
     println!("subject consistency   {:.3}", rep.subject_consistency);
     if let Some(p) = &a.json {
         let v = serde_json::json!({
             "clips": rep.clips, "accuracy": rep.accuracy, "color_accuracy": rep.color_accuracy, "shape_accuracy": rep.shape_accuracy,
-            "direction_accuracy": rep.direction_accuracy, "dynamic_degree": rep.dynamic_degree, "flicker": rep.flicker,
+            "direction_accuracy": rep.direction_accuracy, "dynamic_degree": rep.dynamic_degree, "jitter": rep.jitter, "flicker": rep.flicker,
             "subject_consistency": rep.subject_consistency,
         });
         t2v_kernels::io::write_atomic(p, serde_json::to_string_pretty(&v).expect("json").as_bytes())?;

@@ -5,6 +5,9 @@
 //! - shape: fill ratio of the subject's bounding box (square ~1, circle ~0.79, triangle ~0.5);
 //! - direction: sign and axis of the fitted centroid velocity;
 //! - dynamic degree: centroid speed, in % of the frame width per frame;
+//! - jitter: RMS deviation of the frame-to-frame centroid steps from that steady velocity,
+//!   in the same unit (the world's subjects move steadily: ~0; a subject that wobbles or
+//!   jumps around scores high, and the dynamic degree alone would count that as motion);
 //! - flicker: mean absolute change of background pixels between frames (0..1, lower is better);
 //! - subject consistency: 1 - (variation of area + variation of color), in [0, 1].
 
@@ -25,6 +28,7 @@ pub struct ClipAnalysis {
     /// 0 left, 1 right, 2 up, 3 down; None when the subject does not move.
     pub direction: Option<usize>,
     pub dynamic_degree: f32,
+    pub jitter: f32,
     pub flicker: f32,
     pub subject_consistency: f32,
 }
@@ -125,7 +129,7 @@ pub fn analyse(v: &Frames) -> ClipAnalysis {
     let stats: Vec<(usize, FrameStats)> = v.frames.iter().enumerate().filter_map(|(i, f)| frame_stats(f, w, h).map(|s| (i, s))).collect();
     let flicker = background_flicker(v);
     if stats.is_empty() {
-        return ClipAnalysis { color: None, shape: None, direction: None, dynamic_degree: 0.0, flicker, subject_consistency: 0.0 };
+        return ClipAnalysis { color: None, shape: None, direction: None, dynamic_degree: 0.0, jitter: 0.0, flicker, subject_consistency: 0.0 };
     }
     let n = stats.len() as f32;
     let mean_rgb = [0, 1, 2].map(|c| stats.iter().map(|(_, s)| s.rgb[c]).sum::<f32>() / n);
@@ -141,6 +145,13 @@ pub fn analyse(v: &Frames) -> ClipAnalysis {
     } else {
         Some(if vy < 0.0 { 2 } else { 3 })
     };
+    // steps between consecutive frames that both show the subject, against (vx, vy)
+    let deviations: Vec<f32> = stats
+        .windows(2)
+        .filter(|p| p[1].0 == p[0].0 + 1)
+        .map(|p| (p[1].1.cx - p[0].1.cx - vx).powi(2) + (p[1].1.cy - p[0].1.cy - vy).powi(2))
+        .collect();
+    let jitter = if deviations.is_empty() { 0.0 } else { (deviations.iter().sum::<f32>() / deviations.len() as f32).sqrt() };
     let areas: Vec<f32> = stats.iter().map(|(_, s)| s.area).collect();
     let mean_area = areas.iter().sum::<f32>() / n;
     let area_cv = (areas.iter().map(|a| (a - mean_area).powi(2)).sum::<f32>() / n).sqrt() / mean_area;
@@ -152,6 +163,7 @@ pub fn analyse(v: &Frames) -> ClipAnalysis {
         shape: Some(classify_shape(median(stats.iter().map(|(_, s)| s.fill).collect()))),
         direction,
         dynamic_degree: 100.0 * speed / w as f32,
+        jitter: 100.0 * jitter / w as f32,
         flicker,
         subject_consistency: (1.0 - area_cv - color_sd - missing).clamp(0.0, 1.0),
     }
@@ -185,6 +197,7 @@ pub struct Report {
     /// Mean of the three accuracies over the attributes the prompts name.
     pub accuracy: f32,
     pub dynamic_degree: f32,
+    pub jitter: f32,
     pub flicker: f32,
     pub subject_consistency: f32,
 }
@@ -192,7 +205,7 @@ pub struct Report {
 /// Scores clips with their prompts. An attribute a prompt does not name is not scored.
 pub fn score(clips: &[(Frames, String)]) -> Report {
     let mut hits = [(0usize, 0usize); 3];
-    let (mut dynamic, mut flicker, mut consistency) = (0f32, 0f32, 0f32);
+    let (mut dynamic, mut jitter, mut flicker, mut consistency) = (0f32, 0f32, 0f32, 0f32);
     for (v, prompt) in clips {
         let want = parse_prompt(prompt);
         let got = analyse(v);
@@ -203,6 +216,7 @@ pub fn score(clips: &[(Frames, String)]) -> Report {
             }
         }
         dynamic += got.dynamic_degree;
+        jitter += got.jitter;
         flicker += got.flicker;
         consistency += got.subject_consistency;
     }
@@ -216,6 +230,7 @@ pub fn score(clips: &[(Frames, String)]) -> Report {
         direction_accuracy: pct(hits[2]),
         accuracy: if accs.is_empty() { f32::NAN } else { accs.iter().sum::<f32>() / accs.len() as f32 },
         dynamic_degree: dynamic / n,
+        jitter: jitter / n,
         flicker: flicker / n,
         subject_consistency: consistency / n,
     }

@@ -63,7 +63,7 @@ impl Default for DemoConfig {
     fn default() -> Self {
         DemoConfig {
             clips: 20,
-            prompts: 6,
+            prompts: 8,
             steps: 70,
             lr: 1e-4,
             ddim_steps: 50,
@@ -254,18 +254,18 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
         stages.iter().map(|(n, t)| format!("{n} {t:.0} s")).collect::<Vec<_>>().join(", ")
     );
     md += "## Evaluation (reward-independent analyser, `t2v-turbo eval`)\n\n";
-    md += "| method | accuracy % | color % | shape % | direction % | dynamic degree | flicker | subject consistency | s / video | speed-up |\n";
-    md += "|---|---|---|---|---|---|---|---|---|---|\n";
+    md += "| method | accuracy % | color % | shape % | direction % | dynamic degree | jitter | flicker | subject consistency | s / video | speed-up |\n";
+    md += "|---|---|---|---|---|---|---|---|---|---|---|\n";
     let base = results.first().map(|r| r.seconds_per_video).unwrap_or(1.0);
     for r in results {
         let p = &r.report;
         md += &format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.4} | {:.3} | {:.2} | {:.1}x |\n",
-            r.name, p.accuracy, p.color_accuracy, p.shape_accuracy, p.direction_accuracy, p.dynamic_degree, p.flicker, p.subject_consistency, r.seconds_per_video, base / r.seconds_per_video.max(1e-9)
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.4} | {:.3} | {:.2} | {:.1}x |\n",
+            r.name, p.accuracy, p.color_accuracy, p.shape_accuracy, p.direction_accuracy, p.dynamic_degree, p.jitter, p.flicker, p.subject_consistency, r.seconds_per_video, base / r.seconds_per_video.max(1e-9)
         );
     }
     md += &targets(results);
-    md += "\nAccuracy: color, shape and direction of the subject against the prompt. Dynamic degree: subject speed in % of the frame width per frame. Flicker: mean background change between frames (lower is better).\n\n";
+    md += "\nAccuracy: color, shape and direction of the subject against the prompt. Dynamic degree: subject speed in % of the frame width per frame. Jitter: how far the subject's steps between frames stray from that steady speed, same unit (the world's subjects move steadily; lower is better) — high jitter means the dynamic degree is wobble rather than motion. Flicker: mean background change between frames (lower is better).\n\n";
     md += "## Videos (left to right: ";
     md += &results.iter().map(|r| r.name.clone()).collect::<Vec<_>>().join(" | ");
     md += ")\n\n";
