@@ -139,8 +139,8 @@ pub(crate) struct GpuInner {
 /// Which implementation of kernels that have several is used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KernelVariant {
-    /// Barrier-free kernels on CPU adapters; workgroup-tiled kernels on GPUs where the
-    /// problem is large enough.
+    /// On CPU adapters what `Texture` runs (barrier-free kernels, inputs read through
+    /// textures); workgroup-tiled kernels on GPUs where the problem is large enough.
     #[default]
     Auto,
     /// Always the workgroup-tiled kernels (e.g. to test them on a CPU adapter).
@@ -151,8 +151,10 @@ pub enum KernelVariant {
     /// with GEMM operands read from storage buffers.
     Subgroup,
     /// Like `Subgroup`, with GEMM operands copied into textures where the device allows
-    /// (8-lane subgroups, operands within its texture limits; see `shaders/gemm_texture.wgsl`);
-    /// what `Auto` runs on CPU adapters.
+    /// (8-lane subgroups, operands within its texture limits; see `shaders/gemm_texture.wgsl`)
+    /// and the memory-bound kernels (norms, softmax, reductions, elementwise, im2col/col2im)
+    /// reading texture copies of their inputs (`ops::texture`); what `Auto` runs on CPU
+    /// adapters.
     Texture,
 }
 

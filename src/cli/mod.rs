@@ -60,7 +60,7 @@ pub enum Command {
     /// captions.jsonl).
     World(world::WorldArgs),
     /// Score generated moving-shapes clips: color/shape/direction accuracy against the
-    /// prompt, dynamic degree, flicker, subject consistency (independent of reward models).
+    /// prompt, dynamic degree, jitter, flicker, subject consistency (independent of reward models).
     Eval(eval::EvalArgs),
     /// Write a model folder of randomly initialised models (tiny or VideoCrafter2 size).
     Init(init::InitArgs),

@@ -321,6 +321,7 @@ fn targets(results: &[MethodResult]) -> String {
     if let (Some(f), Some(n)) = (full, find(NO_MOTION.name)) {
         out += &line(f, n, "motion guidance raises dynamic degree", &|r| r.dynamic_degree);
         out += &format!("- flicker with motion guidance {:.4} vs without {:.4}.\n", f.report.flicker, n.report.flicker);
+        out += &format!("- jitter with motion guidance {:.2} vs without {:.2} (lower: steadier motion).\n", f.report.jitter, n.report.jitter);
     }
     out
 }
