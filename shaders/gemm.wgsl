@@ -204,6 +204,42 @@ fn im2col4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     cols4[(wid.z * p.n + n) * kq + q] = v;
 }
 
+// im2col4_kmajor: im2col with KMAJOR (cols[k, z * P + n]) where P % 4 == 0, one thread per
+// 4 output pixels n0..n0+4 of one k of image z = wid.z: one vec4 store.
+@compute @workgroup_size(256)
+fn im2col4_kmajor(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let p4 = p.n / 4u;
+    if (i >= p.k * p4) {
+        return;
+    }
+    let k = i / p4;
+    let n0 = 4u * (i - k * p4);
+    let khw = p.kh * p.kw;
+    let ch = k / khw;
+    let r = k - ch * khw;
+    let ky = r / p.kw;
+    let kx = r - ky * p.kw;
+    let src = wid.z * p.b_bs + ch * p.h * p.w;
+    var oy = n0 / p.ow;
+    var ox = n0 - oy * p.ow;
+    var v = vec4<f32>(0.0);
+    for (var t = 0u; t < 4u; t++) {
+        let iy = i32(oy * p.sh + ky) - i32(p.ph);
+        let ix = i32(ox * p.sw + kx) - i32(p.pw);
+        if (iy >= 0 && ix >= 0 && iy < i32(p.h) && ix < i32(p.w)) {
+            v[t] = image_at(src + u32(iy) * p.w + u32(ix));
+        }
+        ox++;
+        if (ox == p.ow) {
+            ox = 0u;
+            oy++;
+        }
+    }
+    cols4[(k * p.batch * p.n + wid.z * p.n + n0) / 4u] = v;
+}
+
 // col2im: the transpose of im2col (a convolution's input gradient). For image z,
 // dx[c, iy, ix] = sum over (ky, kx) of dcols[(c, ky, kx), (oy, ox)] where the window of
 // output pixel (oy, ox) covers (iy, ix). dcols (batch, K, P = oh * ow) is `b` (binding 2,

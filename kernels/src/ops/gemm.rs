@@ -408,12 +408,14 @@ fn im2col(x: &Tensor, p: &Params, k_major: bool) -> Result<Tensor> {
     let (batch, pix, k) = (p.batch as usize, p.n as usize, p.k as usize);
     let shape = if k_major { vec![k, batch * pix] } else { vec![batch, pix, k] };
     let cols = Tensor::empty(gpu, &shape, DType::F32, "conv2d im2col")?;
-    if !k_major && k % 4 == 0 {
-        // vec4 stores, the image through a texture on CPU adapters
+    // vec4 stores where the layout allows (4 k of one pixel, or 4 pixels of one k), the
+    // image through a texture on CPU adapters
+    let vec4 = if k_major { (pix % 4 == 0).then_some("im2col4_kmajor") } else { (k % 4 == 0).then_some("im2col4") };
+    if let Some(entry) = vec4 {
         let mut groups = super::fold_groups(gpu, pix * k / 4, 256);
         groups[2] = batch as u32;
         let tex = TexelInputs::new(gpu, &[Some(x)])?;
-        launch_textures(gpu, &GEMM, "im2col4", &tex.constants(), bytemuck::bytes_of(p), 2, &[x, &cols], &tex.bindings(9), groups)?;
+        launch_textures(gpu, &GEMM, entry, &tex.constants(), bytemuck::bytes_of(p), 2, &[x, &cols], &tex.bindings(9), groups)?;
         return Ok(cols);
     }
     let mut groups = super::fold_groups(gpu, pix * p.cin as usize, 256);
