@@ -116,8 +116,10 @@ fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // of the weight gradient dW = dY (O, N*P) x cols^T). One thread per (input channel c,
 // output pixel n) of one image writes the kh*kw window elements k = c*kh*kw + ky*kw + kx,
 // so the index divisions (scalarised on CPU adapters) are paid once per window. Grid: the
-// cin * P threads 1-D folded; z = workgroup_id.z.
-// im2col, im2col4 and col2im read `b` through image_at: from its texture with TEX_IN.
+// cin * P threads 1-D folded; z = workgroup_id.z. (im2col4 and im2col4_kmajor below store
+// vec4s where K or P allows.)
+
+// The im2col kernels and col2im read `b` through image_at: from its texture with TEX_IN.
 @group(0) @binding(9) var image_tex: texture_2d<f32>;
 
 fn image_at(i: u32) -> f32 {
@@ -167,6 +169,7 @@ fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 // a loop over the lanes on CPU adapters), the input read from its texture with TEX_IN.
 // The window position (c, ky, kx) of k = 4q is divided out once, then stepped.
 @group(0) @binding(3) var<storage, read_write> cols4: array<vec4<f32>>;
+
 @compute @workgroup_size(256)
 fn im2col4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
