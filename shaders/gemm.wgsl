@@ -248,6 +248,19 @@ fn im2col4_kmajor(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 // output pixel (oy, ox) covers (iy, ix). dcols (batch, K, P = oh * ow) is `b` (binding 2,
 // batch stride b_bs; read from its texture with TEX_IN), dx (batch, cin, h, w) is `cols`
 // (binding 3). One thread per input element; no atomics.
+// The output index o with o * stride = t (t = input index + padding - kernel tap), or -1
+// when there is none in 0..outputs. Stride 1 skips the divisions (scalarised per lane on
+// CPU adapters; the branch is uniform).
+fn window_step(t: i32, stride: u32, outputs: u32) -> i32 {
+    if (stride == 1u) {
+        return select(-1, t, t >= 0 && t < i32(outputs));
+    }
+    if (t < 0 || t % i32(stride) != 0 || t / i32(stride) >= i32(outputs)) {
+        return -1;
+    }
+    return t / i32(stride);
+}
+
 @compute @workgroup_size(256)
 fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
@@ -263,17 +276,16 @@ fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     var s = 0.0;
     for (var ky = 0u; ky < p.kh; ky++) {
         let ty = iy + i32(p.ph) - i32(ky);
-        if (ty < 0 || ty % i32(p.sh) != 0 || ty / i32(p.sh) >= i32(p.oh)) {
+        let oy = window_step(ty, p.sh, p.oh);
+        if (oy < 0) {
             continue;
         }
-        let oy = u32(ty) / p.sh;
         for (var kx = 0u; kx < p.kw; kx++) {
-            let tx = ix + i32(p.pw) - i32(kx);
-            if (tx < 0 || tx % i32(p.sw) != 0 || tx / i32(p.sw) >= i32(p.ow)) {
+            let ox = window_step(ix + i32(p.pw) - i32(kx), p.sw, p.ow);
+            if (ox < 0) {
                 continue;
             }
-            let ox = u32(tx) / p.sw;
-            s += image_at(zb + ((ch * p.kh + ky) * p.kw + kx) * p.n + oy * p.ow + ox);
+            s += image_at(zb + ((ch * p.kh + ky) * p.kw + kx) * p.n + u32(oy) * p.ow + u32(ox));
         }
     }
     cols[wid.z * p.cin * hw + i] = s;
