@@ -138,7 +138,10 @@ fn gemm_tex(@builtin(workgroup_id) wid: vec3<u32>,
         }
     }
     let n = n0 + 4u * lane;
-    let bcol = bias4(0u, n);   // per-column bias, loaded once (zero unless BIAS 1)
+    var bcol = vec4<f32>(0.0);   // per-column bias, loaded once (BIAS 1)
+    if (BIAS == 1u) {
+        bcol = bias4(0u, n);
+    }
     store_group(c0, z, m0, 0u, n, bcol);
     store_group(c1, z, m0, 1u, n, bcol);
     store_group(c2, z, m0, 2u, n, bcol);

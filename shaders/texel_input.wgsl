@@ -2,7 +2,8 @@
 // storage-buffer load costs ~10 ns per value (a loop over the lanes), a texel fetch ~1.5.
 // Texel t of a tensor's texture holds its elements 4t..4t+4; TEX_W texels per texture row.
 // Kernels that can read either way take TEX_IN: true = the textures, false = the buffers
-// (their texture bindings then hold an unread placeholder).
+// (their texture bindings then hold an unread placeholder). An entry's input textures sit
+// at bindings 9, 10, ... in the order `launch_reading` (ops/texture.rs) is given them.
 
 override TEX_IN: bool = false;
 override TEX_W: u32 = 1024u;   // texels per texture row (a power of two)

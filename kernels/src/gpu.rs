@@ -343,7 +343,7 @@ impl Gpu {
     pub fn reset_peak_memory(&self) {
         self.0.pool.lock().unwrap().reset_peak();
     }
-    /// Frees every buffer (and GEMM operand texture) the pool holds for reuse.
+    /// Frees every buffer (and kernel input texture) the pool holds for reuse.
     pub fn trim_pool(&self) {
         self.0.pool.lock().unwrap().trim();
         self.0.textures.lock().unwrap().clear();

@@ -3,8 +3,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::texture::TexelInputs;
-use super::{check_f32, fold_groups, launch, launch_textures};
+use super::texture::launch_reading;
+use super::{check_f32, fold_groups, launch};
 use crate::error::shape_err;
 use crate::shaders::ELEMENTWISE;
 use crate::tensor::numel;
@@ -205,17 +205,16 @@ pub(crate) fn unary_into(
     } else {
         ("unary", n)
     };
-    launch_reading(gpu, entry, op as u32, &p, &[x.t], out.t, threads)
+    launch_ew(gpu, entry, op as u32, &p, &[x.t], out.t, threads)
 }
 
 /// Records an elementwise entry over `threads` threads that reads `inputs` (x, then b)
 /// and writes `out`; the inputs through textures on CPU adapters (texture.rs).
-fn launch_reading(gpu: &Gpu, entry: &'static str, op: u32, p: &EwParams, inputs: &[&Tensor], out: &Tensor, threads: usize) -> Result<()> {
-    let tex = TexelInputs::new(gpu, &inputs.iter().map(|t| Some(*t)).collect::<Vec<_>>())?;
-    let [a, b] = tex.constants();
+fn launch_ew(gpu: &Gpu, entry: &'static str, op: u32, p: &EwParams, inputs: &[&Tensor], out: &Tensor, threads: usize) -> Result<()> {
     let mut tensors = inputs.to_vec();
     tensors.push(out);
-    launch_textures(gpu, &ELEMENTWISE, entry, &[("OP", op as f64), a, b], bytemuck::bytes_of(p), 1, &tensors, &tex.bindings(9), fold_groups(gpu, threads, 256))
+    let reads: Vec<_> = inputs.iter().map(|t| Some(*t)).collect();
+    launch_reading(gpu, &ELEMENTWISE, entry, &[("OP", op as f64)], bytemuck::bytes_of(p), 1, &tensors, &reads, fold_groups(gpu, threads, 256))
 }
 
 /// Layouts the vec4 strided kernels take (elementwise.wgsl: unary_runs4, unary_transpose4).
@@ -268,7 +267,7 @@ pub fn unary_grad(x: &Tensor, dy: &Tensor, op: UnaryOp, alpha: f32, gamma: f32) 
     }
     let p = EwParams { n: n as u32, flags: 7, alpha, gamma, ..Zeroable::zeroed() };
     let gpu = x.gpu();
-    launch_reading(gpu, "unary_grad", op as u32, &p, &[x, dy], &y, n)?;
+    launch_ew(gpu, "unary_grad", op as u32, &p, &[x, dy], &y, n)?;
     Ok(y)
 }
 
@@ -376,7 +375,7 @@ fn binary_impl(op_name: &'static str, a: &Tensor, b: &Tensor, op: BinaryOp, alph
     };
     let gpu = a.gpu();
     let (entry, threads) = if flags == 7 { ("binary4", n.div_ceil(4)) } else { ("binary", n) };
-    launch_reading(gpu, entry, op as u32, &p, &[a, b], &y, threads)?;
+    launch_ew(gpu, entry, op as u32, &p, &[a, b], &y, threads)?;
     Ok(y)
 }
 

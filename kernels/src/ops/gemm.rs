@@ -3,7 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::check_f32;
-use super::texture::{fits_texture, PooledTexture, TexelInputs, TEXTURE_WIDTH};
+use super::texture::{fits_texture, launch_reading, PooledTexture, TEXTURE_WIDTH};
 use super::{launch, launch_textures};
 use crate::error::shape_err;
 use crate::shaders::{GEMM, GEMM_SUBGROUP, GEMM_TEXTURE};
@@ -414,15 +414,12 @@ fn im2col(x: &Tensor, p: &Params, k_major: bool) -> Result<Tensor> {
     if let Some(entry) = vec4 {
         let mut groups = super::fold_groups(gpu, pix * k / 4, 256);
         groups[2] = batch as u32;
-        let tex = TexelInputs::new(gpu, &[Some(x)])?;
-        launch_textures(gpu, &GEMM, entry, &tex.constants(), bytemuck::bytes_of(p), 2, &[x, &cols], &tex.bindings(9), groups)?;
+        launch_reading(gpu, &GEMM, entry, &[], bytemuck::bytes_of(p), 2, &[x, &cols], &[Some(x)], groups)?;
         return Ok(cols);
     }
     let mut groups = super::fold_groups(gpu, pix * p.cin as usize, 256);
     groups[2] = batch as u32;
-    let tex = TexelInputs::new(gpu, &[Some(x)])?;
-    let [a, b] = tex.constants();
-    launch_textures(gpu, &GEMM, "im2col", &[("KMAJOR", k_major as u32 as f64), a, b], bytemuck::bytes_of(p), 2, &[x, &cols], &tex.bindings(9), groups)?;
+    launch_reading(gpu, &GEMM, "im2col", &[("KMAJOR", k_major as u32 as f64)], bytemuck::bytes_of(p), 2, &[x, &cols], &[Some(x)], groups)?;
     Ok(cols)
 }
 
@@ -520,8 +517,7 @@ fn conv2d_backward_columns(x: &Tensor, w: &Tensor, dy: &Tensor, g: Conv2d, need:
         let mut groups = super::fold_groups(gpu, x.numel() / n.max(1), 256);
         groups[2] = n as u32;
         if n > 0 {
-            let tex = TexelInputs::new(gpu, &[Some(&dcols)])?;
-            launch_textures(gpu, &GEMM, "col2im", &tex.constants(), bytemuck::bytes_of(&p2), 2, &[&dcols, &dx], &tex.bindings(9), groups)?;
+            launch_reading(gpu, &GEMM, "col2im", &[], bytemuck::bytes_of(&p2), 2, &[&dcols, &dx], &[Some(&dcols)], groups)?;
         }
         Some(dx)
     } else {

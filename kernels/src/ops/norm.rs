@@ -2,8 +2,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::texture::TexelInputs;
-use super::{check_f32, fold_groups, launch, launch_textures, row_kernel, thread_per_row};
+use super::texture::launch_reading;
+use super::{check_f32, fold_groups, launch, row_kernel, thread_per_row};
 use crate::error::shape_err;
 use crate::shaders::NORM;
 use crate::{DType, Result, Tensor};
@@ -126,14 +126,12 @@ fn forward(x: &Tensor, r: Rows, affine: Option<(&Tensor, &Tensor)>, eps: f32, si
     };
     let params = r.params(eps, affine.is_some());
     let params = bytemuck::bytes_of(&params);
-    let mut constants = vec![("WG", wg as f64), ("ACT", silu as u32 as f64)];
+    let constants = [("WG", wg as f64), ("ACT", silu as u32 as f64)];
     if entry == "norm_rows" {
         launch(gpu, &NORM, entry, &constants, params, &[x, g, b, &y, &stats], groups)?;
     } else {
         // x, gamma and beta through textures on CPU adapters (texture.rs)
-        let tex = TexelInputs::new(gpu, &[Some(x), affine.map(|a| a.0), affine.map(|a| a.1)])?;
-        constants.extend(tex.constants());
-        launch_textures(gpu, &NORM, entry, &constants, params, 1, &[x, g, b, &y, &stats], &tex.bindings(9), groups)?;
+        launch_reading(gpu, &NORM, entry, &constants, params, 1, &[x, g, b, &y, &stats], &[Some(x), affine.map(|a| a.0), affine.map(|a| a.1)], groups)?;
     }
     Ok(Norm { y, stats })
 }
@@ -155,10 +153,9 @@ fn backward(x: &Tensor, r: Rows, affine: Option<(&Tensor, &Tensor)>, stats: &Ten
         let (g, b) = affine.unwrap_or((x, x));
         let (gw, gb) = terms.as_ref().map(|(a, b)| (a, b)).unwrap_or((&dx, &dx)); // unwritten without affine
         let (entry, wg, groups) = row_kernel(gpu, r.rows, r.len, 2, ["norm_bwd_thread", "norm_bwd"]);
-        let tex = TexelInputs::new(gpu, &[Some(x), affine.map(|a| a.0), affine.map(|a| a.1), Some(dy)])?;
-        let [c0, c1] = tex.constants();
-        let constants = [("WG", wg as f64), ("ACT", silu as u32 as f64), c0, c1];
-        launch_textures(gpu, &NORM, entry, &constants, bytemuck::bytes_of(&r.params(eps, affine.is_some())), 1, &[x, g, b, &dx, stats, dy, gw, gb], &tex.bindings(9), groups)?;
+        let constants = [("WG", wg as f64), ("ACT", silu as u32 as f64)];
+        let reads = [Some(x), affine.map(|a| a.0), affine.map(|a| a.1), Some(dy)];
+        launch_reading(gpu, &NORM, entry, &constants, bytemuck::bytes_of(&r.params(eps, affine.is_some())), 1, &[x, g, b, &dx, stats, dy, gw, gb], &reads, groups)?;
     }
     let (dgamma, dbeta) = match terms {
         Some((gw, gb)) => (Some(r.per_channel(&gw)?), Some(r.per_channel(&gb)?)),

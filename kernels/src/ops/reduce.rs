@@ -2,8 +2,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::texture::TexelInputs;
-use super::{axis, barrier_free, check_f32, fold_groups, launch, launch_textures};
+use super::texture::launch_reading;
+use super::{axis, barrier_free, check_f32, fold_groups, launch};
 use crate::shaders::REDUCE;
 use crate::{DType, Result, Tensor};
 
@@ -76,9 +76,7 @@ pub fn reduce(x: &Tensor, ax: isize, kind: Reduce) -> Result<Tensor> {
 
 /// Records reduce_thread, x read through a texture on CPU adapters (texture.rs).
 fn launch_thread(gpu: &crate::Gpu, kind: Reduce, p: &Params, x: &Tensor, y: &Tensor, groups: [u32; 3]) -> Result<()> {
-    let tex = TexelInputs::new(gpu, &[Some(x)])?;
-    let [a, b] = tex.constants();
-    launch_textures(gpu, &REDUCE, "reduce_thread", &[("OP", kind as u32 as f64), ("WG", 64.0), a, b], bytemuck::bytes_of(p), 1, &[x, y], &tex.bindings(9), groups)
+    launch_reading(gpu, &REDUCE, "reduce_thread", &[("OP", kind as u32 as f64), ("WG", 64.0)], bytemuck::bytes_of(p), 1, &[x, y], &[Some(x)], groups)
 }
 
 pub fn sum(x: &Tensor, ax: isize) -> Result<Tensor> {

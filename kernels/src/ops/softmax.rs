@@ -2,8 +2,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::texture::TexelInputs;
-use super::{check_f32, fold_groups, launch, launch_textures, row_kernel};
+use super::texture::launch_reading;
+use super::{check_f32, fold_groups, launch, row_kernel};
 use crate::error::shape_err;
 use crate::shaders::SOFTMAX;
 use crate::{DType, Result, Tensor};
@@ -42,9 +42,7 @@ fn row_launch(gpu: &crate::Gpu, entry: &'static str, wg: u32, p: &Params, tensor
     if !entry.ends_with("_thread") {
         return launch(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(p), tensors, groups);
     }
-    let tex = TexelInputs::new(gpu, &[Some(tensors[0])])?;
-    let [a, b] = tex.constants();
-    launch_textures(gpu, &SOFTMAX, entry, &[("WG", wg as f64), a, b], bytemuck::bytes_of(p), 1, tensors, &tex.bindings(9), groups)
+    launch_reading(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(p), 1, tensors, &[Some(tensors[0])], groups)
 }
 
 /// softmax(x) over the last axis.

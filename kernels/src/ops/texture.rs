@@ -14,6 +14,7 @@
 //! dispatch that reads it is recorded (later commands run after it, like pooled buffers).
 
 use crate::recorder::Cmd;
+use crate::registry::KernelSource;
 use crate::{Error, Gpu, KernelVariant, Result, Tensor};
 
 /// Texels per texture row (TEX_W in the shaders): 16 KiB rows, a multiple of the 256-byte
@@ -31,7 +32,7 @@ pub(crate) fn prefers_texel_inputs(gpu: &Gpu) -> bool {
 }
 
 /// Texture rows holding `texels` texels.
-pub(crate) fn texture_rows(texels: usize) -> usize {
+fn texture_rows(texels: usize) -> usize {
     texels.div_ceil(TEXTURE_WIDTH)
 }
 
@@ -115,10 +116,37 @@ impl Drop for PooledTexture {
     }
 }
 
+/// Binding of a kernel's first input texture (`TEX_IN` entries declare one per input, in
+/// order, from here; below it lie their buffers).
+const INPUT_BINDING: u32 = 9;
+
+/// Records one dispatch of an entry that can read its inputs through textures (`TEX_IN`):
+/// as [`launch_textures`](super::launch_textures) with `tensors` at bindings `first`, ..., plus
+/// `inputs` (those of `tensors` the entry reads; `None` for an unread one) as texture copies
+/// from binding 9 on devices that prefer them, else as placeholders. The copies go back to
+/// the reuse list once the dispatch is recorded.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_reading(
+    gpu: &Gpu,
+    src: &'static KernelSource,
+    entry: &'static str,
+    constants: &[(&'static str, f64)],
+    params: &[u8],
+    first: u32,
+    tensors: &[&Tensor],
+    inputs: &[Option<&Tensor>],
+    groups: [u32; 3],
+) -> Result<()> {
+    let tex = TexelInputs::new(gpu, inputs)?;
+    let mut constants = constants.to_vec();
+    constants.extend(tex.constants());
+    super::launch_textures(gpu, src, entry, &constants, params, first, tensors, &tex.bindings(INPUT_BINDING), groups)
+}
+
 /// The inputs of one dispatch as textures (`TEX_IN` = 1) where the device prefers that and
 /// they fit, else 1-texel placeholders (`TEX_IN` = 0: the kernel reads the buffers). The
 /// entry points that can read textures declare one texture binding per input.
-pub(crate) struct TexelInputs {
+struct TexelInputs {
     /// Held until the dispatch is recorded, then back to the reuse list.
     _textures: Vec<PooledTexture>,
     views: Vec<wgpu::TextureView>,
@@ -127,7 +155,7 @@ pub(crate) struct TexelInputs {
 
 impl TexelInputs {
     /// Texture copies of `inputs` (a `None` input gets a placeholder: an unread binding).
-    pub(crate) fn new(gpu: &Gpu, inputs: &[Option<&Tensor>]) -> Result<TexelInputs> {
+    fn new(gpu: &Gpu, inputs: &[Option<&Tensor>]) -> Result<TexelInputs> {
         let texels = |t: &Tensor| (t.binding_bytes() / 16) as usize;
         let on = prefers_texel_inputs(gpu) && inputs.iter().any(Option::is_some) && inputs.iter().flatten().all(|t| fits_texture(gpu, texels(t)));
         let mut textures = Vec::new();
@@ -147,12 +175,12 @@ impl TexelInputs {
     }
 
     /// The specialisation constants: TEX_IN and TEX_W.
-    pub(crate) fn constants(&self) -> [(&'static str, f64); 2] {
+    fn constants(&self) -> [(&'static str, f64); 2] {
         [("TEX_IN", self.on as u32 as f64), ("TEX_W", TEXTURE_WIDTH as f64)]
     }
 
     /// The views at bindings `first`, `first + 1`, ... (in the order of the inputs).
-    pub(crate) fn bindings(&self, first: u32) -> Vec<(u32, &wgpu::TextureView)> {
+    fn bindings(&self, first: u32) -> Vec<(u32, &wgpu::TextureView)> {
         self.views.iter().enumerate().map(|(i, v)| (first + i as u32, v)).collect()
     }
 }
