@@ -1,4 +1,4 @@
-//! `t2v-turbo pretrain vae|teacher|reward`: trains the embedded default's tiny models on
+//! `t2v-turbo pretrain vae|text|teacher|reward`: trains the embedded default's tiny models on
 //! the moving-shapes world.
 
 use std::path::PathBuf;
@@ -12,8 +12,9 @@ use crate::pretrain::{pretrain, PretrainConfig, What};
 
 #[derive(clap::Args, Debug)]
 pub struct PretrainArgs {
-    /// What to train: the VAE, the teacher UNet, or the reward models (all of them, only
-    /// the image towers, or only the video reward).
+    /// What to train: the VAE, the teacher UNet, the teacher's text encoder (contrastively,
+    /// before the teacher), or the reward models (all of them, only the image towers, or
+    /// only the video reward).
     #[arg(value_enum)]
     pub what: What,
     /// Source model folder (e.g. from `t2v-turbo init`, or the previous stage's output).
@@ -33,6 +34,11 @@ pub struct PretrainArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
+    /// Teacher only: every other step trains on this many single frames (1-frame videos
+    /// from as many fresh clips) instead of --batch clips: joint image-video training,
+    /// which teaches the captions' colors and shapes faster. 0 = videos only.
+    #[arg(long, default_value_t = 0)]
+    pub image_batch: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Seed of the world the clips are drawn from.
@@ -54,12 +60,15 @@ pub fn run(dev: &DeviceArgs, a: &PretrainArgs) -> Result<(), CliError> {
     if a.resume && !stage.join("checkpoints").exists() {
         return Err(CliError::Check(format!("--resume: no checkpoints in {}", stage.display())));
     }
-    if a.batch < 2 && a.what.is_reward() {
-        return Err(CliError::Check("the contrastive reward loss needs --batch of at least 2".into()));
+    if a.image_batch > 0 && a.what != What::Teacher {
+        return Err(CliError::Check("--image-batch applies to `pretrain teacher` only".into()));
+    }
+    if a.batch < 2 && a.what.is_contrastive() {
+        return Err(CliError::Check("the contrastive loss (text, reward models) needs --batch of at least 2".into()));
     }
     let src = ModelDir::read(&a.models)?;
     let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
-    let cfg = PretrainConfig { steps: a.steps, batch: a.batch.max(1), lr: a.lr, seed: a.seed, world_seed: a.world_seed };
+    let cfg = PretrainConfig { steps: a.steps, batch: a.batch.max(1), lr: a.lr, seed: a.seed, world_seed: a.world_seed, image_batch: a.image_batch };
     let dtype = if a.f16 { SaveDtype::F16 } else { SaveDtype::F32 };
     let t = std::time::Instant::now();
     let (md, ms) = pretrain(&gpu, a.what, &src, &a.out, &cfg, a.checkpoint_every, dtype, false)?;

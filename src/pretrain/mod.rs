@@ -4,12 +4,17 @@
 //!   is set to 1 / std of the latents, as ldm does;
 //! - `teacher`: the text-to-video UNet, the standard eps-prediction loss at uniform
 //!   timesteps, long or short captions, the empty prompt 10% of the time (for CFG);
+//!   optionally every other step on single frames as 1-frame videos (joint image-video
+//!   training, `image_batch`);
+//! - `text`: the teacher's conditioning text encoder, contrastively against single frames
+//!   (long or short captions) through a temporary vision tower that is not saved;
 //! - `reward`: the HPS-style and CLIP-style image towers (frames vs short captions) and the
 //!   video tower (strided frames, mean-pooled, vs long captions), symmetric contrastive loss.
 //!
 //! Each writes a new model folder (a copy of the source with the trained file replaced),
 //! with checkpoints every N steps in `OUT/pretrain-{what}/` and exact resume.
 
+pub mod caption_check;
 mod objectives;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +40,12 @@ pub struct PretrainConfig {
     pub seed: u64,
     /// World seed of the training clips.
     pub world_seed: u64,
+    /// Teacher only: when > 0, every other step trains on this many single frames (one
+    /// from each of as many fresh clips, as 1-frame videos) instead of `batch` clips —
+    /// joint image-video training, which teaches the spatial layers the captions with
+    /// many more independent image-caption pairs per unit of compute.
+    #[serde(default)]
+    pub image_batch: usize,
 }
 
 /// One step's loss and named values for the log.

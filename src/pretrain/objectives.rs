@@ -26,6 +26,9 @@ use crate::world::WorldConfig;
 pub enum What {
     Vae,
     Teacher,
+    /// The teacher's text encoder (the conditioning tower), contrastively against frames
+    /// through a temporary vision tower, as OpenCLIP was trained before VideoCrafter2 used it.
+    Text,
     /// Every reward model of the folder, together.
     Reward,
     /// Only the image reward towers.
@@ -35,8 +38,9 @@ pub enum What {
 }
 
 impl What {
-    pub fn is_reward(self) -> bool {
-        matches!(self, What::Reward | What::ImageRewards | What::VideoReward)
+    /// Trained with the contrastive loss (needs batches of at least 2).
+    pub fn is_contrastive(self) -> bool {
+        matches!(self, What::Text | What::Reward | What::ImageRewards | What::VideoReward)
     }
 }
 
@@ -94,6 +98,9 @@ enum Tower {
     ClipVideo(Box<Clip>),
     /// InternVideo2 against the long caption.
     InternVideo2(Box<InternVideo2>, Box<BertTokenizer>),
+    /// The conditioning text encoder with a vision tower: one frame against the long or
+    /// the short caption (each half the time, as the teacher is trained).
+    Conditioning(Box<Clip>),
 }
 
 impl Tower {
@@ -103,18 +110,24 @@ impl Tower {
             Tower::Image(_, Preprocess::Hps) => "hps_retrieval",
             Tower::Image(_, Preprocess::ClipScore) => "clip_retrieval",
             Tower::ClipVideo(_) | Tower::InternVideo2(..) => "video_retrieval",
+            Tower::Conditioning(_) => "text_retrieval",
         }
     }
     fn model_name(&self) -> &'static str {
         match self {
             Tower::InternVideo2(..) => "internvideo2 reward",
+            Tower::Conditioning(_) => "openclip text",
             _ => "openclip reward",
         }
     }
 }
 
-/// A tower with its named weights and the file they are saved to.
-type TowerRun = (Tower, Vec<(String, Tensor)>, PathBuf);
+/// A tower with its named weights, the file they are saved to and the keys saved there.
+type TowerRun = (Tower, Vec<(String, Tensor)>, PathBuf, Option<Vec<String>>);
+
+/// Keys of a CLIP that a conditioning-only text file may lack: the contrastive training
+/// adds them (randomly initialised) and drops them again when saving.
+const CLIP_BEYOND_TEXT: [&str; 3] = ["visual.", "text_projection", "logit_scale"];
 
 /// `n` evenly strided frames of each clip (random start), clip-major: (B*n, 3, S, S).
 fn strided_frames(x: &Tensor, rng: &mut Gaussian, n: usize, world: &WorldConfig) -> Result<Tensor> {
@@ -196,11 +209,26 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
             let vae = md.load_vae(gpu)?;
             let text = md.load_text(gpu)?;
             let sched = Schedule::videocrafter();
-            let fps = vec![md.video.fps; b];
-            let m = run_loop(&dir, &params, cfg, every, quiet, |tape, rng, _| {
+            let m = run_loop(&dir, &params, cfg, every, quiet, |tape, rng, at| {
+                // joint image-video training: odd steps take one random frame of each of
+                // image_batch clips, as (n, 3, 1, S, S) one-frame videos
+                let images = cfg.image_batch > 0 && at % 2 == 1;
+                let b = if images { cfg.image_batch } else { b };
                 let specs = draw_clips(rng, ws, b, &world);
                 let (z0, ctx) = tape.no_grad(|| -> Result<(Tensor, Tensor)> {
-                    let z0 = vae.encode_video(&tape.constant(clips_tensor(gpu, &specs, &world)?))?.value().clone();
+                    let x = clips_tensor(gpu, &specs, &world)?;
+                    let x = if images {
+                        let frames = (0..b)
+                            .map(|i| {
+                                let f = ((rng.uniform() * world.frames as f64) as usize).min(world.frames - 1);
+                                Ok(t2v_kernels::ops::slice(&t2v_kernels::ops::slice(&x, 0, i, 1)?, 2, f, 1)?)
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        t2v_kernels::ops::concat(&frames.iter().collect::<Vec<_>>(), 0)?
+                    } else {
+                        x
+                    };
+                    let z0 = vae.encode_video(&tape.constant(x))?.value().clone();
                     // long or short caption; the empty prompt 10% of the time
                     let texts: Vec<String> = specs
                         .iter()
@@ -224,36 +252,54 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 let noise = Tensor::from_slice(gpu, z0.shape(), &rng.take(z0.numel()))?;
                 let z_t = t2v_kernels::ops::add(&t2v_kernels::ops::mul(&z0, &Tensor::from_slice(gpu, &shape, &a)?)?, &t2v_kernels::ops::mul(&noise, &Tensor::from_slice(gpu, &shape, &s)?)?)?;
                 let tf: Vec<f32> = ts.iter().map(|&t| t as f32).collect();
-                let eps = unet.forward(&UnetInputs { z: &tape.constant(z_t), t: &tf, context: &tape.constant(ctx), fps: &fps, w_embedding: None, motion_embedding: None, record_attention: false })?.eps;
+                let eps = unet.forward(&UnetInputs { z: &tape.constant(z_t), t: &tf, context: &tape.constant(ctx), fps: &vec![md.video.fps; b], w_embedding: None, motion_embedding: None, record_attention: false })?.eps;
                 Ok(StepOut { loss: ad::mse(&eps, &tape.constant(noise))?, logs: vec![] })
             })?;
             save_weights(&md.unet.0, &params, dtype, &[("model", "unet3d teacher".into()), ("pretrained", pretrained_note(&notes, &md.unet.0, cfg.steps))])?;
+            if !quiet {
+                // held-out world (another seed): does the trained teacher read the captions?
+                let check = super::caption_check::caption_sensitivity(gpu, &unet, &vae, &text, &world, md.video.fps, ws ^ 0xC4EC, 16, b)?;
+                eprintln!("{}", super::caption_check::describe(&check));
+                let path = dir.join("caption_check.json");
+                t2v_kernels::io::write_atomic(&path, serde_json::to_string_pretty(&check).expect("json").as_bytes())?;
+            }
             m
         }
-        What::Reward | What::ImageRewards | What::VideoReward => {
+        What::Text | What::Reward | What::ImageRewards | What::VideoReward => {
             let mut towers: Vec<TowerRun> = Vec::new();
-            let image_rewards = if what == What::VideoReward { &[][..] } else { &md.image_rewards[..] };
-            let video_reward = if what == What::ImageRewards { None } else { md.video_reward.as_ref() };
+            if what == What::Text {
+                let (file, config) = &md.text;
+                let f = WeightFile::open(file)?;
+                let l = Loader::new(&f, gpu, &f.prefix_among(&["cond_stage_model.model."])).init_missing(&CLIP_BEYOND_TEXT, cfg.seed ^ 0x7E47);
+                let c = Clip::load(&l, config)?;
+                let params = l.params();
+                // saved: what the file had (a text-only file stays text-only)
+                let keep = params.iter().map(|(k, _)| k.clone()).filter(|k| l.contains(k)).collect();
+                l.finish()?;
+                towers.push((Tower::Conditioning(Box::new(c)), params, file.clone(), Some(keep)));
+            }
+            let image_rewards = if matches!(what, What::VideoReward | What::Text) { &[][..] } else { &md.image_rewards[..] };
+            let video_reward = if matches!(what, What::ImageRewards | What::Text) { None } else { md.video_reward.as_ref() };
             for r in image_rewards {
                 let (c, p) = load(gpu, &r.file, |l| Clip::load(l, &r.config))?;
-                towers.push((Tower::Image(Box::new(c), r.preprocess), p, r.file.clone()));
+                towers.push((Tower::Image(Box::new(c), r.preprocess), p, r.file.clone(), None));
             }
             match video_reward {
                 Some(VideoRewardSpec::Clip { file, config }) => {
                     let (c, p) = load(gpu, file, |l| Clip::load(l, config))?;
-                    towers.push((Tower::ClipVideo(Box::new(c)), p, file.clone()));
+                    towers.push((Tower::ClipVideo(Box::new(c)), p, file.clone(), None));
                 }
                 Some(VideoRewardSpec::InternVideo2 { file, config, tokenizer }) => {
                     let (m, p) = load_internvideo2_params(gpu, file, config)?;
                     let tok = BertTokenizer::from_file(tokenizer, config.max_txt_len).map_err(|e| WeightsError::Format { path: tokenizer.display().to_string(), msg: e.to_string() })?;
-                    towers.push((Tower::InternVideo2(Box::new(m), Box::new(tok)), p, file.clone()));
+                    towers.push((Tower::InternVideo2(Box::new(m), Box::new(tok)), p, file.clone(), None));
                 }
                 None => {}
             }
             if towers.is_empty() {
                 return Err(WeightsError::Format { path: src.root.display().to_string(), msg: format!("the model folder has no reward models to train ({what:?})") });
             }
-            let all: Vec<(String, Tensor)> = towers.iter().enumerate().flat_map(|(k, (_, p, _))| p.iter().map(move |(n, t)| (format!("{k}.{n}"), t.clone()))).collect();
+            let all: Vec<(String, Tensor)> = towers.iter().enumerate().flat_map(|(k, (_, p, _, _))| p.iter().map(move |(n, t)| (format!("{k}.{n}"), t.clone()))).collect();
             let m = run_loop(&dir, &all, cfg, every, quiet, |tape, rng, _| {
                 let specs = draw_clips(rng, ws, b, &world);
                 let x = clips_tensor(gpu, &specs, &world)?;
@@ -261,7 +307,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 let long: Vec<String> = specs.iter().map(|s| s.caption()).collect();
                 let mut total: Option<Var> = None;
                 let mut logs = Vec::new();
-                for (tower, _, _) in &towers {
+                for (tower, _, _, _) in &towers {
                     let (vis, txt) = match tower {
                         Tower::Image(clip, mode) => {
                             // one random frame per clip vs the short caption
@@ -274,6 +320,14 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                                 Preprocess::ClipScore => crate::models::preprocess::clipscore(&unit, size)?,
                             };
                             (clip.vision.features(&prep)?, clip.text.features(tape, &tokenize(&tok, &short)?)?)
+                        }
+                        Tower::Conditioning(clip) => {
+                            let f = ((rng.uniform() * world.frames as f64) as usize).min(world.frames - 1);
+                            let fr = t2v_kernels::ops::slice(&x, 2, f, 1)?.reshape(&[b, 3, world.size, world.size])?;
+                            let unit = ad::affine(&tape.constant(fr), 0.5, 0.5)?;
+                            let prep = crate::models::preprocess::clipscore(&unit, clip.vision.config.image_size)?;
+                            let texts: Vec<String> = specs.iter().map(|s| if rng.uniform() < 0.5 { s.caption() } else { s.short_caption() }).collect();
+                            (clip.vision.features(&prep)?, clip.text.features(tape, &tokenize(&tok, &texts)?)?)
                         }
                         Tower::ClipVideo(clip) => {
                             // strided frames, features mean-pooled over time and renormalised, vs the long caption
@@ -308,8 +362,9 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 }
                 Ok(StepOut { loss: total.expect("a tower"), logs })
             })?;
-            for (tower, p, file) in &towers {
-                save_weights(file, p, dtype, &[("model", tower.model_name().into()), ("pretrained", pretrained_note(&notes, file, cfg.steps))])?;
+            for (tower, p, file, keep) in &towers {
+                let kept: Vec<(String, Tensor)> = p.iter().filter(|(k, _)| keep.as_ref().is_none_or(|keep| keep.contains(k))).cloned().collect();
+                save_weights(file, &kept, dtype, &[("model", tower.model_name().into()), ("pretrained", pretrained_note(&notes, file, cfg.steps))])?;
             }
             m
         }
