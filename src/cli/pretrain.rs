@@ -27,6 +27,8 @@ pub struct PretrainArgs {
     /// Continue an interrupted run in --out from its newest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Steps in all (a resumed run continues to this). With `teacher`, 0 trains nothing and
+    /// only runs the caption check on the source folder's teacher.
     #[arg(long, default_value_t = 2000)]
     pub steps: u64,
     /// Clips (teacher, rewards) or frames (VAE) per step.

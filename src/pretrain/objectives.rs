@@ -63,9 +63,10 @@ fn source_notes(src: &ModelDir) -> BTreeMap<OsString, String> {
         .collect()
 }
 
-/// The "pretrained" metadata of `file` after `steps` more steps.
-fn pretrained_note(notes: &BTreeMap<OsString, String>, file: &Path, steps: u64) -> String {
-    let now = format!("{steps} step{} on the moving-shapes world", if steps == 1 { "" } else { "s" });
+/// The "pretrained" metadata of `file` after `steps` more steps (`how`: a note on the
+/// recipe, or empty).
+fn pretrained_note(notes: &BTreeMap<OsString, String>, file: &Path, steps: u64, how: &str) -> String {
+    let now = format!("{steps} step{} on the moving-shapes world{how}", if steps == 1 { "" } else { "s" });
     match file.file_name().and_then(|n| notes.get(n)) {
         Some(before) => format!("{now}, after {before}"),
         None => now,
@@ -201,7 +202,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
             let mean = unscaled.iter().sum::<f64>() / unscaled.len() as f64;
             let std = (unscaled.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / unscaled.len() as f64).sqrt();
             md.vae.1.scale_factor = (1.0 / std.max(1e-6)) as f32;
-            save_weights(&md.vae.0, &params, dtype, &[("model", "vae".into()), ("pretrained", pretrained_note(&notes, &md.vae.0, cfg.steps))])?;
+            save_weights(&md.vae.0, &params, dtype, &[("model", "vae".into()), ("pretrained", pretrained_note(&notes, &md.vae.0, cfg.steps, ""))])?;
             m
         }
         What::Teacher => {
@@ -255,11 +256,13 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 let eps = unet.forward(&UnetInputs { z: &tape.constant(z_t), t: &tf, context: &tape.constant(ctx), fps: &vec![md.video.fps; b], w_embedding: None, motion_embedding: None, record_attention: false })?.eps;
                 Ok(StepOut { loss: ad::mse(&eps, &tape.constant(noise))?, logs: vec![] })
             })?;
-            save_weights(&md.unet.0, &params, dtype, &[("model", "unet3d teacher".into()), ("pretrained", pretrained_note(&notes, &md.unet.0, cfg.steps))])?;
+            let how = if cfg.image_batch > 0 { format!(" (joint image-video steps, --image-batch {})", cfg.image_batch) } else { String::new() };
+            save_weights(&md.unet.0, &params, dtype, &[("model", "unet3d teacher".into()), ("pretrained", pretrained_note(&notes, &md.unet.0, cfg.steps, &how))])?;
             if !quiet {
                 // held-out world (another seed): does the trained teacher read the captions?
                 let check = super::caption_check::caption_sensitivity(gpu, &unet, &vae, &text, &world, md.video.fps, ws ^ 0xC4EC, 16, b)?;
                 eprintln!("{}", super::caption_check::describe(&check));
+                std::fs::create_dir_all(&dir).map_err(|e| WeightsError::Io { path: dir.display().to_string(), msg: e.to_string() })?;
                 let path = dir.join("caption_check.json");
                 t2v_kernels::io::write_atomic(&path, serde_json::to_string_pretty(&check).expect("json").as_bytes())?;
             }
@@ -364,7 +367,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
             })?;
             for (tower, p, file, keep) in &towers {
                 let kept: Vec<(String, Tensor)> = p.iter().filter(|(k, _)| keep.as_ref().is_none_or(|keep| keep.contains(k))).cloned().collect();
-                save_weights(file, &kept, dtype, &[("model", tower.model_name().into()), ("pretrained", pretrained_note(&notes, file, cfg.steps))])?;
+                save_weights(file, &kept, dtype, &[("model", tower.model_name().into()), ("pretrained", pretrained_note(&notes, file, cfg.steps, ""))])?;
             }
             m
         }
