@@ -37,8 +37,9 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
     /// Teacher only: every other step trains on this many single frames (1-frame videos
-    /// from as many fresh clips) instead of --batch clips: joint image-video training,
-    /// which teaches the captions' colors and shapes faster. 0 = videos only.
+    /// from as many fresh clips) instead of --batch clips: joint image-video training, as
+    /// VideoCrafter2 trains on images and videos (many more independent image-caption pairs
+    /// per step for the spatial layers). 0 = videos only.
     #[arg(long, default_value_t = 0)]
     pub image_batch: usize,
     #[arg(long, default_value_t = 0)]

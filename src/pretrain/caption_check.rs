@@ -48,7 +48,7 @@ impl CaptionErrors {
 pub fn caption_sensitivity(gpu: &Gpu, unet: &Unet3d, vae: &Vae, text: &TextTower, world: &WorldConfig, fps: f32, world_seed: u64, clips: usize, batch: usize) -> Result<Vec<CaptionErrors>> {
     let tok = ClipTokenizer::new().map_err(|e| WeightsError::Format { path: "tokenizer".into(), msg: e.to_string() })?;
     let sched = Schedule::videocrafter();
-    let mut rng = Gaussian::new(world_seed ^ 0xCA97_10);
+    let mut rng = Gaussian::new(world_seed ^ 0x00CA_9710);
     let mut sums = vec![[0f64; 3]; CHECK_TIMESTEPS.len()];
     let tape = Tape::new();
     let batches = clips.div_ceil(batch.max(1));

@@ -42,8 +42,8 @@ pub struct PretrainConfig {
     pub world_seed: u64,
     /// Teacher only: when > 0, every other step trains on this many single frames (one
     /// from each of as many fresh clips, as 1-frame videos) instead of `batch` clips —
-    /// joint image-video training, which teaches the spatial layers the captions with
-    /// many more independent image-caption pairs per unit of compute.
+    /// joint image-video training, which shows the spatial layers many more independent
+    /// image-caption pairs per unit of compute.
     #[serde(default)]
     pub image_batch: usize,
 }
