@@ -181,11 +181,10 @@ fn im2col4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let n = i / kq;
     let q = i - n * kq;
     let o = conv_origin(n);
-    let khw = p.kh * p.kw;
-    var ch = 4u * q / khw;
-    let r = 4u * q - ch * khw;
-    var ky = r / p.kw;
-    var kx = r - ky * p.kw;
+    let tap = window_tap(4u * q);
+    var ch = tap.x;
+    var ky = tap.y;
+    var kx = tap.z;
     let src = wid.z * p.b_bs;
     var v = vec4<f32>(0.0);
     for (var t = 0u; t < 4u; t++) {
@@ -219,12 +218,10 @@ fn im2col4_kmajor(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
     let k = i / p4;
     let n0 = 4u * (i - k * p4);
-    let khw = p.kh * p.kw;
-    let ch = k / khw;
-    let r = k - ch * khw;
-    let ky = r / p.kw;
-    let kx = r - ky * p.kw;
-    let src = wid.z * p.b_bs + ch * p.h * p.w;
+    let tap = window_tap(k);
+    let ky = tap.y;
+    let kx = tap.z;
+    let src = wid.z * p.b_bs + tap.x * p.h * p.w;
     var oy = n0 / p.ow;
     var ox = n0 - oy * p.ow;
     var v = vec4<f32>(0.0);

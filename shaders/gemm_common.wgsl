@@ -50,13 +50,21 @@ fn conv_origin(n: u32) -> vec2<i32> {
     return vec2<i32>(i32(oy * p.sh) - i32(p.ph), i32(ox * p.sw) - i32(p.pw));
 }
 
-// im2col element k of the column whose input origin is o (zero outside the image).
-fn load_im2col(z: u32, k: u32, o: vec2<i32>) -> f32 {
+// The window position (input channel, ky, kx) of im2col row k = (c * kh + ky) * kw + kx.
+fn window_tap(k: u32) -> vec3<u32> {
     let khw = p.kh * p.kw;
     let ch = k / khw;
-    let r = k % khw;
-    let iy = o.x + i32(r / p.kw);
-    let ix = o.y + i32(r % p.kw);
+    let r = k - ch * khw;
+    let ky = r / p.kw;
+    return vec3<u32>(ch, ky, r - ky * p.kw);
+}
+
+// im2col element k of the column whose input origin is o (zero outside the image).
+fn load_im2col(z: u32, k: u32, o: vec2<i32>) -> f32 {
+    let tap = window_tap(k);
+    let ch = tap.x;
+    let iy = o.x + i32(tap.y);
+    let ix = o.y + i32(tap.z);
     if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) {
         return 0.0;
     }

@@ -68,8 +68,7 @@ pub fn caption_sensitivity(gpu: &Gpu, unet: &Unet3d, vae: &Vae, text: &TextTower
             let z0 = vae.encode_video(&tape.constant(clips_tensor(gpu, &specs, world)?))?.value().clone();
             let mut contexts = Vec::new();
             for texts in &captions {
-                let ids = texts.iter().map(|t| Ok(tok.encode(t).map_err(|e| WeightsError::Format { path: "caption".into(), msg: e.to_string() })?.ids)).collect::<Result<Vec<_>>>()?;
-                contexts.push(text.penultimate(&tape, &ids)?);
+                contexts.push(text.penultimate(&tape, &super::objectives::tokenize(&tok, texts)?)?);
             }
             for (i, &t) in CHECK_TIMESTEPS.iter().enumerate() {
                 let noise_host = rng.take(z0.numel());

@@ -73,7 +73,8 @@ fn pretrained_note(notes: &BTreeMap<OsString, String>, file: &Path, steps: u64, 
     }
 }
 
-fn tokenize(tok: &ClipTokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+/// Token ids of each text (a tokenizer error as a weights-format error naming the caption).
+pub(super) fn tokenize(tok: &ClipTokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>> {
     texts.iter().map(|t| Ok(tok.encode(t).map_err(|e| WeightsError::Format { path: "caption".into(), msg: e.to_string() })?.ids)).collect()
 }
 
