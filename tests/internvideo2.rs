@@ -249,3 +249,43 @@ fn missing_and_extra_checkpoint_keys_are_reported_together() {
     assert!(!err.contains("clip_decoder"), "unused distillation heads are not unexpected: {err}");
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn sincos_position_tables_follow_the_reference_layout() {
+    use t2v_turbo::models::internvideo2::sincos_pos_embed;
+    let (dim, grid, frames) = (32, 3, 4);
+    let v = sincos_pos_embed(dim, grid, Some(frames)).unwrap();
+    assert_eq!(v.len(), (1 + frames * grid * grid) * dim);
+    assert!(v[..dim].iter().all(|&x| x == 0.0), "the cls row is zero");
+    // row of frame t, grid cell (y, x): [temporal dim/4 | x 3dim/8 | y 3dim/8], each part
+    // sin(p w_i) for i < n/2 then cos(p w_i), w_i = 10000^(-i / (n/2))
+    let part = |n: usize, p: f64| -> Vec<f64> {
+        let w: Vec<f64> = (0..n / 2).map(|i| 10000f64.powf(-(i as f64) / (n / 2) as f64)).collect();
+        w.iter().map(|w| (p * w).sin()).chain(w.iter().map(|w| (p * w).cos())).collect()
+    };
+    for (t, y, x) in [(0, 0, 0), (1, 2, 0), (3, 1, 2)] {
+        let row = &v[(1 + (t * grid + y) * grid + x) * dim..][..dim];
+        let want: Vec<f64> = [part(dim / 4, t as f64), part(dim * 3 / 8, x as f64), part(dim * 3 / 8, y as f64)].concat();
+        for (k, (a, b)) in row.iter().zip(&want).enumerate() {
+            assert!((*a as f64 - b).abs() < 1e-5, "frame {t} cell ({y}, {x}) channel {k}: {a} vs {b}");
+        }
+    }
+    // the image table: [x dim/2 | y dim/2]
+    let img = sincos_pos_embed(dim, grid, None).unwrap();
+    assert_eq!(img.len(), (1 + grid * grid) * dim);
+    let row = &img[(1 + grid + 2) * dim..][..dim];
+    let want = [part(dim / 2, 2.0), part(dim / 2, 1.0)].concat();
+    assert!(row.iter().zip(&want).all(|(a, b)| (*a as f64 - b).abs() < 1e-5));
+    assert!(sincos_pos_embed(24, grid, Some(frames)).is_none() && sincos_pos_embed(24, grid, None).is_some());
+    // `init` starts the video reward from these tables
+    use t2v_turbo::pipeline::model_dir::{init_random, Preset, VideoRewardSpec};
+    let g = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap();
+    let d = std::env::temp_dir().join(format!("t2v-iv2-init-{}", std::process::id()));
+    let md = init_random(&g, Preset::Tiny, &d, 1, t2v_turbo::models::weights::SaveDtype::F32).unwrap();
+    let Some(VideoRewardSpec::InternVideo2 { file, config, .. }) = &md.video_reward else { panic!() };
+    let c = &config.vision;
+    let f = WeightFile::open(file).unwrap();
+    assert_eq!(f.host_f32("vision_encoder.pos_embed").unwrap().1, sincos_pos_embed(c.embed_dim, c.img_size / c.patch_size, Some(c.num_frames)).unwrap());
+    assert_eq!(f.host_f32("vision_encoder.img_pos_embed").unwrap().1, sincos_pos_embed(c.embed_dim, c.img_size / c.patch_size, None).unwrap());
+    let _ = std::fs::remove_dir_all(&d);
+}

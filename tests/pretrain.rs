@@ -30,15 +30,23 @@ fn each_stage_trains_and_resumes_exactly() {
     let d = tmp("stages");
     let src = init_random(&g, Preset::Tiny, &d.join("init"), 3, SaveDtype::F32).unwrap();
     let keys = |path: &std::path::Path| WeightFile::open(path).unwrap().entries().keys().cloned().collect::<Vec<_>>();
-    for (what, batch, file) in [(What::Vae, 2, "vae.safetensors"), (What::Teacher, 1, "unet.safetensors"), (What::Text, 2, "text.safetensors"), (What::Reward, 2, "reward_video.safetensors")] {
-        let cfg = |steps| PretrainConfig { steps, batch, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 0 };
-        let a = d.join(format!("{what:?}-straight"));
+    let stages = [
+        (What::Vae, 2, "vae.safetensors", false),
+        (What::Teacher, 1, "unet.safetensors", false),
+        (What::Text, 2, "text.safetensors", false),
+        (What::Reward, 2, "reward_video.safetensors", false),
+        (What::VideoReward, 4, "reward_video.safetensors", true),
+    ];
+    for (what, batch, file, reversed_pairs) in stages {
+        let cfg = |steps| PretrainConfig { steps, batch, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs };
+        let run = format!("{what:?}{}", if reversed_pairs { "-pairs" } else { "" });
+        let a = d.join(format!("{run}-straight"));
         let (md, ms) = pretrain(&g, what, &src, &a, &cfg(3), 10, SaveDtype::F32, true).unwrap();
         assert_eq!(ms.len(), 3);
         assert!(ms.iter().all(|m| m.loss.is_finite()), "{what:?}");
         assert_ne!(values(&a.join(file)), values(&src.root.join(file)), "{what:?}: weights did not change");
         // interrupted after 2 steps, then resumed to 3: the same weights bit for bit
-        let b = d.join(format!("{what:?}-resumed"));
+        let b = d.join(format!("{run}-resumed"));
         pretrain(&g, what, &src, &b, &cfg(2), 1, SaveDtype::F32, true).unwrap();
         let (_, ms_b) = pretrain(&g, what, &src, &b, &cfg(3), 1, SaveDtype::F32, true).unwrap();
         assert_eq!(ms_b.len(), 1, "{what:?}: resumed at step 2");
@@ -46,11 +54,12 @@ fn each_stage_trains_and_resumes_exactly() {
         assert_eq!(values(&b.join(file)), values(&a.join(file)), "{what:?}");
         // the weights record their pretraining, and a continued run records both
         let note = |dir: &std::path::Path| WeightFile::open(&dir.join(file)).unwrap().metadata.get("pretrained").cloned();
-        assert_eq!(note(&a).as_deref(), Some("3 steps on the moving-shapes world"), "{what:?}");
+        let how = if reversed_pairs { " (with reversed pairs)" } else { "" };
+        assert_eq!(note(&a), Some(format!("3 steps on the moving-shapes world{how}")), "{what:?}");
         assert_eq!(note(&b), note(&a), "{what:?}: resuming is not continuing");
-        let c = d.join(format!("{what:?}-continued"));
+        let c = d.join(format!("{run}-continued"));
         pretrain(&g, what, &md, &c, &cfg(1), 10, SaveDtype::F32, true).unwrap();
-        assert_eq!(note(&c).as_deref(), Some("1 step on the moving-shapes world, after 3 steps on the moving-shapes world"), "{what:?}");
+        assert_eq!(note(&c), Some(format!("1 step on the moving-shapes world{how}, after 3 steps on the moving-shapes world{how}")), "{what:?}");
         // the output is a model folder with the source's other models
         let back = ModelDir::read(&a).unwrap();
         assert_eq!(back.unet.1, src.unet.1);
@@ -59,6 +68,10 @@ fn each_stage_trains_and_resumes_exactly() {
         if what == What::Text {
             assert_eq!(ms[0].logs[0].0, "text_retrieval");
             assert!(keys(&a.join(file)).iter().all(|k| !k.starts_with("visual.")));
+        }
+        if reversed_pairs {
+            // step 2 is a batch of reversed pairs, logged apart
+            assert_eq!((ms[0].logs[0].0.as_str(), ms[1].logs[0].0.as_str()), ("video_retrieval", "video_retrieval_pairs"));
         }
         if what == What::Vae {
             assert!(md.vae.1.scale_factor != src.vae.1.scale_factor && md.vae.1.scale_factor.is_finite());
@@ -69,7 +82,7 @@ fn each_stage_trains_and_resumes_exactly() {
         assert!(a.join(format!("pretrain-{}/metrics.png", format!("{what:?}").to_lowercase())).exists());
     }
     // other settings do not resume silently
-    let e = pretrain(&g, What::Vae, &src, &d.join("Vae-resumed"), &PretrainConfig { steps: 4, batch: 2, lr: 5e-3, seed: 1, world_seed: 2, image_batch: 0 }, 1, SaveDtype::F32, true).unwrap_err();
+    let e = pretrain(&g, What::Vae, &src, &d.join("Vae-resumed"), &PretrainConfig { steps: 4, batch: 2, lr: 5e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs: false }, 1, SaveDtype::F32, true).unwrap_err();
     assert!(e.to_string().contains("other settings"), "{e}");
 }
 
@@ -91,7 +104,7 @@ fn joint_image_video_teacher_steps_run_and_resume_exactly() {
     let g = gpu();
     let d = tmp("joint");
     let src = init_random(&g, Preset::Tiny, &d.join("init"), 4, SaveDtype::F32).unwrap();
-    let cfg = |steps| PretrainConfig { steps, batch: 1, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 3 };
+    let cfg = |steps| PretrainConfig { steps, batch: 1, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 3, reversed_pairs: false };
     // step 1: one clip; step 2: three single frames (1-frame videos)
     let (_, ms) = pretrain(&g, What::Teacher, &src, &d.join("straight"), &cfg(2), 10, SaveDtype::F32, true).unwrap();
     assert!(ms.iter().all(|m| m.loss.is_finite()));
@@ -133,4 +146,44 @@ fn caption_check_sees_the_text_only_through_cross_attention() {
     let blind = check();
     assert!(blind.iter().all(|e| e.other_color == e.own && e.empty == e.own), "{blind:?}");
     assert!(blind.iter().zip(&random).all(|(b, r)| b.own != r.own));
+}
+
+#[test]
+fn the_reward_check_measures_through_the_captions() {
+    use t2v_turbo::pretrain::reward_check::reward_sensitivity;
+    use t2v_turbo::world::WorldConfig;
+    let g = gpu();
+    let d = tmp("reward-check");
+    let md = init_random(&g, Preset::Tiny, &d.join("init"), 6, SaveDtype::F32).unwrap();
+    let world = WorldConfig { frames: md.video.frames, size: md.video.height, short_fraction: 0.5 };
+    let random = reward_sensitivity(&g, &md, &world, 9, 5).unwrap();
+    let rows: Vec<(&str, &str, &str)> = random.iter().map(|a| (a.model.as_str(), a.caption, a.attribute)).collect();
+    assert_eq!(rows.len(), 12, "{rows:?}");
+    assert!(["hps", "clip", "video"].iter().all(|m| rows.iter().any(|r| r.0 == *m)) && rows.contains(&("video", "long", "direction")), "{rows:?}");
+    assert!(random.iter().all(|a| a.clips == 5 && a.wins <= 5 && a.mean_gap.is_finite() && a.mean_gap != 0.0), "random towers read the captions: {random:?}");
+    // a video reward whose text features do not depend on the caption (text_proj weight 0,
+    // bias 1) scores every caption alike: no wins, no gap; the image towers are untouched
+    let Some(t2v_turbo::pipeline::model_dir::VideoRewardSpec::InternVideo2 { file, .. }) = &md.video_reward else { panic!("the tiny preset has an InternVideo2") };
+    let f = WeightFile::open(file).unwrap();
+    let tensors: Vec<(String, t2v_kernels::Tensor)> = f
+        .entries()
+        .keys()
+        .map(|k| {
+            let (shape, mut v) = f.host_f32(k).unwrap();
+            if k.starts_with("text_proj.") {
+                v.fill(if k.ends_with("bias") { 1.0 } else { 0.0 });
+            }
+            (k.clone(), t2v_kernels::Tensor::from_slice(&g, &shape, &v).unwrap())
+        })
+        .collect();
+    drop(f);
+    t2v_turbo::models::weights::save_weights(file, &tensors, SaveDtype::F32, &[]).unwrap();
+    let blind = reward_sensitivity(&g, &md, &world, 9, 5).unwrap();
+    for (b, r) in blind.iter().zip(&random) {
+        if b.model == "video" {
+            assert_eq!((b.wins, b.mean_gap), (0, 0.0), "{b:?}");
+        } else {
+            assert_eq!((b.wins, b.mean_gap), (r.wins, r.mean_gap), "{b:?}");
+        }
+    }
 }

@@ -210,3 +210,22 @@ fn toml_configs_expand_to_options_that_the_command_line_overrides() {
     let args: Vec<std::ffi::OsString> = ["t2v-turbo", "sample", "--config", cfg.to_str().unwrap()].iter().map(|s| s.into()).collect();
     assert!(expand_config(args).unwrap_err().to_string().contains("sample.toml"));
 }
+
+#[test]
+fn a_reversed_clip_plays_the_same_path_backwards() {
+    let cfg = WorldConfig::default();
+    for i in 0..12 {
+        let s = clip_spec(5, i, &cfg);
+        let r = s.reversed(&cfg);
+        assert_eq!(r.direction, s.direction ^ 1, "the opposite direction");
+        assert_eq!((r.color, r.shape, r.size, r.speed, r.background), (s.color, s.shape, s.size, s.speed, s.background));
+        assert_ne!(r.caption(), s.caption());
+        let (a, b) = (render(&s, &cfg).frames, render(&r, &cfg).frames);
+        for f in 0..cfg.frames {
+            let (x, y) = (&a[f], &b[cfg.frames - 1 - f]);
+            let worst = x.iter().zip(y).map(|(p, q)| p.abs_diff(*q)).max().unwrap();
+            assert!(worst <= 2, "clip {i}, frame {f}: the reversed clip's frame differs by up to {worst}");
+        }
+        assert_eq!(r.reversed(&cfg).direction, s.direction);
+    }
+}

@@ -27,8 +27,9 @@ pub struct PretrainArgs {
     /// Continue an interrupted run in --out from its newest checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Steps in all (a resumed run continues to this). With `teacher`, 0 trains nothing and
-    /// only runs the caption check on the source folder's teacher.
+    /// Steps in all (a resumed run continues to this). 0 trains nothing: with `teacher` it
+    /// runs only the caption check on the source folder's teacher, with the reward stages
+    /// only the reward check (which attributes each reward model sees).
     #[arg(long, default_value_t = 2000)]
     pub steps: u64,
     /// Clips (teacher, rewards) or frames (VAE) per step.
@@ -42,6 +43,12 @@ pub struct PretrainArgs {
     /// per step for the spatial layers). 0 = videos only.
     #[arg(long, default_value_t = 0)]
     pub image_batch: usize,
+    /// Text and reward models: every other step the second half of the batch is the first
+    /// half played backwards (the same path in the opposite direction), hard negatives that
+    /// only the direction of motion tells apart (for the towers that see motion); their
+    /// retrieval accuracy is logged apart (`*_retrieval_pairs`).
+    #[arg(long)]
+    pub reversed_pairs: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Seed of the world the clips are drawn from.
@@ -66,12 +73,15 @@ pub fn run(dev: &DeviceArgs, a: &PretrainArgs) -> Result<(), CliError> {
     if a.image_batch > 0 && a.what != What::Teacher {
         return Err(CliError::Check("--image-batch applies to `pretrain teacher` only".into()));
     }
+    if a.reversed_pairs && !a.what.is_contrastive() {
+        return Err(CliError::Check("--reversed-pairs applies to the contrastive stages (text and the reward models) only".into()));
+    }
     if a.batch < 2 && a.what.is_contrastive() {
         return Err(CliError::Check("the contrastive loss (text, reward models) needs --batch of at least 2".into()));
     }
     let src = ModelDir::read(&a.models)?;
     let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
-    let cfg = PretrainConfig { steps: a.steps, batch: a.batch.max(1), lr: a.lr, seed: a.seed, world_seed: a.world_seed, image_batch: a.image_batch };
+    let cfg = PretrainConfig { steps: a.steps, batch: a.batch.max(1), lr: a.lr, seed: a.seed, world_seed: a.world_seed, image_batch: a.image_batch, reversed_pairs: a.reversed_pairs };
     let dtype = if a.f16 { SaveDtype::F16 } else { SaveDtype::F32 };
     let t = std::time::Instant::now();
     let (md, ms) = pretrain(&gpu, a.what, &src, &a.out, &cfg, a.checkpoint_every, dtype, false)?;

@@ -157,6 +157,45 @@ impl InternVideo2Config {
     }
 }
 
+/// 1-D sine-cosine embedding of `dim` (even) channels for each position: `dim / 2` sines
+/// then `dim / 2` cosines of pos * 10000^(-i / (dim / 2)).
+fn sincos_1d(dim: usize, pos: &[f32]) -> Vec<Vec<f32>> {
+    let half = dim / 2;
+    pos.iter()
+        .map(|&p| {
+            let angles: Vec<f32> = (0..half).map(|i| p / 10000f32.powf(i as f32 / half as f32)).collect();
+            angles.iter().map(|a| a.sin()).chain(angles.iter().map(|a| a.cos())).collect()
+        })
+        .collect()
+}
+
+/// The reference's fixed position tables (InternVideo2's `init_pos_embed`, after MAE/MVD),
+/// row-major with a zero cls row first: the video table (1 + t*g*g, dim), frame-major, each
+/// row [temporal (dim/4) | x (3dim/8) | y (3dim/8)]; with `t` None the image table
+/// (1 + g*g, dim), rows [x (dim/2) | y (dim/2)]. None when `dim` does not split evenly
+/// (a multiple of 16 for video, 4 for images).
+pub fn sincos_pos_embed(dim: usize, grid: usize, t: Option<usize>) -> Option<Vec<f32>> {
+    let (temporal, spatial) = match t {
+        Some(_) if dim % 16 == 0 => (dim / 4, dim / 4 * 3),
+        None if dim % 4 == 0 => (0, dim),
+        _ => return None,
+    };
+    let xs: Vec<f32> = (0..grid * grid).map(|k| (k % grid) as f32).collect();
+    let ys: Vec<f32> = (0..grid * grid).map(|k| (k / grid) as f32).collect();
+    let (ex, ey) = (sincos_1d(spatial / 2, &xs), sincos_1d(spatial / 2, &ys));
+    let frames = t.unwrap_or(1);
+    let et = sincos_1d(temporal, &(0..frames).map(|f| f as f32).collect::<Vec<_>>());
+    let mut out = vec![0.0; dim]; // cls
+    for f in 0..frames {
+        for k in 0..grid * grid {
+            out.extend(&et[f]);
+            out.extend(&ex[k]);
+            out.extend(&ey[k]);
+        }
+    }
+    Some(out)
+}
+
 fn shape_error(msg: String) -> WeightsError {
     WeightsError::Gpu(t2v_kernels::Error::Shape { op: "internvideo2", msg })
 }

@@ -412,6 +412,20 @@ pub fn init_random(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: Sav
     let iv2 = preset.video_reward_config();
     let l = Loader::random(gpu, seed + 5);
     InternVideo2::load(&l, &iv2)?;
+    // the position tables start as the reference's fixed sine-cosine ones, which tell the
+    // frames apart from the start (small random ones leave the model almost blind to order)
+    let v = &iv2.vision;
+    let grid = v.img_size / v.patch_size;
+    for (name, t) in l.params() {
+        let table = match name.as_str() {
+            "vision_encoder.pos_embed" => crate::models::internvideo2::sincos_pos_embed(v.embed_dim, grid, Some(v.num_frames / v.tubelet_size)),
+            "vision_encoder.img_pos_embed" => crate::models::internvideo2::sincos_pos_embed(v.embed_dim, grid, None),
+            _ => None,
+        };
+        if let Some(table) = table {
+            t.write(&table)?;
+        }
+    }
     save("reward_video.safetensors", &l, "internvideo2")?;
     t2v_kernels::io::write_atomic(&root.join("bert_vocab.txt"), (world_vocab(iv2.text.vocab_size).join("\n") + "\n").as_bytes())?;
     let dir = ModelDir {

@@ -15,6 +15,7 @@
 //! with checkpoints every N steps in `OUT/pretrain-{what}/` and exact resume.
 
 pub mod caption_check;
+pub mod reward_check;
 mod objectives;
 
 use std::path::{Path, PathBuf};
@@ -46,6 +47,11 @@ pub struct PretrainConfig {
     /// image-caption pairs per unit of compute.
     #[serde(default)]
     pub image_batch: usize,
+    /// Contrastive objectives only: every other step the second half of the batch is the
+    /// first half played backwards (`ClipSpec::reversed`), hard negatives that only the
+    /// direction of motion tells apart.
+    #[serde(default)]
+    pub reversed_pairs: bool,
 }
 
 /// One step's loss and named values for the log.
@@ -157,8 +163,15 @@ pub fn run_loop(
             let text: String = history.iter().map(|m| serde_json::to_string(m).expect("json") + "\n").collect();
             t2v_kernels::io::write_atomic(&metrics_path, text.as_bytes())?;
             let mut series = vec![("LOSS".to_string(), history.iter().map(|m| (m.step as f32, m.loss)).collect::<Vec<_>>())];
-            for (k, (n, _)) in out.logs.iter().enumerate() {
-                series.push((n.to_uppercase().replace('_', " "), history.iter().filter_map(|m| m.logs.get(k).map(|v| (m.step as f32, v.1))).collect()));
+            // one series per logged name (steps may log different values, e.g. reversed-pair steps)
+            let mut names: Vec<&str> = Vec::new();
+            for (n, _) in history.iter().flat_map(|m| &m.logs) {
+                if !names.contains(&n.as_str()) {
+                    names.push(n);
+                }
+            }
+            for n in names {
+                series.push((n.to_uppercase().replace('_', " "), history.iter().filter_map(|m| m.logs.iter().find(|(k, _)| k == n).map(|v| (m.step as f32, v.1))).collect()));
             }
             let refs: Vec<(&str, Vec<(f32, f32)>)> = series.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
             crate::pipeline::plot::plot_series(&dir.join("metrics.png"), &refs)?;
@@ -170,6 +183,16 @@ pub fn run_loop(
 /// `n` random clips of the world (indices drawn from a large range: fresh data each step).
 pub fn draw_clips(rng: &mut Gaussian, world_seed: u64, n: usize, cfg: &WorldConfig) -> Vec<ClipSpec> {
     (0..n).map(|_| clip_spec(world_seed, (rng.uniform() * 1e12) as u64, cfg)).collect()
+}
+
+/// `n` random clips whose second half (the first `n / 2` after the first half) is the
+/// first half reversed (`ClipSpec::reversed`); an odd last clip is drawn on its own.
+pub fn draw_reversed_pairs(rng: &mut Gaussian, world_seed: u64, n: usize, cfg: &WorldConfig) -> Vec<ClipSpec> {
+    let mut specs = draw_clips(rng, world_seed, n, cfg);
+    for i in n / 2..2 * (n / 2) {
+        specs[i] = specs[i - n / 2].reversed(cfg);
+    }
+    specs
 }
 
 /// Clips as (B, 3, F, H, W) in [-1, 1].

@@ -8,7 +8,7 @@ use t2v_kernels::autograd::{self as ad, Tape, Var};
 use t2v_kernels::ops::UnaryOp;
 use t2v_kernels::{Gpu, Tensor};
 
-use super::{clips_tensor, copy_model_dir, draw_clips, run_loop, LoopMetrics, PretrainConfig, StepOut};
+use super::{clips_tensor, copy_model_dir, draw_clips, draw_reversed_pairs, run_loop, LoopMetrics, PretrainConfig, StepOut};
 use crate::diffusion::Schedule;
 use crate::models::clip::{l2_normalize, Clip};
 use crate::models::internvideo2::InternVideo2;
@@ -106,13 +106,18 @@ enum Tower {
 }
 
 impl Tower {
-    /// The retrieval-accuracy column of the metrics.
-    fn metric(&self) -> &'static str {
-        match self {
-            Tower::Image(_, Preprocess::Hps) => "hps_retrieval",
-            Tower::Image(_, Preprocess::ClipScore) => "clip_retrieval",
-            Tower::ClipVideo(_) | Tower::InternVideo2(..) => "video_retrieval",
-            Tower::Conditioning(_) => "text_retrieval",
+    /// The retrieval-accuracy column of the metrics (`pairs`: on a batch of reversed pairs).
+    fn metric(&self, pairs: bool) -> &'static str {
+        let (plain, paired) = match self {
+            Tower::Image(_, Preprocess::Hps) => ("hps_retrieval", "hps_retrieval_pairs"),
+            Tower::Image(_, Preprocess::ClipScore) => ("clip_retrieval", "clip_retrieval_pairs"),
+            Tower::ClipVideo(_) | Tower::InternVideo2(..) => ("video_retrieval", "video_retrieval_pairs"),
+            Tower::Conditioning(_) => ("text_retrieval", "text_retrieval_pairs"),
+        };
+        if pairs {
+            paired
+        } else {
+            plain
         }
     }
     fn model_name(&self) -> &'static str {
@@ -304,8 +309,9 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 return Err(WeightsError::Format { path: src.root.display().to_string(), msg: format!("the model folder has no reward models to train ({what:?})") });
             }
             let all: Vec<(String, Tensor)> = towers.iter().enumerate().flat_map(|(k, (_, p, _, _))| p.iter().map(move |(n, t)| (format!("{k}.{n}"), t.clone()))).collect();
-            let m = run_loop(&dir, &all, cfg, every, quiet, |tape, rng, _| {
-                let specs = draw_clips(rng, ws, b, &world);
+            let m = run_loop(&dir, &all, cfg, every, quiet, |tape, rng, at| {
+                let pairs = cfg.reversed_pairs && at % 2 == 1;
+                let specs = if pairs { draw_reversed_pairs(rng, ws, b, &world) } else { draw_clips(rng, ws, b, &world) };
                 let x = clips_tensor(gpu, &specs, &world)?;
                 let short: Vec<String> = specs.iter().map(|s| s.short_caption()).collect();
                 let long: Vec<String> = specs.iter().map(|s| s.caption()).collect();
@@ -358,7 +364,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                         }
                     };
                     let (loss, acc) = contrastive(&vis, &txt, 20.0)?;
-                    logs.push((tower.metric(), acc));
+                    logs.push((tower.metric(pairs), acc));
                     total = Some(match total {
                         Some(t) => ad::add(&t, &loss)?,
                         None => loss,
@@ -366,13 +372,22 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 }
                 Ok(StepOut { loss: total.expect("a tower"), logs })
             })?;
+            // the recipe, when not the default one
+            let how = if cfg.reversed_pairs { " (with reversed pairs)" } else { "" };
             for (tower, p, file, keep) in &towers {
                 let kept: Vec<(String, Tensor)> = p.iter().filter(|(k, _)| keep.as_ref().is_none_or(|keep| keep.contains(k))).cloned().collect();
-                save_weights(file, &kept, dtype, &[("model", tower.model_name().into()), ("pretrained", pretrained_note(&notes, file, cfg.steps, ""))])?;
+                save_weights(file, &kept, dtype, &[("model", tower.model_name().into()), ("pretrained", pretrained_note(&notes, file, cfg.steps, how))])?;
             }
             m
         }
     };
     md.write_config()?;
+    if !quiet && matches!(what, What::Reward | What::ImageRewards | What::VideoReward) {
+        // held-out world: which attributes do the trained reward models see?
+        let check = super::reward_check::reward_sensitivity(gpu, &md, &world, ws ^ 0xC4EC, 32)?;
+        eprintln!("{}", super::reward_check::describe(&check));
+        std::fs::create_dir_all(&dir).map_err(|e| WeightsError::Io { path: dir.display().to_string(), msg: e.to_string() })?;
+        t2v_kernels::io::write_atomic(&dir.join("reward_check.json"), serde_json::to_string_pretty(&check).expect("json").as_bytes())?;
+    }
     Ok((md, metrics))
 }

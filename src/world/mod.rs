@@ -68,6 +68,14 @@ impl ClipSpec {
             SIZES[self.size], SPEEDS[self.speed], BACKGROUNDS[self.background]
         )
     }
+    /// The same path travelled the other way: the opposite direction, starting where this
+    /// clip ends (its frames are this clip's in reverse order, so only the direction of
+    /// motion tells the two apart).
+    pub fn reversed(&self, cfg: &WorldConfig) -> ClipSpec {
+        let (vx, vy) = self.velocity(cfg);
+        let n = (cfg.frames.max(1) - 1) as f32;
+        ClipSpec { direction: self.direction ^ 1, start: (self.start.0 + vx * n, self.start.1 + vy * n), ..self.clone() }
+    }
     pub fn short_caption(&self) -> String {
         format!("a {} {} moving {}", COLORS[self.color].0, SHAPES[self.shape], DIRECTIONS[self.direction])
     }
