@@ -2,7 +2,8 @@
 //! world -> preprocess (with motion guidance) -> distill students (consistency + rewards +
 //! motion, and ablations) -> sample held-out prompts with each 4-step student and with the
 //! teacher's 50-step DDIM -> the reward-independent analyser -> a Markdown report with
-//! side-by-side GIFs, training curves and a table of accuracy, motion and time per video.
+//! side-by-side GIFs, training curves, a table of accuracy, motion and time per video, and
+//! which attributes the reward models see (the reward check).
 
 use std::path::Path;
 use std::time::Instant;
@@ -19,6 +20,7 @@ use crate::pipeline::sample::{Generator, SampleOptions};
 use crate::pipeline::shards::{open_dataset, ShardConfig};
 use crate::pipeline::train::{load_run, run as run_training, write_student_model, RunOptions, StepMetrics, TrainConfig, Trainer};
 use crate::pipeline::video_io::{write_frames, write_gif, Frames};
+use crate::pretrain::reward_check::{reward_sensitivity, AttributeScore};
 use crate::world::{clip_spec, write_dataset, WorldConfig};
 
 /// A student variant: which parts of T2V-Turbo-v2 it is trained with.
@@ -65,7 +67,7 @@ impl Default for DemoConfig {
             clips: 20,
             prompts: 8,
             steps: 70,
-            lr: 1e-4,
+            lr: 1e-5,
             ddim_steps: 50,
             student_steps: 4,
             teacher_steps: 50,
@@ -211,9 +213,14 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         results.push(MethodResult { name: name.clone(), report, seconds_per_video: secs, videos });
     }
 
-    // 5. the report
+    // 5. which attributes the reward models see (what reward feedback can teach)
+    let t = Instant::now();
+    let seen = reward_sensitivity(gpu, models, &world, c.seed ^ 0xC4EC, 32)?;
+    stages.push(("reward check".into(), t.elapsed().as_secs_f64()));
+
+    // 6. the report
     stages.push(("total".into(), t_all.elapsed().as_secs_f64()));
-    write_report(out, c, &prompts, &results, &curves, models, &stages)?;
+    write_report(out, c, &prompts, &results, &curves, models, &stages, &seen)?;
     Ok(results)
 }
 
@@ -236,7 +243,8 @@ fn side_by_side(vs: &[&Frames]) -> Frames {
     Frames { width: total, height: h, frames }
 }
 
-fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[MethodResult], curves: &[(String, Vec<StepMetrics>)], models: &ModelDir, stages: &[(String, f64)]) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[MethodResult], curves: &[(String, Vec<StepMetrics>)], models: &ModelDir, stages: &[(String, f64)], seen: &[AttributeScore]) -> Result<()> {
     let gifs = out.join("gifs");
     std::fs::create_dir_all(&gifs).map_err(|e| io(&gifs, e))?;
     let mut md = String::new();
@@ -266,6 +274,7 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
     }
     md += &targets(results);
     md += "\nAccuracy: color, shape and direction of the subject against the prompt. Dynamic degree: subject speed in % of the frame width per frame. Jitter: how far the subject's steps between frames stray from that steady speed, same unit (the world's subjects move steadily; lower is better) — high jitter means the dynamic degree is wobble rather than motion. Flicker: mean background change between frames (lower is better).\n\n";
+    md += &reward_table(seen);
     md += "## Videos (left to right: ";
     md += &results.iter().map(|r| r.name.clone()).collect::<Vec<_>>().join(" | ");
     md += ")\n\n";
@@ -282,6 +291,27 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
     let path = out.join("report.md");
     t2v_kernels::io::write_atomic(&path, md.as_bytes())?;
     Ok(())
+}
+
+/// The reward check as a table: per reward model and caption kind, how often the clip's own
+/// caption beats the same caption with one attribute changed.
+fn reward_table(seen: &[AttributeScore]) -> String {
+    if seen.is_empty() {
+        return String::new();
+    }
+    let attributes = ["color", "shape", "direction"];
+    let mut md = String::from("## What the reward models see\n\nOn fresh clips of the world, how often each reward model scores the clip's own caption above the same caption with one attribute changed (about half: it does not see that attribute, so reward feedback cannot teach it).\n\n| reward model | caption | color | shape | direction |\n|---|---|---:|---:|---:|\n");
+    let mut rows: Vec<(&str, &str)> = Vec::new();
+    for a in seen {
+        if !rows.contains(&(a.model.as_str(), a.caption)) {
+            rows.push((a.model.as_str(), a.caption));
+        }
+    }
+    for (model, caption) in rows {
+        let cell = |attr: &str| seen.iter().find(|a| a.model == model && a.caption == caption && a.attribute == attr).map(|a| format!("{}/{}", a.wins, a.clips)).unwrap_or_default();
+        md += &format!("| {model} | {caption} | {} |\n", attributes.map(cell).join(" | "));
+    }
+    md + "\n"
 }
 
 /// The targets, read off the results: student vs teacher, and the ablations.

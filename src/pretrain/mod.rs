@@ -9,8 +9,11 @@
 //! - `text`: the teacher's conditioning text encoder, contrastively against single frames
 //!   (long or short captions) through a temporary vision tower that is not saved;
 //! - `reward`: the HPS-style and CLIP-style image towers (frames vs short captions) and the
-//!   video tower (strided frames, mean-pooled, vs long captions), symmetric contrastive loss.
+//!   video tower (strided frames vs long captions), symmetric contrastive loss; optionally
+//!   every other step with reversed pairs as hard negatives (`reversed_pairs`).
 //!
+//! Checks: `teacher` ends with [`caption_check`] (does it read its captions?), the reward
+//! stages with [`reward_check`] (which attributes each reward model sees).
 //! Each writes a new model folder (a copy of the source with the trained file replaced),
 //! with checkpoints every N steps in `OUT/pretrain-{what}/` and exact resume.
 
