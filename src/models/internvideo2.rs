@@ -183,14 +183,13 @@ pub fn sincos_pos_embed(dim: usize, grid: usize, t: Option<usize>) -> Option<Vec
     let xs: Vec<f32> = (0..grid * grid).map(|k| (k % grid) as f32).collect();
     let ys: Vec<f32> = (0..grid * grid).map(|k| (k / grid) as f32).collect();
     let (ex, ey) = (sincos_1d(spatial / 2, &xs), sincos_1d(spatial / 2, &ys));
-    let frames = t.unwrap_or(1);
-    let et = sincos_1d(temporal, &(0..frames).map(|f| f as f32).collect::<Vec<_>>());
+    let et = sincos_1d(temporal, &(0..t.unwrap_or(1)).map(|f| f as f32).collect::<Vec<_>>());
     let mut out = vec![0.0; dim]; // cls
-    for f in 0..frames {
-        for k in 0..grid * grid {
-            out.extend(&et[f]);
-            out.extend(&ex[k]);
-            out.extend(&ey[k]);
+    for time in &et {
+        for (x, y) in ex.iter().zip(&ey) {
+            out.extend(time);
+            out.extend(x);
+            out.extend(y);
         }
     }
     Some(out)

@@ -31,9 +31,12 @@ pub struct AttributeScore {
     pub mean_gap: f64,
 }
 
+/// A clip with one attribute changed.
+type Change = fn(&ClipSpec) -> ClipSpec;
+
 /// The attributes the check changes: another color (three hues away), the next shape, the
 /// opposite direction.
-const CHANGES: [(&str, fn(&ClipSpec) -> ClipSpec); 3] = [
+const CHANGES: [(&str, Change); 3] = [
     ("color", |s| ClipSpec { color: (s.color + COLORS.len() / 2) % COLORS.len(), ..s.clone() }),
     ("shape", |s| ClipSpec { shape: (s.shape + 1) % SHAPES.len(), ..s.clone() }),
     ("direction", |s| ClipSpec { direction: s.direction ^ 1, ..s.clone() }),
