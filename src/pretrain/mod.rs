@@ -188,13 +188,12 @@ pub fn draw_clips(rng: &mut Gaussian, world_seed: u64, n: usize, cfg: &WorldConf
     (0..n).map(|_| clip_spec(world_seed, (rng.uniform() * 1e12) as u64, cfg)).collect()
 }
 
-/// `n` random clips whose second half (the first `n / 2` after the first half) is the
-/// first half reversed (`ClipSpec::reversed`); an odd last clip is drawn on its own.
+/// `n` clips: `n / 2` random ones, the same reversed (`ClipSpec::reversed`), and with an
+/// odd `n` one more random clip.
 pub fn draw_reversed_pairs(rng: &mut Gaussian, world_seed: u64, n: usize, cfg: &WorldConfig) -> Vec<ClipSpec> {
-    let mut specs = draw_clips(rng, world_seed, n, cfg);
-    for i in n / 2..2 * (n / 2) {
-        specs[i] = specs[i - n / 2].reversed(cfg);
-    }
+    let mut specs = draw_clips(rng, world_seed, n / 2, cfg);
+    specs.extend(specs.iter().map(|s| s.reversed(cfg)).collect::<Vec<_>>());
+    specs.extend(draw_clips(rng, world_seed, n % 2, cfg));
     specs
 }
 
