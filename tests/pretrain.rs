@@ -159,7 +159,7 @@ fn the_reward_check_measures_through_the_captions() {
     let world = WorldConfig { frames: md.video.frames, size: md.video.height, short_fraction: 0.5 };
     let random = reward_sensitivity(&g, &md, &world, 9, 5).unwrap();
     let rows: Vec<(&str, &str, &str)> = random.iter().map(|a| (a.model.as_str(), a.caption, a.attribute)).collect();
-    assert_eq!(rows.len(), 12, "{rows:?}");
+    assert_eq!(rows.len(), 16, "{rows:?}");
     assert!(["hps", "clip", "video"].iter().all(|m| rows.iter().any(|r| r.0 == *m)) && rows.contains(&("video", "long", "direction")), "{rows:?}");
     assert!(random.iter().all(|a| a.clips == 5 && a.wins <= 5 && a.mean_gap.is_finite() && a.mean_gap != 0.0), "random towers read the captions: {random:?}");
     // a video reward whose text features do not depend on the caption (text_proj weight 0,

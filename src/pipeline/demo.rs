@@ -299,8 +299,8 @@ fn reward_table(seen: &[AttributeScore]) -> String {
     if seen.is_empty() {
         return String::new();
     }
-    let attributes = ["color", "shape", "direction"];
-    let mut md = String::from("## What the reward models see\n\nOn fresh clips of the world, how often each reward model scores the clip's own caption above the same caption with one attribute changed (about half: it does not see that attribute, so reward feedback cannot teach it).\n\n| reward model | caption | color | shape | direction |\n|---|---|---:|---:|---:|\n");
+    let attributes = ["color", "near color", "shape", "direction"];
+    let mut md = String::from("## What the reward models see\n\nOn fresh clips of the world, how often each reward model scores the clip's own caption above the same caption with one attribute changed (about half: it does not see that attribute, so reward feedback cannot teach it).\n\n| reward model | caption | color | near color | shape | direction |\n|---|---|---:|---:|---:|---:|\n");
     let mut rows: Vec<(&str, &str)> = Vec::new();
     for a in seen {
         if !rows.contains(&(a.model.as_str(), a.caption)) {

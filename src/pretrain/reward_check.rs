@@ -1,8 +1,8 @@
 //! What do the reward models see? For fresh world clips, each reward model scores the clip
-//! against its own caption and against the same caption with one attribute changed (another
-//! color, another shape, the opposite direction). A model that reads an attribute scores
-//! the own caption higher on nearly every clip; one that ignores it wins about half the time
-//! with a gap near zero. Reward feedback can only teach a student what its reward models see.
+//! against its own caption and against the same caption with one attribute changed (a color
+//! far or near in hue, another shape, the opposite direction). A model that reads an
+//! attribute scores the own caption higher on nearly every clip; one that ignores it wins
+//! about half the time with a gap near zero. Reward feedback can only teach a student what its reward models see.
 
 use serde::Serialize;
 use t2v_kernels::autograd::Tape;
@@ -34,10 +34,11 @@ pub struct AttributeScore {
 /// A clip with one attribute changed.
 type Change = fn(&ClipSpec) -> ClipSpec;
 
-/// The attributes the check changes: another color (three hues away), the next shape, the
-/// opposite direction.
-const CHANGES: [(&str, Change); 3] = [
+/// The attributes the check changes: another color (three hues away, and the next hue of
+/// the palette: cyan for green, blue for cyan, ...), the next shape, the opposite direction.
+const CHANGES: [(&str, Change); 4] = [
     ("color", |s| ClipSpec { color: (s.color + COLORS.len() / 2) % COLORS.len(), ..s.clone() }),
+    ("near color", |s| ClipSpec { color: (s.color + 1) % COLORS.len(), ..s.clone() }),
     ("shape", |s| ClipSpec { shape: (s.shape + 1) % SHAPES.len(), ..s.clone() }),
     ("direction", |s| ClipSpec { direction: s.direction ^ 1, ..s.clone() }),
 ];
@@ -104,9 +105,9 @@ pub fn reward_sensitivity(gpu: &Gpu, md: &ModelDir, world: &WorldConfig, world_s
 /// A table of the check for the log.
 pub fn describe(scores: &[AttributeScore]) -> String {
     let mut s = String::from("reward check (own caption vs one attribute changed; ~50% wins = the model does not see it):\n");
-    s += "  model  caption  attribute   wins      mean gap\n";
+    s += "  model  caption  attribute    wins      mean gap\n";
     for a in scores {
-        s += &format!("  {:<6} {:<8} {:<10} {:>3}/{:<4}  {:+.4}\n", a.model, a.caption, a.attribute, a.wins, a.clips, a.mean_gap);
+        s += &format!("  {:<6} {:<8} {:<11} {:>3}/{:<4}  {:+.4}\n", a.model, a.caption, a.attribute, a.wins, a.clips, a.mean_gap);
     }
     s
 }
