@@ -10,7 +10,9 @@ use t2v_turbo::models::weights::SaveDtype;
 use t2v_turbo::pipeline::model_dir::{init_random, ModelDir, Preset};
 use t2v_turbo::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
 use t2v_turbo::pipeline::shards::{open_dataset, write_shard, RecordTensors, Shard, ShardConfig};
+use t2v_turbo::pipeline::sample::SampleOptions;
 use t2v_turbo::pipeline::train::{load_run, run, LoraConfig, RunOptions, TrainConfig, TrainError, Trainer};
+use t2v_turbo::pipeline::validation::{validate, Validation, ValidationRow};
 use t2v_turbo::world::{write_dataset, WorldConfig};
 
 fn tmp(name: &str) -> PathBuf {
@@ -56,7 +58,20 @@ fn config(steps: u64) -> TrainConfig {
 }
 
 fn opts(out: &Path, stop_after: Option<u64>) -> RunOptions {
-    RunOptions { out: out.to_path_buf(), checkpoint_every: 1, keep_checkpoints: 2, stop_after, quiet: true }
+    RunOptions { out: out.to_path_buf(), validation: None, checkpoint_every: 1, keep_checkpoints: 2, stop_after, quiet: true }
+}
+
+/// Validation every `every` steps on three world prompts (4 steps on the fixture's grid).
+fn validation(g: &Gpu, md: &ModelDir, every: u64) -> Validation {
+    let v = &md.video;
+    let prompts = ["a red circle moving left", "a blue square moving up", "a green triangle moving down"].map(String::from).to_vec();
+    let options = SampleOptions { steps: 4, origin: 10, w: 7.5, motion_scale: 0.05, motion_percentage: 0.5, seed: 3, frames: v.frames, height: v.height, width: v.width, fps: v.fps, teacher: None };
+    Validation { every, prompts, options, batch: 2, text: md.load_text(g).unwrap() }
+}
+
+/// A validation row without its wall-clock time.
+fn scores(r: &ValidationRow) -> ValidationRow {
+    ValidationRow { seconds: 0.0, ..r.clone() }
 }
 
 #[test]
@@ -68,9 +83,10 @@ fn a_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
     let losses = |out: &Path, stop: Option<u64>| -> Vec<(u32, Option<u32>, u32)> {
         let (student, rewards) = load_run(&g, &md, &config(4), None).unwrap();
         let mut t = Trainer::new(config(4), student, &rewards, &data).unwrap();
-        run(&mut t, &opts(out, stop)).unwrap().iter().map(|m| (m.loss.to_bits(), m.image_reward.map(f32::to_bits), m.grad_norm.to_bits())).collect()
+        run(&mut t, &RunOptions { validation: Some(validation(&g, &md, 2)), ..opts(out, stop) }).unwrap().iter().map(|m| (m.loss.to_bits(), m.image_reward.map(f32::to_bits), m.grad_norm.to_bits())).collect()
     };
-    let straight = losses(&tmp("straight"), None);
+    let straight_dir = tmp("straight");
+    let straight = losses(&straight_dir, None);
     let resumed_dir = tmp("resumed");
     let mut parts = losses(&resumed_dir, Some(2));
     assert_eq!(parts.len(), 2);
@@ -82,6 +98,13 @@ fn a_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
     let lines = std::fs::read_to_string(resumed_dir.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4);
     assert!(resumed_dir.join("metrics.png").exists());
+    // validations at the start, step 2 and the end, once each, the same as without the stop
+    let rows = |dir: &Path| -> Vec<ValidationRow> { std::fs::read_to_string(dir.join("validation.jsonl")).unwrap().lines().map(|l| scores(&serde_json::from_str(l).unwrap())).collect() };
+    let (resumed, straight_rows) = (rows(&resumed_dir), rows(&straight_dir));
+    assert_eq!(resumed.iter().map(|r| r.step).collect::<Vec<_>>(), vec![0, 2, 4]);
+    assert_eq!(resumed, straight_rows);
+    assert!(resumed.iter().all(|r| r.accuracy.is_some() && r.image_reward.is_some() && r.video_reward.is_some() && r.flicker.is_finite()), "{resumed:?}");
+    assert!(resumed_dir.join("validation.png").exists() && resumed_dir.join("validation/step-000004/002.gif").exists());
     // only the newest two checkpoints are kept
     let ck: Vec<_> = std::fs::read_dir(resumed_dir.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     let mut ck = ck;
@@ -103,7 +126,7 @@ fn lora_trains_adapters_and_leaves_the_base_weights() {
     let cfg = TrainConfig { lora: Some(LoraConfig { rank: 4, alpha: 4.0 }), lr: 1e-2, beta_vid: 0.0, ..config(2) };
     let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
     let base: Vec<Vec<f32>> = student.params.iter().map(|(_, t)| t.to_vec().unwrap()).collect();
-    let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
+    let mut t = Trainer::new(cfg.clone(), student, &rewards, &data).unwrap();
     let m1 = t.step().unwrap();
     let m2 = t.step().unwrap();
     assert!(m1.loss.is_finite() && m2.loss.is_finite() && m1.grad_norm > 0.0);
@@ -115,6 +138,13 @@ fn lora_trains_adapters_and_leaves_the_base_weights() {
     let merged = t.student.merged_params().unwrap();
     let changed = merged.iter().zip(&base).filter(|((_, m), b)| &m.to_vec().unwrap() != *b).count();
     assert!(changed > 0);
+    // validation samples the student with its adapters: other videos than the base weights
+    let v = validation(&g, &md, 1);
+    let trained = validate(&t, &v, &tmp("lora-val")).unwrap();
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let fresh = Trainer::new(cfg, student, &rewards, &data).unwrap();
+    let base_row = validate(&fresh, &v, &tmp("lora-val0")).unwrap();
+    assert_ne!(trained.image_reward, base_row.image_reward, "the adapters were not sampled");
 }
 
 #[test]
@@ -202,10 +232,14 @@ fn the_commands_run_end_to_end() {
     let (ok, out) = t2v(&["preprocess", "--models", &m, "--captions", &p("world/captions.jsonl"), "--out", &p("s2"), "--shard", "2/2"]);
     assert!(!ok && out.contains("expected i/n"), "{out}");
 
-    let train = ["train", "--models", &m, "--data", &p("shards"), "--out", &p("run"), "--steps", "2", "--checkpoint-every", "1", "--lr", "1e-4"];
+    std::fs::write(d.join("val.txt"), "a red circle moving left\n\n").unwrap();
+    let val = p("val.txt");
+    let train = ["train", "--models", &m, "--data", &p("shards"), "--out", &p("run"), "--steps", "2", "--checkpoint-every", "1", "--lr", "1e-4", "--validate-every", "2", "--validate-prompts", &val];
     let (ok, out) = t2v(&train);
     assert!(ok, "{out}");
     assert!(d.join("run/model/config.json").exists() && d.join("run/metrics.png").exists());
+    assert!(out.contains("validation at step 0: accuracy") && out.contains("validation at step 2: "), "{out}");
+    assert!(d.join("run/validation/step-000002/000.gif").exists() && d.join("run/validation.png").exists());
     let (ok, out) = t2v(&train);
     assert!(!ok && out.contains("--resume"), "{out}");
     let mut more = train.to_vec();

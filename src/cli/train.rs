@@ -8,7 +8,10 @@ use super::{CliError, DeviceArgs};
 use crate::diffusion::distill::NoiseFactor;
 use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::shards::open_dataset;
+use crate::pipeline::sample::SampleOptions;
+use crate::pipeline::validation::Validation;
 use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, RunOptions, TrainConfig, Trainer};
+use crate::world::{clip_spec, WorldConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -86,6 +89,51 @@ pub struct TrainArgs {
     pub keep_checkpoints: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Every N steps (and at the start and the end) sample held-out prompts with the
+    /// student and score them: the analyser's accuracy (prompts of the moving-shapes world)
+    /// and the reward models; GIFs in OUT/validation/, scores in OUT/validation.jsonl and
+    /// validation.png. 0: never.
+    #[arg(long, default_value_t = 0)]
+    pub validate_every: u64,
+    /// Prompts of the validation, one per line (default: 8 prompts of the moving-shapes world).
+    #[arg(long)]
+    pub validate_prompts: Option<PathBuf>,
+    /// Consistency steps of the validation samples.
+    #[arg(long, default_value_t = 4)]
+    pub validate_steps: usize,
+}
+
+/// The validation of a run, if asked for: prompts, the model folder's text tower, and the
+/// sampler settings of the demo (guidance 7.5, the run's motion scale, the data's grid).
+fn validation(gpu: &Gpu, md: &ModelDir, a: &TrainArgs, grid_points: usize) -> Result<Option<Validation>, CliError> {
+    if a.validate_every == 0 {
+        return Ok(None);
+    }
+    let v = &md.video;
+    let prompts: Vec<String> = match &a.validate_prompts {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| CliError::Check(format!("--validate-prompts {}: {e}", p.display())))?.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
+        None => {
+            let world = WorldConfig { frames: v.frames, size: v.height, short_fraction: 0.5 };
+            (0..8).map(|i| clip_spec(a.seed ^ 0xE7A1, i, &world).short_caption()).collect()
+        }
+    };
+    if prompts.is_empty() {
+        return Err(CliError::Check("--validate-prompts: the file holds no prompt".into()));
+    }
+    let options = SampleOptions {
+        steps: a.validate_steps,
+        origin: grid_points,
+        w: 7.5,
+        motion_scale: if a.no_motion { 0.0 } else { a.motion_gs },
+        motion_percentage: a.motion_percentage,
+        seed: a.seed,
+        frames: v.frames,
+        height: v.height,
+        width: v.width,
+        fps: v.fps,
+        teacher: None,
+    };
+    Ok(Some(Validation { every: a.validate_every, prompts, options, batch: 8, text: md.load_text(gpu)? }))
 }
 
 pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
@@ -131,7 +179,8 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         if student.adapters.is_empty() { String::new() } else { format!(", LoRA rank {} on {} weights", a.lora_rank, student.adapters.len()) }
     );
     let mut trainer = Trainer::new(config, student, &models, &shards).map_err(|e| CliError::Check(e.to_string()))?;
-    let opts = RunOptions { out: a.out.clone(), checkpoint_every: a.checkpoint_every, keep_checkpoints: a.keep_checkpoints, stop_after: None, quiet: false };
+    let validation = validation(&gpu, &md, a, trainer.grid_points())?;
+    let opts = RunOptions { out: a.out.clone(), validation, checkpoint_every: a.checkpoint_every, keep_checkpoints: a.keep_checkpoints, stop_after: None, quiet: false };
     let ms = run_training(&mut trainer, &opts).map_err(|e| CliError::Check(e.to_string()))?;
     let model = a.out.join("model");
     write_student_model(&model, &md, &trainer.student, trainer.state.step)?;

@@ -10,4 +10,5 @@ pub mod progress;
 pub mod sample;
 pub mod shards;
 pub mod train;
+pub mod validation;
 pub mod video_io;

@@ -59,8 +59,31 @@ impl Generator {
     /// whole batch (the teacher's CFG doubles it). Every video draws its noise from its own
     /// seeded stream, so it is the same video whatever batch it is generated in.
     pub fn generate_batch(&self, items: &[(&str, u64)], opts: &SampleOptions) -> Result<Vec<Vec<f32>>> {
-        let gpu = self.gpu();
-        let tape = Tape::new();
+        self.models().generate_batch(&Tape::new(), items, opts)
+    }
+
+    /// The models, borrowed.
+    pub fn models(&self) -> SamplerModels<'_> {
+        SamplerModels { unet: &self.unet, vae: &self.vae, text: &self.text, tokenizer: &self.tokenizer, schedule: &self.schedule }
+    }
+}
+
+/// The models of generation, borrowed: what [`Generator`] owns, or a student in training
+/// (whose tape may carry LoRA substitutions) with the run's VAE and text tower.
+#[derive(Clone, Copy)]
+pub struct SamplerModels<'a> {
+    pub unet: &'a Unet3d,
+    pub vae: &'a Vae,
+    pub text: &'a TextTower,
+    pub tokenizer: &'a ClipTokenizer,
+    pub schedule: &'a Schedule,
+}
+
+impl SamplerModels<'_> {
+    /// [`Generator::generate_batch`] on `tape` (run without gradients; a tape with weight
+    /// substitutions samples the substituted weights).
+    pub fn generate_batch(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions) -> Result<Vec<Vec<f32>>> {
+        let gpu = self.vae.gpu();
         let b = items.len();
         if b == 0 {
             return Ok(Vec::new());
@@ -68,7 +91,7 @@ impl Generator {
         tape.no_grad(|| -> Result<Vec<Vec<f32>>> {
             let tokenize = |p: &str| -> Result<Vec<u32>> { Ok(self.tokenizer.encode_warn(p).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids) };
             let ids = items.iter().map(|(p, _)| tokenize(p)).collect::<Result<Vec<_>>>()?;
-            let context = self.text.penultimate(&tape, &ids)?;
+            let context = self.text.penultimate(tape, &ids)?;
             let f = 1usize << (self.vae.config.ch_mult.len() - 1);
             if opts.height % (f * 2) != 0 || opts.width % (f * 2) != 0 {
                 return Err(WeightsError::Gpu(t2v_kernels::Error::Shape { op: "sample", msg: format!("height and width must be multiples of {}", f * 2) }));
@@ -92,11 +115,11 @@ impl Generator {
             let fps = vec![opts.fps; b];
             let latent = match &opts.teacher {
                 Some(tc) => {
-                    let uncond = self.text.penultimate(&tape, &[tokenize("")?])?;
-                    ddim_sample(&self.unet, &self.schedule, &init, &context, &uncond, &fps, tc, |_| draw())?
+                    let uncond = self.text.penultimate(tape, &[tokenize("")?])?;
+                    ddim_sample(self.unet, self.schedule, &init, &context, &uncond, &fps, tc, |_| draw())?
                 }
                 None => {
-                    let out = consistency_sample(&self.unet, &self.schedule, &init, &context, &fps, &cfg, |_| draw())?;
+                    let out = consistency_sample(self.unet, self.schedule, &init, &context, &fps, &cfg, |_| draw())?;
                     out.last().expect("at least one step").clone()
                 }
             };
@@ -104,11 +127,6 @@ impl Generator {
             let per = video.len() / b;
             Ok(video.chunks(per).map(<[f32]>::to_vec).collect())
         })
-    }
-
-    /// The device the models live on.
-    fn gpu(&self) -> &Gpu {
-        self.vae.gpu()
     }
 }
 

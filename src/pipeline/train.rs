@@ -28,6 +28,7 @@ use crate::models::vae::Vae;
 use crate::models::weights::{save_weights, Result, SaveDtype, WeightFile, WeightsError};
 use crate::pipeline::sample::Gaussian;
 use crate::pipeline::shards::Shard;
+use crate::pipeline::validation::{self, Validation, ValidationRow};
 use crate::reward::{ImageTextReward, VideoTextReward};
 
 /// LoRA settings.
@@ -200,6 +201,15 @@ impl Student {
         Ok(leaves)
     }
 
+    /// Puts the student on a tape for sampling: with LoRA, the adapters merged into the
+    /// weights it reads (nothing to do without adapters).
+    pub(crate) fn attach_for_sampling(&self, tape: &Tape) -> Result<()> {
+        if !self.adapters.is_empty() {
+            self.attach(tape)?;
+        }
+        Ok(())
+    }
+
     /// Gradients of [`Student::trainable`] (zeros where none).
     fn grads(&self, tape: &Tape, grads: &ad::Grads, leaves: &[Var]) -> Result<Vec<Tensor>> {
         let zero = |t: &Tensor| Tensor::zeros(t.gpu(), t.shape());
@@ -295,6 +305,16 @@ impl<'a> Trainer<'a> {
         );
         let state = TrainState { step: 0, epoch: 0, cursor: 0, rng: Gaussian::new(config.seed ^ 0x7A11).state() };
         Ok(Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, state, sched, solver })
+    }
+
+    /// Points of the data's DDIM grid (the origin a consistency sampler of this run uses).
+    pub fn grid_points(&self) -> usize {
+        self.solver.grid.len()
+    }
+
+    /// The diffusion schedule the student samples with.
+    pub fn schedule(&self) -> &Schedule {
+        &self.sched
     }
 
     fn next_item(&mut self) -> Item {
@@ -529,6 +549,8 @@ pub fn list_checkpoints(dir: &Path) -> Vec<PathBuf> {
 /// student model folder `model/`.
 pub struct RunOptions {
     pub out: PathBuf,
+    /// Sample and score held-out prompts during the run (OUT/validation.jsonl).
+    pub validation: Option<Validation>,
     pub checkpoint_every: u64,
     pub keep_checkpoints: usize,
     /// Stop after this step even if `steps` is larger (an interrupted run, for tests).
@@ -548,9 +570,28 @@ pub fn run(trainer: &mut Trainer, o: &RunOptions) -> std::result::Result<Vec<Ste
         }
     }
     let metrics_path = o.out.join("metrics.jsonl");
-    let mut history = read_metrics(&metrics_path);
+    let mut history: Vec<StepMetrics> = read_jsonl(&metrics_path);
     history.retain(|m| m.step <= trainer.state.step);
     let end = o.stop_after.map_or(trainer.config.steps, |s| s.min(trainer.config.steps));
+    let validation_path = o.out.join("validation.jsonl");
+    let mut validations: Vec<ValidationRow> = read_jsonl(&validation_path);
+    validations.retain(|r| r.step <= trainer.state.step);
+    let validate = |trainer: &Trainer, validations: &mut Vec<ValidationRow>| -> Result<()> {
+        let Some(v) = &o.validation else { return Ok(()) };
+        if validations.last().is_some_and(|r| r.step == trainer.state.step) {
+            return Ok(());
+        }
+        let row = validation::validate(trainer, v, &o.out)?;
+        if !o.quiet {
+            eprintln!("{}", validation::describe(&row));
+        }
+        validations.push(row);
+        write_jsonl(&validation_path, validations)?;
+        validation::plot(&o.out.join("validation.png"), validations)
+    };
+    if trainer.state.step < end {
+        validate(trainer, &mut validations)?; // the starting point
+    }
     let mut progress = crate::pipeline::progress::Progress::new("train", end.saturating_sub(trainer.state.step) as usize).quiet(o.quiet);
     let mut now = Vec::new();
     let mut last_good = list_checkpoints(&ckpt_dir).pop().map(|p| p.display().to_string()).unwrap_or_else(|| "none (no checkpoint written yet)".into());
@@ -558,7 +599,7 @@ pub fn run(trainer: &mut Trainer, o: &RunOptions) -> std::result::Result<Vec<Ste
         let m = match trainer.step() {
             Ok(m) => m,
             Err(TrainError::NonFinite { step, what, .. }) => {
-                write_metrics(&metrics_path, &history)?;
+                write_jsonl(&metrics_path, &history)?;
                 return Err(TrainError::NonFinite { step, what, checkpoint: last_good });
             }
             Err(e) => return Err(e),
@@ -575,19 +616,22 @@ pub fn run(trainer: &mut Trainer, o: &RunOptions) -> std::result::Result<Vec<Ste
         progress.advance(1, &note);
         let s = trainer.state.step;
         if s % o.checkpoint_every.max(1) == 0 || s == end {
-            write_metrics(&metrics_path, &history)?;
+            write_jsonl(&metrics_path, &history)?;
             last_good = trainer.save_checkpoint(&ckpt_dir, o.keep_checkpoints)?.display().to_string();
             crate::pipeline::plot::plot_metrics(&o.out.join("metrics.png"), &history)?;
+        }
+        if o.validation.as_ref().is_some_and(|v| s % v.every.max(1) == 0 || s == end) {
+            validate(trainer, &mut validations)?;
         }
     }
     Ok(now)
 }
 
-fn read_metrics(path: &Path) -> Vec<StepMetrics> {
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
     std::fs::read_to_string(path).map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()).unwrap_or_default()
 }
 
-fn write_metrics(path: &Path, ms: &[StepMetrics]) -> Result<()> {
+fn write_jsonl<T: Serialize>(path: &Path, ms: &[T]) -> Result<()> {
     let text: String = ms.iter().map(|m| serde_json::to_string(m).expect("json") + "\n").collect();
     t2v_kernels::io::write_atomic(path, text.as_bytes())?;
     Ok(())
