@@ -11,7 +11,7 @@ use t2v_turbo::pipeline::model_dir::{init_random, ModelDir, Preset};
 use t2v_turbo::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
 use t2v_turbo::pipeline::shards::{open_dataset, write_shard, RecordTensors, Shard, ShardConfig};
 use t2v_turbo::pipeline::sample::SampleOptions;
-use t2v_turbo::pipeline::train::{load_run, run, LoraConfig, RunOptions, TrainConfig, TrainError, Trainer};
+use t2v_turbo::pipeline::train::{load_run, run, LoraConfig, RewardInput, RunOptions, TrainConfig, TrainError, Trainer};
 use t2v_turbo::pipeline::validation::{validate, Validation, ValidationRow};
 use t2v_turbo::world::{write_dataset, WorldConfig};
 
@@ -145,6 +145,34 @@ fn lora_trains_adapters_and_leaves_the_base_weights() {
     let fresh = Trainer::new(cfg, student, &rewards, &data).unwrap();
     let base_row = validate(&fresh, &v, &tmp("lora-val0")).unwrap();
     assert_ne!(trained.image_reward, base_row.image_reward, "the adapters were not sampled");
+}
+
+/// `--reward-input noise` scores the student's one-step generation from fresh noise: other
+/// rewards than on the data's consistency output, the same consistency loss, and gradients
+/// through that generation (the weights end elsewhere than without rewards).
+#[test]
+fn rewards_on_one_step_generations_from_noise() {
+    let (models, shards) = fixture();
+    let g = gpu();
+    let md = ModelDir::read(models).unwrap();
+    let data = open_dataset(shards).unwrap();
+    let steps = |input: RewardInput, beta: f32| {
+        let cfg = TrainConfig { reward_input: input, beta_img: beta, beta_vid: beta, ..config(4) };
+        let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+        let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
+        let ms: Vec<_> = (0..4).map(|_| t.step().unwrap()).collect();
+        (ms, t.student.params[0].1.to_vec().unwrap())
+    };
+    let (data_ms, _) = steps(RewardInput::Data, 0.5);
+    let (noise_ms, noise_w) = steps(RewardInput::Noise, 0.5);
+    let (_, cd_w) = steps(RewardInput::Noise, 0.0);
+    // the first step's consistency loss comes before any update: equal
+    assert_eq!(data_ms[0].cd_loss, noise_ms[0].cd_loss);
+    let rewarded: Vec<usize> = (0..4).filter(|&i| data_ms[i].image_reward.is_some()).collect();
+    assert!(!rewarded.is_empty() && rewarded.iter().all(|&i| noise_ms[i].image_reward.is_some() && noise_ms[i].video_reward.is_some()));
+    assert!(rewarded.iter().all(|&i| noise_ms[i].image_reward != data_ms[i].image_reward), "{data_ms:?} {noise_ms:?}");
+    assert!(noise_ms.iter().all(|m| m.loss.is_finite() && m.grad_norm.is_finite()));
+    assert!(cd_w != noise_w, "the rewards on the generations moved no weight");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::shards::open_dataset;
 use crate::pipeline::sample::SampleOptions;
 use crate::pipeline::validation::Validation;
-use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, RunOptions, TrainConfig, Trainer};
+use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, RewardInput, RunOptions, TrainConfig, Trainer};
 use crate::world::{clip_spec, WorldConfig};
 
 #[derive(clap::Args, Debug)]
@@ -72,6 +72,12 @@ pub struct TrainArgs {
     /// Weights of the image rewards, in config.json order (default: the config's).
     #[arg(long, value_delimiter = ',')]
     pub reward_weights: Vec<f32>,
+    /// What the rewards score: `data` (the reference: the consistency output from the
+    /// record's noised clip) or `noise` (not in the reference: the student's one-step
+    /// generation from fresh pure noise, the sampler's first step; one more UNet pass per
+    /// rewarded record).
+    #[arg(long, value_enum, default_value_t = RewardInput::Data)]
+    pub reward_input: RewardInput,
     /// Train LoRA adapters of this rank on every UNet weight instead of all weights.
     #[arg(long, default_value_t = 0)]
     pub lora_rank: usize,
@@ -164,6 +170,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         img_frames: a.img_frames,
         vid_frames: a.vid_frames,
         lora: (a.lora_rank > 0).then_some(LoraConfig { rank: a.lora_rank, alpha: a.lora_alpha }),
+        reward_input: a.reward_input,
         recompute: a.recompute,
         seed: a.seed,
         cond_dim: 256,

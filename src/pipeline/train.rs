@@ -21,7 +21,7 @@ use t2v_kernels::optim::{AdamW, AdamWConfig, ParamGroup};
 use t2v_kernels::{Gpu, Tensor};
 
 use crate::diffusion::distill::{consistency_loss, CdSample, NoiseFactor};
-use crate::diffusion::{DdimSolver, Schedule};
+use crate::diffusion::{consistency_sample, DdimSolver, SamplerConfig, Schedule};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet3d::Unet3d;
 use crate::models::vae::Vae;
@@ -59,6 +59,9 @@ pub struct TrainConfig {
     pub img_frames: usize,
     pub vid_frames: usize,
     pub lora: Option<LoraConfig>,
+    /// What the rewards score (the reference: the consistency output on the data).
+    #[serde(default)]
+    pub reward_input: RewardInput,
     /// Recompute UNet blocks in the backward pass (less memory, ~1 more forward of time).
     #[serde(default)]
     pub recompute: bool,
@@ -85,11 +88,26 @@ impl Default for TrainConfig {
             img_frames: 2,
             vid_frames: 4,
             lora: None,
+            reward_input: RewardInput::Data,
             recompute: false,
             seed: 0,
             cond_dim: 256,
         }
     }
+}
+
+/// What reward feedback scores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum RewardInput {
+    /// The reference: the consistency output `model_pred` from the record's noised data
+    /// latent (one timestep per clip, fixed at preprocessing).
+    #[default]
+    Data,
+    /// Not in the reference: the student's one-step generation from fresh pure noise at the
+    /// top of the grid (the first step of the consistency sampler), with the record's prompt,
+    /// w and the run's motion scale. Costs one more UNet forward and backward per rewarded
+    /// record; scores what sampling starts from rather than noised training clips.
+    Noise,
 }
 
 /// Where the run is: written with every checkpoint.
@@ -371,10 +389,14 @@ impl<'a> Trainer<'a> {
             let mut total = out.loss.clone();
             let mut probes = vec![out.loss.value().clone()];
             if let Some(short) = meta.short_caption.as_deref().filter(|_| self.config.beta_img > 0.0 || self.config.beta_vid > 0.0) {
-                let f = out.model_pred.shape()[2];
+                let pred = match self.config.reward_input {
+                    RewardInput::Data => out.model_pred.clone(),
+                    RewardInput::Noise => self.one_step_generation(&tape, &mut rng, &rec.z_t, &rec.context, meta.w)?,
+                };
+                let f = pred.shape()[2];
                 if self.config.beta_img > 0.0 && !self.models.image.is_empty() {
                     let frames = pick_frames(&mut rng, f, self.config.img_frames);
-                    let images = self.decode_frames(&out.model_pred, &frames)?; // (M, 3, H, W)
+                    let images = self.decode_frames(&pred, &frames)?; // (M, 3, H, W)
                     let ids = vec![self.ids(short)?; frames.len()];
                     let mut r: Option<Var> = None;
                     for (model, weight) in &self.models.image {
@@ -391,7 +413,7 @@ impl<'a> Trainer<'a> {
                 }
                 if let (true, Some(model)) = (self.config.beta_vid > 0.0, &self.models.video) {
                     let frames = strided_frames(&mut rng, f, self.config.vid_frames);
-                    let images = self.decode_frames(&out.model_pred, &frames)?; // (n, 3, H, W)
+                    let images = self.decode_frames(&pred, &frames)?; // (n, 3, H, W)
                     let s = images.shape().to_vec();
                     let video = ad::permute(&ad::reshape(&images, &[1, s[0], s[1], s[2], s[3]])?, &[0, 2, 1, 3, 4])?;
                     let r = ad::mean_all(&model.score(&video, &[meta.caption.as_str()], rng.uniform() as f32)?)?;
@@ -448,6 +470,20 @@ impl<'a> Trainer<'a> {
             seconds: t0.elapsed().as_secs_f32(),
             peak_gpu_mib: gpu.memory().peak_total_bytes as f32 / 1048576.0,
         })
+    }
+
+    /// The student's first sampling step from fresh noise shaped like `like` at the top of
+    /// the grid, on `tape` (for [`RewardInput::Noise`]).
+    fn one_step_generation(&self, tape: &Tape, rng: &mut Gaussian, like: &Tensor, context: &Tensor, w: f32) -> Result<Var> {
+        let noise = Tensor::from_slice(like.gpu(), like.shape(), &rng.take(like.numel()))?;
+        let cfg = SamplerConfig {
+            timesteps: vec![*self.solver.grid.last().expect("a non-empty grid")],
+            w,
+            motion_scale: if self.config.use_motion { self.config.motion_gs } else { 0.0 },
+            motion_percentage: self.config.motion_percentage,
+        };
+        let out = consistency_sample(&self.student.unet, &self.sched, &tape.constant(noise), &tape.constant(context.clone()), &[self.fps], &cfg, |_| unreachable!("one step re-noises nothing"))?;
+        Ok(out.into_iter().next().expect("one step"))
     }
 
     /// Decodes frames `idx` of the consistency output (1, C, F, h, w) -> (n, 3, H, W).
