@@ -18,7 +18,8 @@ use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
 use crate::pipeline::sample::{Generator, SampleOptions};
 use crate::pipeline::shards::{open_dataset, ShardConfig};
-use crate::pipeline::train::{load_run, run as run_training, write_student_model, RunOptions, StepMetrics, TrainConfig, Trainer};
+use crate::pipeline::train::{load_run, run as run_training, write_student_model, RewardModels, RunOptions, StepMetrics, TrainConfig, Trainer};
+use crate::pipeline::validation::sample_rewards;
 use crate::pipeline::video_io::{write_frames, write_gif, Frames};
 use crate::pretrain::reward_check::{reward_sensitivity, AttributeScore};
 use crate::world::{clip_spec, write_dataset, WorldConfig};
@@ -85,6 +86,10 @@ impl Default for DemoConfig {
 pub struct MethodResult {
     pub name: String,
     pub report: Report,
+    /// The reward models' scores of the held-out samples (weighted image rewards, video
+    /// reward; None without such models): what reward feedback optimises, beside the
+    /// analyser's accuracy, which it cannot see.
+    pub rewards: (Option<f32>, Option<f32>),
     pub seconds_per_video: f64,
     pub videos: Vec<Frames>,
 }
@@ -191,16 +196,19 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         let lambda = if *motion { c.motion_gs } else { 0.0 };
         methods.push((format!("{name} ({} steps)", c.student_steps), Generator::from_model_dir(gpu, md)?, opts(None, c.student_steps, lambda)));
     }
-    // prompt i with seed + i, in batches
+    // prompt i with seed + i, in batches; the samples are also scored by the reward models
+    let reward_models = RewardModels::load(gpu, models, None).map_err(|e| io(&models.root, e))?;
     let items: Vec<(&str, u64)> = prompts.iter().enumerate().map(|(i, p)| (p.as_str(), c.seed + i as u64)).collect();
     let mut results = Vec::new();
     for (k, (name, gen, o)) in methods.iter().enumerate() {
         let t = Instant::now();
-        let mut videos = Vec::new();
+        let mut raw = Vec::new();
         for chunk in items.chunks(c.sample_batch.max(1)) {
-            videos.extend(gen.generate_batch(chunk, o)?.iter().map(|x| Frames::from_chw(x, v.frames, v.height, v.width)));
+            raw.extend(gen.generate_batch(chunk, o)?);
         }
         let secs = t.elapsed().as_secs_f64() / prompts.len().max(1) as f64;
+        let rewards = sample_rewards(&reward_models, TrainConfig::default().vid_frames, &raw, &prompts, (v.frames, v.height, v.width))?;
+        let videos: Vec<Frames> = raw.iter().map(|x| Frames::from_chw(x, v.frames, v.height, v.width)).collect();
         let dir = out.join("samples").join(format!("{k}"));
         for (i, f) in videos.iter().enumerate() {
             write_frames(&dir.join(format!("{i:03}")), f).map_err(|e| io(&dir, e))?;
@@ -210,7 +218,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         let report = score(&videos.iter().cloned().zip(prompts.iter().cloned()).collect::<Vec<_>>());
         say(c.quiet, format!("sample {name}: {secs:.2} s per video, accuracy {:.1} %", report.accuracy));
         stages.push((format!("sample {name}"), t.elapsed().as_secs_f64()));
-        results.push(MethodResult { name: name.clone(), report, seconds_per_video: secs, videos });
+        results.push(MethodResult { name: name.clone(), report, rewards, seconds_per_video: secs, videos });
     }
 
     // 5. which attributes the reward models see (what reward feedback can teach)
@@ -262,18 +270,31 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
         stages.iter().map(|(n, t)| format!("{n} {t:.0} s")).collect::<Vec<_>>().join(", ")
     );
     md += "## Evaluation (reward-independent analyser, `t2v-turbo eval`)\n\n";
-    md += "| method | accuracy % | color % | shape % | direction % | dynamic degree | jitter | flicker | subject consistency | s / video | speed-up |\n";
-    md += "|---|---|---|---|---|---|---|---|---|---|---|\n";
+    md += "| method | accuracy % | color % | shape % | direction % | dynamic degree | jitter | flicker | subject consistency | image reward | video reward | s / video | speed-up |\n";
+    md += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     let base = results.first().map(|r| r.seconds_per_video).unwrap_or(1.0);
     for r in results {
         let p = &r.report;
+        let score = |x: Option<f32>| x.map_or("-".to_string(), |x| format!("{x:.3}"));
         md += &format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.4} | {:.3} | {:.2} | {:.1}x |\n",
-            r.name, p.accuracy, p.color_accuracy, p.shape_accuracy, p.direction_accuracy, p.dynamic_degree, p.jitter, p.flicker, p.subject_consistency, r.seconds_per_video, base / r.seconds_per_video.max(1e-9)
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.4} | {:.3} | {} | {} | {:.2} | {:.1}x |\n",
+            r.name,
+            p.accuracy,
+            p.color_accuracy,
+            p.shape_accuracy,
+            p.direction_accuracy,
+            p.dynamic_degree,
+            p.jitter,
+            p.flicker,
+            p.subject_consistency,
+            score(r.rewards.0),
+            score(r.rewards.1),
+            r.seconds_per_video,
+            base / r.seconds_per_video.max(1e-9)
         );
     }
     md += &targets(results);
-    md += "\nAccuracy: color, shape and direction of the subject against the prompt. Dynamic degree: subject speed in % of the frame width per frame. Jitter: how far the subject's steps between frames stray from that steady speed, same unit (the world's subjects move steadily; lower is better) — high jitter means the dynamic degree is wobble rather than motion. Flicker: mean background change between frames (lower is better).\n\n";
+    md += "\nAccuracy: color, shape and direction of the subject against the prompt. Dynamic degree: subject speed in % of the frame width per frame. Jitter: how far the subject's steps between frames stray from that steady speed, same unit (the world's subjects move steadily; lower is better) — high jitter means the dynamic degree is wobble rather than motion. Flicker: mean background change between frames (lower is better). Image / video reward: the run's reward models scoring the same held-out samples against their prompts (middle frame, weighted sum of the image rewards; 4 strided frames) — what reward feedback raises, while the analyser's accuracy shows whether that is text alignment or reward hacking.\n\n";
     md += &reward_table(seen);
     md += "## Videos (left to right: ";
     md += &results.iter().map(|r| r.name.clone()).collect::<Vec<_>>().join(" | ");
@@ -344,6 +365,9 @@ fn targets(results: &[MethodResult]) -> String {
     };
     if let (Some(f), Some(c)) = (full, find(CD_ONLY.name)) {
         out += &line(f, c, "rewards + motion raise text alignment (accuracy) over plain consistency distillation", &|r| r.accuracy);
+        if let (Some(x), Some(y)) = (f.rewards.0, c.rewards.0) {
+            out += &format!("- the held-out image reward (what the image rewards optimise): {} {x:.3} vs {} {y:.3} — {}.\n", f.name, c.name, if x > y { "raised" } else { "not raised" });
+        }
     }
     if let (Some(f), Some(n)) = (full, find(NO_REWARD.name)) {
         out += &line(f, n, "reward feedback raises text alignment (accuracy)", &|r| r.accuracy);

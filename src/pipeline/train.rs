@@ -259,17 +259,25 @@ pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &T
     if let Some(l) = config.lora {
         student = student.with_lora(l, config.seed)?;
     }
-    let mut image = md.load_image_rewards(gpu)?;
-    if let Some(ws) = reward_weights {
-        if ws.len() != image.len() {
-            return Err(TrainError::Setup(format!("{} reward weights given, the model folder has {} image rewards", ws.len(), image.len())));
+    Ok((student, RewardModels::load(gpu, md, reward_weights)?))
+}
+
+impl RewardModels {
+    /// The VAE, reward models (image-reward weights overridden by `reward_weights`) and
+    /// tokenizer of a model folder.
+    pub fn load(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, reward_weights: Option<&[f32]>) -> std::result::Result<RewardModels, TrainError> {
+        let mut image = md.load_image_rewards(gpu)?;
+        if let Some(ws) = reward_weights {
+            if ws.len() != image.len() {
+                return Err(TrainError::Setup(format!("{} reward weights given, the model folder has {} image rewards", ws.len(), image.len())));
+            }
+            for (r, w) in image.iter_mut().zip(ws) {
+                r.1 = *w;
+            }
         }
-        for (r, w) in image.iter_mut().zip(ws) {
-            r.1 = *w;
-        }
+        let tokenizer = ClipTokenizer::new().map_err(|e| TrainError::Setup(e.to_string()))?;
+        Ok(RewardModels { vae: md.load_vae(gpu)?, image, video: md.load_video_reward(gpu)?, tokenizer })
     }
-    let tokenizer = ClipTokenizer::new().map_err(|e| TrainError::Setup(e.to_string()))?;
-    Ok((student, RewardModels { vae: md.load_vae(gpu)?, image, video: md.load_video_reward(gpu)?, tokenizer }))
 }
 
 /// A record address: (shard, index in shard).

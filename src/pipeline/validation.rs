@@ -17,7 +17,7 @@ use t2v_kernels::Tensor;
 use crate::models::clip::TextTower;
 use crate::models::weights::{Result, WeightsError};
 use crate::pipeline::sample::{SampleOptions, SamplerModels};
-use crate::pipeline::train::Trainer;
+use crate::pipeline::train::{RewardModels, Trainer};
 use crate::pipeline::video_io::{write_gif, Frames};
 
 /// What to validate and how often.
@@ -79,7 +79,7 @@ pub fn validate(trainer: &Trainer, v: &Validation, out: &Path) -> Result<Validat
     }
     let report = crate::eval::score(&clips);
     let known = |x: f32| x.is_finite().then_some(x);
-    let (image_reward, video_reward) = tape.no_grad(|| reward_scores(trainer, &tape, &videos, &v.prompts, o))?;
+    let (image_reward, video_reward) = sample_rewards(models, trainer.config.vid_frames, &videos, &v.prompts, (f, h, w))?;
     Ok(ValidationRow {
         step: trainer.state.step,
         accuracy: known(report.accuracy),
@@ -94,44 +94,47 @@ pub fn validate(trainer: &Trainer, v: &Validation, out: &Path) -> Result<Validat
     })
 }
 
-/// Mean weighted image reward of the middle frames and mean video reward of `vid_frames`
-/// evenly strided frames (from the first), each against its prompt.
-fn reward_scores(trainer: &Trainer, tape: &Tape, videos: &[Vec<f32>], prompts: &[String], o: &SampleOptions) -> Result<(Option<f32>, Option<f32>)> {
-    let models = trainer.models;
-    let gpu = models.vae.gpu();
-    let (n, f, hw) = (videos.len(), o.frames, o.height * o.width);
-    // frame t of channel c of a (3, F, H, W) video
-    let frame = |v: &[f32], t: usize| -> Vec<f32> { (0..3).flat_map(|c| v[(c * f + t) * hw..(c * f + t + 1) * hw].to_vec()).collect() };
-    let mean = |x: &Tensor| -> Result<f32> { Ok(x.to_vec()?.iter().sum::<f32>() / n as f32) };
-    let mut image = None;
-    if !models.image.is_empty() {
-        let mid: Vec<f32> = videos.iter().flat_map(|v| frame(v, f / 2)).collect();
-        let frames = tape.constant(Tensor::from_slice(gpu, &[n, 3, o.height, o.width], &mid)?);
-        let ids = prompts.iter().map(|p| Ok(models.tokenizer.encode_warn(p).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids)).collect::<Result<Vec<_>>>()?;
-        let mut total = 0f32;
-        for (model, weight) in &models.image {
-            total += weight * mean(model.score(&frames, &ids)?.value())?;
-        }
-        image = Some(total);
-    }
-    let mut video = None;
-    if let Some(model) = &models.video {
-        let m = trainer.config.vid_frames.min(f);
-        let picks: Vec<usize> = (0..m).map(|k| k * f / m).collect();
-        // (N, 3, m, H, W): channel-major like the generated videos
-        let mut data = Vec::with_capacity(n * 3 * m * hw);
-        for v in videos {
-            for c in 0..3 {
-                for &t in &picks {
-                    data.extend_from_slice(&v[(c * f + t) * hw..(c * f + t + 1) * hw]);
+/// Reward-model scores of generated videos against their prompts: the mean weighted image
+/// reward of the middle frames and the mean video reward of `vid_frames` evenly strided
+/// frames (from the first). Videos are (3, F, H, W) in [-1, 1], row-major.
+pub fn sample_rewards(models: &RewardModels, vid_frames: usize, videos: &[Vec<f32>], prompts: &[String], (f, h, w): (usize, usize, usize)) -> Result<(Option<f32>, Option<f32>)> {
+    let tape = Tape::new();
+    tape.no_grad(|| {
+        let gpu = models.vae.gpu();
+        let (n, hw) = (videos.len(), h * w);
+        let mean = |x: &Tensor| -> Result<f32> { Ok(x.to_vec()?.iter().sum::<f32>() / n as f32) };
+        // frames `picks` of every video: (N, 3, picks, H, W)
+        let gather = |picks: &[usize]| -> Vec<f32> {
+            let mut data = Vec::with_capacity(n * 3 * picks.len() * hw);
+            for v in videos {
+                for c in 0..3 {
+                    for &t in picks {
+                        data.extend_from_slice(&v[(c * f + t) * hw..(c * f + t + 1) * hw]);
+                    }
                 }
             }
+            data
+        };
+        let mut image = None;
+        if !models.image.is_empty() {
+            let frames = tape.constant(Tensor::from_slice(gpu, &[n, 3, h, w], &gather(&[f / 2]))?);
+            let ids = prompts.iter().map(|p| Ok(models.tokenizer.encode_warn(p).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids)).collect::<Result<Vec<_>>>()?;
+            let mut total = 0f32;
+            for (model, weight) in &models.image {
+                total += weight * mean(model.score(&frames, &ids)?.value())?;
+            }
+            image = Some(total);
         }
-        let x = tape.constant(Tensor::from_slice(gpu, &[n, 3, m, o.height, o.width], &data)?);
-        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        video = Some(mean(model.score(&x, &refs, 0.5)?.value())?);
-    }
-    Ok((image, video))
+        let mut video = None;
+        if let Some(model) = &models.video {
+            let m = vid_frames.clamp(1, f);
+            let picks: Vec<usize> = (0..m).map(|k| k * f / m).collect();
+            let x = tape.constant(Tensor::from_slice(gpu, &[n, 3, m, h, w], &gather(&picks))?);
+            let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+            video = Some(mean(model.score(&x, &refs, 0.5)?.value())?);
+        }
+        Ok((image, video))
+    })
 }
 
 /// One line for the log.
