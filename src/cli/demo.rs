@@ -7,6 +7,7 @@ use t2v_kernels::{Gpu, GpuOptions};
 use super::{ensure_new_dir, CliError, DeviceArgs};
 use crate::pipeline::demo::{run_demo, DemoConfig, CD_ONLY, FULL, NO_MOTION, NO_REWARD};
 use crate::pipeline::model_dir::ModelDir;
+use crate::pipeline::train::RewardInput;
 
 /// The shipped tiny models of the embedded default.
 pub fn default_models() -> PathBuf {
@@ -48,6 +49,11 @@ pub struct DemoArgs {
     /// sampling; the reference code's default).
     #[arg(long, default_value_t = 0.05)]
     pub motion_gs: f32,
+    /// What the rewards score: `data` (the reference: the consistency output from a noised
+    /// training clip) or `noise` (the student's one-step generation from fresh noise; see
+    /// `train --reward-input`).
+    #[arg(long, value_enum, default_value_t = RewardInput::Data)]
+    pub reward_input: RewardInput,
     /// Also train the ablations without rewards and without motion guidance.
     #[arg(long)]
     pub ablations: bool,
@@ -68,7 +74,7 @@ pub fn run(dev: &DeviceArgs, a: &DemoArgs) -> Result<(), CliError> {
         return Err(CliError::Check(format!("--motion-gs must be a finite number >= 0, not {}", a.motion_gs)));
     }
     ensure_new_dir(&a.out, false)?;
-    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch, motion_gs: a.motion_gs, seed: a.seed, ..DemoConfig::default() };
+    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch, motion_gs: a.motion_gs, reward_input: a.reward_input, seed: a.seed, ..DemoConfig::default() };
     if a.ablations {
         c.variants = vec![FULL, NO_REWARD, NO_MOTION, CD_ONLY];
     }

@@ -18,7 +18,7 @@ use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
 use crate::pipeline::sample::{Generator, SampleOptions};
 use crate::pipeline::shards::{open_dataset, ShardConfig};
-use crate::pipeline::train::{load_run, run as run_training, write_student_model, RewardModels, RunOptions, StepMetrics, TrainConfig, Trainer};
+use crate::pipeline::train::{load_run, run as run_training, write_student_model, RewardInput, RewardModels, RunOptions, StepMetrics, TrainConfig, Trainer};
 use crate::pipeline::validation::sample_rewards;
 use crate::pipeline::video_io::{write_frames, write_gif, Frames};
 use crate::pretrain::reward_check::{reward_sensitivity, AttributeScore};
@@ -57,6 +57,8 @@ pub struct DemoConfig {
     /// Motion-guidance scale lambda of the motion-guided students, in distillation and
     /// sampling (the reference code's default: 0.05).
     pub motion_gs: f32,
+    /// What reward feedback scores (the reference: the data's consistency output).
+    pub reward_input: RewardInput,
     pub variants: Vec<Variant>,
     pub seed: u64,
     pub quiet: bool,
@@ -75,6 +77,7 @@ impl Default for DemoConfig {
             teacher_cfg: 7.5,
             sample_batch: 8,
             motion_gs: 0.05,
+            reward_input: RewardInput::Data,
             variants: vec![FULL, CD_ONLY],
             seed: 0,
             quiet: false,
@@ -154,6 +157,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
             motion_gs: c.motion_gs,
             beta_img: if var.rewards { 0.2 } else { 0.0 },
             beta_vid: if var.rewards { 0.5 } else { 0.0 },
+            reward_input: c.reward_input,
             seed: c.seed,
             ..TrainConfig::default()
         };
@@ -258,7 +262,7 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
     let mut md = String::new();
     md += "# t2v-turbo demo\n\n";
     md += &format!(
-        "Models: `{}`. World: {} training clips; {} held-out prompts, sampled in batches of up to {}; DDIM grid {} points; {} distillation steps per student (lr {}); motion-guidance scale {}.\n\nTime: {}.\n\n",
+        "Models: `{}`. World: {} training clips; {} held-out prompts, sampled in batches of up to {}; DDIM grid {} points; {} distillation steps per student (lr {}); motion-guidance scale {}; rewards scored on {}.\n\nTime: {}.\n\n",
         models.root.display(),
         c.clips,
         prompts.len(),
@@ -267,6 +271,10 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
         c.steps,
         c.lr,
         c.motion_gs,
+        match c.reward_input {
+            RewardInput::Data => "the consistency output from noised training clips (the reference)",
+            RewardInput::Noise => "the students' one-step generations from fresh noise (`--reward-input noise`, not the reference)",
+        },
         stages.iter().map(|(n, t)| format!("{n} {t:.0} s")).collect::<Vec<_>>().join(", ")
     );
     md += "## Evaluation (reward-independent analyser, `t2v-turbo eval`)\n\n";
