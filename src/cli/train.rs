@@ -9,8 +9,8 @@ use crate::diffusion::distill::NoiseFactor;
 use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::shards::open_dataset;
 use crate::pipeline::sample::SampleOptions;
-use crate::pipeline::validation::Validation;
 use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, RewardInput, RunOptions, TrainConfig, Trainer};
+use crate::pipeline::validation::Validation;
 use crate::world::{clip_spec, WorldConfig};
 
 #[derive(clap::Args, Debug)]
@@ -114,6 +114,9 @@ pub struct TrainArgs {
 fn validation(gpu: &Gpu, md: &ModelDir, a: &TrainArgs, grid_points: usize) -> Result<Option<Validation>, CliError> {
     if a.validate_every == 0 {
         return Ok(None);
+    }
+    if a.validate_steps == 0 {
+        return Err(CliError::Check("--validate-steps must be at least 1".into()));
     }
     let v = &md.video;
     let prompts: Vec<String> = match &a.validate_prompts {
