@@ -191,13 +191,13 @@ fn the_reward_check_measures_through_the_captions() {
 }
 
 /// Reward feedback's path, end to end on the shipped models: gradient ascent of the image
-/// rewards (against each clip's caption with the next hue of the palette) on the VAE latent
+/// rewards (against each clip's caption with the color three hues away) on the VAE latent
 /// of world frames turns the decoded subjects to the caption's color by the analyser, which
 /// knows nothing of the rewards. A wrong backward anywhere on the path (VAE decoder,
 /// preprocessing, CLIP towers) or rewards blind to hue would leave the colors.
 #[test]
 fn the_shipped_image_rewards_steer_colors_through_the_vae() {
-    use t2v_kernels::autograd::{self as ad, Tape};
+    use t2v_kernels::autograd::Tape;
     use t2v_kernels::ops;
     use t2v_turbo::pipeline::sample::Gaussian;
     use t2v_turbo::pipeline::video_io::Frames;
@@ -210,8 +210,8 @@ fn the_shipped_image_rewards_steer_colors_through_the_vae() {
     let specs = draw_clips(&mut Gaussian::new(5), 777, n, &world);
     let x = clips_tensor(&g, &specs, &world).unwrap();
     let frames = ops::slice(&x, 2, world.frames / 2, 1).unwrap().reshape(&[n, 3, s, s]).unwrap();
-    let vae = md.load_vae(&g).unwrap();
-    let rewards = md.load_image_rewards(&g).unwrap();
+    let rewards = t2v_turbo::pipeline::train::RewardModels::load(&g, &md, None).unwrap();
+    let vae = &rewards.vae;
     let tok = t2v_turbo::models::tokenizer::ClipTokenizer::new().unwrap();
     let targets: Vec<ClipSpec> = specs.iter().map(|c| ClipSpec { color: (c.color + COLORS.len() / 2) % COLORS.len(), ..c.clone() }).collect();
     let ids: Vec<Vec<u32>> = targets.iter().map(|t| tok.encode(&t.short_caption()).unwrap().ids).collect();
@@ -227,15 +227,7 @@ fn the_shipped_image_rewards_steer_colors_through_the_vae() {
         tape.train_only(&[]);
         let zv = tape.leaf(z.clone());
         let img = vae.decode(&zv).unwrap();
-        let mut r = None;
-        for (m, w) in &rewards {
-            let s = ad::scale(&ad::mean_all(&m.score(&img, &ids).unwrap()).unwrap(), *w).unwrap();
-            r = Some(match r {
-                Some(r) => ad::add(&r, &s).unwrap(),
-                None => s,
-            });
-        }
-        let r = r.unwrap();
+        let r = rewards.image_reward(&img, &ids).unwrap().unwrap();
         let value = r.value().to_vec().unwrap()[0];
         last = (value, colors(img.value()));
         first.get_or_insert(last.clone());

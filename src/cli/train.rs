@@ -11,7 +11,7 @@ use crate::pipeline::shards::open_dataset;
 use crate::pipeline::sample::SampleOptions;
 use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, RewardInput, RunOptions, TrainConfig, Trainer};
 use crate::pipeline::validation::Validation;
-use crate::world::{clip_spec, WorldConfig};
+use crate::world::{held_out_prompts, WorldConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -121,10 +121,7 @@ fn validation(gpu: &Gpu, md: &ModelDir, a: &TrainArgs, grid_points: usize) -> Re
     let v = &md.video;
     let prompts: Vec<String> = match &a.validate_prompts {
         Some(p) => std::fs::read_to_string(p).map_err(|e| CliError::Check(format!("--validate-prompts {}: {e}", p.display())))?.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
-        None => {
-            let world = WorldConfig { frames: v.frames, size: v.height, short_fraction: 0.5 };
-            (0..8).map(|i| clip_spec(a.seed ^ 0xE7A1, i, &world).short_caption()).collect()
-        }
+        None => held_out_prompts(a.seed, 8, &WorldConfig { frames: v.frames, size: v.height, short_fraction: 0.5 }),
     };
     if prompts.is_empty() {
         return Err(CliError::Check("--validate-prompts: the file holds no prompt".into()));

@@ -21,8 +21,8 @@ use crate::pipeline::shards::{open_dataset, ShardConfig};
 use crate::pipeline::train::{load_run, run as run_training, write_student_model, RewardInput, RewardModels, RunOptions, StepMetrics, TrainConfig, Trainer};
 use crate::pipeline::validation::sample_rewards;
 use crate::pipeline::video_io::{write_frames, write_gif, Frames};
-use crate::pretrain::reward_check::{reward_sensitivity, AttributeScore};
-use crate::world::{clip_spec, write_dataset, WorldConfig};
+use crate::pretrain::reward_check::{self, reward_sensitivity, AttributeScore};
+use crate::world::{held_out_prompts, write_dataset, WorldConfig};
 
 /// A student variant: which parts of T2V-Turbo-v2 it is trained with.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -174,7 +174,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
     }
 
     // 4. sampling held-out prompts (another world seed)
-    let prompts: Vec<String> = (0..c.prompts as u64).map(|i| clip_spec(c.seed ^ 0xE7A1, i, &world).short_caption()).collect();
+    let prompts = held_out_prompts(c.seed, c.prompts, &world);
     // a student samples with the motion scale it was distilled with (0 without motion
     // guidance: it never saw another); the teacher ignores it
     let opts = |teacher: Option<DdimConfig>, steps: usize, motion_scale: f32| SampleOptions {
@@ -328,8 +328,9 @@ fn reward_table(seen: &[AttributeScore]) -> String {
     if seen.is_empty() {
         return String::new();
     }
-    let attributes = ["color", "near color", "shape", "direction"];
-    let mut md = String::from("## What the reward models see\n\nOn fresh clips of the world, how often each reward model scores the clip's own caption above the same caption with one attribute changed (about half: it does not see that attribute, so reward feedback cannot teach it).\n\n| reward model | caption | color | near color | shape | direction |\n|---|---|---:|---:|---:|---:|\n");
+    let attributes: Vec<&str> = reward_check::attributes().collect();
+    let mut md = String::from("## What the reward models see\n\nOn fresh clips of the world, how often each reward model scores the clip's own caption above the same caption with one attribute changed (about half: it does not see that attribute, so reward feedback cannot teach it).\n\n");
+    md += &format!("| reward model | caption | {} |\n|---|---|{}\n", attributes.join(" | "), "---:|".repeat(attributes.len()));
     let mut rows: Vec<(&str, &str)> = Vec::new();
     for a in seen {
         if !rows.contains(&(a.model.as_str(), a.caption)) {
@@ -338,7 +339,7 @@ fn reward_table(seen: &[AttributeScore]) -> String {
     }
     for (model, caption) in rows {
         let cell = |attr: &str| seen.iter().find(|a| a.model == model && a.caption == caption && a.attribute == attr).map(|a| format!("{}/{}", a.wins, a.clips)).unwrap_or_default();
-        md += &format!("| {model} | {caption} | {} |\n", attributes.map(cell).join(" | "));
+        md += &format!("| {model} | {caption} | {} |\n", attributes.iter().map(|a| cell(a)).collect::<Vec<_>>().join(" | "));
     }
     md + "\n"
 }

@@ -220,10 +220,10 @@ impl Student {
     }
 
     /// Puts the student on a tape for sampling: with LoRA, the adapters merged into the
-    /// weights it reads (nothing to do without adapters).
+    /// weights it reads, untracked (nothing to do without adapters).
     pub(crate) fn attach_for_sampling(&self, tape: &Tape) -> Result<()> {
         if !self.adapters.is_empty() {
-            self.attach(tape)?;
+            tape.no_grad(|| self.attach(tape))?;
         }
         Ok(())
     }
@@ -277,6 +277,20 @@ impl RewardModels {
         }
         let tokenizer = ClipTokenizer::new().map_err(|e| TrainError::Setup(e.to_string()))?;
         Ok(RewardModels { vae: md.load_vae(gpu)?, image, video: md.load_video_reward(gpu)?, tokenizer })
+    }
+
+    /// R_img: the weighted sum over the image rewards of their mean score of `images`
+    /// (N, 3, H, W) in [-1, 1] against `ids` (one per image); None without image rewards.
+    pub fn image_reward(&self, images: &Var, ids: &[Vec<u32>]) -> Result<Option<Var>> {
+        let mut r: Option<Var> = None;
+        for (model, weight) in &self.image {
+            let s = ad::scale(&ad::mean_all(&model.score(images, ids)?)?, *weight)?;
+            r = Some(match r {
+                Some(r) => ad::add(&r, &s)?,
+                None => s,
+            });
+        }
+        Ok(r)
     }
 }
 
@@ -406,15 +420,7 @@ impl<'a> Trainer<'a> {
                     let frames = pick_frames(&mut rng, f, self.config.img_frames);
                     let images = self.decode_frames(&pred, &frames)?; // (M, 3, H, W)
                     let ids = vec![self.ids(short)?; frames.len()];
-                    let mut r: Option<Var> = None;
-                    for (model, weight) in &self.models.image {
-                        let s = ad::scale(&ad::mean_all(&model.score(&images, &ids)?)?, *weight)?;
-                        r = Some(match r {
-                            Some(r) => ad::add(&r, &s)?,
-                            None => s,
-                        });
-                    }
-                    let r = r.expect("at least one image reward");
+                    let r = self.models.image_reward(&images, &ids)?.expect("at least one image reward");
                     total = ad::axpby(&total, 1.0, &r, -self.config.beta_img)?;
                     probes.push(r.value().clone());
                     img_k = Some(probes.len() - 1);

@@ -119,11 +119,7 @@ pub fn sample_rewards(models: &RewardModels, vid_frames: usize, videos: &[Vec<f3
         if !models.image.is_empty() {
             let frames = tape.constant(Tensor::from_slice(gpu, &[n, 3, h, w], &gather(&[f / 2]))?);
             let ids = prompts.iter().map(|p| Ok(models.tokenizer.encode_warn(p).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids)).collect::<Result<Vec<_>>>()?;
-            let mut total = 0f32;
-            for (model, weight) in &models.image {
-                total += weight * mean(model.score(&frames, &ids)?.value())?;
-            }
-            image = Some(total);
+            image = models.image_reward(&frames, &ids)?.map(|r| r.value().item_at(0)).transpose()?;
         }
         let mut video = None;
         if let Some(model) = &models.video {

@@ -2,7 +2,8 @@
 //! against its own caption and against the same caption with one attribute changed (a color
 //! far or near in hue, another shape, the opposite direction). A model that reads an
 //! attribute scores the own caption higher on nearly every clip; one that ignores it wins
-//! about half the time with a gap near zero. Reward feedback can only teach a student what its reward models see.
+//! about half the time with a gap near zero. Reward feedback can only teach a student what
+//! its reward models see.
 
 use serde::Serialize;
 use t2v_kernels::autograd::Tape;
@@ -42,6 +43,11 @@ const CHANGES: [(&str, Change); 4] = [
     ("shape", |s| ClipSpec { shape: (s.shape + 1) % SHAPES.len(), ..s.clone() }),
     ("direction", |s| ClipSpec { direction: s.direction ^ 1, ..s.clone() }),
 ];
+
+/// The changed attributes, in the order of the check's rows.
+pub fn attributes() -> impl Iterator<Item = &'static str> {
+    CHANGES.iter().map(|(name, _)| *name)
+}
 
 /// Runs the check on `clips` fresh clips of the world of `world_seed` for every reward model
 /// of `md` (image rewards on the middle frame, the video reward on its evenly strided frames).

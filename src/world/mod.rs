@@ -105,6 +105,13 @@ pub fn bert_vocabulary() -> Vec<String> {
     v
 }
 
+/// `n` held-out prompts (short captions) for a run whose training world has seed `seed`:
+/// drawn from another world seed, so they are not the training clips' (the demo's and
+/// `train --validate-every`'s default prompts).
+pub fn held_out_prompts(seed: u64, n: usize, cfg: &WorldConfig) -> Vec<String> {
+    (0..n as u64).map(|i| clip_spec(seed ^ 0xE7A1, i, cfg).short_caption()).collect()
+}
+
 /// Draws clip `index` of the world of `seed` (each clip has its own stream, so clips can
 /// be generated in any order or in parallel).
 pub fn clip_spec(seed: u64, index: u64, cfg: &WorldConfig) -> ClipSpec {
