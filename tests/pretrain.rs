@@ -99,6 +99,10 @@ fn the_quick_demo_runs_on_the_shipped_models() {
     assert!(report.contains("| image reward | video reward |") && report.contains("- the held-out image reward (what the image rewards optimise): "), "held-out rewards: {report}");
     assert!(out.join("gifs/000.gif").exists() && out.join("students/t2v-turbo-v2/metrics.png").exists());
     assert!(out.join("students/t2v-turbo-v2/model/config.json").exists());
+    // the students also sampled 4 prompts of the grid, and the targets compare them there
+    assert!(report.contains("### The students on the prompt grid") && report.contains("(4 prompts, 12 attribute judgments per student"), "grid: {report}");
+    assert!(report.contains("over plain consistency distillation (4 grid prompts): ") && report.contains("(sign test p = "), "paired comparison: {report}");
+    assert!(out.join("samples/grid-2/captions.jsonl").exists());
 }
 
 #[test]

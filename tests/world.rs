@@ -2,10 +2,10 @@
 //! (no GPU).
 use std::path::PathBuf;
 
-use t2v_turbo::eval::{analyse, score};
+use t2v_turbo::eval::{analyse, paired, score, sign_test};
 use t2v_turbo::pipeline::captions::{read_captions, CaptionRow};
 use t2v_turbo::pipeline::video_io::{read_video, write_frames, Frames};
-use t2v_turbo::world::{clip_spec, parse_prompt, render, WorldConfig};
+use t2v_turbo::world::{clip_spec, parse_prompt, prompt_grid, render, WorldConfig, COLORS, DIRECTIONS, SHAPES};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("t2v-world-{name}-{}", std::process::id()));
@@ -93,6 +93,52 @@ fn the_analyser_scores_ground_truth_high_and_broken_clips_low() {
             .collect();
         assert!(score(&noisy).flicker > 3.0 * r.flicker.max(0.002), "{:?} vs {r:?}", score(&noisy));
     }
+}
+
+#[test]
+fn the_prompt_grid_covers_every_attribute_equally() {
+    let grid = prompt_grid();
+    assert_eq!(grid.len(), COLORS.len() * DIRECTIONS.len() * 2);
+    let mut seen = std::collections::HashSet::new();
+    let (mut colors, mut shapes, mut directions) = (vec![0; COLORS.len()], vec![0; SHAPES.len()], vec![0; DIRECTIONS.len()]);
+    let mut pairs = std::collections::HashSet::new();
+    for p in &grid {
+        assert!(seen.insert(p.clone()), "repeated {p}");
+        let a = parse_prompt(p);
+        let (c, s, d) = (a.color.unwrap(), a.shape.unwrap(), a.direction.unwrap());
+        colors[c] += 1;
+        shapes[s] += 1;
+        directions[d] += 1;
+        pairs.insert((c, d));
+    }
+    assert_eq!(pairs.len(), COLORS.len() * DIRECTIONS.len(), "every color x direction");
+    assert!(colors.iter().all(|&n| n == 8) && directions.iter().all(|&n| n == 12) && shapes.iter().all(|&n| n == 16), "{colors:?} {shapes:?} {directions:?}");
+}
+
+#[test]
+fn paired_judgments_and_the_sign_test() {
+    // exact values: 2 * sum_{i <= min} C(n, i) / 2^n
+    assert!((sign_test(10, 0) - 2.0 / 1024.0).abs() < 1e-12);
+    assert!((sign_test(3, 7) - 2.0 * (1.0 + 10.0 + 45.0 + 120.0) / 1024.0).abs() < 1e-12);
+    assert_eq!(sign_test(5, 5), 1.0);
+    assert_eq!(sign_test(0, 0), 1.0);
+    assert!(sign_test(300, 200) < 1e-5 && sign_test(300, 200) > 0.0, "{}", sign_test(300, 200));
+
+    // ground truth against the same clips played backwards: every direction judgment is
+    // right only with the first, colors and shapes agree
+    let cfg = WorldConfig::default();
+    let clips = world(12, &cfg);
+    let reversed: Vec<_> = clips.iter().map(|(v, p)| (Frames { frames: v.frames.iter().rev().cloned().collect(), ..*v }, p.clone())).collect();
+    let (a, b) = (score(&clips), score(&reversed));
+    let p = paired(&a, &b).unwrap();
+    assert_eq!((p.only_a, p.only_b, p.judgments), (12, 0, 36));
+    assert!((p.p_value - 2.0 / 4096.0).abs() < 1e-12, "{p:?}");
+    let q = paired(&b, &a).unwrap();
+    assert_eq!((q.only_a, q.only_b), (0, 12));
+    // other prompts or another number of clips do not pair
+    assert!(paired(&a, &score(&clips[..11])).is_none());
+    let colorless: Vec<_> = clips.iter().map(|(v, _)| (Frames { frames: v.frames.clone(), ..*v }, "a circle moving up".to_string())).collect();
+    assert!(paired(&a, &score(&colorless)).is_none());
 }
 
 #[test]

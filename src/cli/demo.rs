@@ -28,6 +28,10 @@ pub struct DemoArgs {
     /// Held-out prompts sampled by every method.
     #[arg(long, default_value_t = 8)]
     pub prompts: usize,
+    /// Prompts of the evaluation grid (every color x direction, two shapes each) that each
+    /// student also samples, for the comparisons between students: 48 = all, 0 = none.
+    #[arg(long, default_value_t = 48)]
+    pub grid: usize,
     /// Distillation steps per student.
     #[arg(long, default_value_t = 70)]
     pub steps: u64,
@@ -74,12 +78,12 @@ pub fn run(dev: &DeviceArgs, a: &DemoArgs) -> Result<(), CliError> {
         return Err(CliError::Check(format!("--motion-gs must be a finite number >= 0, not {}", a.motion_gs)));
     }
     ensure_new_dir(&a.out, false)?;
-    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch, motion_gs: a.motion_gs, reward_input: a.reward_input, seed: a.seed, ..DemoConfig::default() };
+    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, grid: a.grid, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch, motion_gs: a.motion_gs, reward_input: a.reward_input, seed: a.seed, ..DemoConfig::default() };
     if a.ablations {
         c.variants = vec![FULL, NO_REWARD, NO_MOTION, CD_ONLY];
     }
     if a.quick {
-        (c.clips, c.prompts, c.steps, c.ddim_steps, c.teacher_steps) = (4, 2, 3, 10, 10);
+        (c.clips, c.prompts, c.grid, c.steps, c.ddim_steps, c.teacher_steps) = (4, 2, c.grid.min(4), 3, 10, 10);
     }
     let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
     let results = run_demo(&gpu, &md, &a.out, &c)?;

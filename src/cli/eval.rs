@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::CliError;
-use crate::eval::{analyse, score};
+use crate::eval::{analyse, paired, score};
 use crate::pipeline::captions::read_captions;
 use crate::pipeline::video_io::read_video;
 
@@ -21,19 +21,30 @@ pub struct EvalArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Another method's clips of the same prompts (a folder with captions.jsonl, same rows
+    /// in the same order): also prints a paired comparison — judgments right with only one
+    /// of the two, and an exact sign test of that split.
+    #[arg(long)]
+    pub against: Option<PathBuf>,
 }
 
-pub fn run(a: &EvalArgs) -> Result<(), CliError> {
-    let file = a.captions.clone().unwrap_or_else(|| a.dir.join("captions.jsonl"));
-    let rows = read_captions(&file).map_err(|e| CliError::Check(e.to_string()))?;
+/// Reads the clips a captions file lists, with their prompts.
+fn read_clips(file: &std::path::Path, per_clip: bool) -> Result<Vec<(crate::pipeline::video_io::Frames, String)>, CliError> {
+    let rows = read_captions(file).map_err(|e| CliError::Check(e.to_string()))?;
     let mut clips = Vec::new();
     for r in &rows {
-        let v = read_video(&r.resolve(&file), 8.0, 1, usize::MAX).map_err(|e| CliError::Check(e.to_string()))?;
-        if a.per_clip {
+        let v = read_video(&r.resolve(file), 8.0, 1, usize::MAX).map_err(|e| CliError::Check(e.to_string()))?;
+        if per_clip {
             println!("{}: {:?}", r.path, analyse(&v));
         }
         clips.push((v, r.caption.clone()));
     }
+    Ok(clips)
+}
+
+pub fn run(a: &EvalArgs) -> Result<(), CliError> {
+    let file = a.captions.clone().unwrap_or_else(|| a.dir.join("captions.jsonl"));
+    let clips = read_clips(&file, a.per_clip)?;
     let rep = score(&clips);
     println!("clips                 {}", rep.clips);
     println!("accuracy              {:.1} %  (color {:.1}, shape {:.1}, direction {:.1})", rep.accuracy, rep.color_accuracy, rep.shape_accuracy, rep.direction_accuracy);
@@ -48,6 +59,17 @@ pub fn run(a: &EvalArgs) -> Result<(), CliError> {
             "subject_consistency": rep.subject_consistency,
         });
         t2v_kernels::io::write_atomic(p, serde_json::to_string_pretty(&v).expect("json").as_bytes())?;
+    }
+    if let Some(other) = &a.against {
+        let other_file = other.join("captions.jsonl");
+        let others = read_clips(&other_file, false)?;
+        if others.len() != clips.len() || others.iter().zip(&clips).any(|(x, y)| x.1 != y.1) {
+            return Err(CliError::Check(format!("{} and {} do not list the same prompts in the same order: a paired comparison needs both methods' clips of the same prompts", file.display(), other_file.display())));
+        }
+        let theirs = score(&others);
+        let p = paired(&rep, &theirs).ok_or_else(|| CliError::Check("the two folders' clips were not scored on the same attributes".into()))?;
+        println!("against {}: accuracy {:.1} %  (color {:.1}, shape {:.1}, direction {:.1})", other.display(), theirs.accuracy, theirs.color_accuracy, theirs.shape_accuracy, theirs.direction_accuracy);
+        println!("paired                of {} judgments, {} right only here, {} only there; sign test p = {:.3}", p.judgments, p.only_a, p.only_b, p.p_value);
     }
     Ok(())
 }

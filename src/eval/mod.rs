@@ -200,21 +200,35 @@ pub struct Report {
     pub jitter: f32,
     pub flicker: f32,
     pub subject_consistency: f32,
+    /// Per clip, in input order: the attribute judgments behind the accuracies.
+    pub judgments: Vec<Judgments>,
+}
+
+/// Whether a clip shows each attribute its prompt names, in the order color, shape,
+/// direction (None: the prompt does not name that attribute).
+pub type Judgments = [Option<bool>; 3];
+
+/// The judgments of one analysed clip against its prompt.
+pub fn judge(got: &ClipAnalysis, prompt: &str) -> Judgments {
+    let want = parse_prompt(prompt);
+    [(want.color, got.color), (want.shape, got.shape), (want.direction, got.direction)].map(|(w, g)| w.map(|w| g == Some(w)))
 }
 
 /// Scores clips with their prompts. An attribute a prompt does not name is not scored.
 pub fn score(clips: &[(Frames, String)]) -> Report {
     let mut hits = [(0usize, 0usize); 3];
     let (mut dynamic, mut jitter, mut flicker, mut consistency) = (0f32, 0f32, 0f32, 0f32);
+    let mut judgments = Vec::with_capacity(clips.len());
     for (v, prompt) in clips {
-        let want = parse_prompt(prompt);
         let got = analyse(v);
-        for (k, (w, g)) in [(want.color, got.color), (want.shape, got.shape), (want.direction, got.direction)].into_iter().enumerate() {
-            if let Some(w) = w {
+        let j = judge(&got, prompt);
+        for (k, right) in j.iter().enumerate() {
+            if let Some(right) = right {
                 hits[k].1 += 1;
-                hits[k].0 += (g == Some(w)) as usize;
+                hits[k].0 += *right as usize;
             }
         }
+        judgments.push(j);
         dynamic += got.dynamic_degree;
         jitter += got.jitter;
         flicker += got.flicker;
@@ -233,5 +247,56 @@ pub fn score(clips: &[(Frames, String)]) -> Report {
         jitter: jitter / n,
         flicker: flicker / n,
         subject_consistency: consistency / n,
+        judgments,
     }
+}
+
+/// Two methods' judgments on the same prompts, paired: how often exactly one of them is
+/// right, and whether that split could be chance.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Paired {
+    /// Judgments right with the first method only.
+    pub only_a: usize,
+    /// Judgments right with the second method only.
+    pub only_b: usize,
+    /// Judgments both methods were scored on.
+    pub judgments: usize,
+    /// Exact two-sided sign test (McNemar's exact test) on `only_a` vs `only_b`: the
+    /// probability of a split at least this uneven if neither method were better.
+    pub p_value: f64,
+}
+
+/// Pairs two reports of the same prompts, in the same order. None when they were not
+/// scored on the same clips and attributes.
+pub fn paired(a: &Report, b: &Report) -> Option<Paired> {
+    if a.judgments.len() != b.judgments.len() {
+        return None;
+    }
+    let (mut only_a, mut only_b, mut judgments) = (0, 0, 0);
+    for (x, y) in a.judgments.iter().zip(&b.judgments) {
+        for (x, y) in x.iter().zip(y) {
+            match (x, y) {
+                (Some(x), Some(y)) => {
+                    judgments += 1;
+                    only_a += (*x && !*y) as usize;
+                    only_b += (*y && !*x) as usize;
+                }
+                (None, None) => {}
+                _ => return None,
+            }
+        }
+    }
+    Some(Paired { only_a, only_b, judgments, p_value: sign_test(only_a, only_b) })
+}
+
+/// Exact two-sided sign test: P(a split of a + b fair coin flips at least as uneven).
+pub fn sign_test(a: usize, b: usize) -> f64 {
+    let n = a + b;
+    if n == 0 {
+        return 1.0;
+    }
+    // sum_{i <= min(a, b)} C(n, i) / 2^n, in logs so large n does not overflow
+    let ln_choose = |k: usize| -> f64 { (1..=k).map(|i| ((n - k + i) as f64 / i as f64).ln()).sum() };
+    let tail: f64 = (0..=a.min(b)).map(|i| (ln_choose(i) - n as f64 * std::f64::consts::LN_2).exp()).sum();
+    (2.0 * tail).min(1.0)
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use t2v_kernels::Gpu;
 
 use crate::diffusion::DdimConfig;
-use crate::eval::{score, Report};
+use crate::eval::{paired, score, Report};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::weights::{Result, WeightsError};
 use crate::pipeline::model_dir::ModelDir;
@@ -22,7 +22,7 @@ use crate::pipeline::train::{load_run, run as run_training, write_student_model,
 use crate::pipeline::validation::sample_rewards;
 use crate::pipeline::video_io::{write_frames, write_gif, Frames};
 use crate::pretrain::reward_check::{self, reward_sensitivity, AttributeScore};
-use crate::world::{held_out_prompts, write_dataset, WorldConfig};
+use crate::world::{held_out_prompts, prompt_grid, write_dataset, WorldConfig};
 
 /// A student variant: which parts of T2V-Turbo-v2 it is trained with.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -44,6 +44,11 @@ pub struct DemoConfig {
     pub clips: usize,
     /// Held-out prompts sampled by every method.
     pub prompts: usize,
+    /// Also sample every student on this many prompts of [`prompt_grid`] (48: all of it,
+    /// every color x direction; fewer: evenly strided; 0: none): with 144 attribute
+    /// judgments per student, the comparisons between students stand out of the noise that
+    /// 8 prompts leave (the teacher, at 50 steps with CFG, samples only the held-out prompts).
+    pub grid: usize,
     /// Distillation steps per student.
     pub steps: u64,
     pub lr: f32,
@@ -69,6 +74,7 @@ impl Default for DemoConfig {
         DemoConfig {
             clips: 20,
             prompts: 8,
+            grid: 48,
             steps: 70,
             lr: 1e-5,
             ddim_steps: 50,
@@ -95,6 +101,8 @@ pub struct MethodResult {
     pub rewards: (Option<f32>, Option<f32>),
     pub seconds_per_video: f64,
     pub videos: Vec<Frames>,
+    /// Students with [`DemoConfig::grid`]: the analyser's report on the prompt grid.
+    pub grid: Option<Report>,
 }
 
 fn io(p: &Path, e: impl std::fmt::Display) -> WeightsError {
@@ -200,29 +208,48 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         let lambda = if *motion { c.motion_gs } else { 0.0 };
         methods.push((format!("{name} ({} steps)", c.student_steps), Generator::from_model_dir(gpu, md)?, opts(None, c.student_steps, lambda)));
     }
-    // prompt i with seed + i, in batches; the samples are also scored by the reward models
+    // the samples are also scored by the reward models
     let reward_models = RewardModels::load(gpu, models, None).map_err(|e| io(&models.root, e))?;
-    let items: Vec<(&str, u64)> = prompts.iter().enumerate().map(|(i, p)| (p.as_str(), c.seed + i as u64)).collect();
-    let mut results = Vec::new();
-    for (k, (name, gen, o)) in methods.iter().enumerate() {
-        let t = Instant::now();
+    // prompt i with seed + i, in batches, written as a folder `t2v-turbo eval` reads
+    let sample_into = |gen: &Generator, o: &SampleOptions, prompts: &[String], dir: &Path| -> Result<(Vec<Vec<f32>>, Vec<Frames>)> {
+        let items: Vec<(&str, u64)> = prompts.iter().enumerate().map(|(i, p)| (p.as_str(), c.seed + i as u64)).collect();
         let mut raw = Vec::new();
         for chunk in items.chunks(c.sample_batch.max(1)) {
             raw.extend(gen.generate_batch(chunk, o)?);
         }
-        let secs = t.elapsed().as_secs_f64() / prompts.len().max(1) as f64;
-        let rewards = sample_rewards(&reward_models, TrainConfig::default().vid_frames, &raw, &prompts, (v.frames, v.height, v.width))?;
         let videos: Vec<Frames> = raw.iter().map(|x| Frames::from_chw(x, v.frames, v.height, v.width)).collect();
-        let dir = out.join("samples").join(format!("{k}"));
         for (i, f) in videos.iter().enumerate() {
-            write_frames(&dir.join(format!("{i:03}")), f).map_err(|e| io(&dir, e))?;
+            write_frames(&dir.join(format!("{i:03}")), f).map_err(|e| io(dir, e))?;
         }
         let rows: Vec<_> = prompts.iter().enumerate().map(|(i, p)| crate::pipeline::captions::CaptionRow { path: format!("{i:03}"), caption: p.clone(), short_caption: None }).collect();
         crate::pipeline::captions::write_jsonl(&dir.join("captions.jsonl"), &rows)?;
-        let report = score(&videos.iter().cloned().zip(prompts.iter().cloned()).collect::<Vec<_>>());
+        Ok((raw, videos))
+    };
+    let scored = |videos: &[Frames], prompts: &[String]| score(&videos.iter().cloned().zip(prompts.iter().cloned()).collect::<Vec<_>>());
+    let full_grid = prompt_grid();
+    let n_grid = c.grid.min(full_grid.len());
+    let grid: Vec<String> = (0..n_grid).map(|i| full_grid[i * full_grid.len() / n_grid].clone()).collect();
+    let mut results = Vec::new();
+    for (k, (name, gen, o)) in methods.iter().enumerate() {
+        let t = Instant::now();
+        let (raw, videos) = sample_into(gen, o, &prompts, &out.join("samples").join(format!("{k}")))?;
+        let secs = t.elapsed().as_secs_f64() / prompts.len().max(1) as f64;
+        let rewards = sample_rewards(&reward_models, TrainConfig::default().vid_frames, &raw, &prompts, (v.frames, v.height, v.width))?;
+        let report = scored(&videos, &prompts);
         say(c.quiet, format!("sample {name}: {secs:.2} s per video, accuracy {:.1} %", report.accuracy));
         stages.push((format!("sample {name}"), t.elapsed().as_secs_f64()));
-        results.push(MethodResult { name: name.clone(), report, rewards, seconds_per_video: secs, videos });
+        // the students (every method after the teacher) also on the prompt grid
+        let grid_report = if !grid.is_empty() && k > 0 {
+            let t = Instant::now();
+            let (_, gv) = sample_into(gen, o, &grid, &out.join("samples").join(format!("grid-{k}")))?;
+            let r = scored(&gv, &grid);
+            say(c.quiet, format!("sample {name} on the {}-prompt grid: accuracy {:.1} %", grid.len(), r.accuracy));
+            stages.push((format!("grid {name}"), t.elapsed().as_secs_f64()));
+            Some(r)
+        } else {
+            None
+        };
+        results.push(MethodResult { name: name.clone(), report, rewards, seconds_per_video: secs, videos, grid: grid_report });
     }
 
     // 5. which attributes the reward models see (what reward feedback can teach)
@@ -302,6 +329,7 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
         );
     }
     md += &targets(results);
+    md += &grid_table(results);
     md += "\nAccuracy: color, shape and direction of the subject against the prompt. Dynamic degree: subject speed in % of the frame width per frame. Jitter: how far the subject's steps between frames stray from that steady speed, same unit (the world's subjects move steadily; lower is better) — high jitter means the dynamic degree is wobble rather than motion. Flicker: mean background change between frames (lower is better). Image / video reward: the run's reward models scoring the same held-out samples against their prompts (middle frame, weighted sum of the image rewards; 4 strided frames) — what reward feedback raises, while the analyser's accuracy shows whether that is text alignment or reward hacking.\n\n";
     md += &reward_table(seen);
     md += "## Videos (left to right: ";
@@ -368,23 +396,66 @@ fn targets(results: &[MethodResult]) -> String {
             );
         }
     }
+    // students are compared on the prompt grid when they sampled it (144 judgments each),
+    // else on the held-out prompts
+    fn on(r: &MethodResult) -> &Report {
+        r.grid.as_ref().unwrap_or(&r.report)
+    }
+    let sample = |a: &MethodResult| if a.grid.is_some() { format!("{} grid prompts", on(a).clips) } else { format!("{} held-out prompts", a.report.clips) };
     let line = |a: &MethodResult, b: &MethodResult, what: &str, f: &dyn Fn(&Report) -> f32| {
-        let (x, y) = (f(&a.report), f(&b.report));
-        format!("- {what}: {} {x:.2} vs {} {y:.2} — {}.\n", a.name, b.name, if x > y { "raised" } else { "not raised" })
+        let (x, y) = (f(on(a)), f(on(b)));
+        format!("- {what} ({}): {} {x:.2} vs {} {y:.2} — {}.\n", sample(a), a.name, b.name, if x > y { "raised" } else { "not raised" })
+    };
+    // accuracy lines also say whether the difference stands out of the sample's noise
+    let accuracy_line = |a: &MethodResult, b: &MethodResult, what: &str| {
+        let mut l = line(a, b, what, &|r| r.accuracy);
+        if let Some(p) = paired(on(a), on(b)) {
+            l.truncate(l.len() - 2);
+            l += &format!(
+                "; of {} attribute judgments {} are right only with {} and {} only with {} (sign test p = {:.2}{}).\n",
+                p.judgments,
+                p.only_a,
+                a.name,
+                p.only_b,
+                b.name,
+                p.p_value,
+                if p.p_value < 0.05 { "" } else { ": within the sample's noise" }
+            );
+        }
+        l
     };
     if let (Some(f), Some(c)) = (full, find(CD_ONLY.name)) {
-        out += &line(f, c, "rewards + motion raise text alignment (accuracy) over plain consistency distillation", &|r| r.accuracy);
+        out += &accuracy_line(f, c, "rewards + motion raise text alignment (accuracy) over plain consistency distillation");
+        out += &line(f, c, "color accuracy (the attribute the reward models see)", &|r| r.color_accuracy);
         if let (Some(x), Some(y)) = (f.rewards.0, c.rewards.0) {
             out += &format!("- the held-out image reward (what the image rewards optimise): {} {x:.3} vs {} {y:.3} — {}.\n", f.name, c.name, if x > y { "raised" } else { "not raised" });
         }
     }
     if let (Some(f), Some(n)) = (full, find(NO_REWARD.name)) {
-        out += &line(f, n, "reward feedback raises text alignment (accuracy)", &|r| r.accuracy);
+        out += &accuracy_line(f, n, "reward feedback raises text alignment (accuracy)");
     }
     if let (Some(f), Some(n)) = (full, find(NO_MOTION.name)) {
         out += &line(f, n, "motion guidance raises dynamic degree", &|r| r.dynamic_degree);
-        out += &format!("- flicker with motion guidance {:.4} vs without {:.4}.\n", f.report.flicker, n.report.flicker);
-        out += &format!("- jitter with motion guidance {:.2} vs without {:.2} (lower: steadier motion).\n", f.report.jitter, n.report.jitter);
+        out += &format!("- flicker with motion guidance {:.4} vs without {:.4}.\n", on(f).flicker, on(n).flicker);
+        out += &format!("- jitter with motion guidance {:.2} vs without {:.2} (lower: steadier motion).\n", on(f).jitter, on(n).jitter);
     }
     out
+}
+
+/// The students on the prompt grid (when sampled): the firmer comparison between them.
+fn grid_table(results: &[MethodResult]) -> String {
+    let rows: Vec<(&str, &Report)> = results.iter().filter_map(|r| r.grid.as_ref().map(|g| (r.name.as_str(), g))).collect();
+    let Some((_, first)) = rows.first() else { return String::new() };
+    let mut md = format!(
+        "\n### The students on the prompt grid\n\nEvery color x direction with two shapes each ({} prompts, {} attribute judgments per student; `samples/grid-*`):\n\n| method | accuracy % | color % | shape % | direction % | dynamic degree | jitter | flicker |\n|---|---|---|---|---|---|---|---|\n",
+        first.clips,
+        first.judgments.iter().flatten().flatten().count()
+    );
+    for (name, p) in &rows {
+        md += &format!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.4} |\n",
+            p.accuracy, p.color_accuracy, p.shape_accuracy, p.direction_accuracy, p.dynamic_degree, p.jitter, p.flicker
+        );
+    }
+    md
 }
