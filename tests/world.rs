@@ -97,7 +97,7 @@ fn the_analyser_scores_ground_truth_high_and_broken_clips_low() {
 
 #[test]
 fn the_prompt_grid_covers_every_attribute_equally() {
-    let grid = prompt_grid();
+    let grid = prompt_grid(48);
     assert_eq!(grid.len(), COLORS.len() * DIRECTIONS.len() * 2);
     let mut seen = std::collections::HashSet::new();
     let (mut colors, mut shapes, mut directions) = (vec![0; COLORS.len()], vec![0; SHAPES.len()], vec![0; DIRECTIONS.len()]);
@@ -113,6 +113,16 @@ fn the_prompt_grid_covers_every_attribute_equally() {
     }
     assert_eq!(pairs.len(), COLORS.len() * DIRECTIONS.len(), "every color x direction");
     assert!(colors.iter().all(|&n| n == 8) && directions.iter().all(|&n| n == 12) && shapes.iter().all(|&n| n == 16), "{colors:?} {shapes:?} {directions:?}");
+    // half of it: every color x direction once, shapes still balanced
+    let half = prompt_grid(24);
+    let attrs: Vec<_> = half.iter().map(|p| parse_prompt(p)).collect();
+    let pairs: std::collections::HashSet<_> = attrs.iter().map(|a| (a.color.unwrap(), a.direction.unwrap())).collect();
+    assert_eq!((half.len(), pairs.len()), (24, 24));
+    for s in 0..SHAPES.len() {
+        assert_eq!(attrs.iter().filter(|a| a.shape == Some(s)).count(), 8, "{half:?}");
+    }
+    assert_eq!(prompt_grid(0).len(), 0);
+    assert_eq!(prompt_grid(100), grid);
 }
 
 #[test]

@@ -29,8 +29,9 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 8)]
     pub prompts: usize,
     /// Prompts of the evaluation grid (every color x direction, two shapes each) that each
-    /// student also samples, for the comparisons between students: 48 = all, 0 = none.
-    #[arg(long, default_value_t = 48)]
+    /// student also samples, for the comparisons between students: 24 = every color x
+    /// direction once, 48 = all, 0 = none.
+    #[arg(long, default_value_t = 24)]
     pub grid: usize,
     /// Distillation steps per student.
     #[arg(long, default_value_t = 70)]

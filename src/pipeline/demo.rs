@@ -44,10 +44,11 @@ pub struct DemoConfig {
     pub clips: usize,
     /// Held-out prompts sampled by every method.
     pub prompts: usize,
-    /// Also sample every student on this many prompts of [`prompt_grid`] (48: all of it,
-    /// every color x direction; fewer: evenly strided; 0: none): with 144 attribute
-    /// judgments per student, the comparisons between students stand out of the noise that
-    /// 8 prompts leave (the teacher, at 50 steps with CFG, samples only the held-out prompts).
+    /// Also sample every student on this many prompts of [`prompt_grid`] (24: every color x
+    /// direction once; 48: all of it; 0: none): with 72-144 attribute judgments per student
+    /// instead of the held-out prompts' 24, the comparisons between students rest on a
+    /// balanced, larger sample (the teacher, at 50 steps with CFG, samples only the
+    /// held-out prompts).
     pub grid: usize,
     /// Distillation steps per student.
     pub steps: u64,
@@ -74,7 +75,7 @@ impl Default for DemoConfig {
         DemoConfig {
             clips: 20,
             prompts: 8,
-            grid: 48,
+            grid: 24,
             steps: 70,
             lr: 1e-5,
             ddim_steps: 50,
@@ -226,9 +227,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         Ok((raw, videos))
     };
     let scored = |videos: &[Frames], prompts: &[String]| score(&videos.iter().cloned().zip(prompts.iter().cloned()).collect::<Vec<_>>());
-    let full_grid = prompt_grid();
-    let n_grid = c.grid.min(full_grid.len());
-    let grid: Vec<String> = (0..n_grid).map(|i| full_grid[i * full_grid.len() / n_grid].clone()).collect();
+    let grid = prompt_grid(c.grid);
     let mut results = Vec::new();
     for (k, (name, gen, o)) in methods.iter().enumerate() {
         let t = Instant::now();
@@ -427,6 +426,8 @@ fn targets(results: &[MethodResult]) -> String {
     if let (Some(f), Some(c)) = (full, find(CD_ONLY.name)) {
         out += &accuracy_line(f, c, "rewards + motion raise text alignment (accuracy) over plain consistency distillation");
         out += &line(f, c, "color accuracy (the attribute the reward models see)", &|r| r.color_accuracy);
+        out += &line(f, c, "dynamic degree (motion guidance)", &|r| r.dynamic_degree);
+        out += &format!("- flicker {} {:.4} vs {} {:.4} (lower is better).\n", f.name, on(f).flicker, c.name, on(c).flicker);
         if let (Some(x), Some(y)) = (f.rewards.0, c.rewards.0) {
             out += &format!("- the held-out image reward (what the image rewards optimise): {} {x:.3} vs {} {y:.3} — {}.\n", f.name, c.name, if x > y { "raised" } else { "not raised" });
         }

@@ -116,18 +116,21 @@ pub fn held_out_prompts(seed: u64, n: usize, cfg: &WorldConfig) -> Vec<String> {
 /// the three, so each shape appears equally often) — 48 short-caption prompts in which every
 /// color, shape and direction is equally represented, so that accuracies and paired
 /// comparisons on it do not depend on which attributes a random draw happened to favour.
-pub fn prompt_grid() -> Vec<String> {
-    let mut out = Vec::with_capacity(COLORS.len() * DIRECTIONS.len() * 2);
+/// `n` < 48 takes every (48 / n)-th prompt: 24 = every color x direction once, shapes still
+/// balanced.
+pub fn prompt_grid(n: usize) -> Vec<String> {
+    let mut all = Vec::with_capacity(COLORS.len() * DIRECTIONS.len() * 2);
     for color in 0..COLORS.len() {
         for direction in 0..DIRECTIONS.len() {
             let k = color * DIRECTIONS.len() + direction;
             for shape in [k % SHAPES.len(), (k + 1) % SHAPES.len()] {
                 let spec = ClipSpec { color, shape, direction, size: 0, speed: 0, background: 0, start: (0.0, 0.0), has_short: true };
-                out.push(spec.short_caption());
+                all.push(spec.short_caption());
             }
         }
     }
-    out
+    let n = n.min(all.len());
+    (0..n).map(|i| all[i * all.len() / n].clone()).collect()
 }
 
 /// Draws clip `index` of the world of `seed` (each clip has its own stream, so clips can
