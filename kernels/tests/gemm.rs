@@ -200,7 +200,15 @@ fn conv2d_backward_is_the_adjoint_in_chunks_and_whole() {
 }
 
 fn conv2d_adjoints(g: &Gpu, v: &str) {
-    for (s, (xs, ws, geo)) in [([3usize, 16, 150, 150], [20usize, 16, 3, 3], Conv2d::new(1, 1)), ([2, 3, 11, 13], [5, 3, 3, 3], Conv2d::new(2, 1))].into_iter().enumerate() {
+    // case 2: uneven padding on each side
+    for (s, (xs, ws, geo)) in [
+        ([3usize, 16, 150, 150], [20usize, 16, 3, 3], Conv2d::new(1, 1)),
+        ([2, 3, 11, 13], [5, 3, 3, 3], Conv2d::new(2, 1)),
+        ([2, 16, 9, 11], [8, 16, 3, 3], Conv2d { stride: (1, 1), padding: (0, 2, 1, 0) }),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let per_image = ws[1] * ws[2] * ws[3] * xs[2] * xs[3] * 4 / (geo.stride.0 * geo.stride.1);
         assert_eq!(per_image * xs[0] > ops::CONV_COLUMNS_MAX_BYTES, s == 0, "case {s} chunks as intended");
         let (x, xv) = upload(g, &xs, 300 + s as u64);
