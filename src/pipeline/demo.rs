@@ -211,28 +211,30 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
     }
     // the samples are also scored by the reward models
     let reward_models = RewardModels::load(gpu, models, None).map_err(|e| io(&models.root, e))?;
-    // prompt i with seed + i, in batches, written as a folder `t2v-turbo eval` reads
-    let sample_into = |gen: &Generator, o: &SampleOptions, prompts: &[String], dir: &Path| -> Result<(Vec<Vec<f32>>, Vec<Frames>)> {
+    // prompt i with seed + i, in batches, written as a folder `t2v-turbo eval` reads; also
+    // returns the generation's seconds per video (without the writing)
+    let sample_into = |gen: &Generator, o: &SampleOptions, prompts: &[String], dir: &Path| -> Result<(Vec<Vec<f32>>, Vec<Frames>, f64)> {
+        let t = Instant::now();
         let items: Vec<(&str, u64)> = prompts.iter().enumerate().map(|(i, p)| (p.as_str(), c.seed + i as u64)).collect();
         let mut raw = Vec::new();
         for chunk in items.chunks(c.sample_batch.max(1)) {
             raw.extend(gen.generate_batch(chunk, o)?);
         }
+        let secs = t.elapsed().as_secs_f64() / prompts.len().max(1) as f64;
         let videos: Vec<Frames> = raw.iter().map(|x| Frames::from_chw(x, v.frames, v.height, v.width)).collect();
         for (i, f) in videos.iter().enumerate() {
             write_frames(&dir.join(format!("{i:03}")), f).map_err(|e| io(dir, e))?;
         }
         let rows: Vec<_> = prompts.iter().enumerate().map(|(i, p)| crate::pipeline::captions::CaptionRow { path: format!("{i:03}"), caption: p.clone(), short_caption: None }).collect();
         crate::pipeline::captions::write_jsonl(&dir.join("captions.jsonl"), &rows)?;
-        Ok((raw, videos))
+        Ok((raw, videos, secs))
     };
     let scored = |videos: &[Frames], prompts: &[String]| score(&videos.iter().cloned().zip(prompts.iter().cloned()).collect::<Vec<_>>());
     let grid = prompt_grid(c.grid);
     let mut results = Vec::new();
     for (k, (name, gen, o)) in methods.iter().enumerate() {
         let t = Instant::now();
-        let (raw, videos) = sample_into(gen, o, &prompts, &out.join("samples").join(format!("{k}")))?;
-        let secs = t.elapsed().as_secs_f64() / prompts.len().max(1) as f64;
+        let (raw, videos, secs) = sample_into(gen, o, &prompts, &out.join("samples").join(format!("{k}")))?;
         let rewards = sample_rewards(&reward_models, TrainConfig::default().vid_frames, &raw, &prompts, (v.frames, v.height, v.width))?;
         let report = scored(&videos, &prompts);
         say(c.quiet, format!("sample {name}: {secs:.2} s per video, accuracy {:.1} %", report.accuracy));
@@ -240,7 +242,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         // the students (every method after the teacher) also on the prompt grid
         let grid_report = if !grid.is_empty() && k > 0 {
             let t = Instant::now();
-            let (_, gv) = sample_into(gen, o, &grid, &out.join("samples").join(format!("grid-{k}")))?;
+            let (_, gv, _) = sample_into(gen, o, &grid, &out.join("samples").join(format!("grid-{k}")))?;
             let r = scored(&gv, &grid);
             say(c.quiet, format!("sample {name} on the {}-prompt grid: accuracy {:.1} %", grid.len(), r.accuracy));
             stages.push((format!("grid {name}"), t.elapsed().as_secs_f64()));
@@ -395,22 +397,22 @@ fn targets(results: &[MethodResult]) -> String {
             );
         }
     }
-    // students are compared on the prompt grid when they sampled it (144 judgments each),
-    // else on the held-out prompts
+    // students are compared on the prompt grid when they sampled it, else on the held-out
+    // prompts
     fn on(r: &MethodResult) -> &Report {
         r.grid.as_ref().unwrap_or(&r.report)
     }
     let sample = |a: &MethodResult| if a.grid.is_some() { format!("{} grid prompts", on(a).clips) } else { format!("{} held-out prompts", a.report.clips) };
-    let line = |a: &MethodResult, b: &MethodResult, what: &str, f: &dyn Fn(&Report) -> f32| {
+    let compare = |a: &MethodResult, b: &MethodResult, what: &str, f: &dyn Fn(&Report) -> f32| {
         let (x, y) = (f(on(a)), f(on(b)));
-        format!("- {what} ({}): {} {x:.2} vs {} {y:.2} — {}.\n", sample(a), a.name, b.name, if x > y { "raised" } else { "not raised" })
+        format!("- {what} ({}): {} {x:.2} vs {} {y:.2} — {}", sample(a), a.name, b.name, if x > y { "raised" } else { "not raised" })
     };
+    let line = |a: &MethodResult, b: &MethodResult, what: &str, f: &dyn Fn(&Report) -> f32| compare(a, b, what, f) + ".\n";
     // accuracy lines also say whether the difference stands out of the sample's noise
     let accuracy_line = |a: &MethodResult, b: &MethodResult, what: &str| {
-        let mut l = line(a, b, what, &|r| r.accuracy);
-        if let Some(p) = paired(on(a), on(b)) {
-            l.truncate(l.len() - 2);
-            l += &format!(
+        let mut l = compare(a, b, what, &|r| r.accuracy);
+        match paired(on(a), on(b)) {
+            Some(p) => l += &format!(
                 "; of {} attribute judgments {} are right only with {} and {} only with {} (sign test p = {:.2}{}).\n",
                 p.judgments,
                 p.only_a,
@@ -419,7 +421,8 @@ fn targets(results: &[MethodResult]) -> String {
                 b.name,
                 p.p_value,
                 if p.p_value < 0.05 { "" } else { ": within the sample's noise" }
-            );
+            ),
+            None => l += ".\n",
         }
         l
     };
@@ -448,7 +451,7 @@ fn grid_table(results: &[MethodResult]) -> String {
     let rows: Vec<(&str, &Report)> = results.iter().filter_map(|r| r.grid.as_ref().map(|g| (r.name.as_str(), g))).collect();
     let Some((_, first)) = rows.first() else { return String::new() };
     let mut md = format!(
-        "\n### The students on the prompt grid\n\nEvery color x direction with two shapes each ({} prompts, {} attribute judgments per student; `samples/grid-*`):\n\n| method | accuracy % | color % | shape % | direction % | dynamic degree | jitter | flicker |\n|---|---|---|---|---|---|---|---|\n",
+        "\n### The students on the prompt grid\n\nPrompts of the evaluation grid, in which every color, shape and direction is equally represented ({} prompts, {} attribute judgments per student; `samples/grid-*`):\n\n| method | accuracy % | color % | shape % | direction % | dynamic degree | jitter | flicker |\n|---|---|---|---|---|---|---|---|\n",
         first.clips,
         first.judgments.iter().flatten().flatten().count()
     );
