@@ -244,7 +244,8 @@ fn im2col4_kmajor(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 // dx[c, iy, ix] = sum over (ky, kx) of dcols[(c, ky, kx), (oy, ox)] where the window of
 // output pixel (oy, ox) covers (iy, ix). dcols (batch, K, P = oh * ow) is `b` (binding 2,
 // batch stride b_bs; read from its texture with TEX_IN), dx (batch, cin, h, w) is `cols`
-// (binding 3). One thread per input element; no atomics.
+// (binding 3). One thread per input element; no atomics. The loops skip taps with
+// if-blocks, not `continue`: llvmpipe runs a loop with `continue` several times slower.
 // The output index o with o * stride = t (t = input index + padding - kernel tap), or -1
 // when there is none in 0..outputs. Stride 1 skips the divisions (scalarised per lane on
 // CPU adapters; the branch is uniform).
@@ -272,18 +273,91 @@ fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let zb = wid.z * p.b_bs;
     var s = 0.0;
     for (var ky = 0u; ky < p.kh; ky++) {
-        let ty = iy + i32(p.ph) - i32(ky);
-        let oy = window_step(ty, p.sh, p.oh);
-        if (oy < 0) {
-            continue;
-        }
-        for (var kx = 0u; kx < p.kw; kx++) {
-            let ox = window_step(ix + i32(p.pw) - i32(kx), p.sw, p.ow);
-            if (ox < 0) {
-                continue;
+        let oy = window_step(iy + i32(p.ph) - i32(ky), p.sh, p.oh);
+        if (oy >= 0) {
+            for (var kx = 0u; kx < p.kw; kx++) {
+                let ox = window_step(ix + i32(p.pw) - i32(kx), p.sw, p.ow);
+                if (ox >= 0) {
+                    s += image_at(zb + ((ch * p.kh + ky) * p.kw + kx) * p.n + u32(oy) * p.ow + u32(ox));
+                }
             }
-            s += image_at(zb + ((ch * p.kh + ky) * p.kw + kx) * p.n + u32(oy) * p.ow + u32(ox));
         }
     }
     cols[wid.z * p.cin * hw + i] = s;
+}
+
+// col2im4: col2im where W % 4 == 0, one thread per 4 input elements ix0..ix0+4 of one row
+// (c, iy) of image z = wid.z: the row's index divisions are paid once per 4 elements and the
+// result is one vec4 store (a per-element store is a loop over the lanes on CPU adapters).
+// For each window tap (ky, kx) the 4 elements read dcols row (c, ky, kx) at output row oy:
+// with QUADS (stride 1 along W, OW % 4 == 0) as one aligned quad (row_quad), else element
+// by element, each bounds-checked as in col2im. (QUADS is a pipeline constant: an untaken
+// branch still costs on llvmpipe.)
+override QUADS: bool = false;
+
+// Elements t0..t0+4 of the dcols row starting at `base` (4-aligned with QUADS), those
+// outside 0..OW zero. From the texture: the two texels they span, the offset t0 mod 4 being
+// the same for every thread of a dispatch (ix0 % 4 == 0), so picking the four lanes is a
+// uniform branch instead of four per-element texel fetches and lane extracts.
+fn row_quad(base: u32, t0: i32) -> vec4<f32> {
+    let ox = vec4<i32>(t0) + vec4<i32>(0, 1, 2, 3);
+    let inside = ox >= vec4<i32>(0) & ox < vec4<i32>(i32(p.ow));
+    var v = vec4<f32>(0.0);
+    if (TEX_IN) {
+        let r = t0 & 3;
+        let first = i32(base / 4u) + (t0 - r) / 4;
+        let lo = texel_at(image_tex, u32(max(first, 0)));
+        v = lo;
+        if (r != 0) {
+            let hi = texel_at(image_tex, u32(first + 1));
+            switch r {
+                case 1: { v = vec4<f32>(lo.yzw, hi.x); }
+                case 2: { v = vec4<f32>(lo.zw, hi.xy); }
+                default: { v = vec4<f32>(lo.w, hi.xyz); }
+            }
+        }
+    } else {
+        for (var t = 0; t < 4; t++) {
+            if (inside[t]) {
+                v[t] = b[base + u32(ox[t])];
+            }
+        }
+    }
+    return select(vec4<f32>(0.0), v, inside);
+}
+
+@compute @workgroup_size(256)
+fn col2im4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let w4 = p.w / 4u;
+    if (i >= p.cin * p.h * w4) {
+        return;
+    }
+    let row = i / w4;
+    let ix0 = i32(4u * (i - row * w4));
+    let ch = row / p.h;
+    let iy = i32(row - ch * p.h);
+    let zb = wid.z * p.b_bs;
+    var s = vec4<f32>(0.0);
+    for (var ky = 0u; ky < p.kh; ky++) {
+        let oy = window_step(iy + i32(p.ph) - i32(ky), p.sh, p.oh);
+        if (oy >= 0) {
+            for (var kx = 0u; kx < p.kw; kx++) {
+                let base = zb + ((ch * p.kh + ky) * p.kw + kx) * p.n + u32(oy) * p.ow;
+                let t0 = ix0 + i32(p.pw) - i32(kx);
+                if (QUADS) {
+                    s += row_quad(base, t0);
+                } else {
+                    for (var t = 0; t < 4; t++) {
+                        let ox = window_step(t0 + t, p.sw, p.ow);
+                        if (ox >= 0) {
+                            s[t] += image_at(base + u32(ox));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    cols4[(wid.z * p.cin * p.h * p.w) / 4u + i] = s;
 }

@@ -1,7 +1,8 @@
 //! Throughput of the forward kernels: `cargo bench -p t2v-kernels [-- --quick]`.
 //!
 //! Compute-bound kernels report GFLOP/s; memory-bound ones GB/s, with a ratio to a plain
-//! copy measured in the same run (the device's practical bandwidth). The matmul ratio to
+//! copy measured in the same run (the device's practical bandwidth); a conv's input gradient
+//! a ratio to its forward conv. The matmul ratio to
 //! burn-wgpu comes from the peer benchmark (`cargo run --release -p t2v-peer-bench`).
 //! Every timed region ends with a one-element readback, checked against the CPU.
 //! Shapes are reduced on CPU adapters (lavapipe) and full on GPUs.
@@ -37,7 +38,7 @@ fn main() {
     let cpu = gpu.is_cpu();
     let info = gpu.adapter_info().clone();
     println!("device: {} ({:?}, {:?}, {})", info.name, info.backend, info.device_type, info.driver_info);
-    println!("| kernel | shape | best ms | throughput | vs copy |");
+    println!("| kernel | shape | best ms | throughput | vs baseline |");
     println!("|---|---|---:|---:|---:|");
     let mut b = Bench { gpu, budget: if cpu { 2.0 } else { 0.5 }, rows: vec![] };
 
@@ -116,6 +117,29 @@ fn main() {
         check_value("conv2d", y.item_at(65).unwrap(), want, 1e-4);
     });
     b.row("conv2d 3x3", format!("{frames}x320x40x64 -> 320"), t, 2.0 * (frames * 320 * 320 * 9 * 40 * 64) as f64, "GFLOP/s", None);
+
+    // The input gradient of a 3x3 conv (dcols = W^T dy, then col2im) at a VAE decoder's
+    // size, the cost of reward feedback through the frozen decoder; the ratio is to the
+    // forward conv of the same shape (the same FLOPs) measured here.
+    let (n, c, hh, ww) = if cpu { (4, 64, 32, 32) } else { (16, 128, 256, 256) };
+    let (x, xv) = b.tensor(&[n, c, hh, ww], 12);
+    let (w, wv) = b.tensor(&[c, c, 3, 3], 13);
+    let flops = 2.0 * (n * c * c * 9 * hh * ww) as f64;
+    let want: f64 = (0..c).flat_map(|ci| (0..3).flat_map(move |ky| (0..3).map(move |kx| (ci, ky, kx))))
+        .map(|(ci, ky, kx)| wv[(ci * 3 + ky) * 3 + kx] as f64 * xv[(ci * hh + ky) * ww + kx] as f64)
+        .sum();
+    let t = best_time(b.budget, 3, || check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(ww + 1).unwrap(), want, 1e-4));
+    let shape = format!("{n}x{c}x{hh}x{ww} -> {c}");
+    let forward = b.row("conv2d 3x3 (baseline)", shape.clone(), t, flops, "GFLOP/s", None);
+    // dy = x: dx[0, 0, 1, 1] = sum over o, ky, kx of w[o, 0, ky, kx] dy[o, 2 - ky, 2 - kx]
+    let want: f64 = (0..c).flat_map(|o| (0..3).flat_map(move |ky| (0..3).map(move |kx| (o, ky, kx))))
+        .map(|(o, ky, kx)| wv[o * c * 9 + ky * 3 + kx] as f64 * xv[(o * hh + 2 - ky) * ww + 2 - kx] as f64)
+        .sum();
+    let t = best_time(b.budget, 3, || {
+        let dx = ops::conv2d_backward(&x, &w, &x, Conv2d::new(1, 1), (true, false, false)).unwrap().0.unwrap();
+        check_value("conv2d dx", dx.item_at(ww + 1).unwrap(), want, 1e-4);
+    });
+    b.row("conv2d 3x3 input gradient", shape, t, flops, "GFLOP/s", Some(forward));
 
     // Group norm (32 groups) with fused SiLU over (N, C, F, H, W).
     let f = if cpu { 4 } else { 16 };

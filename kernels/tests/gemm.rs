@@ -200,11 +200,18 @@ fn conv2d_backward_is_the_adjoint_in_chunks_and_whole() {
 }
 
 fn conv2d_adjoints(g: &Gpu, v: &str) {
-    // case 2: uneven padding on each side
+    // case 2: uneven padding on each side; cases 3-6: widths that are multiples of 4 (the
+    // input gradient then folds 4 elements of a row per thread), stride 1 and 2, uneven
+    // padding, a (3, 1) kernel as the temporal conv uses, and output widths that are
+    // multiples of 4 with 1x5 taps at every offset mod 4 (dcols read as aligned quads)
     for (s, (xs, ws, geo)) in [
         ([3usize, 16, 150, 150], [20usize, 16, 3, 3], Conv2d::new(1, 1)),
         ([2, 3, 11, 13], [5, 3, 3, 3], Conv2d::new(2, 1)),
         ([2, 16, 9, 11], [8, 16, 3, 3], Conv2d { stride: (1, 1), padding: (0, 2, 1, 0) }),
+        ([2, 5, 7, 12], [6, 5, 3, 3], Conv2d { stride: (1, 1), padding: (2, 0, 1, 2) }),
+        ([3, 4, 9, 20], [7, 4, 3, 3], Conv2d::new(2, 1)),
+        ([2, 6, 5, 36], [4, 6, 3, 1], Conv2d { stride: (1, 1), padding: (1, 1, 0, 0) }),
+        ([2, 3, 6, 16], [5, 3, 3, 5], Conv2d { stride: (1, 1), padding: (1, 0, 2, 2) }),
     ]
     .into_iter()
     .enumerate()

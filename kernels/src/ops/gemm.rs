@@ -514,10 +514,15 @@ fn conv2d_backward_columns(x: &Tensor, w: &Tensor, dy: &Tensor, g: Conv2d, need:
         let dcols = matmul_ex(&w2, &dy3, Matmul { trans_a: true, ..Default::default() })?;
         let dx = Tensor::empty(gpu, x.shape(), DType::F32, "conv2d dx")?;
         let p2 = Params { b_bs: (k * pix) as u32, ..p };
-        let mut groups = super::fold_groups(gpu, x.numel() / n.max(1), 256);
+        // 4 elements of a row per thread (vec4 store) where the rows allow, reading dcols
+        // as aligned quads where the window steps by 1 along rows of whole quads
+        let (entry, per_thread) = if p.w % 4 == 0 { ("col2im4", 4) } else { ("col2im", 1) };
+        let quads = per_thread == 4 && p.sw == 1 && p.ow % 4 == 0;
+        let constants: &[(&str, f64)] = if per_thread == 4 { &[("QUADS", quads as u32 as f64)] } else { &[] };
+        let mut groups = super::fold_groups(gpu, x.numel() / n.max(1) / per_thread, 256);
         groups[2] = n as u32;
         if n > 0 {
-            launch_reading(gpu, &GEMM, "col2im", &[], bytemuck::bytes_of(&p2), 2, &[&dcols, &dx], &[Some(&dcols)], groups)?;
+            launch_reading(gpu, &GEMM, entry, constants, bytemuck::bytes_of(&p2), 2, &[&dcols, &dx], &[Some(&dcols)], groups)?;
         }
         Some(dx)
     } else {
