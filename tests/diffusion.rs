@@ -72,7 +72,7 @@ fn one_ddim_step_is_x0_of_the_guided_eps() {
     let ctx = tape.constant(io.tensor(&g, "in.context").unwrap());
     let unc = tape.constant(Tensor::zeros(&g, ctx.shape()).unwrap());
     let sched = Schedule::videocrafter();
-    let x0 = ddim_sample(&unet, &sched, &z, &ctx, &unc, &[8.0], &DdimConfig { steps: 1, cfg: 12.0, eta: 0.0 }, |_| unreachable!()).unwrap();
+    let x0 = ddim_sample(&unet, &sched, &z, &ctx, &unc, &[8.0], &DdimConfig { steps: 1, cfg: 12.0, eta: 0.0 }, |_| unreachable!(), || Ok(())).unwrap();
     // host: eps = eps_u + 12 (eps_c - eps_u) at t = 999, x0 = (z - sqrt(1 - a) eps) / sqrt(a)
     let call = |c: &t2v_kernels::autograd::Var| unet.forward(&UnetInputs { z: &z, t: &[999.0], context: c, fps: &[8.0], w_embedding: None, motion_embedding: None, record_attention: false }).unwrap().eps.value().to_vec().unwrap();
     let (ec, eu, zv) = (call(&ctx), call(&unc), z.value().to_vec().unwrap());

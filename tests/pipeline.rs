@@ -279,6 +279,8 @@ fn the_commands_run_end_to_end() {
     let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "a red circle moving left", "--out", &p("videos")]);
     assert!(ok, "{out}");
     assert!(out.contains("4 consistency steps") && out.contains("peak GPU memory") && out.contains("no MP4"), "{out}");
+    // the progress line counts sampling steps (one batch of 4)
+    assert!(out.contains("sample [########################] 4/4"), "{out}");
     assert!(d.join("videos/000_a_red_circle_moving_left.gif").exists() && d.join("videos/000_a_red_circle_moving_left/frame_007.png").exists());
     let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "x", "--out", &p("videos")]);
     assert!(!ok && out.contains("not empty"), "{out}");

@@ -12,6 +12,7 @@ use crate::models::vae::VaeConfig;
 use crate::pipeline::sample::{Generator, GeneratorFiles, SampleOptions};
 use crate::pipeline::captions::{write_jsonl, CaptionRow};
 use crate::pipeline::model_dir::ModelDir;
+use crate::pipeline::progress::Progress;
 use crate::pipeline::video_io::{write_frames, write_gif, write_mp4, Frames};
 
 #[derive(clap::Args, Debug)]
@@ -170,11 +171,12 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     if a.profile {
         gpu.set_profiling(true)?;
     }
+    let mut progress = Progress::new("sample", prompts.len().div_ceil(a.batch) * opts.sampling_steps());
     for (c, chunk) in prompts.chunks(a.batch).enumerate() {
         gpu.reset_peak_memory();
         let t = Instant::now();
         let items: Vec<(&str, u64)> = chunk.iter().enumerate().map(|(j, p)| (p.as_str(), a.seed + (c * a.batch + j) as u64)).collect();
-        let videos = generator.generate_batch(&items, &opts)?;
+        let videos = generator.generate_batch_observed(&items, &opts, &mut || progress.advance(1, "steps"))?;
         let secs = t.elapsed().as_secs_f64() / chunk.len() as f64;
         let peak = gpu.memory().peak_total_bytes as f64 / 1048576.0;
         for (j, (prompt, video)) in chunk.iter().zip(&videos).enumerate() {

@@ -160,6 +160,8 @@ pub struct SamplerConfig {
 /// Multistep consistency sampling: at each timestep the student predicts eps, the
 /// boundary conditions give `denoised`, and (but for the last step) the latent is
 /// re-noised to the next timestep with `noise(i)`. Returns every step's `denoised`.
+/// `on_step` runs after each step is recorded (a progress bar syncs the device there).
+#[allow(clippy::too_many_arguments)]
 pub fn consistency_sample(
     unet: &Unet3d,
     sched: &Schedule,
@@ -168,6 +170,7 @@ pub fn consistency_sample(
     fps: &[f32],
     cfg: &SamplerConfig,
     mut noise: impl FnMut(usize) -> Result<Tensor>,
+    mut on_step: impl FnMut() -> Result<()>,
 ) -> Result<Vec<Var>> {
     let gpu = init.value().gpu().clone();
     let tape = init.tape().clone();
@@ -192,6 +195,7 @@ pub fn consistency_sample(
             z = sched.add_noise(&denoised, &nz, cfg.timesteps[i + 1])?;
         }
         out.push(denoised);
+        on_step()?;
     }
     Ok(out)
 }
@@ -213,6 +217,7 @@ pub struct DdimConfig {
 /// The conditional and unconditional predictions of a step come from one UNet call on a
 /// doubled batch (rows 0..B conditional, B..2B unconditional). `uncond` holds B contexts, or
 /// one shared by the batch. Returns the final x0 (the last step lands on abar_0).
+/// `on_step` runs after each step is recorded.
 #[allow(clippy::too_many_arguments)]
 pub fn ddim_sample(
     unet: &Unet3d,
@@ -223,6 +228,7 @@ pub fn ddim_sample(
     fps: &[f32],
     cfg: &DdimConfig,
     mut noise: impl FnMut(usize) -> Result<Tensor>,
+    mut on_step: impl FnMut() -> Result<()>,
 ) -> Result<Var> {
     let tape = init.tape().clone();
     let b = init.shape()[0];
@@ -246,6 +252,7 @@ pub fn ddim_sample(
         if sigma > 0.0 && i > 0 {
             z = ad::axpby(&z, 1.0, &tape.constant(noise(grid.len() - 1 - i)?), sigma)?;
         }
+        on_step()?;
     }
     Ok(x0)
 }

@@ -188,7 +188,7 @@ fn solver(dir: &Path, gpu: &Gpu, unet: &Unet3d, forward_io: &WeightFile) -> Resu
         };
         let context = tape.constant(forward_io.tensor(gpu, "in.context")?);
         let fps: Vec<f32> = forward_io.host_i64("in.fps")?.1.into_iter().map(|x| x as f32).collect();
-        let denoised = consistency_sample(unet, &sched, &c("sample.init")?, &context, &fps, &cfg, |i| st.tensor(gpu, &format!("sample.noise{i}")))?;
+        let denoised = consistency_sample(unet, &sched, &c("sample.init")?, &context, &fps, &cfg, |i| st.tensor(gpu, &format!("sample.noise{i}")), || Ok(()))?;
         for (i, d) in denoised.iter().enumerate() {
             let k = format!("sample.denoised{i}");
             checks.push(Check::new(&k, &d.value().to_vec()?, &st.host_f32(&k)?.1, 1e-3));

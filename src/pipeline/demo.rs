@@ -15,6 +15,7 @@ use crate::eval::{paired, score, Report};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::weights::{Result, WeightsError};
 use crate::pipeline::model_dir::ModelDir;
+use crate::pipeline::progress::Progress;
 use crate::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
 use crate::pipeline::sample::{Generator, SampleOptions};
 use crate::pipeline::shards::{open_dataset, ShardConfig};
@@ -213,12 +214,14 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
     let reward_models = RewardModels::load(gpu, models, None).map_err(|e| io(&models.root, e))?;
     // prompt i with seed + i, in batches, written as a folder `t2v-turbo eval` reads; also
     // returns the generation's seconds per video (without the writing)
-    let sample_into = |gen: &Generator, o: &SampleOptions, prompts: &[String], dir: &Path| -> Result<(Vec<Vec<f32>>, Vec<Frames>, f64)> {
+    let sample_into = |label: &str, gen: &Generator, o: &SampleOptions, prompts: &[String], dir: &Path| -> Result<(Vec<Vec<f32>>, Vec<Frames>, f64)> {
         let t = Instant::now();
         let items: Vec<(&str, u64)> = prompts.iter().enumerate().map(|(i, p)| (p.as_str(), c.seed + i as u64)).collect();
+        let batches = items.chunks(c.sample_batch.max(1));
+        let mut progress = Progress::new(label, batches.len() * o.sampling_steps()).quiet(c.quiet);
         let mut raw = Vec::new();
-        for chunk in items.chunks(c.sample_batch.max(1)) {
-            raw.extend(gen.generate_batch(chunk, o)?);
+        for chunk in batches {
+            raw.extend(gen.generate_batch_observed(chunk, o, &mut || progress.advance(1, "steps"))?);
         }
         let secs = t.elapsed().as_secs_f64() / prompts.len().max(1) as f64;
         let videos: Vec<Frames> = raw.iter().map(|x| Frames::from_chw(x, v.frames, v.height, v.width)).collect();
@@ -234,7 +237,8 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
     let mut results = Vec::new();
     for (k, (name, gen, o)) in methods.iter().enumerate() {
         let t = Instant::now();
-        let (raw, videos, secs) = sample_into(gen, o, &prompts, &out.join("samples").join(format!("{k}")))?;
+        let short = name.split(" (").next().unwrap_or(name);
+        let (raw, videos, secs) = sample_into(&format!("sample {short}"), gen, o, &prompts, &out.join("samples").join(format!("{k}")))?;
         let rewards = sample_rewards(&reward_models, TrainConfig::default().vid_frames, &raw, &prompts, (v.frames, v.height, v.width))?;
         let report = scored(&videos, &prompts);
         say(c.quiet, format!("sample {name}: {secs:.2} s per video, accuracy {:.1} %", report.accuracy));
@@ -242,7 +246,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         // the students (every method after the teacher) also on the prompt grid
         let grid_report = if !grid.is_empty() && k > 0 {
             let t = Instant::now();
-            let (_, gv, _) = sample_into(gen, o, &grid, &out.join("samples").join(format!("grid-{k}")))?;
+            let (_, gv, _) = sample_into(&format!("grid {short}"), gen, o, &grid, &out.join("samples").join(format!("grid-{k}")))?;
             let r = scored(&gv, &grid);
             say(c.quiet, format!("sample {name} on the {}-prompt grid: accuracy {:.1} %", grid.len(), r.accuracy));
             stages.push((format!("grid {name}"), t.elapsed().as_secs_f64()));

@@ -2,6 +2,7 @@
 //! consistency sampling (4/8/16 steps, no CFG: w is an input of the student) -> VAE decode.
 
 use std::path::Path;
+use std::time::Instant;
 
 use t2v_kernels::autograd::Tape;
 use t2v_kernels::{Gpu, Tensor};
@@ -62,6 +63,13 @@ impl Generator {
         self.models().generate_batch(&Tape::new(), items, opts)
     }
 
+    /// [`Generator::generate_batch`], calling `on_step` after each sampling step (for
+    /// progress bars: the device is synced at most once a second, so the count follows the
+    /// computation, not only the recording).
+    pub fn generate_batch_observed(&self, items: &[(&str, u64)], opts: &SampleOptions, on_step: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>> {
+        self.models().generate_batch_observed(&Tape::new(), items, opts, on_step)
+    }
+
     /// The models, borrowed.
     pub fn models(&self) -> SamplerModels<'_> {
         SamplerModels { unet: &self.unet, vae: &self.vae, text: &self.text, tokenizer: &self.tokenizer, schedule: &self.schedule }
@@ -83,6 +91,16 @@ impl SamplerModels<'_> {
     /// [`Generator::generate_batch`] on `tape` (run without gradients; a tape with weight
     /// substitutions samples the substituted weights).
     pub fn generate_batch(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions) -> Result<Vec<Vec<f32>>> {
+        self.run_batch(tape, items, opts, None)
+    }
+
+    /// [`SamplerModels::generate_batch`] with [`Generator::generate_batch_observed`]'s
+    /// per-step callback.
+    pub fn generate_batch_observed(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions, on_step: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>> {
+        self.run_batch(tape, items, opts, Some(on_step))
+    }
+
+    fn run_batch(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions, mut on_step: Option<&mut dyn FnMut()>) -> Result<Vec<Vec<f32>>> {
         let gpu = self.vae.gpu();
         let b = items.len();
         if b == 0 {
@@ -113,13 +131,27 @@ impl SamplerModels<'_> {
                 motion_percentage: opts.motion_percentage,
             };
             let fps = vec![opts.fps; b];
+            // progress: the device is synced at most once a second, so the steps reported
+            // are computed ones (give or take a second of recording) without costing the
+            // overlap of recording and computing on every step
+            let mut synced = Instant::now();
+            let step = || -> Result<()> {
+                if let Some(f) = on_step.as_mut() {
+                    if synced.elapsed().as_secs_f64() >= 1.0 {
+                        gpu.sync()?;
+                        synced = Instant::now();
+                    }
+                    f();
+                }
+                Ok(())
+            };
             let latent = match &opts.teacher {
                 Some(tc) => {
                     let uncond = self.text.penultimate(tape, &[tokenize("")?])?;
-                    ddim_sample(self.unet, self.schedule, &init, &context, &uncond, &fps, tc, |_| draw())?
+                    ddim_sample(self.unet, self.schedule, &init, &context, &uncond, &fps, tc, |_| draw(), step)?
                 }
                 None => {
-                    let out = consistency_sample(self.unet, self.schedule, &init, &context, &fps, &cfg, |_| draw())?;
+                    let out = consistency_sample(self.unet, self.schedule, &init, &context, &fps, &cfg, |_| draw(), step)?;
                     out.last().expect("at least one step").clone()
                 }
             };
@@ -145,6 +177,13 @@ pub struct SampleOptions {
     pub fps: f32,
     /// Sample with the teacher's DDIM + CFG instead of the student.
     pub teacher: Option<DdimConfig>,
+}
+
+impl SampleOptions {
+    /// UNet steps of one generation: the teacher's DDIM steps or the student's.
+    pub fn sampling_steps(&self) -> usize {
+        self.teacher.as_ref().map_or(self.steps, |t| t.steps)
+    }
 }
 
 /// Standard normal samples (splitmix64 + Box-Muller), deterministic in the seed.

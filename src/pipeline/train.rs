@@ -496,7 +496,7 @@ impl<'a> Trainer<'a> {
             motion_scale: if self.config.use_motion { self.config.motion_gs } else { 0.0 },
             motion_percentage: self.config.motion_percentage,
         };
-        let out = consistency_sample(&self.student.unet, &self.sched, &tape.constant(noise), &tape.constant(context.clone()), &[self.fps], &cfg, |_| unreachable!("one step re-noises nothing"))?;
+        let out = consistency_sample(&self.student.unet, &self.sched, &tape.constant(noise), &tape.constant(context.clone()), &[self.fps], &cfg, |_| unreachable!("one step re-noises nothing"), || Ok(()))?;
         Ok(out.into_iter().next().expect("one step"))
     }
 
