@@ -183,10 +183,15 @@ fn sample_writes_gifs_and_frames_reproducibly_and_never_overwrites() {
 }
 
 #[test]
-fn demo_refuses_a_negative_motion_scale_before_any_work() {
+fn demo_and_world_refuse_bad_settings_before_any_work() {
     let out = std::env::temp_dir().join(format!("t2v-demo-bad-mgs-{}", std::process::id()));
     let (ok, _, err) = t2v(&["demo", "--motion-gs=-1", "--out", out.to_str().unwrap()], &[]);
     assert!(!ok);
     assert!(err.contains("--motion-gs must be a finite number >= 0"), "{err}");
     assert!(!out.exists(), "nothing is written for a refused run");
+    for cmd in ["demo", "world"] {
+        let (ok, _, err) = t2v(&[cmd, "--short-fraction", "1.5", "--out", out.to_str().unwrap()], &[]);
+        assert!(!ok && err.contains("--short-fraction must be within 0..1"), "{cmd}: {err}");
+        assert!(!out.exists(), "{cmd}: nothing is written for a refused run");
+    }
 }

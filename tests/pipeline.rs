@@ -288,6 +288,7 @@ fn the_commands_run_end_to_end() {
     assert!(ok && out.contains("accuracy") && out.contains("clips                 1"), "{out}");
     let (ok, out) = t2v(&["eval", &p("videos"), "--against", &p("videos")]);
     assert!(ok && out.contains("of 3 judgments, 0 right only here, 0 only there; sign test p = 1.000"), "{out}");
+    assert!(out.contains("  color               of 1 judgments, 0 right only here") && out.contains("  direction           of 1 judgments"), "{out}");
     std::fs::create_dir_all(d.join("other")).unwrap();
     std::fs::write(d.join("other/captions.jsonl"), "{\"path\": \"../videos/000_a_red_circle_moving_left\", \"caption\": \"a blue square moving up\"}\n").unwrap();
     let (ok, out) = t2v(&["eval", &p("videos"), "--against", &p("other")]);

@@ -2,7 +2,7 @@
 //! (no GPU).
 use std::path::PathBuf;
 
-use t2v_turbo::eval::{analyse, paired, score, sign_test};
+use t2v_turbo::eval::{analyse, paired, paired_on, score, sign_test};
 use t2v_turbo::pipeline::captions::{read_captions, CaptionRow};
 use t2v_turbo::pipeline::video_io::{read_video, write_frames, Frames};
 use t2v_turbo::world::{clip_spec, parse_prompt, prompt_grid, render, WorldConfig, COLORS, DIRECTIONS, SHAPES};
@@ -145,6 +145,12 @@ fn paired_judgments_and_the_sign_test() {
     assert!((p.p_value - 2.0 / 4096.0).abs() < 1e-12, "{p:?}");
     let q = paired(&b, &a).unwrap();
     assert_eq!((q.only_a, q.only_b), (0, 12));
+    // per attribute: the directions carry the whole split, colors none of it
+    let d = paired_on(&a, &b, &[2]).unwrap();
+    assert_eq!((d.only_a, d.only_b, d.judgments), (12, 0, 12));
+    let c = paired_on(&a, &b, &[0]).unwrap();
+    assert_eq!((c.only_a, c.only_b, c.judgments, c.p_value), (0, 0, 12, 1.0));
+    assert!(paired_on(&a, &b, &[3]).is_none());
     // other prompts or another number of clips do not pair
     assert!(paired(&a, &score(&clips[..11])).is_none());
     let colorless: Vec<_> = clips.iter().map(|(v, _)| (Frames { frames: v.frames.clone(), ..*v }, "a circle moving up".to_string())).collect();

@@ -28,6 +28,11 @@ pub struct DemoArgs {
     /// Held-out prompts sampled by every method.
     #[arg(long, default_value_t = 8)]
     pub prompts: usize,
+    /// Fraction of training clips that also carry a short caption, the only ones reward
+    /// feedback uses (the paper's data decoupling: long-caption data for consistency
+    /// distillation alone, short-caption data for both).
+    #[arg(long, default_value_t = 0.5)]
+    pub short_fraction: f32,
     /// Prompts of the evaluation grid (every color x direction, two shapes each) that each
     /// student also samples, for the comparisons between students: 24 = every color x
     /// direction once, 48 = all, 0 = none.
@@ -78,8 +83,11 @@ pub fn run(dev: &DeviceArgs, a: &DemoArgs) -> Result<(), CliError> {
     if !(a.motion_gs.is_finite() && a.motion_gs >= 0.0) {
         return Err(CliError::Check(format!("--motion-gs must be a finite number >= 0, not {}", a.motion_gs)));
     }
+    if !(0.0..=1.0).contains(&a.short_fraction) {
+        return Err(CliError::Check(format!("--short-fraction must be within 0..1, not {}", a.short_fraction)));
+    }
     ensure_new_dir(&a.out, false)?;
-    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, grid: a.grid, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch, motion_gs: a.motion_gs, reward_input: a.reward_input, seed: a.seed, ..DemoConfig::default() };
+    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, short_fraction: a.short_fraction, grid: a.grid, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch, motion_gs: a.motion_gs, reward_input: a.reward_input, seed: a.seed, ..DemoConfig::default() };
     if a.ablations {
         c.variants = vec![FULL, NO_REWARD, NO_MOTION, CD_ONLY];
     }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::CliError;
-use crate::eval::{analyse, paired, score};
+use crate::eval::{analyse, paired, paired_on, score};
 use crate::pipeline::captions::read_captions;
 use crate::pipeline::video_io::read_video;
 
@@ -23,7 +23,7 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
     /// Another method's clips of the same prompts (a folder with captions.jsonl, same rows
     /// in the same order): also prints a paired comparison — judgments right with only one
-    /// of the two, and an exact sign test of that split.
+    /// of the two, and an exact sign test of that split, in all and per attribute.
     #[arg(long)]
     pub against: Option<PathBuf>,
 }
@@ -70,6 +70,11 @@ pub fn run(a: &EvalArgs) -> Result<(), CliError> {
         let p = paired(&rep, &theirs).ok_or_else(|| CliError::Check("the two folders' clips were not scored on the same attributes".into()))?;
         println!("against {}: accuracy {:.1} %  (color {:.1}, shape {:.1}, direction {:.1})", other.display(), theirs.accuracy, theirs.color_accuracy, theirs.shape_accuracy, theirs.direction_accuracy);
         println!("paired                of {} judgments, {} right only here, {} only there; sign test p = {:.3}", p.judgments, p.only_a, p.only_b, p.p_value);
+        for (i, name) in ["color", "shape", "direction"].iter().enumerate() {
+            if let Some(q) = paired_on(&rep, &theirs, &[i]) {
+                println!("  {name:<19} of {} judgments, {} right only here, {} only there; sign test p = {:.3}", q.judgments, q.only_a, q.only_b, q.p_value);
+            }
+        }
     }
     Ok(())
 }

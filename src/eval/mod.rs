@@ -269,12 +269,18 @@ pub struct Paired {
 /// Pairs two reports of the same prompts, in the same order. None when they were not
 /// scored on the same clips and attributes.
 pub fn paired(a: &Report, b: &Report) -> Option<Paired> {
-    if a.judgments.len() != b.judgments.len() {
+    paired_on(a, b, &[0, 1, 2])
+}
+
+/// [`paired`] on some attributes only: indices into [`Judgments`] (0 color, 1 shape,
+/// 2 direction), e.g. `&[0]` for the color the reward models see.
+pub fn paired_on(a: &Report, b: &Report, attributes: &[usize]) -> Option<Paired> {
+    if a.judgments.len() != b.judgments.len() || attributes.iter().any(|&i| i >= 3) {
         return None;
     }
     let (mut only_a, mut only_b, mut judgments) = (0, 0, 0);
     for (x, y) in a.judgments.iter().zip(&b.judgments) {
-        for (x, y) in x.iter().zip(y) {
+        for (x, y) in attributes.iter().map(|&i| (&x[i], &y[i])) {
             match (x, y) {
                 (Some(x), Some(y)) => {
                     judgments += 1;

@@ -11,7 +11,7 @@ use std::time::Instant;
 use t2v_kernels::Gpu;
 
 use crate::diffusion::DdimConfig;
-use crate::eval::{paired, score, Report};
+use crate::eval::{paired_on, score, Report};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::weights::{Result, WeightsError};
 use crate::pipeline::model_dir::ModelDir;
@@ -45,6 +45,8 @@ pub struct DemoConfig {
     pub clips: usize,
     /// Held-out prompts sampled by every method.
     pub prompts: usize,
+    /// Fraction of training clips with a short caption (reward feedback uses only those).
+    pub short_fraction: f32,
     /// Also sample every student on this many prompts of [`prompt_grid`] (24: every color x
     /// direction once; 48: all of it; 0: none): with 72-144 attribute judgments per student
     /// instead of the held-out prompts' 24, the comparisons between students rest on a
@@ -76,6 +78,7 @@ impl Default for DemoConfig {
         DemoConfig {
             clips: 20,
             prompts: 8,
+            short_fraction: 0.5,
             grid: 24,
             steps: 70,
             lr: 1e-5,
@@ -123,7 +126,10 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
     // (stage, seconds) for the report
     let mut stages: Vec<(String, f64)> = Vec::new();
     let v = models.video;
-    let world = WorldConfig { frames: v.frames, size: v.height, short_fraction: 0.5 };
+    if !(0.0..=1.0).contains(&c.short_fraction) {
+        return Err(io(out, format!("the short-caption fraction must be within 0..1, not {}", c.short_fraction)));
+    }
+    let world = WorldConfig { frames: v.frames, size: v.height, short_fraction: c.short_fraction };
     if v.height != v.width {
         return Err(io(&models.root, "the demo's world makes square clips: the model folder's height and width must be equal"));
     }
@@ -294,9 +300,10 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
     let mut md = String::new();
     md += "# t2v-turbo demo\n\n";
     md += &format!(
-        "Models: `{}`. World: {} training clips; {} held-out prompts, sampled in batches of up to {}; DDIM grid {} points; {} distillation steps per student (lr {}); motion-guidance scale {}; rewards scored on {}.\n\nTime: {}.\n\n",
+        "Models: `{}`. World: {} training clips (fraction {} with a short caption, the ones reward feedback uses); {} held-out prompts, sampled in batches of up to {}; DDIM grid {} points; {} distillation steps per student (lr {}); motion-guidance scale {}; rewards scored on {}.\n\nTime: {}.\n\n",
         models.root.display(),
         c.clips,
+        c.short_fraction,
         prompts.len(),
         c.sample_batch,
         c.ddim_steps,
@@ -412,10 +419,11 @@ fn targets(results: &[MethodResult]) -> String {
         format!("- {what} ({}): {} {x:.2} vs {} {y:.2} — {}", sample(a), a.name, b.name, if x > y { "raised" } else { "not raised" })
     };
     let line = |a: &MethodResult, b: &MethodResult, what: &str, f: &dyn Fn(&Report) -> f32| compare(a, b, what, f) + ".\n";
-    // accuracy lines also say whether the difference stands out of the sample's noise
-    let accuracy_line = |a: &MethodResult, b: &MethodResult, what: &str| {
-        let mut l = compare(a, b, what, &|r| r.accuracy);
-        match paired(on(a), on(b)) {
+    // accuracy lines also say whether the difference stands out of the sample's noise:
+    // the paired sign test on the judgments of `attributes`
+    let judged_line = |a: &MethodResult, b: &MethodResult, what: &str, f: &dyn Fn(&Report) -> f32, attributes: &[usize]| {
+        let mut l = compare(a, b, what, f);
+        match paired_on(on(a), on(b), attributes) {
             Some(p) => l += &format!(
                 "; of {} attribute judgments {} are right only with {} and {} only with {} (sign test p = {:.2}{}).\n",
                 p.judgments,
@@ -430,9 +438,10 @@ fn targets(results: &[MethodResult]) -> String {
         }
         l
     };
+    let accuracy_line = |a: &MethodResult, b: &MethodResult, what: &str| judged_line(a, b, what, &|r| r.accuracy, &[0, 1, 2]);
     if let (Some(f), Some(c)) = (full, find(CD_ONLY.name)) {
         out += &accuracy_line(f, c, "rewards + motion raise text alignment (accuracy) over plain consistency distillation");
-        out += &line(f, c, "color accuracy (the attribute the reward models see)", &|r| r.color_accuracy);
+        out += &judged_line(f, c, "color accuracy (the attribute the reward models see)", &|r| r.color_accuracy, &[0]);
         out += &line(f, c, "dynamic degree (motion guidance)", &|r| r.dynamic_degree);
         out += &format!("- flicker {} {:.4} vs {} {:.4} (lower is better).\n", f.name, on(f).flicker, c.name, on(c).flicker);
         if let (Some(x), Some(y)) = (f.rewards.0, c.rewards.0) {
