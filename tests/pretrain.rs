@@ -102,6 +102,10 @@ fn the_quick_demo_runs_on_the_shipped_models() {
     // the students also sampled 4 prompts of the grid, and the targets compare them there
     assert!(report.contains("### The students on the prompt grid") && report.contains("(4 prompts, 12 attribute judgments per student"), "grid: {report}");
     assert!(report.contains("over plain consistency distillation (4 grid prompts): ") && report.contains("(sign test p = "), "paired comparison: {report}");
+    // the color line (what the reward models see) has its own paired test; the demo's
+    // defaults: every clip short-captioned, rewards on generations from noise
+    assert!(report.contains("color accuracy (the attribute the reward models see) (4 grid prompts): ") && report.matches("(sign test p = ").count() == 2, "color test: {report}");
+    assert!(report.contains("(fraction 1 with a short caption") && report.contains("rewards scored on the students' one-step generations from fresh noise"), "defaults: {report}");
     assert!(out.join("samples/grid-2/captions.jsonl").exists());
 }
 

@@ -30,20 +30,23 @@ pub struct DemoArgs {
     pub prompts: usize,
     /// Fraction of training clips that also carry a short caption, the only ones reward
     /// feedback uses (the paper's data decoupling: long-caption data for consistency
-    /// distillation alone, short-caption data for both).
-    #[arg(long, default_value_t = 0.5)]
+    /// distillation alone, short-caption data for both). 1: every clip, so every step
+    /// has reward feedback (the world's clips all have both captions; 0.5 mirrors the
+    /// paper's data mix).
+    #[arg(long, default_value_t = 1.0)]
     pub short_fraction: f32,
     /// Prompts of the evaluation grid (every color x direction, two shapes each) that each
-    /// student also samples, for the comparisons between students: 24 = every color x
-    /// direction once, 48 = all, 0 = none.
-    #[arg(long, default_value_t = 24)]
+    /// student also samples, for the comparisons between students: 48 = all (48 color
+    /// judgments per student), 24 = every color x direction once, 0 = none.
+    #[arg(long, default_value_t = 48)]
     pub grid: usize,
     /// Distillation steps per student.
     #[arg(long, default_value_t = 70)]
     pub steps: u64,
-    /// Distillation learning rate (the reference's 1e-5; at 1e-4 the tiny students collapse
-    /// onto one output, see README).
-    #[arg(long, default_value_t = 1e-5)]
+    /// Distillation learning rate (the reference's is 1e-5, at which 70 steps barely move
+    /// the tiny students; at 1e-4 plain consistency distillation collapses them onto one
+    /// color, which reward feedback prevents: see README).
+    #[arg(long, default_value_t = 1e-4)]
     pub lr: f32,
     /// Points of the DDIM grid (50: T2V-Turbo v1's, cheaper inversion on a CPU; 200: v2's).
     #[arg(long, default_value_t = 50)]
@@ -59,10 +62,11 @@ pub struct DemoArgs {
     /// sampling; the reference code's default).
     #[arg(long, default_value_t = 0.05)]
     pub motion_gs: f32,
-    /// What the rewards score: `data` (the reference: the consistency output from a noised
-    /// training clip) or `noise` (the student's one-step generation from fresh noise; see
-    /// `train --reward-input`).
-    #[arg(long, value_enum, default_value_t = RewardInput::Data)]
+    /// What the rewards score: `noise` (the student's one-step generation from fresh noise,
+    /// where sampling starts; not in the reference, see `train --reward-input`) or `data`
+    /// (the reference: the consistency output from a noised training clip, which on these
+    /// tiny models does not raise the students' alignment, see README).
+    #[arg(long, value_enum, default_value_t = RewardInput::Noise)]
     pub reward_input: RewardInput,
     /// Also train the ablations without rewards and without motion guidance.
     #[arg(long)]

@@ -160,7 +160,7 @@ pub struct SamplerConfig {
 /// Multistep consistency sampling: at each timestep the student predicts eps, the
 /// boundary conditions give `denoised`, and (but for the last step) the latent is
 /// re-noised to the next timestep with `noise(i)`. Returns every step's `denoised`.
-/// `on_step` runs after each step is recorded (a progress bar syncs the device there).
+/// `on_step` runs after each step is recorded (a progress bar may sync the device there).
 #[allow(clippy::too_many_arguments)]
 pub fn consistency_sample(
     unet: &Unet3d,

@@ -66,7 +66,8 @@ pub struct DemoConfig {
     /// Motion-guidance scale lambda of the motion-guided students, in distillation and
     /// sampling (the reference code's default: 0.05).
     pub motion_gs: f32,
-    /// What reward feedback scores (the reference: the data's consistency output).
+    /// What reward feedback scores (the demo: the one-step generation from noise; the
+    /// reference: the data's consistency output).
     pub reward_input: RewardInput,
     pub variants: Vec<Variant>,
     pub seed: u64,
@@ -78,17 +79,17 @@ impl Default for DemoConfig {
         DemoConfig {
             clips: 20,
             prompts: 8,
-            short_fraction: 0.5,
-            grid: 24,
+            short_fraction: 1.0,
+            grid: 48,
             steps: 70,
-            lr: 1e-5,
+            lr: 1e-4,
             ddim_steps: 50,
             student_steps: 4,
             teacher_steps: 50,
             teacher_cfg: 7.5,
             sample_batch: 8,
             motion_gs: 0.05,
-            reward_input: RewardInput::Data,
+            reward_input: RewardInput::Noise,
             variants: vec![FULL, CD_ONLY],
             seed: 0,
             quiet: false,
