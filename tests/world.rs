@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use t2v_turbo::eval::{analyse, paired, paired_on, score, sign_test};
 use t2v_turbo::pipeline::captions::{read_captions, CaptionRow};
 use t2v_turbo::pipeline::video_io::{read_video, write_frames, Frames};
-use t2v_turbo::world::{clip_spec, parse_prompt, prompt_grid, render, WorldConfig, COLORS, DIRECTIONS, SHAPES};
+use t2v_turbo::world::{clip_spec, parse_prompt, prompt_grid, render, write_dataset, WorldConfig, COLORS, DIRECTIONS, SHAPES};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("t2v-world-{name}-{}", std::process::id()));
@@ -40,6 +40,11 @@ fn the_world_is_deterministic_and_varied() {
         let q = parse_prompt(&s.short_caption());
         assert_eq!((q.color, q.shape, q.direction), (Some(s.color), Some(s.shape), Some(s.direction)), "{}", s.short_caption());
     }
+    // every clip gets a short caption at fraction 1; a fraction outside 0..1 writes nothing
+    assert!((0..40).all(|i| clip_spec(1, i, &WorldConfig { short_fraction: 1.0, ..cfg.clone() }).has_short));
+    let d = tmp("bad-fraction");
+    let err = write_dataset(&d.join("w"), 1, 2, &WorldConfig { short_fraction: 1.5, ..cfg }, true).unwrap_err();
+    assert!(err.to_string().contains("must be within 0..1") && !d.join("w").exists(), "{err}");
 }
 
 #[test]

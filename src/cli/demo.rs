@@ -87,9 +87,7 @@ pub fn run(dev: &DeviceArgs, a: &DemoArgs) -> Result<(), CliError> {
     if !(a.motion_gs.is_finite() && a.motion_gs >= 0.0) {
         return Err(CliError::Check(format!("--motion-gs must be a finite number >= 0, not {}", a.motion_gs)));
     }
-    if !(0.0..=1.0).contains(&a.short_fraction) {
-        return Err(CliError::Check(format!("--short-fraction must be within 0..1, not {}", a.short_fraction)));
-    }
+    crate::world::check_short_fraction(a.short_fraction).map_err(|e| CliError::Check(format!("--short-fraction {e}")))?;
     ensure_new_dir(&a.out, false)?;
     let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, short_fraction: a.short_fraction, grid: a.grid, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch, motion_gs: a.motion_gs, reward_input: a.reward_input, seed: a.seed, ..DemoConfig::default() };
     if a.ablations {

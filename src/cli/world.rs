@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::{ensure_new_dir, CliError};
-use crate::world::{write_dataset, WorldConfig};
+use crate::world::{check_short_fraction, write_dataset, WorldConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct WorldArgs {
@@ -32,9 +32,7 @@ pub fn run(a: &WorldArgs) -> Result<(), CliError> {
     if a.size < 8 || a.frames < 2 {
         return Err(CliError::Check("--size must be at least 8 and --frames at least 2".into()));
     }
-    if !(0.0..=1.0).contains(&a.short_fraction) {
-        return Err(CliError::Check(format!("--short-fraction must be within 0..1, not {}", a.short_fraction)));
-    }
+    check_short_fraction(a.short_fraction).map_err(|e| CliError::Check(format!("--short-fraction {e}")))?;
     ensure_new_dir(&a.out, false)?;
     let cfg = WorldConfig { frames: a.frames, size: a.size, short_fraction: a.short_fraction };
     let rows = write_dataset(&a.out, a.seed, a.count, &cfg, false).map_err(|e| CliError::Check(e.to_string()))?;

@@ -127,9 +127,6 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
     // (stage, seconds) for the report
     let mut stages: Vec<(String, f64)> = Vec::new();
     let v = models.video;
-    if !(0.0..=1.0).contains(&c.short_fraction) {
-        return Err(io(out, format!("the short-caption fraction must be within 0..1, not {}", c.short_fraction)));
-    }
     let world = WorldConfig { frames: v.frames, size: v.height, short_fraction: c.short_fraction };
     if v.height != v.width {
         return Err(io(&models.root, "the demo's world makes square clips: the model folder's height and width must be equal"));

@@ -67,7 +67,7 @@ impl Generator {
     /// progress bars: the device is synced at most once a second, so the count follows the
     /// computation, not only the recording).
     pub fn generate_batch_observed(&self, items: &[(&str, u64)], opts: &SampleOptions, on_step: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>> {
-        self.models().generate_batch_observed(&Tape::new(), items, opts, on_step)
+        self.models().run_batch(&Tape::new(), items, opts, Some(on_step))
     }
 
     /// The models, borrowed.
@@ -94,12 +94,7 @@ impl SamplerModels<'_> {
         self.run_batch(tape, items, opts, None)
     }
 
-    /// [`SamplerModels::generate_batch`] with [`Generator::generate_batch_observed`]'s
-    /// per-step callback.
-    pub fn generate_batch_observed(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions, on_step: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>> {
-        self.run_batch(tape, items, opts, Some(on_step))
-    }
-
+    /// The generation, with [`Generator::generate_batch_observed`]'s per-step callback.
     fn run_batch(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions, mut on_step: Option<&mut dyn FnMut()>) -> Result<Vec<Vec<f32>>> {
         let gpu = self.vae.gpu();
         let b = items.len();

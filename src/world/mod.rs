@@ -31,6 +31,15 @@ impl Default for WorldConfig {
     }
 }
 
+/// Checks a short-caption fraction (`world --short-fraction`, `demo --short-fraction`).
+pub fn check_short_fraction(f: f32) -> Result<(), String> {
+    if (0.0..=1.0).contains(&f) {
+        Ok(())
+    } else {
+        Err(format!("must be within 0..1, not {f}"))
+    }
+}
+
 /// The attributes of one clip.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClipSpec {
@@ -263,6 +272,7 @@ pub fn parse_prompt(prompt: &str) -> PromptAttributes {
 /// (`clips/00000/frame_000.png`, ...) with `captions.jsonl`; returns the rows.
 pub fn write_dataset(out: &std::path::Path, seed: u64, count: usize, cfg: &WorldConfig, quiet: bool) -> Result<Vec<crate::pipeline::captions::CaptionRow>, crate::pipeline::video_io::VideoIoError> {
     use crate::pipeline::captions::{write_jsonl, CaptionRow};
+    check_short_fraction(cfg.short_fraction).map_err(|msg| crate::pipeline::video_io::VideoIoError { path: out.display().to_string(), msg: format!("the short-caption fraction {msg}") })?;
     let mut rows = Vec::with_capacity(count);
     let mut progress = crate::pipeline::progress::Progress::new("world", count).quiet(quiet);
     for i in 0..count {
