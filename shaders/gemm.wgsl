@@ -164,80 +164,121 @@ fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 }
 
-// im2col4: im2col (K-contiguous, KMAJOR = 0) with K % 4 == 0, one thread per 4 elements
-// k = 4q..4q+4 of output pixel n of image z = wid.z: one vec4 store (a per-element store is
-// a loop over the lanes on CPU adapters), the input read from its texture with TEX_IN.
-// The window position (c, ky, kx) of k = 4q is divided out once, then stepped.
+// im2col4: im2col (K-contiguous, KMAJOR = 0) with K % 4 == 0, one thread per output pixel n
+// and block j of four input channels 4j..4j+4 (fewer in the last block) of image z =
+// wid.z: it writes the block's 4*kh*kw consecutive elements k = 4j*kh*kw.. (a multiple of
+// 4 since K is) as vec4 stores (a per-element store is a loop over the lanes on CPU
+// adapters), reading the input from its texture with TEX_IN. The index divisions
+// (scalarised per lane on CPU adapters) are paid once per block, not per vec4: per vec4
+// they made this kernel 4x slower than a copy. Threads: n fastest, then j.
 @group(0) @binding(3) var<storage, read_write> cols4: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
 fn im2col4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let i = (wid.y * nwg.x + wid.x) * 256u + lid;
-    let kq = p.k / 4u;
-    if (i >= p.n * kq) {
+    let blocks = (p.cin + 3u) / 4u;
+    if (i >= p.n * blocks) {
         return;
     }
-    let n = i / kq;
-    let q = i - n * kq;
+    let j = i / p.n;
+    let n = i - j * p.n;
     let o = conv_origin(n);
-    let tap = window_tap(4u * q);
-    var ch = tap.x;
-    var ky = tap.y;
-    var kx = tap.z;
-    let src = wid.z * p.b_bs;
+    let c0 = 4u * j;
+    let c1 = min(c0 + 4u, p.cin);
+    // vec4 slot of element k = c0 * kh * kw of this pixel's column
+    var at = ((wid.z * p.n + n) * p.k + c0 * p.kh * p.kw) / 4u;
     var v = vec4<f32>(0.0);
-    for (var t = 0u; t < 4u; t++) {
-        let iy = o.x + i32(ky);
-        let ix = o.y + i32(kx);
-        if (iy >= 0 && ix >= 0 && iy < i32(p.h) && ix < i32(p.w)) {
-            v[t] = image_at(src + (ch * p.h + u32(iy)) * p.w + u32(ix));
-        }
-        kx++;
-        if (kx == p.kw) {
-            kx = 0u;
-            ky++;
-            if (ky == p.kh) {
-                ky = 0u;
-                ch++;
+    var lane = 0u;
+    for (var ch = c0; ch < c1; ch++) {
+        let src = wid.z * p.b_bs + ch * p.h * p.w;
+        for (var ky = 0u; ky < p.kh; ky++) {
+            let iy = o.x + i32(ky);
+            let row_in = iy >= 0 && iy < i32(p.h);
+            for (var kx = 0u; kx < p.kw; kx++) {
+                let ix = o.y + i32(kx);
+                var x = 0.0;
+                if (row_in && ix >= 0 && ix < i32(p.w)) {
+                    x = image_at(src + u32(iy) * p.w + u32(ix));
+                }
+                v = select(v, vec4<f32>(x), vec4<u32>(0u, 1u, 2u, 3u) == vec4<u32>(lane));
+                if (lane == 3u) {
+                    cols4[at] = v;
+                    at++;
+                    lane = 0u;
+                } else {
+                    lane++;
+                }
             }
         }
     }
-    cols4[(wid.z * p.n + n) * kq + q] = v;
 }
 
-// im2col4_kmajor: im2col with KMAJOR (cols[k, z * P + n]) where P % 4 == 0, one thread per
-// 4 output pixels n0..n0+4 of one k of image z = wid.z: one vec4 store.
+// im2col4_kmajor: im2col in K-major layout where P % 4 == 0, one thread per input channel c
+// and quad of output pixels n0..n0+4 of image z = wid.z, looping over the window taps:
+// one vec4 store per tap at row k = (c * kh + ky) * kw + kx. Layout: with PER_IMAGE
+// cols[z, k, n] (the forward conv's B operand, N-contiguous), else cols[k, z * P + n] (K
+// rows over all images: the operand of the weight gradient dW = dY (O, N*P) x cols^T).
+// With QUADS (stride 1 along W, OW % 4 == 0 and W % 4 == 0: the quad lies in one output
+// row and reads 4 consecutive inputs) a tap's 4 values come from the two texels they span
+// (row_quad); else element by element, each bounds-checked. The index divisions
+// (scalarised per lane on CPU adapters) are paid once per thread.
+override PER_IMAGE: bool = false;
+
 @compute @workgroup_size(256)
 fn im2col4_kmajor(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     let i = (wid.y * nwg.x + wid.x) * 256u + lid;
     let p4 = p.n / 4u;
-    if (i >= p.k * p4) {
+    if (i >= p.cin * p4) {
         return;
     }
-    let k = i / p4;
-    let n0 = 4u * (i - k * p4);
-    let tap = window_tap(k);
-    let ky = tap.y;
-    let kx = tap.z;
-    let src = wid.z * p.b_bs + tap.x * p.h * p.w;
+    let ch = i / p4;
+    let n0 = 4u * (i - ch * p4);
+    let src = wid.z * p.b_bs + ch * p.h * p.w;
+    // input origins (top-left of the window) of the quad's 4 output pixels
     var oy = n0 / p.ow;
     var ox = n0 - oy * p.ow;
-    var v = vec4<f32>(0.0);
+    var y0 = vec4<i32>(0);
+    var x0 = vec4<i32>(0);
     for (var t = 0u; t < 4u; t++) {
-        let iy = i32(oy * p.sh + ky) - i32(p.ph);
-        let ix = i32(ox * p.sw + kx) - i32(p.pw);
-        if (iy >= 0 && ix >= 0 && iy < i32(p.h) && ix < i32(p.w)) {
-            v[t] = image_at(src + u32(iy) * p.w + u32(ix));
-        }
+        y0[t] = i32(oy * p.sh) - i32(p.ph);
+        x0[t] = i32(ox * p.sw) - i32(p.pw);
         ox++;
         if (ox == p.ow) {
             ox = 0u;
             oy++;
         }
     }
-    cols4[(k * p.batch * p.n + wid.z * p.n + n0) / 4u] = v;
+    var row_stride = p.batch * p.n;
+    var at = wid.z * p.n + n0;
+    if (PER_IMAGE) {
+        row_stride = p.n;
+        at = wid.z * p.k * p.n + n0;
+    }
+    at += ch * p.kh * p.kw * row_stride;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        let iy = y0 + vec4<i32>(i32(ky));
+        let rows_in = iy >= vec4<i32>(0) & iy < vec4<i32>(i32(p.h));
+        for (var kx = 0u; kx < p.kw; kx++) {
+            var v = vec4<f32>(0.0);
+            if (QUADS) {
+                if (rows_in.x) {
+                    v = row_quad(src + u32(iy.x) * p.w, x0.x + i32(kx), p.w);
+                }
+            } else {
+                let ix = x0 + vec4<i32>(i32(kx));
+                let inside = rows_in & ix >= vec4<i32>(0) & ix < vec4<i32>(i32(p.w));
+                for (var t = 0u; t < 4u; t++) {
+                    if (inside[t]) {
+                        v[t] = image_at(src + u32(iy[t]) * p.w + u32(ix[t]));
+                    }
+                }
+            }
+            cols4[at / 4u] = v;
+            at += row_stride;
+        }
+    }
 }
 
 // col2im: the transpose of im2col (a convolution's input gradient). For image z,
@@ -295,13 +336,13 @@ fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 // branch still costs on llvmpipe.)
 override QUADS: bool = false;
 
-// Elements t0..t0+4 of the dcols row starting at `base` (4-aligned with QUADS), those
-// outside 0..OW zero. From the texture: the two texels they span, the offset t0 mod 4 being
+// Elements t0..t0+4 of the row of `len` elements starting at `base` (4-aligned with
+// QUADS), those outside 0..len zero. From the texture: the two texels they span, the offset t0 mod 4 being
 // the same for every thread of a dispatch (ix0 % 4 == 0), so picking the four lanes is a
 // uniform branch instead of four per-element texel fetches and lane extracts.
-fn row_quad(base: u32, t0: i32) -> vec4<f32> {
+fn row_quad(base: u32, t0: i32, len: u32) -> vec4<f32> {
     let ox = vec4<i32>(t0) + vec4<i32>(0, 1, 2, 3);
-    let inside = ox >= vec4<i32>(0) & ox < vec4<i32>(i32(p.ow));
+    let inside = ox >= vec4<i32>(0) & ox < vec4<i32>(i32(len));
     var v = vec4<f32>(0.0);
     if (TEX_IN) {
         let r = t0 & 3;
@@ -347,7 +388,7 @@ fn col2im4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                 let base = zb + ((ch * p.kh + ky) * p.kw + kx) * p.n + u32(oy) * p.ow;
                 let t0 = ix0 + i32(p.pw) - i32(kx);
                 if (QUADS) {
-                    s += row_quad(base, t0);
+                    s += row_quad(base, t0, p.ow);
                 } else {
                     for (var t = 0; t < 4; t++) {
                         let ox = window_step(t0 + t, p.sw, p.ow);

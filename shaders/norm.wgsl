@@ -14,7 +14,7 @@ struct Params {
     inner: u32,
     eps: f32,
     affine: u32,
-    _pad: u32,
+    slice: u32,   // norm_affine_bwd: elements per slice
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -181,13 +181,10 @@ fn norm_thread4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 // norm_bwd: backward of norm_rows from the saved (mean, rstd). With g = dy' * gamma (dy'
 // being dy through the fused SiLU's derivative, gamma = 1 without affine):
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-// and, with affine, the per-element terms of the weight and bias gradients:
-//   gw = dy' * xhat, gb = dy' (summed over rows/space by the caller).
+// (the weight and bias gradients: norm_affine_bwd below).
 @group(0) @binding(4) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(5) var<storage, read> stats_in: array<f32>;
 @group(0) @binding(6) var<storage, read> dy: array<f32>;
-@group(0) @binding(7) var<storage, read_write> gw: array<f32>;
-@group(0) @binding(8) var<storage, read_write> gb: array<f32>;
 
 // With TEX_IN (norm_bwd, norm_bwd_thread) x, gamma, beta and dy are read from their textures.
 @group(0) @binding(12) var dy_tex: texture_2d<f32>;
@@ -224,16 +221,11 @@ fn norm_dy(i: u32, xh: f32, ch: u32) -> vec2<f32> {
     return vec2<f32>(d, d * gm);
 }
 
-// dx (and the affine terms) at element j of the row at `base`, given the row's mean(g)
-// and mean(g * xhat).
+// dx at element j of the row at `base`, given the row's mean(g) and mean(g * xhat).
 fn norm_bwd_store(base: u32, j: u32, mean: f32, rstd: f32, ch0: u32, mg: f32, mgx: f32) {
     let xh = (x_at(base + j) - mean) * rstd;
     let dg = norm_dy(base + j, xh, ch0 + j / p.inner);
     dx[base + j] = rstd * (dg.y - mg - xh * mgx);
-    if (p.affine != 0u) {
-        gw[base + j] = dg.x * xh;
-        gb[base + j] = dg.x;
-    }
 }
 
 @compute @workgroup_size(WG)
@@ -294,4 +286,63 @@ fn norm_bwd_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     for (var j = 0u; j < p.len; j++) {
         norm_bwd_store(base, j, mean, rstd, ch0, mg, mgx);
     }
+}
+
+// norm_affine_bwd: the weight and bias gradients of an affine normalisation,
+//   dgamma[c] = sum of dy' * xhat,  dbeta[c] = sum of dy'
+// over the elements of channel c, the tensor seen as (outer, C, inner) (layer norm: (rows,
+// D, 1); group norm: (N, C, S)). Invocation t = s * C + c sums elements e = (o, i) of
+// channel c, o * inner + i in slice s: [s * per, (s + 1) * per) with per = p.slice, walking
+// (o, i) without divisions, and writes the partial sums at [t] (the caller adds up the
+// slices when there are several). One dispatch instead of per-element terms and four
+// reductions; per stays within llvmpipe's loop budget.
+@group(0) @binding(4) var<storage, read_write> dgamma_part: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dbeta_part: array<f32>;
+
+@compute @workgroup_size(64)
+fn norm_affine_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.y * nwg.x + wid.x) * 64u + lid;
+    let chans = select(p.groups * p.cpg, p.len, p.cpg == 0u);
+    let outer = p.rows / p.groups;
+    let total = outer * p.inner;
+    let per = p.slice;
+    if (t >= ((total + per - 1u) / per) * chans) {
+        return;
+    }
+    let s = t / chans;
+    let c = t - s * chans;
+    // channel c lies in group grp of each (outer) index, at offset within * inner of its row
+    var grp = 0u;
+    var within = c;
+    if (p.cpg != 0u) {
+        grp = c / p.cpg;
+        within = c - grp * p.cpg;
+    }
+    let e0 = s * per;
+    let e1 = min(total, e0 + per);
+    var o = e0 / p.inner;
+    var i = e0 - o * p.inner;
+    var r = o * p.groups + grp;
+    var mean = stats_in[2u * r];
+    var rstd = stats_in[2u * r + 1u];
+    var base = r * p.len + within * p.inner;
+    var sw = 0.0;
+    var sb = 0.0;
+    for (var e = e0; e < e1; e++) {
+        let xh = (x_at(base + i) - mean) * rstd;
+        let d = norm_dy(base + i, xh, c).x;
+        sw += d * xh;
+        sb += d;
+        i++;
+        if (i == p.inner && e + 1u < e1) {
+            i = 0u;
+            r += p.groups;
+            mean = stats_in[2u * r];
+            rstd = stats_in[2u * r + 1u];
+            base = r * p.len + within * p.inner;
+        }
+    }
+    dgamma_part[t] = sw;
+    dbeta_part[t] = sb;
 }

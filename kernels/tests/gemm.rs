@@ -163,6 +163,12 @@ fn conv2d_kernels_strides_paddings() {
         ([2, 8, 7, 9], [20, 8, 3, 3], Conv2d::new(2, 1)),   // K % 4 == 0, O >= 16: im2col + vec4 GEMM on CPU
         ([1, 16, 5, 7], [24, 16, 1, 1], Conv2d::new(1, 0)),
         ([3, 16, 150, 150], [20, 16, 3, 3], Conv2d::new(1, 1)), // columns (13 MB per image) over CONV_COLUMNS_MAX_BYTES: chunks of 2 + 1 images on CPU
+        // on CPU adapters: (N, P, K) columns with a last block of 2 channels (P = 25); (N, K,
+        // P) columns with quads of pixels read as texel pairs at every offset mod 4 (stride 1,
+        // W and OW multiples of 4, uneven padding); case 6 and 8 above take (N, K, P) columns
+        // without quads (stride 2; W = 150)
+        ([2, 6, 6, 6], [20, 6, 2, 2], Conv2d::new(1, 0)),
+        ([2, 5, 6, 8], [17, 5, 3, 5], Conv2d { stride: (1, 1), padding: (1, 0, 2, 2) }),
     ];
     for (v, g) in variants() {
         for (s, (xs, ws, geo)) in cases.iter().enumerate() {

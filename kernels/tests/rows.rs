@@ -125,12 +125,67 @@ fn group_norm_4d_and_5d_with_fused_silu() {
     assert!(ops::group_norm(&x, 4, None, None, 1e-5, false).unwrap_err().to_string().contains("6 channels"));
 }
 
+/// Host (dgamma, dbeta) of a normalisation: sums over each channel's elements of dy' * xhat
+/// and dy' (dy' = dy through the fused SiLU's derivative).
+fn affine_grads_ref(x: &[f32], dy: &[f32], len: usize, ch: impl Fn(usize, usize) -> usize, gm: &[f32], bt: &[f32], silu: bool) -> (Vec<f64>, Vec<f64>) {
+    let (_, stats) = norm_ref(x, len, 1e-5, &ch, None::<(&[f32], &[f32])>, false);
+    let (mut dg, mut db) = (vec![0.0; gm.len()], vec![0.0; gm.len()]);
+    for (i, (&xv, &d)) in x.iter().zip(dy).enumerate() {
+        let (r, j) = (i / len, i % len);
+        let c = ch(r, j);
+        let xh = (xv as f64 - stats[2 * r]) * stats[2 * r + 1];
+        let mut d = d as f64;
+        if silu {
+            let z = xh * gm[c] as f64 + bt[c] as f64;
+            let s = 1.0 / (1.0 + (-z).exp());
+            d *= s * (1.0 + z * (1.0 - s));
+        }
+        dg[c] += d * xh;
+        db[c] += d;
+    }
+    (dg, db)
+}
+
+/// The weight and bias gradients of the norms, also where a channel has more elements than
+/// one invocation sums on CPU adapters (llvmpipe's loop budget: 60000), so that its sum is
+/// split in slices that start in the middle of a row and are added up afterwards.
+#[test]
+fn norm_affine_grads_in_one_and_several_slices() {
+    // group norm: (N, C, H, W) with G groups; channel c of image n is row n * G + c / cpg
+    for (k, (shape, groups, silu)) in [([2usize, 6, 5, 7], 3usize, true), ([3, 4, 150, 150], 2, false), ([3, 4, 150, 150], 2, true)].into_iter().enumerate() {
+        let (c, s) = (shape[1], shape[2] * shape[3]);
+        let cpg = c / groups;
+        let (x, xv) = rand_tensor(&shape, 200 + k as u64, -2.0, 3.0);
+        let (dy, dyv) = rand_tensor(&shape, 210 + k as u64, -1.0, 1.0);
+        let (g, gv) = rand_tensor(&[c], 220 + k as u64, 0.5, 1.5);
+        let (b, bv) = rand_tensor(&[c], 230 + k as u64, -1.0, 1.0);
+        let n = ops::group_norm(&x, groups, Some(&g), Some(&b), 1e-5, silu).unwrap();
+        let d = ops::group_norm_backward(&x, groups, Some(&g), Some(&b), &n.stats, &dy, 1e-5, silu).unwrap();
+        let (wg, wb) = affine_grads_ref(&xv, &dyv, cpg * s, |r, j| (r % groups) * cpg + j / s, &gv, &bv, silu);
+        let tol = 1e-4 * (shape.iter().product::<usize>() as f64).sqrt();
+        assert_close(&format!("group_norm {shape:?} dgamma"), &d.dgamma.unwrap().to_vec().unwrap(), &wg, tol, 1e-4);
+        assert_close(&format!("group_norm {shape:?} dbeta"), &d.dbeta.unwrap().to_vec().unwrap(), &wb, tol, 1e-4);
+    }
+    // layer norm: 61003 rows of 3 channels
+    let (rows, dim) = (61003, 3);
+    let (x, xv) = rand_tensor(&[rows, dim], 240, -2.0, 3.0);
+    let (dy, dyv) = rand_tensor(&[rows, dim], 241, -1.0, 1.0);
+    let (g, gv) = rand_tensor(&[dim], 242, 0.5, 1.5);
+    let (b, bv) = rand_tensor(&[dim], 243, -1.0, 1.0);
+    let n = ops::layer_norm(&x, Some(&g), Some(&b), 1e-5).unwrap();
+    let d = ops::layer_norm_backward(&x, Some(&g), Some(&b), &n.stats, &dy, 1e-5).unwrap();
+    let (wg, wb) = affine_grads_ref(&xv, &dyv, dim, |_, j| j, &gv, &bv, false);
+    let tol = 1e-4 * ((rows * dim) as f64).sqrt();
+    assert_close("layer_norm dgamma", &d.dgamma.unwrap().to_vec().unwrap(), &wg, tol, 1e-4);
+    assert_close("layer_norm dbeta", &d.dbeta.unwrap().to_vec().unwrap(), &wb, tol, 1e-4);
+}
+
 /// The row kernels give the same bits reading textures (CPU adapters) as reading buffers:
 /// softmax, the norms forward and backward (thread-per-row and workgroup-per-row rows,
 /// group channels shared by 4 elements or not) and the thread reductions.
 #[test]
 fn row_kernels_read_textures_like_buffers() {
-    texel_reads_agree("rows", &["softmax::softmax_thread", "norm::norm_thread4", "norm::norm_rows4", "norm::norm_bwd_thread", "norm::norm_bwd", "reduce::reduce_thread"], |g| {
+    texel_reads_agree("rows", &["softmax::softmax_thread", "norm::norm_thread4", "norm::norm_rows4", "norm::norm_bwd_thread", "norm::norm_bwd", "norm::norm_affine_bwd", "reduce::reduce_thread"], |g| {
         let mut out = Vec::new();
         let (s, _) = rand_on(g, &[37, 29], 1, -4.0, 4.0);
         out.push(ops::softmax_scaled(&s, 0.7).unwrap().to_vec().unwrap());
@@ -143,7 +198,7 @@ fn row_kernels_read_textures_like_buffers() {
             let (dy, _) = rand_on(g, &shape, 40 + k as u64, -1.0, 1.0);
             let n = ops::group_norm(&x, groups, Some(&gm), Some(&bt), 1e-5, true).unwrap();
             let d = ops::group_norm_backward(&x, groups, Some(&gm), Some(&bt), &n.stats, &dy, 1e-5, true).unwrap();
-            out.extend([n.y.to_vec().unwrap(), n.stats.to_vec().unwrap(), d.dx.to_vec().unwrap(), d.dgamma.unwrap().to_vec().unwrap()]);
+            out.extend([n.y.to_vec().unwrap(), n.stats.to_vec().unwrap(), d.dx.to_vec().unwrap(), d.dgamma.unwrap().to_vec().unwrap(), d.dbeta.unwrap().to_vec().unwrap()]);
         }
         let (x, _) = rand_on(g, &[70, 36], 50, -2.0, 3.0);
         let (dy, _) = rand_on(g, &[70, 36], 51, -1.0, 1.0);

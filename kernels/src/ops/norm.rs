@@ -18,7 +18,8 @@ struct Params {
     inner: u32,
     eps: f32,
     affine: u32,
-    _pad: u32,
+    /// Elements of a channel per invocation of norm_affine_bwd.
+    slice: u32,
 }
 
 /// How a tensor is cut into normalised rows (see norm.wgsl): `rows` rows of `len`
@@ -65,14 +66,7 @@ impl Rows {
 
     fn params(&self, eps: f32, affine: bool) -> Params {
         let u = |v: usize| v as u32;
-        Params { rows: u(self.rows), len: u(self.len), groups: u(self.groups), cpg: u(self.cpg), inner: u(self.inner), eps, affine: affine as u32, _pad: 0 }
-    }
-
-    /// Per-element terms (shaped like the input) summed per channel -> [channels].
-    fn per_channel(&self, t: &Tensor) -> Result<Tensor> {
-        let t = t.reshape(&[self.outer, self.channels, self.inner])?;
-        let t = if self.inner > 1 { super::sum(&t, 2)? } else { t.reshape(&[self.outer, self.channels])? };
-        super::sum(&t, 0)
+        Params { rows: u(self.rows), len: u(self.len), groups: u(self.groups), cpg: u(self.cpg), inner: u(self.inner), eps, affine: affine as u32, slice: 0 }
     }
 
     fn workgroup(&self) -> u32 {
@@ -144,24 +138,50 @@ fn backward(x: &Tensor, r: Rows, affine: Option<(&Tensor, &Tensor)>, stats: &Ten
     }
     let gpu = x.gpu();
     let dx = Tensor::empty(gpu, x.shape(), DType::F32, "norm dx")?;
-    // per-element terms of the weight and bias gradients (dy' * xhat, dy')
-    let terms = match affine {
-        Some(_) => Some((Tensor::empty(gpu, x.shape(), DType::F32, "norm dgamma terms")?, Tensor::empty(gpu, x.shape(), DType::F32, "norm dbeta terms")?)),
-        None => None,
-    };
     if r.rows > 0 && r.len > 0 {
         let (g, b) = affine.unwrap_or((x, x));
-        let (gw, gb) = terms.as_ref().map(|(a, b)| (a, b)).unwrap_or((&dx, &dx)); // unwritten without affine
         let (entry, wg, groups) = row_kernel(gpu, r.rows, r.len, 2, ["norm_bwd_thread", "norm_bwd"]);
         let constants = [("WG", wg as f64), ("ACT", silu as u32 as f64)];
         let reads = [Some(x), affine.map(|a| a.0), affine.map(|a| a.1), Some(dy)];
-        launch_reading(gpu, &NORM, entry, &constants, bytemuck::bytes_of(&r.params(eps, affine.is_some())), 1, &[x, g, b, &dx, stats, dy, gw, gb], &reads, groups)?;
+        launch_reading(gpu, &NORM, entry, &constants, bytemuck::bytes_of(&r.params(eps, affine.is_some())), 1, &[x, g, b, &dx, stats, dy], &reads, groups)?;
     }
-    let (dgamma, dbeta) = match terms {
-        Some((gw, gb)) => (Some(r.per_channel(&gw)?), Some(r.per_channel(&gb)?)),
+    let (dgamma, dbeta) = match affine {
+        Some((g, b)) => {
+            let (dg, db) = affine_grads(x, r, (g, b), stats, dy, eps, silu)?;
+            (Some(dg), Some(db))
+        }
         None => (None, None),
     };
     Ok(NormGrad { dx, dgamma, dbeta })
+}
+
+/// Elements of a channel one invocation of norm_affine_bwd sums: within llvmpipe's loop
+/// budget on CPU adapters (fewer, longer sums: no second pass for the tiny models' norms);
+/// 4096 elsewhere, so that big tensors spread over many invocations.
+fn affine_slice(gpu: &crate::Gpu) -> usize {
+    gpu.loop_limit().map_or(4096, |l| l as usize)
+}
+
+/// (dgamma, dbeta) of an affine normalisation: norm_affine_bwd's partial sums per slice of
+/// each channel, added up when a channel spans several slices.
+fn affine_grads(x: &Tensor, r: Rows, (g, b): (&Tensor, &Tensor), stats: &Tensor, dy: &Tensor, eps: f32, silu: bool) -> Result<(Tensor, Tensor)> {
+    let gpu = x.gpu();
+    let total = r.outer * r.inner;
+    let per = affine_slice(gpu).min(total.max(1));
+    let slices = total.div_ceil(per).max(1);
+    if total == 0 {
+        return Ok((super::fill(gpu, &[r.channels], 0.0)?, super::fill(gpu, &[r.channels], 0.0)?));
+    }
+    let shape = [slices, r.channels];
+    let (dg, db) = (Tensor::empty(gpu, &shape, DType::F32, "norm dgamma")?, Tensor::empty(gpu, &shape, DType::F32, "norm dbeta")?);
+    let p = Params { slice: per as u32, ..r.params(eps, true) };
+    let reads = [Some(x), Some(g), Some(b), Some(dy)];
+    let groups = fold_groups(gpu, slices * r.channels, 64);
+    launch_reading(gpu, &NORM, "norm_affine_bwd", &[("ACT", silu as u32 as f64)], bytemuck::bytes_of(&p), 1, &[x, g, b, &dg, stats, dy, &db], &reads, groups)?;
+    if slices == 1 {
+        return Ok((dg.reshape(&[r.channels])?, db.reshape(&[r.channels])?));
+    }
+    Ok((super::sum(&dg, 0)?, super::sum(&db, 0)?))
 }
 
 /// Layer norm over the last axis with optional weight/bias of shape [D].
