@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use t2v_kernels::autograd::Tape;
-use t2v_kernels::{Gpu, GpuOptions, Tensor};
+use t2v_kernels::{ops, Gpu, GpuOptions, Tensor};
 use t2v_turbo::diffusion::{consistency_timesteps, ddim_sample, ddim_timesteps, DdimConfig, Schedule};
 use t2v_turbo::models::unet3d::{Unet3d, UnetConfig, UnetInputs};
 use t2v_turbo::models::weights::{Loader, WeightFile};
@@ -157,6 +157,36 @@ fn preprocessed_records_feed_the_distillation_loss() {
         assert!(out.loss.value().item_at(0).unwrap().is_finite());
     }
     assert!(seen_motion, "some seed drew the upper half");
+}
+
+/// Preprocessing inverts its motion-guided clips in batches: each clip leaves the batch at
+/// its own grid index, and gets what its own inversion gives (up to rounding).
+#[test]
+fn batched_ddim_inversions_match_one_by_one() {
+    use t2v_turbo::diffusion::{ddim_invert, ddim_invert_batch, DdimSolver};
+    let (dir, g, unet, _) = fixture_unet();
+    let mg = WeightFile::open(&dir.join("motion_guidance.safetensors")).unwrap();
+    let (z0, ctx) = (mg.tensor(&g, "z0").unwrap(), mg.tensor(&g, "context").unwrap());
+    let sched = Schedule::videocrafter();
+    let solver = DdimSolver::new(&sched, 8);
+    // three clips: the fixture's, a scaled copy with a scaled context, and one with the empty context
+    let z0s = [z0.clone(), ops::scale(&z0, 0.5).unwrap(), ops::scale(&z0, -1.0).unwrap()];
+    let ctxs = [ctx.clone(), ops::scale(&ctx, 0.7).unwrap(), Tensor::zeros(&g, ctx.shape()).unwrap()];
+    let indices = [5, 0, 3];
+    let cat = |ts: &[Tensor]| ops::concat(&ts.iter().collect::<Vec<_>>(), 0).unwrap();
+    let got = ddim_invert_batch(&unet, &sched, &solver.grid, &cat(&z0s), &cat(&ctxs), &[8.0; 3], &indices).unwrap();
+    assert_eq!(got.len(), 3);
+    for i in 0..3 {
+        let tape = Tape::new();
+        let one = tape.no_grad(|| ddim_invert(&unet, &sched, &solver.grid, &tape.constant(z0s[i].clone()), &tape.constant(ctxs[i].clone()), &[8.0], indices[i])).unwrap();
+        assert_eq!(got[i].shape(), one.shape());
+        let (a, b) = (got[i].to_vec().unwrap(), one.value().to_vec().unwrap());
+        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(diff <= 1e-4, "clip {i} (index {}): batched vs alone differ by {diff}", indices[i]);
+    }
+    // one index per clip, all on the grid
+    assert!(ddim_invert_batch(&unet, &sched, &solver.grid, &cat(&z0s), &cat(&ctxs), &[8.0; 3], &[1, 2]).is_err());
+    assert!(ddim_invert_batch(&unet, &sched, &solver.grid, &cat(&z0s), &cat(&ctxs), &[8.0; 3], &[1, 2, 8]).is_err());
 }
 
 #[test]

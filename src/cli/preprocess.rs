@@ -65,6 +65,11 @@ pub struct PreprocessArgs {
     /// Scale of the motion energy (the reference's temp_loss_scale).
     #[arg(long, default_value_t = 100.0)]
     pub temp_loss_scale: f32,
+    /// Motion-guided clips whose DDIM inversions share UNet calls (within a shard): faster
+    /// where small batches are overhead-bound (CPU adapters, small models); peak memory
+    /// grows with it. 1: one clip at a time.
+    #[arg(long, default_value_t = 8)]
+    pub inversion_batch: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -100,6 +105,9 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
     if a.w_min.is_nan() || a.w_max.is_nan() || a.w_min > a.w_max {
         return Err(CliError::Check("--w-min must not exceed --w-max".into()));
     }
+    if a.inversion_batch == 0 {
+        return Err(CliError::Check("--inversion-batch must be at least 1".into()));
+    }
     std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;
     let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
     let t0 = Instant::now();
@@ -118,6 +126,7 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
             motion: !a.no_motion,
             scales: MotionScales { temp_loss_scale: a.temp_loss_scale, ..MotionScales::default() },
             index_range: (a.index_range[0], a.index_range[1]),
+            inversion_batch: a.inversion_batch,
         },
         quiet: false,
     };
@@ -125,7 +134,7 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
     let rep = preprocess_dataset(&PreprocessModels { unet: &unet, vae: &vae, text: &text, tokenizer: &tokenizer }, &job).map_err(|e| CliError::Check(e.to_string()))?;
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "{} records ({} motion-guided) in {} new shards, {} shards done earlier, {} videos skipped; {:.2} s per clip, peak GPU memory {:.0} MiB per clip",
+        "{} records ({} motion-guided) in {} new shards, {} shards done earlier, {} videos skipped; {:.2} s per clip, peak GPU memory {:.0} MiB (one clip, or one group of inversions)",
         rep.records,
         rep.motion_records,
         rep.shards_written,

@@ -8,8 +8,8 @@
 
 pub mod distill;
 
-use t2v_kernels::autograd::{self as ad, Var};
-use t2v_kernels::{Gpu, Tensor};
+use t2v_kernels::autograd::{self as ad, Tape, Var};
+use t2v_kernels::{ops, Gpu, Tensor};
 
 use crate::models::unet3d::{Unet3d, UnetInputs};
 use crate::models::weights::Result;
@@ -86,6 +86,53 @@ pub fn ddim_invert(unet: &Unet3d, sched: &Schedule, grid: &[usize], z0: &Var, co
         x = sched.ddim_reverse(&x, &eps, t, skip)?;
     }
     Ok(x)
+}
+
+/// [`ddim_invert`] of several clips at once, each to its own grid index: z0 (B, ...), its
+/// text contexts (B, L, D) and fps (B values); returns each clip's latent at grid[indices[i]]
+/// (1, ...), in order. The clips share the UNet calls (on CPU adapters a batch-1 call of a
+/// small model costs mostly per-dispatch overhead); a clip leaves the batch once it reaches
+/// its index. No gradient is recorded. A clip's result matches its own inversion up to the
+/// kernels' rounding (batch sizes can select other kernel variants).
+pub fn ddim_invert_batch(unet: &Unet3d, sched: &Schedule, grid: &[usize], z0: &Tensor, context: &Tensor, fps: &[f32], indices: &[usize]) -> Result<Vec<Tensor>> {
+    let b = z0.shape()[0];
+    if indices.len() != b || context.shape()[0] != b || fps.len() != b || indices.iter().any(|&i| i >= grid.len()) {
+        return Err(crate::models::weights::WeightsError::Gpu(t2v_kernels::Error::Shape {
+            op: "ddim_invert_batch",
+            msg: format!("{b} latents, {} contexts, {} fps, indices {indices:?} on a {}-point grid", context.shape()[0], fps.len(), grid.len()),
+        }));
+    }
+    let skip = sched.len() / grid.len();
+    let tape = Tape::new();
+    tape.no_grad(|| -> Result<Vec<Tensor>> {
+        let mut out: Vec<Option<Tensor>> = vec![None; b];
+        // the clips still inverting (positions in the inputs) and their batch
+        let mut active: Vec<usize> = (0..b).collect();
+        let (mut x, mut ctx, mut fps_a) = (tape.constant(z0.clone()), tape.constant(context.clone()), fps.to_vec());
+        for (k, &t) in grid.iter().enumerate().take(indices.iter().max().map_or(0, |m| m + 1)) {
+            let ts = vec![t as f32; active.len()];
+            let eps = unet.forward(&UnetInputs { z: &x, t: &ts, context: &ctx, fps: &fps_a, w_embedding: None, motion_embedding: None, record_attention: false })?.eps;
+            x = sched.ddim_reverse(&x, &eps, t, skip)?;
+            if active.iter().any(|&i| indices[i] == k) {
+                for (j, &i) in active.iter().enumerate() {
+                    if indices[i] == k {
+                        out[i] = Some(ops::slice(x.value(), 0, j, 1)?);
+                    }
+                }
+                let keep: Vec<usize> = (0..active.len()).filter(|&j| indices[active[j]] > k).collect();
+                if !keep.is_empty() {
+                    let pick = |v: &Var| -> Result<Var> {
+                        let parts = keep.iter().map(|&j| ops::slice(v.value(), 0, j, 1)).collect::<t2v_kernels::Result<Vec<_>>>()?;
+                        Ok(tape.constant(ops::concat(&parts.iter().collect::<Vec<_>>(), 0)?))
+                    };
+                    (x, ctx) = (pick(&x)?, pick(&ctx)?);
+                    fps_a = keep.iter().map(|&j| fps_a[j]).collect();
+                }
+                active = keep.iter().map(|&j| active[j]).collect();
+            }
+        }
+        Ok(out.into_iter().map(|o| o.expect("every index lies on the grid")).collect())
+    })
 }
 
 /// DDIM grid of `n` points: (arange(1, n+1) * (n_train // n)) - 1.

@@ -2,12 +2,13 @@
 //! guidance scale w, noise the clean latent to t = grid[n], store the teacher's conditional
 //! and unconditional eps there, and for motion-guided samples (upper half of the grid)
 //! DDIM-invert the clean latent to the same t and store dG/dz_t. The record is what
-//! `diffusion::distill::consistency_loss` consumes.
+//! `diffusion::distill::consistency_loss` consumes. Over a data set, the motion-guided
+//! clips of a shard are inverted a group at a time (`inversion_batch`), sharing UNet calls.
 
 use t2v_kernels::autograd::Tape;
-use t2v_kernels::Tensor;
+use t2v_kernels::{ops, Tensor};
 
-use crate::diffusion::{ddim_invert, DdimSolver, Schedule};
+use crate::diffusion::{ddim_invert, ddim_invert_batch, DdimSolver, Schedule};
 use crate::guidance::{motion_guidance, MotionScales};
 use crate::models::unet3d::{Unet3d, UnetInputs};
 use crate::models::weights::{Result, WeightsError};
@@ -38,11 +39,14 @@ pub struct PreprocessConfig {
     /// Fractions of the grid n is drawn from (the reference's motion pass: 0.5..1, its
     /// no-motion pass: 0..0.5; default: the whole grid).
     pub index_range: (f32, f32),
+    /// Motion-guided clips whose DDIM inversions share UNet calls in
+    /// [`preprocess_dataset`] (peak memory grows with it; 1: one clip at a time).
+    pub inversion_batch: usize,
 }
 
 impl Default for PreprocessConfig {
     fn default() -> Self {
-        PreprocessConfig { w_range: (5.0, 15.0), motion: true, scales: MotionScales::default(), index_range: (0.0, 1.0) }
+        PreprocessConfig { w_range: (5.0, 15.0), motion: true, scales: MotionScales::default(), index_range: (0.0, 1.0), inversion_batch: 8 }
     }
 }
 
@@ -50,6 +54,33 @@ impl Default for PreprocessConfig {
 /// empty prompt's; `rng` draws n, w and the noise (deterministic for a seeded generator).
 #[allow(clippy::too_many_arguments)]
 pub fn preprocess_clip(
+    unet: &Unet3d,
+    sched: &Schedule,
+    solver: &DdimSolver,
+    z0: &Tensor,
+    context: &Tensor,
+    uncond: &Tensor,
+    fps: &[f32],
+    cfg: &PreprocessConfig,
+    rng: &mut Gaussian,
+) -> Result<Record> {
+    let mut rec = teacher_record(unet, sched, solver, z0, context, uncond, fps, cfg, rng)?;
+    if needs_motion(cfg, solver, rec.index) {
+        let tape = Tape::new();
+        let z_ref = tape.no_grad(|| ddim_invert(unet, sched, &solver.grid, &tape.constant(z0.clone()), &tape.constant(context.clone()), fps, rec.index))?;
+        add_motion(unet, solver, &mut rec, z_ref.value(), context, fps, cfg)?;
+    }
+    Ok(rec)
+}
+
+/// Whether a record at grid index `index` gets motion guidance: the upper half of the grid.
+pub fn needs_motion(cfg: &PreprocessConfig, solver: &DdimSolver, index: usize) -> bool {
+    cfg.motion && index >= solver.grid.len() / 2
+}
+
+/// The record's draws (n, w, noise) and teacher outputs, without motion guidance.
+#[allow(clippy::too_many_arguments)]
+fn teacher_record(
     unet: &Unet3d,
     sched: &Schedule,
     solver: &DdimSolver,
@@ -78,14 +109,16 @@ pub fn preprocess_clip(
         };
         Ok((z_t.value().clone(), call(context)?, call(uncond)?))
     })?;
-    let (score, energy) = if cfg.motion && index >= solver.grid.len() / 2 {
-        let z_ref = tape.no_grad(|| ddim_invert(unet, sched, &solver.grid, &tape.constant(z0.clone()), &tape.constant(context.clone()), fps, index))?;
-        let g = motion_guidance(unet, z_ref.value(), &z_t, &vec![t as f32; b], context, fps, cfg.scales)?;
-        (Some(g.grad), Some(g.energy))
-    } else {
-        (None, None)
-    };
-    Ok(Record { index, w, z_t, cond_eps, uncond_eps, score, energy })
+    Ok(Record { index, w, z_t, cond_eps, uncond_eps, score: None, energy: None })
+}
+
+/// Adds dG/dz_t and G to a record, given its DDIM-inverted reference latent at the same t.
+fn add_motion(unet: &Unet3d, solver: &DdimSolver, rec: &mut Record, z_ref: &Tensor, context: &Tensor, fps: &[f32], cfg: &PreprocessConfig) -> Result<()> {
+    let t = solver.grid[rec.index] as f32;
+    let g = motion_guidance(unet, z_ref, &rec.z_t, &vec![t; rec.z_t.shape()[0]], context, fps, cfg.scales)?;
+    rec.score = Some(g.grad);
+    rec.energy = Some(g.energy);
+    Ok(())
 }
 
 /// Algorithm 1 over a data set: the models it needs.
@@ -122,7 +155,7 @@ pub struct PreprocessReport {
     pub motion_records: usize,
     /// Videos that could not be read, with the reason.
     pub skipped_videos: Vec<(String, String)>,
-    /// Peak GPU memory of one clip, bytes.
+    /// Peak GPU memory of one clip (of one group of DDIM inversions, if larger), bytes.
     pub peak_bytes: u64,
 }
 
@@ -172,7 +205,10 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
                 Err(_) => {}
             }
         }
-        let mut records = Vec::new();
+        // the chunk's clips: draws and teacher outputs one by one; then the motion-guided
+        // ones' DDIM inversions a group at a time (shared UNet calls), their guidance
+        // gradients one by one
+        let mut clips: Vec<(RecordMeta, Record, Tensor, Tensor)> = Vec::new();
         for &r in chunk.iter() {
             let row = &rows[r];
             let video = read_video(&row.resolve(&job.captions), cfg.fps, stride, cfg.frames).and_then(|v| {
@@ -198,9 +234,8 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
             let z0 = tape.no_grad(|| -> Result<Tensor> { Ok(m.vae.encode_video(&tape.constant(x))?.value().clone()) })?;
             let context = encode_text(&row.caption)?;
             let mut rng = Gaussian::new(cfg.seed ^ (r as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F));
-            let rec = preprocess_clip(m.unet, &sched, &solver, &z0, &context, &uncond, &[cfg.fps], &job.settings, &mut rng)?;
+            let rec = teacher_record(m.unet, &sched, &solver, &z0, &context, &uncond, &[cfg.fps], &job.settings, &mut rng)?;
             report.peak_bytes = report.peak_bytes.max(gpu.memory().peak_total_bytes);
-            report.motion_records += rec.score.is_some() as usize;
             let meta = RecordMeta {
                 row: r,
                 path: row.path.clone(),
@@ -208,11 +243,34 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
                 short_caption: row.short_caption.clone(),
                 index: rec.index,
                 w: rec.w,
-                motion_energy: rec.energy,
+                motion_energy: None,
             };
-            records.push((meta, RecordTensors { z_t: rec.z_t, cond_eps: rec.cond_eps, uncond_eps: rec.uncond_eps, context, score: rec.score }));
-            progress.advance(1, &if report.skipped_videos.is_empty() { String::new() } else { format!("skipped {}", report.skipped_videos.len()) });
+            if !needs_motion(&job.settings, &solver, rec.index) {
+                progress.advance(1, &skipped_note(&report));
+            }
+            clips.push((meta, rec, z0, context));
         }
+        let motion: Vec<usize> = (0..clips.len()).filter(|&i| needs_motion(&job.settings, &solver, clips[i].1.index)).collect();
+        for group in motion.chunks(job.settings.inversion_batch.max(1)) {
+            gpu.reset_peak_memory();
+            let z0s = ops::concat(&group.iter().map(|&i| &clips[i].2).collect::<Vec<_>>(), 0)?;
+            let contexts = ops::concat(&group.iter().map(|&i| &clips[i].3).collect::<Vec<_>>(), 0)?;
+            let indices: Vec<usize> = group.iter().map(|&i| clips[i].1.index).collect();
+            let refs = ddim_invert_batch(m.unet, &sched, &solver.grid, &z0s, &contexts, &vec![cfg.fps; group.len()], &indices)?;
+            drop((z0s, contexts));
+            for (&i, z_ref) in group.iter().zip(&refs) {
+                let (meta, rec, _, context) = &mut clips[i];
+                add_motion(m.unet, &solver, rec, z_ref, context, &[cfg.fps], &job.settings)?;
+                meta.motion_energy = rec.energy;
+                report.motion_records += 1;
+                progress.advance(1, &skipped_note(&report));
+            }
+            report.peak_bytes = report.peak_bytes.max(gpu.memory().peak_total_bytes);
+        }
+        let records: Vec<_> = clips
+            .into_iter()
+            .map(|(meta, rec, _, context)| (meta, RecordTensors { z_t: rec.z_t, cond_eps: rec.cond_eps, uncond_eps: rec.uncond_eps, context, score: rec.score }))
+            .collect();
         report.records += records.len();
         write_shard(&path, cfg, &records)?;
         report.shards_written += 1;
@@ -221,6 +279,15 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
     }
     write_manifest(job, cfg, &done_shards, &report)?;
     Ok(report)
+}
+
+/// The progress line's note: how many videos were skipped, if any.
+fn skipped_note(report: &PreprocessReport) -> String {
+    if report.skipped_videos.is_empty() {
+        String::new()
+    } else {
+        format!("skipped {}", report.skipped_videos.len())
+    }
 }
 
 fn write_manifest(job: &PreprocessJob, cfg: &ShardConfig, shards: &[String], report: &PreprocessReport) -> Result<()> {
