@@ -165,8 +165,9 @@ fn conv2d_kernels_strides_paddings() {
         ([3, 16, 150, 150], [20, 16, 3, 3], Conv2d::new(1, 1)), // columns (13 MB per image) over CONV_COLUMNS_MAX_BYTES: chunks of 2 + 1 images on CPU
         // on CPU adapters: (N, P, K) columns with a last block of 2 channels (P = 25); (N, K,
         // P) columns with quads of pixels read as texel pairs at every offset mod 4 (stride 1,
-        // W and OW multiples of 4, uneven padding); case 6 and 8 above take (N, K, P) columns
-        // without quads (stride 2; W = 150)
+        // W and OW multiples of 4, uneven padding); case 5 above takes (N, K, P) columns with
+        // quads, case 6 without (stride 2), case 8 (N, P, K) columns (3.2 M elements per
+        // image, over the bound of the K-major layout)
         ([2, 6, 6, 6], [20, 6, 2, 2], Conv2d::new(1, 0)),
         ([2, 5, 6, 8], [17, 5, 3, 5], Conv2d { stride: (1, 1), padding: (1, 0, 2, 2) }),
     ];

@@ -450,10 +450,13 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
     let kind = choose_kind(gpu, o, oh * ow)?;
     // CPU adapters: materialised columns for the vec4 GEMM, a few images at a time within
     // CONV_COLUMNS_MAX_BYTES; other devices: implicit GEMM. The columns are (N, K, P) when
-    // P % 4 == 0 and the GEMM reads them from textures (more than 16 output channels): 4
-    // pixels of a tap per vec4, read as texel pairs (im2col 2.3x faster than (N, P, K) on
-    // the tiny UNet's 8x8 convs), else K-contiguous (N, P, K).
-    let image_k_major = oh * ow % 4 == 0 && o > 16;
+    // P % 4 == 0, the GEMM reads them from textures (more than 16 output channels) and an
+    // image's columns hold at most IMAGE_K_MAJOR_MAX elements: 4 pixels of a tap per vec4,
+    // read as texel pairs (im2col 2.3x faster than (N, P, K) on the tiny UNet's 8x8 convs;
+    // whole convs 1.1-1.5x faster up to 128 channels at 40x64). Else K-contiguous (N, P, K):
+    // with N-contiguous B the texture GEMM slows down as N and K grow, and at 256-320
+    // channels on 40x64 the (N, P, K) conv was as fast or up to 1.2x faster.
+    let image_k_major = oh * ow % 4 == 0 && k * oh * ow <= IMAGE_K_MAJOR_MAX && o > 16;
     let columns = matches!(kind, Kind::Subgroup { .. }) && (k % 4 == 0 || image_k_major) && o >= 16;
     let chunk = (CONV_COLUMNS_MAX_BYTES / (oh * ow * k * 4).max(1)).clamp(1, n.max(1));
     if columns && chunk < n {
@@ -475,6 +478,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
     }
     Ok(y)
 }
+
+/// Most elements of one image's (K, P) columns in [`conv2d`]'s K-major layout on CPU
+/// adapters (128 channels 3x3 at 40x64; see there).
+const IMAGE_K_MAJOR_MAX: usize = 3 << 20;
 
 /// Largest column matrix (im2col of a conv's input, or the input gradient's columns) that
 /// [`conv2d`] on a CPU adapter and [`conv2d_backward`] materialise at once: bigger batches
