@@ -337,9 +337,10 @@ fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 override QUADS: bool = false;
 
 // Elements t0..t0+4 of the row of `len` elements starting at `base` (4-aligned with
-// QUADS), those outside 0..len zero. From the texture: the two texels they span, the offset t0 mod 4 being
-// the same for every thread of a dispatch (ix0 % 4 == 0), so picking the four lanes is a
-// uniform branch instead of four per-element texel fetches and lane extracts.
+// QUADS), those outside 0..len zero. From the texture: the two texels they span, the offset
+// t0 mod 4 being the same for every thread of a dispatch (the quads start at multiples of
+// 4), so picking the four lanes is a uniform branch instead of four per-element texel
+// fetches and lane extracts.
 fn row_quad(base: u32, t0: i32, len: u32) -> vec4<f32> {
     let ox = vec4<i32>(t0) + vec4<i32>(0, 1, 2, 3);
     let inside = ox >= vec4<i32>(0) & ox < vec4<i32>(i32(len));

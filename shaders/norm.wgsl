@@ -321,7 +321,7 @@ fn norm_affine_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     }
     let e0 = s * per;
     let e1 = min(total, e0 + per);
-    var o = e0 / p.inner;
+    let o = e0 / p.inner;
     var i = e0 - o * p.inner;
     var r = o * p.groups + grp;
     var mean = stats_in[2u * r];
