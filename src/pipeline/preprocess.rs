@@ -256,7 +256,12 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
             let z0s = ops::concat(&group.iter().map(|&i| &clips[i].2).collect::<Vec<_>>(), 0)?;
             let contexts = ops::concat(&group.iter().map(|&i| &clips[i].3).collect::<Vec<_>>(), 0)?;
             let indices: Vec<usize> = group.iter().map(|&i| clips[i].1.index).collect();
-            let refs = ddim_invert_batch(m.unet, &sched, &solver.grid, &z0s, &contexts, &vec![cfg.fps; group.len()], &indices)?;
+            let refs = ddim_invert_batch(m.unet, &sched, &solver.grid, &z0s, &contexts, &vec![cfg.fps; group.len()], &indices).map_err(|e| match e {
+                WeightsError::Gpu(oom @ t2v_kernels::Error::OutOfMemory { .. }) if group.len() > 1 => {
+                    PreprocessError::OutOfMemory(format!("{oom} (DDIM inversion of {} clips at once: a smaller --inversion-batch needs less)", group.len()))
+                }
+                e => e.into(),
+            })?;
             drop((z0s, contexts));
             for (&i, z_ref) in group.iter().zip(&refs) {
                 let (meta, rec, _, context) = &mut clips[i];
@@ -314,4 +319,6 @@ pub enum PreprocessError {
     Gpu(#[from] t2v_kernels::Error),
     #[error("{0}")]
     Exists(String),
+    #[error("{0}")]
+    OutOfMemory(String),
 }
