@@ -167,11 +167,11 @@ fn affine_slice(gpu: &crate::Gpu) -> usize {
 fn affine_grads(x: &Tensor, r: Rows, (g, b): (&Tensor, &Tensor), stats: &Tensor, dy: &Tensor, eps: f32, silu: bool) -> Result<(Tensor, Tensor)> {
     let gpu = x.gpu();
     let total = r.outer * r.inner;
-    let per = affine_slice(gpu).min(total.max(1));
-    let slices = total.div_ceil(per).max(1);
     if total == 0 {
         return Ok((super::fill(gpu, &[r.channels], 0.0)?, super::fill(gpu, &[r.channels], 0.0)?));
     }
+    let per = affine_slice(gpu).min(total);
+    let slices = total.div_ceil(per);
     let shape = [slices, r.channels];
     let (dg, db) = (Tensor::empty(gpu, &shape, DType::F32, "norm dgamma")?, Tensor::empty(gpu, &shape, DType::F32, "norm dbeta")?);
     let p = Params { slice: per as u32, ..r.params(eps, true) };
