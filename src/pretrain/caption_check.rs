@@ -1,9 +1,9 @@
 //! Does a teacher use its captions? The eps-prediction error on the same noisy latents of
 //! fresh world clips with the clip's own short caption, with the caption of another color,
-//! and with the empty prompt, at a few timesteps. A teacher that ignores the text scores
-//! the three alike (and samples at chance on the world's attributes, whatever the CFG
-//! scale); one that reads the color word predicts worse with the wrong color than with
-//! its own.
+//! of another shape, of the opposite direction, and with the empty prompt, at a few
+//! timesteps. A teacher that ignores the text scores them alike (and samples at chance on
+//! the world's attributes, whatever the CFG scale); one that reads a word (color, shape,
+//! direction) predicts worse with the wrong word than with its own.
 
 use serde::Serialize;
 use t2v_kernels::autograd::Tape;
@@ -17,7 +17,7 @@ use crate::models::unet3d::{Unet3d, UnetInputs};
 use crate::models::vae::Vae;
 use crate::models::weights::{Result, WeightsError};
 use crate::pipeline::sample::Gaussian;
-use crate::world::{WorldConfig, COLORS};
+use crate::world::{ClipSpec, WorldConfig, COLORS, SHAPES};
 
 /// Timesteps of the check: where the subject is still legible in z_t (300) to where it
 /// is drowned in noise (900).
@@ -29,17 +29,31 @@ pub struct CaptionErrors {
     pub t: usize,
     pub own: f64,
     pub other_color: f64,
+    pub other_shape: f64,
+    /// The opposite direction (left <-> right, up <-> down).
+    pub other_direction: f64,
     pub empty: f64,
 }
 
 impl CaptionErrors {
     /// Relative increase of the error with the wrong color, percent.
     pub fn color_gap(&self) -> f64 {
-        100.0 * (self.other_color - self.own) / self.own.max(1e-12)
+        self.gap(self.other_color)
+    }
+    /// Relative increase of the error with the wrong shape, percent.
+    pub fn shape_gap(&self) -> f64 {
+        self.gap(self.other_shape)
+    }
+    /// Relative increase of the error with the opposite direction, percent.
+    pub fn direction_gap(&self) -> f64 {
+        self.gap(self.other_direction)
     }
     /// Relative increase of the error without a caption, percent.
     pub fn empty_gap(&self) -> f64 {
-        100.0 * (self.empty - self.own) / self.own.max(1e-12)
+        self.gap(self.empty)
+    }
+    fn gap(&self, other: f64) -> f64 {
+        100.0 * (other - self.own) / self.own.max(1e-12)
     }
 }
 
@@ -49,19 +63,24 @@ pub fn caption_sensitivity(gpu: &Gpu, unet: &Unet3d, vae: &Vae, text: &TextTower
     let tok = ClipTokenizer::new().map_err(|e| WeightsError::Format { path: "tokenizer".into(), msg: e.to_string() })?;
     let sched = Schedule::videocrafter();
     let mut rng = Gaussian::new(world_seed ^ 0x00CA_9710);
-    let mut sums = vec![[0f64; 3]; CHECK_TIMESTEPS.len()];
+    let mut sums = vec![[0f64; 5]; CHECK_TIMESTEPS.len()];
     let tape = Tape::new();
     let batches = clips.div_ceil(batch.max(1));
     for k in 0..batches {
         let b = batch.min(clips - k * batch);
         let specs = draw_clips(&mut rng, world_seed, b, world);
-        let captions: [Vec<String>; 3] = [
-            specs.iter().map(|s| s.short_caption()).collect(),
+        let altered = |change: fn(&mut ClipSpec)| -> Vec<String> {
             specs.iter().map(|s| {
                 let mut o = s.clone();
-                o.color = (o.color + COLORS.len() / 2) % COLORS.len();
+                change(&mut o);
                 o.short_caption()
-            }).collect(),
+            }).collect()
+        };
+        let captions: [Vec<String>; 5] = [
+            specs.iter().map(|s| s.short_caption()).collect(),
+            altered(|o| o.color = (o.color + COLORS.len() / 2) % COLORS.len()),
+            altered(|o| o.shape = (o.shape + 1) % SHAPES.len()),
+            altered(|o| o.direction ^= 1), // left <-> right, up <-> down
             vec![String::new(); b],
         ];
         tape.no_grad(|| -> Result<()> {
@@ -88,15 +107,26 @@ pub fn caption_sensitivity(gpu: &Gpu, unet: &Unet3d, vae: &Vae, text: &TextTower
     Ok(CHECK_TIMESTEPS
         .iter()
         .zip(&sums)
-        .map(|(&t, s)| CaptionErrors { t, own: s[0] / clips as f64, other_color: s[1] / clips as f64, empty: s[2] / clips as f64 })
+        .map(|(&t, s)| {
+            let m = |j: usize| s[j] / clips as f64;
+            CaptionErrors { t, own: m(0), other_color: m(1), other_shape: m(2), other_direction: m(3), empty: m(4) }
+        })
         .collect())
 }
 
 /// Lines for the terminal: one per timestep and a verdict.
 pub fn describe(errors: &[CaptionErrors]) -> String {
-    let mut s = String::from("caption check (eps-MSE on fresh clips: own caption / other color / empty prompt):\n");
+    let mut s = String::from("caption check (eps-MSE on fresh clips: own caption, then the gap with another color / shape / the opposite direction / the empty prompt):\n");
     for e in errors {
-        s += &format!("  t={:<4} {:.5} / {:.5} ({:+.2} %) / {:.5} ({:+.2} %)\n", e.t, e.own, e.other_color, e.color_gap(), e.empty, e.empty_gap());
+        s += &format!(
+            "  t={:<4} {:.5}  color {:+.2} %  shape {:+.2} %  direction {:+.2} %  empty {:+.2} %\n",
+            e.t,
+            e.own,
+            e.color_gap(),
+            e.shape_gap(),
+            e.direction_gap(),
+            e.empty_gap()
+        );
     }
     let best = errors.iter().map(|e| e.color_gap()).fold(f64::MIN, f64::max);
     s += &if best < 0.5 {
@@ -108,5 +138,7 @@ pub fn describe(errors: &[CaptionErrors]) -> String {
     } else {
         format!("  the teacher reads the color word (largest gap {best:.2} %)")
     };
+    let words = |gap: fn(&CaptionErrors) -> f64| errors.iter().map(gap).fold(f64::MIN, f64::max);
+    s += &format!("; largest shape gap {:.2} %, direction gap {:.2} %", words(CaptionErrors::shape_gap), words(CaptionErrors::direction_gap));
     s
 }
