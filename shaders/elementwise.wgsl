@@ -269,6 +269,39 @@ fn unary_runs4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
 }
 
+// unary_rows4: the layout of unary_runs4 with a short last dimension (head split/merge
+// permutes: runs of 16): one thread per ROWS consecutive rows of the second-to-last
+// dimension, so the index decomposition is paid once per up to ROWS runs. Needs rank >= 2.
+// p.n = (rows over dims 0..rank-3) * ceil(shape[rank-2] / ROWS).
+const ROWS: u32 = 8u;
+
+@compute @workgroup_size(256)
+fn unary_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let t = flat_index(wid, nwg, lid);
+    if (t >= p.n) {
+        return;
+    }
+    let dr = p.rank - 2u;
+    let dl = p.rank - 1u;
+    let rows = p.shape[dr / 4u][dr % 4u];
+    let len4 = p.shape[dl / 4u][dl % 4u] / 4u;
+    let chunks = (rows + ROWS - 1u) / ROWS;
+    let outer = t / chunks;
+    let r0 = (t - outer * chunks) * ROWS;
+    let r1 = min(rows, r0 + ROWS);
+    let o = strided_offsets(outer, dr);
+    let xr = p.xs[dr / 4u][dr % 4u];   // strides along the rows, in elements
+    let orr = p.os[dr / 4u][dr % 4u];
+    for (var r = r0; r < r1; r++) {
+        let ix = (o.x + r * xr) / 4u;
+        let io = (o.z + r * orr) / 4u;
+        for (var j = 0u; j < len4; j++) {
+            y4[io + j] = unary_affine4(x4_at(ix + j));
+        }
+    }
+}
+
 // unary_transpose4: the last two dimensions (R, C) are transposed: x is contiguous along R,
 // out along C. One thread per 4x4 tile: 4 vec4 loads down x's columns, a register
 // transpose, 4 vec4 stores along out's rows. p.n = number of tiles.

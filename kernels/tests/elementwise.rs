@@ -225,6 +225,12 @@ fn vec4_strided_copies_match_the_scalar_ones() {
     // (odd sizes, a last dimension of 6).
     for (shape, perm) in [
         (vec![3, 5, 2, 76], vec![0, 2, 1, 3]),
+        // short last dimensions (unary_rows4): 13 rows = one full and one partial group
+        // of 8, the longest short run (32) and one past it (36, by runs)
+        (vec![3, 13, 2, 16], vec![0, 2, 1, 3]),
+        (vec![2, 3, 13, 4], vec![1, 0, 2, 3]),
+        (vec![5, 3, 32], vec![1, 0, 2]),
+        (vec![5, 3, 36], vec![1, 0, 2]),
         (vec![3, 12, 20], vec![0, 2, 1]),
         (vec![2, 3, 8, 12], vec![1, 0, 3, 2]),
         (vec![36, 8], vec![1, 0]),
@@ -330,17 +336,19 @@ fn add_assign_accumulates_in_place_and_checks_sizes() {
 /// and broadcasting binary ops, and unary_grad.
 #[test]
 fn elementwise_kernels_read_textures_like_buffers() {
-    let entries = ["elementwise::unary4", "elementwise::unary_runs4", "elementwise::unary_transpose4", "elementwise::unary_runs", "elementwise::unary", "elementwise::binary4", "elementwise::binary", "elementwise::unary_grad"];
+    let entries = ["elementwise::unary4", "elementwise::unary_runs4", "elementwise::unary_rows4", "elementwise::unary_transpose4", "elementwise::unary_runs", "elementwise::unary", "elementwise::binary4", "elementwise::binary", "elementwise::unary_grad"];
     texel_reads_agree("elementwise", &entries, |g| {
         let (x, _) = rand_on(g, &SHAPE, 1, -2.0, 2.0);
         let (y, _) = rand_on(g, &SHAPE, 2, -2.0, 2.0);
         let (b, _) = rand_on(g, &[13, 1], 3, -2.0, 2.0);
         let (q, _) = rand_on(g, &[3, 8, 12], 4, -2.0, 2.0);
         let (r, _) = rand_on(g, &[3, 7], 5, -2.0, 2.0); // out (7, 3): runs of 3, the scalar kernel
+        let (long, _) = rand_on(g, &[3, 5, 40], 6, -2.0, 2.0); // runs of 40: unary_runs4
         vec![
             ops::permute(&r, &[1, 0]).unwrap().to_vec().unwrap(),
             ops::unary(&x, UnaryOp::Gelu).unwrap().to_vec().unwrap(),
             ops::permute(&q, &[1, 0, 2]).unwrap().to_vec().unwrap(),
+            ops::permute(&long, &[1, 0, 2]).unwrap().to_vec().unwrap(),
             ops::permute(&q, &[0, 2, 1]).unwrap().to_vec().unwrap(),
             ops::permute(&x, &[2, 0, 1]).unwrap().to_vec().unwrap(),
             ops::binary(&x, &y, BinaryOp::Mul).unwrap().to_vec().unwrap(),

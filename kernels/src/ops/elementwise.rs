@@ -34,6 +34,10 @@ pub(crate) struct EwParams {
 /// shortest last dimension that takes it.
 const STRIDED_RUN: usize = 32;
 const STRIDED_RUN_MIN: usize = 4;
+/// Last dimensions up to this length are copied by `unary_rows4`, STRIDED_ROWS rows per
+/// thread (ROWS in elementwise.wgsl).
+const SHORT_RUN_MAX: usize = 32;
+const STRIDED_ROWS: usize = 8;
 
 /// Unary ops; codes match `unary_op` in elementwise.wgsl.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,13 +191,17 @@ pub(crate) fn unary_into(
     let gpu = x.t.gpu();
     // Whole contiguous tensors go 4 elements per thread; strided ones by runs along the
     // last dimension when that is long enough to pay for it, in vec4s where the layout
-    // allows (see `vec4_layout`).
+    // allows (see `vec4_layout`; short vec4 runs several rows per thread).
     let whole = flags == 7 && x.offset == 0 && out.offset == 0;
     let last = *cshape.last().expect("coalesce keeps one dimension");
     let (entry, threads) = if whole {
         ("unary4", n.div_ceil(4))
     } else if let Some(layout) = vec4_layout(&cshape, &cs[0], &cs[1], x.offset, out.offset) {
         let (entry, threads) = match layout {
+            Vec4Layout::Runs if cshape.len() >= 2 && last <= SHORT_RUN_MAX => {
+                let rows = cshape[cshape.len() - 2];
+                ("unary_rows4", n / last / rows * rows.div_ceil(STRIDED_ROWS))
+            }
             Vec4Layout::Runs => ("unary_runs4", n / last * last.div_ceil(STRIDED_RUN)),
             Vec4Layout::Transpose => ("unary_transpose4", n / 16),
         };
