@@ -404,3 +404,66 @@ fn unary_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     c[i] = p.alpha * b_at(i) * unary_deriv(x_at(i));
 }
+
+// Gated activations (GEGLU: OP = gelu) over the last dimension: x (rows, 2H) -> y (rows, H),
+// y[r, j] = x[r, j] * op(x[r, H + j]): the value is the first half, the gate the second
+// (torch.chunk's order). p.shape[0].x = H. gated: one thread per element of y; gated4: per
+// vec4 of y (H % 4 == 0). p.n = threads.
+@compute @workgroup_size(256)
+fn gated(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wid, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    let h = p.shape[0].x;
+    let r = i / h;
+    let a = i + r * h; // r * 2H + j
+    y[i] = x_at(a) * unary_op(x_at(a + h));
+}
+
+@compute @workgroup_size(256)
+fn gated4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wid, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    let h4 = p.shape[0].x / 4u;
+    let r = i / h4;
+    let a = i + r * h4;
+    let g = x4_at(a + h4);
+    y4[i] = x4_at(a) * vec4<f32>(unary_op(g.x), unary_op(g.y), unary_op(g.z), unary_op(g.w));
+}
+
+// Their backward; bindings as binary: 1 = x (rows, 2H), 2 = dy (rows, H), 3 = dx (rows, 2H):
+// dx[r, j] = dy * op(gate), dx[r, H + j] = dy * value * op'(gate). Threads as the forward.
+@compute @workgroup_size(256)
+fn gated_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wid, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    let h = p.shape[0].x;
+    let a = i + i / h * h;
+    let g = x_at(a + h);
+    let dy = b_at(i);
+    c[a] = dy * unary_op(g);
+    c[a + h] = dy * x_at(a) * unary_deriv(g);
+}
+
+@compute @workgroup_size(256)
+fn gated_grad4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wid, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    let h4 = p.shape[0].x / 4u;
+    let a = i + i / h4 * h4;
+    let g = x4_at(a + h4);
+    let dy = b4_at(i);
+    c4[a] = dy * vec4<f32>(unary_op(g.x), unary_op(g.y), unary_op(g.z), unary_op(g.w));
+    c4[a + h4] = dy * x4_at(a) * vec4<f32>(unary_deriv(g.x), unary_deriv(g.y), unary_deriv(g.z), unary_deriv(g.w));
+}

@@ -72,6 +72,13 @@ fn unary_ops() {
         grad_check(&format!("{op:?}"), &[(&[3, 5, 7], lo, hi)], &|v| ad::unary_affine(&v[0], op, 1.3, 0.2), &|x| elementwise(&x[0], |t| 1.3 * f(t) + 0.2));
     }
     grad_check("powf", &[(&[13], 0.3, 2.0)], &|v| ad::powf(&v[0], 1.7), &|x| elementwise(&x[0], |t| t.powf(1.7)));
+    // gated (GEGLU): half widths 7 (scalar kernels) and 8 (vec4)
+    let gelu = |v: f64| 0.5 * v * (1.0 + erf(v / 2f64.sqrt()));
+    for shape in [[3usize, 2, 14], [2, 3, 16]] {
+        let h = shape[2] / 2;
+        let cpu = move |x: &[Vec<f64>]| -> Vec<f64> { x[0].chunks(2 * h).flat_map(|row| (0..h).map(move |j| row[j] * gelu(row[h + j]))).collect() };
+        grad_check(&format!("gated {shape:?}"), &[(&shape, -3.0, 3.0)], &|v| ad::gated(&v[0], UnaryOp::Gelu), &cpu);
+    }
 }
 
 /// out[i] = f(a[bcast], b[bcast]) for a (3,1,5), b (4,1) -> (3,4,5).

@@ -256,6 +256,46 @@ fn vec4_strided_copies_match_the_scalar_ones() {
 }
 
 #[test]
+fn gated_activations_match_the_cpu() {
+    // GEGLU and SwiGLU, forward and gradient: half widths 7 (scalar kernels) and 12 (vec4)
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let gelu = |v: f64| 0.5 * v * (1.0 + erf(v / 2f64.sqrt()));
+    let gelu_d = |v: f64| 0.5 * (1.0 + erf(v / 2f64.sqrt())) + v * (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    let silu = move |v: f64| v * sig(v);
+    let silu_d = move |v: f64| sig(v) * (1.0 + v * (1.0 - sig(v)));
+    let ops_: [(UnaryOp, &dyn Fn(f64) -> f64, &dyn Fn(f64) -> f64); 2] = [(UnaryOp::Gelu, &gelu, &gelu_d), (UnaryOp::Silu, &silu, &silu_d)];
+    for shape in [vec![3usize, 5, 14], vec![2, 3, 24], vec![1, 8]] {
+        let (x, xv) = rand_tensor(&shape, 21, -3.0, 3.0);
+        let two_h = *shape.last().unwrap();
+        let (h, rows) = (two_h / 2, xv.len() / two_h);
+        let mut half = shape.clone();
+        *half.last_mut().unwrap() = h;
+        let (dy, dyv) = rand_tensor(&half, 22, -1.0, 1.0);
+        for (op, f, df) in ops_ {
+            let y = ops::gated(&x, op).unwrap();
+            assert_eq!(y.shape(), &half[..]);
+            let dx = ops::gated_grad(&x, &dy, op).unwrap().to_vec().unwrap();
+            let (mut want_y, mut want_dx) = (vec![], vec![0.0; xv.len()]);
+            for r in 0..rows {
+                for j in 0..h {
+                    let (a, g, d) = (xv[r * two_h + j] as f64, xv[r * two_h + h + j] as f64, dyv[r * h + j] as f64);
+                    want_y.push(a * f(g));
+                    want_dx[r * two_h + j] = d * f(g);
+                    want_dx[r * two_h + h + j] = d * a * df(g);
+                }
+            }
+            assert_close(&format!("gated {op:?} {shape:?}"), &y.to_vec().unwrap(), &want_y, 1e-5, 1e-5);
+            assert_close(&format!("gated_grad {op:?} {shape:?}"), &dx, &want_dx, 1e-5, 1e-5);
+        }
+    }
+    let (odd, _) = rand_tensor(&[2, 5], 23, -1.0, 1.0);
+    assert!(ops::gated(&odd, UnaryOp::Gelu).unwrap_err().to_string().contains("even last dimension"));
+    let (x, _) = rand_tensor(&[2, 6], 24, -1.0, 1.0);
+    let (dy, _) = rand_tensor(&[2, 6], 25, -1.0, 1.0);
+    assert!(ops::gated_grad(&x, &dy, UnaryOp::Gelu).unwrap_err().to_string().contains("half the last dimension"));
+}
+
+#[test]
 fn nearest_upsample_doubles_each_pixel() {
     let (x, xv) = rand_tensor(&[2, 3, 5, 7], 5, -1.0, 1.0);
     let y = ops::upsample_nearest2x(&x).unwrap();
@@ -336,7 +376,21 @@ fn add_assign_accumulates_in_place_and_checks_sizes() {
 /// and broadcasting binary ops, and unary_grad.
 #[test]
 fn elementwise_kernels_read_textures_like_buffers() {
-    let entries = ["elementwise::unary4", "elementwise::unary_runs4", "elementwise::unary_rows4", "elementwise::unary_transpose4", "elementwise::unary_runs", "elementwise::unary", "elementwise::binary4", "elementwise::binary", "elementwise::unary_grad"];
+    let entries = [
+        "elementwise::unary4",
+        "elementwise::unary_runs4",
+        "elementwise::unary_rows4",
+        "elementwise::unary_transpose4",
+        "elementwise::unary_runs",
+        "elementwise::unary",
+        "elementwise::binary4",
+        "elementwise::binary",
+        "elementwise::unary_grad",
+        "elementwise::gated",
+        "elementwise::gated4",
+        "elementwise::gated_grad",
+        "elementwise::gated_grad4",
+    ];
     texel_reads_agree("elementwise", &entries, |g| {
         let (x, _) = rand_on(g, &SHAPE, 1, -2.0, 2.0);
         let (y, _) = rand_on(g, &SHAPE, 2, -2.0, 2.0);
@@ -354,6 +408,10 @@ fn elementwise_kernels_read_textures_like_buffers() {
             ops::binary(&x, &y, BinaryOp::Mul).unwrap().to_vec().unwrap(),
             ops::binary(&x, &b, BinaryOp::Sub).unwrap().to_vec().unwrap(),
             ops::unary_grad(&x, &y, UnaryOp::Silu, 1.5, 0.0).unwrap().to_vec().unwrap(),
+            ops::gated(&q, UnaryOp::Gelu).unwrap().to_vec().unwrap(),
+            ops::gated(&long, UnaryOp::Gelu).unwrap().to_vec().unwrap(), // half width 20: vec4
+            ops::gated_grad(&q, &ops::slice(&q, 2, 0, 6).unwrap(), UnaryOp::Gelu).unwrap().to_vec().unwrap(),
+            ops::gated_grad(&long, &ops::slice(&long, 2, 0, 20).unwrap(), UnaryOp::Gelu).unwrap().to_vec().unwrap(),
         ]
     });
 }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use t2v_kernels::autograd::{self as ad, Var};
-use t2v_kernels::ops::{self, Conv2d as Geo};
+use t2v_kernels::ops::{self, Conv2d as Geo, UnaryOp};
 use t2v_kernels::Tensor;
 
 use super::layers::{Conv, GroupNorm, LayerNorm, Linear, TemporalConv};
@@ -206,8 +206,8 @@ impl TransformerBlock {
         let (a2, _) = self.attn2.forward(&self.norm2.forward(&x)?, context, causal && context.is_none(), false)?;
         let x = ad::add(&a2, &x)?;
         let h = self.ff_proj.forward(&self.norm3.forward(&x)?)?;
-        let inner = h.shape()[2] / 2;
-        let geglu = ad::mul(&ad::slice(&h, 2, 0, inner)?, &ad::gelu(&ad::slice(&h, 2, inner, inner)?)?)?;
+        // GEGLU: value * gelu(gate), the two halves of ff.net.0.proj's output
+        let geglu = ad::gated(&h, UnaryOp::Gelu)?;
         Ok((ad::add(&self.ff_out.forward(&geglu)?, &x)?, probs))
     }
 }

@@ -52,6 +52,14 @@ unary_vars! {
     quick_gelu => QuickGelu, square => Square, recip => Recip, sin => Sin, cos => Cos,
 }
 
+/// Gated activation over the last dimension (GEGLU with [`UnaryOp::Gelu`]): see
+/// [`crate::ops::gated`].
+pub fn gated(x: &Var, op: UnaryOp) -> Result<Var> {
+    let y = k::gated(&x.value, op)?;
+    let xv = x.value.clone();
+    record(y, &[x], Box::new(move |g, _| Ok(vec![Some(k::gated_grad(&xv, g, op)?)])))
+}
+
 pub fn scale(x: &Var, s: f32) -> Result<Var> {
     unary_affine(x, UnaryOp::Identity, s, 0.0)
 }

@@ -279,6 +279,63 @@ pub fn unary_grad(x: &Tensor, dy: &Tensor, op: UnaryOp, alpha: f32, gamma: f32) 
     Ok(y)
 }
 
+/// Gated activation over the last dimension (GEGLU with [`UnaryOp::Gelu`], SwiGLU with
+/// [`UnaryOp::Silu`]): x (..., 2H) -> (..., H), `value * op(gate)` with the value the first
+/// half of each row and the gate the second (`torch.chunk(2, -1)`'s order). One pass
+/// instead of two slices, the activation and a product.
+pub fn gated(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
+    let (rows, h) = gated_shape("gated", x)?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank >= 1") = h;
+    let y = Tensor::empty(x.gpu(), &shape, DType::F32, "gated output")?;
+    launch_gated(x, None, &y, op, rows, h)?;
+    Ok(y)
+}
+
+/// The gradient of [`gated`] with respect to x for the output gradient `dy`.
+pub fn gated_grad(x: &Tensor, dy: &Tensor, op: UnaryOp) -> Result<Tensor> {
+    let (rows, h) = gated_shape("gated_grad", x)?;
+    check_f32("gated_grad", &[dy])?;
+    let r = x.rank();
+    if dy.shape()[..] != [&x.shape()[..r - 1], &[h]].concat()[..] {
+        return shape_err("gated_grad", format!("dy {:?} must be x {:?} with half the last dimension", dy.shape(), x.shape()));
+    }
+    let dx = Tensor::empty(x.gpu(), x.shape(), DType::F32, "gated_grad output")?;
+    launch_gated(x, Some(dy), &dx, op, rows, h)?;
+    Ok(dx)
+}
+
+/// (rows, H) of a gated activation's input (..., 2H).
+fn gated_shape(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
+    check_f32(op, &[x])?;
+    match x.shape().last() {
+        Some(&last) if last % 2 == 0 => Ok((x.numel() / last.max(1), last / 2)),
+        _ => shape_err(op, format!("x {:?} needs an even last dimension (value and gate halves)", x.shape())),
+    }
+}
+
+/// Forward (`dy` None: x -> out) or backward (x, dy -> out) of the gated activation,
+/// in vec4s when H % 4 == 0.
+fn launch_gated(x: &Tensor, dy: Option<&Tensor>, out: &Tensor, op: UnaryOp, rows: usize, h: usize) -> Result<()> {
+    let n = rows * h;
+    if n == 0 {
+        return Ok(());
+    }
+    let vec4 = h % 4 == 0;
+    let threads = if vec4 { n / 4 } else { n };
+    let entry = match (dy.is_some(), vec4) {
+        (false, false) => "gated",
+        (false, true) => "gated4",
+        (true, false) => "gated_grad",
+        (true, true) => "gated_grad4",
+    };
+    let mut shape = [0u32; 8];
+    shape[0] = h as u32;
+    let p = EwParams { n: threads as u32, flags: 7, alpha: 1.0, shape, ..Zeroable::zeroed() };
+    let inputs: Vec<&Tensor> = std::iter::once(x).chain(dy).collect();
+    launch_ew(x.gpu(), entry, op as u32, &p, &inputs, out, threads)
+}
+
 /// y = op(x), elementwise.
 pub fn unary(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
     unary_affine(x, op, 1.0, 0.0)
