@@ -32,6 +32,10 @@ override TRANS_B: bool = false;
 override B_MODE: u32 = 0u;
 override BIAS: u32 = 0u;
 override ACCUMULATE: bool = false;
+// Every row of C starts on a vec4 boundary (N % 4 == 0 and c_bs % 4 == 0): store4's
+// columns are then wholly inside C or wholly past it, and the kernel has no per-column
+// store path (whose mere presence made every store of gemm_tex ~2x slower on llvmpipe).
+override C_VEC4: bool = false;
 
 fn load_a(z: u32, m: u32, k: u32) -> f32 {
     if (m >= p.m || k >= p.k) {
@@ -121,6 +125,16 @@ fn store4(z: u32, m: u32, n: u32, v: vec4<f32>, bv: vec4<f32>) {
         return;
     }
     let idx = z * p.c_bs + m * p.n + n;
+    if (C_VEC4) {
+        if (n < p.n) {
+            var o = p.alpha * v + bv;
+            if (ACCUMULATE) {
+                o += c[idx / 4u];
+            }
+            c[idx / 4u] = o;
+        }
+        return;
+    }
     if (n + 3u < p.n && idx % 4u == 0u) {
         var o = p.alpha * v + bv;
         if (ACCUMULATE) {

@@ -106,6 +106,10 @@ fn texture_gemm_layouts_tails_batches() {
     for entry in ["gemm_texture::gemm_tex", "gemm_texture::pack"] {
         assert!(kernels.iter().any(|k| k.starts_with(entry)), "{entry} never ran: {kernels:?}");
     }
+    // rows of C on vec4 boundaries (N % 4 == 0: plain vector stores) and not (per column)
+    for vec4 in ["C_VEC4=1", "C_VEC4=0"] {
+        assert!(kernels.iter().any(|k| k.starts_with("gemm_texture::gemm_tex") && k.contains(vec4)), "gemm_tex {vec4} never ran: {kernels:?}");
+    }
 }
 
 #[test]

@@ -188,6 +188,7 @@ fn dispatch(
         ("B_MODE", conv as u32 as f64),
         ("BIAS", bias.0 as u32 as f64),
         ("ACCUMULATE", accumulate as u32 as f64),
+        ("C_VEC4", (n % 4 == 0 && p.c_bs % 4 == 0) as u32 as f64),
     ];
     if let Some([ta, tb]) = texture_operands(gpu, kind, &p, trans_a, trans_b, conv) {
         // 1, 2, 4 or 8 subgroups (fewer pipeline variants to compile; at most the last
