@@ -6,7 +6,7 @@
 // len = Lk; with `causal` = Lq > 0, row r is query r % Lq and sees keys 0..=r % Lq). They
 // are separate entries because one buffer cannot be both the read-only x and the
 // read-write y of a dispatch:
-//   softmax_lse_thread / _wg: s <- softmax(s) in place, lse[r] = log sum_j exp(s[r, j])
+//   softmax_lse_thread(4) / _wg: s <- softmax(s) in place, lse[r] = log sum_j exp(s[r, j])
 //   exp_sub_rows:             s <- exp(s - lse[r]) in place (probabilities from saved lse)
 //   ds_rows:                  dp <- p * (dp - dvec[r]) in place (softmax backward)
 
@@ -121,6 +121,44 @@ fn softmax_lse_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let inv = 1.0 / t;
     for (var j = 0u; j < p.len; j++) {
         s_io[base + j] = select(exp(s_at(base + j) - m) * inv, 0.0, masked(r, j));
+    }
+    row_out[r] = m + log(t);
+}
+
+// softmax_lse_thread4: softmax_lse_thread in vec4s, for rows of a multiple of 4 keys and no
+// causal mask: a quarter of the loads and stores (scalarised per lane on CPU adapters),
+// the maximum and the sum kept per component and combined at the end.
+@group(0) @binding(1) var<storage, read_write> s_io4: array<vec4<f32>>;
+
+fn s4_at(i: u32) -> vec4<f32> {
+    if (TEX_IN) {
+        return texel_at(in_tex, i);
+    }
+    return s_io4[i];
+}
+
+@compute @workgroup_size(WG)
+fn softmax_lse_thread4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let r = row_index(wid, nwg) * WG + lid;
+    if (r >= p.rows) {
+        return;
+    }
+    let len4 = p.len / 4u;
+    let base = r * len4;
+    var m4 = vec4<f32>(neg_inf());
+    for (var j = 0u; j < len4; j++) {
+        m4 = max(m4, s4_at(base + j));
+    }
+    let m = max(max(m4.x, m4.y), max(m4.z, m4.w));
+    var t4 = vec4<f32>(0.0);
+    for (var j = 0u; j < len4; j++) {
+        t4 += exp(s4_at(base + j) - m);
+    }
+    let t = (t4.x + t4.y) + (t4.z + t4.w);
+    let inv = 1.0 / t;
+    for (var j = 0u; j < len4; j++) {
+        s_io4[base + j] = exp(s4_at(base + j) - m) * inv;
     }
     row_out[r] = m + log(t);
 }

@@ -185,10 +185,30 @@ fn norm_affine_grads_in_one_and_several_slices() {
 /// group channels shared by 4 elements or not) and the thread reductions.
 #[test]
 fn row_kernels_read_textures_like_buffers() {
-    texel_reads_agree("rows", &["softmax::softmax_thread", "norm::norm_thread4", "norm::norm_rows4", "norm::norm_bwd_thread", "norm::norm_bwd", "norm::norm_affine_bwd", "reduce::reduce_thread"], |g| {
+    let entries = [
+        "softmax::softmax_thread",
+        "softmax::softmax_lse_thread",
+        "softmax::softmax_lse_thread4",
+        "norm::norm_thread4",
+        "norm::norm_rows4",
+        "norm::norm_bwd_thread",
+        "norm::norm_bwd",
+        "norm::norm_affine_bwd",
+        "reduce::reduce_thread",
+    ];
+    texel_reads_agree("rows", &entries, |g| {
         let mut out = Vec::new();
         let (s, _) = rand_on(g, &[37, 29], 1, -4.0, 4.0);
         out.push(ops::softmax_scaled(&s, 0.7).unwrap().to_vec().unwrap());
+        // attention over materialised scores: the in-place softmax rows of 12 keys (vec4)
+        // and of 7 (scalar)
+        g.set_attention_path(t2v_kernels::AttentionPath::Materialised);
+        for (lk, seed) in [(12usize, 2u64), (7, 3)] {
+            let (q, _) = rand_on(g, &[3, 9, 8], seed, -2.0, 2.0);
+            let (k, _) = rand_on(g, &[3, lk, 8], seed + 10, -2.0, 2.0);
+            let a = ops::attention(&q, &k, &k, 0.5, true).unwrap();
+            out.extend([a.out.to_vec().unwrap(), a.lse.to_vec().unwrap(), a.probs.unwrap().to_vec().unwrap()]);
+        }
         // (shape, groups): S = 12 (channels per vec4), S = 15 (mixed), one long row
         for (k, (shape, groups)) in [(vec![3, 8, 3, 4], 4), (vec![2, 6, 3, 5], 3), (vec![1, 4, 40, 41], 2)].into_iter().enumerate() {
             let c = shape[1];

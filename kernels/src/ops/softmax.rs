@@ -39,7 +39,7 @@ pub fn softmax_scaled(x: &Tensor, scale: f32) -> Result<Tensor> {
 /// Launches a softmax row kernel; the thread-per-row ones read their input (the first
 /// tensor) through a texture on CPU adapters (texture.rs).
 fn row_launch(gpu: &crate::Gpu, entry: &'static str, wg: u32, p: &Params, tensors: &[&Tensor], groups: [u32; 3]) -> Result<()> {
-    if !entry.ends_with("_thread") {
+    if !entry.ends_with("_thread") && !entry.ends_with("_thread4") {
         return launch(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(p), tensors, groups);
     }
     launch_reading(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(p), 1, tensors, &[Some(tensors[0])], groups)
@@ -74,7 +74,10 @@ pub(crate) fn softmax_lse_in_place(s: &Tensor, causal: usize) -> Result<Tensor> 
         return Ok(lse);
     }
     let gpu = s.gpu();
-    let (entry, wg, groups) = row_kernel(gpu, rows, p.len as usize, 3, ["softmax_lse_thread", "softmax_lse_wg"]);
+    let (mut entry, wg, groups) = row_kernel(gpu, rows, p.len as usize, 3, ["softmax_lse_thread", "softmax_lse_wg"]);
+    if entry == "softmax_lse_thread" && p.len % 4 == 0 && causal == 0 {
+        entry = "softmax_lse_thread4";
+    }
     row_launch(gpu, entry, wg, &p, &[s, &lse], groups)?;
     Ok(lse)
 }
