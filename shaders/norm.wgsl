@@ -91,9 +91,23 @@ fn gamma_beta(ch: u32) -> vec2<f32> {
     return vec2<f32>(gamma[ch], beta[ch]);
 }
 
+// (gamma, beta) of channels 4t .. 4t + 3.
+fn gamma_beta4(t: u32) -> array<vec4<f32>, 2> {
+    if (TEX_IN) {
+        return array<vec4<f32>, 2>(texel_at(gamma_tex, t), texel_at(beta_tex, t));
+    }
+    let c = 4u * t;
+    return array<vec4<f32>, 2>(vec4<f32>(gamma[c], gamma[c + 1u], gamma[c + 2u], gamma[c + 3u]),
+                               vec4<f32>(beta[c], beta[c + 1u], beta[c + 2u], beta[c + 3u]));
+}
+
 fn affine4(o: vec4<f32>, ch0: u32, j: u32) -> vec4<f32> {
     var r = o;
-    if (p.affine != 0u && p.inner % 4u == 0u) {
+    if (p.affine != 0u && p.inner == 1u && ch0 % 4u == 0u) {
+        // one channel per element (layer norm): channels ch0 + j .. + 3, one texel each
+        let gb = gamma_beta4((ch0 + j) / 4u);
+        r = r * gb[0] + gb[1];
+    } else if (p.affine != 0u && p.inner % 4u == 0u) {
         // the four elements share a channel
         let gb = gamma_beta(ch0 + j / p.inner);
         r = r * gb.x + gb.y;

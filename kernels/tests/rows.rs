@@ -224,6 +224,9 @@ fn row_kernels_read_textures_like_buffers() {
         let (dy, _) = rand_on(g, &[70, 36], 51, -1.0, 1.0);
         let n = ops::layer_norm(&x, None, None, 1e-5).unwrap();
         out.push(n.y.to_vec().unwrap());
+        let (gm, _) = rand_on(g, &[36], 52, 0.5, 1.5);
+        let (bt, _) = rand_on(g, &[36], 53, -1.0, 1.0);
+        out.push(ops::layer_norm(&x, Some(&gm), Some(&bt), 1e-5).unwrap().y.to_vec().unwrap()); // a texel of gamma per vec4
         out.push(ops::layer_norm_backward(&x, None, None, &n.stats, &dy, 1e-5).unwrap().dx.to_vec().unwrap());
         out.push(ops::sum(&x, 0).unwrap().to_vec().unwrap());
         out.push(ops::max(&x, 1).unwrap().to_vec().unwrap());
