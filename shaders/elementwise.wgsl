@@ -417,8 +417,7 @@ fn gated(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         return;
     }
     let h = p.shape[0].x;
-    let r = i / h;
-    let a = i + r * h; // r * 2H + j
+    let a = i + i / h * h; // row r = i / H: r * 2H + j
     y[i] = x_at(a) * unary_op(x_at(a + h));
 }
 
@@ -430,8 +429,7 @@ fn gated4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         return;
     }
     let h4 = p.shape[0].x / 4u;
-    let r = i / h4;
-    let a = i + r * h4;
+    let a = i + i / h4 * h4;
     let g = x4_at(a + h4);
     y4[i] = x4_at(a) * vec4<f32>(unary_op(g.x), unary_op(g.y), unary_op(g.z), unary_op(g.w));
 }

@@ -331,7 +331,7 @@ fn launch_gated(x: &Tensor, dy: Option<&Tensor>, out: &Tensor, op: UnaryOp, rows
     };
     let mut shape = [0u32; 8];
     shape[0] = h as u32;
-    let p = EwParams { n: threads as u32, flags: 7, alpha: 1.0, shape, ..Zeroable::zeroed() };
+    let p = EwParams { n: threads as u32, flags: 7, shape, ..Zeroable::zeroed() };
     let inputs: Vec<&Tensor> = std::iter::once(x).chain(dy).collect();
     launch_ew(x.gpu(), entry, op as u32, &p, &inputs, out, threads)
 }

@@ -188,7 +188,6 @@ fn dispatch(
         ("B_MODE", conv as u32 as f64),
         ("BIAS", bias.0 as u32 as f64),
         ("ACCUMULATE", accumulate as u32 as f64),
-        ("C_VEC4", (n % 4 == 0 && p.c_bs % 4 == 0) as u32 as f64),
     ];
     if let Some([ta, tb]) = texture_operands(gpu, kind, &p, trans_a, trans_b, conv) {
         // 1, 2, 4 or 8 subgroups (fewer pipeline variants to compile; at most the last
@@ -196,6 +195,9 @@ fn dispatch(
         let nsg = n.div_ceil(32).next_power_of_two().min(8);
         constants.push(("NSG", nsg as f64));
         constants.push(("TEX_W", TEXTURE_WIDTH as f64));
+        // only gemm_tex stores through store4: elsewhere the constant would compile
+        // identical pipelines twice
+        constants.push(("C_VEC4", (n % 4 == 0 && p.c_bs % 4 == 0) as u32 as f64));
         let groups = [n.div_ceil(32 * nsg) as u32, m.div_ceil(TEXTURE_TILE_ROWS) as u32, batch as u32];
         if groups[0] as usize > max || groups[1] as usize > max {
             return Err(Error::Shape { op: "matmul", msg: format!("output {m}x{n} needs a grid {groups:?} beyond {max}") });

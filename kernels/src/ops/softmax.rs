@@ -39,7 +39,7 @@ pub fn softmax_scaled(x: &Tensor, scale: f32) -> Result<Tensor> {
 /// Launches a softmax row kernel; the thread-per-row ones read their input (the first
 /// tensor) through a texture on CPU adapters (texture.rs).
 fn row_launch(gpu: &crate::Gpu, entry: &'static str, wg: u32, p: &Params, tensors: &[&Tensor], groups: [u32; 3]) -> Result<()> {
-    if !entry.ends_with("_thread") && !entry.ends_with("_thread4") {
+    if !entry.contains("_thread") {
         return launch(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(p), tensors, groups);
     }
     launch_reading(gpu, &SOFTMAX, entry, &[("WG", wg as f64)], bytemuck::bytes_of(p), 1, tensors, &[Some(tensors[0])], groups)
