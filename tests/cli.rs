@@ -195,3 +195,21 @@ fn demo_and_world_refuse_bad_settings_before_any_work() {
         assert!(!out.exists(), "{cmd}: nothing is written for a refused run");
     }
 }
+
+#[test]
+fn pretrain_refuses_options_of_other_stages_before_any_work() {
+    let out = std::env::temp_dir().join(format!("t2v-pretrain-bad-{}", std::process::id()));
+    let o = out.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["pretrain", "text", "--models", "assets/tiny", "--out", o, "--frames", "9"], "the text encoder can see 1 to 8 frames per clip (the clips' length), not 9"),
+        (&["pretrain", "teacher", "--models", "assets/tiny", "--out", o, "--frames", "4"], "--frames applies to `pretrain text` only"),
+        (&["pretrain", "text", "--models", "assets/tiny", "--out", o, "--frames", "0"], "--frames must be at least 1"),
+        (&["pretrain", "vae", "--models", "assets/tiny", "--out", o, "--reversed-pairs"], "--reversed-pairs applies to the contrastive stages"),
+        (&["pretrain", "text", "--models", "assets/tiny", "--out", o, "--image-batch", "8"], "--image-batch applies to `pretrain teacher` only"),
+    ];
+    for (args, msg) in cases {
+        let (ok, _, err) = t2v(args, &[]);
+        assert!(!ok && err.contains(msg), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?}: nothing is written for a refused run");
+    }
+}

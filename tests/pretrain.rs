@@ -24,6 +24,22 @@ fn values(path: &std::path::Path) -> Vec<f32> {
     keys.iter().flat_map(|k| f.host_f32(k).unwrap().1).collect()
 }
 
+/// Rewrites a weight file with `edit` applied to each tensor's values (by key).
+fn rewrite_weights(g: &Gpu, path: &std::path::Path, edit: impl Fn(&str, &mut Vec<f32>)) {
+    let f = WeightFile::open(path).unwrap();
+    let tensors: Vec<(String, t2v_kernels::Tensor)> = f
+        .entries()
+        .keys()
+        .map(|k| {
+            let (shape, mut v) = f.host_f32(k).unwrap();
+            edit(k, &mut v);
+            (k.clone(), t2v_kernels::Tensor::from_slice(g, &shape, &v).unwrap())
+        })
+        .collect();
+    drop(f);
+    t2v_turbo::models::weights::save_weights(path, &tensors, SaveDtype::F32, &[]).unwrap();
+}
+
 #[test]
 fn each_stage_trains_and_resumes_exactly() {
     let g = gpu();
@@ -31,15 +47,16 @@ fn each_stage_trains_and_resumes_exactly() {
     let src = init_random(&g, Preset::Tiny, &d.join("init"), 3, SaveDtype::F32).unwrap();
     let keys = |path: &std::path::Path| WeightFile::open(path).unwrap().entries().keys().cloned().collect::<Vec<_>>();
     let stages = [
-        (What::Vae, 2, "vae.safetensors", false),
-        (What::Teacher, 1, "unet.safetensors", false),
-        (What::Text, 2, "text.safetensors", false),
-        (What::Reward, 2, "reward_video.safetensors", false),
-        (What::VideoReward, 4, "reward_video.safetensors", true),
+        (What::Vae, 2, "vae.safetensors", false, 1),
+        (What::Teacher, 1, "unet.safetensors", false, 1),
+        (What::Text, 2, "text.safetensors", false, 1),
+        (What::Text, 4, "text.safetensors", true, 3),
+        (What::Reward, 2, "reward_video.safetensors", false, 1),
+        (What::VideoReward, 4, "reward_video.safetensors", true, 1),
     ];
-    for (what, batch, file, reversed_pairs) in stages {
-        let cfg = |steps| PretrainConfig { steps, batch, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs };
-        let run = format!("{what:?}{}", if reversed_pairs { "-pairs" } else { "" });
+    for (what, batch, file, reversed_pairs, text_frames) in stages {
+        let cfg = |steps| PretrainConfig { steps, batch, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs, text_frames };
+        let run = format!("{what:?}{}{}", if reversed_pairs { "-pairs" } else { "" }, if text_frames > 1 { "-frames" } else { "" });
         let a = d.join(format!("{run}-straight"));
         let (md, ms) = pretrain(&g, what, &src, &a, &cfg(3), 10, SaveDtype::F32, true).unwrap();
         assert_eq!(ms.len(), 3);
@@ -54,7 +71,12 @@ fn each_stage_trains_and_resumes_exactly() {
         assert_eq!(values(&b.join(file)), values(&a.join(file)), "{what:?}");
         // the weights record their pretraining, and a continued run records both
         let note = |dir: &std::path::Path| WeightFile::open(&dir.join(file)).unwrap().metadata.get("pretrained").cloned();
-        let how = if reversed_pairs { " (with reversed pairs)" } else { "" };
+        let how = match (reversed_pairs, text_frames) {
+            (false, 1) => String::new(),
+            (true, 1) => " (with reversed pairs)".into(),
+            (true, n) => format!(" ({n} frames per clip and a motion map; with reversed pairs)"),
+            (false, n) => format!(" ({n} frames per clip and a motion map)"),
+        };
         assert_eq!(note(&a), Some(format!("3 steps on the moving-shapes world{how}")), "{what:?}");
         assert_eq!(note(&b), note(&a), "{what:?}: resuming is not continuing");
         let c = d.join(format!("{run}-continued"));
@@ -71,7 +93,12 @@ fn each_stage_trains_and_resumes_exactly() {
         }
         if reversed_pairs {
             // step 2 is a batch of reversed pairs, logged apart
-            assert_eq!((ms[0].logs[0].0.as_str(), ms[1].logs[0].0.as_str()), ("video_retrieval", "video_retrieval_pairs"));
+            let metric = if what == What::Text { "text" } else { "video" };
+            assert_eq!((ms[0].logs[0].0.clone(), ms[1].logs[0].0.clone()), (format!("{metric}_retrieval"), format!("{metric}_retrieval_pairs")));
+            // and the share of clips whose own caption beats its twin's (the direction)
+            let (name, share) = &ms[1].logs[1];
+            assert!(name == &format!("{metric}_direction") && (0.0..=1.0).contains(share), "{:?}", ms[1].logs);
+            assert_eq!(ms[0].logs.len(), 1, "no direction on ordinary batches: {:?}", ms[0].logs);
         }
         if what == What::Vae {
             assert!(md.vae.1.scale_factor != src.vae.1.scale_factor && md.vae.1.scale_factor.is_finite());
@@ -82,7 +109,7 @@ fn each_stage_trains_and_resumes_exactly() {
         assert!(a.join(format!("pretrain-{}/metrics.png", format!("{what:?}").to_lowercase())).exists());
     }
     // other settings do not resume silently
-    let e = pretrain(&g, What::Vae, &src, &d.join("Vae-resumed"), &PretrainConfig { steps: 4, batch: 2, lr: 5e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs: false }, 1, SaveDtype::F32, true).unwrap_err();
+    let e = pretrain(&g, What::Vae, &src, &d.join("Vae-resumed"), &PretrainConfig { steps: 4, batch: 2, lr: 5e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs: false, text_frames: 1 }, 1, SaveDtype::F32, true).unwrap_err();
     assert!(e.to_string().contains("other settings"), "{e}");
 }
 
@@ -114,7 +141,7 @@ fn joint_image_video_teacher_steps_run_and_resume_exactly() {
     let g = gpu();
     let d = tmp("joint");
     let src = init_random(&g, Preset::Tiny, &d.join("init"), 4, SaveDtype::F32).unwrap();
-    let cfg = |steps| PretrainConfig { steps, batch: 1, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 3, reversed_pairs: false };
+    let cfg = |steps| PretrainConfig { steps, batch: 1, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 3, reversed_pairs: false, text_frames: 1 };
     // step 1: one clip; step 2: three single frames (1-frame videos)
     let (_, ms) = pretrain(&g, What::Teacher, &src, &d.join("straight"), &cfg(2), 10, SaveDtype::F32, true).unwrap();
     assert!(ms.iter().all(|m| m.loss.is_finite()));
@@ -175,20 +202,11 @@ fn the_reward_check_measures_through_the_captions() {
     // a video reward whose text features do not depend on the caption (text_proj weight 0,
     // bias 1) scores every caption alike: no wins, no gap; the image towers are untouched
     let Some(t2v_turbo::pipeline::model_dir::VideoRewardSpec::InternVideo2 { file, .. }) = &md.video_reward else { panic!("the tiny preset has an InternVideo2") };
-    let f = WeightFile::open(file).unwrap();
-    let tensors: Vec<(String, t2v_kernels::Tensor)> = f
-        .entries()
-        .keys()
-        .map(|k| {
-            let (shape, mut v) = f.host_f32(k).unwrap();
-            if k.starts_with("text_proj.") {
-                v.fill(if k.ends_with("bias") { 1.0 } else { 0.0 });
-            }
-            (k.clone(), t2v_kernels::Tensor::from_slice(&g, &shape, &v).unwrap())
-        })
-        .collect();
-    drop(f);
-    t2v_turbo::models::weights::save_weights(file, &tensors, SaveDtype::F32, &[]).unwrap();
+    rewrite_weights(&g, file, |k, v| {
+        if k.starts_with("text_proj.") {
+            v.fill(if k.ends_with("bias") { 1.0 } else { 0.0 });
+        }
+    });
     let blind = reward_sensitivity(&g, &md, &world, 9, 5).unwrap();
     for (b, r) in blind.iter().zip(&random) {
         if b.model == "video" {
@@ -249,4 +267,80 @@ fn the_shipped_image_rewards_steer_colors_through_the_vae() {
     let hits = |cs: &[Option<usize>], want: &[ClipSpec]| cs.iter().zip(want).filter(|(c, w)| **c == Some(w.color)).count();
     assert!(last.0 > r0 + 0.2, "the ascent raises the reward: {r0} -> {}", last.0);
     assert!(hits(&last.1, &targets) >= 3 && hits(&last.1, &targets) > hits(&c0, &targets), "analyser colors {:?} -> {:?}, wanted {:?}", c0, last.1, targets.iter().map(|t| t.color).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_text_check_measures_through_the_token_embeddings() {
+    use t2v_turbo::pretrain::text_check::word_sensitivity;
+    use t2v_turbo::world::WorldConfig;
+    let g = gpu();
+    let d = tmp("text-check");
+    let md = init_random(&g, Preset::Tiny, &d.join("init"), 7, SaveDtype::F32).unwrap();
+    let world = WorldConfig { frames: md.video.frames, size: md.video.height, short_fraction: 0.5 };
+    let random = word_sensitivity(&md.load_text(&g).unwrap(), &world, 9, 3).unwrap();
+    let rows: Vec<(&str, &str)> = random.iter().map(|c| (c.caption, c.attribute)).collect();
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert!(rows.contains(&("long", "direction")) && rows.contains(&("short", "color")), "{rows:?}");
+    assert!(random.iter().all(|c| c.context_change.is_finite() && c.context_change > 0.1), "{random:?}");
+    // with every token embedded alike the context is the positions' alone: no word moves it
+    rewrite_weights(&g, &md.text.0, |k, v| {
+        if k.ends_with("token_embedding.weight") {
+            v.fill(0.25);
+        }
+    });
+    let blind = word_sensitivity(&md.load_text(&g).unwrap(), &world, 9, 3).unwrap();
+    assert!(blind.iter().all(|c| c.context_change == 0.0), "{blind:?}");
+}
+
+/// Two-stream video features: the normalised sum of the mean frame feature and a linear map
+/// of the difference image (last frame minus first); frames played backwards flip the
+/// motion term; one frame, or no map, gives the frames' own features.
+#[test]
+fn motion_features_see_the_order_of_the_frames() {
+    use t2v_kernels::autograd::Tape;
+    use t2v_turbo::models::clip::Clip;
+    use t2v_turbo::models::weights::Loader;
+    use t2v_turbo::pretrain::motion_features;
+    let g = gpu();
+    let d = tmp("motion-features");
+    let md = init_random(&g, Preset::Tiny, &d.join("init"), 8, SaveDtype::F32).unwrap();
+    let spec = &md.image_rewards[0];
+    let f = WeightFile::open(&spec.file).unwrap();
+    let clip = Clip::load(&Loader::new(&f, &g, ""), &spec.config).unwrap();
+    let (s, e) = (spec.config.vision.image_size, spec.config.embed_dim);
+    let (b, n, per) = (2, 3, 3 * s * s);
+    let tape = Tape::new();
+    let x: Vec<f32> = (0..b * n * per).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+    let w: Vec<f32> = (0..e * per).map(|i| ((i * 53 % 97) as f32 - 48.0) / 4000.0).collect();
+    let proj = tape.constant(t2v_kernels::Tensor::from_slice(&g, &[e, per], &w).unwrap());
+    let frames = |v: &[f32], k: usize| tape.constant(t2v_kernels::Tensor::from_slice(&g, &[k, 3, s, s], v).unwrap());
+    let features = |v: &[f32]| motion_features(&clip.vision, Some(&proj), &frames(v, b * n), b, n).unwrap().value().to_vec().unwrap();
+    // the same on the host from the tower's features of each frame, forwards and backwards
+    let single: Vec<f32> = clip.vision.features(&frames(&x, b * n)).unwrap().value().to_vec().unwrap();
+    let want = |sign: f64| -> Vec<f64> {
+        (0..b)
+            .flat_map(|c| {
+                let mut v: Vec<f64> = (0..e)
+                    .map(|k| {
+                        let appearance = (0..n).map(|t| single[(c * n + t) * e + k] as f64).sum::<f64>() / n as f64;
+                        let motion: f64 = (0..per).map(|p| w[k * per + p] as f64 * (x[(c * n + n - 1) * per + p] - x[c * n * per + p]) as f64).sum();
+                        appearance + sign * motion
+                    })
+                    .collect();
+                let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+                v.iter_mut().for_each(|a| *a /= norm);
+                v
+            })
+            .collect()
+    };
+    let close = |got: &[f32], want: &[f64]| got.iter().zip(want).all(|(a, b)| (*a as f64 - b).abs() < 1e-4);
+    let got = features(&x);
+    assert!(close(&got, &want(1.0)), "{got:?} vs {:?}", want(1.0));
+    let backwards: Vec<f32> = (0..b).flat_map(|c| (0..n).rev().map(move |t| c * n + t)).flat_map(|i| x[i * per..(i + 1) * per].to_vec()).collect();
+    let rev = features(&backwards);
+    assert!(close(&rev, &want(-1.0)) && !close(&rev, &want(1.0)), "played backwards: {rev:?}");
+    let one = motion_features(&clip.vision, Some(&proj), &frames(&x[..b * per], b), b, 1).unwrap().value().to_vec().unwrap();
+    assert_eq!(one, single[..b * e].to_vec());
+    let no_map = motion_features(&clip.vision, None, &frames(&x, b * n), b * n, 1).unwrap().value().to_vec().unwrap();
+    assert_eq!(no_map, single);
 }

@@ -29,7 +29,8 @@ pub struct PretrainArgs {
     pub resume: bool,
     /// Steps in all (a resumed run continues to this). 0 trains nothing: with `teacher` it
     /// runs only the caption check on the source folder's teacher, with the reward stages
-    /// only the reward check (which attributes each reward model sees).
+    /// only the reward check (which attributes each reward model sees), with `text` only the
+    /// text check (how far each word moves the teacher's context).
     #[arg(long, default_value_t = 2000)]
     pub steps: u64,
     /// Clips (teacher, rewards) or frames (VAE) per step.
@@ -46,9 +47,16 @@ pub struct PretrainArgs {
     /// Text and reward models: every other step the second half of the batch is the first
     /// half played backwards (the same path in the opposite direction), hard negatives that
     /// only the direction of motion tells apart (for the towers that see motion); their
-    /// retrieval accuracy is logged apart (`*_retrieval_pairs`).
+    /// retrieval accuracy is logged apart (`*_retrieval_pairs`), with the share of clips whose
+    /// own caption scores above its twin's (`*_direction`; 0.5 = blind to direction).
     #[arg(long)]
     pub reversed_pairs: bool,
+    /// Text only: frames of each clip the temporary vision tower sees against the caption.
+    /// 1 = one random frame (colors and shapes only); n > 1 = n strided frames (their mean
+    /// feature) plus a linear map of the difference image (last frame minus first), so that
+    /// the direction of motion counts too (best with --reversed-pairs).
+    #[arg(long, default_value_t = 1)]
+    pub frames: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Seed of the world the clips are drawn from.
@@ -76,12 +84,18 @@ pub fn run(dev: &DeviceArgs, a: &PretrainArgs) -> Result<(), CliError> {
     if a.reversed_pairs && !a.what.is_contrastive() {
         return Err(CliError::Check("--reversed-pairs applies to the contrastive stages (text and the reward models) only".into()));
     }
+    if a.frames != 1 && a.what != What::Text {
+        return Err(CliError::Check("--frames applies to `pretrain text` only".into()));
+    }
+    if a.frames == 0 {
+        return Err(CliError::Check("--frames must be at least 1".into()));
+    }
     if a.batch < 2 && a.what.is_contrastive() {
         return Err(CliError::Check("the contrastive loss (text, reward models) needs --batch of at least 2".into()));
     }
     let src = ModelDir::read(&a.models)?;
     let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
-    let cfg = PretrainConfig { steps: a.steps, batch: a.batch.max(1), lr: a.lr, seed: a.seed, world_seed: a.world_seed, image_batch: a.image_batch, reversed_pairs: a.reversed_pairs };
+    let cfg = PretrainConfig { steps: a.steps, batch: a.batch.max(1), lr: a.lr, seed: a.seed, world_seed: a.world_seed, image_batch: a.image_batch, reversed_pairs: a.reversed_pairs, text_frames: a.frames };
     let dtype = if a.f16 { SaveDtype::F16 } else { SaveDtype::F32 };
     let t = std::time::Instant::now();
     let (md, ms) = pretrain(&gpu, a.what, &src, &a.out, &cfg, a.checkpoint_every, dtype, false)?;

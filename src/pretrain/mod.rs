@@ -7,18 +7,21 @@
 //!   optionally every other step on single frames as 1-frame videos (joint image-video
 //!   training, `image_batch`);
 //! - `text`: the teacher's conditioning text encoder, contrastively against single frames
-//!   (long or short captions) through a temporary vision tower that is not saved;
+//!   or strided frames with a motion map (`text_frames`; long or short captions)
+//!   through a temporary vision tower that is not saved;
 //! - `reward`: the HPS-style and CLIP-style image towers (frames vs short captions) and the
 //!   video tower (strided frames vs long captions), symmetric contrastive loss; optionally
 //!   every other step with reversed pairs as hard negatives (`reversed_pairs`).
 //!
-//! Checks: `teacher` ends with [`caption_check`] (does it read its captions?), the reward
-//! stages with [`reward_check`] (which attributes each reward model sees).
+//! Checks: `teacher` ends with [`caption_check`] (does it read its captions?), `text` with
+//! [`text_check`] (does its context tell the words apart?), the reward stages with
+//! [`reward_check`] (which attributes each reward model sees).
 //! Each writes a new model folder (a copy of the source with the trained file replaced),
 //! with checkpoints every N steps in `OUT/pretrain-{what}/` and exact resume.
 
 pub mod caption_check;
 pub mod reward_check;
+pub mod text_check;
 mod objectives;
 
 use std::path::{Path, PathBuf};
@@ -28,7 +31,7 @@ use t2v_kernels::autograd::{Tape, Var};
 use t2v_kernels::optim::{AdamW, AdamWConfig, ParamGroup};
 use t2v_kernels::{Gpu, Tensor};
 
-pub use objectives::{pretrain, What};
+pub use objectives::{motion_features, pretrain, What};
 
 use crate::models::weights::{save_weights, Result, SaveDtype, WeightFile, WeightsError};
 use crate::pipeline::model_dir::ModelDir;
@@ -55,6 +58,15 @@ pub struct PretrainConfig {
     /// direction of motion tells apart.
     #[serde(default)]
     pub reversed_pairs: bool,
+    /// Text only: frames of each clip the temporary vision tower sees. 1: one random frame;
+    /// n > 1: n strided frames and a linear map of their difference image
+    /// (`motion_features`), so that the direction of motion counts.
+    #[serde(default = "one")]
+    pub text_frames: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One step's loss and named values for the log.

@@ -10,7 +10,7 @@ use t2v_kernels::{Gpu, Tensor};
 
 use super::{clips_tensor, copy_model_dir, draw_clips, draw_reversed_pairs, run_loop, LoopMetrics, PretrainConfig, StepOut};
 use crate::diffusion::Schedule;
-use crate::models::clip::{l2_normalize, Clip};
+use crate::models::clip::{l2_normalize, Clip, VisionTower};
 use crate::models::internvideo2::InternVideo2;
 use crate::models::tokenizer::{BertTokenizer, ClipTokenizer};
 use crate::models::unet3d::{Unet3d, UnetInputs};
@@ -64,10 +64,11 @@ fn source_notes(src: &ModelDir) -> BTreeMap<OsString, String> {
 }
 
 /// The "pretrained" metadata of `file` after `steps` more steps (`how`: a note on the
-/// recipe, or empty).
+/// recipe, or empty). No steps (a check, or a re-save as f16) keep the note as it was.
 fn pretrained_note(notes: &BTreeMap<OsString, String>, file: &Path, steps: u64, how: &str) -> String {
     let now = format!("{steps} step{} on the moving-shapes world{how}", if steps == 1 { "" } else { "s" });
     match file.file_name().and_then(|n| notes.get(n)) {
+        Some(before) if steps == 0 => before.clone(),
         Some(before) => format!("{now}, after {before}"),
         None => now,
     }
@@ -78,9 +79,11 @@ pub(super) fn tokenize(tok: &ClipTokenizer, texts: &[String]) -> Result<Vec<Vec<
     texts.iter().map(|t| Ok(tok.encode(t).map_err(|e| WeightsError::Format { path: "caption".into(), msg: e.to_string() })?.ids)).collect()
 }
 
-/// Symmetric InfoNCE of unit features a (B, E), b (B, E) at temperature 1/scale; and the
-/// accuracy of a -> b retrieval.
-fn contrastive(a: &Var, b: &Var, scale: f32) -> Result<(Var, Var)> {
+/// Symmetric InfoNCE of unit features a (B, E), b (B, E) at temperature 1/scale; the
+/// accuracy of a -> b retrieval; and with `twins` (a batch of reversed pairs: row i and
+/// row i + B/2 are the same clip played both ways) the share of rows whose own caption
+/// beats its twin's (1/2 for a model blind to the direction of motion).
+fn contrastive(a: &Var, b: &Var, scale: f32, twins: bool) -> Result<(Var, Var, Option<Var>)> {
     let n = a.shape()[0];
     let logits = ad::matmul_ex(a, b, false, true, scale, None)?; // (B, B)
     let nll = |m: &Var| -> Result<Var> { Ok(ad::scale(&ad::mean_all(&ad::unary(&crate::reward::diagonal(&ad::softmax(m)?, n)?, UnaryOp::Log)?)?, -1.0)?) };
@@ -88,8 +91,15 @@ fn contrastive(a: &Var, b: &Var, scale: f32) -> Result<(Var, Var)> {
     // retrieval accuracy (no gradient): the diagonal wins its row
     let l = logits.value().to_vec()?;
     let hits = (0..n).filter(|&i| (0..n).all(|j| j == i || l[i * n + j] < l[i * n + i])).count();
-    let acc = a.tape().constant(Tensor::from_slice(a.value().gpu(), &[1], &[hits as f32 / n as f32])?);
-    Ok((loss, acc))
+    let scalar = |v: f32| -> Result<Var> { Ok(a.tape().constant(Tensor::from_slice(a.value().gpu(), &[1], &[v])?)) };
+    let h = n / 2;
+    let twin = if twins && h > 0 {
+        let wins = (0..2 * h).filter(|&i| l[i * n + i] > l[i * n + (i + h) % (2 * h)]).count();
+        Some(scalar(wins as f32 / (2 * h) as f32)?)
+    } else {
+        None
+    };
+    Ok((loss, scalar(hits as f32 / n as f32)?, twin))
 }
 
 /// A reward model being pretrained.
@@ -100,30 +110,27 @@ enum Tower {
     ClipVideo(Box<Clip>),
     /// InternVideo2 against the long caption.
     InternVideo2(Box<InternVideo2>, Box<BertTokenizer>),
-    /// The conditioning text encoder with a vision tower: one frame against the long or
-    /// the short caption (each half the time, as the teacher is trained).
-    Conditioning(Box<Clip>),
+    /// The conditioning text encoder with a vision tower: one frame (or several frames and
+    /// a motion map, see [`motion_features`]) against the long or the short caption (each
+    /// half the time, as the teacher is trained).
+    Conditioning(Box<Clip>, Option<Tensor>),
 }
 
 impl Tower {
-    /// The retrieval-accuracy column of the metrics (`pairs`: on a batch of reversed pairs).
-    fn metric(&self, pairs: bool) -> &'static str {
-        let (plain, paired) = match self {
-            Tower::Image(_, Preprocess::Hps) => ("hps_retrieval", "hps_retrieval_pairs"),
-            Tower::Image(_, Preprocess::ClipScore) => ("clip_retrieval", "clip_retrieval_pairs"),
-            Tower::ClipVideo(_) | Tower::InternVideo2(..) => ("video_retrieval", "video_retrieval_pairs"),
-            Tower::Conditioning(_) => ("text_retrieval", "text_retrieval_pairs"),
-        };
-        if pairs {
-            paired
-        } else {
-            plain
+    /// The metric columns: retrieval accuracy, the same on batches of reversed pairs, and
+    /// on those the share of clips whose own caption beats its twin's (the direction).
+    fn metrics(&self) -> [&'static str; 3] {
+        match self {
+            Tower::Image(_, Preprocess::Hps) => ["hps_retrieval", "hps_retrieval_pairs", "hps_direction"],
+            Tower::Image(_, Preprocess::ClipScore) => ["clip_retrieval", "clip_retrieval_pairs", "clip_direction"],
+            Tower::ClipVideo(_) | Tower::InternVideo2(..) => ["video_retrieval", "video_retrieval_pairs", "video_direction"],
+            Tower::Conditioning(..) => ["text_retrieval", "text_retrieval_pairs", "text_direction"],
         }
     }
     fn model_name(&self) -> &'static str {
         match self {
             Tower::InternVideo2(..) => "internvideo2 reward",
-            Tower::Conditioning(_) => "openclip text",
+            Tower::Conditioning(..) => "openclip text",
             _ => "openclip reward",
         }
     }
@@ -146,10 +153,40 @@ fn strided_frames(x: &Tensor, rng: &mut Gaussian, n: usize, world: &WorldConfig)
     Ok(t2v_kernels::ops::permute(&sel, &[0, 2, 1, 3, 4])?.reshape(&[b * n, 3, world.size, world.size])?)
 }
 
+/// Video features of a two-stream kind (appearance and motion) for the contrastive
+/// training of the text encoder: `frames` are n preprocessed frames of each of b clips,
+/// clip-major (b*n, 3, S, S). Appearance: the CLIP vision tower's features of each frame,
+/// averaged over the clip. Motion: a linear map `motion_proj` (E, 3*S*S) of the clip's
+/// difference image (last frame minus first). The clip's unit feature is the normalised
+/// sum. A clip and the same clip played backwards have opposite difference images, so
+/// their motion features are opposite from the first step: a randomly initialised vision
+/// tower's features hardly depend on its input at all, and through it alone the direction
+/// of motion was not learnt in 800 steps (the reversed pairs stayed at chance). n = 1 (no
+/// `motion_proj`): the frame's own features.
+pub fn motion_features(vision: &VisionTower, motion_proj: Option<&Var>, frames: &Var, b: usize, n: usize) -> Result<Var> {
+    let Some(w) = motion_proj.filter(|_| n > 1) else {
+        return vision.features(frames);
+    };
+    let per: usize = frames.shape()[1..].iter().product();
+    let e = w.shape()[0];
+    let appearance = ad::mean(&ad::reshape(&vision.features(frames)?, &[b, n, e])?, 1)?;
+    let clips = ad::reshape(frames, &[b, n, per])?;
+    let difference = ad::reshape(&ad::sub(&ad::slice(&clips, 1, n - 1, 1)?, &ad::slice(&clips, 1, 0, 1)?)?, &[b, per])?;
+    let motion = ad::matmul_ex(&difference, w, false, true, 1.0, None)?; // (b, E)
+    l2_normalize(&ad::add(&appearance, &motion)?)
+}
+
+/// The key of the motion map of [`motion_features`] during `pretrain text` (a tensor of the
+/// temporary vision side: checkpointed with the run, never saved with the text encoder).
+const MOTION_PROJ: &str = "visual.motion_proj.weight";
+
 /// Pretrains `what` starting from the models of `src`; writes the model folder `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &PretrainConfig, every: u64, dtype: SaveDtype, quiet: bool) -> Result<(ModelDir, Vec<LoopMetrics>)> {
     let notes = source_notes(src);
+    if what == What::Text && !(1..=src.video.frames).contains(&cfg.text_frames) {
+        return Err(WeightsError::Format { path: src.root.display().to_string(), msg: format!("the text encoder can see 1 to {} frames per clip (the clips' length), not {}", src.video.frames, cfg.text_frames) });
+    }
     let mut md = copy_model_dir(src, out)?;
     let world = WorldConfig { frames: md.video.frames, size: md.video.height, short_fraction: 0.5 };
     if md.video.height != md.video.width {
@@ -281,11 +318,22 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 let f = WeightFile::open(file)?;
                 let l = Loader::new(&f, gpu, &f.prefix_among(&["cond_stage_model.model."])).init_missing(&CLIP_BEYOND_TEXT, cfg.seed ^ 0x7E47);
                 let c = Clip::load(&l, config)?;
-                let params = l.params();
+                let mut params = l.params();
                 // saved: what the file had (a text-only file stays text-only)
                 let keep = params.iter().map(|(k, _)| k.clone()).filter(|k| l.contains(k)).collect();
                 l.finish()?;
-                towers.push((Tower::Conditioning(Box::new(c)), params, file.clone(), Some(keep)));
+                // several frames: a motion map from the difference image, initialised at a
+                // quarter of the usual scale (its output then about matches a unit feature)
+                let motion = if cfg.text_frames > 1 {
+                    let s = config.vision.image_size;
+                    let w = Loader::random(gpu, cfg.seed ^ 0x30710).get(MOTION_PROJ, &[config.embed_dim, 3 * s * s])?;
+                    let w = t2v_kernels::ops::scale(&w, 0.25)?;
+                    params.push((MOTION_PROJ.to_string(), w.clone()));
+                    Some(w)
+                } else {
+                    None
+                };
+                towers.push((Tower::Conditioning(Box::new(c), motion), params, file.clone(), Some(keep)));
             }
             let image_rewards = if matches!(what, What::VideoReward | What::Text) { &[][..] } else { &md.image_rewards[..] };
             let video_reward = if matches!(what, What::ImageRewards | What::Text) { None } else { md.video_reward.as_ref() };
@@ -331,13 +379,19 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                             };
                             (clip.vision.features(&prep)?, clip.text.features(tape, &tokenize(&tok, &short)?)?)
                         }
-                        Tower::Conditioning(clip) => {
-                            let f = ((rng.uniform() * world.frames as f64) as usize).min(world.frames - 1);
-                            let fr = t2v_kernels::ops::slice(&x, 2, f, 1)?.reshape(&[b, 3, world.size, world.size])?;
-                            let unit = ad::affine(&tape.constant(fr), 0.5, 0.5)?;
+                        Tower::Conditioning(clip, motion) => {
+                            let n = cfg.text_frames;
+                            let frames = if n == 1 {
+                                let f = ((rng.uniform() * world.frames as f64) as usize).min(world.frames - 1);
+                                t2v_kernels::ops::slice(&x, 2, f, 1)?.reshape(&[b, 3, world.size, world.size])?
+                            } else {
+                                strided_frames(&x, rng, n, &world)? // (b*n, 3, S, S)
+                            };
+                            let unit = ad::affine(&tape.constant(frames), 0.5, 0.5)?;
                             let prep = crate::models::preprocess::clipscore(&unit, clip.vision.config.image_size)?;
                             let texts: Vec<String> = specs.iter().map(|s| if rng.uniform() < 0.5 { s.caption() } else { s.short_caption() }).collect();
-                            (clip.vision.features(&prep)?, clip.text.features(tape, &tokenize(&tok, &texts)?)?)
+                            let vis = motion_features(&clip.vision, motion.as_ref().map(|w| tape.param(w)).as_ref(), &prep, b, n)?;
+                            (vis, clip.text.features(tape, &tokenize(&tok, &texts)?)?)
                         }
                         Tower::ClipVideo(clip) => {
                             // strided frames, features mean-pooled over time and renormalised, vs the long caption
@@ -363,8 +417,10 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                             (vid, model.text_features(tape, &ids, &mask)?)
                         }
                     };
-                    let (loss, acc) = contrastive(&vis, &txt, 20.0)?;
-                    logs.push((tower.metric(pairs), acc));
+                    let (loss, acc, twin) = contrastive(&vis, &txt, 20.0, pairs)?;
+                    let [plain, paired, direction] = tower.metrics();
+                    logs.push((if pairs { paired } else { plain }, acc));
+                    logs.extend(twin.map(|t| (direction, t)));
                     total = Some(match total {
                         Some(t) => ad::add(&t, &loss)?,
                         None => loss,
@@ -373,15 +429,29 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 Ok(StepOut { loss: total.expect("a tower"), logs })
             })?;
             // the recipe, when not the default one
-            let how = if cfg.reversed_pairs { " (with reversed pairs)" } else { "" };
+            let mut recipe = Vec::new();
+            if what == What::Text && cfg.text_frames > 1 {
+                recipe.push(format!("{} frames per clip and a motion map", cfg.text_frames));
+            }
+            if cfg.reversed_pairs {
+                recipe.push("with reversed pairs".to_string());
+            }
+            let how = if recipe.is_empty() { String::new() } else { format!(" ({})", recipe.join("; ")) };
             for (tower, p, file, keep) in &towers {
                 let kept: Vec<(String, Tensor)> = p.iter().filter(|(k, _)| keep.as_ref().is_none_or(|keep| keep.contains(k))).cloned().collect();
-                save_weights(file, &kept, dtype, &[("model", tower.model_name().into()), ("pretrained", pretrained_note(&notes, file, cfg.steps, how))])?;
+                save_weights(file, &kept, dtype, &[("model", tower.model_name().into()), ("pretrained", pretrained_note(&notes, file, cfg.steps, &how))])?;
             }
             m
         }
     };
     md.write_config()?;
+    if !quiet && what == What::Text {
+        // held-out world: does the saved encoder's context tell the words apart?
+        let check = super::text_check::word_sensitivity(&md.load_text(gpu)?, &world, ws ^ 0xC4EC, 32)?;
+        eprintln!("{}", super::text_check::describe(&check));
+        std::fs::create_dir_all(&dir).map_err(|e| WeightsError::Io { path: dir.display().to_string(), msg: e.to_string() })?;
+        t2v_kernels::io::write_atomic(&dir.join("text_check.json"), serde_json::to_string_pretty(&check).expect("json").as_bytes())?;
+    }
     if !quiet && matches!(what, What::Reward | What::ImageRewards | What::VideoReward) {
         // held-out world: which attributes do the trained reward models see?
         let check = super::reward_check::reward_sensitivity(gpu, &md, &world, ws ^ 0xC4EC, 32)?;
