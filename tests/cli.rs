@@ -203,7 +203,7 @@ fn pretrain_refuses_options_of_other_stages_before_any_work() {
     let cases: [(&[&str], &str); 5] = [
         (&["pretrain", "text", "--models", "assets/tiny", "--out", o, "--frames", "9"], "the text encoder can see 1 to 8 frames per clip (the clips' length), not 9"),
         (&["pretrain", "teacher", "--models", "assets/tiny", "--out", o, "--frames", "4"], "--frames applies to `pretrain text` only"),
-        (&["pretrain", "text", "--models", "assets/tiny", "--out", o, "--frames", "0"], "--frames must be at least 1"),
+        (&["pretrain", "text", "--models", "assets/tiny", "--out", o, "--frames", "0"], "the text encoder can see 1 to 8 frames per clip (the clips' length), not 0"),
         (&["pretrain", "vae", "--models", "assets/tiny", "--out", o, "--reversed-pairs"], "--reversed-pairs applies to the contrastive stages"),
         (&["pretrain", "text", "--models", "assets/tiny", "--out", o, "--image-batch", "8"], "--image-batch applies to `pretrain teacher` only"),
     ];

@@ -279,7 +279,7 @@ fn the_text_check_measures_through_the_token_embeddings() {
     let world = WorldConfig { frames: md.video.frames, size: md.video.height, short_fraction: 0.5 };
     let random = word_sensitivity(&md.load_text(&g).unwrap(), &world, 9, 3).unwrap();
     let rows: Vec<(&str, &str)> = random.iter().map(|c| (c.caption, c.attribute)).collect();
-    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert_eq!(rows.len(), 8, "{rows:?}");
     assert!(rows.contains(&("long", "direction")) && rows.contains(&("short", "color")), "{rows:?}");
     assert!(random.iter().all(|c| c.context_change.is_finite() && c.context_change > 0.1), "{random:?}");
     // with every token embedded alike the context is the positions' alone: no word moves it

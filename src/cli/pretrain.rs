@@ -87,9 +87,6 @@ pub fn run(dev: &DeviceArgs, a: &PretrainArgs) -> Result<(), CliError> {
     if a.frames != 1 && a.what != What::Text {
         return Err(CliError::Check("--frames applies to `pretrain text` only".into()));
     }
-    if a.frames == 0 {
-        return Err(CliError::Check("--frames must be at least 1".into()));
-    }
     if a.batch < 2 && a.what.is_contrastive() {
         return Err(CliError::Check("the contrastive loss (text, reward models) needs --batch of at least 2".into()));
     }

@@ -149,6 +149,10 @@ fn strided_frames(x: &Tensor, rng: &mut Gaussian, n: usize, world: &WorldConfig)
     let stride = (world.frames / n).max(1);
     let start = ((rng.uniform() * stride as f64) as usize).min(stride - 1);
     let parts = (0..n).map(|i| t2v_kernels::ops::slice(x, 2, (start + i * stride).min(world.frames - 1), 1)).collect::<t2v_kernels::Result<Vec<_>>>()?;
+    if n == 1 {
+        // one frame: (b, 3, 1, S, S) is already clip-major
+        return Ok(parts[0].reshape(&[b, 3, world.size, world.size])?);
+    }
     let sel = t2v_kernels::ops::concat(&parts.iter().collect::<Vec<_>>(), 2)?; // (b, 3, n, S, S)
     Ok(t2v_kernels::ops::permute(&sel, &[0, 2, 1, 3, 4])?.reshape(&[b * n, 3, world.size, world.size])?)
 }
@@ -380,13 +384,9 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                             (clip.vision.features(&prep)?, clip.text.features(tape, &tokenize(&tok, &short)?)?)
                         }
                         Tower::Conditioning(clip, motion) => {
+                            // one random frame, or n strided frames: (b*n, 3, S, S)
                             let n = cfg.text_frames;
-                            let frames = if n == 1 {
-                                let f = ((rng.uniform() * world.frames as f64) as usize).min(world.frames - 1);
-                                t2v_kernels::ops::slice(&x, 2, f, 1)?.reshape(&[b, 3, world.size, world.size])?
-                            } else {
-                                strided_frames(&x, rng, n, &world)? // (b*n, 3, S, S)
-                            };
+                            let frames = strided_frames(&x, rng, n, &world)?;
                             let unit = ad::affine(&tape.constant(frames), 0.5, 0.5)?;
                             let prep = crate::models::preprocess::clipscore(&unit, clip.vision.config.image_size)?;
                             let texts: Vec<String> = specs.iter().map(|s| if rng.uniform() < 0.5 { s.caption() } else { s.short_caption() }).collect();

@@ -33,11 +33,11 @@ pub struct AttributeScore {
 }
 
 /// A clip with one attribute changed.
-type Change = fn(&ClipSpec) -> ClipSpec;
+pub(super) type Change = fn(&ClipSpec) -> ClipSpec;
 
 /// The attributes the check changes: another color (three hues away, and the next hue of
 /// the palette: cyan for green, blue for cyan, ...), the next shape, the opposite direction.
-const CHANGES: [(&str, Change); 4] = [
+pub(super) const CHANGES: [(&str, Change); 4] = [
     ("color", |s| ClipSpec { color: (s.color + COLORS.len() / 2) % COLORS.len(), ..s.clone() }),
     ("near color", |s| ClipSpec { color: (s.color + 1) % COLORS.len(), ..s.clone() }),
     ("shape", |s| ClipSpec { shape: (s.shape + 1) % SHAPES.len(), ..s.clone() }),

@@ -1,40 +1,32 @@
 //! Does the conditioning text encoder tell the world's words apart? For fresh world clips,
 //! how far the teacher's context (the penultimate token states its cross-attention reads)
-//! moves when one word of the caption changes: another color, another shape, the opposite
-//! direction. A teacher can only learn to follow a word whose change moves its context; a
-//! text encoder trained against single frames leaves the direction words nearly equal.
+//! moves when one word of the caption changes: another color (far or near in hue), another
+//! shape, the opposite direction — the reward check's changes. A teacher can only learn to
+//! follow a word whose change moves its context; a text encoder trained against single
+//! frames leaves the direction words nearly equal.
 
 use serde::Serialize;
 use t2v_kernels::autograd::Tape;
 
 use super::draw_clips;
+use super::reward_check::CHANGES;
 use crate::models::clip::TextTower;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::weights::{Result, WeightsError};
 use crate::pipeline::sample::Gaussian;
-use crate::world::{ClipSpec, WorldConfig, COLORS, SHAPES};
+use crate::world::{ClipSpec, WorldConfig};
 
 /// One caption kind, one changed word.
 #[derive(Clone, Debug, Serialize)]
 pub struct WordChange {
     /// "short" or "long".
     pub caption: &'static str,
-    /// "color", "shape" or "direction".
+    /// "color", "near color", "shape" or "direction" (the reward check's changes).
     pub attribute: &'static str,
     /// Mean over clips of |context(changed) - context(own)| / |context(own)|, percent
     /// (Frobenius norms over the 77 token rows).
     pub context_change: f64,
 }
-
-type Change = fn(&ClipSpec) -> ClipSpec;
-
-/// The changed words, as in the caption check: a color three hues away, the next shape, the
-/// opposite direction.
-const CHANGES: [(&str, Change); 3] = [
-    ("color", |s| ClipSpec { color: (s.color + COLORS.len() / 2) % COLORS.len(), ..s.clone() }),
-    ("shape", |s| ClipSpec { shape: (s.shape + 1) % SHAPES.len(), ..s.clone() }),
-    ("direction", |s| ClipSpec { direction: s.direction ^ 1, ..s.clone() }),
-];
 
 /// Runs the check on the captions of `clips` fresh clips of the world of `world_seed`.
 pub fn word_sensitivity(text: &TextTower, world: &WorldConfig, world_seed: u64, clips: usize) -> Result<Vec<WordChange>> {
