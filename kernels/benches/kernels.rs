@@ -9,7 +9,7 @@
 
 use t2v_kernels::bench::{best_time, check_value, pseudo_data};
 use t2v_kernels::ops::{self, Conv2d};
-use t2v_kernels::{Gpu, GpuOptions, Tensor};
+use t2v_kernels::{AttentionPath, Gpu, GpuOptions, KernelVariant, Tensor};
 
 struct Bench {
     gpu: Gpu,
@@ -96,11 +96,17 @@ fn main() {
         let mx = s.iter().cloned().fold(f64::MIN, f64::max);
         let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
         let want: f64 = (0..lk).map(|j| (s[j] - mx).exp() / z * vv[j * d] as f64).sum();
-        let t = best_time(b.budget, 3, || {
-            let o = ops::attention(&q, &k, &v, scale as f32, false).unwrap().out;
-            check_value(name, o.item_at(0).unwrap(), want, 1e-4);
-        });
-        b.row(name, format!("{bh}x{lq}x{lk}x{d}"), t, 4.0 * (bh * lq * lk * d) as f64, "GFLOP/s", None);
+        // the fused kernels as the baseline of the device's default path
+        let mut rates = vec![];
+        for path in [AttentionPath::Fused, AttentionPath::Auto] {
+            b.gpu.set_attention_path(path);
+            let t = best_time(b.budget, 3, || {
+                let o = ops::attention(&q, &k, &v, scale as f32, false).unwrap().out;
+                check_value(name, o.item_at(0).unwrap(), want, 1e-4);
+            });
+            let label = if path == AttentionPath::Fused { format!("{name} (fused)") } else { format!("{name} (default: {})", if ops::materialises_scores(&b.gpu, bh, lq, lk) { "materialised" } else { "fused" }) };
+            rates.push(b.row(&label, format!("{bh}x{lq}x{lk}x{d}"), t, 4.0 * (bh * lq * lk * d) as f64, "GFLOP/s", rates.first().copied()));
+        }
     }
 
     // conv2d 3x3, 320 -> 320 channels at the 40x64 latent size (frames folded into N).
@@ -117,6 +123,21 @@ fn main() {
         check_value("conv2d", y.item_at(65).unwrap(), want, 1e-4);
     });
     b.row("conv2d 3x3", format!("{frames}x320x40x64 -> 320"), t, 2.0 * (frames * 320 * 320 * 9 * 40 * 64) as f64, "GFLOP/s", None);
+
+    // conv2d 3x3 at the UNet's deepest level (1280 channels on 5x8 latents): few pixels per
+    // image; the barrier-free kernel (what GPUs ran for thin outputs before) as the baseline
+    let (n, c) = if cpu { (2, 256) } else { (16, 1280) };
+    let (x, xv) = b.tensor(&[n, c, 5, 8], 14);
+    let (w, wv) = b.tensor(&[c, c, 3, 3], 15);
+    let want: f64 = (0..c).flat_map(|ci| (0..3).flat_map(move |ky| (0..3).map(move |kx| (ci, ky, kx))))
+        .map(|(ci, ky, kx)| wv[(ci * 3 + ky) * 3 + kx] as f64 * xv[(ci * 5 + ky) * 8 + kx] as f64)
+        .sum();
+    let mut rates = vec![];
+    for variant in [KernelVariant::BarrierFree, KernelVariant::Auto] {
+        b.gpu.set_kernel_variant(variant);
+        let t = best_time(b.budget, 3, || check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(9).unwrap(), want, 1e-4));
+        rates.push(b.row(&format!("conv2d 3x3 ({variant:?})"), format!("{n}x{c}x5x8 -> {c}"), t, 2.0 * (n * c * c * 9 * 40) as f64, "GFLOP/s", rates.first().copied()));
+    }
 
     // The input gradient of a 3x3 conv (dcols = W^T dy, then col2im) at a VAE decoder's
     // size, the cost of reward feedback through the frozen decoder; the ratio is to the

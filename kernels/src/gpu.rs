@@ -140,7 +140,7 @@ pub(crate) struct GpuInner {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KernelVariant {
     /// On CPU adapters what `Texture` runs (barrier-free kernels, inputs read through
-    /// textures); workgroup-tiled kernels on GPUs where the problem is large enough.
+    /// textures); on GPUs the workgroup-tiled GEMM for every shape.
     #[default]
     Auto,
     /// Always the workgroup-tiled kernels (e.g. to test them on a CPU adapter).
@@ -161,12 +161,14 @@ pub enum KernelVariant {
 /// How scaled-dot-product attention runs (forward and backward).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttentionPath {
-    /// Fused kernels (nothing of size Lq x Lk stored) on GPUs; on CPU adapters, matmul +
-    /// softmax through materialised scores when those stay under
+    /// On GPUs, matmul + softmax through materialised scores (in chunks of heads of at most
+    /// [`crate::ops::MATERIALISED_CHUNK_BYTES`]) where queries and keys both number at least
+    /// [`crate::ops::GPU_MATERIALISE_MIN_LEN`], else the fused kernels (nothing of size
+    /// Lq x Lk stored); on CPU adapters, materialised scores when those stay under
     /// [`crate::ops::CPU_MATERIALISED_SCORES_MAX_BYTES`]: llvmpipe runs the subgroup GEMM
-    /// several times faster per FLOP than the fused kernels' gathers — except inside
-    /// [`Gpu::memory_lean`] scopes (recomputation checkpoints), which take the fused kernels
-    /// to keep the Lq x Lk transients out of memory.
+    /// several times faster per FLOP than the fused kernels' gathers. Inside
+    /// [`Gpu::memory_lean`] scopes (recomputation checkpoints) always the fused kernels, to
+    /// keep the Lq x Lk transients out of memory.
     #[default]
     Auto,
     /// Always the fused kernels where they apply (head dims, loop budget).

@@ -81,7 +81,9 @@ fn memory_lean_scopes_take_the_fused_kernels() {
     let g = &private_gpu(); // its own attention setting, apart from the tests above
     g.set_attention_path(AttentionPath::Auto);
     let cpu_default = ops::materialises_scores(g, 2, 64, 64);
-    assert_eq!(cpu_default, g.is_cpu(), "Auto materialises small scores on CPU adapters only");
+    assert_eq!(cpu_default, g.is_cpu(), "Auto materialises short sequences on CPU adapters only");
+    assert!(ops::materialises_scores(g, 2, 2560, 2560), "and long self-attention everywhere");
+    assert_eq!(ops::materialises_scores(g, 32, 2560, 77), g.is_cpu(), "77 text tokens: fused on GPUs");
     let inside = g.memory_lean(|| (ops::materialises_scores(g, 2, 64, 64), g.memory_lean(|| g.is_memory_lean()), g.is_memory_lean()));
     assert_eq!(inside, (false, true, true), "fused inside (nested) scopes");
     assert!(!g.is_memory_lean(), "the scope ends with its closure");
@@ -92,4 +94,39 @@ fn memory_lean_scopes_take_the_fused_kernels() {
     // an early exit (panic) leaves no scope behind
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.memory_lean(|| panic!("inside"))));
     assert!(!g.is_memory_lean());
+}
+
+#[test]
+fn materialised_scores_run_in_chunks_of_whole_kv_batches() {
+    // 12 query batches, each K/V batch serving 3, 2400 x 2400 scores: 276 MB, above the
+    // chunk budget (256 MiB, or the binding limit where smaller) on every device, so the
+    // materialised path runs in chunks of 3, 6 or 9 query batches; same values and
+    // gradients as the fused kernels, and the scores are never held whole
+    let g = &private_gpu();
+    let (bh, bk, l, d) = (12, 4, 2400, 8);
+    let scores = bh * l * l * 4;
+    assert!(scores > ops::MATERIALISED_CHUNK_BYTES);
+    let (q, _) = rand_on(g, &[bh, l, d], 301, -1.0, 1.0);
+    let (k, _) = rand_on(g, &[bk, l, d], 302, -1.0, 1.0);
+    let (v, _) = rand_on(g, &[bk, l, d], 303, -1.0, 1.0);
+    let (dout, _) = rand_on(g, &[bh, l, d], 304, -1.0, 1.0);
+    let scale = 1.0 / (d as f32).sqrt();
+    let run = |path: AttentionPath| {
+        g.set_attention_path(path);
+        g.sync().unwrap();
+        g.reset_peak_memory();
+        let base = g.memory().live_bytes;
+        let a = ops::attention(&q, &k, &v, scale, false).unwrap();
+        let (dq, dk, dv) = ops::attention_backward(&q, &k, &v, &a.out, &a.lse, &dout, scale, false, (true, true, true)).unwrap();
+        let outs: Vec<Vec<f32>> = [&a.out, &a.lse, &dq.unwrap(), &dk.unwrap(), &dv.unwrap()].iter().map(|t| t.to_vec().unwrap()).collect();
+        (outs, g.memory().peak_live_bytes - base)
+    };
+    let (fused, _) = run(AttentionPath::Fused);
+    let (chunked, peak) = run(AttentionPath::Materialised);
+    g.set_attention_path(AttentionPath::Auto);
+    assert!((peak as usize) < scores, "peak {peak} bytes: the scores ({scores} bytes) were held at once");
+    for (name, a, b) in ["out", "lse", "dq", "dk", "dv"].iter().zip(&fused).zip(&chunked).map(|((n, a), b)| (n, a, b)) {
+        let want: Vec<f64> = a.iter().map(|&x| x as f64).collect();
+        assert_close(&format!("chunked {name}"), b, &want, 1e-5, 1e-4);
+    }
 }

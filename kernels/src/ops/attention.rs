@@ -1,7 +1,8 @@
 //! Scaled-dot-product attention: fused kernels (`shaders/attention.wgsl`, online softmax,
 //! FlashAttention-2-style backward) and a matmul/softmax path over materialised scores,
-//! taken for head dims above the fused kernel's 128, beyond llvmpipe's loop budget, and on
-//! CPU adapters while the scores are small (see [`crate::AttentionPath`]).
+//! taken for head dims above the fused kernel's 128, beyond llvmpipe's loop budget, on CPU
+//! adapters while the scores are small and on GPUs for long sequences (see
+//! [`crate::AttentionPath`]), in chunks of heads where the scores would be large.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -33,14 +34,65 @@ const ROWS_PER_GROUP: usize = 64;
 /// materialises on a CPU adapter (outside [`crate::Gpu::memory_lean`] scopes).
 pub const CPU_MATERIALISED_SCORES_MAX_BYTES: usize = 64 << 20;
 
+/// Shortest query and key lengths that [`crate::AttentionPath::Auto`] materialises on a GPU:
+/// there the tiled GEMMs and softmax rows ran the UNet's spatial self-attention (2560
+/// tokens, head dim 64) several times faster than the fused kernel, whose threads each
+/// stream every key and value of their row (~2 TFLOP/s on an H200); cross-attention to
+/// 77 text tokens and temporal attention over 16 frames stay fused (thin GEMM tiles).
+pub const GPU_MATERIALISE_MIN_LEN: usize = 256;
+
+/// Most bytes of scores the materialised path holds at once: larger batches of heads run
+/// in chunks of whole K/V batches (see [`attention`]).
+pub const MATERIALISED_CHUNK_BYTES: usize = 256 << 20;
+
 /// Does attention of this size take the materialised path by the device's
 /// [`crate::AttentionPath`] (the fused kernels' own limits are checked separately)?
 pub fn materialises_scores(gpu: &crate::Gpu, bh: usize, lq: usize, lk: usize) -> bool {
     match gpu.attention_path() {
         crate::AttentionPath::Fused => false,
         crate::AttentionPath::Materialised => true,
-        crate::AttentionPath::Auto => gpu.is_cpu() && !gpu.is_memory_lean() && bh * lq * lk * 4 <= CPU_MATERIALISED_SCORES_MAX_BYTES,
+        crate::AttentionPath::Auto if gpu.is_memory_lean() => false,
+        crate::AttentionPath::Auto if gpu.is_cpu() => bh * lq * lk * 4 <= CPU_MATERIALISED_SCORES_MAX_BYTES,
+        crate::AttentionPath::Auto => lq >= GPU_MATERIALISE_MIN_LEN && lk >= GPU_MATERIALISE_MIN_LEN,
     }
+}
+
+/// Query batches per chunk of the materialised path: whole groups of `rep` (the query
+/// batches one K/V batch serves), `buffers` score matrices within
+/// [`MATERIALISED_CHUNK_BYTES`] and each within the device's binding limit, at least one
+/// group.
+fn materialised_chunk(gpu: &crate::Gpu, bh: usize, rep: usize, lq: usize, lk: usize, buffers: usize) -> usize {
+    let group = rep * lq * lk * 4;
+    let groups = (MATERIALISED_CHUNK_BYTES / (buffers * group).max(1)).min(gpu.max_binding_bytes() as usize / group.max(1));
+    (groups.max(1) * rep).min(bh)
+}
+
+/// Runs `f` on chunks of `per` query batches (and the K/V batches serving them) and
+/// concatenates each of its outputs along the batch axis.
+fn in_batch_chunks<const N: usize>(
+    tensors: (&Tensor, &Tensor, &Tensor),
+    per_query: &[&Tensor],
+    per: usize,
+    rep: usize,
+    f: impl Fn(&Tensor, &Tensor, &Tensor, &[Tensor]) -> Result<[Option<Tensor>; N]>,
+) -> Result<[Option<Tensor>; N]> {
+    let (q, k, v) = tensors;
+    let bh = q.shape()[0];
+    let mut parts: Vec<[Option<Tensor>; N]> = Vec::new();
+    for s in (0..bh).step_by(per) {
+        let n = per.min(bh - s);
+        let (ks, vs) = (super::slice(k, 0, s / rep, n / rep)?, super::slice(v, 0, s / rep, n / rep)?);
+        let extra = per_query.iter().map(|t| super::slice(t, 0, s, n)).collect::<Result<Vec<_>>>()?;
+        parts.push(f(&super::slice(q, 0, s, n)?, &ks, &vs, &extra)?);
+    }
+    let mut out: [Option<Tensor>; N] = std::array::from_fn(|_| None);
+    for (i, o) in out.iter_mut().enumerate() {
+        let xs: Vec<&Tensor> = parts.iter().filter_map(|p| p[i].as_ref()).collect();
+        if xs.len() == parts.len() {
+            *o = Some(super::concat(&xs, 0)?);
+        }
+    }
+    Ok(out)
 }
 
 /// Outputs of [`attention`].
@@ -119,7 +171,16 @@ pub fn attention_masked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture:
 fn attention_unfused(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture: bool, causal: bool) -> Result<Attention> {
     use super::softmax::softmax_lse_in_place;
     use super::{matmul, matmul_ex, Matmul};
-    let (bh, lq) = (q.shape()[0], q.shape()[1]);
+    let (bh, lq, lk) = (q.shape()[0], q.shape()[1], k.shape()[1]);
+    let rep = bh / k.shape()[0];
+    let per = materialised_chunk(q.gpu(), bh, rep, lq, lk, 1);
+    if per < bh {
+        let [out, lse, probs] = in_batch_chunks((q, k, v), &[], per, rep, |q, k, v, _| {
+            let a = attention_unfused(q, k, v, scale, capture, causal)?;
+            Ok([Some(a.out), Some(a.lse), a.probs])
+        })?;
+        return Ok(Attention { out: out.expect("every chunk has an output"), lse: lse.expect("and its lse"), probs });
+    }
     let (k, v) = (expand_kv(k, bh)?, expand_kv(v, bh)?);
     let probs = matmul_ex(q, &k, Matmul { trans_b: true, alpha: scale, ..Default::default() })?;
     let lse = softmax_lse_in_place(&probs, if causal { lq } else { 0 })?;
@@ -213,8 +274,17 @@ fn attention_backward_unfused(
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     use super::softmax::{ds_rows_in_place, exp_sub_rows_in_place};
     use super::{matmul_ex, sum, Matmul};
-    let (bh, lq) = (q.shape()[0], q.shape()[1]);
+    let (bh, lq, lk) = (q.shape()[0], q.shape()[1], k.shape()[1]);
     let (bk, rep) = (k.shape()[0], bh / k.shape()[0]);
+    // two score-sized buffers: P and dS
+    let per = materialised_chunk(q.gpu(), bh, rep, lq, lk, 2);
+    if per < bh {
+        let [dq, dk, dv] = in_batch_chunks((q, k, v), &[lse, dout, dvec], per, rep, |q, k, v, e| {
+            let (dq, dk, dv) = attention_backward_unfused(q, k, v, &e[0], &e[1], &e[2], scale, causal, need)?;
+            Ok([dq, dk, dv])
+        })?;
+        return Ok((dq, dk, dv));
+    }
     let fold = |t: Tensor| -> Result<Tensor> {
         if rep == 1 {
             return Ok(t);

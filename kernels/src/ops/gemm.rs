@@ -55,11 +55,13 @@ enum Kind {
 /// Output tile of gemm_tiled.
 const TILE: usize = 128;
 
-/// Records one GEMM dispatch: c = alpha * a b (+ bias) (+ c if accumulate).
-/// Which GEMM kernel runs an (m x n) output on this device.
-fn choose_kind(gpu: &Gpu, m: usize, n: usize) -> Result<Kind> {
-    // GPUs with large outputs: the tiled kernel. CPU adapters: the subgroup kernel when the
-    // device allows it, else the portable barrier-free one (also for small outputs).
+/// Which GEMM kernel runs on this device: the one `Gpu::set_kernel_variant` asks for, else
+/// by the adapter's kind.
+fn choose_kind(gpu: &Gpu) -> Result<Kind> {
+    // GPUs: the tiled kernel, also for thin outputs (an NVIDIA H200 ran the barrier-free
+    // kernel, written for CPUs, 5-15x slower there: 44 ms for the UNet's 1280-channel convs
+    // on 5x8 latents, 10 ms for the VAE's 3-channel conv_out at 320x512). CPU adapters: the
+    // subgroup kernel when the device allows it, else the portable barrier-free one.
     let sg = gpu.fixed_subgroup_size();
     Ok(match gpu.kernel_variant() {
         KernelVariant::Tiled => Kind::Tiled,
@@ -70,7 +72,7 @@ fn choose_kind(gpu: &Gpu, m: usize, n: usize) -> Result<Kind> {
         KernelVariant::Subgroup | KernelVariant::Texture => {
             return Err(Error::Device("the subgroup GEMM needs SUBGROUP and a fixed subgroup size >= 8".into()))
         }
-        KernelVariant::Auto if !gpu.is_cpu() && m >= TILE / 2 && n >= TILE / 2 => Kind::Tiled,
+        KernelVariant::Auto if !gpu.is_cpu() => Kind::Tiled,
         KernelVariant::Auto if gpu.is_cpu() && sg.is_some() => Kind::Subgroup { textures: true },
         KernelVariant::Auto => Kind::Cpu,
     })
@@ -313,7 +315,7 @@ pub fn matmul_ex(a: &Tensor, b: &Tensor, o: Matmul) -> Result<Tensor> {
         None => (BiasMode::None, None),
     };
     let gpu = a.gpu();
-    let kind = choose_kind(gpu, m, n)?;
+    let kind = choose_kind(gpu)?;
     // gemm_sg is fastest with both operands K-contiguous (A (M, K), B stored (N, K)):
     // transposing an operand costs O(MK) or O(NK) against O(MNK) of compute. gemm_tex
     // reads any layout from its textures.
@@ -450,7 +452,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
     let (p, oh, ow) = conv_params("conv2d", x, w, bias, g)?;
     let (n, o, k) = (x.shape()[0], w.shape()[0], p.k as usize);
     let gpu = x.gpu();
-    let kind = choose_kind(gpu, o, oh * ow)?;
+    let kind = choose_kind(gpu)?;
     // CPU adapters: materialised columns for the vec4 GEMM, a few images at a time within
     // CONV_COLUMNS_MAX_BYTES; other devices: implicit GEMM. The columns are (N, K, P) when
     // P % 4 == 0, the GEMM reads them from textures (more than 16 output channels) and an
