@@ -85,6 +85,55 @@ fn decoder_is_differentiable_in_its_latent() {
 }
 
 #[test]
+fn passes_of_fewer_images_give_the_same_values_and_gradients() {
+    // a device whose binding limit holds one image's activations at a time decodes (and
+    // encodes) a batch in passes: same values, same gradient as one pass
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let config = VaeConfig::from_json(&cfg).unwrap();
+    let g = gpu();
+    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
+    let load = || Vae::load(&Loader::new(&wf, &g, "first_stage_model."), &config).unwrap();
+    let (whole, passes) = (load(), load().with_pass_bytes(1));
+    let io = WeightFile::open(&dir.join("io.safetensors")).unwrap();
+    let z2 = io.tensor(&g, "in.latent_scaled").unwrap();
+    let z = t2v_kernels::ops::concat(&[&z2, &t2v_kernels::ops::slice(&z2, 0, 0, 1).unwrap()], 0).unwrap();
+    let x = io.tensor(&g, "in.image").unwrap();
+    let run = |vae: &Vae| {
+        let tape = Tape::new();
+        let zl = tape.leaf(z.clone());
+        let img = vae.decode(&zl).unwrap();
+        let loss = t2v_kernels::autograd::mean_all(&t2v_kernels::autograd::square(&img).unwrap()).unwrap();
+        let grad = tape.backward(&loss).unwrap().get(&zl).unwrap().to_vec().unwrap();
+        let (mean, logvar) = vae.encode_moments(&tape.constant(x.clone())).unwrap();
+        (img.shape().to_vec(), img.value().to_vec().unwrap(), grad, mean.value().to_vec().unwrap(), logvar.value().to_vec().unwrap())
+    };
+    // without a tape, a pass's activations are freed before the next: a lower peak
+    let peak = |vae: &Vae| {
+        let tape = Tape::new();
+        g.sync().unwrap();
+        g.reset_peak_memory();
+        let base = g.memory().live_bytes;
+        let img = tape.no_grad(|| vae.decode(&tape.constant(z.clone())).unwrap());
+        img.value().item_at(0).unwrap();
+        g.memory().peak_live_bytes - base
+    };
+    let (p_whole, p_passes) = (peak(&whole), peak(&passes));
+    assert!(p_passes * 3 < p_whole * 2, "peak bytes: {p_passes} in passes of one image, {p_whole} in one pass");
+    let (a, b) = (run(&whole), run(&passes));
+    assert_eq!(a.0, [3, 3, 32, 32]);
+    assert_eq!(a.0, b.0);
+    for (name, u, v) in [("decoded", &a.1, &b.1), ("gradient", &a.2, &b.2), ("mean", &a.3, &b.3), ("logvar", &a.4, &b.4)] {
+        let (err, scale) = max_err(v, u);
+        assert!(err <= 1e-5 * scale.max(1e-3), "{name}: passes differ from one pass by {err:e} (scale {scale})");
+    }
+    // the third image is the first again
+    let n = a.1.len() / 3;
+    let (err, scale) = max_err(&a.1[2 * n..], &a.1[..n]);
+    assert!(err <= 1e-5 * scale, "the repeated image decodes differently: {err:e}");
+}
+
+#[test]
 fn weight_problems_are_reported_together() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae");
     let g = gpu();

@@ -204,6 +204,10 @@ pub struct Vae {
     dec_up: Vec<Level>,
     dec_norm_out: GroupNorm,
     dec_conv_out: Conv,
+    /// The most bytes one activation of an encoder or decoder pass may take: batches are
+    /// split into passes of fewer images to stay below it (default: the device's binding
+    /// limit; [`Vae::with_pass_bytes`] lowers it, which also lowers peak memory).
+    pass_bytes: u64,
 }
 
 impl Vae {
@@ -264,6 +268,7 @@ impl Vae {
             up[i] = Some(Level { blocks, attns, resample });
         }
         Ok(Vae {
+            pass_bytes: l.gpu().max_binding_bytes(),
             config: c.clone(),
             enc_conv_in: Conv::load(l, "encoder.conv_in", c.in_channels, c.ch, 3, Geo::new(1, 1))?,
             enc_down: down,
@@ -280,8 +285,55 @@ impl Vae {
         })
     }
 
-    /// Posterior moments (mean, logvar clamped to [-30, 20]) of images (N, 3, H, W) in [-1, 1].
+    /// Images per pass of the encoder (`decoder` false) or decoder at `full_pixels` = H*W of
+    /// the images, so that the widest activation of a pass fits in one GPU binding: the 16
+    /// frames of a 320x512 video do not (the decoder's last upsampling output alone is
+    /// 2.5 GiB, above the 2 GiB an NVIDIA adapter binds). Encoder level i holds
+    /// ch*ch_mult[i] channels at full/4^i pixels; the decoder's level i >= 1 upsamples its
+    /// ch*ch_mult[i] channels to full/4^(i-1).
+    fn images_per_pass(&self, full_pixels: usize, decoder: bool) -> usize {
+        let c = &self.config;
+        let widest = c.ch_mult.iter().enumerate().map(|(i, m)| {
+            let level = if decoder { i.max(1) - 1 } else { i };
+            c.ch * m * (full_pixels >> (2 * level))
+        });
+        let floats = widest.max().unwrap_or(0).max(c.in_channels.max(c.out_ch) * full_pixels).max(1);
+        (self.pass_bytes as usize / (4 * floats)).max(1)
+    }
+
+    /// Splits batches into passes whose widest activation takes at most `bytes` (capped at
+    /// the device's binding limit): less peak memory for the same result.
+    pub fn with_pass_bytes(mut self, bytes: u64) -> Vae {
+        self.pass_bytes = bytes.min(self.gpu().max_binding_bytes());
+        self
+    }
+
+    /// Runs `pass` on chunks of at most `per` images of `x` (N, ...) along N and
+    /// concatenates the results (one pass when N fits); differentiable like `pass`.
+    fn in_chunks(x: &Var, per: usize, pass: impl Fn(&Var) -> Result<Var>) -> Result<Var> {
+        let n = x.shape()[0];
+        if n <= per {
+            return pass(x);
+        }
+        let parts = (0..n).step_by(per).map(|s| pass(&ad::slice(x, 0, s, per.min(n - s))?)).collect::<Result<Vec<_>>>()?;
+        Ok(ad::concat(&parts.iter().collect::<Vec<_>>(), 0)?)
+    }
+
+    /// Posterior moments (mean, logvar clamped to [-30, 20]) of images (N, 3, H, W) in [-1, 1],
+    /// in as many passes as the device's binding size needs.
     pub fn encode_moments(&self, x: &Var) -> Result<(Var, Var)> {
+        let s = x.shape();
+        let per = self.images_per_pass(s[2] * s[3], false);
+        if s[0] <= per {
+            return self.encode_moments_pass(x);
+        }
+        let n = s[0];
+        let parts = (0..n).step_by(per).map(|i| self.encode_moments_pass(&ad::slice(x, 0, i, per.min(n - i))?)).collect::<Result<Vec<_>>>()?;
+        let cat = |k: fn(&(Var, Var)) -> &Var| -> Result<Var> { Ok(ad::concat(&parts.iter().map(k).collect::<Vec<_>>(), 0)?) };
+        Ok((cat(|p| &p.0)?, cat(|p| &p.1)?))
+    }
+
+    fn encode_moments_pass(&self, x: &Var) -> Result<(Var, Var)> {
         let t = x.tape().clone();
         let mut h = self.enc_conv_in.forward(x)?;
         for lv in &self.enc_down {
@@ -306,8 +358,15 @@ impl Vae {
     }
 
     /// Images (N, out_ch, H, W) from scaled latents (N, embed_dim, h, w): differentiable
-    /// with respect to the latent.
+    /// with respect to the latent; in as many passes as the device's binding size needs.
     pub fn decode(&self, z: &Var) -> Result<Var> {
+        let s = z.shape();
+        let up = 1usize << (2 * (self.config.ch_mult.len() - 1));
+        let per = self.images_per_pass(s[2] * s[3] * up, true);
+        Self::in_chunks(z, per, |z| self.decode_pass(z))
+    }
+
+    fn decode_pass(&self, z: &Var) -> Result<Var> {
         let z = ad::scale(z, 1.0 / self.config.scale_factor)?;
         let mut h = self.dec_conv_in.forward(&self.post_quant_conv.forward(&z)?)?;
         h = self.dec_mid.forward(&h)?;
