@@ -226,3 +226,55 @@ fn recomputed_unet_blocks_give_the_same_gradients_with_less_memory() {
     assert!(m1 < m0, "peak memory {m1} with recomputation, {m0} without");
     eprintln!("peak live memory: {m0} -> {m1} bytes");
 }
+
+/// Motion guidance takes its gradient through recomputed blocks that record attention
+/// maps: the same energy, maps, eps and gradient as through stored activations, with less
+/// memory held.
+#[test]
+fn recomputed_blocks_record_the_same_attention_maps_and_gradients() {
+    use t2v_turbo::guidance::{motion_energy, MotionScales};
+    let (dir, g, unet, _) = fixture_unet();
+    let mg = WeightFile::open(&dir.join("motion_guidance.safetensors")).unwrap();
+    let (z_ref, z_t, ctx) = (mg.tensor(&g, "z_ref").unwrap(), mg.tensor(&g, "z_t").unwrap(), mg.tensor(&g, "context").unwrap());
+    let t = [mg.host_i64("t").unwrap().1[0] as f32];
+    let reference: Vec<Tensor> = {
+        let tape = Tape::new();
+        tape.no_grad(|| {
+            let out = unet.forward(&UnetInputs { z: &tape.constant(z_ref.clone()), t: &t, context: &tape.constant(ctx.clone()), fps: &[8.0], w_embedding: None, motion_embedding: None, record_attention: true }).unwrap();
+            out.attention.into_iter().map(|(_, p)| p.value().clone()).collect()
+        })
+    };
+    let run = |recompute: bool| {
+        g.sync().unwrap();
+        g.reset_peak_memory();
+        let base = g.memory().live_bytes;
+        let tape = Tape::new();
+        let z = tape.leaf(z_t.clone());
+        let inputs = UnetInputs { z: &z, t: &t, context: &tape.constant(ctx.clone()), fps: &[8.0], w_embedding: None, motion_embedding: None, record_attention: true };
+        let out = if recompute { unet.forward_checkpointed(&inputs) } else { unet.forward(&inputs) }.unwrap();
+        let names: Vec<String> = out.attention.iter().map(|(k, _)| k.clone()).collect();
+        let maps: Vec<_> = out.attention.into_iter().map(|(_, p)| p).collect();
+        let map_values: Vec<Vec<f32>> = maps.iter().map(|m| m.value().to_vec().unwrap()).collect();
+        let energy = motion_energy(&reference, &maps, MotionScales::default()).unwrap();
+        let held = g.memory().live_bytes - base;
+        let grad = tape.backward(&energy).unwrap().get(&z).unwrap().to_vec().unwrap();
+        (names, map_values, out.eps.value().to_vec().unwrap(), energy.value().item_at(0).unwrap(), grad, held)
+    };
+    let (n0, m0, e0, en0, g0, held0) = run(false);
+    let (n1, m1, e1, en1, g1, held1) = run(true);
+    assert!(!n0.is_empty());
+    assert_eq!(n0, n1, "the same maps, in the same order");
+    let close = |what: &str, a: &[f32], b: &[f32], tol: f32| {
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(a.len() == b.len() && err <= tol * scale, "{what}: differ by {err:e} (scale {scale:e})");
+    };
+    for ((name, a), b) in n0.iter().zip(&m0).zip(&m1) {
+        close(name, a, b, 1e-5);
+    }
+    close("eps", &e0, &e1, 1e-5);
+    assert!((en0 - en1).abs() <= 1e-4 * en0.abs(), "energy {en0} vs {en1}");
+    close("dG/dz_t", &g0, &g1, 1e-3);
+    assert!(held1 < held0, "memory held for the backward: {held1} bytes recomputing, {held0} storing");
+    eprintln!("held for the backward: {held0} -> {held1} bytes");
+}

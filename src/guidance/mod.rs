@@ -75,7 +75,10 @@ pub fn motion_guidance(unet: &Unet3d, z_ref: &Tensor, z_t: &Tensor, t: &[f32], c
     let tape = Tape::new();
     let z = tape.leaf(z_t.clone());
     let ctx = tape.constant(context.clone());
-    let out = unet.forward(&UnetInputs { z: &z, t, context: &ctx, fps, w_embedding: None, motion_embedding: None, record_attention: true })?;
+    // recomputation checkpoints: the backward through the whole UNet would otherwise keep
+    // every activation (well over 100 GB at VideoCrafter2's size, 16 x 320 x 512); one
+    // more forward's time, small against the DDIM inversion's 100-200 calls
+    let out = unet.forward_checkpointed(&UnetInputs { z: &z, t, context: &ctx, fps, w_embedding: None, motion_embedding: None, record_attention: true })?;
     let maps: Vec<Var> = out.attention.into_iter().map(|(_, p)| p).collect();
     let g = motion_energy(&reference, &maps, s)?;
     let energy = g.value().item_at(0)?;

@@ -545,6 +545,19 @@ impl Unet3d {
 
     /// One call: eps prediction (and recorded attention maps).
     pub fn forward(&self, inp: &UnetInputs) -> Result<UnetOutput> {
+        self.forward_blocks(inp, self.checkpointing)
+    }
+
+    /// [`Unet3d::forward`] with recomputation checkpoints whatever the model's setting, also
+    /// while recording attention maps: each block keeps its input (and its output and
+    /// maps), and is re-run in the backward pass. Motion guidance takes the gradient of
+    /// recorded maps through the whole UNet, whose stored activations are tens of GB at
+    /// VideoCrafter2's size.
+    pub fn forward_checkpointed(&self, inp: &UnetInputs) -> Result<UnetOutput> {
+        self.forward_blocks(inp, true)
+    }
+
+    fn forward_blocks(&self, inp: &UnetInputs, recompute: bool) -> Result<UnetOutput> {
         let z = inp.z;
         let tape = z.tape().clone();
         let s = z.shape().to_vec();
@@ -581,19 +594,47 @@ impl Unet3d {
         let mut maps = Vec::new();
         let mut h = to_frames(z)?;
         let mut hs = Vec::new();
-        let recompute = self.checkpointing && !inp.record_attention;
         let step = |block: &Arc<Vec<Layer>>, h: Var, maps: &mut Vec<(String, Var)>| -> Result<Var> {
             if !recompute {
                 return run_block(block, h, &cx, maps);
             }
-            let (blk, b) = (block.clone(), cx.b);
-            Ok(tape.checkpoint_params(&[&h, cx.emb_silu, cx.context], move |v| {
-                let cx = Ctx { emb_silu: &v[1], context: &v[2], b, recording: false };
-                run_block(&blk, v[0].clone(), &cx, &mut Vec::new()).map_err(|e| match e {
+            // a checkpoint has one output: a block that records maps returns its output and
+            // its maps flattened into one vector, split again below (names and shapes of
+            // the pieces from the block's run)
+            let (blk, b, recording) = (block.clone(), cx.b, cx.recording);
+            let pieces: Arc<std::sync::Mutex<Vec<(String, Vec<usize>)>>> = Arc::default();
+            let seen = pieces.clone();
+            let out = tape.checkpoint_params(&[&h, cx.emb_silu, cx.context], move |v| {
+                let cx = Ctx { emb_silu: &v[1], context: &v[2], b, recording };
+                let mut block_maps = Vec::new();
+                let y = run_block(&blk, v[0].clone(), &cx, &mut block_maps).map_err(|e| match e {
                     WeightsError::Gpu(g) => g,
                     other => t2v_kernels::Error::Autograd(other.to_string()),
-                })
-            })?)
+                })?;
+                if block_maps.is_empty() {
+                    return Ok(y);
+                }
+                let mut shapes = vec![(String::new(), y.shape().to_vec())];
+                shapes.extend(block_maps.iter().map(|(k, m)| (k.clone(), m.shape().to_vec())));
+                *seen.lock().unwrap() = shapes;
+                let flat = std::iter::once(&y).chain(block_maps.iter().map(|(_, m)| m)).map(|t| ad::reshape(t, &[t.value().numel()])).collect::<t2v_kernels::Result<Vec<_>>>()?;
+                ad::concat(&flat.iter().collect::<Vec<_>>(), 0)
+            })?;
+            let pieces = std::mem::take(&mut *pieces.lock().unwrap());
+            if pieces.is_empty() {
+                return Ok(out);
+            }
+            let mut at = 0;
+            let mut parts = pieces.into_iter().map(|(key, shape)| -> Result<(String, Var)> {
+                let n: usize = shape.iter().product();
+                at += n;
+                Ok((key, ad::reshape(&ad::slice(&out, 0, at - n, n)?, &shape)?))
+            });
+            let (_, y) = parts.next().expect("the block's output comes first")?;
+            for part in parts {
+                maps.push(part?);
+            }
+            Ok(y)
         };
         for (i, block) in self.input_blocks.iter().enumerate() {
             h = step(block, h, &mut maps)?;
