@@ -2,6 +2,8 @@
 //! VideoCrafter2 sizes on a GPU; reduced sizes on a CPU adapter (lavapipe), stated in the
 //! table. Every timed run reads one output value back and checks that it is finite and equal
 //! to the warm-up run's (the parity tests establish the values themselves).
+//! With `T2V_PROFILE=1` each model's line is followed by the per-kernel GPU times of one
+//! more run (the 25 slowest kernels; needs TIMESTAMP_QUERY).
 
 use t2v_kernels::autograd::Tape;
 use t2v_kernels::bench::{best_time, pseudo_data};
@@ -30,6 +32,25 @@ fn timed(gpu: &Gpu, budget: f64, f: impl Fn() -> f32) -> (f64, u64) {
     (t, gpu.memory().peak_live_bytes - base)
 }
 
+/// `T2V_PROFILE=1`: per-kernel GPU times of one more run of `f`, slowest 25 first.
+fn profile(gpu: &Gpu, f: impl Fn() -> f32) {
+    if !std::env::var("T2V_PROFILE").is_ok_and(|v| v == "1") {
+        return;
+    }
+    gpu.set_profiling(true).unwrap();
+    let t = std::time::Instant::now();
+    f();
+    let wall = t.elapsed().as_secs_f64();
+    let table = gpu.profile_table().unwrap();
+    gpu.set_profiling(false).unwrap();
+    let gpu_ms: f64 = gpu.profile().unwrap().iter().map(|r| r.total_ms).sum();
+    println!("```\nprofiled run: {:.1} ms wall, {gpu_ms:.1} ms in kernels", wall * 1e3);
+    for line in table.lines().take(26) {
+        println!("{line}");
+    }
+    println!("```");
+}
+
 fn main() {
     let gpu = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).expect("a wgpu adapter");
     let cpu = gpu.is_cpu();
@@ -49,25 +70,29 @@ fn main() {
     let z = Tensor::from_slice(&gpu, &[1, 4, f, h, w], &pseudo_data(4 * f * h * w, 2)).unwrap();
     let ctx = Tensor::from_slice(&gpu, &[1, 77, cfg.context_dim], &pseudo_data(77 * cfg.context_dim, 3)).unwrap();
     let emb = Tensor::from_slice(&gpu, &[1, 256], &pseudo_data(256, 4)).unwrap();
-    let (t, peak) = timed(&gpu, budget, || {
+    let call = || {
         let tape = Tape::new();
         let (zv, cv, e) = (tape.constant(z.clone()), tape.constant(ctx.clone()), tape.constant(emb.clone()));
         let out = unet
             .forward(&UnetInputs { z: &zv, t: &[499.0], context: &cv, fps: &[8.0], w_embedding: Some(&e), motion_embedding: Some(&e), record_attention: false })
             .unwrap();
         out.eps.value().item_at(7).unwrap()
-    });
+    };
+    let (t, peak) = timed(&gpu, budget, call);
     println!("| 3D UNet forward | {what} | {:.1} | {:.1} |", t * 1e3, mib(peak));
+    profile(&gpu, call);
 
     // VAE decoder per frame
     let (vcfg, lh, lw, what) = if cpu { (VaeConfig::default(), 8, 8, "VideoCrafter2 VAE, 1 frame 64x64") } else { (VaeConfig::default(), 40, 64, "VideoCrafter2 VAE, 1 frame 320x512") };
     let vae = Vae::load(&Loader::random(&gpu, 5), &vcfg).unwrap();
     let lat = Tensor::from_slice(&gpu, &[1, 4, lh, lw], &pseudo_data(4 * lh * lw, 6)).unwrap();
-    let (t, peak) = timed(&gpu, budget, || {
+    let call = || {
         let tape = Tape::new();
         vae.decode(&tape.constant(lat.clone())).unwrap().value().item_at(11).unwrap()
-    });
+    };
+    let (t, peak) = timed(&gpu, budget, call);
     println!("| VAE decoder | {what} | {:.1} | {:.1} |", t * 1e3, mib(peak));
+    profile(&gpu, call);
 
     // Text tower (penultimate context of two prompts)
     let (tcfg, what) = if cpu {

@@ -1,8 +1,16 @@
-//! Pipeline costs with random weights: `cargo bench -p t2v-turbo --bench pipeline`.
+//! Pipeline costs with random weights:
+//! `cargo bench -p t2v-turbo --bench pipeline [-- --once] [--sections a,b] [--grid N]`.
 //! The embedded default's tiny size on a CPU adapter (lavapipe); VideoCrafter2 size on a
 //! GPU. Each line is one measured operation with its ratio to a baseline measured in the
 //! same run. Every timed run reads its result back and checks it is finite and equal to the
 //! warm-up run's (the parity tests establish the values themselves).
+//!
+//! `--once` times each operation by a single run after a warm-up has compiled the shaders
+//! (no warm-up run per operation, no repeats): for a device lent for minutes, where the
+//! teacher's 50 steps with CFG or a 200-step inversion at VideoCrafter2 size would
+//! otherwise run three times each. `--sections` picks what runs (of sample, preprocess,
+//! train, teacher); `--grid` sets the DDIM grid (default 200 on GPUs, 50 on CPU adapters),
+//! whose upper half the motion-guided clip's inversion runs over.
 
 use t2v_kernels::autograd::Tape;
 use t2v_kernels::bench::{best_time, pseudo_data};
@@ -21,13 +29,26 @@ use t2v_turbo::pipeline::shards::{open_dataset, write_shard, RecordMeta, RecordT
 use t2v_turbo::pipeline::train::{RewardModels, Student, TrainConfig, Trainer};
 use t2v_turbo::reward::{ImageTextReward, InternVideo2Reward, Preprocess};
 
+/// What `--sections` can name (default: all, in this order).
+const SECTIONS: [&str; 4] = ["sample", "preprocess", "train", "teacher"];
+
 fn mib(b: u64) -> f64 {
     b as f64 / 1048576.0
 }
 
 /// Best time of `f` and the peak memory above the start; `f` returns one result value,
-/// which must be finite and the same on every run.
-fn timed(gpu: &Gpu, budget: f64, f: impl Fn() -> f32) -> (f64, u64) {
+/// which must be finite and the same on every run. `once`: a single timed run.
+fn timed(gpu: &Gpu, budget: f64, once: bool, f: impl Fn() -> f32) -> (f64, u64) {
+    gpu.sync().unwrap();
+    if once {
+        gpu.reset_peak_memory();
+        let base = gpu.memory().live_bytes;
+        let t = std::time::Instant::now();
+        let v = f();
+        let t = t.elapsed().as_secs_f64();
+        assert!(v.is_finite(), "non-finite result");
+        return (t, gpu.memory().peak_total_bytes.saturating_sub(base));
+    }
     let first = f();
     assert!(first.is_finite(), "non-finite result");
     gpu.sync().unwrap();
@@ -40,6 +61,14 @@ fn timed(gpu: &Gpu, budget: f64, f: impl Fn() -> f32) -> (f64, u64) {
 fn main() {
     let gpu = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).expect("a wgpu adapter");
     let cpu = gpu.is_cpu();
+    let args: Vec<String> = std::env::args().collect();
+    let once = args.iter().any(|a| a == "--once");
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let sections: Vec<String> = value("--sections").map_or(SECTIONS.iter().map(|s| s.to_string()).collect(), |s| s.split(',').map(String::from).collect());
+    if let Some(bad) = sections.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        panic!("unknown section {bad:?}: --sections takes a comma-separated subset of {SECTIONS:?}");
+    }
+    let want = |s: &str| sections.iter().any(|x| x == s);
     let info = gpu.adapter_info().clone();
     let preset = if cpu { Preset::Tiny } else { Preset::Videocrafter2 };
     let (ucfg, vcfg, tcfg, rcfg, shape) = preset.configs();
@@ -55,7 +84,7 @@ fn main() {
     let text = TextTower::load(&Loader::random(&gpu, 3), &tcfg.text, None).unwrap();
     let tok = ClipTokenizer::new().unwrap();
     let sched = Schedule::videocrafter();
-    let grid = if cpu { 50 } else { 200 };
+    let grid = value("--grid").map_or(if cpu { 50 } else { 200 }, |g| g.parse().expect("--grid takes a number of DDIM grid points"));
     let solver = DdimSolver::new(&sched, grid);
     let f = 1usize << (vcfg.ch_mult.len() - 1);
     let lat = [1, 4, shape.frames, shape.height / f, shape.width / f];
@@ -66,22 +95,19 @@ fn main() {
     let ctx = tape.no_grad(|| text.penultimate(&tape, &ids).unwrap().value().clone());
     let unc = tape.no_grad(|| text.penultimate(&tape, &[tok.encode("").unwrap().ids]).unwrap().value().clone());
 
-    // preprocessing one clip: without motion guidance (2 teacher calls) and with it (DDIM
-    // inversion up to n, 2 captured calls and one backward), n in the upper half
-    let pre = |motion: bool| {
-        let cfg = PreprocessConfig { motion, index_range: if motion { (0.5, 1.0) } else { (0.0, 0.5) }, ..PreprocessConfig::default() };
-        timed(&gpu, budget, || {
-            let mut rng = Gaussian::new(7);
-            let r = preprocess_clip(&teacher, &sched, &solver, &z0, &ctx, &unc, &[shape.fps], &cfg, &mut rng).unwrap();
-            r.score.as_ref().unwrap_or(&r.cond_eps).item_at(3).unwrap()
-        })
-    };
-    let (t_plain, m_plain) = pre(false);
-    println!("| preprocess 1 clip, no motion guidance ({grid}-point grid) | {t_plain:.3} | {:.0} | 1.00x | itself |", mib(m_plain));
-    let (t_motion, m_motion) = pre(true);
-    println!("| preprocess 1 clip with motion guidance (n in upper half) | {t_motion:.3} | {:.0} | {:.2}x | no motion guidance |", mib(m_motion), t_motion / t_plain);
+    // the baseline of the sampling and training lines: one student forward (the warm-up
+    // run compiles the UNet's shaders)
+    let (t_fwd, _) = timed(&gpu, budget, false, || {
+        let tape = Tape::new();
+        let z = tape.constant(z0.clone());
+        let c = tape.constant(ctx.clone());
+        let e = tape.constant(t2v_turbo::diffusion::guidance_scale_embedding(&gpu, &[7.5], 256).unwrap());
+        student.forward(&t2v_turbo::models::unet3d::UnetInputs { z: &z, t: &[499.0], context: &c, fps: &[shape.fps], w_embedding: Some(&e), motion_embedding: Some(&e), record_attention: false }).unwrap().eps.value().item_at(1).unwrap()
+    });
+    println!("| one student UNet forward (baseline) | {t_fwd:.3} | | 1.00x | itself |");
 
-    // sampling: 4/8/16 consistency steps against the teacher's 50 DDIM steps with CFG
+    // sampling: 4/8/16 consistency steps (the teacher's 50 DDIM steps with CFG come last:
+    // the most expensive line)
     let gen = |unet: Unet3d| Generator { unet, vae: Vae::load(&Loader::random(&gpu, 2), &vcfg).unwrap(), text: TextTower::load(&Loader::random(&gpu, 3), &tcfg.text, None).unwrap(), tokenizer: ClipTokenizer::new().unwrap(), schedule: Schedule::videocrafter() };
     let opts = |steps: usize, teacher: bool| SampleOptions {
         steps,
@@ -96,61 +122,95 @@ fn main() {
         fps: shape.fps,
         teacher: teacher.then_some(DdimConfig { steps: 50, cfg: 7.5, eta: 0.0 }),
     };
-    let tg = gen(Unet3d::load(&Loader::random(&gpu, 1), &ucfg).unwrap());
-    let (t_teacher, m_teacher) = timed(&gpu, budget, || tg.generate("a red circle moving left", &opts(50, true)).unwrap()[5]);
-    drop(tg);
-    let sg = gen(Unet3d::load(&Loader::random(&gpu, 1), &student_cfg).unwrap());
-    for steps in [4, 8, 16] {
-        let (t, m) = timed(&gpu, budget, || sg.generate("a red circle moving left", &opts(steps, false)).unwrap()[5]);
-        println!("| sample 1 video, {steps} consistency steps + VAE decode | {t:.3} | {:.0} | {:.1}x faster | teacher 50 DDIM steps + CFG |", mib(m), t_teacher / t);
+    let mut t_four = f64::NAN;
+    if want("sample") {
+        let sg = gen(Unet3d::load(&Loader::random(&gpu, 1), &student_cfg).unwrap());
+        if once {
+            // compiles the VAE's and text tower's shaders before anything is timed
+            sg.generate("a red circle moving left", &opts(4, false)).unwrap();
+        }
+        for steps in [4, 8, 16] {
+            let (t, m) = timed(&gpu, budget, once, || sg.generate("a red circle moving left", &opts(steps, false)).unwrap()[5]);
+            if steps == 4 {
+                t_four = t;
+            }
+            println!("| sample 1 video, {steps} consistency steps + VAE decode | {t:.3} | {:.0} | {:.1}x | one student forward |", mib(m), t / t_fwd);
+        }
     }
-    println!("| sample 1 video, teacher 50 DDIM steps + CFG | {t_teacher:.3} | {:.0} | 1.00x | itself |", mib(m_teacher));
-    drop(sg);
 
-    // one training step (batch 1) with both rewards on a short-caption record, against one
-    // student forward
-    let dir = std::env::temp_dir().join(format!("t2v-bench-shards-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut rng = Gaussian::new(9);
-    let rec = preprocess_clip(&teacher, &sched, &solver, &z0, &ctx, &unc, &[shape.fps], &PreprocessConfig { index_range: (0.5, 1.0), ..PreprocessConfig::default() }, &mut rng).unwrap();
-    let meta = RecordMeta { row: 0, path: "bench".into(), caption: "a red circle moves from left to right".into(), short_caption: Some("a red circle moving right".into()), index: rec.index, w: rec.w, motion_energy: rec.energy };
-    let sc = ShardConfig { ddim_steps: grid, frames: shape.frames, height: shape.height, width: shape.width, fps: shape.fps, seed: 0, motion: true };
-    write_shard(&dir.join("shard-0of1-00000.safetensors"), &sc, &[(meta, RecordTensors { z_t: rec.z_t, cond_eps: rec.cond_eps, uncond_eps: rec.uncond_eps, context: ctx.clone(), score: rec.score })]).unwrap();
-    let shards = open_dataset(&dir).unwrap();
-    let clip = |seed| Clip::load(&Loader::random(&gpu, seed), &rcfg).unwrap();
-    let iv2 = preset.video_reward_config();
-    let vocab = world_vocab(iv2.text.vocab_size);
-    let rewards = RewardModels {
-        vae,
-        image: vec![(ImageTextReward { clip: clip(10), mode: Preprocess::Hps }, 1.0), (ImageTextReward { clip: clip(11), mode: Preprocess::ClipScore }, 1.0)],
-        video: Some(Box::new(InternVideo2Reward {
-            model: InternVideo2::load(&Loader::random(&gpu, 12), &iv2).unwrap(),
-            tokenizer: BertTokenizer::from_vocab(&vocab.iter().map(String::as_str).collect::<Vec<_>>(), iv2.max_txt_len).unwrap(),
-        })),
-        tokenizer: ClipTokenizer::new().unwrap(),
+
+    // preprocessing one clip: without motion guidance (2 teacher calls) and with it (DDIM
+    // inversion up to n, 2 captured calls and one backward), n in the upper half
+    let drawn = std::cell::Cell::new(0);
+    let pre = |motion: bool| {
+        let cfg = PreprocessConfig { motion, index_range: if motion { (0.5, 1.0) } else { (0.0, 0.5) }, ..PreprocessConfig::default() };
+        timed(&gpu, budget, once, || {
+            let mut rng = Gaussian::new(7);
+            let r = preprocess_clip(&teacher, &sched, &solver, &z0, &ctx, &unc, &[shape.fps], &cfg, &mut rng).unwrap();
+            drawn.set(r.index);
+            r.score.as_ref().unwrap_or(&r.cond_eps).item_at(3).unwrap()
+        })
     };
-    let params = student_loader.params();
-    let st = Student { unet: student, params, adapters: vec![] };
-    // lr 0: the weights stay, so every step computes the same loss
-    let mut trainer = Trainer::new(TrainConfig { steps: u64::MAX, lr: 0.0, ..TrainConfig::default() }, st, &rewards, &shards).unwrap();
-    let t0 = std::time::Instant::now();
-    let first = trainer.step().unwrap();
-    let mut best = t0.elapsed().as_secs_f64();
-    let start = std::time::Instant::now();
-    while start.elapsed().as_secs_f64() < budget {
-        let t = std::time::Instant::now();
-        let m = trainer.step().unwrap();
-        assert_eq!(m.cd_loss.to_bits(), first.cd_loss.to_bits(), "a repeated step gave another loss");
-        best = best.min(t.elapsed().as_secs_f64());
+    if want("preprocess") {
+        let (t_plain, m_plain) = pre(false);
+        println!("| preprocess 1 clip, no motion guidance ({grid}-point grid) | {t_plain:.3} | {:.0} | 1.00x | itself |", mib(m_plain));
+        let (t_motion, m_motion) = pre(true);
+        println!("| preprocess 1 clip with motion guidance (n = {} of {grid}: {} inversion steps) | {t_motion:.3} | {:.0} | {:.2}x | no motion guidance |", drawn.get(), drawn.get(), mib(m_motion), t_motion / t_plain);
     }
-    let (t_fwd, _) = timed(&gpu, budget, || {
-        let tape = Tape::new();
-        let z = tape.constant(z0.clone());
-        let c = tape.constant(ctx.clone());
-        let e = tape.constant(t2v_turbo::diffusion::guidance_scale_embedding(&gpu, &[7.5], 256).unwrap());
-        trainer.student.unet.forward(&t2v_turbo::models::unet3d::UnetInputs { z: &z, t: &[499.0], context: &c, fps: &[shape.fps], w_embedding: Some(&e), motion_embedding: Some(&e), record_attention: false }).unwrap().eps.value().item_at(1).unwrap()
-    });
-    println!("| train step: consistency loss + 2 image rewards + video reward, backward, AdamW | {best:.3} | {:.0} | {:.1}x | one student forward ({t_fwd:.3} s) |", first.peak_gpu_mib, best / t_fwd);
-    let _ = std::fs::remove_dir_all(&dir);
+    if !want("train") && !want("teacher") {
+        return;
+    }
+
+    if want("train") {
+        // one training step (batch 1) with both rewards on a short-caption record, against one
+        // student forward
+        let dir = std::env::temp_dir().join(format!("t2v-bench-shards-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut rng = Gaussian::new(9);
+        let rec = preprocess_clip(&teacher, &sched, &solver, &z0, &ctx, &unc, &[shape.fps], &PreprocessConfig { index_range: (0.5, 1.0), ..PreprocessConfig::default() }, &mut rng).unwrap();
+        let meta = RecordMeta { row: 0, path: "bench".into(), caption: "a red circle moves from left to right".into(), short_caption: Some("a red circle moving right".into()), index: rec.index, w: rec.w, motion_energy: rec.energy };
+        let sc = ShardConfig { ddim_steps: grid, frames: shape.frames, height: shape.height, width: shape.width, fps: shape.fps, seed: 0, motion: true };
+        write_shard(&dir.join("shard-0of1-00000.safetensors"), &sc, &[(meta, RecordTensors { z_t: rec.z_t, cond_eps: rec.cond_eps, uncond_eps: rec.uncond_eps, context: ctx.clone(), score: rec.score })]).unwrap();
+        let shards = open_dataset(&dir).unwrap();
+        let clip = |seed| Clip::load(&Loader::random(&gpu, seed), &rcfg).unwrap();
+        let iv2 = preset.video_reward_config();
+        let vocab = world_vocab(iv2.text.vocab_size);
+        let rewards = RewardModels {
+            vae,
+            image: vec![(ImageTextReward { clip: clip(10), mode: Preprocess::Hps }, 1.0), (ImageTextReward { clip: clip(11), mode: Preprocess::ClipScore }, 1.0)],
+            video: Some(Box::new(InternVideo2Reward {
+                model: InternVideo2::load(&Loader::random(&gpu, 12), &iv2).unwrap(),
+                tokenizer: BertTokenizer::from_vocab(&vocab.iter().map(String::as_str).collect::<Vec<_>>(), iv2.max_txt_len).unwrap(),
+            })),
+            tokenizer: ClipTokenizer::new().unwrap(),
+        };
+        let params = student_loader.params();
+        let st = Student { unet: student, params, adapters: vec![] };
+        // lr 0: the weights stay, so every step computes the same loss
+        let mut trainer = Trainer::new(TrainConfig { steps: u64::MAX, lr: 0.0, ..TrainConfig::default() }, st, &rewards, &shards).unwrap();
+        let t0 = std::time::Instant::now();
+        let first = trainer.step().unwrap();
+        let mut best = t0.elapsed().as_secs_f64();
+        let start = std::time::Instant::now();
+        // the first step compiled the backward's shaders; `once`: one more step, timed
+        let mut runs = 0;
+        while runs < 1 || !once && start.elapsed().as_secs_f64() < budget {
+            runs += 1;
+            let t = std::time::Instant::now();
+            let m = trainer.step().unwrap();
+            assert_eq!(m.cd_loss.to_bits(), first.cd_loss.to_bits(), "a repeated step gave another loss");
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!("| train step: consistency loss + 2 image rewards + video reward, backward, AdamW | {best:.3} | {:.0} | {:.1}x | one student forward |", first.peak_gpu_mib, best / t_fwd);
+        let _ = std::fs::remove_dir_all(&dir);
+        drop(trainer);
+    }
+    if !want("teacher") {
+        return;
+    }
+
+    let tg = gen(Unet3d::load(&Loader::random(&gpu, 1), &ucfg).unwrap());
+    let (t_teacher, m_teacher) = timed(&gpu, budget, once, || tg.generate("a red circle moving left", &opts(50, true)).unwrap()[5]);
+    println!("| sample 1 video, teacher 50 DDIM steps + CFG | {t_teacher:.3} | {:.0} | {:.1}x | the 4-step sample |", mib(m_teacher), t_teacher / t_four);
 }
