@@ -225,6 +225,14 @@ impl Gpu {
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.lock().unwrap().push(e.to_string())));
+        // a lost device makes every later object silently invalid: say so first
+        let sink = errors.clone();
+        let adapter = info.name.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                sink.lock().unwrap().insert(0, format!("the GPU device ({adapter}) was lost: {msg} (its driver reset it, e.g. after a fault or running out of memory; restart the job)"));
+            }
+        });
         let gpu = Self::assemble(device, queue, info, errors);
         if opts.shader_checks {
             gpu.0.shader_checks.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -337,6 +345,12 @@ impl Gpu {
         self.0.limits.max_storage_buffer_binding_size.min(self.0.limits.max_buffer_size)
     }
 
+    /// Submitted command batches the device may still be running; the scheduler keeps at
+    /// most a few in flight (the host waits for the oldest beyond that).
+    pub fn submissions_in_flight(&self) -> usize {
+        self.0.recorder.lock().unwrap().in_flight()
+    }
+
     /// Memory held by tensors and the pool: current and peak bytes.
     pub fn memory(&self) -> PoolStats {
         self.0.pool.lock().unwrap().stats()
@@ -359,11 +373,14 @@ impl Gpu {
 
     /// Submits and waits until the device is idle.
     pub fn sync(&self) -> Result<()> {
-        self.flush()?;
+        let mut rec = self.0.recorder.lock().unwrap();
+        rec.flush(self)?;
         self.0
             .device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Device(e.to_string()))?;
+        rec.all_done();
+        drop(rec);
         self.check_errors()
     }
 

@@ -33,6 +33,7 @@ mod tensor;
 pub use error::{Error, Result};
 pub use gpu::{list_adapters, AdapterSummary, AttentionPath, Gpu, GpuOptions, KernelVariant, ADAPTER_ENV, OPTIONAL_FEATURES, SHADER_CHECKS_ENV};
 pub use pool::PoolStats;
+pub use recorder::MAX_IN_FLIGHT;
 pub use recorder::ProfileRow;
 pub use registry::KernelSource;
 pub use tensor::{DType, Tensor};

@@ -116,22 +116,29 @@ impl Storage {
             Some(b) => b,
             None => {
                 let device = gpu.device();
-                let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-                let b = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: None,
-                    size: class,
-                    usage: STORAGE_USAGE,
-                    mapped_at_creation: false,
-                });
-                if let Some(e) = pollster::block_on(scope.pop()) {
-                    let s = gpu.memory();
-                    return Err(Error::OutOfMemory {
-                        bytes: class,
-                        live: s.live_bytes,
-                        pooled: s.pooled_bytes,
-                        msg: format!("{}: {e}", what()),
-                    });
-                }
+                let create = || {
+                    let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+                    let b = device.create_buffer(&wgpu::BufferDescriptor { label: None, size: class, usage: STORAGE_USAGE, mapped_at_creation: false });
+                    pollster::block_on(scope.pop()).map_or(Ok(b), Err)
+                };
+                // out of memory with free buffers of other sizes in the pool: give those back
+                // to the device (freed once the recorded work using them has run: submit
+                // and wait) and try again
+                let b = match create() {
+                    Err(_) if gpu.memory().pooled_bytes > 0 => {
+                        gpu.0.pool.lock().unwrap().trim();
+                        let _ = gpu.sync();
+                        create()
+                    }
+                    r => r,
+                };
+                let b = match b {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let s = gpu.memory();
+                        return Err(Error::OutOfMemory { bytes: class, live: s.live_bytes, pooled: s.pooled_bytes, msg: format!("{}: {e}", what()) });
+                    }
+                };
                 let mut pool = gpu.0.pool.lock().unwrap();
                 pool.stats.allocations += 1;
                 pool.mark_live(class);

@@ -35,10 +35,16 @@ impl Registry {
     }
 }
 
+/// Runs `make` and catches its validation, out-of-memory and internal errors (a driver out
+/// of device memory fails pipeline creation with the latter two, which a validation scope
+/// alone let through, to surface later as "pipeline is invalid").
 fn scoped<T>(gpu: &Gpu, make: impl FnOnce() -> T) -> (T, Option<wgpu::Error>) {
-    let scope = gpu.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    let d = gpu.device();
+    let scopes = [wgpu::ErrorFilter::Validation, wgpu::ErrorFilter::OutOfMemory, wgpu::ErrorFilter::Internal].map(|f| d.push_error_scope(f));
     let out = make();
-    (out, pollster::block_on(scope.pop()))
+    // innermost scope first
+    let errs: Vec<wgpu::Error> = scopes.into_iter().rev().filter_map(|s| pollster::block_on(s.pop())).collect();
+    (out, errs.into_iter().next())
 }
 
 /// The pipeline of `entry` in `src`, specialised by `constants` (WGSL `override`s).
@@ -53,7 +59,16 @@ pub(crate) fn pipeline(
     if let Some(p) = reg.pipelines.get(&key) {
         return Ok(p.clone());
     }
-    let shader_err = |e: wgpu::Error| Error::Shader { shader: src.name, entry, msg: e.to_string() };
+    let shader_err = |e: wgpu::Error| {
+        let msg = match &e {
+            wgpu::Error::OutOfMemory { .. } => {
+                let m = gpu.memory();
+                format!("the device ran out of memory compiling this kernel ({} bytes live in tensors, {} in the buffer pool): {e}", m.live_bytes, m.pooled_bytes)
+            }
+            _ => e.to_string(),
+        };
+        Error::Shader { shader: src.name, entry, msg }
+    };
     if !reg.modules.contains_key(src.name) {
         let desc = wgpu::ShaderModuleDescriptor { label: Some(src.name), source: wgpu::ShaderSource::Wgsl(src.source.into()) };
         let (module, err) = scoped(gpu, || {

@@ -119,3 +119,24 @@ fn a_host_applications_device_can_be_lent() {
     assert_eq!(c.to_vec().unwrap(), vec![7., 10., 15., 22.]);
     assert_eq!(g.device().limits().max_buffer_size, device.limits().max_buffer_size);
 }
+
+#[test]
+fn the_host_runs_at_most_a_few_batches_ahead() {
+    // thousands of dispatches with no readback: the scheduler submits them in batches and
+    // waits for the oldest once MAX_IN_FLIGHT are queued; a sync leaves none in flight
+    let g = private_gpu();
+    let mut x = Tensor::from_slice(&g, &[64], &Rng::new(3).uniform(64, -1.0, 1.0)).unwrap();
+    let want: Vec<f32> = x.to_vec().unwrap().iter().map(|v| v * 1.0001f32.powi(3000)).collect();
+    let mut most = 0;
+    for _ in 0..3000 {
+        x = ops::scale(&x, 1.0001).unwrap();
+        most = most.max(g.submissions_in_flight());
+    }
+    assert!(most >= 2 && most <= t2v_kernels::MAX_IN_FLIGHT, "{most} batches in flight");
+    let got = x.to_vec().unwrap();
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{a} vs {b}");
+    }
+    g.sync().unwrap();
+    assert_eq!(g.submissions_in_flight(), 0);
+}
