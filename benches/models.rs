@@ -3,7 +3,7 @@
 //! table. Every timed run reads one output value back and checks that it is finite and equal
 //! to the warm-up run's (the parity tests establish the values themselves).
 //! With `T2V_PROFILE=1` each model's line is followed by the per-kernel GPU times of one
-//! more run (the 25 slowest kernels; needs TIMESTAMP_QUERY).
+//! more run (the 40 slowest kernels and shapes; needs TIMESTAMP_QUERY).
 
 use t2v_kernels::autograd::Tape;
 use t2v_kernels::bench::{best_time, pseudo_data};
@@ -32,7 +32,7 @@ fn timed(gpu: &Gpu, budget: f64, f: impl Fn() -> f32) -> (f64, u64) {
     (t, gpu.memory().peak_live_bytes - base)
 }
 
-/// `T2V_PROFILE=1`: per-kernel GPU times of one more run of `f`, slowest 25 first.
+/// `T2V_PROFILE=1`: per-kernel GPU times of one more run of `f`, slowest 40 first.
 fn profile(gpu: &Gpu, f: impl Fn() -> f32) {
     if !std::env::var("T2V_PROFILE").is_ok_and(|v| v == "1") {
         return;
@@ -45,7 +45,7 @@ fn profile(gpu: &Gpu, f: impl Fn() -> f32) {
     gpu.set_profiling(false).unwrap();
     let gpu_ms: f64 = gpu.profile().unwrap().iter().map(|r| r.total_ms).sum();
     println!("```\nprofiled run: {:.1} ms wall, {gpu_ms:.1} ms in kernels", wall * 1e3);
-    for line in table.lines().take(26) {
+    for line in table.lines().take(41) {
         println!("{line}");
     }
     println!("```");

@@ -415,21 +415,35 @@ impl Gpu {
         Ok(self.0.recorder.lock().unwrap().profile_rows())
     }
 
-    /// The profile as a printable table: kernel, calls, total and mean time.
+    /// The profile as a printable table: kernel, shape (where stated), calls, total and mean
+    /// time, GFLOP/s (where the FLOPs are stated) and share of the total.
     pub fn profile_table(&self) -> Result<String> {
         let rows = self.profile()?;
         let total: f64 = rows.iter().map(|r| r.total_ms).sum();
-        let mut s = format!("{:<40} {:>8} {:>12} {:>12} {:>7}\n", "kernel", "calls", "total ms", "mean us", "share");
+        let mut s = format!("{:<40} {:<18} {:>8} {:>12} {:>12} {:>10} {:>7}\n", "kernel", "shape", "calls", "total ms", "mean us", "GFLOP/s", "share");
         for r in &rows {
+            let rate = if r.flop > 0.0 && r.total_ms > 0.0 { format!("{:.0}", r.flop / r.total_ms * 1e-6) } else { String::new() };
             s += &format!(
-                "{:<40} {:>8} {:>12.3} {:>12.2} {:>6.1}%\n",
+                "{:<40} {:<18} {:>8} {:>12.3} {:>12.2} {:>10} {:>6.1}%\n",
                 r.kernel,
+                r.shape,
                 r.calls,
                 r.total_ms,
                 1e3 * r.total_ms / r.calls.max(1) as f64,
+                rate,
                 100.0 * r.total_ms / total.max(1e-12)
             );
         }
         Ok(s)
+    }
+
+    /// While profiling: states the shape and FLOPs of the next dispatch for its profile row
+    /// (`describe` runs only then).
+    pub(crate) fn profile_note(&self, describe: impl FnOnce() -> (String, f64)) {
+        let mut rec = self.0.recorder.lock().unwrap();
+        if rec.profiling() {
+            let (shape, flop) = describe();
+            rec.note_next(shape, flop);
+        }
     }
 }

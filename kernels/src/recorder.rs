@@ -33,6 +33,8 @@ pub(crate) enum Cmd {
         textures: Vec<(u32, wgpu::TextureView)>,
         params_at: u64,
         groups: [u32; 3],
+        /// While profiling: the problem's shape and FLOPs, from [`Recorder::note_next`].
+        note: Option<(String, f64)>,
     },
     Copy { src: wgpu::Buffer, src_at: u64, dst: wgpu::Buffer, dst_at: u64, bytes: u64 },
     /// `extent` (width, height) texels from `src` at `src_at`, rows `bytes_per_row` apart (a
@@ -41,12 +43,17 @@ pub(crate) enum Cmd {
     Clear { buf: wgpu::Buffer, bytes: u64 },
 }
 
-/// One row of the kernel profile.
+/// One row of the kernel profile: a pipeline (entry and specialisation) and, where its
+/// wrapper states it (GEMMs, convs, fused attention), one problem shape.
 #[derive(Clone, Debug)]
 pub struct ProfileRow {
     pub kernel: String,
+    /// e.g. `2560x320x320 x16` (M x K x N, batch) for a GEMM; empty where not stated.
+    pub shape: String,
     pub calls: u64,
     pub total_ms: f64,
+    /// Floating-point operations of all calls (0 where not stated).
+    pub flop: f64,
 }
 
 pub(crate) struct Recorder {
@@ -54,7 +61,10 @@ pub(crate) struct Recorder {
     params: Vec<u8>,
     params_buf: Option<wgpu::Buffer>,
     profiling: bool,
-    profile: HashMap<String, (u64, f64)>,
+    /// (kernel, shape) -> (calls, ms, flop)
+    profile: HashMap<(String, String), (u64, f64, f64)>,
+    /// Shape and FLOPs of the next dispatch (profiling only).
+    note: Option<(String, f64)>,
     submissions: u64,
     in_flight: std::collections::VecDeque<wgpu::SubmissionIndex>,
 }
@@ -62,7 +72,7 @@ pub(crate) struct Recorder {
 impl Recorder {
     pub fn new(limits: &wgpu::Limits) -> Recorder {
         assert!(limits.min_uniform_buffer_offset_alignment as u64 <= PARAM_SLOT);
-        Recorder { cmds: Vec::new(), params: Vec::new(), params_buf: None, profiling: false, profile: HashMap::new(), submissions: 0, in_flight: Default::default() }
+        Recorder { cmds: Vec::new(), params: Vec::new(), params_buf: None, profiling: false, profile: HashMap::new(), note: None, submissions: 0, in_flight: Default::default() }
     }
 
     /// Submitted batches the device may still be running (at most [`MAX_IN_FLIGHT`]).
@@ -81,11 +91,22 @@ impl Recorder {
         }
     }
 
+    pub fn profiling(&self) -> bool {
+        self.profiling
+    }
+
+    /// While profiling: the shape and FLOPs of the next dispatch, for its profile row.
+    pub fn note_next(&mut self, shape: String, flop: f64) {
+        if self.profiling {
+            self.note = Some((shape, flop));
+        }
+    }
+
     pub fn profile_rows(&self) -> Vec<ProfileRow> {
         let mut rows: Vec<ProfileRow> = self
             .profile
             .iter()
-            .map(|(k, (calls, ms))| ProfileRow { kernel: k.clone(), calls: *calls, total_ms: *ms })
+            .map(|((k, shape), (calls, ms, flop))| ProfileRow { kernel: k.clone(), shape: shape.clone(), calls: *calls, total_ms: *ms, flop: *flop })
             .collect();
         rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
         rows
@@ -114,7 +135,8 @@ impl Recorder {
         let params_at = self.params.len() as u64;
         self.params.extend_from_slice(params);
         self.params.resize((params_at + PARAM_SLOT) as usize, 0);
-        self.cmds.push(Cmd::Dispatch { pipe, buffers, first_binding, textures, params_at, groups });
+        let note = self.note.take();
+        self.cmds.push(Cmd::Dispatch { pipe, buffers, first_binding, textures, params_at, groups, note });
         self.maybe_flush(gpu)
     }
 
@@ -198,14 +220,14 @@ impl Recorder {
                         }
                     });
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: tw });
-                    while let Some(Cmd::Dispatch { pipe, buffers, first_binding, textures, params_at, groups }) = cmds.get(i) {
+                    while let Some(Cmd::Dispatch { pipe, buffers, first_binding, textures, params_at, groups, note }) = cmds.get(i) {
                         let bg = bind(pipe, buffers, *first_binding, textures, *params_at);
                         pass.set_pipeline(&pipe.pipeline);
                         pass.set_bind_group(0, &bg, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
                         i += 1;
                         if timing.is_some() {
-                            labels.push(pipe.label.clone());
+                            labels.push((pipe.label.clone(), note.clone().unwrap_or_default()));
                             break;
                         }
                     }
@@ -245,11 +267,12 @@ impl Recorder {
         if let Some(t) = timing {
             let ns = t.read(gpu)?;
             let period = queue.get_timestamp_period() as f64;
-            for (k, label) in labels.into_iter().enumerate() {
+            for (k, (label, (shape, flop))) in labels.into_iter().enumerate() {
                 let dt = ns[2 * k + 1].saturating_sub(ns[2 * k]) as f64 * period * 1e-6;
-                let e = self.profile.entry(label).or_insert((0, 0.0));
+                let e = self.profile.entry((label, shape)).or_insert((0, 0.0, 0.0));
                 e.0 += 1;
                 e.1 += dt;
+                e.2 += flop;
             }
         }
         Ok(())

@@ -63,7 +63,15 @@ fn profiling_reports_kernels_or_says_why_not() {
             let gemm = rows.iter().find(|r| r.kernel.starts_with("gemm")).expect("gemm row");
             assert_eq!(gemm.calls, 1);
             assert!(gemm.total_ms >= 0.0);
-            assert!(g.profile_table().unwrap().contains("gemm"));
+            // the GEMM states its shape (M x K x N) and FLOPs; an elementwise kernel does not
+            assert_eq!((gemm.shape.as_str(), gemm.flop), ("64x64x64", 2.0 * 64f64.powi(3)));
+            let c2 = ops::scale(&c, 2.0).unwrap();
+            assert_eq!(c2.item_at(0).unwrap(), 128.0);
+            let rows = g.profile().unwrap();
+            let scale = rows.iter().find(|r| !r.kernel.starts_with("gemm")).expect("elementwise row");
+            assert_eq!((scale.shape.as_str(), scale.flop), ("", 0.0));
+            let table = g.profile_table().unwrap();
+            assert!(table.contains("gemm") && table.contains("64x64x64") && table.contains("GFLOP/s"), "{table}");
         }
         Err(e) => assert!(e.to_string().contains("TIMESTAMP_QUERY"), "{e}"),
     }

@@ -154,6 +154,7 @@ pub fn attention_masked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, capture:
         return Err(Error::Shape { op, msg: format!("q {:?} exceeds the dispatch grid", q.shape()) });
     }
     let probs_t = probs.as_ref().unwrap_or(&lse); // unread unless CAPTURE
+    gpu.profile_note(|| (format!("{bh}x{lq}x{lk}x{d}"), 2.0 * (bh * lq * lk) as f64 * (d + dv) as f64));
     launch(
         gpu,
         &ATTENTION,

@@ -207,6 +207,7 @@ fn dispatch(
         let (_ta, va) = operand_texture(a, ta)?;
         let (_tb, vb) = operand_texture(b, tb)?;
         // the textures go back to the reuse list after the dispatch is recorded
+        note_shape(gpu, &p);
         return launch_textures(gpu, &GEMM_TEXTURE, "gemm_tex", &constants, bytemuck::bytes_of(&p), 3, &[bias_t, c], &[(5, &va), (6, &vb)], groups);
     }
     let (src, entry, groups) = match kind {
@@ -232,7 +233,16 @@ fn dispatch(
     if groups[0] as usize > max || groups[1] as usize > max {
         return Err(Error::Shape { op: "matmul", msg: format!("output {m}x{n} needs a grid {groups:?} beyond {max}") });
     }
+    note_shape(gpu, &p);
     launch(gpu, src, entry, &constants, bytemuck::bytes_of(&p), &[a, b, bias_t, c], groups)
+}
+
+/// While profiling: the GEMM's M x K x N (and batch) and FLOPs for its profile row.
+fn note_shape(gpu: &Gpu, p: &Params) {
+    gpu.profile_note(|| {
+        let batch = if p.batch > 1 { format!(" x{}", p.batch) } else { String::new() };
+        (format!("{}x{}x{}{batch}", p.m, p.k, p.n), 2.0 * p.m as f64 * p.n as f64 * p.k as f64 * p.batch as f64)
+    });
 }
 
 /// Options of [`matmul_ex`].
