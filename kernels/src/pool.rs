@@ -121,12 +121,12 @@ impl Storage {
                     let b = device.create_buffer(&wgpu::BufferDescriptor { label: None, size: class, usage: STORAGE_USAGE, mapped_at_creation: false });
                     pollster::block_on(scope.pop()).map_or(Ok(b), Err)
                 };
-                // out of memory with free buffers of other sizes in the pool: give those back
-                // to the device (freed once the recorded work using them has run: submit
-                // and wait) and try again
+                // out of memory with free buffers of other sizes in the pool: give those (and
+                // the pooled textures) back to the device, freed once the recorded work using
+                // them has run (submit and wait), and try again
                 let b = match create() {
                     Err(_) if gpu.memory().pooled_bytes > 0 => {
-                        gpu.0.pool.lock().unwrap().trim();
+                        gpu.trim_pool();
                         let _ = gpu.sync();
                         create()
                     }
