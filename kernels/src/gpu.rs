@@ -167,8 +167,10 @@ pub enum AttentionPath {
     /// Lq x Lk stored); on CPU adapters, materialised scores when those stay under
     /// [`crate::ops::CPU_MATERIALISED_SCORES_MAX_BYTES`]: llvmpipe runs the subgroup GEMM
     /// several times faster per FLOP than the fused kernels' gathers. Inside
-    /// [`Gpu::memory_lean`] scopes (recomputation checkpoints) always the fused kernels, to
-    /// keep the Lq x Lk transients out of memory.
+    /// [`Gpu::memory_lean`] scopes (recomputation checkpoints) the fused kernels, to keep
+    /// the Lq x Lk transients out of memory — except scores of at most
+    /// [`crate::ops::LEAN_CPU_MATERIALISED_SCORES_MAX_BYTES`] on CPU adapters, where the
+    /// fused kernels are 2-7x slower and such transients negligible.
     #[default]
     Auto,
     /// Always the fused kernels where they apply (head dims, loop budget).
@@ -306,7 +308,7 @@ impl Gpu {
         *self.0.attention_path.lock().unwrap()
     }
     /// Runs `f` preferring memory over speed where kernels have the choice (today: fused
-    /// attention under [`AttentionPath::Auto`] on CPU adapters). `Tape::checkpoint` runs its
+    /// attention under [`AttentionPath::Auto`] beyond small scores). `Tape::checkpoint` runs its
     /// blocks in such a scope. Scopes nest; they are per device, not per thread.
     pub fn memory_lean<R>(&self, f: impl FnOnce() -> R) -> R {
         use std::sync::atomic::Ordering;

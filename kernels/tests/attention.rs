@@ -84,8 +84,11 @@ fn memory_lean_scopes_take_the_fused_kernels() {
     assert_eq!(cpu_default, g.is_cpu(), "Auto materialises short sequences on CPU adapters only");
     assert!(ops::materialises_scores(g, 2, 2560, 2560), "and long self-attention everywhere");
     assert_eq!(ops::materialises_scores(g, 32, 2560, 77), g.is_cpu(), "77 text tokens: fused on GPUs");
-    let inside = g.memory_lean(|| (ops::materialises_scores(g, 2, 64, 64), g.memory_lean(|| g.is_memory_lean()), g.is_memory_lean()));
+    // inside (nested) scopes: fused, except small scores on CPU adapters
+    let big = ops::LEAN_CPU_MATERIALISED_SCORES_MAX_BYTES / (4 * 64 * 64) + 1;
+    let inside = g.memory_lean(|| (ops::materialises_scores(g, big, 64, 64), g.memory_lean(|| g.is_memory_lean()), g.is_memory_lean()));
     assert_eq!(inside, (false, true, true), "fused inside (nested) scopes");
+    assert_eq!(g.memory_lean(|| ops::materialises_scores(g, 2, 64, 64)), g.is_cpu(), "small scores on CPU adapters");
     assert!(!g.is_memory_lean(), "the scope ends with its closure");
     // a forced path is kept inside the scope
     g.set_attention_path(AttentionPath::Materialised);

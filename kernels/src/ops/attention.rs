@@ -34,6 +34,12 @@ const ROWS_PER_GROUP: usize = 64;
 /// materialises on a CPU adapter (outside [`crate::Gpu::memory_lean`] scopes).
 pub const CPU_MATERIALISED_SCORES_MAX_BYTES: usize = 64 << 20;
 
+/// Largest score matrix that [`crate::AttentionPath::Auto`] materialises on a CPU adapter
+/// inside [`crate::Gpu::memory_lean`] scopes: the tiny models' attention in recomputed
+/// blocks (motion guidance's backward, `train --recompute`), where llvmpipe ran the fused
+/// kernel 2-7x slower (8192 heads of 8 frames with head dim 16: 205 vs 30 ms).
+pub const LEAN_CPU_MATERIALISED_SCORES_MAX_BYTES: usize = 8 << 20;
+
 /// Shortest query and key lengths that [`crate::AttentionPath::Auto`] materialises on a GPU:
 /// there the tiled GEMMs and softmax rows ran the UNet's spatial self-attention (2560
 /// tokens, head dim 64) several times faster than the fused kernel, whose threads each
@@ -51,7 +57,7 @@ pub fn materialises_scores(gpu: &crate::Gpu, bh: usize, lq: usize, lk: usize) ->
     match gpu.attention_path() {
         crate::AttentionPath::Fused => false,
         crate::AttentionPath::Materialised => true,
-        crate::AttentionPath::Auto if gpu.is_memory_lean() => false,
+        crate::AttentionPath::Auto if gpu.is_memory_lean() => gpu.is_cpu() && bh * lq * lk * 4 <= LEAN_CPU_MATERIALISED_SCORES_MAX_BYTES,
         crate::AttentionPath::Auto if gpu.is_cpu() => bh * lq * lk * 4 <= CPU_MATERIALISED_SCORES_MAX_BYTES,
         crate::AttentionPath::Auto => lq >= GPU_MATERIALISE_MIN_LEN && lk >= GPU_MATERIALISE_MIN_LEN,
     }

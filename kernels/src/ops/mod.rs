@@ -11,7 +11,7 @@ mod reduce;
 mod softmax;
 mod texture;
 
-pub use attention::{attention, attention_backward, attention_masked, materialises_scores, Attention, CPU_MATERIALISED_SCORES_MAX_BYTES, GPU_MATERIALISE_MIN_LEN, MATERIALISED_CHUNK_BYTES};
+pub use attention::{attention, attention_backward, attention_masked, materialises_scores, Attention, CPU_MATERIALISED_SCORES_MAX_BYTES, GPU_MATERIALISE_MIN_LEN, LEAN_CPU_MATERIALISED_SCORES_MAX_BYTES, MATERIALISED_CHUNK_BYTES};
 pub use elementwise::*;
 pub use embedding::{embedding, embedding_backward, gather_rows, sinusoidal_embedding};
 pub use gemm::{conv2d, conv2d_backward, linear, matmul, matmul_ex, temporal_conv, Conv2d, Matmul, CONV_COLUMNS_MAX_BYTES};
