@@ -37,24 +37,21 @@ fn mib(b: u64) -> f64 {
 }
 
 /// Best time of `f` and the peak memory above the start; `f` returns one result value,
-/// which must be finite and the same on every run. `once`: a single timed run.
+/// which must be finite and the same on every run. `once`: a single timed run, no warm-up.
 fn timed(gpu: &Gpu, budget: f64, once: bool, f: impl Fn() -> f32) -> (f64, u64) {
-    gpu.sync().unwrap();
-    if once {
-        gpu.reset_peak_memory();
-        let base = gpu.memory().live_bytes;
-        let t = std::time::Instant::now();
-        let v = f();
-        let t = t.elapsed().as_secs_f64();
-        assert!(v.is_finite(), "non-finite result");
-        return (t, gpu.memory().peak_total_bytes.saturating_sub(base));
-    }
-    let first = f();
-    assert!(first.is_finite(), "non-finite result");
+    let first = (!once).then(&f);
+    assert!(first.is_none_or(f32::is_finite), "non-finite result");
     gpu.sync().unwrap();
     gpu.reset_peak_memory();
     let base = gpu.memory().live_bytes;
-    let t = best_time(budget, 1, || assert_eq!(f(), first, "a repeated run gave another value"));
+    let t = match first {
+        None => {
+            let t = std::time::Instant::now();
+            assert!(f().is_finite(), "non-finite result");
+            t.elapsed().as_secs_f64()
+        }
+        Some(v) => best_time(budget, 1, || assert_eq!(f(), v, "a repeated run gave another value")),
+    };
     (t, gpu.memory().peak_total_bytes.saturating_sub(base))
 }
 

@@ -309,14 +309,15 @@ impl Vae {
     }
 
     /// Runs `pass` on chunks of at most `per` images of `x` (N, ...) along N and
-    /// concatenates the results (one pass when N fits); differentiable like `pass`.
-    fn in_chunks(x: &Var, per: usize, pass: impl Fn(&Var) -> Result<Var>) -> Result<Var> {
+    /// concatenates each of its outputs (one pass when N fits); differentiable like `pass`.
+    fn in_passes<const K: usize>(x: &Var, per: usize, pass: impl Fn(&Var) -> Result<[Var; K]>) -> Result<[Var; K]> {
         let n = x.shape()[0];
         if n <= per {
             return pass(x);
         }
         let parts = (0..n).step_by(per).map(|s| pass(&ad::slice(x, 0, s, per.min(n - s))?)).collect::<Result<Vec<_>>>()?;
-        Ok(ad::concat(&parts.iter().collect::<Vec<_>>(), 0)?)
+        let out = (0..K).map(|k| Ok(ad::concat(&parts.iter().map(|p| &p[k]).collect::<Vec<_>>(), 0)?)).collect::<Result<Vec<Var>>>()?;
+        Ok(out.try_into().ok().expect("K outputs"))
     }
 
     /// Posterior moments (mean, logvar clamped to [-30, 20]) of images (N, 3, H, W) in [-1, 1],
@@ -324,13 +325,11 @@ impl Vae {
     pub fn encode_moments(&self, x: &Var) -> Result<(Var, Var)> {
         let s = x.shape();
         let per = self.images_per_pass(s[2] * s[3], false);
-        if s[0] <= per {
-            return self.encode_moments_pass(x);
-        }
-        let n = s[0];
-        let parts = (0..n).step_by(per).map(|i| self.encode_moments_pass(&ad::slice(x, 0, i, per.min(n - i))?)).collect::<Result<Vec<_>>>()?;
-        let cat = |k: fn(&(Var, Var)) -> &Var| -> Result<Var> { Ok(ad::concat(&parts.iter().map(k).collect::<Vec<_>>(), 0)?) };
-        Ok((cat(|p| &p.0)?, cat(|p| &p.1)?))
+        let [mean, logvar] = Self::in_passes(x, per, |x| {
+            let (m, l) = self.encode_moments_pass(x)?;
+            Ok([m, l])
+        })?;
+        Ok((mean, logvar))
     }
 
     fn encode_moments_pass(&self, x: &Var) -> Result<(Var, Var)> {
@@ -363,7 +362,8 @@ impl Vae {
         let s = z.shape();
         let up = 1usize << (2 * (self.config.ch_mult.len() - 1));
         let per = self.images_per_pass(s[2] * s[3] * up, true);
-        Self::in_chunks(z, per, |z| self.decode_pass(z))
+        let [images] = Self::in_passes(z, per, |z| Ok([self.decode_pass(z)?]))?;
+        Ok(images)
     }
 
     fn decode_pass(&self, z: &Var) -> Result<Var> {
