@@ -8,6 +8,8 @@
 //                      a temporal conv over frames is the (3, 1) case on (C, F, H*W).
 //   BIAS: 0 none, 1 per column (bias[n], linear), 2 per row (bias[m], conv channels).
 // A batch stride of 0 broadcasts an operand (shared weights).
+// Split K (gemm_tiled4 with splits > 1): workgroup z = batch * splits + s sums the k of chunk
+// s only into partials (batch * splits, M, N); sum_splits adds them (and the bias) into C.
 //
 // This prelude (parameters, operand loaders, the epilogue) is shared by gemm.wgsl
 // (gemm_cpu, gemm_tiled) and gemm_subgroup.wgsl (gemm_sg).
@@ -17,7 +19,7 @@ struct Params {
     a_bs: u32, b_bs: u32, c_bs: u32, alpha: f32,
     cin: u32, h: u32, w: u32, kh: u32,
     kw: u32, sh: u32, sw: u32, ph: u32,
-    pw: u32, oh: u32, ow: u32, _pad: u32,
+    pw: u32, oh: u32, ow: u32, splits: u32,   // splits: K chunks of gemm_tiled4 (0 or 1: none)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -72,13 +72,33 @@ fn main() {
     if !cpu {
         mm.push((4096, 4096, 4096));
     }
+    // On GPUs each shape runs the first tiled kernel (TiledScalar) as the default's baseline.
+    let tiled_variants: &[KernelVariant] = if cpu { &[KernelVariant::Auto] } else { &[KernelVariant::TiledScalar, KernelVariant::Auto] };
+    let label = |name: &str, v: KernelVariant| if cpu { name.to_string() } else { format!("{name} ({v:?})") };
     for (m, k, nn) in mm {
         let (a, av) = b.tensor(&[m, k], 2);
         let (w, wv) = b.tensor(&[k, nn], 3);
         let want: f64 = (0..k).map(|l| av[l] as f64 * wv[l * nn] as f64).sum();
-        let t = best_time(b.budget, 3, || check_value("matmul", ops::matmul(&a, &w).unwrap().item_at(0).unwrap(), want, 1e-4));
-        b.row("matmul", format!("{m}x{k}x{nn}"), t, 2.0 * (m * k * nn) as f64, "GFLOP/s", None);
+        let mut rates = vec![];
+        for &v in tiled_variants {
+            b.gpu.set_kernel_variant(v);
+            let t = best_time(b.budget, 3, || check_value("matmul", ops::matmul(&a, &w).unwrap().item_at(0).unwrap(), want, 1e-4));
+            rates.push(b.row(&label("matmul", v), format!("{m}x{k}x{nn}"), t, 2.0 * (m * k * nn) as f64, "GFLOP/s", rates.first().copied()));
+        }
     }
+    // A linear layer, x W^T with W stored (out, in) as in checkpoints: the UNet's
+    // feed-forward input projection (320 -> 2 x 1280, GEGLU) over 16 frames of 40x64 tokens.
+    let (tokens, cin, cout) = if cpu { (2560, 64, 256) } else { (40960, 320, 2560) };
+    let (x, xv) = b.tensor(&[tokens, cin], 16);
+    let (w, wv) = b.tensor(&[cout, cin], 17);
+    let want: f64 = (0..cin).map(|l| xv[l] as f64 * wv[l] as f64).sum();
+    let mut rates = vec![];
+    for &v in tiled_variants {
+        b.gpu.set_kernel_variant(v);
+        let t = best_time(b.budget, 3, || check_value("linear", ops::linear(&x, &w, None).unwrap().item_at(0).unwrap(), want, 1e-4));
+        rates.push(b.row(&label("linear", v), format!("{tokens}x{cin} -> {cout}"), t, 2.0 * (tokens * cin * cout) as f64, "GFLOP/s", rates.first().copied()));
+    }
+    b.gpu.set_kernel_variant(KernelVariant::Auto);
 
     // Attention (batch*heads, Lq, Lk, d): spatial self, cross to 77 text tokens, temporal.
     let hw = if cpu { 640 } else { 2560 };
@@ -118,11 +138,16 @@ fn main() {
         .flat_map(|c| (0..3).flat_map(move |ky| (0..3).map(move |kx| (c, ky, kx))))
         .map(|(c, ky, kx)| wv[(c * 3 + ky) * 3 + kx] as f64 * xv[(c * 40 + ky) * 64 + kx] as f64)
         .sum();
-    let t = best_time(b.budget, 3, || {
-        let y = ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap();
-        check_value("conv2d", y.item_at(65).unwrap(), want, 1e-4);
-    });
-    b.row("conv2d 3x3", format!("{frames}x320x40x64 -> 320"), t, 2.0 * (frames * 320 * 320 * 9 * 40 * 64) as f64, "GFLOP/s", None);
+    let mut rates = vec![];
+    for &v in tiled_variants {
+        b.gpu.set_kernel_variant(v);
+        let t = best_time(b.budget, 3, || {
+            let y = ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap();
+            check_value("conv2d", y.item_at(65).unwrap(), want, 1e-4);
+        });
+        rates.push(b.row(&label("conv2d 3x3", v), format!("{frames}x320x40x64 -> 320"), t, 2.0 * (frames * 320 * 320 * 9 * 40 * 64) as f64, "GFLOP/s", rates.first().copied()));
+    }
+    b.gpu.set_kernel_variant(KernelVariant::Auto);
 
     // conv2d 3x3 at the UNet's deepest level (1280 channels on 5x8 latents): few pixels per
     // image; the barrier-free kernel (what GPUs ran for thin outputs before) as the baseline

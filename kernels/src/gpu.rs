@@ -145,6 +145,9 @@ pub enum KernelVariant {
     Auto,
     /// Always the workgroup-tiled kernels (e.g. to test them on a CPU adapter).
     Tiled,
+    /// `Tiled` with the first tiled GEMM (8-deep slices, scalar workgroup-memory reads), kept
+    /// as the benches' baseline of the default one.
+    TiledScalar,
     /// Always the barrier-free kernels without subgroup operations (portable fallback).
     BarrierFree,
     /// The subgroup kernels where they exist (needs SUBGROUP and a fixed subgroup size >= 8),

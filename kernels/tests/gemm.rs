@@ -6,7 +6,7 @@ use t2v_kernels::ops::{self, Conv2d, Matmul};
 use t2v_kernels::{Gpu, KernelVariant, Tensor};
 
 fn variants() -> Vec<(KernelVariant, Gpu)> {
-    [KernelVariant::BarrierFree, KernelVariant::Tiled, KernelVariant::Subgroup, KernelVariant::Texture]
+    [KernelVariant::BarrierFree, KernelVariant::Tiled, KernelVariant::TiledScalar, KernelVariant::Subgroup, KernelVariant::Texture]
         .into_iter()
         .map(|v| {
             let g = private_gpu();
@@ -131,14 +131,40 @@ fn matmul_shape_errors_name_both_operands() {
 fn loop_limited_devices_refuse_what_they_would_truncate() {
     let g = private_gpu();
     let Some(limit) = g.loop_limit() else { return };
-    g.set_kernel_variant(KernelVariant::Tiled);
-    let k = (limit as usize / 645 + 2) * 8;
-    let (a, _) = upload(&g, &[2, k], 1);
-    let (b, _) = upload(&g, &[k, 2], 2);
-    let e = ops::matmul(&a, &b).unwrap_err().to_string();
-    assert!(e.contains("loop iterations"), "{e}");
+    // (variant, iterations per k slice, slice depth) as the dispatch estimates them
+    for (variant, per_slice, depth) in [(KernelVariant::Tiled, 300, 16), (KernelVariant::TiledScalar, 645, 8)] {
+        g.set_kernel_variant(variant);
+        let k = (limit as usize / per_slice + 2) * depth;
+        let (a, _) = upload(&g, &[2, k], 1);
+        let (b, _) = upload(&g, &[k, 2], 2);
+        let e = ops::matmul(&a, &b).unwrap_err().to_string();
+        assert!(e.contains("loop iterations"), "{variant:?}: {e}");
+        g.set_kernel_variant(KernelVariant::Auto);
+        assert_eq!(ops::matmul(&a, &b).unwrap().shape(), [2, 2]);
+    }
+}
+
+/// The largest K the loop budget admits runs whole: the estimate of a tiled kernel's loop
+/// iterations is not below what llvmpipe counts (else the tail of K would be dropped silently).
+#[test]
+fn tiled_kernels_at_the_largest_admitted_k_are_exact() {
+    let g = private_gpu();
+    let Some(limit) = g.loop_limit() else { return };
+    for (variant, per_slice, fixed, depth) in [(KernelVariant::Tiled, 300, 100, 16), (KernelVariant::TiledScalar, 645, 136, 8)] {
+        g.set_kernel_variant(variant);
+        let k = (limit as usize - fixed) / per_slice * depth;
+        // a 1x1 convolution (the im2col path: the most loop iterations per k; at 60 per
+        // slice the matmul still passed, the conv did not); gemm_tiled4 over enough images
+        // that its grid is not split along K (then each invocation runs a chunk of K only)
+        let z = if variant == KernelVariant::Tiled { ops::SPLIT_K_WORKGROUPS } else { 1 };
+        let (x, xv) = upload(&g, &[z, k, 1, 3], 3);
+        let (w, wv) = upload(&g, &[2, k, 1, 1], 4);
+        let got = ops::conv2d(&x, &w, None, Conv2d::new(1, 0)).unwrap().to_vec().unwrap();
+        // out[o, p] = sum_c w[o, c] x[c, p], checked on the last image
+        let last = &xv[(z - 1) * 3 * k..];
+        assert_close(&format!("{variant:?} 1x1 conv K={k}"), &got[(z - 1) * 6..], &matmul_ref(&wv, last, 2, k, 3, false, false, 1.0, None), 1e-4, 1e-4);
+    }
     g.set_kernel_variant(KernelVariant::Auto);
-    assert_eq!(ops::matmul(&a, &b).unwrap().shape(), [2, 2]);
 }
 
 #[test]
@@ -153,6 +179,43 @@ fn linear_matches_torch_layout() {
         assert_close(&format!("{v:?} linear"), &y.to_vec().unwrap(), &want, 1e-5, 1e-5);
         assert!(ops::linear(&x, &b, None).is_err());
     }
+}
+
+/// The tiled kernel splits K when its grid has few workgroups (see
+/// `ops::SPLIT_K_WORKGROUPS`): chunks of uneven length, transposes, scale, bias (added
+/// once), batches with a shared operand, and convolutions all equal the references.
+#[test]
+fn split_k_gemms_equal_the_references() {
+    let g = private_gpu();
+    g.set_kernel_variant(KernelVariant::Tiled);
+    // one 128 x 128 tile, K = 777: three chunks of 272, 272 and 233
+    let (m, k, n) = (13, 777, 21);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (ash, bsh) = (if ta { [k, m] } else { [m, k] }, if tb { [n, k] } else { [k, n] });
+        let (a, av) = upload(&g, &ash, 1);
+        let (b, bv) = upload(&g, &bsh, 2);
+        let (bias, biasv) = upload(&g, &[n], 3);
+        let c = ops::matmul_ex(&a, &b, Matmul { trans_a: ta, trans_b: tb, alpha: 0.5, bias: Some(&bias) }).unwrap();
+        let want = matmul_ref(&av, &bv, m, k, n, ta, tb, 0.5, Some(&biasv));
+        assert_close(&format!("split {m}x{k}x{n} ta={ta} tb={tb}"), &c.to_vec().unwrap(), &want, 1e-4, 1e-5);
+    }
+    // three images sharing B, two chunks each
+    let (a, av) = upload(&g, &[3, 37, 600], 4);
+    let (b, bv) = upload(&g, &[600, 19], 5);
+    let c = ops::matmul(&a, &b).unwrap().to_vec().unwrap();
+    for z in 0..3 {
+        let want = matmul_ref(&av[z * 37 * 600..(z + 1) * 37 * 600], &bv, 37, 600, 19, false, false, 1.0, None);
+        assert_close(&format!("split batch {z}"), &c[z * 37 * 19..(z + 1) * 37 * 19], &want, 1e-4, 1e-5);
+    }
+    // a 3x3 conv with K = 900 over two images, with a bias
+    let (xs, ws, geo) = ([2, 100, 7, 9], [5, 100, 3, 3], Conv2d::new(1, 1));
+    let (x, xv) = upload(&g, &xs, 6);
+    let (w, wv) = upload(&g, &ws, 7);
+    let (bias, biasv) = upload(&g, &[5], 8);
+    let (want, shape) = conv_ref(&xv, xs, &wv, ws, Some(&biasv), geo);
+    let y = ops::conv2d(&x, &w, Some(&bias), geo).unwrap();
+    assert_eq!(y.shape(), shape);
+    assert_close("split conv", &y.to_vec().unwrap(), &want, 1e-4, 1e-5);
 }
 
 #[test]
@@ -201,11 +264,11 @@ fn conv2d_kernels_strides_paddings() {
 /// conv2d is bilinear, so its gradients are its adjoints: <dy, conv(x, w)> = <dx, x> =
 /// <dw, w>. Checked at a batch whose columns exceed CONV_COLUMNS_MAX_BYTES (the backward
 /// then runs a few images at a time) and at one that fits, with the GEMMs on storage
-/// buffers (BarrierFree, Subgroup) and on textures (Texture). (Tiled would exceed
-/// llvmpipe's loop budget on the weight gradient's K = 7040.)
+/// buffers (BarrierFree, Subgroup) and on textures (Texture). (The tiled kernels would
+/// exceed llvmpipe's loop budget on the weight gradient's K = 7040.)
 #[test]
 fn conv2d_backward_is_the_adjoint_in_chunks_and_whole() {
-    for (v, g) in variants().into_iter().filter(|(v, _)| *v != KernelVariant::Tiled) {
+    for (v, g) in variants().into_iter().filter(|(v, _)| !matches!(v, KernelVariant::Tiled | KernelVariant::TiledScalar)) {
         conv2d_adjoints(&g, &format!("{v:?}"));
     }
 }

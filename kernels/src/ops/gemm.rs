@@ -31,7 +31,7 @@ struct Params {
     pw: u32,
     oh: u32,
     ow: u32,
-    _pad: u32,
+    splits: u32,
 }
 
 /// Where a bias is added.
@@ -46,13 +46,16 @@ enum BiasMode {
 const CPU_COLS: usize = 8;
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// gemm_tiled4
     Tiled,
+    /// gemm_tiled (KernelVariant::TiledScalar)
+    TiledScalar,
     /// gemm_sg / gemm_sg4, and gemm_tex where [`texture_operands`] allows when `textures`.
     Subgroup { textures: bool },
     Cpu,
 }
 
-/// Output tile of gemm_tiled.
+/// Output tile of gemm_tiled4 and gemm_tiled.
 const TILE: usize = 128;
 
 /// Which GEMM kernel runs on this device: the one `Gpu::set_kernel_variant` asks for, else
@@ -65,6 +68,7 @@ fn choose_kind(gpu: &Gpu) -> Result<Kind> {
     let sg = gpu.fixed_subgroup_size();
     Ok(match gpu.kernel_variant() {
         KernelVariant::Tiled => Kind::Tiled,
+        KernelVariant::TiledScalar => Kind::TiledScalar,
         KernelVariant::BarrierFree => Kind::Cpu,
         KernelVariant::Subgroup | KernelVariant::Texture if sg.is_some() => {
             Kind::Subgroup { textures: gpu.kernel_variant() == KernelVariant::Texture }
@@ -166,11 +170,13 @@ fn dispatch(
         return Err(Error::Shape { op: "matmul", msg: format!("batch {batch} exceeds the device's {max} workgroups per dimension") });
     }
     // Loop iterations of one invocation (see Gpu::loop_limit): ~645 per 8-deep k slice in
-    // gemm_tiled, one per k (plus the epilogue) in the barrier-free kernels.
+    // gemm_tiled, < 300 per 16-deep slice in gemm_tiled4 (its inner loops are over vec4s),
+    // one per k (plus the epilogue) in the barrier-free kernels.
     if let Some(limit) = gpu.loop_limit() {
         let k = p.k as u64;
         let iterations = match kind {
-            Kind::Tiled => 645 * k.div_ceil(8) + 136,
+            Kind::Tiled => 300 * k.div_ceil(16) + 100,
+            Kind::TiledScalar => 645 * k.div_ceil(8) + 136,
             Kind::Subgroup { .. } | Kind::Cpu => k + 40,
         };
         if iterations > limit {
@@ -211,7 +217,15 @@ fn dispatch(
         return launch_textures(gpu, &GEMM_TEXTURE, "gemm_tex", &constants, bytemuck::bytes_of(&p), 3, &[bias_t, c], &[(5, &va), (6, &vb)], groups);
     }
     let (src, entry, groups) = match kind {
-        Kind::Tiled => (&GEMM, "gemm_tiled", [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32]),
+        Kind::Tiled => {
+            let splits = k_splits(gpu, &p);
+            if splits > 1 {
+                return split_k(gpu, p, splits, &constants, bias, accumulate, [a, b, c]);
+            }
+            constants.push(("C_VEC4", (n % 4 == 0 && p.c_bs % 4 == 0) as u32 as f64));
+            (&GEMM, "gemm_tiled4", [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32])
+        }
+        Kind::TiledScalar => (&GEMM, "gemm_tiled", [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32]),
         Kind::Subgroup { .. } => {
             let sg = gpu.fixed_subgroup_size().expect("checked by choose_kind") as usize;
             let nsg = n.div_ceil(4 * sg).clamp(1, 8);
@@ -235,6 +249,58 @@ fn dispatch(
     }
     note_shape(gpu, &p);
     launch(gpu, src, entry, &constants, bytemuck::bytes_of(&p), &[a, b, bias_t, c], groups)
+}
+
+/// gemm_tiled4 grids of fewer workgroups than this split K into about as many (a few per
+/// compute unit of a large GPU; an H200 has 132). On the H200 the UNet's deepest convs
+/// (1280 channels on 5 x 8 latents, K = 11520: 160 workgroups) ran 1.4x faster split in four,
+/// its temporal convs there (50) 2.9x, 1024^3 and 640 x 1280 x 1280 matmuls 1.6x and 1.8x,
+/// and a UNet call 869 -> 811 ms; a 2048^3 matmul (256 workgroups, one wave) ran ~5%
+/// slower split in two, but with a 256-workgroup threshold the UNet call took 845 ms.
+pub const SPLIT_K_WORKGROUPS: usize = 512;
+/// Least K per split (16 slices of gemm_tiled4).
+const SPLIT_K_MIN_DEPTH: usize = 256;
+/// Largest buffer of split-K partial sums.
+const SPLIT_K_MAX_BYTES: usize = 256 << 20;
+
+/// How many K chunks gemm_tiled4 runs this GEMM in (1: unsplit).
+fn k_splits(gpu: &Gpu, p: &Params) -> usize {
+    let (m, n, k, batch) = (p.m as usize, p.n as usize, p.k as usize, p.batch as usize);
+    let groups = n.div_ceil(TILE) * m.div_ceil(TILE) * batch;
+    if groups >= SPLIT_K_WORKGROUPS {
+        return 1;
+    }
+    let max_z = gpu.limits().max_compute_workgroups_per_dimension as usize / batch.max(1);
+    let by_memory = SPLIT_K_MAX_BYTES / (4 * m * n * batch).max(1);
+    SPLIT_K_WORKGROUPS.div_ceil(groups).min(k / SPLIT_K_MIN_DEPTH).min(by_memory).min(max_z).max(1)
+}
+
+/// A GEMM as `splits` chunks of K: gemm_tiled4 writes each chunk's partial product (scaled,
+/// no bias) to a (batch * splits, M, N) buffer, then sum_splits adds the chunks, the bias
+/// and, with `accumulate`, C into C.
+fn split_k(
+    gpu: &Gpu,
+    p: Params,
+    splits: usize,
+    constants: &[(&'static str, f64)],
+    bias: (BiasMode, Option<&Tensor>),
+    accumulate: bool,
+    [a, b, c]: [&Tensor; 3],
+) -> Result<()> {
+    let (m, n, batch) = (p.m as usize, p.n as usize, p.batch as usize);
+    let partials = Tensor::empty(gpu, &[batch * splits, m, n], DType::F32, "split-K partial sums")?;
+    let mut gemm_constants: Vec<_> = constants.iter().filter(|(k, _)| *k != "BIAS" && *k != "ACCUMULATE").copied().collect();
+    gemm_constants.extend([("BIAS", 0.0), ("ACCUMULATE", 0.0), ("C_VEC4", (n % 4 == 0) as u32 as f64)]);
+    let split = Params { splits: splits as u32, c_bs: (m * n) as u32, ..p };
+    note_shape(gpu, &p);
+    let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, (batch * splits) as u32];
+    launch(gpu, &GEMM, "gemm_tiled4", &gemm_constants, bytemuck::bytes_of(&split), &[a, b, a, &partials], groups)?;
+    let bias_t = bias.1.unwrap_or(&partials); // unread when BIAS == 0
+    let sum_constants = [("BIAS", bias.0 as u32 as f64), ("ACCUMULATE", accumulate as u32 as f64)];
+    let mut groups = super::fold_groups(gpu, m * n, 256);
+    groups[2] = batch as u32;
+    let sum = Params { splits: splits as u32, ..p };
+    super::launch_at(gpu, &GEMM, "sum_splits", &sum_constants, bytemuck::bytes_of(&sum), 2, &[&partials, bias_t, c], groups)
 }
 
 /// While profiling: the GEMM's M x K x N (and batch) and FLOPs for its profile row.
@@ -411,7 +477,7 @@ fn conv_params(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, 
         pw: pl as u32,
         oh: oh as u32,
         ow: ow as u32,
-        _pad: 0,
+        splits: 0,
     };
     Ok((p, oh, ow))
 }

@@ -14,7 +14,7 @@ mod texture;
 pub use attention::{attention, attention_backward, attention_masked, materialises_scores, Attention, CPU_MATERIALISED_SCORES_MAX_BYTES, GPU_MATERIALISE_MIN_LEN, LEAN_CPU_MATERIALISED_SCORES_MAX_BYTES, MATERIALISED_CHUNK_BYTES};
 pub use elementwise::*;
 pub use embedding::{embedding, embedding_backward, gather_rows, sinusoidal_embedding};
-pub use gemm::{conv2d, conv2d_backward, linear, matmul, matmul_ex, temporal_conv, Conv2d, Matmul, CONV_COLUMNS_MAX_BYTES};
+pub use gemm::{conv2d, conv2d_backward, linear, matmul, matmul_ex, temporal_conv, Conv2d, Matmul, CONV_COLUMNS_MAX_BYTES, SPLIT_K_WORKGROUPS};
 pub use layout::{broadcast_to, concat, contiguous_strides, permute, slice, transpose, unslice, upsample_nearest2x};
 pub use norm::{group_norm, group_norm_backward, layer_norm, layer_norm_backward, Norm, NormGrad};
 pub use reduce::{max, mean, min, reduce, sum, Reduce};
@@ -52,7 +52,7 @@ const MANY_ROWS: usize = 128;
 pub(crate) fn barrier_free(gpu: &Gpu) -> bool {
     match gpu.kernel_variant() {
         KernelVariant::Auto => gpu.is_cpu(),
-        KernelVariant::Tiled => false,
+        KernelVariant::Tiled | KernelVariant::TiledScalar => false,
         KernelVariant::BarrierFree | KernelVariant::Subgroup | KernelVariant::Texture => true,
     }
 }
