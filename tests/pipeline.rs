@@ -117,6 +117,30 @@ fn a_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
     assert!(e.contains("other settings"), "{e}");
 }
 
+/// `--recompute` (UNet blocks and the reward frames' VAE decoding recomputed in the
+/// backward) trains the same steps: losses, rewards and gradient norms.
+#[test]
+fn recomputation_trains_the_same_steps() {
+    let (models, shards) = fixture();
+    let g = gpu();
+    let md = ModelDir::read(models).unwrap();
+    let data = open_dataset(shards).unwrap();
+    let steps = |recompute: bool| -> Vec<(f32, Option<f32>, Option<f32>, f32)> {
+        let cfg = TrainConfig { recompute, ..config(3) };
+        let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+        let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
+        (0..3).map(|_| t.step().unwrap()).map(|m| (m.loss, m.image_reward, m.video_reward, m.grad_norm)).collect()
+    };
+    let (plain, recomputed) = (steps(false), steps(true));
+    assert!(plain.iter().any(|s| s.1.is_some() && s.2.is_some()), "no reward step in {plain:?}");
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1e-3);
+    for (p, r) in plain.iter().zip(&recomputed) {
+        let same = close(p.0, r.0) && close(p.3, r.3) && p.1.is_some() == r.1.is_some() && p.2.is_some() == r.2.is_some()
+            && p.1.zip(r.1).is_none_or(|(a, b)| close(a, b)) && p.2.zip(r.2).is_none_or(|(a, b)| close(a, b));
+        assert!(same, "steps differ:\n  plain      {plain:?}\n  recomputed {recomputed:?}");
+    }
+}
+
 #[test]
 fn lora_trains_adapters_and_leaves_the_base_weights() {
     let (models, shards) = fixture();

@@ -134,6 +134,42 @@ fn passes_of_fewer_images_give_the_same_values_and_gradients() {
 }
 
 #[test]
+fn checkpointed_decoding_holds_no_activations_and_gives_the_same_gradient() {
+    // Vae::decode_checkpointed (training's reward frames with recomputation): the same
+    // images and gradient as Vae::decode, with only inputs and outputs held for the backward
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let config = VaeConfig::from_json(&cfg).unwrap();
+    let g = gpu();
+    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
+    let vae = Vae::load(&Loader::new(&wf, &g, "first_stage_model."), &config).unwrap();
+    let io = WeightFile::open(&dir.join("io.safetensors")).unwrap();
+    let z2 = io.tensor(&g, "in.latent_scaled").unwrap();
+    let z = t2v_kernels::ops::concat(&[&z2, &z2], 0).unwrap();
+    let run = |checkpointed: bool| {
+        let tape = Tape::new();
+        let zl = tape.leaf(z.clone());
+        g.sync().unwrap();
+        let base = g.memory().live_bytes;
+        let img = if checkpointed { vae.decode_checkpointed(&zl).unwrap() } else { vae.decode(&zl).unwrap() };
+        let loss = t2v_kernels::autograd::mean_all(&t2v_kernels::autograd::square(&img).unwrap()).unwrap();
+        g.sync().unwrap();
+        let held = g.memory().live_bytes - base;
+        let grad = tape.backward(&loss).unwrap().get(&zl).unwrap().to_vec().unwrap();
+        (img.value().to_vec().unwrap(), grad, held)
+    };
+    let (plain, ckpt) = (run(false), run(true));
+    for (name, u, v) in [("decoded", &plain.0, &ckpt.0), ("gradient", &plain.1, &ckpt.1)] {
+        let (err, scale) = max_err(v, u);
+        assert!(err <= 1e-5 * scale.max(1e-3), "{name}: checkpointed decoding differs by {err:e} (scale {scale})");
+    }
+    // held for the backward: the decoder's activations of 4 images, or their latents and images
+    let image_bytes = (plain.0.len() * 4) as u64;
+    assert!(ckpt.2 <= 3 * image_bytes, "checkpointed decoding holds {} bytes for 4 images of {image_bytes} bytes", ckpt.2);
+    assert!(ckpt.2 * 5 < plain.2, "held bytes: {} checkpointed, {} plain", ckpt.2, plain.2);
+}
+
+#[test]
 fn weight_problems_are_reported_together() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae");
     let g = gpu();

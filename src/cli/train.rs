@@ -83,8 +83,9 @@ pub struct TrainArgs {
     pub lora_rank: usize,
     #[arg(long, default_value_t = 64.0)]
     pub lora_alpha: f32,
-    /// Recompute each UNet block during the backward pass instead of keeping its
-    /// activations (much less memory at full size, about one more forward of time).
+    /// Recompute each UNet block, and each reward frame's VAE decoding, during the backward
+    /// pass instead of keeping their activations (much less memory at full size, about one
+    /// more forward of time).
     #[arg(long)]
     pub recompute: bool,
     /// Write a checkpoint every N steps (and at the end).

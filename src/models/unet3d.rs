@@ -607,10 +607,7 @@ impl Unet3d {
             let out = tape.checkpoint_params(&[&h, cx.emb_silu, cx.context], move |v| {
                 let cx = Ctx { emb_silu: &v[1], context: &v[2], b, recording };
                 let mut block_maps = Vec::new();
-                let y = run_block(&blk, v[0].clone(), &cx, &mut block_maps).map_err(|e| match e {
-                    WeightsError::Gpu(g) => g,
-                    other => t2v_kernels::Error::Autograd(other.to_string()),
-                })?;
+                let y = run_block(&blk, v[0].clone(), &cx, &mut block_maps)?;
                 if block_maps.is_empty() {
                     return Ok(y);
                 }

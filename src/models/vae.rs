@@ -4,6 +4,8 @@
 //! autograd values: with frozen weights (constants on the tape) the decoder is
 //! differentiable with respect to its latent input, which reward feedback needs.
 
+use std::sync::Arc;
+
 use t2v_kernels::autograd::{self as ad, Var};
 use t2v_kernels::ops::Conv2d as Geo;
 use t2v_kernels::Tensor;
@@ -172,6 +174,30 @@ impl Mid {
     }
 }
 
+/// `post_quant_conv` and `decoder.*`: scaled latents to images.
+struct Decoder {
+    scale_factor: f32,
+    post_quant_conv: Conv,
+    conv_in: Conv,
+    mid: Mid,
+    /// Indexed like the checkpoint: `up.0` is the highest resolution (run last).
+    up: Vec<Level>,
+    norm_out: GroupNorm,
+    conv_out: Conv,
+}
+
+impl Decoder {
+    fn decode(&self, z: &Var) -> Result<Var> {
+        let z = ad::scale(z, 1.0 / self.scale_factor)?;
+        let mut h = self.conv_in.forward(&self.post_quant_conv.forward(&z)?)?;
+        h = self.mid.forward(&h)?;
+        for lv in self.up.iter().rev() {
+            h = run_level(lv, h, true)?;
+        }
+        self.conv_out.forward(&self.norm_out.forward(&h, true)?)
+    }
+}
+
 fn run_level(lv: &Level, mut h: Var, up: bool) -> Result<Var> {
     for (i, b) in lv.blocks.iter().enumerate() {
         h = b.forward(&h)?;
@@ -197,13 +223,8 @@ pub struct Vae {
     enc_norm_out: GroupNorm,
     enc_conv_out: Conv,
     quant_conv: Conv,
-    post_quant_conv: Conv,
-    dec_conv_in: Conv,
-    dec_mid: Mid,
-    /// Indexed like the checkpoint: `up.0` is the highest resolution (run last).
-    dec_up: Vec<Level>,
-    dec_norm_out: GroupNorm,
-    dec_conv_out: Conv,
+    /// Shared with the decoder's recomputation checkpoints ([`Vae::decode_checkpointed`]).
+    dec: Arc<Decoder>,
     /// The most bytes one activation of an encoder or decoder pass may take: batches are
     /// split into passes of fewer images to stay below it (default: the device's binding
     /// limit; [`Vae::with_pass_bytes`] lowers it, which also lowers peak memory).
@@ -276,12 +297,15 @@ impl Vae {
             enc_norm_out,
             enc_conv_out,
             quant_conv,
-            post_quant_conv,
-            dec_conv_in,
-            dec_mid,
-            dec_up: up.into_iter().map(|l| l.expect("every level built")).collect(),
-            dec_norm_out: norm(l, "decoder.norm_out", block_in)?,
-            dec_conv_out: Conv::load(l, "decoder.conv_out", block_in, c.out_ch, 3, Geo::new(1, 1))?,
+            dec: Arc::new(Decoder {
+                scale_factor: c.scale_factor,
+                post_quant_conv,
+                conv_in: dec_conv_in,
+                mid: dec_mid,
+                up: up.into_iter().map(|l| l.expect("every level built")).collect(),
+                norm_out: norm(l, "decoder.norm_out", block_in)?,
+                conv_out: Conv::load(l, "decoder.conv_out", block_in, c.out_ch, 3, Geo::new(1, 1))?,
+            }),
         })
     }
 
@@ -362,18 +386,23 @@ impl Vae {
         let s = z.shape();
         let up = 1usize << (2 * (self.config.ch_mult.len() - 1));
         let per = self.images_per_pass(s[2] * s[3] * up, true);
-        let [images] = Self::in_passes(z, per, |z| Ok([self.decode_pass(z)?]))?;
+        let [images] = Self::in_passes(z, per, |z| Ok([self.dec.decode(z)?]))?;
         Ok(images)
     }
 
-    fn decode_pass(&self, z: &Var) -> Result<Var> {
-        let z = ad::scale(z, 1.0 / self.config.scale_factor)?;
-        let mut h = self.dec_conv_in.forward(&self.post_quant_conv.forward(&z)?)?;
-        h = self.dec_mid.forward(&h)?;
-        for lv in self.dec_up.iter().rev() {
-            h = run_level(lv, h, true)?;
-        }
-        self.dec_conv_out.forward(&self.dec_norm_out.forward(&h, true)?)
+    /// [`Vae::decode`] with one recomputation checkpoint per image: the forward keeps none
+    /// of the decoder's activations and the backward re-runs one image's decode at a time,
+    /// so the gradient costs one image's activations at most. (A training step's reward
+    /// frames at 320x512 otherwise keep every decoder activation of every frame.)
+    pub fn decode_checkpointed(&self, z: &Var) -> Result<Var> {
+        let parts = (0..z.shape()[0])
+            .map(|i| {
+                let dec = self.dec.clone();
+                let zi = ad::slice(z, 0, i, 1)?;
+                Ok(z.tape().checkpoint(&[&zi], move |v| Ok(dec.decode(&v[0])?))?)
+            })
+            .collect::<Result<Vec<Var>>>()?;
+        Ok(ad::concat(&parts.iter().collect::<Vec<_>>(), 0)?)
     }
 
     /// The device the weights live on.

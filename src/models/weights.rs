@@ -33,6 +33,17 @@ pub enum WeightsError {
 
 pub type Result<T, E = WeightsError> = std::result::Result<T, E>;
 
+/// Model code run inside the compute core's closures (recomputation checkpoints) reports
+/// through its error type: device errors as they are, others by message.
+impl From<WeightsError> for t2v_kernels::Error {
+    fn from(e: WeightsError) -> Self {
+        match e {
+            WeightsError::Gpu(g) => g,
+            other => t2v_kernels::Error::Autograd(other.to_string()),
+        }
+    }
+}
+
 /// One tensor's description in a file.
 #[derive(Clone, Debug)]
 pub struct Entry {

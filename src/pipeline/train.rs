@@ -62,7 +62,8 @@ pub struct TrainConfig {
     /// What the rewards score (the reference: the consistency output on the data).
     #[serde(default)]
     pub reward_input: RewardInput,
-    /// Recompute UNet blocks in the backward pass (less memory, ~1 more forward of time).
+    /// Recompute UNet blocks and the reward frames' VAE decoding in the backward pass (less
+    /// memory, ~1 more forward of time).
     #[serde(default)]
     pub recompute: bool,
     pub seed: u64,
@@ -507,6 +508,9 @@ impl<'a> Trainer<'a> {
         let sel = ad::concat(&refs, 2)?; // (1, C, n, h, w)
         let s = sel.shape().to_vec();
         let lat = ad::reshape(&ad::permute(&sel, &[0, 2, 1, 3, 4])?, &[s[2], s[1], s[3], s[4]])?;
+        if self.config.recompute {
+            return self.models.vae.decode_checkpointed(&lat);
+        }
         self.models.vae.decode(&lat)
     }
 }
