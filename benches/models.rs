@@ -2,8 +2,8 @@
 //! VideoCrafter2 sizes on a GPU; reduced sizes on a CPU adapter (lavapipe), stated in the
 //! table. Every timed run reads one output value back and checks that it is finite and equal
 //! to the warm-up run's (the parity tests establish the values themselves).
-//! With `T2V_PROFILE=1` each model's line is followed by the per-kernel GPU times of one
-//! more run (the 40 slowest kernels and shapes; needs TIMESTAMP_QUERY).
+//! With `T2V_PROFILE=1` the UNet's, VAE's and video reward's lines are followed by the
+//! per-kernel GPU times of one more run (the 40 slowest kernels and shapes; needs TIMESTAMP_QUERY).
 
 use t2v_kernels::autograd::Tape;
 use t2v_kernels::bench::{best_time, pseudo_data};
@@ -127,11 +127,13 @@ fn main() {
     };
     let nf = icfg.vision.num_frames;
     let video = Tensor::from_slice(&gpu, &[1, 3, nf, vh, vw], &pseudo_data(3 * nf * vh * vw, 10)).unwrap();
-    let (t, peak) = timed(&gpu, budget, || {
+    let call = || {
         let tape = Tape::new();
         let x = tape.leaf(video.clone());
         let s = ad::sum_all(&reward.score(&x, &["a small red circle moves quickly from left to right"], 0.5).unwrap()).unwrap();
         tape.backward(&s).unwrap().get(&x).unwrap().item_at(13).unwrap()
-    });
+    };
+    let (t, peak) = timed(&gpu, budget, call);
     println!("| video reward score + backward | {what} | {:.1} | {:.1} |", t * 1e3, mib(peak));
+    profile(&gpu, call);
 }
