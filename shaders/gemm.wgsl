@@ -119,7 +119,11 @@ fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // K-contiguous operand is staged with k fastest across lanes, and the padding spreads those
 // stores over the banks. A convolution's B column (one output pixel) is fixed per thread:
 // its window origin is computed once, and the window tap of its k advances incrementally.
+// FOLD (convolutions, batch given as 1): the columns run over the pixels of every image,
+// n = image * P + pixel with P = oh * ow, so that images of few pixels fill whole tiles;
+// C keeps its (image, M, P) layout (c_bs per image) and b its b_bs per image.
 const BK4: u32 = 16u;
+override FOLD: bool = false;
 const ROW4: u32 = 33u;   // vec4s per staged slice row (132 floats)
 
 var<workgroup> As4: array<vec4<f32>, 528>;   // [BK4][ROW4]: A(mb + 4q + c, k0 + kk) at [kk][q][c]
@@ -160,8 +164,8 @@ fn tap_advance(t: vec3<u32>, d: u32) -> vec3<u32> {
 }
 
 // This thread's 8 elements of B's slice at k0, zero from k_end on (conv: im2col of the fixed
-// pixel `pix` whose window origin is `o`).
-fn fetch_b(z: u32, nb: u32, k0: u32, k_end: u32, lid: u32, pix: u32, o: vec2<i32>) -> array<f32, 8> {
+// column `pix`, whose image starts at `base` in b and whose window origin is `o`).
+fn fetch_b(z: u32, nb: u32, k0: u32, k_end: u32, lid: u32, pix: u32, base: u32, o: vec2<i32>) -> array<f32, 8> {
     var v: array<f32, 8>;
     if (B_MODE == 1u) {
         let k = k0 + lid / BN;
@@ -171,7 +175,7 @@ fn fetch_b(z: u32, nb: u32, k0: u32, k_end: u32, lid: u32, pix: u32, o: vec2<i32
             let iy = o.x + i32(t.y);
             let ix = o.y + i32(t.z);
             if (pix < p.n && k + 2u * r < k_end && iy >= 0 && ix >= 0 && iy < i32(p.h) && ix < i32(p.w)) {
-                x = b[z * p.b_bs + (t.x * p.h + u32(iy)) * p.w + u32(ix)];
+                x = b[base + (t.x * p.h + u32(iy)) * p.w + u32(ix)];
             }
             v[r] = x;
             t = tap_advance(t, 2u);
@@ -211,14 +215,22 @@ fn gemm_tiled4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     for (var i = 0u; i < 16u; i++) {
         acc[i] = vec4<f32>(0.0);
     }
-    // a convolution's output pixel of this thread's B column, and its window origin
+    // a convolution's column of this thread (its image and output pixel), and the window
+    // origin of that pixel
     let pix = nb + lid % BN;
     var o = vec2<i32>(0);
+    var base = z * p.b_bs;
     if (B_MODE == 1u) {
-        o = conv_origin(min(pix, p.n - 1u));
+        var q = min(pix, p.n - 1u);
+        if (FOLD) {
+            let img = q / (p.oh * p.ow);
+            q -= img * p.oh * p.ow;
+            base = img * p.b_bs;
+        }
+        o = conv_origin(q);
     }
     var ra = fetch_a(z, mb, k_begin, k_end, lid);
-    var rb = fetch_b(z, nb, k_begin, k_end, lid, pix, o);
+    var rb = fetch_b(z, nb, k_begin, k_end, lid, pix, base, o);
     for (var k0 = k_begin; k0 < k_end; k0 += BK4) {
         for (var r = 0u; r < 8u; r++) {
             let sa = a_slot(lid, r);
@@ -229,7 +241,7 @@ fn gemm_tiled4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         workgroupBarrier();
         if (k0 + BK4 < k_end) {
             ra = fetch_a(z, mb, k0 + BK4, k_end, lid);
-            rb = fetch_b(z, nb, k0 + BK4, k_end, lid, pix, o);
+            rb = fetch_b(z, nb, k0 + BK4, k_end, lid, pix, base, o);
         }
         for (var kk = 0u; kk < BK4; kk++) {
             let s = kk * ROW4;
@@ -246,6 +258,10 @@ fn gemm_tiled4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         }
         workgroupBarrier();
     }
+    if (FOLD && splits == 1u) {
+        store_folded(mb, nb + 4u * tx, ty, acc);
+        return;
+    }
     for (var i = 0u; i < 8u; i++) {
         let m = mb + select(4u * ty + i, 64u + 4u * ty + i - 4u, i >= 4u);
         let n0 = nb + 4u * tx;
@@ -254,9 +270,47 @@ fn gemm_tiled4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
 }
 
+// Index in C of element (0, n) of folded column n (image n / P, pixel n % P).
+fn folded_index(n: u32) -> u32 {
+    let pixels = p.oh * p.ow;
+    let img = n / pixels;
+    return img * p.c_bs + n - img * pixels;
+}
+
+// gemm_tiled4's epilogue with FOLD: the thread's 8 columns (runs at n0 and n0 + 64) are
+// located once, then its 8 rows stored element by element (a run may cross images).
+fn store_folded(mb: u32, n0: u32, ty: u32, acc: array<vec4<f32>, 16>) {
+    let pixels = p.oh * p.ow;
+    var at: array<u32, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        at[j] = folded_index(n0 + (j / 4u) * 64u + j % 4u);
+    }
+    for (var i = 0u; i < 8u; i++) {
+        let m = mb + select(4u * ty + i, 64u + 4u * ty + i - 4u, i >= 4u);
+        if (m >= p.m) {
+            continue;
+        }
+        var bm = 0.0;
+        if (BIAS == 2u) {
+            bm = bias[m];
+        }
+        for (var j = 0u; j < 8u; j++) {
+            if (n0 + (j / 4u) * 64u + j % 4u < p.n) {
+                let idx = at[j] + m * pixels;
+                var v = p.alpha * acc[2u * i + j / 4u][j % 4u] + bm;
+                if (ACCUMULATE) {
+                    v += c[idx / 4u][idx % 4u];
+                }
+                c[idx / 4u][idx % 4u] = v;
+            }
+        }
+    }
+}
+
 // sum_splits: C[z] (+)= sum over s of partials[z * splits + s] (+ bias), the partials (b) of a
-// split-K gemm_tiled4 run with BIAS 0 and c_bs = M * N; here c_bs is C's. One thread per
-// element of C; grid 1-D folded, z = workgroup_id.z.
+// split-K gemm_tiled4 run with BIAS 0 and c_bs = M * N; here c_bs is C's (with FOLD, the
+// partials' columns are folded columns of C). One thread per element of C; grid 1-D
+// folded, z = workgroup_id.z.
 @compute @workgroup_size(256)
 fn sum_splits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
@@ -277,7 +331,10 @@ fn sum_splits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     } else if (BIAS == 2u) {
         v += bias[m];
     }
-    let idx = z * p.c_bs + i;
+    var idx = z * p.c_bs + i;
+    if (FOLD) {
+        idx = folded_index(n) + m * p.oh * p.ow;
+    }
     if (ACCUMULATE) {
         v += c[idx / 4u][idx % 4u];
     }

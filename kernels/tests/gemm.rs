@@ -154,15 +154,19 @@ fn tiled_kernels_at_the_largest_admitted_k_are_exact() {
         g.set_kernel_variant(variant);
         let k = (limit as usize - fixed) / per_slice * depth;
         // a 1x1 convolution (the im2col path: the most loop iterations per k; at 60 per
-        // slice the matmul still passed, the conv did not); gemm_tiled4 over enough images
-        // that its grid is not split along K (then each invocation runs a chunk of K only)
-        let z = if variant == KernelVariant::Tiled { ops::SPLIT_K_WORKGROUPS } else { 1 };
-        let (x, xv) = upload(&g, &[z, k, 1, 3], 3);
-        let (w, wv) = upload(&g, &[2, k, 1, 1], 4);
-        let got = ops::conv2d(&x, &w, None, Conv2d::new(1, 0)).unwrap().to_vec().unwrap();
-        // out[o, p] = sum_c w[o, c] x[c, p], checked on the last image
-        let last = &xv[(z - 1) * 3 * k..];
-        assert_close(&format!("{variant:?} 1x1 conv K={k}"), &got[(z - 1) * 6..], &matmul_ref(&wv, last, 2, k, 3, false, false, 1.0, None), 1e-4, 1e-4);
+        // slice the matmul still passed, the conv did not); for gemm_tiled4 with enough
+        // output tiles (23 x 23) that K is not split (each invocation would run a chunk of
+        // K only) on one image (so that its columns are not folded either)
+        let (o, h, w) = if variant == KernelVariant::Tiled { (23 * 128, 46, 64) } else { (2, 1, 3) };
+        let (x, xv) = upload(&g, &[1, k, h, w], 3);
+        let (wt, wv) = upload(&g, &[o, k, 1, 1], 4);
+        let got = ops::conv2d(&x, &wt, None, Conv2d::new(1, 0)).unwrap().to_vec().unwrap();
+        // out[o, p] = sum_c w[o, c] x[c, p], at the corners
+        let pixels = h * w;
+        for (oo, pp) in [(0, 0), (o - 1, pixels - 1), (o / 2, 1)] {
+            let want: f64 = (0..k).map(|c| wv[oo * k + c] as f64 * xv[c * pixels + pp] as f64).sum();
+            assert_close(&format!("{variant:?} 1x1 conv K={k} at ({oo}, {pp})"), &got[oo * pixels + pp..oo * pixels + pp + 1], &[want], 1e-4, 1e-4);
+        }
     }
     g.set_kernel_variant(KernelVariant::Auto);
 }

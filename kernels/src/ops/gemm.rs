@@ -216,14 +216,17 @@ fn dispatch(
         note_shape(gpu, &p);
         return launch_textures(gpu, &GEMM_TEXTURE, "gemm_tex", &constants, bytemuck::bytes_of(&p), 3, &[bias_t, c], &[(5, &va), (6, &vb)], groups);
     }
+    let fold = kind == Kind::Tiled && conv && fold_columns(&p);
+    let p = if fold { Params { n: p.n * p.batch, batch: 1, ..p } } else { p };
     let (src, entry, groups) = match kind {
         Kind::Tiled => {
+            constants.push(("FOLD", fold as u32 as f64));
             let splits = k_splits(gpu, &p);
             if splits > 1 {
                 return split_k(gpu, p, splits, &constants, bias, accumulate, [a, b, c]);
             }
-            constants.push(("C_VEC4", (n % 4 == 0 && p.c_bs % 4 == 0) as u32 as f64));
-            (&GEMM, "gemm_tiled4", [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32])
+            constants.push(("C_VEC4", (p.n % 4 == 0 && p.c_bs % 4 == 0) as u32 as f64));
+            (&GEMM, "gemm_tiled4", [(p.n as usize).div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, p.batch])
         }
         Kind::TiledScalar => (&GEMM, "gemm_tiled", [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32]),
         Kind::Subgroup { .. } => {
@@ -263,6 +266,14 @@ const SPLIT_K_MIN_DEPTH: usize = 256;
 /// Largest buffer of split-K partial sums.
 const SPLIT_K_MAX_BYTES: usize = 256 << 20;
 
+/// Whether gemm_tiled4 runs a batched convolution with its columns folded over the images
+/// (FOLD in gemm.wgsl): when 128-column tiles of one image's P pixels would stay over 10%
+/// empty, as at the UNet's deepest levels (P = 40 or 160 per frame: 69% and 38% empty).
+fn fold_columns(p: &Params) -> bool {
+    let pixels = p.n as usize;
+    p.batch > 1 && pixels.div_ceil(TILE) * TILE * 10 > pixels * 11
+}
+
 /// How many K chunks gemm_tiled4 runs this GEMM in (1: unsplit).
 fn k_splits(gpu: &Gpu, p: &Params) -> usize {
     let (m, n, k, batch) = (p.m as usize, p.n as usize, p.k as usize, p.batch as usize);
@@ -289,6 +300,7 @@ fn split_k(
 ) -> Result<()> {
     let (m, n, batch) = (p.m as usize, p.n as usize, p.batch as usize);
     let partials = Tensor::empty(gpu, &[batch * splits, m, n], DType::F32, "split-K partial sums")?;
+    // the partials are plain (M, N) matrices; with FOLD their columns are C's folded ones
     let mut gemm_constants: Vec<_> = constants.iter().filter(|(k, _)| *k != "BIAS" && *k != "ACCUMULATE").copied().collect();
     gemm_constants.extend([("BIAS", 0.0), ("ACCUMULATE", 0.0), ("C_VEC4", (n % 4 == 0) as u32 as f64)]);
     let split = Params { splits: splits as u32, c_bs: (m * n) as u32, ..p };
@@ -296,7 +308,8 @@ fn split_k(
     let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, (batch * splits) as u32];
     launch(gpu, &GEMM, "gemm_tiled4", &gemm_constants, bytemuck::bytes_of(&split), &[a, b, a, &partials], groups)?;
     let bias_t = bias.1.unwrap_or(&partials); // unread when BIAS == 0
-    let sum_constants = [("BIAS", bias.0 as u32 as f64), ("ACCUMULATE", accumulate as u32 as f64)];
+    let fold = constants.iter().any(|&(k, v)| k == "FOLD" && v != 0.0);
+    let sum_constants = [("BIAS", bias.0 as u32 as f64), ("ACCUMULATE", accumulate as u32 as f64), ("FOLD", fold as u32 as f64)];
     let mut groups = super::fold_groups(gpu, m * n, 256);
     groups[2] = batch as u32;
     let sum = Params { splits: splits as u32, ..p };
