@@ -440,7 +440,10 @@ fn targets(results: &[MethodResult]) -> String {
     if let (Some(f), Some(c)) = (full, find(CD_ONLY.name)) {
         out += &accuracy_line(f, c, "rewards + motion raise text alignment (accuracy) over plain consistency distillation");
         out += &judged_line(f, c, "color accuracy (the attribute the reward models see)", &|r| r.color_accuracy, &[0]);
-        out += &line(f, c, "dynamic degree (motion guidance)", &|r| r.dynamic_degree);
+        out += &line(f, c, "dynamic degree (rewards and motion guidance against neither)", &|r| r.dynamic_degree);
+        if find(NO_MOTION.name).is_none() {
+            out += "- (rewards change the motion too: the student without motion guidance of `demo --ablations` isolates its effect.)\n";
+        }
         out += &format!("- flicker {} {:.4} vs {} {:.4} (lower is better).\n", f.name, on(f).flicker, c.name, on(c).flicker);
         if let (Some(x), Some(y)) = (f.rewards.0, c.rewards.0) {
             out += &format!("- the held-out image reward (what the image rewards optimise): {} {x:.3} vs {} {y:.3} — {}.\n", f.name, c.name, if x > y { "raised" } else { "not raised" });
