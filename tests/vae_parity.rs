@@ -16,17 +16,23 @@ fn max_err(got: &[f32], want: &[f32]) -> (f32, f32) {
     (err, scale)
 }
 
-#[test]
-fn vae_matches_the_reference() {
+/// The fixture's directory, its config, and its weight and input/output files.
+fn fixture() -> (std::path::PathBuf, VaeConfig, WeightFile, WeightFile) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae");
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let config = VaeConfig::from_json(&cfg).unwrap();
-    let g = gpu();
     let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
+    let io = WeightFile::open(&dir.join("io.safetensors")).unwrap();
+    (dir, config, wf, io)
+}
+
+#[test]
+fn vae_matches_the_reference() {
+    let (_, config, wf, io) = fixture();
+    let g = gpu();
     let loader = Loader::new(&wf, &g, "first_stage_model.");
     let vae = Vae::load(&loader, &config).unwrap();
     loader.finish().unwrap();
-    let io = WeightFile::open(&dir.join("io.safetensors")).unwrap();
     let tape = Tape::new();
     let x = tape.constant(io.tensor(&g, "in.image").unwrap());
     let (mean, logvar) = vae.encode_moments(&x).unwrap();
@@ -54,13 +60,10 @@ fn vae_matches_the_reference() {
 
 #[test]
 fn decoder_is_differentiable_in_its_latent() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae");
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let (_, config, wf, io) = fixture();
     let g = gpu();
-    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
     let loader = Loader::new(&wf, &g, "first_stage_model.");
-    let vae = Vae::load(&loader, &VaeConfig::from_json(&cfg).unwrap()).unwrap();
-    let io = WeightFile::open(&dir.join("io.safetensors")).unwrap();
+    let vae = Vae::load(&loader, &config).unwrap();
     let (shape, zv) = io.host_f32("in.latent_scaled").unwrap();
     let loss_of = |z: &[f32]| -> (f32, Option<Vec<f32>>) {
         let tape = Tape::new();
@@ -88,14 +91,10 @@ fn decoder_is_differentiable_in_its_latent() {
 fn passes_of_fewer_images_give_the_same_values_and_gradients() {
     // a device whose binding limit holds one image's activations at a time decodes (and
     // encodes) a batch in passes: same values, same gradient as one pass
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae");
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let config = VaeConfig::from_json(&cfg).unwrap();
+    let (_, config, wf, io) = fixture();
     let g = gpu();
-    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
     let load = || Vae::load(&Loader::new(&wf, &g, "first_stage_model."), &config).unwrap();
     let (whole, passes) = (load(), load().with_pass_bytes(1));
-    let io = WeightFile::open(&dir.join("io.safetensors")).unwrap();
     let z2 = io.tensor(&g, "in.latent_scaled").unwrap();
     let z = t2v_kernels::ops::concat(&[&z2, &t2v_kernels::ops::slice(&z2, 0, 0, 1).unwrap()], 0).unwrap();
     let x = io.tensor(&g, "in.image").unwrap();
@@ -137,13 +136,9 @@ fn passes_of_fewer_images_give_the_same_values_and_gradients() {
 fn checkpointed_decoding_holds_no_activations_and_gives_the_same_gradient() {
     // Vae::decode_checkpointed (training's reward frames with recomputation): the same
     // images and gradient as Vae::decode, with only inputs and outputs held for the backward
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae");
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let config = VaeConfig::from_json(&cfg).unwrap();
+    let (_, config, wf, io) = fixture();
     let g = gpu();
-    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
     let vae = Vae::load(&Loader::new(&wf, &g, "first_stage_model."), &config).unwrap();
-    let io = WeightFile::open(&dir.join("io.safetensors")).unwrap();
     let z2 = io.tensor(&g, "in.latent_scaled").unwrap();
     let z = t2v_kernels::ops::concat(&[&z2, &z2], 0).unwrap();
     let run = |checkpointed: bool| {
@@ -171,9 +166,8 @@ fn checkpointed_decoding_holds_no_activations_and_gives_the_same_gradient() {
 
 #[test]
 fn weight_problems_are_reported_together() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae");
+    let (dir, config, wf, _) = fixture();
     let g = gpu();
-    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
     // a config that disagrees with the file: wider channels and an extra level
     let wrong = VaeConfig { ch: 32, ch_mult: vec![1, 2, 2], num_res_blocks: 1, resolution: 32, ..Default::default() };
     let loader = Loader::new(&wf, &g, "first_stage_model.");
@@ -185,7 +179,7 @@ fn weight_problems_are_reported_together() {
     assert!(msg.contains("weights.safetensors"), "names the file: {msg}");
     // wrong prefix: everything missing, the file's keys unexpected... none under this prefix
     let l2 = Loader::new(&wf, &g, "model.diffusion_model.");
-    let _ = Vae::load(&l2, &VaeConfig::from_json(&serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()).unwrap()).unwrap();
+    let _ = Vae::load(&l2, &config).unwrap();
     assert!(l2.finish().unwrap_err().to_string().contains("missing keys"));
     // truncated and foreign files
     let tmp = std::env::temp_dir().join(format!("t2v-trunc-{}.safetensors", std::process::id()));
