@@ -2,7 +2,8 @@
 //!
 //! Compute-bound kernels report GFLOP/s; memory-bound ones GB/s, with a ratio to a plain
 //! copy measured in the same run (the device's practical bandwidth); a conv's input gradient
-//! a ratio to its forward conv. The matmul ratio to
+//! a ratio to its forward conv; on GPUs the matmul, linear and conv rows a ratio to the first
+//! tiled kernel (`KernelVariant::TiledScalar`). The matmul ratio to
 //! burn-wgpu comes from the peer benchmark (`cargo run --release -p t2v-peer-bench`).
 //! Every timed region ends with a one-element readback, checked against the CPU.
 //! Shapes are reduced on CPU adapters (lavapipe) and full on GPUs.
