@@ -395,14 +395,11 @@ impl Vae {
     /// so the gradient costs one image's activations at most. (A training step's reward
     /// frames at 320x512 otherwise keep every decoder activation of every frame.)
     pub fn decode_checkpointed(&self, z: &Var) -> Result<Var> {
-        let parts = (0..z.shape()[0])
-            .map(|i| {
-                let dec = self.dec.clone();
-                let zi = ad::slice(z, 0, i, 1)?;
-                Ok(z.tape().checkpoint(&[&zi], move |v| Ok(dec.decode(&v[0])?))?)
-            })
-            .collect::<Result<Vec<Var>>>()?;
-        Ok(ad::concat(&parts.iter().collect::<Vec<_>>(), 0)?)
+        let [images] = Self::in_passes(z, 1, |zi| {
+            let dec = self.dec.clone();
+            Ok([zi.tape().checkpoint(&[zi], move |v| Ok(dec.decode(&v[0])?))?])
+        })?;
+        Ok(images)
     }
 
     /// The device the weights live on.
