@@ -31,6 +31,19 @@ impl Bench {
         self.rows.push(line);
         rate
     }
+    /// One row per kernel variant (set before each timing; Auto again afterwards), the
+    /// first variant the baseline of the others; rows are labelled by variant when there
+    /// are several. `f` runs and checks the kernel once.
+    fn variants(&mut self, variants: &[KernelVariant], name: &str, shape: String, amount: f64, f: impl Fn()) {
+        let mut rates = vec![];
+        for &v in variants {
+            self.gpu.set_kernel_variant(v);
+            let t = best_time(self.budget, 3, &f);
+            let label = if variants.len() > 1 { format!("{name} ({v:?})") } else { name.to_string() };
+            rates.push(self.row(&label, shape.clone(), t, amount, "GFLOP/s", rates.first().copied()));
+        }
+        self.gpu.set_kernel_variant(KernelVariant::Auto);
+    }
 }
 
 fn main() {
@@ -75,17 +88,13 @@ fn main() {
     }
     // On GPUs each shape runs the first tiled kernel (TiledScalar) as the default's baseline.
     let tiled_variants: &[KernelVariant] = if cpu { &[KernelVariant::Auto] } else { &[KernelVariant::TiledScalar, KernelVariant::Auto] };
-    let label = |name: &str, v: KernelVariant| if cpu { name.to_string() } else { format!("{name} ({v:?})") };
     for (m, k, nn) in mm {
         let (a, av) = b.tensor(&[m, k], 2);
         let (w, wv) = b.tensor(&[k, nn], 3);
         let want: f64 = (0..k).map(|l| av[l] as f64 * wv[l * nn] as f64).sum();
-        let mut rates = vec![];
-        for &v in tiled_variants {
-            b.gpu.set_kernel_variant(v);
-            let t = best_time(b.budget, 3, || check_value("matmul", ops::matmul(&a, &w).unwrap().item_at(0).unwrap(), want, 1e-4));
-            rates.push(b.row(&label("matmul", v), format!("{m}x{k}x{nn}"), t, 2.0 * (m * k * nn) as f64, "GFLOP/s", rates.first().copied()));
-        }
+        b.variants(tiled_variants, "matmul", format!("{m}x{k}x{nn}"), 2.0 * (m * k * nn) as f64, || {
+            check_value("matmul", ops::matmul(&a, &w).unwrap().item_at(0).unwrap(), want, 1e-4)
+        });
     }
     // A linear layer, x W^T with W stored (out, in) as in checkpoints: the UNet's
     // feed-forward input projection (320 -> 2 x 1280, GEGLU) over 16 frames of 40x64 tokens.
@@ -93,13 +102,9 @@ fn main() {
     let (x, xv) = b.tensor(&[tokens, cin], 16);
     let (w, wv) = b.tensor(&[cout, cin], 17);
     let want: f64 = (0..cin).map(|l| xv[l] as f64 * wv[l] as f64).sum();
-    let mut rates = vec![];
-    for &v in tiled_variants {
-        b.gpu.set_kernel_variant(v);
-        let t = best_time(b.budget, 3, || check_value("linear", ops::linear(&x, &w, None).unwrap().item_at(0).unwrap(), want, 1e-4));
-        rates.push(b.row(&label("linear", v), format!("{tokens}x{cin} -> {cout}"), t, 2.0 * (tokens * cin * cout) as f64, "GFLOP/s", rates.first().copied()));
-    }
-    b.gpu.set_kernel_variant(KernelVariant::Auto);
+    b.variants(tiled_variants, "linear", format!("{tokens}x{cin} -> {cout}"), 2.0 * (tokens * cin * cout) as f64, || {
+        check_value("linear", ops::linear(&x, &w, None).unwrap().item_at(0).unwrap(), want, 1e-4)
+    });
 
     // Attention (batch*heads, Lq, Lk, d): spatial self, cross to 77 text tokens, temporal.
     let hw = if cpu { 640 } else { 2560 };
@@ -139,16 +144,9 @@ fn main() {
         .flat_map(|c| (0..3).flat_map(move |ky| (0..3).map(move |kx| (c, ky, kx))))
         .map(|(c, ky, kx)| wv[(c * 3 + ky) * 3 + kx] as f64 * xv[(c * 40 + ky) * 64 + kx] as f64)
         .sum();
-    let mut rates = vec![];
-    for &v in tiled_variants {
-        b.gpu.set_kernel_variant(v);
-        let t = best_time(b.budget, 3, || {
-            let y = ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap();
-            check_value("conv2d", y.item_at(65).unwrap(), want, 1e-4);
-        });
-        rates.push(b.row(&label("conv2d 3x3", v), format!("{frames}x320x40x64 -> 320"), t, 2.0 * (frames * 320 * 320 * 9 * 40 * 64) as f64, "GFLOP/s", rates.first().copied()));
-    }
-    b.gpu.set_kernel_variant(KernelVariant::Auto);
+    b.variants(tiled_variants, "conv2d 3x3", format!("{frames}x320x40x64 -> 320"), 2.0 * (frames * 320 * 320 * 9 * 40 * 64) as f64, || {
+        check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(65).unwrap(), want, 1e-4)
+    });
 
     // conv2d 3x3 at the UNet's deepest level (1280 channels on 5x8 latents): few pixels per
     // image; the barrier-free kernel (what GPUs ran for thin outputs before) as the baseline,
@@ -160,13 +158,10 @@ fn main() {
     let want: f64 = (0..c).flat_map(|ci| (0..3).flat_map(move |ky| (0..3).map(move |kx| (ci, ky, kx))))
         .map(|(ci, ky, kx)| wv[(ci * 3 + ky) * 3 + kx] as f64 * xv[(ci * 5 + ky) * 8 + kx] as f64)
         .sum();
-    let mut rates = vec![];
     let deep_variants: &[KernelVariant] = if cpu { &[KernelVariant::BarrierFree, KernelVariant::Auto] } else { &[KernelVariant::BarrierFree, KernelVariant::TiledScalar, KernelVariant::Auto] };
-    for &variant in deep_variants {
-        b.gpu.set_kernel_variant(variant);
-        let t = best_time(b.budget, 3, || check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(9).unwrap(), want, 1e-4));
-        rates.push(b.row(&format!("conv2d 3x3 ({variant:?})"), format!("{n}x{c}x5x8 -> {c}"), t, 2.0 * (n * c * c * 9 * 40) as f64, "GFLOP/s", rates.first().copied()));
-    }
+    b.variants(deep_variants, "conv2d 3x3", format!("{n}x{c}x5x8 -> {c}"), 2.0 * (n * c * c * 9 * 40) as f64, || {
+        check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(9).unwrap(), want, 1e-4)
+    });
 
     // The input gradient of a 3x3 conv (dcols = W^T dy, then col2im) at a VAE decoder's
     // size, the cost of reward feedback through the frozen decoder; the ratio is to the
