@@ -53,6 +53,12 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// A device, the fixture's model folder and its shards, opened.
+fn opened_fixture() -> (Gpu, ModelDir, Vec<Shard>) {
+    let (models, shards) = fixture();
+    (gpu(), ModelDir::read(models).unwrap(), open_dataset(shards).unwrap())
+}
+
 fn config(steps: u64) -> TrainConfig {
     TrainConfig { steps, lr: 1e-4, ..TrainConfig::default() }
 }
@@ -76,10 +82,7 @@ fn scores(r: &ValidationRow) -> ValidationRow {
 
 #[test]
 fn a_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
-    let (models, shards) = fixture();
-    let g = gpu();
-    let md = ModelDir::read(models).unwrap();
-    let data = open_dataset(shards).unwrap();
+    let (g, md, data) = opened_fixture();
     let losses = |out: &Path, stop: Option<u64>| -> Vec<(u32, Option<u32>, u32)> {
         let (student, rewards) = load_run(&g, &md, &config(4), None).unwrap();
         let mut t = Trainer::new(config(4), student, &rewards, &data).unwrap();
@@ -121,10 +124,7 @@ fn a_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
 /// backward) trains the same steps: losses, rewards and gradient norms.
 #[test]
 fn recomputation_trains_the_same_steps() {
-    let (models, shards) = fixture();
-    let g = gpu();
-    let md = ModelDir::read(models).unwrap();
-    let data = open_dataset(shards).unwrap();
+    let (g, md, data) = opened_fixture();
     let steps = |recompute: bool| -> Vec<(f32, Option<f32>, Option<f32>, f32)> {
         let cfg = TrainConfig { recompute, ..config(3) };
         let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
@@ -143,10 +143,7 @@ fn recomputation_trains_the_same_steps() {
 
 #[test]
 fn lora_trains_adapters_and_leaves_the_base_weights() {
-    let (models, shards) = fixture();
-    let g = gpu();
-    let md = ModelDir::read(models).unwrap();
-    let data = open_dataset(shards).unwrap();
+    let (g, md, data) = opened_fixture();
     let cfg = TrainConfig { lora: Some(LoraConfig { rank: 4, alpha: 4.0 }), lr: 1e-2, beta_vid: 0.0, ..config(2) };
     let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
     let base: Vec<Vec<f32>> = student.params.iter().map(|(_, t)| t.to_vec().unwrap()).collect();
@@ -176,10 +173,7 @@ fn lora_trains_adapters_and_leaves_the_base_weights() {
 /// through that generation (the weights end elsewhere than without rewards).
 #[test]
 fn rewards_on_one_step_generations_from_noise() {
-    let (models, shards) = fixture();
-    let g = gpu();
-    let md = ModelDir::read(models).unwrap();
-    let data = open_dataset(shards).unwrap();
+    let (g, md, data) = opened_fixture();
     let steps = |input: RewardInput, beta: f32| {
         let cfg = TrainConfig { reward_input: input, beta_img: beta, beta_vid: beta, ..config(4) };
         let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
@@ -201,10 +195,7 @@ fn rewards_on_one_step_generations_from_noise() {
 
 #[test]
 fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
-    let (models, shards) = fixture();
-    let g = gpu();
-    let md = ModelDir::read(models).unwrap();
-    let good = open_dataset(shards).unwrap();
+    let (g, md, good) = opened_fixture();
     let out = tmp("nan");
     let cfg = TrainConfig { beta_img: 0.0, beta_vid: 0.0, ..config(3) };
     let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
