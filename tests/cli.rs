@@ -1,6 +1,9 @@
 //! The `t2v-turbo` binary: info, adapter selection and the no-adapter message.
 use std::process::Command;
 
+mod common;
+use common::Scratch;
+
 fn t2v(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_t2v-turbo"));
     c.args(args);
@@ -53,8 +56,7 @@ fn parity_passes_on_the_vae_fixture() {
 fn parity_fails_when_a_reference_output_is_off() {
     // copy the fixture, nudge one reference tensor by 1% of its scale, expect FAIL + exit 1
     let src = fixture("vae");
-    let dir = std::env::temp_dir().join(format!("t2v-parity-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("parity", "vae");
     for f in ["config.json", "weights.safetensors"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
@@ -77,7 +79,6 @@ fn parity_fails_when_a_reference_output_is_off() {
         .collect();
     std::fs::write(dir.join("io.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
     let (ok, out, err) = t2v(&["parity", dir.to_str().unwrap()], &[]);
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(!ok, "{out}");
     assert!(out.contains("FAIL") && err.contains("1 of 4 tensors outside tolerance"), "{out}\n{err}");
 }
@@ -151,7 +152,7 @@ fn sample_args(out: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn sample_writes_gifs_and_frames_reproducibly_and_never_overwrites() {
-    let base = std::env::temp_dir().join(format!("t2v-sample-{}", std::process::id()));
+    let base = Scratch::new("sample", "cli");
     let (a, b) = (base.join("a"), base.join("b"));
     for out in [&a, &b] {
         let args = sample_args(out);
@@ -179,7 +180,6 @@ fn sample_writes_gifs_and_frames_reproducibly_and_never_overwrites() {
     assert!(!ok && err.contains("--checkpoint"), "{err}");
     let (ok, _, err) = t2v(&["sample", "--out", base.join("d").to_str().unwrap()], &[]);
     assert!(!ok && err.contains("no prompt"), "{err}");
-    std::fs::remove_dir_all(&base).unwrap();
 }
 
 #[test]

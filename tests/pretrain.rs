@@ -1,17 +1,15 @@
 //! Pretraining the embedded default's models (tiny random start, a few steps) and the
 //! shortened demo and the reward-gradient path on the shipped models.
-use std::path::PathBuf;
+mod common;
+use common::Scratch;
 
 use t2v_kernels::{Gpu, GpuOptions};
 use t2v_turbo::models::weights::{SaveDtype, WeightFile};
 use t2v_turbo::pipeline::model_dir::{init_random, ModelDir, Preset};
 use t2v_turbo::pretrain::{pretrain, PretrainConfig, What};
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("t2v-pretrain-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(name: &str) -> Scratch {
+    Scratch::new("pretrain", name)
 }
 
 fn gpu() -> Gpu {
@@ -107,6 +105,12 @@ fn each_stage_trains_and_resumes_exactly() {
             assert_eq!(ms[0].logs.len(), 3, "retrieval accuracy of each tower");
         }
         assert!(a.join(format!("pretrain-{}/metrics.png", format!("{what:?}").to_lowercase())).exists());
+        // checkpoints with optimizer state: ~250 MB a stage, more than CI's disk affords for all
+        if what != What::Vae {
+            for dir in [&a, &b, &c] {
+                std::fs::remove_dir_all(dir).unwrap();
+            }
+        }
     }
     // other settings do not resume silently
     let e = pretrain(&g, What::Vae, &src, &d.join("Vae-resumed"), &PretrainConfig { steps: 4, batch: 2, lr: 5e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs: false, text_frames: 1 }, 1, SaveDtype::F32, true).unwrap_err();
@@ -115,7 +119,8 @@ fn each_stage_trains_and_resumes_exactly() {
 
 #[test]
 fn the_quick_demo_runs_on_the_shipped_models() {
-    let out = tmp("demo").join("out");
+    let d = tmp("demo");
+    let out = d.join("out");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_t2v-turbo")).args(["demo", "--quick", "--out", out.to_str().unwrap()]).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "{text}");

@@ -1,17 +1,15 @@
 //! The moving-shapes world, the analyser, captions files, video input and TOML configs
 //! (no GPU).
-use std::path::PathBuf;
+mod common;
+use common::Scratch;
 
 use t2v_turbo::eval::{analyse, paired, paired_on, score, sign_test};
 use t2v_turbo::pipeline::captions::{read_captions, CaptionRow};
 use t2v_turbo::pipeline::video_io::{read_video, write_frames, Frames};
 use t2v_turbo::world::{clip_spec, parse_prompt, prompt_grid, render, write_dataset, WorldConfig, COLORS, DIRECTIONS, SHAPES};
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("t2v-world-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(name: &str) -> Scratch {
+    Scratch::new("world", name)
 }
 
 fn world(n: u64, cfg: &WorldConfig) -> Vec<(Frames, String)> {
