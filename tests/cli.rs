@@ -213,3 +213,30 @@ fn pretrain_refuses_options_of_other_stages_before_any_work() {
         assert!(!out.exists(), "{args:?}: nothing is written for a refused run");
     }
 }
+
+#[test]
+fn a_converted_torch_checkpoint_passes_the_vae_parity_check() {
+    // torch.save's Lightning-style checkpoint of the VAE fixture's weights -> safetensors,
+    // then the fixture's reference outputs through the converted file
+    let d = Scratch::new("convert", "vae");
+    for f in ["config.json", "io.safetensors"] {
+        std::fs::copy(fixture("vae").join(f), d.join(f)).unwrap();
+    }
+    let ckpt = fixture("torch").join("vae_model.ckpt");
+    let out = d.join("weights.safetensors");
+    let (ok, stdout, err) = t2v(&["convert", ckpt.to_str().unwrap(), "--out", out.to_str().unwrap()], &[]);
+    assert!(ok && stdout.contains("124 tensors of entry \"state_dict\""), "{stdout}\n{err}");
+    let (ok, stdout, err) = t2v(&["parity", d.to_str().unwrap()], &[]);
+    assert!(ok && stdout.contains("all 4 tensors within tolerance"), "{stdout}\n{err}");
+    // the output exists now: refused without --overwrite, and left as it was
+    let before = std::fs::read(&out).unwrap();
+    let (ok, _, err) = t2v(&["convert", ckpt.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dtype", "f32"], &[]);
+    assert!(!ok && err.contains("exists; choose another output or pass --overwrite"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    // the fixture's weights are bf16: widened to f32 (exactly), twice the size, same outputs
+    let (ok, _, err) = t2v(&["convert", ckpt.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dtype", "f32", "--overwrite"], &[]);
+    assert!(ok, "{err}");
+    assert!(std::fs::read(&out).unwrap().len() > before.len() * 19 / 10, "f32 doubles the file");
+    let (ok, stdout, err) = t2v(&["parity", d.to_str().unwrap()], &[]);
+    assert!(ok && stdout.contains("all 4 tensors within tolerance"), "{stdout}\n{err}");
+}

@@ -3,6 +3,7 @@
 //! `motion_scale = 0.1`, `prompt = ["a", "b"]`, `teacher = true`); options given on the
 //! command line win over the file.
 
+mod convert;
 mod demo;
 mod eval;
 mod info;
@@ -67,6 +68,9 @@ pub enum Command {
     /// Algorithm 1: encode videos, draw n and w, store teacher outputs and motion-guidance
     /// gradients in shards (resumable, shardable across machines).
     Preprocess(Box<preprocess::PreprocessArgs>),
+    /// Convert a PyTorch checkpoint (.ckpt/.pt/.pth/.bin, torch.save's zip format) to
+    /// safetensors, without Python.
+    Convert(convert::ConvertArgs),
     /// Train the embedded default's tiny VAE, teacher UNet or reward towers on the
     /// moving-shapes world.
     Pretrain(Box<pretrain::PretrainArgs>),
@@ -84,6 +88,8 @@ pub enum CliError {
     Check(String),
     #[error(transparent)]
     Weights(#[from] crate::models::weights::WeightsError),
+    #[error(transparent)]
+    Torch(#[from] crate::models::torch_checkpoint::TorchError),
 }
 
 /// Runs the parsed command.
@@ -99,6 +105,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Preprocess(args) => preprocess::run(&cli.device, &args),
         Command::Train(args) => train::run(&cli.device, &args),
         Command::Pretrain(args) => pretrain::run(&cli.device, &args),
+        Command::Convert(args) => convert::run(&args),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Networks of the method, loadable from the real checkpoints' key names.
 
 pub mod weights;
+pub mod torch_checkpoint;
 pub mod vae;
 pub mod tokenizer;
 pub mod clip;

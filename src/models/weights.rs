@@ -70,7 +70,14 @@ impl WeightFile {
         // (like every tool that maps model checkpoints).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| WeightsError::Io { path: p.clone(), msg: e.to_string() })?;
         // Full validation (header, offsets inside the file) before anything is read.
-        safetensors::SafeTensors::deserialize(&map).map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
+        safetensors::SafeTensors::deserialize(&map).map_err(|e| {
+            let msg = if crate::models::torch_checkpoint::zip::is_zip(&map) || map.first() == Some(&0x80) {
+                format!("it is a PyTorch checkpoint; convert it once with `t2v-turbo convert {} --out {}`", path.display(), path.with_extension("safetensors").display())
+            } else {
+                e.to_string()
+            };
+            WeightsError::Format { path: p.clone(), msg }
+        })?;
         let (n, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
         let entries = meta
             .tensors()
