@@ -168,12 +168,13 @@ impl TorchCheckpoint {
         if data.len() < s.numel * es {
             return Err(TorchError::Format { path: self.path.display().to_string(), msg: format!("storage data/{} holds {} bytes, {} expected (truncated?)", s.key, data.len(), s.numel * es) });
         }
-        let numel: usize = t.shape.iter().product();
+        let numel = t.numel().ok_or_else(|| TorchError::Format { path: self.path.display().to_string(), msg: format!("tensor {name}: shape {:?} overflows", t.shape) })?;
         if numel == 0 {
             return Ok(Vec::new());
         }
-        let last = t.offset + t.shape.iter().zip(&t.stride).map(|(&n, &st)| (n - 1) * st).sum::<usize>();
-        if last >= s.numel {
+        // the furthest element the view reaches (checked: the shape and strides are the file's word)
+        let last = t.shape.iter().zip(&t.stride).try_fold(t.offset, |acc, (&n, &st)| (n - 1).checked_mul(st).and_then(|x| acc.checked_add(x)));
+        if last.is_none_or(|last| last >= s.numel) {
             return Err(TorchError::Format { path: self.path.display().to_string(), msg: format!("tensor {name} ({:?}, strides {:?}, offset {}) reaches past its storage of {} elements", t.shape, t.stride, t.offset, s.numel) });
         }
         // row-major contiguous: one slice
@@ -349,7 +350,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions, progress: &mu
     let mut offset = 0u64;
     for (name, t) in &chosen {
         let d = out_dtype(t.storage.dtype);
-        let len = t.shape.iter().product::<usize>() as u64 * d.size() as u64;
+        let len = t.numel().ok_or_else(|| ckpt.select_error(format!("tensor {name}: shape {:?} overflows", t.shape)))? as u64 * d.size() as u64;
         header.insert(name.clone(), serde_json::json!({ "dtype": d.safetensors(), "shape": t.shape, "data_offsets": [offset, offset + len] }));
         offset += len;
     }

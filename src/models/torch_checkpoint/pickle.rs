@@ -27,6 +27,13 @@ pub struct TensorRef {
     pub stride: Vec<usize>,
 }
 
+impl TensorRef {
+    /// The number of elements, if it fits.
+    pub fn numel(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum Value {
     None,
