@@ -131,7 +131,7 @@ fn bad_checkpoints_and_selections_are_refused_clearly() {
     assert_eq!(std::fs::read(&out).unwrap(), b"mine");
     // the loaders point at the converter when handed a torch checkpoint
     let e = WeightFile::open(&fixture("lightning.ckpt")).err().unwrap().to_string();
-    assert!(e.contains("it is a PyTorch checkpoint; convert it once with `t2v-turbo convert ") && e.contains("lightning.safetensors`"), "{e}");
+    assert!(e.contains("lightning.ckpt is a PyTorch checkpoint (torch.save), not a safetensors file; convert it once: t2v-turbo convert ") && e.ends_with("lightning.safetensors"), "{e}");
     convert(&fixture("state_dict.pt"), &out, &ConvertOptions { overwrite: true, ..opts() }, &mut |_, _| {}).unwrap();
     assert_eq!(contents(&out), contents(&fixture("expected.safetensors")));
 }

@@ -21,6 +21,8 @@ pub enum WeightsError {
     Io { path: String, msg: String },
     #[error("{path}: not a valid safetensors file ({msg}); is it truncated or a different format?")]
     Format { path: String, msg: String },
+    #[error("{path} is a PyTorch checkpoint (torch.save), not a safetensors file; convert it once: t2v-turbo convert {path} --out {out}")]
+    TorchFile { path: String, out: String },
     #[error("{path}: tensor {key} has dtype {dtype:?}; supported: F32, F16, BF16")]
     Dtype { path: String, key: String, dtype: Dtype },
     #[error("{path}: no tensor {key}")]
@@ -71,12 +73,11 @@ impl WeightFile {
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| WeightsError::Io { path: p.clone(), msg: e.to_string() })?;
         // Full validation (header, offsets inside the file) before anything is read.
         safetensors::SafeTensors::deserialize(&map).map_err(|e| {
-            let msg = if crate::models::torch_checkpoint::zip::is_zip(&map) || map.first() == Some(&0x80) {
-                format!("it is a PyTorch checkpoint; convert it once with `t2v-turbo convert {} --out {}`", path.display(), path.with_extension("safetensors").display())
+            if crate::models::torch_checkpoint::zip::is_zip(&map) || map.first() == Some(&0x80) {
+                WeightsError::TorchFile { path: p.clone(), out: path.with_extension("safetensors").display().to_string() }
             } else {
-                e.to_string()
-            };
-            WeightsError::Format { path: p.clone(), msg }
+                WeightsError::Format { path: p.clone(), msg: e.to_string() }
+            }
         })?;
         let (n, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
         let entries = meta
