@@ -240,3 +240,12 @@ fn a_converted_torch_checkpoint_passes_the_vae_parity_check() {
     let (ok, stdout, err) = t2v(&["parity", d.to_str().unwrap()], &[]);
     assert!(ok && stdout.contains("all 4 tensors within tolerance"), "{stdout}\n{err}");
 }
+
+#[test]
+fn info_describes_torch_checkpoints_too() {
+    let ckpt = fixture("torch").join("vae_model.ckpt");
+    let (ok, out, err) = t2v(&["info", "--weights", ckpt.to_str().unwrap()], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("124 tensors") && out.contains("dtypes: BF16 x124") && out.contains("VAE (ldm AutoencoderKL): 124 tensors under \"first_stage_model.\""), "{out}");
+    assert!(out.contains("a PyTorch checkpoint (torch.save); top-level keys: state_dict, global_step, epoch") && out.contains("t2v-turbo convert "), "{out}");
+}

@@ -9,8 +9,8 @@ pub struct InfoArgs {
     /// Only list adapters; do not open a device and run the self-check.
     #[arg(long)]
     pub no_check: bool,
-    /// Describe a safetensors checkpoint instead: tensors, dtypes, parameter count, and
-    /// which model(s) it holds.
+    /// Describe a checkpoint instead (safetensors, or a PyTorch file torch.save wrote):
+    /// tensors, dtypes, parameter count, and which model(s) it holds.
     #[arg(long, value_name = "FILE")]
     pub weights: Option<std::path::PathBuf>,
     /// With --weights: list every tensor (default: the first 30).
@@ -33,21 +33,34 @@ const MODELS: &[(&str, &str)] = &[
 ];
 
 fn describe_weights(path: &std::path::Path, all: bool) -> Result<(), CliError> {
-    let wf = crate::models::weights::WeightFile::open(path)?;
-    let entries = wf.entries();
-    let total: usize = entries.values().map(|e| e.shape.iter().product::<usize>()).sum();
+    use crate::models::torch_checkpoint::{zip::is_zip, TorchCheckpoint};
+    // (name, dtype, shape) of every tensor, and lines that say what the file is
+    let mut magic = [0u8; 4];
+    let zipped = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok() && is_zip(&magic);
+    let (tensors, notes): (Vec<(String, String, Vec<usize>)>, Vec<String>) = if zipped {
+        let ck = TorchCheckpoint::open(path)?;
+        let (entry, list) = ck.tensors(None)?;
+        let keys = ck.top_keys().join(", ");
+        let notes = vec![
+            format!("a PyTorch checkpoint (torch.save); top-level keys: {keys}"),
+            format!("tensors of entry {entry:?} below; `t2v-turbo convert {} --out FILE.safetensors` writes them for the loaders (--entry, --only)", path.display()),
+        ];
+        (list.into_iter().map(|(k, t)| (k, t.storage.dtype.safetensors().to_string(), t.shape)).collect(), notes)
+    } else {
+        let wf = crate::models::weights::WeightFile::open(path)?;
+        let notes = if wf.metadata.is_empty() { vec![] } else { vec![format!("metadata: {:?}", wf.metadata)] };
+        (wf.entries().iter().map(|(k, e)| (k.clone(), format!("{:?}", e.dtype), e.shape.clone())).collect(), notes)
+    };
+    let total: usize = tensors.iter().map(|t| t.2.iter().product::<usize>()).sum();
     let mut dtypes = std::collections::BTreeMap::new();
-    for e in entries.values() {
-        *dtypes.entry(format!("{:?}", e.dtype)).or_insert(0usize) += 1;
+    for t in &tensors {
+        *dtypes.entry(t.1.clone()).or_insert(0usize) += 1;
     }
-    println!("{}: {} tensors, {} parameters ({:.1} M)", path.display(), entries.len(), total, total as f64 / 1e6);
+    println!("{}: {} tensors, {} parameters ({:.1} M)", path.display(), tensors.len(), total, total as f64 / 1e6);
     println!("dtypes: {}", dtypes.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "));
     let mut found = Vec::new();
     for (prefix, what) in MODELS {
-        let (n, p): (usize, usize) = entries
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .fold((0, 0), |(n, p), (_, e)| (n + 1, p + e.shape.iter().product::<usize>()));
+        let (n, p): (usize, usize) = tensors.iter().filter(|t| t.0.starts_with(prefix)).fold((0, 0), |(n, p), t| (n + 1, p + t.2.iter().product::<usize>()));
         if n > 0 {
             found.push(format!("  {what}: {n} tensors under {prefix:?}, {:.1} M parameters", p as f64 / 1e6));
         }
@@ -55,18 +68,17 @@ fn describe_weights(path: &std::path::Path, all: bool) -> Result<(), CliError> {
     if found.is_empty() {
         println!("models: none recognised by key prefix");
     } else {
-        println!("models:
-{}", found.join("\n"));
+        println!("models:\n{}", found.join("\n"));
     }
-    if !wf.metadata.is_empty() {
-        println!("metadata: {:?}", wf.metadata);
+    for n in notes {
+        println!("{n}");
     }
-    let shown = if all { entries.len() } else { entries.len().min(30) };
-    for (k, e) in entries.iter().take(shown) {
-        println!("  {k:<70} {:?} {:?}", e.dtype, e.shape);
+    let shown = if all { tensors.len() } else { tensors.len().min(30) };
+    for (k, d, shape) in tensors.iter().take(shown) {
+        println!("  {k:<70} {d} {shape:?}");
     }
-    if shown < entries.len() {
-        println!("  ... {} more (--all lists every tensor)", entries.len() - shown);
+    if shown < tensors.len() {
+        println!("  ... {} more (--all lists every tensor)", tensors.len() - shown);
     }
     Ok(())
 }

@@ -233,6 +233,13 @@ fn key_name(k: &Value) -> Option<String> {
     }
 }
 
+impl TorchCheckpoint {
+    /// The names of the checkpoint's top-level entries.
+    pub fn top_keys(&self) -> Vec<String> {
+        top_keys(&self.root)
+    }
+}
+
 fn top_keys(root: &Value) -> Vec<String> {
     let keys: Vec<String> = child(root).into_iter().map(|(k, _)| k).collect();
     if keys.is_empty() {
