@@ -3,14 +3,15 @@
 //! Compute-bound kernels report GFLOP/s; memory-bound ones GB/s, with a ratio to a plain
 //! copy measured in the same run (the device's practical bandwidth); a conv's input gradient
 //! a ratio to its forward conv; on GPUs the matmul, linear and conv rows a ratio to the first
-//! tiled kernel (`KernelVariant::TiledScalar`). The matmul ratio to
+//! tiled kernel (`KernelVariant::TiledScalar`), and 3x3 convs through Winograd a ratio to
+//! the direct convolution (`ConvPath`). The matmul ratio to
 //! burn-wgpu comes from the peer benchmark (`cargo run --release -p t2v-peer-bench`).
 //! Every timed region ends with a one-element readback, checked against the CPU.
 //! Shapes are reduced on CPU adapters (lavapipe) and full on GPUs.
 
 use t2v_kernels::bench::{best_time, check_value, pseudo_data};
 use t2v_kernels::ops::{self, Conv2d};
-use t2v_kernels::{AttentionPath, Gpu, GpuOptions, KernelVariant, Tensor};
+use t2v_kernels::{AttentionPath, ConvPath, Gpu, GpuOptions, KernelVariant, Tensor};
 
 struct Bench {
     gpu: Gpu,
@@ -43,6 +44,19 @@ impl Bench {
             rates.push(self.row(&label, shape.clone(), t, amount, "GFLOP/s", rates.first().copied()));
         }
         self.gpu.set_kernel_variant(KernelVariant::Auto);
+    }
+    /// A 3x3 conv through the direct kernels (the baseline) and through Winograd F(2x2,
+    /// 3x3), both at the direct convolution's FLOPs (so the rate ratio is the speed-up).
+    fn conv_paths(&mut self, name: &str, shape: String, amount: f64, f: impl Fn()) -> f64 {
+        let mut base = None;
+        for (path, label) in [(ConvPath::Direct, "direct"), (ConvPath::Winograd, "Winograd")] {
+            self.gpu.set_conv_path(path);
+            let t = best_time(self.budget, 3, &f);
+            let rate = self.row(&format!("{name} ({label})"), shape.clone(), t, amount, "GFLOP/s", base);
+            base = base.or(Some(rate));
+        }
+        self.gpu.set_conv_path(ConvPath::Auto);
+        base.expect("two rows")
     }
 }
 
@@ -144,9 +158,11 @@ fn main() {
         .flat_map(|c| (0..3).flat_map(move |ky| (0..3).map(move |kx| (c, ky, kx))))
         .map(|(c, ky, kx)| wv[(c * 3 + ky) * 3 + kx] as f64 * xv[(c * 40 + ky) * 64 + kx] as f64)
         .sum();
-    b.variants(tiled_variants, "conv2d 3x3", format!("{frames}x320x40x64 -> 320"), 2.0 * (frames * 320 * 320 * 9 * 40 * 64) as f64, || {
-        check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(65).unwrap(), want, 1e-4)
-    });
+    let conv = || check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(65).unwrap(), want, 1e-4);
+    // the GEMM kernels' rows convolve directly; the Winograd rows follow
+    b.gpu.set_conv_path(ConvPath::Direct);
+    b.variants(tiled_variants, "conv2d 3x3", format!("{frames}x320x40x64 -> 320"), 2.0 * (frames * 320 * 320 * 9 * 40 * 64) as f64, conv);
+    b.conv_paths("conv2d 3x3", format!("{frames}x320x40x64 -> 320"), 2.0 * (frames * 320 * 320 * 9 * 40 * 64) as f64, conv);
 
     // conv2d 3x3 at the UNet's deepest level (1280 channels on 5x8 latents): few pixels per
     // image; the barrier-free kernel (what GPUs ran for thin outputs before) as the baseline,
@@ -159,13 +175,14 @@ fn main() {
         .map(|(ci, ky, kx)| wv[(ci * 3 + ky) * 3 + kx] as f64 * xv[(ci * 5 + ky) * 8 + kx] as f64)
         .sum();
     let deep_variants: &[KernelVariant] = if cpu { &[KernelVariant::BarrierFree, KernelVariant::Auto] } else { &[KernelVariant::BarrierFree, KernelVariant::TiledScalar, KernelVariant::Auto] };
-    b.variants(deep_variants, "conv2d 3x3", format!("{n}x{c}x5x8 -> {c}"), 2.0 * (n * c * c * 9 * 40) as f64, || {
-        check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(9).unwrap(), want, 1e-4)
-    });
+    let conv = || check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(9).unwrap(), want, 1e-4);
+    b.gpu.set_conv_path(ConvPath::Direct);
+    b.variants(deep_variants, "conv2d 3x3", format!("{n}x{c}x5x8 -> {c}"), 2.0 * (n * c * c * 9 * 40) as f64, conv);
+    b.conv_paths("conv2d 3x3", format!("{n}x{c}x5x8 -> {c}"), 2.0 * (n * c * c * 9 * 40) as f64, conv);
 
     // The input gradient of a 3x3 conv (dcols = W^T dy, then col2im) at a VAE decoder's
     // size, the cost of reward feedback through the frozen decoder; the ratio is to the
-    // forward conv of the same shape (the same FLOPs) measured here.
+    // direct forward conv of the same shape (the same FLOPs) measured here.
     let (n, c, hh, ww) = if cpu { (4, 64, 32, 32) } else { (16, 128, 256, 256) };
     let (x, xv) = b.tensor(&[n, c, hh, ww], 12);
     let (w, wv) = b.tensor(&[c, c, 3, 3], 13);
@@ -173,9 +190,8 @@ fn main() {
     let want: f64 = (0..c).flat_map(|ci| (0..3).flat_map(move |ky| (0..3).map(move |kx| (ci, ky, kx))))
         .map(|(ci, ky, kx)| wv[(ci * 3 + ky) * 3 + kx] as f64 * xv[(ci * hh + ky) * ww + kx] as f64)
         .sum();
-    let t = best_time(b.budget, 3, || check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(ww + 1).unwrap(), want, 1e-4));
     let shape = format!("{n}x{c}x{hh}x{ww} -> {c}");
-    let forward = b.row("conv2d 3x3 (baseline)", shape.clone(), t, flops, "GFLOP/s", None);
+    let forward = b.conv_paths("conv2d 3x3", shape.clone(), flops, || check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(ww + 1).unwrap(), want, 1e-4));
     // dy = x: dx[0, 0, 1, 1] = sum over o, ky, kx of w[o, 0, ky, kx] dy[o, 2 - ky, 2 - kx]
     let want: f64 = (0..c).flat_map(|o| (0..3).flat_map(move |ky| (0..3).map(move |kx| (o, ky, kx))))
         .map(|(o, ky, kx)| wv[o * c * 9 + ky * 3 + kx] as f64 * xv[(o * hh + 2 - ky) * ww + 2 - kx] as f64)

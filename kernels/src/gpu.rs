@@ -131,6 +131,7 @@ pub(crate) struct GpuInner {
     pub errors: Arc<Mutex<Vec<String>>>,
     pub variant: Mutex<KernelVariant>,
     pub attention_path: Mutex<AttentionPath>,
+    pub conv_path: Mutex<ConvPath>,
     /// Depth of [`Gpu::memory_lean`] scopes now running.
     pub memory_lean: std::sync::atomic::AtomicUsize,
     pub shader_checks: std::sync::atomic::AtomicBool,
@@ -180,6 +181,21 @@ pub enum AttentionPath {
     Fused,
     /// Always matmul + softmax over materialised scores.
     Materialised,
+}
+
+/// How 3x3, stride-1 convolutions run (forward; their backward is the same either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvPath {
+    /// On GPUs with the tiled GEMM, Winograd F(2x2, 3x3) where input and output channels
+    /// both number at least [`crate::ops::WINOGRAD_MIN_CHANNELS`] (2.25x fewer
+    /// multiplications, for 4x the input and output in transforms), outside
+    /// [`Gpu::memory_lean`] scopes; else the direct (implicit-GEMM or im2col) kernels.
+    #[default]
+    Auto,
+    /// Always the direct kernels.
+    Direct,
+    /// Winograd for every 3x3, stride-1 convolution (also on CPU adapters, for tests).
+    Winograd,
 }
 
 /// A GPU device ready for tensors and kernels.
@@ -271,6 +287,7 @@ impl Gpu {
             errors,
             variant: Mutex::new(KernelVariant::Auto),
             attention_path: Mutex::new(AttentionPath::Auto),
+            conv_path: Mutex::new(ConvPath::Auto),
             memory_lean: std::sync::atomic::AtomicUsize::new(0),
             shader_checks: std::sync::atomic::AtomicBool::new(std::env::var(SHADER_CHECKS_ENV).is_ok_and(|v| v == "1")),
         }))
@@ -309,6 +326,13 @@ impl Gpu {
     }
     pub fn attention_path(&self) -> AttentionPath {
         *self.0.attention_path.lock().unwrap()
+    }
+    /// Chooses how 3x3 convolutions run (see [`ConvPath`]).
+    pub fn set_conv_path(&self, p: ConvPath) {
+        *self.0.conv_path.lock().unwrap() = p;
+    }
+    pub fn conv_path(&self) -> ConvPath {
+        *self.0.conv_path.lock().unwrap()
     }
     /// Runs `f` preferring memory over speed where kernels have the choice (today: fused
     /// attention under [`AttentionPath::Auto`] beyond small scores). `Tape::checkpoint` runs its

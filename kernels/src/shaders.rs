@@ -30,6 +30,7 @@ family!(GEMM_TEXTURE, "gemm_texture", with "gemm_common", "gemm_rows8", "texel_i
 family!(ATTENTION, "attention");
 family!(EMBEDDING, "embedding");
 family!(OPTIM, "optim");
+family!(WINOGRAD, "winograd");
 
 /// Every family, for validation.
-pub static ALL: &[&KernelSource] = &[&ELEMENTWISE, &REDUCE, &SOFTMAX, &NORM, &GEMM, &GEMM_SUBGROUP, &GEMM_TEXTURE, &ATTENTION, &EMBEDDING, &OPTIM];
+pub static ALL: &[&KernelSource] = &[&ELEMENTWISE, &REDUCE, &SOFTMAX, &NORM, &GEMM, &GEMM_SUBGROUP, &GEMM_TEXTURE, &ATTENTION, &EMBEDDING, &OPTIM, &WINOGRAD];

@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use t2v_kernels::ops::{self, Conv2d, Matmul};
-use t2v_kernels::{Gpu, KernelVariant, Tensor};
+use t2v_kernels::{ConvPath, Gpu, KernelVariant, Tensor};
 
 fn variants() -> Vec<(KernelVariant, Gpu)> {
     [KernelVariant::BarrierFree, KernelVariant::Tiled, KernelVariant::TiledScalar, KernelVariant::Subgroup, KernelVariant::Texture]
@@ -263,6 +263,43 @@ fn conv2d_kernels_strides_paddings() {
     assert!(ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap_err().to_string().contains("[2, 4, 3, 3]"));
     let (w5, _) = upload(g, &[2, 3, 5, 5], 1);
     assert!(ops::conv2d(&x, &w5, None, Conv2d::new(1, 0)).is_err(), "kernel larger than padded input");
+}
+
+#[test]
+fn winograd_convs_equal_the_reference() {
+    // odd sizes (tiles overhanging the output), no / uneven padding, more channels than a
+    // GEMM tile, one image and several; under both tiled GEMMs and the adapter's default
+    let cases = [
+        ([2, 5, 7, 9], [7, 5, 3, 3], Conv2d::new(1, 1)),
+        ([3, 4, 6, 5], [3, 4, 3, 3], Conv2d::new(1, 0)),
+        ([1, 3, 5, 8], [6, 3, 3, 3], Conv2d { stride: (1, 1), padding: (0, 1, 2, 0) }),
+        ([2, 40, 9, 11], [36, 40, 3, 3], Conv2d::new(1, 1)),
+        ([1, 2, 3, 3], [2, 2, 3, 3], Conv2d::new(1, 0)), // a single output pixel
+        ([1, 130, 4, 3], [131, 130, 3, 3], Conv2d::new(1, 1)),
+    ];
+    for v in [KernelVariant::Auto, KernelVariant::Tiled, KernelVariant::TiledScalar] {
+        let g = private_gpu();
+        g.set_kernel_variant(v);
+        g.set_conv_path(ConvPath::Winograd);
+        for (s, (xs, ws, geo)) in cases.iter().enumerate() {
+            let (x, xv) = upload(&g, xs, 170 + s as u64);
+            let (w, wv) = upload(&g, ws, 180 + s as u64);
+            let (b, bv) = upload(&g, &[ws[0]], 190 + s as u64);
+            let k = (ws[1] * 9) as f64;
+            for bias in [true, false] {
+                let y = ops::conv2d(&x, &w, bias.then_some(&b), *geo).unwrap();
+                let (want, shape) = conv_ref(&xv, *xs, &wv, *ws, bias.then_some(&bv[..]), *geo);
+                assert_eq!(y.shape(), shape);
+                // the transforms add and subtract up to 4 x 4 terms on each side
+                assert_close(&format!("{v:?} winograd {xs:?} {ws:?} {geo:?} bias {bias}"), &y.to_vec().unwrap(), &want, 4e-5 * k.sqrt(), 1e-4);
+            }
+        }
+        // strided and non-3x3 convs are left to the direct kernels
+        let (x, xv) = upload(&g, &[1, 3, 9, 9], 3);
+        let (w, wv) = upload(&g, &[4, 3, 3, 3], 4);
+        let y = ops::conv2d(&x, &w, None, Conv2d::new(2, 1)).unwrap();
+        assert_close("stride 2 under Winograd", &y.to_vec().unwrap(), &conv_ref(&xv, [1, 3, 9, 9], &wv, [4, 3, 3, 3], None, Conv2d::new(2, 1)).0, 1e-5, 1e-5);
+    }
 }
 
 /// conv2d is bilinear, so its gradients are its adjoints: <dy, conv(x, w)> = <dx, x> =

@@ -542,6 +542,9 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
     let (n, o, k) = (x.shape()[0], w.shape()[0], p.k as usize);
     let gpu = x.gpu();
     let kind = choose_kind(gpu)?;
+    if n > 0 && super::winograd::applies(gpu, kind == Kind::Tiled, w, g.stride) {
+        return super::winograd::conv2d_winograd(x, w, bias, g.padding);
+    }
     // CPU adapters: materialised columns for the vec4 GEMM, a few images at a time within
     // CONV_COLUMNS_MAX_BYTES; other devices: implicit GEMM. The columns are (N, K, P) when
     // P % 4 == 0, the GEMM reads them from textures (more than 16 output channels) and an

@@ -10,6 +10,7 @@ mod norm;
 mod reduce;
 mod softmax;
 mod texture;
+mod winograd;
 
 pub use attention::{attention, attention_backward, attention_masked, materialises_scores, Attention, CPU_MATERIALISED_SCORES_MAX_BYTES, GPU_MATERIALISE_MIN_LEN, LEAN_CPU_MATERIALISED_SCORES_MAX_BYTES, MATERIALISED_CHUNK_BYTES};
 pub use elementwise::*;
@@ -19,6 +20,7 @@ pub use layout::{broadcast_to, concat, contiguous_strides, permute, slice, trans
 pub use norm::{group_norm, group_norm_backward, layer_norm, layer_norm_backward, Norm, NormGrad};
 pub use reduce::{max, mean, min, reduce, sum, Reduce};
 pub use softmax::{softmax, softmax_scaled};
+pub use winograd::WINOGRAD_MIN_CHANNELS;
 
 use crate::gpu::Gpu;
 use crate::registry::{pipeline, KernelSource};

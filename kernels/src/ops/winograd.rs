@@ -1,0 +1,151 @@
+//! Winograd F(2x2, 3x3) for 3x3, stride-1 convolutions (`shaders/winograd.wgsl`): the
+//! weights and the input's 4x4 tiles are transformed, 16 batched GEMMs (O, C) x (C, tiles)
+//! sum over the input channels, and the output transform writes each 2x2 tile. 2.25x fewer
+//! multiplications than the direct convolution, for transforms that write and read 4x the
+//! input and output.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{fold_groups, launch};
+use crate::gpu::ConvPath;
+use crate::shaders::WINOGRAD;
+use crate::{DType, Gpu, Result, Tensor};
+
+/// Under [`ConvPath::Auto`], convolutions with fewer input or output channels stay direct:
+/// their GEMMs would be too thin to gain (e.g. the VAE's 3-channel conv_out).
+pub const WINOGRAD_MIN_CHANNELS: usize = 32;
+
+/// Largest transformed input or output (16 x C x tiles floats) of one pass; convolutions
+/// over more images run a few images at a time.
+const WINOGRAD_MAX_BYTES: usize = 256 << 20;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    o: u32,
+    oh: u32,
+    ow: u32,
+    th: u32,
+    tw: u32,
+    pad_top: u32,
+    pad_left: u32,
+    has_bias: u32,
+}
+
+/// Does a conv of weight (O, C, KH, KW) and `stride` run through Winograd on this device?
+pub(crate) fn applies(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize)) -> bool {
+    let s = w.shape();
+    let fits = s.len() == 4 && s[2] == 3 && s[3] == 3 && stride == (1, 1);
+    fits && match gpu.conv_path() {
+        ConvPath::Direct => false,
+        ConvPath::Winograd => true,
+        ConvPath::Auto => tiled && !gpu.is_cpu() && !gpu.is_memory_lean() && s[0] >= WINOGRAD_MIN_CHANNELS && s[1] >= WINOGRAD_MIN_CHANNELS,
+    }
+}
+
+/// The conv of x (N, C, H, W) with w (O, C, 3, 3), stride 1, padding (top, bottom, left,
+/// right), plus bias [O]: (N, O, OH, OW). Operands are checked by the caller.
+pub(crate) fn conv2d_winograd(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: (usize, usize, usize, usize)) -> Result<Tensor> {
+    conv2d_winograd_within(x, w, bias, padding, WINOGRAD_MAX_BYTES)
+}
+
+/// [`conv2d_winograd`] with transformed tensors of at most `budget` bytes per pass.
+fn conv2d_winograd_within(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: (usize, usize, usize, usize), budget: usize) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let [n, c, h, wd] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+    let o = w.shape()[0];
+    let (pt, pb, pl, pr) = padding;
+    let (oh, ow) = (h + pt + pb - 2, wd + pl + pr - 2);
+    let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+    // images per pass: the transformed input and output of a pass within the budget
+    let per_image = 16 * c.max(o) * th * tw * 4;
+    let chunk = (budget / per_image.max(1)).clamp(1, n.max(1));
+    let v = weights(w)?;
+    let y = Tensor::empty(gpu, &[n, o, oh, ow], DType::F32, "conv2d output")?;
+    if chunk >= n {
+        tiles(x, &v, bias, &y, padding)?;
+        return Ok(y);
+    }
+    let parts = (0..n)
+        .step_by(chunk)
+        .map(|i0| {
+            let m = chunk.min(n - i0);
+            let part = Tensor::empty(gpu, &[m, o, oh, ow], DType::F32, "conv2d output")?;
+            tiles(&super::slice(x, 0, i0, m)?, &v, bias, &part, padding)?;
+            Ok(part)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    super::concat(&parts.iter().collect::<Vec<_>>(), 0)
+}
+
+fn params(x: &Tensor, o: usize, y: &Tensor, padding: (usize, usize, usize, usize), has_bias: bool) -> Params {
+    let [n, c, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+    let (oh, ow) = (y.shape()[2], y.shape()[3]);
+    Params {
+        n: n as u32,
+        c: c as u32,
+        h: h as u32,
+        w: w as u32,
+        o: o as u32,
+        oh: oh as u32,
+        ow: ow as u32,
+        th: oh.div_ceil(2) as u32,
+        tw: ow.div_ceil(2) as u32,
+        pad_top: padding.0 as u32,
+        pad_left: padding.2 as u32,
+        has_bias: has_bias as u32,
+    }
+}
+
+/// G g G^T of every (output, input) channel pair: (16, O, C).
+fn weights(w: &Tensor) -> Result<Tensor> {
+    let gpu = w.gpu();
+    let (o, c) = (w.shape()[0], w.shape()[1]);
+    let v = Tensor::empty(gpu, &[16, o, c], DType::F32, "winograd weights")?;
+    let p = Params { o: o as u32, c: c as u32, ..Zeroable::zeroed() };
+    launch(gpu, &WINOGRAD, "winograd_weights", &[], bytemuck::bytes_of(&p), &[w, &v], fold_groups(gpu, o * c, 256))?;
+    Ok(v)
+}
+
+/// Input transform, the 16 GEMMs and the output transform into `y` (N, O, OH, OW).
+fn tiles(x: &Tensor, v: &Tensor, bias: Option<&Tensor>, y: &Tensor, padding: (usize, usize, usize, usize)) -> Result<()> {
+    let gpu = x.gpu();
+    let (c, o) = (x.shape()[1], v.shape()[1]);
+    let p = params(x, o, y, padding, bias.is_some());
+    let t = (p.n * p.th * p.tw) as usize;
+    let u = Tensor::empty(gpu, &[16, c, t], DType::F32, "winograd input tiles")?;
+    launch(gpu, &WINOGRAD, "winograd_input", &[], bytemuck::bytes_of(&p), &[x, &u], fold_groups(gpu, c * t, 256))?;
+    let m = super::matmul(v, &u)?; // (16, O, T)
+    drop(u);
+    let bias_t = bias.unwrap_or(&m); // unread without a bias
+    launch(gpu, &WINOGRAD, "winograd_output", &[], bytemuck::bytes_of(&p), &[&m, bias_t, y], fold_groups(gpu, o * t, 256))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GpuOptions;
+
+    /// A batch over the per-pass budget runs a few images at a time: the same output as
+    /// in one pass.
+    #[test]
+    fn passes_over_images_give_the_one_pass_output() {
+        let gpu = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap();
+        let (n, c, h, w, o) = (5, 3, 7, 6, 4);
+        let vals = |k: usize, seed: f32| (0..k).map(|i| ((i as f32 * 0.37 + seed).sin())).collect::<Vec<f32>>();
+        let x = Tensor::from_slice(&gpu, &[n, c, h, w], &vals(n * c * h * w, 0.1)).unwrap();
+        let wt = Tensor::from_slice(&gpu, &[o, c, 3, 3], &vals(o * c * 9, 0.7)).unwrap();
+        let b = Tensor::from_slice(&gpu, &[o], &vals(o, 1.3)).unwrap();
+        let pad = (1, 0, 2, 1);
+        let whole = conv2d_winograd_within(&x, &wt, Some(&b), pad, usize::MAX).unwrap().to_vec().unwrap();
+        // one image's transformed input: 16 x 4 channels x 3 x 4 tiles x 4 bytes = 3 KiB
+        let parts = conv2d_winograd_within(&x, &wt, Some(&b), pad, 2 * 16 * 4 * 12 * 4).unwrap();
+        assert_eq!(parts.shape(), [n, o, 6, 7]);
+        let parts = parts.to_vec().unwrap();
+        assert!(whole.iter().zip(&parts).all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + a.abs())), "chunked != whole");
+    }
+}

@@ -1,0 +1,163 @@
+// Winograd F(2x2, 3x3) convolution, stride 1 (Lavin & Gray, 2016): per 2x2 output tile
+// y = A^T [ sum_c (G g_oc G^T) * (B^T d_c B) ] A, the 16 elementwise products summed over
+// input channels as 16 GEMMs (ops::conv2d runs them between these kernels):
+//   weights:  w (O, C, 3, 3) -> v (16, O, C), v[xi] = (G g G^T)[xi / 4][xi % 4]
+//   input:    x (N, C, H, W) -> u (16, C, T), T = N * TH * TW tiles ordered (n, ty, tx);
+//             d = the 4x4 patch at rows 2 ty - pad_top .. + 3, cols 2 tx - pad_left .. + 3
+//             (zeros outside the image), u[xi] = (B^T d B)[xi / 4][xi % 4]
+//   output:   m (16, O, T) -> y (N, O, OH, OW): the 2x2 block A^T m A at rows 2 ty, cols
+//             2 tx (where inside the output), plus bias[o]
+// G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+// B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+// A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+// One invocation per (o, c), (c, tile) or (o, tile); 256 per workgroup, the grid folded
+// into x/y beyond the per-dimension limit.
+
+struct Params {
+    n: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    o: u32,
+    oh: u32,
+    ow: u32,
+    th: u32,
+    tw: u32,
+    pad_top: u32,
+    pad_left: u32,
+    has_bias: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// weights: 1 = w, 2 = v
+@group(0) @binding(1) var<storage, read> wt: array<f32>;
+@group(0) @binding(2) var<storage, read_write> v_out: array<f32>;
+// input: 1 = x, 2 = u
+@group(0) @binding(1) var<storage, read> x_in: array<f32>;
+@group(0) @binding(2) var<storage, read_write> u_out: array<f32>;
+// output: 1 = m, 2 = bias, 3 = y
+@group(0) @binding(1) var<storage, read> m_in: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y_out: array<f32>;
+
+fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * 256u + lid;
+}
+
+// (a, b, c) -> G (a, b, c)^T
+fn g3(a: f32, b: f32, c: f32) -> vec4<f32> {
+    return vec4<f32>(a, 0.5 * (a + b + c), 0.5 * (a - b + c), c);
+}
+
+@compute @workgroup_size(256)
+fn winograd_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid); // o * C + c
+    let oc = p.o * p.c;
+    if (i >= oc) {
+        return;
+    }
+    let b = i * 9u;
+    // G g: column j of g through G, for each of g's 3 columns -> rows r0..r3 of (4, 3)
+    let c0 = g3(wt[b], wt[b + 3u], wt[b + 6u]);
+    let c1 = g3(wt[b + 1u], wt[b + 4u], wt[b + 7u]);
+    let c2 = g3(wt[b + 2u], wt[b + 5u], wt[b + 8u]);
+    // (G g) G^T: each row (c0[r], c1[r], c2[r]) through G
+    for (var r = 0u; r < 4u; r++) {
+        let row = g3(c0[r], c1[r], c2[r]);
+        for (var s = 0u; s < 4u; s++) {
+            v_out[(r * 4u + s) * oc + i] = row[s];
+        }
+    }
+}
+
+// (a, b, c, d) -> B^T (a, b, c, d)^T
+fn bt(d: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(d.x - d.z, d.y + d.z, d.z - d.y, d.y - d.w);
+}
+
+@compute @workgroup_size(256)
+fn winograd_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid); // c * T + t
+    let per = p.th * p.tw;
+    let t_all = p.n * per;
+    if (i >= p.c * t_all) {
+        return;
+    }
+    let c = i / t_all;
+    let t = i % t_all;
+    let n = t / per;
+    let ty = (t % per) / p.tw;
+    let tx = t % p.tw;
+    let plane = (n * p.c + c) * p.h * p.w;
+    // rows of the 4x4 patch, zero outside the image (coordinates offset by the padding)
+    var d: array<vec4<f32>, 4>;
+    for (var r = 0u; r < 4u; r++) {
+        let yy = 2u * ty + r;
+        var row = vec4<f32>(0.0);
+        if (yy >= p.pad_top && yy - p.pad_top < p.h) {
+            let base = plane + (yy - p.pad_top) * p.w;
+            for (var s = 0u; s < 4u; s++) {
+                let xx = 2u * tx + s;
+                if (xx >= p.pad_left && xx - p.pad_left < p.w) {
+                    row[s] = x_in[base + xx - p.pad_left];
+                }
+            }
+        }
+        d[r] = row;
+    }
+    // B^T d (rows combined), then each row through B (as B^T on the row vector)
+    let q = array<vec4<f32>, 4>(d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]);
+    let ct = p.c * t_all;
+    for (var r = 0u; r < 4u; r++) {
+        let row = bt(q[r]);
+        for (var s = 0u; s < 4u; s++) {
+            u_out[(r * 4u + s) * ct + i] = row[s];
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn winograd_output(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid); // o * T + t
+    let per = p.th * p.tw;
+    let t_all = p.n * per;
+    let ot = p.o * t_all;
+    if (i >= ot) {
+        return;
+    }
+    let o = i / t_all;
+    let t = i % t_all;
+    let n = t / per;
+    let ty = (t % per) / p.tw;
+    let tx = t % p.tw;
+    var m: array<vec4<f32>, 4>;
+    for (var r = 0u; r < 4u; r++) {
+        m[r] = vec4<f32>(m_in[(r * 4u) * ot + i], m_in[(r * 4u + 1u) * ot + i], m_in[(r * 4u + 2u) * ot + i], m_in[(r * 4u + 3u) * ot + i]);
+    }
+    // A^T m: two rows; then each through A
+    let s0 = m[0] + m[1] + m[2];
+    let s1 = m[1] - m[2] - m[3];
+    var b = 0.0;
+    if (p.has_bias != 0u) {
+        b = bias[o];
+    }
+    let out = array<vec2<f32>, 2>(
+        vec2<f32>(s0.x + s0.y + s0.z, s0.y - s0.z - s0.w) + b,
+        vec2<f32>(s1.x + s1.y + s1.z, s1.y - s1.z - s1.w) + b,
+    );
+    let plane = (n * p.o + o) * p.oh * p.ow;
+    for (var r = 0u; r < 2u; r++) {
+        let yy = 2u * ty + r;
+        if (yy < p.oh) {
+            for (var s = 0u; s < 2u; s++) {
+                let xx = 2u * tx + s;
+                if (xx < p.ow) {
+                    y_out[plane + yy * p.ow + xx] = out[r][s];
+                }
+            }
+        }
+    }
+}
