@@ -34,6 +34,10 @@ pub struct GpuOptions {
 /// Environment variable that turns shader runtime checks on.
 pub const SHADER_CHECKS_ENV: &str = "T2V_SHADER_CHECKS";
 
+/// Environment variable that sets a new device's [`ConvPath`]: `auto`, `direct` or
+/// `winograd` (e.g. to compare the two on one machine).
+pub const CONV_PATH_ENV: &str = "T2V_CONV_PATH";
+
 /// One adapter as listed by [`list_adapters`].
 #[derive(Clone, Debug)]
 pub struct AdapterSummary {
@@ -186,10 +190,11 @@ pub enum AttentionPath {
 /// How 3x3, stride-1 convolutions run (forward; their backward is the same either way).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvPath {
-    /// On GPUs with the tiled GEMM, Winograd F(2x2, 3x3) where input and output channels
-    /// both number at least [`crate::ops::WINOGRAD_MIN_CHANNELS`] (2.25x fewer
-    /// multiplications, for 4x the input and output in transforms), outside
-    /// [`Gpu::memory_lean`] scopes; else the direct (implicit-GEMM or im2col) kernels.
+    /// Winograd F(2x2, 3x3) where input and output channels both number at least
+    /// [`crate::ops::WINOGRAD_MIN_CHANNELS`] (2.25x fewer multiplications, for transforms
+    /// that write and read 4x the input and output; on llvmpipe 1.4-2x faster from 64
+    /// channels), outside [`Gpu::memory_lean`] scopes, on GPUs under the tiled GEMM and on
+    /// CPU adapters; else the direct (implicit-GEMM or im2col) kernels.
     #[default]
     Auto,
     /// Always the direct kernels.
@@ -217,6 +222,12 @@ impl Gpu {
         if adapters.is_empty() {
             return Err(Error::NoAdapter { detail: String::new() });
         }
+        let conv_path = match std::env::var(CONV_PATH_ENV).ok().filter(|s| !s.is_empty()).as_deref() {
+            None | Some("auto") => ConvPath::Auto,
+            Some("direct") => ConvPath::Direct,
+            Some("winograd") => ConvPath::Winograd,
+            Some(other) => return Err(Error::Device(format!("{CONV_PATH_ENV}={other}: expected auto, direct or winograd"))),
+        };
         let query = opts.adapter.clone().or_else(|| std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty()));
         let chosen = match &query {
             Some(q) => adapters
@@ -258,6 +269,7 @@ impl Gpu {
         if opts.shader_checks {
             gpu.0.shader_checks.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        gpu.set_conv_path(conv_path);
         Ok(gpu)
     }
 

@@ -37,13 +37,15 @@ struct Params {
 }
 
 /// Does a conv of weight (O, C, KH, KW) and `stride` run through Winograd on this device?
+/// (`tiled`: GEMMs run on the tiled kernel; the barrier-free and subgroup variants chosen
+/// explicitly on a GPU keep the direct convolution.)
 pub(crate) fn applies(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize)) -> bool {
     let s = w.shape();
     let fits = s.len() == 4 && s[2] == 3 && s[3] == 3 && stride == (1, 1);
     fits && match gpu.conv_path() {
         ConvPath::Direct => false,
         ConvPath::Winograd => true,
-        ConvPath::Auto => tiled && !gpu.is_cpu() && !gpu.is_memory_lean() && s[0] >= WINOGRAD_MIN_CHANNELS && s[1] >= WINOGRAD_MIN_CHANNELS,
+        ConvPath::Auto => (tiled || gpu.is_cpu()) && !gpu.is_memory_lean() && s[0] >= WINOGRAD_MIN_CHANNELS && s[1] >= WINOGRAD_MIN_CHANNELS,
     }
 }
 
