@@ -1,7 +1,10 @@
 // Winograd F(2x2, 3x3) convolution, stride 1 (Lavin & Gray, 2016): per 2x2 output tile
 // y = A^T [ sum_c (G g_oc G^T) * (B^T d_c B) ] A, the 16 elementwise products summed over
 // input channels as 16 GEMMs (ops::conv2d runs them between these kernels):
-//   weights:  w (O, C, 3, 3) -> v (16, O, C), v[xi] = (G g G^T)[xi / 4][xi % 4]
+//   weights:  w (O, C, 3, 3) -> v (16, O, C), v[xi] = (G g G^T)[xi / 4][xi % 4]; with
+//             FLIP the weights of the input gradient's correlation instead: w read as
+//             (C', O', 3, 3) (p.o = O' = its input channels, p.c = C'), each kernel turned
+//             by 180 degrees and the channel axes swapped, v (16, O', C')
 //   input:    x (N, C, H, W) -> u (16, C, T), T = N * TH * TW tiles ordered (n, ty, tx);
 //             d = the 4x4 patch at rows 2 ty - pad_top .. + 3, cols 2 tx - pad_left .. + 3
 //             (zeros outside the image), u[xi] = (B^T d B)[xi / 4][xi % 4]
@@ -27,6 +30,8 @@ struct Params {
     pad_left: u32,
     has_bias: u32,
 }
+
+override FLIP: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // weights: 1 = w, 2 = v
@@ -57,11 +62,24 @@ fn winograd_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (i >= oc) {
         return;
     }
-    let b = i * 9u;
+    // g (3x3, row-major) of this (o, c) pair
+    var g: array<f32, 9>;
+    if (FLIP) {
+        // i = o' * C' + c' reads w[c', o'] turned by 180 degrees
+        let b = ((i % p.c) * p.o + i / p.c) * 9u;
+        for (var k = 0u; k < 9u; k++) {
+            g[k] = wt[b + 8u - k];
+        }
+    } else {
+        let b = i * 9u;
+        for (var k = 0u; k < 9u; k++) {
+            g[k] = wt[b + k];
+        }
+    }
     // G g: column j of g through G, for each of g's 3 columns -> rows r0..r3 of (4, 3)
-    let c0 = g3(wt[b], wt[b + 3u], wt[b + 6u]);
-    let c1 = g3(wt[b + 1u], wt[b + 4u], wt[b + 7u]);
-    let c2 = g3(wt[b + 2u], wt[b + 5u], wt[b + 8u]);
+    let c0 = g3(g[0], g[3], g[6]);
+    let c1 = g3(g[1], g[4], g[7]);
+    let c2 = g3(g[2], g[5], g[8]);
     // (G g) G^T: each row (c0[r], c1[r], c2[r]) through G
     for (var r = 0u; r < 4u; r++) {
         let row = g3(c0[r], c1[r], c2[r]);

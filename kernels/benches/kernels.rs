@@ -182,7 +182,8 @@ fn main() {
 
     // The input gradient of a 3x3 conv (dcols = W^T dy, then col2im) at a VAE decoder's
     // size, the cost of reward feedback through the frozen decoder; the ratio is to the
-    // direct forward conv of the same shape (the same FLOPs) measured here.
+    // direct forward conv of the same shape (the same FLOPs) measured here; the gradient
+    // through the direct kernels (im2col-style columns, col2im) and through Winograd.
     let (n, c, hh, ww) = if cpu { (4, 64, 32, 32) } else { (16, 128, 256, 256) };
     let (x, xv) = b.tensor(&[n, c, hh, ww], 12);
     let (w, wv) = b.tensor(&[c, c, 3, 3], 13);
@@ -196,11 +197,15 @@ fn main() {
     let want: f64 = (0..c).flat_map(|o| (0..3).flat_map(move |ky| (0..3).map(move |kx| (o, ky, kx))))
         .map(|(o, ky, kx)| wv[o * c * 9 + ky * 3 + kx] as f64 * xv[(o * hh + 2 - ky) * ww + 2 - kx] as f64)
         .sum();
-    let t = best_time(b.budget, 3, || {
-        let dx = ops::conv2d_backward(&x, &w, &x, Conv2d::new(1, 1), (true, false, false)).unwrap().0.unwrap();
-        check_value("conv2d dx", dx.item_at(ww + 1).unwrap(), want, 1e-4);
-    });
-    b.row("conv2d 3x3 input gradient", shape, t, flops, "GFLOP/s", Some(forward));
+    for (path, label) in [(ConvPath::Direct, "direct"), (ConvPath::Winograd, "Winograd")] {
+        b.gpu.set_conv_path(path);
+        let t = best_time(b.budget, 3, || {
+            let dx = ops::conv2d_backward(&x, &w, &x, Conv2d::new(1, 1), (true, false, false)).unwrap().0.unwrap();
+            check_value("conv2d dx", dx.item_at(ww + 1).unwrap(), want, 1e-4);
+        });
+        b.row(&format!("conv2d 3x3 input gradient ({label})"), shape.clone(), t, flops, "GFLOP/s", Some(forward));
+    }
+    b.gpu.set_conv_path(ConvPath::Auto);
 
     // Group norm (32 groups) with fused SiLU over (N, C, F, H, W).
     let f = if cpu { 4 } else { 16 };

@@ -187,7 +187,8 @@ pub enum AttentionPath {
     Materialised,
 }
 
-/// How 3x3, stride-1 convolutions run (forward; their backward is the same either way).
+/// How 3x3, stride-1 convolutions run: their forward and their input gradient (the weight
+/// gradient is always direct).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvPath {
     /// Winograd F(2x2, 3x3) where input and output channels both number at least

@@ -293,6 +293,15 @@ fn winograd_convs_equal_the_reference() {
                 // the transforms add and subtract up to 4 x 4 terms on each side
                 assert_close(&format!("{v:?} winograd {xs:?} {ws:?} {geo:?} bias {bias}"), &y.to_vec().unwrap(), &want, 4e-5 * k.sqrt(), 1e-4);
             }
+            // the input gradient (the turned kernels' correlation) against the direct one
+            let (dy, _) = upload(&g, &conv_ref(&xv, *xs, &wv, *ws, None, *geo).1, 200 + s as u64);
+            let dx = ops::conv2d_backward(&x, &w, &dy, *geo, (true, false, false)).unwrap().0.unwrap().to_vec().unwrap();
+            g.set_conv_path(ConvPath::Direct);
+            let direct = ops::conv2d_backward(&x, &w, &dy, *geo, (true, false, false)).unwrap().0.unwrap().to_vec().unwrap();
+            g.set_conv_path(ConvPath::Winograd);
+            let direct: Vec<f64> = direct.iter().map(|&v| v as f64).collect();
+            let ko = (ws[0] * 9) as f64;
+            assert_close(&format!("{v:?} winograd dx {xs:?} {ws:?} {geo:?}"), &dx, &direct, 4e-5 * ko.sqrt(), 1e-4);
         }
         // strided and non-3x3 convs are left to the direct kernels
         let (x, xv) = upload(&g, &[1, 3, 9, 9], 3);
@@ -312,6 +321,10 @@ fn conv2d_backward_is_the_adjoint_in_chunks_and_whole() {
     for (v, g) in variants().into_iter().filter(|(v, _)| !matches!(v, KernelVariant::Tiled | KernelVariant::TiledScalar)) {
         conv2d_adjoints(&g, &format!("{v:?}"));
     }
+    // the 3x3 stride-1 cases' forward and input gradient through Winograd
+    let g = private_gpu();
+    g.set_conv_path(ConvPath::Winograd);
+    conv2d_adjoints(&g, "Winograd");
 }
 
 fn conv2d_adjoints(g: &Gpu, v: &str) {

@@ -605,6 +605,13 @@ pub fn conv2d_backward(
     let per_image = p.k as usize * oh * ow * 4;
     let chunk = (CONV_COLUMNS_MAX_BYTES / per_image.max(1)).clamp(1, n.max(1));
     let db = if need.2 { Some(super::sum(&super::sum(&dy.reshape(&[n, o, oh * ow])?, 2)?, 0)?) } else { None };
+    // the input gradient through Winograd where it applies (no columns then), the weight
+    // gradient through the columns below
+    if need.0 && n > 0 && super::winograd::input_gradient_applies(x.gpu(), choose_kind(x.gpu())? == Kind::Tiled, w, g.stride, g.padding) {
+        let dx = super::winograd::conv2d_input_gradient(dy, w, g.padding)?;
+        let (_, dw, _) = if need.1 { conv2d_backward(x, w, dy, g, (false, true, false))? } else { (None, None, None) };
+        return Ok((Some(dx), dw, db));
+    }
     if chunk >= n {
         let (dx, dw) = conv2d_backward_columns(x, w, dy, g, need)?;
         return Ok((dx, dw, db));

@@ -36,7 +36,8 @@ struct Params {
     has_bias: u32,
 }
 
-/// Does a conv of weight (O, C, KH, KW) and `stride` run through Winograd on this device?
+/// Does a conv of weight (O, C, KH, KW) and `stride` run through Winograd on this device
+/// (its forward; its input gradient also needs [`input_gradient_applies`])?
 /// (`tiled`: GEMMs run on the tiled kernel; the barrier-free and subgroup variants chosen
 /// explicitly on a GPU keep the direct convolution.)
 pub(crate) fn applies(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize)) -> bool {
@@ -49,27 +50,42 @@ pub(crate) fn applies(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize)
     }
 }
 
+/// The input gradient of a 3x3 stride-1 conv is the correlation of dy with the kernels
+/// turned by 180 degrees (channel axes swapped) at padding 2 - p: Winograd too where no
+/// side is padded by more than 2.
+pub(crate) fn input_gradient_applies(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize), padding: (usize, usize, usize, usize)) -> bool {
+    let (pt, pb, pl, pr) = padding;
+    pt.max(pb).max(pl).max(pr) <= 2 && applies(gpu, tiled, w, stride)
+}
+
 /// The conv of x (N, C, H, W) with w (O, C, 3, 3), stride 1, padding (top, bottom, left,
 /// right), plus bias [O]: (N, O, OH, OW). Operands are checked by the caller.
 pub(crate) fn conv2d_winograd(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: (usize, usize, usize, usize)) -> Result<Tensor> {
-    conv2d_winograd_within(x, w, bias, padding, WINOGRAD_MAX_BYTES)
+    run(x, &weights(w, false)?, bias, padding, WINOGRAD_MAX_BYTES)
 }
 
-/// [`conv2d_winograd`] with transformed tensors of at most `budget` bytes per pass.
-fn conv2d_winograd_within(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: (usize, usize, usize, usize), budget: usize) -> Result<Tensor> {
+/// dx (N, C, H, W) of the conv of x with w (O, C, 3, 3), stride 1 and `padding` (each side
+/// at most 2), from dy (N, O, OH, OW).
+pub(crate) fn conv2d_input_gradient(dy: &Tensor, w: &Tensor, padding: (usize, usize, usize, usize)) -> Result<Tensor> {
+    let (pt, pb, pl, pr) = padding;
+    run(dy, &weights(w, true)?, None, (2 - pt, 2 - pb, 2 - pl, 2 - pr), WINOGRAD_MAX_BYTES)
+}
+
+/// The correlation of x (N, C, H, W) with the transformed weights v (16, O, C), plus bias,
+/// with transformed tensors of at most `budget` bytes per pass.
+fn run(x: &Tensor, v: &Tensor, bias: Option<&Tensor>, padding: (usize, usize, usize, usize), budget: usize) -> Result<Tensor> {
     let gpu = x.gpu();
     let [n, c, h, wd] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
-    let o = w.shape()[0];
+    let o = v.shape()[1];
     let (pt, pb, pl, pr) = padding;
     let (oh, ow) = (h + pt + pb - 2, wd + pl + pr - 2);
     let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
     // images per pass: the transformed input and output of a pass within the budget
     let per_image = 16 * c.max(o) * th * tw * 4;
     let chunk = (budget / per_image.max(1)).clamp(1, n.max(1));
-    let v = weights(w)?;
     let y = Tensor::empty(gpu, &[n, o, oh, ow], DType::F32, "conv2d output")?;
     if chunk >= n {
-        tiles(x, &v, bias, &y, padding)?;
+        tiles(x, v, bias, &y, padding)?;
         return Ok(y);
     }
     let parts = (0..n)
@@ -77,7 +93,7 @@ fn conv2d_winograd_within(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding
         .map(|i0| {
             let m = chunk.min(n - i0);
             let part = Tensor::empty(gpu, &[m, o, oh, ow], DType::F32, "conv2d output")?;
-            tiles(&super::slice(x, 0, i0, m)?, &v, bias, &part, padding)?;
+            tiles(&super::slice(x, 0, i0, m)?, v, bias, &part, padding)?;
             Ok(part)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -103,13 +119,15 @@ fn params(x: &Tensor, o: usize, y: &Tensor, padding: (usize, usize, usize, usize
     }
 }
 
-/// G g G^T of every (output, input) channel pair: (16, O, C).
-fn weights(w: &Tensor) -> Result<Tensor> {
+/// G g G^T of every (output, input) channel pair of w (O, C, 3, 3): (16, O, C); with
+/// `flip` those of the input gradient's correlation (kernels turned by 180 degrees,
+/// channel axes swapped): (16, C, O).
+fn weights(w: &Tensor, flip: bool) -> Result<Tensor> {
     let gpu = w.gpu();
-    let (o, c) = (w.shape()[0], w.shape()[1]);
+    let (o, c) = if flip { (w.shape()[1], w.shape()[0]) } else { (w.shape()[0], w.shape()[1]) };
     let v = Tensor::empty(gpu, &[16, o, c], DType::F32, "winograd weights")?;
     let p = Params { o: o as u32, c: c as u32, ..Zeroable::zeroed() };
-    launch(gpu, &WINOGRAD, "winograd_weights", &[], bytemuck::bytes_of(&p), &[w, &v], fold_groups(gpu, o * c, 256))?;
+    launch(gpu, &WINOGRAD, "winograd_weights", &[("FLIP", flip as u32 as f64)], bytemuck::bytes_of(&p), &[w, &v], fold_groups(gpu, o * c, 256))?;
     Ok(v)
 }
 
@@ -143,9 +161,9 @@ mod tests {
         let wt = Tensor::from_slice(&gpu, &[o, c, 3, 3], &vals(o * c * 9, 0.7)).unwrap();
         let b = Tensor::from_slice(&gpu, &[o], &vals(o, 1.3)).unwrap();
         let pad = (1, 0, 2, 1);
-        let whole = conv2d_winograd_within(&x, &wt, Some(&b), pad, usize::MAX).unwrap().to_vec().unwrap();
+        let whole = run(&x, &weights(&wt, false).unwrap(), Some(&b), pad, usize::MAX).unwrap().to_vec().unwrap();
         // one image's transformed input: 16 x 4 channels x 3 x 4 tiles x 4 bytes = 3 KiB
-        let parts = conv2d_winograd_within(&x, &wt, Some(&b), pad, 2 * 16 * 4 * 12 * 4).unwrap();
+        let parts = run(&x, &weights(&wt, false).unwrap(), Some(&b), pad, 2 * 16 * 4 * 12 * 4).unwrap();
         assert_eq!(parts.shape(), [n, o, 6, 7]);
         let parts = parts.to_vec().unwrap();
         assert!(whole.iter().zip(&parts).all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + a.abs())), "chunked != whole");
