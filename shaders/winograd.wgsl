@@ -1,4 +1,5 @@
-// Winograd F(2x2, 3x3) convolution, stride 1 (Lavin & Gray, 2016): per 2x2 output tile
+// Winograd convolutions, 3x3 kernels, stride 1 (Lavin & Gray, 2016): F(2x2, 3x3) here,
+// F(4x4, 3x3) further down (the winograd4_* entry points). Per 2x2 output tile
 // y = A^T [ sum_c (G g_oc G^T) * (B^T d_c B) ] A, the 16 elementwise products summed over
 // input channels as 16 GEMMs (ops::conv2d runs them between these kernels):
 //   weights:  w (O, C, 3, 3) -> v (16, O, C), v[xi] = (G g G^T)[xi / 4][xi % 4]; with
@@ -174,6 +175,158 @@ fn winograd_output(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
                 let xx = 2u * tx + s;
                 if (xx < p.ow) {
                     y_out[plane + yy * p.ow + xx] = out[r][s];
+                }
+            }
+        }
+    }
+}
+
+// ---- F(4x4, 3x3): 6x6 input tiles, 36 GEMMs, 4x4 output tiles (4x fewer multiplications
+// than the direct convolution; larger transform constants, so slightly larger rounding).
+//   v (36, O, C), u (36, C, T) with TH = ceil(OH / 4), TW = ceil(OW / 4), m (36, O, T)
+// G = [[1/4, 0, 0], [-1/6, -1/6, -1/6], [-1/6, 1/6, -1/6], [1/24, 1/12, 1/6],
+//      [1/24, -1/12, 1/6], [0, 0, 1]]
+// B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+//        [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
+// A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+
+fn g6(a: f32, b: f32, c: f32) -> array<f32, 6> {
+    return array<f32, 6>(0.25 * a, -(a + b + c) / 6.0, -(a - b + c) / 6.0, a / 24.0 + b / 12.0 + c / 6.0, a / 24.0 - b / 12.0 + c / 6.0, c);
+}
+
+@compute @workgroup_size(256)
+fn winograd4_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    let oc = p.o * p.c;
+    if (i >= oc) {
+        return;
+    }
+    var g: array<f32, 9>;
+    if (FLIP) {
+        let b = ((i % p.c) * p.o + i / p.c) * 9u;
+        for (var k = 0u; k < 9u; k++) {
+            g[k] = wt[b + 8u - k];
+        }
+    } else {
+        let b = i * 9u;
+        for (var k = 0u; k < 9u; k++) {
+            g[k] = wt[b + k];
+        }
+    }
+    // columns of G g (6 rows each), then each row of G g through G
+    let c0 = g6(g[0], g[3], g[6]);
+    let c1 = g6(g[1], g[4], g[7]);
+    let c2 = g6(g[2], g[5], g[8]);
+    for (var r = 0u; r < 6u; r++) {
+        let row = g6(c0[r], c1[r], c2[r]);
+        for (var s = 0u; s < 6u; s++) {
+            v_out[(r * 6u + s) * oc + i] = row[s];
+        }
+    }
+}
+
+fn bt6(d: array<f32, 6>) -> array<f32, 6> {
+    return array<f32, 6>(
+        4.0 * d[0] - 5.0 * d[2] + d[4],
+        -4.0 * (d[1] + d[2]) + d[3] + d[4],
+        4.0 * (d[1] - d[2]) - d[3] + d[4],
+        2.0 * (d[3] - d[1]) - d[2] + d[4],
+        2.0 * (d[1] - d[3]) - d[2] + d[4],
+        4.0 * d[1] - 5.0 * d[3] + d[5],
+    );
+}
+
+@compute @workgroup_size(256)
+fn winograd4_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid); // c * T + t
+    let per = p.th * p.tw;
+    let t_all = p.n * per;
+    if (i >= p.c * t_all) {
+        return;
+    }
+    let c = i / t_all;
+    let t = i % t_all;
+    let n = t / per;
+    let ty = (t % per) / p.tw;
+    let tx = t % p.tw;
+    let plane = (n * p.c + c) * p.h * p.w;
+    // d^T's columns = d's rows through B^T one column at a time: first each column of the
+    // 6x6 patch through B^T (q[r][s] = (B^T d)[r][s]), then each row of q through B^T
+    var q: array<array<f32, 6>, 6>;
+    for (var s = 0u; s < 6u; s++) {
+        var col: array<f32, 6>;
+        let xx = 4u * tx + s;
+        let x_in_range = xx >= p.pad_left && xx - p.pad_left < p.w;
+        for (var r = 0u; r < 6u; r++) {
+            let yy = 4u * ty + r;
+            var v = 0.0;
+            if (x_in_range && yy >= p.pad_top && yy - p.pad_top < p.h) {
+                v = x_in[plane + (yy - p.pad_top) * p.w + xx - p.pad_left];
+            }
+            col[r] = v;
+        }
+        let tc = bt6(col);
+        for (var r = 0u; r < 6u; r++) {
+            q[r][s] = tc[r];
+        }
+    }
+    let ct = p.c * t_all;
+    for (var r = 0u; r < 6u; r++) {
+        let row = bt6(q[r]);
+        for (var s = 0u; s < 6u; s++) {
+            u_out[(r * 6u + s) * ct + i] = row[s];
+        }
+    }
+}
+
+fn at6(m: array<f32, 6>) -> vec4<f32> {
+    return vec4<f32>(
+        m[0] + m[1] + m[2] + m[3] + m[4],
+        m[1] - m[2] + 2.0 * (m[3] - m[4]),
+        m[1] + m[2] + 4.0 * (m[3] + m[4]),
+        m[1] - m[2] + 8.0 * (m[3] - m[4]) + m[5],
+    );
+}
+
+@compute @workgroup_size(256)
+fn winograd4_output(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid); // o * T + t
+    let per = p.th * p.tw;
+    let t_all = p.n * per;
+    let ot = p.o * t_all;
+    if (i >= ot) {
+        return;
+    }
+    let o = i / t_all;
+    let t = i % t_all;
+    let n = t / per;
+    let ty = (t % per) / p.tw;
+    let tx = t % p.tw;
+    // A^T m: each column of m through A^T (4 rows), then each of those rows through A^T
+    var h: array<vec4<f32>, 6>; // h[s] = column s of A^T m
+    for (var s = 0u; s < 6u; s++) {
+        var col: array<f32, 6>;
+        for (var r = 0u; r < 6u; r++) {
+            col[r] = m_in[(r * 6u + s) * ot + i];
+        }
+        h[s] = at6(col);
+    }
+    var b = 0.0;
+    if (p.has_bias != 0u) {
+        b = bias[o];
+    }
+    let plane = (n * p.o + o) * p.oh * p.ow;
+    for (var r = 0u; r < 4u; r++) {
+        let yy = 4u * ty + r;
+        if (yy < p.oh) {
+            let row = at6(array<f32, 6>(h[0][r], h[1][r], h[2][r], h[3][r], h[4][r], h[5][r])) + b;
+            for (var s = 0u; s < 4u; s++) {
+                let xx = 4u * tx + s;
+                if (xx < p.ow) {
+                    y_out[plane + yy * p.ow + xx] = row[s];
                 }
             }
         }

@@ -33,7 +33,7 @@ fn unknown_adapter_lists_the_available_ones() {
 #[test]
 fn a_bad_conv_path_setting_is_refused() {
     let (ok, _, err) = t2v(&["info"], &[("T2V_CONV_PATH", "fft")]);
-    assert!(!ok && err.contains("T2V_CONV_PATH=fft: expected auto, direct or winograd"), "{err}");
+    assert!(!ok && err.contains("T2V_CONV_PATH=fft: expected auto, direct, winograd or winograd4"), "{err}");
     let (ok, out, err) = t2v(&["info"], &[("T2V_CONV_PATH", "winograd")]);
     assert!(ok && out.contains("self-check"), "{out}\n{err}");
 }

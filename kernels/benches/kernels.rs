@@ -46,10 +46,11 @@ impl Bench {
         self.gpu.set_kernel_variant(KernelVariant::Auto);
     }
     /// A 3x3 conv through the direct kernels (the baseline) and through Winograd F(2x2,
-    /// 3x3), both at the direct convolution's FLOPs (so the rate ratio is the speed-up).
+    /// 3x3) and F(4x4, 3x3), all at the direct convolution's FLOPs (so the rate ratio is the
+    /// speed-up).
     fn conv_paths(&mut self, name: &str, shape: String, amount: f64, f: impl Fn()) -> f64 {
         let mut base = None;
-        for (path, label) in [(ConvPath::Direct, "direct"), (ConvPath::Winograd, "Winograd")] {
+        for (path, label) in [(ConvPath::Direct, "direct"), (ConvPath::Winograd, "Winograd"), (ConvPath::Winograd4, "Winograd F4")] {
             self.gpu.set_conv_path(path);
             let t = best_time(self.budget, 3, &f);
             let rate = self.row(&format!("{name} ({label})"), shape.clone(), t, amount, "GFLOP/s", base);
@@ -197,7 +198,7 @@ fn main() {
     let want: f64 = (0..c).flat_map(|o| (0..3).flat_map(move |ky| (0..3).map(move |kx| (o, ky, kx))))
         .map(|(o, ky, kx)| wv[o * c * 9 + ky * 3 + kx] as f64 * xv[(o * hh + 2 - ky) * ww + 2 - kx] as f64)
         .sum();
-    for (path, label) in [(ConvPath::Direct, "direct"), (ConvPath::Winograd, "Winograd")] {
+    for (path, label) in [(ConvPath::Direct, "direct"), (ConvPath::Winograd, "Winograd"), (ConvPath::Winograd4, "Winograd F4")] {
         b.gpu.set_conv_path(path);
         let t = best_time(b.budget, 3, || {
             let dx = ops::conv2d_backward(&x, &w, &x, Conv2d::new(1, 1), (true, false, false)).unwrap().0.unwrap();

@@ -34,8 +34,8 @@ pub struct GpuOptions {
 /// Environment variable that turns shader runtime checks on.
 pub const SHADER_CHECKS_ENV: &str = "T2V_SHADER_CHECKS";
 
-/// Environment variable that sets a new device's [`ConvPath`]: `auto`, `direct` or
-/// `winograd` (e.g. to compare the two on one machine).
+/// Environment variable that sets a new device's [`ConvPath`]: `auto`, `direct`,
+/// `winograd` or `winograd4` (e.g. to compare them on one machine).
 pub const CONV_PATH_ENV: &str = "T2V_CONV_PATH";
 
 /// One adapter as listed by [`list_adapters`].
@@ -191,17 +191,23 @@ pub enum AttentionPath {
 /// gradient is always direct).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvPath {
-    /// Winograd F(2x2, 3x3) where input and output channels both number at least
-    /// [`crate::ops::WINOGRAD_MIN_CHANNELS`] (2.25x fewer multiplications, for transforms
-    /// that write and read 4x the input and output; on llvmpipe 1.4-2x faster from 64
-    /// channels), outside [`Gpu::memory_lean`] scopes, on GPUs under the tiled GEMM and on
-    /// CPU adapters; else the direct (implicit-GEMM or im2col) kernels.
+    /// Winograd where input and output channels both number at least
+    /// [`crate::ops::WINOGRAD_MIN_CHANNELS`]: F(4x4, 3x3) for outputs of at least 16x16
+    /// pixels, F(2x2, 3x3) for smaller ones (on llvmpipe 2.3-2.6x and 1.03-1.10x the direct
+    /// conv), on GPUs under the tiled GEMM and on CPU adapters; else the direct
+    /// (implicit-GEMM or im2col) kernels. Also inside [`Gpu::memory_lean`] scopes: the
+    /// transformed tiles live for one convolution, and recomputed blocks then compute what
+    /// the stored forward computed (`train --recompute` trains the same steps).
     #[default]
     Auto,
     /// Always the direct kernels.
     Direct,
-    /// Winograd for every 3x3, stride-1 convolution (also on CPU adapters, for tests).
+    /// Winograd F(2x2, 3x3) for every 3x3, stride-1 convolution.
     Winograd,
+    /// Winograd F(4x4, 3x3) for every 3x3, stride-1 convolution: 4x fewer multiplications
+    /// than the direct convolution and transforms of 2.25x the input and output, with
+    /// larger transform constants (more rounding).
+    Winograd4,
 }
 
 /// A GPU device ready for tensors and kernels.
@@ -227,7 +233,8 @@ impl Gpu {
             None | Some("auto") => ConvPath::Auto,
             Some("direct") => ConvPath::Direct,
             Some("winograd") => ConvPath::Winograd,
-            Some(other) => return Err(Error::Device(format!("{CONV_PATH_ENV}={other}: expected auto, direct or winograd"))),
+            Some("winograd4") => ConvPath::Winograd4,
+            Some(other) => return Err(Error::Device(format!("{CONV_PATH_ENV}={other}: expected auto, direct, winograd or winograd4"))),
         };
         let query = opts.adapter.clone().or_else(|| std::env::var(ADAPTER_ENV).ok().filter(|s| !s.is_empty()));
         let chosen = match &query {

@@ -542,8 +542,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
     let (n, o, k) = (x.shape()[0], w.shape()[0], p.k as usize);
     let gpu = x.gpu();
     let kind = choose_kind(gpu)?;
-    if n > 0 && super::winograd::applies(gpu, kind == Kind::Tiled, w, g.stride) {
-        return super::winograd::conv2d_winograd(x, w, bias, g.padding);
+    if let Some(tile) = super::winograd::tile(gpu, kind == Kind::Tiled, w, g.stride, (oh, ow)).filter(|_| n > 0) {
+        return super::winograd::conv2d_winograd(tile, x, w, bias, g.padding);
     }
     // CPU adapters: materialised columns for the vec4 GEMM, a few images at a time within
     // CONV_COLUMNS_MAX_BYTES; other devices: implicit GEMM. The columns are (N, K, P) when
@@ -607,8 +607,9 @@ pub fn conv2d_backward(
     let db = if need.2 { Some(super::sum(&super::sum(&dy.reshape(&[n, o, oh * ow])?, 2)?, 0)?) } else { None };
     // the input gradient through Winograd where it applies (no columns then), the weight
     // gradient through the columns below
-    if need.0 && n > 0 && super::winograd::input_gradient_applies(x.gpu(), choose_kind(x.gpu())? == Kind::Tiled, w, g.stride, g.padding) {
-        let dx = super::winograd::conv2d_input_gradient(dy, w, g.padding)?;
+    let tile = super::winograd::input_gradient_tile(x.gpu(), choose_kind(x.gpu())? == Kind::Tiled, w, g.stride, g.padding, (x.shape()[2], x.shape()[3]));
+    if let Some(tile) = tile.filter(|_| need.0 && n > 0) {
+        let dx = super::winograd::conv2d_input_gradient(tile, dy, w, g.padding)?;
         let (_, dw, _) = if need.1 { conv2d_backward(x, w, dy, g, (false, true, false))? } else { (None, None, None) };
         return Ok((Some(dx), dw, db));
     }

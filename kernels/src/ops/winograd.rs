@@ -1,8 +1,9 @@
-//! Winograd F(2x2, 3x3) for 3x3, stride-1 convolutions (`shaders/winograd.wgsl`): the
-//! weights and the input's 4x4 tiles are transformed, 16 batched GEMMs (O, C) x (C, tiles)
-//! sum over the input channels, and the output transform writes each 2x2 tile. 2.25x fewer
-//! multiplications than the direct convolution, for transforms that write and read 4x the
-//! input and output.
+//! Winograd convolutions for 3x3, stride-1 convolutions (`shaders/winograd.wgsl`): the
+//! weights and the input's (m + 2)x(m + 2) tiles are transformed, one batched GEMM
+//! (O, C) x (C, tiles) per tile point sums over the input channels, and the output
+//! transform writes each m x m tile. F(2x2, 3x3): 16 GEMMs, 2.25x fewer multiplications
+//! than the direct convolution, transforms of 4x the input and output; F(4x4, 3x3): 36
+//! GEMMs, 4x fewer, transforms of 2.25x.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -15,8 +16,8 @@ use crate::{DType, Gpu, Result, Tensor};
 /// their GEMMs would be too thin to gain (e.g. the VAE's 3-channel conv_out).
 pub const WINOGRAD_MIN_CHANNELS: usize = 32;
 
-/// Largest transformed input or output (16 x C x tiles floats) of one pass; convolutions
-/// over more images run a few images at a time.
+/// Largest transformed input or output (points x channels x tiles floats) of one pass;
+/// convolutions over more images run a few images at a time.
 const WINOGRAD_MAX_BYTES: usize = 256 << 20;
 
 #[repr(C)]
@@ -36,56 +37,99 @@ struct Params {
     has_bias: u32,
 }
 
-/// Does a conv of weight (O, C, KH, KW) and `stride` run through Winograd on this device
-/// (its forward; its input gradient also needs [`input_gradient_applies`])?
-/// (`tiled`: GEMMs run on the tiled kernel; the barrier-free and subgroup variants chosen
-/// explicitly on a GPU keep the direct convolution.)
-pub(crate) fn applies(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize)) -> bool {
-    let s = w.shape();
-    let fits = s.len() == 4 && s[2] == 3 && s[3] == 3 && stride == (1, 1);
-    fits && match gpu.conv_path() {
-        ConvPath::Direct => false,
-        ConvPath::Winograd => true,
-        ConvPath::Auto => (tiled || gpu.is_cpu()) && !gpu.is_memory_lean() && s[0] >= WINOGRAD_MIN_CHANNELS && s[1] >= WINOGRAD_MIN_CHANNELS,
+/// Output tile of a Winograd transform: F(2x2, 3x3) or F(4x4, 3x3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tile {
+    F2,
+    F4,
+}
+
+impl Tile {
+    /// Output rows and columns per tile.
+    fn m(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+    /// Elements of a transformed tile: (m + 2)^2, the number of GEMMs.
+    fn points(self) -> usize {
+        (self.m() + 2) * (self.m() + 2)
+    }
+    /// Entry points of the weight, input and output transforms.
+    fn entries(self) -> [&'static str; 3] {
+        match self {
+            Tile::F2 => ["winograd_weights", "winograd_input", "winograd_output"],
+            Tile::F4 => ["winograd4_weights", "winograd4_input", "winograd4_output"],
+        }
     }
 }
+
+/// The Winograd tile a conv of weight (O, C, KH, KW) and `stride` with an output of
+/// `out` = (OH, OW) pixels per image runs with on this device, or None for the direct
+/// kernels (its forward; its input gradient also needs [`input_gradient_tile`]).
+/// (`tiled`: GEMMs run on the tiled kernel; the barrier-free and subgroup variants chosen
+/// explicitly on a GPU keep the direct convolution.)
+pub(crate) fn tile(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize), out: (usize, usize)) -> Option<Tile> {
+    let s = w.shape();
+    let fits = s.len() == 4 && s[2] == 3 && s[3] == 3 && stride == (1, 1);
+    if !fits {
+        return None;
+    }
+    match gpu.conv_path() {
+        ConvPath::Direct => None,
+        ConvPath::Winograd => Some(Tile::F2),
+        ConvPath::Winograd4 => Some(Tile::F4),
+        ConvPath::Auto => {
+            let wide = out.0 >= WINOGRAD4_MIN_SIZE && out.1 >= WINOGRAD4_MIN_SIZE;
+            ((tiled || gpu.is_cpu()) && s[0] >= WINOGRAD_MIN_CHANNELS && s[1] >= WINOGRAD_MIN_CHANNELS).then_some(if wide { Tile::F4 } else { Tile::F2 })
+        }
+    }
+}
+
+/// Under [`ConvPath::Auto`], outputs at least this high and wide take F(4x4, 3x3), smaller
+/// ones F(2x2, 3x3): 4x4 tiles waste more of a small image and leave its GEMMs thin
+/// (llvmpipe: F(4x4) 2.3-2.6x the direct conv at 32x32 and 40x64, 0.55x at 5x8 where
+/// F(2x2) is 1.03-1.10x).
+const WINOGRAD4_MIN_SIZE: usize = 16;
 
 /// The input gradient of a 3x3 stride-1 conv is the correlation of dy with the kernels
 /// turned by 180 degrees (channel axes swapped) at padding 2 - p: Winograd too where no
 /// side is padded by more than 2.
-pub(crate) fn input_gradient_applies(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize), padding: (usize, usize, usize, usize)) -> bool {
+/// (`input` = (H, W): the input gradient's size.)
+pub(crate) fn input_gradient_tile(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize), padding: (usize, usize, usize, usize), input: (usize, usize)) -> Option<Tile> {
     let (pt, pb, pl, pr) = padding;
-    pt.max(pb).max(pl).max(pr) <= 2 && applies(gpu, tiled, w, stride)
+    tile(gpu, tiled, w, stride, input).filter(|_| pt.max(pb).max(pl).max(pr) <= 2)
 }
 
 /// The conv of x (N, C, H, W) with w (O, C, 3, 3), stride 1, padding (top, bottom, left,
 /// right), plus bias [O]: (N, O, OH, OW). Operands are checked by the caller.
-pub(crate) fn conv2d_winograd(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: (usize, usize, usize, usize)) -> Result<Tensor> {
-    run(x, &weights(w, false)?, bias, padding, WINOGRAD_MAX_BYTES)
+pub(crate) fn conv2d_winograd(tile: Tile, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, padding: (usize, usize, usize, usize)) -> Result<Tensor> {
+    run(tile, x, &weights(tile, w, false)?, bias, padding, WINOGRAD_MAX_BYTES)
 }
 
 /// dx (N, C, H, W) of the conv of x with w (O, C, 3, 3), stride 1 and `padding` (each side
 /// at most 2), from dy (N, O, OH, OW).
-pub(crate) fn conv2d_input_gradient(dy: &Tensor, w: &Tensor, padding: (usize, usize, usize, usize)) -> Result<Tensor> {
+pub(crate) fn conv2d_input_gradient(tile: Tile, dy: &Tensor, w: &Tensor, padding: (usize, usize, usize, usize)) -> Result<Tensor> {
     let (pt, pb, pl, pr) = padding;
-    run(dy, &weights(w, true)?, None, (2 - pt, 2 - pb, 2 - pl, 2 - pr), WINOGRAD_MAX_BYTES)
+    run(tile, dy, &weights(tile, w, true)?, None, (2 - pt, 2 - pb, 2 - pl, 2 - pr), WINOGRAD_MAX_BYTES)
 }
 
-/// The correlation of x (N, C, H, W) with the transformed weights v (16, O, C), plus bias,
-/// with transformed tensors of at most `budget` bytes per pass.
-fn run(x: &Tensor, v: &Tensor, bias: Option<&Tensor>, padding: (usize, usize, usize, usize), budget: usize) -> Result<Tensor> {
+/// The correlation of x (N, C, H, W) with the transformed weights v (points, O, C), plus
+/// bias, with transformed tensors of at most `budget` bytes per pass.
+fn run(tile: Tile, x: &Tensor, v: &Tensor, bias: Option<&Tensor>, padding: (usize, usize, usize, usize), budget: usize) -> Result<Tensor> {
     let gpu = x.gpu();
     let [n, c, h, wd] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
     let o = v.shape()[1];
     let (pt, pb, pl, pr) = padding;
     let (oh, ow) = (h + pt + pb - 2, wd + pl + pr - 2);
-    let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+    let (th, tw) = (oh.div_ceil(tile.m()), ow.div_ceil(tile.m()));
     // images per pass: the transformed input and output of a pass within the budget
-    let per_image = 16 * c.max(o) * th * tw * 4;
+    let per_image = tile.points() * c.max(o) * th * tw * 4;
     let chunk = (budget / per_image.max(1)).clamp(1, n.max(1));
     let y = Tensor::empty(gpu, &[n, o, oh, ow], DType::F32, "conv2d output")?;
     if chunk >= n {
-        tiles(x, v, bias, &y, padding)?;
+        tiles(tile, x, v, bias, &y, padding)?;
         return Ok(y);
     }
     let parts = (0..n)
@@ -93,14 +137,14 @@ fn run(x: &Tensor, v: &Tensor, bias: Option<&Tensor>, padding: (usize, usize, us
         .map(|i0| {
             let m = chunk.min(n - i0);
             let part = Tensor::empty(gpu, &[m, o, oh, ow], DType::F32, "conv2d output")?;
-            tiles(&super::slice(x, 0, i0, m)?, v, bias, &part, padding)?;
+            tiles(tile, &super::slice(x, 0, i0, m)?, v, bias, &part, padding)?;
             Ok(part)
         })
         .collect::<Result<Vec<_>>>()?;
     super::concat(&parts.iter().collect::<Vec<_>>(), 0)
 }
 
-fn params(x: &Tensor, o: usize, y: &Tensor, padding: (usize, usize, usize, usize), has_bias: bool) -> Params {
+fn params(tile: Tile, x: &Tensor, o: usize, y: &Tensor, padding: (usize, usize, usize, usize), has_bias: bool) -> Params {
     let [n, c, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
     let (oh, ow) = (y.shape()[2], y.shape()[3]);
     Params {
@@ -111,38 +155,39 @@ fn params(x: &Tensor, o: usize, y: &Tensor, padding: (usize, usize, usize, usize
         o: o as u32,
         oh: oh as u32,
         ow: ow as u32,
-        th: oh.div_ceil(2) as u32,
-        tw: ow.div_ceil(2) as u32,
+        th: oh.div_ceil(tile.m()) as u32,
+        tw: ow.div_ceil(tile.m()) as u32,
         pad_top: padding.0 as u32,
         pad_left: padding.2 as u32,
         has_bias: has_bias as u32,
     }
 }
 
-/// G g G^T of every (output, input) channel pair of w (O, C, 3, 3): (16, O, C); with
+/// G g G^T of every (output, input) channel pair of w (O, C, 3, 3): (points, O, C); with
 /// `flip` those of the input gradient's correlation (kernels turned by 180 degrees,
-/// channel axes swapped): (16, C, O).
-fn weights(w: &Tensor, flip: bool) -> Result<Tensor> {
+/// channel axes swapped): (points, C, O).
+fn weights(tile: Tile, w: &Tensor, flip: bool) -> Result<Tensor> {
     let gpu = w.gpu();
     let (o, c) = if flip { (w.shape()[1], w.shape()[0]) } else { (w.shape()[0], w.shape()[1]) };
-    let v = Tensor::empty(gpu, &[16, o, c], DType::F32, "winograd weights")?;
+    let v = Tensor::empty(gpu, &[tile.points(), o, c], DType::F32, "winograd weights")?;
     let p = Params { o: o as u32, c: c as u32, ..Zeroable::zeroed() };
-    launch(gpu, &WINOGRAD, "winograd_weights", &[("FLIP", flip as u32 as f64)], bytemuck::bytes_of(&p), &[w, &v], fold_groups(gpu, o * c, 256))?;
+    launch(gpu, &WINOGRAD, tile.entries()[0], &[("FLIP", flip as u32 as f64)], bytemuck::bytes_of(&p), &[w, &v], fold_groups(gpu, o * c, 256))?;
     Ok(v)
 }
 
-/// Input transform, the 16 GEMMs and the output transform into `y` (N, O, OH, OW).
-fn tiles(x: &Tensor, v: &Tensor, bias: Option<&Tensor>, y: &Tensor, padding: (usize, usize, usize, usize)) -> Result<()> {
+/// Input transform, the GEMMs (one per tile point) and the output transform into `y`
+/// (N, O, OH, OW).
+fn tiles(tile: Tile, x: &Tensor, v: &Tensor, bias: Option<&Tensor>, y: &Tensor, padding: (usize, usize, usize, usize)) -> Result<()> {
     let gpu = x.gpu();
     let (c, o) = (x.shape()[1], v.shape()[1]);
-    let p = params(x, o, y, padding, bias.is_some());
+    let p = params(tile, x, o, y, padding, bias.is_some());
     let t = (p.n * p.th * p.tw) as usize;
-    let u = Tensor::empty(gpu, &[16, c, t], DType::F32, "winograd input tiles")?;
-    launch(gpu, &WINOGRAD, "winograd_input", &[], bytemuck::bytes_of(&p), &[x, &u], fold_groups(gpu, c * t, 256))?;
-    let m = super::matmul(v, &u)?; // (16, O, T)
+    let u = Tensor::empty(gpu, &[tile.points(), c, t], DType::F32, "winograd input tiles")?;
+    launch(gpu, &WINOGRAD, tile.entries()[1], &[], bytemuck::bytes_of(&p), &[x, &u], fold_groups(gpu, c * t, 256))?;
+    let m = super::matmul(v, &u)?; // (points, O, T)
     drop(u);
     let bias_t = bias.unwrap_or(&m); // unread without a bias
-    launch(gpu, &WINOGRAD, "winograd_output", &[], bytemuck::bytes_of(&p), &[&m, bias_t, y], fold_groups(gpu, o * t, 256))
+    launch(gpu, &WINOGRAD, tile.entries()[2], &[], bytemuck::bytes_of(&p), &[&m, bias_t, y], fold_groups(gpu, o * t, 256))
 }
 
 #[cfg(test)]
@@ -156,16 +201,19 @@ mod tests {
     fn passes_over_images_give_the_one_pass_output() {
         let gpu = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap();
         let (n, c, h, w, o) = (5, 3, 7, 6, 4);
-        let vals = |k: usize, seed: f32| (0..k).map(|i| ((i as f32 * 0.37 + seed).sin())).collect::<Vec<f32>>();
+        let vals = |k: usize, seed: f32| (0..k).map(|i| (i as f32 * 0.37 + seed).sin()).collect::<Vec<f32>>();
         let x = Tensor::from_slice(&gpu, &[n, c, h, w], &vals(n * c * h * w, 0.1)).unwrap();
         let wt = Tensor::from_slice(&gpu, &[o, c, 3, 3], &vals(o * c * 9, 0.7)).unwrap();
         let b = Tensor::from_slice(&gpu, &[o], &vals(o, 1.3)).unwrap();
         let pad = (1, 0, 2, 1);
-        let whole = run(&x, &weights(&wt, false).unwrap(), Some(&b), pad, usize::MAX).unwrap().to_vec().unwrap();
-        // one image's transformed input: 16 x 4 channels x 3 x 4 tiles x 4 bytes = 3 KiB
-        let parts = run(&x, &weights(&wt, false).unwrap(), Some(&b), pad, 2 * 16 * 4 * 12 * 4).unwrap();
-        assert_eq!(parts.shape(), [n, o, 6, 7]);
-        let parts = parts.to_vec().unwrap();
-        assert!(whole.iter().zip(&parts).all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + a.abs())), "chunked != whole");
+        for tile in [Tile::F2, Tile::F4] {
+            let whole = run(tile, &x, &weights(tile, &wt, false).unwrap(), Some(&b), pad, usize::MAX).unwrap().to_vec().unwrap();
+            // two images' transformed input or output per pass (4 channels; output 6 x 7)
+            let per_image = tile.points() * 4 * 6usize.div_ceil(tile.m()) * 7usize.div_ceil(tile.m()) * 4;
+            let parts = run(tile, &x, &weights(tile, &wt, false).unwrap(), Some(&b), pad, 2 * per_image).unwrap();
+            assert_eq!(parts.shape(), [n, o, 6, 7]);
+            let parts = parts.to_vec().unwrap();
+            assert!(whole.iter().zip(&parts).all(|(a, b)| (a - b).abs() <= 1e-6 * (1.0 + a.abs())), "{tile:?}: chunked != whole");
+        }
     }
 }
