@@ -50,20 +50,9 @@ fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * 256u + lid;
 }
 
-// (a, b, c) -> G (a, b, c)^T
-fn g3(a: f32, b: f32, c: f32) -> vec4<f32> {
-    return vec4<f32>(a, 0.5 * (a + b + c), 0.5 * (a - b + c), c);
-}
-
-@compute @workgroup_size(256)
-fn winograd_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                    @builtin(local_invocation_index) lid: u32) {
-    let i = flat(wid, nwg, lid); // o * C + c
-    let oc = p.o * p.c;
-    if (i >= oc) {
-        return;
-    }
-    // g (3x3, row-major) of this (o, c) pair
+// The 3x3 kernel (row-major) of weight pair i = o * C + c (with FLIP: of the input
+// gradient's correlation, see above).
+fn kernel_taps(i: u32) -> array<f32, 9> {
     var g: array<f32, 9>;
     if (FLIP) {
         // i = o' * C' + c' reads w[c', o'] turned by 180 degrees
@@ -77,6 +66,29 @@ fn winograd_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
             g[k] = wt[b + k];
         }
     }
+    return g;
+}
+
+// Tile t of (n, ty, tx) order -> (n, ty, tx).
+fn tile_of(t: u32) -> vec3<u32> {
+    let per = p.th * p.tw;
+    return vec3<u32>(t / per, (t % per) / p.tw, t % p.tw);
+}
+
+// (a, b, c) -> G (a, b, c)^T
+fn g3(a: f32, b: f32, c: f32) -> vec4<f32> {
+    return vec4<f32>(a, 0.5 * (a + b + c), 0.5 * (a - b + c), c);
+}
+
+@compute @workgroup_size(256)
+fn winograd_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid); // o * C + c
+    let oc = p.o * p.c;
+    if (i >= oc) {
+        return;
+    }
+    let g = kernel_taps(i);
     // G g: column j of g through G, for each of g's 3 columns -> rows r0..r3 of (4, 3)
     let c0 = g3(g[0], g[3], g[6]);
     let c1 = g3(g[1], g[4], g[7]);
@@ -105,10 +117,10 @@ fn winograd_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     let c = i / t_all;
-    let t = i % t_all;
-    let n = t / per;
-    let ty = (t % per) / p.tw;
-    let tx = t % p.tw;
+    let tl = tile_of(i % t_all);
+    let n = tl.x;
+    let ty = tl.y;
+    let tx = tl.z;
     let plane = (n * p.c + c) * p.h * p.w;
     // rows of the 4x4 patch, zero outside the image (coordinates offset by the padding)
     var d: array<vec4<f32>, 4>;
@@ -148,10 +160,10 @@ fn winograd_output(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         return;
     }
     let o = i / t_all;
-    let t = i % t_all;
-    let n = t / per;
-    let ty = (t % per) / p.tw;
-    let tx = t % p.tw;
+    let tl = tile_of(i % t_all);
+    let n = tl.x;
+    let ty = tl.y;
+    let tx = tl.z;
     var m: array<vec4<f32>, 4>;
     for (var r = 0u; r < 4u; r++) {
         m[r] = vec4<f32>(m_in[(r * 4u) * ot + i], m_in[(r * 4u + 1u) * ot + i], m_in[(r * 4u + 2u) * ot + i], m_in[(r * 4u + 3u) * ot + i]);
@@ -202,18 +214,7 @@ fn winograd4_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     if (i >= oc) {
         return;
     }
-    var g: array<f32, 9>;
-    if (FLIP) {
-        let b = ((i % p.c) * p.o + i / p.c) * 9u;
-        for (var k = 0u; k < 9u; k++) {
-            g[k] = wt[b + 8u - k];
-        }
-    } else {
-        let b = i * 9u;
-        for (var k = 0u; k < 9u; k++) {
-            g[k] = wt[b + k];
-        }
-    }
+    let g = kernel_taps(i);
     // columns of G g (6 rows each), then each row of G g through G
     let c0 = g6(g[0], g[3], g[6]);
     let c1 = g6(g[1], g[4], g[7]);
@@ -247,10 +248,10 @@ fn winograd4_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         return;
     }
     let c = i / t_all;
-    let t = i % t_all;
-    let n = t / per;
-    let ty = (t % per) / p.tw;
-    let tx = t % p.tw;
+    let tl = tile_of(i % t_all);
+    let n = tl.x;
+    let ty = tl.y;
+    let tx = tl.z;
     let plane = (n * p.c + c) * p.h * p.w;
     // d^T's columns = d's rows through B^T one column at a time: first each column of the
     // 6x6 patch through B^T (q[r][s] = (B^T d)[r][s]), then each row of q through B^T
@@ -301,10 +302,10 @@ fn winograd4_output(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         return;
     }
     let o = i / t_all;
-    let t = i % t_all;
-    let n = t / per;
-    let ty = (t % per) / p.tw;
-    let tx = t % p.tw;
+    let tl = tile_of(i % t_all);
+    let n = tl.x;
+    let ty = tl.y;
+    let tx = tl.z;
     // A^T m: each column of m through A^T (4 rows), then each of those rows through A^T
     var h: array<vec4<f32>, 6>; // h[s] = column s of A^T m
     for (var s = 0u; s < 6u; s++) {
