@@ -165,8 +165,9 @@ impl TorchCheckpoint {
         let range = self.storages.get(&s.key).ok_or_else(|| self.select_error(format!("tensor {name}: storage data/{} missing from the archive", s.key)))?;
         let es = s.dtype.size();
         let data = &self.map[range.clone()];
-        if data.len() < s.numel * es {
-            return Err(TorchError::Format { path: self.path.display().to_string(), msg: format!("storage data/{} holds {} bytes, {} expected (truncated?)", s.key, data.len(), s.numel * es) });
+        let want = s.numel.checked_mul(es).unwrap_or(usize::MAX);
+        if data.len() < want {
+            return Err(TorchError::Format { path: self.path.display().to_string(), msg: format!("storage data/{} holds {} bytes, {} elements of {:?} expected (truncated?)", s.key, data.len(), s.numel, s.dtype) });
         }
         let numel = t.numel().ok_or_else(|| TorchError::Format { path: self.path.display().to_string(), msg: format!("tensor {name}: shape {:?} overflows", t.shape) })?;
         if numel == 0 {
