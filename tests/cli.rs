@@ -35,7 +35,7 @@ fn a_bad_conv_path_setting_is_refused() {
     let (ok, _, err) = t2v(&["info"], &[("T2V_CONV_PATH", "fft")]);
     assert!(!ok && err.contains("T2V_CONV_PATH=fft: expected auto, direct, winograd or winograd4"), "{err}");
     let (ok, out, err) = t2v(&["info"], &[("T2V_CONV_PATH", "winograd")]);
-    assert!(ok && out.contains("self-check"), "{out}\n{err}");
+    assert!(ok && out.contains("3x3 convolutions: Winograd (T2V_CONV_PATH)") && out.contains("self-check"), "{out}\n{err}");
 }
 
 #[test]

@@ -123,12 +123,13 @@ pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> Result<(), CliError> {
     let info = gpu.adapter_info();
     let enabled: Vec<String> = (gpu.features() & OPTIONAL_FEATURES).iter_names().map(|(n, _)| n.to_string()).collect();
     println!(
-        "chosen: {} ({:?}, {:?}); optional features enabled: {}; largest tensor {}",
+        "chosen: {} ({:?}, {:?}); optional features enabled: {}; largest tensor {}; 3x3 convolutions: {:?} (T2V_CONV_PATH)",
         info.name,
         info.backend,
         info.device_type,
         if enabled.is_empty() { "none".into() } else { enabled.join(", ") },
-        mib(gpu.max_binding_bytes())
+        mib(gpu.max_binding_bytes()),
+        gpu.conv_path()
     );
     // Self-check: a small matmul and softmax against the host.
     let (m, k, n) = (37usize, 53usize, 29usize);
