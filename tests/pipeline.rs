@@ -29,6 +29,7 @@ fn gpu() -> Gpu {
 fn fixture() -> &'static (PathBuf, PathBuf) {
     static F: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     F.get_or_init(|| {
+        common::sweep_stale("pipe", "fixture");
         let d = tmp("fixture");
         let g = gpu();
         let md = init_random(&g, Preset::Tiny, &d.join("models"), 0, SaveDtype::F32).unwrap();
@@ -49,7 +50,8 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
         let rep = preprocess_dataset(&PreprocessModels { unet: &unet, vae: &vae, text: &text, tokenizer: &tokenizer }, &job).unwrap();
         assert_eq!((rep.records, rep.shards_written), (4, 2));
         let paths = (d.join("models"), d.join("shards"));
-        // shared by every test until the process ends (a static is never dropped): 39 MB left behind
+        // shared by every test until the process ends (a static is never dropped): the next
+        // run's sweep_stale removes it
         std::mem::forget(d);
         paths
     })

@@ -17,6 +17,25 @@ impl Scratch {
     }
 }
 
+/// Removes `t2v-{prefix}-{name}-{pid}` folders that earlier test processes left behind
+/// (shared fixtures live as long as their process and are never dropped), where that
+/// process has ended (Linux: no /proc/{pid}).
+#[allow(dead_code)] // each test binary compiles this module; only some have shared fixtures
+pub fn sweep_stale(prefix: &str, name: &str) {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let stem = format!("t2v-{prefix}-{name}-");
+    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in dir.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let pid = file.strip_prefix(&stem).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| p != std::process::id() && !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl Deref for Scratch {
     type Target = Path;
     fn deref(&self) -> &Path {
