@@ -13,7 +13,6 @@ pub mod pickle;
 pub mod zip;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -35,6 +34,16 @@ pub enum TorchError {
 }
 
 pub type Result<T, E = TorchError> = std::result::Result<T, E>;
+
+/// The compute core's file helpers report I/O errors in its own type.
+impl From<t2v_kernels::Error> for TorchError {
+    fn from(e: t2v_kernels::Error) -> Self {
+        match e {
+            t2v_kernels::Error::Io { path, msg } => TorchError::Io { path, msg },
+            other => TorchError::Io { path: String::new(), msg: other.to_string() },
+        }
+    }
+}
 
 /// Element types of torch storages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -368,12 +377,8 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions, progress: &mu
     while json.len() % 8 != 0 {
         json.push(b' ');
     }
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = output.file_name().ok_or_else(|| TorchError::Io { path: out_str.clone(), msg: "not a file path".into() })?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let io = |e: std::io::Error| TorchError::Io { path: out_str.clone(), msg: e.to_string() };
-    let written = (|| -> Result<()> {
-        let mut w = std::io::BufWriter::with_capacity(1 << 22, std::fs::File::create(&tmp).map_err(io)?);
+    t2v_kernels::io::write_atomic_with(output, |w| -> Result<()> {
+        let io = |e: std::io::Error| TorchError::Io { path: out_str.clone(), msg: e.to_string() };
         w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
         w.write_all(&json).map_err(io)?;
         for (i, (name, t)) in chosen.iter().enumerate() {
@@ -381,13 +386,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions, progress: &mu
             w.write_all(&convert_bytes(bytes, t.storage.dtype, out_dtype(t.storage.dtype))).map_err(io)?;
             progress(i + 1, chosen.len());
         }
-        let f = w.into_inner().map_err(|e| io(e.into_error()))?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, output).map_err(io)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
+        Ok(())
+    })?;
     Ok(ConvertReport { entry, tensors: chosen.len(), skipped: total - chosen.len(), bytes: 8 + json.len() as u64 + offset })
 }
