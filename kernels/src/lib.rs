@@ -37,6 +37,9 @@ pub use recorder::MAX_IN_FLIGHT;
 pub use recorder::ProfileRow;
 pub use registry::KernelSource;
 pub use tensor::{DType, Tensor};
+/// The wgpu this crate is built on, for applications that lend it their device
+/// ([`Gpu::from_device`]) or hand it their textures ([`ops::video_to_texture`]).
+pub use wgpu;
 
 impl Gpu {
     /// Number of compiled pipelines (each (family, entry, constants) once).

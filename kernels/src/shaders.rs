@@ -31,6 +31,7 @@ family!(ATTENTION, "attention");
 family!(EMBEDDING, "embedding");
 family!(OPTIM, "optim");
 family!(WINOGRAD, "winograd");
+family!(PRESENT, "present");
 
 /// Every family, for validation.
-pub static ALL: &[&KernelSource] = &[&ELEMENTWISE, &REDUCE, &SOFTMAX, &NORM, &GEMM, &GEMM_SUBGROUP, &GEMM_TEXTURE, &ATTENTION, &EMBEDDING, &OPTIM, &WINOGRAD];
+pub static ALL: &[&KernelSource] = &[&ELEMENTWISE, &REDUCE, &SOFTMAX, &NORM, &GEMM, &GEMM_SUBGROUP, &GEMM_TEXTURE, &ATTENTION, &EMBEDDING, &OPTIM, &WINOGRAD, &PRESENT];

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use t2v_kernels::autograd::Tape;
-use t2v_kernels::{Gpu, Tensor};
+use t2v_kernels::{ops, Gpu, Tensor};
 
 use crate::diffusion::{consistency_sample, consistency_timesteps, ddim_sample, DdimConfig, SamplerConfig, Schedule};
 use crate::models::clip::{TextConfig, TextTower};
@@ -70,6 +70,22 @@ impl Generator {
         self.models().run_batch(&Tape::new(), items, opts, Some(on_step))
     }
 
+    /// Several videos as one tensor (B, 3, F, H, W) of values in [-1, 1], left on the
+    /// device (nothing is read back): for applications that use the frames on the GPU.
+    pub fn generate_batch_tensor(&self, items: &[(&str, u64)], opts: &SampleOptions) -> Result<Tensor> {
+        self.models().run_tensor(&Tape::new(), items, opts, None)
+    }
+
+    /// Generates `items` and writes their frames into layers `first_layer ..` of a texture
+    /// the application owns (video b's frame f into layer `first_layer + b * F + f`; the
+    /// formats and usage [`ops::video_to_texture`] takes). Returns once the work is
+    /// submitted, without waiting: the application's later submissions on the queue see
+    /// the frames.
+    pub fn generate_into_texture(&self, items: &[(&str, u64)], opts: &SampleOptions, texture: &wgpu::Texture, first_layer: u32) -> Result<()> {
+        let video = self.generate_batch_tensor(items, opts)?;
+        Ok(ops::video_to_texture(&video, texture, first_layer)?)
+    }
+
     /// The models, borrowed.
     pub fn models(&self) -> SamplerModels<'_> {
         SamplerModels { unet: &self.unet, vae: &self.vae, text: &self.text, tokenizer: &self.tokenizer, schedule: &self.schedule }
@@ -94,14 +110,25 @@ impl SamplerModels<'_> {
         self.run_batch(tape, items, opts, None)
     }
 
-    /// The generation, with [`Generator::generate_batch_observed`]'s per-step callback.
-    fn run_batch(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions, mut on_step: Option<&mut dyn FnMut()>) -> Result<Vec<Vec<f32>>> {
+    /// The generation, with [`Generator::generate_batch_observed`]'s per-step callback,
+    /// read back: one (3, F, H, W) video per item.
+    fn run_batch(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions, on_step: Option<&mut dyn FnMut()>) -> Result<Vec<Vec<f32>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let video = self.run_tensor(tape, items, opts, on_step)?.to_vec()?;
+        let per = video.len() / items.len();
+        Ok(video.chunks(per).map(<[f32]>::to_vec).collect())
+    }
+
+    /// The generation on the device: (B, 3, F, H, W).
+    fn run_tensor(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions, mut on_step: Option<&mut dyn FnMut()>) -> Result<Tensor> {
         let gpu = self.vae.gpu();
         let b = items.len();
         if b == 0 {
-            return Ok(Vec::new());
+            return Err(WeightsError::Gpu(t2v_kernels::Error::Shape { op: "sample", msg: "no prompts to generate".into() }));
         }
-        tape.no_grad(|| -> Result<Vec<Vec<f32>>> {
+        tape.no_grad(|| -> Result<Tensor> {
             let tokenize = |p: &str| -> Result<Vec<u32>> { Ok(self.tokenizer.encode_warn(p).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids) };
             let ids = items.iter().map(|(p, _)| tokenize(p)).collect::<Result<Vec<_>>>()?;
             let context = self.text.penultimate(tape, &ids)?;
@@ -150,9 +177,7 @@ impl SamplerModels<'_> {
                     out.last().expect("at least one step").clone()
                 }
             };
-            let video = self.vae.decode_video(&latent)?.value().to_vec()?;
-            let per = video.len() / b;
-            Ok(video.chunks(per).map(<[f32]>::to_vec).collect())
+            Ok(self.vae.decode_video(&latent)?.value().clone())
         })
     }
 }

@@ -7,6 +7,7 @@ mod embedding;
 mod gemm;
 mod layout;
 mod norm;
+mod present;
 mod reduce;
 mod softmax;
 mod texture;
@@ -18,6 +19,7 @@ pub use embedding::{embedding, embedding_backward, gather_rows, sinusoidal_embed
 pub use gemm::{conv2d, conv2d_backward, linear, matmul, matmul_ex, temporal_conv, Conv2d, Matmul, CONV_COLUMNS_MAX_BYTES, SPLIT_K_WORKGROUPS};
 pub use layout::{broadcast_to, concat, contiguous_strides, permute, slice, transpose, unslice, upsample_nearest2x};
 pub use norm::{group_norm, group_norm_backward, layer_norm, layer_norm_backward, Norm, NormGrad};
+pub use present::video_to_texture;
 pub use reduce::{max, mean, min, reduce, sum, Reduce};
 pub use softmax::{softmax, softmax_scaled};
 pub use winograd::WINOGRAD_MIN_CHANNELS;
