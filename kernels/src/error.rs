@@ -23,7 +23,9 @@ pub enum Error {
 
     #[error(
         "{what}: needs {bytes} bytes, more than this device allows in one buffer ({limit} bytes, \
-         adapter {adapter:?}); use smaller batches/frames or a device with larger limits"
+         adapter {adapter:?}); use smaller batches/frames or a device with larger limits (a \
+         device lent through Gpu::from_device keeps the limits it was created with, wgpu's \
+         defaults allow 128 MiB: create it with `required_limits: adapter.limits()`)"
     )]
     TooLarge { what: String, bytes: u64, limit: u64, adapter: String },
 
