@@ -42,19 +42,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let md = ModelDir::read(&models)?;
     let generator = Generator::from_model_dir(&gpu, &md)?;
     let v = md.video;
-    let opts = SampleOptions {
-        steps: 4,
-        origin: 50,
-        w: 7.5,
-        motion_scale: 0.05,
-        motion_percentage: 0.5,
-        seed: 0,
-        frames: v.frames,
-        height: v.height,
-        width: v.width,
-        fps: v.fps,
-        teacher: (!md.is_student()).then_some(DdimConfig { steps: 25, cfg: 7.5, eta: 0.0 }),
-    };
+    // `t2v-turbo sample`'s defaults for this folder; a teacher with 25 deterministic steps
+    let mut opts = SampleOptions::for_models(&md);
+    if let Some(ddim) = &mut opts.teacher {
+        *ddim = DdimConfig { steps: 25, cfg: 7.5, eta: 0.0 };
+    }
     // Rgba8Unorm holds the video's sRGB-encoded bytes; an Rgba8UnormSrgb view displays them
     let texture = device.create_texture(&wgpu::TextureDescriptor {
         label: Some("video frames"),

@@ -39,19 +39,7 @@ fn an_application_gets_videos_in_its_own_texture() {
     let app = Gpu::from_device(device.clone(), queue.clone());
     let models = ModelDir::read(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny")).unwrap();
     let v = models.video;
-    let opts = SampleOptions {
-        steps: 4,
-        origin: 50,
-        w: 7.5,
-        motion_scale: 0.0,
-        motion_percentage: 0.0,
-        seed: 0,
-        frames: v.frames,
-        height: v.height,
-        width: v.width,
-        fps: v.fps,
-        teacher: Some(DdimConfig { steps: 3, cfg: 7.5, eta: 0.0 }),
-    };
+    let opts = SampleOptions { teacher: Some(DdimConfig { steps: 3, cfg: 7.5, eta: 0.0 }), ..SampleOptions::for_models(&models) };
     let items = [("a red circle moving from left to right", 1), ("a blue square moving upward", 2)];
     // the application's texture: both videos' frames, one layer before them left alone;
     // sRGB view for display

@@ -53,7 +53,7 @@ fn each_stage_trains_and_resumes_exactly() {
         (What::VideoReward, 4, "reward_video.safetensors", true, 1),
     ];
     for (what, batch, file, reversed_pairs, text_frames) in stages {
-        let cfg = |steps| PretrainConfig { steps, batch, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs, text_frames };
+        let cfg = |steps| PretrainConfig { steps, batch, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs, text_frames, high_noise_weight: 1.0 };
         let run = format!("{what:?}{}{}", if reversed_pairs { "-pairs" } else { "" }, if text_frames > 1 { "-frames" } else { "" });
         let a = d.join(format!("{run}-straight"));
         let (md, ms) = pretrain(&g, what, &src, &a, &cfg(3), 10, SaveDtype::F32, true).unwrap();
@@ -113,7 +113,7 @@ fn each_stage_trains_and_resumes_exactly() {
         }
     }
     // other settings do not resume silently
-    let e = pretrain(&g, What::Vae, &src, &d.join("Vae-resumed"), &PretrainConfig { steps: 4, batch: 2, lr: 5e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs: false, text_frames: 1 }, 1, SaveDtype::F32, true).unwrap_err();
+    let e = pretrain(&g, What::Vae, &src, &d.join("Vae-resumed"), &PretrainConfig { steps: 4, batch: 2, lr: 5e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs: false, text_frames: 1, high_noise_weight: 1.0 }, 1, SaveDtype::F32, true).unwrap_err();
     assert!(e.to_string().contains("other settings"), "{e}");
 }
 
@@ -146,7 +146,7 @@ fn joint_image_video_teacher_steps_run_and_resume_exactly() {
     let g = gpu();
     let d = tmp("joint");
     let src = init_random(&g, Preset::Tiny, &d.join("init"), 4, SaveDtype::F32).unwrap();
-    let cfg = |steps| PretrainConfig { steps, batch: 1, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 3, reversed_pairs: false, text_frames: 1 };
+    let cfg = |steps| PretrainConfig { steps, batch: 1, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 3, reversed_pairs: false, text_frames: 1, high_noise_weight: 1.0 };
     // step 1: one clip; step 2: three single frames (1-frame videos)
     let (_, ms) = pretrain(&g, What::Teacher, &src, &d.join("straight"), &cfg(2), 10, SaveDtype::F32, true).unwrap();
     assert!(ms.iter().all(|m| m.loss.is_finite()));

@@ -257,6 +257,13 @@ pub struct DdimConfig {
     pub eta: f32,
 }
 
+impl Default for DdimConfig {
+    /// VideoCrafter2's sampling settings.
+    fn default() -> DdimConfig {
+        DdimConfig { steps: 50, cfg: 12.0, eta: 1.0 }
+    }
+}
+
 /// The teacher's DDIM sampling with classifier-free guidance (lvdm's DDIMSampler):
 /// on the `steps`-point grid from the top, x0 = (z - sqrt(1 - abar) eps) / sqrt(abar),
 /// sigma = eta sqrt((1 - abar_prev)/(1 - abar) (1 - abar/abar_prev)),

@@ -200,6 +200,27 @@ pub struct SampleOptions {
 }
 
 impl SampleOptions {
+    /// `t2v-turbo sample`'s defaults for the models of a folder, at its clip size: a
+    /// student's 4 consistency steps from the 200-point grid (w 7.5, motion scale 0.05 over
+    /// the first half), a teacher's DDIM as VideoCrafter2 samples ([`DdimConfig::default`]);
+    /// seed 0.
+    pub fn for_models(md: &crate::pipeline::model_dir::ModelDir) -> SampleOptions {
+        let v = md.video;
+        SampleOptions {
+            steps: 4,
+            origin: 200,
+            w: 7.5,
+            motion_scale: 0.05,
+            motion_percentage: 0.5,
+            seed: 0,
+            frames: v.frames,
+            height: v.height,
+            width: v.width,
+            fps: v.fps,
+            teacher: (!md.is_student()).then(DdimConfig::default),
+        }
+    }
+
     /// UNet steps of one generation: the teacher's DDIM steps or the student's.
     pub fn sampling_steps(&self) -> usize {
         self.teacher.as_ref().map_or(self.steps, |t| t.steps)

@@ -63,10 +63,20 @@ pub struct PretrainConfig {
     /// (`motion_features`), so that the direction of motion counts.
     #[serde(default = "one")]
     pub text_frames: usize,
+    /// Teacher only: the eps-prediction loss of a sample at timestep t is weighted by
+    /// 1 / SNR(t) where that is above 1 (t >= 354 on VideoCrafter2's schedule: the x0
+    /// error's weight there, where the eps loss hardly pays for the layout), at most this
+    /// cap, the weights normalised to mean 1 over the timesteps. 1 = the plain eps loss.
+    #[serde(default = "one_f32")]
+    pub high_noise_weight: f32,
 }
 
 fn one() -> usize {
     1
+}
+
+fn one_f32() -> f32 {
+    1.0
 }
 
 /// One step's loss and named values for the log.
