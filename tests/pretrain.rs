@@ -158,6 +158,13 @@ fn joint_image_video_teacher_steps_run_and_resume_exactly() {
     let (_, ms_v) = pretrain(&g, What::Teacher, &src, &d.join("videos"), &PretrainConfig { image_batch: 0, ..cfg(2) }, 10, SaveDtype::F32, true).unwrap();
     assert_eq!(ms_v[0].loss.to_bits(), ms[0].loss.to_bits(), "step 1 is a video step in both");
     assert_ne!(ms_v[1].loss.to_bits(), ms[1].loss.to_bits());
+    // --high-noise-weight: the same first step (one clip, so one timestep) at that
+    // timestep's weight
+    let (_, ms_w) = pretrain(&g, What::Teacher, &src, &d.join("weighted"), &PretrainConfig { high_noise_weight: 10.0, ..cfg(1) }, 10, SaveDtype::F32, true).unwrap();
+    let ratio = ms_w[0].loss / ms[0].loss;
+    let weights = t2v_turbo::pretrain::high_noise_weights(&t2v_turbo::diffusion::Schedule::videocrafter(), 10.0);
+    assert!(weights.iter().any(|w| (ratio - w).abs() <= 1e-4 * w), "loss ratio {ratio} is no timestep's weight");
+    assert!((ratio - 1.0).abs() > 1e-3, "weighted like the plain loss");
 }
 
 #[test]

@@ -31,7 +31,7 @@ use t2v_kernels::autograd::{Tape, Var};
 use t2v_kernels::optim::{AdamW, AdamWConfig, ParamGroup};
 use t2v_kernels::{Gpu, Tensor};
 
-pub use objectives::{motion_features, pretrain, What};
+pub use objectives::{high_noise_weights, motion_features, pretrain, What};
 
 use crate::models::weights::{save_weights, Result, SaveDtype, WeightFile, WeightsError};
 use crate::pipeline::model_dir::ModelDir;

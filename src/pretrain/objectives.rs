@@ -478,3 +478,28 @@ pub fn high_noise_weights(sched: &Schedule, cap: f32) -> Vec<f32> {
     let mean = w.iter().sum::<f64>() / w.len() as f64;
     w.iter().map(|v| (v / mean) as f32).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn high_noise_weights_follow_the_x0_weight_up_to_the_cap() {
+        let sched = Schedule::videocrafter();
+        let snr = |t: usize| sched.alphas_cumprod[t] as f64 / (1.0 - sched.alphas_cumprod[t] as f64);
+        let plain = high_noise_weights(&sched, 1.0);
+        assert!(plain.iter().all(|&w| (w - 1.0).abs() < 1e-6), "cap 1 is the plain eps loss");
+        let w = high_noise_weights(&sched, 10.0);
+        let mean = w.iter().map(|&v| v as f64).sum::<f64>() / w.len() as f64;
+        assert!((mean - 1.0).abs() < 1e-5, "mean {mean}");
+        let low = w[0];
+        for t in 0..1000 {
+            let want = (1.0 / snr(t)).clamp(1.0, 10.0) * low as f64;
+            assert!((w[t] as f64 - want).abs() < 1e-4 * want, "t = {t}: {} vs {want}", w[t]);
+        }
+        // SNR falls below 1 at t = 354 on this schedule; the cap is reached near the end
+        assert!(snr(353) > 1.0 && snr(354) < 1.0);
+        assert_eq!(w[353], low);
+        assert!(w[354] > low && (w[999] / low - 10.0).abs() < 1e-4);
+    }
+}
