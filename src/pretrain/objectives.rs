@@ -312,7 +312,10 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 };
                 Ok(StepOut { loss, logs: vec![] })
             })?;
-            let how = if cfg.image_batch > 0 { format!(" (joint image-video steps, --image-batch {})", cfg.image_batch) } else { String::new() };
+            let mut how = if cfg.image_batch > 0 { format!(" (joint image-video steps, --image-batch {})", cfg.image_batch) } else { String::new() };
+            if cfg.high_noise_weight > 1.0 {
+                how += &format!(" (--high-noise-weight {})", cfg.high_noise_weight);
+            }
             save_weights(&md.unet.0, &params, dtype, &[("model", "unet3d teacher".into()), ("pretrained", pretrained_note(&notes, &md.unet.0, cfg.steps, &how))])?;
             if !quiet {
                 // held-out world (another seed): does the trained teacher read the captions?
