@@ -57,12 +57,6 @@ pub struct PretrainArgs {
     /// the direction of motion counts too (best with --reversed-pairs).
     #[arg(long, default_value_t = 1)]
     pub frames: usize,
-    /// Teacher only: weight the eps loss at high noise by 1/SNR(t) (the x0 error's weight,
-    /// where SNR < 1: t >= 354), at most this cap, normalised to mean 1 over the timesteps —
-    /// more of the loss where the layout (where the subject is in each frame) is decided.
-    /// 1 = the plain eps loss
-    #[arg(long, default_value_t = 1.0)]
-    pub high_noise_weight: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Seed of the world the clips are drawn from.
@@ -90,12 +84,6 @@ pub fn run(dev: &DeviceArgs, a: &PretrainArgs) -> Result<(), CliError> {
     if a.reversed_pairs && !a.what.is_contrastive() {
         return Err(CliError::Check("--reversed-pairs applies to the contrastive stages (text and the reward models) only".into()));
     }
-    if a.high_noise_weight != 1.0 && a.what != What::Teacher {
-        return Err(CliError::Check("--high-noise-weight applies to `pretrain teacher` only".into()));
-    }
-    if !(a.high_noise_weight >= 1.0) {
-        return Err(CliError::Check(format!("--high-noise-weight is a cap of at least 1 (1 = the plain eps loss), got {}", a.high_noise_weight)));
-    }
     if a.frames != 1 && a.what != What::Text {
         return Err(CliError::Check("--frames applies to `pretrain text` only".into()));
     }
@@ -104,7 +92,7 @@ pub fn run(dev: &DeviceArgs, a: &PretrainArgs) -> Result<(), CliError> {
     }
     let src = ModelDir::read(&a.models)?;
     let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
-    let cfg = PretrainConfig { steps: a.steps, batch: a.batch.max(1), lr: a.lr, seed: a.seed, world_seed: a.world_seed, image_batch: a.image_batch, reversed_pairs: a.reversed_pairs, text_frames: a.frames, high_noise_weight: a.high_noise_weight };
+    let cfg = PretrainConfig { steps: a.steps, batch: a.batch.max(1), lr: a.lr, seed: a.seed, world_seed: a.world_seed, image_batch: a.image_batch, reversed_pairs: a.reversed_pairs, text_frames: a.frames };
     let dtype = if a.f16 { SaveDtype::F16 } else { SaveDtype::F32 };
     let t = std::time::Instant::now();
     let (md, ms) = pretrain(&gpu, a.what, &src, &a.out, &cfg, a.checkpoint_every, dtype, false)?;

@@ -31,7 +31,7 @@ use t2v_kernels::autograd::{Tape, Var};
 use t2v_kernels::optim::{AdamW, AdamWConfig, ParamGroup};
 use t2v_kernels::{Gpu, Tensor};
 
-pub use objectives::{high_noise_weights, motion_features, pretrain, What};
+pub use objectives::{motion_features, pretrain, What};
 
 use crate::models::weights::{save_weights, Result, SaveDtype, WeightFile, WeightsError};
 use crate::pipeline::model_dir::ModelDir;
@@ -63,20 +63,10 @@ pub struct PretrainConfig {
     /// (`motion_features`), so that the direction of motion counts.
     #[serde(default = "one")]
     pub text_frames: usize,
-    /// Teacher only: the eps-prediction loss of a sample at timestep t is weighted by
-    /// 1 / SNR(t) where that is above 1 (t >= 354 on VideoCrafter2's schedule: the x0
-    /// error's weight there, where the eps loss hardly pays for the layout), at most this
-    /// cap, the weights normalised to mean 1 over the timesteps. 1 = the plain eps loss.
-    #[serde(default = "one_f32")]
-    pub high_noise_weight: f32,
 }
 
 fn one() -> usize {
     1
-}
-
-fn one_f32() -> f32 {
-    1.0
 }
 
 /// One step's loss and named values for the log.

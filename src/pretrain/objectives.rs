@@ -257,7 +257,6 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
             let vae = md.load_vae(gpu)?;
             let text = md.load_text(gpu)?;
             let sched = Schedule::videocrafter();
-            let high_noise_weights = high_noise_weights(&sched, cfg.high_noise_weight);
             let m = run_loop(&dir, &params, cfg, every, quiet, |tape, rng, at| {
                 // joint image-video training: odd steps take one random frame of each of
                 // image_batch clips, as (n, 3, 1, S, S) one-frame videos
@@ -302,20 +301,9 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 let z_t = t2v_kernels::ops::add(&t2v_kernels::ops::mul(&z0, &Tensor::from_slice(gpu, &shape, &a)?)?, &t2v_kernels::ops::mul(&noise, &Tensor::from_slice(gpu, &shape, &s)?)?)?;
                 let tf: Vec<f32> = ts.iter().map(|&t| t as f32).collect();
                 let eps = unet.forward(&UnetInputs { z: &tape.constant(z_t), t: &tf, context: &tape.constant(ctx), fps: &vec![md.video.fps; b], w_embedding: None, motion_embedding: None, record_attention: false })?.eps;
-                let loss = if cfg.high_noise_weight > 1.0 {
-                    // per-sample weights: mse(sqrt(w) eps, sqrt(w) noise) = mean of w_i mse_i
-                    let r: Vec<f32> = ts.iter().map(|&t| high_noise_weights[t].sqrt()).collect();
-                    let r = tape.constant(Tensor::from_slice(gpu, &shape, &r)?);
-                    ad::mse(&ad::mul(&eps, &r)?, &ad::mul(&tape.constant(noise), &r)?)?
-                } else {
-                    ad::mse(&eps, &tape.constant(noise))?
-                };
-                Ok(StepOut { loss, logs: vec![] })
+                Ok(StepOut { loss: ad::mse(&eps, &tape.constant(noise))?, logs: vec![] })
             })?;
-            let mut how = if cfg.image_batch > 0 { format!(" (joint image-video steps, --image-batch {})", cfg.image_batch) } else { String::new() };
-            if cfg.high_noise_weight > 1.0 {
-                how += &format!(" (--high-noise-weight {})", cfg.high_noise_weight);
-            }
+            let how = if cfg.image_batch > 0 { format!(" (joint image-video steps, --image-batch {})", cfg.image_batch) } else { String::new() };
             save_weights(&md.unet.0, &params, dtype, &[("model", "unet3d teacher".into()), ("pretrained", pretrained_note(&notes, &md.unet.0, cfg.steps, &how))])?;
             if !quiet {
                 // held-out world (another seed): does the trained teacher read the captions?
@@ -472,37 +460,4 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
         t2v_kernels::io::write_atomic(&dir.join("reward_check.json"), serde_json::to_string_pretty(&check).expect("json").as_bytes())?;
     }
     Ok((md, metrics))
-}
-
-/// `PretrainConfig::high_noise_weight`'s loss weight of each timestep: clamp(1 / SNR(t), 1,
-/// cap) with SNR = alpha_bar / (1 - alpha_bar), divided by its mean over the timesteps.
-pub fn high_noise_weights(sched: &Schedule, cap: f32) -> Vec<f32> {
-    let w: Vec<f64> = sched.alphas_cumprod.iter().map(|&a| ((1.0 - a as f64) / a as f64).clamp(1.0, cap.max(1.0) as f64)).collect();
-    let mean = w.iter().sum::<f64>() / w.len() as f64;
-    w.iter().map(|v| (v / mean) as f32).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn high_noise_weights_follow_the_x0_weight_up_to_the_cap() {
-        let sched = Schedule::videocrafter();
-        let snr = |t: usize| sched.alphas_cumprod[t] as f64 / (1.0 - sched.alphas_cumprod[t] as f64);
-        let plain = high_noise_weights(&sched, 1.0);
-        assert!(plain.iter().all(|&w| (w - 1.0).abs() < 1e-6), "cap 1 is the plain eps loss");
-        let w = high_noise_weights(&sched, 10.0);
-        let mean = w.iter().map(|&v| v as f64).sum::<f64>() / w.len() as f64;
-        assert!((mean - 1.0).abs() < 1e-5, "mean {mean}");
-        let low = w[0];
-        for t in 0..1000 {
-            let want = (1.0 / snr(t)).clamp(1.0, 10.0) * low as f64;
-            assert!((w[t] as f64 - want).abs() < 1e-4 * want, "t = {t}: {} vs {want}", w[t]);
-        }
-        // SNR falls below 1 at t = 354 on this schedule; the cap is reached near the end
-        assert!(snr(353) > 1.0 && snr(354) < 1.0);
-        assert_eq!(w[353], low);
-        assert!(w[354] > low && (w[999] / low - 10.0).abs() < 1e-4);
-    }
 }
