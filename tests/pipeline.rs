@@ -251,6 +251,20 @@ fn t2v(args: &[&str]) -> (bool, String) {
     (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
+/// [`t2v`] with every file limited to `blocks` blocks (`ulimit -f`, with SIGXFSZ ignored):
+/// larger writes fail as on a full disk.
+fn t2v_file_limit(args: &[&str], blocks: u64) -> (bool, String) {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("trap '' XFSZ; ulimit -f {blocks} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_t2v-turbo"))
+        .args(args)
+        .env("T2V_FFMPEG", "/nonexistent/ffmpeg")
+        .output()
+        .expect("run t2v-turbo through sh");
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
 #[test]
 fn the_commands_run_end_to_end() {
     let (models, _) = fixture();
@@ -294,6 +308,16 @@ fn the_commands_run_end_to_end() {
     more.push("--resume");
     let (ok, out) = t2v(&more);
     assert!(ok && out.contains("step 3"), "{out}");
+    // the disk fills up while step 4's checkpoint is written (files limited to 2000 blocks,
+    // well below the student's weights): a clear stop, step 3's checkpoint kept, no
+    // partial folder left; once there is room again the run continues from step 3
+    more[8] = "4";
+    let (ok, out) = t2v_file_limit(&more, 2000);
+    assert!(!ok && out.contains("step 4: writing its checkpoint failed") && out.contains("The last good checkpoint is kept") && out.contains("step-000003"), "{out}");
+    let left: Vec<String> = std::fs::read_dir(d.join("run/checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.contains(&"step-000003".to_string()) && left.iter().all(|n| n.starts_with("step-") && n.as_str() <= "step-000003"), "{left:?}");
+    let (ok, out) = t2v(&more);
+    assert!(ok && out.contains("resuming from") && out.contains("step 3") && out.contains("step 4"), "{out}");
 
     let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "a red circle moving left", "--out", &p("videos")]);
     assert!(ok, "{out}");

@@ -31,6 +31,59 @@ pub fn write_atomic_with<E: From<Error>>(path: &Path, write: impl FnOnce(&mut dy
     result
 }
 
+/// Writes a folder atomically: `fill` writes its files into a temporary folder beside
+/// `path` (`.NAME.tmp`), which is then renamed to `path` (replacing a folder of that name).
+/// If `fill` fails — a full disk, say — the temporary folder is removed and nothing at
+/// `path` or beside it changes, so a run's earlier checkpoint folders stay as they were.
+pub fn write_atomic_dir<E: From<Error>>(path: &Path, fill: impl FnOnce(&Path) -> std::result::Result<(), E>) -> std::result::Result<(), E> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| Error::Io { path: path.display().to_string(), msg: "not a folder path".into() })?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| {
+        std::fs::create_dir_all(&tmp).map_err(|e| io_error(&tmp, e))?;
+        fill(&tmp)?;
+        if path.exists() {
+            std::fs::remove_dir_all(path).map_err(|e| io_error(path, e))?;
+        }
+        std::fs::rename(&tmp, path).map_err(|e| E::from(io_error(path, e)))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
 fn io_error(path: &Path, e: std::io::Error) -> Error {
     Error::Io { path: path.display().to_string(), msg: e.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_folder_write_leaves_everything_as_it_was() {
+        let d = std::env::temp_dir().join(format!("t2v-io-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let ckpt = d.join("step-1");
+        write_atomic_dir(&ckpt, |tmp| write_atomic(&tmp.join("a"), b"first")).unwrap();
+        assert_eq!(std::fs::read(ckpt.join("a")).unwrap(), b"first");
+        // a failure halfway (one file written, then an error): the old folder stays, no
+        // temporary folder is left
+        let e = write_atomic_dir(&ckpt, |tmp| {
+            write_atomic(&tmp.join("a"), b"second")?;
+            Err(Error::Io { path: "b".into(), msg: "No space left on device".into() })
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("No space left"), "{e}");
+        assert_eq!(std::fs::read(ckpt.join("a")).unwrap(), b"first");
+        let names: Vec<String> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["step-1"]);
+        // a successful rewrite replaces the whole folder
+        write_atomic_dir(&ckpt, |tmp| write_atomic(&tmp.join("b"), b"new")).unwrap();
+        assert!(!ckpt.join("a").exists() && std::fs::read(ckpt.join("b")).unwrap() == b"new");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -146,6 +146,8 @@ pub enum TrainError {
     Gpu(#[from] t2v_kernels::Error),
     #[error("step {step}: the loss is not finite ({what}); stopped. The last good checkpoint is kept: {checkpoint}. Lower --lr or check the data.")]
     NonFinite { step: u64, what: String, checkpoint: String },
+    #[error("step {step}: writing its checkpoint failed ({msg}); stopped. The last good checkpoint is kept: {kept}. Free some space (or fix the folder) and continue with --resume.")]
+    Checkpoint { step: u64, msg: String, kept: String },
     #[error("{0}")]
     Setup(String),
 }
@@ -539,20 +541,15 @@ impl Trainer<'_> {
     /// Writes a checkpoint folder `dir/step-{step:06}` atomically (written under a
     /// temporary name, then renamed), then drops all but the newest `keep`.
     pub fn save_checkpoint(&self, dir: &Path, keep: usize) -> Result<PathBuf> {
-        let io = |p: &Path, e: std::io::Error| WeightsError::Io { path: p.display().to_string(), msg: e.to_string() };
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let name = format!("step-{:06}", self.state.step);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-        let named: Vec<(String, Tensor)> = self.student.trainable_names().into_iter().zip(self.student.trainable()).collect();
-        save_weights(&tmp.join("student.safetensors"), &named, SaveDtype::F32, &[("format", "t2v-turbo student".into())])?;
-        self.opt.save(&tmp.join("optimizer.safetensors"))?;
-        let state = serde_json::json!({ "state": self.state, "config": self.config });
-        t2v_kernels::io::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&state).expect("json").as_bytes())?;
-        let fin = dir.join(&name);
-        let _ = std::fs::remove_dir_all(&fin);
-        std::fs::rename(&tmp, &fin).map_err(|e| io(&fin, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| WeightsError::Io { path: dir.display().to_string(), msg: e.to_string() })?;
+        let fin = dir.join(format!("step-{:06}", self.state.step));
+        t2v_kernels::io::write_atomic_dir(&fin, |tmp| -> Result<()> {
+            let named: Vec<(String, Tensor)> = self.student.trainable_names().into_iter().zip(self.student.trainable()).collect();
+            save_weights(&tmp.join("student.safetensors"), &named, SaveDtype::F32, &[("format", "t2v-turbo student".into())])?;
+            self.opt.save(&tmp.join("optimizer.safetensors"))?;
+            let state = serde_json::json!({ "state": self.state, "config": self.config });
+            Ok(t2v_kernels::io::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&state).expect("json").as_bytes())?)
+        })?;
         let mut all = list_checkpoints(dir);
         while all.len() > keep.max(1) {
             let old = all.remove(0);
@@ -671,7 +668,10 @@ pub fn run(trainer: &mut Trainer, o: &RunOptions) -> std::result::Result<Vec<Ste
         let s = trainer.state.step;
         if s % o.checkpoint_every.max(1) == 0 || s == end {
             write_jsonl(&metrics_path, &history)?;
-            last_good = trainer.save_checkpoint(&ckpt_dir, o.keep_checkpoints)?.display().to_string();
+            last_good = match trainer.save_checkpoint(&ckpt_dir, o.keep_checkpoints) {
+                Ok(p) => p.display().to_string(),
+                Err(e) => return Err(TrainError::Checkpoint { step: s, msg: e.to_string(), kept: last_good }),
+            };
             crate::pipeline::plot::plot_metrics(&o.out.join("metrics.png"), &history)?;
         }
         if o.validation.as_ref().is_some_and(|v| s % v.every.max(1) == 0 || s == end) {

@@ -162,16 +162,17 @@ pub fn run_loop(
         history.push(m.clone());
         now.push(m);
         if at % every.max(1) == 0 || at == cfg.steps {
-            let name = format!("step-{at:06}");
-            let tmp = ckpts.join(format!(".{name}.tmp"));
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-            save_weights(&tmp.join("weights.safetensors"), params, SaveDtype::F32, &[])?;
-            opt.save(&tmp.join("optimizer.safetensors"))?;
-            let st = LoopState { step: at, rng: rng.state(), config: cfg.clone() };
-            t2v_kernels::io::write_atomic(&tmp.join("state.json"), serde_json::to_string(&st).expect("json").as_bytes())?;
-            let fin = ckpts.join(&name);
-            std::fs::rename(&tmp, &fin).map_err(|e| io(&fin, e))?;
+            let fin = ckpts.join(format!("step-{at:06}"));
+            let written = t2v_kernels::io::write_atomic_dir(&fin, |tmp| -> Result<()> {
+                save_weights(&tmp.join("weights.safetensors"), params, SaveDtype::F32, &[])?;
+                opt.save(&tmp.join("optimizer.safetensors"))?;
+                let st = LoopState { step: at, rng: rng.state(), config: cfg.clone() };
+                Ok(t2v_kernels::io::write_atomic(&tmp.join("state.json"), serde_json::to_string(&st).expect("json").as_bytes())?)
+            });
+            if let Err(e) = written {
+                let kept = crate::pipeline::train::list_checkpoints(&ckpts).pop().map_or_else(|| "none yet".into(), |p| p.display().to_string());
+                return Err(WeightsError::Format { path: fin.display().to_string(), msg: format!("writing the checkpoint of step {at} failed ({e}); stopped. The last good checkpoint is kept: {kept}. Free some space (or fix the folder) and continue with --resume") });
+            }
             for old in crate::pipeline::train::list_checkpoints(&ckpts).iter().rev().skip(2) {
                 let _ = std::fs::remove_dir_all(old);
             }
