@@ -208,18 +208,28 @@ fn demo_and_world_refuse_bad_settings_before_any_work() {
 fn pretrain_refuses_options_of_other_stages_before_any_work() {
     let out = std::env::temp_dir().join(format!("t2v-pretrain-bad-{}", std::process::id()));
     let o = out.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["pretrain", "text", "--models", "assets/tiny", "--out", o, "--frames", "9"], "the text encoder can see 1 to 8 frames per clip (the clips' length), not 9"),
         (&["pretrain", "teacher", "--models", "assets/tiny", "--out", o, "--frames", "4"], "--frames applies to `pretrain text` only"),
         (&["pretrain", "text", "--models", "assets/tiny", "--out", o, "--frames", "0"], "the text encoder can see 1 to 8 frames per clip (the clips' length), not 0"),
         (&["pretrain", "vae", "--models", "assets/tiny", "--out", o, "--reversed-pairs"], "--reversed-pairs applies to the contrastive stages"),
         (&["pretrain", "text", "--models", "assets/tiny", "--out", o, "--image-batch", "8"], "--image-batch applies to `pretrain teacher` only"),
+        (&["pretrain", "teacher", "--models", "assets/tiny", "--out", o, "--direction-head"], "--direction-head applies to `pretrain video-reward` and `pretrain reward` only"),
     ];
     for (args, msg) in cases {
         let (ok, _, err) = t2v(args, &[]);
         assert!(!ok && err.contains(msg), "{args:?}: {err}");
         assert!(!out.exists(), "{args:?}: nothing is written for a refused run");
     }
+    // a video reward whose tokens see 2 of its 4 frames; 3 does not divide them
+    let (ok, _, err) = t2v(&["init", "--out", o, "--video-tubelet", "3"], &[]);
+    assert!(!ok && err.contains("--video-tubelet must divide the video reward's 4 frames, got 3"), "{err}");
+    assert!(!out.exists());
+    let (ok, stdout, err) = t2v(&["init", "--out", o, "--video-tubelet", "2"], &[]);
+    assert!(ok, "{stdout}{err}");
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(config.contains("\"tubelet_size\": 2"), "{config}");
+    std::fs::remove_dir_all(&out).unwrap();
 }
 
 #[test]

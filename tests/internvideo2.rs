@@ -285,7 +285,74 @@ fn sincos_position_tables_follow_the_reference_layout() {
     let Some(VideoRewardSpec::InternVideo2 { file, config, .. }) = &md.video_reward else { panic!() };
     let c = &config.vision;
     let f = WeightFile::open(file).unwrap();
-    assert_eq!(f.host_f32("vision_encoder.pos_embed").unwrap().1, sincos_pos_embed(c.embed_dim, c.img_size / c.patch_size, Some(c.num_frames)).unwrap());
+    assert_eq!(f.host_f32("vision_encoder.pos_embed").unwrap().1, sincos_pos_embed(c.embed_dim, c.img_size / c.patch_size, Some(c.num_frames / c.tubelet_size)).unwrap());
     assert_eq!(f.host_f32("vision_encoder.img_pos_embed").unwrap().1, sincos_pos_embed(c.embed_dim, c.img_size / c.patch_size, None).unwrap());
     let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn tubelet_tokens_equal_a_host_conv3d() {
+    // kernel = stride = (tubelet, p, p) over frames (N, T, 3, S, S): each token sees
+    // `tubelet` consecutive frames (the tiny video reward's 2); S = 13 leaves a remainder
+    // the Conv3d drops. No blocks: the tokens are cls + patches plus the position table.
+    use t2v_turbo::models::internvideo2::{VisionConfig, VisionEncoder};
+    use t2v_turbo::models::weights::Loader;
+    let g = gpu();
+    let c = VisionConfig {
+        img_size: 13,
+        patch_size: 4,
+        embed_dim: 8,
+        depth: 0,
+        num_heads: 2,
+        mlp_hidden: 16,
+        clip_embed_dim: 8,
+        attn_pool_num_heads: 2,
+        num_frames: 4,
+        tubelet_size: 2,
+        qkv_bias: false,
+        qk_normalization: true,
+        layer_scale: true,
+        sep_image_video_pos_embed: true,
+    };
+    let l = Loader::random(&g, 7);
+    let enc = VisionEncoder::load(&l, "v", &c).unwrap();
+    let param = |k: &str| l.params().into_iter().find(|(n, _)| n == k).unwrap().1.to_vec().unwrap();
+    let (w, b, cls, pos) = (param("v.patch_embed.proj.weight"), param("v.patch_embed.proj.bias"), param("v.cls_token"), param("v.pos_embed"));
+    let (n, t, s, p, d, tb, grid) = (2, 4, 13, 4, 8, 2, 3);
+    let frames: Vec<f32> = (0..n * t * 3 * s * s).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    let tape = Tape::new();
+    let x = tape.constant(Tensor::from_slice(&g, &[n, t, 3, s, s], &frames).unwrap());
+    let got = enc.tokens(&x).unwrap().value().to_vec().unwrap();
+    let tokens = 1 + t / tb * grid * grid;
+    assert_eq!(got.len(), n * tokens * d);
+    for ni in 0..n {
+        for l in 0..tokens {
+            for di in 0..d {
+                let want = if l == 0 {
+                    cls[di] + pos[di]
+                } else {
+                    let (tt, gy, gx) = ((l - 1) / (grid * grid), (l - 1) / grid % grid, (l - 1) % grid);
+                    let mut v = b[di] as f64;
+                    for ch in 0..3 {
+                        for k in 0..tb {
+                            for py in 0..p {
+                                for px in 0..p {
+                                    let wv = w[(((di * 3 + ch) * tb + k) * p + py) * p + px] as f64;
+                                    let fv = frames[(((ni * t + tt * tb + k) * 3 + ch) * s + gy * p + py) * s + gx * p + px] as f64;
+                                    v += wv * fv;
+                                }
+                            }
+                        }
+                    }
+                    (v + pos[l * d + di] as f64) as f32
+                };
+                let got = got[(ni * tokens + l) * d + di];
+                assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "video {ni} token {l} channel {di}: {got} vs {want}");
+            }
+        }
+    }
+    // the same frames in reverse order: other tokens (each sees its frames in order)
+    let rev: Vec<f32> = (0..n).flat_map(|ni| (0..t).rev().flat_map(move |ti| (0..3 * s * s).map(move |j| (ni * t + ti) * 3 * s * s + j))).map(|i| frames[i]).collect();
+    let back = enc.tokens(&tape.constant(Tensor::from_slice(&g, &[n, t, 3, s, s], &rev).unwrap())).unwrap().value().to_vec().unwrap();
+    assert!(back.iter().zip(&got).any(|(a, b)| (a - b).abs() > 1e-2));
 }

@@ -5,7 +5,7 @@ use common::Scratch;
 
 use t2v_kernels::{Gpu, GpuOptions};
 use t2v_turbo::models::weights::{SaveDtype, WeightFile};
-use t2v_turbo::pipeline::model_dir::{init_random, ModelDir, Preset};
+use t2v_turbo::pipeline::model_dir::{init_random, init_random_with, ModelDir, Preset};
 use t2v_turbo::pretrain::{pretrain, PretrainConfig, What};
 
 fn tmp(name: &str) -> Scratch {
@@ -45,35 +45,42 @@ fn each_stage_trains_and_resumes_exactly() {
     let src = init_random(&g, Preset::Tiny, &d.join("init"), 3, SaveDtype::F32).unwrap();
     let keys = |path: &std::path::Path| WeightFile::open(path).unwrap().entries().keys().cloned().collect::<Vec<_>>();
     let stages = [
-        (What::Vae, 2, "vae.safetensors", false, 1),
-        (What::Teacher, 1, "unet.safetensors", false, 1),
-        (What::Text, 2, "text.safetensors", false, 1),
-        (What::Text, 4, "text.safetensors", true, 3),
-        (What::Reward, 2, "reward_video.safetensors", false, 1),
-        (What::VideoReward, 4, "reward_video.safetensors", true, 1),
+        (What::Vae, 2, "vae.safetensors", false, 1, false),
+        (What::Teacher, 1, "unet.safetensors", false, 1, false),
+        (What::Text, 2, "text.safetensors", false, 1, false),
+        (What::Text, 4, "text.safetensors", true, 3, false),
+        (What::Reward, 2, "reward_video.safetensors", false, 1, false),
+        (What::VideoReward, 4, "reward_video.safetensors", true, 1, true),
     ];
-    for (what, batch, file, reversed_pairs, text_frames) in stages {
-        let cfg = |steps| PretrainConfig { steps, batch, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs, text_frames };
+    // the direction head trains a video reward whose tokens see two frames each
+    let mut iv2 = Preset::Tiny.video_reward_config();
+    iv2.vision.tubelet_size = 2;
+    let src2 = init_random_with(&g, Preset::Tiny, &d.join("init-tubelet2"), 3, SaveDtype::F32, iv2).unwrap();
+    for (what, batch, file, reversed_pairs, text_frames, direction_head) in stages {
+        let src = if direction_head { &src2 } else { &src };
+        let cfg = |steps| PretrainConfig { steps, batch, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs, text_frames, direction_head };
         let run = format!("{what:?}{}{}", if reversed_pairs { "-pairs" } else { "" }, if text_frames > 1 { "-frames" } else { "" });
         let a = d.join(format!("{run}-straight"));
-        let (md, ms) = pretrain(&g, what, &src, &a, &cfg(3), 10, SaveDtype::F32, true).unwrap();
+        let (md, ms) = pretrain(&g, what, src, &a, &cfg(3), 10, SaveDtype::F32, true).unwrap();
         assert_eq!(ms.len(), 3);
         assert!(ms.iter().all(|m| m.loss.is_finite()), "{what:?}");
         assert_ne!(values(&a.join(file)), values(&src.root.join(file)), "{what:?}: weights did not change");
         // interrupted after 2 steps, then resumed to 3: the same weights bit for bit
         let b = d.join(format!("{run}-resumed"));
-        pretrain(&g, what, &src, &b, &cfg(2), 1, SaveDtype::F32, true).unwrap();
-        let (_, ms_b) = pretrain(&g, what, &src, &b, &cfg(3), 1, SaveDtype::F32, true).unwrap();
+        pretrain(&g, what, src, &b, &cfg(2), 1, SaveDtype::F32, true).unwrap();
+        let (_, ms_b) = pretrain(&g, what, src, &b, &cfg(3), 1, SaveDtype::F32, true).unwrap();
         assert_eq!(ms_b.len(), 1, "{what:?}: resumed at step 2");
         assert_eq!(ms_b[0].loss.to_bits(), ms[2].loss.to_bits(), "{what:?}");
         assert_eq!(values(&b.join(file)), values(&a.join(file)), "{what:?}");
         // the weights record their pretraining, and a continued run records both
         let note = |dir: &std::path::Path| WeightFile::open(&dir.join(file)).unwrap().metadata.get("pretrained").cloned();
-        let how = match (reversed_pairs, text_frames) {
-            (false, 1) => String::new(),
-            (true, 1) => " (with reversed pairs)".into(),
-            (true, n) => format!(" ({n} frames per clip and a motion map; with reversed pairs)"),
-            (false, n) => format!(" ({n} frames per clip and a motion map)"),
+        let how = match (reversed_pairs, text_frames, direction_head) {
+            (false, 1, false) => String::new(),
+            (true, 1, false) => " (with reversed pairs)".into(),
+            (true, 1, true) => " (with reversed pairs; with a direction head)".into(),
+            (true, n, false) => format!(" ({n} frames per clip and a motion map; with reversed pairs)"),
+            (false, n, false) => format!(" ({n} frames per clip and a motion map)"),
+            other => panic!("no case {other:?}"),
         };
         assert_eq!(note(&a), Some(format!("3 steps on the moving-shapes world{how}")), "{what:?}");
         assert_eq!(note(&b), note(&a), "{what:?}: resuming is not continuing");
@@ -83,7 +90,8 @@ fn each_stage_trains_and_resumes_exactly() {
         // the output is a model folder with the source's other models
         let back = ModelDir::read(&a).unwrap();
         assert_eq!(back.unet.1, src.unet.1);
-        // the text encoder trains through a temporary vision tower that is not saved
+        // the text encoder trains through a temporary vision tower, the video reward with a
+        // temporary direction head: neither is saved
         assert_eq!(keys(&a.join(file)), keys(&src.root.join(file)), "{what:?}");
         if what == What::Text {
             assert_eq!(ms[0].logs[0].0, "text_retrieval");
@@ -96,7 +104,15 @@ fn each_stage_trains_and_resumes_exactly() {
             // and the share of clips whose own caption beats its twin's (the direction)
             let (name, share) = &ms[1].logs[1];
             assert!(name == &format!("{metric}_direction") && (0.0..=1.0).contains(share), "{:?}", ms[1].logs);
-            assert_eq!(ms[0].logs.len(), 1, "no direction on ordinary batches: {:?}", ms[0].logs);
+            let head = usize::from(direction_head);
+            assert_eq!(ms[0].logs.len(), 1 + head, "no direction on ordinary batches: {:?}", ms[0].logs);
+        }
+        if direction_head {
+            // the head's accuracy on every batch, ordinary or reversed pairs
+            for m in &ms {
+                let (name, acc) = m.logs.last().unwrap();
+                assert!(name == "video_direction_head" && (0.0..=1.0).contains(acc), "{:?}", m.logs);
+            }
         }
         if what == What::Vae {
             assert!(md.vae.1.scale_factor != src.vae.1.scale_factor && md.vae.1.scale_factor.is_finite());
@@ -113,7 +129,7 @@ fn each_stage_trains_and_resumes_exactly() {
         }
     }
     // other settings do not resume silently
-    let e = pretrain(&g, What::Vae, &src, &d.join("Vae-resumed"), &PretrainConfig { steps: 4, batch: 2, lr: 5e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs: false, text_frames: 1 }, 1, SaveDtype::F32, true).unwrap_err();
+    let e = pretrain(&g, What::Vae, &src, &d.join("Vae-resumed"), &PretrainConfig { steps: 4, batch: 2, lr: 5e-3, seed: 1, world_seed: 2, image_batch: 0, reversed_pairs: false, text_frames: 1, direction_head: false }, 1, SaveDtype::F32, true).unwrap_err();
     assert!(e.to_string().contains("other settings"), "{e}");
 }
 
@@ -146,7 +162,7 @@ fn joint_image_video_teacher_steps_run_and_resume_exactly() {
     let g = gpu();
     let d = tmp("joint");
     let src = init_random(&g, Preset::Tiny, &d.join("init"), 4, SaveDtype::F32).unwrap();
-    let cfg = |steps| PretrainConfig { steps, batch: 1, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 3, reversed_pairs: false, text_frames: 1 };
+    let cfg = |steps| PretrainConfig { steps, batch: 1, lr: 1e-3, seed: 1, world_seed: 2, image_batch: 3, reversed_pairs: false, text_frames: 1, direction_head: false };
     // step 1: one clip; step 2: three single frames (1-frame videos)
     let (_, ms) = pretrain(&g, What::Teacher, &src, &d.join("straight"), &cfg(2), 10, SaveDtype::F32, true).unwrap();
     assert!(ms.iter().all(|m| m.loss.is_finite()));

@@ -7,7 +7,7 @@ use t2v_kernels::{Gpu, GpuOptions};
 
 use super::{ensure_new_dir, CliError, DeviceArgs};
 use crate::models::weights::SaveDtype;
-use crate::pipeline::model_dir::{init_random, Preset};
+use crate::pipeline::model_dir::{init_random_with, Preset};
 
 #[derive(clap::Args, Debug)]
 pub struct InitArgs {
@@ -21,12 +21,26 @@ pub struct InitArgs {
     /// Store weights as f16 (half the size).
     #[arg(long)]
     pub f16: bool,
+    /// Frames per token of the video reward (InternVideo2's `tubelet_size`, a divisor of
+    /// its frame count; default: the preset's, 1). With 2 the tiny video reward can learn
+    /// the direction of motion (`pretrain video-reward --reversed-pairs --direction-head`);
+    /// with single-frame tokens it stayed blind to it.
+    #[arg(long)]
+    pub video_tubelet: Option<usize>,
 }
 
 pub fn run(dev: &DeviceArgs, a: &InitArgs) -> Result<(), CliError> {
+    let mut iv2 = a.preset.video_reward_config();
+    if let Some(t) = a.video_tubelet {
+        let frames = iv2.vision.num_frames;
+        if t == 0 || frames % t != 0 {
+            return Err(CliError::Check(format!("--video-tubelet must divide the video reward's {frames} frames, got {t}")));
+        }
+        iv2.vision.tubelet_size = t;
+    }
     ensure_new_dir(&a.out, false)?;
     let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), quiet: true, ..Default::default() })?;
-    let dir = init_random(&gpu, a.preset, &a.out, a.seed, if a.f16 { SaveDtype::F16 } else { SaveDtype::F32 })?;
+    let dir = init_random_with(&gpu, a.preset, &a.out, a.seed, if a.f16 { SaveDtype::F16 } else { SaveDtype::F32 }, iv2)?;
     println!("random {:?} models in {} (config: {})", a.preset, a.out.display(), dir.root.join("config.json").display());
     Ok(())
 }

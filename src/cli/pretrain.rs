@@ -57,6 +57,13 @@ pub struct PretrainArgs {
     /// the direction of motion counts too (best with --reversed-pairs).
     #[arg(long, default_value_t = 1)]
     pub frames: usize,
+    /// Video reward (`video-reward`, `reward`): also train a temporary linear head (not
+    /// saved) that classifies each clip's direction of motion from the video features, so
+    /// that the features carry it (logged as `video_direction_head`; best with
+    /// --reversed-pairs, whose `video_direction` then shows the captions follow). Needs
+    /// tokens that see several frames: a video reward from `init --video-tubelet 2`
+    #[arg(long)]
+    pub direction_head: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Seed of the world the clips are drawn from.
@@ -87,12 +94,15 @@ pub fn run(dev: &DeviceArgs, a: &PretrainArgs) -> Result<(), CliError> {
     if a.frames != 1 && a.what != What::Text {
         return Err(CliError::Check("--frames applies to `pretrain text` only".into()));
     }
+    if a.direction_head && !matches!(a.what, What::VideoReward | What::Reward) {
+        return Err(CliError::Check("--direction-head applies to `pretrain video-reward` and `pretrain reward` only".into()));
+    }
     if a.batch < 2 && a.what.is_contrastive() {
         return Err(CliError::Check("the contrastive loss (text, reward models) needs --batch of at least 2".into()));
     }
     let src = ModelDir::read(&a.models)?;
     let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
-    let cfg = PretrainConfig { steps: a.steps, batch: a.batch.max(1), lr: a.lr, seed: a.seed, world_seed: a.world_seed, image_batch: a.image_batch, reversed_pairs: a.reversed_pairs, text_frames: a.frames };
+    let cfg = PretrainConfig { steps: a.steps, batch: a.batch.max(1), lr: a.lr, seed: a.seed, world_seed: a.world_seed, image_batch: a.image_batch, reversed_pairs: a.reversed_pairs, text_frames: a.frames, direction_head: a.direction_head };
     let dtype = if a.f16 { SaveDtype::F16 } else { SaveDtype::F32 };
     let t = std::time::Instant::now();
     let (md, ms) = pretrain(&gpu, a.what, &src, &a.out, &cfg, a.checkpoint_every, dtype, false)?;

@@ -391,6 +391,13 @@ pub fn world_vocab(size: usize) -> Vec<String> {
 /// `seed`): teacher UNet, VAE, text encoder, one HPS-style and one CLIP-style image reward
 /// and an InternVideo2 video reward with its vocabulary.
 pub fn init_random(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: SaveDtype) -> Result<ModelDir> {
+    init_random_with(gpu, preset, root, seed, dtype, preset.video_reward_config())
+}
+
+/// [`init_random`] with another configuration of the video reward, e.g. the tiny one with
+/// `tubelet_size` 2 (tokens that each see two frames), which can learn the direction of
+/// motion where the 1B model's single-frame tokens stayed blind to it.
+pub fn init_random_with(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: SaveDtype, iv2: InternVideo2Config) -> Result<ModelDir> {
     let (unet, vae, text, clip, video) = preset.configs();
     std::fs::create_dir_all(root).map_err(|e| bad(root, e))?;
     let meta = |what: &str| vec![("model", what.to_string()), ("init", format!("random, seed {seed}"))];
@@ -409,7 +416,6 @@ pub fn init_random(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: Sav
         Clip::load(&l, &clip)?;
         save(name, &l, "openclip")?;
     }
-    let iv2 = preset.video_reward_config();
     let l = Loader::random(gpu, seed + 5);
     InternVideo2::load(&l, &iv2)?;
     // the position tables start as the reference's fixed sine-cosine ones, which tell the

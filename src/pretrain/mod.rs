@@ -63,6 +63,11 @@ pub struct PretrainConfig {
     /// (`motion_features`), so that the direction of motion counts.
     #[serde(default = "one")]
     pub text_frames: usize,
+    /// Video reward only: a temporary head that classifies the direction of motion from
+    /// the video features (cross-entropy on the clips' directions, beside the contrastive
+    /// loss; not saved).
+    #[serde(default)]
+    pub direction_head: bool,
 }
 
 fn one() -> usize {

@@ -108,8 +108,9 @@ enum Tower {
     Image(Box<Clip>, Preprocess),
     /// A CLIP video tower (frames mean-pooled) against the long caption.
     ClipVideo(Box<Clip>),
-    /// InternVideo2 against the long caption.
-    InternVideo2(Box<InternVideo2>, Box<BertTokenizer>),
+    /// InternVideo2 against the long caption; with a temporary direction head
+    /// ([`DIRECTION_HEAD`]) its video features also classify the direction of motion.
+    InternVideo2(Box<InternVideo2>, Box<BertTokenizer>, Option<Tensor>),
     /// The conditioning text encoder with a vision tower: one frame (or several frames and
     /// a motion map, see [`motion_features`]) against the long or the short caption (each
     /// half the time, as the teacher is trained).
@@ -183,6 +184,38 @@ pub fn motion_features(vision: &VisionTower, motion_proj: Option<&Var>, frames: 
 /// The key of the motion map of [`motion_features`] during `pretrain text` (a tensor of the
 /// temporary vision side: checkpointed with the run, never saved with the text encoder).
 const MOTION_PROJ: &str = "visual.motion_proj.weight";
+
+/// The key of the video reward's temporary direction head (`--direction-head`): a linear
+/// map (4, E) from its unit video features to the four directions of the world, trained
+/// with cross-entropy on the clips' true directions beside the contrastive loss and never
+/// saved. Through the contrastive loss alone the video reward stayed blind to direction
+/// (reversed pairs at chance: a randomly initialised ViT's pooled features hardly depend
+/// on the order of the frames, and the captions then give them no consistent target); the
+/// head gives the vision side a direct one, and the text side follows once the features
+/// carry it — with tokens of two frames each (`tubelet_size` 2, `init --video-tubelet 2`):
+/// on the tiny reward with single-frame tokens the head itself stayed at chance.
+const DIRECTION_HEAD: &str = "aux.direction_head.weight";
+
+/// Temperature of the direction head's logits (the features are unit vectors).
+const DIRECTION_HEAD_SCALE: f32 = 20.0;
+
+/// Cross-entropy of the direction head on unit features `vid` (B, E) against the clips'
+/// directions, and the head's accuracy (no gradient).
+fn direction_loss(vid: &Var, head: &Var, specs: &[crate::world::ClipSpec]) -> Result<(Var, Var)> {
+    let (b, k) = (specs.len(), head.shape()[0]);
+    let logits = ad::matmul_ex(vid, head, false, true, DIRECTION_HEAD_SCALE, None)?; // (B, k)
+    let mut onehot = vec![0f32; b * k];
+    for (i, s) in specs.iter().enumerate() {
+        onehot[i * k + s.direction] = 1.0;
+    }
+    let gpu = vid.value().gpu();
+    let target = vid.tape().constant(Tensor::from_slice(gpu, &[b, k], &onehot)?);
+    let log_p = ad::unary(&ad::softmax(&logits)?, UnaryOp::Log)?;
+    let loss = ad::scale(&ad::mean_all(&ad::mul(&log_p, &target)?)?, -(k as f32))?;
+    let l = logits.value().to_vec()?;
+    let hits = specs.iter().enumerate().filter(|(i, s)| (0..k).all(|j| j == s.direction || l[i * k + j] < l[i * k + s.direction])).count();
+    Ok((loss, vid.tape().constant(Tensor::from_slice(gpu, &[1], &[hits as f32 / b as f32])?)))
+}
 
 /// Pretrains `what` starting from the models of `src`; writes the model folder `out`.
 #[allow(clippy::too_many_arguments)]
@@ -351,14 +384,26 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                     towers.push((Tower::ClipVideo(Box::new(c)), p, file.clone(), None));
                 }
                 Some(VideoRewardSpec::InternVideo2 { file, config, tokenizer }) => {
-                    let (m, p) = load_internvideo2_params(gpu, file, config)?;
+                    let (m, mut p) = load_internvideo2_params(gpu, file, config)?;
                     let tok = BertTokenizer::from_file(tokenizer, config.max_txt_len).map_err(|e| WeightsError::Format { path: tokenizer.display().to_string(), msg: e.to_string() })?;
-                    towers.push((Tower::InternVideo2(Box::new(m), Box::new(tok)), p, file.clone(), None));
+                    // saved: the model's own keys, never the temporary head
+                    let keep = p.iter().map(|(k, _)| k.clone()).collect();
+                    let head = if cfg.direction_head {
+                        let w = Loader::random(gpu, cfg.seed ^ 0xD1EC).get(DIRECTION_HEAD, &[crate::world::DIRECTIONS.len(), config.embed_dim])?;
+                        p.push((DIRECTION_HEAD.to_string(), w.clone()));
+                        Some(w)
+                    } else {
+                        None
+                    };
+                    towers.push((Tower::InternVideo2(Box::new(m), Box::new(tok), head), p, file.clone(), Some(keep)));
                 }
                 None => {}
             }
             if towers.is_empty() {
                 return Err(WeightsError::Format { path: src.root.display().to_string(), msg: format!("the model folder has no reward models to train ({what:?})") });
+            }
+            if cfg.direction_head && !towers.iter().any(|t| matches!(t.0, Tower::InternVideo2(..))) {
+                return Err(WeightsError::Format { path: src.root.display().to_string(), msg: "--direction-head trains the InternVideo2 video reward: the model folder has none, or the stage does not train it".into() });
             }
             let all: Vec<(String, Tensor)> = towers.iter().enumerate().flat_map(|(k, (_, p, _, _))| p.iter().map(move |(n, t)| (format!("{k}.{n}"), t.clone()))).collect();
             let m = run_loop(&dir, &all, cfg, every, quiet, |tape, rng, at| {
@@ -369,6 +414,8 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 let long: Vec<String> = specs.iter().map(|s| s.caption()).collect();
                 let mut total: Option<Var> = None;
                 let mut logs = Vec::new();
+                // the direction head's loss and accuracy
+                let mut extra: Option<(Var, Var)> = None;
                 for (tower, _, _, _) in &towers {
                     let (vis, txt) = match tower {
                         Tower::Image(clip, mode) => {
@@ -403,7 +450,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                             let pooled = l2_normalize(&ad::mean(&ad::reshape(&feats, &[b, n, e])?, 1)?)?;
                             (pooled, clip.text.features(tape, &tokenize(&tok, &long)?)?)
                         }
-                        Tower::InternVideo2(model, bert) => {
+                        Tower::InternVideo2(model, bert, head) => {
                             // as the reward sees them: num_frames strided frames vs the long caption
                             let (n, size) = (model.config.vision.num_frames, model.config.vision.img_size);
                             if n > world.frames {
@@ -413,6 +460,9 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                             let unit = ad::affine(&tape.constant(frames), 0.5, 0.5)?;
                             let prep = crate::models::preprocess::min_side_crop(&unit, size, 0.5)?;
                             let vid = model.video_features(&ad::reshape(&prep, &[b, n, 3, size, size])?)?;
+                            if let Some(w) = head {
+                                extra = Some(direction_loss(&vid, &tape.param(w), &specs)?);
+                            }
                             let (ids, mask) = bert.encode_batch(&long).map_err(|e| WeightsError::Format { path: "caption".into(), msg: e.to_string() })?;
                             (vid, model.text_features(tape, &ids, &mask)?)
                         }
@@ -426,7 +476,15 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                         None => loss,
                     });
                 }
-                Ok(StepOut { loss: total.expect("a tower"), logs })
+                let total = total.expect("a tower");
+                let loss = match extra {
+                    Some((e, acc)) => {
+                        logs.push(("video_direction_head", acc));
+                        ad::add(&total, &e)?
+                    }
+                    None => total,
+                };
+                Ok(StepOut { loss, logs })
             })?;
             // the recipe, when not the default one
             let mut recipe = Vec::new();
@@ -435,6 +493,9 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
             }
             if cfg.reversed_pairs {
                 recipe.push("with reversed pairs".to_string());
+            }
+            if cfg.direction_head {
+                recipe.push("with a direction head".to_string());
             }
             let how = if recipe.is_empty() { String::new() } else { format!(" ({})", recipe.join("; ")) };
             for (tower, p, file, keep) in &towers {
