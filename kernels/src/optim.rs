@@ -58,7 +58,7 @@ pub struct ParamGroup {
 /// What one step measured (lazily: nothing is read back unless asked).
 #[derive(Debug)]
 pub struct StepInfo {
-    /// The global gradient norm before clipping, shape [1].
+    /// The global gradient norm before clipping, shape `[1]`.
     pub grad_norm: Tensor,
 }
 
@@ -222,7 +222,7 @@ impl AdamW {
     }
 }
 
-/// sqrt(sum of squares of all tensors), shape [1], computed on the GPU.
+/// sqrt(sum of squares of all tensors), shape `[1]`, computed on the GPU.
 pub fn global_norm(ts: &[Tensor]) -> Result<Tensor> {
     let Some(first) = ts.first() else {
         return opt_err("global norm of no tensors");

@@ -1,5 +1,6 @@
 //! One consistency-distillation loss of Algorithm 2 (the consistency part; rewards are
 //! added by the pipeline), as in the T2V-Turbo-v2 reference:
+//! ```text
 //!   start_t = grid[n], t_prev = start_t - k
 //!   model_pred = c_skip(start_t) z_t + c_out(start_t) x0(student(z_t, start_t))
 //!   teacher: x0 = x0_c + w (x0_c - x0_u), eps = eps_c + w (eps_c - eps_u),
@@ -8,6 +9,7 @@
 //!   target = c_skip(t_prev) x_prev + c_out(t_prev) x0(student(x_prev, t_prev))  (no grad,
 //!            the same network: no EMA target)
 //!   loss = pseudo_huber(model_pred, target, c)
+//! ```
 //! The student sees w and the motion scale (motion_gs on motion-guided samples with
 //! index >= (1 - motion_percentage) * grid, else 0) through their guidance-scale embeddings.
 //! The factor of the motion score is the reference code's sqrt(1 - sqrt(abar)) by default;
@@ -42,7 +44,7 @@ impl NoiseFactor {
 /// One preprocessed sample (Algorithm 1's record).
 pub struct CdSample<'a> {
     pub z_t: &'a Tensor,
-    /// Grid index n (z_t is at grid[n]).
+    /// Grid index n (z_t is at `grid[n]`).
     pub index: usize,
     pub cond_eps: &'a Tensor,
     pub uncond_eps: &'a Tensor,

@@ -64,7 +64,7 @@ impl Schedule {
 
     /// One DDIM inversion step from p = max(t - skip, 0) to t (the reference's
     /// `ddim_reverse_step`):
-    /// (x_prev - sqrt(1 - abar[p]) eps) sqrt(abar[t] / abar[p]) + sqrt(1 - abar[t]) eps.
+    /// `(x_prev - sqrt(1 - abar[p]) eps) sqrt(abar[t] / abar[p]) + sqrt(1 - abar[t]) eps`.
     pub fn ddim_reverse(&self, x_prev: &Var, eps: &Var, t: usize, skip: usize) -> Result<Var> {
         let (ap, at) = (self.abar(t.saturating_sub(skip)), self.abar(t));
         let r = (at / ap).sqrt();
@@ -73,7 +73,7 @@ impl Schedule {
     }
 }
 
-/// DDIM inversion of a clean latent z0 up to grid[index] (Algorithm 1's reference latent):
+/// DDIM inversion of a clean latent z0 up to `grid[index]` (Algorithm 1's reference latent):
 /// for each grid timestep t up to it, the teacher predicts eps at t on the current latent
 /// (text-conditioned), and one [`Schedule::ddim_reverse`] step moves the latent to t.
 pub fn ddim_invert(unet: &Unet3d, sched: &Schedule, grid: &[usize], z0: &Var, context: &Var, fps: &[f32], index: usize) -> Result<Var> {
@@ -89,7 +89,7 @@ pub fn ddim_invert(unet: &Unet3d, sched: &Schedule, grid: &[usize], z0: &Var, co
 }
 
 /// [`ddim_invert`] of several clips at once, each to its own grid index: z0 (B, ...), its
-/// text contexts (B, L, D) and fps (B values); returns each clip's latent at grid[indices[i]]
+/// text contexts (B, L, D) and fps (B values); returns each clip's latent at `grid[indices[i]]`
 /// (1, ...), in order. The clips share the UNet calls (on CPU adapters a batch-1 call of a
 /// small model costs mostly per-dispatch overhead); a clip leaves the batch once it reaches
 /// its index. No gradient is recorded. A clip's result matches its own inversion up to the
@@ -159,7 +159,7 @@ pub fn boundary(t: f32) -> (f32, f32) {
 #[derive(Clone, Debug)]
 pub struct DdimSolver {
     pub grid: Vec<usize>,
-    /// abar of the previous grid point: [abar_0] + abar[grid[:-1]]
+    /// abar of the previous grid point: `[abar_0] + abar[grid[:-1]]`
     pub abar_prev: Vec<f32>,
 }
 
@@ -169,7 +169,7 @@ impl DdimSolver {
         let abar_prev = std::iter::once(s.abar(0)).chain(grid[..grid.len() - 1].iter().map(|&t| s.abar(t))).collect();
         DdimSolver { grid, abar_prev }
     }
-    /// sqrt(abar_prev[index]) x0 + sqrt(1 - abar_prev[index]) eps.
+    /// `sqrt(abar_prev[index]) x0 + sqrt(1 - abar_prev[index]) eps`.
     pub fn step(&self, x0: &Var, eps: &Var, index: usize) -> Result<Var> {
         let a = self.abar_prev[index];
         Ok(ad::axpby(x0, a.sqrt(), eps, (1.0 - a).sqrt())?)

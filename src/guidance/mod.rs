@@ -24,7 +24,7 @@ impl Default for MotionScales {
     }
 }
 
-/// G from the reference maps (constants) and the current maps (tracked), shape [1].
+/// G from the reference maps (constants) and the current maps (tracked), shape `[1]`.
 pub fn motion_energy(reference: &[Tensor], current: &[Var], s: MotionScales) -> Result<Var> {
     if reference.is_empty() || reference.len() != current.len() {
         return Err(WeightsError::Gpu(t2v_kernels::Error::Shape {

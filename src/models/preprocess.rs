@@ -64,12 +64,12 @@ pub fn resize(img: &Var, oh: usize, ow: usize) -> Result<Var> {
     ad::reshape(&y, &[n, c, oh, ow])
 }
 
-/// (x - mean[c]) / std[c] with OpenAI's statistics.
+/// `(x - mean[c]) / std[c]` with OpenAI's statistics.
 pub fn normalize(img: &Var) -> Result<Var> {
     normalize_with(img, &OPENAI_MEAN, &OPENAI_STD)
 }
 
-/// (x - mean[c]) / std[c] of images (N, 3, H, W).
+/// `(x - mean[c]) / std[c]` of images (N, 3, H, W).
 pub fn normalize_with(img: &Var, mean: &[f32; 3], std: &[f32; 3]) -> Result<Var> {
     let gpu = img.value().gpu();
     let t = img.tape();

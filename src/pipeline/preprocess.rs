@@ -1,5 +1,5 @@
 //! Algorithm 1 for one clip, on top of the verified pieces: draw a grid index n and a
-//! guidance scale w, noise the clean latent to t = grid[n], store the teacher's conditional
+//! guidance scale w, noise the clean latent to `t = grid[n]`, store the teacher's conditional
 //! and unconditional eps there, and for motion-guided samples (upper half of the grid)
 //! DDIM-invert the clean latent to the same t and store dG/dz_t. The record is what
 //! `diffusion::distill::consistency_loss` consumes. Over a data set, the motion-guided

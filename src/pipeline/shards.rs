@@ -20,7 +20,7 @@ pub struct RecordMeta {
     pub path: String,
     pub caption: String,
     pub short_caption: Option<String>,
-    /// Grid index n (z_t is at grid[n]).
+    /// Grid index n (z_t is at `grid[n]`).
     pub index: usize,
     pub w: f32,
     /// Motion-guidance energy (motion-guided records).

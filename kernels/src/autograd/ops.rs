@@ -260,12 +260,12 @@ fn extreme(x: &Var, ax: isize, kind: k::Reduce) -> Result<Var> {
     )
 }
 
-/// Sum of all elements (shape [1]).
+/// Sum of all elements (shape `[1]`).
 pub fn sum_all(x: &Var) -> Result<Var> {
     reshape(&sum(&reshape(x, &[x.value.numel()])?, 0)?, &[1])
 }
 
-/// Mean of all elements (shape [1]).
+/// Mean of all elements (shape `[1]`).
 pub fn mean_all(x: &Var) -> Result<Var> {
     reshape(&mean(&reshape(x, &[x.value.numel()])?, 0)?, &[1])
 }

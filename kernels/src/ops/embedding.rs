@@ -33,7 +33,7 @@ pub fn sinusoidal_embedding(t: &Tensor, dim: usize, max_period: f32) -> Result<T
     Ok(y)
 }
 
-/// out[i, :] = table[idx[i], :] for table (V, D) and u32 idx (N,). Indices are not
+/// `out[i, :] = table[idx[i], :]` for table (V, D) and u32 idx (N,). Indices are not
 /// checked on the device (an out-of-range one yields a zero row); [`embedding`] checks.
 pub fn gather_rows(table: &Tensor, idx: &Tensor) -> Result<Tensor> {
     check_f32("gather_rows", &[table])?;

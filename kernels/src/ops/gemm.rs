@@ -333,7 +333,7 @@ pub struct Matmul<'a> {
     pub trans_b: bool,
     /// Scale of the product.
     pub alpha: f32,
-    /// Added to every row: shape [N].
+    /// Added to every row: shape `[N]`.
     pub bias: Option<&'a Tensor>,
 }
 
@@ -535,7 +535,7 @@ fn im2col(x: &Tensor, p: &Params, layout: Columns) -> Result<Tensor> {
     Ok(cols)
 }
 
-/// 2-D cross-correlation (PyTorch's conv2d): x (N, C, H, W), w (O, C, KH, KW), bias [O]
+/// 2-D cross-correlation (PyTorch's conv2d): x (N, C, H, W), w (O, C, KH, KW), bias `[O]`
 /// -> (N, O, OH, OW).
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Result<Tensor> {
     let (p, oh, ow) = conv_params("conv2d", x, w, bias, g)?;

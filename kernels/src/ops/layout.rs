@@ -15,7 +15,7 @@ fn copy(op: &'static str, shape: &[usize], x: View, out: View) -> Result<()> {
     unary_into(op, shape, x, out, UnaryOp::Identity, 1.0, 0.0, 1.0)
 }
 
-/// Reorders dimensions: out.shape[i] = x.shape[perm[i]].
+/// Reorders dimensions: `out.shape[i] = x.shape[perm[i]]`.
 pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     check_f32("permute", &[x])?;
     let r = x.rank();
@@ -54,8 +54,8 @@ pub fn slice(x: &Tensor, ax: isize, start: usize, len: usize) -> Result<Tensor> 
     Ok(y)
 }
 
-/// The transpose of [`slice`]: a zero tensor of `shape` with `x` written at
-/// [start, start + len) of axis `ax` (the gradient of a slice; one allocation).
+/// The transpose of [`slice`](fn@slice): a zero tensor of `shape` with `x` written at
+/// `[start, start + len)` of axis `ax` (the gradient of a slice; one allocation).
 pub fn unslice(x: &Tensor, shape: &[usize], ax: isize, start: usize) -> Result<Tensor> {
     check_f32("unslice", &[x])?;
     let a = axis("unslice", shape, ax)?;

@@ -184,14 +184,14 @@ fn affine_grads(x: &Tensor, r: Rows, (g, b): (&Tensor, &Tensor), stats: &Tensor,
     Ok((super::sum(&dg, 0)?, super::sum(&db, 0)?))
 }
 
-/// Layer norm over the last axis with optional weight/bias of shape [D].
+/// Layer norm over the last axis with optional weight/bias of shape `[D]`.
 pub fn layer_norm(x: &Tensor, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32) -> Result<Norm> {
     let r = Rows::layer("layer_norm", x)?;
     forward(x, r, check_affine("layer_norm", &r, gamma, beta)?, eps, false)
 }
 
 /// Group norm of x (N, C, ...) with `groups` groups over C and everything after it, with
-/// optional per-channel weight/bias [C]; `silu` fuses SiLU on the output.
+/// optional per-channel weight/bias `[C]`; `silu` fuses SiLU on the output.
 pub fn group_norm(x: &Tensor, groups: usize, gamma: Option<&Tensor>, beta: Option<&Tensor>, eps: f32, silu: bool) -> Result<Norm> {
     let r = Rows::group("group_norm", x, groups)?;
     forward(x, r, check_affine("group_norm", &r, gamma, beta)?, eps, silu)
