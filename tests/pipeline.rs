@@ -13,7 +13,7 @@ use t2v_turbo::pipeline::model_dir::{init_random, ModelDir, Preset};
 use t2v_turbo::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
 use t2v_turbo::pipeline::shards::{open_dataset, write_shard, RecordTensors, Shard, ShardConfig};
 use t2v_turbo::pipeline::sample::SampleOptions;
-use t2v_turbo::pipeline::train::{load_run, run, LoraConfig, RewardInput, RunOptions, TrainConfig, TrainError, Trainer};
+use t2v_turbo::pipeline::train::{load_run, run, LoraConfig, RewardInput, RunOptions, StepMetrics, TrainConfig, TrainError, Trainer};
 use t2v_turbo::pipeline::validation::{validate, Validation, ValidationRow};
 use t2v_turbo::world::{write_dataset, WorldConfig};
 
@@ -175,16 +175,20 @@ fn lora_trains_adapters_and_leaves_the_base_weights() {
 /// `--reward-input noise` scores the student's one-step generation from fresh noise: other
 /// rewards than on the data's consistency output, the same consistency loss, and gradients
 /// through that generation (the weights end elsewhere than without rewards).
+/// `--reward-input sample` scores the whole multistep sample: with one step it is the
+/// one-step generation exactly; with two, the rewards score another video and the weights
+/// end elsewhere.
 #[test]
-fn rewards_on_one_step_generations_from_noise() {
+fn rewards_on_generations_from_noise() {
     let (g, md, data) = opened_fixture();
-    let steps = |input: RewardInput, beta: f32| {
-        let cfg = TrainConfig { reward_input: input, beta_img: beta, beta_vid: beta, ..config(4) };
+    let steps_of = |input: RewardInput, beta: f32, sample_steps: usize| {
+        let cfg = TrainConfig { reward_input: input, reward_sample_steps: sample_steps, beta_img: beta, beta_vid: beta, ..config(4) };
         let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
         let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
         let ms: Vec<_> = (0..4).map(|_| t.step().unwrap()).collect();
         (ms, t.student.params[0].1.to_vec().unwrap())
     };
+    let steps = |input: RewardInput, beta: f32| steps_of(input, beta, 4);
     let (data_ms, _) = steps(RewardInput::Data, 0.5);
     let (noise_ms, noise_w) = steps(RewardInput::Noise, 0.5);
     let (_, cd_w) = steps(RewardInput::Noise, 0.0);
@@ -195,6 +199,17 @@ fn rewards_on_one_step_generations_from_noise() {
     assert!(rewarded.iter().all(|&i| noise_ms[i].image_reward != data_ms[i].image_reward), "{data_ms:?} {noise_ms:?}");
     assert!(noise_ms.iter().all(|m| m.loss.is_finite() && m.grad_norm.is_finite()));
     assert!(cd_w != noise_w, "the rewards on the generations moved no weight");
+    // a one-step "sample" is the one-step generation, to the bit
+    let (one_ms, one_w) = steps_of(RewardInput::Sample, 0.5, 1);
+    let key = |m: &StepMetrics| (m.loss, m.image_reward, m.video_reward, m.grad_norm);
+    assert_eq!(one_ms.iter().map(key).collect::<Vec<_>>(), noise_ms.iter().map(key).collect::<Vec<_>>());
+    assert_eq!(one_w, noise_w);
+    // two steps: the rewards score another video, and the weights end elsewhere
+    let (two_ms, two_w) = steps_of(RewardInput::Sample, 0.5, 2);
+    assert_eq!(two_ms[0].cd_loss, noise_ms[0].cd_loss);
+    assert!(rewarded.iter().all(|&i| two_ms[i].image_reward.is_some() && two_ms[i].image_reward != noise_ms[i].image_reward), "{two_ms:?}");
+    assert!(two_ms.iter().all(|m| m.loss.is_finite() && m.grad_norm.is_finite()));
+    assert!(two_w != noise_w && two_w != cd_w);
 }
 
 #[test]

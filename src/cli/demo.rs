@@ -65,7 +65,8 @@ pub struct DemoArgs {
     /// What the rewards score: `noise` (the student's one-step generation from fresh noise,
     /// where sampling starts; not in the reference, see `train --reward-input`) or `data`
     /// (the reference: the consistency output from a noised training clip, which on these
-    /// tiny models does not raise the students' alignment, see README).
+    /// tiny models does not raise the students' alignment, see README) or `sample` (the
+    /// students' whole 4-step samples, gradients through every step; see README).
     #[arg(long, value_enum, default_value_t = RewardInput::Noise)]
     pub reward_input: RewardInput,
     /// Also train the ablations without rewards and without motion guidance.

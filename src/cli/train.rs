@@ -75,9 +75,14 @@ pub struct TrainArgs {
     /// What the rewards score: `data` (the reference: the consistency output from the
     /// record's noised clip) or `noise` (not in the reference: the student's one-step
     /// generation from fresh pure noise, the sampler's first step; one more UNet pass per
-    /// rewarded record).
+    /// rewarded record) or `sample` (not in the reference: the student's whole
+    /// `--reward-sample-steps` consistency sample from fresh noise, gradients through every
+    /// step; that many more UNet passes per rewarded record).
     #[arg(long, value_enum, default_value_t = RewardInput::Data)]
     pub reward_input: RewardInput,
+    /// Sampler steps of `--reward-input sample` (on the shards' grid, as `sample --steps`).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub reward_sample_steps: u64,
     /// Train LoRA adapters of this rank on every UNet weight instead of all weights.
     #[arg(long, default_value_t = 0)]
     pub lora_rank: usize,
@@ -172,6 +177,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         vid_frames: a.vid_frames,
         lora: (a.lora_rank > 0).then_some(LoraConfig { rank: a.lora_rank, alpha: a.lora_alpha }),
         reward_input: a.reward_input,
+        reward_sample_steps: a.reward_sample_steps as usize,
         recompute: a.recompute,
         seed: a.seed,
         cond_dim: 256,

@@ -172,6 +172,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
             beta_img: if var.rewards { 0.2 } else { 0.0 },
             beta_vid: if var.rewards { 0.5 } else { 0.0 },
             reward_input: c.reward_input,
+            reward_sample_steps: c.student_steps,
             seed: c.seed,
             ..TrainConfig::default()
         };
@@ -309,8 +310,9 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
         c.lr,
         c.motion_gs,
         match c.reward_input {
-            RewardInput::Data => "the consistency output from noised training clips (the reference)",
-            RewardInput::Noise => "the students' one-step generations from fresh noise (`--reward-input noise`, not the reference)",
+            RewardInput::Data => "the consistency output from noised training clips (the reference)".to_string(),
+            RewardInput::Noise => "the students' one-step generations from fresh noise (`--reward-input noise`, not the reference)".to_string(),
+            RewardInput::Sample => format!("the students' {}-step samples from fresh noise, gradients through every step (`--reward-input sample`, not the reference)", c.student_steps),
         },
         stages.iter().map(|(n, t)| format!("{n} {t:.0} s")).collect::<Vec<_>>().join(", ")
     );

@@ -21,7 +21,7 @@ use t2v_kernels::optim::{AdamW, AdamWConfig, ParamGroup};
 use t2v_kernels::{Gpu, Tensor};
 
 use crate::diffusion::distill::{consistency_loss, CdSample, NoiseFactor};
-use crate::diffusion::{consistency_sample, DdimSolver, SamplerConfig, Schedule};
+use crate::diffusion::{consistency_sample, consistency_timesteps, DdimSolver, SamplerConfig, Schedule};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet3d::Unet3d;
 use crate::models::vae::Vae;
@@ -62,6 +62,9 @@ pub struct TrainConfig {
     /// What the rewards score (the reference: the consistency output on the data).
     #[serde(default)]
     pub reward_input: RewardInput,
+    /// Sampler steps of [`RewardInput::Sample`].
+    #[serde(default = "default_reward_sample_steps")]
+    pub reward_sample_steps: usize,
     /// Recompute UNet blocks and the reward frames' VAE decoding in the backward pass (less
     /// memory, ~1 more forward of time).
     #[serde(default)]
@@ -90,11 +93,16 @@ impl Default for TrainConfig {
             vid_frames: 4,
             lora: None,
             reward_input: RewardInput::Data,
+            reward_sample_steps: default_reward_sample_steps(),
             recompute: false,
             seed: 0,
             cond_dim: 256,
         }
     }
+}
+
+fn default_reward_sample_steps() -> usize {
+    4
 }
 
 /// What reward feedback scores.
@@ -109,6 +117,11 @@ pub enum RewardInput {
     /// w and the run's motion scale. Costs one more UNet forward and backward per rewarded
     /// record; scores what sampling starts from rather than noised training clips.
     Noise,
+    /// Not in the reference: the student's whole multistep consistency sample from fresh
+    /// noise (`reward_sample_steps` steps on the shards' grid, as `sample` draws them), with
+    /// the gradient through every step. Costs that many UNet forwards and backwards per
+    /// rewarded record; scores what a user gets, motion across the steps included.
+    Sample,
 }
 
 /// Where the run is: written with every checkpoint.
@@ -416,7 +429,8 @@ impl<'a> Trainer<'a> {
             if let Some(short) = meta.short_caption.as_deref().filter(|_| self.config.beta_img > 0.0 || self.config.beta_vid > 0.0) {
                 let pred = match self.config.reward_input {
                     RewardInput::Data => out.model_pred.clone(),
-                    RewardInput::Noise => self.one_step_generation(&tape, &mut rng, &rec.z_t, &rec.context, meta.w)?,
+                    RewardInput::Noise => self.generation_from_noise(&tape, &mut rng, &rec.z_t, &rec.context, meta.w, 1)?,
+                    RewardInput::Sample => self.generation_from_noise(&tape, &mut rng, &rec.z_t, &rec.context, meta.w, self.config.reward_sample_steps)?,
                 };
                 let f = pred.shape()[2];
                 if self.config.beta_img > 0.0 && !self.models.image.is_empty() {
@@ -489,18 +503,20 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// The student's first sampling step from fresh noise shaped like `like` at the top of
-    /// the grid, on `tape` (for [`RewardInput::Noise`]).
-    fn one_step_generation(&self, tape: &Tape, rng: &mut Gaussian, like: &Tensor, context: &Tensor, w: f32) -> Result<Var> {
-        let noise = Tensor::from_slice(like.gpu(), like.shape(), &rng.take(like.numel()))?;
+    /// The student's `steps`-step consistency sample from fresh noise shaped like `like`,
+    /// from the top of the grid (1 step: the sampler's first), on `tape` — gradients flow
+    /// through every step (for [`RewardInput::Noise`] and [`RewardInput::Sample`]).
+    fn generation_from_noise(&self, tape: &Tape, rng: &mut Gaussian, like: &Tensor, context: &Tensor, w: f32, steps: usize) -> Result<Var> {
+        let fresh = |rng: &mut Gaussian| Tensor::from_slice(like.gpu(), like.shape(), &rng.take(like.numel()));
+        let noise = fresh(rng)?;
         let cfg = SamplerConfig {
-            timesteps: vec![*self.solver.grid.last().expect("a non-empty grid")],
+            timesteps: consistency_timesteps(self.sched.len(), self.solver.grid.len(), steps),
             w,
             motion_scale: if self.config.use_motion { self.config.motion_gs } else { 0.0 },
             motion_percentage: self.config.motion_percentage,
         };
-        let out = consistency_sample(&self.student.unet, &self.sched, &tape.constant(noise), &tape.constant(context.clone()), &[self.fps], &cfg, |_| unreachable!("one step re-noises nothing"), || Ok(()))?;
-        Ok(out.into_iter().next().expect("one step"))
+        let out = consistency_sample(&self.student.unet, &self.sched, &tape.constant(noise), &tape.constant(context.clone()), &[self.fps], &cfg, |_| Ok(fresh(rng)?), || Ok(()))?;
+        Ok(out.into_iter().last().expect("at least one step"))
     }
 
     /// Decodes frames `idx` of the consistency output (1, C, F, h, w) -> (n, 3, H, W).
