@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# GPU measurements on a machine without a Rust toolchain (a lent device, a render node):
+# build here, carry `devbin/` (xz-compressed; and the Vulkan loader packages) there, run there.
+#
+#   bash scripts/gpu-check.sh build        # here: optimised binaries -> devbin/ (ignored), stripped
+#   bash scripts/gpu-check.sh run OUTDIR [CHECK...]   # there: each check (default: all)
+#                                          # under its own time limit, one log each in OUTDIR
+#
+# `run` unpacks `.gl/*.deb` (libvulkan1 etc., downloaded as the device README says) when
+# present. The checks, in order (about 9 minutes on an H200; their limits add up to 20, so
+# split them over two calls where one call may run 10):
+#   info                         adapter, limits, self-check
+#   gemm present embed           the GEMM / Winograd, storage-texture and lent-device tests
+#   kernels                      Winograd F(2x2) / F(4x4) rows against the direct conv
+#   models-direct models-auto    UNet call, VAE decoder, reward backward (T2V_CONV_PATH)
+#   sample-direct sample-auto    4/8/16-step samples at VideoCrafter2 size
+#   preprocess-auto              motion-guided preprocessing on the 200-point grid
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+# `cargo ... --no-run` names each executable with its source: "Executable benches/x.rs (path)"
+exe() { sed -n "s|.*Executable $1 (\(.*\))\$|\1|p" devbin/build.log | tail -1; }
+
+case "${1:-}" in
+build)
+    set -e
+    rm -rf devbin && mkdir devbin
+    {
+        cargo build --release --bin t2v-turbo
+        cargo bench --no-run -p t2v-kernels --bench kernels
+        cargo bench --no-run -p t2v-turbo --bench models --bench pipeline
+        cargo test --release --no-run -p t2v-kernels --test gemm --test present
+        cargo test --release --no-run -p t2v-turbo --test embed
+    } 2>&1 | tee devbin/build.log
+    cp target/release/t2v-turbo devbin/
+    # (paths relative to their package: kernels/benches/kernels.rs is benches/kernels.rs)
+    for src in benches/kernels.rs benches/models.rs benches/pipeline.rs tests/gemm.rs tests/present.rs tests/embed.rs; do
+        f=$(exe "$src")
+        [ -n "$f" ] || { echo "no executable for $src in devbin/build.log" >&2; exit 1; }
+        cp "$f" "devbin/$(basename "$src" .rs)"
+    done
+    rm devbin/build.log
+    strip devbin/*
+    xz -T0 -6 devbin/* # ~4x smaller: what travels to a lent device is limited (64 MiB)
+    pwd > devbin/manifest_dir # the tests find assets/ through the path they were built in
+    grep -qx '/devbin/' .git/info/exclude 2>/dev/null || echo /devbin/ >> .git/info/exclude
+    du -sh devbin
+    ;;
+run)
+    out="${2:?usage: gpu-check.sh run OUTDIR}"
+    mkdir -p "$out"
+    if ls .gl/*.deb >/dev/null 2>&1; then
+        for f in .gl/*.deb; do dpkg -x "$f" /; done
+        ldconfig
+    fi
+    for f in devbin/*.xz; do [ -e "$f" ] && xz -dkf "$f"; done
+    built=$(cat devbin/manifest_dir)
+    if [ "$built" != "$PWD" ] && [ ! -e "$built" ]; then mkdir -p "$(dirname "$built")" && ln -s "$PWD" "$built"; fi
+    shift 2
+    step() { # name, seconds, command...
+        local name=$1 limit=$2; shift 2
+        [ -z "$only" ] || [[ " $only " == *" $name "* ]] || return 0
+        local t0=$SECONDS
+        timeout "$limit" "$@" > "$out/$name.log" 2>&1
+        echo "== $name: rc $? in $((SECONDS - t0)) s (limit $limit)"
+        tail -n 6 "$out/$name.log"
+    }
+    only="$*"
+    step info 60 devbin/t2v-turbo info
+    step gemm 120 devbin/gemm --test-threads 1
+    step present 60 devbin/present
+    step embed 120 devbin/embed
+    step kernels 150 devbin/kernels --bench
+    step models-direct 90 env T2V_CONV_PATH=direct devbin/models --bench
+    step models-auto 90 env T2V_CONV_PATH=auto devbin/models --bench
+    step sample-direct 120 env T2V_CONV_PATH=direct devbin/pipeline --bench --once --sections sample
+    step sample-auto 120 env T2V_CONV_PATH=auto devbin/pipeline --bench --once --sections sample
+    step preprocess-auto 300 env T2V_CONV_PATH=auto devbin/pipeline --bench --once --sections preprocess --grid 200
+    ;;
+*)
+    sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
