@@ -2,7 +2,7 @@
 # GPU measurements on a machine without a Rust toolchain (a lent device, a render node):
 # build here, carry `devbin/` (xz-compressed; and the Vulkan loader packages) there, run there.
 #
-#   bash scripts/gpu-check.sh build        # here: optimised binaries -> devbin/ (ignored), stripped
+#   bash scripts/gpu-check.sh build        # here: optimised binaries -> devbin/ (git-ignored), stripped
 #   bash scripts/gpu-check.sh run OUTDIR [CHECK...]   # there: each check (default: all)
 #                                          # under its own time limit, one log each in OUTDIR
 #
@@ -43,7 +43,6 @@ build)
     strip devbin/*
     xz -T0 -6 devbin/* # ~4x smaller: what travels to a lent device is limited (64 MiB)
     pwd > devbin/manifest_dir # the tests find assets/ through the path they were built in
-    grep -qx '/devbin/' .git/info/exclude 2>/dev/null || echo /devbin/ >> .git/info/exclude
     du -sh devbin
     ;;
 run)
