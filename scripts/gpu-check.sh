@@ -46,7 +46,8 @@ build)
     du -sh devbin
     ;;
 run)
-    out="${2:?usage: gpu-check.sh run OUTDIR}"
+    out="${2:?usage: gpu-check.sh run OUTDIR [CHECK...]}"
+    [ -f devbin/manifest_dir ] || { echo "no devbin/: run 'bash scripts/gpu-check.sh build' where cargo is, and bring devbin/ along" >&2; exit 1; }
     mkdir -p "$out"
     if ls .gl/*.deb >/dev/null 2>&1; then
         for f in .gl/*.deb; do dpkg -x "$f" /; done
