@@ -66,6 +66,8 @@ run)
         tail -n 6 "$out/$name.log"
     }
     only="$*"
+    known=" info gemm present embed kernels models-direct models-auto sample-direct sample-auto preprocess-auto "
+    for c in $only; do [[ "$known" == *" $c "* ]] || { echo "unknown check $c; the checks:$known" >&2; exit 2; }; done
     step info 60 devbin/t2v-turbo info
     step gemm 120 devbin/gemm --test-threads 1
     step present 60 devbin/present
