@@ -191,7 +191,7 @@ fn sample_writes_gifs_and_frames_reproducibly_and_never_overwrites() {
 }
 
 #[test]
-fn demo_and_world_refuse_bad_settings_before_any_work() {
+fn demo_world_and_train_refuse_bad_settings_before_any_work() {
     let out = std::env::temp_dir().join(format!("t2v-demo-bad-mgs-{}", std::process::id()));
     let (ok, _, err) = t2v(&["demo", "--motion-gs=-1", "--out", out.to_str().unwrap()], &[]);
     assert!(!ok);
@@ -202,6 +202,9 @@ fn demo_and_world_refuse_bad_settings_before_any_work() {
         assert!(!ok && err.contains("--short-fraction must be within 0..1"), "{cmd}: {err}");
         assert!(!out.exists(), "{cmd}: nothing is written for a refused run");
     }
+    let (ok, _, err) = t2v(&["train", "--models", "assets/tiny", "--data", "no-such-shards", "--out", out.to_str().unwrap(), "--reward-sample-steps", "2"], &[]);
+    assert!(!ok && err.contains("--reward-sample-steps applies to --reward-input sample only"), "{err}");
+    assert!(!out.exists(), "train: nothing is written for a refused run");
 }
 
 #[test]

@@ -80,9 +80,10 @@ pub struct TrainArgs {
     /// step; that many more UNet passes per rewarded record).
     #[arg(long, value_enum, default_value_t = RewardInput::Data)]
     pub reward_input: RewardInput,
-    /// Sampler steps of `--reward-input sample` (on the shards' grid, as `sample --steps`).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
-    pub reward_sample_steps: u64,
+    /// Sampler steps of `--reward-input sample` (on the shards' grid, as `sample --steps`;
+    /// default 4).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub reward_sample_steps: Option<u64>,
     /// Train LoRA adapters of this rank on every UNet weight instead of all weights.
     #[arg(long, default_value_t = 0)]
     pub lora_rank: usize,
@@ -149,6 +150,9 @@ fn validation(gpu: &Gpu, md: &ModelDir, a: &TrainArgs, grid_points: usize) -> Re
 }
 
 pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
+    if a.reward_sample_steps.is_some() && a.reward_input != RewardInput::Sample {
+        return Err(CliError::Check("--reward-sample-steps applies to --reward-input sample only".into()));
+    }
     let has_ckpt = !list_checkpoints(&a.out.join("checkpoints")).is_empty();
     let non_empty = a.out.exists() && std::fs::read_dir(&a.out).map(|mut d| d.next().is_some()).unwrap_or(true);
     match (a.resume, has_ckpt, non_empty) {
@@ -177,7 +181,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         vid_frames: a.vid_frames,
         lora: (a.lora_rank > 0).then_some(LoraConfig { rank: a.lora_rank, alpha: a.lora_alpha }),
         reward_input: a.reward_input,
-        reward_sample_steps: a.reward_sample_steps as usize,
+        reward_sample_steps: a.reward_sample_steps.map_or(TrainConfig::default().reward_sample_steps, |n| n as usize),
         recompute: a.recompute,
         seed: a.seed,
         cond_dim: 256,
