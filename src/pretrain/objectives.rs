@@ -90,16 +90,27 @@ fn contrastive(a: &Var, b: &Var, scale: f32, twins: bool) -> Result<(Var, Var, O
     let loss = ad::axpby(&nll(&logits)?, 0.5, &nll(&ad::transpose(&logits, 0, 1)?)?, 0.5)?;
     // retrieval accuracy (no gradient): the diagonal wins its row
     let l = logits.value().to_vec()?;
-    let hits = (0..n).filter(|&i| (0..n).all(|j| j == i || l[i * n + j] < l[i * n + i])).count();
-    let scalar = |v: f32| -> Result<Var> { Ok(a.tape().constant(Tensor::from_slice(a.value().gpu(), &[1], &[v])?)) };
     let h = n / 2;
     let twin = if twins && h > 0 {
         let wins = (0..2 * h).filter(|&i| l[i * n + i] > l[i * n + (i + h) % (2 * h)]).count();
-        Some(scalar(wins as f32 / (2 * h) as f32)?)
+        Some(scalar(a, wins as f32 / (2 * h) as f32)?)
     } else {
         None
     };
-    Ok((loss, scalar(hits as f32 / n as f32)?, twin))
+    Ok((loss, scalar(a, row_accuracy(&l, n, 0..n))?, twin))
+}
+
+/// The share of rows of the row-major host matrix `l` (`cols` wide) whose entry at the
+/// row's target column beats every other entry of the row.
+fn row_accuracy(l: &[f32], cols: usize, targets: impl IntoIterator<Item = usize>) -> f32 {
+    let rows = l.len() / cols;
+    let hits = targets.into_iter().enumerate().filter(|&(i, t)| (0..cols).all(|j| j == t || l[i * cols + j] < l[i * cols + t])).count();
+    hits as f32 / rows as f32
+}
+
+/// A logged value (shape `[1]`, no gradient) on the tape of `like`.
+fn scalar(like: &Var, v: f32) -> Result<Var> {
+    Ok(like.tape().constant(Tensor::from_slice(like.value().gpu(), &[1], &[v])?))
 }
 
 /// A reward model being pretrained.
@@ -212,9 +223,8 @@ fn direction_loss(vid: &Var, head: &Var, specs: &[crate::world::ClipSpec]) -> Re
     let target = vid.tape().constant(Tensor::from_slice(gpu, &[b, k], &onehot)?);
     let log_p = ad::unary(&ad::softmax(&logits)?, UnaryOp::Log)?;
     let loss = ad::scale(&ad::mean_all(&ad::mul(&log_p, &target)?)?, -(k as f32))?;
-    let l = logits.value().to_vec()?;
-    let hits = specs.iter().enumerate().filter(|(i, s)| (0..k).all(|j| j == s.direction || l[i * k + j] < l[i * k + s.direction])).count();
-    Ok((loss, vid.tape().constant(Tensor::from_slice(gpu, &[1], &[hits as f32 / b as f32])?)))
+    let acc = row_accuracy(&logits.value().to_vec()?, k, specs.iter().map(|s| s.direction));
+    Ok((loss, scalar(vid, acc)?))
 }
 
 /// Pretrains `what` starting from the models of `src`; writes the model folder `out`.
