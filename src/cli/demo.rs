@@ -75,6 +75,8 @@ pub struct DemoArgs {
     /// A shortened run (a few clips, prompts and steps) that checks everything works.
     #[arg(long)]
     pub quick: bool,
+    /// Seed of everything the demo draws: the world's clips, preprocessing, training, the
+    /// held-out prompts and the sampling noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }

@@ -14,8 +14,10 @@ pub struct InitArgs {
     /// Output folder (must not exist or be empty).
     #[arg(long)]
     pub out: PathBuf,
+    /// Model sizes: `tiny` (the embedded default's) or `videocrafter2` (the real sizes).
     #[arg(long, value_enum, default_value_t = Preset::Tiny)]
     pub preset: Preset,
+    /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Store weights as f16 (half the size).

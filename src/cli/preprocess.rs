@@ -38,6 +38,7 @@ pub struct PreprocessArgs {
     /// Clip height and width after resize + center crop (default: the model folder's).
     #[arg(long)]
     pub height: Option<usize>,
+    /// Clip width (see --height).
     #[arg(long)]
     pub width: Option<usize>,
     /// Frame rate of the clips (videos are decoded at it; the UNet's fps conditioning).
@@ -53,6 +54,7 @@ pub struct PreprocessArgs {
     /// Range of the guidance scale w drawn per clip.
     #[arg(long, default_value_t = 5.0)]
     pub w_min: f32,
+    /// Upper end of the range of w (see --w-min).
     #[arg(long, default_value_t = 15.0)]
     pub w_max: f32,
     /// Fractions of the DDIM grid the noise level n is drawn from, "lo,hi" (the reference
@@ -70,6 +72,8 @@ pub struct PreprocessArgs {
     /// grows with it. 1: one clip at a time.
     #[arg(long, default_value_t = 8)]
     pub inversion_batch: usize,
+    /// Seed of the draws of n, w and the noise (each clip's draws depend only on the seed
+    /// and the clip's position, so shards and resumed runs match a single run).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }

@@ -36,6 +36,7 @@ pub struct PretrainArgs {
     /// Clips (teacher, rewards) or frames (VAE) per step.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// AdamW learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
     /// Teacher only: every other step trains on this many single frames (1-frame videos
@@ -64,11 +65,14 @@ pub struct PretrainArgs {
     /// tokens that see several frames: a video reward from `init --video-tubelet 2`
     #[arg(long)]
     pub direction_head: bool,
+    /// Seed of the batches' clips, the noise and frame draws, and of the parts the run
+    /// initialises (temporary heads).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Seed of the world the clips are drawn from.
     #[arg(long, default_value_t = 1000)]
     pub world_seed: u64,
+    /// Write a checkpoint every N steps (and at the end); --resume continues from the newest.
     #[arg(long, default_value_t = 200)]
     pub checkpoint_every: u64,
     /// Store the trained weights as f16 (half the size; how the shipped models are stored).

@@ -29,13 +29,18 @@ pub struct TrainArgs {
     /// Continue the run in --out from its newest checkpoint (same settings; --steps may grow).
     #[arg(long)]
     pub resume: bool,
+    /// Optimizer steps of the whole run (8000 in the reference's v2 script).
     #[arg(long, default_value_t = 8000)]
     pub steps: u64,
-    /// Records per optimizer step.
+    /// Records per optimizer step. Each record runs (forward, rewards, backward) on its own and
+    /// their gradients are averaged: a larger batch costs time, not memory (the reference's
+    /// 8-GPU run averages 3 records on each of its 6 distillation processes).
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
+    /// AdamW learning rate (constant).
     #[arg(long, default_value_t = 1e-5)]
     pub lr: f32,
+    /// AdamW decoupled weight decay.
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
     /// Global gradient-norm clipping.
@@ -87,6 +92,7 @@ pub struct TrainArgs {
     /// Train LoRA adapters of this rank on every UNet weight instead of all weights.
     #[arg(long, default_value_t = 0)]
     pub lora_rank: usize,
+    /// LoRA scale numerator: the adapters' product is scaled by alpha / rank.
     #[arg(long, default_value_t = 64.0)]
     pub lora_alpha: f32,
     /// Recompute each UNet block, and each reward frame's VAE decoding, during the backward
@@ -100,6 +106,7 @@ pub struct TrainArgs {
     /// Checkpoints to keep.
     #[arg(long, default_value_t = 2)]
     pub keep_checkpoints: usize,
+    /// Seed of the data order, LoRA initialisation and the frame and noise draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Every N steps (and at the start and the end) sample held-out prompts with the
