@@ -6,11 +6,12 @@
 //             FLIP the weights of the input gradient's correlation instead: w read as
 //             (C', O', 3, 3) (p.o = O' = its input channels, p.c = C'), each kernel turned
 //             by 180 degrees and the channel axes swapped, v (16, O', C')
-//   input:    x (N, C, H, W) -> u (16, C, T), T = N * TH * TW tiles ordered (n, ty, tx);
+//   input:    x (N, C, H, W) -> u (16, C, T), T = N * TH * TW tiles ordered (n, ty, tx)
+//             of the pass's images n0 .. n0 + N;
 //             d = the 4x4 patch at rows 2 ty - pad_top .. + 3, cols 2 tx - pad_left .. + 3
 //             (zeros outside the image), u[xi] = (B^T d B)[xi / 4][xi % 4]
 //   output:   m (16, O, T) -> y (N, O, OH, OW): the 2x2 block A^T m A at rows 2 ty, cols
-//             2 tx (where inside the output), plus bias[o]
+//             2 tx (where inside the output) of image n0 + n, plus bias[o]
 // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
 // B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
 // A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
@@ -30,6 +31,12 @@ struct Params {
     pad_top: u32,
     pad_left: u32,
     has_bias: u32,
+    // first image of this pass: x and y are the whole batch, the pass covers images
+    // n0 .. n0 + n (its tiles are numbered from 0)
+    n0: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 override FLIP: bool = false;
@@ -121,7 +128,7 @@ fn winograd_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let n = tl.x;
     let ty = tl.y;
     let tx = tl.z;
-    let plane = (n * p.c + c) * p.h * p.w;
+    let plane = ((p.n0 + n) * p.c + c) * p.h * p.w;
     // rows of the 4x4 patch, zero outside the image (coordinates offset by the padding)
     var d: array<vec4<f32>, 4>;
     for (var r = 0u; r < 4u; r++) {
@@ -179,7 +186,7 @@ fn winograd_output(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         vec2<f32>(s0.x + s0.y + s0.z, s0.y - s0.z - s0.w) + b,
         vec2<f32>(s1.x + s1.y + s1.z, s1.y - s1.z - s1.w) + b,
     );
-    let plane = (n * p.o + o) * p.oh * p.ow;
+    let plane = ((p.n0 + n) * p.o + o) * p.oh * p.ow;
     for (var r = 0u; r < 2u; r++) {
         let yy = 2u * ty + r;
         if (yy < p.oh) {
@@ -252,7 +259,7 @@ fn winograd4_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     let n = tl.x;
     let ty = tl.y;
     let tx = tl.z;
-    let plane = (n * p.c + c) * p.h * p.w;
+    let plane = ((p.n0 + n) * p.c + c) * p.h * p.w;
     // d^T's columns = d's rows through B^T one column at a time: first each column of the
     // 6x6 patch through B^T (q[r][s] = (B^T d)[r][s]), then each row of q through B^T
     var q: array<array<f32, 6>, 6>;
@@ -319,7 +326,7 @@ fn winograd4_output(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (p.has_bias != 0u) {
         b = bias[o];
     }
-    let plane = (n * p.o + o) * p.oh * p.ow;
+    let plane = ((p.n0 + n) * p.o + o) * p.oh * p.ow;
     for (var r = 0u; r < 4u; r++) {
         let yy = 4u * ty + r;
         if (yy < p.oh) {

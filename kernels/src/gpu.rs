@@ -202,9 +202,10 @@ pub enum ConvPath {
     Auto,
     /// Always the direct kernels.
     Direct,
-    /// Winograd F(2x2, 3x3) for every 3x3, stride-1 convolution.
+    /// Winograd F(2x2, 3x3) for every 3x3, stride-1 convolution (whose one image's
+    /// transformed tiles fit in a binding).
     Winograd,
-    /// Winograd F(4x4, 3x3) for every 3x3, stride-1 convolution: 4x fewer multiplications
+    /// Winograd F(4x4, 3x3) for every such convolution: 4x fewer multiplications
     /// than the direct convolution and transforms of 2.25x the input and output, with
     /// larger transform constants (more rounding).
     Winograd4,

@@ -320,6 +320,39 @@ fn winograd_convs_equal_the_reference() {
     }
 }
 
+/// A conv whose one image's transformed tiles would exceed a binding (2.25x the image for
+/// F(4x4), 4x for F(2x2)) runs the direct kernels under every path instead of failing:
+/// 64 channels on 512 x 512 (64 MiB) against llvmpipe's 128 MiB bindings; on adapters with
+/// larger bindings it runs Winograd. Checked at sampled outputs (borders and inside).
+#[test]
+fn convs_too_wide_for_winograd_tiles_still_run() {
+    let (xs, ws) = ([1, 64, 512, 512], [64, 64, 3, 3]);
+    let g = private_gpu();
+    let (x, xv) = upload(&g, &xs, 31);
+    let (w, wv) = upload(&g, &ws, 32);
+    let at = |o: usize, r: usize, c: usize| -> f64 {
+        let mut acc = 0.0;
+        for ci in 0..64 {
+            for (dr, dc) in (0..9).map(|k| (k / 3, k % 3)) {
+                let (yy, xx) = ((r + dr) as isize - 1, (c + dc) as isize - 1);
+                if (0..512).contains(&yy) && (0..512).contains(&xx) {
+                    acc += xv[(ci * 512 + yy as usize) * 512 + xx as usize] as f64 * wv[(o * 64 + ci) * 9 + dr * 3 + dc] as f64;
+                }
+            }
+        }
+        acc
+    };
+    let points = [(0, 0, 0), (5, 511, 511), (17, 0, 300), (63, 257, 3), (40, 128, 511), (9, 333, 222)];
+    for path in [ConvPath::Auto, ConvPath::Winograd, ConvPath::Winograd4] {
+        g.set_conv_path(path);
+        let y = ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().to_vec().unwrap();
+        for &(o, r, c) in &points {
+            let (got, want) = (y[(o * 512 + r) * 512 + c] as f64, at(o, r, c));
+            assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{path:?} output ({o}, {r}, {c}): {got} vs {want}");
+        }
+    }
+}
+
 /// conv2d is bilinear, so its gradients are its adjoints: <dy, conv(x, w)> = <dx, x> =
 /// <dw, w>. Checked at a batch whose columns exceed CONV_COLUMNS_MAX_BYTES (the backward
 /// then runs a few images at a time) and at one that fits, with the GEMMs on storage

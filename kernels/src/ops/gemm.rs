@@ -554,7 +554,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: Conv2d) -> Resul
     // with N-contiguous B the texture GEMM slows down as N and K grow, and at 256-320
     // channels on 40x64 the (N, P, K) conv was as fast or up to 1.2x faster.
     let image_k_major = oh * ow % 4 == 0 && k * oh * ow <= IMAGE_K_MAJOR_MAX && o > 16;
-    let columns = matches!(kind, Kind::Subgroup { .. }) && (k % 4 == 0 || image_k_major) && o >= 16;
+    // (one image's columns must fit in a binding: else the implicit GEMM, e.g. 64 channels
+    // on 512x512 under llvmpipe's 128 MiB)
+    let fits = (oh * ow * k * 4) as u64 <= gpu.max_binding_bytes();
+    let columns = matches!(kind, Kind::Subgroup { .. }) && (k % 4 == 0 || image_k_major) && o >= 16 && fits;
     let chunk = (CONV_COLUMNS_MAX_BYTES / (oh * ow * k * 4).max(1)).clamp(1, n.max(1));
     if columns && chunk < n {
         let parts = (0..n).step_by(chunk).map(|i0| conv2d(&super::slice(x, 0, i0, chunk.min(n - i0))?, w, bias, g)).collect::<Result<Vec<_>>>()?;

@@ -35,6 +35,8 @@ struct Params {
     pad_top: u32,
     pad_left: u32,
     has_bias: u32,
+    n0: u32,
+    _pad: [u32; 3],
 }
 
 /// Output tile of a Winograd transform: F(2x2, 3x3) or F(4x4, 3x3).
@@ -69,14 +71,15 @@ impl Tile {
 /// `out` = (OH, OW) pixels per image runs with on this device, or None for the direct
 /// kernels (its forward; its input gradient also needs [`input_gradient_tile`]).
 /// (`tiled`: GEMMs run on the tiled kernel; the barrier-free and subgroup variants chosen
-/// explicitly on a GPU keep the direct convolution.)
+/// explicitly on a GPU keep the direct convolution. So do convs whose one image's
+/// transformed tiles would not fit in one binding, whatever the path.)
 pub(crate) fn tile(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize), out: (usize, usize)) -> Option<Tile> {
     let s = w.shape();
     let fits = s.len() == 4 && s[2] == 3 && s[3] == 3 && stride == (1, 1);
     if !fits {
         return None;
     }
-    match gpu.conv_path() {
+    let chosen = match gpu.conv_path() {
         ConvPath::Direct => None,
         ConvPath::Winograd => Some(Tile::F2),
         ConvPath::Winograd4 => Some(Tile::F4),
@@ -84,7 +87,11 @@ pub(crate) fn tile(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize), o
             let wide = out.0 >= WINOGRAD4_MIN_SIZE && out.1 >= WINOGRAD4_MIN_SIZE;
             ((tiled || gpu.is_cpu()) && s[0] >= WINOGRAD_MIN_CHANNELS && s[1] >= WINOGRAD_MIN_CHANNELS).then_some(if wide { Tile::F4 } else { Tile::F2 })
         }
-    }
+    };
+    // a pass covers at least one image: its transformed input and output (points x
+    // channels x tiles) must fit in one binding, else the direct kernels run (e.g. 64
+    // channels on 512x512 under llvmpipe's 128 MiB)
+    chosen.filter(|&t| (t.points() * s[0].max(s[1]) * out.0.div_ceil(t.m()) * out.1.div_ceil(t.m()) * 4) as u64 <= gpu.max_binding_bytes())
 }
 
 /// Under [`ConvPath::Auto`], outputs at least this high and wide take F(4x4, 3x3), smaller
@@ -116,7 +123,8 @@ pub(crate) fn conv2d_input_gradient(tile: Tile, dy: &Tensor, w: &Tensor, padding
 }
 
 /// The correlation of x (N, C, H, W) with the transformed weights v (points, O, C), plus
-/// bias, with transformed tensors of at most `budget` bytes per pass.
+/// bias, with transformed tensors of at most `budget` bytes per pass: a pass covers a few
+/// images, reading them from x and writing them into the output in place.
 fn run(tile: Tile, x: &Tensor, v: &Tensor, bias: Option<&Tensor>, padding: (usize, usize, usize, usize), budget: usize) -> Result<Tensor> {
     let gpu = x.gpu();
     let [n, c, h, wd] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
@@ -126,29 +134,21 @@ fn run(tile: Tile, x: &Tensor, v: &Tensor, bias: Option<&Tensor>, padding: (usiz
     let (th, tw) = (oh.div_ceil(tile.m()), ow.div_ceil(tile.m()));
     // images per pass: the transformed input and output of a pass within the budget
     let per_image = tile.points() * c.max(o) * th * tw * 4;
+    let budget = budget.min(gpu.max_binding_bytes() as usize);
     let chunk = (budget / per_image.max(1)).clamp(1, n.max(1));
     let y = Tensor::empty(gpu, &[n, o, oh, ow], DType::F32, "conv2d output")?;
-    if chunk >= n {
-        tiles(tile, x, v, bias, &y, padding)?;
-        return Ok(y);
+    for n0 in (0..n).step_by(chunk) {
+        tiles(tile, x, v, bias, &y, padding, (n0, chunk.min(n - n0)))?;
     }
-    let parts = (0..n)
-        .step_by(chunk)
-        .map(|i0| {
-            let m = chunk.min(n - i0);
-            let part = Tensor::empty(gpu, &[m, o, oh, ow], DType::F32, "conv2d output")?;
-            tiles(tile, &super::slice(x, 0, i0, m)?, v, bias, &part, padding)?;
-            Ok(part)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    super::concat(&parts.iter().collect::<Vec<_>>(), 0)
+    Ok(y)
 }
 
-fn params(tile: Tile, x: &Tensor, o: usize, y: &Tensor, padding: (usize, usize, usize, usize), has_bias: bool) -> Params {
-    let [n, c, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+/// The parameters of the pass over images `images` = (first, count) of x and y.
+fn params(tile: Tile, x: &Tensor, o: usize, y: &Tensor, padding: (usize, usize, usize, usize), has_bias: bool, images: (usize, usize)) -> Params {
+    let [c, h, w] = [x.shape()[1], x.shape()[2], x.shape()[3]];
     let (oh, ow) = (y.shape()[2], y.shape()[3]);
     Params {
-        n: n as u32,
+        n: images.1 as u32,
         c: c as u32,
         h: h as u32,
         w: w as u32,
@@ -160,6 +160,8 @@ fn params(tile: Tile, x: &Tensor, o: usize, y: &Tensor, padding: (usize, usize, 
         pad_top: padding.0 as u32,
         pad_left: padding.2 as u32,
         has_bias: has_bias as u32,
+        n0: images.0 as u32,
+        _pad: [0; 3],
     }
 }
 
@@ -175,12 +177,12 @@ fn weights(tile: Tile, w: &Tensor, flip: bool) -> Result<Tensor> {
     Ok(v)
 }
 
-/// Input transform, the GEMMs (one per tile point) and the output transform into `y`
-/// (N, O, OH, OW).
-fn tiles(tile: Tile, x: &Tensor, v: &Tensor, bias: Option<&Tensor>, y: &Tensor, padding: (usize, usize, usize, usize)) -> Result<()> {
+/// Input transform, the GEMMs (one per tile point) and the output transform of images
+/// `images` = (first, count) of x into the same images of `y` (N, O, OH, OW).
+fn tiles(tile: Tile, x: &Tensor, v: &Tensor, bias: Option<&Tensor>, y: &Tensor, padding: (usize, usize, usize, usize), images: (usize, usize)) -> Result<()> {
     let gpu = x.gpu();
     let (c, o) = (x.shape()[1], v.shape()[1]);
-    let p = params(tile, x, o, y, padding, bias.is_some());
+    let p = params(tile, x, o, y, padding, bias.is_some(), images);
     let t = (p.n * p.th * p.tw) as usize;
     let u = Tensor::empty(gpu, &[tile.points(), c, t], DType::F32, "winograd input tiles")?;
     launch(gpu, &WINOGRAD, tile.entries()[1], &[], bytemuck::bytes_of(&p), &[x, &u], fold_groups(gpu, c * t, 256))?;
