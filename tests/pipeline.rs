@@ -347,6 +347,17 @@ fn the_commands_run_end_to_end() {
     let (ok, out) = t2v(&["eval", &p("videos"), "--against", &p("videos")]);
     assert!(ok && out.contains("of 3 judgments, 0 right only here, 0 only there; sign test p = 1.000"), "{out}");
     assert!(out.contains("  color               of 1 judgments, 0 right only here") && out.contains("  direction           of 1 judgments"), "{out}");
+    // the reward models' scores (any clips), paired against the same clips: no differences
+    let (ok, out) = t2v(&["eval", &p("videos"), "--no-analyser"]);
+    assert!(!ok && out.contains("--no-analyser leaves nothing to measure"), "{out}");
+    let (ok, out) = t2v(&["eval", &p("videos"), "--models", &m, "--no-analyser", "--per-clip", "--against", &p("videos"), "--json", &p("rewards.json")]);
+    assert!(ok && !out.contains("accuracy") && out.contains("rewards (mean of 1 clips): image reward"), "{out}");
+    assert!(out.contains("000_a_red_circle_moving_left: image reward") && out.contains("video reward"), "{out}");
+    assert!(out.contains("paired video reward         higher here in 0 of 1 clips, there in 0; mean difference +0.0000; sign test p = 1.000"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("rewards.json")).unwrap()).unwrap();
+    assert_eq!(json["rewards"]["per_clip"].as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(json["rewards"]["mean"], json["rewards_against"]["mean"], "{json}");
+    assert!(json["rewards"]["mean"]["video"].as_f64().unwrap().is_finite() && json.get("accuracy").is_none(), "{json}");
     std::fs::create_dir_all(d.join("other")).unwrap();
     std::fs::write(d.join("other/captions.jsonl"), "{\"path\": \"../videos/000_a_red_circle_moving_left\", \"caption\": \"a blue square moving up\"}\n").unwrap();
     let (ok, out) = t2v(&["eval", &p("videos"), "--against", &p("other")]);

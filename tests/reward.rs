@@ -71,3 +71,50 @@ fn reward_gradients_reach_the_frames() {
         assert!((grad[e] - num).abs() <= 0.05 * num.abs().max(2e-3), "d score / d x[{e}]: {} vs {num}", grad[e]);
     }
 }
+
+/// `eval --models`: a clip's scores are the shipped reward models' own scores of the frames
+/// picked from it — each image reward's mean over evenly spaced frames, weighted by the
+/// folder's weights, and the video reward of its model's number of strided frames (centre
+/// crop) — against the clip's prompt; a clip shorter than the video reward's frames is
+/// refused with both counts.
+#[test]
+fn reward_scores_of_clips_are_the_models_scores_of_their_frames() {
+    use t2v_turbo::pipeline::model_dir::ModelDir;
+    use t2v_turbo::pipeline::reward_scores::RewardScorer;
+    use t2v_turbo::pipeline::video_io::Frames;
+    let g = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap();
+    let md = ModelDir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny")).unwrap();
+    let scorer = RewardScorer::load(&g, &md, 3).unwrap();
+    // 7 distinct frames of 24 x 40 (odd count, not square, not the models' size)
+    let (f, h, w) = (7, 24, 40);
+    let clip = Frames { width: w, height: h, frames: (0..f).map(|t| (0..h * w * 3).map(|i| ((i * 37 + t * 101) % 256) as u8).collect()).collect() };
+    let prompt = "a red circle moving left";
+    let got = scorer.score(&g, &clip, prompt).unwrap();
+    // the same frames built here: (N, 3, H, W) or (1, 3, N, H, W) in [-1, 1]
+    let px = |t: usize, c: usize, i: usize| clip.frames[t][i * 3 + c] as f32 / 127.5 - 1.0;
+    let images = |picks: &[usize]| -> Vec<f32> { picks.iter().flat_map(|&t| (0..3).flat_map(move |c| (0..h * w).map(move |i| px(t, c, i)))).collect() };
+    let video = |picks: &[usize]| -> Vec<f32> { (0..3).flat_map(|c| picks.iter().flat_map(move |&t| (0..h * w).map(move |i| px(t, c, i)))).collect() };
+    let tape = Tape::new();
+    let ids = vec![ClipTokenizer::new().unwrap().encode(prompt).unwrap().ids; 3];
+    let x = tape.constant(Tensor::from_slice(&g, &[3, 3, h, w], &images(&[0, 2, 4])).unwrap());
+    let rewards = md.load_image_rewards(&g).unwrap();
+    assert_eq!(rewards.len(), 2);
+    let mut weighted = 0.0;
+    for (i, (model, weight)) in rewards.iter().enumerate() {
+        let s = model.score(&x, &ids).unwrap().value().to_vec().unwrap();
+        let mean = s.iter().sum::<f32>() / 3.0;
+        assert!((got.image[i] - mean).abs() <= 1e-5, "image reward {i}: {} vs {mean}", got.image[i]);
+        weighted += weight * mean;
+    }
+    assert!((got.image_weighted.unwrap() - weighted).abs() <= 1e-5);
+    let vr = md.load_video_reward(&g).unwrap().unwrap();
+    assert_eq!(vr.frames(), Some(4));
+    let v = vr.score(&tape.constant(Tensor::from_slice(&g, &[1, 3, 4, h, w], &video(&[0, 1, 3, 5])).unwrap()), &[prompt], 0.5).unwrap().value().item_at(0).unwrap();
+    assert!((got.video.unwrap() - v).abs() <= 1e-5, "video reward {:?} vs {v}", got.video);
+    // the prompt counts
+    let other = scorer.score(&g, &clip, "a blue square moving up").unwrap();
+    assert!(other.image != got.image && other.video != got.video, "{other:?} vs {got:?}");
+    let short = Frames { frames: clip.frames[..3].to_vec(), ..clip };
+    let e = scorer.score(&g, &short, prompt).unwrap_err().to_string();
+    assert!(e.contains("3 frames; the video reward scores 4"), "{e}");
+}

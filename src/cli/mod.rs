@@ -60,8 +60,9 @@ pub enum Command {
     /// Write clips of the built-in moving-shapes world as a data set (frame folders +
     /// captions.jsonl).
     World(world::WorldArgs),
-    /// Score generated moving-shapes clips: color/shape/direction accuracy against the
-    /// prompt, dynamic degree, jitter, flicker, subject consistency (independent of reward models).
+    /// Score generated clips: on moving-shapes clips color/shape/direction accuracy against
+    /// the prompt, dynamic degree, jitter, flicker, subject consistency (independent of
+    /// reward models); with --models the reward models' scores of any clips.
     Eval(eval::EvalArgs),
     /// Write a model folder of randomly initialised models (tiny or VideoCrafter2 size).
     Init(init::InitArgs),
@@ -100,7 +101,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Parity(args) => parity::run(&cli.device, &args),
         Command::Sample(args) => sample::run(&cli.device, &args),
         Command::World(args) => world::run(&args),
-        Command::Eval(args) => eval::run(&args),
+        Command::Eval(args) => eval::run(&cli.device, &args),
         Command::Init(args) => init::run(&cli.device, &args),
         Command::Preprocess(args) => preprocess::run(&cli.device, &args),
         Command::Train(args) => train::run(&cli.device, &args),

@@ -7,6 +7,7 @@ pub mod model_dir;
 pub mod plot;
 pub mod preprocess;
 pub mod progress;
+pub mod reward_scores;
 pub mod sample;
 pub mod shards;
 pub mod train;

@@ -61,6 +61,10 @@ pub trait VideoTextReward {
     /// `crop_at` in [0, 1] places the square crop of a model that crops non-square frames
     /// (0.5: centre; training draws it uniformly, like the reference's RandomCrop).
     fn score(&self, video: &Var, prompts: &[&str], crop_at: f32) -> Result<Var>;
+    /// The number of frames the model takes, where it fixes one (None: any number).
+    fn frames(&self) -> Option<usize> {
+        None
+    }
 }
 
 fn token_error(e: TokenizerError) -> WeightsError {
@@ -114,5 +118,8 @@ impl VideoTextReward for InternVideo2Reward {
         let (ids, mask) = self.tokenizer.encode_batch(prompts).map_err(token_error)?;
         let txt = self.model.text_features(video.tape(), &ids, &mask)?;
         diagonal(&cosine(&vid, &txt)?, b)
+    }
+    fn frames(&self) -> Option<usize> {
+        Some(self.model.config.vision.num_frames)
     }
 }
