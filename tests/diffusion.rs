@@ -149,6 +149,19 @@ fn preprocessed_records_feed_the_distillation_loss() {
             let direct = motion_guidance(&unet, z_ref.value(), &r.z_t, &[t as f32], &ctx, &[8.0], MotionScales::default()).unwrap();
             assert_eq!(score.to_vec().unwrap(), direct.grad.to_vec().unwrap());
         }
+        // the teacher's eps on z_t with the caption and with the empty context (a
+        // motion-guided record takes the conditional one from the guidance's own forward, as
+        // the reference does; a recomputed forward, so equal up to rounding)
+        let t = solver.grid[r.index] as f32;
+        let tape = Tape::new();
+        for (stored, c) in [(&r.cond_eps, &ctx), (&r.uncond_eps, &unc)] {
+            let plain = tape.no_grad(|| {
+                let inputs = t2v_turbo::models::unet3d::UnetInputs { z: &tape.constant(r.z_t.clone()), t: &[t], context: &tape.constant(c.clone()), fps: &[8.0], w_embedding: None, motion_embedding: None, record_attention: false };
+                unet.forward(&inputs).unwrap().eps.value().to_vec().unwrap()
+            });
+            let diff = stored.to_vec().unwrap().iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff <= 1e-5, "seed {seed}: stored eps differs from the teacher's forward by {diff}");
+        }
         let tape = Tape::new();
         let out = consistency_loss(&unet, &sched, &solver, &tape, &CdSample {
             z_t: &r.z_t, index: r.index, cond_eps: &r.cond_eps, uncond_eps: &r.uncond_eps, score: r.score.as_ref(),

@@ -1,7 +1,8 @@
 //! Algorithm 1 for one clip, on top of the verified pieces: draw a grid index n and a
 //! guidance scale w, noise the clean latent to `t = grid[n]`, store the teacher's conditional
 //! and unconditional eps there, and for motion-guided samples (upper half of the grid)
-//! DDIM-invert the clean latent to the same t and store dG/dz_t. The record is what
+//! DDIM-invert the clean latent to the same t and store dG/dz_t (with the conditional eps
+//! of that gradient's own forward, as the reference's `get_motion_prior_score` gives it). The record is what
 //! `diffusion::distill::consistency_loss` consumes. Over a data set, the motion-guided
 //! clips of a shard are inverted a group at a time (`inversion_batch`), sharing UNet calls.
 
@@ -64,13 +65,13 @@ pub fn preprocess_clip(
     cfg: &PreprocessConfig,
     rng: &mut Gaussian,
 ) -> Result<Record> {
-    let mut rec = teacher_record(unet, sched, solver, z0, context, uncond, fps, cfg, rng)?;
-    if needs_motion(cfg, solver, rec.index) {
-        let tape = Tape::new();
-        let z_ref = tape.no_grad(|| ddim_invert(unet, sched, &solver.grid, &tape.constant(z0.clone()), &tape.constant(context.clone()), fps, rec.index))?;
-        add_motion(unet, solver, &mut rec, z_ref.value(), context, fps, cfg)?;
+    let drawn = draw_teacher(unet, sched, solver, z0, context, uncond, fps, cfg, rng)?;
+    if drawn.cond_eps.is_some() {
+        return Ok(drawn.without_motion());
     }
-    Ok(rec)
+    let tape = Tape::new();
+    let z_ref = tape.no_grad(|| ddim_invert(unet, sched, &solver.grid, &tape.constant(z0.clone()), &tape.constant(context.clone()), fps, drawn.index))?;
+    drawn.with_motion(unet, solver, z_ref.value(), context, fps, cfg)
 }
 
 /// Whether a record at grid index `index` gets motion guidance: the upper half of the grid.
@@ -78,9 +79,38 @@ pub fn needs_motion(cfg: &PreprocessConfig, solver: &DdimSolver, index: usize) -
     cfg.motion && index >= solver.grid.len() / 2
 }
 
-/// The record's draws (n, w, noise) and teacher outputs, without motion guidance.
+/// A clip's draws (n, w, noise) and the teacher outputs that need no motion guidance: the
+/// unconditional eps, and the conditional one unless the clip is motion-guided — then it
+/// comes from the guidance's own forward on z_t, as the reference's
+/// `get_motion_prior_score` returns it (one UNet call fewer per motion-guided clip).
+struct Drawn {
+    index: usize,
+    w: f32,
+    z_t: Tensor,
+    uncond_eps: Tensor,
+    /// None for a motion-guided clip.
+    cond_eps: Option<Tensor>,
+}
+
+impl Drawn {
+    /// The record of a clip without motion guidance.
+    fn without_motion(self) -> Record {
+        let cond_eps = self.cond_eps.expect("a clip without motion guidance has its conditional eps");
+        Record { index: self.index, w: self.w, z_t: self.z_t, cond_eps, uncond_eps: self.uncond_eps, score: None, energy: None }
+    }
+
+    /// The record of a motion-guided clip, given its DDIM-inverted reference latent at the
+    /// same t: dG/dz_t, G and the conditional eps of the same forward.
+    fn with_motion(self, unet: &Unet3d, solver: &DdimSolver, z_ref: &Tensor, context: &Tensor, fps: &[f32], cfg: &PreprocessConfig) -> Result<Record> {
+        let t = solver.grid[self.index] as f32;
+        let g = motion_guidance(unet, z_ref, &self.z_t, &vec![t; self.z_t.shape()[0]], context, fps, cfg.scales)?;
+        Ok(Record { index: self.index, w: self.w, z_t: self.z_t, cond_eps: g.teacher_eps, uncond_eps: self.uncond_eps, score: Some(g.grad), energy: Some(g.energy) })
+    }
+}
+
+/// Draws n, w and the noise, and runs the teacher calls of [`Drawn`].
 #[allow(clippy::too_many_arguments)]
-fn teacher_record(
+fn draw_teacher(
     unet: &Unet3d,
     sched: &Schedule,
     solver: &DdimSolver,
@@ -90,7 +120,7 @@ fn teacher_record(
     fps: &[f32],
     cfg: &PreprocessConfig,
     rng: &mut Gaussian,
-) -> Result<Record> {
+) -> Result<Drawn> {
     let gpu = z0.gpu();
     let b = z0.shape()[0];
     let n = solver.grid.len() as f64;
@@ -98,8 +128,9 @@ fn teacher_record(
     let index = (lo + (rng.uniform() * hi.saturating_sub(lo) as f64) as usize).min(solver.grid.len() - 1);
     let w = cfg.w_range.0 + (cfg.w_range.1 - cfg.w_range.0) * rng.uniform() as f32;
     let t = solver.grid[index];
+    let motion = needs_motion(cfg, solver, index);
     let tape = Tape::new();
-    let (z_t, cond_eps, uncond_eps) = tape.no_grad(|| -> Result<(Tensor, Tensor, Tensor)> {
+    let (z_t, cond_eps, uncond_eps) = tape.no_grad(|| -> Result<(Tensor, Option<Tensor>, Tensor)> {
         let noise = tape.constant(Tensor::from_slice(gpu, z0.shape(), &rng.take(z0.numel()))?);
         let z_t = sched.add_noise(&tape.constant(z0.clone()), &noise, t)?;
         let ts = vec![t as f32; b];
@@ -107,18 +138,10 @@ fn teacher_record(
             let c = tape.constant(ctx.clone());
             Ok(unet.forward(&UnetInputs { z: &z_t, t: &ts, context: &c, fps, w_embedding: None, motion_embedding: None, record_attention: false })?.eps.value().clone())
         };
-        Ok((z_t.value().clone(), call(context)?, call(uncond)?))
+        let cond = if motion { None } else { Some(call(context)?) };
+        Ok((z_t.value().clone(), cond, call(uncond)?))
     })?;
-    Ok(Record { index, w, z_t, cond_eps, uncond_eps, score: None, energy: None })
-}
-
-/// Adds dG/dz_t and G to a record, given its DDIM-inverted reference latent at the same t.
-fn add_motion(unet: &Unet3d, solver: &DdimSolver, rec: &mut Record, z_ref: &Tensor, context: &Tensor, fps: &[f32], cfg: &PreprocessConfig) -> Result<()> {
-    let t = solver.grid[rec.index] as f32;
-    let g = motion_guidance(unet, z_ref, &rec.z_t, &vec![t; rec.z_t.shape()[0]], context, fps, cfg.scales)?;
-    rec.score = Some(g.grad);
-    rec.energy = Some(g.energy);
-    Ok(())
+    Ok(Drawn { index, w, z_t, uncond_eps, cond_eps })
 }
 
 /// Algorithm 1 over a data set: the models it needs.
@@ -208,7 +231,8 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
         // the chunk's clips: draws and teacher outputs one by one; then the motion-guided
         // ones' DDIM inversions a group at a time (shared UNet calls), their guidance
         // gradients one by one
-        let mut clips: Vec<(RecordMeta, Record, Tensor, Tensor)> = Vec::new();
+        // (meta, drawn until finished, record once finished, z0, context)
+        let mut clips: Vec<(RecordMeta, Option<Drawn>, Option<Record>, Tensor, Tensor)> = Vec::new();
         for &r in chunk.iter() {
             let row = &rows[r];
             let video = read_video(&row.resolve(&job.captions), cfg.fps, stride, cfg.frames).and_then(|v| {
@@ -234,7 +258,7 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
             let z0 = tape.no_grad(|| -> Result<Tensor> { Ok(m.vae.encode_video(&tape.constant(x))?.value().clone()) })?;
             let context = encode_text(&row.caption)?;
             let mut rng = Gaussian::new(cfg.seed ^ (r as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F));
-            let rec = teacher_record(m.unet, &sched, &solver, &z0, &context, &uncond, &[cfg.fps], &job.settings, &mut rng)?;
+            let rec = draw_teacher(m.unet, &sched, &solver, &z0, &context, &uncond, &[cfg.fps], &job.settings, &mut rng)?;
             report.peak_bytes = report.peak_bytes.max(gpu.memory().peak_total_bytes);
             let meta = RecordMeta {
                 row: r,
@@ -245,17 +269,17 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
                 w: rec.w,
                 motion_energy: None,
             };
-            if !needs_motion(&job.settings, &solver, rec.index) {
+            if rec.cond_eps.is_some() {
                 progress.advance(1, &skipped_note(&report));
             }
-            clips.push((meta, rec, z0, context));
+            clips.push((meta, Some(rec), None, z0, context));
         }
-        let motion: Vec<usize> = (0..clips.len()).filter(|&i| needs_motion(&job.settings, &solver, clips[i].1.index)).collect();
+        let motion: Vec<usize> = (0..clips.len()).filter(|&i| clips[i].1.as_ref().is_some_and(|d| d.cond_eps.is_none())).collect();
         for group in motion.chunks(job.settings.inversion_batch.max(1)) {
             gpu.reset_peak_memory();
-            let z0s = ops::concat(&group.iter().map(|&i| &clips[i].2).collect::<Vec<_>>(), 0)?;
-            let contexts = ops::concat(&group.iter().map(|&i| &clips[i].3).collect::<Vec<_>>(), 0)?;
-            let indices: Vec<usize> = group.iter().map(|&i| clips[i].1.index).collect();
+            let z0s = ops::concat(&group.iter().map(|&i| &clips[i].3).collect::<Vec<_>>(), 0)?;
+            let contexts = ops::concat(&group.iter().map(|&i| &clips[i].4).collect::<Vec<_>>(), 0)?;
+            let indices: Vec<usize> = group.iter().map(|&i| clips[i].1.as_ref().expect("not finished yet").index).collect();
             let refs = ddim_invert_batch(m.unet, &sched, &solver.grid, &z0s, &contexts, &vec![cfg.fps; group.len()], &indices).map_err(|e| match e {
                 WeightsError::Gpu(oom @ t2v_kernels::Error::OutOfMemory { .. }) if group.len() > 1 => {
                     PreprocessError::OutOfMemory(format!("{oom} (DDIM inversion of {} clips at once: a smaller --inversion-batch needs less)", group.len()))
@@ -264,9 +288,10 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
             })?;
             drop((z0s, contexts));
             for (&i, z_ref) in group.iter().zip(&refs) {
-                let (meta, rec, _, context) = &mut clips[i];
-                add_motion(m.unet, &solver, rec, z_ref, context, &[cfg.fps], &job.settings)?;
+                let (meta, drawn, done, _, context) = &mut clips[i];
+                let rec = drawn.take().expect("not finished yet").with_motion(m.unet, &solver, z_ref, context, &[cfg.fps], &job.settings)?;
                 meta.motion_energy = rec.energy;
+                *done = Some(rec);
                 report.motion_records += 1;
                 progress.advance(1, &skipped_note(&report));
             }
@@ -274,7 +299,10 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
         }
         let records: Vec<_> = clips
             .into_iter()
-            .map(|(meta, rec, _, context)| (meta, RecordTensors { z_t: rec.z_t, cond_eps: rec.cond_eps, uncond_eps: rec.uncond_eps, context, score: rec.score }))
+            .map(|(meta, drawn, done, _, context)| {
+                let rec = done.unwrap_or_else(|| drawn.expect("every clip is drawn").without_motion());
+                (meta, RecordTensors { z_t: rec.z_t, cond_eps: rec.cond_eps, uncond_eps: rec.uncond_eps, context, score: rec.score })
+            })
             .collect();
         report.records += records.len();
         write_shard(&path, cfg, &records)?;
