@@ -114,6 +114,14 @@ fn reward_scores_of_clips_are_the_models_scores_of_their_frames() {
     // the prompt counts
     let other = scorer.score(&g, &clip, "a blue square moving up").unwrap();
     assert!(other.image != got.image && other.video != got.video, "{other:?} vs {got:?}");
+    // a batch of clips of one size: each clip's own scores
+    let second = Frames { frames: clip.frames.iter().rev().cloned().collect(), ..clip.clone() };
+    let (a, b) = (clip.to_model_input(h, w), second.to_model_input(h, w));
+    let batch = scorer.set().score(&g, &[&a, &b], &[prompt, "a blue square moving up"], (f, h, w), &[0, 2, 4], 4).unwrap();
+    for (got, want) in batch.iter().zip([got.clone(), scorer.score(&g, &second, "a blue square moving up").unwrap()]) {
+        let close = |x: f32, y: f32| (x - y).abs() <= 1e-5;
+        assert!(got.image.iter().zip(&want.image).all(|(x, y)| close(*x, *y)) && close(got.video.unwrap(), want.video.unwrap()), "{got:?} vs {want:?}");
+    }
     let short = Frames { frames: clip.frames[..3].to_vec(), ..clip };
     let e = scorer.score(&g, &short, prompt).unwrap_err().to_string();
     assert!(e.contains("3 frames; the video reward scores 4"), "{e}");

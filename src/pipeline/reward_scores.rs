@@ -29,8 +29,9 @@ pub struct ClipRewards {
 
 /// A model folder's reward models, ready to score clips.
 pub struct RewardScorer {
-    /// (name: the weight file's stem, model, weight)
-    image: Vec<(String, ImageTextReward, f32)>,
+    /// The weight files' stems, in the folder's order.
+    names: Vec<String>,
+    image: Vec<(ImageTextReward, f32)>,
     video: Option<Box<dyn VideoTextReward>>,
     tokenizer: ClipTokenizer,
     image_frames: usize,
@@ -39,6 +40,12 @@ pub struct RewardScorer {
 /// Indices of `m` frames evenly spread over `f` (from the first): k * f / m.
 pub fn strided(f: usize, m: usize) -> Vec<usize> {
     (0..m).map(|k| k * f / m).collect()
+}
+
+/// Frames of a clip a video reward scores (its model's number, else
+/// [`DEFAULT_VIDEO_FRAMES`]).
+pub fn video_frames_of(video: &dyn VideoTextReward) -> usize {
+    video.frames().unwrap_or(DEFAULT_VIDEO_FRAMES)
 }
 
 impl RewardScorer {
@@ -52,50 +59,74 @@ impl RewardScorer {
         if image_frames == 0 {
             return Err(fmt("image rewards need at least one frame per clip".into()));
         }
-        let names = md.image_rewards.iter().map(|r| r.file.file_stem().map_or_else(|| "image reward".into(), |s| s.to_string_lossy().into_owned()));
-        let image = names.zip(md.load_image_rewards(gpu)?).map(|(n, (m, w))| (n, m, w)).collect();
+        let names = md.image_rewards.iter().map(|r| r.file.file_stem().map_or_else(|| "image reward".into(), |s| s.to_string_lossy().into_owned())).collect();
         let tokenizer = ClipTokenizer::new().map_err(|e| fmt(e.to_string()))?;
-        Ok(RewardScorer { image, video: md.load_video_reward(gpu)?, tokenizer, image_frames })
+        Ok(RewardScorer { names, image: md.load_image_rewards(gpu)?, video: md.load_video_reward(gpu)?, tokenizer, image_frames })
     }
 
     /// The image rewards' names (their weight files' stems) and weights, in order.
     pub fn image_rewards(&self) -> Vec<(&str, f32)> {
-        self.image.iter().map(|(n, _, w)| (n.as_str(), *w)).collect()
+        self.names.iter().zip(&self.image).map(|(n, (_, w))| (n.as_str(), *w)).collect()
+    }
+
+    /// The models, borrowed (to score batches of videos of one size).
+    pub fn set(&self) -> RewardSet<'_> {
+        RewardSet { image: &self.image, video: self.video.as_deref(), tokenizer: &self.tokenizer }
     }
 
     pub fn has_video_reward(&self) -> bool {
         self.video.is_some()
     }
 
-    /// Frames of a clip the video reward scores.
-    pub fn video_frames(&self) -> usize {
-        self.video.as_ref().and_then(|v| v.frames()).unwrap_or(DEFAULT_VIDEO_FRAMES)
-    }
-
     /// Scores of `clip` against `prompt`: each image reward's mean over
-    /// `min(image_frames, F)` evenly strided frames, and the video reward of
-    /// [`RewardScorer::video_frames`] evenly strided frames (an error if the clip is shorter).
+    /// `min(image_frames, F)` evenly strided frames, and the video reward of its model's
+    /// number of evenly strided frames (an error if the clip is shorter).
     pub fn score(&self, gpu: &Gpu, clip: &Frames, prompt: &str) -> Result<ClipRewards> {
         let (f, h, w) = (clip.frames.len(), clip.height, clip.width);
-        let shape_err = |msg: String| WeightsError::Gpu(t2v_kernels::Error::Shape { op: "reward scores", msg });
         if f == 0 {
-            return Err(shape_err("the clip has no frames".into()));
+            return Err(shape_error("the clip has no frames".into()));
         }
         let chw = clip.to_model_input(h, w); // (3, F, H, W) in [-1, 1], unchanged size
-        // frames `picks` as (3, picks, H, W) = (picks, 3, H, W) after a permute on the host
+        let video_frames = self.video.as_deref().map_or(DEFAULT_VIDEO_FRAMES, video_frames_of);
+        let mut r = self.set().score(gpu, &[&chw], &[prompt], (f, h, w), &strided(f, self.image_frames.min(f)), video_frames)?;
+        Ok(r.pop().expect("one clip"))
+    }
+}
+
+fn shape_error(msg: String) -> WeightsError {
+    WeightsError::Gpu(t2v_kernels::Error::Shape { op: "reward scores", msg })
+}
+
+/// Borrowed reward models (a [`RewardScorer`]'s, or a training run's).
+pub struct RewardSet<'a> {
+    pub image: &'a [(ImageTextReward, f32)],
+    pub video: Option<&'a dyn VideoTextReward>,
+    /// The image rewards' tokenizer.
+    pub tokenizer: &'a ClipTokenizer,
+}
+
+impl RewardSet<'_> {
+    /// Scores of videos of one size, each (3, F, H, W) in [-1, 1] row-major, against their
+    /// prompts, in one batch per model: each image reward's mean over frames `image_picks`,
+    /// and the video reward of `video_frames` evenly strided frames (from the first).
+    pub fn score(&self, gpu: &Gpu, videos: &[&[f32]], prompts: &[&str], (f, h, w): (usize, usize, usize), image_picks: &[usize], video_frames: usize) -> Result<Vec<ClipRewards>> {
+        let n = videos.len();
+        if prompts.len() != n || videos.iter().any(|v| v.len() != 3 * f * h * w) || image_picks.is_empty() || image_picks.iter().any(|&t| t >= f) {
+            return Err(shape_error(format!("{n} videos of (3, {f}, {h}, {w}) with {} prompts, frames {image_picks:?}", prompts.len())));
+        }
+        let hw = h * w;
+        // frames `picks` of every video, as (N * picks, 3, H, W) or (N, 3, picks, H, W)
         let gather = |picks: &[usize], frame_major: bool| -> Vec<f32> {
-            let hw = h * w;
-            let mut out = Vec::with_capacity(3 * picks.len() * hw);
-            if frame_major {
-                for &t in picks {
-                    for c in 0..3 {
-                        out.extend_from_slice(&chw[(c * f + t) * hw..(c * f + t + 1) * hw]);
-                    }
-                }
-            } else {
-                for c in 0..3 {
+            let mut out = Vec::with_capacity(n * 3 * picks.len() * hw);
+            let plane = |c: usize, t: usize| -> std::ops::Range<usize> { (c * f + t) * hw..(c * f + t + 1) * hw };
+            for v in videos {
+                if frame_major {
                     for &t in picks {
-                        out.extend_from_slice(&chw[(c * f + t) * hw..(c * f + t + 1) * hw]);
+                        (0..3).for_each(|c| out.extend_from_slice(&v[plane(c, t)]));
+                    }
+                } else {
+                    for c in 0..3 {
+                        picks.iter().for_each(|&t| out.extend_from_slice(&v[plane(c, t)]));
                     }
                 }
             }
@@ -103,30 +134,38 @@ impl RewardScorer {
         };
         let tape = Tape::new();
         tape.no_grad(|| {
-            let mut image = Vec::new();
+            let m = image_picks.len();
+            // per image reward, each video's mean over its frames
+            let mut image: Vec<Vec<f32>> = Vec::new();
             if !self.image.is_empty() {
-                let picks = strided(f, self.image_frames.min(f));
-                let frames = tape.constant(Tensor::from_slice(gpu, &[picks.len(), 3, h, w], &gather(&picks, true))?);
-                let ids = self.tokenizer.encode_warn(prompt).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids;
-                let ids = vec![ids; picks.len()];
-                for (_, model, _) in &self.image {
+                let frames = tape.constant(Tensor::from_slice(gpu, &[n * m, 3, h, w], &gather(image_picks, true))?);
+                let ids = prompts
+                    .iter()
+                    .map(|p| Ok(self.tokenizer.encode_warn(p).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids))
+                    .collect::<Result<Vec<_>>>()?;
+                let ids: Vec<Vec<u32>> = ids.iter().flat_map(|i| std::iter::repeat_n(i.clone(), m)).collect();
+                for (model, _) in self.image {
                     let s = model.score(&frames, &ids)?.value().to_vec()?;
-                    image.push(s.iter().sum::<f32>() / s.len() as f32);
+                    image.push(s.chunks(m).map(|c| c.iter().sum::<f32>() / m as f32).collect());
                 }
             }
-            let image_weighted = (!image.is_empty()).then(|| image.iter().zip(&self.image).map(|(s, (_, _, wt))| s * wt).sum());
-            let video = match &self.video {
+            let video = match self.video {
                 Some(model) => {
-                    let m = self.video_frames();
-                    if f < m {
-                        return Err(shape_err(format!("the clip has {f} frames; the video reward scores {m}")));
+                    if f < video_frames {
+                        return Err(shape_error(format!("the clip has {f} frames; the video reward scores {video_frames}")));
                     }
-                    let x = tape.constant(Tensor::from_slice(gpu, &[1, 3, m, h, w], &gather(&strided(f, m), false))?);
-                    Some(model.score(&x, &[prompt], 0.5)?.value().to_vec()?[0])
+                    let x = tape.constant(Tensor::from_slice(gpu, &[n, 3, video_frames, h, w], &gather(&strided(f, video_frames), false))?);
+                    Some(model.score(&x, prompts, 0.5)?.value().to_vec()?)
                 }
                 None => None,
             };
-            Ok(ClipRewards { image, image_weighted, video })
+            Ok((0..n)
+                .map(|i| {
+                    let each: Vec<f32> = image.iter().map(|s| s[i]).collect();
+                    let image_weighted = (!each.is_empty()).then(|| each.iter().zip(self.image).map(|(s, (_, wt))| s * wt).sum());
+                    ClipRewards { image: each, image_weighted, video: video.as_ref().map(|v| v[i]) }
+                })
+                .collect())
         })
     }
 }

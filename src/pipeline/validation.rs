@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use t2v_kernels::autograd::Tape;
-use t2v_kernels::Tensor;
 
 use crate::models::clip::TextTower;
 use crate::models::weights::{Result, WeightsError};
+use crate::pipeline::reward_scores::{ClipRewards, RewardSet};
 use crate::pipeline::sample::{SampleOptions, SamplerModels};
 use crate::pipeline::train::{RewardModels, Trainer};
 use crate::pipeline::video_io::{write_gif, Frames};
@@ -98,39 +98,12 @@ pub fn validate(trainer: &Trainer, v: &Validation, out: &Path) -> Result<Validat
 /// reward of the middle frames and the mean video reward of `vid_frames` evenly strided
 /// frames (from the first). Videos are (3, F, H, W) in [-1, 1], row-major.
 pub fn sample_rewards(models: &RewardModels, vid_frames: usize, videos: &[Vec<f32>], prompts: &[String], (f, h, w): (usize, usize, usize)) -> Result<(Option<f32>, Option<f32>)> {
-    let tape = Tape::new();
-    tape.no_grad(|| {
-        let gpu = models.vae.gpu();
-        let (n, hw) = (videos.len(), h * w);
-        let mean = |x: &Tensor| -> Result<f32> { Ok(x.to_vec()?.iter().sum::<f32>() / n as f32) };
-        // frames `picks` of every video: (N, 3, picks, H, W)
-        let gather = |picks: &[usize]| -> Vec<f32> {
-            let mut data = Vec::with_capacity(n * 3 * picks.len() * hw);
-            for v in videos {
-                for c in 0..3 {
-                    for &t in picks {
-                        data.extend_from_slice(&v[(c * f + t) * hw..(c * f + t + 1) * hw]);
-                    }
-                }
-            }
-            data
-        };
-        let mut image = None;
-        if !models.image.is_empty() {
-            let frames = tape.constant(Tensor::from_slice(gpu, &[n, 3, h, w], &gather(&[f / 2]))?);
-            let ids = prompts.iter().map(|p| Ok(models.tokenizer.encode_warn(p).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids)).collect::<Result<Vec<_>>>()?;
-            image = models.image_reward(&frames, &ids)?.map(|r| r.value().item_at(0)).transpose()?;
-        }
-        let mut video = None;
-        if let Some(model) = &models.video {
-            let m = vid_frames.clamp(1, f);
-            let picks: Vec<usize> = (0..m).map(|k| k * f / m).collect();
-            let x = tape.constant(Tensor::from_slice(gpu, &[n, 3, m, h, w], &gather(&picks))?);
-            let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-            video = Some(mean(model.score(&x, &refs, 0.5)?.value())?);
-        }
-        Ok((image, video))
-    })
+    let set = RewardSet { image: &models.image, video: models.video.as_deref(), tokenizer: &models.tokenizer };
+    let refs: Vec<&[f32]> = videos.iter().map(Vec::as_slice).collect();
+    let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let scores = set.score(models.vae.gpu(), &refs, &texts, (f, h, w), &[f / 2], vid_frames.clamp(1, f))?;
+    let mean = |get: &dyn Fn(&ClipRewards) -> Option<f32>| scores.iter().map(get).sum::<Option<f32>>().map(|s| s / scores.len().max(1) as f32);
+    Ok((mean(&|r| r.image_weighted), mean(&|r| r.video)))
 }
 
 /// One line for the log.
