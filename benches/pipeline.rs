@@ -23,7 +23,7 @@ use t2v_turbo::models::unet3d::Unet3d;
 use t2v_turbo::models::vae::Vae;
 use t2v_turbo::models::weights::Loader;
 use t2v_turbo::pipeline::model_dir::{world_vocab, Preset};
-use t2v_turbo::pipeline::preprocess::{preprocess_clip, PreprocessConfig};
+use t2v_turbo::pipeline::preprocess::{preprocess_clip, MotionReference, PreprocessConfig};
 use t2v_turbo::pipeline::sample::{Gaussian, Generator, SampleOptions};
 use t2v_turbo::pipeline::shards::{open_dataset, write_shard, RecordMeta, RecordTensors, ShardConfig};
 use t2v_turbo::pipeline::train::{RewardModels, Student, TrainConfig, Trainer};
@@ -141,8 +141,8 @@ fn main() {
     // preprocessing one clip: without motion guidance (2 teacher calls) and with it (DDIM
     // inversion up to n, 2 captured calls and one backward), n in the upper half
     let drawn = std::cell::Cell::new(0);
-    let pre = |motion: bool| {
-        let cfg = PreprocessConfig { motion, index_range: if motion { (0.5, 1.0) } else { (0.0, 0.5) }, ..PreprocessConfig::default() };
+    let pre = |motion: bool, reference: MotionReference| {
+        let cfg = PreprocessConfig { motion, index_range: if motion { (0.5, 1.0) } else { (0.0, 0.5) }, reference, ..PreprocessConfig::default() };
         timed(&gpu, budget, once, || {
             let mut rng = Gaussian::new(7);
             let r = preprocess_clip(&teacher, &sched, &solver, &z0, &ctx, &unc, &[shape.fps], &cfg, &mut rng).unwrap();
@@ -151,10 +151,12 @@ fn main() {
         })
     };
     if want("preprocess") {
-        let (t_plain, m_plain) = pre(false);
+        let (t_plain, m_plain) = pre(false, MotionReference::Inversion);
         println!("| preprocess 1 clip, no motion guidance ({grid}-point grid) | {t_plain:.3} | {:.0} | 1.00x | itself |", mib(m_plain));
-        let (t_motion, m_motion) = pre(true);
+        let (t_motion, m_motion) = pre(true, MotionReference::Inversion);
         println!("| preprocess 1 clip with motion guidance (n = {} of {grid}: {} inversion steps) | {t_motion:.3} | {:.0} | {:.2}x | no motion guidance |", drawn.get(), drawn.get(), mib(m_motion), t_motion / t_plain);
+        let (t_noised, m_noised) = pre(true, MotionReference::Noised { t: 400 });
+        println!("| preprocess 1 clip with motion guidance, reference noised to t = 400 (MotionClone's; not the reference) | {t_noised:.3} | {:.0} | {:.2}x | no motion guidance |", mib(m_noised), t_noised / t_plain);
     }
     if !want("train") && !want("teacher") {
         return;
@@ -169,7 +171,7 @@ fn main() {
         let mut rng = Gaussian::new(9);
         let rec = preprocess_clip(&teacher, &sched, &solver, &z0, &ctx, &unc, &[shape.fps], &PreprocessConfig { index_range: (0.5, 1.0), ..PreprocessConfig::default() }, &mut rng).unwrap();
         let meta = RecordMeta { row: 0, path: "bench".into(), caption: "a red circle moves from left to right".into(), short_caption: Some("a red circle moving right".into()), index: rec.index, w: rec.w, motion_energy: rec.energy };
-        let sc = ShardConfig { ddim_steps: grid, frames: shape.frames, height: shape.height, width: shape.width, fps: shape.fps, seed: 0, motion: true };
+        let sc = ShardConfig { ddim_steps: grid, frames: shape.frames, height: shape.height, width: shape.width, fps: shape.fps, seed: 0, motion: true, motion_reference: Default::default() };
         write_shard(&dir.join("shard-0of1-00000.safetensors"), &sc, &[(meta, RecordTensors { z_t: rec.z_t, cond_eps: rec.cond_eps, uncond_eps: rec.uncond_eps, context: ctx.clone(), score: rec.score })]).unwrap();
         let shards = open_dataset(&dir).unwrap();
         let clip = |seed| Clip::load(&Loader::random(&gpu, seed), &rcfg).unwrap();

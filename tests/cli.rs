@@ -202,6 +202,14 @@ fn demo_world_and_train_refuse_bad_settings_before_any_work() {
         assert!(!ok && err.contains("--short-fraction must be within 0..1"), "{cmd}: {err}");
         assert!(!out.exists(), "{cmd}: nothing is written for a refused run");
     }
+    for (args, msg) in [
+        (&["--motion-reference", "noised", "--reference-t", "1000"][..], "--reference-t 1000 is not a timestep"),
+        (&["--reference-t", "300"][..], "--reference-t applies to --motion-reference noised only"),
+    ] {
+        let (ok, _, err) = t2v(&[&["demo", "--out", out.to_str().unwrap()][..], args].concat(), &[]);
+        assert!(!ok && err.contains(msg), "{args:?}: {err}");
+        assert!(!out.exists(), "demo {args:?}: nothing is written for a refused run");
+    }
     let (ok, _, err) = t2v(&["train", "--models", "assets/tiny", "--data", "no-such-shards", "--out", out.to_str().unwrap(), "--reward-sample-steps", "2"], &[]);
     assert!(!ok && err.contains("--reward-sample-steps applies to --reward-input sample only"), "{err}");
     assert!(!out.exists(), "train: nothing is written for a refused run");

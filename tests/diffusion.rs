@@ -170,6 +170,23 @@ fn preprocessed_records_feed_the_distillation_loss() {
         assert!(out.loss.value().item_at(0).unwrap().is_finite());
     }
     assert!(seen_motion, "some seed drew the upper half");
+    // MotionClone's noised reference: the same draws and teacher outputs, and the motion
+    // gradient against the clean latent noised to t = 400 with the clip stream's next noise
+    use t2v_turbo::pipeline::preprocess::MotionReference;
+    let noised = PreprocessConfig { reference: MotionReference::Noised { t: 400 }, ..PreprocessConfig::default() };
+    let seed = (0..6).find(|&s| preprocess_clip(&unet, &sched, &solver, &z0, &ctx, &unc, &[8.0], &PreprocessConfig { motion: false, ..noised.clone() }, &mut Gaussian::new(s)).unwrap().index >= 4).unwrap();
+    let r = preprocess_clip(&unet, &sched, &solver, &z0, &ctx, &unc, &[8.0], &noised, &mut Gaussian::new(seed)).unwrap();
+    let inverted = preprocess_clip(&unet, &sched, &solver, &z0, &ctx, &unc, &[8.0], &PreprocessConfig::default(), &mut Gaussian::new(seed)).unwrap();
+    assert_eq!((r.index, r.w, r.z_t.to_vec().unwrap(), r.uncond_eps.to_vec().unwrap()), (inverted.index, inverted.w, inverted.z_t.to_vec().unwrap(), inverted.uncond_eps.to_vec().unwrap()));
+    // the stream: n, w, the noise of z_t, then the reference's noise
+    let mut rng = Gaussian::new(seed);
+    let (_, _, _) = (rng.uniform(), rng.uniform(), rng.take(z0.numel()));
+    let tape = Tape::new();
+    let z_ref = sched.add_noise(&tape.constant(z0.clone()), &tape.constant(Tensor::from_slice(&g, z0.shape(), &rng.take(z0.numel())).unwrap()), 400).unwrap();
+    let direct = motion_guidance(&unet, z_ref.value(), &r.z_t, &[solver.grid[r.index] as f32], &ctx, &[8.0], MotionScales::default()).unwrap();
+    let score = r.score.as_ref().expect("motion-guided").to_vec().unwrap();
+    assert_eq!(score, direct.grad.to_vec().unwrap());
+    assert_ne!(score, inverted.score.unwrap().to_vec().unwrap(), "another reference, another gradient");
 }
 
 /// Preprocessing inverts its motion-guided clips in batches: each clip leaves the batch at

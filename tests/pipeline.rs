@@ -41,7 +41,7 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
             out: d.join("shards"),
             shard: (0, 1),
             shard_size: 2,
-            config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true },
+            config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true, motion_reference: Default::default() },
             source_fps: None,
             settings: PreprocessConfig::default(),
             quiet: true,

@@ -69,6 +69,14 @@ pub struct DemoArgs {
     /// students' whole 4-step samples, gradients through every step; see README).
     #[arg(long, value_enum, default_value_t = RewardInput::Noise)]
     pub reward_input: RewardInput,
+    /// Where preprocessing takes the motion reference from: `inversion` (T2V-Turbo-v2's) or
+    /// `noised` (MotionClone's current way, one forward noising to --reference-t; see
+    /// `preprocess --motion-reference`).
+    #[arg(long, value_enum, default_value_t = super::preprocess::ReferenceKind::Inversion)]
+    pub motion_reference: super::preprocess::ReferenceKind,
+    /// --motion-reference noised: the timestep the clips are noised to (default 400).
+    #[arg(long)]
+    pub reference_t: Option<usize>,
     /// Also train the ablations without rewards and without motion guidance.
     #[arg(long)]
     pub ablations: bool,
@@ -90,9 +98,10 @@ pub fn run(dev: &DeviceArgs, a: &DemoArgs) -> Result<(), CliError> {
     if !(a.motion_gs.is_finite() && a.motion_gs >= 0.0) {
         return Err(CliError::Check(format!("--motion-gs must be a finite number >= 0, not {}", a.motion_gs)));
     }
+    let motion_reference = super::preprocess::motion_reference(a.motion_reference, a.reference_t)?;
     crate::world::check_short_fraction(a.short_fraction).map_err(|e| CliError::Check(format!("--short-fraction {e}")))?;
     ensure_new_dir(&a.out, false)?;
-    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, short_fraction: a.short_fraction, grid: a.grid, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch, motion_gs: a.motion_gs, reward_input: a.reward_input, seed: a.seed, ..DemoConfig::default() };
+    let mut c = DemoConfig { clips: a.clips, prompts: a.prompts, short_fraction: a.short_fraction, grid: a.grid, steps: a.steps, lr: a.lr, ddim_steps: a.ddim_steps, teacher_steps: a.teacher_steps, sample_batch: a.batch, motion_gs: a.motion_gs, reward_input: a.reward_input, motion_reference, seed: a.seed, ..DemoConfig::default() };
     if a.ablations {
         c.variants = vec![FULL, NO_REWARD, NO_MOTION, CD_ONLY];
     }

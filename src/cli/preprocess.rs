@@ -9,7 +9,7 @@ use super::{CliError, DeviceArgs};
 use crate::guidance::MotionScales;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::pipeline::model_dir::ModelDir;
-use crate::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
+use crate::pipeline::preprocess::{preprocess_dataset, MotionReference, PreprocessConfig, PreprocessJob, PreprocessModels};
 use crate::pipeline::shards::ShardConfig;
 
 #[derive(clap::Args, Debug)]
@@ -72,6 +72,15 @@ pub struct PreprocessArgs {
     /// grows with it. 1: one clip at a time.
     #[arg(long, default_value_t = 8)]
     pub inversion_batch: usize,
+    /// Where the motion reference comes from: `inversion` (T2V-Turbo-v2's: DDIM inversion of
+    /// the clip to its t, n + 1 teacher calls) or `noised` (not T2V-Turbo-v2's: MotionClone's
+    /// current way, the clip noised forward to --reference-t in one step; one teacher call,
+    /// so motion-guided preprocessing costs about as much as the rest).
+    #[arg(long, value_enum, default_value_t = ReferenceKind::Inversion)]
+    pub motion_reference: ReferenceKind,
+    /// --motion-reference noised: the timestep the clip is noised to (default 400, MotionClone's).
+    #[arg(long)]
+    pub reference_t: Option<usize>,
     /// Seed of the draws of n, w and the noise (each clip's draws depend only on the seed
     /// and the clip's position, so shards and resumed runs match a single run).
     #[arg(long, default_value_t = 0)]
@@ -88,8 +97,32 @@ fn parse_shard(s: &str) -> Result<(usize, usize), CliError> {
     Ok((i, n))
 }
 
+/// The values of --motion-reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReferenceKind {
+    Inversion,
+    Noised,
+}
+
+/// MotionClone's noising timestep of its motion reference.
+pub const MOTIONCLONE_REFERENCE_T: usize = 400;
+
+/// The motion reference of the options (checked: a timestep of the 1000-step schedule, and
+/// --reference-t only with `noised`).
+pub fn motion_reference(kind: ReferenceKind, t: Option<usize>) -> Result<MotionReference, CliError> {
+    match (kind, t) {
+        (ReferenceKind::Inversion, None) => Ok(MotionReference::Inversion),
+        (ReferenceKind::Inversion, Some(_)) => Err(CliError::Check("--reference-t applies to --motion-reference noised only".into())),
+        (ReferenceKind::Noised, t) => match t.unwrap_or(MOTIONCLONE_REFERENCE_T) {
+            t if t < 1000 => Ok(MotionReference::Noised { t }),
+            t => Err(CliError::Check(format!("--reference-t {t} is not a timestep: use 0..=999 (MotionClone: 400)"))),
+        },
+    }
+}
+
 pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
     let shard = parse_shard(&a.shard)?;
+    let reference = motion_reference(a.motion_reference, a.reference_t)?;
     let md = ModelDir::read(&a.models)?;
     let config = ShardConfig {
         ddim_steps: a.ddim_steps,
@@ -99,6 +132,7 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
         fps: a.fps.unwrap_or(md.video.fps),
         seed: a.seed,
         motion: !a.no_motion,
+        motion_reference: reference,
     };
     if a.ddim_steps == 0 || 1000 % a.ddim_steps != 0 {
         return Err(CliError::Check(format!("--ddim-steps {} must divide 1000", a.ddim_steps)));
@@ -131,6 +165,7 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
             scales: MotionScales { temp_loss_scale: a.temp_loss_scale, ..MotionScales::default() },
             index_range: (a.index_range[0], a.index_range[1]),
             inversion_batch: a.inversion_batch,
+            reference,
         },
         quiet: false,
     };

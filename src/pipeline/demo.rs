@@ -16,7 +16,7 @@ use crate::models::tokenizer::ClipTokenizer;
 use crate::models::weights::{Result, WeightsError};
 use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::progress::Progress;
-use crate::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
+use crate::pipeline::preprocess::{preprocess_dataset, MotionReference, PreprocessConfig, PreprocessJob, PreprocessModels};
 use crate::pipeline::sample::{Generator, SampleOptions};
 use crate::pipeline::shards::{open_dataset, ShardConfig};
 use crate::pipeline::train::{load_run, run as run_training, write_student_model, RewardInput, RewardModels, RunOptions, StepMetrics, TrainConfig, Trainer};
@@ -69,6 +69,8 @@ pub struct DemoConfig {
     /// What reward feedback scores (the demo: the one-step generation from noise; the
     /// reference: the data's consistency output).
     pub reward_input: RewardInput,
+    /// Where preprocessing takes the motion reference from (the reference: DDIM inversion).
+    pub motion_reference: MotionReference,
     pub variants: Vec<Variant>,
     pub seed: u64,
     pub quiet: bool,
@@ -90,6 +92,7 @@ impl Default for DemoConfig {
             sample_batch: 8,
             motion_gs: 0.05,
             reward_input: RewardInput::Noise,
+            motion_reference: MotionReference::Inversion,
             variants: vec![FULL, CD_ONLY],
             seed: 0,
             quiet: false,
@@ -137,7 +140,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
 
     // 2. Algorithm 1
     let t = Instant::now();
-    let shard_cfg = ShardConfig { ddim_steps: c.ddim_steps, frames: v.frames, height: v.height, width: v.width, fps: v.fps, seed: c.seed, motion: true };
+    let shard_cfg = ShardConfig { ddim_steps: c.ddim_steps, frames: v.frames, height: v.height, width: v.width, fps: v.fps, seed: c.seed, motion: true, motion_reference: c.motion_reference };
     {
         let (unet, vae, text) = (models.load_unet(gpu)?, models.load_vae(gpu)?, models.load_text(gpu)?);
         let tokenizer = ClipTokenizer::new().map_err(|e| io(Path::new("tokenizer"), e))?;
@@ -148,7 +151,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
             shard_size: 64,
             config: shard_cfg,
             source_fps: None,
-            settings: PreprocessConfig::default(),
+            settings: PreprocessConfig { reference: c.motion_reference, ..PreprocessConfig::default() },
             quiet: c.quiet,
         };
         std::fs::create_dir_all(&job.out).map_err(|e| io(&job.out, e))?;
@@ -299,7 +302,7 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
     let mut md = String::new();
     md += "# t2v-turbo demo\n\n";
     md += &format!(
-        "Models: `{}`. World: {} training clips (fraction {} with a short caption, the ones reward feedback uses); {} held-out prompts, sampled in batches of up to {}; DDIM grid {} points; {} distillation steps per student (lr {}); motion-guidance scale {}; rewards scored on {}.\n\nTime: {}.\n\n",
+        "Models: `{}`. World: {} training clips (fraction {} with a short caption, the ones reward feedback uses); {} held-out prompts, sampled in batches of up to {}; DDIM grid {} points; {} distillation steps per student (lr {}); motion-guidance scale {}, motion reference {}; rewards scored on {}.\n\nTime: {}.\n\n",
         models.root.display(),
         c.clips,
         c.short_fraction,
@@ -309,6 +312,10 @@ fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[Metho
         c.steps,
         c.lr,
         c.motion_gs,
+        match c.motion_reference {
+            MotionReference::Inversion => "DDIM inversion of each clip (the reference)".to_string(),
+            MotionReference::Noised { t } => format!("each clip noised forward to t = {t} (`--motion-reference noised`, MotionClone's current way, not the reference)"),
+        },
         match c.reward_input {
             RewardInput::Data => "the consistency output from noised training clips (the reference)".to_string(),
             RewardInput::Noise => "the students' one-step generations from fresh noise (`--reward-input noise`, not the reference)".to_string(),

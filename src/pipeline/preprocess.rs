@@ -6,6 +6,7 @@
 //! `diffusion::distill::consistency_loss` consumes. Over a data set, the motion-guided
 //! clips of a shard are inverted a group at a time (`inversion_batch`), sharing UNet calls.
 
+use serde::{Deserialize, Serialize};
 use t2v_kernels::autograd::Tape;
 use t2v_kernels::{ops, Tensor};
 
@@ -43,11 +44,32 @@ pub struct PreprocessConfig {
     /// Motion-guided clips whose DDIM inversions share UNet calls in
     /// [`preprocess_dataset`] (peak memory grows with it; 1: one clip at a time).
     pub inversion_batch: usize,
+    /// Where the reference attention comes from.
+    pub reference: MotionReference,
 }
 
 impl Default for PreprocessConfig {
     fn default() -> Self {
-        PreprocessConfig { w_range: (5.0, 15.0), motion: true, scales: MotionScales::default(), index_range: (0.0, 1.0), inversion_batch: 8 }
+        PreprocessConfig { w_range: (5.0, 15.0), motion: true, scales: MotionScales::default(), index_range: (0.0, 1.0), inversion_batch: 8, reference: MotionReference::Inversion }
+    }
+}
+
+/// The latent whose temporal attention is the motion reference of a clip.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MotionReference {
+    /// T2V-Turbo-v2's: the clean latent DDIM-inverted with its caption to the record's t
+    /// (n + 1 teacher calls per motion-guided clip, 101-200 on the 200-point grid).
+    #[default]
+    Inversion,
+    /// Not T2V-Turbo-v2's: MotionClone's current way, the clean latent noised forward to
+    /// timestep `t` with fresh noise (MotionClone: 400) in one step; no inversion, so one
+    /// teacher call for the reference instead of n + 1.
+    Noised { t: usize },
+}
+
+impl MotionReference {
+    pub fn is_inversion(&self) -> bool {
+        *self == MotionReference::Inversion
     }
 }
 
@@ -69,9 +91,24 @@ pub fn preprocess_clip(
     if drawn.cond_eps.is_some() {
         return Ok(drawn.without_motion());
     }
+    let z_ref = match cfg.reference {
+        MotionReference::Inversion => {
+            let tape = Tape::new();
+            tape.no_grad(|| ddim_invert(unet, sched, &solver.grid, &tape.constant(z0.clone()), &tape.constant(context.clone()), fps, drawn.index))?.value().clone()
+        }
+        MotionReference::Noised { t } => noised_reference(sched, z0, t, rng)?,
+    };
+    drawn.with_motion(unet, solver, &z_ref, context, fps, cfg)
+}
+
+/// [`MotionReference::Noised`]: z0 noised forward to `t` with noise drawn from `rng`
+/// (after the clip's other draws).
+fn noised_reference(sched: &Schedule, z0: &Tensor, t: usize, rng: &mut Gaussian) -> Result<Tensor> {
     let tape = Tape::new();
-    let z_ref = tape.no_grad(|| ddim_invert(unet, sched, &solver.grid, &tape.constant(z0.clone()), &tape.constant(context.clone()), fps, drawn.index))?;
-    drawn.with_motion(unet, solver, z_ref.value(), context, fps, cfg)
+    tape.no_grad(|| {
+        let noise = tape.constant(Tensor::from_slice(z0.gpu(), z0.shape(), &rng.take(z0.numel()))?);
+        Ok(sched.add_noise(&tape.constant(z0.clone()), &noise, t)?.value().clone())
+    })
 }
 
 /// Whether a record at grid index `index` gets motion guidance: the upper half of the grid.
@@ -231,8 +268,7 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
         // the chunk's clips: draws and teacher outputs one by one; then the motion-guided
         // ones' DDIM inversions a group at a time (shared UNet calls), their guidance
         // gradients one by one
-        // (meta, drawn until finished, record once finished, z0, context)
-        let mut clips: Vec<(RecordMeta, Option<Drawn>, Option<Record>, Tensor, Tensor)> = Vec::new();
+        let mut clips: Vec<Pending> = Vec::new();
         for &r in chunk.iter() {
             let row = &rows[r];
             let video = read_video(&row.resolve(&job.captions), cfg.fps, stride, cfg.frames).and_then(|v| {
@@ -259,6 +295,12 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
             let context = encode_text(&row.caption)?;
             let mut rng = Gaussian::new(cfg.seed ^ (r as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F));
             let rec = draw_teacher(m.unet, &sched, &solver, &z0, &context, &uncond, &[cfg.fps], &job.settings, &mut rng)?;
+            // a noised reference now, from the clip's own stream (inversions come below, a
+            // group at a time)
+            let z_ref = match job.settings.reference {
+                MotionReference::Noised { t } if rec.cond_eps.is_none() => Some(noised_reference(&sched, &z0, t, &mut rng)?),
+                _ => None,
+            };
             report.peak_bytes = report.peak_bytes.max(gpu.memory().peak_total_bytes);
             let meta = RecordMeta {
                 row: r,
@@ -272,26 +314,31 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
             if rec.cond_eps.is_some() {
                 progress.advance(1, &skipped_note(&report));
             }
-            clips.push((meta, Some(rec), None, z0, context));
+            clips.push(Pending { meta, drawn: Some(rec), done: None, z0, context, z_ref });
         }
-        let motion: Vec<usize> = (0..clips.len()).filter(|&i| clips[i].1.as_ref().is_some_and(|d| d.cond_eps.is_none())).collect();
-        for group in motion.chunks(job.settings.inversion_batch.max(1)) {
+        let motion: Vec<usize> = (0..clips.len()).filter(|&i| clips[i].drawn.as_ref().is_some_and(|d| d.cond_eps.is_none())).collect();
+        // the motion-guided clips' reference latents: noised above, or DDIM-inverted here
+        let groups: Vec<&[usize]> = if job.settings.reference.is_inversion() { motion.chunks(job.settings.inversion_batch.max(1)).collect() } else { motion.chunks(1).collect() };
+        for group in groups {
             gpu.reset_peak_memory();
-            let z0s = ops::concat(&group.iter().map(|&i| &clips[i].3).collect::<Vec<_>>(), 0)?;
-            let contexts = ops::concat(&group.iter().map(|&i| &clips[i].4).collect::<Vec<_>>(), 0)?;
-            let indices: Vec<usize> = group.iter().map(|&i| clips[i].1.as_ref().expect("not finished yet").index).collect();
-            let refs = ddim_invert_batch(m.unet, &sched, &solver.grid, &z0s, &contexts, &vec![cfg.fps; group.len()], &indices).map_err(|e| match e {
-                WeightsError::Gpu(oom @ t2v_kernels::Error::OutOfMemory { .. }) if group.len() > 1 => {
-                    PreprocessError::OutOfMemory(format!("{oom} (DDIM inversion of {} clips at once: a smaller --inversion-batch needs less)", group.len()))
-                }
-                e => e.into(),
-            })?;
-            drop((z0s, contexts));
+            let refs = if job.settings.reference.is_inversion() {
+                let z0s = ops::concat(&group.iter().map(|&i| &clips[i].z0).collect::<Vec<_>>(), 0)?;
+                let contexts = ops::concat(&group.iter().map(|&i| &clips[i].context).collect::<Vec<_>>(), 0)?;
+                let indices: Vec<usize> = group.iter().map(|&i| clips[i].drawn.as_ref().expect("not finished yet").index).collect();
+                ddim_invert_batch(m.unet, &sched, &solver.grid, &z0s, &contexts, &vec![cfg.fps; group.len()], &indices).map_err(|e| match e {
+                    WeightsError::Gpu(oom @ t2v_kernels::Error::OutOfMemory { .. }) if group.len() > 1 => {
+                        PreprocessError::OutOfMemory(format!("{oom} (DDIM inversion of {} clips at once: a smaller --inversion-batch needs less)", group.len()))
+                    }
+                    e => e.into(),
+                })?
+            } else {
+                group.iter().map(|&i| clips[i].z_ref.take().expect("noised when drawn")).collect()
+            };
             for (&i, z_ref) in group.iter().zip(&refs) {
-                let (meta, drawn, done, _, context) = &mut clips[i];
-                let rec = drawn.take().expect("not finished yet").with_motion(m.unet, &solver, z_ref, context, &[cfg.fps], &job.settings)?;
-                meta.motion_energy = rec.energy;
-                *done = Some(rec);
+                let c = &mut clips[i];
+                let rec = c.drawn.take().expect("not finished yet").with_motion(m.unet, &solver, z_ref, &c.context, &[cfg.fps], &job.settings)?;
+                c.meta.motion_energy = rec.energy;
+                c.done = Some(rec);
                 report.motion_records += 1;
                 progress.advance(1, &skipped_note(&report));
             }
@@ -299,9 +346,9 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
         }
         let records: Vec<_> = clips
             .into_iter()
-            .map(|(meta, drawn, done, _, context)| {
-                let rec = done.unwrap_or_else(|| drawn.expect("every clip is drawn").without_motion());
-                (meta, RecordTensors { z_t: rec.z_t, cond_eps: rec.cond_eps, uncond_eps: rec.uncond_eps, context, score: rec.score })
+            .map(|c| {
+                let rec = c.done.unwrap_or_else(|| c.drawn.expect("every clip is drawn").without_motion());
+                (c.meta, RecordTensors { z_t: rec.z_t, cond_eps: rec.cond_eps, uncond_eps: rec.uncond_eps, context: c.context, score: rec.score })
             })
             .collect();
         report.records += records.len();
@@ -312,6 +359,19 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
     }
     write_manifest(job, cfg, &done_shards, &report)?;
     Ok(report)
+}
+
+/// A clip of a shard on its way to a record.
+struct Pending {
+    meta: RecordMeta,
+    /// Until finished.
+    drawn: Option<Drawn>,
+    /// Once finished (motion-guided clips).
+    done: Option<Record>,
+    z0: Tensor,
+    context: Tensor,
+    /// A noised motion reference, drawn with the clip.
+    z_ref: Option<Tensor>,
 }
 
 /// The progress line's note: how many videos were skipped, if any.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use t2v_kernels::{Gpu, Tensor};
 
 use crate::models::weights::{save_weights, Result, SaveDtype, WeightFile, WeightsError};
+use crate::pipeline::preprocess::MotionReference;
 
 /// Metadata of one preprocessed clip.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +38,10 @@ pub struct ShardConfig {
     pub fps: f32,
     pub seed: u64,
     pub motion: bool,
+    /// Where motion-guided records' reference attention came from (absent in the file:
+    /// DDIM inversion, T2V-Turbo-v2's).
+    #[serde(default, skip_serializing_if = "MotionReference::is_inversion")]
+    pub motion_reference: MotionReference,
 }
 
 /// One record's tensors.
