@@ -21,7 +21,7 @@ use t2v_turbo::models::internvideo2::InternVideo2;
 use t2v_turbo::models::tokenizer::{BertTokenizer, ClipTokenizer};
 use t2v_turbo::models::unet3d::Unet3d;
 use t2v_turbo::models::vae::Vae;
-use t2v_turbo::models::weights::Loader;
+use t2v_turbo::models::weights::{Loader, WeightPrecision};
 use t2v_turbo::pipeline::model_dir::{world_vocab, Preset};
 use t2v_turbo::pipeline::preprocess::{preprocess_clip, MotionReference, PreprocessConfig};
 use t2v_turbo::pipeline::sample::{Gaussian, Generator, SampleOptions};
@@ -75,7 +75,11 @@ fn main() {
     println!("| operation | best s | peak MiB | ratio | baseline |");
     println!("|---|---:|---:|---:|---|");
     let budget = if cpu { 10.0 } else { 5.0 };
+    let before = gpu.memory().live_bytes;
     let teacher = Unet3d::load(&Loader::random(&gpu, 1), &ucfg).unwrap();
+    // what the teacher's weights take: resident during the training line, whose command
+    // (`train`) does not load it
+    let teacher_bytes = gpu.memory().live_bytes - before;
     let student_cfg = { let mut c = ucfg.clone(); c.time_cond_proj_dim = Some(256); c.motion_cond_proj_dim = Some(256); c };
     let student_loader = Loader::random(&gpu, 1);
     let student = Unet3d::load(&student_loader, &student_cfg).unwrap();
@@ -123,7 +127,13 @@ fn main() {
     };
     let mut t_four = f64::NAN;
     if want("sample") {
+        let live = || {
+            gpu.sync().unwrap();
+            gpu.memory().live_bytes
+        };
+        let before = live();
         let sg = gen(Unet3d::load(&Loader::random(&gpu, 1), &student_cfg).unwrap());
+        let full_bytes = live() - before;
         if once {
             // compiles the VAE's and text tower's shaders before anything is timed
             sg.generate("a red circle moving left", &opts(4, false)).unwrap();
@@ -135,6 +145,30 @@ fn main() {
             }
             println!("| sample 1 video, {steps} consistency steps + VAE decode | {t:.3} | {:.0} | {:.1}x | one student forward |", mib(m), t / t_fwd);
         }
+        // the same with the three models' matrix weights kept in f16 (`--weights-dtype f16`):
+        // the weight memory that saves, and what widening them at every use costs
+        drop(sg);
+        let before = live();
+        let half = |seed| Loader::random(&gpu, seed).with_precision(WeightPrecision::F16);
+        let hg = Generator {
+            unet: Unet3d::load(&half(1), &student_cfg).unwrap(),
+            vae: Vae::load(&half(2), &vcfg).unwrap(),
+            text: TextTower::load(&half(3), &tcfg.text, None).unwrap(),
+            tokenizer: ClipTokenizer::new().unwrap(),
+            schedule: Schedule::videocrafter(),
+        };
+        let half_bytes = live() - before;
+        if once {
+            hg.generate("a red circle moving left", &opts(4, false)).unwrap();
+        }
+        let (t, m) = timed(&gpu, budget, once, || hg.generate("a red circle moving left", &opts(4, false)).unwrap()[5]);
+        println!(
+            "| sample 1 video, 4 consistency steps + VAE decode, weights kept in f16 (UNet + VAE + text encoder: {:.0} MiB, f32: {:.0} MiB) | {t:.3} | {:.0} | {:.2}x | the 4-step sample in f32 |",
+            mib(half_bytes),
+            mib(full_bytes),
+            mib(m),
+            t / t_four
+        );
     }
 
 
@@ -191,6 +225,7 @@ fn main() {
         // lr 0: the weights stay, so every step computes the same loss; at VideoCrafter2
         // size with recomputation checkpoints (--recompute), as such a run would train
         gpu.trim_pool();
+        gpu.reset_peak_memory();
         let recompute = !cpu;
         let mut trainer = Trainer::new(TrainConfig { steps: u64::MAX, lr: 0.0, recompute, ..TrainConfig::default() }, st, &rewards, &shards).unwrap();
         let t0 = std::time::Instant::now();
@@ -207,7 +242,16 @@ fn main() {
             best = best.min(t.elapsed().as_secs_f64());
         }
         let how = if recompute { ", recomputation checkpoints" } else { "" };
-        println!("| train step: consistency loss + 2 image rewards + video reward, backward, AdamW{how} (peak: every model resident) | {best:.3} | {:.0} | {:.1}x | one student forward |", first.peak_gpu_mib, best / t_fwd);
+        // peak: every model resident (the teacher too), the AdamW state and the pool; the
+        // live peak is what the tensors held at once, the device memory a run needs
+        let mem = gpu.memory();
+        println!(
+            "| train step: consistency loss + 2 image rewards + video reward, backward, AdamW{how} (live peak {:.0} MiB, {:.0} MiB of it the bench's teacher) | {best:.3} | {:.0} | {:.1}x | one student forward |",
+            mib(mem.peak_live_bytes),
+            mib(teacher_bytes),
+            mib(mem.peak_total_bytes),
+            best / t_fwd
+        );
         let _ = std::fs::remove_dir_all(&dir);
         drop(trainer);
     }

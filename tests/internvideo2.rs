@@ -10,6 +10,7 @@ use t2v_turbo::models::internvideo2::{InternVideo2, InternVideo2Config};
 use t2v_turbo::models::preprocess::{min_side_crop, IMAGENET_MEAN, IMAGENET_STD};
 use t2v_turbo::models::tokenizer::BertTokenizer;
 use t2v_turbo::models::weights::WeightFile;
+use t2v_turbo::models::weights::WeightPrecision;
 use t2v_turbo::pipeline::model_dir::load_internvideo2_file;
 use t2v_turbo::reward::{InternVideo2Reward, VideoTextReward};
 
@@ -34,7 +35,7 @@ fn config() -> InternVideo2Config {
 }
 
 fn model(g: &Gpu) -> InternVideo2 {
-    load_internvideo2_file(g, &dir().join("weights.safetensors"), &config()).unwrap()
+    load_internvideo2_file(g, &dir().join("weights.safetensors"), &config(), WeightPrecision::F32).unwrap()
 }
 
 /// A BERT-style vocabulary of the fixture's size: specials at BERT's ids, then words.
@@ -242,7 +243,7 @@ fn missing_and_extra_checkpoint_keys_are_reported_together() {
     std::fs::create_dir_all(&d).unwrap();
     let p = d.join("w.safetensors");
     t2v_turbo::models::weights::save_weights(&p, &tensors, t2v_turbo::models::weights::SaveDtype::F32, &[]).unwrap();
-    let err = error_text(load_internvideo2_file(&g, &p, &config()));
+    let err = error_text(load_internvideo2_file(&g, &p, &config(), WeightPrecision::F32));
     for k in ["vision_encoder.blocks.1.attn.q_norm.weight", "text_encoder.bert.encoder.layer.0.output.dense.bias", "vision_encoder.surprise"] {
         assert!(err.contains(k), "{k} not named in: {err}");
     }

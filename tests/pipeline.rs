@@ -358,6 +358,16 @@ fn the_commands_run_end_to_end() {
     assert_eq!(json["rewards"]["per_clip"].as_array().unwrap().len(), 1, "{json}");
     assert_eq!(json["rewards"]["mean"], json["rewards_against"]["mean"], "{json}");
     assert!(json["rewards"]["mean"]["video"].as_f64().unwrap().is_finite() && json.get("accuracy").is_none(), "{json}");
+    // the reward models with their weights rounded to bf16: close to the f32 scores
+    let (ok, out) = t2v(&["eval", &p("videos"), "--models", &m, "--no-analyser", "--weights-dtype", "bf16", "--json", &p("rewards16.json")]);
+    assert!(ok, "{out}");
+    let j16: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("rewards16.json")).unwrap()).unwrap();
+    for k in ["image_weighted", "video"] {
+        let (a, b) = (json["rewards"]["mean"][k].as_f64().unwrap(), j16["rewards"]["mean"][k].as_f64().unwrap());
+        assert!((a - b).abs() <= 0.05 * a.abs().max(0.01), "{k}: f32 {a}, bf16 {b}");
+    }
+    let (ok, out) = t2v(&["eval", &p("videos"), "--models", &m, "--weights-dtype", "f8"]);
+    assert!(!ok && out.contains("possible values: auto, stored, f32, f16, bf16"), "{out}");
     std::fs::create_dir_all(d.join("other")).unwrap();
     std::fs::write(d.join("other/captions.jsonl"), "{\"path\": \"../videos/000_a_red_circle_moving_left\", \"caption\": \"a blue square moving up\"}\n").unwrap();
     let (ok, out) = t2v(&["eval", &p("videos"), "--against", &p("other")]);
@@ -393,4 +403,68 @@ fn a_video_does_not_depend_on_the_batch_it_is_generated_in() {
         let diff = batch[0].iter().zip(&batch[2]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(diff > 1e-2, "seeds 3 and 5 gave the same video");
     }
+}
+
+/// Models kept in half precision (`--weights-dtype`): f16 files kept f16 give the f32
+/// path's results bit for bit — a UNet call, and whole training steps whose VAE and reward
+/// models are half (their backward included; the student stays f32 and trains) — with about
+/// half the weight memory; f32 files rounded to f16 / bf16 come close without being equal;
+/// a tape that would train every weight refuses half ones.
+#[test]
+fn half_precision_weights() {
+    use t2v_kernels::autograd::Tape;
+    use t2v_kernels::Tensor;
+    use t2v_turbo::models::unet3d::UnetInputs;
+    use t2v_turbo::models::weights::WeightPrecision;
+    let (g, md32, data) = opened_fixture();
+    let d = tmp("half");
+    let md16 = init_random(&g, Preset::Tiny, &d.join("models"), 0, SaveDtype::F16).unwrap();
+    let values = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0).collect() };
+    // (eps bits, live bytes of the loaded UNet)
+    let unet_eps = |md: &ModelDir, trainable: bool| -> Result<(Vec<f32>, u64), String> {
+        g.sync().unwrap();
+        let before = g.memory().live_bytes;
+        let unet = md.load_unet(&g).unwrap();
+        g.sync().unwrap();
+        let bytes = g.memory().live_bytes - before;
+        let tape = Tape::new();
+        tape.set_trainable(trainable);
+        let c = &md.unet.1;
+        let z = tape.constant(Tensor::from_slice(&g, &[1, c.in_channels, 8, 8, 8], &values(c.in_channels * 512, 1)).unwrap());
+        let ctx = tape.constant(Tensor::from_slice(&g, &[1, 77, c.context_dim], &values(77 * c.context_dim, 2)).unwrap());
+        let out = unet.forward(&UnetInputs { z: &z, t: &[500.0], context: &ctx, fps: &[8.0], w_embedding: None, motion_embedding: None, record_attention: false }).map_err(|e| e.to_string())?;
+        Ok((out.eps.value().to_vec().unwrap(), bytes))
+    };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let (full, full_bytes) = unet_eps(&md16, false).unwrap();
+    let stored = md16.clone().with_precision(WeightPrecision::Stored);
+    let (half, half_bytes) = unet_eps(&stored, false).unwrap();
+    assert_eq!(bits(&half), bits(&full), "f16 weights kept f16 must give the f32 results");
+    eprintln!("UNet weights: {half_bytes} B kept half, {full_bytes} B in f32");
+    assert!(half_bytes * 100 < full_bytes * 60, "UNet weights: {half_bytes} B kept half, {full_bytes} B in f32");
+    // f32 files rounded: close, not equal
+    let (exact, _) = unet_eps(&md32, false).unwrap();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    for (p, tol) in [(WeightPrecision::F16, 1e-2), (WeightPrecision::BF16, 6e-2)] {
+        let (r, _) = unet_eps(&md32.clone().with_precision(p), false).unwrap();
+        let diff: Vec<f32> = r.iter().zip(&exact).map(|(a, b)| a - b).collect();
+        let rel = norm(&diff) / norm(&exact);
+        eprintln!("{p:?}: relative error {rel:e}");
+        assert!(rel > 0.0 && rel < tol, "{p:?}: relative error {rel:e}");
+    }
+    // a tape training every weight cannot train half ones
+    let e = unet_eps(&stored, true).unwrap_err();
+    assert!(e.contains("cannot be trained"), "{e}");
+    // training: the frozen VAE and reward models half, the student f32 (loaded so whatever
+    // the folder's precision), the same steps bit for bit
+    let steps = |md: &ModelDir| {
+        let (student, rewards) = load_run(&g, md, &config(2), None).unwrap();
+        let mut t = Trainer::new(config(2), student, &rewards, &data).unwrap();
+        (0..2).map(|_| t.step().unwrap()).map(|m| (m.loss.to_bits(), m.image_reward.map(f32::to_bits), m.video_reward.map(f32::to_bits), m.grad_norm.to_bits())).collect::<Vec<_>>()
+    };
+    let plain = steps(&md16);
+    assert!(plain.iter().any(|s| s.1.is_some() && s.2.is_some()), "no reward step in {plain:?}");
+    // the student's weights got gradients (half ones would have stayed constants)
+    assert!(plain.iter().all(|s| f32::from_bits(s.3) > 0.0), "no gradient: {plain:?}");
+    assert_eq!(steps(&stored), plain);
 }

@@ -184,7 +184,7 @@ fn caption_check_sees_the_text_only_through_cross_attention() {
     let g = gpu();
     let d = tmp("caption-check");
     let md = init_random(&g, Preset::Tiny, &d.join("init"), 5, SaveDtype::F32).unwrap();
-    let (unet, params) = load_unet_file(&g, &md.unet.0, &md.unet.1, None).unwrap();
+    let (unet, params) = load_unet_file(&g, &md.unet.0, &md.unet.1, None, t2v_turbo::models::weights::WeightPrecision::F32).unwrap();
     let (vae, text) = (md.load_vae(&g).unwrap(), md.load_text(&g).unwrap());
     let world = WorldConfig { frames: md.video.frames, size: md.video.height, short_fraction: 0.5 };
     let check = || caption_sensitivity(&g, &unet, &vae, &text, &world, md.video.fps, 9, 3, 2).unwrap();

@@ -21,6 +21,7 @@ pub mod autograd;
 pub mod bench;
 mod error;
 mod gpu;
+mod half_storage;
 pub mod io;
 pub mod optim;
 pub mod ops;
@@ -31,6 +32,7 @@ pub mod shaders;
 mod tensor;
 
 pub use error::{Error, Result};
+pub use half_storage::{HalfKind, HalfTensor};
 pub use gpu::{list_adapters, AdapterSummary, AttentionPath, ConvPath, Gpu, GpuOptions, KernelVariant, ADAPTER_ENV, CONV_PATH_ENV, OPTIONAL_FEATURES, SHADER_CHECKS_ENV};
 pub use pool::PoolStats;
 pub use recorder::MAX_IN_FLIGHT;

@@ -32,6 +32,7 @@ family!(EMBEDDING, "embedding");
 family!(OPTIM, "optim");
 family!(WINOGRAD, "winograd");
 family!(PRESENT, "present");
+family!(HALF, "half");
 
 /// Every family, for validation.
-pub static ALL: &[&KernelSource] = &[&ELEMENTWISE, &REDUCE, &SOFTMAX, &NORM, &GEMM, &GEMM_SUBGROUP, &GEMM_TEXTURE, &ATTENTION, &EMBEDDING, &OPTIM, &WINOGRAD, &PRESENT];
+pub static ALL: &[&KernelSource] = &[&ELEMENTWISE, &REDUCE, &SOFTMAX, &NORM, &GEMM, &GEMM_SUBGROUP, &GEMM_TEXTURE, &ATTENTION, &EMBEDDING, &OPTIM, &WINOGRAD, &PRESENT, &HALF];

@@ -415,3 +415,45 @@ fn elementwise_kernels_read_textures_like_buffers() {
         ]
     });
 }
+
+/// Every one of the 65536 f16 and bf16 bit patterns (zeros, subnormals, infinities, NaNs)
+/// widens on the device to the f32 the half crate gives, bit for bit; an odd element count
+/// checks the last word's unused half; the stored bits read back unchanged.
+#[test]
+fn half_storage_widens_every_bit_pattern_exactly() {
+    use t2v_kernels::{HalfKind, HalfTensor};
+    let g = gpu();
+    for kind in [HalfKind::F16, HalfKind::BF16] {
+        for shape in [vec![256, 256], vec![3, 85, 257], vec![1]] {
+            // a permutation of all patterns (40503 is odd), not in order
+            let n = numel(&shape);
+            let bits: Vec<u16> = (0..n).map(|i| (i as u32 * 40503 % 65536) as u16).collect();
+            let h = HalfTensor::from_bits(g, &shape, kind, &bits).unwrap();
+            assert_eq!(h.to_bits().unwrap(), bits, "{kind:?}: stored bits");
+            let f = h.to_f32().unwrap();
+            assert_eq!(f.shape(), &shape[..]);
+            let got: Vec<u32> = f.to_vec().unwrap().iter().map(|x| x.to_bits()).collect();
+            for (i, (&b, &y)) in bits.iter().zip(&got).enumerate() {
+                let want = kind.widen(b).to_bits();
+                // a NaN stays a NaN of its sign and payload (quieted or not, as the CPU does)
+                let nan = |x: u32| f32::from_bits(x).is_nan();
+                let same = y == want || (nan(y) && nan(want) && (y | 0x40_0000) == (want | 0x40_0000));
+                assert!(same, "{kind:?} element {i}: bits {b:#06x} -> {y:#010x}, want {want:#010x}");
+            }
+        }
+    }
+    // rounding on upload: ties to even, f16 overflow to infinity, bf16 keeps the range
+    let x = [1.0f32 + 1.0 / 2048.0, 65520.0, 1e-8, -3.0e38, 0.1];
+    let h = HalfTensor::from_f32(g, &[5], HalfKind::F16, &x).unwrap();
+    let y = h.to_f32().unwrap().to_vec().unwrap();
+    assert_eq!(y[0], 1.0, "tie rounds to even");
+    assert!(y[1].is_infinite() && y[3].is_infinite(), "{y:?}");
+    assert_eq!(y[2], half::f16::from_f32(1e-8).to_f32());
+    assert!((y[4] - 0.1).abs() < 1e-4);
+    let b = HalfTensor::from_f32(g, &[5], HalfKind::BF16, &x).unwrap().to_f32().unwrap().to_vec().unwrap();
+    assert!((b[3] / -3.0e38 - 1.0).abs() < 1e-2 && (b[4] / 0.1 - 1.0).abs() < 1e-2, "{b:?}");
+    // shapes are checked before anything is uploaded
+    assert!(HalfTensor::from_bits(g, &[3, 3], HalfKind::F16, &[0; 8]).is_err());
+    assert!(h.reshape(&[2, 3]).is_err());
+    assert_eq!(h.reshape(&[1, 5]).unwrap().to_f32().unwrap().to_vec().unwrap(), y);
+}

@@ -109,6 +109,7 @@ pub fn run(dev: &DeviceArgs, a: &DemoArgs) -> Result<(), CliError> {
         (c.clips, c.prompts, c.grid, c.steps, c.ddim_steps, c.teacher_steps) = (4, 2, c.grid.min(4), 3, 10, 10);
     }
     let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let md = md.with_precision(super::WeightsDtype::Auto.precision(&gpu));
     let results = run_demo(&gpu, &md, &a.out, &c)?;
     println!("{:<40} {:>10} {:>9} {:>8} {:>10}", "method", "accuracy%", "dynamic", "flicker", "s/video");
     for r in &results {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use t2v_kernels::{Gpu, GpuOptions};
 
-use super::{CliError, DeviceArgs};
+use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::eval::{analyse, paired, paired_on, score, sign_test};
 use crate::pipeline::captions::read_captions;
 use crate::pipeline::model_dir::ModelDir;
@@ -41,6 +41,9 @@ pub struct EvalArgs {
     /// --models: frames of each clip the image rewards score (evenly spaced; all when fewer).
     #[arg(long, default_value_t = 8)]
     pub image_frames: usize,
+    /// --models: how the reward models keep their linear and conv weights on the GPU.
+    #[arg(long, value_enum, default_value_t = WeightsDtype::Auto)]
+    pub weights_dtype: WeightsDtype,
     /// Skip the moving-shapes analyser (its measures only mean something for clips of the
     /// built-in world); needs --models.
     #[arg(long)]
@@ -69,7 +72,7 @@ pub fn run(dev: &DeviceArgs, a: &EvalArgs) -> Result<(), CliError> {
     let scorer = match &a.models {
         Some(dir) => {
             let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
-            let scorer = RewardScorer::load(&gpu, &ModelDir::read(dir)?, a.image_frames)?;
+            let scorer = RewardScorer::load(&gpu, &ModelDir::read(dir)?.with_precision(a.weights_dtype.precision(&gpu)), a.image_frames)?;
             Some((gpu, scorer))
         }
         None => None,

@@ -19,6 +19,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use t2v_kernels::Gpu;
 
 /// Options shared by every command that uses a GPU.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -28,6 +29,39 @@ pub struct DeviceArgs {
     /// else the fastest adapter found.
     #[arg(long, global = true)]
     pub adapter: Option<String>,
+}
+
+/// `--weights-dtype`: how models that are not trained keep their linear and conv weights on
+/// the GPU (norms, biases and embeddings stay f32; compute is f32 either way).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightsDtype {
+    /// `stored` on GPUs, `f32` on CPU adapters (where memory is the host's and each
+    /// widening pass costs more than it saves)
+    #[default]
+    Auto,
+    /// f16 / bf16 weights of the files stay 16-bit on the GPU (half the memory, the same
+    /// results bit for bit: each is widened exactly where it is used); f32 ones stay f32
+    Stored,
+    /// every weight widened to f32 when loaded (no widening pass per use)
+    F32,
+    /// every weight rounded to f16 (half the memory of f32 checkpoints; not exact)
+    F16,
+    /// every weight rounded to bf16 (as f16, with f32's range and less precision)
+    Bf16,
+}
+
+impl WeightsDtype {
+    /// The loaders' precision on `gpu`.
+    pub fn precision(self, gpu: &Gpu) -> crate::models::weights::WeightPrecision {
+        use crate::models::weights::WeightPrecision as P;
+        match self {
+            WeightsDtype::Auto if gpu.is_cpu() => P::F32,
+            WeightsDtype::Auto | WeightsDtype::Stored => P::Stored,
+            WeightsDtype::F32 => P::F32,
+            WeightsDtype::F16 => P::F16,
+            WeightsDtype::Bf16 => P::BF16,
+        }
+    }
 }
 
 #[derive(Parser, Debug)]

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use t2v_kernels::{Gpu, GpuOptions};
 
-use super::{CliError, DeviceArgs};
+use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::guidance::MotionScales;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::pipeline::model_dir::ModelDir;
@@ -17,6 +17,9 @@ pub struct PreprocessArgs {
     /// Model folder (config.json + weights) with the teacher UNet, VAE and text encoder.
     #[arg(long)]
     pub models: PathBuf,
+    /// How the teacher UNet, VAE and text encoder keep their linear and conv weights on the GPU.
+    #[arg(long, value_enum, default_value_t = WeightsDtype::Auto)]
+    pub weights_dtype: WeightsDtype,
     /// Captions file: CSV with a header or JSONL; columns path, caption, optional
     /// short_caption. Paths are frame folders (PNG/JPEG) or video files (read by ffmpeg),
     /// relative to the captions file.
@@ -148,6 +151,7 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
     }
     std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;
     let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let md = md.with_precision(a.weights_dtype.precision(&gpu));
     let t0 = Instant::now();
     let (unet, vae, text) = (md.load_unet(&gpu)?, md.load_vae(&gpu)?, md.load_text(&gpu)?);
     let tokenizer = ClipTokenizer::new().map_err(|e| CliError::Check(e.to_string()))?;

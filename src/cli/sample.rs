@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use t2v_kernels::{Gpu, GpuOptions};
 
-use super::{CliError, DeviceArgs};
+use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::models::clip::{ClipConfig, TextConfig};
 use crate::models::unet3d::UnetConfig;
 use crate::models::vae::VaeConfig;
@@ -21,6 +21,9 @@ pub struct SampleArgs {
     /// file and config options below, and gives the default clip size.
     #[arg(long)]
     pub models: Option<PathBuf>,
+    /// How the UNet, VAE and text encoder keep their linear and conv weights on the GPU.
+    #[arg(long, value_enum, default_value_t = WeightsDtype::Auto)]
+    pub weights_dtype: WeightsDtype,
     /// One safetensors checkpoint holding UNet, VAE and text encoder (VideoCrafter2 key
     /// prefixes). Or give the three files below.
     #[arg(long)]
@@ -133,7 +136,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     let t0 = Instant::now();
     let (generator, shape) = match &a.models {
         Some(dir) => {
-            let md = ModelDir::read(dir)?;
+            let md = ModelDir::read(dir)?.with_precision(a.weights_dtype.precision(&gpu));
             if a.teacher == md.is_student() {
                 return Err(CliError::Check(if a.teacher {
                     format!("--teacher needs a teacher UNet; the one in {} is a distilled student (drop --teacher)", dir.display())
@@ -231,5 +234,5 @@ fn load_from_files(gpu: &Gpu, a: &SampleArgs) -> Result<Generator, CliError> {
         Some(p) => ClipConfig::from_json(&json(p)?).ok_or_else(|| bad("text encoder", p))?.text,
         None => ClipConfig::default().text,
     };
-    Ok(Generator::load(gpu, &GeneratorFiles { unet: &unet, vae: &vae, text: &text, unet_config, vae_config, text_config })?)
+    Ok(Generator::load(gpu, &GeneratorFiles { unet: &unet, vae: &vae, text: &text, unet_config, vae_config, text_config, precision: a.weights_dtype.precision(gpu) })?)
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use t2v_kernels::{Gpu, GpuOptions};
 
-use super::{CliError, DeviceArgs};
+use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::diffusion::distill::NoiseFactor;
 use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::shards::open_dataset;
@@ -19,6 +19,9 @@ pub struct TrainArgs {
     /// reward models (config.json's image_rewards and video_reward).
     #[arg(long)]
     pub models: PathBuf,
+    /// How the frozen models (VAE, reward models, the validation's text encoder) keep their linear and conv weights on the GPU; the student is always f32.
+    #[arg(long, value_enum, default_value_t = WeightsDtype::Auto)]
+    pub weights_dtype: WeightsDtype,
     /// Folder of shards written by `t2v-turbo preprocess`.
     #[arg(long)]
     pub data: PathBuf,
@@ -194,6 +197,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         cond_dim: 256,
     };
     let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let md = md.with_precision(a.weights_dtype.precision(&gpu));
     let weights = (!a.reward_weights.is_empty()).then_some(a.reward_weights.as_slice());
     let (student, models) = load_run(&gpu, &md, &config, weights).map_err(|e| CliError::Check(e.to_string()))?;
     let records: usize = shards.iter().map(|s| s.records.len()).sum();

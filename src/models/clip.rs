@@ -102,7 +102,7 @@ impl ResBlock {
     fn load(l: &Loader, key: &str, w: usize) -> Result<ResBlock> {
         Ok(ResBlock {
             ln_1: LayerNorm::load(l, &format!("{key}.ln_1"), w, LN_EPS)?,
-            in_proj: Linear { w: l.get(&format!("{key}.attn.in_proj_weight"), &[3 * w, w])?, b: Some(l.get(&format!("{key}.attn.in_proj_bias"), &[3 * w])?) },
+            in_proj: Linear { w: l.get_weight(&format!("{key}.attn.in_proj_weight"), &[3 * w, w])?, b: Some(l.get(&format!("{key}.attn.in_proj_bias"), &[3 * w])?) },
             out_proj: Linear::load(l, &format!("{key}.attn.out_proj"), w, w, true)?,
             ln_2: LayerNorm::load(l, &format!("{key}.ln_2"), w, LN_EPS)?,
             c_fc: Linear::load(l, &format!("{key}.mlp.c_fc"), w, 4 * w, true)?,

@@ -302,7 +302,7 @@ struct AttentionPool {
 impl AttentionPool {
     fn load(l: &Loader, key: &str, c: &VisionConfig) -> Result<AttentionPool> {
         let d = c.embed_dim;
-        let lin = |n: &str| -> Result<Linear> { Ok(Linear { w: l.get(&format!("{key}.cross_attn.{n}.weight"), &[d, d])?, b: Some(l.get(&format!("{key}.cross_attn.{n}_bias"), &[d])?) }) };
+        let lin = |n: &str| -> Result<Linear> { Ok(Linear { w: l.get_weight(&format!("{key}.cross_attn.{n}.weight"), &[d, d])?, b: Some(l.get(&format!("{key}.cross_attn.{n}_bias"), &[d])?) }) };
         Ok(AttentionPool {
             norm1_q: LayerNorm::load(l, &format!("{key}.norm1_q"), d, POOL_LN_EPS)?,
             norm1_k: LayerNorm::load(l, &format!("{key}.norm1_k"), d, POOL_LN_EPS)?,

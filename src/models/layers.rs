@@ -1,11 +1,12 @@
 //! Layers shared by the models, loaded by checkpoint key (`{key}.weight`, `{key}.bias`)
-//! with frozen weights put on the caller's tape as constants.
+//! with frozen weights put on the caller's tape as constants. Matrix weights (linear and
+//! conv kernels) are [`Weight`]s: f32, or half precision where the loader keeps them so.
 
 use t2v_kernels::autograd::{self as ad, Var};
 use t2v_kernels::ops::Conv2d as Geo;
 use t2v_kernels::Tensor;
 
-use super::weights::{Loader, Result};
+use super::weights::{Loader, Result, Weight};
 
 /// A weight on `like`'s tape: a constant, or a trainable leaf when the tape trains.
 pub fn konst(t: &Tensor, like: &Var) -> Var {
@@ -14,53 +15,53 @@ pub fn konst(t: &Tensor, like: &Var) -> Var {
 
 /// nn.Linear (weight (out, in)); also Conv1d with kernel 1 (weight (out, in, 1)).
 pub struct Linear {
-    pub w: Tensor,
+    pub w: Weight,
     pub b: Option<Tensor>,
 }
 
 impl Linear {
     pub fn load(l: &Loader, key: &str, inp: usize, out: usize, bias: bool) -> Result<Linear> {
-        Ok(Linear { w: l.get(&format!("{key}.weight"), &[out, inp])?, b: if bias { Some(l.get(&format!("{key}.bias"), &[out])?) } else { None } })
+        Ok(Linear { w: l.get_weight(&format!("{key}.weight"), &[out, inp])?, b: if bias { Some(l.get(&format!("{key}.bias"), &[out])?) } else { None } })
     }
     /// A Conv1d with kernel size 1 used as a linear map over channels.
     pub fn load_conv1x1(l: &Loader, key: &str, inp: usize, out: usize) -> Result<Linear> {
-        let w = l.get(&format!("{key}.weight"), &[out, inp, 1])?.reshape(&[out, inp])?;
+        let w = l.get_weight(&format!("{key}.weight"), &[out, inp, 1])?.reshape(&[out, inp])?;
         Ok(Linear { w, b: Some(l.get(&format!("{key}.bias"), &[out])?) })
     }
     pub fn forward(&self, x: &Var) -> Result<Var> {
         let b = self.b.as_ref().map(|b| konst(b, x));
-        Ok(ad::linear(x, &konst(&self.w, x), b.as_ref())?)
+        Ok(ad::linear(x, &self.w.var(x)?, b.as_ref())?)
     }
 }
 
 /// nn.Conv2d (weight (out, in, k, k)) with its geometry.
 pub struct Conv {
-    pub w: Tensor,
+    pub w: Weight,
     pub b: Tensor,
     pub geo: Geo,
 }
 
 impl Conv {
     pub fn load(l: &Loader, key: &str, cin: usize, cout: usize, k: usize, geo: Geo) -> Result<Conv> {
-        Ok(Conv { w: l.get(&format!("{key}.weight"), &[cout, cin, k, k])?, b: l.get(&format!("{key}.bias"), &[cout])?, geo })
+        Ok(Conv { w: l.get_weight(&format!("{key}.weight"), &[cout, cin, k, k])?, b: l.get(&format!("{key}.bias"), &[cout])?, geo })
     }
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        Ok(ad::conv2d(x, &konst(&self.w, x), Some(&konst(&self.b, x)), self.geo)?)
+        Ok(ad::conv2d(x, &self.w.var(x)?, Some(&konst(&self.b, x)), self.geo)?)
     }
 }
 
 /// nn.Conv3d with kernel (3, 1, 1), padding (1, 0, 0): VideoCrafter's temporal conv.
 pub struct TemporalConv {
-    pub w: Tensor,
+    pub w: Weight,
     pub b: Tensor,
 }
 
 impl TemporalConv {
     pub fn load(l: &Loader, key: &str, cin: usize, cout: usize) -> Result<TemporalConv> {
-        Ok(TemporalConv { w: l.get(&format!("{key}.weight"), &[cout, cin, 3, 1, 1])?, b: l.get(&format!("{key}.bias"), &[cout])? })
+        Ok(TemporalConv { w: l.get_weight(&format!("{key}.weight"), &[cout, cin, 3, 1, 1])?, b: l.get(&format!("{key}.bias"), &[cout])? })
     }
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        Ok(ad::temporal_conv(x, &konst(&self.w, x), Some(&konst(&self.b, x)))?)
+        Ok(ad::temporal_conv(x, &self.w.var(x)?, Some(&konst(&self.b, x)))?)
     }
 }
 

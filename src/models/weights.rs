@@ -1,5 +1,7 @@
 //! Checkpoint weights from safetensors files: memory-mapped, converted to f32 on upload
-//! (f32, f16, bf16), addressed by the real checkpoints' key names.
+//! (f32, f16, bf16), addressed by the real checkpoints' key names. Frozen matrix weights
+//! (linear and conv kernels) may instead stay in half precision on the device
+//! ([`WeightPrecision`], [`Weight`]), widened to f32 by the op that reads them.
 //!
 //! Loading is strict: a model constructor asks a [`Loader`] for every tensor it needs by key
 //! and shape; the loader records every missing key and shape mismatch instead of stopping
@@ -12,7 +14,8 @@ use std::sync::Mutex;
 
 use half::{bf16, f16};
 use safetensors::Dtype;
-use t2v_kernels::{Gpu, Tensor};
+use t2v_kernels::autograd::Var;
+use t2v_kernels::{Gpu, HalfKind, HalfTensor, Tensor};
 
 /// Errors of weight files.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,8 @@ pub enum WeightsError {
     Missing { path: String, key: String },
     #[error("{path}: weights do not match the model (prefix {prefix:?}):\n{report}")]
     Mismatch { path: String, prefix: String, report: String },
+    #[error("a weight kept in half precision cannot be trained: load a model that is trained with WeightPrecision::F32")]
+    HalfTrained,
     #[error(transparent)]
     Gpu(#[from] t2v_kernels::Error),
 }
@@ -139,6 +144,111 @@ impl WeightFile {
         let (shape, v) = self.host_f32(key)?;
         Ok(Tensor::from_slice(gpu, &shape, &v)?)
     }
+
+    /// Uploads a tensor in half precision: an f16 / bf16 tensor of that kind as it is
+    /// stored, anything else rounded to `kind` (to nearest, ties to even).
+    pub fn half_tensor(&self, gpu: &Gpu, key: &str, kind: HalfKind) -> Result<HalfTensor> {
+        let e = self.entry(key)?;
+        let stored = match e.dtype {
+            Dtype::F16 => Some(HalfKind::F16),
+            Dtype::BF16 => Some(HalfKind::BF16),
+            _ => None,
+        };
+        if stored == Some(kind) {
+            let bits: Vec<u16> = self.bytes(e).chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+            return Ok(HalfTensor::from_bits(gpu, &e.shape, kind, &bits)?);
+        }
+        let (shape, v) = self.host_f32(key)?;
+        Ok(HalfTensor::from_f32(gpu, &shape, kind, &v)?)
+    }
+
+    /// The half-precision kind a tensor is stored in, if any.
+    pub fn stored_half(&self, key: &str) -> Option<HalfKind> {
+        match self.entries.get(key)?.dtype {
+            Dtype::F16 => Some(HalfKind::F16),
+            Dtype::BF16 => Some(HalfKind::BF16),
+            _ => None,
+        }
+    }
+}
+
+/// How a [`Loader`] keeps the matrix weights of linear and conv layers on the device (norms,
+/// biases and embeddings are always f32). Half precision takes half the memory; the op that
+/// reads such a weight widens it to f32 first (exactly), one short pass per use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightPrecision {
+    /// Everything f32 (trained models; the default).
+    #[default]
+    F32,
+    /// Half-precision tensors of the file stay as they are (f16 or bf16; the results equal
+    /// the f32 path's bit for bit), f32 ones f32.
+    Stored,
+    /// Rounded to f16 / bf16 where the file has another type (not exact).
+    F16,
+    BF16,
+}
+
+impl WeightPrecision {
+    /// The half kind to keep a file tensor of `stored` kind (None: f32) in; None = f32.
+    fn keep(self, stored: Option<HalfKind>) -> Option<HalfKind> {
+        match self {
+            WeightPrecision::F32 => None,
+            WeightPrecision::Stored => stored,
+            WeightPrecision::F16 => Some(HalfKind::F16),
+            WeightPrecision::BF16 => Some(HalfKind::BF16),
+        }
+    }
+}
+
+/// A layer's matrix weight: f32, or half precision widened where an op reads it.
+#[derive(Clone, Debug)]
+pub enum Weight {
+    F32(Tensor),
+    Half(HalfTensor),
+}
+
+impl Weight {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Weight::F32(t) => t.shape(),
+            Weight::Half(h) => h.shape(),
+        }
+    }
+    pub fn gpu(&self) -> &Gpu {
+        match self {
+            Weight::F32(t) => t.gpu(),
+            Weight::Half(h) => h.gpu(),
+        }
+    }
+    /// Bytes on the device (without the pool's rounding).
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Weight::F32(t) => 4 * t.numel() as u64,
+            Weight::Half(h) => 2 * h.numel() as u64,
+        }
+    }
+    pub fn reshape(&self, shape: &[usize]) -> Result<Weight> {
+        Ok(match self {
+            Weight::F32(t) => Weight::F32(t.reshape(shape)?),
+            Weight::Half(h) => Weight::Half(h.reshape(shape)?),
+        })
+    }
+    /// The weight on `like`'s tape: an f32 weight as [`Tape::param`] gives it (a constant,
+    /// a trainable leaf or a substitute); a half one widened, always a constant (refused on
+    /// a tape that trains every weight).
+    ///
+    /// [`Tape::param`]: t2v_kernels::autograd::Tape::param
+    pub fn var(&self, like: &Var) -> Result<Var> {
+        match self {
+            Weight::F32(t) => Ok(like.tape().param(t)),
+            Weight::Half(h) => {
+                if like.tape().trains_every_param() {
+                    return Err(WeightsError::HalfTrained);
+                }
+                Ok(like.tape().constant(h.to_f32()?))
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -162,6 +272,7 @@ pub struct Loader<'f> {
     /// Key prefixes (after `prefix`) that are randomly initialised when the file lacks them
     /// (new layers of a student on top of teacher weights).
     init_missing: Vec<String>,
+    precision: WeightPrecision,
     problems: Mutex<Problems>,
 }
 
@@ -196,13 +307,13 @@ fn random_init(key: &str, shape: &[usize], seed: u64) -> Vec<f32> {
 impl<'f> Loader<'f> {
     /// Tensors under `prefix` (e.g. `first_stage_model.`) of `file`.
     pub fn new(file: &'f WeightFile, gpu: &Gpu, prefix: &str) -> Loader<'f> {
-        Loader { file: Some(file), seed: 0, gpu: gpu.clone(), prefix: prefix.to_string(), ignore: Vec::new(), init_missing: Vec::new(), problems: Mutex::default() }
+        Loader { file: Some(file), seed: 0, gpu: gpu.clone(), prefix: prefix.to_string(), ignore: Vec::new(), init_missing: Vec::new(), precision: WeightPrecision::F32, problems: Mutex::default() }
     }
 
     /// No file: every tensor is initialised randomly (deterministic in `seed` and the key),
     /// for training from scratch and for benchmarks at full size.
     pub fn random(gpu: &Gpu, seed: u64) -> Loader<'static> {
-        Loader { file: None, seed, gpu: gpu.clone(), prefix: String::new(), ignore: Vec::new(), init_missing: Vec::new(), problems: Mutex::default() }
+        Loader { file: None, seed, gpu: gpu.clone(), prefix: String::new(), ignore: Vec::new(), init_missing: Vec::new(), precision: WeightPrecision::F32, problems: Mutex::default() }
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -222,6 +333,13 @@ impl<'f> Loader<'f> {
     pub fn init_missing(mut self, prefixes: &[&str], seed: u64) -> Self {
         self.init_missing = prefixes.iter().map(|p| p.to_string()).collect();
         self.seed = seed;
+        self
+    }
+
+    /// Keeps the matrix weights ([`Loader::get_weight`]) in `precision`. Only for models
+    /// that are not trained: half-precision weights are not among [`Loader::params`].
+    pub fn with_precision(mut self, precision: WeightPrecision) -> Self {
+        self.precision = precision;
         self
     }
 
@@ -264,7 +382,34 @@ impl<'f> Loader<'f> {
         Ok(Tensor::zeros(&self.gpu, shape)?)
     }
 
-    /// Every tensor loaded so far with its key (without the prefix): the model's named
+    /// A linear or conv layer's matrix weight `key` of shape `shape`, in the loader's
+    /// [`WeightPrecision`] (problems are recorded as by [`Loader::get`]). Random weights
+    /// (no file) are f32 unless f16 / bf16 is asked for.
+    pub fn get_weight(&self, key: &str, shape: &[usize]) -> Result<Weight> {
+        let full = format!("{}{key}", self.prefix);
+        let keep = match self.file {
+            None => self.precision.keep(None),
+            // missing or mismatched: `get` records the problem
+            Some(f) => match f.entries.get(&full) {
+                Some(e) if e.shape == shape => self.precision.keep(f.stored_half(&full)),
+                _ => None,
+            },
+        };
+        let Some(kind) = keep else { return Ok(Weight::F32(self.get(key, shape)?)) };
+        let Some(file) = self.file else {
+            return Ok(Weight::Half(HalfTensor::from_f32(&self.gpu, shape, kind, &random_init(key, shape, self.seed))?));
+        };
+        self.problems.lock().unwrap().used.insert(full.clone());
+        match file.half_tensor(&self.gpu, &full, kind) {
+            Ok(h) => Ok(Weight::Half(h)),
+            Err(e) => {
+                self.problems.lock().unwrap().other.push(e.to_string());
+                Ok(Weight::F32(Tensor::zeros(&self.gpu, shape)?))
+            }
+        }
+    }
+
+    /// Every f32 tensor loaded so far with its key (without the prefix): the model's named
     /// parameters, e.g. to map gradients back to checkpoint names.
     pub fn params(&self) -> Vec<(String, Tensor)> {
         self.problems.lock().unwrap().loaded.clone()

@@ -18,7 +18,7 @@ pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
     let config = InternVideo2Config::from_json(&cfg).ok_or_else(|| {
         bad("needs vision {img_size, patch_size, embed_dim, depth, num_heads, clip_embed_dim, num_frames}, text {vocab_size, hidden_size, text_layers, num_attention_heads, intermediate_size}, embed_dim".into())
     })?;
-    let model = load_internvideo2_file(gpu, &dir.join("weights.safetensors"), &config)?;
+    let model = load_internvideo2_file(gpu, &dir.join("weights.safetensors"), &config, crate::models::weights::WeightPrecision::F32)?;
     let mut r = Reference::open(&dir.join("io.safetensors"))?;
     let tape = Tape::new();
     let frames = tape.constant(r.io.tensor(gpu, "in.frames")?);

@@ -23,7 +23,7 @@ use crate::models::internvideo2::{InternVideo2, InternVideo2Config};
 use crate::models::tokenizer::{BertTokenizer, ClipTokenizer};
 use crate::models::unet3d::{Unet3d, UnetConfig};
 use crate::models::vae::{Vae, VaeConfig};
-use crate::models::weights::{save_weights, Loader, Result, SaveDtype, WeightFile, WeightsError};
+use crate::models::weights::{save_weights, Loader, Result, SaveDtype, WeightFile, WeightPrecision, WeightsError};
 use crate::reward::{ClipVideoReward, ImageTextReward, InternVideo2Reward, Preprocess, VideoTextReward};
 
 /// The new layers of T2V-Turbo's student, absent from a teacher checkpoint.
@@ -83,6 +83,9 @@ pub struct ModelDir {
     pub image_rewards: Vec<RewardSpec>,
     pub video_reward: Option<VideoRewardSpec>,
     pub video: VideoShape,
+    /// How the models loaded from the folder keep their matrix weights (not a setting of
+    /// the folder: f32 when read; a student being trained is always f32).
+    pub precision: WeightPrecision,
 }
 
 fn bad(path: &Path, msg: impl std::fmt::Display) -> WeightsError {
@@ -143,7 +146,7 @@ impl ModelDir {
         let vs = &v["video"];
         let u = |k: &str, d: usize| vs[k].as_u64().map(|x| x as usize).unwrap_or(d);
         let video = VideoShape { frames: u("frames", 16), height: u("height", 320), width: u("width", 512), fps: vs["fps"].as_f64().unwrap_or(8.0) as f32 };
-        Ok(ModelDir { root: root.to_path_buf(), unet, vae, text: text_model, image_rewards, video_reward, video })
+        Ok(ModelDir { root: root.to_path_buf(), unet, vae, text: text_model, image_rewards, video_reward, video, precision: WeightPrecision::F32 })
     }
 
     /// config.json for this folder (paths written relative to `root` when inside it).
@@ -173,6 +176,12 @@ impl ModelDir {
         Ok(())
     }
 
+    /// The folder with its models loaded in `precision` (see [`WeightPrecision`]).
+    pub fn with_precision(mut self, precision: WeightPrecision) -> ModelDir {
+        self.precision = precision;
+        self
+    }
+
     /// Is the UNet a distilled student (conditioned on w)?
     pub fn is_student(&self) -> bool {
         self.unet.1.time_cond_proj_dim.is_some()
@@ -180,20 +189,20 @@ impl ModelDir {
 
     /// The UNet as stored.
     pub fn load_unet(&self, gpu: &Gpu) -> Result<Unet3d> {
-        Ok(load_unet_file(gpu, &self.unet.0, &self.unet.1, None)?.0)
+        Ok(load_unet_file(gpu, &self.unet.0, &self.unet.1, None, self.precision)?.0)
     }
 
     pub fn load_vae(&self, gpu: &Gpu) -> Result<Vae> {
-        load_vae_file(gpu, &self.vae.0, &self.vae.1)
+        load_vae_file(gpu, &self.vae.0, &self.vae.1, self.precision)
     }
 
     /// The conditioning text tower (penultimate layer; no projection needed).
     pub fn load_text(&self, gpu: &Gpu) -> Result<TextTower> {
-        load_text_file(gpu, &self.text.0, &self.text.1.text)
+        load_text_file(gpu, &self.text.0, &self.text.1.text, self.precision)
     }
 
     pub fn load_image_rewards(&self, gpu: &Gpu) -> Result<Vec<(ImageTextReward, f32)>> {
-        self.image_rewards.iter().map(|r| Ok((ImageTextReward { clip: load_clip(gpu, &r.file, &r.config)?, mode: r.preprocess }, r.weight))).collect()
+        self.image_rewards.iter().map(|r| Ok((ImageTextReward { clip: load_clip(gpu, &r.file, &r.config, self.precision)?, mode: r.preprocess }, r.weight))).collect()
     }
 
     pub fn load_video_reward(&self, gpu: &Gpu) -> Result<Option<Box<dyn VideoTextReward>>> {
@@ -201,10 +210,10 @@ impl ModelDir {
         let tok_err = |p: &Path, e: crate::models::tokenizer::TokenizerError| bad(p, e);
         Ok(Some(match spec {
             VideoRewardSpec::InternVideo2 { file, config, tokenizer } => Box::new(InternVideo2Reward {
-                model: load_internvideo2_file(gpu, file, config)?,
+                model: load_internvideo2_file(gpu, file, config, self.precision)?,
                 tokenizer: BertTokenizer::from_file(tokenizer, config.max_txt_len).map_err(|e| tok_err(tokenizer, e))?,
             }),
-            VideoRewardSpec::Clip { file, config } => Box::new(ClipVideoReward { clip: load_clip(gpu, file, config)?, tokenizer: ClipTokenizer::new().map_err(|e| tok_err(file, e))? }),
+            VideoRewardSpec::Clip { file, config } => Box::new(ClipVideoReward { clip: load_clip(gpu, file, config, self.precision)?, tokenizer: ClipTokenizer::new().map_err(|e| tok_err(file, e))? }),
         }))
     }
 }
@@ -212,10 +221,12 @@ impl ModelDir {
 /// A UNet from `path`. With `student`, the config gets the student's conditioning
 /// (guidance- and motion-scale embeddings of `dim`) and layers the file lacks are
 /// initialised (deterministic in `seed`), like the reference's `strict=False` load.
-/// Returns the named parameters too (checkpoint keys without prefix).
-pub fn load_unet_file(gpu: &Gpu, path: &Path, config: &UnetConfig, student: Option<(usize, u64)>) -> Result<(Unet3d, Vec<(String, t2v_kernels::Tensor)>)> {
+/// Returns the named parameters too (checkpoint keys without prefix; f32 weights only: a
+/// student, which is trained, is always loaded in f32).
+pub fn load_unet_file(gpu: &Gpu, path: &Path, config: &UnetConfig, student: Option<(usize, u64)>, precision: WeightPrecision) -> Result<(Unet3d, Vec<(String, t2v_kernels::Tensor)>)> {
     let f = WeightFile::open(path)?;
-    let l = Loader::new(&f, gpu, &f.prefix_among(&["model.diffusion_model."])).ignoring(&["first_stage_model.", "cond_stage_model."]);
+    let precision = if student.is_some() { WeightPrecision::F32 } else { precision };
+    let l = Loader::new(&f, gpu, &f.prefix_among(&["model.diffusion_model."])).ignoring(&["first_stage_model.", "cond_stage_model."]).with_precision(precision);
     let (l, config) = match student {
         Some((dim, seed)) => {
             let mut c = config.clone();
@@ -232,9 +243,9 @@ pub fn load_unet_file(gpu: &Gpu, path: &Path, config: &UnetConfig, student: Opti
 }
 
 /// A VAE from `path` (VideoCrafter2's `first_stage_model.` prefix or none).
-pub fn load_vae_file(gpu: &Gpu, path: &Path, config: &VaeConfig) -> Result<Vae> {
+pub fn load_vae_file(gpu: &Gpu, path: &Path, config: &VaeConfig, precision: WeightPrecision) -> Result<Vae> {
     let f = WeightFile::open(path)?;
-    let l = Loader::new(&f, gpu, &f.prefix_among(&["first_stage_model."])).ignoring(&["model.", "cond_stage_model."]);
+    let l = Loader::new(&f, gpu, &f.prefix_among(&["first_stage_model."])).ignoring(&["model.", "cond_stage_model."]).with_precision(precision);
     let vae = Vae::load(&l, config)?;
     l.finish()?;
     Ok(vae)
@@ -242,18 +253,19 @@ pub fn load_vae_file(gpu: &Gpu, path: &Path, config: &VaeConfig) -> Result<Vae> 
 
 /// The conditioning text tower from `path` (VideoCrafter2's `cond_stage_model.model.`
 /// prefix, an open_clip file, or none); the rest of an open_clip model is ignored.
-pub fn load_text_file(gpu: &Gpu, path: &Path, config: &TextConfig) -> Result<TextTower> {
+pub fn load_text_file(gpu: &Gpu, path: &Path, config: &TextConfig, precision: WeightPrecision) -> Result<TextTower> {
     let f = WeightFile::open(path)?;
     let l = Loader::new(&f, gpu, &f.prefix_among(&["cond_stage_model.model."]))
-        .ignoring(&["visual.", "text_projection", "logit_scale", "model.diffusion_model.", "first_stage_model."]);
+        .ignoring(&["visual.", "text_projection", "logit_scale", "model.diffusion_model.", "first_stage_model."])
+        .with_precision(precision);
     let t = TextTower::load(&l, config, None)?;
     l.finish()?;
     Ok(t)
 }
 
-pub fn load_clip(gpu: &Gpu, path: &Path, config: &ClipConfig) -> Result<Clip> {
+pub fn load_clip(gpu: &Gpu, path: &Path, config: &ClipConfig, precision: WeightPrecision) -> Result<Clip> {
     let f = WeightFile::open(path)?;
-    let l = Loader::new(&f, gpu, "");
+    let l = Loader::new(&f, gpu, "").with_precision(precision);
     let c = Clip::load(&l, config)?;
     l.finish()?;
     Ok(c)
@@ -262,12 +274,17 @@ pub fn load_clip(gpu: &Gpu, path: &Path, config: &ClipConfig) -> Result<Clip> {
 /// InternVideo2-stage2 from `path` (the stage-2 checkpoint's keys, optionally under
 /// `module.`): the parts scoring does not use (distillation heads, the MLM and ITM heads,
 /// BERT's fusion layers past the text layers) are skipped.
-pub fn load_internvideo2_file(gpu: &Gpu, path: &Path, config: &InternVideo2Config) -> Result<InternVideo2> {
-    Ok(load_internvideo2_params(gpu, path, config)?.0)
+pub fn load_internvideo2_file(gpu: &Gpu, path: &Path, config: &InternVideo2Config, precision: WeightPrecision) -> Result<InternVideo2> {
+    Ok(load_internvideo2_with(gpu, path, config, precision)?.0)
 }
 
-/// [`load_internvideo2_file`], with the named weights (checkpoint keys without prefix).
+/// [`load_internvideo2_file`] in f32, with the named weights (checkpoint keys without
+/// prefix), to train it.
 pub fn load_internvideo2_params(gpu: &Gpu, path: &Path, config: &InternVideo2Config) -> Result<(InternVideo2, Vec<(String, t2v_kernels::Tensor)>)> {
+    load_internvideo2_with(gpu, path, config, WeightPrecision::F32)
+}
+
+fn load_internvideo2_with(gpu: &Gpu, path: &Path, config: &InternVideo2Config, precision: WeightPrecision) -> Result<(InternVideo2, Vec<(String, t2v_kernels::Tensor)>)> {
     let f = WeightFile::open(path)?;
     let mut skip: Vec<String> = [
         "vision_encoder.clip_decoder.",
@@ -294,7 +311,7 @@ pub fn load_internvideo2_params(gpu: &Gpu, path: &Path, config: &InternVideo2Con
     }
     skip.sort();
     skip.dedup();
-    let l = Loader::new(&f, gpu, &prefix).ignoring(&skip.iter().map(String::as_str).collect::<Vec<_>>());
+    let l = Loader::new(&f, gpu, &prefix).ignoring(&skip.iter().map(String::as_str).collect::<Vec<_>>()).with_precision(precision);
     let m = InternVideo2::load(&l, config)?;
     let params = l.params();
     l.finish()?;
@@ -445,6 +462,7 @@ pub fn init_random_with(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype
         ],
         video_reward: Some(VideoRewardSpec::InternVideo2 { file: root.join("reward_video.safetensors"), config: iv2, tokenizer: root.join("bert_vocab.txt") }),
         video,
+        precision: WeightPrecision::F32,
     };
     dir.write_config()?;
     Ok(dir)

@@ -12,7 +12,7 @@ use crate::models::clip::{TextConfig, TextTower};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet3d::{Unet3d, UnetConfig};
 use crate::models::vae::{Vae, VaeConfig};
-use crate::models::weights::{Result, WeightsError};
+use crate::models::weights::{Result, WeightPrecision, WeightsError};
 
 /// The models of generation, each with its checkpoint key prefix detected from the file
 /// (a VideoCrafter2 checkpoint holds all three under `model.diffusion_model.`,
@@ -33,14 +33,16 @@ pub struct GeneratorFiles<'a> {
     pub unet_config: UnetConfig,
     pub vae_config: VaeConfig,
     pub text_config: TextConfig,
+    /// How the models keep their matrix weights.
+    pub precision: WeightPrecision,
 }
 
 impl Generator {
     pub fn load(gpu: &Gpu, f: &GeneratorFiles) -> Result<Generator> {
         use crate::pipeline::model_dir::{load_text_file, load_unet_file, load_vae_file};
-        let unet = load_unet_file(gpu, f.unet, &f.unet_config, None)?.0;
-        let vae = load_vae_file(gpu, f.vae, &f.vae_config)?;
-        let text = load_text_file(gpu, f.text, &f.text_config)?;
+        let unet = load_unet_file(gpu, f.unet, &f.unet_config, None, f.precision)?.0;
+        let vae = load_vae_file(gpu, f.vae, &f.vae_config, f.precision)?;
+        let text = load_text_file(gpu, f.text, &f.text_config, f.precision)?;
         let tokenizer = ClipTokenizer::new().map_err(|e| WeightsError::Format { path: "tokenizer".into(), msg: e.to_string() })?;
         Ok(Generator { unet, vae, text, tokenizer, schedule: Schedule::videocrafter() })
     }

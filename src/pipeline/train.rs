@@ -269,7 +269,7 @@ impl Student {
 /// tokenizer.
 pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &TrainConfig, reward_weights: Option<&[f32]>) -> std::result::Result<(Student, RewardModels), TrainError> {
     let init = (!md.is_student()).then_some((config.cond_dim, config.seed));
-    let (mut unet, params) = crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init)?;
+    let (mut unet, params) = crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init, crate::models::weights::WeightPrecision::F32)?;
     unet.set_checkpointing(config.recompute);
     let mut student = Student { unet, params, adapters: vec![] };
     if let Some(l) = config.lora {

@@ -171,6 +171,14 @@ impl Tape {
         }
     }
 
+    /// Does [`Tape::param`] make every weight it is given trainable ([`Tape::set_trainable`]
+    /// without [`Tape::train_only`])? Weights that cannot be trained (kept in half
+    /// precision) refuse such a tape instead of staying frozen unnoticed.
+    pub fn trains_every_param(&self) -> bool {
+        let t = self.0.lock().unwrap();
+        t.trainable && t.only.is_none()
+    }
+
     pub fn is_recording(&self) -> bool {
         self.0.lock().unwrap().recording
     }
