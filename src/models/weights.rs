@@ -220,13 +220,6 @@ impl Weight {
             Weight::Half(h) => h.gpu(),
         }
     }
-    /// Bytes on the device (without the pool's rounding).
-    pub fn bytes(&self) -> u64 {
-        match self {
-            Weight::F32(t) => 4 * t.numel() as u64,
-            Weight::Half(h) => 2 * h.numel() as u64,
-        }
-    }
     pub fn reshape(&self, shape: &[usize]) -> Result<Weight> {
         Ok(match self {
             Weight::F32(t) => Weight::F32(t.reshape(shape)?),
