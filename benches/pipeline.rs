@@ -14,6 +14,7 @@
 
 use t2v_kernels::autograd::Tape;
 use t2v_kernels::bench::{best_time, pseudo_data};
+use t2v_kernels::optim::state_bytes;
 use t2v_kernels::{Gpu, GpuOptions, Tensor};
 use t2v_turbo::diffusion::{DdimConfig, DdimSolver, Schedule};
 use t2v_turbo::models::clip::{Clip, TextTower};
@@ -221,6 +222,8 @@ fn main() {
             tokenizer: ClipTokenizer::new().unwrap(),
         };
         let params = student_loader.params();
+        // what 8-bit AdamW states (`train --adam8bit`) would save of this run's f32 ones
+        let q8_saving: u64 = params.iter().map(|(_, t)| state_bytes(t.numel(), false) - state_bytes(t.numel(), true)).sum();
         let st = Student { unet: student, params, adapters: vec![] };
         // lr 0: the weights stay, so every step computes the same loss; at VideoCrafter2
         // size with recomputation checkpoints (--recompute), as such a run would train
@@ -246,9 +249,10 @@ fn main() {
         // live peak is what the tensors held at once, the device memory a run needs
         let mem = gpu.memory();
         println!(
-            "| train step: consistency loss + 2 image rewards + video reward, backward, AdamW{how} (live peak {:.0} MiB, {:.0} MiB of it the bench's teacher) | {best:.3} | {:.0} | {:.1}x | one student forward |",
+            "| train step: consistency loss + 2 image rewards + video reward, backward, AdamW{how} (live peak {:.0} MiB, {:.0} MiB of it the bench's teacher; 8-bit AdamW states would take {:.0} MiB less) | {best:.3} | {:.0} | {:.1}x | one student forward |",
             mib(mem.peak_live_bytes),
             mib(teacher_bytes),
+            mib(q8_saving),
             mib(mem.peak_total_bytes),
             best / t_fwd
         );

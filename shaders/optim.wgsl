@@ -75,3 +75,100 @@ fn sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         sq_partials[p._pad + w] = sq_acc[0];
     }
 }
+
+// AdamW with 8-bit states (bitsandbytes' block-wise dynamic quantisation, the reference's
+// AdamW8bit): one workgroup per block of 256 elements (block b = elements 256b..256b+256),
+// one invocation per code word (four elements).
+//   m, v: one code byte per element, four per word (element 4w+k in byte k of word w;
+//     block b = words 64b..64b+64); value = codes[code] * absmax (m: the signed map,
+//     codes[0..256]; v: the unsigned map, codes[256..512]; both ascending, in [-1, 1] /
+//     [0, 1]).
+//   absmax: [2 * blocks], m's block maxima then v's.
+// Each step dequantises, runs exactly the f32 AdamW update above on the dequantised states,
+// and quantises the new states again: per block absmax = max |m| (max v), 1 where 0, each
+// value to the nearest code of value / absmax (the lower code on a tie).
+@group(0) @binding(8) var<storage, read_write> q8_param: array<f32>;
+@group(0) @binding(9) var<storage, read> q8_grad: array<f32>;
+@group(0) @binding(10) var<storage, read_write> q8_m: array<u32>;
+@group(0) @binding(11) var<storage, read_write> q8_v: array<u32>;
+@group(0) @binding(12) var<storage, read_write> q8_absmax: array<f32>;
+@group(0) @binding(13) var<storage, read> q8_clip: array<f32>;
+@group(0) @binding(14) var<storage, read> q8_codes: array<f32>;
+var<workgroup> q8_max: array<vec2<f32>, 64>;
+var<workgroup> q8_table: array<f32, 512>; // q8_codes, read once per workgroup
+
+// The index (in 0..256, of the map starting at `base`) of the code nearest to x.
+fn q8_nearest(x: f32, base: u32) -> u32 {
+    // upper bound (the number of codes <= x) in 8 steps of the same length for every lane
+    var first = 0u;
+    for (var step = 128u; step > 0u; step >>= 1u) {
+        first += select(0u, step, q8_table[base + first + step - 1u] <= x);
+    }
+    if (first == 255u && q8_table[base + 255u] <= x) {
+        return 255u;
+    }
+    if (first == 0u) {
+        return 0u;
+    }
+    let below = first - 1u;
+    return select(first, below, x - q8_table[base + below] <= q8_table[base + first] - x);
+}
+
+@compute @workgroup_size(64)
+fn adamw8bit(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    // workgroup b: block b; invocation lid: the four elements of code word 64b + lid
+    let b = wid.y * nwg.x + wid.x;
+    let blocks = (p.n + 255u) / 256u;
+    if (b >= blocks) { // whole workgroups only: barriers below stay uniform
+        return;
+    }
+    for (var k = 0u; k < 8u; k++) {
+        q8_table[8u * lid + k] = q8_codes[8u * lid + k];
+    }
+    let word = b * 64u + lid;
+    let old_m = q8_m[word];
+    let old_v = q8_v[word];
+    let am_old = q8_absmax[b];
+    let av_old = q8_absmax[blocks + b];
+    var mi: array<f32, 4>;
+    var vi: array<f32, 4>;
+    var mx = vec2<f32>(0.0, 0.0);
+    for (var k = 0u; k < 4u; k++) {
+        let i = 4u * word + k;
+        mi[k] = 0.0;
+        vi[k] = 0.0;
+        if (i < p.n) {
+            let g = q8_grad[i] * q8_clip[0];
+            let m_old = q8_codes[(old_m >> (8u * k)) & 0xffu] * am_old;
+            let v_old = q8_codes[256u + ((old_v >> (8u * k)) & 0xffu)] * av_old;
+            mi[k] = p.beta1 * m_old + (1.0 - p.beta1) * g;
+            vi[k] = p.beta2 * v_old + (1.0 - p.beta2) * g * g;
+            let x = q8_param[i] * (1.0 - p.lr * p.weight_decay);
+            q8_param[i] = x - (p.lr / p.bc1) * mi[k] / (sqrt(vi[k]) / p.bc2_sqrt + p.eps);
+            mx = max(mx, vec2<f32>(abs(mi[k]), vi[k]));
+        }
+    }
+    q8_max[lid] = mx;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            q8_max[lid] = max(q8_max[lid], q8_max[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let am = select(q8_max[0].x, 1.0, q8_max[0].x == 0.0);
+    let av = select(q8_max[0].y, 1.0, q8_max[0].y == 0.0);
+    var wm = 0u;
+    var wv = 0u;
+    for (var k = 0u; k < 4u; k++) {
+        wm |= q8_nearest(mi[k] / am, 0u) << (8u * k);
+        wv |= q8_nearest(vi[k] / av, 256u) << (8u * k);
+    }
+    q8_m[word] = wm;
+    q8_v[word] = wv;
+    if (lid == 0u) {
+        q8_absmax[b] = am;
+        q8_absmax[blocks + b] = av;
+    }
+}

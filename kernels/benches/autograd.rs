@@ -3,6 +3,7 @@
 //! - backward/forward time ratios of matmul, conv2d and attention;
 //! - one training step (forward + backward + AdamW) of a small UNet-like block against its
 //!   forward alone;
+//! - the AdamW step alone with f32 and with 8-bit moments;
 //! - peak live tensor memory of a 4-block stack with and without checkpointing.
 //!
 //! Every timed region ends with a readback checked for finiteness; the training-step run
@@ -151,6 +152,32 @@ fn main() {
     });
     assert_ne!(params.proj.item_at(0).unwrap(), before, "the steps changed the parameters");
     println!("| UNet-like block ({n}x{c}x{hw}x{hw}) | forward {:.2} ms | training step {:.2} ms | {:.2}x (target <= 3.5x) |", tf * 1e3, ts * 1e3, ts / tf);
+
+    // The optimizer step alone: AdamW with f32 moments against 8-bit ones (the reference's
+    // AdamW8bit), on weights of a few large tensors; bytes moved per weight: parameter
+    // read + write, gradient, and the moments read + written (16 B, or 2 B + block maxima).
+    let sizes: Vec<usize> = if cpu { vec![1 << 20, 3 << 19, 12_345] } else { vec![16 << 20, 24 << 20, 1_234_567] };
+    let total: usize = sizes.iter().sum();
+    let grads: Vec<Tensor> = sizes.iter().enumerate().map(|(i, &n)| t(&gpu, &[n], 20 + i as u32, 1.0)).collect();
+    let norm = sizes.iter().enumerate().map(|(i, &n)| pseudo_data(n, 20 + i as u32).iter().map(|x| (*x as f64).powi(2)).sum::<f64>()).sum::<f64>().sqrt();
+    println!("\n| optimizer step | weights | best ms | GB/s | vs f32 moments |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut f32_ms = 0.0;
+    for eight_bit in [false, true] {
+        let weights: Vec<Tensor> = sizes.iter().enumerate().map(|(i, &n)| t(&gpu, &[n], 40 + i as u32, 1.0)).collect();
+        let mut opt = AdamW::new(AdamWConfig { lr: 1e-4, eight_bit, ..Default::default() }, vec![ParamGroup { params: weights.clone(), lr_scale: 1.0, weight_decay: None }]);
+        let ms = 1e3 * best_time(budget, 3, || {
+            let info = opt.step(&grads, Some(1.0)).unwrap();
+            finite(&weights[0]);
+            let got = info.grad_norm.item_at(0).unwrap() as f64;
+            assert!((got - norm).abs() <= 1e-4 * norm, "gradient norm {got}, on the CPU {norm}");
+        });
+        let bytes = 12.0 * total as f64 + opt.state_bytes() as f64 * 2.0;
+        if !eight_bit {
+            f32_ms = ms;
+        }
+        println!("| AdamW, {} moments | {total} | {ms:.2} | {:.1} | {:.2}x |", if eight_bit { "8-bit" } else { "f32" }, bytes / ms / 1e6, f32_ms / ms);
+    }
 
     // Peak live memory (and time) of a 4-block stack: plain backward vs checkpointed blocks.
     let peak = |checkpoint: bool| -> (u64, f64) {

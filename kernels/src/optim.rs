@@ -1,6 +1,8 @@
 //! Optimisation: fused AdamW (`shaders/optim.wgsl`) with parameter groups, global
 //! gradient-norm clipping computed on the GPU (no host round trip), a finiteness check,
-//! and optimizer state saved and loaded as safetensors.
+//! and optimizer state saved and loaded as safetensors. Optionally with 8-bit states
+//! (bitsandbytes' block-wise AdamW8bit, what T2V-Turbo's training scripts use): 2 bytes of
+//! state per parameter instead of 8.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,7 +11,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::ops::{self, fold_groups, launch};
 use crate::shaders::OPTIM;
-use crate::{Error, Result, Tensor};
+use crate::{DType, Error, Result, Tensor};
 
 /// Elements per partial sum of [`global_norm`] (SQ_CHUNK in optim.wgsl).
 const SQ_CHUNK: usize = 4096;
@@ -38,11 +40,79 @@ pub struct AdamWConfig {
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
+    /// 8-bit states for parameters of at least [`Q8_MIN_ELEMENTS`] elements (smaller ones
+    /// keep f32 states, as in bitsandbytes).
+    pub eight_bit: bool,
 }
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2 }
+        AdamWConfig { lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2, eight_bit: false }
+    }
+}
+
+/// Elements per quantisation block of the 8-bit states (one absmax each).
+pub const Q8_BLOCK: usize = 256;
+/// Parameters with fewer elements keep f32 states under [`AdamWConfig::eight_bit`].
+pub const Q8_MIN_ELEMENTS: usize = 4096;
+
+/// The 256 codes of bitsandbytes' dynamic quantisation map, ascending: `signed` (first
+/// moments) spans [-1, 1], otherwise (second moments) [0, 1]. Exponent i = 0..7 covers
+/// magnitudes 10^(i-6) * (0.1, 1] with 2^i (signed; 2^(i+1) unsigned) linearly spaced values
+/// (midpoints of a linspace(0.1, 1) grid); plus 0 and 1.
+pub fn dynamic_map(signed: bool) -> [f32; 256] {
+    let mut codes = vec![0.0f64, 1.0];
+    for i in 0..7 {
+        let items = if signed { 1usize << i } else { 2usize << i };
+        let scale = 10f64.powi(i - 6);
+        for k in 0..items {
+            let lo = 0.1 + 0.9 * k as f64 / items as f64;
+            let hi = 0.1 + 0.9 * (k + 1) as f64 / items as f64;
+            let v = scale * (lo + hi) / 2.0;
+            codes.push(v);
+            if signed {
+                codes.push(-v);
+            }
+        }
+    }
+    codes.sort_by(f64::total_cmp);
+    let mut out = [0.0f32; 256];
+    for (o, c) in out.iter_mut().zip(&codes) {
+        *o = *c as f32;
+    }
+    debug_assert_eq!(codes.len(), 256);
+    out
+}
+
+/// Bytes of the moments of a parameter of `numel` elements (f32, or 8-bit codes padded to
+/// whole blocks plus two f32 block maxima per block).
+pub fn state_bytes(numel: usize, eight_bit: bool) -> u64 {
+    if !eight_bit || numel < Q8_MIN_ELEMENTS {
+        return 8 * numel as u64;
+    }
+    let blocks = numel.div_ceil(Q8_BLOCK) as u64;
+    blocks * (2 * Q8_BLOCK as u64 + 8)
+}
+
+/// One parameter's moments: f32, or 8-bit codes (four per u32 word, 64 words per block)
+/// with per-block absmax ([2 * blocks]: the first moments' then the second's).
+enum State {
+    F32 { m: Tensor, v: Tensor },
+    Q8 { m: Tensor, v: Tensor, absmax: Tensor },
+}
+
+impl State {
+    fn zeros(p: &Tensor, eight_bit: bool, zero_code: u8) -> Result<State> {
+        let gpu = p.gpu();
+        if !eight_bit || p.numel() < Q8_MIN_ELEMENTS {
+            return Ok(State::F32 { m: Tensor::zeros(gpu, p.shape())?, v: Tensor::zeros(gpu, p.shape())? });
+        }
+        let blocks = p.numel().div_ceil(Q8_BLOCK);
+        let words = blocks * Q8_BLOCK / 4;
+        // m: the signed map's 0 in every byte; v: code 0 is the unsigned map's 0
+        let m = Tensor::from_u32(gpu, &[words], &vec![u32::from_ne_bytes([zero_code; 4]); words])?;
+        let v = Tensor::from_u32(gpu, &[words], &vec![0; words])?;
+        Ok(State::Q8 { m, v, absmax: Tensor::full(gpu, &[2 * blocks], 1.0)? })
     }
 }
 
@@ -66,8 +136,10 @@ pub struct StepInfo {
 pub struct AdamW {
     pub config: AdamWConfig,
     groups: Vec<ParamGroup>,
-    /// (m, v) per parameter, created on the first step.
-    state: Vec<(Tensor, Tensor)>,
+    /// The moments of each parameter, created on the first step.
+    state: Vec<State>,
+    /// The signed then the unsigned [`dynamic_map`] (8-bit states), created with them.
+    codes: Option<Tensor>,
     step: u64,
 }
 
@@ -77,7 +149,7 @@ fn opt_err<T>(msg: impl Into<String>) -> Result<T> {
 
 impl AdamW {
     pub fn new(config: AdamWConfig, groups: Vec<ParamGroup>) -> AdamW {
-        AdamW { config, groups, state: Vec::new(), step: 0 }
+        AdamW { config, groups, state: Vec::new(), codes: None, step: 0 }
     }
 
     /// Steps taken so far.
@@ -117,9 +189,7 @@ impl AdamW {
             None => Tensor::full(&gpu, &[1], 1.0)?,
         };
         if self.state.is_empty() {
-            for p in self.groups.iter().flat_map(|g| g.params.iter()) {
-                self.state.push((Tensor::zeros(&gpu, p.shape())?, Tensor::zeros(&gpu, p.shape())?));
-            }
+            self.state = self.zero_state()?;
         }
         self.step += 1;
         let c = self.config;
@@ -128,7 +198,6 @@ impl AdamW {
         for group in &self.groups {
             let wd = group.weight_decay.unwrap_or(c.weight_decay);
             for p in &group.params {
-                let (m, v) = &self.state[k];
                 let prm = Params {
                     n: p.numel() as u32,
                     _pad: 0,
@@ -141,8 +210,14 @@ impl AdamW {
                     bc2_sqrt: (1.0 - c.beta2.powi(t)).sqrt(),
                     _p: [0; 3],
                 };
-                if p.numel() > 0 {
-                    launch(&gpu, &OPTIM, "adamw", &[], bytemuck::bytes_of(&prm), &[p, &grads[k], m, v, &clip], fold_groups(&gpu, p.numel(), 256))?;
+                match &self.state[k] {
+                    _ if p.numel() == 0 => {}
+                    State::F32 { m, v } => launch(&gpu, &OPTIM, "adamw", &[], bytemuck::bytes_of(&prm), &[p, &grads[k], m, v, &clip], fold_groups(&gpu, p.numel(), 256))?,
+                    State::Q8 { m, v, absmax } => {
+                        let codes = self.codes.as_ref().expect("created with the 8-bit states");
+                        let blocks = p.numel().div_ceil(Q8_BLOCK);
+                        ops::launch_at(&gpu, &OPTIM, "adamw8bit", &[], bytemuck::bytes_of(&prm), 8, &[p, &grads[k], m, v, absmax, &clip, codes], fold_groups(&gpu, blocks, 1))?
+                    }
                 }
                 k += 1;
             }
@@ -150,19 +225,55 @@ impl AdamW {
         Ok(StepInfo { grad_norm })
     }
 
-    /// Writes step count, hyper-parameters and every (m, v) to a safetensors file,
-    /// atomically (a temporary file renamed over the target).
+    /// Bytes the moments take on the device (0 before the first step).
+    pub fn state_bytes(&self) -> u64 {
+        let b = |t: &Tensor| 4 * t.numel() as u64;
+        self.state
+            .iter()
+            .map(|s| match s {
+                State::F32 { m, v } => b(m) + b(v),
+                State::Q8 { m, v, absmax } => b(m) + b(v) + b(absmax),
+            })
+            .sum()
+    }
+
+    /// Zero moments for every parameter (and the code table for 8-bit ones).
+    fn zero_state(&mut self) -> Result<Vec<State>> {
+        let params: Vec<Tensor> = self.params().cloned().collect();
+        let Some(first) = params.first() else { return Ok(Vec::new()) };
+        let signed = dynamic_map(true);
+        let zero_code = signed.iter().position(|&c| c == 0.0).expect("the map holds 0") as u8;
+        if self.config.eight_bit && self.codes.is_none() {
+            let both: Vec<f32> = signed.iter().chain(dynamic_map(false).iter()).copied().collect();
+            self.codes = Some(Tensor::from_slice(first.gpu(), &[512], &both)?);
+        }
+        params.iter().map(|p| State::zeros(p, self.config.eight_bit, zero_code)).collect()
+    }
+
+    /// Writes step count, hyper-parameters and every parameter's moments (f32, or 8-bit
+    /// codes with their block maxima) to a safetensors file, atomically (a temporary file
+    /// renamed over the target).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut host = Vec::new();
-        for (i, (m, v)) in self.state.iter().enumerate() {
-            host.push((format!("{i}.exp_avg"), m.shape().to_vec(), m.to_vec()?));
-            host.push((format!("{i}.exp_avg_sq"), v.shape().to_vec(), v.to_vec()?));
+        let mut host: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let f32s = |t: &Tensor| -> Result<Vec<u8>> { Ok(bytemuck::cast_slice(&t.to_vec()?).to_vec()) };
+        let u32s = |t: &Tensor| -> Result<Vec<u8>> { Ok(bytemuck::cast_slice(&t.to_vec_u32()?).to_vec()) };
+        for (i, s) in self.state.iter().enumerate() {
+            match s {
+                State::F32 { m, v } => {
+                    host.push((format!("{i}.exp_avg"), safetensors::Dtype::F32, m.shape().to_vec(), f32s(m)?));
+                    host.push((format!("{i}.exp_avg_sq"), safetensors::Dtype::F32, v.shape().to_vec(), f32s(v)?));
+                }
+                State::Q8 { m, v, absmax } => {
+                    host.push((format!("{i}.exp_avg.q8"), safetensors::Dtype::U32, m.shape().to_vec(), u32s(m)?));
+                    host.push((format!("{i}.exp_avg_sq.q8"), safetensors::Dtype::U32, v.shape().to_vec(), u32s(v)?));
+                    host.push((format!("{i}.absmax"), safetensors::Dtype::F32, absmax.shape().to_vec(), f32s(absmax)?));
+                }
+            }
         }
         let views: Vec<(String, safetensors::tensor::TensorView)> = host
             .iter()
-            .map(|(n, s, d)| {
-                let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), bytemuck::cast_slice(d))
-                    .map_err(|e| Error::Optim(format!("{n}: {e}")))?;
+            .map(|(n, dtype, s, d)| {
+                let view = safetensors::tensor::TensorView::new(*dtype, s.clone(), d).map_err(|e| Error::Optim(format!("{n}: {e}")))?;
                 Ok((n.clone(), view))
             })
             .collect::<Result<_>>()?;
@@ -176,6 +287,7 @@ impl AdamW {
             ("beta2", c.beta2.to_string()),
             ("eps", c.eps.to_string()),
             ("weight_decay", c.weight_decay.to_string()),
+            ("state_bits", if c.eight_bit { "8" } else { "32" }.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -200,21 +312,30 @@ impl AdamW {
         if n != params.len() {
             return Err(bad(format!("state for {n} parameters, optimizer has {}", params.len())));
         }
+        // absent: written before 8-bit states existed
+        let bits = meta.get("state_bits").map_or("32", String::as_str);
+        let want = if self.config.eight_bit { "8" } else { "32" };
+        if bits != want {
+            return Err(bad(format!("the state was saved with {bits}-bit moments, this optimizer keeps {want}-bit ones")));
+        }
+        // the expected layout of every parameter's state, then the file's tensors into it
         let mut state = Vec::new();
-        for (i, p) in params.iter().enumerate() {
-            let mut pair = Vec::new();
-            for kind in ["exp_avg", "exp_avg_sq"] {
-                let name = format!("{i}.{kind}");
+        for (i, s) in self.zero_state()?.into_iter().enumerate() {
+            let read = |name: String, like: &Tensor| -> Result<Tensor> {
                 let t = st.tensor(&name).map_err(|e| bad(format!("{name}: {e}")))?;
-                if t.shape() != p.shape() || t.dtype() != safetensors::Dtype::F32 {
-                    return Err(bad(format!("{name} is {:?} {:?}, parameter is {:?} F32", t.dtype(), t.shape(), p.shape())));
+                let dtype = if like.dtype() == DType::U32 { safetensors::Dtype::U32 } else { safetensors::Dtype::F32 };
+                if t.shape() != like.shape() || t.dtype() != dtype {
+                    return Err(bad(format!("{name} is {:?} {:?}, expected {dtype:?} {:?} for parameter {i} {:?}", t.dtype(), t.shape(), like.shape(), params[i].shape())));
                 }
-                let data: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
-                pair.push(Tensor::from_slice(p.gpu(), p.shape(), &data)?);
-            }
-            let v = pair.pop().expect("two");
-            let m = pair.pop().expect("two");
-            state.push((m, v));
+                match dtype {
+                    safetensors::Dtype::U32 => Tensor::from_u32(like.gpu(), like.shape(), &bytemuck::pod_collect_to_vec::<u8, u32>(t.data())),
+                    _ => Tensor::from_slice(like.gpu(), like.shape(), &bytemuck::pod_collect_to_vec::<u8, f32>(t.data())),
+                }
+            };
+            state.push(match s {
+                State::F32 { m, v } => State::F32 { m: read(format!("{i}.exp_avg"), &m)?, v: read(format!("{i}.exp_avg_sq"), &v)? },
+                State::Q8 { m, v, absmax } => State::Q8 { m: read(format!("{i}.exp_avg.q8"), &m)?, v: read(format!("{i}.exp_avg_sq.q8"), &v)?, absmax: read(format!("{i}.absmax"), &absmax)? },
+            });
         }
         self.state = state;
         self.step = step;

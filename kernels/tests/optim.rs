@@ -2,7 +2,7 @@
 mod common;
 use common::*;
 use t2v_kernels::autograd::{self as ad, Tape};
-use t2v_kernels::optim::{check_finite, global_norm, AdamW, AdamWConfig, ParamGroup};
+use t2v_kernels::optim::{check_finite, dynamic_map, global_norm, state_bytes, AdamW, AdamWConfig, ParamGroup, Q8_BLOCK};
 use t2v_kernels::{Error, Tensor};
 
 /// torch.optim.AdamW on the host, for one parameter.
@@ -161,4 +161,145 @@ fn a_small_network_learns_on_this_device() {
     let (first, last) = (losses[0], *losses.last().unwrap());
     // The data variance is ~0.85 (the first loss): learning means a 20x reduction.
     assert!(last < 0.05 && last < first / 20.0, "loss went {first} -> {last} ({losses:?})");
+}
+
+/// bitsandbytes' block-wise 8-bit AdamW on the host, in f32 like the kernel, for one
+/// parameter of at least Q8_MIN_ELEMENTS elements.
+struct HostAdamW8 {
+    m: Vec<u8>,
+    v: Vec<u8>,
+    absmax: [Vec<f32>; 2],
+    t: i32,
+}
+
+fn nearest_code(codes: &[f32; 256], x: f32) -> u8 {
+    // argmin |x - code|, the first on a tie
+    let mut best = 0;
+    for (k, c) in codes.iter().enumerate() {
+        if (x - c).abs() < (x - codes[best]).abs() {
+            best = k;
+        }
+    }
+    best as u8
+}
+
+impl HostAdamW8 {
+    fn new(n: usize) -> HostAdamW8 {
+        let zero = dynamic_map(true).iter().position(|&c| c == 0.0).unwrap() as u8;
+        let blocks = n.div_ceil(Q8_BLOCK);
+        HostAdamW8 { m: vec![zero; n], v: vec![0; n], absmax: [vec![1.0; blocks], vec![1.0; blocks]], t: 0 }
+    }
+    fn step(&mut self, p: &mut [f32], g: &[f32], c: &AdamWConfig) {
+        let (s, u) = (dynamic_map(true), dynamic_map(false));
+        self.t += 1;
+        let bc1 = 1.0 - c.beta1.powi(self.t);
+        let bc2_sqrt = (1.0 - c.beta2.powi(self.t)).sqrt();
+        for (b, chunk) in (0..p.len()).collect::<Vec<_>>().chunks(Q8_BLOCK).enumerate() {
+            let mut mv = Vec::new();
+            for &i in chunk {
+                let m = c.beta1 * (s[self.m[i] as usize] * self.absmax[0][b]) + (1.0 - c.beta1) * g[i];
+                let v = c.beta2 * (u[self.v[i] as usize] * self.absmax[1][b]) + (1.0 - c.beta2) * g[i] * g[i];
+                let x = p[i] * (1.0 - c.lr * c.weight_decay);
+                p[i] = x - (c.lr / bc1) * m / (v.sqrt() / bc2_sqrt + c.eps);
+                mv.push((i, m, v));
+            }
+            let am = mv.iter().map(|e| e.1.abs()).fold(0.0f32, f32::max);
+            let av = mv.iter().map(|e| e.2).fold(0.0f32, f32::max);
+            let (am, av) = (if am == 0.0 { 1.0 } else { am }, if av == 0.0 { 1.0 } else { av });
+            for (i, m, v) in mv {
+                self.m[i] = nearest_code(&s, m / am);
+                self.v[i] = nearest_code(&u, v / av);
+            }
+            self.absmax[0][b] = am;
+            self.absmax[1][b] = av;
+        }
+    }
+}
+
+/// The 8-bit states of parameter `i` in a state file: (m codes, v codes, absmax).
+fn q8_state(path: &std::path::Path, i: usize, n: usize) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let codes = |name: String| st.tensor(&name).unwrap().data()[..n].to_vec();
+    let absmax = bytemuck::pod_collect_to_vec(st.tensor(&format!("{i}.absmax")).unwrap().data());
+    (codes(format!("{i}.exp_avg.q8")), codes(format!("{i}.exp_avg_sq.q8")), absmax)
+}
+
+/// AdamW with 8-bit states against the block-wise quantised update on the host, on sizes
+/// that leave the last block partial: the same parameters (f32 rounding apart), the same
+/// codes but for rare neighbours where a value sits at the midpoint of two codes, the same
+/// block maxima; parameters under Q8_MIN_ELEMENTS keep f32 states; a quarter of the state
+/// memory; a saved and reloaded state continues bit for bit; a state of the other kind is
+/// refused.
+#[test]
+fn adamw_8bit_states_match_blockwise_quantisation() {
+    let g = gpu();
+    let c = AdamWConfig { lr: 0.01, weight_decay: 0.05, eight_bit: true, ..Default::default() };
+    let shapes = [vec![4133], vec![67, 131], vec![5, 3]];
+    let ns: Vec<usize> = shapes.iter().map(|s| numel(s)).collect();
+    let init: Vec<(Tensor, Vec<f32>)> = shapes.iter().enumerate().map(|(k, s)| rand_tensor(s, 30 + k as u64, -1.0, 1.0)).collect();
+    let params: Vec<Tensor> = init.iter().map(|(t, _)| t.clone()).collect();
+    let mut opt = AdamW::new(c, vec![ParamGroup { params: params.clone(), lr_scale: 1.0, weight_decay: None }]);
+    let mut host: Vec<Vec<f32>> = init.iter().map(|(_, v)| v.clone()).collect();
+    let mut q8: Vec<HostAdamW8> = ns[..2].iter().map(|&n| HostAdamW8::new(n)).collect();
+    let mut small = HostAdamW { m: vec![0.0; 15], v: vec![0.0; 15], t: 0 };
+    let mut small64 = to64(&host[2]);
+    let dir = std::env::temp_dir().join(format!("t2v-optim8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let grads_at = |step: u64| -> Vec<Vec<f32>> { ns.iter().enumerate().map(|(k, &n)| Rng::new(100 * step + k as u64).uniform(n, -1.0, 1.0)).collect() };
+    for step in 0..3u64 {
+        let gs = grads_at(step);
+        let grads: Vec<Tensor> = gs.iter().zip(&shapes).map(|(v, s)| Tensor::from_slice(g, s, v).unwrap()).collect();
+        opt.step(&grads, None).unwrap();
+        let file = dir.join(format!("step{step}.safetensors"));
+        opt.save(&file).unwrap();
+        for k in 0..2 {
+            q8[k].step(&mut host[k], &gs[k], &c);
+            let got = params[k].to_vec().unwrap();
+            assert_close(&format!("param {k} step {step}"), &got, &to64(&host[k]), 1e-6, 1e-5);
+            let (m, v, absmax) = q8_state(&file, k, ns[k]);
+            for (what, gpu_codes, host_codes) in [("m", &m, &q8[k].m), ("v", &v, &q8[k].v)] {
+                let differ = gpu_codes.iter().zip(host_codes).filter(|(a, b)| a != b).count();
+                assert!(gpu_codes.iter().zip(host_codes).all(|(a, b)| a.abs_diff(*b) <= 1), "param {k} step {step}: {what} codes more than one apart");
+                assert!(differ * 100 <= ns[k], "param {k} step {step}: {differ} of {} {what} codes differ", ns[k]);
+            }
+            let want: Vec<f64> = q8[k].absmax.concat().iter().map(|&x| x as f64).collect();
+            assert_close(&format!("absmax {k} step {step}"), &absmax, &want, 1e-7, 1e-5);
+            // keep the host on the device's codes, so that rare midpoint choices do not drift
+            (q8[k].m, q8[k].v) = (m, v);
+        }
+        small.step(&mut small64, &to64(&gs[2]), 0.01, 0.05, &c);
+        assert_close(&format!("small param step {step}"), &params[2].to_vec().unwrap(), &small64, 2e-6, 2e-5);
+    }
+    // 2 bytes per element and 8 per block of 256 for the large ones, 8 per element otherwise
+    let want_bytes = 2 * (17 + 35) * 256 + 8 * (17 + 35) + 8 * 15;
+    assert_eq!(opt.state_bytes(), want_bytes as u64);
+    assert_eq!(ns.iter().map(|&n| state_bytes(n, true)).sum::<u64>(), want_bytes as u64);
+    // resume: the state after step 1, reloaded, continues as the run did
+    let resumed: Vec<Tensor> = init.iter().map(|(t, v)| Tensor::from_slice(g, t.shape(), v).unwrap()).collect();
+    let mut again = AdamW::new(c, vec![ParamGroup { params: resumed.clone(), lr_scale: 1.0, weight_decay: None }]);
+    let mut straight = AdamW::new(c, vec![ParamGroup { params: resumed.iter().map(|t| Tensor::from_slice(g, t.shape(), &t.to_vec().unwrap()).unwrap()).collect(), lr_scale: 1.0, weight_decay: None }]);
+    let step_with = |o: &mut AdamW, s: u64| {
+        let grads: Vec<Tensor> = grads_at(s).iter().zip(&shapes).map(|(v, sh)| Tensor::from_slice(g, sh, v).unwrap()).collect();
+        o.step(&grads, Some(10.0)).unwrap();
+    };
+    for s in 0..2 {
+        step_with(&mut again, s);
+        step_with(&mut straight, s);
+    }
+    let mid = dir.join("mid.safetensors");
+    again.save(&mid).unwrap();
+    let weights: Vec<Vec<f32>> = resumed.iter().map(|t| t.to_vec().unwrap()).collect();
+    let reloaded: Vec<Tensor> = weights.iter().zip(&shapes).map(|(v, s)| Tensor::from_slice(g, s, v).unwrap()).collect();
+    let mut third = AdamW::new(c, vec![ParamGroup { params: reloaded.clone(), lr_scale: 1.0, weight_decay: None }]);
+    third.load(&mid).unwrap();
+    step_with(&mut third, 2);
+    step_with(&mut straight, 2);
+    let bits = |ts: &[Tensor]| ts.iter().flat_map(|t| t.to_vec().unwrap()).map(f32::to_bits).collect::<Vec<_>>();
+    assert_eq!(bits(&reloaded), bits(&straight.params().cloned().collect::<Vec<_>>()), "a resumed 8-bit state continues bit for bit");
+    // the other kind of state is refused
+    let mut f32opt = AdamW::new(AdamWConfig { eight_bit: false, ..c }, vec![ParamGroup { params: reloaded, lr_scale: 1.0, weight_decay: None }]);
+    let e = f32opt.load(&mid).unwrap_err().to_string();
+    assert!(e.contains("8-bit moments") && e.contains("32-bit"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

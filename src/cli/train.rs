@@ -103,6 +103,11 @@ pub struct TrainArgs {
     /// more forward of time).
     #[arg(long)]
     pub recompute: bool,
+    /// AdamW with 8-bit states, as the reference trains (`--use_8bit_adam`: bitsandbytes'
+    /// block-wise AdamW8bit): 2 bytes of optimizer state per weight instead of 8 (weights
+    /// under 4096 elements keep f32 states).
+    #[arg(long)]
+    pub adam8bit: bool,
     /// Write a checkpoint every N steps (and at the end).
     #[arg(long, default_value_t = 500)]
     pub checkpoint_every: u64,
@@ -193,6 +198,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         reward_input: a.reward_input,
         reward_sample_steps: a.reward_sample_steps.map_or(TrainConfig::default().reward_sample_steps, |n| n as usize),
         recompute: a.recompute,
+        adam8bit: a.adam8bit,
         seed: a.seed,
         cond_dim: 256,
     };

@@ -69,6 +69,10 @@ pub struct TrainConfig {
     /// memory, ~1 more forward of time).
     #[serde(default)]
     pub recompute: bool,
+    /// AdamW with 8-bit states (the reference's `--use_8bit_adam`, bitsandbytes'
+    /// AdamW8bit): 2 bytes of optimizer state per weight instead of 8.
+    #[serde(default)]
+    pub adam8bit: bool,
     pub seed: u64,
     /// Dimension of the student's guidance-scale embeddings (256).
     pub cond_dim: usize,
@@ -95,6 +99,7 @@ impl Default for TrainConfig {
             reward_input: RewardInput::Data,
             reward_sample_steps: default_reward_sample_steps(),
             recompute: false,
+            adam8bit: false,
             seed: 0,
             cond_dim: 256,
         }
@@ -356,7 +361,7 @@ impl<'a> Trainer<'a> {
         let sched = Schedule::videocrafter();
         let solver = DdimSolver::new(&sched, sc.ddim_steps);
         let opt = AdamW::new(
-            AdamWConfig { lr: config.lr, weight_decay: config.weight_decay, ..Default::default() },
+            AdamWConfig { lr: config.lr, weight_decay: config.weight_decay, eight_bit: config.adam8bit, ..Default::default() },
             vec![ParamGroup { params: student.trainable(), lr_scale: 1.0, weight_decay: None }],
         );
         let state = TrainState { step: 0, epoch: 0, cursor: 0, rng: Gaussian::new(config.seed ^ 0x7A11).state() };
