@@ -7,14 +7,16 @@
 #                                          # under its own time limit, one log each in OUTDIR
 #
 # `run` unpacks `.gl/*.deb` (libvulkan1 etc., downloaded as the device README says) when
-# present. The checks, in order (about 9 minutes on an H200; their limits add up to 20, so
-# split them over two calls where one call may run 10):
+# present. The checks, in order (10-12 minutes on an H200; their limits add up to 25, so
+# split them over calls where one call may run 10 — the targets first:
+# `run OUT info sample-auto preprocess-auto`, then `run OUT train-auto kernels models-auto`):
 #   info                         adapter, limits, self-check
 #   gemm present embed           the GEMM / Winograd, storage-texture and lent-device tests
 #   kernels                      Winograd F(2x2) / F(4x4) rows against the direct conv
 #   models-direct models-auto    UNet call, VAE decoder, reward backward (T2V_CONV_PATH)
-#   sample-direct sample-auto    4/8/16-step samples at VideoCrafter2 size
+#   sample-direct sample-auto    4/8/16-step samples at VideoCrafter2 size (and f16 weights)
 #   preprocess-auto              motion-guided preprocessing on the 200-point grid
+#   train-auto                   one training step at full size: time and live peak memory
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,7 +68,7 @@ run)
         tail -n 6 "$out/$name.log"
     }
     only="$*"
-    known=" info gemm present embed kernels models-direct models-auto sample-direct sample-auto preprocess-auto "
+    known=" info gemm present embed kernels models-direct models-auto sample-direct sample-auto preprocess-auto train-auto "
     for c in $only; do [[ "$known" == *" $c "* ]] || { echo "unknown check $c; the checks:$known" >&2; exit 2; }; done
     step info 60 devbin/t2v-turbo info
     step gemm 120 devbin/gemm --test-threads 1
@@ -75,9 +77,12 @@ run)
     step kernels 150 devbin/kernels --bench
     step models-direct 90 env T2V_CONV_PATH=direct devbin/models --bench
     step models-auto 90 env T2V_CONV_PATH=auto devbin/models --bench
-    step sample-direct 120 env T2V_CONV_PATH=direct devbin/pipeline --bench --once --sections sample
-    step sample-auto 120 env T2V_CONV_PATH=auto devbin/pipeline --bench --once --sections sample
+    step sample-direct 150 env T2V_CONV_PATH=direct devbin/pipeline --bench --once --sections sample
+    step sample-auto 150 env T2V_CONV_PATH=auto devbin/pipeline --bench --once --sections sample
     step preprocess-auto 300 env T2V_CONV_PATH=auto devbin/pipeline --bench --once --sections preprocess --grid 200
+    # the training step's live peak (does full-size training fit 80 GB?); its record is
+    # preprocessed on the 50-point grid to keep the inversion short
+    step train-auto 240 env T2V_CONV_PATH=auto devbin/pipeline --bench --once --sections train --grid 50
     ;;
 *)
     sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
