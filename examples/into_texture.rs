@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use t2v_kernels::{wgpu, Gpu, OPTIONAL_FEATURES};
 use t2v_turbo::diffusion::DdimConfig;
+use t2v_turbo::models::weights::WeightPrecision;
 use t2v_turbo::pipeline::model_dir::ModelDir;
 use t2v_turbo::pipeline::sample::{Generator, SampleOptions};
 use t2v_turbo::pipeline::video_io::write_png;
@@ -39,7 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Lend it, load the models, generate straight into the application's texture.
     let gpu = Gpu::from_device(device.clone(), queue.clone());
-    let md = ModelDir::read(&models)?;
+    // f16 / bf16 weight files stay 16-bit on the device (the same frames, half the memory)
+    let md = ModelDir::read(&models)?.with_precision(WeightPrecision::Stored);
     let generator = Generator::from_model_dir(&gpu, &md)?;
     let v = md.video;
     // `t2v-turbo sample`'s defaults for this folder; a teacher with 25 deterministic steps
