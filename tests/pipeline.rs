@@ -405,8 +405,8 @@ fn a_video_does_not_depend_on_the_batch_it_is_generated_in() {
     }
 }
 
-/// Models kept in half precision (`--weights-dtype`): f16 files kept f16 give the f32
-/// path's results bit for bit — a UNet call, and whole training steps whose VAE and reward
+/// Models kept in half precision (`--weights-dtype`): f16 and bf16 files kept so give the
+/// f32 path's results bit for bit — a UNet call, and whole training steps whose VAE and reward
 /// models are half (their backward included; the student stays f32 and trains) — with about
 /// half the weight memory; f32 files rounded to f16 / bf16 come close without being equal;
 /// a tape that would train every weight refuses half ones.
@@ -442,6 +442,24 @@ fn half_precision_weights() {
     assert_eq!(bits(&half), bits(&full), "f16 weights kept f16 must give the f32 results");
     eprintln!("UNet weights: {half_bytes} B kept half, {full_bytes} B in f32");
     assert!(half_bytes * 100 < full_bytes * 60, "UNet weights: {half_bytes} B kept half, {full_bytes} B in f32");
+    // a bf16 file (the fixture's UNet rounded) kept bf16: the results of its f32 widening
+    let wf = t2v_turbo::models::weights::WeightFile::open(&md32.unet.0).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = wf
+        .entries()
+        .keys()
+        .map(|k| {
+            let (shape, v) = wf.host_f32(k).unwrap();
+            (k.clone(), shape, v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect())
+        })
+        .collect();
+    let views = tensors.iter().map(|(k, s, b)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b).unwrap()));
+    std::fs::write(d.join("unet_bf16.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    let mut mdb = md32.clone();
+    mdb.unet.0 = d.join("unet_bf16.safetensors");
+    let (widened, wide_bytes) = unet_eps(&mdb, false).unwrap();
+    let (kept, kept_bytes) = unet_eps(&mdb.clone().with_precision(WeightPrecision::Stored), false).unwrap();
+    assert_eq!(bits(&kept), bits(&widened), "bf16 weights kept bf16 must give the f32 results");
+    assert!(kept_bytes * 100 < wide_bytes * 60, "{kept_bytes} B kept bf16, {wide_bytes} B in f32");
     // f32 files rounded: close, not equal
     let (exact, _) = unet_eps(&md32, false).unwrap();
     let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
