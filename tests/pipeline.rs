@@ -310,10 +310,14 @@ fn the_commands_run_end_to_end() {
 
     std::fs::write(d.join("val.txt"), "a red circle moving left\n\n").unwrap();
     let val = p("val.txt");
-    let train = ["train", "--models", &m, "--data", &p("shards"), "--out", &p("run"), "--steps", "2", "--checkpoint-every", "1", "--lr", "1e-4", "--validate-every", "2", "--validate-prompts", &val];
+    let train = ["train", "--models", &m, "--data", &p("shards"), "--out", &p("run"), "--steps", "2", "--checkpoint-every", "1", "--lr", "1e-4", "--validate-every", "2", "--validate-prompts", &val, "--model-dtype", "bf16"];
     let (ok, out) = t2v(&train);
     assert!(ok, "{out}");
     assert!(d.join("run/model/config.json").exists() && d.join("run/metrics.png").exists());
+    // the student's weights as asked (the checkpoints stay f32, for exact resumption)
+    let dtypes = |f: PathBuf| t2v_turbo::models::weights::WeightFile::open(&f).unwrap().entries().values().map(|e| e.dtype).collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(dtypes(d.join("run/model/unet.safetensors")).into_iter().collect::<Vec<_>>(), vec![safetensors::Dtype::BF16]);
+    assert_eq!(dtypes(d.join("run/checkpoints/step-000002/student.safetensors")).into_iter().collect::<Vec<_>>(), vec![safetensors::Dtype::F32]);
     assert!(out.contains("validation at step 0: accuracy") && out.contains("validation at step 2: "), "{out}");
     assert!(d.join("run/validation/step-000002/000.gif").exists() && d.join("run/validation.png").exists());
     let (ok, out) = t2v(&train);
@@ -385,7 +389,7 @@ fn a_video_does_not_depend_on_the_batch_it_is_generated_in() {
     let md = ModelDir::read(models).unwrap();
     let d = tmp("batch");
     let (student, _) = load_run(&g, &md, &config(1), None).unwrap();
-    let smd = t2v_turbo::pipeline::train::write_student_model(&d.join("student"), &md, &student, 0).unwrap();
+    let smd = t2v_turbo::pipeline::train::write_student_model(&d.join("student"), &md, &student, 0, SaveDtype::F32).unwrap();
     let v = md.video;
     // the teacher's DDIM (eta 1: a noise draw between its two steps) and the student's sampler
     for (gen, teacher) in [(Generator::from_model_dir(&g, &md).unwrap(), Some(DdimConfig { steps: 2, cfg: 7.5, eta: 1.0 })), (Generator::from_model_dir(&g, &smd).unwrap(), None)] {

@@ -6,6 +6,7 @@ use t2v_kernels::{Gpu, GpuOptions};
 
 use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::diffusion::distill::NoiseFactor;
+use crate::models::weights::SaveDtype;
 use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::shards::open_dataset;
 use crate::pipeline::sample::SampleOptions;
@@ -13,13 +14,35 @@ use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, ru
 use crate::pipeline::validation::Validation;
 use crate::world::{held_out_prompts, WorldConfig};
 
+/// `--model-dtype`: the stored type of the student's weights.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelDtype {
+    /// exactly the trained weights
+    F32,
+    /// rounded to f16 (half the size)
+    F16,
+    /// rounded to bf16 (half the size, f32's range)
+    Bf16,
+}
+
+impl From<ModelDtype> for SaveDtype {
+    fn from(d: ModelDtype) -> Self {
+        match d {
+            ModelDtype::F32 => SaveDtype::F32,
+            ModelDtype::F16 => SaveDtype::F16,
+            ModelDtype::Bf16 => SaveDtype::BF16,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     /// Model folder with the teacher UNet (the student starts from it), the VAE and the
     /// reward models (config.json's image_rewards and video_reward).
     #[arg(long)]
     pub models: PathBuf,
-    /// How the frozen models (VAE, reward models, the validation's text encoder) keep their linear and conv weights on the GPU; the student is always f32.
+    /// How the frozen models (VAE, reward models, the validation's text encoder) keep their
+    /// linear and conv weights on the GPU; the student is always f32.
     #[arg(long, value_enum, default_value_t = WeightsDtype::Auto)]
     pub weights_dtype: WeightsDtype,
     /// Folder of shards written by `t2v-turbo preprocess`.
@@ -29,6 +52,11 @@ pub struct TrainArgs {
     /// folder model/ at the end.
     #[arg(long)]
     pub out: PathBuf,
+    /// Storage of the student model folder's UNet written at the end (checkpoints stay f32,
+    /// for exact resumption): f16 / bf16 files are half the size, and `sample` keeps them
+    /// 16-bit on GPUs (--weights-dtype).
+    #[arg(long, value_enum, default_value_t = ModelDtype::F32)]
+    pub model_dtype: ModelDtype,
     /// Continue the run in --out from its newest checkpoint (same settings; --steps may grow).
     #[arg(long)]
     pub resume: bool,
@@ -218,7 +246,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
     let opts = RunOptions { out: a.out.clone(), validation, checkpoint_every: a.checkpoint_every, keep_checkpoints: a.keep_checkpoints, stop_after: None, quiet: false };
     let ms = run_training(&mut trainer, &opts).map_err(|e| CliError::Check(e.to_string()))?;
     let model = a.out.join("model");
-    write_student_model(&model, &md, &trainer.student, trainer.state.step)?;
+    write_student_model(&model, &md, &trainer.student, trainer.state.step, a.model_dtype.into())?;
     if let Some(m) = ms.last() {
         println!("step {}: loss {:.5} (consistency {:.5}); student model folder: {}", m.step, m.loss, m.cd_loss, model.display());
     } else {

@@ -442,8 +442,11 @@ impl<'f> Loader<'f> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SaveDtype {
     F32,
-    /// Half the size; for shipping small models (loaded back as f32).
+    /// Half the size; for shipping small models (loaded back as f32, or kept 16-bit with
+    /// [`WeightPrecision::Stored`]).
     F16,
+    /// Half the size with f32's range (rounded to nearest, ties to even).
+    BF16,
 }
 
 /// Writes named tensors (e.g. [`Loader::params`]) to a safetensors file atomically, with
@@ -456,12 +459,14 @@ pub fn save_weights(path: &Path, tensors: &[(String, Tensor)], dtype: SaveDtype,
         let bytes = match dtype {
             SaveDtype::F32 => bytemuck::cast_slice(&v).to_vec(),
             SaveDtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+            SaveDtype::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
         };
         host.push((name.clone(), t.shape().to_vec(), bytes));
     }
     let st = match dtype {
         SaveDtype::F32 => safetensors::Dtype::F32,
         SaveDtype::F16 => safetensors::Dtype::F16,
+        SaveDtype::BF16 => safetensors::Dtype::BF16,
     };
     let views = host
         .iter()

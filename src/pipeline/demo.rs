@@ -183,7 +183,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         let mut trainer = Trainer::new(cfg, student, &rewards, &shards).map_err(|e| io(&models.root, e))?;
         let dir = out.join("students").join(var.name);
         let ms = run_training(&mut trainer, &RunOptions { out: dir.clone(), validation: None, checkpoint_every: c.steps.max(1), keep_checkpoints: 1, stop_after: None, quiet: c.quiet }).map_err(|e| io(&dir, e))?;
-        let md = write_student_model(&dir.join("model"), models, &trainer.student, trainer.state.step)?;
+        let md = write_student_model(&dir.join("model"), models, &trainer.student, trainer.state.step, crate::models::weights::SaveDtype::F32)?;
         let secs = t.elapsed().as_secs_f64();
         say(c.quiet, format!("distill {}: {} steps in {secs:.0} s", var.name, c.steps));
         stages.push((format!("distill {}", var.name), secs));

@@ -714,10 +714,10 @@ fn write_jsonl<T: Serialize>(path: &Path, ms: &[T]) -> Result<()> {
 
 /// Writes the student as a model folder the sampler reads: its UNet (adapters merged) and
 /// a config.json whose other models are the source folder's files (absolute paths).
-pub fn write_student_model(dir: &Path, source: &crate::pipeline::model_dir::ModelDir, student: &Student, steps: u64) -> Result<crate::pipeline::model_dir::ModelDir> {
+pub fn write_student_model(dir: &Path, source: &crate::pipeline::model_dir::ModelDir, student: &Student, steps: u64, dtype: SaveDtype) -> Result<crate::pipeline::model_dir::ModelDir> {
     std::fs::create_dir_all(dir).map_err(|e| WeightsError::Io { path: dir.display().to_string(), msg: e.to_string() })?;
     let unet = dir.join("unet.safetensors");
-    save_weights(&unet, &student.merged_params()?, SaveDtype::F32, &[("model", "t2v-turbo student unet3d".into()), ("steps", steps.to_string())])?;
+    save_weights(&unet, &student.merged_params()?, dtype, &[("model", "t2v-turbo student unet3d".into()), ("steps", steps.to_string())])?;
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let mut md = source.clone();
     md.root = dir.to_path_buf();
