@@ -76,11 +76,11 @@ pub fn dynamic_map(signed: bool) -> [f32; 256] {
         }
     }
     codes.sort_by(f64::total_cmp);
+    debug_assert_eq!(codes.len(), 256);
     let mut out = [0.0f32; 256];
     for (o, c) in out.iter_mut().zip(&codes) {
         *o = *c as f32;
     }
-    debug_assert_eq!(codes.len(), 256);
     out
 }
 
