@@ -501,3 +501,60 @@ fn a_substituted_weight_carries_lora_gradients() {
     let (other, _) = rand_tensor(&[4, 4], 15, -1.0, 1.0);
     assert!(tape.substitute(&other, tape.constant(w.clone())).is_err());
 }
+
+/// Frozen half-precision weights (`linear_half`, `conv2d_half`, `temporal_conv_half`): the
+/// outputs and the input and bias gradients equal the f32 ops' on the widened weights bit
+/// for bit, and between the forward and the backward no widened copy stays alive.
+#[test]
+fn half_weight_ops_match_f32_and_keep_no_widened_copy() {
+    use t2v_kernels::{HalfKind, HalfTensor};
+    let g = private_gpu();
+    let bits = |t: &Tensor| t.to_vec().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // (input shape, weight shape, op on (x, weight as f32 Var | half, bias))
+    type F32Op = dyn Fn(&Var, &Var, &Var) -> Result<Var>;
+    type HalfOp = dyn Fn(&Var, &HalfTensor, &Var) -> Result<Var>;
+    let geo = Conv2d { stride: (1, 1), padding: (1, 1, 1, 1) };
+    let cases: [(&str, Vec<usize>, Vec<usize>, Box<F32Op>, Box<HalfOp>); 3] = [
+        ("linear", vec![3, 5, 37], vec![29, 37], Box::new(|x, w, b| ad::linear(x, w, Some(b))), Box::new(|x, w, b| ad::linear_half(x, w, Some(b)))),
+        ("conv2d", vec![2, 5, 9, 11], vec![7, 5, 3, 3], Box::new(move |x, w, b| ad::conv2d(x, w, Some(b), geo)), Box::new(move |x, w, b| ad::conv2d_half(x, w, Some(b), geo))),
+        ("temporal_conv", vec![1, 4, 5, 3, 7], vec![6, 4, 3, 1, 1], Box::new(|x, w, b| ad::temporal_conv(x, w, Some(b))), Box::new(|x, w, b| ad::temporal_conv_half(x, w, Some(b)))),
+    ];
+    for (k, (name, xs, ws, f32_op, half_op)) in cases.iter().enumerate() {
+        let seed = 60 + 10 * k as u64;
+        let (x, _) = rand_on(&g, xs, seed, -1.0, 1.0);
+        let (_, wv) = rand_on(&g, ws, seed + 1, -0.5, 0.5);
+        let (b, _) = rand_on(&g, &[ws[0]], seed + 2, -0.5, 0.5);
+        for kind in [HalfKind::F16, HalfKind::BF16] {
+            let h = HalfTensor::from_f32(&g, ws, kind, &wv).unwrap();
+            let run = |half: bool| -> Vec<Vec<u32>> {
+                let tape = Tape::new();
+                let (xv, bv) = (tape.leaf(x.clone()), tape.leaf(b.clone()));
+                let y = if half { half_op(&xv, &h, &bv) } else { f32_op(&xv, &tape.constant(h.to_f32().unwrap()), &bv) }.unwrap();
+                let (cot, _) = rand_on(&g, y.shape(), seed + 3, -1.0, 1.0);
+                let grads = tape.backward_with(&y, cot).unwrap();
+                vec![bits(y.value()), bits(grads.get(&xv).unwrap()), bits(grads.get(&bv).unwrap())]
+            };
+            assert_eq!(run(true), run(false), "{name} {kind:?}: output, dx, dbias");
+        }
+    }
+    // four 256x256 layers: after the forward, the f32 path holds each widened weight (256
+    // KiB each) for its backward, the half path none
+    let layers: Vec<HalfTensor> = (0..4).map(|i| HalfTensor::from_f32(&g, &[256, 256], HalfKind::F16, &rand_on(&g, &[256, 256], 90 + i, -0.06, 0.06).1).unwrap()).collect();
+    let (x, _) = rand_on(&g, &[8, 256], 99, -1.0, 1.0);
+    let held = |half: bool| -> (u64, Vec<u32>) {
+        g.sync().unwrap();
+        let before = g.memory().live_bytes;
+        let tape = Tape::new();
+        let xv = tape.leaf(x.clone());
+        let mut h = xv.clone();
+        for w in &layers {
+            h = if half { ad::linear_half(&h, w, None) } else { ad::linear(&h, &tape.constant(w.to_f32().unwrap()), None) }.unwrap();
+        }
+        let after = g.memory().live_bytes;
+        let grads = tape.backward(&ad::mean_all(&h).unwrap()).unwrap();
+        (after - before, bits(grads.get(&xv).unwrap()))
+    };
+    let ((half_bytes, half_dx), (f32_bytes, f32_dx)) = (held(true), held(false));
+    assert_eq!(half_dx, f32_dx);
+    assert!(f32_bytes >= half_bytes + 4 * 256 * 256 * 4, "live after the forward: half {half_bytes} B, f32 {f32_bytes} B");
+}

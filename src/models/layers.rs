@@ -6,11 +6,20 @@ use t2v_kernels::autograd::{self as ad, Var};
 use t2v_kernels::ops::Conv2d as Geo;
 use t2v_kernels::Tensor;
 
-use super::weights::{Loader, Result, Weight};
+use super::weights::{Loader, Result, Weight, WeightsError};
 
 /// A weight on `like`'s tape: a constant, or a trainable leaf when the tape trains.
 pub fn konst(t: &Tensor, like: &Var) -> Var {
     like.tape().param(t)
+}
+
+/// Half-precision weights are frozen: a tape that trains every weight it meets is refused
+/// rather than leaving them out unnoticed.
+fn frozen(like: &Var) -> Result<()> {
+    if like.tape().trains_every_param() {
+        return Err(WeightsError::HalfTrained);
+    }
+    Ok(())
 }
 
 /// nn.Linear (weight (out, in)); also Conv1d with kernel 1 (weight (out, in, 1)).
@@ -30,7 +39,13 @@ impl Linear {
     }
     pub fn forward(&self, x: &Var) -> Result<Var> {
         let b = self.b.as_ref().map(|b| konst(b, x));
-        Ok(ad::linear(x, &self.w.var(x)?, b.as_ref())?)
+        Ok(match &self.w {
+            Weight::F32(w) => ad::linear(x, &konst(w, x), b.as_ref())?,
+            Weight::Half(w) => {
+                frozen(x)?;
+                ad::linear_half(x, w, b.as_ref())?
+            }
+        })
     }
 }
 
@@ -46,7 +61,14 @@ impl Conv {
         Ok(Conv { w: l.get_weight(&format!("{key}.weight"), &[cout, cin, k, k])?, b: l.get(&format!("{key}.bias"), &[cout])?, geo })
     }
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        Ok(ad::conv2d(x, &self.w.var(x)?, Some(&konst(&self.b, x)), self.geo)?)
+        let b = konst(&self.b, x);
+        Ok(match &self.w {
+            Weight::F32(w) => ad::conv2d(x, &konst(w, x), Some(&b), self.geo)?,
+            Weight::Half(w) => {
+                frozen(x)?;
+                ad::conv2d_half(x, w, Some(&b), self.geo)?
+            }
+        })
     }
 }
 
@@ -61,7 +83,14 @@ impl TemporalConv {
         Ok(TemporalConv { w: l.get_weight(&format!("{key}.weight"), &[cout, cin, 3, 1, 1])?, b: l.get(&format!("{key}.bias"), &[cout])? })
     }
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        Ok(ad::temporal_conv(x, &self.w.var(x)?, Some(&konst(&self.b, x)))?)
+        let b = konst(&self.b, x);
+        Ok(match &self.w {
+            Weight::F32(w) => ad::temporal_conv(x, &konst(w, x), Some(&b))?,
+            Weight::Half(w) => {
+                frozen(x)?;
+                ad::temporal_conv_half(x, w, Some(&b))?
+            }
+        })
     }
 }
 

@@ -14,7 +14,6 @@ use std::sync::Mutex;
 
 use half::{bf16, f16};
 use safetensors::Dtype;
-use t2v_kernels::autograd::Var;
 use t2v_kernels::{Gpu, HalfKind, HalfTensor, Tensor};
 
 /// Errors of weight files.
@@ -200,7 +199,8 @@ impl WeightPrecision {
     }
 }
 
-/// A layer's matrix weight: f32, or half precision widened where an op reads it.
+/// A layer's matrix weight: f32, or half precision (frozen) widened where an op reads it
+/// (`linear_half`, `conv2d_half`, `temporal_conv_half` of the compute core).
 #[derive(Clone, Debug)]
 pub enum Weight {
     F32(Tensor),
@@ -208,12 +208,6 @@ pub enum Weight {
 }
 
 impl Weight {
-    pub fn shape(&self) -> &[usize] {
-        match self {
-            Weight::F32(t) => t.shape(),
-            Weight::Half(h) => h.shape(),
-        }
-    }
     pub fn gpu(&self) -> &Gpu {
         match self {
             Weight::F32(t) => t.gpu(),
@@ -225,22 +219,6 @@ impl Weight {
             Weight::F32(t) => Weight::F32(t.reshape(shape)?),
             Weight::Half(h) => Weight::Half(h.reshape(shape)?),
         })
-    }
-    /// The weight on `like`'s tape: an f32 weight as [`Tape::param`] gives it (a constant,
-    /// a trainable leaf or a substitute); a half one widened, always a constant (refused on
-    /// a tape that trains every weight).
-    ///
-    /// [`Tape::param`]: t2v_kernels::autograd::Tape::param
-    pub fn var(&self, like: &Var) -> Result<Var> {
-        match self {
-            Weight::F32(t) => Ok(like.tape().param(t)),
-            Weight::Half(h) => {
-                if like.tape().trains_every_param() {
-                    return Err(WeightsError::HalfTrained);
-                }
-                Ok(like.tape().constant(h.to_f32()?))
-            }
-        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::tape::{Backward, Var};
 use crate::ops::{self as k, Conv2d, Matmul, UnaryOp};
-use crate::{Error, Result, Tensor};
+use crate::{Error, HalfTensor, Result, Tensor};
 
 fn record(value: Tensor, inputs: &[&Var], bw: Backward) -> Result<Var> {
     inputs[0].tape.record(value, inputs, bw)
@@ -382,6 +382,73 @@ pub fn conv2d(x: &Var, w: &Var, bias: Option<&Var>, geo: Conv2d) -> Result<Var> 
             Ok(out)
         }),
     )
+}
+
+// ---- frozen weights kept in half precision ---------------------------------------------
+// The weight is widened to f32 for the forward and again in the backward (which needs it
+// for the input gradient), so no f32 copy lives from one to the other; it gets no gradient.
+// Same kernels as the f32 ops, so the same results bit for bit.
+
+/// [`linear`] with a frozen half-precision weight (out, in).
+pub fn linear_half(x: &Var, w: &HalfTensor, bias: Option<&Var>) -> Result<Var> {
+    if w.shape().len() != 2 || x.value.rank() == 0 || x.value.dim(-1) != w.shape()[1] {
+        return Err(Error::Shape { op: "linear_half", msg: format!("input {:?} does not match weight {:?} (out, in)", x.shape(), w.shape()) });
+    }
+    let (o, i) = (w.shape()[0], w.shape()[1]);
+    let rows = x.value.numel() / i.max(1);
+    let x2 = x.value.reshape(&[rows, i])?;
+    let y = k::matmul_ex(&x2, &w.to_f32()?, Matmul { trans_a: false, trans_b: true, alpha: 1.0, bias: bias.map(|v| &v.value) })?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank >= 1") = o;
+    let (wh, x_shape) = (w.clone(), x.shape().to_vec());
+    let mut inputs = vec![x];
+    inputs.extend(opt_bias(bias));
+    record(
+        y.reshape(&shape)?,
+        &inputs,
+        Box::new(move |g, need| {
+            let g2 = g.reshape(&[rows, o])?;
+            let dx = if need[0] { Some(k::matmul_ex(&g2, &wh.to_f32()?, Matmul { trans_a: false, trans_b: false, alpha: 1.0, bias: None })?.reshape(&x_shape)?) } else { None };
+            let mut out = vec![dx];
+            if need.len() > 1 {
+                out.push(if need[1] { Some(k::sum(&g2, 0)?) } else { None });
+            }
+            Ok(out)
+        }),
+    )
+}
+
+/// [`conv2d`] with a frozen half-precision weight.
+pub fn conv2d_half(x: &Var, w: &HalfTensor, bias: Option<&Var>, geo: Conv2d) -> Result<Var> {
+    let y = k::conv2d(&x.value, &w.to_f32()?, bias.map(|v| &v.value), geo)?;
+    let (xv, wh) = (x.value.clone(), w.clone());
+    let mut inputs = vec![x];
+    inputs.extend(opt_bias(bias));
+    record(
+        y,
+        &inputs,
+        Box::new(move |g, need| {
+            let need_b = need.get(1).copied().unwrap_or(false);
+            let (dx, _, db) = k::conv2d_backward(&xv, &wh.to_f32()?, g, geo, (need[0], false, need_b))?;
+            let mut out = vec![dx];
+            if need.len() > 1 {
+                out.push(db);
+            }
+            Ok(out)
+        }),
+    )
+}
+
+/// [`temporal_conv`] with a frozen half-precision weight (O, C, 3, 1, 1).
+pub fn temporal_conv_half(x: &Var, w: &HalfTensor, bias: Option<&Var>) -> Result<Var> {
+    let s = x.shape().to_vec();
+    if s.len() != 5 || w.shape().len() != 5 || w.shape()[2..] != [3, 1, 1] {
+        return Err(Error::Shape { op: "temporal_conv_half", msg: format!("input {:?} / weight {:?}", x.shape(), w.shape()) });
+    }
+    let o = w.shape()[0];
+    let x4 = reshape(x, &[s[0], s[1], s[2], s[3] * s[4]])?;
+    let y = conv2d_half(&x4, &w.reshape(&[o, s[1], 3, 1])?, bias, Conv2d { stride: (1, 1), padding: (1, 1, 0, 0) })?;
+    reshape(&y, &[s[0], o, s[2], s[3], s[4]])
 }
 
 /// VideoCrafter's temporal conv over (B, C, F, H, W) with weight (O, C, 3, 1, 1).
