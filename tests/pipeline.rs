@@ -319,6 +319,7 @@ fn the_commands_run_end_to_end() {
     assert_eq!(dtypes(d.join("run/model/unet.safetensors")).into_iter().collect::<Vec<_>>(), vec![safetensors::Dtype::BF16]);
     assert_eq!(dtypes(d.join("run/checkpoints/step-000002/student.safetensors")).into_iter().collect::<Vec<_>>(), vec![safetensors::Dtype::F32]);
     assert!(out.contains("validation at step 0: accuracy") && out.contains("validation at step 2: "), "{out}");
+    assert!(out.contains("GPU memory held through the run: models") && out.contains("f32 moments; --adam8bit: a quarter"), "{out}");
     assert!(d.join("run/validation/step-000002/000.gif").exists() && d.join("run/validation.png").exists());
     let (ok, out) = t2v(&train);
     assert!(!ok && out.contains("--resume"), "{out}");

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use clap::ValueEnum;
+use t2v_kernels::optim::state_bytes;
 use t2v_kernels::{Gpu, GpuOptions};
 
 use super::{CliError, DeviceArgs, WeightsDtype};
@@ -240,6 +242,17 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         shards.len(),
         student.params.iter().map(|(_, t)| t.numel()).sum::<usize>(),
         if student.adapters.is_empty() { String::new() } else { format!(", LoRA rank {} on {} weights", a.lora_rank, student.adapters.len()) }
+    );
+    // what stays on the device through the run, before any activation
+    let trained: Vec<usize> = student.trainable().iter().map(|t| t.numel()).collect();
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    eprintln!(
+        "GPU memory held through the run: models {:.2} GiB (--weights-dtype {}), gradients {:.2} GiB, optimizer state {:.2} GiB ({})",
+        gib(gpu.memory().live_bytes),
+        a.weights_dtype.to_possible_value().map_or(String::new(), |v| v.get_name().to_string()),
+        gib(4 * trained.iter().sum::<usize>() as u64),
+        gib(trained.iter().map(|&n| state_bytes(n, a.adam8bit)).sum()),
+        if a.adam8bit { "8-bit moments" } else { "f32 moments; --adam8bit: a quarter" }
     );
     let mut trainer = Trainer::new(config, student, &models, &shards).map_err(|e| CliError::Check(e.to_string()))?;
     let validation = validation(&gpu, &md, a, trainer.grid_points())?;
