@@ -249,7 +249,10 @@ fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
 fn bad_shards_are_reported_by_name() {
     let (_, shards) = fixture();
     let d = tmp("bad-shards");
-    assert!(open_dataset(&d).err().unwrap().to_string().contains("no shard-"));
+    let e = open_dataset(&d).err().unwrap().to_string();
+    assert!(e.contains("no shard-") && !e.contains("not a valid safetensors"), "{e}");
+    let e = open_dataset(&d.join("missing")).err().unwrap().to_string();
+    assert!(e.contains("cannot read the folder of shards"), "{e}");
     let first = std::fs::read_dir(shards).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "safetensors")).unwrap();
     let bytes = std::fs::read(&first).unwrap();
     std::fs::write(d.join("shard-0of1-00000.safetensors"), &bytes[..bytes.len() / 2]).unwrap();

@@ -31,6 +31,8 @@ pub enum WeightsError {
     Missing { path: String, key: String },
     #[error("{path}: weights do not match the model (prefix {prefix:?}):\n{report}")]
     Mismatch { path: String, prefix: String, report: String },
+    #[error("{path}: {msg}")]
+    Folder { path: String, msg: String },
     #[error("a weight kept in half precision cannot be trained: load a model that is trained with WeightPrecision::F32")]
     HalfTrained,
     #[error(transparent)]

@@ -122,14 +122,15 @@ impl Shard {
 
 /// Every shard in `dir`, in name order, checked to share one DDIM grid and clip size.
 pub fn open_dataset(dir: &Path) -> Result<Vec<Shard>> {
+    let folder = |msg: String| WeightsError::Folder { path: dir.display().to_string(), msg };
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| bad(dir, e))?
+        .map_err(|e| folder(format!("cannot read the folder of shards: {e}")))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("shard-") && n.ends_with(".safetensors")))
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(bad(dir, "no shard-*.safetensors files (write them with `t2v-turbo preprocess`)"));
+        return Err(folder("no shard-*.safetensors files (write them with `t2v-turbo preprocess`)".into()));
     }
     let shards = files.iter().map(|f| Shard::open(f)).collect::<Result<Vec<_>>>()?;
     // what training depends on must agree (passes may differ in seed and motion)
