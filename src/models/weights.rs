@@ -31,8 +31,9 @@ pub enum WeightsError {
     Missing { path: String, key: String },
     #[error("{path}: weights do not match the model (prefix {prefix:?}):\n{report}")]
     Mismatch { path: String, prefix: String, report: String },
+    /// Readable files or folders whose content is not what was asked for.
     #[error("{path}: {msg}")]
-    Folder { path: String, msg: String },
+    Data { path: String, msg: String },
     #[error("a weight kept in half precision cannot be trained: load a model that is trained with WeightPrecision::F32")]
     HalfTrained,
     #[error(transparent)]
@@ -432,7 +433,7 @@ pub enum SaveDtype {
 /// Writes named tensors (e.g. [`Loader::params`]) to a safetensors file atomically, with
 /// string metadata.
 pub fn save_weights(path: &Path, tensors: &[(String, Tensor)], dtype: SaveDtype, metadata: &[(&str, String)]) -> Result<()> {
-    let fail = |msg: String| WeightsError::Format { path: path.display().to_string(), msg };
+    let fail = |msg: String| WeightsError::Data { path: path.display().to_string(), msg };
     let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let v = t.to_vec()?;

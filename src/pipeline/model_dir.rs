@@ -89,7 +89,7 @@ pub struct ModelDir {
 }
 
 fn bad(path: &Path, msg: impl std::fmt::Display) -> WeightsError {
-    WeightsError::Format { path: path.display().to_string(), msg: msg.to_string() }
+    WeightsError::Data { path: path.display().to_string(), msg: msg.to_string() }
 }
 
 impl ModelDir {

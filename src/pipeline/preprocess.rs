@@ -235,7 +235,7 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
     let solver = DdimSolver::new(&sched, cfg.ddim_steps);
     let tape = Tape::new();
     let encode_text = |text: &str| -> Result<Tensor> {
-        let ids = vec![m.tokenizer.encode_warn(text).map_err(|e| WeightsError::Format { path: "caption".into(), msg: e.to_string() })?.ids];
+        let ids = vec![m.tokenizer.encode_warn(text).map_err(|e| WeightsError::Data { path: "caption".into(), msg: e.to_string() })?.ids];
         tape.no_grad(|| Ok(m.text.penultimate(&tape, &ids)?.value().clone()))
     };
     let uncond = encode_text("")?;

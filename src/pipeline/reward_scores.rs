@@ -52,7 +52,7 @@ impl RewardScorer {
     /// The image rewards (scoring `image_frames` evenly strided frames of each clip) and
     /// the video reward of a model folder; an error if it has neither.
     pub fn load(gpu: &Gpu, md: &ModelDir, image_frames: usize) -> Result<RewardScorer> {
-        let fmt = |msg: String| WeightsError::Format { path: md.root.join("config.json").display().to_string(), msg };
+        let fmt = |msg: String| WeightsError::Data { path: md.root.join("config.json").display().to_string(), msg };
         if md.image_rewards.is_empty() && md.video_reward.is_none() {
             return Err(fmt("the model folder names no reward models (image_rewards, video_reward)".into()));
         }
@@ -141,7 +141,7 @@ impl RewardSet<'_> {
                 let frames = tape.constant(Tensor::from_slice(gpu, &[n * m, 3, h, w], &gather(image_picks, true))?);
                 let ids = prompts
                     .iter()
-                    .map(|p| Ok(self.tokenizer.encode_warn(p).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids))
+                    .map(|p| Ok(self.tokenizer.encode_warn(p).map_err(|e| WeightsError::Data { path: "prompt".into(), msg: e.to_string() })?.ids))
                     .collect::<Result<Vec<_>>>()?;
                 let ids: Vec<Vec<u32>> = ids.iter().flat_map(|i| std::iter::repeat_n(i.clone(), m)).collect();
                 for (model, _) in self.image {

@@ -43,13 +43,13 @@ impl Generator {
         let unet = load_unet_file(gpu, f.unet, &f.unet_config, None, f.precision)?.0;
         let vae = load_vae_file(gpu, f.vae, &f.vae_config, f.precision)?;
         let text = load_text_file(gpu, f.text, &f.text_config, f.precision)?;
-        let tokenizer = ClipTokenizer::new().map_err(|e| WeightsError::Format { path: "tokenizer".into(), msg: e.to_string() })?;
+        let tokenizer = ClipTokenizer::new().map_err(|e| WeightsError::Data { path: "tokenizer".into(), msg: e.to_string() })?;
         Ok(Generator { unet, vae, text, tokenizer, schedule: Schedule::videocrafter() })
     }
 
     /// The models of a model folder.
     pub fn from_model_dir(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir) -> Result<Generator> {
-        let tokenizer = ClipTokenizer::new().map_err(|e| WeightsError::Format { path: "tokenizer".into(), msg: e.to_string() })?;
+        let tokenizer = ClipTokenizer::new().map_err(|e| WeightsError::Data { path: "tokenizer".into(), msg: e.to_string() })?;
         Ok(Generator { unet: md.load_unet(gpu)?, vae: md.load_vae(gpu)?, text: md.load_text(gpu)?, tokenizer, schedule: Schedule::videocrafter() })
     }
 
@@ -131,7 +131,7 @@ impl SamplerModels<'_> {
             return Err(WeightsError::Gpu(t2v_kernels::Error::Shape { op: "sample", msg: "no prompts to generate".into() }));
         }
         tape.no_grad(|| -> Result<Tensor> {
-            let tokenize = |p: &str| -> Result<Vec<u32>> { Ok(self.tokenizer.encode_warn(p).map_err(|e| WeightsError::Format { path: "prompt".into(), msg: e.to_string() })?.ids) };
+            let tokenize = |p: &str| -> Result<Vec<u32>> { Ok(self.tokenizer.encode_warn(p).map_err(|e| WeightsError::Data { path: "prompt".into(), msg: e.to_string() })?.ids) };
             let ids = items.iter().map(|(p, _)| tokenize(p)).collect::<Result<Vec<_>>>()?;
             let context = self.text.penultimate(tape, &ids)?;
             let f = 1usize << (self.vae.config.ch_mult.len() - 1);

@@ -62,7 +62,7 @@ pub fn manifest_name(shard: (usize, usize)) -> String {
 }
 
 fn bad(path: &Path, msg: impl std::fmt::Display) -> WeightsError {
-    WeightsError::Format { path: path.display().to_string(), msg: msg.to_string() }
+    WeightsError::Data { path: path.display().to_string(), msg: msg.to_string() }
 }
 
 /// Writes one shard atomically.
@@ -122,15 +122,14 @@ impl Shard {
 
 /// Every shard in `dir`, in name order, checked to share one DDIM grid and clip size.
 pub fn open_dataset(dir: &Path) -> Result<Vec<Shard>> {
-    let folder = |msg: String| WeightsError::Folder { path: dir.display().to_string(), msg };
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| folder(format!("cannot read the folder of shards: {e}")))?
+        .map_err(|e| bad(dir, format!("cannot read the folder of shards: {e}")))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("shard-") && n.ends_with(".safetensors")))
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(folder("no shard-*.safetensors files (write them with `t2v-turbo preprocess`)".into()));
+        return Err(bad(dir, "no shard-*.safetensors files (write them with `t2v-turbo preprocess`)"));
     }
     let shards = files.iter().map(|f| Shard::open(f)).collect::<Result<Vec<_>>>()?;
     // what training depends on must agree (passes may differ in seed and motion)

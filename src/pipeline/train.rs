@@ -393,7 +393,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn ids(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.models.tokenizer.encode_warn(text).map_err(|e| WeightsError::Format { path: "caption".into(), msg: e.to_string() })?.ids)
+        Ok(self.models.tokenizer.encode_warn(text).map_err(|e| WeightsError::Data { path: "caption".into(), msg: e.to_string() })?.ids)
     }
 
     /// One optimizer step over `batch_size` records.

@@ -60,7 +60,7 @@ impl CaptionErrors {
 /// Runs the check on `clips` fresh clips (batches of `batch`) of the world of `world_seed`.
 #[allow(clippy::too_many_arguments)]
 pub fn caption_sensitivity(gpu: &Gpu, unet: &Unet3d, vae: &Vae, text: &TextTower, world: &WorldConfig, fps: f32, world_seed: u64, clips: usize, batch: usize) -> Result<Vec<CaptionErrors>> {
-    let tok = ClipTokenizer::new().map_err(|e| WeightsError::Format { path: "tokenizer".into(), msg: e.to_string() })?;
+    let tok = ClipTokenizer::new().map_err(|e| WeightsError::Data { path: "tokenizer".into(), msg: e.to_string() })?;
     let sched = Schedule::videocrafter();
     let mut rng = Gaussian::new(world_seed ^ 0x00CA_9710);
     let mut sums = vec![[0f64; 5]; CHECK_TIMESTEPS.len()];

@@ -114,9 +114,9 @@ pub fn run_loop(
     let mut at = 0u64;
     if let Some(last) = crate::pipeline::train::list_checkpoints(&ckpts).pop() {
         let s: LoopState = serde_json::from_str(&std::fs::read_to_string(last.join("state.json")).map_err(|e| io(&last, e))?)
-            .map_err(|e| WeightsError::Format { path: last.display().to_string(), msg: e.to_string() })?;
+            .map_err(|e| WeightsError::Data { path: last.display().to_string(), msg: e.to_string() })?;
         if s.config != (PretrainConfig { steps: s.config.steps, ..cfg.clone() }) {
-            return Err(WeightsError::Format { path: last.display().to_string(), msg: format!("written with other settings {:?}; resume with the same ones (only --steps may change)", s.config) });
+            return Err(WeightsError::Data { path: last.display().to_string(), msg: format!("written with other settings {:?}; resume with the same ones (only --steps may change)", s.config) });
         }
         let f = WeightFile::open(&last.join("weights.safetensors"))?;
         for (name, t) in params {
@@ -151,11 +151,11 @@ pub fn run_loop(
         vals.extend(out.logs.iter().map(|(_, v)| v.value().clone()));
         let vals = t2v_kernels::ops::concat(&vals.iter().map(|v| v.reshape(&[1])).collect::<t2v_kernels::Result<Vec<_>>>()?.iter().collect::<Vec<_>>(), 0)?.to_vec()?;
         if !vals[0].is_finite() {
-            return Err(WeightsError::Format { path: dir.display().to_string(), msg: format!("step {}: loss {} is not finite; the last checkpoint is kept; lower --lr", at + 1, vals[0]) });
+            return Err(WeightsError::Data { path: dir.display().to_string(), msg: format!("step {}: loss {} is not finite; the last checkpoint is kept; lower --lr", at + 1, vals[0]) });
         }
         let norm = opt.step(&gs, Some(1.0))?.grad_norm.to_vec()?[0];
         if !norm.is_finite() {
-            return Err(WeightsError::Format { path: dir.display().to_string(), msg: format!("step {}: gradient norm {norm} is not finite; the last checkpoint is kept; lower --lr", at + 1) });
+            return Err(WeightsError::Data { path: dir.display().to_string(), msg: format!("step {}: gradient norm {norm} is not finite; the last checkpoint is kept; lower --lr", at + 1) });
         }
         if profile {
             eprintln!("{}", tensors[0].gpu().profile_table()?);
@@ -176,7 +176,7 @@ pub fn run_loop(
             });
             if let Err(e) = written {
                 let kept = crate::pipeline::train::list_checkpoints(&ckpts).pop().map_or_else(|| "none yet".into(), |p| p.display().to_string());
-                return Err(WeightsError::Format { path: fin.display().to_string(), msg: format!("writing the checkpoint of step {at} failed ({e}); stopped. The last good checkpoint is kept: {kept}. Free some space (or fix the folder) and continue with --resume") });
+                return Err(WeightsError::Data { path: fin.display().to_string(), msg: format!("writing the checkpoint of step {at} failed ({e}); stopped. The last good checkpoint is kept: {kept}. Free some space (or fix the folder) and continue with --resume") });
             }
             for old in crate::pipeline::train::list_checkpoints(&ckpts).iter().rev().skip(2) {
                 let _ = std::fs::remove_dir_all(old);

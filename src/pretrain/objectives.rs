@@ -76,7 +76,7 @@ fn pretrained_note(notes: &BTreeMap<OsString, String>, file: &Path, steps: u64, 
 
 /// Token ids of each text (a tokenizer error as a weights-format error naming the caption).
 pub(super) fn tokenize(tok: &ClipTokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>> {
-    texts.iter().map(|t| Ok(tok.encode(t).map_err(|e| WeightsError::Format { path: "caption".into(), msg: e.to_string() })?.ids)).collect()
+    texts.iter().map(|t| Ok(tok.encode(t).map_err(|e| WeightsError::Data { path: "caption".into(), msg: e.to_string() })?.ids)).collect()
 }
 
 /// Symmetric InfoNCE of unit features a (B, E), b (B, E) at temperature 1/scale; the
@@ -232,15 +232,15 @@ fn direction_loss(vid: &Var, head: &Var, specs: &[crate::world::ClipSpec]) -> Re
 pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &PretrainConfig, every: u64, dtype: SaveDtype, quiet: bool) -> Result<(ModelDir, Vec<LoopMetrics>)> {
     let notes = source_notes(src);
     if what == What::Text && !(1..=src.video.frames).contains(&cfg.text_frames) {
-        return Err(WeightsError::Format { path: src.root.display().to_string(), msg: format!("the text encoder can see 1 to {} frames per clip (the clips' length), not {}", src.video.frames, cfg.text_frames) });
+        return Err(WeightsError::Data { path: src.root.display().to_string(), msg: format!("the text encoder can see 1 to {} frames per clip (the clips' length), not {}", src.video.frames, cfg.text_frames) });
     }
     let mut md = copy_model_dir(src, out)?;
     let world = WorldConfig { frames: md.video.frames, size: md.video.height, short_fraction: 0.5 };
     if md.video.height != md.video.width {
-        return Err(WeightsError::Format { path: out.display().to_string(), msg: "the world makes square clips: the model folder's video height and width must be equal".into() });
+        return Err(WeightsError::Data { path: out.display().to_string(), msg: "the world makes square clips: the model folder's video height and width must be equal".into() });
     }
     let dir = out.join(format!("pretrain-{}", format!("{what:?}").to_lowercase()));
-    let tok = ClipTokenizer::new().map_err(|e| WeightsError::Format { path: "tokenizer".into(), msg: e.to_string() })?;
+    let tok = ClipTokenizer::new().map_err(|e| WeightsError::Data { path: "tokenizer".into(), msg: e.to_string() })?;
     let b = cfg.batch;
     let ws = cfg.world_seed;
     let metrics = match what {
@@ -395,7 +395,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 }
                 Some(VideoRewardSpec::InternVideo2 { file, config, tokenizer }) => {
                     let (m, mut p) = load_internvideo2_params(gpu, file, config)?;
-                    let tok = BertTokenizer::from_file(tokenizer, config.max_txt_len).map_err(|e| WeightsError::Format { path: tokenizer.display().to_string(), msg: e.to_string() })?;
+                    let tok = BertTokenizer::from_file(tokenizer, config.max_txt_len).map_err(|e| WeightsError::Data { path: tokenizer.display().to_string(), msg: e.to_string() })?;
                     // saved: the model's own keys, never the temporary head
                     let keep = p.iter().map(|(k, _)| k.clone()).collect();
                     let head = if cfg.direction_head {
@@ -410,10 +410,10 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 None => {}
             }
             if towers.is_empty() {
-                return Err(WeightsError::Format { path: src.root.display().to_string(), msg: format!("the model folder has no reward models to train ({what:?})") });
+                return Err(WeightsError::Data { path: src.root.display().to_string(), msg: format!("the model folder has no reward models to train ({what:?})") });
             }
             if cfg.direction_head && !towers.iter().any(|t| matches!(t.0, Tower::InternVideo2(..))) {
-                return Err(WeightsError::Format { path: src.root.display().to_string(), msg: "--direction-head trains the InternVideo2 video reward: the model folder has none, or the stage does not train it".into() });
+                return Err(WeightsError::Data { path: src.root.display().to_string(), msg: "--direction-head trains the InternVideo2 video reward: the model folder has none, or the stage does not train it".into() });
             }
             let all: Vec<(String, Tensor)> = towers.iter().enumerate().flat_map(|(k, (_, p, _, _))| p.iter().map(move |(n, t)| (format!("{k}.{n}"), t.clone()))).collect();
             let m = run_loop(&dir, &all, cfg, every, quiet, |tape, rng, at| {
@@ -464,7 +464,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                             // as the reward sees them: num_frames strided frames vs the long caption
                             let (n, size) = (model.config.vision.num_frames, model.config.vision.img_size);
                             if n > world.frames {
-                                return Err(WeightsError::Format { path: "video_reward".into(), msg: format!("the video reward takes {n} frames, the clips have {}", world.frames) });
+                                return Err(WeightsError::Data { path: "video_reward".into(), msg: format!("the video reward takes {n} frames, the clips have {}", world.frames) });
                             }
                             let frames = strided_frames(&x, rng, n, &world)?;
                             let unit = ad::affine(&tape.constant(frames), 0.5, 0.5)?;
@@ -473,7 +473,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                             if let Some(w) = head {
                                 extra = Some(direction_loss(&vid, &tape.param(w), &specs)?);
                             }
-                            let (ids, mask) = bert.encode_batch(&long).map_err(|e| WeightsError::Format { path: "caption".into(), msg: e.to_string() })?;
+                            let (ids, mask) = bert.encode_batch(&long).map_err(|e| WeightsError::Data { path: "caption".into(), msg: e.to_string() })?;
                             (vid, model.text_features(tape, &ids, &mask)?)
                         }
                     };

@@ -52,7 +52,7 @@ pub fn attributes() -> impl Iterator<Item = &'static str> {
 /// Runs the check on `clips` fresh clips of the world of `world_seed` for every reward model
 /// of `md` (image rewards on the middle frame, the video reward on its evenly strided frames).
 pub fn reward_sensitivity(gpu: &Gpu, md: &ModelDir, world: &WorldConfig, world_seed: u64, clips: usize) -> Result<Vec<AttributeScore>> {
-    let tok = ClipTokenizer::new().map_err(|e| WeightsError::Format { path: "tokenizer".into(), msg: e.to_string() })?;
+    let tok = ClipTokenizer::new().map_err(|e| WeightsError::Data { path: "tokenizer".into(), msg: e.to_string() })?;
     let mut rng = Gaussian::new(world_seed ^ 0x004E_3A4D);
     let specs = draw_clips(&mut rng, world_seed, clips, world);
     let x = clips_tensor(gpu, &specs, world)?; // (N, 3, F, S, S) in [-1, 1]

@@ -30,7 +30,7 @@ pub struct WordChange {
 
 /// Runs the check on the captions of `clips` fresh clips of the world of `world_seed`.
 pub fn word_sensitivity(text: &TextTower, world: &WorldConfig, world_seed: u64, clips: usize) -> Result<Vec<WordChange>> {
-    let tok = ClipTokenizer::new().map_err(|e| WeightsError::Format { path: "tokenizer".into(), msg: e.to_string() })?;
+    let tok = ClipTokenizer::new().map_err(|e| WeightsError::Data { path: "tokenizer".into(), msg: e.to_string() })?;
     let mut rng = Gaussian::new(world_seed ^ 0x7E47_C4EC);
     let specs = draw_clips(&mut rng, world_seed, clips, world);
     let tape = Tape::new();

@@ -68,7 +68,7 @@ pub trait VideoTextReward {
 }
 
 fn token_error(e: TokenizerError) -> WeightsError {
-    WeightsError::Format { path: "prompt".into(), msg: e.to_string() }
+    WeightsError::Data { path: "prompt".into(), msg: e.to_string() }
 }
 
 /// Videos (B, 3, F, H, W) -> frames (B*F, 3, H, W), video-major.
