@@ -21,6 +21,8 @@ use t2v_kernels::{Gpu, HalfKind, HalfTensor, Tensor};
 pub enum WeightsError {
     #[error("{path}: cannot read: {msg}")]
     Io { path: String, msg: String },
+    #[error("{path}: cannot write: {msg}")]
+    Write { path: String, msg: String },
     #[error("{path}: not a valid safetensors file ({msg}); is it truncated or a different format?")]
     Format { path: String, msg: String },
     #[error("{path} is a PyTorch checkpoint (torch.save), not a safetensors file; convert it once: t2v-turbo convert {path} --out {out}")]

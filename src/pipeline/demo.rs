@@ -114,8 +114,9 @@ pub struct MethodResult {
     pub grid: Option<Report>,
 }
 
+/// An error of one stage, named by the file or folder it concerns.
 fn io(p: &Path, e: impl std::fmt::Display) -> WeightsError {
-    WeightsError::Io { path: p.display().to_string(), msg: e.to_string() }
+    WeightsError::Data { path: p.display().to_string(), msg: e.to_string() }
 }
 
 fn say(quiet: bool, msg: String) {

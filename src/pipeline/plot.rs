@@ -105,7 +105,7 @@ impl Canvas {
         }
     }
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::pipeline::video_io::write_png(path, self.width, self.height, &self.rgb).map_err(|e| WeightsError::Io { path: e.path, msg: e.msg })
+        crate::pipeline::video_io::write_png(path, self.width, self.height, &self.rgb).map_err(|e| WeightsError::Write { path: e.path, msg: e.msg })
     }
 }
 

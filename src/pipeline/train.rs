@@ -562,7 +562,7 @@ impl Trainer<'_> {
     /// Writes a checkpoint folder `dir/step-{step:06}` atomically (written under a
     /// temporary name, then renamed), then drops all but the newest `keep`.
     pub fn save_checkpoint(&self, dir: &Path, keep: usize) -> Result<PathBuf> {
-        std::fs::create_dir_all(dir).map_err(|e| WeightsError::Io { path: dir.display().to_string(), msg: e.to_string() })?;
+        std::fs::create_dir_all(dir).map_err(|e| WeightsError::Write { path: dir.display().to_string(), msg: e.to_string() })?;
         let fin = dir.join(format!("step-{:06}", self.state.step));
         t2v_kernels::io::write_atomic_dir(&fin, |tmp| -> Result<()> {
             let named: Vec<(String, Tensor)> = self.student.trainable_names().into_iter().zip(self.student.trainable()).collect();
@@ -633,7 +633,7 @@ pub struct RunOptions {
 /// Runs (or resumes, when `out/checkpoints` has a checkpoint) to `config.steps`. Returns
 /// the metrics of the steps run now.
 pub fn run(trainer: &mut Trainer, o: &RunOptions) -> std::result::Result<Vec<StepMetrics>, TrainError> {
-    std::fs::create_dir_all(&o.out).map_err(|e| WeightsError::Io { path: o.out.display().to_string(), msg: e.to_string() })?;
+    std::fs::create_dir_all(&o.out).map_err(|e| WeightsError::Write { path: o.out.display().to_string(), msg: e.to_string() })?;
     let ckpt_dir = o.out.join("checkpoints");
     if let Some(last) = list_checkpoints(&ckpt_dir).pop() {
         trainer.load_checkpoint(&last)?;
@@ -715,7 +715,7 @@ fn write_jsonl<T: Serialize>(path: &Path, ms: &[T]) -> Result<()> {
 /// Writes the student as a model folder the sampler reads: its UNet (adapters merged) and
 /// a config.json whose other models are the source folder's files (absolute paths).
 pub fn write_student_model(dir: &Path, source: &crate::pipeline::model_dir::ModelDir, student: &Student, steps: u64, dtype: SaveDtype) -> Result<crate::pipeline::model_dir::ModelDir> {
-    std::fs::create_dir_all(dir).map_err(|e| WeightsError::Io { path: dir.display().to_string(), msg: e.to_string() })?;
+    std::fs::create_dir_all(dir).map_err(|e| WeightsError::Write { path: dir.display().to_string(), msg: e.to_string() })?;
     let unet = dir.join("unet.safetensors");
     save_weights(&unet, &student.merged_params()?, dtype, &[("model", "t2v-turbo student unet3d".into()), ("steps", steps.to_string())])?;
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());

@@ -63,7 +63,7 @@ pub fn validate(trainer: &Trainer, v: &Validation, out: &Path) -> Result<Validat
     let sampler = SamplerModels { unet: &trainer.student.unet, vae: &models.vae, text: &v.text, tokenizer: &models.tokenizer, schedule: trainer.schedule() };
     let o = &v.options;
     let dir = out.join("validation").join(format!("step-{:06}", trainer.state.step));
-    std::fs::create_dir_all(&dir).map_err(|e| WeightsError::Io { path: dir.display().to_string(), msg: e.to_string() })?;
+    std::fs::create_dir_all(&dir).map_err(|e| WeightsError::Write { path: dir.display().to_string(), msg: e.to_string() })?;
     let mut videos = Vec::new();
     for (c, chunk) in v.prompts.chunks(v.batch.max(1)).enumerate() {
         let items: Vec<(&str, u64)> = chunk.iter().enumerate().map(|(i, p)| (p.as_str(), o.seed + (c * v.batch.max(1) + i) as u64)).collect();
@@ -74,7 +74,7 @@ pub fn validate(trainer: &Trainer, v: &Validation, out: &Path) -> Result<Validat
     for (i, (video, prompt)) in videos.iter().zip(&v.prompts).enumerate() {
         let frames = Frames::from_chw(video, f, h, w);
         let gif = dir.join(format!("{i:03}.gif"));
-        write_gif(&gif, &frames, o.fps).map_err(|e| WeightsError::Io { path: gif.display().to_string(), msg: e.to_string() })?;
+        write_gif(&gif, &frames, o.fps).map_err(|e| WeightsError::Write { path: gif.display().to_string(), msg: e.to_string() })?;
         clips.push((frames, prompt.clone()));
     }
     let report = crate::eval::score(&clips);

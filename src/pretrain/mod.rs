@@ -226,14 +226,14 @@ pub fn clips_tensor(gpu: &Gpu, specs: &[ClipSpec], cfg: &WorldConfig) -> Result<
 
 /// Copies a model folder's files into `out` (a new folder) and returns it parsed there.
 pub fn copy_model_dir(src: &ModelDir, out: &Path) -> Result<ModelDir> {
-    let io = |p: &Path, e: std::io::Error| WeightsError::Io { path: p.display().to_string(), msg: e.to_string() };
+    let io = |p: &Path, e: std::io::Error| WeightsError::Write { path: p.display().to_string(), msg: e.to_string() };
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let mut md = src.clone();
     md.root = out.to_path_buf();
     let copy = |p: &PathBuf| -> Result<PathBuf> {
         let dst = out.join(p.file_name().expect("file"));
         if !dst.exists() {
-            std::fs::copy(p, &dst).map_err(|e| io(p, e))?;
+            std::fs::copy(p, &dst).map_err(|e| WeightsError::Data { path: p.display().to_string(), msg: format!("cannot copy it to {}: {e}", dst.display()) })?;
         }
         Ok(dst)
     };

@@ -352,7 +352,7 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
                 // held-out world (another seed): does the trained teacher read the captions?
                 let check = super::caption_check::caption_sensitivity(gpu, &unet, &vae, &text, &world, md.video.fps, ws ^ 0xC4EC, 16, b)?;
                 eprintln!("{}", super::caption_check::describe(&check));
-                std::fs::create_dir_all(&dir).map_err(|e| WeightsError::Io { path: dir.display().to_string(), msg: e.to_string() })?;
+                std::fs::create_dir_all(&dir).map_err(|e| WeightsError::Write { path: dir.display().to_string(), msg: e.to_string() })?;
                 let path = dir.join("caption_check.json");
                 t2v_kernels::io::write_atomic(&path, serde_json::to_string_pretty(&check).expect("json").as_bytes())?;
             }
@@ -520,14 +520,14 @@ pub fn pretrain(gpu: &Gpu, what: What, src: &ModelDir, out: &Path, cfg: &Pretrai
         // held-out world: does the saved encoder's context tell the words apart?
         let check = super::text_check::word_sensitivity(&md.load_text(gpu)?, &world, ws ^ 0xC4EC, 32)?;
         eprintln!("{}", super::text_check::describe(&check));
-        std::fs::create_dir_all(&dir).map_err(|e| WeightsError::Io { path: dir.display().to_string(), msg: e.to_string() })?;
+        std::fs::create_dir_all(&dir).map_err(|e| WeightsError::Write { path: dir.display().to_string(), msg: e.to_string() })?;
         t2v_kernels::io::write_atomic(&dir.join("text_check.json"), serde_json::to_string_pretty(&check).expect("json").as_bytes())?;
     }
     if !quiet && matches!(what, What::Reward | What::ImageRewards | What::VideoReward) {
         // held-out world: which attributes do the trained reward models see?
         let check = super::reward_check::reward_sensitivity(gpu, &md, &world, ws ^ 0xC4EC, 32)?;
         eprintln!("{}", super::reward_check::describe(&check));
-        std::fs::create_dir_all(&dir).map_err(|e| WeightsError::Io { path: dir.display().to_string(), msg: e.to_string() })?;
+        std::fs::create_dir_all(&dir).map_err(|e| WeightsError::Write { path: dir.display().to_string(), msg: e.to_string() })?;
         t2v_kernels::io::write_atomic(&dir.join("reward_check.json"), serde_json::to_string_pretty(&check).expect("json").as_bytes())?;
     }
     Ok((md, metrics))
