@@ -112,7 +112,8 @@ fn main() {
 
     // sampling: 4/8/16 consistency steps (the teacher's 50 DDIM steps with CFG come last:
     // the most expensive line)
-    let gen = |unet: Unet3d| Generator { unet, vae: Vae::load(&Loader::random(&gpu, 2), &vcfg).unwrap(), text: TextTower::load(&Loader::random(&gpu, 3), &tcfg.text, None).unwrap(), tokenizer: ClipTokenizer::new().unwrap(), schedule: Schedule::videocrafter() };
+    let loader = |seed, precision| Loader::random(&gpu, seed).with_precision(precision);
+    let gen = |unet: Unet3d, p: WeightPrecision| Generator { unet, vae: Vae::load(&loader(2, p), &vcfg).unwrap(), text: TextTower::load(&loader(3, p), &tcfg.text, None).unwrap(), tokenizer: ClipTokenizer::new().unwrap(), schedule: Schedule::videocrafter() };
     let opts = |steps: usize, teacher: bool| SampleOptions {
         steps,
         origin: grid,
@@ -128,12 +129,10 @@ fn main() {
     };
     let mut t_four = f64::NAN;
     if want("sample") {
-        let live = || {
-            gpu.sync().unwrap();
-            gpu.memory().live_bytes
-        };
+        // (the pool counts buffers as they are made and dropped: no need to wait for the GPU)
+        let live = || gpu.memory().live_bytes;
         let before = live();
-        let sg = gen(Unet3d::load(&Loader::random(&gpu, 1), &student_cfg).unwrap());
+        let sg = gen(Unet3d::load(&Loader::random(&gpu, 1), &student_cfg).unwrap(), WeightPrecision::F32);
         let full_bytes = live() - before;
         if once {
             // compiles the VAE's and text tower's shaders before anything is timed
@@ -150,14 +149,7 @@ fn main() {
         // the weight memory that saves, and what widening them at every use costs
         drop(sg);
         let before = live();
-        let half = |seed| Loader::random(&gpu, seed).with_precision(WeightPrecision::F16);
-        let hg = Generator {
-            unet: Unet3d::load(&half(1), &student_cfg).unwrap(),
-            vae: Vae::load(&half(2), &vcfg).unwrap(),
-            text: TextTower::load(&half(3), &tcfg.text, None).unwrap(),
-            tokenizer: ClipTokenizer::new().unwrap(),
-            schedule: Schedule::videocrafter(),
-        };
+        let hg = gen(Unet3d::load(&loader(1, WeightPrecision::F16), &student_cfg).unwrap(), WeightPrecision::F16);
         let half_bytes = live() - before;
         if once {
             hg.generate("a red circle moving left", &opts(4, false)).unwrap();
@@ -263,7 +255,7 @@ fn main() {
         return;
     }
 
-    let tg = gen(Unet3d::load(&Loader::random(&gpu, 1), &ucfg).unwrap());
+    let tg = gen(Unet3d::load(&Loader::random(&gpu, 1), &ucfg).unwrap(), WeightPrecision::F32);
     let (t_teacher, m_teacher) = timed(&gpu, budget, once, || tg.generate("a red circle moving left", &opts(50, true)).unwrap()[5]);
     println!("| sample 1 video, teacher 50 DDIM steps + CFG | {t_teacher:.3} | {:.0} | {:.1}x | the 4-step sample |", mib(m_teacher), t_teacher / t_four);
 }

@@ -6,11 +6,11 @@
 //     (an f16 signalling NaN is quieted, as CPUs convert it).
 //   f16 is decoded with integer arithmetic rather than unpack2x16float, whose handling of
 //     f16 subnormals is left to the driver; bf16 is the high half of an f32.
-// One invocation per word.
+// One entry point for both kinds (p.bf16); one invocation per word.
 
 struct Params {
-    n: u32,   // elements
-    _p0: u32,
+    n: u32,    // elements
+    bf16: u32, // 1: bf16, 0: f16
     _p1: u32,
     _p2: u32,
 }
@@ -42,30 +42,24 @@ fn f16_to_f32_bits(h: u32) -> u32 {
     return sign | ((113u - shift) << 23u) | (((m << shift) & 0x3ffu) << 13u);
 }
 
-@compute @workgroup_size(256)
-fn f16_to_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_index) lid: u32) {
-    let i = word_index(wid, nwg, lid);
-    if (2u * i >= p.n) {
-        return;
+// One 16-bit pattern (low 16 bits of h) of the tensor's kind -> f32 bits.
+fn widen_bits(h: u32) -> u32 {
+    if (p.bf16 != 0u) {
+        return h << 16u;
     }
-    let w = words[i];
-    out[2u * i] = f16_to_f32_bits(w & 0xffffu);
-    if (2u * i + 1u < p.n) {
-        out[2u * i + 1u] = f16_to_f32_bits(w >> 16u);
-    }
+    return f16_to_f32_bits(h);
 }
 
 @compute @workgroup_size(256)
-fn bf16_to_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_index) lid: u32) {
+fn widen(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
     let i = word_index(wid, nwg, lid);
     if (2u * i >= p.n) {
         return;
     }
     let w = words[i];
-    out[2u * i] = w << 16u;
+    out[2u * i] = widen_bits(w & 0xffffu);
     if (2u * i + 1u < p.n) {
-        out[2u * i + 1u] = w & 0xffff0000u;
+        out[2u * i + 1u] = widen_bits(w >> 16u);
     }
 }

@@ -95,23 +95,22 @@ fn sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 @group(0) @binding(13) var<storage, read> q8_clip: array<f32>;
 @group(0) @binding(14) var<storage, read> q8_codes: array<f32>;
 var<workgroup> q8_max: array<vec2<f32>, 64>;
-var<workgroup> q8_table: array<f32, 512>; // q8_codes, read once per workgroup
 
 // The index (in 0..256, of the map starting at `base`) of the code nearest to x.
 fn q8_nearest(x: f32, base: u32) -> u32 {
     // upper bound (the number of codes <= x) in 8 steps of the same length for every lane
     var first = 0u;
     for (var step = 128u; step > 0u; step >>= 1u) {
-        first += select(0u, step, q8_table[base + first + step - 1u] <= x);
+        first += select(0u, step, q8_codes[base + first + step - 1u] <= x);
     }
-    if (first == 255u && q8_table[base + 255u] <= x) {
+    if (first == 255u && q8_codes[base + 255u] <= x) {
         return 255u;
     }
     if (first == 0u) {
         return 0u;
     }
     let below = first - 1u;
-    return select(first, below, x - q8_table[base + below] <= q8_table[base + first] - x);
+    return select(first, below, x - q8_codes[base + below] <= q8_codes[base + first] - x);
 }
 
 @compute @workgroup_size(64)
@@ -122,9 +121,6 @@ fn adamw8bit(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let blocks = (p.n + 255u) / 256u;
     if (b >= blocks) { // whole workgroups only: barriers below stay uniform
         return;
-    }
-    for (var k = 0u; k < 8u; k++) {
-        q8_table[8u * lid + k] = q8_codes[8u * lid + k];
     }
     let word = b * 64u + lid;
     let old_m = q8_m[word];

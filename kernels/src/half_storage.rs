@@ -45,7 +45,8 @@ impl HalfKind {
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     n: u32,
-    _p: [u32; 3],
+    bf16: u32,
+    _p: [u32; 2],
 }
 
 /// A tensor stored in 16-bit floats: `ceil(n / 2)` u32 words, two elements each (element
@@ -83,9 +84,6 @@ impl HalfTensor {
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
-    pub fn kind(&self) -> HalfKind {
-        self.kind
-    }
     pub fn numel(&self) -> usize {
         numel(&self.shape)
     }
@@ -106,12 +104,8 @@ impl HalfTensor {
         let n = self.numel();
         let out = Tensor::empty(gpu, &self.shape, DType::F32, "widened half tensor")?;
         if n > 0 {
-            let entry = match self.kind {
-                HalfKind::F16 => "f16_to_f32",
-                HalfKind::BF16 => "bf16_to_f32",
-            };
-            let p = Params { n: n as u32, _p: [0; 3] };
-            launch(gpu, &HALF, entry, &[], bytemuck::bytes_of(&p), &[&self.words, &out], fold_groups(gpu, n.div_ceil(2), 256))?;
+            let p = Params { n: n as u32, bf16: (self.kind == HalfKind::BF16) as u32, _p: [0; 2] };
+            launch(gpu, &HALF, "widen", &[], bytemuck::bytes_of(&p), &[&self.words, &out], fold_groups(gpu, n.div_ceil(2), 256))?;
         }
         Ok(out)
     }

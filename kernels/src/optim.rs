@@ -11,7 +11,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::ops::{self, fold_groups, launch};
 use crate::shaders::OPTIM;
-use crate::{DType, Error, Result, Tensor};
+use crate::{Error, Result, Tensor};
 
 /// Elements per partial sum of [`global_norm`] (SQ_CHUNK in optim.wgsl).
 const SQ_CHUNK: usize = 4096;
@@ -87,11 +87,16 @@ pub fn dynamic_map(signed: bool) -> [f32; 256] {
 /// Bytes of the moments of a parameter of `numel` elements (f32, or 8-bit codes padded to
 /// whole blocks plus two f32 block maxima per block).
 pub fn state_bytes(numel: usize, eight_bit: bool) -> u64 {
-    if !eight_bit || numel < Q8_MIN_ELEMENTS {
-        return 8 * numel as u64;
+    match q8_blocks(numel, eight_bit) {
+        None => 8 * numel as u64,
+        Some(blocks) => blocks as u64 * (2 * Q8_BLOCK as u64 + 8),
     }
-    let blocks = numel.div_ceil(Q8_BLOCK) as u64;
-    blocks * (2 * Q8_BLOCK as u64 + 8)
+}
+
+/// The quantisation blocks of a parameter of `numel` elements whose moments are 8-bit;
+/// None where they are f32.
+fn q8_blocks(numel: usize, eight_bit: bool) -> Option<usize> {
+    (eight_bit && numel >= Q8_MIN_ELEMENTS).then(|| numel.div_ceil(Q8_BLOCK))
 }
 
 /// One parameter's moments: f32, or 8-bit codes (four per u32 word, 64 words per block)
@@ -104,10 +109,9 @@ enum State {
 impl State {
     fn zeros(p: &Tensor, eight_bit: bool, zero_code: u8) -> Result<State> {
         let gpu = p.gpu();
-        if !eight_bit || p.numel() < Q8_MIN_ELEMENTS {
+        let Some(blocks) = q8_blocks(p.numel(), eight_bit) else {
             return Ok(State::F32 { m: Tensor::zeros(gpu, p.shape())?, v: Tensor::zeros(gpu, p.shape())? });
-        }
-        let blocks = p.numel().div_ceil(Q8_BLOCK);
+        };
         let words = blocks * Q8_BLOCK / 4;
         // m: the signed map's 0 in every byte; v: code 0 is the unsigned map's 0
         let m = Tensor::from_u32(gpu, &[words], &vec![u32::from_ne_bytes([zero_code; 4]); words])?;
@@ -237,17 +241,22 @@ impl AdamW {
             .sum()
     }
 
-    /// Zero moments for every parameter (and the code table for 8-bit ones).
+    /// Zero moments for every parameter.
     fn zero_state(&mut self) -> Result<Vec<State>> {
         let params: Vec<Tensor> = self.params().cloned().collect();
-        let Some(first) = params.first() else { return Ok(Vec::new()) };
-        let signed = dynamic_map(true);
-        let zero_code = signed.iter().position(|&c| c == 0.0).expect("the map holds 0") as u8;
+        self.upload_codes()?;
+        let zero_code = dynamic_map(true).iter().position(|&c| c == 0.0).expect("the map holds 0") as u8;
+        params.iter().map(|p| State::zeros(p, self.config.eight_bit, zero_code)).collect()
+    }
+
+    /// The code table of 8-bit moments on the device, once.
+    fn upload_codes(&mut self) -> Result<()> {
+        let Some(first) = self.params().next() else { return Ok(()) };
         if self.config.eight_bit && self.codes.is_none() {
-            let both: Vec<f32> = signed.iter().chain(dynamic_map(false).iter()).copied().collect();
+            let both: Vec<f32> = dynamic_map(true).iter().chain(dynamic_map(false).iter()).copied().collect();
             self.codes = Some(Tensor::from_slice(first.gpu(), &[512], &both)?);
         }
-        params.iter().map(|p| State::zeros(p, self.config.eight_bit, zero_code)).collect()
+        Ok(())
     }
 
     /// Writes step count, hyper-parameters and every parameter's moments (f32, or 8-bit
@@ -318,25 +327,29 @@ impl AdamW {
         if bits != want {
             return Err(bad(format!("the state was saved with {bits}-bit moments, this optimizer keeps {want}-bit ones")));
         }
-        // the expected layout of every parameter's state, then the file's tensors into it
+        // every parameter's tensors, of the layout its state has (see State)
         let mut state = Vec::new();
-        for (i, s) in self.zero_state()?.into_iter().enumerate() {
-            let read = |name: String, like: &Tensor| -> Result<Tensor> {
+        for (i, p) in params.iter().enumerate() {
+            let read = |name: String, shape: &[usize], dtype: safetensors::Dtype| -> Result<Tensor> {
                 let t = st.tensor(&name).map_err(|e| bad(format!("{name}: {e}")))?;
-                let dtype = if like.dtype() == DType::U32 { safetensors::Dtype::U32 } else { safetensors::Dtype::F32 };
-                if t.shape() != like.shape() || t.dtype() != dtype {
-                    return Err(bad(format!("{name} is {:?} {:?}, expected {dtype:?} {:?} for parameter {i} {:?}", t.dtype(), t.shape(), like.shape(), params[i].shape())));
+                if t.shape() != shape || t.dtype() != dtype {
+                    return Err(bad(format!("{name} is {:?} {:?}, expected {dtype:?} {shape:?} for parameter {i} {:?}", t.dtype(), t.shape(), p.shape())));
                 }
                 match dtype {
-                    safetensors::Dtype::U32 => Tensor::from_u32(like.gpu(), like.shape(), &bytemuck::pod_collect_to_vec::<u8, u32>(t.data())),
-                    _ => Tensor::from_slice(like.gpu(), like.shape(), &bytemuck::pod_collect_to_vec::<u8, f32>(t.data())),
+                    safetensors::Dtype::U32 => Tensor::from_u32(p.gpu(), shape, &bytemuck::pod_collect_to_vec::<u8, u32>(t.data())),
+                    _ => Tensor::from_slice(p.gpu(), shape, &bytemuck::pod_collect_to_vec::<u8, f32>(t.data())),
                 }
             };
-            state.push(match s {
-                State::F32 { m, v } => State::F32 { m: read(format!("{i}.exp_avg"), &m)?, v: read(format!("{i}.exp_avg_sq"), &v)? },
-                State::Q8 { m, v, absmax } => State::Q8 { m: read(format!("{i}.exp_avg.q8"), &m)?, v: read(format!("{i}.exp_avg_sq.q8"), &v)?, absmax: read(format!("{i}.absmax"), &absmax)? },
+            let (float, word) = (safetensors::Dtype::F32, safetensors::Dtype::U32);
+            state.push(match q8_blocks(p.numel(), self.config.eight_bit) {
+                None => State::F32 { m: read(format!("{i}.exp_avg"), p.shape(), float)?, v: read(format!("{i}.exp_avg_sq"), p.shape(), float)? },
+                Some(blocks) => {
+                    let words = [blocks * Q8_BLOCK / 4];
+                    State::Q8 { m: read(format!("{i}.exp_avg.q8"), &words, word)?, v: read(format!("{i}.exp_avg_sq.q8"), &words, word)?, absmax: read(format!("{i}.absmax"), &[2 * blocks], float)? }
+                }
             });
         }
+        self.upload_codes()?;
         self.state = state;
         self.step = step;
         Ok(())

@@ -16,27 +16,6 @@ use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, ru
 use crate::pipeline::validation::Validation;
 use crate::world::{held_out_prompts, WorldConfig};
 
-/// `--model-dtype`: the stored type of the student's weights.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModelDtype {
-    /// exactly the trained weights
-    F32,
-    /// rounded to f16 (half the size)
-    F16,
-    /// rounded to bf16 (half the size, f32's range)
-    Bf16,
-}
-
-impl From<ModelDtype> for SaveDtype {
-    fn from(d: ModelDtype) -> Self {
-        match d {
-            ModelDtype::F32 => SaveDtype::F32,
-            ModelDtype::F16 => SaveDtype::F16,
-            ModelDtype::Bf16 => SaveDtype::BF16,
-        }
-    }
-}
-
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     /// Model folder with the teacher UNet (the student starts from it), the VAE and the
@@ -57,8 +36,8 @@ pub struct TrainArgs {
     /// Storage of the student model folder's UNet written at the end (checkpoints stay f32,
     /// for exact resumption): f16 / bf16 files are half the size, and `sample` keeps them
     /// 16-bit on GPUs (--weights-dtype).
-    #[arg(long, value_enum, default_value_t = ModelDtype::F32)]
-    pub model_dtype: ModelDtype,
+    #[arg(long, value_enum, default_value_t = SaveDtype::F32)]
+    pub model_dtype: SaveDtype,
     /// Continue the run in --out from its newest checkpoint (same settings; --steps may grow).
     #[arg(long)]
     pub resume: bool,
@@ -259,7 +238,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
     let opts = RunOptions { out: a.out.clone(), validation, checkpoint_every: a.checkpoint_every, keep_checkpoints: a.keep_checkpoints, stop_after: None, quiet: false };
     let ms = run_training(&mut trainer, &opts).map_err(|e| CliError::Check(e.to_string()))?;
     let model = a.out.join("model");
-    write_student_model(&model, &md, &trainer.student, trainer.state.step, a.model_dtype.into())?;
+    write_student_model(&model, &md, &trainer.student, trainer.state.step, a.model_dtype)?;
     if let Some(m) = ms.last() {
         println!("step {}: loss {:.5} (consistency {:.5}); student model folder: {}", m.step, m.loss, m.cd_loss, model.display());
     } else {

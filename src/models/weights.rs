@@ -153,26 +153,21 @@ impl WeightFile {
     /// stored, anything else rounded to `kind` (to nearest, ties to even).
     pub fn half_tensor(&self, gpu: &Gpu, key: &str, kind: HalfKind) -> Result<HalfTensor> {
         let e = self.entry(key)?;
-        let stored = match e.dtype {
-            Dtype::F16 => Some(HalfKind::F16),
-            Dtype::BF16 => Some(HalfKind::BF16),
-            _ => None,
-        };
-        if stored == Some(kind) {
+        if half_kind(e.dtype) == Some(kind) {
             let bits: Vec<u16> = self.bytes(e).chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
             return Ok(HalfTensor::from_bits(gpu, &e.shape, kind, &bits)?);
         }
         let (shape, v) = self.host_f32(key)?;
         Ok(HalfTensor::from_f32(gpu, &shape, kind, &v)?)
     }
+}
 
-    /// The half-precision kind a tensor is stored in, if any.
-    pub fn stored_half(&self, key: &str) -> Option<HalfKind> {
-        match self.entries.get(key)?.dtype {
-            Dtype::F16 => Some(HalfKind::F16),
-            Dtype::BF16 => Some(HalfKind::BF16),
-            _ => None,
-        }
+/// The half-precision kind of a file dtype, if it is one.
+fn half_kind(dtype: Dtype) -> Option<HalfKind> {
+    match dtype {
+        Dtype::F16 => Some(HalfKind::F16),
+        Dtype::BF16 => Some(HalfKind::BF16),
+        _ => None,
     }
 }
 
@@ -367,7 +362,7 @@ impl<'f> Loader<'f> {
             None => self.precision.keep(None),
             // missing or mismatched: `get` records the problem
             Some(f) => match f.entries.get(&full) {
-                Some(e) if e.shape == shape => self.precision.keep(f.stored_half(&full)),
+                Some(e) if e.shape == shape => self.precision.keep(half_kind(e.dtype)),
                 _ => None,
             },
         };
@@ -421,14 +416,14 @@ impl<'f> Loader<'f> {
     }
 }
 
-/// Storage type of saved weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Storage type of saved weights (also `train --model-dtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SaveDtype {
+    /// exactly the trained weights
     F32,
-    /// Half the size; for shipping small models (loaded back as f32, or kept 16-bit with
-    /// [`WeightPrecision::Stored`]).
+    /// rounded to f16: half the size (loaded back as f32, or kept 16-bit: `--weights-dtype`)
     F16,
-    /// Half the size with f32's range (rounded to nearest, ties to even).
+    /// rounded to bf16: half the size, f32's range
     BF16,
 }
 

@@ -221,11 +221,10 @@ impl ModelDir {
 /// A UNet from `path`. With `student`, the config gets the student's conditioning
 /// (guidance- and motion-scale embeddings of `dim`) and layers the file lacks are
 /// initialised (deterministic in `seed`), like the reference's `strict=False` load.
-/// Returns the named parameters too (checkpoint keys without prefix; f32 weights only: a
-/// student, which is trained, is always loaded in f32).
+/// Returns the named parameters too (checkpoint keys without prefix; f32 weights only, so
+/// a UNet to train is loaded with `WeightPrecision::F32`).
 pub fn load_unet_file(gpu: &Gpu, path: &Path, config: &UnetConfig, student: Option<(usize, u64)>, precision: WeightPrecision) -> Result<(Unet3d, Vec<(String, t2v_kernels::Tensor)>)> {
     let f = WeightFile::open(path)?;
-    let precision = if student.is_some() { WeightPrecision::F32 } else { precision };
     let l = Loader::new(&f, gpu, &f.prefix_among(&["model.diffusion_model."])).ignoring(&["first_stage_model.", "cond_stage_model."]).with_precision(precision);
     let (l, config) = match student {
         Some((dim, seed)) => {
