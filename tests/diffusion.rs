@@ -87,6 +87,24 @@ fn one_ddim_step_is_x0_of_the_guided_eps() {
     assert_eq!(consistency_timesteps(1000, 200, 4), vec![999, 749, 499, 249]);
 }
 
+/// Video-to-video grids (diffusers' LCMScheduler / img2img with `strength`): the origin grid
+/// cut to its lowest floor(points x strength) points, then the steps from its top.
+#[test]
+fn video_to_video_timesteps_cut_the_grid_at_the_strength() {
+    use t2v_turbo::diffusion::{partial_consistency_timesteps, strength_points};
+    assert_eq!(partial_consistency_timesteps(1000, 200, 4, 0.5), Some(vec![499, 374, 249, 124]));
+    // strength 1 is the whole grid; f32 strengths land on the points Python's int(n * s) gives
+    for (origin, steps) in [(200, 4), (200, 8), (200, 16), (50, 4)] {
+        assert_eq!(partial_consistency_timesteps(1000, origin, steps, 1.0), Some(consistency_timesteps(1000, origin, steps)));
+    }
+    assert_eq!([0.7f32, 0.3, 0.6, 0.35, 0.01].map(|s| strength_points(200, s)), [140, 60, 120, 70, 2]);
+    assert_eq!(strength_points(50, 0.01), 0);
+    assert_eq!(partial_consistency_timesteps(1000, 50, 4, 0.3), Some(vec![299, 239, 179, 119]));
+    // fewer points than steps: nothing to run
+    assert_eq!(partial_consistency_timesteps(1000, 200, 4, 0.015), None);
+    assert_eq!(partial_consistency_timesteps(1000, 200, 4, 0.02), Some(vec![19, 14, 9, 4]));
+}
+
 #[test]
 fn distillation_steps_lower_the_consistency_loss() {
     use t2v_kernels::optim::{AdamW, AdamWConfig, ParamGroup};

@@ -75,7 +75,7 @@ fn opts(out: &Path, stop_after: Option<u64>) -> RunOptions {
 fn validation(g: &Gpu, md: &ModelDir, every: u64) -> Validation {
     let v = &md.video;
     let prompts = ["a red circle moving left", "a blue square moving up", "a green triangle moving down"].map(String::from).to_vec();
-    let options = SampleOptions { steps: 4, origin: 10, w: 7.5, motion_scale: 0.05, motion_percentage: 0.5, seed: 3, frames: v.frames, height: v.height, width: v.width, fps: v.fps, teacher: None };
+    let options = SampleOptions { steps: 4, origin: 10, w: 7.5, motion_scale: 0.05, motion_percentage: 0.5, seed: 3, frames: v.frames, height: v.height, width: v.width, fps: v.fps, teacher: None, init: None };
     Validation { every, prompts, options, batch: 2, text: md.load_text(g).unwrap() }
 }
 
@@ -350,6 +350,24 @@ fn the_commands_run_end_to_end() {
     assert!(d.join("videos/000_a_red_circle_moving_left.gif").exists() && d.join("videos/000_a_red_circle_moving_left/frame_007.png").exists());
     let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "x", "--out", &p("videos")]);
     assert!(!ok && out.contains("not empty"), "{out}");
+    // video-to-video from a world clip (its frame folder), and what it refuses
+    let v2v = |extra: &[&str], out: &str| {
+        let (model, o) = (p("run/model"), p(out));
+        let mut args = vec!["sample", "--models", &model, "--prompt", "a blue square moving up", "--out", &o];
+        args.extend_from_slice(extra);
+        t2v(&args)
+    };
+    let (ok, out) = v2v(&["--init-video", &p("world/clips/00000"), "--strength", "0.5"], "v2v");
+    assert!(ok && out.contains("4 consistency steps from the input video, strength 0.5") && out.contains("4/4"), "{out}");
+    assert!(d.join("v2v/input.gif").exists() && d.join("v2v/000_a_blue_square_moving_up/frame_007.png").exists());
+    let (ok, out) = v2v(&["--strength", "0.5"], "v2v-a");
+    assert!(!ok && out.contains("--init-video"), "{out}");
+    let (ok, out) = v2v(&["--init-video", &p("world/clips/00000"), "--strength", "0"], "v2v-b");
+    assert!(!ok && out.contains("outside (0, 1]"), "{out}");
+    let (ok, out) = v2v(&["--init-video", &p("world/short")], "v2v-c");
+    assert!(!ok && out.contains("1 frames, 8 needed"), "{out}");
+    let (ok, out) = v2v(&["--init-video", &p("world/clips/00000"), "--strength", "0.01"], "v2v-d");
+    assert!(!ok && out.contains("keeps 2 points of the 200-point grid, fewer than the 4 steps"), "{out}");
     let (ok, out) = t2v(&["eval", &p("videos")]);
     assert!(ok && out.contains("accuracy") && out.contains("clips                 1"), "{out}");
     let (ok, out) = t2v(&["eval", &p("videos"), "--against", &p("videos")]);
@@ -397,7 +415,7 @@ fn a_video_does_not_depend_on_the_batch_it_is_generated_in() {
     let v = md.video;
     // the teacher's DDIM (eta 1: a noise draw between its two steps) and the student's sampler
     for (gen, teacher) in [(Generator::from_model_dir(&g, &md).unwrap(), Some(DdimConfig { steps: 2, cfg: 7.5, eta: 1.0 })), (Generator::from_model_dir(&g, &smd).unwrap(), None)] {
-        let opts = SampleOptions { steps: 2, origin: 50, w: 7.5, motion_scale: 0.05, motion_percentage: 0.5, seed: 0, frames: v.frames, height: v.height, width: v.width, fps: v.fps, teacher };
+        let opts = SampleOptions { steps: 2, origin: 50, w: 7.5, motion_scale: 0.05, motion_percentage: 0.5, seed: 0, frames: v.frames, height: v.height, width: v.width, fps: v.fps, teacher, init: None };
         let items = [("a red circle moving left", 3), ("a blue square moving up", 4), ("a red circle moving left", 5)];
         let batch = gen.generate_batch(&items, &opts).unwrap();
         assert_eq!(batch.len(), 3);
@@ -524,4 +542,66 @@ fn eight_bit_optimizer_states() {
     let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
     let e = run(&mut t, &opts(&d8, None)).unwrap_err().to_string();
     assert!(e.contains("other settings") && e.contains("adam8bit: true"), "{e}");
+}
+
+/// Video-to-video (SDEdit) with the shipped tiny models: a world clip re-generated under its
+/// own caption stays near its VAE reconstruction at low strength and drifts away as the
+/// strength grows, to as far as a video from noise at strength 1 — the teacher's DDIM (the
+/// lowest share of its steps) and a student (its steps over the lowest share of the grid);
+/// a batch gives each video what it gets alone; strengths that run no step are refused.
+#[test]
+fn video_to_video_keeps_more_of_the_video_the_lower_the_strength() {
+    use t2v_kernels::autograd::Tape;
+    use t2v_kernels::Tensor;
+    use t2v_turbo::diffusion::DdimConfig;
+    use t2v_turbo::pipeline::sample::{Generator, InitVideo};
+    use t2v_turbo::world::{clip_spec, render};
+    let g = gpu();
+    let md = ModelDir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny")).unwrap();
+    let v = md.video;
+    assert_eq!(v.height, v.width);
+    let world = WorldConfig { frames: v.frames, size: v.height, ..Default::default() };
+    let spec = clip_spec(7, 0, &world);
+    let pixels: std::sync::Arc<[f32]> = render(&spec, &world).to_model_input(v.height, v.width).into();
+    let caption = spec.caption();
+    let mad = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+    // the closest any generation can come: the VAE's reconstruction
+    let recon = {
+        let vae = md.load_vae(&g).unwrap();
+        let tape = Tape::new();
+        let x = tape.constant(Tensor::from_slice(&g, &[1, 3, v.frames, v.height, v.width], &pixels).unwrap());
+        tape.no_grad(|| vae.decode_video(&vae.encode_video(&x).unwrap()).unwrap().value().to_vec().unwrap())
+    };
+    let floor = mad(&recon, &pixels);
+    let d = tmp("v2v");
+    let (student, _) = load_run(&g, &md, &config(1), None).unwrap();
+    let smd = t2v_turbo::pipeline::train::write_student_model(&d.join("student"), &md, &student, 0, SaveDtype::F32).unwrap();
+    let student = Generator::from_model_dir(&g, &smd).unwrap();
+    let teacher = Generator::from_model_dir(&g, &md).unwrap();
+    for (name, gen, tc) in [("teacher", &teacher, Some(DdimConfig { steps: 10, cfg: 7.5, eta: 0.0 })), ("student", &student, None)] {
+        let base = SampleOptions { steps: 4, teacher: tc, ..SampleOptions::for_models(&smd) };
+        let at = |s: f32| SampleOptions { init: Some(InitVideo { pixels: pixels.clone(), strength: s }), ..base.clone() };
+        let dist: Vec<f32> = [0.2, 0.5, 1.0].iter().map(|&s| mad(&gen.generate(&caption, &at(s)).unwrap(), &pixels)).collect();
+        let from_noise = mad(&gen.generate(&caption, &base).unwrap(), &pixels);
+        let msg = format!("{name}: distance to the clip at strength 0.2 / 0.5 / 1: {dist:?}, from noise {from_noise}, VAE reconstruction {floor}");
+        eprintln!("{msg}");
+        assert!(dist[0] < 1.5 * floor && dist[0] <= dist[1] * 1.02, "{msg}");
+        assert!(dist[1] < 0.5 * dist[2] && dist[2] > 0.8 * from_noise, "{msg}");
+        // a batch: each video as alone (its own noise stream, the same input)
+        let items = [(caption.as_str(), 3), ("a blue square moving up", 4)];
+        let batch = gen.generate_batch(&items, &at(0.5)).unwrap();
+        for ((p, seed), got) in items.iter().zip(&batch) {
+            let one = gen.generate(p, &SampleOptions { seed: *seed, ..at(0.5) }).unwrap();
+            let diff = one.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff <= 1e-4, "{name} {p:?}: batched vs alone differ by {diff}");
+        }
+        // no step to run: refused with the reason
+        let few = if base.teacher.is_some() { 0.05 } else { 0.01 };
+        let e = gen.generate(&caption, &at(few)).unwrap_err().to_string();
+        assert!(e.contains("raise the strength"), "{e}");
+        let e = gen.generate(&caption, &at(1.5)).unwrap_err().to_string();
+        assert!(e.contains("outside (0, 1]"), "{e}");
+        let e = gen.generate(&caption, &SampleOptions { frames: v.frames + 1, ..at(0.5) }).unwrap_err().to_string();
+        assert!(e.contains("values"), "{e}");
+    }
 }

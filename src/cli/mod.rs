@@ -86,7 +86,8 @@ pub enum Command {
     /// List GPU adapters with their features and key limits, and self-check the chosen one;
     /// or, with --weights, describe a checkpoint file.
     Info(info::InfoArgs),
-    /// Generate videos from prompts with a distilled student (4/8/16 consistency steps).
+    /// Generate videos from prompts with a distilled student (4/8/16 consistency steps) or
+    /// the teacher, from noise or re-generating a given video (--init-video).
     Sample(Box<sample::SampleArgs>),
     /// Run a reference fixture folder through the project and compare every output tensor
     /// (exit status 1 on any difference beyond the tolerance).

@@ -1,4 +1,5 @@
-//! `t2v-turbo sample`: prompts -> videos (GIF + PNG frames) with the distilled student.
+//! `t2v-turbo sample`: prompts -> videos (GIF + PNG frames) with the distilled student (or the
+//! teacher), from noise or from a given video (`--init-video`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -9,11 +10,11 @@ use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::models::clip::{ClipConfig, TextConfig};
 use crate::models::unet3d::UnetConfig;
 use crate::models::vae::VaeConfig;
-use crate::pipeline::sample::{Generator, GeneratorFiles, SampleOptions};
+use crate::pipeline::sample::{Generator, GeneratorFiles, InitVideo, SampleOptions};
 use crate::pipeline::captions::{write_jsonl, CaptionRow};
 use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::progress::Progress;
-use crate::pipeline::video_io::{write_frames, write_gif, write_mp4, Frames};
+use crate::pipeline::video_io::{read_video, write_frames, write_gif, write_mp4, Frames};
 
 #[derive(clap::Args, Debug)]
 pub struct SampleArgs {
@@ -110,6 +111,22 @@ pub struct SampleArgs {
     /// --teacher: DDIM eta (0 deterministic, 1 stochastic like VideoCrafter2's default).
     #[arg(long, default_value_t = 1.0)]
     pub eta: f32,
+    /// Video-to-video: every prompt re-generates this video (a folder of PNG/JPEG frames,
+    /// or a video file read through ffmpeg) instead of starting from noise: its first
+    /// --frames frames, resized and center-cropped to the clip size, are encoded and noised
+    /// part of the way (SDEdit). The prepared input is written as `input.gif`.
+    #[arg(long)]
+    pub init_video: Option<PathBuf>,
+    /// --init-video: how much of the trajectory is re-generated, in (0, 1]. The student's
+    /// --steps are spread over the lowest part of its grid (0.5 on the 200-point grid, 4
+    /// steps: t = 499, 374, 249, 124); the teacher runs that share of its DDIM steps. Lower
+    /// keeps more of the video; 1 keeps only a trace of it.
+    #[arg(long, default_value_t = 0.6, requires = "init_video", value_parser = parse_strength)]
+    pub strength: f32,
+    /// --init-video given as a frame folder: its frame rate (every round(source_fps / fps)-th
+    /// frame is used; default: every frame).
+    #[arg(long, requires = "init_video")]
+    pub source_fps: Option<f32>,
 }
 
 fn json(path: &Path) -> Result<serde_json::Value, CliError> {
@@ -165,7 +182,24 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         width,
         fps,
         teacher: a.teacher.then_some(crate::diffusion::DdimConfig { steps: a.teacher_steps, cfg: a.cfg, eta: a.eta }),
+        init: None,
     };
+    let opts = match &a.init_video {
+        Some(path) => {
+            let init = read_init_video(path, a, &opts)?;
+            SampleOptions { init: Some(InitVideo { pixels: init.into(), strength: a.strength }), ..opts }
+        }
+        None => opts,
+    };
+    if let Some(iv) = &opts.init {
+        // refuse a strength that runs no step before any sampling
+        let n_train = generator.schedule.len();
+        match &opts.teacher {
+            Some(tc) => drop(opts.teacher_grid(n_train, tc)?),
+            None => drop(opts.consistency_timesteps(n_train)?),
+        }
+        write_gif(&a.out.join("input.gif"), &Frames::from_chw(&iv.pixels, frames_n, height, width), fps).map_err(|e| CliError::Check(e.to_string()))?;
+    }
     let mut rows = Vec::new();
     let mut mp4 = !a.no_mp4;
     if a.batch == 0 {
@@ -198,10 +232,11 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
             }
             rows.push(CaptionRow { path: name.clone(), caption: prompt.clone(), short_caption: None });
             println!(
-                "{} ({} {} steps, {:.2} s per video in a batch of {}, peak GPU memory {:.0} MiB): {prompt:?}",
+                "{} ({} {} steps{}, {:.2} s per video in a batch of {}, peak GPU memory {:.0} MiB): {prompt:?}",
                 gif.display(),
-                if a.teacher { a.teacher_steps } else { a.steps },
+                opts.sampling_steps(),
                 if a.teacher { "teacher DDIM" } else { "consistency" },
+                if opts.init.is_some() { format!(" from the input video, strength {}", a.strength) } else { String::new() },
                 secs,
                 chunk.len(),
                 peak
@@ -214,6 +249,25 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     // the clips with their prompts, in the format `t2v-turbo eval` reads
     write_jsonl(&a.out.join("captions.jsonl"), &rows)?;
     Ok(())
+}
+
+fn parse_strength(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|e| format!("{e}"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is outside (0, 1]"))
+    }
+}
+
+/// `--init-video` as the model's input: (3, F, H, W) in [-1, 1].
+fn read_init_video(path: &Path, a: &SampleArgs, o: &SampleOptions) -> Result<Vec<f32>, CliError> {
+    let stride = a.source_fps.map(|s| (s / o.fps).round().max(1.0) as usize).unwrap_or(1);
+    let video = read_video(path, o.fps, stride, o.frames).map_err(|e| CliError::Check(format!("--init-video: {e}")))?;
+    if video.frames.len() < o.frames {
+        return Err(CliError::Check(format!("--init-video {}: {} frames, {} needed (lower --frames, or give a longer video)", path.display(), video.frames.len(), o.frames)));
+    }
+    Ok(video.to_model_input(o.height, o.width))
 }
 
 fn load_from_files(gpu: &Gpu, a: &SampleArgs) -> Result<Generator, CliError> {

@@ -2,7 +2,8 @@
 //! - the scaled-linear schedule of VideoCrafter2 (1000 steps, eps prediction);
 //! - DDIM grids, the DDIM solver step on a grid and DDIM inversion;
 //! - consistency boundary conditions (sigma_data 0.5, timestep scaling 10);
-//! - the multistep consistency sampler of the student (LCM-style timesteps).
+//! - the multistep consistency sampler of the student (LCM-style timesteps), and the cut
+//!   grids of video-to-video runs (SDEdit).
 //!
 //! Elementwise updates run on autograd values (the distillation loss differentiates them).
 
@@ -143,9 +144,31 @@ pub fn ddim_timesteps(n_train: usize, n: usize) -> Vec<usize> {
 /// The student's inference timesteps: `steps` points of the `origin`-point grid, from the
 /// top, every len/steps-th (LCM's set_timesteps): origin 200 -> 4 steps 999, 749, 499, 249.
 pub fn consistency_timesteps(n_train: usize, origin: usize, steps: usize) -> Vec<usize> {
-    let grid = ddim_timesteps(n_train, origin);
+    lcm_timesteps(&ddim_timesteps(n_train, origin), steps)
+}
+
+/// `steps` points of an ascending grid, from the top, every len/steps-th.
+fn lcm_timesteps(grid: &[usize], steps: usize) -> Vec<usize> {
     let skip = (grid.len() / steps.max(1)).max(1);
     grid.iter().rev().step_by(skip).take(steps).copied().collect()
+}
+
+/// How many of a grid's `points` a video-to-video run of `strength` (0 < s <= 1) covers:
+/// the lowest floor(points * s), as diffusers' img2img pipelines (the f32 rounding of s
+/// forgiven: 0.7 of 200 points is 140).
+pub fn strength_points(points: usize, strength: f32) -> usize {
+    ((points as f64 * strength as f64 + 1e-3).floor().max(0.0) as usize).min(points)
+}
+
+/// The student's timesteps of a video-to-video run (SDEdit; diffusers' LCMScheduler with
+/// `strength`): the `origin`-point grid cut to its lowest [`strength_points`], then `steps`
+/// points of it as in [`consistency_timesteps`] (origin 200, 4 steps, strength 0.5 ->
+/// 499, 374, 249, 124; strength 1 is [`consistency_timesteps`]). None when the cut grid
+/// has fewer points than steps.
+pub fn partial_consistency_timesteps(n_train: usize, origin: usize, steps: usize, strength: f32) -> Option<Vec<usize>> {
+    let grid = ddim_timesteps(n_train, origin);
+    let k = strength_points(grid.len(), strength);
+    (k >= steps.max(1)).then(|| lcm_timesteps(&grid[..k], steps))
 }
 
 /// Consistency boundary conditions at timestep t: (c_skip, c_out), sigma_data 0.5 and
@@ -281,6 +304,24 @@ pub fn ddim_sample(
     uncond: &Var,
     fps: &[f32],
     cfg: &DdimConfig,
+    noise: impl FnMut(usize) -> Result<Tensor>,
+    on_step: impl FnMut() -> Result<()>,
+) -> Result<Var> {
+    ddim_sample_on(unet, sched, &ddim_timesteps(sched.len(), cfg.steps), init, context, uncond, fps, cfg, noise, on_step)
+}
+
+/// [`ddim_sample`] on the points of an ascending `grid` (`init` at its top): a
+/// video-to-video run takes the lowest points of the full grid (SDEdit).
+#[allow(clippy::too_many_arguments)]
+pub fn ddim_sample_on(
+    unet: &Unet3d,
+    sched: &Schedule,
+    grid: &[usize],
+    init: &Var,
+    context: &Var,
+    uncond: &Var,
+    fps: &[f32],
+    cfg: &DdimConfig,
     mut noise: impl FnMut(usize) -> Result<Tensor>,
     mut on_step: impl FnMut() -> Result<()>,
 ) -> Result<Var> {
@@ -289,7 +330,6 @@ pub fn ddim_sample(
     let uncond = if uncond.shape()[0] == 1 && b > 1 { ad::concat(&vec![uncond; b], 0)? } else { uncond.clone() };
     let contexts = ad::concat(&[context, &uncond], 0)?;
     let fps2: Vec<f32> = fps.iter().chain(fps).copied().collect();
-    let grid = ddim_timesteps(sched.len(), cfg.steps);
     let mut z = init.clone();
     let mut x0 = init.clone();
     for (i, &t) in grid.iter().enumerate().rev() {

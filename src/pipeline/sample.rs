@@ -1,13 +1,16 @@
 //! Text-to-video with the distilled student: prompt -> OpenCLIP text context -> multistep
-//! consistency sampling (4/8/16 steps, no CFG: w is an input of the student) -> VAE decode.
+//! consistency sampling (4/8/16 steps, no CFG: w is an input of the student) -> VAE decode;
+//! or video-to-video (SDEdit): a given video, encoded and noised part of the way, re-generated
+//! from there.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use t2v_kernels::autograd::Tape;
+use t2v_kernels::autograd::{self as ad, Tape, Var};
 use t2v_kernels::{ops, Gpu, Tensor};
 
-use crate::diffusion::{consistency_sample, consistency_timesteps, ddim_sample, DdimConfig, SamplerConfig, Schedule};
+use crate::diffusion::{consistency_sample, consistency_timesteps, ddim_sample_on, ddim_timesteps, partial_consistency_timesteps, strength_points, DdimConfig, SamplerConfig, Schedule};
 use crate::models::clip::{TextConfig, TextTower};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet3d::{Unet3d, UnetConfig};
@@ -147,12 +150,14 @@ impl SamplerModels<'_> {
                 let v: Vec<f32> = rngs.iter_mut().flat_map(|r| r.take(n)).collect();
                 Ok(Tensor::from_slice(gpu, &shape, &v)?)
             };
-            let init = tape.constant(draw()?);
-            let cfg = SamplerConfig {
-                timesteps: consistency_timesteps(self.schedule.len(), opts.origin, opts.steps),
-                w: opts.w,
-                motion_scale: opts.motion_scale,
-                motion_percentage: opts.motion_percentage,
+            let noise = tape.constant(draw()?);
+            // video-to-video: the given video's latent, noised to the first timestep run
+            let clean = opts.init.as_ref().map(|iv| self.encode_init(tape, iv, b, opts)).transpose()?;
+            let start = |t: usize| -> Result<Var> {
+                match &clean {
+                    Some(z0) => self.schedule.add_noise(z0, &noise, t),
+                    None => Ok(noise.clone()),
+                }
             };
             let fps = vec![opts.fps; b];
             // progress: the device is synced at most once a second, so the steps reported
@@ -172,15 +177,67 @@ impl SamplerModels<'_> {
             let latent = match &opts.teacher {
                 Some(tc) => {
                     let uncond = self.text.penultimate(tape, &[tokenize("")?])?;
-                    ddim_sample(self.unet, self.schedule, &init, &context, &uncond, &fps, tc, |_| draw(), step)?
+                    let grid = opts.teacher_grid(self.schedule.len(), tc)?;
+                    let init = start(*grid.last().expect("a grid point"))?;
+                    ddim_sample_on(self.unet, self.schedule, &grid, &init, &context, &uncond, &fps, tc, |_| draw(), step)?
                 }
                 None => {
+                    let cfg = SamplerConfig {
+                        timesteps: opts.consistency_timesteps(self.schedule.len())?,
+                        w: opts.w,
+                        motion_scale: opts.motion_scale,
+                        motion_percentage: opts.motion_percentage,
+                    };
+                    let init = start(cfg.timesteps[0])?;
                     let out = consistency_sample(self.unet, self.schedule, &init, &context, &fps, &cfg, |_| draw(), step)?;
                     out.last().expect("at least one step").clone()
                 }
             };
             Ok(self.vae.decode_video(&latent)?.value().clone())
         })
+    }
+
+    /// The scaled latent of a video-to-video run's video, once per item: (B, C, F, h, w).
+    fn encode_init(&self, tape: &Tape, iv: &InitVideo, b: usize, opts: &SampleOptions) -> Result<Var> {
+        let bad = |msg: String| WeightsError::Data { path: "init video".into(), msg };
+        iv.checked_strength()?;
+        let shape = [1, 3, opts.frames, opts.height, opts.width];
+        if iv.pixels.len() != shape.iter().product::<usize>() {
+            return Err(bad(format!("{} values, but (3, F, H, W) = (3, {}, {}, {}) needs {}", iv.pixels.len(), opts.frames, opts.height, opts.width, shape.iter().product::<usize>())));
+        }
+        let x = tape.constant(Tensor::from_slice(self.vae.gpu(), &shape, &iv.pixels)?);
+        let z0 = self.vae.encode_video(&x)?;
+        Ok(if b == 1 { z0 } else { ad::concat(&vec![&z0; b], 0)? })
+    }
+}
+
+/// A video-to-video run's start (SDEdit): the video is encoded, noised to the first timestep
+/// the sampler runs, and re-generated from there under the prompt.
+#[derive(Clone)]
+pub struct InitVideo {
+    /// (3, F, H, W) in [-1, 1] at the options' frames, height and width (e.g.
+    /// [`crate::pipeline::video_io::Frames::to_model_input`]).
+    pub pixels: Arc<[f32]>,
+    /// How much of the trajectory is re-generated, in (0, 1]: the student's steps are spread
+    /// over the lowest `strength` of its grid, the teacher runs the lowest `strength` of its
+    /// DDIM steps (diffusers' img2img). Lower keeps more of the video.
+    pub strength: f32,
+}
+
+impl InitVideo {
+    fn checked_strength(&self) -> Result<f32> {
+        let s = self.strength;
+        if s > 0.0 && s <= 1.0 {
+            Ok(s)
+        } else {
+            Err(WeightsError::Data { path: "init video".into(), msg: format!("strength {s} is outside (0, 1]") })
+        }
+    }
+}
+
+impl std::fmt::Debug for InitVideo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InitVideo {{ {} values, strength {} }}", self.pixels.len(), self.strength)
     }
 }
 
@@ -199,6 +256,8 @@ pub struct SampleOptions {
     pub fps: f32,
     /// Sample with the teacher's DDIM + CFG instead of the student.
     pub teacher: Option<DdimConfig>,
+    /// Start from this video instead of noise (video-to-video).
+    pub init: Option<InitVideo>,
 }
 
 impl SampleOptions {
@@ -220,12 +279,47 @@ impl SampleOptions {
             width: v.width,
             fps: v.fps,
             teacher: (!md.is_student()).then(DdimConfig::default),
+            init: None,
         }
     }
 
-    /// UNet steps of one generation: the teacher's DDIM steps or the student's.
+    /// UNet steps of one generation: the teacher's DDIM steps (those a video-to-video run
+    /// takes) or the student's.
     pub fn sampling_steps(&self) -> usize {
-        self.teacher.as_ref().map_or(self.steps, |t| t.steps)
+        self.teacher.as_ref().map_or(self.steps, |t| self.init.as_ref().map_or(t.steps, |iv| strength_points(t.steps, iv.strength)))
+    }
+
+    /// The student's timesteps, from the top of the grid or (video-to-video) from the
+    /// strength's point of it.
+    pub fn consistency_timesteps(&self, n_train: usize) -> Result<Vec<usize>> {
+        let Some(iv) = &self.init else {
+            return Ok(consistency_timesteps(n_train, self.origin, self.steps));
+        };
+        let s = iv.checked_strength()?;
+        partial_consistency_timesteps(n_train, self.origin, self.steps, s).ok_or_else(|| WeightsError::Data {
+            path: "init video".into(),
+            msg: format!(
+                "strength {s} keeps {} points of the {}-point grid, fewer than the {} steps: raise the strength or lower the steps",
+                strength_points(self.origin, s),
+                self.origin,
+                self.steps
+            ),
+        })
+    }
+
+    /// The teacher's DDIM grid, ascending: all `steps` points, or a video-to-video run's
+    /// lowest ones.
+    pub fn teacher_grid(&self, n_train: usize, tc: &DdimConfig) -> Result<Vec<usize>> {
+        let mut grid = ddim_timesteps(n_train, tc.steps);
+        if let Some(iv) = &self.init {
+            let s = iv.checked_strength()?;
+            let k = strength_points(grid.len(), s);
+            if k == 0 {
+                return Err(WeightsError::Data { path: "init video".into(), msg: format!("strength {s} runs none of the teacher's {} DDIM steps: raise the strength or the steps", tc.steps) });
+            }
+            grid.truncate(k);
+        }
+        Ok(grid)
     }
 }
 
