@@ -360,6 +360,9 @@ fn the_commands_run_end_to_end() {
     let (ok, out) = v2v(&["--init-video", &p("world/clips/00000"), "--strength", "0.5"], "v2v");
     assert!(ok && out.contains("4 consistency steps from the input video, strength 0.5") && out.contains("4/4"), "{out}");
     assert!(d.join("v2v/input.gif").exists() && d.join("v2v/000_a_blue_square_moving_up/frame_007.png").exists());
+    // a still image on every frame (image-to-video)
+    let (ok, out) = v2v(&["--init-video", &p("world/clips/00000/frame_003.png"), "--strength", "0.9"], "i2v");
+    assert!(ok && out.contains("strength 0.9") && d.join("i2v/input.gif").exists(), "{out}");
     let (ok, out) = v2v(&["--strength", "0.5"], "v2v-a");
     assert!(!ok && out.contains("--init-video"), "{out}");
     let (ok, out) = v2v(&["--init-video", &p("world/clips/00000"), "--strength", "0"], "v2v-b");

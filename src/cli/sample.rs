@@ -14,7 +14,7 @@ use crate::pipeline::sample::{Generator, GeneratorFiles, InitVideo, SampleOption
 use crate::pipeline::captions::{write_jsonl, CaptionRow};
 use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::progress::Progress;
-use crate::pipeline::video_io::{read_video, write_frames, write_gif, write_mp4, Frames};
+use crate::pipeline::video_io::{read_image, read_video, write_frames, write_gif, write_mp4, Frames};
 
 #[derive(clap::Args, Debug)]
 pub struct SampleArgs {
@@ -114,7 +114,8 @@ pub struct SampleArgs {
     /// Video-to-video: every prompt re-generates this video (a folder of PNG/JPEG frames,
     /// or a video file read through ffmpeg) instead of starting from noise: its first
     /// --frames frames, resized and center-cropped to the clip size, are encoded and noised
-    /// part of the way (SDEdit). The prepared input is written as `input.gif`.
+    /// part of the way (SDEdit). A PNG/JPEG image is a still on every frame (image-to-video:
+    /// a high --strength, ~0.9, lets it move). The prepared input is written as `input.gif`.
     #[arg(long)]
     pub init_video: Option<PathBuf>,
     /// --init-video: how much of the trajectory is re-generated, in (0, 1]. The student's
@@ -262,8 +263,15 @@ fn parse_strength(s: &str) -> Result<f32, String> {
 
 /// `--init-video` as the model's input: (3, F, H, W) in [-1, 1].
 fn read_init_video(path: &Path, a: &SampleArgs, o: &SampleOptions) -> Result<Vec<f32>, CliError> {
-    let stride = a.source_fps.map(|s| (s / o.fps).round().max(1.0) as usize).unwrap_or(1);
-    let video = read_video(path, o.fps, stride, o.frames).map_err(|e| CliError::Check(format!("--init-video: {e}")))?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let video = if path.is_file() && matches!(ext.as_str(), "png" | "jpg" | "jpeg") {
+        // image-to-video: the still on every frame
+        let (width, height, rgb) = read_image(path).map_err(|e| CliError::Check(format!("--init-video: {e}")))?;
+        Frames { width, height, frames: vec![rgb; o.frames] }
+    } else {
+        let stride = a.source_fps.map(|s| (s / o.fps).round().max(1.0) as usize).unwrap_or(1);
+        read_video(path, o.fps, stride, o.frames).map_err(|e| CliError::Check(format!("--init-video: {e}")))?
+    };
     if video.frames.len() < o.frames {
         return Err(CliError::Check(format!("--init-video {}: {} frames, {} needed (lower --frames, or give a longer video)", path.display(), video.frames.len(), o.frames)));
     }
