@@ -25,7 +25,7 @@ use t2v_turbo::models::vae::Vae;
 use t2v_turbo::models::weights::{Loader, WeightPrecision};
 use t2v_turbo::pipeline::model_dir::{world_vocab, Preset};
 use t2v_turbo::pipeline::preprocess::{preprocess_clip, MotionReference, PreprocessConfig};
-use t2v_turbo::pipeline::sample::{Gaussian, Generator, SampleOptions};
+use t2v_turbo::pipeline::sample::{Gaussian, Generator, InitVideo, SampleOptions};
 use t2v_turbo::pipeline::shards::{open_dataset, write_shard, RecordMeta, RecordTensors, ShardConfig};
 use t2v_turbo::pipeline::train::{RewardModels, Student, TrainConfig, Trainer};
 use t2v_turbo::reward::{ImageTextReward, InternVideo2Reward, Preprocess};
@@ -146,6 +146,12 @@ fn main() {
             }
             println!("| sample 1 video, {steps} consistency steps + VAE decode | {t:.3} | {:.0} | {:.1}x | one student forward |", mib(m), t / t_fwd);
         }
+        // video-to-video: the same 4 steps from an encoded video (one VAE encode more)
+        let n = 3 * shape.frames * shape.height * shape.width;
+        let pixels: std::sync::Arc<[f32]> = Gaussian::new(5).take(n).iter().map(|v| (v / 3.0).clamp(-1.0, 1.0)).collect();
+        let v2v = SampleOptions { init: Some(InitVideo { pixels, strength: 0.6 }), ..opts(4, false) };
+        let (t, m) = timed(&gpu, budget, once, || sg.generate("a red circle moving left", &v2v).unwrap()[5]);
+        println!("| video-to-video 1 video, 4 consistency steps at strength 0.6 + VAE encode and decode | {t:.3} | {:.0} | {:.2}x | the 4-step sample |", mib(m), t / t_four);
         // the same with the three models' matrix weights kept in f16 (`--weights-dtype f16`):
         // the weight memory that saves, and what widening them at every use costs
         drop(sg);
