@@ -14,7 +14,7 @@
 #   gemm present embed           the GEMM / Winograd, storage-texture and lent-device tests
 #   kernels                      Winograd F(2x2) / F(4x4) rows against the direct conv
 #   models-direct models-auto    UNet call, VAE decoder, reward backward (T2V_CONV_PATH)
-#   sample-direct sample-auto    4/8/16-step samples at VideoCrafter2 size (and f16 weights)
+#   sample-direct sample-auto    4/8/16-step samples at VideoCrafter2 size (f16 weights, video-to-video)
 #   preprocess-auto              motion-guided preprocessing on the 200-point grid
 #   train-auto                   one training step at full size: time and live peak memory
 set -uo pipefail
