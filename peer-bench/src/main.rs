@@ -9,7 +9,7 @@ use burn::tensor::{Tensor as BTensor, TensorData};
 use t2v_kernels::bench::{best_time, check_value, pseudo_data};
 use t2v_kernels::{ops, Gpu, GpuOptions, Tensor};
 
-/// C[0][0] of A (m x k) B (k x n) in f64.
+/// `C[0][0]` of A (m x k) B (k x n) in f64.
 fn c00(a: &[f32], b: &[f32], k: usize, n: usize) -> f64 {
     (0..k).map(|l| a[l] as f64 * b[l * n] as f64).sum()
 }
