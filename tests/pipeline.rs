@@ -371,6 +371,11 @@ fn the_commands_run_end_to_end() {
     assert!(!ok && out.contains("1 frames, 8 needed"), "{out}");
     let (ok, out) = v2v(&["--init-video", &p("world/clips/00000"), "--strength", "0.01"], "v2v-d");
     assert!(!ok && out.contains("keeps 2 points of the 200-point grid, fewer than the 4 steps"), "{out}");
+    // steps that cannot run on their grid
+    for steps in [["--steps", "0"], ["--steps", "201"]] {
+        let (ok, out) = v2v(&steps, "bad-steps");
+        assert!(!ok && out.contains("the steps must be 1 ..= the grid's points"), "{out}");
+    }
     let (ok, out) = t2v(&["eval", &p("videos")]);
     assert!(ok && out.contains("accuracy") && out.contains("clips                 1"), "{out}");
     let (ok, out) = t2v(&["eval", &p("videos"), "--against", &p("videos")]);

@@ -192,20 +192,20 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         }
         None => opts,
     };
+    if a.batch == 0 {
+        return Err(CliError::Check("--batch must be at least 1".into()));
+    }
+    // refuse steps (or a strength) that run nothing before any sampling
+    let n_train = generator.schedule.len();
+    match &opts.teacher {
+        Some(tc) => drop(opts.teacher_grid(n_train, tc)?),
+        None => drop(opts.consistency_timesteps(n_train)?),
+    }
     if let Some(iv) = &opts.init {
-        // refuse a strength that runs no step before any sampling
-        let n_train = generator.schedule.len();
-        match &opts.teacher {
-            Some(tc) => drop(opts.teacher_grid(n_train, tc)?),
-            None => drop(opts.consistency_timesteps(n_train)?),
-        }
         write_gif(&a.out.join("input.gif"), &Frames::from_chw(&iv.pixels, frames_n, height, width), fps).map_err(|e| CliError::Check(e.to_string()))?;
     }
     let mut rows = Vec::new();
     let mut mp4 = !a.no_mp4;
-    if a.batch == 0 {
-        return Err(CliError::Check("--batch must be at least 1".into()));
-    }
     if a.profile {
         gpu.set_profiling(true)?;
     }

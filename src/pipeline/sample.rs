@@ -292,6 +292,12 @@ impl SampleOptions {
     /// The student's timesteps, from the top of the grid or (video-to-video) from the
     /// strength's point of it.
     pub fn consistency_timesteps(&self, n_train: usize) -> Result<Vec<usize>> {
+        if self.steps == 0 || self.origin == 0 || self.origin > n_train || self.steps > self.origin {
+            return Err(WeightsError::Data {
+                path: "sampling options".into(),
+                msg: format!("{} steps on a {}-point grid: the steps must be 1 ..= the grid's points, the grid 1 ..= {n_train} points", self.steps, self.origin),
+            });
+        }
         let Some(iv) = &self.init else {
             return Ok(consistency_timesteps(n_train, self.origin, self.steps));
         };
@@ -310,6 +316,9 @@ impl SampleOptions {
     /// The teacher's DDIM grid, ascending: all `steps` points, or a video-to-video run's
     /// lowest ones.
     pub fn teacher_grid(&self, n_train: usize, tc: &DdimConfig) -> Result<Vec<usize>> {
+        if tc.steps == 0 || tc.steps > n_train {
+            return Err(WeightsError::Data { path: "sampling options".into(), msg: format!("{} DDIM steps: 1 ..= {n_train} are possible", tc.steps) });
+        }
         let mut grid = ddim_timesteps(n_train, tc.steps);
         if let Some(iv) = &self.init {
             let s = iv.checked_strength()?;
