@@ -9,7 +9,8 @@
 # `run` unpacks `.gl/*.deb` (libvulkan1 etc., downloaded as the device README says) when
 # present. The checks, in order (10-12 minutes on an H200; their limits add up to 25, so
 # split them over calls where one call may run 10 — the targets first:
-# `run OUT info sample-auto preprocess-auto`, then `run OUT train-auto kernels models-auto`):
+# `run OUT info sample-auto preprocess-auto`, then `run OUT matrix sample-matrix
+# models-matrix train-auto`, then `run OUT kernels models-auto`):
 #   info                         adapter, limits, self-check
 #   gemm present embed           the GEMM / Winograd, storage-texture and lent-device tests
 #   kernels                      Winograd F(2x2) / F(4x4) rows against the direct conv
@@ -17,6 +18,9 @@
 #   sample-direct sample-auto    4/8/16-step samples at VideoCrafter2 size (f16 weights, video-to-video)
 #   preprocess-auto              motion-guided preprocessing on the 200-point grid
 #   train-auto                   one training step at full size: time and live peak memory
+#   matrix                       the matrix-core GEMM (cooperative matrices, f16 inputs): its
+#                                test and `info --matrix-cores` (kernels has its bench rows)
+#   models-matrix sample-matrix  the models and the samples with T2V_MATRIX_CORES=1
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -68,7 +72,7 @@ run)
         tail -n 6 "$out/$name.log"
     }
     only="$*"
-    known=" info gemm present embed kernels models-direct models-auto sample-direct sample-auto preprocess-auto train-auto "
+    known=" info gemm present embed kernels models-direct models-auto sample-direct sample-auto preprocess-auto train-auto matrix models-matrix sample-matrix "
     for c in $only; do [[ "$known" == *" $c "* ]] || { echo "unknown check $c; the checks:$known" >&2; exit 2; }; done
     step info 60 devbin/t2v-turbo info
     step gemm 120 devbin/gemm --test-threads 1
@@ -83,6 +87,9 @@ run)
     # the training step's live peak (does full-size training fit 80 GB?); its record is
     # preprocessed on the 50-point grid to keep the inversion short
     step train-auto 240 env T2V_CONV_PATH=auto devbin/pipeline --bench --once --sections train --grid 50
+    step matrix 90 sh -c 'devbin/t2v-turbo info --matrix-cores && devbin/gemm matrix_core --nocapture'
+    step models-matrix 90 env T2V_MATRIX_CORES=1 devbin/models --bench
+    step sample-matrix 150 env T2V_MATRIX_CORES=1 devbin/pipeline --bench --once --sections sample
     ;;
 *)
     sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'

@@ -59,8 +59,6 @@ fn gemm_cpu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     store(z, m, n0 + 4u, c1.x); store(z, m, n0 + 5u, c1.y); store(z, m, n0 + 6u, c1.z); store(z, m, n0 + 7u, c1.w);
 }
 
-const BM: u32 = 128u;
-const BN: u32 = 128u;
 const BK: u32 = 8u;
 
 var<workgroup> As: array<f32, 1024>;   // [BK][BM]
@@ -122,81 +120,11 @@ fn gemm_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // FOLD (convolutions, batch given as 1): the columns run over the pixels of every image,
 // n = image * P + pixel with P = oh * ow, so that images of few pixels fill whole tiles;
 // C keeps its (image, M, P) layout (c_bs per image) and b its b_bs per image.
-const BK4: u32 = 16u;
 override FOLD: bool = false;
 const ROW4: u32 = 33u;   // vec4s per staged slice row (132 floats)
 
 var<workgroup> As4: array<vec4<f32>, 528>;   // [BK4][ROW4]: A(mb + 4q + c, k0 + kk) at [kk][q][c]
 var<workgroup> Bs4: array<vec4<f32>, 528>;   // [BK4][ROW4]: B(k0 + kk, nb + 4q + c)
-
-// (row of the tile, k of the slice) of element r of this thread's 8 of A's 128 x 16 slice.
-fn a_slot(lid: u32, r: u32) -> vec2<u32> {
-    let e = lid + 256u * r;
-    if (TRANS_A) {
-        return vec2<u32>(e % BM, e / BM);
-    }
-    return vec2<u32>(e / BK4, e % BK4);
-}
-
-// (column of the tile, k of the slice) of element r of this thread's 8 of B's slice; with
-// B_MODE 1 or B not transposed the column is lid % 128 and k = lid / 128 + 2r.
-fn b_slot(lid: u32, r: u32) -> vec2<u32> {
-    let e = lid + 256u * r;
-    if (B_MODE == 0u && TRANS_B) {
-        return vec2<u32>(e / BK4, e % BK4);
-    }
-    return vec2<u32>(e % BN, e / BN);
-}
-
-// The window tap (channel, ky, kx) of k advanced by `d` taps.
-fn tap_advance(t: vec3<u32>, d: u32) -> vec3<u32> {
-    var r = t;
-    r.z += d;
-    while (r.z >= p.kw) {
-        r.z -= p.kw;
-        r.y += 1u;
-    }
-    while (r.y >= p.kh) {
-        r.y -= p.kh;
-        r.x += 1u;
-    }
-    return r;
-}
-
-// This thread's 8 elements of B's slice at k0, zero from k_end on (conv: im2col of the fixed
-// column `pix`, whose image starts at `base` in b and whose window origin is `o`).
-fn fetch_b(z: u32, nb: u32, k0: u32, k_end: u32, lid: u32, pix: u32, base: u32, o: vec2<i32>) -> array<f32, 8> {
-    var v: array<f32, 8>;
-    if (B_MODE == 1u) {
-        let k = k0 + lid / BN;
-        var t = window_tap(k);
-        for (var r = 0u; r < 8u; r++) {
-            var x = 0.0;
-            let iy = o.x + i32(t.y);
-            let ix = o.y + i32(t.z);
-            if (pix < p.n && k + 2u * r < k_end && iy >= 0 && ix >= 0 && iy < i32(p.h) && ix < i32(p.w)) {
-                x = b[base + (t.x * p.h + u32(iy)) * p.w + u32(ix)];
-            }
-            v[r] = x;
-            t = tap_advance(t, 2u);
-        }
-        return v;
-    }
-    for (var r = 0u; r < 8u; r++) {
-        let s = b_slot(lid, r);
-        v[r] = select(0.0, load_b(z, k0 + s.y, nb + s.x), k0 + s.y < k_end);
-    }
-    return v;
-}
-
-fn fetch_a(z: u32, mb: u32, k0: u32, k_end: u32, lid: u32) -> array<f32, 8> {
-    var v: array<f32, 8>;
-    for (var r = 0u; r < 8u; r++) {
-        let s = a_slot(lid, r);
-        v[r] = select(0.0, load_a(z, mb + s.x, k0 + s.y), k0 + s.y < k_end);
-    }
-    return v;
-}
 
 @compute @workgroup_size(256)
 fn gemm_tiled4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -23,6 +23,19 @@ fn info_lists_adapters_and_self_checks() {
     assert!(out.contains("self-check") && out.contains("ok"), "{out}");
 }
 
+/// `--matrix-cores`: the GEMMs on the adapter's matrix units where it has cooperative
+/// matrices (the self-check passes on them), else a refusal that says why.
+#[test]
+fn matrix_cores_run_or_are_refused_with_the_reason() {
+    let (ok, out, err) = t2v(&["info", "--matrix-cores"], &[]);
+    if ok {
+        assert!(out.contains("GEMMs: matrix cores") && out.contains("self-check") && out.contains("ok"), "{out}");
+    } else {
+        assert!(err.contains("matrix cores requested") && err.contains("lacks") && err.contains("run without them"), "{err}");
+        assert!(out.contains("matrix cores: none usable"), "{out}");
+    }
+}
+
 #[test]
 fn unknown_adapter_lists_the_available_ones() {
     let (ok, _, err) = t2v(&["info", "--adapter", "no-such-gpu-42"], &[]);

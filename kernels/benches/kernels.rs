@@ -4,7 +4,8 @@
 //! copy measured in the same run (the device's practical bandwidth); a conv's input gradient
 //! a ratio to its forward conv; on GPUs the matmul, linear and conv rows a ratio to the first
 //! tiled kernel (`KernelVariant::TiledScalar`), and 3x3 convs through Winograd a ratio to
-//! the direct convolution (`ConvPath`). The matmul ratio to
+//! the direct convolution (`ConvPath`); where the adapter has matrix units (cooperative
+//! matrices), the GEMMs on them a ratio to the f32 tiled kernel. The matmul ratio to
 //! burn-wgpu comes from the peer benchmark (`cargo run --release -p t2v-peer-bench`).
 //! Every timed region ends with a one-element readback, checked against the CPU.
 //! Shapes are reduced on CPU adapters (lavapipe) and full on GPUs.
@@ -245,4 +246,52 @@ fn main() {
     });
     b.row("softmax", format!("{hw}x{hw}"), t, 8.0 * (hw * hw) as f64, "GB/s", Some(copy_gbs));
     let _ = b.rows.len();
+    matrix_cores(cpu, quick);
+}
+
+/// The GEMMs on the matrix units (gemm_coop: f16 inputs, f32 sums) against the f32 tiled
+/// kernel on the same device, where the adapter offers cooperative matrices (a device opened
+/// with `GpuOptions::matrix_cores`); values checked against the f32 reference to 1%.
+fn matrix_cores(cpu: bool, quick: bool) {
+    let gpu = match Gpu::new(&GpuOptions { quiet: true, matrix_cores: true, ..Default::default() }) {
+        Ok(g) => g,
+        Err(e) => {
+            println!("(no matrix-core rows: {e})");
+            return;
+        }
+    };
+    let t = gpu.matrix_tile().expect("opened for them");
+    let mut b = Bench { gpu, budget: if cpu { 2.0 } else { 0.5 }, rows: vec![] };
+    let variants = [KernelVariant::Tiled, KernelVariant::MatrixCores];
+    let mut mm = if cpu { vec![(256, 256, 256), (512, 512, 512)] } else { vec![(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096), (2560, 320, 320), (640, 1280, 1280)] };
+    if quick {
+        mm.truncate(2);
+    }
+    for (m, k, nn) in mm {
+        let (a, av) = b.tensor(&[m, k], 2);
+        let (w, wv) = b.tensor(&[k, nn], 3);
+        let want: f64 = (0..k).map(|l| av[l] as f64 * wv[l * nn] as f64).sum();
+        b.variants(&variants, &format!("matmul, {t}x{t} fragments"), format!("{m}x{k}x{nn}"), 2.0 * (m * k * nn) as f64, || {
+            check_value("matmul", ops::matmul(&a, &w).unwrap().item_at(0).unwrap(), want, 1e-2)
+        });
+    }
+    let (tokens, cin, cout) = if cpu { (2560, 64, 256) } else { (40960, 320, 2560) };
+    let (x, xv) = b.tensor(&[tokens, cin], 16);
+    let (w, wv) = b.tensor(&[cout, cin], 17);
+    let want: f64 = (0..cin).map(|l| xv[l] as f64 * wv[l] as f64).sum();
+    b.variants(&variants, "linear", format!("{tokens}x{cin} -> {cout}"), 2.0 * (tokens * cin * cout) as f64, || {
+        check_value("linear", ops::linear(&x, &w, None).unwrap().item_at(0).unwrap(), want, 1e-2)
+    });
+    // the UNet's 3x3 convs at 320 channels on 40x64, direct (what matrix cores run)
+    let frames = if cpu { 1 } else { 16 };
+    let (x, xv) = b.tensor(&[frames, 320, 40, 64], 7);
+    let (w, wv) = b.tensor(&[320, 320, 3, 3], 8);
+    let want: f64 = (0..320)
+        .flat_map(|c| (0..3).flat_map(move |ky| (0..3).map(move |kx| (c, ky, kx))))
+        .map(|(c, ky, kx)| wv[(c * 3 + ky) * 3 + kx] as f64 * xv[(c * 40 + ky) * 64 + kx] as f64)
+        .sum();
+    b.gpu.set_conv_path(ConvPath::Direct);
+    b.variants(&variants, "conv2d 3x3", format!("{frames}x320x40x64 -> 320"), 2.0 * (frames * 320 * 320 * 9 * 40 * 64) as f64, || {
+        check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(65).unwrap(), want, 1e-2)
+    });
 }

@@ -29,7 +29,17 @@ pub struct GpuOptions {
     /// every kernel bounds its indices itself, and the checks cost ~25% on CPU adapters.
     /// Also on when the environment has `T2V_SHADER_CHECKS=1` (a debugging aid).
     pub shader_checks: bool,
+    /// Run the GEMMs (matmuls, linears, convolutions) on the adapter's matrix units: inputs
+    /// rounded to f16, products accumulated in f32 (cooperative matrices — NVIDIA tensor
+    /// cores through `VK_KHR_cooperative_matrix`; wgpu's experimental
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX`). Opening the device fails when the adapter has no
+    /// f16 x f16 -> f32 fragments of 8 x 8 with 8-lane or 16 x 16 with 32-lane subgroups.
+    /// Also on when the environment has `T2V_MATRIX_CORES=1`.
+    pub matrix_cores: bool,
 }
+
+/// Environment variable that turns [`GpuOptions::matrix_cores`] on.
+pub const MATRIX_CORES_ENV: &str = "T2V_MATRIX_CORES";
 
 /// Environment variable that turns shader runtime checks on.
 pub const SHADER_CHECKS_ENV: &str = "T2V_SHADER_CHECKS";
@@ -45,6 +55,9 @@ pub struct AdapterSummary {
     pub info: wgpu::AdapterInfo,
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
+    /// Fragment size the matrix-core GEMM would run on ([`GpuOptions::matrix_cores`]), or why
+    /// it cannot.
+    pub matrix_cores: std::result::Result<u32, String>,
 }
 
 impl AdapterSummary {
@@ -80,7 +93,7 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
     adapters
         .iter()
         .enumerate()
-        .map(|(index, a)| AdapterSummary { index, info: a.get_info(), features: a.features(), limits: a.limits() })
+        .map(|(index, a)| AdapterSummary { index, info: a.get_info(), features: a.features(), limits: a.limits(), matrix_cores: matrix_tile(a).map_err(|e| e.to_string()) })
         .collect()
 }
 
@@ -98,6 +111,31 @@ fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
         _ => 1,
     };
     (backend, ty)
+}
+
+/// The fragment size gemm_coop runs on this adapter: f16 x f16 -> f32 cooperative matrices of
+/// T x T x T where the 256-thread workgroup's subgroups number (128 / T)^2 / 8 (each owns
+/// 2 x 4 fragments of the 128 x 128 tile): T = 16 with 32 lanes (NVIDIA), T = 8 with 8
+/// (lavapipe).
+fn matrix_tile(adapter: &wgpu::Adapter) -> Result<u32> {
+    let info = adapter.get_info();
+    let need = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+    let no = |why: String| Err(Error::Device(format!("matrix cores requested ({MATRIX_CORES_ENV} or --matrix-cores), but {}: {why}; run without them", info.name)));
+    if !adapter.features().contains(need) {
+        let missing: Vec<&str> = (need - adapter.features()).iter_names().map(|(n, _)| n).collect();
+        return no(format!("the adapter lacks {} (cooperative matrices: NVIDIA GPUs through Vulkan, lavapipe of Mesa 26.1)", missing.join(", ")));
+    }
+    let lanes = (info.subgroup_min_size == info.subgroup_max_size).then_some(info.subgroup_min_size);
+    let offered = adapter.cooperative_matrix_properties();
+    for t in [16u32, 8] {
+        let fragment = offered.iter().any(|c| {
+            (c.m_size, c.n_size, c.k_size) == (t, t, t) && c.ab_type == wgpu::CooperativeScalarType::F16 && c.cr_type == wgpu::CooperativeScalarType::F32
+        });
+        if fragment && lanes == Some(256 * 8 / (128 / t).pow(2)) {
+            return Ok(t);
+        }
+    }
+    no(format!("its fragments {offered:?} with subgroups of {}..{} lanes fit none of gemm_coop's (f16 x f16 -> f32, 16 x 16 with 32 lanes or 8 x 8 with 8)", info.subgroup_min_size, info.subgroup_max_size))
 }
 
 /// Does `query` select this adapter?
@@ -139,6 +177,9 @@ pub(crate) struct GpuInner {
     /// Depth of [`Gpu::memory_lean`] scopes now running.
     pub memory_lean: std::sync::atomic::AtomicUsize,
     pub shader_checks: std::sync::atomic::AtomicBool,
+    /// Fragment size of the matrix units when the device was opened for them
+    /// ([`GpuOptions::matrix_cores`]).
+    pub matrix_tile: Option<u32>,
 }
 
 /// Which implementation of kernels that have several is used.
@@ -155,6 +196,9 @@ pub enum KernelVariant {
     TiledScalar,
     /// Always the barrier-free kernels without subgroup operations (portable fallback).
     BarrierFree,
+    /// The GEMMs on the matrix units (what `Auto` runs on a device opened with
+    /// [`GpuOptions::matrix_cores`]; an error on other devices).
+    MatrixCores,
     /// The subgroup kernels where they exist (needs SUBGROUP and a fixed subgroup size >= 8),
     /// with GEMM operands read from storage buffers.
     Subgroup,
@@ -251,12 +295,21 @@ impl Gpu {
             None => adapters.iter().min_by_key(|a| rank(&a.get_info())).expect("non-empty"),
         };
         let info = chosen.get_info();
-        let features = chosen.features() & OPTIONAL_FEATURES;
+        let mut features = chosen.features() & OPTIONAL_FEATURES;
         let limits = chosen.limits();
+        let matrix_tile = if opts.matrix_cores || std::env::var(MATRIX_CORES_ENV).is_ok_and(|v| v == "1") {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            Some(matrix_tile(chosen)?)
+        } else {
+            None
+        };
         let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
             label: Some("t2v-turbo"),
             required_features: features,
             required_limits: limits.clone(),
+            // SAFETY: only EXPERIMENTAL_COOPERATIVE_MATRIX is experimental here, requested on
+            // demand (GpuOptions::matrix_cores); gemm_coop uses it as its tests do
+            experimental_features: if matrix_tile.is_some() { unsafe { wgpu::ExperimentalFeatures::enabled() } } else { wgpu::ExperimentalFeatures::disabled() },
             ..Default::default()
         }))
         .map_err(|source| Error::RequestDevice { adapter: info.name.clone(), source })?;
@@ -274,7 +327,8 @@ impl Gpu {
                 sink.lock().unwrap().insert(0, format!("the GPU device ({adapter}) was lost: {msg} (its driver reset it, e.g. after a fault or running out of memory; restart the job)"));
             }
         });
-        let gpu = Self::assemble(device, queue, info, errors);
+        let mut gpu = Self::assemble(device, queue, info, errors);
+        Arc::get_mut(&mut gpu.0).expect("not shared yet").matrix_tile = matrix_tile;
         if opts.shader_checks {
             gpu.0.shader_checks.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -311,6 +365,7 @@ impl Gpu {
             conv_path: Mutex::new(ConvPath::Auto),
             memory_lean: std::sync::atomic::AtomicUsize::new(0),
             shader_checks: std::sync::atomic::AtomicBool::new(std::env::var(SHADER_CHECKS_ENV).is_ok_and(|v| v == "1")),
+            matrix_tile: None,
         }))
     }
 
@@ -382,6 +437,12 @@ impl Gpu {
         let i = &self.0.info;
         (i.device_type == wgpu::DeviceType::Cpu && (i.driver.contains("llvmpipe") || i.name.contains("llvmpipe")))
             .then_some(60_000)
+    }
+
+    /// Fragment size (T of T x T x T, f16 inputs, f32 accumulation) of the matrix units the
+    /// GEMMs run on: `Some` on a device opened with [`GpuOptions::matrix_cores`].
+    pub fn matrix_tile(&self) -> Option<u32> {
+        self.0.matrix_tile
     }
 
     /// The subgroup size when the device has SUBGROUP and a single, fixed size >= 8.

@@ -433,3 +433,96 @@ fn temporal_conv_is_conv3d_311() {
     let (bad, _) = upload(g, &[o, c, 3, 3, 1], 1);
     assert!(ops::temporal_conv(&x, &bad, None).is_err());
 }
+
+/// The matrix-core GEMM (gemm_coop: inputs rounded to f16, f32 accumulation) where the adapter
+/// has cooperative matrices (lavapipe from Mesa 25.1 on, NVIDIA; `GpuOptions::matrix_cores`):
+/// matmuls of every layout, odd shapes overhanging its 128 x 128 tiles, scale and bias,
+/// batches with a shared operand, split K, linear and convolutions (strides, uneven padding,
+/// 1x1) equal references computed on the f16-rounded inputs — and differ from the f32 ones
+/// by that rounding (the matrix units did run). Elsewhere the device refuses to open, which
+/// this test then reports and checks.
+#[test]
+fn matrix_core_gemms_equal_references_on_f16_inputs() {
+    let g = match Gpu::new(&t2v_kernels::GpuOptions { quiet: true, matrix_cores: true, ..Default::default() }) {
+        Ok(g) => g,
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("matrix cores requested") && msg.contains("run without them"), "{msg}");
+            eprintln!("skipped: {msg}");
+            return;
+        }
+    };
+    let t = g.matrix_tile().expect("opened for matrix cores");
+    assert!(t == 8 || t == 16);
+    let f16 = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect::<Vec<f32>>();
+    // f32 sums of exact f16 x f16 products, in another order than the reference's
+    let tol = |k: usize| 2e-5 * (k as f64).sqrt();
+    let dims = [(7, 13, 29), (1, 5, 1), (130, 3, 129), (64, 200, 65), (45, 12, 70), (129, 40, 257)];
+    for (s, &(m, k, n)) in dims.iter().enumerate() {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let ash = if ta { [k, m] } else { [m, k] };
+            let bsh = if tb { [n, k] } else { [k, n] };
+            let (a, av) = upload(&g, &ash, 7 * s as u64 + 1);
+            let (b, bv) = upload(&g, &bsh, 7 * s as u64 + 2);
+            let (bias, biasv) = upload(&g, &[n], 7 * s as u64 + 3);
+            let c = ops::matmul_ex(&a, &b, Matmul { trans_a: ta, trans_b: tb, alpha: 0.5, bias: Some(&bias) }).unwrap().to_vec().unwrap();
+            let want = matmul_ref(&f16(&av), &f16(&bv), m, k, n, ta, tb, 0.5, Some(&biasv));
+            assert_close(&format!("{t}x{t} fragments {m}x{k}x{n} ta={ta} tb={tb}"), &c, &want, tol(k), 1e-5);
+            if k >= 40 {
+                // the inputs were rounded: many times closer to the f16 inputs' product than
+                // to the f32 one
+                let exact = matmul_ref(&av, &bv, m, k, n, ta, tb, 0.5, Some(&biasv));
+                let dist = |r: &[f64]| c.iter().zip(r).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max);
+                let (to16, to32) = (dist(&want), dist(&exact));
+                assert!(to32 > 8.0 * to16.max(1e-7), "{m}x{k}x{n}: {to16} from the f16 inputs' product, {to32} from the f32 one: did the matrix units run?");
+            }
+        }
+    }
+    // batched, and a shared right operand (batch stride 0)
+    let (a, av) = upload(&g, &[2, 3, 7, 13], 50);
+    let (w, wv) = upload(&g, &[13, 29], 52);
+    let cv = ops::matmul(&a, &w).unwrap().to_vec().unwrap();
+    for z in 0..6 {
+        let want = matmul_ref(&f16(&av[z * 91..(z + 1) * 91]), &f16(&wv), 7, 13, 29, false, false, 1.0, None);
+        assert_close(&format!("shared b {z}"), &cv[z * 203..(z + 1) * 203], &want, tol(13), 1e-5);
+    }
+    // one 128 x 128 tile and K = 777: split into chunks (scale and bias added once)
+    let (m, k, n) = (13, 777, 21);
+    let (a, av) = upload(&g, &[m, k], 60);
+    let (b, bv) = upload(&g, &[n, k], 61);
+    let (bias, biasv) = upload(&g, &[n], 62);
+    let c = ops::matmul_ex(&a, &b, Matmul { trans_b: true, alpha: 0.5, bias: Some(&bias), ..Default::default() }).unwrap().to_vec().unwrap();
+    assert_close("split K", &c, &matmul_ref(&f16(&av), &f16(&bv), m, k, n, false, true, 0.5, Some(&biasv)), tol(k), 1e-5);
+    // linear: x W^T + b
+    let (x, xv) = upload(&g, &[3, 5, 24], 63);
+    let (w, wv) = upload(&g, &[17, 24], 64);
+    let (lb, lbv) = upload(&g, &[17], 65);
+    let y = ops::linear(&x, &w, Some(&lb)).unwrap();
+    assert_eq!(y.shape(), [3, 5, 17]);
+    assert_close("linear", &y.to_vec().unwrap(), &matmul_ref(&f16(&xv), &f16(&wv), 15, 24, 17, false, true, 1.0, Some(&lbv)), tol(24), 1e-5);
+    // convolutions as implicit GEMMs (no Winograd under matrix cores)
+    let cases = [
+        ([2, 3, 11, 13], [5, 3, 3, 3], Conv2d::new(1, 1)),
+        ([2, 3, 11, 13], [5, 3, 3, 3], Conv2d::new(2, 1)),
+        ([1, 7, 9, 5], [4, 7, 1, 1], Conv2d::new(1, 0)),
+        ([2, 4, 10, 9], [6, 4, 3, 3], Conv2d { stride: (2, 2), padding: (0, 1, 0, 1) }),
+        ([1, 66, 12, 12], [70, 66, 3, 3], Conv2d::new(1, 1)),
+        ([2, 5, 6, 8], [17, 5, 3, 5], Conv2d { stride: (1, 1), padding: (1, 0, 2, 2) }),
+        ([2, 100, 7, 9], [5, 100, 3, 3], Conv2d::new(1, 1)), // K = 900 over a 1-tile grid: split
+    ];
+    for (s, (xs, ws, geo)) in cases.iter().enumerate() {
+        let (x, xv) = upload(&g, xs, 70 + s as u64);
+        let (w, wv) = upload(&g, ws, 80 + s as u64);
+        let (b, bv) = upload(&g, &[ws[0]], 90 + s as u64);
+        let y = ops::conv2d(&x, &w, Some(&b), *geo).unwrap();
+        let (want, shape) = conv_ref(&f16(&xv), *xs, &f16(&wv), *ws, Some(&bv), *geo);
+        assert_eq!(y.shape(), shape);
+        assert_close(&format!("conv {xs:?} {ws:?} {geo:?}"), &y.to_vec().unwrap(), &want, tol(ws[1] * ws[2] * ws[3]), 1e-5);
+    }
+    // the f32 kernels stay available on the same device
+    g.set_kernel_variant(KernelVariant::Tiled);
+    let (a, av) = upload(&g, &[64, 200], 1);
+    let (b, bv) = upload(&g, &[200, 65], 2);
+    let c = ops::matmul(&a, &b).unwrap().to_vec().unwrap();
+    assert_close("tiled f32 on the same device", &c, &matmul_ref(&av, &bv, 64, 200, 65, false, false, 1.0, None), 1e-5 * 200f64.sqrt(), 1e-5);
+}

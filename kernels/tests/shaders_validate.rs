@@ -34,6 +34,8 @@ fn families_lower_to_spirv_with_overrides() {
         ("norm", &[("WG", 256.0), ("ACT", 1.0)]),
         ("gemm_subgroup", &[("SG", 8.0), ("TRANS_B", 1.0), ("B_MODE", 1.0)]),
         ("gemm", &[("TRANS_A", 1.0), ("TRANS_B", 1.0), ("B_MODE", 1.0), ("BIAS", 2.0), ("ACCUMULATE", 1.0), ("CPU_WG", 8.0)]),
+        ("gemm_coop8", &[("TRANS_A", 1.0), ("B_MODE", 1.0), ("BIAS", 2.0), ("ACCUMULATE", 1.0)]),
+        ("gemm_coop16", &[("TRANS_B", 1.0), ("BIAS", 1.0), ("C_VEC4", 1.0)]),
         ("attention", &[("CAPTURE", 1.0)]),
         ("embedding", &[]),
     ];

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use t2v_kernels::{Gpu, GpuOptions};
+use t2v_kernels::Gpu;
 
 use super::{ensure_new_dir, CliError, DeviceArgs};
 use crate::pipeline::demo::{run_demo, DemoConfig, CD_ONLY, FULL, NO_MOTION, NO_REWARD};
@@ -108,7 +108,7 @@ pub fn run(dev: &DeviceArgs, a: &DemoArgs) -> Result<(), CliError> {
     if a.quick {
         (c.clips, c.prompts, c.grid, c.steps, c.ddim_steps, c.teacher_steps) = (4, 2, c.grid.min(4), 3, 10, 10);
     }
-    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let gpu = Gpu::new(&dev.gpu_options(false))?;
     let md = md.with_precision(super::WeightsDtype::Auto.precision(&gpu));
     let results = run_demo(&gpu, &md, &a.out, &c)?;
     println!("{:<40} {:>10} {:>9} {:>8} {:>10}", "method", "accuracy%", "dynamic", "flicker", "s/video");

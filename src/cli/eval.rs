@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use t2v_kernels::{Gpu, GpuOptions};
+use t2v_kernels::Gpu;
 
 use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::eval::{analyse, paired, paired_on, score, sign_test};
@@ -71,7 +71,7 @@ pub fn run(dev: &DeviceArgs, a: &EvalArgs) -> Result<(), CliError> {
     // the reward models first: a bad folder fails before any clip is read
     let scorer = match &a.models {
         Some(dir) => {
-            let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+            let gpu = Gpu::new(&dev.gpu_options(false))?;
             let scorer = RewardScorer::load(&gpu, &ModelDir::read(dir)?.with_precision(a.weights_dtype.precision(&gpu)), a.image_frames)?;
             Some((gpu, scorer))
         }

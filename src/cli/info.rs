@@ -1,6 +1,6 @@
 //! `t2v-turbo info`: adapters, features, limits, and a self-check of the chosen device.
 
-use t2v_kernels::{list_adapters, ops, AdapterSummary, Gpu, GpuOptions, Tensor, OPTIONAL_FEATURES};
+use t2v_kernels::{list_adapters, ops, AdapterSummary, Gpu, Tensor, OPTIONAL_FEATURES};
 
 use super::{CliError, DeviceArgs};
 
@@ -91,12 +91,16 @@ fn describe(a: &AdapterSummary) -> String {
     let f = |flag: wgpu::Features, name: &str| format!("{name} {}", if a.features.contains(flag) { "yes" } else { "no" });
     let l = &a.limits;
     format!(
-        "{}\n      features: {}, {}, {}\n      limits: buffer {}, storage binding {}, workgroup memory {} KiB, \
+        "{}\n      features: {}, {}, {}; matrix cores: {}\n      limits: buffer {}, storage binding {}, workgroup memory {} KiB, \
          invocations/workgroup {}, workgroups/dim {}, subgroup size {}..{}",
         a.line(),
         f(wgpu::Features::SHADER_F16, "SHADER_F16"),
         f(wgpu::Features::SUBGROUP, "SUBGROUP"),
         f(wgpu::Features::TIMESTAMP_QUERY, "TIMESTAMP_QUERY"),
+        match &a.matrix_cores {
+            Ok(t) => format!("{t}x{t} f16 -> f32 fragments (--matrix-cores)"),
+            Err(_) => "none usable".into(),
+        },
         mib(l.max_buffer_size),
         mib(l.max_storage_buffer_binding_size),
         l.max_compute_workgroup_storage_size / 1024,
@@ -119,17 +123,21 @@ pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> Result<(), CliError> {
     if args.no_check {
         return Ok(());
     }
-    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), quiet: true, ..Default::default() })?;
+    let gpu = Gpu::new(&dev.gpu_options(true))?;
     let info = gpu.adapter_info();
     let enabled: Vec<String> = (gpu.features() & OPTIONAL_FEATURES).iter_names().map(|(n, _)| n.to_string()).collect();
     println!(
-        "chosen: {} ({:?}, {:?}); optional features enabled: {}; largest tensor {}; 3x3 convolutions: {:?} (T2V_CONV_PATH)",
+        "chosen: {} ({:?}, {:?}); optional features enabled: {}; largest tensor {}; 3x3 convolutions: {:?} (T2V_CONV_PATH); GEMMs: {}",
         info.name,
         info.backend,
         info.device_type,
         if enabled.is_empty() { "none".into() } else { enabled.join(", ") },
         mib(gpu.max_binding_bytes()),
-        gpu.conv_path()
+        gpu.conv_path(),
+        match gpu.matrix_tile() {
+            Some(t) => format!("matrix cores, {t}x{t} fragments, f16 inputs"),
+            None => "f32".into(),
+        }
     );
     // Self-check: a small matmul and softmax against the host.
     let (m, k, n) = (37usize, 53usize, 29usize);

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use t2v_kernels::{Gpu, GpuOptions};
+use t2v_kernels::Gpu;
 
 use super::{ensure_new_dir, CliError, DeviceArgs};
 use crate::models::weights::SaveDtype;
@@ -41,7 +41,7 @@ pub fn run(dev: &DeviceArgs, a: &InitArgs) -> Result<(), CliError> {
         iv2.vision.tubelet_size = t;
     }
     ensure_new_dir(&a.out, false)?;
-    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), quiet: true, ..Default::default() })?;
+    let gpu = Gpu::new(&dev.gpu_options(true))?;
     let dir = init_random_with(&gpu, a.preset, &a.out, a.seed, if a.f16 { SaveDtype::F16 } else { SaveDtype::F32 }, iv2)?;
     println!("random {:?} models in {} (config: {})", a.preset, a.out.display(), dir.root.join("config.json").display());
     Ok(())

@@ -29,6 +29,28 @@ pub struct DeviceArgs {
     /// else the fastest adapter found.
     #[arg(long, global = true)]
     pub adapter: Option<String>,
+    /// Run the matrix products (linears, convolutions, attention's matmuls) on the adapter's
+    /// matrix units — NVIDIA tensor cores through VK_KHR_cooperative_matrix: inputs rounded
+    /// to f16, sums in f32. Experimental (wgpu's cooperative matrices); fails on adapters
+    /// without them. Also on with T2V_MATRIX_CORES=1.
+    #[arg(long, global = true)]
+    pub matrix_cores: bool,
+}
+
+/// Matrix cores round the backward's operands to f16 too, without loss scaling: gradients
+/// under f16's range (~6e-8) vanish, small ones lose digits (the unet3d fixture's training
+/// step: weight gradients off by up to 100% on their smallest elements).
+pub(crate) fn warn_matrix_cores_in_training(gpu: &Gpu) {
+    if gpu.matrix_tile().is_some() {
+        eprintln!("warning: --matrix-cores rounds the backward's operands to f16 as well (no loss scaling): gradients below ~6e-8 vanish; experimental for training");
+    }
+}
+
+impl DeviceArgs {
+    /// The device these options ask for.
+    pub fn gpu_options(&self, quiet: bool) -> t2v_kernels::GpuOptions {
+        t2v_kernels::GpuOptions { adapter: self.adapter.clone(), quiet, matrix_cores: self.matrix_cores, ..Default::default() }
+    }
 }
 
 /// `--weights-dtype`: how models that are not trained keep their linear and conv weights on

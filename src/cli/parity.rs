@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use t2v_kernels::{Gpu, GpuOptions};
+use t2v_kernels::Gpu;
 
 use super::{CliError, DeviceArgs};
 
@@ -14,7 +14,7 @@ pub struct ParityArgs {
 }
 
 pub fn run(dev: &DeviceArgs, args: &ParityArgs) -> Result<(), CliError> {
-    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), quiet: true, ..Default::default() })?;
+    let gpu = Gpu::new(&dev.gpu_options(true))?;
     let (layout, checks) = crate::parity::run(&args.dir, &gpu).map_err(|e| CliError::Check(e.to_string()))?;
     println!("{} ({layout:?} layout) on {}", args.dir.display(), gpu.adapter_info().name);
     println!("{:<34} {:>12} {:>12} {:>12}  result", "tensor", "max abs", "max rel", "tolerance");

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use t2v_kernels::{Gpu, GpuOptions};
+use t2v_kernels::Gpu;
 
 use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::guidance::MotionScales;
@@ -150,7 +150,7 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
         return Err(CliError::Check("--inversion-batch must be at least 1".into()));
     }
     std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;
-    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let gpu = Gpu::new(&dev.gpu_options(false))?;
     let md = md.with_precision(a.weights_dtype.precision(&gpu));
     let t0 = Instant::now();
     let (unet, vae, text) = (md.load_unet(&gpu)?, md.load_vae(&gpu)?, md.load_text(&gpu)?);

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use t2v_kernels::{Gpu, GpuOptions};
+use t2v_kernels::Gpu;
 
 use super::{CliError, DeviceArgs};
 use crate::models::weights::SaveDtype;
@@ -105,7 +105,8 @@ pub fn run(dev: &DeviceArgs, a: &PretrainArgs) -> Result<(), CliError> {
         return Err(CliError::Check("the contrastive loss (text, reward models) needs --batch of at least 2".into()));
     }
     let src = ModelDir::read(&a.models)?;
-    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let gpu = Gpu::new(&dev.gpu_options(false))?;
+    super::warn_matrix_cores_in_training(&gpu);
     let cfg = PretrainConfig { steps: a.steps, batch: a.batch.max(1), lr: a.lr, seed: a.seed, world_seed: a.world_seed, image_batch: a.image_batch, reversed_pairs: a.reversed_pairs, text_frames: a.frames, direction_head: a.direction_head };
     let dtype = if a.f16 { SaveDtype::F16 } else { SaveDtype::F32 };
     let t = std::time::Instant::now();

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use t2v_kernels::{Gpu, GpuOptions};
+use t2v_kernels::Gpu;
 
 use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::models::clip::{ClipConfig, TextConfig};
@@ -150,7 +150,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         return Err(CliError::Check("no prompt: give --prompt TEXT or --prompts FILE".into()));
     }
     super::ensure_new_dir(&a.out, a.overwrite).map_err(|e| CliError::Check(format!("{e}, or pass --overwrite")))?;
-    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let gpu = Gpu::new(&dev.gpu_options(false))?;
     let t0 = Instant::now();
     let (generator, shape) = match &a.models {
         Some(dir) => {

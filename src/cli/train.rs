@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::ValueEnum;
 use t2v_kernels::optim::state_bytes;
-use t2v_kernels::{Gpu, GpuOptions};
+use t2v_kernels::Gpu;
 
 use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::diffusion::distill::NoiseFactor;
@@ -212,7 +212,8 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         seed: a.seed,
         cond_dim: 256,
     };
-    let gpu = Gpu::new(&GpuOptions { adapter: dev.adapter.clone(), ..Default::default() })?;
+    let gpu = Gpu::new(&dev.gpu_options(false))?;
+    super::warn_matrix_cores_in_training(&gpu);
     let md = md.with_precision(a.weights_dtype.precision(&gpu));
     let weights = (!a.reward_weights.is_empty()).then_some(a.reward_weights.as_slice());
     let (student, models) = load_run(&gpu, &md, &config, weights).map_err(|e| CliError::Check(e.to_string()))?;

@@ -6,7 +6,7 @@ use super::check_f32;
 use super::texture::{fits_texture, launch_reading, PooledTexture, TEXTURE_WIDTH};
 use super::{launch, launch_textures};
 use crate::error::shape_err;
-use crate::shaders::{GEMM, GEMM_SUBGROUP, GEMM_TEXTURE};
+use crate::shaders::{GEMM, GEMM_COOP16, GEMM_COOP8, GEMM_SUBGROUP, GEMM_TEXTURE};
 use crate::{DType, Error, Gpu, KernelVariant, Result, Tensor};
 
 #[repr(C)]
@@ -53,6 +53,8 @@ enum Kind {
     /// gemm_sg / gemm_sg4, and gemm_tex where [`texture_operands`] allows when `textures`.
     Subgroup { textures: bool },
     Cpu,
+    /// gemm_coop on T x T fragments of the matrix units (f16 inputs, f32 accumulation)
+    MatrixCores { tile: u32 },
 }
 
 /// Output tile of gemm_tiled4 and gemm_tiled.
@@ -70,6 +72,10 @@ fn choose_kind(gpu: &Gpu) -> Result<Kind> {
         KernelVariant::Tiled => Kind::Tiled,
         KernelVariant::TiledScalar => Kind::TiledScalar,
         KernelVariant::BarrierFree => Kind::Cpu,
+        KernelVariant::MatrixCores | KernelVariant::Auto if gpu.matrix_tile().is_some() => Kind::MatrixCores { tile: gpu.matrix_tile().expect("checked") },
+        KernelVariant::MatrixCores => {
+            return Err(Error::Device(format!("the matrix-core GEMM needs a device opened with GpuOptions::matrix_cores ({})", crate::MATRIX_CORES_ENV)))
+        }
         KernelVariant::Subgroup | KernelVariant::Texture if sg.is_some() => {
             Kind::Subgroup { textures: gpu.kernel_variant() == KernelVariant::Texture }
         }
@@ -176,6 +182,7 @@ fn dispatch(
         let k = p.k as u64;
         let iterations = match kind {
             Kind::Tiled => 300 * k.div_ceil(16) + 100,
+            Kind::MatrixCores { .. } => 120 * k.div_ceil(16) + 200,
             Kind::TiledScalar => 645 * k.div_ceil(8) + 136,
             Kind::Subgroup { .. } | Kind::Cpu => k + 40,
         };
@@ -223,10 +230,19 @@ fn dispatch(
             constants.push(("FOLD", fold as u32 as f64));
             let splits = k_splits(gpu, &p);
             if splits > 1 {
-                return split_k(gpu, p, splits, &constants, bias, accumulate, [a, b, c]);
+                return split_k(gpu, (&GEMM, "gemm_tiled4"), p, splits, &constants, bias, accumulate, [a, b, c]);
             }
             constants.push(("C_VEC4", (p.n % 4 == 0 && p.c_bs % 4 == 0) as u32 as f64));
             (&GEMM, "gemm_tiled4", [(p.n as usize).div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, p.batch])
+        }
+        Kind::MatrixCores { tile } => {
+            let src = if tile == 16 { &GEMM_COOP16 } else { &GEMM_COOP8 };
+            let splits = k_splits(gpu, &p);
+            if splits > 1 {
+                return split_k(gpu, (src, "gemm_coop"), p, splits, &constants, bias, accumulate, [a, b, c]);
+            }
+            constants.push(("C_VEC4", (p.n % 4 == 0 && p.c_bs % 4 == 0) as u32 as f64));
+            (src, "gemm_coop", [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32])
         }
         Kind::TiledScalar => (&GEMM, "gemm_tiled", [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, batch as u32]),
         Kind::Subgroup { .. } => {
@@ -286,11 +302,13 @@ fn k_splits(gpu: &Gpu, p: &Params) -> usize {
     SPLIT_K_WORKGROUPS.div_ceil(groups).min(k / SPLIT_K_MIN_DEPTH).min(by_memory).min(max_z).max(1)
 }
 
-/// A GEMM as `splits` chunks of K: gemm_tiled4 writes each chunk's partial product (scaled,
-/// no bias) to a (batch * splits, M, N) buffer, then sum_splits adds the chunks, the bias
-/// and, with `accumulate`, C into C.
+/// A GEMM as `splits` chunks of K: `kernel` (gemm_tiled4 or gemm_coop) writes each chunk's
+/// partial product (scaled, no bias) to a (batch * splits, M, N) buffer, then sum_splits adds
+/// the chunks, the bias and, with `accumulate`, C into C.
+#[allow(clippy::too_many_arguments)]
 fn split_k(
     gpu: &Gpu,
+    kernel: (&'static crate::registry::KernelSource, &'static str),
     p: Params,
     splits: usize,
     constants: &[(&'static str, f64)],
@@ -306,7 +324,7 @@ fn split_k(
     let split = Params { splits: splits as u32, c_bs: (m * n) as u32, ..p };
     note_shape(gpu, &p);
     let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, (batch * splits) as u32];
-    launch(gpu, &GEMM, "gemm_tiled4", &gemm_constants, bytemuck::bytes_of(&split), &[a, b, a, &partials], groups)?;
+    launch(gpu, kernel.0, kernel.1, &gemm_constants, bytemuck::bytes_of(&split), &[a, b, a, &partials], groups)?;
     let bias_t = bias.1.unwrap_or(&partials); // unread when BIAS == 0
     let fold = constants.iter().any(|&(k, v)| k == "FOLD" && v != 0.0);
     let sum_constants = [("BIAS", bias.0 as u32 as f64), ("ACCUMULATE", accumulate as u32 as f64), ("FOLD", fold as u32 as f64)];

@@ -56,7 +56,7 @@ const MANY_ROWS: usize = 128;
 pub(crate) fn barrier_free(gpu: &Gpu) -> bool {
     match gpu.kernel_variant() {
         KernelVariant::Auto => gpu.is_cpu(),
-        KernelVariant::Tiled | KernelVariant::TiledScalar => false,
+        KernelVariant::Tiled | KernelVariant::TiledScalar | KernelVariant::MatrixCores => false,
         KernelVariant::BarrierFree | KernelVariant::Subgroup | KernelVariant::Texture => true,
     }
 }

@@ -85,7 +85,8 @@ pub(crate) fn tile(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize), o
         ConvPath::Winograd4 => Some(Tile::F4),
         ConvPath::Auto => {
             let wide = out.0 >= WINOGRAD4_MIN_SIZE && out.1 >= WINOGRAD4_MIN_SIZE;
-            ((tiled || gpu.is_cpu()) && s[0] >= WINOGRAD_MIN_CHANNELS && s[1] >= WINOGRAD_MIN_CHANNELS).then_some(if wide { Tile::F4 } else { Tile::F2 })
+            // (not under f16 matrix cores: the transforms' rounding adds to the f16 inputs')
+            (gpu.matrix_tile().is_none() && (tiled || gpu.is_cpu()) && s[0] >= WINOGRAD_MIN_CHANNELS && s[1] >= WINOGRAD_MIN_CHANNELS).then_some(if wide { Tile::F4 } else { Tile::F2 })
         }
     };
     // a pass covers at least one image: its transformed input and output (points x
