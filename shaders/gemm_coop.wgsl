@@ -11,7 +11,8 @@
 // G^2 / 8 subgroups: 32 of 8 lanes for T = 8, 8 of 32 lanes for T = 16 (the host checks the
 // subgroup size). Inputs are rounded to f16: finite only within +-65504.
 // Epilogue: each fragment goes through the subgroup's T x T scratch to store4 (bias, alpha,
-// ACCUMULATE, the edges of C).
+// ACCUMULATE, the edges of C). Accumulators are eight named values, not an array: nothing
+// indexes cooperative matrices dynamically.
 
 const G: u32 = BM / T;
 const SG_COLS: u32 = G / 4u;       // subgroups per row of the subgroup grid
@@ -36,8 +37,10 @@ fn gemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let nb = wid.x * BN;
     let fr = 2u * (sg / SG_COLS);   // this subgroup's first fragment row and column
     let fc = 4u * (sg % SG_COLS);
-    // acc[4i + j]: fragment (fr + i, fc + j); zero-initialised
-    var acc: array<Acc, 8>;
+    // acc{i}{j}: fragment (fr + i, fc + j), zero-initialised; eight named values rather than
+    // an array, so that no driver has to index cooperative matrices dynamically
+    var acc00: Acc; var acc01: Acc; var acc02: Acc; var acc03: Acc;
+    var acc10: Acc; var acc11: Acc; var acc12: Acc; var acc13: Acc;
     // a convolution's column of this thread (its output pixel) and that pixel's window origin
     let pix = nb + lid % BN;
     var o = vec2<i32>(0);
@@ -47,6 +50,8 @@ fn gemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     }
     var ra = fetch_a(z, mb, k_begin, k_end, lid);
     var rb = fetch_b(z, nb, k_begin, k_end, lid, pix, base, o);
+    let a_at = fr * T * A_ROW;
+    let b_at = fc * T;
     for (var k0 = k_begin; k0 < k_end; k0 += BK4) {
         for (var r = 0u; r < 8u; r++) {
             let sa = a_slot(lid, r);
@@ -60,28 +65,47 @@ fn gemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             rb = fetch_b(z, nb, k0 + BK4, k_end, lid, pix, base, o);
         }
         for (var kk = 0u; kk < BK4; kk += T) {
-            let a0 = coopLoadT<FragA>(&Ah[fr * T * A_ROW + kk], A_ROW);
-            let a1 = coopLoadT<FragA>(&Ah[(fr + 1u) * T * A_ROW + kk], A_ROW);
-            for (var j = 0u; j < 4u; j++) {
-                let bj = coopLoadT<FragB>(&Bh[kk * B_ROW + (fc + j) * T], B_ROW);
-                acc[j] = coopMultiplyAdd(a0, bj, acc[j]);
-                acc[4u + j] = coopMultiplyAdd(a1, bj, acc[4u + j]);
-            }
+            let a0 = coopLoadT<FragA>(&Ah[a_at + kk], A_ROW);
+            let a1 = coopLoadT<FragA>(&Ah[a_at + T * A_ROW + kk], A_ROW);
+            let b0 = coopLoadT<FragB>(&Bh[kk * B_ROW + b_at], B_ROW);
+            let b1 = coopLoadT<FragB>(&Bh[kk * B_ROW + b_at + T], B_ROW);
+            let b2 = coopLoadT<FragB>(&Bh[kk * B_ROW + b_at + 2u * T], B_ROW);
+            let b3 = coopLoadT<FragB>(&Bh[kk * B_ROW + b_at + 3u * T], B_ROW);
+            acc00 = coopMultiplyAdd(a0, b0, acc00);
+            acc01 = coopMultiplyAdd(a0, b1, acc01);
+            acc02 = coopMultiplyAdd(a0, b2, acc02);
+            acc03 = coopMultiplyAdd(a0, b3, acc03);
+            acc10 = coopMultiplyAdd(a1, b0, acc10);
+            acc11 = coopMultiplyAdd(a1, b1, acc11);
+            acc12 = coopMultiplyAdd(a1, b2, acc12);
+            acc13 = coopMultiplyAdd(a1, b3, acc13);
         }
         workgroupBarrier();
     }
+    // each fragment through the subgroup's scratch into C
     let scratch = sg * T * T;
-    for (var f = 0u; f < 8u; f++) {
-        coopStoreT(acc[f], &Cs[scratch], T);
-        workgroupBarrier();
-        let m0 = mb + (fr + f / 4u) * T;
-        let n0 = nb + (fc + f % 4u) * T;
-        for (var e = 4u * lane; e < T * T; e += 4u * lanes) {
-            let m = m0 + e / T;
-            let n = n0 + e % T;
-            let v = vec4<f32>(Cs[scratch + e], Cs[scratch + e + 1u], Cs[scratch + e + 2u], Cs[scratch + e + 3u]);
-            store4(wid.z, m, n, v, bias4(m, n));
-        }
-        workgroupBarrier();
+    let m0 = mb + fr * T;
+    let n0 = nb + fc * T;
+    coopStoreT(acc00, &Cs[scratch], T); drain(wid.z, m0, n0, scratch, lane, lanes);
+    coopStoreT(acc01, &Cs[scratch], T); drain(wid.z, m0, n0 + T, scratch, lane, lanes);
+    coopStoreT(acc02, &Cs[scratch], T); drain(wid.z, m0, n0 + 2u * T, scratch, lane, lanes);
+    coopStoreT(acc03, &Cs[scratch], T); drain(wid.z, m0, n0 + 3u * T, scratch, lane, lanes);
+    coopStoreT(acc10, &Cs[scratch], T); drain(wid.z, m0 + T, n0, scratch, lane, lanes);
+    coopStoreT(acc11, &Cs[scratch], T); drain(wid.z, m0 + T, n0 + T, scratch, lane, lanes);
+    coopStoreT(acc12, &Cs[scratch], T); drain(wid.z, m0 + T, n0 + 2u * T, scratch, lane, lanes);
+    coopStoreT(acc13, &Cs[scratch], T); drain(wid.z, m0 + T, n0 + 3u * T, scratch, lane, lanes);
+}
+
+// The fragment a subgroup just stored at Cs[scratch..] (T x T, row-major) into C at (m0, n0):
+// four columns per lane per store4 (bias, alpha, ACCUMULATE, the edges of C). Called by the
+// whole workgroup alike (it holds its barriers).
+fn drain(z: u32, m0: u32, n0: u32, scratch: u32, lane: u32, lanes: u32) {
+    workgroupBarrier();
+    for (var e = 4u * lane; e < T * T; e += 4u * lanes) {
+        let m = m0 + e / T;
+        let n = n0 + e % T;
+        let v = vec4<f32>(Cs[scratch + e], Cs[scratch + e + 1u], Cs[scratch + e + 2u], Cs[scratch + e + 3u]);
+        store4(z, m, n, v, bias4(m, n));
     }
+    workgroupBarrier();
 }
