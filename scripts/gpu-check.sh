@@ -19,7 +19,8 @@
 #   preprocess-auto              motion-guided preprocessing on the 200-point grid
 #   train-auto                   one training step at full size: time and live peak memory
 #   matrix                       the matrix-core GEMM (cooperative matrices, f16 inputs): its
-#                                test and `info --matrix-cores` (kernels has its bench rows)
+#                                test, the unet3d fixture on it, `info --matrix-cores`
+#                                (kernels has its bench rows)
 #   models-matrix sample-matrix  the models and the samples with T2V_MATRIX_CORES=1
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,11 +37,11 @@ build)
         cargo bench --no-run -p t2v-kernels --bench kernels
         cargo bench --no-run -p t2v-turbo --bench models --bench pipeline
         cargo test --release --no-run -p t2v-kernels --test gemm --test present
-        cargo test --release --no-run -p t2v-turbo --test embed
+        cargo test --release --no-run -p t2v-turbo --test embed --test diffusion
     } 2>&1 | tee devbin/build.log
     cp target/release/t2v-turbo devbin/
     # (paths relative to their package: kernels/benches/kernels.rs is benches/kernels.rs)
-    for src in benches/kernels.rs benches/models.rs benches/pipeline.rs tests/gemm.rs tests/present.rs tests/embed.rs; do
+    for src in benches/kernels.rs benches/models.rs benches/pipeline.rs tests/gemm.rs tests/present.rs tests/embed.rs tests/diffusion.rs; do
         f=$(exe "$src")
         [ -n "$f" ] || { echo "no executable for $src in devbin/build.log" >&2; exit 1; }
         cp "$f" "devbin/$(basename "$src" .rs)"
@@ -87,7 +88,7 @@ run)
     # the training step's live peak (does full-size training fit 80 GB?); its record is
     # preprocessed on the 50-point grid to keep the inversion short
     step train-auto 240 env T2V_CONV_PATH=auto devbin/pipeline --bench --once --sections train --grid 50
-    step matrix 90 sh -c 'devbin/t2v-turbo info --matrix-cores && devbin/gemm matrix_core --nocapture'
+    step matrix 120 sh -c 'devbin/t2v-turbo info --matrix-cores && devbin/gemm matrix_core --nocapture && devbin/diffusion matrix_cores --nocapture'
     step models-matrix 90 env T2V_MATRIX_CORES=1 devbin/models --bench
     step sample-matrix 150 env T2V_MATRIX_CORES=1 devbin/pipeline --bench --once --sections sample
     ;;
