@@ -130,10 +130,10 @@ var<workgroup> Bs4: array<vec4<f32>, 528>;   // [BK4][ROW4]: B(k0 + kk, nb + 4q 
 fn gemm_tiled4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     // split K: this workgroup sums k in [k_begin, k_end) of image z into partials[wid.z]
     let splits = max(p.splits, 1u);
-    let z = wid.z / splits;
-    let chunk = (p.k + splits - 1u) / splits;
-    let k_begin = (wid.z % splits) * ((chunk + BK4 - 1u) / BK4 * BK4);
-    let k_end = min(p.k, k_begin + (chunk + BK4 - 1u) / BK4 * BK4);
+    let range = split_range(wid.z);
+    let z = range.x;
+    let k_begin = range.y;
+    let k_end = range.z;
     let mb = wid.y * BM;
     let nb = wid.x * BN;
     let tx = lid % 16u;   // columns nb + 4tx + {0..3} and nb + 64 + 4tx + {0..3}

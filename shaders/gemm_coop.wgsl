@@ -28,11 +28,10 @@ fn gemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
              @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32,
              @builtin(subgroup_size) lanes: u32) {
     // split K: this workgroup sums k in [k_begin, k_end) of image z into partials[wid.z]
-    let splits = max(p.splits, 1u);
-    let z = wid.z / splits;
-    let chunk = (p.k + splits - 1u) / splits;
-    let k_begin = (wid.z % splits) * ((chunk + BK4 - 1u) / BK4 * BK4);
-    let k_end = min(p.k, k_begin + (chunk + BK4 - 1u) / BK4 * BK4);
+    let range = split_range(wid.z);
+    let z = range.x;
+    let k_begin = range.y;
+    let k_end = range.z;
     let mb = wid.y * BM;
     let nb = wid.x * BN;
     let fr = 2u * (sg / SG_COLS);   // this subgroup's first fragment row and column

@@ -6,6 +6,16 @@ const BM: u32 = 128u;
 const BN: u32 = 128u;
 const BK4: u32 = 16u;
 
+// Split K (p.splits > 1): workgroup z = image * splits + s sums chunk s of K (whole 16-deep
+// slices) into partials[z]. Returns (image, k_begin, k_end) of workgroup z.
+fn split_range(wz: u32) -> vec3<u32> {
+    let splits = max(p.splits, 1u);
+    let chunk = (p.k + splits - 1u) / splits;
+    let span = (chunk + BK4 - 1u) / BK4 * BK4;
+    let k_begin = (wz % splits) * span;
+    return vec3<u32>(wz / splits, k_begin, min(p.k, k_begin + span));
+}
+
 // (row of the tile, k of the slice) of element r of this thread's 8 of A's 128 x 16 slice.
 fn a_slot(lid: u32, r: u32) -> vec2<u32> {
     let e = lid + 256u * r;

@@ -14,6 +14,15 @@ use t2v_kernels::bench::{best_time, check_value, pseudo_data};
 use t2v_kernels::ops::{self, Conv2d};
 use t2v_kernels::{AttentionPath, ConvPath, Gpu, GpuOptions, KernelVariant, Tensor};
 
+/// y[0, 0, 1, 1] of a padded 3x3 conv of x (C, H, W) by w (O, C, 3, 3): output channel 0's
+/// window at the input's top-left corner.
+fn window_sum(xv: &[f32], wv: &[f32], c: usize, h: usize, w: usize) -> f64 {
+    (0..c)
+        .flat_map(|ci| (0..3).flat_map(move |ky| (0..3).map(move |kx| (ci, ky, kx))))
+        .map(|(ci, ky, kx)| wv[(ci * 3 + ky) * 3 + kx] as f64 * xv[(ci * h + ky) * w + kx] as f64)
+        .sum()
+}
+
 struct Bench {
     gpu: Gpu,
     budget: f64,
@@ -156,10 +165,7 @@ fn main() {
     let (x, xv) = b.tensor(&[frames, 320, 40, 64], 7);
     let (w, wv) = b.tensor(&[320, 320, 3, 3], 8);
     // y[0,0,1,1]: the full 3x3 window around input (1, 1)
-    let want: f64 = (0..320)
-        .flat_map(|c| (0..3).flat_map(move |ky| (0..3).map(move |kx| (c, ky, kx))))
-        .map(|(c, ky, kx)| wv[(c * 3 + ky) * 3 + kx] as f64 * xv[(c * 40 + ky) * 64 + kx] as f64)
-        .sum();
+    let want = window_sum(&xv, &wv, 320, 40, 64);
     let conv = || check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(65).unwrap(), want, 1e-4);
     // the GEMM kernels' rows convolve directly; the Winograd rows follow
     b.gpu.set_conv_path(ConvPath::Direct);
@@ -173,9 +179,7 @@ fn main() {
     let (n, c) = if cpu { (2, 256) } else { (16, 1280) };
     let (x, xv) = b.tensor(&[n, c, 5, 8], 14);
     let (w, wv) = b.tensor(&[c, c, 3, 3], 15);
-    let want: f64 = (0..c).flat_map(|ci| (0..3).flat_map(move |ky| (0..3).map(move |kx| (ci, ky, kx))))
-        .map(|(ci, ky, kx)| wv[(ci * 3 + ky) * 3 + kx] as f64 * xv[(ci * 5 + ky) * 8 + kx] as f64)
-        .sum();
+    let want = window_sum(&xv, &wv, c, 5, 8);
     let deep_variants: &[KernelVariant] = if cpu { &[KernelVariant::BarrierFree, KernelVariant::Auto] } else { &[KernelVariant::BarrierFree, KernelVariant::TiledScalar, KernelVariant::Auto] };
     let conv = || check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(9).unwrap(), want, 1e-4);
     b.gpu.set_conv_path(ConvPath::Direct);
@@ -190,9 +194,7 @@ fn main() {
     let (x, xv) = b.tensor(&[n, c, hh, ww], 12);
     let (w, wv) = b.tensor(&[c, c, 3, 3], 13);
     let flops = 2.0 * (n * c * c * 9 * hh * ww) as f64;
-    let want: f64 = (0..c).flat_map(|ci| (0..3).flat_map(move |ky| (0..3).map(move |kx| (ci, ky, kx))))
-        .map(|(ci, ky, kx)| wv[(ci * 3 + ky) * 3 + kx] as f64 * xv[(ci * hh + ky) * ww + kx] as f64)
-        .sum();
+    let want = window_sum(&xv, &wv, c, hh, ww);
     let shape = format!("{n}x{c}x{hh}x{ww} -> {c}");
     let forward = b.conv_paths("conv2d 3x3", shape.clone(), flops, || check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(ww + 1).unwrap(), want, 1e-4));
     // dy = x: dx[0, 0, 1, 1] = sum over o, ky, kx of w[o, 0, ky, kx] dy[o, 2 - ky, 2 - kx]
@@ -286,10 +288,7 @@ fn matrix_cores(cpu: bool, quick: bool) {
     let frames = if cpu { 1 } else { 16 };
     let (x, xv) = b.tensor(&[frames, 320, 40, 64], 7);
     let (w, wv) = b.tensor(&[320, 320, 3, 3], 8);
-    let want: f64 = (0..320)
-        .flat_map(|c| (0..3).flat_map(move |ky| (0..3).map(move |kx| (c, ky, kx))))
-        .map(|(c, ky, kx)| wv[(c * 3 + ky) * 3 + kx] as f64 * xv[(c * 40 + ky) * 64 + kx] as f64)
-        .sum();
+    let want = window_sum(&xv, &wv, 320, 40, 64);
     b.gpu.set_conv_path(ConvPath::Direct);
     b.variants(&variants, "conv2d 3x3", format!("{frames}x320x40x64 -> 320"), 2.0 * (frames * 320 * 320 * 9 * 40 * 64) as f64, || {
         check_value("conv2d", ops::conv2d(&x, &w, None, Conv2d::new(1, 1)).unwrap().item_at(65).unwrap(), want, 1e-2)
