@@ -109,6 +109,7 @@ pub fn run(dev: &DeviceArgs, a: &DemoArgs) -> Result<(), CliError> {
         (c.clips, c.prompts, c.grid, c.steps, c.ddim_steps, c.teacher_steps) = (4, 2, c.grid.min(4), 3, 10, 10);
     }
     let gpu = Gpu::new(&dev.gpu_options(false))?;
+    super::warn_matrix_cores_in_training(&gpu);
     let md = md.with_precision(super::WeightsDtype::Auto.precision(&gpu));
     let results = run_demo(&gpu, &md, &a.out, &c)?;
     println!("{:<40} {:>10} {:>9} {:>8} {:>10}", "method", "accuracy%", "dynamic", "flicker", "s/video");
