@@ -87,3 +87,41 @@ fn an_application_gets_videos_in_its_own_texture() {
     // the layer before the videos is untouched
     assert!(read_layer(&device, &queue, &texture, 0).iter().all(|&x| x == 0));
 }
+
+/// An application whose adapter has matrix units lends a device requested with cooperative
+/// matrices, and t2v-turbo's GEMMs run on them (f16-rounded inputs: nearer the f16 inputs'
+/// product than the f32 one); a device requested without them is refused with the reason.
+/// Where the adapter has none, asking is refused too (what CI's lavapipe checks).
+#[test]
+fn an_application_device_lends_its_matrix_cores() {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends: wgpu::Backends::PRIMARY, ..wgpu::InstanceDescriptor::new_without_display_handle() });
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).expect("an adapter (install mesa-vulkan-drivers)");
+    let plain = || pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let (device, queue) = plain();
+    let refused = Gpu::from_device_with_matrix_cores(device, queue, &adapter).unwrap_err().to_string();
+    let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+    if !adapter.features().contains(coop) {
+        assert!(refused.contains("lacks") && refused.contains("run without them"), "{refused}");
+        eprintln!("skipped: {refused}");
+        return;
+    }
+    assert!(refused.contains("need a device requested with"), "{refused}");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: coop,
+        // SAFETY: the experimental feature is used as t2v-turbo's own devices use it
+        experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
+        ..Default::default()
+    }))
+    .unwrap();
+    let gpu = Gpu::from_device_with_matrix_cores(device, queue, &adapter).unwrap();
+    assert!(gpu.matrix_tile().is_some());
+    let (m, k, n) = (40, 96, 24);
+    let av: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 1.013).collect();
+    let bv: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 89) as f32 / 44.0 - 1.0) * 0.987).collect();
+    let c = t2v_kernels::ops::matmul(&t2v_kernels::Tensor::from_slice(&gpu, &[m, k], &av).unwrap(), &t2v_kernels::Tensor::from_slice(&gpu, &[k, n], &bv).unwrap()).unwrap().to_vec().unwrap();
+    let product = |a: &[f32], b: &[f32]| -> Vec<f64> { (0..m * n).map(|e| (0..k).map(|l| a[e / n * k + l] as f64 * b[l * n + e % n] as f64).sum()).collect() };
+    let half = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect::<Vec<f32>>();
+    let dist = |r: &[f64]| c.iter().zip(r).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max);
+    let (to16, to32) = (dist(&product(&half(&av), &half(&bv))), dist(&product(&av, &bv)));
+    assert!(to16 < 1e-4 && to32 > 8.0 * to16.max(1e-7), "{to16} from the f16 inputs' product, {to32} from the f32 one");
+}

@@ -344,6 +344,23 @@ impl Gpu {
         Self::assemble(device, queue, info, Arc::default())
     }
 
+    /// [`Gpu::from_device`] with the GEMMs on the adapter's matrix units (see
+    /// [`GpuOptions::matrix_cores`]): `adapter` is the one the device came from (its fragment
+    /// sizes are asked there), and the device must have been requested with
+    /// EXPERIMENTAL_COOPERATIVE_MATRIX, SHADER_F16 and SUBGROUP (the first needs
+    /// `wgpu::ExperimentalFeatures::enabled()` in its descriptor).
+    pub fn from_device_with_matrix_cores(device: wgpu::Device, queue: wgpu::Queue, adapter: &wgpu::Adapter) -> Result<Gpu> {
+        let tile = matrix_tile(adapter)?;
+        let need = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        if !device.features().contains(need) {
+            let missing: Vec<&str> = (need - device.features()).iter_names().map(|(n, _)| n).collect();
+            return Err(Error::Device(format!("matrix cores need a device requested with {} (the adapter has them)", missing.join(", "))));
+        }
+        let mut gpu = Self::from_device(device, queue);
+        Arc::get_mut(&mut gpu.0).expect("not shared yet").matrix_tile = Some(tile);
+        Ok(gpu)
+    }
+
     fn assemble(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, errors: Arc<Mutex<Vec<String>>>) -> Gpu {
         let features = device.features();
         let limits = device.limits();
