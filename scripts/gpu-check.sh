@@ -21,7 +21,8 @@
 #   matrix                       the matrix-core GEMM (cooperative matrices, f16 inputs): its
 #                                test, the unet3d fixture on it, `info --matrix-cores`
 #                                (kernels has its bench rows)
-#   models-matrix sample-matrix  the models and the samples with T2V_MATRIX_CORES=1
+#   models-matrix sample-matrix  the models (profiled per kernel) and the samples with
+#                                T2V_MATRIX_CORES=1
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,7 +90,7 @@ run)
     # preprocessed on the 50-point grid to keep the inversion short
     step train-auto 240 env T2V_CONV_PATH=auto devbin/pipeline --bench --once --sections train --grid 50
     step matrix 120 sh -c 'devbin/t2v-turbo info --matrix-cores && devbin/gemm matrix_core --nocapture && devbin/diffusion matrix_cores --nocapture'
-    step models-matrix 90 env T2V_MATRIX_CORES=1 devbin/models --bench
+    step models-matrix 120 env T2V_MATRIX_CORES=1 T2V_PROFILE=1 devbin/models --bench
     step sample-matrix 150 env T2V_MATRIX_CORES=1 devbin/pipeline --bench --once --sections sample
     ;;
 *)
