@@ -238,7 +238,8 @@ pub enum ConvPath {
     /// Winograd where input and output channels both number at least
     /// [`crate::ops::WINOGRAD_MIN_CHANNELS`]: F(4x4, 3x3) for outputs of at least 16x16
     /// pixels, F(2x2, 3x3) for smaller ones (on llvmpipe 2.3-2.6x and 1.03-1.10x the direct
-    /// conv), on GPUs under the tiled GEMM and on CPU adapters; else the direct
+    /// conv), on GPUs under the tiled GEMM and on CPU adapters (not under matrix cores, whose
+    /// f16 rounding the transforms would add to); else the direct
     /// (implicit-GEMM or im2col) kernels. Also inside [`Gpu::memory_lean`] scopes: the
     /// transformed tiles live for one convolution, and recomputed blocks then compute what
     /// the stored forward computed (`train --recompute` trains the same steps).
