@@ -142,7 +142,7 @@ fn the_quick_demo_runs_on_the_shipped_models() {
     assert!(o.status.success(), "{text}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| teacher (10 DDIM steps") && report.contains("| t2v-turbo-v2 (4 steps)") && report.contains("| cd-only (4 steps)"), "{report}");
-    assert!(report.contains("Time: preprocess ") && report.contains("distill cd-only ") && report.contains(", total "), "stage times: {report}");
+    assert!(report.contains("GEMMs: f32. Time: preprocess ") && report.contains("distill cd-only ") && report.contains(", total "), "stage times: {report}");
     assert!(report.contains("## What the reward models see") && report.contains("| video | long | "), "reward check: {report}");
     assert!(report.contains("| image reward | video reward |") && report.contains("- the held-out image reward (what the image rewards optimise): "), "held-out rewards: {report}");
     assert!(out.join("gifs/000.gif").exists() && out.join("students/t2v-turbo-v2/metrics.png").exists());

@@ -274,7 +274,14 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
 
     // 6. the report
     stages.push(("total".into(), t_all.elapsed().as_secs_f64()));
-    write_report(out, c, &prompts, &results, &curves, models, &stages, &seen)?;
+    let info = gpu.adapter_info();
+    let device = format!(
+        "{} ({:?}); GEMMs: {}",
+        info.name,
+        info.backend,
+        gpu.matrix_tile().map_or("f32".to_string(), |t| format!("matrix cores ({t}x{t} fragments, f16 inputs, `--matrix-cores`)"))
+    );
+    write_report(out, c, &prompts, &results, &curves, models, &stages, &seen, &device)?;
     Ok(results)
 }
 
@@ -298,13 +305,13 @@ fn side_by_side(vs: &[&Frames]) -> Frames {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[MethodResult], curves: &[(String, Vec<StepMetrics>)], models: &ModelDir, stages: &[(String, f64)], seen: &[AttributeScore]) -> Result<()> {
+fn write_report(out: &Path, c: &DemoConfig, prompts: &[String], results: &[MethodResult], curves: &[(String, Vec<StepMetrics>)], models: &ModelDir, stages: &[(String, f64)], seen: &[AttributeScore], device: &str) -> Result<()> {
     let gifs = out.join("gifs");
     std::fs::create_dir_all(&gifs).map_err(|e| io(&gifs, e))?;
     let mut md = String::new();
     md += "# t2v-turbo demo\n\n";
     md += &format!(
-        "Models: `{}`. World: {} training clips (fraction {} with a short caption, the ones reward feedback uses); {} held-out prompts, sampled in batches of up to {}; DDIM grid {} points; {} distillation steps per student (lr {}); motion-guidance scale {}, motion reference {}; rewards scored on {}.\n\nTime: {}.\n\n",
+        "Models: `{}`. World: {} training clips (fraction {} with a short caption, the ones reward feedback uses); {} held-out prompts, sampled in batches of up to {}; DDIM grid {} points; {} distillation steps per student (lr {}); motion-guidance scale {}, motion reference {}; rewards scored on {}.\n\nDevice: {device}. Time: {}.\n\n",
         models.root.display(),
         c.clips,
         c.short_fraction,
