@@ -27,6 +27,17 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> v: array<f32>;
 @group(0) @binding(5) var<storage, read> clip: array<f32>;
 
+// The new moments (m, v) from the old ones and the clipped gradient g.
+fn adamw_moments(m_old: f32, v_old: f32, g: f32) -> vec2<f32> {
+    return vec2<f32>(p.beta1 * m_old + (1.0 - p.beta1) * g, p.beta2 * v_old + (1.0 - p.beta2) * g * g);
+}
+
+// The updated parameter from its old value and the new moments.
+fn adamw_param(x_old: f32, mv: vec2<f32>) -> f32 {
+    let x = x_old * (1.0 - p.lr * p.weight_decay);
+    return x - (p.lr / p.bc1) * mv.x / (sqrt(mv.y) / p.bc2_sqrt + p.eps);
+}
+
 @compute @workgroup_size(256)
 fn adamw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
@@ -34,13 +45,10 @@ fn adamw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if (i >= p.n) {
         return;
     }
-    let g = grad[i] * clip[0];
-    let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
-    let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    let x = param[i] * (1.0 - p.lr * p.weight_decay);
-    param[i] = x - (p.lr / p.bc1) * mi / (sqrt(vi) / p.bc2_sqrt + p.eps);
+    let mv = adamw_moments(m[i], v[i], grad[i] * clip[0]);
+    m[i] = mv.x;
+    v[i] = mv.y;
+    param[i] = adamw_param(param[i], mv);
 }
 
 // Partial sums of squares for the global gradient norm, one dispatch per tensor:
@@ -84,7 +92,8 @@ fn sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 //     codes[0..256]; v: the unsigned map, codes[256..512]; both ascending, in [-1, 1] /
 //     [0, 1]).
 //   absmax: [2 * blocks], m's block maxima then v's.
-// Each step dequantises, runs exactly the f32 AdamW update above on the dequantised states,
+// Each step dequantises, runs the f32 AdamW update above (adamw_moments, adamw_param) on the
+// dequantised states,
 // and quantises the new states again: per block absmax = max |m| (max v), 1 where 0, each
 // value to the nearest code of value / absmax (the lower code on a tie).
 @group(0) @binding(8) var<storage, read_write> q8_param: array<f32>;
@@ -137,14 +146,13 @@ fn adamw8bit(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         mi[k] = 0.0;
         vi[k] = 0.0;
         if (i < p.n) {
-            let g = q8_grad[i] * q8_clip[0];
             let m_old = q8_codes[(old_m >> (8u * k)) & 0xffu] * am_old;
             let v_old = q8_codes[256u + ((old_v >> (8u * k)) & 0xffu)] * av_old;
-            mi[k] = p.beta1 * m_old + (1.0 - p.beta1) * g;
-            vi[k] = p.beta2 * v_old + (1.0 - p.beta2) * g * g;
-            let x = q8_param[i] * (1.0 - p.lr * p.weight_decay);
-            q8_param[i] = x - (p.lr / p.bc1) * mi[k] / (sqrt(vi[k]) / p.bc2_sqrt + p.eps);
-            mx = max(mx, vec2<f32>(abs(mi[k]), vi[k]));
+            let mv = adamw_moments(m_old, v_old, q8_grad[i] * q8_clip[0]);
+            mi[k] = mv.x;
+            vi[k] = mv.y;
+            q8_param[i] = adamw_param(q8_param[i], mv);
+            mx = max(mx, vec2<f32>(abs(mv.x), mv.y));
         }
     }
     q8_max[lid] = mx;

@@ -99,7 +99,7 @@ fn an_application_device_lends_its_matrix_cores() {
     let plain = || pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
     let (device, queue) = plain();
     let refused = Gpu::from_device_with_matrix_cores(device, queue, &adapter).unwrap_err().to_string();
-    let coop = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+    let coop = t2v_kernels::MATRIX_CORE_FEATURES;
     if !adapter.features().contains(coop) {
         assert!(refused.contains("lacks") && refused.contains("run without them"), "{refused}");
         eprintln!("skipped: {refused}");

@@ -41,6 +41,15 @@ pub struct GpuOptions {
 /// Environment variable that turns [`GpuOptions::matrix_cores`] on.
 pub const MATRIX_CORES_ENV: &str = "T2V_MATRIX_CORES";
 
+/// The features a device needs for the matrix-core GEMM ([`GpuOptions::matrix_cores`]).
+pub const MATRIX_CORE_FEATURES: wgpu::Features =
+    wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX.union(wgpu::Features::SHADER_F16).union(wgpu::Features::SUBGROUP);
+
+/// The names of `need`'s features that `have` lacks.
+fn missing(need: wgpu::Features, have: wgpu::Features) -> String {
+    (need - have).iter_names().map(|(n, _)| n).collect::<Vec<_>>().join(", ")
+}
+
 /// Environment variable that turns shader runtime checks on.
 pub const SHADER_CHECKS_ENV: &str = "T2V_SHADER_CHECKS";
 
@@ -119,11 +128,9 @@ fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
 /// (lavapipe).
 fn matrix_tile(adapter: &wgpu::Adapter) -> Result<u32> {
     let info = adapter.get_info();
-    let need = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
     let no = |why: String| Err(Error::Device(format!("matrix cores requested ({MATRIX_CORES_ENV} or --matrix-cores), but {}: {why}; run without them", info.name)));
-    if !adapter.features().contains(need) {
-        let missing: Vec<&str> = (need - adapter.features()).iter_names().map(|(n, _)| n).collect();
-        return no(format!("the adapter lacks {} (cooperative matrices: NVIDIA GPUs through Vulkan, lavapipe of Mesa 26.1)", missing.join(", ")));
+    if !adapter.features().contains(MATRIX_CORE_FEATURES) {
+        return no(format!("the adapter lacks {} (cooperative matrices: NVIDIA GPUs through Vulkan, lavapipe of Mesa 26.1)", missing(MATRIX_CORE_FEATURES, adapter.features())));
     }
     let lanes = (info.subgroup_min_size == info.subgroup_max_size).then_some(info.subgroup_min_size);
     let offered = adapter.cooperative_matrix_properties();
@@ -299,8 +306,9 @@ impl Gpu {
         let mut features = chosen.features() & OPTIONAL_FEATURES;
         let limits = chosen.limits();
         let matrix_tile = if opts.matrix_cores || std::env::var(MATRIX_CORES_ENV).is_ok_and(|v| v == "1") {
-            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-            Some(matrix_tile(chosen)?)
+            let tile = matrix_tile(chosen)?;
+            features |= MATRIX_CORE_FEATURES;
+            Some(tile)
         } else {
             None
         };
@@ -328,8 +336,7 @@ impl Gpu {
                 sink.lock().unwrap().insert(0, format!("the GPU device ({adapter}) was lost: {msg} (its driver reset it, e.g. after a fault or running out of memory; restart the job)"));
             }
         });
-        let mut gpu = Self::assemble(device, queue, info, errors);
-        Arc::get_mut(&mut gpu.0).expect("not shared yet").matrix_tile = matrix_tile;
+        let gpu = Self::assemble(device, queue, info, errors, matrix_tile);
         if opts.shader_checks {
             gpu.0.shader_checks.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -342,7 +349,7 @@ impl Gpu {
     /// uncaptured-error handler; tensors and kernels are created on this device.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Gpu {
         let info = device.adapter_info();
-        Self::assemble(device, queue, info, Arc::default())
+        Self::assemble(device, queue, info, Arc::default(), None)
     }
 
     /// [`Gpu::from_device`] with the GEMMs on the adapter's matrix units (see
@@ -352,17 +359,14 @@ impl Gpu {
     /// `wgpu::ExperimentalFeatures::enabled()` in its descriptor).
     pub fn from_device_with_matrix_cores(device: wgpu::Device, queue: wgpu::Queue, adapter: &wgpu::Adapter) -> Result<Gpu> {
         let tile = matrix_tile(adapter)?;
-        let need = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
-        if !device.features().contains(need) {
-            let missing: Vec<&str> = (need - device.features()).iter_names().map(|(n, _)| n).collect();
-            return Err(Error::Device(format!("matrix cores need a device requested with {} (the adapter has them)", missing.join(", "))));
+        if !device.features().contains(MATRIX_CORE_FEATURES) {
+            return Err(Error::Device(format!("matrix cores need a device requested with {} (the adapter has them)", missing(MATRIX_CORE_FEATURES, device.features()))));
         }
-        let mut gpu = Self::from_device(device, queue);
-        Arc::get_mut(&mut gpu.0).expect("not shared yet").matrix_tile = Some(tile);
-        Ok(gpu)
+        let info = device.adapter_info();
+        Ok(Self::assemble(device, queue, info, Arc::default(), Some(tile)))
     }
 
-    fn assemble(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, errors: Arc<Mutex<Vec<String>>>) -> Gpu {
+    fn assemble(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, errors: Arc<Mutex<Vec<String>>>, matrix_tile: Option<u32>) -> Gpu {
         let features = device.features();
         let limits = device.limits();
         let recorder = Recorder::new(&limits);
@@ -383,7 +387,7 @@ impl Gpu {
             conv_path: Mutex::new(ConvPath::Auto),
             memory_lean: std::sync::atomic::AtomicUsize::new(0),
             shader_checks: std::sync::atomic::AtomicBool::new(std::env::var(SHADER_CHECKS_ENV).is_ok_and(|v| v == "1")),
-            matrix_tile: None,
+            matrix_tile,
         }))
     }
 

@@ -33,7 +33,7 @@ mod tensor;
 
 pub use error::{Error, Result};
 pub use half_storage::{HalfKind, HalfTensor};
-pub use gpu::{list_adapters, AdapterSummary, AttentionPath, ConvPath, Gpu, GpuOptions, KernelVariant, ADAPTER_ENV, CONV_PATH_ENV, MATRIX_CORES_ENV, OPTIONAL_FEATURES, SHADER_CHECKS_ENV};
+pub use gpu::{list_adapters, AdapterSummary, AttentionPath, ConvPath, Gpu, GpuOptions, KernelVariant, ADAPTER_ENV, CONV_PATH_ENV, MATRIX_CORES_ENV, MATRIX_CORE_FEATURES, OPTIONAL_FEATURES, SHADER_CHECKS_ENV};
 pub use pool::PoolStats;
 pub use recorder::MAX_IN_FLIGHT;
 pub use recorder::ProfileRow;

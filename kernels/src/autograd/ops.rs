@@ -441,26 +441,24 @@ pub fn conv2d_half(x: &Var, w: &HalfTensor, bias: Option<&Var>, geo: Conv2d) -> 
 
 /// [`temporal_conv`] with a frozen half-precision weight (O, C, 3, 1, 1).
 pub fn temporal_conv_half(x: &Var, w: &HalfTensor, bias: Option<&Var>) -> Result<Var> {
-    let s = x.shape().to_vec();
-    if s.len() != 5 || w.shape().len() != 5 || w.shape()[2..] != [3, 1, 1] {
-        return Err(Error::Shape { op: "temporal_conv_half", msg: format!("input {:?} / weight {:?}", x.shape(), w.shape()) });
-    }
-    let o = w.shape()[0];
-    let x4 = reshape(x, &[s[0], s[1], s[2], s[3] * s[4]])?;
-    let y = conv2d_half(&x4, &w.reshape(&[o, s[1], 3, 1])?, bias, Conv2d { stride: (1, 1), padding: (1, 1, 0, 0) })?;
-    reshape(&y, &[s[0], o, s[2], s[3], s[4]])
+    as_conv3x1("temporal_conv_half", x, w.shape(), |x4, w4, geo| conv2d_half(x4, &w.reshape(w4)?, bias, geo))
 }
 
 /// VideoCrafter's temporal conv over (B, C, F, H, W) with weight (O, C, 3, 1, 1).
 pub fn temporal_conv(x: &Var, w: &Var, bias: Option<&Var>) -> Result<Var> {
+    as_conv3x1("temporal_conv", x, w.shape(), |x4, w4, geo| conv2d(x4, &reshape(w, w4)?, bias, geo))
+}
+
+/// A temporal conv of x (B, C, F, H, W) by a weight of shape `ws` (O, C, 3, 1, 1) as the
+/// (3, 1) conv2d `conv` of x viewed (B, C, F, H*W) by the weight viewed `w4` = (O, C, 3, 1).
+fn as_conv3x1(op: &'static str, x: &Var, ws: &[usize], conv: impl FnOnce(&Var, &[usize], Conv2d) -> Result<Var>) -> Result<Var> {
     let s = x.shape().to_vec();
-    if s.len() != 5 || w.value.rank() != 5 || w.shape()[2..] != [3, 1, 1] {
-        return Err(Error::Shape { op: "temporal_conv", msg: format!("input {:?} / weight {:?}", x.shape(), w.shape()) });
+    if s.len() != 5 || ws.len() != 5 || ws[2..] != [3, 1, 1] {
+        return Err(Error::Shape { op, msg: format!("input {s:?} / weight {ws:?}") });
     }
-    let o = w.shape()[0];
+    let o = ws[0];
     let x4 = reshape(x, &[s[0], s[1], s[2], s[3] * s[4]])?;
-    let w4 = reshape(w, &[o, s[1], 3, 1])?;
-    let y = conv2d(&x4, &w4, bias, Conv2d { stride: (1, 1), padding: (1, 1, 0, 0) })?;
+    let y = conv(&x4, &[o, s[1], 3, 1], Conv2d { stride: (1, 1), padding: (1, 1, 0, 0) })?;
     reshape(&y, &[s[0], o, s[2], s[3], s[4]])
 }
 
