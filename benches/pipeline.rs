@@ -127,6 +127,7 @@ fn main() {
         width: shape.width,
         fps: shape.fps,
         teacher: teacher.then_some(DdimConfig { steps: 50, cfg: 7.5, eta: 0.0 }),
+        negative_prompt: None,
         init: None,
     };
     let mut t_four = f64::NAN;

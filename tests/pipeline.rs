@@ -75,7 +75,7 @@ fn opts(out: &Path, stop_after: Option<u64>) -> RunOptions {
 fn validation(g: &Gpu, md: &ModelDir, every: u64) -> Validation {
     let v = &md.video;
     let prompts = ["a red circle moving left", "a blue square moving up", "a green triangle moving down"].map(String::from).to_vec();
-    let options = SampleOptions { steps: 4, origin: 10, w: 7.5, motion_scale: 0.05, motion_percentage: 0.5, seed: 3, frames: v.frames, height: v.height, width: v.width, fps: v.fps, teacher: None, init: None };
+    let options = SampleOptions { steps: 4, origin: 10, w: 7.5, motion_scale: 0.05, motion_percentage: 0.5, seed: 3, frames: v.frames, height: v.height, width: v.width, fps: v.fps, teacher: None, negative_prompt: None, init: None };
     Validation { every, prompts, options, batch: 2, text: md.load_text(g).unwrap() }
 }
 
@@ -350,6 +350,32 @@ fn the_commands_run_end_to_end() {
     assert!(d.join("videos/000_a_red_circle_moving_left.gif").exists() && d.join("videos/000_a_red_circle_moving_left/frame_007.png").exists());
     let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "x", "--out", &p("videos")]);
     assert!(!ok && out.contains("not empty"), "{out}");
+    // prompts streamed on standard input: each video is written (and its line printed) when
+    // its prompt arrives, before the input ends; prompt i is seeded as from a file
+    {
+        use std::io::{BufRead, BufReader, Write};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_t2v-turbo"))
+            .args(["sample", "--models", &p("run/model"), "--prompts", "-", "--out", &p("streamed"), "--no-mp4"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        writeln!(stdin, "a red circle moving left").unwrap();
+        let first = stdout.next().expect("a line for the first prompt").unwrap();
+        assert!(first.contains("000_a_red_circle_moving_left.gif") && d.join("streamed/000_a_red_circle_moving_left.gif").exists(), "{first}");
+        writeln!(stdin, "\na blue square moving up").unwrap();
+        drop(stdin);
+        let second = stdout.next().expect("a line for the second prompt").unwrap();
+        assert!(second.contains("001_a_blue_square_moving_up.gif"), "{second}");
+        assert!(child.wait().unwrap().success());
+        let frame = |dir: &str| std::fs::read(d.join(dir).join("000_a_red_circle_moving_left/frame_005.png")).unwrap();
+        assert_eq!(frame("streamed"), frame("videos"), "prompt 0 streamed vs given");
+        let caps = std::fs::read_to_string(d.join("streamed/captions.jsonl")).unwrap();
+        assert_eq!(caps.lines().count(), 2, "{caps}");
+    }
     // video-to-video from a world clip (its frame folder), and what it refuses
     let v2v = |extra: &[&str], out: &str| {
         let (model, o) = (p("run/model"), p(out));
@@ -408,6 +434,8 @@ fn the_commands_run_end_to_end() {
     assert!(!ok && out.contains("do not list the same prompts"), "{out}");
     let (ok, out) = t2v(&["sample", "--models", &m, "--prompt", "x", "--out", &p("v2")]);
     assert!(!ok && out.contains("is a teacher"), "{out}");
+    let (ok, out) = t2v(&["sample", "--models", &m, "--prompt", "x", "--negative-prompt", "y", "--out", &p("v2")]);
+    assert!(!ok && out.contains("--negative-prompt without --teacher") && out.contains("no unconditional branch"), "{out}");
 }
 
 #[test]
@@ -423,7 +451,7 @@ fn a_video_does_not_depend_on_the_batch_it_is_generated_in() {
     let v = md.video;
     // the teacher's DDIM (eta 1: a noise draw between its two steps) and the student's sampler
     for (gen, teacher) in [(Generator::from_model_dir(&g, &md).unwrap(), Some(DdimConfig { steps: 2, cfg: 7.5, eta: 1.0 })), (Generator::from_model_dir(&g, &smd).unwrap(), None)] {
-        let opts = SampleOptions { steps: 2, origin: 50, w: 7.5, motion_scale: 0.05, motion_percentage: 0.5, seed: 0, frames: v.frames, height: v.height, width: v.width, fps: v.fps, teacher, init: None };
+        let opts = SampleOptions { steps: 2, origin: 50, w: 7.5, motion_scale: 0.05, motion_percentage: 0.5, seed: 0, frames: v.frames, height: v.height, width: v.width, fps: v.fps, teacher, negative_prompt: None, init: None };
         let items = [("a red circle moving left", 3), ("a blue square moving up", 4), ("a red circle moving left", 5)];
         let batch = gen.generate_batch(&items, &opts).unwrap();
         assert_eq!(batch.len(), 3);
@@ -436,7 +464,49 @@ fn a_video_does_not_depend_on_the_batch_it_is_generated_in() {
         // same prompt, other seed: another video
         let diff = batch[0].iter().zip(&batch[2]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(diff > 1e-2, "seeds 3 and 5 gave the same video");
+        if opts.teacher.is_none() {
+            let e = gen.generate(items[0].0, &SampleOptions { negative_prompt: Some("blurry".into()), ..opts.clone() }).unwrap_err().to_string();
+            assert!(e.contains("no unconditional branch"), "{e}");
+        }
     }
+}
+
+/// A negative prompt takes the empty prompt's place in the teacher's classifier-free
+/// guidance: eps = eps(neg) + cfg (eps(prompt) - eps(neg)). With the prompt itself as the
+/// negative one that is eps(prompt) at any cfg — the samples of cfg 1; "" is the default.
+#[test]
+fn a_negative_prompt_replaces_the_teachers_unconditional_branch() {
+    use t2v_turbo::diffusion::DdimConfig;
+    use t2v_turbo::pipeline::sample::{Generator, SampleOptions};
+    let (models, _) = fixture();
+    let g = gpu();
+    let md = ModelDir::read(models).unwrap();
+    let gen = Generator::from_model_dir(&g, &md).unwrap();
+    let v = md.video;
+    let p = "a red circle moving left";
+    let at = |cfg: f32, negative: Option<&str>| SampleOptions {
+        teacher: Some(DdimConfig { steps: 3, cfg, eta: 0.0 }),
+        negative_prompt: negative.map(String::from),
+        seed: 7,
+        frames: v.frames,
+        height: v.height,
+        width: v.width,
+        fps: v.fps,
+        ..SampleOptions::for_models(&md)
+    };
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let default = gen.generate(p, &at(7.5, None)).unwrap();
+    assert_eq!(gen.generate(p, &at(7.5, Some(""))).unwrap(), default, "the empty negative prompt is the default");
+    let unguided = gen.generate(p, &at(1.0, None)).unwrap();
+    let itself = gen.generate(p, &at(7.5, Some(p))).unwrap();
+    let d = max_diff(&itself, &unguided);
+    assert!(d <= 1e-4, "negative prompt = prompt at cfg 7.5 vs cfg 1: {d}");
+    // guidance moves the sample (so the equality above is not trivially true), and another
+    // negative prompt moves it elsewhere
+    let guided = max_diff(&default, &unguided);
+    assert!(guided > 1e-2, "cfg 7.5 vs 1 differ by only {guided}");
+    let other = max_diff(&gen.generate(p, &at(7.5, Some("a blue square moving up"))).unwrap(), &default);
+    assert!(other > 1e-3, "another negative prompt changed the sample by only {other}");
 }
 
 /// Models kept in half precision (`--weights-dtype`): f16 and bf16 files kept so give the

@@ -50,7 +50,9 @@ pub struct SampleArgs {
     /// A prompt (repeat for several videos).
     #[arg(long)]
     pub prompt: Vec<String>,
-    /// A file with one prompt per line.
+    /// A file with one prompt per line; `-` reads them from standard input as they arrive
+    /// (the models stay loaded: each video — each --batch of lines — is generated and its
+    /// line printed as soon as its prompts are read; ends at the end of the input).
     #[arg(long)]
     pub prompts: Option<PathBuf>,
     /// Consistency steps (4, 8 or 16 are the method's).
@@ -111,6 +113,11 @@ pub struct SampleArgs {
     /// --teacher: DDIM eta (0 deterministic, 1 stochastic like VideoCrafter2's default).
     #[arg(long, default_value_t = 1.0)]
     pub eta: f32,
+    /// --teacher: classifier-free guidance steers away from this prompt instead of the empty
+    /// one (e.g. "blurry, low quality, static"). The student has none (its guidance is
+    /// distilled into one call).
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
     /// Video-to-video: every prompt re-generates this video (a folder of PNG/JPEG frames,
     /// or a video file read through ffmpeg) instead of starting from noise: its first
     /// --frames frames, resized and center-cropped to the clip size, are encoded and noised
@@ -142,12 +149,16 @@ fn slug(p: &str) -> String {
 
 pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     let mut prompts = a.prompt.clone();
-    if let Some(p) = &a.prompts {
+    let streamed = a.prompts.as_deref() == Some(Path::new("-"));
+    if let Some(p) = a.prompts.as_ref().filter(|_| !streamed) {
         let s = std::fs::read_to_string(p).map_err(|e| CliError::Check(format!("{}: {e}", p.display())))?;
         prompts.extend(s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
     }
-    if prompts.is_empty() {
-        return Err(CliError::Check("no prompt: give --prompt TEXT or --prompts FILE".into()));
+    if prompts.is_empty() && !streamed {
+        return Err(CliError::Check("no prompt: give --prompt TEXT or --prompts FILE (or --prompts - to read them from standard input)".into()));
+    }
+    if a.negative_prompt.is_some() && !a.teacher {
+        return Err(CliError::Check(format!("--negative-prompt without --teacher: {}", crate::pipeline::sample::NO_STUDENT_NEGATIVE)));
     }
     super::ensure_new_dir(&a.out, a.overwrite).map_err(|e| CliError::Check(format!("{e}, or pass --overwrite")))?;
     let gpu = Gpu::new(&dev.gpu_options(false))?;
@@ -183,6 +194,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         width,
         fps,
         teacher: a.teacher.then_some(crate::diffusion::DdimConfig { steps: a.teacher_steps, cfg: a.cfg, eta: a.eta }),
+        negative_prompt: a.negative_prompt.clone(),
         init: None,
     };
     let opts = match &a.init_video {
@@ -209,18 +221,45 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     if a.profile {
         gpu.set_profiling(true)?;
     }
-    let mut progress = Progress::new("sample", prompts.len().div_ceil(a.batch) * opts.sampling_steps());
-    for (c, chunk) in prompts.chunks(a.batch).enumerate() {
+    // batches of prompts: those given first, then (--prompts -) standard input's lines as
+    // they arrive, a batch as soon as it is full or the input ends
+    let mut given = prompts.chunks(a.batch).map(<[String]>::to_vec).collect::<Vec<_>>().into_iter();
+    let mut lines = streamed.then(|| std::io::stdin().lines());
+    let mut next_batch = || -> Result<Option<Vec<String>>, CliError> {
+        if let Some(b) = given.next() {
+            return Ok(Some(b));
+        }
+        let Some(lines) = lines.as_mut() else { return Ok(None) };
+        let mut batch = Vec::new();
+        while batch.len() < a.batch {
+            match lines.next() {
+                Some(line) => {
+                    let line = line.map_err(|e| CliError::Check(format!("--prompts -: reading standard input: {e}")))?;
+                    let p = line.trim();
+                    if !p.is_empty() {
+                        batch.push(p.to_string());
+                    }
+                }
+                None => break,
+            }
+        }
+        Ok((!batch.is_empty()).then_some(batch))
+    };
+    // the whole run's steps when the prompts are known, else each batch's
+    let mut progress = (!streamed).then(|| Progress::new("sample", prompts.len().div_ceil(a.batch) * opts.sampling_steps()));
+    let mut i = 0;
+    while let Some(chunk) = next_batch()? {
         gpu.reset_peak_memory();
         let t = Instant::now();
-        let items: Vec<(&str, u64)> = chunk.iter().enumerate().map(|(j, p)| (p.as_str(), a.seed + (c * a.batch + j) as u64)).collect();
-        let videos = generator.generate_batch_observed(&items, &opts, &mut || progress.advance(1, "steps"))?;
+        let items: Vec<(&str, u64)> = chunk.iter().enumerate().map(|(j, p)| (p.as_str(), a.seed + (i + j) as u64)).collect();
+        let bar = progress.get_or_insert_with(|| Progress::new("sample", opts.sampling_steps()));
+        let videos = generator.generate_batch_observed(&items, &opts, &mut || bar.advance(1, "steps"))?;
         let secs = t.elapsed().as_secs_f64() / chunk.len() as f64;
         let peak = gpu.memory().peak_total_bytes as f64 / 1048576.0;
-        for (j, (prompt, video)) in chunk.iter().zip(&videos).enumerate() {
-            let i = c * a.batch + j;
+        for (prompt, video) in chunk.iter().zip(&videos) {
             let frames = Frames::from_chw(video, frames_n, height, width);
             let name = format!("{i:03}_{}", slug(prompt));
+            i += 1;
             let dir = a.out.join(&name);
             write_frames(&dir, &frames).map_err(|e| CliError::Check(e.to_string()))?;
             let gif = a.out.join(format!("{name}.gif"));
@@ -243,12 +282,18 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
                 peak
             );
         }
+        // the clips so far with their prompts, in the format `t2v-turbo eval` reads
+        write_jsonl(&a.out.join("captions.jsonl"), &rows)?;
+        if streamed {
+            progress = None;
+        }
+    }
+    if rows.is_empty() {
+        eprintln!("no prompt read from standard input: nothing generated");
     }
     if a.profile {
         eprintln!("{}", gpu.profile_table()?);
     }
-    // the clips with their prompts, in the format `t2v-turbo eval` reads
-    write_jsonl(&a.out.join("captions.jsonl"), &rows)?;
     Ok(())
 }
 

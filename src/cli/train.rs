@@ -169,6 +169,7 @@ fn validation(gpu: &Gpu, md: &ModelDir, a: &TrainArgs, grid_points: usize) -> Re
         width: v.width,
         fps: v.fps,
         teacher: None,
+        negative_prompt: None,
         init: None,
     };
     Ok(Some(Validation { every: a.validate_every, prompts, options, batch: 8, text: md.load_text(gpu)? }))

@@ -208,6 +208,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         width: v.width,
         fps: v.fps,
         teacher,
+        negative_prompt: None,
         init: None,
     };
     let mut methods: Vec<(String, Generator, SampleOptions)> = Vec::new();

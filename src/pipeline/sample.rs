@@ -176,12 +176,16 @@ impl SamplerModels<'_> {
             };
             let latent = match &opts.teacher {
                 Some(tc) => {
-                    let uncond = self.text.penultimate(tape, &[tokenize("")?])?;
+                    // CFG's other branch: the negative prompt's context (VideoCrafter2: "")
+                    let uncond = self.text.penultimate(tape, &[tokenize(opts.negative_prompt.as_deref().unwrap_or(""))?])?;
                     let grid = opts.teacher_grid(self.schedule.len(), tc)?;
                     let init = start(*grid.last().expect("a grid point"))?;
                     ddim_sample_on(self.unet, self.schedule, &grid, &init, &context, &uncond, &fps, tc, |_| draw(), step)?
                 }
                 None => {
+                    if opts.negative_prompt.is_some() {
+                        return Err(WeightsError::Data { path: "sampling options".into(), msg: NO_STUDENT_NEGATIVE.into() });
+                    }
                     let cfg = SamplerConfig {
                         timesteps: opts.consistency_timesteps(self.schedule.len())?,
                         w: opts.w,
@@ -210,6 +214,9 @@ impl SamplerModels<'_> {
         Ok(if b == 1 { z0 } else { ad::concat(&vec![&z0; b], 0)? })
     }
 }
+
+/// Why a student refuses a negative prompt.
+pub const NO_STUDENT_NEGATIVE: &str = "a negative prompt needs the teacher's classifier-free guidance: the distilled student has no unconditional branch (its guidance is distilled into one call, conditioned on w); sample the teacher, or drop the negative prompt";
 
 /// A video-to-video run's start (SDEdit): the video is encoded, noised to the first timestep
 /// the sampler runs, and re-generated from there under the prompt.
@@ -256,6 +263,11 @@ pub struct SampleOptions {
     pub fps: f32,
     /// Sample with the teacher's DDIM + CFG instead of the student.
     pub teacher: Option<DdimConfig>,
+    /// The teacher's classifier-free guidance steers away from this prompt instead of the
+    /// empty one (None: "", as VideoCrafter2 samples): eps = eps(neg) + cfg (eps(prompt) -
+    /// eps(neg)), for every video of a batch. The student has no such branch (its guidance
+    /// was distilled into one call with w): refused there.
+    pub negative_prompt: Option<String>,
     /// Start from this video instead of noise (video-to-video).
     pub init: Option<InitVideo>,
 }
@@ -279,6 +291,7 @@ impl SampleOptions {
             width: v.width,
             fps: v.fps,
             teacher: (!md.is_student()).then(DdimConfig::default),
+            negative_prompt: None,
             init: None,
         }
     }
