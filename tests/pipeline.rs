@@ -656,18 +656,25 @@ fn video_to_video_keeps_more_of_the_video_the_lower_the_strength() {
     let smd = t2v_turbo::pipeline::train::write_student_model(&d.join("student"), &md, &student, 0, SaveDtype::F32).unwrap();
     let student = Generator::from_model_dir(&g, &smd).unwrap();
     let teacher = Generator::from_model_dir(&g, &md).unwrap();
+    let shared = InitVideo::new(pixels.clone(), 0.5);
     for (name, gen, tc) in [("teacher", &teacher, Some(DdimConfig { steps: 10, cfg: 7.5, eta: 0.0 })), ("student", &student, None)] {
         let base = SampleOptions { steps: 4, teacher: tc, ..SampleOptions::for_models(&smd) };
-        let at = |s: f32| SampleOptions { init: Some(InitVideo { pixels: pixels.clone(), strength: s }), ..base.clone() };
+        let at = |s: f32| SampleOptions { init: Some(InitVideo::new(pixels.clone(), s)), ..base.clone() };
         let dist: Vec<f32> = [0.2, 0.5, 1.0].iter().map(|&s| mad(&gen.generate(&caption, &at(s)).unwrap(), &pixels)).collect();
         let from_noise = mad(&gen.generate(&caption, &base).unwrap(), &pixels);
         let msg = format!("{name}: distance to the clip at strength 0.2 / 0.5 / 1: {dist:?}, from noise {from_noise}, VAE reconstruction {floor}");
         eprintln!("{msg}");
         assert!(dist[0] < 1.5 * floor && dist[0] <= dist[1] * 1.02, "{msg}");
         assert!(dist[1] < 0.5 * dist[2] && dist[2] > 0.8 * from_noise, "{msg}");
-        // a batch: each video as alone (its own noise stream, the same input)
+        // a batch: each video as alone (its own noise stream, the same input); the batch
+        // reuses the input's latent kept from an earlier generation of this VAE (the other
+        // model's VAE encoded it anew), the videos alone encode it afresh
+        assert!(!shared.is_encoded_by(&gen.vae), "{name}: another VAE's latent taken as this one's");
+        let kept = SampleOptions { init: Some(shared.clone()), ..base.clone() };
+        gen.generate(&caption, &kept).unwrap();
+        assert!(shared.is_encoded_by(&gen.vae), "{name}: the input's latent was not kept");
         let items = [(caption.as_str(), 3), ("a blue square moving up", 4)];
-        let batch = gen.generate_batch(&items, &at(0.5)).unwrap();
+        let batch = gen.generate_batch(&items, &kept).unwrap();
         for ((p, seed), got) in items.iter().zip(&batch) {
             let one = gen.generate(p, &SampleOptions { seed: *seed, ..at(0.5) }).unwrap();
             let diff = one.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);

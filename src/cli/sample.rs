@@ -200,7 +200,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     let opts = match &a.init_video {
         Some(path) => {
             let init = read_init_video(path, a, &opts)?;
-            SampleOptions { init: Some(InitVideo { pixels: init.into(), strength: a.strength }), ..opts }
+            SampleOptions { init: Some(InitVideo::new(init, a.strength)), ..opts }
         }
         None => opts,
     };

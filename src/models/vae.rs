@@ -215,8 +215,13 @@ fn run_level(lv: &Level, mut h: Var, up: bool) -> Result<Var> {
 }
 
 /// Encoder + decoder + (post_)quant_conv.
+/// [`Vae::id`]'s source.
+static NEXT_VAE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub struct Vae {
     pub config: VaeConfig,
+    /// Unique to this loaded VAE in the process ([`Vae::id`]).
+    id: u64,
     enc_conv_in: Conv,
     enc_down: Vec<Level>,
     enc_mid: Mid,
@@ -289,6 +294,7 @@ impl Vae {
             up[i] = Some(Level { blocks, attns, resample });
         }
         Ok(Vae {
+            id: NEXT_VAE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             pass_bytes: l.gpu().max_binding_bytes(),
             config: c.clone(),
             enc_conv_in: Conv::load(l, "encoder.conv_in", c.in_channels, c.ch, 3, Geo::new(1, 1))?,
@@ -405,6 +411,12 @@ impl Vae {
     /// The device the weights live on.
     pub fn gpu(&self) -> &t2v_kernels::Gpu {
         self.enc_conv_in.w.gpu()
+    }
+
+    /// Identifies this loaded VAE among those of the process: what caches of its encodings
+    /// are keyed to (another VAE, or this one's weights loaded again, has another id).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Videos (B, 3, F, H, W) in [-1, 1] -> scaled latents (B, embed_dim, F, h, w), frame by

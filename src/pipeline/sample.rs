@@ -4,7 +4,7 @@
 //! from there.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use t2v_kernels::autograd::{self as ad, Tape, Var};
@@ -209,8 +209,11 @@ impl SamplerModels<'_> {
         if iv.pixels.len() != shape.iter().product::<usize>() {
             return Err(bad(format!("{} values, but (3, F, H, W) = (3, {}, {}, {}) needs {}", iv.pixels.len(), opts.frames, opts.height, opts.width, shape.iter().product::<usize>())));
         }
-        let x = tape.constant(Tensor::from_slice(self.vae.gpu(), &shape, &iv.pixels)?);
-        let z0 = self.vae.encode_video(&x)?;
+        let encode = || -> Result<Tensor> {
+            let x = tape.constant(Tensor::from_slice(self.vae.gpu(), &shape, &iv.pixels)?);
+            Ok(self.vae.encode_video(&x)?.value().clone())
+        };
+        let z0 = tape.constant(iv.latent(self.vae, &shape, encode)?);
         Ok(if b == 1 { z0 } else { ad::concat(&vec![&z0; b], 0)? })
     }
 }
@@ -219,7 +222,8 @@ impl SamplerModels<'_> {
 pub const NO_STUDENT_NEGATIVE: &str = "a negative prompt needs the teacher's classifier-free guidance: the distilled student has no unconditional branch (its guidance is distilled into one call, conditioned on w); sample the teacher, or drop the negative prompt";
 
 /// A video-to-video run's start (SDEdit): the video is encoded, noised to the first timestep
-/// the sampler runs, and re-generated from there under the prompt.
+/// the sampler runs, and re-generated from there under the prompt. The encoding is kept
+/// (shared by clones), so later batches with the same VAE do not encode the video again.
 #[derive(Clone)]
 pub struct InitVideo {
     /// (3, F, H, W) in [-1, 1] at the options' frames, height and width (e.g.
@@ -229,9 +233,22 @@ pub struct InitVideo {
     /// over the lowest `strength` of its grid, the teacher runs the lowest `strength` of its
     /// DDIM steps (diffusers' img2img). Lower keeps more of the video.
     pub strength: f32,
+    encoded: Arc<Mutex<Option<EncodedInit>>>,
+}
+
+/// An [`InitVideo`]'s latent (1, C, F, h, w), with what it was computed from.
+struct EncodedInit {
+    vae: u64,
+    pixels: Arc<[f32]>,
+    shape: [usize; 5],
+    z0: Tensor,
 }
 
 impl InitVideo {
+    pub fn new(pixels: impl Into<Arc<[f32]>>, strength: f32) -> InitVideo {
+        InitVideo { pixels: pixels.into(), strength, encoded: Arc::default() }
+    }
+
     fn checked_strength(&self) -> Result<f32> {
         let s = self.strength;
         if s > 0.0 && s <= 1.0 {
@@ -239,6 +256,24 @@ impl InitVideo {
         } else {
             Err(WeightsError::Data { path: "init video".into(), msg: format!("strength {s} is outside (0, 1]") })
         }
+    }
+
+    /// The latent of `pixels` shaped `shape` under `vae`: the kept one when it was made from
+    /// these pixels (the same allocation) at this shape by this VAE, else `encode`'s, kept.
+    fn latent(&self, vae: &Vae, shape: &[usize; 5], encode: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+        let mut kept = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = kept.as_ref().filter(|e| e.vae == vae.id() && Arc::ptr_eq(&e.pixels, &self.pixels) && e.shape == *shape) {
+            return Ok(e.z0.clone());
+        }
+        let z0 = encode()?;
+        *kept = Some(EncodedInit { vae: vae.id(), pixels: self.pixels.clone(), shape: *shape, z0: z0.clone() });
+        Ok(z0)
+    }
+
+    /// Whether the latent kept is `vae`'s encoding of these pixels (after a generation).
+    pub fn is_encoded_by(&self, vae: &Vae) -> bool {
+        let kept = self.encoded.lock().unwrap_or_else(|e| e.into_inner());
+        kept.as_ref().is_some_and(|e| e.vae == vae.id() && Arc::ptr_eq(&e.pixels, &self.pixels))
     }
 }
 
