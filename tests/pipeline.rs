@@ -350,12 +350,13 @@ fn the_commands_run_end_to_end() {
     assert!(d.join("videos/000_a_red_circle_moving_left.gif").exists() && d.join("videos/000_a_red_circle_moving_left/frame_007.png").exists());
     let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "x", "--out", &p("videos")]);
     assert!(!ok && out.contains("not empty"), "{out}");
-    // prompts streamed on standard input: each video is written (and its line printed) when
-    // its prompt arrives, before the input ends; prompt i is seeded as from a file
+    // prompts streamed on standard input, two videos of each in a batch of 2: a prompt's
+    // videos are written (and their lines printed) when it arrives, before the input ends;
+    // video i is seeded as from a file
     {
         use std::io::{BufRead, BufReader, Write};
         let mut child = Command::new(env!("CARGO_BIN_EXE_t2v-turbo"))
-            .args(["sample", "--models", &p("run/model"), "--prompts", "-", "--out", &p("streamed"), "--no-mp4"])
+            .args(["sample", "--models", &p("run/model"), "--prompts", "-", "--videos-per-prompt", "2", "--batch", "2", "--out", &p("streamed"), "--no-mp4"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -363,18 +364,21 @@ fn the_commands_run_end_to_end() {
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut line = || stdout.next().expect("a line per video").unwrap();
         writeln!(stdin, "a red circle moving left").unwrap();
-        let first = stdout.next().expect("a line for the first prompt").unwrap();
-        assert!(first.contains("000_a_red_circle_moving_left.gif") && d.join("streamed/000_a_red_circle_moving_left.gif").exists(), "{first}");
+        let first = [line(), line()];
+        assert!(first[0].contains("000_a_red_circle_moving_left.gif") && first[1].contains("001_a_red_circle_moving_left.gif") && first[1].contains("in a batch of 2"), "{first:?}");
+        assert!(d.join("streamed/001_a_red_circle_moving_left.gif").exists());
         writeln!(stdin, "\na blue square moving up").unwrap();
         drop(stdin);
-        let second = stdout.next().expect("a line for the second prompt").unwrap();
-        assert!(second.contains("001_a_blue_square_moving_up.gif"), "{second}");
+        let second = [line(), line()];
+        assert!(second[1].contains("003_a_blue_square_moving_up.gif"), "{second:?}");
         assert!(child.wait().unwrap().success());
-        let frame = |dir: &str| std::fs::read(d.join(dir).join("000_a_red_circle_moving_left/frame_005.png")).unwrap();
-        assert_eq!(frame("streamed"), frame("videos"), "prompt 0 streamed vs given");
+        let frame = |dir: &str, name: &str| std::fs::read(d.join(dir).join(name).join("frame_005.png")).unwrap();
+        assert_eq!(frame("streamed", "000_a_red_circle_moving_left"), frame("videos", "000_a_red_circle_moving_left"), "video 0 streamed vs given");
+        assert_ne!(frame("streamed", "000_a_red_circle_moving_left"), frame("streamed", "001_a_red_circle_moving_left"), "a prompt's two videos");
         let caps = std::fs::read_to_string(d.join("streamed/captions.jsonl")).unwrap();
-        assert_eq!(caps.lines().count(), 2, "{caps}");
+        assert_eq!(caps.lines().count(), 4, "{caps}");
     }
     // video-to-video from a world clip (its frame folder), and what it refuses
     let v2v = |extra: &[&str], out: &str| {

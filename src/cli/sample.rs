@@ -1,6 +1,7 @@
 //! `t2v-turbo sample`: prompts -> videos (GIF + PNG frames) with the distilled student (or the
 //! teacher), from noise or from a given video (`--init-video`).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -70,9 +71,13 @@ pub struct SampleArgs {
     /// Fraction of the trajectory (from t = 999 down) that gets the motion scale.
     #[arg(long, default_value_t = 0.5)]
     pub motion_percentage: f32,
-    /// Seed of the first prompt's noise; prompt i uses seed + i (whatever the batch).
+    /// Seed of the first video's noise; video i (in output order) uses seed + i, whatever the
+    /// batch.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Videos of each prompt (each with its own seed), written one after another.
+    #[arg(long, default_value_t = 1)]
+    pub videos_per_prompt: usize,
     /// Videos generated together in one batch (more use the device better and need more
     /// memory; a video does not depend on the batch it is in).
     #[arg(long, default_value_t = 1)]
@@ -157,6 +162,9 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     if prompts.is_empty() && !streamed {
         return Err(CliError::Check("no prompt: give --prompt TEXT or --prompts FILE (or --prompts - to read them from standard input)".into()));
     }
+    if a.batch == 0 || a.videos_per_prompt == 0 {
+        return Err(CliError::Check("--batch and --videos-per-prompt must be at least 1".into()));
+    }
     if a.negative_prompt.is_some() && !a.teacher {
         return Err(CliError::Check(format!("--negative-prompt without --teacher: {}", crate::pipeline::sample::NO_STUDENT_NEGATIVE)));
     }
@@ -204,9 +212,6 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         }
         None => opts,
     };
-    if a.batch == 0 {
-        return Err(CliError::Check("--batch must be at least 1".into()));
-    }
     // refuse steps (or a strength) that run nothing before any sampling
     let n_train = generator.schedule.len();
     match &opts.teacher {
@@ -221,32 +226,25 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     if a.profile {
         gpu.set_profiling(true)?;
     }
-    // batches of prompts: those given first, then (--prompts -) standard input's lines as
-    // they arrive, a batch as soon as it is full or the input ends
-    let mut given = prompts.chunks(a.batch).map(<[String]>::to_vec).collect::<Vec<_>>().into_iter();
+    // batches of videos (--videos-per-prompt of each prompt in a row): the prompts given
+    // first, then (--prompts -) standard input's lines as they arrive, a batch as soon as it
+    // is full or the input ends
+    let per = a.videos_per_prompt;
+    let mut queue: VecDeque<String> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), per)).collect();
     let mut lines = streamed.then(|| std::io::stdin().lines());
     let mut next_batch = || -> Result<Option<Vec<String>>, CliError> {
-        if let Some(b) = given.next() {
-            return Ok(Some(b));
-        }
-        let Some(lines) = lines.as_mut() else { return Ok(None) };
-        let mut batch = Vec::new();
-        while batch.len() < a.batch {
-            match lines.next() {
-                Some(line) => {
-                    let line = line.map_err(|e| CliError::Check(format!("--prompts -: reading standard input: {e}")))?;
-                    let p = line.trim();
-                    if !p.is_empty() {
-                        batch.push(p.to_string());
-                    }
-                }
-                None => break,
+        while queue.len() < a.batch {
+            let Some(line) = lines.as_mut().and_then(Iterator::next) else { break };
+            let line = line.map_err(|e| CliError::Check(format!("--prompts -: reading standard input: {e}")))?;
+            if !line.trim().is_empty() {
+                queue.extend(std::iter::repeat_n(line.trim().to_string(), per));
             }
         }
-        Ok((!batch.is_empty()).then_some(batch))
+        let n = queue.len().min(a.batch);
+        Ok((n > 0).then(|| queue.drain(..n).collect()))
     };
     // the whole run's steps when the prompts are known, else each batch's
-    let mut progress = (!streamed).then(|| Progress::new("sample", prompts.len().div_ceil(a.batch) * opts.sampling_steps()));
+    let mut progress = (!streamed).then(|| Progress::new("sample", (prompts.len() * per).div_ceil(a.batch) * opts.sampling_steps()));
     let mut i = 0;
     while let Some(chunk) = next_batch()? {
         gpu.reset_peak_memory();
