@@ -475,6 +475,39 @@ fn a_video_does_not_depend_on_the_batch_it_is_generated_in() {
     }
 }
 
+/// The step callback sees every step of a generation counted, and stops it when it asks to:
+/// the generation returns `Cancelled` and the generator generates as before afterwards.
+#[test]
+fn a_generation_reports_its_steps_and_can_be_cancelled() {
+    use std::ops::ControlFlow;
+    use t2v_turbo::diffusion::DdimConfig;
+    use t2v_turbo::models::weights::WeightsError;
+    use t2v_turbo::pipeline::sample::{Generator, SampleOptions};
+    let (models, _) = fixture();
+    let g = gpu();
+    let md = ModelDir::read(models).unwrap();
+    let gen = Generator::from_model_dir(&g, &md).unwrap();
+    let opts = SampleOptions { teacher: Some(DdimConfig { steps: 3, cfg: 7.5, eta: 1.0 }), seed: 2, ..SampleOptions::for_models(&md) };
+    let items = [("a red circle moving left", 2)];
+    let mut seen = Vec::new();
+    let videos = gen.generate_batch_observed(&items, &opts, &mut |done| {
+        seen.push(done);
+        ControlFlow::Continue(())
+    });
+    assert_eq!(seen, [1, 2, 3]);
+    assert_eq!(videos.unwrap()[0], gen.generate(items[0].0, &opts).unwrap(), "observed vs plain generation");
+    let mut seen = Vec::new();
+    let stopped = gen.generate_batch_observed(&items, &opts, &mut |done| {
+        seen.push(done);
+        if done == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    });
+    assert!(matches!(stopped, Err(WeightsError::Cancelled { done: 2, total: 3 })), "{stopped:?}");
+    assert_eq!(seen, [1, 2]);
+    let tensor = gen.generate_batch_tensor_observed(&items, &opts, &mut |_| ControlFlow::Break(()));
+    assert!(matches!(tensor, Err(WeightsError::Cancelled { done: 1, total: 3 })), "{:?}", tensor.err());
+    assert_eq!(gen.generate_batch(&items, &opts).unwrap()[0], gen.generate(items[0].0, &opts).unwrap(), "after cancelling");
+}
+
 /// A negative prompt takes the empty prompt's place in the teacher's classifier-free
 /// guidance: eps = eps(neg) + cfg (eps(prompt) - eps(neg)). With the prompt itself as the
 /// negative one that is eps(prompt) at any cfg — the samples of cfg 1; "" is the default.

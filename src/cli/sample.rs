@@ -2,6 +2,7 @@
 //! teacher), from noise or from a given video (`--init-video`).
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -251,7 +252,10 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         let t = Instant::now();
         let items: Vec<(&str, u64)> = chunk.iter().enumerate().map(|(j, p)| (p.as_str(), a.seed + (i + j) as u64)).collect();
         let bar = progress.get_or_insert_with(|| Progress::new("sample", opts.sampling_steps()));
-        let videos = generator.generate_batch_observed(&items, &opts, &mut || bar.advance(1, "steps"))?;
+        let videos = generator.generate_batch_observed(&items, &opts, &mut |_| {
+            bar.advance(1, "steps");
+            ControlFlow::Continue(())
+        })?;
         let secs = t.elapsed().as_secs_f64() / chunk.len() as f64;
         let peak = gpu.memory().peak_total_bytes as f64 / 1048576.0;
         for (prompt, video) in chunk.iter().zip(&videos) {

@@ -36,6 +36,9 @@ pub enum WeightsError {
     /// Readable files or folders whose content is not what was asked for.
     #[error("{path}: {msg}")]
     Data { path: String, msg: String },
+    /// A generation stopped by its caller's step callback.
+    #[error("cancelled after {done} of {total} steps")]
+    Cancelled { done: usize, total: usize },
     #[error("a weight kept in half precision cannot be trained: load a model that is trained with WeightPrecision::F32")]
     HalfTrained,
     #[error(transparent)]

@@ -232,7 +232,10 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         let mut progress = Progress::new(label, batches.len() * o.sampling_steps()).quiet(c.quiet);
         let mut raw = Vec::new();
         for chunk in batches {
-            raw.extend(gen.generate_batch_observed(chunk, o, &mut || progress.advance(1, "steps"))?);
+            raw.extend(gen.generate_batch_observed(chunk, o, &mut |_| {
+                progress.advance(1, "steps");
+                std::ops::ControlFlow::Continue(())
+            })?);
         }
         let secs = t.elapsed().as_secs_f64() / prompts.len().max(1) as f64;
         let videos: Vec<Frames> = raw.iter().map(|x| Frames::from_chw(x, v.frames, v.height, v.width)).collect();

@@ -3,6 +3,7 @@
 //! or video-to-video (SDEdit): a given video, encoded and noised part of the way, re-generated
 //! from there.
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -68,10 +69,12 @@ impl Generator {
         self.models().generate_batch(&Tape::new(), items, opts)
     }
 
-    /// [`Generator::generate_batch`], calling `on_step` after each sampling step (for
-    /// progress bars: the device is synced at most once a second, so the count follows the
-    /// computation, not only the recording).
-    pub fn generate_batch_observed(&self, items: &[(&str, u64)], opts: &SampleOptions, on_step: &mut dyn FnMut()) -> Result<Vec<Vec<f32>>> {
+    /// [`Generator::generate_batch`], calling `on_step` with the number of steps done after
+    /// each sampling step (of [`SampleOptions::sampling_steps`]; for progress bars: the
+    /// device is synced at most once a second, so the count follows the computation, not
+    /// only the recording). `ControlFlow::Break(())` cancels the generation: it stops
+    /// there and returns [`WeightsError::Cancelled`].
+    pub fn generate_batch_observed(&self, items: &[(&str, u64)], opts: &SampleOptions, on_step: &mut dyn FnMut(usize) -> ControlFlow<()>) -> Result<Vec<Vec<f32>>> {
         self.models().run_batch(&Tape::new(), items, opts, Some(on_step))
     }
 
@@ -79,6 +82,12 @@ impl Generator {
     /// device (nothing is read back): for applications that use the frames on the GPU.
     pub fn generate_batch_tensor(&self, items: &[(&str, u64)], opts: &SampleOptions) -> Result<Tensor> {
         self.models().run_tensor(&Tape::new(), items, opts, None)
+    }
+
+    /// [`Generator::generate_batch_tensor`] with [`Generator::generate_batch_observed`]'s
+    /// per-step callback (progress, cancellation).
+    pub fn generate_batch_tensor_observed(&self, items: &[(&str, u64)], opts: &SampleOptions, on_step: &mut dyn FnMut(usize) -> ControlFlow<()>) -> Result<Tensor> {
+        self.models().run_tensor(&Tape::new(), items, opts, Some(on_step))
     }
 
     /// Generates `items` and writes their frames into layers `first_layer ..` of a texture
@@ -117,7 +126,7 @@ impl SamplerModels<'_> {
 
     /// The generation, with [`Generator::generate_batch_observed`]'s per-step callback,
     /// read back: one (3, F, H, W) video per item.
-    fn run_batch(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions, on_step: Option<&mut dyn FnMut()>) -> Result<Vec<Vec<f32>>> {
+    fn run_batch(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions, on_step: Option<&mut dyn FnMut(usize) -> ControlFlow<()>>) -> Result<Vec<Vec<f32>>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -127,7 +136,7 @@ impl SamplerModels<'_> {
     }
 
     /// The generation on the device: (B, 3, F, H, W).
-    fn run_tensor(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions, mut on_step: Option<&mut dyn FnMut()>) -> Result<Tensor> {
+    fn run_tensor(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions, mut on_step: Option<&mut dyn FnMut(usize) -> ControlFlow<()>>) -> Result<Tensor> {
         let gpu = self.vae.gpu();
         let b = items.len();
         if b == 0 {
@@ -164,13 +173,17 @@ impl SamplerModels<'_> {
             // are computed ones (give or take a second of recording) without costing the
             // overlap of recording and computing on every step
             let mut synced = Instant::now();
+            let (mut done, total) = (0, opts.sampling_steps());
             let step = || -> Result<()> {
+                done += 1;
                 if let Some(f) = on_step.as_mut() {
                     if synced.elapsed().as_secs_f64() >= 1.0 {
                         gpu.sync()?;
                         synced = Instant::now();
                     }
-                    f();
+                    if f(done).is_break() {
+                        return Err(WeightsError::Cancelled { done, total });
+                    }
                 }
                 Ok(())
             };
