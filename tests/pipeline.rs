@@ -380,6 +380,14 @@ fn the_commands_run_end_to_end() {
         let caps = std::fs::read_to_string(d.join("streamed/captions.jsonl")).unwrap();
         assert_eq!(caps.lines().count(), 4, "{caps}");
     }
+    // VBench's file names: the whole prompt and its video's number among that prompt's
+    let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "a red circle moving left", "--prompt", "a red circle moving left", "--names", "vbench", "--out", &p("vbench")]);
+    assert!(ok && out.contains("VBench reads MP4 files"), "{out}");
+    let frame = |dir: &str, name: &str| std::fs::read(d.join(dir).join(name).join("frame_005.png")).unwrap();
+    assert_eq!(frame("vbench", "a red circle moving left-0"), frame("videos", "000_a_red_circle_moving_left"));
+    assert!(d.join("vbench/a red circle moving left-1.gif").exists());
+    let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "left/right", "--names", "vbench", "--out", &p("vbench-bad")]);
+    assert!(!ok && out.contains("cannot be a file name"), "{out}");
     // video-to-video from a world clip (its frame folder), and what it refuses
     let v2v = |extra: &[&str], out: &str| {
         let (model, o) = (p("run/model"), p(out));

@@ -1,7 +1,7 @@
 //! `t2v-turbo sample`: prompts -> videos (GIF + PNG frames) with the distilled student (or the
 //! teacher), from noise or from a given video (`--init-video`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -79,6 +79,13 @@ pub struct SampleArgs {
     /// Videos of each prompt (each with its own seed), written one after another.
     #[arg(long, default_value_t = 1)]
     pub videos_per_prompt: usize,
+    /// How the videos' files are named: `index` (`007_a_red_fox.gif`: the video's number
+    /// and the prompt's first words) or `vbench` (`a red fox-2.mp4`: the whole prompt and
+    /// its video's number among that prompt's, as VBench's evaluation reads them; with
+    /// --videos-per-prompt 5 and VBench's prompt file, its protocol; it reads MP4, so
+    /// install ffmpeg).
+    #[arg(long, value_enum, default_value_t = FileNames::Index)]
+    pub names: FileNames,
     /// Videos generated together in one batch (more use the device better and need more
     /// memory; a video does not depend on the batch it is in).
     #[arg(long, default_value_t = 1)]
@@ -148,6 +155,22 @@ fn json(path: &Path) -> Result<serde_json::Value, CliError> {
     serde_json::from_str(&s).map_err(|e| CliError::Check(format!("{}: {e}", path.display())))
 }
 
+/// The values of --names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FileNames {
+    Index,
+    Vbench,
+}
+
+/// Refuses a prompt that --names vbench cannot use as a file name as it is.
+fn check_file_name(names: FileNames, p: &str) -> Result<(), CliError> {
+    let ok = p.len() <= 240 && !p.contains(['/', '\\']) && !p.chars().any(char::is_control) && p != "." && p != "..";
+    if names == FileNames::Vbench && !ok {
+        return Err(CliError::Check(format!("--names vbench: the prompt {p:?} cannot be a file name (it holds '/' or '\\' or a control character, is '.' or '..', or is over 240 bytes); use --names index")));
+    }
+    Ok(())
+}
+
 fn slug(p: &str) -> String {
     let s: String = p.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     s.split('_').filter(|x| !x.is_empty()).collect::<Vec<_>>().join("_").chars().take(48).collect()
@@ -162,6 +185,9 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     }
     if prompts.is_empty() && !streamed {
         return Err(CliError::Check("no prompt: give --prompt TEXT or --prompts FILE (or --prompts - to read them from standard input)".into()));
+    }
+    for p in &prompts {
+        check_file_name(a.names, p)?;
     }
     if a.batch == 0 || a.videos_per_prompt == 0 {
         return Err(CliError::Check("--batch and --videos-per-prompt must be at least 1".into()));
@@ -238,6 +264,11 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
             let Some(line) = lines.as_mut().and_then(Iterator::next) else { break };
             let line = line.map_err(|e| CliError::Check(format!("--prompts -: reading standard input: {e}")))?;
             if !line.trim().is_empty() {
+                // a line that cannot be named is skipped; the session goes on
+                if let Err(e) = check_file_name(a.names, line.trim()) {
+                    eprintln!("skipped: {e}");
+                    continue;
+                }
                 queue.extend(std::iter::repeat_n(line.trim().to_string(), per));
             }
         }
@@ -247,6 +278,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     // the whole run's steps when the prompts are known, else each batch's
     let mut progress = (!streamed).then(|| Progress::new("sample", (prompts.len() * per).div_ceil(a.batch) * opts.sampling_steps()));
     let mut i = 0;
+    let mut per_prompt: HashMap<String, usize> = HashMap::new();
     while let Some(chunk) = next_batch()? {
         gpu.reset_peak_memory();
         let t = Instant::now();
@@ -260,7 +292,14 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         let peak = gpu.memory().peak_total_bytes as f64 / 1048576.0;
         for (prompt, video) in chunk.iter().zip(&videos) {
             let frames = Frames::from_chw(video, frames_n, height, width);
-            let name = format!("{i:03}_{}", slug(prompt));
+            let name = match a.names {
+                FileNames::Index => format!("{i:03}_{}", slug(prompt)),
+                FileNames::Vbench => {
+                    let k = per_prompt.entry(prompt.clone()).or_insert(0);
+                    *k += 1;
+                    format!("{prompt}-{}", *k - 1)
+                }
+            };
             i += 1;
             let dir = a.out.join(&name);
             write_frames(&dir, &frames).map_err(|e| CliError::Check(e.to_string()))?;
@@ -268,7 +307,8 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
             write_gif(&gif, &frames, fps).map_err(|e| CliError::Check(e.to_string()))?;
             if mp4 {
                 if let Err(e) = write_mp4(&a.out.join(format!("{name}.mp4")), &dir, fps) {
-                    eprintln!("note: no MP4 files ({e})");
+                    let vbench = if a.names == FileNames::Vbench { "; VBench reads MP4 files: install ffmpeg, or convert the GIFs" } else { "" };
+                    eprintln!("note: no MP4 files ({e}){vbench}");
                     mp4 = false;
                 }
             }
