@@ -380,6 +380,27 @@ fn the_commands_run_end_to_end() {
         let caps = std::fs::read_to_string(d.join("streamed/captions.jsonl")).unwrap();
         assert_eq!(caps.lines().count(), 4, "{caps}");
     }
+    // an interrupted run resumed: its videos kept, the rest generated as the uninterrupted
+    // run would (video 3 as in the streamed run above), another batch size allowed
+    let model = p("run/model");
+    let resumed = p("resumed");
+    let base = ["sample", "--models", model.as_str(), "--prompt", "a red circle moving left", "--videos-per-prompt", "2", "--no-mp4", "--out", resumed.as_str()];
+    let (ok, out) = t2v(&base);
+    assert!(ok, "{out}");
+    let (ok, out) = t2v(&base);
+    assert!(!ok && out.contains("--resume to continue"), "{out}");
+    let more = [&base[..], &["--prompt", "a blue square moving up", "--resume", "--batch", "2"]].concat();
+    let (ok, out) = t2v(&more);
+    assert!(ok && out.contains("2 videos of the earlier run kept, 2 to generate") && !out.contains("001_a_red"), "{out}");
+    let frame = |dir: &str, name: &str| std::fs::read(d.join(dir).join(name).join("frame_005.png")).unwrap();
+    assert_eq!(frame("resumed", "003_a_blue_square_moving_up"), frame("streamed", "003_a_blue_square_moving_up"), "a resumed run's video 3");
+    let caps = std::fs::read_to_string(d.join("resumed/captions.jsonl")).unwrap();
+    let names: Vec<String> = caps.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["000_a_red_circle_moving_left", "001_a_red_circle_moving_left", "002_a_blue_square_moving_up", "003_a_blue_square_moving_up"]);
+    let (ok, out) = t2v(&more);
+    assert!(ok && out.contains("nothing generated"), "{out}");
+    let (ok, out) = t2v(&[&more[..], &["--steps", "2"]].concat());
+    assert!(!ok && out.contains("made with other options") && out.contains("steps: 4 then, 2 now"), "{out}");
     // VBench's file names: the whole prompt and its video's number among that prompt's
     let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "a red circle moving left", "--prompt", "a red circle moving left", "--names", "vbench", "--out", &p("vbench")]);
     assert!(ok && out.contains("VBench reads MP4 files"), "{out}");

@@ -12,6 +12,7 @@ mod parity;
 mod preprocess;
 mod pretrain;
 mod sample;
+mod sample_jobs;
 mod train;
 mod world;
 

@@ -1,19 +1,19 @@
 //! `t2v-turbo sample`: prompts -> videos (GIF + PNG frames) with the distilled student (or the
 //! teacher), from noise or from a given video (`--init-video`).
 
-use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use t2v_kernels::Gpu;
 
+use super::sample_jobs::{check_file_name, Jobs};
 use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::models::clip::{ClipConfig, TextConfig};
 use crate::models::unet3d::UnetConfig;
 use crate::models::vae::VaeConfig;
 use crate::pipeline::sample::{Generator, GeneratorFiles, InitVideo, SampleOptions};
-use crate::pipeline::captions::{write_jsonl, CaptionRow};
+use crate::pipeline::captions::{read_captions, CaptionRow};
 use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::progress::Progress;
 use crate::pipeline::video_io::{read_image, read_video, write_frames, write_gif, write_mp4, Frames};
@@ -111,6 +111,12 @@ pub struct SampleArgs {
     /// Replace files in a non-empty output folder.
     #[arg(long)]
     pub overwrite: bool,
+    /// Continue an interrupted run in --out with the same options: the videos its
+    /// captions.jsonl lists are kept, the others generated (each video's noise depends only
+    /// on its number, so the result is the uninterrupted run's; --batch may change). Refused
+    /// when options that change the videos differ (listed in OUT/sample.json).
+    #[arg(long)]
+    pub resume: bool,
     /// Print a table of GPU time per kernel (all batches) at the end.
     #[arg(long)]
     pub profile: bool,
@@ -162,20 +168,6 @@ pub enum FileNames {
     Vbench,
 }
 
-/// Refuses a prompt that --names vbench cannot use as a file name as it is.
-fn check_file_name(names: FileNames, p: &str) -> Result<(), CliError> {
-    let ok = p.len() <= 240 && !p.contains(['/', '\\']) && !p.chars().any(char::is_control) && p != "." && p != "..";
-    if names == FileNames::Vbench && !ok {
-        return Err(CliError::Check(format!("--names vbench: the prompt {p:?} cannot be a file name (it holds '/' or '\\' or a control character, is '.' or '..', or is over 240 bytes); use --names index")));
-    }
-    Ok(())
-}
-
-fn slug(p: &str) -> String {
-    let s: String = p.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    s.split('_').filter(|x| !x.is_empty()).collect::<Vec<_>>().join("_").chars().take(48).collect()
-}
-
 pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     let mut prompts = a.prompt.clone();
     let streamed = a.prompts.as_deref() == Some(Path::new("-"));
@@ -189,13 +181,18 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     for p in &prompts {
         check_file_name(a.names, p)?;
     }
+    if a.resume && a.overwrite {
+        return Err(CliError::Check("--resume continues the run in --out, --overwrite replaces it: give one".into()));
+    }
     if a.batch == 0 || a.videos_per_prompt == 0 {
         return Err(CliError::Check("--batch and --videos-per-prompt must be at least 1".into()));
     }
     if a.negative_prompt.is_some() && !a.teacher {
         return Err(CliError::Check(format!("--negative-prompt without --teacher: {}", crate::pipeline::sample::NO_STUDENT_NEGATIVE)));
     }
-    super::ensure_new_dir(&a.out, a.overwrite).map_err(|e| CliError::Check(format!("{e}, or pass --overwrite")))?;
+    if !a.resume {
+        super::ensure_new_dir(&a.out, a.overwrite).map_err(|e| CliError::Check(format!("{e}, or pass --overwrite (or --resume to continue the run there)")))?;
+    }
     let gpu = Gpu::new(&dev.gpu_options(false))?;
     let t0 = Instant::now();
     let (generator, shape) = match &a.models {
@@ -245,93 +242,70 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         Some(tc) => drop(opts.teacher_grid(n_train, tc)?),
         None => drop(opts.consistency_timesteps(n_train)?),
     }
+    // what the videos depend on, checked against an interrupted run's before continuing it
+    let earlier = begin_run(&a.out, &run_settings(a, &gpu), a.resume)?;
     if let Some(iv) = &opts.init {
         write_gif(&a.out.join("input.gif"), &Frames::from_chw(&iv.pixels, frames_n, height, width), fps).map_err(|e| CliError::Check(e.to_string()))?;
     }
-    let mut rows = Vec::new();
     let mut mp4 = !a.no_mp4;
     if a.profile {
         gpu.set_profiling(true)?;
     }
-    // batches of videos (--videos-per-prompt of each prompt in a row): the prompts given
-    // first, then (--prompts -) standard input's lines as they arrive, a batch as soon as it
-    // is full or the input ends
-    let per = a.videos_per_prompt;
-    let mut queue: VecDeque<String> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), per)).collect();
-    let mut lines = streamed.then(|| std::io::stdin().lines());
-    let mut next_batch = || -> Result<Option<Vec<String>>, CliError> {
-        while queue.len() < a.batch {
-            let Some(line) = lines.as_mut().and_then(Iterator::next) else { break };
-            let line = line.map_err(|e| CliError::Check(format!("--prompts -: reading standard input: {e}")))?;
-            if !line.trim().is_empty() {
-                // a line that cannot be named is skipped; the session goes on
-                if let Err(e) = check_file_name(a.names, line.trim()) {
-                    eprintln!("skipped: {e}");
-                    continue;
-                }
-                queue.extend(std::iter::repeat_n(line.trim().to_string(), per));
-            }
-        }
-        let n = queue.len().min(a.batch);
-        Ok((n > 0).then(|| queue.drain(..n).collect()))
-    };
+    let mut jobs = Jobs::new(a, &prompts, streamed, earlier);
+    if jobs.kept() > 0 {
+        eprintln!("resuming: {} videos of the earlier run kept, {} to generate", jobs.kept(), jobs.pending());
+    }
     // the whole run's steps when the prompts are known, else each batch's
-    let mut progress = (!streamed).then(|| Progress::new("sample", (prompts.len() * per).div_ceil(a.batch) * opts.sampling_steps()));
-    let mut i = 0;
-    let mut per_prompt: HashMap<String, usize> = HashMap::new();
-    while let Some(chunk) = next_batch()? {
+    let mut progress = (!streamed).then(|| Progress::new("sample", jobs.pending().div_ceil(a.batch) * opts.sampling_steps()));
+    let mut generated = 0;
+    while let Some(batch) = jobs.next_batch()? {
         gpu.reset_peak_memory();
         let t = Instant::now();
-        let items: Vec<(&str, u64)> = chunk.iter().enumerate().map(|(j, p)| (p.as_str(), a.seed + (i + j) as u64)).collect();
+        let items: Vec<(&str, u64)> = batch.iter().map(|j| (j.prompt.as_str(), a.seed + j.index as u64)).collect();
         let bar = progress.get_or_insert_with(|| Progress::new("sample", opts.sampling_steps()));
         let videos = generator.generate_batch_observed(&items, &opts, &mut |_| {
             bar.advance(1, "steps");
             ControlFlow::Continue(())
         })?;
-        let secs = t.elapsed().as_secs_f64() / chunk.len() as f64;
+        let secs = t.elapsed().as_secs_f64() / batch.len() as f64;
         let peak = gpu.memory().peak_total_bytes as f64 / 1048576.0;
-        for (prompt, video) in chunk.iter().zip(&videos) {
+        for (job, video) in batch.iter().zip(&videos) {
             let frames = Frames::from_chw(video, frames_n, height, width);
-            let name = match a.names {
-                FileNames::Index => format!("{i:03}_{}", slug(prompt)),
-                FileNames::Vbench => {
-                    let k = per_prompt.entry(prompt.clone()).or_insert(0);
-                    *k += 1;
-                    format!("{prompt}-{}", *k - 1)
-                }
-            };
-            i += 1;
-            let dir = a.out.join(&name);
+            let dir = a.out.join(&job.name);
             write_frames(&dir, &frames).map_err(|e| CliError::Check(e.to_string()))?;
-            let gif = a.out.join(format!("{name}.gif"));
+            let gif = a.out.join(format!("{}.gif", job.name));
             write_gif(&gif, &frames, fps).map_err(|e| CliError::Check(e.to_string()))?;
             if mp4 {
-                if let Err(e) = write_mp4(&a.out.join(format!("{name}.mp4")), &dir, fps) {
+                if let Err(e) = write_mp4(&a.out.join(format!("{}.mp4", job.name)), &dir, fps) {
                     let vbench = if a.names == FileNames::Vbench { "; VBench reads MP4 files: install ffmpeg, or convert the GIFs" } else { "" };
                     eprintln!("note: no MP4 files ({e}){vbench}");
                     mp4 = false;
                 }
             }
-            rows.push(CaptionRow { path: name.clone(), caption: prompt.clone(), short_caption: None });
+            jobs.finished(job);
+            generated += 1;
             println!(
-                "{} ({} {} steps{}, {:.2} s per video in a batch of {}, peak GPU memory {:.0} MiB): {prompt:?}",
+                "{} ({} {} steps{}, {:.2} s per video in a batch of {}, peak GPU memory {:.0} MiB): {:?}",
                 gif.display(),
                 opts.sampling_steps(),
                 if a.teacher { "teacher DDIM" } else { "consistency" },
                 if opts.init.is_some() { format!(" from the input video, strength {}", a.strength) } else { String::new() },
                 secs,
-                chunk.len(),
-                peak
+                batch.len(),
+                peak,
+                job.prompt
             );
         }
-        // the clips so far with their prompts, in the format `t2v-turbo eval` reads
-        write_jsonl(&a.out.join("captions.jsonl"), &rows)?;
+        // the videos written so far with their prompts, in the format `t2v-turbo eval`
+        // reads; a resumed run keeps the ones listed
+        jobs.write_captions(&a.out)?;
         if streamed {
             progress = None;
         }
     }
-    if rows.is_empty() {
-        eprintln!("no prompt read from standard input: nothing generated");
+    if generated == 0 {
+        eprintln!("{}", if jobs.any() { "every video was there already: nothing generated" } else { "no prompt read from standard input: nothing generated" });
+        jobs.write_captions(&a.out)?;
     }
     if a.profile {
         eprintln!("{}", gpu.profile_table()?);
@@ -346,6 +320,61 @@ fn parse_strength(s: &str) -> Result<f32, String> {
     } else {
         Err(format!("{v} is outside (0, 1]"))
     }
+}
+
+/// What a run's videos depend on besides their prompts: the models, the options of the
+/// sampler and of the input video, the naming, and whether matrix cores compute (not the
+/// batch: a video does not depend on it; not the adapter).
+fn run_settings(a: &SampleArgs, gpu: &Gpu) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "models": a.models, "checkpoint": a.checkpoint, "unet": a.unet, "vae": a.vae, "text": a.text,
+        "unet_config": a.unet_config, "vae_config": a.vae_config, "text_config": a.text_config,
+        "weights_dtype": format!("{:?}", a.weights_dtype), "matrix_cores": gpu.matrix_tile().is_some(),
+        "steps": a.steps, "origin": a.origin, "w": a.w, "motion_scale": a.motion_scale, "motion_percentage": a.motion_percentage,
+        "seed": a.seed, "frames": a.frames, "height": a.height, "width": a.width, "fps": a.fps,
+        "videos_per_prompt": a.videos_per_prompt, "names": format!("{:?}", a.names), "teacher": a.teacher,
+    });
+    if a.teacher {
+        v["teacher_steps"] = a.teacher_steps.into();
+        v["cfg"] = a.cfg.into();
+        v["eta"] = a.eta.into();
+        v["negative_prompt"] = serde_json::json!(a.negative_prompt);
+    }
+    if let Some(iv) = &a.init_video {
+        v["init_video"] = serde_json::json!(iv);
+        v["strength"] = a.strength.into();
+        v["source_fps"] = serde_json::json!(a.source_fps);
+    }
+    v
+}
+
+/// Starts a run in `out`: writes its settings as `sample.json`, or (`resume`) checks them
+/// against those of the run there and returns the rows of its `captions.jsonl` (the videos
+/// it finished).
+fn begin_run(out: &Path, settings: &serde_json::Value, resume: bool) -> Result<Vec<CaptionRow>, CliError> {
+    let file = out.join("sample.json");
+    let started = out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true);
+    let mut earlier = Vec::new();
+    if resume && started {
+        let text = std::fs::read_to_string(&file).map_err(|e| CliError::Check(format!("--resume: {}: {e} (not a `t2v-turbo sample` run's folder?)", file.display())))?;
+        let was: serde_json::Value = serde_json::from_str(&text).map_err(|e| CliError::Check(format!("--resume: {}: {e}", file.display())))?;
+        let null = serde_json::Value::Null;
+        let keys: std::collections::BTreeSet<&String> = was.as_object().into_iter().chain(settings.as_object()).flat_map(|m| m.keys()).collect();
+        let differ: Vec<String> = keys.into_iter().filter(|k| was.get(k.as_str()).unwrap_or(&null) != settings.get(k.as_str()).unwrap_or(&null)).map(|k| format!("{k}: {} then, {} now", was.get(k.as_str()).unwrap_or(&null), settings.get(k.as_str()).unwrap_or(&null))).collect();
+        if !differ.is_empty() {
+            return Err(CliError::Check(format!("--resume: the run in {} was made with other options, so its videos would not match this run's: {}. Resume with its options, or choose another --out", out.display(), differ.join("; "))));
+        }
+        // (the run may have stopped before its first batch was written)
+        let captions = out.join("captions.jsonl");
+        if std::fs::read_to_string(&captions).is_ok_and(|t| !t.trim().is_empty()) {
+            earlier = read_captions(&captions).map_err(|e| CliError::Check(format!("--resume: {e}")))?;
+        }
+    } else {
+        std::fs::create_dir_all(out).map_err(|e| CliError::Check(format!("{}: {e}", out.display())))?;
+    }
+    let text = serde_json::to_string_pretty(settings).expect("json");
+    t2v_kernels::io::write_atomic(&file, text.as_bytes())?;
+    Ok(earlier)
 }
 
 /// `--init-video` as the model's input: (3, F, H, W) in [-1, 1].
