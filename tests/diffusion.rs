@@ -85,6 +85,10 @@ fn one_ddim_step_is_x0_of_the_guided_eps() {
     }
     assert_eq!(ddim_timesteps(1000, 50)[49], 999);
     assert_eq!(consistency_timesteps(1000, 200, 4), vec![999, 749, 499, 249]);
+    // the reference's 8 steps (stride 125) and 16 steps (999 ... 99, stride 60)
+    assert_eq!(consistency_timesteps(1000, 200, 8), (0..8).map(|i| 999 - 125 * i).collect::<Vec<_>>());
+    assert_eq!(consistency_timesteps(1000, 200, 16), (0..16).map(|i| 999 - 60 * i).collect::<Vec<_>>());
+    assert_eq!(*consistency_timesteps(1000, 200, 16).last().unwrap(), 99);
 }
 
 /// Video-to-video grids (diffusers' LCMScheduler / img2img with `strength`): the origin grid
