@@ -194,6 +194,9 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         super::ensure_new_dir(&a.out, a.overwrite).map_err(|e| CliError::Check(format!("{e}, or pass --overwrite (or --resume to continue the run there)")))?;
     }
     let gpu = Gpu::new(&dev.gpu_options(false))?;
+    // what the videos depend on, checked against an interrupted run's before continuing it
+    let settings = run_settings(a, &gpu);
+    let earlier = earlier_run(&a.out, &settings, a.resume)?;
     let t0 = Instant::now();
     let (generator, shape) = match &a.models {
         Some(dir) => {
@@ -242,8 +245,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         Some(tc) => drop(opts.teacher_grid(n_train, tc)?),
         None => drop(opts.consistency_timesteps(n_train)?),
     }
-    // what the videos depend on, checked against an interrupted run's before continuing it
-    let earlier = begin_run(&a.out, &run_settings(a, &gpu), a.resume)?;
+    record_settings(&a.out, &settings)?;
     if let Some(iv) = &opts.init {
         write_gif(&a.out.join("input.gif"), &Frames::from_chw(&iv.pixels, frames_n, height, width), fps).map_err(|e| CliError::Check(e.to_string()))?;
     }
@@ -326,55 +328,65 @@ fn parse_strength(s: &str) -> Result<f32, String> {
 /// sampler and of the input video, the naming, and whether matrix cores compute (not the
 /// batch: a video does not depend on it; not the adapter).
 fn run_settings(a: &SampleArgs, gpu: &Gpu) -> serde_json::Value {
+    // f32 options as written (0.05, not 0.05000000074505806)
+    let f = |x: f32| serde_json::json!(x.to_string().parse::<f64>().ok());
     let mut v = serde_json::json!({
         "models": a.models, "checkpoint": a.checkpoint, "unet": a.unet, "vae": a.vae, "text": a.text,
         "unet_config": a.unet_config, "vae_config": a.vae_config, "text_config": a.text_config,
         "weights_dtype": format!("{:?}", a.weights_dtype), "matrix_cores": gpu.matrix_tile().is_some(),
-        "steps": a.steps, "origin": a.origin, "w": a.w, "motion_scale": a.motion_scale, "motion_percentage": a.motion_percentage,
-        "seed": a.seed, "frames": a.frames, "height": a.height, "width": a.width, "fps": a.fps,
+        "seed": a.seed, "frames": a.frames, "height": a.height, "width": a.width, "fps": a.fps.map(f),
         "videos_per_prompt": a.videos_per_prompt, "names": format!("{:?}", a.names), "teacher": a.teacher,
     });
     if a.teacher {
         v["teacher_steps"] = a.teacher_steps.into();
-        v["cfg"] = a.cfg.into();
-        v["eta"] = a.eta.into();
+        v["cfg"] = f(a.cfg);
+        v["eta"] = f(a.eta);
         v["negative_prompt"] = serde_json::json!(a.negative_prompt);
+    } else {
+        v["steps"] = a.steps.into();
+        v["origin"] = a.origin.into();
+        v["w"] = f(a.w);
+        v["motion_scale"] = f(a.motion_scale);
+        v["motion_percentage"] = f(a.motion_percentage);
     }
     if let Some(iv) = &a.init_video {
         v["init_video"] = serde_json::json!(iv);
-        v["strength"] = a.strength.into();
-        v["source_fps"] = serde_json::json!(a.source_fps);
+        v["strength"] = f(a.strength);
+        v["source_fps"] = serde_json::json!(a.source_fps.map(f));
     }
     v
 }
 
-/// Starts a run in `out`: writes its settings as `sample.json`, or (`resume`) checks them
-/// against those of the run there and returns the rows of its `captions.jsonl` (the videos
-/// it finished).
-fn begin_run(out: &Path, settings: &serde_json::Value, resume: bool) -> Result<Vec<CaptionRow>, CliError> {
-    let file = out.join("sample.json");
+/// With `resume`, the videos the run in `out` finished (its `captions.jsonl`'s rows), after
+/// checking that its settings (`sample.json`) equal these; else none.
+fn earlier_run(out: &Path, settings: &serde_json::Value, resume: bool) -> Result<Vec<CaptionRow>, CliError> {
     let started = out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true);
-    let mut earlier = Vec::new();
-    if resume && started {
-        let text = std::fs::read_to_string(&file).map_err(|e| CliError::Check(format!("--resume: {}: {e} (not a `t2v-turbo sample` run's folder?)", file.display())))?;
-        let was: serde_json::Value = serde_json::from_str(&text).map_err(|e| CliError::Check(format!("--resume: {}: {e}", file.display())))?;
-        let null = serde_json::Value::Null;
-        let keys: std::collections::BTreeSet<&String> = was.as_object().into_iter().chain(settings.as_object()).flat_map(|m| m.keys()).collect();
-        let differ: Vec<String> = keys.into_iter().filter(|k| was.get(k.as_str()).unwrap_or(&null) != settings.get(k.as_str()).unwrap_or(&null)).map(|k| format!("{k}: {} then, {} now", was.get(k.as_str()).unwrap_or(&null), settings.get(k.as_str()).unwrap_or(&null))).collect();
-        if !differ.is_empty() {
-            return Err(CliError::Check(format!("--resume: the run in {} was made with other options, so its videos would not match this run's: {}. Resume with its options, or choose another --out", out.display(), differ.join("; "))));
-        }
-        // (the run may have stopped before its first batch was written)
-        let captions = out.join("captions.jsonl");
-        if std::fs::read_to_string(&captions).is_ok_and(|t| !t.trim().is_empty()) {
-            earlier = read_captions(&captions).map_err(|e| CliError::Check(format!("--resume: {e}")))?;
-        }
-    } else {
-        std::fs::create_dir_all(out).map_err(|e| CliError::Check(format!("{}: {e}", out.display())))?;
+    if !(resume && started) {
+        return Ok(Vec::new());
     }
+    let file = out.join("sample.json");
+    let text = std::fs::read_to_string(&file).map_err(|e| CliError::Check(format!("--resume: {}: {e} (not a `t2v-turbo sample` run's folder?)", file.display())))?;
+    let was: serde_json::Value = serde_json::from_str(&text).map_err(|e| CliError::Check(format!("--resume: {}: {e}", file.display())))?;
+    let null = serde_json::Value::Null;
+    let at = |v: &serde_json::Value, k: &str| v.get(k).unwrap_or(&null).clone();
+    let keys: std::collections::BTreeSet<&String> = was.as_object().into_iter().chain(settings.as_object()).flat_map(|m| m.keys()).collect();
+    let differ: Vec<String> = keys.into_iter().filter(|k| at(&was, k) != at(settings, k)).map(|k| format!("{k}: {} then, {} now", at(&was, k), at(settings, k))).collect();
+    if !differ.is_empty() {
+        return Err(CliError::Check(format!("--resume: the run in {} was made with other options, so its videos would not match this run's: {}. Resume with its options, or choose another --out", out.display(), differ.join("; "))));
+    }
+    // (the run may have stopped before its first batch was written)
+    let captions = out.join("captions.jsonl");
+    if std::fs::read_to_string(&captions).is_ok_and(|t| !t.trim().is_empty()) {
+        return read_captions(&captions).map_err(|e| CliError::Check(format!("--resume: {e}")));
+    }
+    Ok(Vec::new())
+}
+
+/// Writes the run's settings as `out/sample.json` (what `--resume` compares).
+fn record_settings(out: &Path, settings: &serde_json::Value) -> Result<(), CliError> {
+    std::fs::create_dir_all(out).map_err(|e| CliError::Check(format!("{}: {e}", out.display())))?;
     let text = serde_json::to_string_pretty(settings).expect("json");
-    t2v_kernels::io::write_atomic(&file, text.as_bytes())?;
-    Ok(earlier)
+    Ok(t2v_kernels::io::write_atomic(&out.join("sample.json"), text.as_bytes())?)
 }
 
 /// `--init-video` as the model's input: (3, F, H, W) in [-1, 1].
