@@ -11,7 +11,7 @@ use t2v_turbo::models::tokenizer::ClipTokenizer;
 use t2v_turbo::models::weights::SaveDtype;
 use t2v_turbo::pipeline::model_dir::{init_random, ModelDir, Preset};
 use t2v_turbo::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
-use t2v_turbo::pipeline::shards::{open_dataset, write_shard, RecordTensors, Shard, ShardConfig};
+use t2v_turbo::pipeline::shards::{open_dataset, open_datasets, write_shard, RecordTensors, Shard, ShardConfig};
 use t2v_turbo::pipeline::sample::SampleOptions;
 use t2v_turbo::pipeline::train::{load_run, run, LoraConfig, RewardInput, RunOptions, StepMetrics, TrainConfig, TrainError, Trainer};
 use t2v_turbo::pipeline::validation::{validate, Validation, ValidationRow};
@@ -243,6 +243,45 @@ fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let mut t = Trainer::new(cfg, student, &rewards, &good).unwrap();
     let ms = run(&mut t, &opts(&out, None)).unwrap();
     assert_eq!(ms.first().map(|m| m.step), Some(2));
+}
+
+/// Several folders of shards are one data set (the reference's two preprocessing passes
+/// into two folders); a resumed run must read the same data in the same order; folders of
+/// another grid or clip size are refused by name.
+#[test]
+fn several_shard_folders_train_as_one_data_set() {
+    let (g, md, one) = opened_fixture();
+    let (_, shards) = fixture();
+    let d = tmp("two-folders");
+    std::fs::create_dir_all(d.join("b")).unwrap();
+    // (a second folder: the fixture's last shard)
+    let last = &one.last().unwrap().path;
+    std::fs::copy(last, d.join("b").join(last.file_name().unwrap())).unwrap();
+    let two = open_datasets(&[shards.clone(), d.join("b")]).unwrap();
+    let records = |v: &[Shard]| v.iter().map(|s| s.records.len()).sum::<usize>();
+    assert_eq!((two.len(), records(&two)), (one.len() + 1, records(&one) + one.last().unwrap().records.len()));
+    let cfg = config(2);
+    let trainer = || load_run(&g, &md, &cfg, None).unwrap();
+    let (student, rewards) = trainer();
+    let mut t = Trainer::new(cfg.clone(), student, &rewards, &two).unwrap();
+    t.step().unwrap();
+    let ckpt = t.save_checkpoint(&d.join("checkpoints"), 2).unwrap();
+    // the same folders: resumes; one of them, or the two swapped: refused
+    let (student, rewards) = trainer();
+    Trainer::new(cfg.clone(), student, &rewards, &two).unwrap().load_checkpoint(&ckpt).unwrap();
+    let swapped = open_datasets(&[d.join("b"), shards.clone()]).unwrap();
+    for other in [&one, &swapped] {
+        let (student, rewards) = trainer();
+        let e = Trainer::new(cfg.clone(), student, &rewards, other).unwrap().load_checkpoint(&ckpt).unwrap_err().to_string();
+        assert!(e.contains("trained on other data") && e.contains("same --data folders"), "{e}");
+    }
+    // another clip size
+    std::fs::create_dir_all(d.join("c")).unwrap();
+    let s = &one[0];
+    let recs: Vec<_> = (0..s.records.len()).map(|j| (s.records[j].clone(), s.tensors(&g, j).unwrap())).collect();
+    write_shard(&d.join("c/shard-0of1-00000.safetensors"), &ShardConfig { frames: 4, ..s.config.clone() }, &recs).unwrap();
+    let e = open_datasets(&[shards.clone(), d.join("c")]).err().unwrap().to_string();
+    assert!(e.contains("another DDIM grid or clip size") && e.contains("c/shard-0of1-00000.safetensors"), "{e}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::diffusion::distill::NoiseFactor;
 use crate::models::weights::SaveDtype;
 use crate::pipeline::model_dir::ModelDir;
-use crate::pipeline::shards::open_dataset;
+use crate::pipeline::shards::open_datasets;
 use crate::pipeline::sample::SampleOptions;
 use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, RewardInput, RunOptions, TrainConfig, Trainer};
 use crate::pipeline::validation::Validation;
@@ -26,9 +26,11 @@ pub struct TrainArgs {
     /// linear and conv weights on the GPU; the student is always f32.
     #[arg(long, value_enum, default_value_t = WeightsDtype::Auto)]
     pub weights_dtype: WeightsDtype,
-    /// Folder of shards written by `t2v-turbo preprocess`.
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Folder of shards written by `t2v-turbo preprocess`; repeat for several (e.g. the
+    /// reference's two passes: `--no-motion --index-range 0,0.5` and `--index-range 0.5,1`
+    /// into two folders). A resumed run must read the same folders in the same order.
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
     /// Output folder: checkpoints/, metrics.jsonl, metrics.png and the student model
     /// folder model/ at the end.
     #[arg(long)]
@@ -189,7 +191,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
     }
     std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;
     let md = ModelDir::read(&a.models)?;
-    let shards = open_dataset(&a.data)?;
+    let shards = open_datasets(&a.data)?;
     let config = TrainConfig {
         steps: a.steps,
         batch_size: a.batch_size,

@@ -122,20 +122,53 @@ impl Shard {
 
 /// Every shard in `dir`, in name order, checked to share one DDIM grid and clip size.
 pub fn open_dataset(dir: &Path) -> Result<Vec<Shard>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| bad(dir, format!("cannot read the folder of shards: {e}")))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("shard-") && n.ends_with(".safetensors")))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(bad(dir, "no shard-*.safetensors files (write them with `t2v-turbo preprocess`)"));
+    open_datasets(&[dir])
+}
+
+/// The shards of several folders — e.g. the reference's two preprocessing passes, the
+/// motion-guided upper half of the grid and the plain lower half — each folder's in name
+/// order, the folders in the order given; checked to share one DDIM grid and clip size.
+pub fn open_datasets<P: AsRef<Path>>(dirs: &[P]) -> Result<Vec<Shard>> {
+    let mut shards = Vec::new();
+    for dir in dirs {
+        let dir = dir.as_ref();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| bad(dir, format!("cannot read the folder of shards: {e}")))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("shard-") && n.ends_with(".safetensors")))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(bad(dir, "no shard-*.safetensors files (write them with `t2v-turbo preprocess`)"));
+        }
+        for f in &files {
+            shards.push(Shard::open(f)?);
+        }
     }
-    let shards = files.iter().map(|f| Shard::open(f)).collect::<Result<Vec<_>>>()?;
     // what training depends on must agree (passes may differ in seed and motion)
     let key = |c: &ShardConfig| (c.ddim_steps, c.frames, c.height, c.width, c.fps.to_bits());
     if let Some(other) = shards.iter().find(|s| key(&s.config) != key(&shards[0].config)) {
         return Err(bad(&other.path, format!("another DDIM grid or clip size than {}: {:?} vs {:?}", shards[0].path.display(), other.config, shards[0].config)));
     }
     Ok(shards)
+}
+
+/// What a training run's order of records depends on, to check that a resumed run reads
+/// the same data: the number of shards and records, and a hash (FNV-1a) of each shard's
+/// file name and its records' rows and paths, in order. Moving the folders changes nothing.
+pub fn dataset_fingerprint(shards: &[Shard]) -> serde_json::Value {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes.iter().chain(&[0xff]) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for s in shards {
+        eat(s.path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        for r in &s.records {
+            eat(&(r.row as u64).to_le_bytes());
+            eat(r.path.as_bytes());
+        }
+    }
+    serde_json::json!({ "shards": shards.len(), "records": shards.iter().map(|s| s.records.len()).sum::<usize>(), "hash": format!("{h:016x}") })
 }

@@ -27,7 +27,7 @@ use crate::models::unet3d::Unet3d;
 use crate::models::vae::Vae;
 use crate::models::weights::{save_weights, Result, SaveDtype, WeightFile, WeightsError};
 use crate::pipeline::sample::Gaussian;
-use crate::pipeline::shards::Shard;
+use crate::pipeline::shards::{dataset_fingerprint, Shard};
 use crate::pipeline::validation::{self, Validation, ValidationRow};
 use crate::reward::{ImageTextReward, VideoTextReward};
 
@@ -568,7 +568,7 @@ impl Trainer<'_> {
             let named: Vec<(String, Tensor)> = self.student.trainable_names().into_iter().zip(self.student.trainable()).collect();
             save_weights(&tmp.join("student.safetensors"), &named, SaveDtype::F32, &[("format", "t2v-turbo student".into())])?;
             self.opt.save(&tmp.join("optimizer.safetensors"))?;
-            let state = serde_json::json!({ "state": self.state, "config": self.config });
+            let state = serde_json::json!({ "state": self.state, "config": self.config, "data": dataset_fingerprint(self.shards) });
             Ok(t2v_kernels::io::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&state).expect("json").as_bytes())?)
         })?;
         let mut all = list_checkpoints(dir);
@@ -592,6 +592,15 @@ impl Trainer<'_> {
                 "{} was written with other settings; resume with the same ones (only --steps may change).\n  checkpoint: {config:?}\n  now:        {:?}",
                 ckpt.display(),
                 self.config
+            )));
+        }
+        // the order of records (the cursor's meaning) depends on the data; checkpoints
+        // of earlier versions do not record it
+        let data = dataset_fingerprint(self.shards);
+        if let Some(was) = v.get("data").filter(|was| **was != data) {
+            return Err(TrainError::Setup(format!(
+                "{} was trained on other data ({was}; now {data}): resume with the same --data folders, in the same order",
+                ckpt.display()
             )));
         }
         let f = WeightFile::open(&ckpt.join("student.safetensors"))?;
