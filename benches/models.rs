@@ -94,6 +94,22 @@ fn main() {
     let (t, peak) = timed(&gpu, budget, call);
     println!("| VAE decoder | {what} | {:.1} | {:.1} |", t * 1e3, mib(peak));
     profile(&gpu, call);
+    // a video's frames in as few passes as the bindings allow vs one frame per pass
+    // (`sample --vae-frames-per-pass 1`): the memory that saves, the time it costs
+    let frames = if cpu { 4 } else { 16 };
+    let lat = Tensor::from_slice(&gpu, &[frames, 4, lh, lw], &pseudo_data(frames * 4 * lh * lw, 8)).unwrap();
+    let mut first_time = f64::NAN;
+    for (per, vae) in [("as many frames per pass as a binding holds", vae), ("1 frame per pass", Vae::load(&Loader::random(&gpu, 5), &vcfg).unwrap().with_images_per_pass(1))] {
+        let call = || {
+            let tape = Tape::new();
+            tape.no_grad(|| vae.decode(&tape.constant(lat.clone())).unwrap().value().item_at(11).unwrap())
+        };
+        let (t, peak) = timed(&gpu, budget, call);
+        if first_time.is_nan() {
+            first_time = t;
+        }
+        println!("| VAE decoder, {frames} frames, {per} | {what} each | {:.1} ({:.2}x) | {:.1} |", t * 1e3, t / first_time, mib(peak));
+    }
 
     // Text tower (penultimate context of two prompts)
     let (tcfg, what) = if cpu {

@@ -117,6 +117,11 @@ pub struct SampleArgs {
     /// when options that change the videos differ (listed in OUT/sample.json).
     #[arg(long)]
     pub resume: bool,
+    /// Frames the VAE decodes (and --init-video encodes) at once: fewer take less GPU memory
+    /// (1: the least; at 320x512 the decoder's activations of one frame instead of up to 13)
+    /// and may keep a large GPU less busy. Default: as many as one GPU binding holds.
+    #[arg(long)]
+    pub vae_frames_per_pass: Option<usize>,
     /// Print a table of GPU time per kernel (all batches) at the end.
     #[arg(long)]
     pub profile: bool,
@@ -184,8 +189,8 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     if a.resume && a.overwrite {
         return Err(CliError::Check("--resume continues the run in --out, --overwrite replaces it: give one".into()));
     }
-    if a.batch == 0 || a.videos_per_prompt == 0 {
-        return Err(CliError::Check("--batch and --videos-per-prompt must be at least 1".into()));
+    if a.batch == 0 || a.videos_per_prompt == 0 || a.vae_frames_per_pass == Some(0) {
+        return Err(CliError::Check("--batch, --videos-per-prompt and --vae-frames-per-pass must be at least 1".into()));
     }
     if a.negative_prompt.is_some() && !a.teacher {
         return Err(CliError::Check(format!("--negative-prompt without --teacher: {}", crate::pipeline::sample::NO_STUDENT_NEGATIVE)));
@@ -211,6 +216,10 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
             (Generator::from_model_dir(&gpu, &md)?, Some(md.video))
         }
         None => (load_from_files(&gpu, a)?, None),
+    };
+    let generator = match a.vae_frames_per_pass {
+        Some(n) => Generator { vae: generator.vae.with_images_per_pass(n), ..generator },
+        None => generator,
     };
     eprintln!("loaded models in {:.1} s", t0.elapsed().as_secs_f64());
     let frames_n = a.frames.or(shape.map(|s| s.frames)).unwrap_or(16);

@@ -234,6 +234,8 @@ pub struct Vae {
     /// split into passes of fewer images to stay below it (default: the device's binding
     /// limit; [`Vae::with_pass_bytes`] lowers it, which also lowers peak memory).
     pass_bytes: u64,
+    /// At most this many images per pass ([`Vae::with_images_per_pass`]).
+    max_images: usize,
 }
 
 impl Vae {
@@ -296,6 +298,7 @@ impl Vae {
         Ok(Vae {
             id: NEXT_VAE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             pass_bytes: l.gpu().max_binding_bytes(),
+            max_images: usize::MAX,
             config: c.clone(),
             enc_conv_in: Conv::load(l, "encoder.conv_in", c.in_channels, c.ch, 3, Geo::new(1, 1))?,
             enc_down: down,
@@ -328,13 +331,21 @@ impl Vae {
             c.ch * m * (full_pixels >> (2 * level))
         });
         let floats = widest.max().unwrap_or(0).max(c.in_channels.max(c.out_ch) * full_pixels).max(1);
-        (self.pass_bytes as usize / (4 * floats)).max(1)
+        (self.pass_bytes as usize / (4 * floats)).clamp(1, self.max_images.max(1))
     }
 
     /// Splits batches into passes whose widest activation takes at most `bytes` (capped at
     /// the device's binding limit): less peak memory for the same result.
     pub fn with_pass_bytes(mut self, bytes: u64) -> Vae {
         self.pass_bytes = bytes.min(self.gpu().max_binding_bytes());
+        self
+    }
+
+    /// Encodes and decodes at most `n` (>= 1) images (video frames) per pass: less peak
+    /// memory (1: the least) for the same result, up to the rounding of other batch sizes;
+    /// more per pass may keep a large GPU busier.
+    pub fn with_images_per_pass(mut self, n: usize) -> Vae {
+        self.max_images = n.max(1);
         self
     }
 
