@@ -175,12 +175,30 @@ fn sample_args(out: &std::path::Path) -> Vec<String> {
 fn sample_writes_gifs_and_frames_reproducibly_and_never_overwrites() {
     let base = Scratch::new("sample", "cli");
     let (a, b) = (base.join("a"), base.join("b"));
-    for out in [&a, &b] {
-        let args = sample_args(out);
-        let (ok, stdout, err) = t2v(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
-        assert!(ok, "{stdout}\n{err}");
-        assert!(stdout.contains("4 consistency steps") && stdout.contains("peak GPU memory"), "{stdout}");
-    }
+    // (peak MiB, MiB in tensors at once) of a run's line
+    let memory = |stdout: &str| -> (f64, f64) {
+        let after = |key: &str| stdout.split(key).nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{key}: {stdout}"));
+        (after("peak GPU memory "), after("MiB, "))
+    };
+    let args = sample_args(&a);
+    let (ok, stdout, err) = t2v(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(ok, "{stdout}\n{err}");
+    assert!(stdout.contains("4 consistency steps") && stdout.contains("in tensors at once"), "{stdout}");
+    // the second run under a memory limit between what it holds at once and what it takes
+    // with the pool: the same video, the peak under the limit
+    let (peak, at_once) = memory(&stdout);
+    assert!(peak > at_once + 2.0, "{stdout}");
+    let limit = ((peak + at_once) / 2.0).round();
+    let mut args = sample_args(&b);
+    args.extend(["--max-memory".to_string(), format!("{limit}MiB")]);
+    let (ok, stdout, err) = t2v(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(ok, "{stdout}\n{err}");
+    assert!(memory(&stdout).0 <= limit, "peak over the --max-memory {limit}MiB: {stdout}");
+    // far too little: stopped with the reason
+    let mut args = sample_args(&base.join("tight"));
+    args.extend(["--max-memory", "1MiB"].map(String::from));
+    let (ok, _, err) = t2v(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(!ok && err.contains("over the memory limit of 1 MiB"), "{err}");
     let gif = std::fs::read(a.join("000_a_red_fox_running_through_snow.gif")).unwrap();
     assert_eq!(&gif[..6], b"GIF89a");
     let frames: Vec<_> = std::fs::read_dir(a.join("000_a_red_fox_running_through_snow")).unwrap().collect();

@@ -36,6 +36,9 @@ pub struct GpuOptions {
     /// f16 x f16 -> f32 fragments of 8 x 8 with 8-lane or 16 x 16 with 32-lane subgroups.
     /// Also on when the environment has `T2V_MATRIX_CORES=1`.
     pub matrix_cores: bool,
+    /// Most bytes of device memory the tensors and the pool of reusable buffers may take
+    /// together ([`Gpu::set_memory_limit`]); `None`: what the device gives.
+    pub memory_limit: Option<u64>,
 }
 
 /// Environment variable that turns [`GpuOptions::matrix_cores`] on.
@@ -341,6 +344,7 @@ impl Gpu {
             gpu.0.shader_checks.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         gpu.set_conv_path(conv_path);
+        gpu.set_memory_limit(opts.memory_limit);
         Ok(gpu)
     }
 
@@ -487,6 +491,20 @@ impl Gpu {
     /// Memory held by tensors and the pool: current and peak bytes.
     pub fn memory(&self) -> PoolStats {
         self.0.pool.lock().unwrap().stats()
+    }
+    /// Caps the device memory the tensors and the pool take together: beyond it the pool
+    /// frees reusable buffers (largest first) before allocating, and an allocation that
+    /// would exceed it with the pool empty fails with [`crate::Error::OutOfMemory`] — for
+    /// sharing a device (an application's, or with other jobs). Counts what this crate
+    /// allocates for tensors (class sizes), not wgpu's own or the shaders'. `None` lifts it.
+    pub fn set_memory_limit(&self, bytes: Option<u64>) {
+        let mut pool = self.0.pool.lock().unwrap();
+        pool.limit = bytes;
+        pool.make_room(0);
+    }
+    /// The cap of [`Gpu::set_memory_limit`].
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.0.pool.lock().unwrap().limit
     }
     /// Resets the peak counters of [`Gpu::memory`] to the current values.
     pub fn reset_peak_memory(&self) {

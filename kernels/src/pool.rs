@@ -34,6 +34,8 @@ pub struct PoolStats {
 pub(crate) struct Pool {
     free: HashMap<u64, Vec<wgpu::Buffer>>,
     stats: PoolStats,
+    /// Most bytes tensors and pool may hold together ([`crate::Gpu::set_memory_limit`]).
+    pub limit: Option<u64>,
 }
 
 /// The class (allocated size) of a request of `bytes`.
@@ -57,6 +59,17 @@ impl Pool {
     pub fn trim(&mut self) {
         self.free.clear();
         self.stats.pooled_bytes = 0;
+    }
+    /// Frees pooled buffers, largest first, until `class` more bytes fit under the limit
+    /// (or the pool is empty). Whether they fit now.
+    pub(crate) fn make_room(&mut self, class: u64) -> bool {
+        let Some(limit) = self.limit else { return true };
+        while self.stats.live_bytes + self.stats.pooled_bytes + class > limit {
+            let Some((&c, v)) = self.free.iter_mut().filter(|(_, v)| !v.is_empty()).max_by_key(|(c, _)| **c) else { break };
+            v.pop();
+            self.stats.pooled_bytes -= c;
+        }
+        self.stats.live_bytes + self.stats.pooled_bytes + class <= limit
     }
     fn take(&mut self, class: u64) -> Option<wgpu::Buffer> {
         let b = self.free.get_mut(&class)?.pop()?;
@@ -109,6 +122,11 @@ impl Storage {
             let b = pool.take(class);
             if b.is_some() {
                 pool.mark_live(class);
+            } else if !pool.make_room(class) {
+                // over the memory limit even with the pool emptied
+                let s = pool.stats;
+                let limit = pool.limit.unwrap_or(u64::MAX);
+                return Err(Error::OutOfMemory { bytes: class, live: s.live_bytes, pooled: s.pooled_bytes, msg: format!("{}: over the memory limit of {} MiB (Gpu::set_memory_limit, --max-memory)", what(), limit >> 20) });
             }
             b
         };

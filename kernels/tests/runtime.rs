@@ -51,6 +51,39 @@ fn steady_state_loop_allocates_nothing_new() {
     assert!(g.memory().live_bytes < after.live_bytes, "dropping a tensor returns its buffer");
 }
 
+/// A memory limit keeps tensors and pool under it by freeing pooled buffers (the same
+/// results), and refuses an allocation that cannot fit with a clear error.
+#[test]
+fn a_memory_limit_bounds_the_pool_and_refuses_beyond_it() {
+    // buffers of many sizes, each dropped after its step: without a limit the pool keeps
+    // them all
+    let work = |g: &Gpu| -> Result<Vec<f32>, Error> {
+        let mut outs = Vec::new();
+        for n in [40usize, 56, 72, 88, 104, 120, 136] {
+            let a = Tensor::from_slice(g, &[n, n], &Rng::new(n as u64).uniform(n * n, -1.0, 1.0))?;
+            let c = ops::silu(&ops::matmul(&a, &a)?)?;
+            outs.push(ops::sum(&ops::sum(&c, -1)?, 0)?.item_at(0)?);
+        }
+        Ok(outs)
+    };
+    let free = private_gpu();
+    let want = work(&free).unwrap();
+    let m = free.memory();
+    assert!(m.peak_total_bytes > 2 * m.peak_live_bytes, "the workload should leave much pooled: {m:?}");
+    let limit = (m.peak_live_bytes + m.peak_total_bytes) / 2;
+    let capped = Gpu::new(&GpuOptions { quiet: true, memory_limit: Some(limit), ..Default::default() }).unwrap();
+    assert_eq!(capped.memory_limit(), Some(limit));
+    assert_eq!(work(&capped).unwrap(), want, "results under the limit");
+    let c = capped.memory();
+    assert!(c.peak_total_bytes <= limit && c.peak_live_bytes == m.peak_live_bytes, "{c:?} under {limit}");
+    // too little for the tensors alive at once
+    capped.set_memory_limit(Some(m.peak_live_bytes / 2));
+    let e = work(&capped).unwrap_err();
+    assert!(matches!(e, Error::OutOfMemory { .. }) && e.to_string().contains("over the memory limit"), "{e}");
+    capped.set_memory_limit(None);
+    assert_eq!(work(&capped).unwrap(), want, "after lifting the limit");
+}
+
 #[test]
 fn profiling_reports_kernels_or_says_why_not() {
     let g = private_gpu();

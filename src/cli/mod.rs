@@ -36,6 +36,34 @@ pub struct DeviceArgs {
     /// without them. Also on with T2V_MATRIX_CORES=1.
     #[arg(long, global = true)]
     pub matrix_cores: bool,
+    /// Most GPU memory the job's tensors and its pool of reusable buffers may take, e.g.
+    /// 12GiB or 800MiB (plain numbers are bytes): beyond it reusable buffers are freed
+    /// before allocating, and a job that needs more at once stops with an error that says
+    /// so. For sharing a GPU. Default: what the device gives.
+    #[arg(long, global = true, value_parser = parse_bytes)]
+    pub max_memory: Option<u64>,
+}
+
+/// A size in bytes: a number with an optional K/M/G/T suffix (powers of 1024; `KiB`, `KB`,
+/// `K` alike).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("{s:?}: expected a size like 12GiB, 800MiB or 1000000"))?;
+    let scale = match unit.trim().to_ascii_lowercase().trim_end_matches('b').trim_end_matches('i') {
+        "" => 1u64,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use KiB, MiB, GiB or TiB)")),
+    };
+    let bytes = v * scale as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{s:?}: not a usable size"));
+    }
+    Ok(bytes as u64)
 }
 
 /// Matrix cores round the backward's operands to f16 too, without loss scaling: gradients
@@ -50,7 +78,7 @@ pub(crate) fn warn_matrix_cores_in_training(gpu: &Gpu) {
 impl DeviceArgs {
     /// The device these options ask for.
     pub fn gpu_options(&self, quiet: bool) -> t2v_kernels::GpuOptions {
-        t2v_kernels::GpuOptions { adapter: self.adapter.clone(), quiet, matrix_cores: self.matrix_cores, ..Default::default() }
+        t2v_kernels::GpuOptions { adapter: self.adapter.clone(), quiet, matrix_cores: self.matrix_cores, memory_limit: self.max_memory, ..Default::default() }
     }
 }
 
@@ -268,5 +296,18 @@ mod tests {
         let mut missing = Vec::new();
         undocumented(&super::Cli::command(), "t2v-turbo", &mut missing);
         assert!(missing.is_empty(), "options without help text:\n{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        let p = super::parse_bytes;
+        assert_eq!(p("12GiB"), Ok(12 << 30));
+        assert_eq!(p("800MiB"), Ok(800 << 20));
+        assert_eq!(p("1.5G"), Ok(3 << 29));
+        assert_eq!(p("64 kb"), Ok(64 << 10));
+        assert_eq!(p("1000000"), Ok(1_000_000));
+        for bad in ["", "GiB", "12 parsecs", "0", "-3G", "1e3"] {
+            assert!(p(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

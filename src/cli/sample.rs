@@ -279,7 +279,8 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
             ControlFlow::Continue(())
         })?;
         let secs = t.elapsed().as_secs_f64() / batch.len() as f64;
-        let peak = gpu.memory().peak_total_bytes as f64 / 1048576.0;
+        let mem = gpu.memory();
+        let (peak, at_once) = (mem.peak_total_bytes as f64 / 1048576.0, mem.peak_live_bytes as f64 / 1048576.0);
         for (job, video) in batch.iter().zip(&videos) {
             let frames = Frames::from_chw(video, frames_n, height, width);
             let dir = a.out.join(&job.name);
@@ -296,7 +297,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
             jobs.finished(job);
             generated += 1;
             println!(
-                "{} ({} {} steps{}, {:.2} s per video in a batch of {}, peak GPU memory {:.0} MiB): {:?}",
+                "{} ({} {} steps{}, {:.2} s per video in a batch of {}, peak GPU memory {:.0} MiB, {:.0} MiB of it in tensors at once): {:?}",
                 gif.display(),
                 opts.sampling_steps(),
                 if a.teacher { "teacher DDIM" } else { "consistency" },
@@ -304,6 +305,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
                 secs,
                 batch.len(),
                 peak,
+                at_once,
                 job.prompt
             );
         }
