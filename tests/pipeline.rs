@@ -170,6 +170,33 @@ fn lora_trains_adapters_and_leaves_the_base_weights() {
     let fresh = Trainer::new(cfg, student, &rewards, &data).unwrap();
     let base_row = validate(&fresh, &v, &tmp("lora-val0")).unwrap();
     assert_ne!(trained.image_reward, base_row.image_reward, "the adapters were not sampled");
+    // the run's model folder also holds its adapters alone: the teacher's folder plus them
+    // is the merged student; strength 0 is the student before training
+    use t2v_turbo::pipeline::sample::Generator;
+    let d = tmp("lora-file");
+    let smd = t2v_turbo::pipeline::train::write_student_model(&d.join("model"), &md, &t.student, 2, SaveDtype::F32).unwrap();
+    let base_md = t2v_turbo::pipeline::train::write_student_model(&d.join("base"), &md, &fresh.student, 0, SaveDtype::F32).unwrap();
+    let lora = d.join("model/lora.safetensors");
+    let opts = SampleOptions { steps: 2, seed: 4, ..SampleOptions::for_models(&smd) };
+    let video = |gen: Generator| gen.generate("a red circle moving left", &opts).unwrap();
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let merged = video(Generator::from_model_dir(&g, &smd).unwrap());
+    let applied = video(Generator::from_model_dir_with_lora(&g, &md, &lora, 1.0).unwrap());
+    let d1 = max_diff(&applied, &merged);
+    assert!(d1 <= 1e-5, "teacher + LoRA file vs the merged student: {d1}");
+    let none = video(Generator::from_model_dir_with_lora(&g, &md, &lora, 0.0).unwrap());
+    let before = video(Generator::from_model_dir(&g, &base_md).unwrap());
+    let (d0, moved) = (max_diff(&none, &before), max_diff(&none, &merged));
+    assert!(d0 <= 1e-5 && moved > 1e-3, "strength 0 vs the untrained student {d0}, vs the trained {moved}");
+    let e = Generator::from_model_dir_with_lora(&g, &md, &md.unet.0, 1.0).err().unwrap().to_string();
+    assert!(e.contains("not a LoRA file"), "{e}");
+    eprintln!("LoRA file: vs merged {d1}, strength 0 vs untrained {d0}, vs trained {moved}");
+    // the command line: the teacher's folder with the file samples as a student
+    let (teacher, file, out) = (md.root.to_string_lossy().into_owned(), lora.to_string_lossy().into_owned(), d.join("videos").to_string_lossy().into_owned());
+    let (ok, text) = t2v(&["sample", "--models", &teacher, "--lora", &file, "--steps", "2", "--prompt", "a red circle moving left", "--out", &out]);
+    assert!(ok && text.contains("2 consistency steps"), "{text}");
+    let (ok, text) = t2v(&["sample", "--models", &teacher, "--lora", &file, "--teacher", "--prompt", "x", "--out", &format!("{out}-t")]);
+    assert!(!ok && text.contains("with the --lora file is a distilled student"), "{text}");
 }
 
 /// `--reward-input noise` scores the student's one-step generation from fresh noise: other

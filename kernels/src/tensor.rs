@@ -106,6 +106,21 @@ impl Tensor {
         Ok(())
     }
 
+    /// Overwrites the contents with `src`'s (same dtype and number of elements) on the
+    /// device, in order with the recorded work: what reads this tensor before sees the old
+    /// contents, what reads it after the new.
+    pub fn copy_from(&self, src: &Tensor) -> Result<()> {
+        if src.dtype != self.dtype || src.numel() != self.numel() {
+            return Err(Error::Shape { op: "copy_from", msg: format!("{:?} {:?} into {:?} {:?}", src.dtype, src.shape, self.dtype, self.shape) });
+        }
+        let bytes = 4 * self.numel() as u64; // f32 and u32 alike
+        if bytes == 0 {
+            return Ok(());
+        }
+        let gpu = &self.gpu;
+        gpu.0.recorder.lock().unwrap().push(gpu, Cmd::Copy { src: src.storage.buffer.clone(), src_at: 0, dst: self.storage.buffer.clone(), dst_at: 0, bytes })
+    }
+
     /// Reads the tensor back (waits for the GPU).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         self.expect_dtype("to_vec", DType::F32)?;

@@ -130,6 +130,16 @@ fn upload_readback_and_reshape_errors() {
     t.write(&[0.0; 6]).unwrap();
     assert_eq!(y.to_vec().unwrap(), vec![2., 4., 6., 8., 10., 12.]);
     assert_eq!(t.to_vec().unwrap(), vec![0.0; 6]);
+    // an on-device copy lands in order with the recorded work: a kernel recorded before it
+    // reads the old contents, one after it the new; views of the buffer see it
+    let before = ops::scale(&t, 1.0).unwrap();
+    t.copy_from(&y).unwrap();
+    let after = ops::scale(&t, 1.0).unwrap();
+    assert_eq!(before.to_vec().unwrap(), vec![0.0; 6]);
+    assert_eq!(after.to_vec().unwrap(), y.to_vec().unwrap());
+    assert_eq!(t.reshape(&[6]).unwrap().to_vec().unwrap(), y.to_vec().unwrap());
+    let e = t.copy_from(&Tensor::zeros(&g, &[5]).unwrap()).unwrap_err();
+    assert!(matches!(e, Error::Shape { op: "copy_from", .. }), "{e}");
 }
 
 #[test]

@@ -117,6 +117,14 @@ pub struct SampleArgs {
     /// when options that change the videos differ (listed in OUT/sample.json).
     #[arg(long)]
     pub resume: bool,
+    /// A LoRA file of `t2v-turbo train --lora-rank` (its `OUT/model/lora.safetensors`),
+    /// added to the UNet of --models: with a teacher's folder it makes the student that run
+    /// trained. The UNet is then kept in f32.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// --lora: how much of the adapters is added (1: as trained; 0: none).
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    pub lora_strength: f32,
     /// Frames the VAE decodes (and --init-video encodes) at once: fewer take less GPU memory
     /// (1: the least; at 320x512 the decoder's activations of one frame instead of up to 13)
     /// and may keep a large GPU less busy. Default: as many as one GPU binding holds.
@@ -206,15 +214,29 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     let (generator, shape) = match &a.models {
         Some(dir) => {
             let md = ModelDir::read(dir)?.with_precision(a.weights_dtype.precision(&gpu));
-            if a.teacher == md.is_student() {
-                return Err(CliError::Check(if a.teacher {
-                    format!("--teacher needs a teacher UNet; the one in {} is a distilled student (drop --teacher)", dir.display())
+            // teacher or student: known from the folder, or with a LoRA once it is added
+            let refuse = |student: bool| -> Result<(), CliError> {
+                if a.teacher != student {
+                    return Ok(());
+                }
+                let with = if a.lora.is_some() { " with the --lora file" } else { "" };
+                Err(CliError::Check(if a.teacher {
+                    format!("--teacher needs a teacher UNet; the one in {}{with} is a distilled student (drop --teacher)", dir.display())
                 } else {
-                    format!("the UNet in {} is a teacher (no guidance-scale conditioning); sample it with --teacher, or distill a student with `t2v-turbo train`", dir.display())
-                }));
-            }
-            (Generator::from_model_dir(&gpu, &md)?, Some(md.video))
+                    format!("the UNet in {}{with} is a teacher (no guidance-scale conditioning); sample it with --teacher, or distill a student with `t2v-turbo train`", dir.display())
+                }))
+            };
+            let generator = match &a.lora {
+                Some(lora) => Generator::from_model_dir_with_lora(&gpu, &md, lora, a.lora_strength)?,
+                None => {
+                    refuse(md.is_student())?;
+                    Generator::from_model_dir(&gpu, &md)?
+                }
+            };
+            refuse(generator.is_student())?;
+            (generator, Some(md.video))
         }
+        None if a.lora.is_some() => return Err(CliError::Check("--lora needs --models (the folder of the model the LoRA run trained)".into())),
         None => (load_from_files(&gpu, a)?, None),
     };
     let generator = match a.vae_frames_per_pass {
@@ -359,6 +381,10 @@ fn run_settings(a: &SampleArgs, gpu: &Gpu) -> serde_json::Value {
         v["w"] = f(a.w);
         v["motion_scale"] = f(a.motion_scale);
         v["motion_percentage"] = f(a.motion_percentage);
+    }
+    if let Some(lora) = &a.lora {
+        v["lora"] = serde_json::json!(lora);
+        v["lora_strength"] = f(a.lora_strength);
     }
     if let Some(iv) = &a.init_video {
         v["init_video"] = serde_json::json!(iv);

@@ -3,6 +3,7 @@
 
 pub mod captions;
 pub mod demo;
+pub mod lora_file;
 pub mod model_dir;
 pub mod plot;
 pub mod preprocess;

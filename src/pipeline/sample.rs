@@ -57,6 +57,26 @@ impl Generator {
         Ok(Generator { unet: md.load_unet(gpu)?, vae: md.load_vae(gpu)?, text: md.load_text(gpu)?, tokenizer, schedule: Schedule::videocrafter() })
     }
 
+    /// Whether the UNet is a distilled student (conditioned on the guidance scale w).
+    pub fn is_student(&self) -> bool {
+        self.unet.config.time_cond_proj_dim.is_some()
+    }
+
+    /// The models of a folder with the adapters of a LoRA file added to its UNet, times
+    /// `strength` ([`crate::pipeline::lora_file`]): a teacher's folder and a LoRA run's
+    /// `lora.safetensors` make its student. The UNet is kept in f32 (the merge writes it).
+    pub fn from_model_dir_with_lora(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, lora: &Path, strength: f32) -> Result<Generator> {
+        let cond_dim = crate::pipeline::lora_file::student_cond_dim(&crate::pipeline::lora_file::open_lora(lora)?);
+        let init = match (md.is_student(), cond_dim) {
+            (true, _) => None,
+            (false, Some(dim)) => Some((dim, 0)),
+            (false, None) => return Err(WeightsError::Data { path: lora.display().to_string(), msg: format!("carries no student layers, and the UNet of {} is a teacher: a student's LoRA needs the student it was trained on", md.root.display()) }),
+        };
+        let (unet, params) = crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init, WeightPrecision::F32)?;
+        crate::pipeline::lora_file::apply_lora(&params, lora, strength)?;
+        Ok(Generator { unet, vae: md.load_vae(gpu)?, text: md.load_text(gpu)?, tokenizer: ClipTokenizer::new().map_err(|e| WeightsError::Data { path: "tokenizer".into(), msg: e.to_string() })?, schedule: Schedule::videocrafter() })
+    }
+
     /// One video (3, F, H, W) in [-1, 1] for `prompt`, with noise seeded by `opts.seed`.
     pub fn generate(&self, prompt: &str, opts: &SampleOptions) -> Result<Vec<f32>> {
         Ok(self.generate_batch(&[(prompt, opts.seed)], opts)?.pop().expect("one video"))

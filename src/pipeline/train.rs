@@ -735,5 +735,10 @@ pub fn write_student_model(dir: &Path, source: &crate::pipeline::model_dir::Mode
     }
     md.unet = (unet, student.unet.config.clone());
     md.write_config()?;
+    // a LoRA run's adapters also on their own: a small file that makes the student from
+    // the teacher's folder
+    if !student.adapters.is_empty() {
+        crate::pipeline::lora_file::write_lora(&dir.join("lora.safetensors"), student, dtype)?;
+    }
     Ok(md)
 }
