@@ -125,3 +125,37 @@ fn an_application_device_lends_its_matrix_cores() {
     let (to16, to32) = (dist(&product(&half(&av), &half(&bv))), dist(&product(&av, &bv)));
     assert!(to16 < 1e-4 && to32 > 8.0 * to16.max(1e-7), "{to16} from the f16 inputs' product, {to32} from the f32 one");
 }
+
+/// An application generates on a worker thread, so that its own loop (a UI, a renderer)
+/// keeps running: the generator moves there, reports each step over a channel and goes on
+/// or stops as the application answers — the worker's result says it was cancelled.
+#[test]
+fn generation_runs_on_a_worker_thread_and_stops_when_asked() {
+    use std::ops::ControlFlow;
+    use std::sync::mpsc;
+    use t2v_turbo::models::weights::WeightsError;
+    fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Generator>();
+    send_and_sync::<SampleOptions>();
+    send_and_sync::<Gpu>();
+    let gpu = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap();
+    let models = ModelDir::read(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny")).unwrap();
+    let generator = Generator::from_model_dir(&gpu, &models).unwrap();
+    let opts = SampleOptions { teacher: Some(DdimConfig { steps: 6, cfg: 7.5, eta: 0.0 }), ..SampleOptions::for_models(&models) };
+    let (steps_tx, steps_rx) = mpsc::channel();
+    let (answer_tx, answer_rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        generator.generate_batch_observed(&[("a red circle moving left", 0)], &opts, &mut |done| {
+            steps_tx.send(done).unwrap();
+            answer_rx.recv().unwrap()
+        })
+    });
+    // the application lets the first step pass and stops the generation at the second
+    assert_eq!(steps_rx.recv().unwrap(), 1);
+    answer_tx.send(ControlFlow::Continue(())).unwrap();
+    assert_eq!(steps_rx.recv().unwrap(), 2);
+    answer_tx.send(ControlFlow::Break(())).unwrap();
+    let result = worker.join().unwrap();
+    assert!(matches!(result, Err(WeightsError::Cancelled { done: 2, total: 6 })), "{result:?}");
+    assert!(steps_rx.try_recv().is_err(), "a step after the stop");
+}
