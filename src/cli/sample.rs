@@ -126,7 +126,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 1.0, requires = "lora")]
     pub lora_strength: f32,
     /// Frames the VAE decodes (and --init-video encodes) at once: fewer take less GPU memory
-    /// (1: the least; at 320x512 the decoder's activations of one frame instead of up to 13)
+    /// (1: the least; at 320x512 the decoder's activations of one frame instead of up to 12)
     /// and may keep a large GPU less busy. Default: as many as one GPU binding holds.
     #[arg(long)]
     pub vae_frames_per_pass: Option<usize>,
