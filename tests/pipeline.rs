@@ -349,6 +349,37 @@ fn t2v_file_limit(args: &[&str], blocks: u64) -> (bool, String) {
     (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
+/// `init` with weight files: the folder refers to them (nothing copied), takes a student's
+/// UNet as a student's, checks that they load, and refuses one that does not fit.
+#[test]
+fn init_refers_to_given_weight_files() {
+    let (models, _) = fixture();
+    let d = tmp("init-files");
+    let p = |x: &str| d.join(x).to_string_lossy().into_owned();
+    let f = |x: &str| models.join(x).to_string_lossy().into_owned();
+    let (ok, out) = t2v(&[
+        "init", "--out", &p("given"), "--unet", &f("unet.safetensors"), "--vae", &f("vae.safetensors"), "--text", &f("text.safetensors"),
+        "--hps", &f("reward_hps.safetensors"), "--clip", &f("reward_clip.safetensors"), "--video-reward", &f("reward_video.safetensors"), "--video-vocab", &f("bert_vocab.txt"),
+    ]);
+    assert!(ok && out.contains("teacher UNet") && out.contains("random weights: none"), "{out}");
+    let md = ModelDir::read(&d.join("given")).unwrap();
+    assert_eq!(md.unet.0, std::fs::canonicalize(models.join("unet.safetensors")).unwrap());
+    assert!(!d.join("given/unet.safetensors").exists() && !d.join("given/reward_video.safetensors").exists(), "a given file was copied or made");
+    // a student's UNet alone: a student's folder, the other models random
+    let (g, fmd, _) = opened_fixture();
+    let (student, _) = load_run(&g, &fmd, &config(1), None).unwrap();
+    let smd = t2v_turbo::pipeline::train::write_student_model(&d.join("student-model"), &fmd, &student, 0, SaveDtype::F32).unwrap();
+    let (ok, out) = t2v(&["init", "--out", &p("student"), "--unet", &smd.unet.0.to_string_lossy()]);
+    assert!(ok && out.contains("student UNet") && out.contains("random weights: vae, text, hps, clip, video reward"), "{out}");
+    assert!(ModelDir::read(&d.join("student")).unwrap().is_student());
+    // a VAE's weights as the UNet: refused by the check, naming what does not match
+    let (ok, out) = t2v(&["init", "--out", &p("bad"), "--unet", &f("vae.safetensors")]);
+    assert!(!ok && out.contains("do not fit the Tiny preset") && out.contains("weights do not match the model"), "{out}");
+    assert_eq!(std::fs::read_dir(d.join("bad")).unwrap().count(), 0, "a refused init left files");
+    let (ok, out) = t2v(&["init", "--out", &p("missing"), "--hps", &p("nothing.safetensors")]);
+    assert!(!ok && out.contains("no such file"), "{out}");
+}
+
 #[test]
 fn the_commands_run_end_to_end() {
     let (models, _) = fixture();

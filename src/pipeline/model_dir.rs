@@ -414,52 +414,89 @@ pub fn init_random(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: Sav
 /// `tubelet_size` 2 (tokens that each see two frames), which can learn the direction of
 /// motion where the 1B model's single-frame tokens stayed blind to it.
 pub fn init_random_with(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: SaveDtype, iv2: InternVideo2Config) -> Result<ModelDir> {
-    let (unet, vae, text, clip, video) = preset.configs();
+    init_folder(gpu, preset, root, seed, dtype, iv2, &GivenFiles::default())
+}
+
+/// Weight files a new model folder refers to instead of random weights (`t2v-turbo init
+/// --checkpoint/--unet/...`): absent ones are made at random.
+#[derive(Clone, Debug, Default)]
+pub struct GivenFiles {
+    pub unet: Option<PathBuf>,
+    pub vae: Option<PathBuf>,
+    pub text: Option<PathBuf>,
+    /// The HPS-style image reward (open_clip; HPS v2.1).
+    pub hps: Option<PathBuf>,
+    /// The CLIP-score image reward (open_clip).
+    pub clip: Option<PathBuf>,
+    /// The video reward (InternVideo2-stage2) and its BERT vocabulary.
+    pub video_reward: Option<(PathBuf, PathBuf)>,
+}
+
+/// A model folder at the sizes of `preset`: the models of `given` refer to those files
+/// (absolute paths; a UNet file with T2V-Turbo's guidance-scale layers is taken as a
+/// student), the others get random weights (seeded) written into the folder.
+pub fn init_folder(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: SaveDtype, iv2: InternVideo2Config, given: &GivenFiles) -> Result<ModelDir> {
+    let (mut unet, vae, text, clip, video) = preset.configs();
     std::fs::create_dir_all(root).map_err(|e| bad(root, e))?;
+    let abs = |p: &Path| std::fs::canonicalize(p).map_err(|e| bad(p, e));
     let meta = |what: &str| vec![("model", what.to_string()), ("init", format!("random, seed {seed}"))];
-    let save = |name: &str, l: &Loader, what: &str| save_weights(&root.join(name), &l.params(), dtype, &meta(what));
-    let l = Loader::random(gpu, seed);
-    Unet3d::load(&l, &unet)?;
-    save("unet.safetensors", &l, "unet3d")?;
-    let l = Loader::random(gpu, seed + 1);
-    Vae::load(&l, &vae)?;
-    save("vae.safetensors", &l, "vae")?;
-    let l = Loader::random(gpu, seed + 2);
-    TextTower::load(&l, &text.text, None)?;
-    save("text.safetensors", &l, "openclip text")?;
-    for (i, name) in ["reward_hps.safetensors", "reward_clip.safetensors"].iter().enumerate() {
-        let l = Loader::random(gpu, seed + 3 + i as u64);
-        Clip::load(&l, &clip)?;
-        save(name, &l, "openclip")?;
-    }
-    let l = Loader::random(gpu, seed + 5);
-    InternVideo2::load(&l, &iv2)?;
-    // the position tables start as the reference's fixed sine-cosine ones, which tell the
-    // frames apart from the start (small random ones leave the model almost blind to order)
-    let v = &iv2.vision;
-    let grid = v.img_size / v.patch_size;
-    for (name, t) in l.params() {
-        let table = match name.as_str() {
-            "vision_encoder.pos_embed" => crate::models::internvideo2::sincos_pos_embed(v.embed_dim, grid, Some(v.num_frames / v.tubelet_size)),
-            "vision_encoder.img_pos_embed" => crate::models::internvideo2::sincos_pos_embed(v.embed_dim, grid, None),
-            _ => None,
-        };
-        if let Some(table) = table {
-            t.write(&table)?;
+    // a random model's file in the folder, or the given one
+    let file = |given: &Option<PathBuf>, name: &str, what: &str, seed: u64, load: &dyn Fn(&Loader) -> Result<()>| -> Result<PathBuf> {
+        if let Some(p) = given {
+            return abs(p);
         }
+        let l = Loader::random(gpu, seed);
+        load(&l)?;
+        save_weights(&root.join(name), &l.params(), dtype, &meta(what))?;
+        Ok(root.join(name))
+    };
+    if let Some(p) = &given.unet {
+        // a student's file carries the guidance- and motion-scale layers: their widths
+        let f = WeightFile::open(p)?;
+        let width = |layer: &str| f.entries().iter().find(|(k, _)| k.ends_with(&format!("{layer}.weight"))).and_then(|(_, e)| e.shape.last().copied());
+        unet.time_cond_proj_dim = width("time_cond_proj");
+        unet.motion_cond_proj_dim = width("motion_cond_proj");
     }
-    save("reward_video.safetensors", &l, "internvideo2")?;
-    t2v_kernels::io::write_atomic(&root.join("bert_vocab.txt"), (world_vocab(iv2.text.vocab_size).join("\n") + "\n").as_bytes())?;
+    let unet_file = file(&given.unet, "unet.safetensors", "unet3d", seed, &|l| Unet3d::load(l, &unet).map(drop))?;
+    let vae_file = file(&given.vae, "vae.safetensors", "vae", seed + 1, &|l| Vae::load(l, &vae).map(drop))?;
+    let text_file = file(&given.text, "text.safetensors", "openclip text", seed + 2, &|l| TextTower::load(l, &text.text, None).map(drop))?;
+    let hps = file(&given.hps, "reward_hps.safetensors", "openclip", seed + 3, &|l| Clip::load(l, &clip).map(drop))?;
+    let clip_file = file(&given.clip, "reward_clip.safetensors", "openclip", seed + 4, &|l| Clip::load(l, &clip).map(drop))?;
+    let (video_file, vocab) = match &given.video_reward {
+        Some((f, vocab)) => (abs(f)?, abs(vocab)?),
+        None => {
+            let l = Loader::random(gpu, seed + 5);
+            InternVideo2::load(&l, &iv2)?;
+            // the position tables start as the reference's fixed sine-cosine ones, which tell
+            // the frames apart from the start (small random ones leave the model almost blind
+            // to order)
+            let v = &iv2.vision;
+            let grid = v.img_size / v.patch_size;
+            for (name, t) in l.params() {
+                let table = match name.as_str() {
+                    "vision_encoder.pos_embed" => crate::models::internvideo2::sincos_pos_embed(v.embed_dim, grid, Some(v.num_frames / v.tubelet_size)),
+                    "vision_encoder.img_pos_embed" => crate::models::internvideo2::sincos_pos_embed(v.embed_dim, grid, None),
+                    _ => None,
+                };
+                if let Some(table) = table {
+                    t.write(&table)?;
+                }
+            }
+            save_weights(&root.join("reward_video.safetensors"), &l.params(), dtype, &meta("internvideo2"))?;
+            t2v_kernels::io::write_atomic(&root.join("bert_vocab.txt"), (world_vocab(iv2.text.vocab_size).join("\n") + "\n").as_bytes())?;
+            (root.join("reward_video.safetensors"), root.join("bert_vocab.txt"))
+        }
+    };
     let dir = ModelDir {
         root: root.to_path_buf(),
-        unet: (root.join("unet.safetensors"), unet),
-        vae: (root.join("vae.safetensors"), vae),
-        text: (root.join("text.safetensors"), text),
+        unet: (unet_file, unet),
+        vae: (vae_file, vae),
+        text: (text_file, text),
         image_rewards: vec![
-            RewardSpec { file: root.join("reward_hps.safetensors"), config: clip.clone(), preprocess: Preprocess::Hps, weight: 1.0 },
-            RewardSpec { file: root.join("reward_clip.safetensors"), config: clip.clone(), preprocess: Preprocess::ClipScore, weight: 1.0 },
+            RewardSpec { file: hps, config: clip.clone(), preprocess: Preprocess::Hps, weight: 1.0 },
+            RewardSpec { file: clip_file, config: clip.clone(), preprocess: Preprocess::ClipScore, weight: 1.0 },
         ],
-        video_reward: Some(VideoRewardSpec::InternVideo2 { file: root.join("reward_video.safetensors"), config: iv2, tokenizer: root.join("bert_vocab.txt") }),
+        video_reward: Some(VideoRewardSpec::InternVideo2 { file: video_file, config: iv2, tokenizer: vocab }),
         video,
         precision: WeightPrecision::F32,
     };
