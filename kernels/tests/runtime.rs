@@ -138,7 +138,7 @@ fn upload_readback_and_reshape_errors() {
     assert_eq!(before.to_vec().unwrap(), vec![0.0; 6]);
     assert_eq!(after.to_vec().unwrap(), y.to_vec().unwrap());
     assert_eq!(t.reshape(&[6]).unwrap().to_vec().unwrap(), y.to_vec().unwrap());
-    let e = t.copy_from(&Tensor::zeros(&g, &[5]).unwrap()).unwrap_err();
+    let e = t.copy_from(&Tensor::zeros(g, &[5]).unwrap()).unwrap_err();
     assert!(matches!(e, Error::Shape { op: "copy_from", .. }), "{e}");
 }
 
