@@ -534,6 +534,10 @@ fn the_commands_run_end_to_end() {
     }
     let (ok, out) = t2v(&["eval", &p("videos")]);
     assert!(ok && out.contains("accuracy") && out.contains("clips                 1"), "{out}");
+    // the prompts of another run's captions.jsonl, in order
+    let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompts", &p("resumed/captions.jsonl"), "--steps", "1", "--out", &p("again")]);
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains(".gif (")).collect();
+    assert!(ok && lines.len() == 4 && lines[0].ends_with("\"a red circle moving left\"") && lines[3].ends_with("\"a blue square moving up\""), "{out}");
     let (ok, out) = t2v(&["eval", &p("videos"), "--against", &p("videos")]);
     assert!(ok && out.contains("of 3 judgments, 0 right only here, 0 only there; sign test p = 1.000"), "{out}");
     assert!(out.contains("  color               of 1 judgments, 0 right only here") && out.contains("  direction           of 1 judgments"), "{out}");

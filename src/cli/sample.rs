@@ -52,7 +52,8 @@ pub struct SampleArgs {
     /// A prompt (repeat for several videos).
     #[arg(long)]
     pub prompt: Vec<String>,
-    /// A file with one prompt per line; `-` reads them from standard input as they arrive
+    /// A file with one prompt per line, or a captions file (`.jsonl` / `.csv`, e.g. another
+    /// run's `captions.jsonl`: its captions, in order); `-` reads them from standard input as they arrive
     /// (the models stay loaded: each video — each --batch of lines — is generated and its
     /// line printed as soon as its prompts are read; ends at the end of the input).
     #[arg(long)]
@@ -185,8 +186,14 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     let mut prompts = a.prompt.clone();
     let streamed = a.prompts.as_deref() == Some(Path::new("-"));
     if let Some(p) = a.prompts.as_ref().filter(|_| !streamed) {
-        let s = std::fs::read_to_string(p).map_err(|e| CliError::Check(format!("{}: {e}", p.display())))?;
-        prompts.extend(s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        if matches!(ext.as_str(), "jsonl" | "csv") {
+            // a captions file (another run's captions.jsonl, a data set's CSV): its captions
+            prompts.extend(read_captions(p).map_err(|e| CliError::Check(e.to_string()))?.into_iter().map(|r| r.caption));
+        } else {
+            let s = std::fs::read_to_string(p).map_err(|e| CliError::Check(format!("{}: {e}", p.display())))?;
+            prompts.extend(s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+        }
     }
     if prompts.is_empty() && !streamed {
         return Err(CliError::Check("no prompt: give --prompt TEXT or --prompts FILE (or --prompts - to read them from standard input)".into()));
