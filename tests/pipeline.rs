@@ -197,6 +197,8 @@ fn lora_trains_adapters_and_leaves_the_base_weights() {
     assert!(ok && text.contains("2 consistency steps"), "{text}");
     let (ok, text) = t2v(&["sample", "--models", &teacher, "--lora", &file, "--teacher", "--prompt", "x", "--out", &format!("{out}-t")]);
     assert!(!ok && text.contains("with the --lora file is a distilled student"), "{text}");
+    let (ok, text) = t2v(&["info", "--weights", &file]);
+    assert!(ok && text.contains("a LoRA file of `t2v-turbo train --lora-rank`") && text.contains("--lora"), "{text}");
 }
 
 /// `--reward-input noise` scores the student's one-step generation from fresh noise: other
@@ -372,6 +374,10 @@ fn init_refers_to_given_weight_files() {
     let (ok, out) = t2v(&["init", "--out", &p("student"), "--unet", &smd.unet.0.to_string_lossy()]);
     assert!(ok && out.contains("student UNet") && out.contains("random weights: vae, text, hps, clip, video reward"), "{out}");
     assert!(ModelDir::read(&d.join("student")).unwrap().is_student());
+    let (ok, out) = t2v(&["info", "--models", &p("student")]);
+    assert!(ok && out.contains("a student's") && out.contains("UNet (32 channels)") && out.contains("image reward Hps"), "{out}");
+    let (ok, out) = t2v(&["info", "--models", &p("given")]);
+    assert!(ok && out.contains("a teacher's") && out.contains(&*f("reward_video.safetensors")), "{out}");
     // a VAE's weights as the UNet: refused by the check, naming what does not match
     let (ok, out) = t2v(&["init", "--out", &p("bad"), "--unet", &f("vae.safetensors")]);
     assert!(!ok && out.contains("do not fit the Tiny preset") && out.contains("weights do not match the model"), "{out}");

@@ -16,6 +16,57 @@ pub struct InfoArgs {
     /// With --weights: list every tensor (default: the first 30).
     #[arg(long)]
     pub all: bool,
+    /// Describe a model folder instead: each model's file, size, parameters and dtypes,
+    /// whether the UNet is a teacher or a student, the clip size, a LoRA file beside it.
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<std::path::PathBuf>,
+}
+
+/// `info --models DIR`.
+fn describe_models(dir: &std::path::Path) -> Result<(), CliError> {
+    use crate::pipeline::model_dir::{ModelDir, VideoRewardSpec};
+    let md = ModelDir::read(dir)?;
+    let v = md.video;
+    println!(
+        "{}: a {} model folder for {} frames of {}x{} at {} fps",
+        dir.display(),
+        if md.is_student() { "student's (distilled: conditioned on w and the motion scale)" } else { "teacher's" },
+        v.frames,
+        v.height,
+        v.width,
+        v.fps
+    );
+    let line = |what: &str, file: &std::path::Path| -> Result<String, CliError> {
+        let wf = crate::models::weights::WeightFile::open(file)?;
+        let params: usize = wf.entries().values().map(|e| e.shape.iter().product::<usize>()).sum();
+        let mut dtypes = std::collections::BTreeMap::new();
+        for e in wf.entries().values() {
+            *dtypes.entry(format!("{:?}", e.dtype)).or_insert(0usize) += 1;
+        }
+        let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        let dt = dtypes.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", ");
+        Ok(format!("  {what:<26} {:.1} M parameters, {dt}, {}: {}", params as f64 / 1e6, mib(bytes), file.display()))
+    };
+    let unet = &md.unet.1;
+    println!("{}", line(&format!("UNet ({} channels)", unet.model_channels), &md.unet.0)?);
+    println!("{}", line("VAE", &md.vae.0)?);
+    println!("{}", line(&format!("text (width {})", md.text.1.text.width), &md.text.0)?);
+    for r in &md.image_rewards {
+        println!("{}", line(&format!("image reward {:?} x{}", r.preprocess, r.weight), &r.file)?);
+    }
+    match &md.video_reward {
+        Some(VideoRewardSpec::InternVideo2 { file, tokenizer, .. }) => {
+            println!("{}", line("video reward (IV2)", file)?);
+            println!("  {:<26} {}", "video reward vocab", tokenizer.display());
+        }
+        Some(VideoRewardSpec::Clip { file, .. }) => println!("{}", line("video reward (CLIP)", file)?),
+        None => println!("  {:<26} none", "video reward"),
+    }
+    let lora = dir.join("lora.safetensors");
+    if lora.exists() {
+        println!("{}", line("LoRA adapters", &lora)?);
+    }
+    Ok(())
 }
 
 /// Known checkpoint key prefixes and what they hold.
@@ -48,7 +99,11 @@ fn describe_weights(path: &std::path::Path, all: bool) -> Result<(), CliError> {
         (list.into_iter().map(|(k, t)| (k, t.storage.dtype.safetensors().to_string(), t.shape)).collect(), notes)
     } else {
         let wf = crate::models::weights::WeightFile::open(path)?;
-        let notes = if wf.metadata.is_empty() { vec![] } else { vec![format!("metadata: {:?}", wf.metadata)] };
+        let mut notes = if wf.metadata.is_empty() { vec![] } else { vec![format!("metadata: {:?}", wf.metadata)] };
+        if wf.metadata.get("format").map(String::as_str) == Some(crate::pipeline::lora_file::LORA_FORMAT) {
+            let n = wf.entries().keys().filter(|k| k.ends_with(".lora_down")).count();
+            notes.insert(0, format!("a LoRA file of `t2v-turbo train --lora-rank`: {n} adapters (W.lora_down / W.lora_up) and the student's own layers (student.*); `t2v-turbo sample --models TEACHER --lora {}` adds them", path.display()));
+        }
         (wf.entries().iter().map(|(k, e)| (k.clone(), format!("{:?}", e.dtype), e.shape.clone())).collect(), notes)
     };
     let total: usize = tensors.iter().map(|t| t.2.iter().product::<usize>()).sum();
@@ -114,6 +169,9 @@ fn describe(a: &AdapterSummary) -> String {
 pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> Result<(), CliError> {
     if let Some(w) = &args.weights {
         return describe_weights(w, args.all);
+    }
+    if let Some(d) = &args.models {
+        return describe_models(d);
     }
     let adapters = list_adapters();
     println!("t2v-turbo {} — {} adapter(s):", env!("CARGO_PKG_VERSION"), adapters.len());
