@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use t2v_kernels::Gpu;
 
-use super::{ensure_new_dir, CliError, DeviceArgs};
+use super::{ensure_new_dir, CliError, DeviceArgs, ModelFiles};
 use crate::models::weights::SaveDtype;
 use crate::pipeline::model_dir::{init_folder, GivenFiles, ModelDir, Preset};
 use crate::pipeline::train::RewardModels;
@@ -31,21 +31,9 @@ pub struct InitArgs {
     /// with single-frame tokens it stayed blind to it.
     #[arg(long)]
     pub video_tubelet: Option<usize>,
-    /// A checkpoint holding UNet, VAE and text encoder (VideoCrafter2's, converted with
-    /// `t2v-turbo convert`): the three refer to it unless given below. Models given no file
-    /// get random weights.
-    #[arg(long)]
-    pub checkpoint: Option<PathBuf>,
-    /// UNet weights (a teacher's, or a student's such as T2V-Turbo-v2's: its guidance- and
-    /// motion-scale layers make the folder a student's).
-    #[arg(long)]
-    pub unet: Option<PathBuf>,
-    /// VAE weights.
-    #[arg(long)]
-    pub vae: Option<PathBuf>,
-    /// Text-encoder weights (open_clip ViT-H-14 or VideoCrafter2's `cond_stage_model.`).
-    #[arg(long)]
-    pub text: Option<PathBuf>,
+    /// The models' weight files (models given no file get random weights).
+    #[command(flatten)]
+    pub files: ModelFiles,
     /// HPS-style image reward (open_clip ViT-H-14 weights, e.g. HPS v2.1's).
     #[arg(long)]
     pub hps: Option<PathBuf>,
@@ -73,11 +61,11 @@ pub fn run(dev: &DeviceArgs, a: &InitArgs) -> Result<(), CliError> {
         }
         iv2.vision.tubelet_size = t;
     }
-    let of_checkpoint = |x: &Option<PathBuf>| x.clone().or_else(|| a.checkpoint.clone());
+    let [unet, vae, text] = a.files.resolved();
     let given = GivenFiles {
-        unet: of_checkpoint(&a.unet),
-        vae: of_checkpoint(&a.vae),
-        text: of_checkpoint(&a.text),
+        unet,
+        vae,
+        text,
         hps: a.hps.clone(),
         clip: a.clip.clone(),
         video_reward: a.video_reward.clone().zip(a.video_vocab.clone()),

@@ -66,6 +66,33 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// The UNet, VAE and text encoder as weight files (`sample`, `init`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelFiles {
+    /// One safetensors checkpoint holding UNet, VAE and text encoder (VideoCrafter2's key
+    /// prefixes, e.g. its `model.ckpt` converted): the three below default to it.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// UNet weights (default: --checkpoint): a teacher's, or a student's such as
+    /// T2V-Turbo-v2's, whose guidance- and motion-scale layers make it one.
+    #[arg(long)]
+    pub unet: Option<PathBuf>,
+    /// VAE weights (default: --checkpoint).
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// OpenCLIP text-encoder weights (default: --checkpoint): open_clip's ViT-H-14 or
+    /// VideoCrafter2's `cond_stage_model.`.
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+}
+
+impl ModelFiles {
+    /// (UNet, VAE, text encoder) files: each given one, else the checkpoint.
+    pub fn resolved(&self) -> [Option<PathBuf>; 3] {
+        [&self.unet, &self.vae, &self.text].map(|x| x.clone().or_else(|| self.checkpoint.clone()))
+    }
+}
+
 /// Matrix cores round the backward's operands to f16 too, without loss scaling: gradients
 /// under f16's range (~6e-8) vanish, small ones lose digits (the unet3d fixture's training
 /// step: weight gradients off by up to 100% on their smallest elements).

@@ -8,7 +8,7 @@ use std::time::Instant;
 use t2v_kernels::Gpu;
 
 use super::sample_jobs::{check_file_name, Jobs};
-use super::{CliError, DeviceArgs, WeightsDtype};
+use super::{CliError, DeviceArgs, ModelFiles, WeightsDtype};
 use crate::models::clip::{ClipConfig, TextConfig};
 use crate::models::unet3d::UnetConfig;
 use crate::models::vae::VaeConfig;
@@ -27,19 +27,8 @@ pub struct SampleArgs {
     /// How the UNet, VAE and text encoder keep their linear and conv weights on the GPU.
     #[arg(long, value_enum, default_value_t = WeightsDtype::Auto)]
     pub weights_dtype: WeightsDtype,
-    /// One safetensors checkpoint holding UNet, VAE and text encoder (VideoCrafter2 key
-    /// prefixes). Or give the three files below.
-    #[arg(long)]
-    pub checkpoint: Option<PathBuf>,
-    /// UNet weights (default: --checkpoint).
-    #[arg(long)]
-    pub unet: Option<PathBuf>,
-    /// VAE weights (default: --checkpoint).
-    #[arg(long)]
-    pub vae: Option<PathBuf>,
-    /// OpenCLIP text-encoder weights (default: --checkpoint).
-    #[arg(long)]
-    pub text: Option<PathBuf>,
+    #[command(flatten)]
+    pub files: ModelFiles,
     /// UNet config JSON (UNetModel arguments; default: VideoCrafter2 + T2V-Turbo-v2).
     #[arg(long)]
     pub unet_config: Option<PathBuf>,
@@ -371,7 +360,7 @@ fn run_settings(a: &SampleArgs, gpu: &Gpu) -> serde_json::Value {
     // f32 options as written (0.05, not 0.05000000074505806)
     let f = |x: f32| serde_json::json!(x.to_string().parse::<f64>().ok());
     let mut v = serde_json::json!({
-        "models": a.models, "checkpoint": a.checkpoint, "unet": a.unet, "vae": a.vae, "text": a.text,
+        "models": a.models, "checkpoint": a.files.checkpoint, "unet": a.files.unet, "vae": a.files.vae, "text": a.files.text,
         "unet_config": a.unet_config, "vae_config": a.vae_config, "text_config": a.text_config,
         "weights_dtype": format!("{:?}", a.weights_dtype), "matrix_cores": gpu.matrix_tile().is_some(),
         "seed": a.seed, "frames": a.frames, "height": a.height, "width": a.width, "fps": a.fps.map(f),
@@ -451,10 +440,11 @@ fn read_init_video(path: &Path, a: &SampleArgs, o: &SampleOptions) -> Result<Vec
 }
 
 fn load_from_files(gpu: &Gpu, a: &SampleArgs) -> Result<Generator, CliError> {
-    let pick = |x: &Option<PathBuf>, what: &str| -> Result<PathBuf, CliError> {
-        x.clone().or_else(|| a.checkpoint.clone()).ok_or_else(|| CliError::Check(format!("no {what} weights: give --models DIR, --checkpoint or --{what}")))
+    let [unet, vae, text] = a.files.resolved();
+    let pick = |x: Option<PathBuf>, what: &str| -> Result<PathBuf, CliError> {
+        x.ok_or_else(|| CliError::Check(format!("no {what} weights: give --models DIR, --checkpoint or --{what}")))
     };
-    let (unet, vae, text) = (pick(&a.unet, "unet")?, pick(&a.vae, "vae")?, pick(&a.text, "text")?);
+    let (unet, vae, text) = (pick(unet, "unet")?, pick(vae, "vae")?, pick(text, "text")?);
     let bad = |what: &str, p: &Path| CliError::Check(format!("{}: not a {what} config", p.display()));
     let unet_config = match &a.unet_config {
         Some(p) => UnetConfig::from_json(&json(p)?).ok_or_else(|| bad("UNet", p))?,
