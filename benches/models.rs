@@ -55,7 +55,7 @@ fn main() {
     let gpu = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).expect("a wgpu adapter");
     let cpu = gpu.is_cpu();
     let info = gpu.adapter_info().clone();
-    let gemms = gpu.matrix_tile().map_or("f32".to_string(), |t| format!("matrix cores ({t}x{t} fragments, f16 inputs)"));
+    let gemms = gpu.gemm_mode();
     println!("device: {} ({:?}, {:?}); GEMMs: {gemms}", info.name, info.backend, info.device_type);
     println!("| model | size | best ms | peak activation MiB |");
     println!("|---|---|---:|---:|");

@@ -72,7 +72,7 @@ fn main() {
     let info = gpu.adapter_info().clone();
     let preset = if cpu { Preset::Tiny } else { Preset::Videocrafter2 };
     let (ucfg, vcfg, tcfg, rcfg, shape) = preset.configs();
-    let gemms = gpu.matrix_tile().map_or("f32".to_string(), |t| format!("matrix cores ({t}x{t} fragments, f16 inputs)"));
+    let gemms = gpu.gemm_mode();
     println!("device: {} ({:?}, {:?}); GEMMs: {gemms}; models: {preset:?} (random weights), {} frames {}x{}", info.name, info.backend, info.device_type, shape.frames, shape.height, shape.width);
     println!("| operation | best s | peak MiB | ratio | baseline |");
     println!("|---|---:|---:|---:|---|");

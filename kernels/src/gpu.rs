@@ -471,6 +471,12 @@ impl Gpu {
         self.0.matrix_tile
     }
 
+    /// How the GEMMs compute, for reports: "f32", or "matrix cores (TxT fragments, f16
+    /// inputs)".
+    pub fn gemm_mode(&self) -> String {
+        self.matrix_tile().map_or("f32".to_string(), |t| format!("matrix cores ({t}x{t} fragments, f16 inputs)"))
+    }
+
     /// The subgroup size when the device has SUBGROUP and a single, fixed size >= 8.
     pub fn fixed_subgroup_size(&self) -> Option<u32> {
         let i = &self.0.info;

@@ -22,6 +22,17 @@ pub struct InfoArgs {
     pub models: Option<std::path::PathBuf>,
 }
 
+/// The parameters of tensors given as (dtype, shape), and their dtypes counted ("F16 x626").
+fn tally<'a>(tensors: impl Iterator<Item = (String, &'a [usize])>) -> (usize, String) {
+    let mut params = 0;
+    let mut dtypes = std::collections::BTreeMap::new();
+    for (dtype, shape) in tensors {
+        params += shape.iter().product::<usize>();
+        *dtypes.entry(dtype).or_insert(0usize) += 1;
+    }
+    (params, dtypes.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", "))
+}
+
 /// `info --models DIR`.
 fn describe_models(dir: &std::path::Path) -> Result<(), CliError> {
     use crate::pipeline::model_dir::{ModelDir, VideoRewardSpec};
@@ -38,13 +49,8 @@ fn describe_models(dir: &std::path::Path) -> Result<(), CliError> {
     );
     let line = |what: &str, file: &std::path::Path| -> Result<String, CliError> {
         let wf = crate::models::weights::WeightFile::open(file)?;
-        let params: usize = wf.entries().values().map(|e| e.shape.iter().product::<usize>()).sum();
-        let mut dtypes = std::collections::BTreeMap::new();
-        for e in wf.entries().values() {
-            *dtypes.entry(format!("{:?}", e.dtype)).or_insert(0usize) += 1;
-        }
+        let (params, dt) = tally(wf.entries().values().map(|e| (format!("{:?}", e.dtype), e.shape.as_slice())));
         let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-        let dt = dtypes.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", ");
         Ok(format!("  {what:<26} {:.1} M parameters, {dt}, {}: {}", params as f64 / 1e6, mib(bytes), file.display()))
     };
     let unet = &md.unet.1;
@@ -106,13 +112,9 @@ fn describe_weights(path: &std::path::Path, all: bool) -> Result<(), CliError> {
         }
         (wf.entries().iter().map(|(k, e)| (k.clone(), format!("{:?}", e.dtype), e.shape.clone())).collect(), notes)
     };
-    let total: usize = tensors.iter().map(|t| t.2.iter().product::<usize>()).sum();
-    let mut dtypes = std::collections::BTreeMap::new();
-    for t in &tensors {
-        *dtypes.entry(t.1.clone()).or_insert(0usize) += 1;
-    }
+    let (total, dtypes) = tally(tensors.iter().map(|t| (t.1.clone(), t.2.as_slice())));
     println!("{}: {} tensors, {} parameters ({:.1} M)", path.display(), tensors.len(), total, total as f64 / 1e6);
-    println!("dtypes: {}", dtypes.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "));
+    println!("dtypes: {dtypes}");
     let mut found = Vec::new();
     for (prefix, what) in MODELS {
         let (n, p): (usize, usize) = tensors.iter().filter(|t| t.0.starts_with(prefix)).fold((0, 0), |(n, p), t| (n + 1, p + t.2.iter().product::<usize>()));
@@ -192,10 +194,7 @@ pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> Result<(), CliError> {
         if enabled.is_empty() { "none".into() } else { enabled.join(", ") },
         mib(gpu.max_binding_bytes()),
         gpu.conv_path(),
-        match gpu.matrix_tile() {
-            Some(t) => format!("matrix cores, {t}x{t} fragments, f16 inputs"),
-            None => "f32".into(),
-        }
+        gpu.gemm_mode()
     );
     // Self-check: a small matmul and softmax against the host.
     let (m, k, n) = (37usize, 53usize, 29usize);

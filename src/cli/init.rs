@@ -78,11 +78,9 @@ pub fn run(dev: &DeviceArgs, a: &InitArgs) -> Result<(), CliError> {
     ensure_new_dir(&a.out, false)?;
     let gpu = Gpu::new(&dev.gpu_options(true))?;
     let dir = init_folder(&gpu, a.preset, &a.out, a.seed, if a.f16 { SaveDtype::F16 } else { SaveDtype::F32 }, iv2, &given)?;
-    let random: Vec<&str> = [("unet", given.unet.is_none()), ("vae", given.vae.is_none()), ("text", given.text.is_none()), ("hps", given.hps.is_none()), ("clip", given.clip.is_none()), ("video reward", given.video_reward.is_none())]
-        .into_iter()
-        .filter_map(|(name, random)| random.then_some(name))
-        .collect();
-    if !a.no_check && random.len() < 6 {
+    let models = [("unet", given.unet.is_none()), ("vae", given.vae.is_none()), ("text", given.text.is_none()), ("hps", given.hps.is_none()), ("clip", given.clip.is_none()), ("video reward", given.video_reward.is_none())];
+    let random: Vec<&str> = models.iter().filter_map(|&(name, random)| random.then_some(name)).collect();
+    if !a.no_check && random.len() < models.len() {
         // every model of the folder loads (the given files against the preset's configs);
         // if not, the folder is left empty again
         let check = || -> Result<(), CliError> {

@@ -223,11 +223,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// Whether `dir` exists and is not empty (or cannot be listed).
+pub fn holds_files(dir: &Path) -> bool {
+    dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true)
+}
+
 /// An output folder that must not hold anything yet (created). With `overwrite` an
 /// existing non-empty folder is accepted (files in it get replaced).
 pub fn ensure_new_dir(dir: &Path, overwrite: bool) -> Result<(), CliError> {
-    let non_empty = dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true);
-    if non_empty && !overwrite {
+    if holds_files(dir) && !overwrite {
         return Err(CliError::Check(format!("{} exists and is not empty; choose another output folder (nothing was overwritten)", dir.display())));
     }
     std::fs::create_dir_all(dir).map_err(|e| CliError::Check(format!("{}: {e}", dir.display())))

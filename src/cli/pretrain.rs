@@ -82,7 +82,7 @@ pub struct PretrainArgs {
 
 pub fn run(dev: &DeviceArgs, a: &PretrainArgs) -> Result<(), CliError> {
     let stage = a.out.join(format!("pretrain-{}", format!("{:?}", a.what).to_lowercase()));
-    let non_empty = a.out.exists() && std::fs::read_dir(&a.out).map(|mut d| d.next().is_some()).unwrap_or(true);
+    let non_empty = super::holds_files(&a.out);
     if non_empty && !a.resume {
         return Err(CliError::Check(format!("{} exists and is not empty; choose another --out, or pass --resume to continue its run", a.out.display())));
     }

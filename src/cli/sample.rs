@@ -393,8 +393,7 @@ fn run_settings(a: &SampleArgs, gpu: &Gpu) -> serde_json::Value {
 /// With `resume`, the videos the run in `out` finished (its `captions.jsonl`'s rows), after
 /// checking that its settings (`sample.json`) equal these; else none.
 fn earlier_run(out: &Path, settings: &serde_json::Value, resume: bool) -> Result<Vec<CaptionRow>, CliError> {
-    let started = out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true);
-    if !(resume && started) {
+    if !(resume && super::holds_files(out)) {
         return Ok(Vec::new());
     }
     let file = out.join("sample.json");

@@ -182,7 +182,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         return Err(CliError::Check("--reward-sample-steps applies to --reward-input sample only".into()));
     }
     let has_ckpt = !list_checkpoints(&a.out.join("checkpoints")).is_empty();
-    let non_empty = a.out.exists() && std::fs::read_dir(&a.out).map(|mut d| d.next().is_some()).unwrap_or(true);
+    let non_empty = super::holds_files(&a.out);
     match (a.resume, has_ckpt, non_empty) {
         (false, true, _) => return Err(CliError::Check(format!("{} holds a run's checkpoints; pass --resume to continue it, or choose another --out", a.out.display()))),
         (false, false, true) => return Err(CliError::Check(format!("{} exists and is not empty; choose another --out (nothing was overwritten)", a.out.display()))),

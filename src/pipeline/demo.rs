@@ -283,7 +283,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
         "{} ({:?}); GEMMs: {}",
         info.name,
         info.backend,
-        gpu.matrix_tile().map_or("f32".to_string(), |t| format!("matrix cores ({t}x{t} fragments, f16 inputs, `--matrix-cores`)"))
+        gpu.gemm_mode()
     );
     write_report(out, c, &prompts, &results, &curves, models, &stages, &seen, &device)?;
     Ok(results)

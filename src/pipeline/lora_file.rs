@@ -62,21 +62,17 @@ pub struct LoraApplied {
     pub student_layers: usize,
 }
 
-/// Adds the adapters of the file at `path`, times `strength` (1: as trained), to the
-/// weights `params` name (a UNet's, f32: [`crate::pipeline::model_dir::load_unet_file`]'s),
+/// Adds the adapters of a LoRA file ([`open_lora`]), times `strength` (1: as trained), to
+/// the weights `params` name (a UNet's, f32: [`crate::pipeline::model_dir::load_unet_file`]'s),
 /// on the device, and copies the file's student layers into theirs. Every tensor of the
 /// file must find its weight, with the shape it was trained for.
-pub fn apply_lora(params: &[(String, Tensor)], path: &Path, strength: f32) -> Result<LoraApplied> {
-    let bad = |msg: String| WeightsError::Data { path: path.display().to_string(), msg };
-    let f = open_lora(path)?;
+pub fn apply_lora(params: &[(String, Tensor)], f: &WeightFile, strength: f32) -> Result<LoraApplied> {
+    let bad = |msg: String| WeightsError::Data { path: f.path.display().to_string(), msg };
     let scale: f32 = f.metadata.get("scale").and_then(|s| s.parse().ok()).ok_or_else(|| bad("no scale in its metadata".into()))?;
     let by_name: HashMap<&str, &Tensor> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let weight = |name: &str| by_name.get(name).copied().ok_or_else(|| bad(format!("adapts {name}, which the UNet does not have (another model?)")));
     let gpu = params.first().map(|(_, t)| t.gpu().clone()).ok_or_else(|| bad("no UNet weights to apply it to".into()))?;
-    let tensor = |key: &str| -> Result<Tensor> {
-        let (shape, data) = f.host_f32(key)?;
-        Ok(Tensor::from_slice(&gpu, &shape, &data)?)
-    };
+    let tensor = |key: &str| f.tensor(&gpu, key);
     let mut applied = LoraApplied { adapters: 0, student_layers: 0 };
     // the student layers first: their adapters add to them
     for key in f.entries().keys() {

@@ -47,14 +47,18 @@ impl Generator {
         let unet = load_unet_file(gpu, f.unet, &f.unet_config, None, f.precision)?.0;
         let vae = load_vae_file(gpu, f.vae, &f.vae_config, f.precision)?;
         let text = load_text_file(gpu, f.text, &f.text_config, f.precision)?;
-        let tokenizer = ClipTokenizer::new().map_err(|e| WeightsError::Data { path: "tokenizer".into(), msg: e.to_string() })?;
-        Ok(Generator { unet, vae, text, tokenizer, schedule: Schedule::videocrafter() })
+        Generator::of(unet, vae, text)
     }
 
     /// The models of a model folder.
     pub fn from_model_dir(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir) -> Result<Generator> {
+        Generator::of(md.load_unet(gpu)?, md.load_vae(gpu)?, md.load_text(gpu)?)
+    }
+
+    /// Loaded models with the CLIP tokenizer and VideoCrafter2's schedule.
+    fn of(unet: Unet3d, vae: Vae, text: TextTower) -> Result<Generator> {
         let tokenizer = ClipTokenizer::new().map_err(|e| WeightsError::Data { path: "tokenizer".into(), msg: e.to_string() })?;
-        Ok(Generator { unet: md.load_unet(gpu)?, vae: md.load_vae(gpu)?, text: md.load_text(gpu)?, tokenizer, schedule: Schedule::videocrafter() })
+        Ok(Generator { unet, vae, text, tokenizer, schedule: Schedule::videocrafter() })
     }
 
     /// Whether the UNet is a distilled student (conditioned on the guidance scale w).
@@ -66,15 +70,16 @@ impl Generator {
     /// `strength` ([`crate::pipeline::lora_file`]): a teacher's folder and a LoRA run's
     /// `lora.safetensors` make its student. The UNet is kept in f32 (the merge writes it).
     pub fn from_model_dir_with_lora(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, lora: &Path, strength: f32) -> Result<Generator> {
-        let cond_dim = crate::pipeline::lora_file::student_cond_dim(&crate::pipeline::lora_file::open_lora(lora)?);
-        let init = match (md.is_student(), cond_dim) {
+        use crate::pipeline::lora_file::{apply_lora, open_lora, student_cond_dim};
+        let file = open_lora(lora)?;
+        let init = match (md.is_student(), student_cond_dim(&file)) {
             (true, _) => None,
             (false, Some(dim)) => Some((dim, 0)),
             (false, None) => return Err(WeightsError::Data { path: lora.display().to_string(), msg: format!("carries no student layers, and the UNet of {} is a teacher: a student's LoRA needs the student it was trained on", md.root.display()) }),
         };
         let (unet, params) = crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init, WeightPrecision::F32)?;
-        crate::pipeline::lora_file::apply_lora(&params, lora, strength)?;
-        Ok(Generator { unet, vae: md.load_vae(gpu)?, text: md.load_text(gpu)?, tokenizer: ClipTokenizer::new().map_err(|e| WeightsError::Data { path: "tokenizer".into(), msg: e.to_string() })?, schedule: Schedule::videocrafter() })
+        apply_lora(&params, &file, strength)?;
+        Generator::of(unet, md.load_vae(gpu)?, md.load_text(gpu)?)
     }
 
     /// One video (3, F, H, W) in [-1, 1] for `prompt`, with noise seeded by `opts.seed`.
@@ -162,6 +167,9 @@ impl SamplerModels<'_> {
         if b == 0 {
             return Err(WeightsError::Gpu(t2v_kernels::Error::Shape { op: "sample", msg: "no prompts to generate".into() }));
         }
+        if opts.teacher.is_none() && opts.negative_prompt.is_some() {
+            return Err(WeightsError::Data { path: "sampling options".into(), msg: NO_STUDENT_NEGATIVE.into() });
+        }
         tape.no_grad(|| -> Result<Tensor> {
             let tokenize = |p: &str| -> Result<Vec<u32>> { Ok(self.tokenizer.encode_warn(p).map_err(|e| WeightsError::Data { path: "prompt".into(), msg: e.to_string() })?.ids) };
             let ids = items.iter().map(|(p, _)| tokenize(p)).collect::<Result<Vec<_>>>()?;
@@ -216,9 +224,6 @@ impl SamplerModels<'_> {
                     ddim_sample_on(self.unet, self.schedule, &grid, &init, &context, &uncond, &fps, tc, |_| draw(), step)?
                 }
                 None => {
-                    if opts.negative_prompt.is_some() {
-                        return Err(WeightsError::Data { path: "sampling options".into(), msg: NO_STUDENT_NEGATIVE.into() });
-                    }
                     let cfg = SamplerConfig {
                         timesteps: opts.consistency_timesteps(self.schedule.len())?,
                         w: opts.w,
