@@ -13,7 +13,7 @@ use t2v_turbo::pipeline::model_dir::{init_random, ModelDir, Preset};
 use t2v_turbo::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
 use t2v_turbo::pipeline::shards::{open_dataset, open_datasets, write_shard, RecordTensors, Shard, ShardConfig};
 use t2v_turbo::pipeline::sample::SampleOptions;
-use t2v_turbo::pipeline::train::{load_run, run, LoraConfig, RewardInput, RunOptions, StepMetrics, TrainConfig, TrainError, Trainer};
+use t2v_turbo::pipeline::train::{load_run, run, LoraConfig, Replica, RewardInput, RunOptions, StepMetrics, TrainConfig, TrainError, Trainer};
 use t2v_turbo::pipeline::validation::{validate, Validation, ValidationRow};
 use t2v_turbo::world::{write_dataset, WorldConfig};
 
@@ -122,6 +122,49 @@ fn a_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
     let mut t = Trainer::new(TrainConfig { lr: 2e-4, ..config(6) }, student, &rewards, &data).unwrap();
     let e = run(&mut t, &opts(&resumed_dir, None)).unwrap_err().to_string();
     assert!(e.contains("other settings"), "{e}");
+}
+
+/// Data parallelism (`train --devices`): with a step's records shared by two devices (record
+/// k on device k mod 2) the steps are the one-device steps bit for bit, whatever the number
+/// of devices before a resume.
+#[test]
+fn two_devices_train_the_one_device_steps() {
+    let (g, md, data) = opened_fixture();
+    let cfg = TrainConfig { batch_size: 3, ..config(3) };
+    let bits = |ms: Vec<StepMetrics>| ms.iter().map(|m| (m.loss.to_bits(), m.cd_loss.to_bits(), m.image_reward.map(f32::to_bits), m.video_reward.map(f32::to_bits), m.grad_norm.to_bits())).collect::<Vec<_>>();
+    let weights = |t: &Trainer| t.student.trainable().iter().map(|w| w.to_vec().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>();
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let mut one = Trainer::new(cfg.clone(), student, &rewards, &data).unwrap();
+    let straight = bits(run(&mut one, &opts(&tmp("dp-one"), None)).unwrap());
+    assert!(straight.iter().all(|s| s.2.is_some() && s.3.is_some()), "every step should have rewarded records: {straight:?}");
+
+    // step 1 on one device, then steps 2 and 3 on two: the replica gets the checkpoint's
+    // weights, then each step's
+    let dir = tmp("dp-two");
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let mut t = Trainer::new(cfg.clone(), student, &rewards, &data).unwrap();
+    let mut steps = bits(run(&mut t, &opts(&dir, Some(1))).unwrap());
+    let g2 = gpu();
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let (student2, rewards2) = load_run(&g2, &md, &cfg, None).unwrap();
+    let mut two = Trainer::new(cfg.clone(), student, &rewards, &data).unwrap();
+    two.add_replicas(vec![Replica { student: student2, models: rewards2 }]).unwrap();
+    assert_eq!(two.device_count(), 2);
+    g2.reset_peak_memory();
+    let models_bytes = g2.memory().live_bytes;
+    steps.extend(bits(run(&mut two, &opts(&dir, None)).unwrap()));
+    assert_eq!(steps, straight);
+    assert_eq!(weights(&two), weights(&one));
+    // the second device did its share: its records' activations came on top of its models
+    assert!(g2.memory().peak_total_bytes > models_bytes + (1 << 20), "{:?} over {models_bytes}", g2.memory());
+
+    // a replica loaded otherwise is refused
+    let lora = TrainConfig { lora: Some(LoraConfig { rank: 2, alpha: 2.0 }), ..cfg.clone() };
+    let (student2, rewards2) = load_run(&g2, &md, &lora, None).unwrap();
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
+    let e = t.add_replicas(vec![Replica { student: student2, models: rewards2 }]).unwrap_err().to_string();
+    assert!(e.contains("replica 1 was not loaded like the student"), "{e}");
 }
 
 /// `--recompute` (UNet blocks and the reward frames' VAE decoding recomputed in the
@@ -432,8 +475,11 @@ fn the_commands_run_end_to_end() {
     let mut more = train.to_vec();
     more[8] = "3";
     more.push("--resume");
-    let (ok, out) = t2v(&more);
-    assert!(ok && out.contains("step 3"), "{out}");
+    let (ok, out) = t2v(&[more.as_slice(), &["--adapter", "cpu", "--devices", "cpu,cpu"]].concat());
+    assert!(!ok && out.contains("give --adapter or --devices, not both"), "{out}");
+    // step 3 on two devices (of one adapter here), the batch of 1 on the first
+    let (ok, out) = t2v(&[more.as_slice(), &["--devices", "cpu,cpu"]].concat());
+    assert!(ok && out.contains("step 3") && out.contains("data parallel on 2 devices") && out.contains("is not a multiple of 2"), "{out}");
     // the disk fills up while step 4's checkpoint is written (files limited to 2000 blocks,
     // well below the student's weights): a clear stop, step 3's checkpoint kept, no
     // partial folder left; once there is room again the run continues from step 3

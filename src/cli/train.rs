@@ -12,7 +12,7 @@ use crate::models::weights::SaveDtype;
 use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::shards::open_datasets;
 use crate::pipeline::sample::SampleOptions;
-use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, RewardInput, RunOptions, TrainConfig, Trainer};
+use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, Replica, RewardInput, RunOptions, TrainConfig, TrainError, Trainer};
 use crate::pipeline::validation::Validation;
 use crate::world::{held_out_prompts, WorldConfig};
 
@@ -35,6 +35,15 @@ pub struct TrainArgs {
     /// folder model/ at the end.
     #[arg(long)]
     pub out: PathBuf,
+    /// Train on several GPUs at once (data parallelism): adapters as `--adapter` takes them,
+    /// comma-separated, e.g. `0,1,2,3` (see `t2v-turbo info`). Each holds a copy of the
+    /// models; record k of a step runs on the k-th mod n, and the first adds the records'
+    /// gradients in record order, steps the optimizer and sends the new weights to the
+    /// others. The run is the one-GPU run with the same --batch-size (bit for bit on GPUs of
+    /// one model), n times faster at best: use a batch that is a multiple of n, and any
+    /// number of GPUs when resuming. Replaces --adapter.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub devices: Vec<String>,
     /// Storage of the student model folder's UNet written at the end (checkpoints stay f32,
     /// for exact resumption): f16 / bf16 files are half the size, and `sample` keeps them
     /// 16-bit on GPUs (--weights-dtype).
@@ -215,11 +224,27 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         seed: a.seed,
         cond_dim: 256,
     };
-    let gpu = Gpu::new(&dev.gpu_options(false))?;
+    if !a.devices.is_empty() && dev.adapter.is_some() {
+        return Err(CliError::Check("give --adapter or --devices, not both (--devices 0,1 trains on adapters 0 and 1)".into()));
+    }
+    let gpus = match a.devices.as_slice() {
+        [] => vec![Gpu::new(&dev.gpu_options(false))?],
+        list => list.iter().map(|sel| Gpu::new(&t2v_kernels::GpuOptions { adapter: Some(sel.clone()), ..dev.gpu_options(false) })).collect::<Result<Vec<_>, _>>()?,
+    };
+    let gpu = gpus[0].clone();
     super::warn_matrix_cores_in_training(&gpu);
     let md = md.with_precision(a.weights_dtype.precision(&gpu));
     let weights = (!a.reward_weights.is_empty()).then_some(a.reward_weights.as_slice());
     let (student, models) = load_run(&gpu, &md, &config, weights).map_err(|e| CliError::Check(e.to_string()))?;
+    // copies for the other devices, loaded the same way
+    let replicas = gpus[1..]
+        .iter()
+        .map(|g| {
+            let (student, models) = load_run(g, &md.clone().with_precision(a.weights_dtype.precision(g)), &config, weights)?;
+            Ok(Replica { student, models })
+        })
+        .collect::<Result<Vec<_>, TrainError>>()
+        .map_err(|e| CliError::Check(e.to_string()))?;
     let records: usize = shards.iter().map(|s| s.records.len()).sum();
     eprintln!(
         "{records} records in {} shards; student: {} parameters{}",
@@ -238,7 +263,15 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         gib(trained.iter().map(|&n| state_bytes(n, a.adam8bit)).sum()),
         if a.adam8bit { "8-bit moments" } else { "f32 moments; --adam8bit: a quarter" }
     );
+    if gpus.len() > 1 {
+        eprintln!(
+            "data parallel on {} devices (the others hold the models, no optimizer state){}",
+            gpus.len(),
+            if a.batch_size % gpus.len() == 0 { String::new() } else { format!("; warning: --batch-size {} is not a multiple of {}, some devices wait every step", a.batch_size, gpus.len()) }
+        );
+    }
     let mut trainer = Trainer::new(config, student, &models, &shards).map_err(|e| CliError::Check(e.to_string()))?;
+    trainer.add_replicas(replicas).map_err(|e| CliError::Check(e.to_string()))?;
     let validation = validation(&gpu, &md, a, trainer.grid_points())?;
     let opts = RunOptions { out: a.out.clone(), validation, checkpoint_every: a.checkpoint_every, keep_checkpoints: a.keep_checkpoints, stop_after: None, quiet: false };
     let ms = run_training(&mut trainer, &opts).map_err(|e| CliError::Check(e.to_string()))?;

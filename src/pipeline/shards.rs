@@ -106,6 +106,12 @@ impl Shard {
         Ok(Shard { path: path.to_path_buf(), config, records, file })
     }
 
+    /// The shape of record `j`'s noisy latent z_t (1, C, F, h, w), read from the header.
+    pub fn latent_shape(&self, j: usize) -> Result<Vec<usize>> {
+        let key = format!("{j}.z_t");
+        self.file.entries().get(&key).map(|e| e.shape.clone()).ok_or_else(|| bad(&self.path, format!("no tensor {key}")))
+    }
+
     /// Record `j`'s tensors on `gpu`.
     pub fn tensors(&self, gpu: &Gpu, j: usize) -> Result<RecordTensors> {
         let t = |name: &str| self.file.tensor(gpu, &format!("{j}.{name}"));

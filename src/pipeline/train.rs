@@ -328,6 +328,8 @@ pub struct Trainer<'a> {
     /// The order of one epoch (epoch, permutation of `items`), made when first needed.
     order: Option<(u64, Vec<usize>)>,
     opt: AdamW,
+    /// Copies on other devices ([`Trainer::add_replicas`]).
+    replicas: Vec<Replica>,
     pub state: TrainState,
     sched: Schedule,
     solver: DdimSolver,
@@ -365,7 +367,7 @@ impl<'a> Trainer<'a> {
             vec![ParamGroup { params: student.trainable(), lr_scale: 1.0, weight_decay: None }],
         );
         let state = TrainState { step: 0, epoch: 0, cursor: 0, rng: Gaussian::new(config.seed ^ 0x7A11).state() };
-        Ok(Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, state, sched, solver })
+        Ok(Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, replicas: vec![], state, sched, solver })
     }
 
     /// Points of the data's DDIM grid (the origin a consistency sampler of this run uses).
@@ -392,94 +394,124 @@ impl<'a> Trainer<'a> {
         item
     }
 
-    fn ids(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.models.tokenizer.encode_warn(text).map_err(|e| WeightsError::Data { path: "caption".into(), msg: e.to_string() })?.ids)
+    /// The run's fixed parts a record's work reads (shared by the devices' threads).
+    fn recipe(&self) -> Recipe<'_> {
+        Recipe { config: &self.config, sched: &self.sched, solver: &self.solver, shards: self.shards, fps: self.fps }
+    }
+
+    /// What record `item` draws from the step's stream, in the order the step draws it.
+    fn draws(&self, rng: &mut Gaussian, item: Item) -> Result<RecordDraws> {
+        let c = &self.config;
+        let shard = &self.shards[item.0];
+        let meta = &shard.records[item.1];
+        let image = c.beta_img > 0.0 && !self.models.image.is_empty();
+        let video = c.beta_vid > 0.0 && self.models.video.is_some();
+        let mut d = RecordDraws { noise: vec![], image_frames: vec![], video: None };
+        if meta.short_caption.is_none() || !(image || video) {
+            return Ok(d);
+        }
+        let shape = shard.latent_shape(item.1)?; // (1, C, F, h, w): the consistency output's
+        let (f, numel) = (shape[2], shape.iter().product::<usize>());
+        let generated = match c.reward_input {
+            RewardInput::Data => 0,
+            RewardInput::Noise => 1,
+            RewardInput::Sample => c.reward_sample_steps,
+        };
+        // the start, then the noise before each later step
+        d.noise = (0..generated).map(|_| rng.take(numel)).collect();
+        if image {
+            d.image_frames = pick_frames(rng, f, c.img_frames);
+        }
+        if video {
+            let frames = strided_frames(rng, f, c.vid_frames);
+            d.video = Some((frames, rng.uniform() as f32));
+        }
+        Ok(d)
+    }
+
+    /// Every device of the run: the student's, then the replicas'.
+    fn devices(&self) -> Vec<Gpu> {
+        std::iter::once(self.student.unet_gpu()).chain(self.replicas.iter().map(|r| r.student.unet_gpu())).collect()
+    }
+
+    /// Shares every step's records with copies of the run on other devices (data
+    /// parallelism): record k of a step runs on device k mod n (the student's is device 0),
+    /// and device 0 adds the records' gradients in record order, as one device would, then
+    /// steps the optimizer and sends the new weights to the copies. The steps are the
+    /// single-device steps — bit for bit on devices of one model, so the number of devices
+    /// may change when a run resumes. Each replica must be loaded like the student
+    /// ([`load_run`] on its device); its trainable weights are overwritten with the
+    /// student's.
+    pub fn add_replicas(&mut self, replicas: Vec<Replica>) -> std::result::Result<(), TrainError> {
+        let shapes = |s: &Student| s.trainable_names().into_iter().zip(s.trainable().iter().map(|t| t.shape().to_vec())).collect::<Vec<_>>();
+        let reward_weights = |m: &RewardModels| m.image.iter().map(|r| r.1).collect::<Vec<f32>>();
+        for (i, r) in replicas.iter().enumerate() {
+            if shapes(&r.student) != shapes(&self.student) {
+                return Err(TrainError::Setup(format!("replica {} was not loaded like the student: its trainable weights differ", i + 1)));
+            }
+            if reward_weights(&r.models) != reward_weights(self.models) || r.models.video.is_some() != self.models.video.is_some() {
+                return Err(TrainError::Setup(format!("replica {} was not loaded like the student: its reward models differ", i + 1)));
+            }
+        }
+        self.replicas.extend(replicas);
+        self.sync_replicas()?;
+        Ok(())
+    }
+
+    /// The number of devices the steps run on.
+    pub fn device_count(&self) -> usize {
+        1 + self.replicas.len()
+    }
+
+    /// Copies the student's trainable weights to every replica.
+    fn sync_replicas(&self) -> Result<()> {
+        if self.replicas.is_empty() {
+            return Ok(());
+        }
+        for (k, t) in self.student.trainable().iter().enumerate() {
+            let data = t.to_vec()?;
+            for r in &self.replicas {
+                r.student.trainable()[k].write(&data)?;
+            }
+        }
+        Ok(())
     }
 
     /// One optimizer step over `batch_size` records.
     pub fn step(&mut self) -> std::result::Result<StepMetrics, TrainError> {
         let t0 = Instant::now();
-        let gpu = self.student.unet_gpu();
-        gpu.reset_peak_memory();
+        let devices = self.devices();
+        for d in &devices {
+            d.reset_peak_memory();
+        }
         let b = self.config.batch_size;
         let mut rng = Gaussian::from_state(self.state.rng);
-        let mut acc: Option<Vec<Tensor>> = None;
-        let (mut loss_sum, mut cd_sum) = (0f32, 0f32);
-        let (mut img_vals, mut vid_vals) = (Vec::new(), Vec::new());
+        let mut jobs = Vec::with_capacity(b);
         for _ in 0..b {
-            let (mut img_k, mut vid_k) = (None, None);
-            let (s, j) = self.next_item();
-            let shard = &self.shards[s];
-            let meta = &shard.records[j];
-            let rec = shard.tensors(&gpu, j)?;
-            let tape = Tape::new();
-            let leaves = self.student.attach(&tape)?;
-            let sample = CdSample {
-                z_t: &rec.z_t,
-                index: meta.index,
-                cond_eps: &rec.cond_eps,
-                uncond_eps: &rec.uncond_eps,
-                score: rec.score.as_ref(),
-                use_motion: self.config.use_motion,
-                w: meta.w,
-                motion_gs: self.config.motion_gs,
-                motion_percentage: self.config.motion_percentage,
-                noise_factor: if self.config.noise_factor_paper { NoiseFactor::Paper } else { NoiseFactor::Code },
-                context: &rec.context,
-                fps: &[self.fps],
-            };
-            let out = consistency_loss(&self.student.unet, &self.sched, &self.solver, &tape, &sample, self.config.huber_c)?;
-            let mut total = out.loss.clone();
-            let mut probes = vec![out.loss.value().clone()];
-            if let Some(short) = meta.short_caption.as_deref().filter(|_| self.config.beta_img > 0.0 || self.config.beta_vid > 0.0) {
-                let pred = match self.config.reward_input {
-                    RewardInput::Data => out.model_pred.clone(),
-                    RewardInput::Noise => self.generation_from_noise(&tape, &mut rng, &rec.z_t, &rec.context, meta.w, 1)?,
-                    RewardInput::Sample => self.generation_from_noise(&tape, &mut rng, &rec.z_t, &rec.context, meta.w, self.config.reward_sample_steps)?,
-                };
-                let f = pred.shape()[2];
-                if self.config.beta_img > 0.0 && !self.models.image.is_empty() {
-                    let frames = pick_frames(&mut rng, f, self.config.img_frames);
-                    let images = self.decode_frames(&pred, &frames)?; // (M, 3, H, W)
-                    let ids = vec![self.ids(short)?; frames.len()];
-                    let r = self.models.image_reward(&images, &ids)?.expect("at least one image reward");
-                    total = ad::axpby(&total, 1.0, &r, -self.config.beta_img)?;
-                    probes.push(r.value().clone());
-                    img_k = Some(probes.len() - 1);
-                }
-                if let (true, Some(model)) = (self.config.beta_vid > 0.0, &self.models.video) {
-                    let frames = strided_frames(&mut rng, f, self.config.vid_frames);
-                    let images = self.decode_frames(&pred, &frames)?; // (n, 3, H, W)
-                    let s = images.shape().to_vec();
-                    let video = ad::permute(&ad::reshape(&images, &[1, s[0], s[1], s[2], s[3]])?, &[0, 2, 1, 3, 4])?;
-                    let r = ad::mean_all(&model.score(&video, &[meta.caption.as_str()], rng.uniform() as f32)?)?;
-                    total = ad::axpby(&total, 1.0, &r, -self.config.beta_vid)?;
-                    probes.push(r.value().clone());
-                    vid_k = Some(probes.len() - 1);
-                }
-            }
-            let grads = tape.backward(&ad::scale(&total, 1.0 / b as f32)?)?;
-            let g = self.student.grads(&tape, &grads, &leaves)?;
-            acc = Some(match acc {
-                None => g,
-                Some(a) => a.iter().zip(&g).map(|(x, y)| t2v_kernels::ops::add(x, y)).collect::<t2v_kernels::Result<_>>()?,
+            let item = self.next_item();
+            jobs.push((item, self.draws(&mut rng, item)?));
+        }
+        let recipe = self.recipe();
+        let mut acc: Option<Vec<Tensor>> = None;
+        let mut values = Vec::with_capacity(b);
+        let mut add = |r: RecordGrads| -> Result<()> {
+            acc = Some(match acc.take() {
+                None => r.grads,
+                Some(a) => a.iter().zip(&r.grads).map(|(x, y)| t2v_kernels::ops::add(x, y)).collect::<t2v_kernels::Result<_>>()?,
             });
-            // one readback per record: the loss and the rewards
-            let vals = t2v_kernels::ops::concat(&probes.iter().map(|p| p.reshape(&[1])).collect::<t2v_kernels::Result<Vec<_>>>()?.iter().collect::<Vec<_>>(), 0)?.to_vec()?;
-            cd_sum += vals[0];
-            let mut total_v = vals[0];
-            if let Some(k) = img_k {
-                total_v -= self.config.beta_img * vals[k];
-                img_vals.push(vals[k]);
+            values.push(r.values);
+            Ok(())
+        };
+        if self.replicas.is_empty() {
+            for (item, draws) in &jobs {
+                add(recipe.record(&self.student, self.models, *item, draws, b)?)?;
             }
-            if let Some(k) = vid_k {
-                total_v -= self.config.beta_vid * vals[k];
-                vid_vals.push(vals[k]);
-            }
-            loss_sum += total_v;
+        } else {
+            data_parallel(&recipe, (&self.student, self.models), &self.replicas, &jobs, &mut add)?;
         }
         let grads = acc.expect("batch of at least one");
-        let (loss, cd_loss) = (loss_sum / b as f32, cd_sum / b as f32);
+        let loss_sum: f32 = values.iter().map(|v| v.cd - self.config.beta_img * v.image_reward.unwrap_or(0.0) - self.config.beta_vid * v.video_reward.unwrap_or(0.0)).sum();
+        let (loss, cd_loss) = (loss_sum / b as f32, values.iter().map(|v| v.cd).sum::<f32>() / b as f32);
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step: self.state.step + 1, what: format!("loss {loss}"), checkpoint: String::new() });
         }
@@ -491,51 +523,190 @@ impl<'a> Trainer<'a> {
         if !grad_norm.is_finite() {
             return Err(TrainError::NonFinite { step: self.state.step + 1, what: format!("gradient norm {grad_norm}"), checkpoint: String::new() });
         }
+        self.sync_replicas()?;
         self.state.rng = rng.state();
         self.state.step += 1;
-        let mean = |v: &[f32]| (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32);
-        let (image_reward, video_reward) = (mean(&img_vals), mean(&vid_vals));
-        Ok(StepMetrics {
-            step: self.state.step,
-            loss,
-            cd_loss,
-            image_reward,
-            video_reward,
-            grad_norm,
-            lr: self.config.lr,
-            seconds: t0.elapsed().as_secs_f32(),
-            peak_gpu_mib: gpu.memory().peak_total_bytes as f32 / 1048576.0,
-        })
+        let mean = |v: Vec<f32>| (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32);
+        let image_reward = mean(values.iter().filter_map(|v| v.image_reward).collect());
+        let video_reward = mean(values.iter().filter_map(|v| v.video_reward).collect());
+        let peak = devices.iter().map(|d| d.memory().peak_total_bytes).max().unwrap_or(0);
+        Ok(StepMetrics { step: self.state.step, loss, cd_loss, image_reward, video_reward, grad_norm, lr: self.config.lr, seconds: t0.elapsed().as_secs_f32(), peak_gpu_mib: peak as f32 / 1048576.0 })
+    }
+}
+
+/// A copy of the student and the frozen models on another device ([`Trainer::add_replicas`]).
+pub struct Replica {
+    pub student: Student,
+    pub models: RewardModels,
+}
+
+/// What one record of a step draws from the run's stream. The step draws them for all its
+/// records, in record order, before any record runs, so that a record's work depends on
+/// nothing but its inputs, whichever device runs it.
+struct RecordDraws {
+    /// The noise of the student's generation ([`RewardInput::Noise`], [`RewardInput::Sample`]):
+    /// the start, then the noise before each later step; empty otherwise.
+    noise: Vec<Vec<f32>>,
+    /// Decoded frames for the image rewards (empty: no image reward).
+    image_frames: Vec<usize>,
+    /// Frames for the video reward and where its crop goes.
+    video: Option<(Vec<usize>, f32)>,
+}
+
+/// The losses one record adds to a step.
+struct RecordValues {
+    cd: f32,
+    image_reward: Option<f32>,
+    video_reward: Option<f32>,
+}
+
+/// One record's gradients of the trainable tensors (already divided by the batch size) and values.
+struct RecordGrads {
+    grads: Vec<Tensor>,
+    values: RecordValues,
+}
+
+/// The parts of a run a record's work reads besides the models.
+struct Recipe<'t> {
+    config: &'t TrainConfig,
+    sched: &'t Schedule,
+    solver: &'t DdimSolver,
+    shards: &'t [Shard],
+    fps: f32,
+}
+
+impl Recipe<'_> {
+    /// The forward, rewards and backward of record `item` of a `b`-record step, on the
+    /// device of `student` and `models`.
+    fn record(&self, student: &Student, models: &RewardModels, item: Item, draws: &RecordDraws, b: usize) -> Result<RecordGrads> {
+        let gpu = student.unet_gpu();
+        let c = self.config;
+        let shard = &self.shards[item.0];
+        let meta = &shard.records[item.1];
+        let rec = shard.tensors(&gpu, item.1)?;
+        let tape = Tape::new();
+        let leaves = student.attach(&tape)?;
+        let sample = CdSample {
+            z_t: &rec.z_t,
+            index: meta.index,
+            cond_eps: &rec.cond_eps,
+            uncond_eps: &rec.uncond_eps,
+            score: rec.score.as_ref(),
+            use_motion: c.use_motion,
+            w: meta.w,
+            motion_gs: c.motion_gs,
+            motion_percentage: c.motion_percentage,
+            noise_factor: if c.noise_factor_paper { NoiseFactor::Paper } else { NoiseFactor::Code },
+            context: &rec.context,
+            fps: &[self.fps],
+        };
+        let out = consistency_loss(&student.unet, self.sched, self.solver, &tape, &sample, c.huber_c)?;
+        let mut total = out.loss.clone();
+        let mut probes = vec![out.loss.value().clone()];
+        let (mut img_k, mut vid_k) = (None, None);
+        if !draws.image_frames.is_empty() || draws.video.is_some() {
+            let short = meta.short_caption.as_deref().expect("rewards are drawn for records with a short caption");
+            let pred = match draws.noise.len() {
+                0 => out.model_pred.clone(),
+                _ => self.generation_from_noise(student, &tape, &draws.noise, &rec.z_t, &rec.context, meta.w)?,
+            };
+            if !draws.image_frames.is_empty() {
+                let images = self.decode_frames(models, &pred, &draws.image_frames)?; // (M, 3, H, W)
+                let ids = vec![models.tokenizer.encode_warn(short).map_err(|e| WeightsError::Data { path: "caption".into(), msg: e.to_string() })?.ids; draws.image_frames.len()];
+                let r = models.image_reward(&images, &ids)?.expect("at least one image reward");
+                total = ad::axpby(&total, 1.0, &r, -c.beta_img)?;
+                probes.push(r.value().clone());
+                img_k = Some(probes.len() - 1);
+            }
+            if let (Some((frames, crop_at)), Some(model)) = (&draws.video, &models.video) {
+                let images = self.decode_frames(models, &pred, frames)?; // (n, 3, H, W)
+                let s = images.shape().to_vec();
+                let video = ad::permute(&ad::reshape(&images, &[1, s[0], s[1], s[2], s[3]])?, &[0, 2, 1, 3, 4])?;
+                let r = ad::mean_all(&model.score(&video, &[meta.caption.as_str()], *crop_at)?)?;
+                total = ad::axpby(&total, 1.0, &r, -c.beta_vid)?;
+                probes.push(r.value().clone());
+                vid_k = Some(probes.len() - 1);
+            }
+        }
+        let grads = tape.backward(&ad::scale(&total, 1.0 / b as f32)?)?;
+        let grads = student.grads(&tape, &grads, &leaves)?;
+        // one readback per record: the loss and the rewards
+        let vals = t2v_kernels::ops::concat(&probes.iter().map(|p| p.reshape(&[1])).collect::<t2v_kernels::Result<Vec<_>>>()?.iter().collect::<Vec<_>>(), 0)?.to_vec()?;
+        Ok(RecordGrads { grads, values: RecordValues { cd: vals[0], image_reward: img_k.map(|k| vals[k]), video_reward: vid_k.map(|k| vals[k]) } })
     }
 
-    /// The student's `steps`-step consistency sample from fresh noise shaped like `like`,
-    /// from the top of the grid (1 step: the sampler's first), on `tape` — gradients flow
-    /// through every step (for [`RewardInput::Noise`] and [`RewardInput::Sample`]).
-    fn generation_from_noise(&self, tape: &Tape, rng: &mut Gaussian, like: &Tensor, context: &Tensor, w: f32, steps: usize) -> Result<Var> {
-        let fresh = |rng: &mut Gaussian| Tensor::from_slice(like.gpu(), like.shape(), &rng.take(like.numel()));
-        let noise = fresh(rng)?;
+    /// The student's consistency sample from `noise` (the start, then one per later step;
+    /// 1 step: the sampler's first), shaped like `like`, from the top of the grid, on
+    /// `tape` — gradients flow through every step (for [`RewardInput::Noise`] and
+    /// [`RewardInput::Sample`]).
+    fn generation_from_noise(&self, student: &Student, tape: &Tape, noise: &[Vec<f32>], like: &Tensor, context: &Tensor, w: f32) -> Result<Var> {
+        let upload = |i: usize| Tensor::from_slice(like.gpu(), like.shape(), &noise[i]);
         let cfg = SamplerConfig {
-            timesteps: consistency_timesteps(self.sched.len(), self.solver.grid.len(), steps),
+            timesteps: consistency_timesteps(self.sched.len(), self.solver.grid.len(), noise.len()),
             w,
             motion_scale: if self.config.use_motion { self.config.motion_gs } else { 0.0 },
             motion_percentage: self.config.motion_percentage,
         };
-        let out = consistency_sample(&self.student.unet, &self.sched, &tape.constant(noise), &tape.constant(context.clone()), &[self.fps], &cfg, |_| Ok(fresh(rng)?), || Ok(()))?;
+        let out = consistency_sample(&student.unet, self.sched, &tape.constant(upload(0)?), &tape.constant(context.clone()), &[self.fps], &cfg, |i| Ok(upload(i + 1)?), || Ok(()))?;
         Ok(out.into_iter().last().expect("at least one step"))
     }
 
     /// Decodes frames `idx` of the consistency output (1, C, F, h, w) -> (n, 3, H, W).
-    fn decode_frames(&self, pred: &Var, idx: &[usize]) -> Result<Var> {
+    fn decode_frames(&self, models: &RewardModels, pred: &Var, idx: &[usize]) -> Result<Var> {
         let parts = idx.iter().map(|&i| ad::slice(pred, 2, i, 1)).collect::<t2v_kernels::Result<Vec<_>>>()?;
         let refs: Vec<&Var> = parts.iter().collect();
         let sel = ad::concat(&refs, 2)?; // (1, C, n, h, w)
         let s = sel.shape().to_vec();
         let lat = ad::reshape(&ad::permute(&sel, &[0, 2, 1, 3, 4])?, &[s[2], s[1], s[3], s[4]])?;
         if self.config.recompute {
-            return self.models.vae.decode_checkpointed(&lat);
+            return models.vae.decode_checkpointed(&lat);
         }
-        self.models.vae.decode(&lat)
+        models.vae.decode(&lat)
     }
+}
+
+/// Runs a step's records on the student's device and the replicas' (record k on device
+/// k mod n, one thread per replica) and hands their gradients to `add` on device 0 in
+/// record order. A replica's gradients come through host memory, at most one record's
+/// waiting per replica.
+fn data_parallel(recipe: &Recipe, main: (&Student, &RewardModels), replicas: &[Replica], jobs: &[(Item, RecordDraws)], add: &mut dyn FnMut(RecordGrads) -> Result<()>) -> Result<()> {
+    let n = replicas.len() + 1;
+    let b = jobs.len();
+    let gpu = main.0.unet_gpu();
+    let shapes: Vec<Vec<usize>> = main.0.trainable().iter().map(|t| t.shape().to_vec()).collect();
+    type Sent = Result<(Vec<Vec<f32>>, RecordValues)>;
+    std::thread::scope(|s| -> Result<()> {
+        let mut inboxes = Vec::new();
+        for (r, replica) in replicas.iter().enumerate() {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Sent>(1);
+            inboxes.push(rx);
+            s.spawn(move || {
+                for (item, draws) in jobs.iter().skip(r + 1).step_by(n) {
+                    let sent = recipe.record(&replica.student, &replica.models, *item, draws, b).and_then(|g| {
+                        let host = g.grads.iter().map(|t| t.to_vec()).collect::<t2v_kernels::Result<Vec<_>>>()?;
+                        Ok((host, g.values))
+                    });
+                    let failed = sent.is_err();
+                    // a closed inbox: device 0 stopped the step
+                    if tx.send(sent).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+        }
+        for (k, (item, draws)) in jobs.iter().enumerate() {
+            let g = match k % n {
+                0 => recipe.record(main.0, main.1, *item, draws, b)?,
+                r => {
+                    let (host, values) = inboxes[r - 1].recv().map_err(|_| WeightsError::Data { path: format!("training device {r}"), msg: "its thread stopped".into() })??;
+                    let grads = host.iter().zip(&shapes).map(|(h, s)| Tensor::from_slice(&gpu, s, h)).collect::<t2v_kernels::Result<Vec<_>>>()?;
+                    RecordGrads { grads, values }
+                }
+            };
+            add(g)?;
+        }
+        Ok(())
+    })
 }
 
 /// `m` distinct random frames of `f`, ascending.
@@ -612,6 +783,7 @@ impl Trainer<'_> {
             t.write(&data)?;
         }
         self.opt.load(&ckpt.join("optimizer.safetensors"))?;
+        self.sync_replicas()?;
         self.state = state;
         Ok(())
     }

@@ -57,7 +57,7 @@ pub(crate) fn diagonal(m: &Var, n: usize) -> Result<Var> {
 }
 
 /// A video-text reward: videos (B, 3, F, H, W) in [-1, 1] and one prompt each -> (B,).
-pub trait VideoTextReward {
+pub trait VideoTextReward: Send + Sync {
     /// `crop_at` in [0, 1] places the square crop of a model that crops non-square frames
     /// (0.5: centre; training draws it uniformly, like the reference's RandomCrop).
     fn score(&self, video: &Var, prompts: &[&str], crop_at: f32) -> Result<Var>;
