@@ -550,11 +550,13 @@ fn the_commands_run_end_to_end() {
     assert!(ok && out.contains("nothing generated"), "{out}");
     let (ok, out) = t2v(&[&more[..], &["--steps", "2"]].concat());
     assert!(!ok && out.contains("made with other options") && out.contains("steps: 4 then, 2 now"), "{out}");
-    // VBench's file names: the whole prompt and its video's number among that prompt's
-    let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "a red circle moving left", "--prompt", "a red circle moving left", "--names", "vbench", "--out", &p("vbench")]);
-    assert!(ok && out.contains("VBench reads MP4 files"), "{out}");
+    // VBench's file names: the whole prompt and its video's number among that prompt's;
+    // on two devices (of one adapter here), a batch on each, the one-device videos
+    let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "a red circle moving left", "--prompt", "a red circle moving left", "--names", "vbench", "--out", &p("vbench"), "--devices", "cpu,cpu"]);
+    assert!(ok && out.contains("VBench reads MP4 files") && out.contains("in a batch of 1, 2 batches on 2 devices at once"), "{out}");
     let frame = |dir: &str, name: &str| std::fs::read(d.join(dir).join(name).join("frame_005.png")).unwrap();
     assert_eq!(frame("vbench", "a red circle moving left-0"), frame("videos", "000_a_red_circle_moving_left"));
+    assert_eq!(frame("vbench", "a red circle moving left-1"), frame("streamed", "001_a_red_circle_moving_left"));
     assert!(d.join("vbench/a red circle moving left-1.gif").exists());
     let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "left/right", "--names", "vbench", "--out", &p("vbench-bad")]);
     assert!(!ok && out.contains("cannot be a file name"), "{out}");

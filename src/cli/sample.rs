@@ -14,7 +14,7 @@ use crate::models::unet3d::UnetConfig;
 use crate::models::vae::VaeConfig;
 use crate::pipeline::sample::{Generator, GeneratorFiles, InitVideo, SampleOptions};
 use crate::pipeline::captions::{read_captions, CaptionRow};
-use crate::pipeline::model_dir::ModelDir;
+use crate::pipeline::model_dir::{ModelDir, VideoShape};
 use crate::pipeline::progress::Progress;
 use crate::pipeline::video_io::{read_image, read_video, write_frames, write_gif, write_mp4, Frames};
 
@@ -120,6 +120,12 @@ pub struct SampleArgs {
     /// and may keep a large GPU less busy. Default: as many as one GPU binding holds.
     #[arg(long)]
     pub vae_frames_per_pass: Option<usize>,
+    /// Sample on several GPUs at once: adapters as `--adapter` takes them, comma-separated,
+    /// e.g. `0,1` (see `t2v-turbo info`). Each loads the models and generates every n-th
+    /// batch; the videos are the one-GPU run's (each depends only on its number). Prompts
+    /// read from standard input use the first. Replaces --adapter.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub devices: Vec<String>,
     /// Print a table of GPU time per kernel (all batches) at the end.
     #[arg(long)]
     pub profile: bool,
@@ -202,43 +208,29 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     if !a.resume {
         super::ensure_new_dir(&a.out, a.overwrite).map_err(|e| CliError::Check(format!("{e}, or pass --overwrite (or --resume to continue the run there)")))?;
     }
-    let gpu = Gpu::new(&dev.gpu_options(false))?;
+    if !a.devices.is_empty() && dev.adapter.is_some() {
+        return Err(CliError::Check("give --adapter or --devices, not both (--devices 0,1 samples on adapters 0 and 1)".into()));
+    }
+    let gpus = match a.devices.as_slice() {
+        [] => vec![Gpu::new(&dev.gpu_options(false))?],
+        list => list.iter().map(|sel| Gpu::new(&t2v_kernels::GpuOptions { adapter: Some(sel.clone()), ..dev.gpu_options(false) })).collect::<Result<Vec<_>, _>>()?,
+    };
+    let gpu = &gpus[0];
     // what the videos depend on, checked against an interrupted run's before continuing it
-    let settings = run_settings(a, &gpu);
+    let settings = run_settings(a, gpu);
     let earlier = earlier_run(&a.out, &settings, a.resume)?;
     let t0 = Instant::now();
-    let (generator, shape) = match &a.models {
-        Some(dir) => {
-            let md = ModelDir::read(dir)?.with_precision(a.weights_dtype.precision(&gpu));
-            // teacher or student: known from the folder, or with a LoRA once it is added
-            let refuse = |student: bool| -> Result<(), CliError> {
-                if a.teacher != student {
-                    return Ok(());
-                }
-                let with = if a.lora.is_some() { " with the --lora file" } else { "" };
-                Err(CliError::Check(if a.teacher {
-                    format!("--teacher needs a teacher UNet; the one in {}{with} is a distilled student (drop --teacher)", dir.display())
-                } else {
-                    format!("the UNet in {}{with} is a teacher (no guidance-scale conditioning); sample it with --teacher, or distill a student with `t2v-turbo train`", dir.display())
-                }))
-            };
-            let generator = match &a.lora {
-                Some(lora) => Generator::from_model_dir_with_lora(&gpu, &md, lora, a.lora_strength)?,
-                None => {
-                    refuse(md.is_student())?;
-                    Generator::from_model_dir(&gpu, &md)?
-                }
-            };
-            refuse(generator.is_student())?;
-            (generator, Some(md.video))
-        }
-        None if a.lora.is_some() => return Err(CliError::Check("--lora needs --models (the folder of the model the LoRA run trained)".into())),
-        None => (load_from_files(&gpu, a)?, None),
-    };
-    let generator = match a.vae_frames_per_pass {
-        Some(n) => Generator { vae: generator.vae.with_images_per_pass(n), ..generator },
-        None => generator,
-    };
+    let mut generators = Vec::with_capacity(gpus.len());
+    let mut shape = None;
+    for gpu in &gpus {
+        let (generator, s) = load_generator(gpu, a)?;
+        shape = s;
+        generators.push(match a.vae_frames_per_pass {
+            Some(n) => Generator { vae: generator.vae.with_images_per_pass(n), ..generator },
+            None => generator,
+        });
+    }
+    let generator = &generators[0];
     eprintln!("loaded models in {:.1} s", t0.elapsed().as_secs_f64());
     let frames_n = a.frames.or(shape.map(|s| s.frames)).unwrap_or(16);
     let height = a.height.or(shape.map(|s| s.height)).unwrap_or(320);
@@ -278,7 +270,9 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     }
     let mut mp4 = !a.no_mp4;
     if a.profile {
-        gpu.set_profiling(true)?;
+        for g in &gpus {
+            g.set_profiling(true)?;
+        }
     }
     let mut jobs = Jobs::new(a, &prompts, streamed, earlier);
     if jobs.kept() > 0 {
@@ -287,59 +281,94 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     // the whole run's steps when the prompts are known, else each batch's
     let mut progress = (!streamed).then(|| Progress::new("sample", jobs.pending().div_ceil(a.batch) * opts.sampling_steps()));
     let mut generated = 0;
-    while let Some(batch) = jobs.next_batch()? {
-        gpu.reset_peak_memory();
-        let t = Instant::now();
-        let items: Vec<(&str, u64)> = batch.iter().map(|j| (j.prompt.as_str(), a.seed + j.index as u64)).collect();
-        let bar = progress.get_or_insert_with(|| Progress::new("sample", opts.sampling_steps()));
-        let videos = generator.generate_batch_observed(&items, &opts, &mut |_| {
-            bar.advance(1, "steps");
-            ControlFlow::Continue(())
-        })?;
-        let secs = t.elapsed().as_secs_f64() / batch.len() as f64;
-        let mem = gpu.memory();
-        let (peak, at_once) = (mem.peak_total_bytes as f64 / 1048576.0, mem.peak_live_bytes as f64 / 1048576.0);
-        for (job, video) in batch.iter().zip(&videos) {
-            let frames = Frames::from_chw(video, frames_n, height, width);
-            let dir = a.out.join(&job.name);
-            write_frames(&dir, &frames).map_err(|e| CliError::Check(e.to_string()))?;
-            let gif = a.out.join(format!("{}.gif", job.name));
-            write_gif(&gif, &frames, fps).map_err(|e| CliError::Check(e.to_string()))?;
-            if mp4 {
-                if let Err(e) = write_mp4(&a.out.join(format!("{}.mp4", job.name)), &dir, fps) {
-                    let vbench = if a.names == FileNames::Vbench { "; VBench reads MP4 files: install ffmpeg, or convert the GIFs" } else { "" };
-                    eprintln!("note: no MP4 files ({e}){vbench}");
-                    mp4 = false;
-                }
+    loop {
+        // a batch for each device (streamed prompts: one batch, written as soon as it is done)
+        let mut round = Vec::new();
+        while round.len() < generators.len() {
+            match jobs.next_batch()? {
+                Some(batch) => round.push(batch),
+                None => break,
             }
-            jobs.finished(job);
-            generated += 1;
-            println!(
-                "{} ({} {} steps{}, {:.2} s per video in a batch of {}, peak GPU memory {:.0} MiB, {:.0} MiB of it in tensors at once): {:?}",
-                gif.display(),
-                opts.sampling_steps(),
-                if a.teacher { "teacher DDIM" } else { "consistency" },
-                if opts.init.is_some() { format!(" from the input video, strength {}", a.strength) } else { String::new() },
-                secs,
-                batch.len(),
-                peak,
-                at_once,
-                job.prompt
-            );
+            if streamed {
+                break;
+            }
+        }
+        if round.is_empty() {
+            break;
+        }
+        for g in &gpus {
+            g.reset_peak_memory();
+        }
+        let t = Instant::now();
+        let bar = std::sync::Mutex::new(progress.take().unwrap_or_else(|| Progress::new("sample", opts.sampling_steps())));
+        let results: Vec<Result<Vec<Vec<f32>>, CliError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = round
+                .iter()
+                .zip(&generators)
+                .map(|(batch, generator)| {
+                    let (bar, opts) = (&bar, &opts);
+                    s.spawn(move || {
+                        let items: Vec<(&str, u64)> = batch.iter().map(|j| (j.prompt.as_str(), a.seed + j.index as u64)).collect();
+                        Ok(generator.generate_batch_observed(&items, opts, &mut |_| {
+                            bar.lock().expect("progress").advance(1, "steps");
+                            ControlFlow::Continue(())
+                        })?)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("a generation thread panicked")).collect()
+        });
+        progress = (!streamed).then(|| bar.into_inner().expect("progress"));
+        let in_round: usize = round.iter().map(Vec::len).sum();
+        let secs = t.elapsed().as_secs_f64() / in_round as f64;
+        let (peak, at_once) = gpus.iter().map(|g| g.memory()).fold((0f64, 0f64), |(p, o), m| (p.max(m.peak_total_bytes as f64 / 1048576.0), o.max(m.peak_live_bytes as f64 / 1048576.0)));
+        for (batch, videos) in round.iter().zip(results) {
+            let videos = videos?;
+            for (job, video) in batch.iter().zip(&videos) {
+                let frames = Frames::from_chw(video, frames_n, height, width);
+                let dir = a.out.join(&job.name);
+                write_frames(&dir, &frames).map_err(|e| CliError::Check(e.to_string()))?;
+                let gif = a.out.join(format!("{}.gif", job.name));
+                write_gif(&gif, &frames, fps).map_err(|e| CliError::Check(e.to_string()))?;
+                if mp4 {
+                    if let Err(e) = write_mp4(&a.out.join(format!("{}.mp4", job.name)), &dir, fps) {
+                        let vbench = if a.names == FileNames::Vbench { "; VBench reads MP4 files: install ffmpeg, or convert the GIFs" } else { "" };
+                        eprintln!("note: no MP4 files ({e}){vbench}");
+                        mp4 = false;
+                    }
+                }
+                jobs.finished(job);
+                generated += 1;
+                println!(
+                    "{} ({} {} steps{}, {:.2} s per video in a batch of {}{}, peak GPU memory {:.0} MiB, {:.0} MiB of it in tensors at once): {:?}",
+                    gif.display(),
+                    opts.sampling_steps(),
+                    if a.teacher { "teacher DDIM" } else { "consistency" },
+                    if opts.init.is_some() { format!(" from the input video, strength {}", a.strength) } else { String::new() },
+                    secs,
+                    batch.len(),
+                    if round.len() > 1 { format!(", {} batches on {} devices at once", round.len(), round.len()) } else { String::new() },
+                    peak,
+                    at_once,
+                    job.prompt
+                );
+            }
         }
         // the videos written so far with their prompts, in the format `t2v-turbo eval`
         // reads; a resumed run keeps the ones listed
         jobs.write_captions(&a.out)?;
-        if streamed {
-            progress = None;
-        }
     }
     if generated == 0 {
         eprintln!("{}", if jobs.any() { "every video was there already: nothing generated" } else { "no prompt read from standard input: nothing generated" });
         jobs.write_captions(&a.out)?;
     }
     if a.profile {
-        eprintln!("{}", gpu.profile_table()?);
+        for (i, g) in gpus.iter().enumerate() {
+            if gpus.len() > 1 {
+                eprintln!("device {i}:");
+            }
+            eprintln!("{}", g.profile_table()?);
+        }
     }
     Ok(())
 }
@@ -436,6 +465,39 @@ fn read_init_video(path: &Path, a: &SampleArgs, o: &SampleOptions) -> Result<Vec
         return Err(CliError::Check(format!("--init-video {}: {} frames, {} needed (lower --frames, or give a longer video)", path.display(), video.frames.len(), o.frames)));
     }
     Ok(video.to_model_input(o.height, o.width))
+}
+
+/// The generator of the models the options name, on `gpu`, and the video shape of a model
+/// folder.
+fn load_generator(gpu: &Gpu, a: &SampleArgs) -> Result<(Generator, Option<VideoShape>), CliError> {
+    Ok(match &a.models {
+        Some(dir) => {
+            let md = ModelDir::read(dir)?.with_precision(a.weights_dtype.precision(gpu));
+            // teacher or student: known from the folder, or with a LoRA once it is added
+            let refuse = |student: bool| -> Result<(), CliError> {
+                if a.teacher != student {
+                    return Ok(());
+                }
+                let with = if a.lora.is_some() { " with the --lora file" } else { "" };
+                Err(CliError::Check(if a.teacher {
+                    format!("--teacher needs a teacher UNet; the one in {}{with} is a distilled student (drop --teacher)", dir.display())
+                } else {
+                    format!("the UNet in {}{with} is a teacher (no guidance-scale conditioning); sample it with --teacher, or distill a student with `t2v-turbo train`", dir.display())
+                }))
+            };
+            let generator = match &a.lora {
+                Some(lora) => Generator::from_model_dir_with_lora(gpu, &md, lora, a.lora_strength)?,
+                None => {
+                    refuse(md.is_student())?;
+                    Generator::from_model_dir(gpu, &md)?
+                }
+            };
+            refuse(generator.is_student())?;
+            (generator, Some(md.video))
+        }
+        None if a.lora.is_some() => return Err(CliError::Check("--lora needs --models (the folder of the model the LoRA run trained)".into())),
+        None => (load_from_files(gpu, a)?, None),
+    })
 }
 
 fn load_from_files(gpu: &Gpu, a: &SampleArgs) -> Result<Generator, CliError> {
