@@ -1,7 +1,8 @@
 //! Throughput of the forward kernels: `cargo bench -p t2v-kernels [-- --quick]`.
 //!
 //! Compute-bound kernels report GFLOP/s; memory-bound ones GB/s, with a ratio to a plain
-//! copy measured in the same run (the device's practical bandwidth); a conv's input gradient
+//! copy measured in the same run (the device's practical bandwidth), reading many tensors
+//! back at once a ratio to one readback each; a conv's input gradient
 //! a ratio to its forward conv; on GPUs the matmul, linear and conv rows a ratio to the first
 //! tiled kernel (`KernelVariant::TiledScalar`), and 3x3 convs through Winograd a ratio to
 //! the direct convolution (`ConvPath`); where the adapter has matrix units (cooperative
@@ -86,6 +87,20 @@ fn main() {
     let (x, xv) = b.tensor(&[n], 1);
     let t = best_time(b.budget, 3, || check_value("copy", ops::scale(&x, 1.0).unwrap().item_at(n - 1).unwrap(), xv[n - 1] as f64, 0.0));
     let copy_gbs = b.row("copy (bandwidth)", format!("{n}"), t, 8.0 * n as f64, "GB/s", None);
+
+    // Reading a model's worth of tensors back (checkpoints, data-parallel gradients): one
+    // `to_vec` each (the baseline) against `Tensor::read_many` (a wait per staging buffer).
+    // The UNet's ~1400 weights, at their mean size (1.4 G / 1400) on GPUs.
+    let (count, each) = if cpu { (400, 4096) } else { (1400, 1 << 20) };
+    let many: Vec<(Tensor, Vec<f32>)> = (0..count).map(|i| b.tensor(&[each], 100 + i as u32)).collect();
+    let refs: Vec<&Tensor> = many.iter().map(|t| &t.0).collect();
+    let bytes = 4.0 * (count * each) as f64;
+    let last = |vs: Vec<Vec<f32>>| check_value("readback", vs[count - 1][each - 1], many[count - 1].1[each - 1] as f64, 0.0);
+    let t = best_time(b.budget, 3, || last(refs.iter().map(|t| t.to_vec().unwrap()).collect()));
+    let one_each = b.row("readback, to_vec each", format!("{count} x {each}"), t, bytes, "GB/s", None);
+    let t = best_time(b.budget, 3, || last(Tensor::read_many(&refs).unwrap()));
+    b.row("readback, read_many", format!("{count} x {each}"), t, bytes, "GB/s", Some(one_each));
+    drop(many);
 
     // Strided copies (permutes) the 3D UNet makes: heads split (N, L, H, D) -> (N, H, L, D),
     // and video <-> frames (B, C, T, HW) -> (B, T, C, HW).

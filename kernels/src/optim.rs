@@ -263,22 +263,27 @@ impl AdamW {
     /// codes with their block maxima) to a safetensors file, atomically (a temporary file
     /// renamed over the target).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut host: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-        let f32s = |t: &Tensor| -> Result<Vec<u8>> { Ok(bytemuck::cast_slice(&t.to_vec()?).to_vec()) };
-        let u32s = |t: &Tensor| -> Result<Vec<u8>> { Ok(bytemuck::cast_slice(&t.to_vec_u32()?).to_vec()) };
+        // (name, dtype, tensor) of every state tensor, then all read back at once
+        let mut named: Vec<(String, safetensors::Dtype, &Tensor)> = Vec::new();
         for (i, s) in self.state.iter().enumerate() {
             match s {
                 State::F32 { m, v } => {
-                    host.push((format!("{i}.exp_avg"), safetensors::Dtype::F32, m.shape().to_vec(), f32s(m)?));
-                    host.push((format!("{i}.exp_avg_sq"), safetensors::Dtype::F32, v.shape().to_vec(), f32s(v)?));
+                    named.push((format!("{i}.exp_avg"), safetensors::Dtype::F32, m));
+                    named.push((format!("{i}.exp_avg_sq"), safetensors::Dtype::F32, v));
                 }
                 State::Q8 { m, v, absmax } => {
-                    host.push((format!("{i}.exp_avg.q8"), safetensors::Dtype::U32, m.shape().to_vec(), u32s(m)?));
-                    host.push((format!("{i}.exp_avg_sq.q8"), safetensors::Dtype::U32, v.shape().to_vec(), u32s(v)?));
-                    host.push((format!("{i}.absmax"), safetensors::Dtype::F32, absmax.shape().to_vec(), f32s(absmax)?));
+                    named.push((format!("{i}.exp_avg.q8"), safetensors::Dtype::U32, m));
+                    named.push((format!("{i}.exp_avg_sq.q8"), safetensors::Dtype::U32, v));
+                    named.push((format!("{i}.absmax"), safetensors::Dtype::F32, absmax));
                 }
             }
         }
+        let mut host: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(named.len());
+        Tensor::read_each_bytes(&named.iter().map(|n| n.2).collect::<Vec<_>>(), |k, bytes| -> Result<()> {
+            let (name, dtype, t) = &named[k];
+            host.push((name.clone(), *dtype, t.shape().to_vec(), bytes));
+            Ok(())
+        })?;
         let views: Vec<(String, safetensors::tensor::TensorView)> = host
             .iter()
             .map(|(n, dtype, s, d)| {

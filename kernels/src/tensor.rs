@@ -8,6 +8,9 @@ use crate::pool::Storage;
 use crate::recorder::{map_read, Cmd};
 use crate::{Error, Result};
 
+/// Most bytes [`Tensor::read_many`] stages at once.
+const READ_MANY_BYTES: u64 = 256 << 20;
+
 /// Element type of a tensor. Compute is f32; u32 holds indices (token ids, gathers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
@@ -125,6 +128,83 @@ impl Tensor {
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         self.expect_dtype("to_vec", DType::F32)?;
         Ok(bytemuck::pod_collect_to_vec(&self.read_bytes()?))
+    }
+
+    /// Reads f32 tensors of one device back with one wait per `READ_MANY_BYTES` instead of
+    /// one per tensor (a model's ~1000 weights or gradients: a few round trips, not ~1000).
+    pub fn read_many(tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(tensors.len());
+        Self::read_each(tensors, |_, v| -> Result<()> {
+            out.push(v);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// [`Tensor::read_many`] handing each tensor's values to `f` (index, values) as its
+    /// staging buffer arrives, so that the host holds one buffer's worth at a time.
+    pub fn read_each<E: From<Error>>(tensors: &[&Tensor], mut f: impl FnMut(usize, Vec<f32>) -> std::result::Result<(), E>) -> std::result::Result<(), E> {
+        for t in tensors {
+            t.expect_dtype("read_many", DType::F32)?;
+        }
+        Self::read_each_bytes(tensors, |i, bytes| f(i, bytemuck::pod_collect_to_vec(&bytes)))
+    }
+
+    /// [`Tensor::read_each`] for tensors of any dtype: each one's little-endian bytes.
+    pub fn read_each_bytes<E: From<Error>>(tensors: &[&Tensor], f: impl FnMut(usize, Vec<u8>) -> std::result::Result<(), E>) -> std::result::Result<(), E> {
+        let cap = tensors.first().map_or(READ_MANY_BYTES, |t| READ_MANY_BYTES.min(t.gpu.limits().max_buffer_size));
+        Self::read_each_staged(tensors, cap, f)
+    }
+
+    /// [`Tensor::read_each_bytes`] with host-visible staging buffers of at most `cap` bytes
+    /// (a tensor larger than that gets a buffer of its own): one wait per buffer.
+    pub fn read_each_staged<E: From<Error>>(tensors: &[&Tensor], cap: u64, mut f: impl FnMut(usize, Vec<u8>) -> std::result::Result<(), E>) -> std::result::Result<(), E> {
+        let Some(first) = tensors.first() else { return Ok(()) };
+        let gpu = &first.gpu;
+        for t in tensors {
+            if !Arc::ptr_eq(&t.gpu.0, &gpu.0) {
+                return Err(Error::Shape { op: "read_many", msg: "tensors of different devices".into() }.into());
+            }
+        }
+        let mut start = 0;
+        while start < tensors.len() {
+            // the next group: tensors while the staging buffer stays under `cap`
+            let (mut end, mut bytes) = (start, 0u64);
+            while end < tensors.len() && (end == start || bytes + 4 * tensors[end].numel() as u64 <= cap) {
+                bytes += 4 * tensors[end].numel() as u64;
+                end += 1;
+            }
+            let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback (many)"),
+                size: bytes.max(4),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            {
+                let mut rec = gpu.0.recorder.lock().unwrap();
+                let mut at = 0;
+                for t in &tensors[start..end] {
+                    let n = 4 * t.numel() as u64;
+                    if n > 0 {
+                        rec.push(gpu, Cmd::Copy { src: t.storage.buffer.clone(), src_at: 0, dst: staging.clone(), dst_at: at, bytes: n })?;
+                    }
+                    at += n;
+                }
+                rec.flush(gpu)?;
+            }
+            gpu.check_errors()?;
+            let all = map_read(gpu, &staging)?;
+            gpu.check_errors()?;
+            drop(staging);
+            let mut at = 0;
+            for (i, t) in tensors[start..end].iter().enumerate() {
+                let n = 4 * t.numel();
+                f(start + i, all[at..at + n].to_vec())?;
+                at += n;
+            }
+            start = end;
+        }
+        Ok(())
     }
 
     /// Reads a u32 tensor back.

@@ -191,3 +191,46 @@ fn the_host_runs_at_most_a_few_batches_ahead() {
     g.sync().unwrap();
     assert_eq!(g.submissions_in_flight(), 0);
 }
+
+/// `Tensor::read_many` / `read_each` read tensors back in one round trip per staging buffer: the same
+/// values as one `to_vec` each, in order, with the groups split where the cap says (a
+/// tensor above the cap alone), written-to-after values seen, empty tensors kept.
+#[test]
+fn many_tensors_read_back_at_once() {
+    let g = gpu();
+    let shapes: [&[usize]; 6] = [&[7, 3], &[0], &[1], &[33, 5], &[2, 3, 5], &[11]];
+    let tensors: Vec<(Tensor, Vec<f32>)> = shapes.iter().enumerate().map(|(i, s)| rand_on(g, s, 40 + i as u64, -2.0, 2.0)).collect();
+    // recorded work that the readback must wait for
+    let doubled = ops::scale(&tensors[3].0, 2.0).unwrap();
+    let mut refs: Vec<&Tensor> = tensors.iter().map(|t| &t.0).collect();
+    refs.push(&doubled);
+    let mut want: Vec<Vec<f32>> = tensors.iter().map(|t| t.1.clone()).collect();
+    want.push(tensors[3].1.iter().map(|x| 2.0 * x).collect());
+    assert_eq!(Tensor::read_many(&refs).unwrap(), want);
+    // staging of 100 bytes: [7x3 = 84 bytes, 0, 1 = 4 bytes] [33x5 alone] [2x3x5] [11, ...]
+    for cap in [4, 100, 700, 1 << 20] {
+        let mut got = Vec::new();
+        Tensor::read_each_staged(&refs, cap, |i, v| -> Result<(), Error> {
+            got.push((i, bytemuck::pod_collect_to_vec::<u8, f32>(&v)));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, want.iter().cloned().enumerate().collect::<Vec<_>>(), "cap {cap}");
+    }
+    assert!(Tensor::read_many(&[]).unwrap().is_empty());
+    // values: f32 only; bytes: any dtype
+    let u = Tensor::from_u32(g, &[2], &[1, 2]).unwrap();
+    assert!(Tensor::read_many(&[&tensors[0].0, &u]).is_err());
+    let mut bytes = Vec::new();
+    Tensor::read_each_bytes(&[&u, &tensors[2].0], |_, b| -> Result<(), Error> {
+        bytes.push(b);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(bytes, vec![bytemuck::cast_slice::<u32, u8>(&[1, 2]).to_vec(), tensors[2].1[0].to_le_bytes().to_vec()]);
+    // one device
+    let other = private_gpu();
+    let (t2, _) = rand_on(&other, &[3], 1, 0.0, 1.0);
+    let e = Tensor::read_many(&[&tensors[0].0, &t2]).unwrap_err().to_string();
+    assert!(e.contains("different devices"), "{e}");
+}

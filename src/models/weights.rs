@@ -435,15 +435,16 @@ pub enum SaveDtype {
 pub fn save_weights(path: &Path, tensors: &[(String, Tensor)], dtype: SaveDtype, metadata: &[(&str, String)]) -> Result<()> {
     let fail = |msg: String| WeightsError::Data { path: path.display().to_string(), msg };
     let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let v = t.to_vec()?;
+    let refs: Vec<&Tensor> = tensors.iter().map(|(_, t)| t).collect();
+    Tensor::read_each(&refs, |i, v| -> Result<()> {
         let bytes = match dtype {
             SaveDtype::F32 => bytemuck::cast_slice(&v).to_vec(),
             SaveDtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
             SaveDtype::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
         };
-        host.push((name.clone(), t.shape().to_vec(), bytes));
-    }
+        host.push((tensors[i].0.clone(), tensors[i].1.shape().to_vec(), bytes));
+        Ok(())
+    })?;
     let st = match dtype {
         SaveDtype::F32 => safetensors::Dtype::F32,
         SaveDtype::F16 => safetensors::Dtype::F16,

@@ -468,13 +468,13 @@ impl<'a> Trainer<'a> {
         if self.replicas.is_empty() {
             return Ok(());
         }
-        for (k, t) in self.student.trainable().iter().enumerate() {
-            let data = t.to_vec()?;
-            for r in &self.replicas {
-                r.student.trainable()[k].write(&data)?;
+        let dst: Vec<Vec<Tensor>> = self.replicas.iter().map(|r| r.student.trainable()).collect();
+        Tensor::read_each(&self.student.trainable().iter().collect::<Vec<_>>(), |k, data| -> Result<()> {
+            for d in &dst {
+                d[k].write(&data)?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// One optimizer step over `batch_size` records.
@@ -683,7 +683,7 @@ fn data_parallel(recipe: &Recipe, main: (&Student, &RewardModels), replicas: &[R
             s.spawn(move || {
                 for (item, draws) in jobs.iter().skip(r + 1).step_by(n) {
                     let sent = recipe.record(&replica.student, &replica.models, *item, draws, b).and_then(|g| {
-                        let host = g.grads.iter().map(|t| t.to_vec()).collect::<t2v_kernels::Result<Vec<_>>>()?;
+                        let host = Tensor::read_many(&g.grads.iter().collect::<Vec<_>>())?;
                         Ok((host, g.values))
                     });
                     let failed = sent.is_err();
