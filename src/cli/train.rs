@@ -41,7 +41,7 @@ pub struct TrainArgs {
     /// gradients in record order, steps the optimizer and sends the new weights to the
     /// others. The run is the one-GPU run with the same --batch-size (bit for bit on GPUs of
     /// one model), n times faster at best: use a batch that is a multiple of n, and any
-    /// number of GPUs when resuming. Replaces --adapter.
+    /// number of GPUs when resuming. Replaces --adapter; --max-memory applies to each.
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub devices: Vec<String>,
     /// Storage of the student model folder's UNet written at the end (checkpoints stay f32,

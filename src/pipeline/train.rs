@@ -687,6 +687,10 @@ fn data_parallel(recipe: &Recipe, main: (&Student, &RewardModels), replicas: &[R
                         Ok((host, g.values))
                     });
                     let failed = sent.is_err();
+                    if failed {
+                        let name = replica.student.unet_gpu().adapter_info().name.clone();
+                        eprintln!("training device {} ({name}) failed on record {} of {}:", r + 1, item.1, recipe.shards[item.0].path.display());
+                    }
                     // a closed inbox: device 0 stopped the step
                     if tx.send(sent).is_err() || failed {
                         break;
