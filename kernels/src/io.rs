@@ -1,4 +1,5 @@
-//! File helpers shared by everything that writes user data.
+//! File helpers: atomic writes of user data (files, folders, safetensors streamed from the
+//! device) and mapped reads.
 
 use std::io::Write;
 use std::path::Path;
@@ -56,6 +57,66 @@ pub fn write_atomic_dir<E: From<Error>>(path: &Path, fill: impl FnOnce(&Path) ->
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
     Error::Io { path: path.display().to_string(), msg: e.to_string() }
+}
+
+
+/// One tensor of a file written by [`write_safetensors`]: name, dtype and shape.
+pub type SafetensorsEntry = (String, safetensors::Dtype, Vec<usize>);
+
+/// Writes a safetensors file atomically with the tensors' bytes streamed, so that a model's
+/// worth of weights need not be held in memory: the header (`entries` in order, their data
+/// offsets, `metadata`), then `data` writes every entry's bytes in the same order. Writing
+/// more or fewer bytes than the entries take is an error, and leaves `path` as it was.
+pub fn write_safetensors<E: From<Error>>(path: &Path, entries: &[SafetensorsEntry], metadata: &[(String, String)], data: impl FnOnce(&mut dyn Write) -> std::result::Result<(), E>) -> std::result::Result<(), E> {
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<_, _>>().into());
+    }
+    let mut total = 0u64;
+    for (name, dtype, shape) in entries {
+        let bytes = (shape.iter().product::<usize>() * dtype.bitsize()).div_ceil(8) as u64;
+        let dtype = serde_json::to_value(dtype).map_err(|e| Error::Io { path: path.display().to_string(), msg: e.to_string() })?;
+        header.insert(name.clone(), serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [total, total + bytes] }));
+        total += bytes;
+    }
+    let mut head = serde_json::to_vec(&header).expect("a JSON map");
+    // the data starts 8-byte aligned, as safetensors writes it
+    head.resize(head.len().next_multiple_of(8), b' ');
+    write_atomic_with(path, |w| {
+        w.write_all(&(head.len() as u64).to_le_bytes()).and_then(|_| w.write_all(&head)).map_err(|e| io_error(path, e))?;
+        let mut counted = Counted { inner: w, bytes: 0 };
+        data(&mut counted)?;
+        if counted.bytes != total {
+            return Err(Error::Io { path: path.display().to_string(), msg: format!("{} bytes of tensor data written, the header lists {total}", counted.bytes) }.into());
+        }
+        Ok(())
+    })
+}
+
+/// A writer that counts what passes through.
+struct Counted<'w> {
+    inner: &'w mut dyn Write,
+    bytes: u64,
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A file mapped into memory, read-only (large checkpoints are paged in as they are read
+/// instead of copied whole into memory).
+pub fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    // SAFETY: the map is read-only; a file changed by another process while mapped is the
+    // documented caveat of every mmap reader (the safetensors loaders' too)
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error(path, e))
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //! (bitsandbytes' block-wise AdamW8bit, what T2V-Turbo's training scripts use): 2 bytes of
 //! state per parameter instead of 8.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use bytemuck::{Pod, Zeroable};
@@ -261,9 +260,9 @@ impl AdamW {
 
     /// Writes step count, hyper-parameters and every parameter's moments (f32, or 8-bit
     /// codes with their block maxima) to a safetensors file, atomically (a temporary file
-    /// renamed over the target).
+    /// renamed over the target), streamed from the device.
     pub fn save(&self, path: &Path) -> Result<()> {
-        // (name, dtype, tensor) of every state tensor, then all read back at once
+        // (name, dtype, tensor) of every state tensor
         let mut named: Vec<(String, safetensors::Dtype, &Tensor)> = Vec::new();
         for (i, s) in self.state.iter().enumerate() {
             match s {
@@ -278,21 +277,8 @@ impl AdamW {
                 }
             }
         }
-        let mut host: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(named.len());
-        Tensor::read_each_bytes(&named.iter().map(|n| n.2).collect::<Vec<_>>(), |k, bytes| -> Result<()> {
-            let (name, dtype, t) = &named[k];
-            host.push((name.clone(), *dtype, t.shape().to_vec(), bytes));
-            Ok(())
-        })?;
-        let views: Vec<(String, safetensors::tensor::TensorView)> = host
-            .iter()
-            .map(|(n, dtype, s, d)| {
-                let view = safetensors::tensor::TensorView::new(*dtype, s.clone(), d).map_err(|e| Error::Optim(format!("{n}: {e}")))?;
-                Ok((n.clone(), view))
-            })
-            .collect::<Result<_>>()?;
         let c = self.config;
-        let meta: HashMap<String, String> = [
+        let meta: Vec<(String, String)> = [
             ("format", "t2v-turbo adamw".to_string()),
             ("step", self.step.to_string()),
             ("params", self.params().count().to_string()),
@@ -306,13 +292,16 @@ impl AdamW {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Optim(e.to_string()))?;
-        crate::io::write_atomic(path, &bytes)
+        // streamed: the host holds one staging buffer's worth of the state at a time
+        let entries: Vec<crate::io::SafetensorsEntry> = named.iter().map(|(n, dtype, t)| (n.clone(), *dtype, t.shape().to_vec())).collect();
+        crate::io::write_safetensors(path, &entries, &meta, |w| {
+            Tensor::read_each_bytes(&named.iter().map(|n| n.2).collect::<Vec<_>>(), |_, bytes| w.write_all(&bytes).map_err(|e| Error::Io { path: path.display().to_string(), msg: e.to_string() }))
+        })
     }
 
     /// Restores the state written by [`AdamW::save`] (same parameters, same order).
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), msg: e.to_string() })?;
+        let bytes = crate::io::map_file(path)?;
         let bad = |msg: String| Error::Optim(format!("{}: {msg}", path.display()));
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;

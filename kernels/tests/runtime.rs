@@ -234,3 +234,50 @@ fn many_tensors_read_back_at_once() {
     let e = Tensor::read_many(&[&tensors[0].0, &t2]).unwrap_err().to_string();
     assert!(e.contains("different devices"), "{e}");
 }
+
+/// `io::write_safetensors` streams tensors from the device into a file the safetensors
+/// crate reads back (dtypes, shapes, bytes, metadata with characters JSON escapes); a
+/// wrong byte count is refused and leaves the earlier file as it was.
+#[test]
+fn safetensors_files_are_written_streamed() {
+    use t2v_kernels::io::{write_safetensors, SafetensorsEntry};
+    let g = gpu();
+    let (a, av) = rand_on(g, &[3, 5], 7, -1.0, 1.0);
+    let u = Tensor::from_u32(g, &[4], &[1, 2, 3, u32::MAX]).unwrap();
+    let (e, _) = rand_on(g, &[0], 8, 0.0, 1.0);
+    let entries: Vec<SafetensorsEntry> = vec![
+        ("z.first".into(), safetensors::Dtype::F32, vec![3, 5]),
+        ("a.words".into(), safetensors::Dtype::U32, vec![4]),
+        ("empty".into(), safetensors::Dtype::F32, vec![0]),
+    ];
+    let meta = vec![("format".to_string(), "test".to_string()), ("note".to_string(), "a \"quoted\"\nline, ü, \\".to_string())];
+    let dir = std::env::temp_dir().join(format!("t2v-st-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.safetensors");
+    let write = |skip_last_byte: bool| {
+        write_safetensors(&path, &entries, &meta, |w| {
+            Tensor::read_each_bytes(&[&a, &u, &e], |i, bytes| {
+                let n = if skip_last_byte && i == 1 { bytes.len() - 1 } else { bytes.len() };
+                w.write_all(&bytes[..n]).map_err(|e| Error::Io { path: "test".into(), msg: e.to_string() })
+            })
+        })
+    };
+    write(false).unwrap();
+    let file = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&file).unwrap();
+    assert_eq!(st.tensor("z.first").unwrap().data(), bytemuck::cast_slice::<f32, u8>(&av));
+    assert_eq!(st.tensor("z.first").unwrap().shape(), &[3, 5]);
+    assert_eq!(st.tensor("a.words").unwrap().dtype(), safetensors::Dtype::U32);
+    assert_eq!(st.tensor("a.words").unwrap().data(), bytemuck::cast_slice::<u32, u8>(&[1, 2, 3, u32::MAX]));
+    assert_eq!(st.tensor("empty").unwrap().shape(), &[0]);
+    let (header, m) = safetensors::SafeTensors::read_metadata(&file).unwrap();
+    assert_eq!(header % 8, 0, "data 8-byte aligned");
+    let m = m.metadata().clone().unwrap();
+    assert_eq!(m.get("note").unwrap(), &meta[1].1);
+    // a byte short: refused, the file as it was, no temporary file left
+    let err = write(true).unwrap_err().to_string();
+    assert!(err.contains("bytes of tensor data written"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), file);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -433,29 +433,24 @@ pub enum SaveDtype {
 /// Writes named tensors (e.g. [`Loader::params`]) to a safetensors file atomically, with
 /// string metadata.
 pub fn save_weights(path: &Path, tensors: &[(String, Tensor)], dtype: SaveDtype, metadata: &[(&str, String)]) -> Result<()> {
-    let fail = |msg: String| WeightsError::Data { path: path.display().to_string(), msg };
-    let mut host: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
-    let refs: Vec<&Tensor> = tensors.iter().map(|(_, t)| t).collect();
-    Tensor::read_each(&refs, |i, v| -> Result<()> {
-        let bytes = match dtype {
-            SaveDtype::F32 => bytemuck::cast_slice(&v).to_vec(),
-            SaveDtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
-            SaveDtype::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
-        };
-        host.push((tensors[i].0.clone(), tensors[i].1.shape().to_vec(), bytes));
-        Ok(())
-    })?;
     let st = match dtype {
         SaveDtype::F32 => safetensors::Dtype::F32,
         SaveDtype::F16 => safetensors::Dtype::F16,
         SaveDtype::BF16 => safetensors::Dtype::BF16,
     };
-    let views = host
-        .iter()
-        .map(|(n, s, d)| Ok((n.clone(), safetensors::tensor::TensorView::new(st, s.clone(), d).map_err(|e| fail(format!("{n}: {e}")))?)))
-        .collect::<Result<Vec<_>>>()?;
-    let meta: std::collections::HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| fail(e.to_string()))?;
-    t2v_kernels::io::write_atomic(path, &bytes)?;
-    Ok(())
+    let entries: Vec<t2v_kernels::io::SafetensorsEntry> = tensors.iter().map(|(n, t)| (n.clone(), st, t.shape().to_vec())).collect();
+    let meta: Vec<(String, String)> = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let refs: Vec<&Tensor> = tensors.iter().map(|(_, t)| t).collect();
+    let write_err = |e: std::io::Error| WeightsError::Write { path: path.display().to_string(), msg: e.to_string() };
+    // streamed from the device: the host holds one staging buffer's worth at a time
+    t2v_kernels::io::write_safetensors(path, &entries, &meta, |w| {
+        Tensor::read_each(&refs, |_, v| -> Result<()> {
+            match dtype {
+                SaveDtype::F32 => w.write_all(bytemuck::cast_slice(&v)),
+                SaveDtype::F16 => w.write_all(&v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>()),
+                SaveDtype::BF16 => w.write_all(&v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>()),
+            }
+            .map_err(write_err)
+        })
+    })
 }
