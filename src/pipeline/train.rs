@@ -495,10 +495,16 @@ impl<'a> Trainer<'a> {
         let mut acc: Option<Vec<Tensor>> = None;
         let mut values = Vec::with_capacity(b);
         let mut add = |r: RecordGrads| -> Result<()> {
-            acc = Some(match acc.take() {
-                None => r.grads,
-                Some(a) => a.iter().zip(&r.grads).map(|(x, y)| t2v_kernels::ops::add(x, y)).collect::<t2v_kernels::Result<_>>()?,
-            });
+            match &mut acc {
+                None => acc = Some(r.grads),
+                // tensor by tensor, each sum replacing its addends at once: the sums and the
+                // record's gradients are never all held next to the running sums
+                Some(a) => {
+                    for (x, y) in a.iter_mut().zip(r.grads) {
+                        *x = t2v_kernels::ops::add(x, &y)?;
+                    }
+                }
+            }
             values.push(r.values);
             Ok(())
         };
