@@ -10,7 +10,7 @@
 # present. The checks, in order (10-12 minutes on an H200; their limits add up to 25, so
 # split them over calls where one call may run 10 — the targets first:
 # `run OUT info sample-auto preprocess-auto`, then `run OUT matrix sample-matrix
-# models-matrix train-auto`, then `run OUT kernels models-auto`):
+# models-matrix train-auto`, then `run OUT kernels models-auto parallel`):
 #   info                         adapter, limits, self-check
 #   gemm present embed           the GEMM / Winograd, storage-texture and lent-device tests
 #   kernels                      Winograd F(2x2) / F(4x4) rows against the direct conv
@@ -18,6 +18,8 @@
 #   sample-direct sample-auto    4/8/16-step samples at VideoCrafter2 size (f16 weights, video-to-video)
 #   preprocess-auto              motion-guided preprocessing on the 200-point grid
 #   train-auto                   one training step at full size: time and live peak memory
+#   parallel                     determinism on the GPU: two devices on it train the one-device
+#                                steps bit for bit, a resumed run the uninterrupted one
 #   matrix                       the matrix-core GEMM (cooperative matrices, f16 inputs): its
 #                                test, the unet3d fixture on it, `info --matrix-cores`
 #                                (kernels has its bench rows)
@@ -38,11 +40,11 @@ build)
         cargo bench --no-run -p t2v-kernels --bench kernels
         cargo bench --no-run -p t2v-turbo --bench models --bench pipeline
         cargo test --release --no-run -p t2v-kernels --test gemm --test present
-        cargo test --release --no-run -p t2v-turbo --test embed --test diffusion
+        cargo test --release --no-run -p t2v-turbo --test embed --test diffusion --test pipeline
     } 2>&1 | tee devbin/build.log
     cp target/release/t2v-turbo devbin/
     # (paths relative to their package: kernels/benches/kernels.rs is benches/kernels.rs)
-    for src in benches/kernels.rs benches/models.rs benches/pipeline.rs tests/gemm.rs tests/present.rs tests/embed.rs tests/diffusion.rs; do
+    for src in benches/kernels.rs benches/models.rs benches/pipeline.rs tests/gemm.rs tests/present.rs tests/embed.rs tests/diffusion.rs tests/pipeline.rs; do
         f=$(exe "$src")
         [ -n "$f" ] || { echo "no executable for $src in devbin/build.log" >&2; exit 1; }
         cp "$f" "devbin/$(basename "$src" .rs)"
@@ -74,7 +76,7 @@ run)
         tail -n 6 "$out/$name.log"
     }
     only="$*"
-    known=" info gemm present embed kernels models-direct models-auto sample-direct sample-auto preprocess-auto train-auto matrix models-matrix sample-matrix "
+    known=" info gemm present embed kernels models-direct models-auto sample-direct sample-auto preprocess-auto train-auto parallel matrix models-matrix sample-matrix "
     for c in $only; do [[ "$known" == *" $c "* ]] || { echo "unknown check $c; the checks:$known" >&2; exit 2; }; done
     step info 60 devbin/t2v-turbo info
     step gemm 120 devbin/gemm --test-threads 1
@@ -89,6 +91,7 @@ run)
     # the training step's live peak (does full-size training fit 80 GB?); its record is
     # preprocessed on the 50-point grid to keep the inversion short
     step train-auto 240 env T2V_CONV_PATH=auto devbin/pipeline --bench --once --sections train --grid 50
+    step parallel 180 devbin/pipeline two_devices a_resumed_run --test-threads 1
     step matrix 120 sh -c 'devbin/t2v-turbo info --matrix-cores && devbin/gemm matrix_core --nocapture && devbin/diffusion matrix_cores --nocapture'
     step models-matrix 120 env T2V_MATRIX_CORES=1 T2V_PROFILE=1 devbin/models --bench
     step sample-matrix 150 env T2V_MATRIX_CORES=1 devbin/pipeline --bench --once --sections sample

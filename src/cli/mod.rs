@@ -107,6 +107,18 @@ impl DeviceArgs {
     pub fn gpu_options(&self, quiet: bool) -> t2v_kernels::GpuOptions {
         t2v_kernels::GpuOptions { adapter: self.adapter.clone(), quiet, matrix_cores: self.matrix_cores, memory_limit: self.max_memory, ..Default::default() }
     }
+
+    /// The devices of a command's `--devices` list (adapter selectors), each with these
+    /// options; without the list, the one device of `--adapter`.
+    pub fn gpus(&self, devices: &[String]) -> Result<Vec<Gpu>, CliError> {
+        if devices.is_empty() {
+            return Ok(vec![Gpu::new(&self.gpu_options(false))?]);
+        }
+        if self.adapter.is_some() {
+            return Err(CliError::Check("give --adapter or --devices, not both (--devices 0,1 runs on adapters 0 and 1)".into()));
+        }
+        Ok(devices.iter().map(|sel| Gpu::new(&t2v_kernels::GpuOptions { adapter: Some(sel.clone()), ..self.gpu_options(false) })).collect::<Result<Vec<_>, _>>()?)
+    }
 }
 
 /// `--weights-dtype`: how models that are not trained keep their linear and conv weights on

@@ -208,13 +208,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     if !a.resume {
         super::ensure_new_dir(&a.out, a.overwrite).map_err(|e| CliError::Check(format!("{e}, or pass --overwrite (or --resume to continue the run there)")))?;
     }
-    if !a.devices.is_empty() && dev.adapter.is_some() {
-        return Err(CliError::Check("give --adapter or --devices, not both (--devices 0,1 samples on adapters 0 and 1)".into()));
-    }
-    let gpus = match a.devices.as_slice() {
-        [] => vec![Gpu::new(&dev.gpu_options(false))?],
-        list => list.iter().map(|sel| Gpu::new(&t2v_kernels::GpuOptions { adapter: Some(sel.clone()), ..dev.gpu_options(false) })).collect::<Result<Vec<_>, _>>()?,
-    };
+    let gpus = dev.gpus(&a.devices)?;
     let gpu = &gpus[0];
     // what the videos depend on, checked against an interrupted run's before continuing it
     let settings = run_settings(a, gpu);

@@ -224,13 +224,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         seed: a.seed,
         cond_dim: 256,
     };
-    if !a.devices.is_empty() && dev.adapter.is_some() {
-        return Err(CliError::Check("give --adapter or --devices, not both (--devices 0,1 trains on adapters 0 and 1)".into()));
-    }
-    let gpus = match a.devices.as_slice() {
-        [] => vec![Gpu::new(&dev.gpu_options(false))?],
-        list => list.iter().map(|sel| Gpu::new(&t2v_kernels::GpuOptions { adapter: Some(sel.clone()), ..dev.gpu_options(false) })).collect::<Result<Vec<_>, _>>()?,
-    };
+    let gpus = dev.gpus(&a.devices)?;
     let gpu = gpus[0].clone();
     super::warn_matrix_cores_in_training(&gpu);
     let md = md.with_precision(a.weights_dtype.precision(&gpu));
