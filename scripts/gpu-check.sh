@@ -44,10 +44,13 @@ build)
     } 2>&1 | tee devbin/build.log
     cp target/release/t2v-turbo devbin/
     # (paths relative to their package: kernels/benches/kernels.rs is benches/kernels.rs)
-    for src in benches/kernels.rs benches/models.rs benches/pipeline.rs tests/gemm.rs tests/present.rs tests/embed.rs tests/diffusion.rs tests/pipeline.rs; do
+    # source:name (the pipeline bench and the pipeline tests share a file name)
+    for pair in benches/kernels.rs:kernels benches/models.rs:models benches/pipeline.rs:pipeline tests/gemm.rs:gemm \
+        tests/present.rs:present tests/embed.rs:embed tests/diffusion.rs:diffusion tests/pipeline.rs:pipeline-tests; do
+        src=${pair%%:*}
         f=$(exe "$src")
         [ -n "$f" ] || { echo "no executable for $src in devbin/build.log" >&2; exit 1; }
-        cp "$f" "devbin/$(basename "$src" .rs)"
+        cp "$f" "devbin/${pair##*:}"
     done
     rm devbin/build.log
     strip devbin/*
@@ -91,7 +94,7 @@ run)
     # the training step's live peak (does full-size training fit 80 GB?); its record is
     # preprocessed on the 50-point grid to keep the inversion short
     step train-auto 240 env T2V_CONV_PATH=auto devbin/pipeline --bench --once --sections train --grid 50
-    step parallel 180 devbin/pipeline two_devices a_resumed_run --test-threads 1
+    step parallel 180 devbin/pipeline-tests two_devices a_resumed_run --test-threads 1
     step matrix 120 sh -c 'devbin/t2v-turbo info --matrix-cores && devbin/gemm matrix_core --nocapture && devbin/diffusion matrix_cores --nocapture'
     step models-matrix 120 env T2V_MATRIX_CORES=1 T2V_PROFILE=1 devbin/models --bench
     step sample-matrix 150 env T2V_MATRIX_CORES=1 devbin/pipeline --bench --once --sections sample
