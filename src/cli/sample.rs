@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use t2v_kernels::Gpu;
 
-use super::sample_jobs::{check_file_name, Jobs};
+use super::sample_jobs::{check_file_name, Job, Jobs};
 use super::{CliError, DeviceArgs, ModelFiles, WeightsDtype};
 use crate::models::clip::{ClipConfig, TextConfig};
 use crate::models::unet3d::UnetConfig;
@@ -262,7 +262,6 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     if let Some(iv) = &opts.init {
         write_gif(&a.out.join("input.gif"), &Frames::from_chw(&iv.pixels, frames_n, height, width), fps).map_err(|e| CliError::Check(e.to_string()))?;
     }
-    let mut mp4 = !a.no_mp4;
     if a.profile {
         for g in &gpus {
             g.set_profiling(true)?;
@@ -275,6 +274,14 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     // the whole run's steps when the prompts are known, else each batch's
     let mut progress = (!streamed).then(|| Progress::new("sample", jobs.pending().div_ceil(a.batch) * opts.sampling_steps()));
     let mut generated = 0;
+    let mp4 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(!a.no_mp4));
+    let mut writing: Option<Writing> = None;
+    // what every video's line says besides its round's numbers
+    let report = Report {
+        steps: opts.sampling_steps(),
+        kind: if a.teacher { "teacher DDIM" } else { "consistency" },
+        from_input: if opts.init.is_some() { format!(" from the input video, strength {}", a.strength) } else { String::new() },
+    };
     loop {
         // a batch for each device (streamed prompts: one batch, written as soon as it is done)
         let mut round = Vec::new();
@@ -314,43 +321,43 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         });
         progress = (!streamed).then(|| bar.into_inner().expect("progress"));
         let in_round: usize = round.iter().map(Vec::len).sum();
-        let secs = t.elapsed().as_secs_f64() / in_round as f64;
         let (peak, at_once) = gpus.iter().map(|g| g.memory()).fold((0f64, 0f64), |(p, o), m| (p.max(m.peak_total_bytes as f64 / 1048576.0), o.max(m.peak_live_bytes as f64 / 1048576.0)));
-        for (batch, videos) in round.iter().zip(results) {
-            let videos = videos?;
-            for (job, video) in batch.iter().zip(&videos) {
-                let frames = Frames::from_chw(video, frames_n, height, width);
-                let dir = a.out.join(&job.name);
-                write_frames(&dir, &frames).map_err(|e| CliError::Check(e.to_string()))?;
-                let gif = a.out.join(format!("{}.gif", job.name));
-                write_gif(&gif, &frames, fps).map_err(|e| CliError::Check(e.to_string()))?;
-                if mp4 {
-                    if let Err(e) = write_mp4(&a.out.join(format!("{}.mp4", job.name)), &dir, fps) {
-                        let vbench = if a.names == FileNames::Vbench { "; VBench reads MP4 files: install ffmpeg, or convert the GIFs" } else { "" };
-                        eprintln!("note: no MP4 files ({e}){vbench}");
-                        mp4 = false;
+        let info = RoundInfo { secs: t.elapsed().as_secs_f64() / in_round as f64, batches: round.len(), peak, at_once };
+        // the videos of the batches that succeeded, up to the first that failed
+        let (mut done, mut videos, mut failure) = (Vec::new(), Vec::new(), None);
+        for (batch, result) in round.into_iter().zip(results) {
+            match result {
+                Ok(vs) => {
+                    let n = batch.len();
+                    for (job, video) in batch.into_iter().zip(vs) {
+                        videos.push((job.name.clone(), video));
+                        done.push((job, n));
                     }
                 }
-                jobs.finished(job);
-                generated += 1;
-                println!(
-                    "{} ({} {} steps{}, {:.2} s per video in a batch of {}{}, peak GPU memory {:.0} MiB, {:.0} MiB of it in tensors at once): {:?}",
-                    gif.display(),
-                    opts.sampling_steps(),
-                    if a.teacher { "teacher DDIM" } else { "consistency" },
-                    if opts.init.is_some() { format!(" from the input video, strength {}", a.strength) } else { String::new() },
-                    secs,
-                    batch.len(),
-                    if round.len() > 1 { format!(", {} batches on {} devices at once", round.len(), round.len()) } else { String::new() },
-                    peak,
-                    at_once,
-                    job.prompt
-                );
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
         }
-        // the videos written so far with their prompts, in the format `t2v-turbo eval`
-        // reads; a resumed run keeps the ones listed
-        jobs.write_captions(&a.out)?;
+        // a round's files are written on a thread while the next round generates; its
+        // lines are printed and captions.jsonl rewritten once they are (streamed prompts:
+        // at once, so that each video is out as soon as it can be)
+        if let Some(w) = writing.take() {
+            generated += w.finish(&mut jobs, &report)?;
+        }
+        let w = Writing::start(&a.out, videos, (frames_n, height, width, fps), &mp4, a.names == FileNames::Vbench, done, info);
+        if streamed || failure.is_some() {
+            generated += w.finish(&mut jobs, &report)?;
+        } else {
+            writing = Some(w);
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+    }
+    if let Some(w) = writing.take() {
+        generated += w.finish(&mut jobs, &report)?;
     }
     if generated == 0 {
         eprintln!("{}", if jobs.any() { "every video was there already: nothing generated" } else { "no prompt read from standard input: nothing generated" });
@@ -365,6 +372,82 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The parts of a video's line that every video of the run shares.
+struct Report {
+    steps: usize,
+    kind: &'static str,
+    from_input: String,
+}
+
+/// A round's numbers: generation time per video, batches at once (one per device), memory.
+struct RoundInfo {
+    secs: f64,
+    batches: usize,
+    peak: f64,
+    at_once: f64,
+}
+
+/// A round's videos being written (frames, GIF, MP4) on their own thread.
+struct Writing {
+    handle: std::thread::JoinHandle<Result<(), CliError>>,
+    /// The round's videos and the size of each one's batch.
+    done: Vec<(Job, usize)>,
+    info: RoundInfo,
+    out: PathBuf,
+}
+
+impl Writing {
+    /// Starts writing `videos` (name, (3, F, H, W) in [-1, 1]) into `out`; MP4 files while
+    /// `mp4` holds (cleared, with a note, when ffmpeg fails).
+    fn start(out: &Path, videos: Vec<(String, Vec<f32>)>, (f, h, w, fps): (usize, usize, usize, f32), mp4: &std::sync::Arc<std::sync::atomic::AtomicBool>, vbench: bool, done: Vec<(Job, usize)>, info: RoundInfo) -> Writing {
+        use std::sync::atomic::Ordering;
+        let (dir, mp4) = (out.to_path_buf(), mp4.clone());
+        let handle = std::thread::spawn(move || {
+            for (name, video) in videos {
+                let frames = Frames::from_chw(&video, f, h, w);
+                let frames_dir = dir.join(&name);
+                write_frames(&frames_dir, &frames).map_err(|e| CliError::Check(e.to_string()))?;
+                write_gif(&dir.join(format!("{name}.gif")), &frames, fps).map_err(|e| CliError::Check(e.to_string()))?;
+                if mp4.load(Ordering::Relaxed) {
+                    if let Err(e) = write_mp4(&dir.join(format!("{name}.mp4")), &frames_dir, fps) {
+                        if mp4.swap(false, Ordering::Relaxed) {
+                            let hint = if vbench { "; VBench reads MP4 files: install ffmpeg, or convert the GIFs" } else { "" };
+                            eprintln!("note: no MP4 files ({e}){hint}");
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+        Writing { handle, done, info, out: out.to_path_buf() }
+    }
+
+    /// Waits for the files, then prints each video's line and lists the videos in
+    /// `captions.jsonl` (what `t2v-turbo eval` reads; a resumed run keeps them). Returns the
+    /// number of videos.
+    fn finish(self, jobs: &mut Jobs, r: &Report) -> Result<usize, CliError> {
+        self.handle.join().expect("the video-writing thread panicked")?;
+        let i = &self.info;
+        for (job, batch) in &self.done {
+            jobs.finished(job);
+            println!(
+                "{} ({} {} steps{}, {:.2} s per video in a batch of {batch}{}, peak GPU memory {:.0} MiB, {:.0} MiB of it in tensors at once): {:?}",
+                self.out.join(format!("{}.gif", job.name)).display(),
+                r.steps,
+                r.kind,
+                r.from_input,
+                i.secs,
+                if i.batches > 1 { format!(", {} batches on {} devices at once", i.batches, i.batches) } else { String::new() },
+                i.peak,
+                i.at_once,
+                job.prompt
+            );
+        }
+        jobs.write_captions(&self.out)?;
+        Ok(self.done.len())
+    }
 }
 
 fn parse_strength(s: &str) -> Result<f32, String> {

@@ -60,12 +60,24 @@ pub fn write_gif(path: &Path, v: &Frames, fps: f32) -> Result<(), VideoIoError> 
     let mut enc = gif::Encoder::new(std::io::BufWriter::new(file), v.width as u16, v.height as u16, &[]).map_err(|e| err(path, e))?;
     enc.set_repeat(gif::Repeat::Infinite).map_err(|e| err(path, e))?;
     let delay = (100.0 / fps.max(0.1)).round() as u16; // hundredths of a second
-    for rgb in &v.frames {
-        let mut frame = gif::Frame::from_rgb_speed(v.width as u16, v.height as u16, rgb, 10);
+    // each frame's palette quantization (most of the time) on its own core, then in order
+    let frames = in_parallel(&v.frames, |rgb| gif::Frame::from_rgb_speed(v.width as u16, v.height as u16, rgb, 10));
+    for mut frame in frames {
         frame.delay = delay;
         enc.write_frame(&frame).map_err(|e| err(path, e))?;
     }
     Ok(())
+}
+
+/// `f` of every item, in order, the items shared among the cores.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, items.len().max(1));
+    let chunk = items.len().div_ceil(threads).max(1);
+    let f = &f;
+    std::thread::scope(|s| {
+        let parts: Vec<_> = items.chunks(chunk).map(|c| s.spawn(move || c.iter().map(f).collect::<Vec<R>>())).collect();
+        parts.into_iter().flat_map(|h| h.join().expect("a frame-encoding thread panicked")).collect()
+    })
 }
 
 /// Decodes one PNG or JPEG image to RGB bytes (width, height, rgb).
@@ -202,10 +214,8 @@ impl Frames {
 /// Writes every frame as `frame_000.png`, ... into `dir` (created).
 pub fn write_frames(dir: &Path, v: &Frames) -> Result<(), VideoIoError> {
     std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
-    for (i, rgb) in v.frames.iter().enumerate() {
-        write_png(&dir.join(format!("frame_{i:03}.png")), v.width, v.height, rgb)?;
-    }
-    Ok(())
+    let numbered: Vec<(usize, &Vec<u8>)> = v.frames.iter().enumerate().collect();
+    in_parallel(&numbered, |(i, rgb)| write_png(&dir.join(format!("frame_{i:03}.png")), v.width, v.height, rgb)).into_iter().collect()
 }
 
 /// Encodes the `frame_%03d.png` files of `frames_dir` to an H.264 MP4 with an installed
