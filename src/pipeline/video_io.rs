@@ -234,3 +234,37 @@ pub fn write_mp4(path: &Path, frames_dir: &Path, fps: f32) -> Result<(), VideoIo
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames encoded on several threads make the file one thread makes, frames in order;
+    /// PNG frames likewise read back in order.
+    #[test]
+    fn frames_encoded_in_parallel_are_in_order() {
+        let (w, h) = (37usize, 23usize);
+        // 11 frames: more than the cores of most machines, not a multiple of them
+        let frames: Vec<Vec<u8>> = (0..11).map(|k| (0..w * h * 3).map(|i| ((i * 7 + k * 31) % 251) as u8).collect()).collect();
+        let v = Frames { width: w, height: h, frames };
+        let dir = std::env::temp_dir().join(format!("t2v-video-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_gif(&dir.join("a.gif"), &v, 8.0).unwrap();
+        let mut one = Vec::new();
+        {
+            let mut enc = gif::Encoder::new(&mut one, w as u16, h as u16, &[]).unwrap();
+            enc.set_repeat(gif::Repeat::Infinite).unwrap();
+            for rgb in &v.frames {
+                let mut f = gif::Frame::from_rgb_speed(w as u16, h as u16, rgb, 10);
+                f.delay = 13;
+                enc.write_frame(&f).unwrap();
+            }
+        }
+        assert_eq!(std::fs::read(dir.join("a.gif")).unwrap(), one);
+        write_frames(&dir.join("frames"), &v).unwrap();
+        for (k, rgb) in v.frames.iter().enumerate() {
+            assert_eq!(&read_image(&dir.join(format!("frames/frame_{k:03}.png"))).unwrap().2, rgb, "frame {k}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
