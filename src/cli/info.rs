@@ -180,6 +180,11 @@ pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> Result<(), CliError> {
     for a in &adapters {
         println!("  {}", describe(a));
     }
+    // several GPUs of one kind: say how to use them together
+    let gpus: Vec<String> = adapters.iter().filter(|a| matches!(a.info.device_type, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu)).map(|a| a.index.to_string()).collect();
+    if gpus.len() > 1 {
+        println!("several GPUs: `train --devices {0}` and `sample --devices {0}` use them together; `preprocess --shard i/{1} --adapter i`, one process each", gpus.join(","), gpus.len());
+    }
     if args.no_check {
         return Ok(());
     }
