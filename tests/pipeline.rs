@@ -158,8 +158,20 @@ fn two_devices_train_the_one_device_steps() {
     // the second device did its share: its records' activations came on top of its models
     assert!(g2.memory().peak_total_bytes > models_bytes + (1 << 20), "{:?} over {models_bytes}", g2.memory());
 
+    // LoRA: the replicas train the adapters the student does (two steps of two records)
+    let lora = TrainConfig { lora: Some(LoraConfig { rank: 2, alpha: 2.0 }), batch_size: 2, ..config(2) };
+    let lora_run = |devices: usize| {
+        let (student, rewards) = load_run(&g, &md, &lora, None).unwrap();
+        let (student2, rewards2) = load_run(&g2, &md, &lora, None).unwrap();
+        let mut t = Trainer::new(lora.clone(), student, &rewards, &data).unwrap();
+        if devices == 2 {
+            t.add_replicas(vec![Replica { student: student2, models: rewards2 }]).unwrap();
+        }
+        (bits(run(&mut t, &opts(&tmp(&format!("dp-lora-{devices}")), None)).unwrap()), weights(&t))
+    };
+    assert_eq!(lora_run(2), lora_run(1));
+
     // a replica loaded otherwise is refused
-    let lora = TrainConfig { lora: Some(LoraConfig { rank: 2, alpha: 2.0 }), ..cfg.clone() };
     let (student2, rewards2) = load_run(&g2, &md, &lora, None).unwrap();
     let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
     let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
