@@ -126,3 +126,28 @@ fn reward_scores_of_clips_are_the_models_scores_of_their_frames() {
     let e = scorer.score(&g, &short, prompt).unwrap_err().to_string();
     assert!(e.contains("3 frames; the video reward scores 4"), "{e}");
 }
+
+/// On a device whose storage bindings hold less than the text tower's vocabulary (49408 x
+/// 64 f32, 12 MiB; here 4 MiB, as lavapipe's 128 MiB against VideoCrafter2's 49408 x 1024),
+/// the table is loaded in row chunks and the text features are the same.
+#[test]
+fn a_vocabulary_larger_than_a_binding_is_read_in_chunks() {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends: wgpu::Backends::PRIMARY, ..wgpu::InstanceDescriptor::new_without_display_handle() });
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).unwrap();
+    let limits = wgpu::Limits { max_storage_buffer_binding_size: 4 << 20, ..adapter.limits() };
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor { required_limits: limits, ..Default::default() })).unwrap();
+    let small = Gpu::from_device(device, queue);
+    assert_eq!(small.max_binding_bytes(), 4 << 20);
+    let big = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap();
+    let tok = ClipTokenizer::new().unwrap();
+    let ids: Vec<Vec<u32>> = ["a red circle moving left", "the quick brown fox"].iter().map(|p| tok.encode(p).unwrap().ids).collect();
+    let features = |g: &Gpu| -> Vec<f32> {
+        let tape = Tape::new();
+        tape.no_grad(|| Ok::<_, t2v_turbo::models::weights::WeightsError>(clip(g).text.features(&tape, &ids)?.value().to_vec()?)).unwrap()
+    };
+    let (chunked, whole) = (features(&small), features(&big));
+    assert_eq!(chunked.len(), 2 * 32);
+    for (a, b) in chunked.iter().zip(&whole) {
+        assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+    }
+}

@@ -435,6 +435,32 @@ fn embedding_rows_sum_their_gradients() {
     assert!(t2v_kernels::ops::embedding_backward(&g, &[1, 9], 7).is_err());
 }
 
+/// A table in row chunks (3, 2 and 4 rows of 5) gathers what the whole table does, ids in
+/// any order and repeated; each chunk gets its rows' gradients (finite differences).
+#[test]
+fn embedding_over_row_chunks() {
+    let ids = [8u32, 0, 4, 3, 8, 1, 5, 2];
+    let whole = |x: &[Vec<f64>]| -> Vec<f64> {
+        let table: Vec<f64> = x.iter().flatten().copied().collect();
+        ids.iter().flat_map(|&i| table[i as usize * 5..i as usize * 5 + 5].to_vec()).collect()
+    };
+    grad_check("embedding_chunked", &[(&[3, 5], -1.0, 1.0), (&[2, 5], -1.0, 1.0), (&[4, 5], -1.0, 1.0)], &|v| ad::embedding_chunked(&[&v[0], &v[1], &v[2]], &ids), &whole);
+    // exactly the rows of the whole table; one chunk is the plain embedding
+    let tape = Tape::new();
+    let (t, tv) = rand_tensor(&[9, 5], 3, -1.0, 1.0);
+    let chunks: Vec<Var> = [(0, 3), (3, 2), (5, 4)].iter().map(|&(at, n)| tape.leaf(Tensor::from_slice(gpu(), &[n, 5], &tv[at * 5..(at + n) * 5]).unwrap())).collect();
+    let refs: Vec<&Var> = chunks.iter().collect();
+    let got = ad::embedding_chunked(&refs, &ids).unwrap().value().to_vec().unwrap();
+    assert_eq!(got, ad::embedding(&tape.leaf(t), &ids).unwrap().value().to_vec().unwrap());
+    // ids of one chunk only: the others get no gradient
+    let y = ad::embedding_chunked(&refs, &[4, 3]).unwrap();
+    let grads = tape.backward(&ad::sum_all(&y).unwrap()).unwrap();
+    assert!(grads.get(&chunks[0]).is_none() && grads.get(&chunks[1]).is_some() && grads.get(&chunks[2]).is_none());
+    assert!(ad::embedding_chunked(&refs, &[9]).unwrap_err().to_string().contains("id 9 out of range for a table of 9 rows"));
+    let narrow = tape.leaf(Tensor::zeros(gpu(), &[2, 4]).unwrap());
+    assert!(ad::embedding_chunked(&[&chunks[0], &narrow], &[0]).is_err());
+}
+
 #[test]
 fn lora_trains_alone_and_merges() {
     use t2v_kernels::autograd::{conv2d_lora, linear_lora, Lora};

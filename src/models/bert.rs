@@ -86,7 +86,8 @@ impl BertLayer {
 /// The encoder (keys under `key`, e.g. `text_encoder.bert`).
 pub struct Bert {
     pub config: BertConfig,
-    word_embeddings: Tensor,
+    /// (vocab, hidden) in row chunks that fit a storage binding (one on GPUs).
+    word_embeddings: Vec<Tensor>,
     position_embeddings: Tensor,
     token_type_embeddings: Tensor,
     embed_norm: LayerNorm,
@@ -98,7 +99,7 @@ impl Bert {
         let h = c.hidden_size;
         Ok(Bert {
             config: c.clone(),
-            word_embeddings: l.get(&format!("{key}.embeddings.word_embeddings.weight"), &[c.vocab_size, h])?,
+            word_embeddings: l.get_row_chunks(&format!("{key}.embeddings.word_embeddings.weight"), &[c.vocab_size, h])?,
             position_embeddings: l.get(&format!("{key}.embeddings.position_embeddings.weight"), &[c.max_position_embeddings, h])?,
             token_type_embeddings: l.get(&format!("{key}.embeddings.token_type_embeddings.weight"), &[c.type_vocab_size, h])?,
             embed_norm: LayerNorm::load(l, &format!("{key}.embeddings.LayerNorm"), h, c.layer_norm_eps)?,
@@ -123,7 +124,8 @@ impl Bert {
             return Err(bad(format!("token id {id} is outside the vocabulary of {}", c.vocab_size)));
         }
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let words = ad::reshape(&ad::embedding(&tape.param(&self.word_embeddings), &flat)?, &[n, l, h])?;
+        let tables: Vec<Var> = self.word_embeddings.iter().map(|t| tape.param(t)).collect();
+        let words = ad::reshape(&ad::embedding_chunked(&tables.iter().collect::<Vec<_>>(), &flat)?, &[n, l, h])?;
         let pos = ad::slice(&tape.param(&self.position_embeddings), 0, 0, l)?;
         let types = ad::slice(&tape.param(&self.token_type_embeddings), 0, 0, 1)?;
         let mut x = self.embed_norm.forward(&ad::add(&ad::add(&words, &pos)?, &types)?)?;

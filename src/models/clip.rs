@@ -138,7 +138,8 @@ pub fn l2_normalize(x: &Var) -> Result<Var> {
 /// The text tower.
 pub struct TextTower {
     pub config: TextConfig,
-    token_embedding: Tensor,
+    /// (vocab, width) in row chunks that fit a storage binding (one on GPUs).
+    token_embedding: Vec<Tensor>,
     positional_embedding: Tensor,
     resblocks: Vec<ResBlock>,
     ln_final: LayerNorm,
@@ -152,7 +153,7 @@ impl TextTower {
         let w = cfg.width;
         Ok(TextTower {
             config: cfg.clone(),
-            token_embedding: l.get("token_embedding.weight", &[cfg.vocab_size, w])?,
+            token_embedding: l.get_row_chunks("token_embedding.weight", &[cfg.vocab_size, w])?,
             positional_embedding: l.get("positional_embedding", &[cfg.context_length, w])?,
             resblocks: (0..cfg.layers).map(|i| ResBlock::load(l, &format!("transformer.resblocks.{i}"), w)).collect::<Result<_>>()?,
             ln_final: LayerNorm::load(l, "ln_final", w, LN_EPS)?,
@@ -170,8 +171,8 @@ impl TextTower {
             return Err(WeightsError::Gpu(t2v_kernels::Error::Shape { op: "text tower", msg: format!("token rows must have {ctx} ids, got {}", bad.len()) }));
         }
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let table = tape.param(&self.token_embedding);
-        let x = ad::reshape(&ad::embedding(&table, &flat)?, &[n, ctx, w])?;
+        let tables: Vec<Var> = self.token_embedding.iter().map(|t| tape.param(t)).collect();
+        let x = ad::reshape(&ad::embedding_chunked(&tables.iter().collect::<Vec<_>>(), &flat)?, &[n, ctx, w])?;
         let mut x = ad::add(&x, &tape.param(&self.positional_embedding))?;
         for b in &self.resblocks[..layers] {
             x = b.forward(&x, self.config.heads, true)?;

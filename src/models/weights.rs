@@ -326,16 +326,43 @@ impl<'f> Loader<'f> {
     /// a zero tensor of the expected shape stands in, so construction can go on and every
     /// problem gets reported by [`Loader::finish`].
     pub fn get(&self, key: &str, shape: &[usize]) -> Result<Tensor> {
-        let Some(file) = self.file else {
-            let t = Tensor::from_slice(&self.gpu, shape, &random_init(key, shape, self.seed))?;
-            self.problems.lock().unwrap().loaded.push((key.to_string(), t.clone()));
-            return Ok(t);
+        let t = match self.fetch(key, shape) {
+            Some(v) => Tensor::from_slice(&self.gpu, shape, &v)?,
+            None => return Ok(Tensor::zeros(&self.gpu, shape)?),
         };
+        self.problems.lock().unwrap().loaded.push((key.to_string(), t.clone()));
+        Ok(t)
+    }
+
+    /// The table `key` of shape (V, ...) as row chunks that each fit one storage binding of
+    /// the device (one chunk when the whole does), for [`t2v_kernels::autograd::embedding_chunked`]:
+    /// a vocabulary larger than a binding (CLIP's 49408 x 1024 is 193 MiB; lavapipe binds
+    /// 128 MiB). Only a table in one chunk is among [`Loader::params`] (a larger one is
+    /// for inference). Problems are recorded as by [`Loader::get`].
+    pub fn get_row_chunks(&self, key: &str, shape: &[usize]) -> Result<Vec<Tensor>> {
+        let row: usize = shape[1..].iter().product::<usize>().max(1);
+        let rows_per = (self.gpu.max_binding_bytes() / (4 * row as u64)).max(1) as usize;
+        if shape[0] <= rows_per {
+            return Ok(vec![self.get(key, shape)?]);
+        }
+        let values = self.fetch(key, shape).unwrap_or_else(|| vec![0.0; shape[0] * row]);
+        values
+            .chunks(rows_per * row)
+            .map(|c| {
+                let mut s = shape.to_vec();
+                s[0] = c.len() / row;
+                Ok(Tensor::from_slice(&self.gpu, &s, c)?)
+            })
+            .collect()
+    }
+
+    /// `key`'s values (under the prefix; random without a file, or where the file lacks a
+    /// new layer's), checked against `shape`; None when a problem was recorded.
+    fn fetch(&self, key: &str, shape: &[usize]) -> Option<Vec<f32>> {
+        let Some(file) = self.file else { return Some(random_init(key, shape, self.seed)) };
         let full = format!("{}{key}", self.prefix);
         if !file.entries.contains_key(&full) && self.init_missing.iter().any(|p| key.starts_with(p.as_str())) {
-            let t = Tensor::from_slice(&self.gpu, shape, &random_init(key, shape, self.seed))?;
-            self.problems.lock().unwrap().loaded.push((key.to_string(), t.clone()));
-            return Ok(t);
+            return Some(random_init(key, shape, self.seed));
         }
         let mut pr = self.problems.lock().unwrap();
         pr.used.insert(full.clone());
@@ -344,16 +371,13 @@ impl<'f> Loader<'f> {
             Some(e) if e.shape != shape => pr.shape.push(format!("{full}: file {:?}, model {shape:?}", e.shape)),
             Some(_) => {
                 drop(pr);
-                match file.tensor(&self.gpu, &full) {
-                    Ok(t) => {
-                        self.problems.lock().unwrap().loaded.push((key.to_string(), t.clone()));
-                        return Ok(t);
-                    }
+                match file.host_f32(&full) {
+                    Ok((_, v)) => return Some(v),
                     Err(e) => self.problems.lock().unwrap().other.push(e.to_string()),
                 }
             }
         }
-        Ok(Tensor::zeros(&self.gpu, shape)?)
+        None
     }
 
     /// A linear or conv layer's matrix weight `key` of shape `shape`, in the loader's

@@ -540,3 +540,42 @@ pub fn embedding(table: &Var, ids: &[u32]) -> Result<Var> {
     let (ids, vocab) = (ids.to_vec(), table.shape()[0]);
     record(y, &[table], Box::new(move |g, _| Ok(vec![Some(k::embedding_backward(g, &ids, vocab)?)])))
 }
+
+/// [`embedding`] of a table held as row chunks (`tables[0]` rows 0..V_0, `tables[1]` the
+/// next V_1, ...; each (V_c, D)) — a table larger than one storage binding (CLIP's 49408 x
+/// 1024 vocabulary on lavapipe's 128 MiB). Each chunk gathers the ids that fall in it, and
+/// one more gather puts the rows back in the order of `ids`. A chunk gets its rows'
+/// gradients; a chunk no id falls in, none.
+pub fn embedding_chunked(tables: &[&Var], ids: &[u32]) -> Result<Var> {
+    let Some(first) = tables.first() else { return Err(Error::Shape { op: "embedding_chunked", msg: "no table chunks".into() }) };
+    if tables.len() == 1 || ids.is_empty() {
+        return embedding(first, ids);
+    }
+    let d = first.shape().get(1).copied();
+    if let Some(bad) = tables.iter().find(|t| t.shape().len() != 2 || t.shape().get(1).copied() != d) {
+        return Err(Error::Shape { op: "embedding_chunked", msg: format!("chunks must be (V_c, {d:?}), got {:?}", bad.shape()) });
+    }
+    let total: usize = tables.iter().map(|t| t.shape()[0]).sum();
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= total) {
+        return Err(Error::Shape { op: "embedding_chunked", msg: format!("id {bad} out of range for a table of {total} rows") });
+    }
+    // position p's row lands at inv[p] of the chunk-grouped rows
+    let (mut parts, mut inv, mut start, mut at) = (Vec::new(), vec![0u32; ids.len()], 0u32, 0u32);
+    for t in tables {
+        let rows = t.shape()[0] as u32;
+        let mine: Vec<usize> = (0..ids.len()).filter(|&p| (start..start + rows).contains(&ids[p])).collect();
+        if !mine.is_empty() {
+            parts.push(embedding(t, &mine.iter().map(|&p| ids[p] - start).collect::<Vec<_>>())?);
+            for &p in &mine {
+                inv[p] = at;
+                at += 1;
+            }
+        }
+        start += rows;
+    }
+    let grouped = match parts.as_slice() {
+        [one] => one.clone(),
+        _ => concat(&parts.iter().collect::<Vec<_>>(), 0)?,
+    };
+    embedding(&grouped, &inv)
+}
