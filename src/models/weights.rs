@@ -232,6 +232,8 @@ struct Problems {
     other: Vec<String>,
     used: BTreeSet<String>,
     loaded: Vec<(String, Tensor)>,
+    /// Tables loaded in row chunks ([`Loader::get_row_chunks`]): key, full shape, chunks.
+    chunked: Vec<(String, Vec<usize>, Vec<Tensor>)>,
 }
 
 /// Hands tensors to a model constructor and collects every problem (see module docs).
@@ -338,7 +340,8 @@ impl<'f> Loader<'f> {
     /// the device (one chunk when the whole does), for [`t2v_kernels::autograd::embedding_chunked`]:
     /// a vocabulary larger than a binding (CLIP's 49408 x 1024 is 193 MiB; lavapipe binds
     /// 128 MiB). Only a table in one chunk is among [`Loader::params`] (a larger one is
-    /// for inference). Problems are recorded as by [`Loader::get`].
+    /// for inference; [`Loader::all_tensors`] has it). Problems are recorded as by
+    /// [`Loader::get`].
     pub fn get_row_chunks(&self, key: &str, shape: &[usize]) -> Result<Vec<Tensor>> {
         let row: usize = shape[1..].iter().product::<usize>().max(1);
         let rows_per = (self.gpu.max_binding_bytes() / (4 * row as u64)).max(1) as usize;
@@ -346,14 +349,16 @@ impl<'f> Loader<'f> {
             return Ok(vec![self.get(key, shape)?]);
         }
         let values = self.fetch(key, shape).unwrap_or_else(|| vec![0.0; shape[0] * row]);
-        values
+        let chunks = values
             .chunks(rows_per * row)
             .map(|c| {
                 let mut s = shape.to_vec();
                 s[0] = c.len() / row;
                 Ok(Tensor::from_slice(&self.gpu, &s, c)?)
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        self.problems.lock().unwrap().chunked.push((key.to_string(), shape.to_vec(), chunks.clone()));
+        Ok(chunks)
     }
 
     /// `key`'s values (under the prefix; random without a file, or where the file lacks a
@@ -413,6 +418,13 @@ impl<'f> Loader<'f> {
         self.problems.lock().unwrap().loaded.clone()
     }
 
+    /// Every tensor loaded so far, as [`save_weight_parts`] writes them: the
+    /// [`Loader::params`], then the tables loaded in row chunks.
+    pub fn all_tensors(&self) -> Vec<(String, Vec<usize>, Vec<Tensor>)> {
+        let pr = self.problems.lock().unwrap();
+        pr.loaded.iter().map(|(k, t)| (k.clone(), t.shape().to_vec(), vec![t.clone()])).chain(pr.chunked.iter().cloned()).collect()
+    }
+
     /// Ok if every requested tensor was present with its shape and every file key under
     /// the prefix was used; else one error listing all problems.
     pub fn finish(self) -> Result<()> {
@@ -455,16 +467,29 @@ pub enum SaveDtype {
 }
 
 /// Writes named tensors (e.g. [`Loader::params`]) to a safetensors file atomically, with
-/// string metadata.
+/// string metadata, streamed from the device.
 pub fn save_weights(path: &Path, tensors: &[(String, Tensor)], dtype: SaveDtype, metadata: &[(&str, String)]) -> Result<()> {
+    let parts: Vec<(String, Vec<usize>, Vec<Tensor>)> = tensors.iter().map(|(n, t)| (n.clone(), t.shape().to_vec(), vec![t.clone()])).collect();
+    save_weight_parts(path, &parts, dtype, metadata)
+}
+
+/// [`save_weights`] of tensors held in parts (name, full shape, parts whose elements
+/// follow each other: a table's row chunks, [`Loader::all_tensors`]), each saved as one.
+pub fn save_weight_parts(path: &Path, tensors: &[(String, Vec<usize>, Vec<Tensor>)], dtype: SaveDtype, metadata: &[(&str, String)]) -> Result<()> {
     let st = match dtype {
         SaveDtype::F32 => safetensors::Dtype::F32,
         SaveDtype::F16 => safetensors::Dtype::F16,
         SaveDtype::BF16 => safetensors::Dtype::BF16,
     };
-    let entries: Vec<t2v_kernels::io::SafetensorsEntry> = tensors.iter().map(|(n, t)| (n.clone(), st, t.shape().to_vec())).collect();
+    for (name, shape, parts) in tensors {
+        let n: usize = parts.iter().map(Tensor::numel).sum();
+        if n != shape.iter().product::<usize>() {
+            return Err(WeightsError::Data { path: path.display().to_string(), msg: format!("{name}: parts of {n} values for shape {shape:?}") });
+        }
+    }
+    let entries: Vec<t2v_kernels::io::SafetensorsEntry> = tensors.iter().map(|(n, shape, _)| (n.clone(), st, shape.clone())).collect();
     let meta: Vec<(String, String)> = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    let refs: Vec<&Tensor> = tensors.iter().map(|(_, t)| t).collect();
+    let refs: Vec<&Tensor> = tensors.iter().flat_map(|(_, _, parts)| parts).collect();
     let write_err = |e: std::io::Error| WeightsError::Write { path: path.display().to_string(), msg: e.to_string() };
     // streamed from the device: the host holds one staging buffer's worth at a time
     t2v_kernels::io::write_safetensors(path, &entries, &meta, |w| {

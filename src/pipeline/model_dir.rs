@@ -23,7 +23,7 @@ use crate::models::internvideo2::{InternVideo2, InternVideo2Config};
 use crate::models::tokenizer::{BertTokenizer, ClipTokenizer};
 use crate::models::unet3d::{Unet3d, UnetConfig};
 use crate::models::vae::{Vae, VaeConfig};
-use crate::models::weights::{save_weights, Loader, Result, SaveDtype, WeightFile, WeightPrecision, WeightsError};
+use crate::models::weights::{save_weight_parts, Loader, Result, SaveDtype, WeightFile, WeightPrecision, WeightsError};
 use crate::reward::{ClipVideoReward, ImageTextReward, InternVideo2Reward, Preprocess, VideoTextReward};
 
 /// The new layers of T2V-Turbo's student, absent from a teacher checkpoint.
@@ -447,7 +447,7 @@ pub fn init_folder(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: Sav
         }
         let l = Loader::random(gpu, seed);
         load(&l)?;
-        save_weights(&root.join(name), &l.params(), dtype, &meta(what))?;
+        save_weight_parts(&root.join(name), &l.all_tensors(), dtype, &meta(what))?;
         Ok(root.join(name))
     };
     if let Some(p) = &given.unet {
@@ -482,7 +482,7 @@ pub fn init_folder(gpu: &Gpu, preset: Preset, root: &Path, seed: u64, dtype: Sav
                     t.write(&table)?;
                 }
             }
-            save_weights(&root.join("reward_video.safetensors"), &l.params(), dtype, &meta("internvideo2"))?;
+            save_weight_parts(&root.join("reward_video.safetensors"), &l.all_tensors(), dtype, &meta("internvideo2"))?;
             t2v_kernels::io::write_atomic(&root.join("bert_vocab.txt"), (world_vocab(iv2.text.vocab_size).join("\n") + "\n").as_bytes())?;
             (root.join("reward_video.safetensors"), root.join("bert_vocab.txt"))
         }

@@ -79,6 +79,7 @@ pub(crate) fn tile(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize), o
     if !fits {
         return None;
     }
+    let auto = gpu.conv_path() == ConvPath::Auto;
     let chosen = match gpu.conv_path() {
         ConvPath::Direct => None,
         ConvPath::Winograd => Some(Tile::F2),
@@ -89,10 +90,25 @@ pub(crate) fn tile(gpu: &Gpu, tiled: bool, w: &Tensor, stride: (usize, usize), o
             (gpu.matrix_tile().is_none() && (tiled || gpu.is_cpu()) && s[0] >= WINOGRAD_MIN_CHANNELS && s[1] >= WINOGRAD_MIN_CHANNELS).then_some(if wide { Tile::F4 } else { Tile::F2 })
         }
     };
-    // a pass covers at least one image: its transformed input and output (points x
-    // channels x tiles) must fit in one binding, else the direct kernels run (e.g. 64
-    // channels on 512x512 under llvmpipe's 128 MiB)
-    chosen.filter(|&t| (t.points() * s[0].max(s[1]) * out.0.div_ceil(t.m()) * out.1.div_ceil(t.m()) * 4) as u64 <= gpu.max_binding_bytes())
+    fitting(chosen, auto, |t| fits_binding(t, s[0], s[1], out, gpu.max_binding_bytes()))
+}
+
+/// Whether a conv of O x C channels and `out` = (OH, OW) output pixels per image fits tile
+/// `t` in bindings of `limit` bytes: its transformed weights (points x O x C) and one
+/// image's transformed input and output (points x max(O, C) x tiles) — a pass covers at
+/// least one image. (llvmpipe's 128 MiB: not 64 channels on 512x512, nor VideoCrafter2's
+/// 1280 -> 2560 weights.)
+fn fits_binding(t: Tile, o: usize, c: usize, out: (usize, usize), limit: u64) -> bool {
+    let image = t.points() * o.max(c) * out.0.div_ceil(t.m()) * out.1.div_ceil(t.m()) * 4;
+    let weights = t.points() * o * c * 4;
+    image as u64 <= limit && weights as u64 <= limit
+}
+
+/// The chosen tile if it fits; under `auto` F(4x4) that does not fit falls back to F(2x2)
+/// (fewer tile points) before the direct kernels.
+fn fitting(chosen: Option<Tile>, auto: bool, fits: impl Fn(Tile) -> bool) -> Option<Tile> {
+    let t = chosen?;
+    [t, Tile::F2].into_iter().find(|&u| (u == t || auto) && fits(u))
 }
 
 /// Under [`ConvPath::Auto`], outputs at least this high and wide take F(4x4, 3x3), smaller
@@ -197,6 +213,24 @@ fn tiles(tile: Tile, x: &Tensor, v: &Tensor, bias: Option<&Tensor>, y: &Tensor, 
 mod tests {
     use super::*;
     use crate::GpuOptions;
+
+    /// Under a binding limit, the transformed weights count too: VideoCrafter2's 1280 ->
+    /// 2560 conv stays direct under llvmpipe's 128 MiB (F(2x2): 200 MiB of weights), its
+    /// 1280 -> 1280 ones take F(2x2) when F(4x4) would not fit (225 vs 100 MiB); 2 GiB
+    /// take F(4x4) for all.
+    #[test]
+    fn winograd_needs_its_weights_in_one_binding() {
+        let mib = 1u64 << 20;
+        let pick = |o, c, limit, auto, chosen| fitting(Some(chosen), auto, |t| fits_binding(t, o, c, (40, 64), limit));
+        assert_eq!(pick(2560, 1280, 128 * mib, true, Tile::F4), None);
+        assert_eq!(pick(1280, 1280, 128 * mib, true, Tile::F4), Some(Tile::F2));
+        assert_eq!(pick(1280, 1280, 128 * mib, false, Tile::F4), None, "an explicit F(4x4) does not become F(2x2)");
+        assert_eq!(pick(2560, 1280, 2048 * mib, true, Tile::F4), Some(Tile::F4));
+        assert_eq!(pick(320, 320, 128 * mib, false, Tile::F2), Some(Tile::F2));
+        assert_eq!(fitting(None, true, |_| true), None);
+        // one image of 64 channels on 512x512 in F(2x2): 16 x 64 x 256 x 256 x 4 = 256 MiB
+        assert!(!fits_binding(Tile::F2, 64, 64, (512, 512), 128 * mib));
+    }
 
     /// A batch over the per-pass budget runs a few images at a time: the same output as
     /// in one pass.
