@@ -150,4 +150,20 @@ fn a_vocabulary_larger_than_a_binding_is_read_in_chunks() {
     for (a, b) in chunked.iter().zip(&whole) {
         assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
     }
+    // the chunks are saved as the one table they are
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openclip");
+    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
+    let l = Loader::new(&wf, &small, "");
+    let cfg = ClipConfig::from_json(&serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()).unwrap();
+    Clip::load(&l, &cfg).unwrap();
+    let all = l.all_tensors();
+    let table = all.iter().find(|t| t.0 == "token_embedding.weight").unwrap();
+    assert_eq!((table.1.as_slice(), table.2.len()), (&[49408, 64][..], 4));
+    assert!(!l.params().iter().any(|p| p.0 == "token_embedding.weight"), "a chunked table is not a trainable parameter");
+    let out = std::env::temp_dir().join(format!("t2v-chunked-{}.safetensors", std::process::id()));
+    t2v_turbo::models::weights::save_weight_parts(&out, &all, t2v_turbo::models::weights::SaveDtype::F32, &[]).unwrap();
+    let saved = WeightFile::open(&out).unwrap();
+    assert_eq!(saved.host_f32("token_embedding.weight").unwrap(), wf.host_f32("token_embedding.weight").unwrap());
+    assert_eq!(saved.entries().len(), wf.entries().len());
+    std::fs::remove_file(&out).unwrap();
 }
