@@ -222,7 +222,7 @@ fn lora_trains_adapters_and_leaves_the_base_weights() {
     let v = validation(&g, &md, 1);
     let trained = validate(&t, &v, &tmp("lora-val")).unwrap();
     let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
-    let fresh = Trainer::new(cfg, student, &rewards, &data).unwrap();
+    let fresh = Trainer::new(cfg.clone(), student, &rewards, &data).unwrap();
     let base_row = validate(&fresh, &v, &tmp("lora-val0")).unwrap();
     assert_ne!(trained.image_reward, base_row.image_reward, "the adapters were not sampled");
     // the run's model folder also holds its adapters alone: the teacher's folder plus them
@@ -232,6 +232,14 @@ fn lora_trains_adapters_and_leaves_the_base_weights() {
     let smd = t2v_turbo::pipeline::train::write_student_model(&d.join("model"), &md, &t.student, 2, SaveDtype::F32).unwrap();
     let base_md = t2v_turbo::pipeline::train::write_student_model(&d.join("base"), &md, &fresh.student, 0, SaveDtype::F32).unwrap();
     let lora = d.join("model/lora.safetensors");
+    // the trainer applies each adapter next to its layer (no merged copy of the weights):
+    // its validation samples score what the merged student's do
+    let merged_cfg = TrainConfig { lora: None, ..cfg.clone() };
+    let (ms, mr) = load_run(&g, &smd, &merged_cfg, None).unwrap();
+    let merged_row = validate(&Trainer::new(merged_cfg, ms, &mr, &data).unwrap(), &v, &tmp("lora-val-merged")).unwrap();
+    let close = |a: Option<f32>, b: Option<f32>| (a.unwrap() - b.unwrap()).abs() <= 1e-4 * (1.0 + b.unwrap().abs());
+    assert!(close(trained.image_reward, merged_row.image_reward) && close(trained.video_reward, merged_row.video_reward), "unmerged {trained:?} vs merged {merged_row:?}");
+    assert!((trained.flicker - merged_row.flicker).abs() <= 1e-3 * (1.0 + merged_row.flicker.abs()), "unmerged {trained:?} vs merged {merged_row:?}");
     let opts = SampleOptions { steps: 2, seed: 4, ..SampleOptions::for_models(&smd) };
     let video = |gen: Generator| gen.generate("a red circle moving left", &opts).unwrap();
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);

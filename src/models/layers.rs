@@ -2,7 +2,7 @@
 //! with frozen weights put on the caller's tape as constants. Matrix weights (linear and
 //! conv kernels) are [`Weight`]s: f32, or half precision where the loader keeps them so.
 
-use t2v_kernels::autograd::{self as ad, Var};
+use t2v_kernels::autograd::{self as ad, LoraVars, Var};
 use t2v_kernels::ops::Conv2d as Geo;
 use t2v_kernels::Tensor;
 
@@ -40,7 +40,15 @@ impl Linear {
     pub fn forward(&self, x: &Var) -> Result<Var> {
         let b = self.b.as_ref().map(|b| konst(b, x));
         Ok(match &self.w {
-            Weight::F32(w) => ad::linear(x, &konst(w, x), b.as_ref())?,
+            // a LoRA adapter on the weight (training): W x + (alpha/r) B (A x), unmerged
+            Weight::F32(w) => match x.tape().lora_of(w) {
+                Some(l) => {
+                    let (r, inp) = (l.down.shape()[0], w.shape()[1]);
+                    let lora = LoraVars { down: ad::reshape(&l.down, &[r, inp])?, up: ad::reshape(&l.up, &[w.shape()[0], r])?, scale: l.scale };
+                    ad::linear_lora(x, &x.tape().constant(w.clone()), b.as_ref(), &lora)?
+                }
+                None => ad::linear(x, &konst(w, x), b.as_ref())?,
+            },
             Weight::Half(w) => {
                 frozen(x)?;
                 ad::linear_half(x, w, b.as_ref())?
@@ -63,7 +71,16 @@ impl Conv {
     pub fn forward(&self, x: &Var) -> Result<Var> {
         let b = konst(&self.b, x);
         Ok(match &self.w {
-            Weight::F32(w) => ad::conv2d(x, &konst(w, x), Some(&b), self.geo)?,
+            // a LoRA adapter: conv(x, W) + (alpha/r) conv1x1(conv(x, A), B), unmerged
+            Weight::F32(w) => match x.tape().lora_of(w) {
+                Some(l) => {
+                    let s = w.shape();
+                    let r = l.down.shape()[0];
+                    let lora = LoraVars { down: ad::reshape(&l.down, &[r, s[1], s[2], s[3]])?, up: ad::reshape(&l.up, &[s[0], r, 1, 1])?, scale: l.scale };
+                    ad::conv2d_lora(x, &x.tape().constant(w.clone()), Some(&b), self.geo, &lora)?
+                }
+                None => ad::conv2d(x, &konst(w, x), Some(&b), self.geo)?,
+            },
             Weight::Half(w) => {
                 frozen(x)?;
                 ad::conv2d_half(x, w, Some(&b), self.geo)?

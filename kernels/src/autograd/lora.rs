@@ -20,6 +20,7 @@ pub struct Lora {
 }
 
 /// An adapter's tensors on a tape.
+#[derive(Clone)]
 pub struct LoraVars {
     pub down: Var,
     pub up: Var,
@@ -78,17 +79,17 @@ impl Lora {
     /// adapter applied next to the layer, for any layer type.
     pub fn merged_on(&self, tape: &Tape, w: &Tensor) -> Result<(LoraVars, Var)> {
         let vars = self.vars(tape);
-        let r = self.down.shape()[0];
-        let o = self.up.shape()[0];
-        let fan_in = self.down.numel() / r;
-        if w.numel() != o * fan_in || w.shape()[0] != o {
-            return Err(Error::Shape { op: "lora merge", msg: format!("weight {:?} does not fit adapter up {:?} down {:?}", w.shape(), self.up.shape(), self.down.shape()) });
-        }
-        let up = super::reshape(&vars.up, &[o, r])?;
-        let down = super::reshape(&vars.down, &[r, fan_in])?;
-        let delta = super::matmul_ex(&up, &down, false, false, self.scale, None)?;
-        let merged = super::add(&tape.constant(w.reshape(&[o, fan_in])?), &delta)?;
+        let merged = merge_vars(tape, w, &vars)?;
         Ok((vars, merged))
+    }
+
+    /// Tracked adapter leaves, attached to `w` on `tape` ([`Tape::attach_lora`]): layers
+    /// that apply adapters run W x + (alpha/r) B (A x) without forming the merged weight
+    /// (a copy of W per adapted layer), others read the merged weight.
+    pub fn attach(&self, tape: &Tape, w: &Tensor) -> Result<LoraVars> {
+        let vars = self.vars(tape);
+        tape.attach_lora(w, vars.clone())?;
+        Ok(vars)
     }
 
     /// W + (alpha/r) B A, same shape as `w` (linear (out, in) or conv (o, c, kh, kw)).
@@ -102,6 +103,21 @@ impl Lora {
         let delta = k::matmul_ex(&self.up.reshape(&[o, r])?, &self.down.reshape(&[r, fan_in])?, k::Matmul { alpha: self.scale, ..Default::default() })?;
         k::add(w, &delta.reshape(w.shape())?)
     }
+}
+
+/// W + scale B A on `tape` (W a constant) as (out, fan_in), from adapter tensors of any
+/// layout of (r, fan_in) and (out, r).
+pub(crate) fn merge_vars(tape: &Tape, w: &Tensor, vars: &LoraVars) -> Result<Var> {
+    let r = vars.down.shape()[0];
+    let o = w.shape()[0];
+    let fan_in = vars.down.value.numel() / r;
+    if w.numel() != o * fan_in || vars.up.value.numel() != o * r {
+        return Err(Error::Shape { op: "lora merge", msg: format!("weight {:?} does not fit adapter up {:?} down {:?}", w.shape(), vars.up.shape(), vars.down.shape()) });
+    }
+    let up = super::reshape(&vars.up, &[o, r])?;
+    let down = super::reshape(&vars.down, &[r, fan_in])?;
+    let delta = super::matmul_ex(&up, &down, false, false, vars.scale, None)?;
+    super::add(&tape.constant(w.reshape(&[o, fan_in])?), &delta)
 }
 
 /// linear(x, w, b) + scale * up(down(x)).

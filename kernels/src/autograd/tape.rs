@@ -29,6 +29,9 @@ struct Inner {
     param_log: Option<(std::collections::HashSet<usize>, Vec<Tensor>)>,
     /// Weight buffer -> the value [`Tape::param`] returns instead (LoRA-merged weights).
     substitutes: HashMap<usize, Var>,
+    /// Weight buffer -> its LoRA adapter ([`Tape::attach_lora`]) and, once a reader that
+    /// does not apply adapters asked [`Tape::param`] for it, the merged weight.
+    adapters: HashMap<usize, (super::LoraVars, Option<Var>)>,
 }
 
 /// A recording of differentiable ops. Cheap to clone (shared).
@@ -129,6 +132,20 @@ impl Tape {
             // use a reshaped view of the weight
             return super::reshape(&v, value.shape()).expect("substitute has the weight's size");
         }
+        if let Some((lora, merged)) = t.adapters.get(&value.storage_id()).cloned() {
+            drop(t);
+            // a reader that does not apply the adapter itself gets W + (alpha/r) B A, made
+            // once per tape (shapes were checked in `attach_lora`)
+            let merged = match merged {
+                Some(m) => m,
+                None => {
+                    let m = super::lora::merge_vars(self, value, &lora).expect("adapter fits its weight");
+                    self.0.lock().unwrap().adapters.insert(value.storage_id(), (lora, Some(m.clone())));
+                    m
+                }
+            };
+            return super::reshape(&merged, value.shape()).expect("merged weight has the weight's size");
+        }
         let key = value.storage_id();
         if !t.trainable || t.only.as_ref().is_some_and(|o| !o.contains(&key)) {
             drop(t);
@@ -154,6 +171,25 @@ impl Tape {
         }
         self.0.lock().unwrap().substitutes.insert(weight.storage_id(), with);
         Ok(())
+    }
+
+    /// Puts LoRA adapter `lora` (down (r, fan_in), up (out, r), any layout of those sizes)
+    /// on `weight` (out, ...): layers that apply adapters next to the weight
+    /// ([`Tape::lora_of`], [`super::linear_lora`], [`super::conv2d_lora`]) never form the
+    /// merged weight; any other reader of the weight through [`Tape::param`] gets W +
+    /// (alpha/r) B A, merged once.
+    pub fn attach_lora(&self, weight: &Tensor, lora: super::LoraVars) -> Result<()> {
+        let (r, o) = (lora.down.shape()[0], weight.shape()[0]);
+        if lora.up.value.numel() != o * r || lora.down.value.numel() * o != weight.numel() * r {
+            return ad_err(format!("an adapter with down {:?} and up {:?} does not fit a weight {:?}", lora.down.shape(), lora.up.shape(), weight.shape()));
+        }
+        self.0.lock().unwrap().adapters.insert(weight.storage_id(), (lora, None));
+        Ok(())
+    }
+
+    /// The LoRA adapter [`Tape::attach_lora`] put on `weight`, if any.
+    pub fn lora_of(&self, weight: &Tensor) -> Option<super::LoraVars> {
+        self.0.lock().unwrap().adapters.get(&weight.storage_id()).map(|(l, _)| l.clone())
     }
 
     /// The leaf of a weight made by [`Tape::param`], if it was used on this tape.
@@ -341,7 +377,7 @@ impl Tape {
     {
         let (trainable, only, substituted, recording) = {
             let t = self.0.lock().unwrap();
-            (t.trainable, t.only.clone(), !t.substitutes.is_empty(), t.recording)
+            (t.trainable, t.only.clone(), !t.substitutes.is_empty() || !t.adapters.is_empty(), t.recording)
         };
         if substituted || !recording || (!trainable && inputs.iter().all(|v| v.node.is_none())) {
             return block(&inputs.iter().map(|v| (*v).clone()).collect::<Vec<_>>());

@@ -228,8 +228,8 @@ impl Student {
         }
     }
 
-    /// Puts the student on `tape`: trainable weights, or frozen weights with adapters
-    /// merged in (tracked through the adapters).
+    /// Puts the student on `tape`: trainable weights, or frozen weights with their
+    /// adapters attached (tracked through the adapters).
     fn attach(&self, tape: &Tape) -> Result<Vec<Var>> {
         if self.adapters.is_empty() {
             tape.train_only(&self.trainable());
@@ -237,9 +237,8 @@ impl Student {
         }
         let mut leaves = Vec::new();
         for (i, l) in &self.adapters {
-            let w = &self.params[*i].1;
-            let (vars, merged) = l.merged_on(tape, w)?;
-            tape.substitute(w, merged)?;
+            // linear and conv layers apply it next to the weight, others read it merged
+            let vars = l.attach(tape, &self.params[*i].1)?;
             leaves.push(vars.down);
             leaves.push(vars.up);
         }
