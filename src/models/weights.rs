@@ -473,14 +473,46 @@ pub fn save_weights(path: &Path, tensors: &[(String, Tensor)], dtype: SaveDtype,
     save_weight_parts(path, &parts, dtype, metadata)
 }
 
-/// [`save_weights`] of tensors held in parts (name, full shape, parts whose elements
-/// follow each other: a table's row chunks, [`Loader::all_tensors`]), each saved as one.
-pub fn save_weight_parts(path: &Path, tensors: &[(String, Vec<usize>, Vec<Tensor>)], dtype: SaveDtype, metadata: &[(&str, String)]) -> Result<()> {
-    let st = match dtype {
+/// [`save_weights`] of tensors made one at a time: `tensor(i)` gives the i-th of `named`
+/// (name, shape) when it is written, and is dropped after (e.g. a LoRA student's merged
+/// weights, so that the merged model is never on the device at once).
+pub fn save_weights_made(path: &Path, named: &[(String, Vec<usize>)], dtype: SaveDtype, metadata: &[(&str, String)], mut tensor: impl FnMut(usize) -> Result<Tensor>) -> Result<()> {
+    let st = save_dtype(dtype);
+    let entries: Vec<t2v_kernels::io::SafetensorsEntry> = named.iter().map(|(n, shape)| (n.clone(), st, shape.clone())).collect();
+    let meta: Vec<(String, String)> = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    t2v_kernels::io::write_safetensors(path, &entries, &meta, |w| {
+        for (i, (name, shape)) in named.iter().enumerate() {
+            let t = tensor(i)?;
+            if t.shape() != shape.as_slice() {
+                return Err(WeightsError::Data { path: path.display().to_string(), msg: format!("{name}: made {:?}, listed {shape:?}", t.shape()) });
+            }
+            write_values(w, &t.to_vec()?, dtype).map_err(|e| WeightsError::Write { path: path.display().to_string(), msg: e.to_string() })?;
+        }
+        Ok(())
+    })
+}
+
+fn save_dtype(dtype: SaveDtype) -> safetensors::Dtype {
+    match dtype {
         SaveDtype::F32 => safetensors::Dtype::F32,
         SaveDtype::F16 => safetensors::Dtype::F16,
         SaveDtype::BF16 => safetensors::Dtype::BF16,
-    };
+    }
+}
+
+/// f32 values as `dtype`'s little-endian bytes into `w`.
+fn write_values(w: &mut dyn std::io::Write, v: &[f32], dtype: SaveDtype) -> std::io::Result<()> {
+    match dtype {
+        SaveDtype::F32 => w.write_all(bytemuck::cast_slice(v)),
+        SaveDtype::F16 => w.write_all(&v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>()),
+        SaveDtype::BF16 => w.write_all(&v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>()),
+    }
+}
+
+/// [`save_weights`] of tensors held in parts (name, full shape, parts whose elements
+/// follow each other: a table's row chunks, [`Loader::all_tensors`]), each saved as one.
+pub fn save_weight_parts(path: &Path, tensors: &[(String, Vec<usize>, Vec<Tensor>)], dtype: SaveDtype, metadata: &[(&str, String)]) -> Result<()> {
+    let st = save_dtype(dtype);
     for (name, shape, parts) in tensors {
         let n: usize = parts.iter().map(Tensor::numel).sum();
         if n != shape.iter().product::<usize>() {
@@ -493,13 +525,6 @@ pub fn save_weight_parts(path: &Path, tensors: &[(String, Vec<usize>, Vec<Tensor
     let write_err = |e: std::io::Error| WeightsError::Write { path: path.display().to_string(), msg: e.to_string() };
     // streamed from the device: the host holds one staging buffer's worth at a time
     t2v_kernels::io::write_safetensors(path, &entries, &meta, |w| {
-        Tensor::read_each(&refs, |_, v| -> Result<()> {
-            match dtype {
-                SaveDtype::F32 => w.write_all(bytemuck::cast_slice(&v)),
-                SaveDtype::F16 => w.write_all(&v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>()),
-                SaveDtype::BF16 => w.write_all(&v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect::<Vec<u8>>()),
-            }
-            .map_err(write_err)
-        })
+        Tensor::read_each(&refs, |_, v| -> Result<()> { write_values(w, &v, dtype).map_err(write_err) })
     })
 }

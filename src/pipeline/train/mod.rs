@@ -24,7 +24,7 @@ use crate::diffusion::{DdimSolver, Schedule};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet3d::Unet3d;
 use crate::models::vae::Vae;
-use crate::models::weights::{save_weights, Result, SaveDtype, WeightFile, WeightsError};
+use crate::models::weights::{save_weights, save_weights_made, Result, SaveDtype, WeightFile, WeightsError};
 use crate::pipeline::sample::Gaussian;
 use crate::pipeline::shards::{dataset_fingerprint, Shard};
 use crate::pipeline::validation::{self, Validation, ValidationRow};
@@ -714,7 +714,17 @@ fn write_jsonl<T: Serialize>(path: &Path, ms: &[T]) -> Result<()> {
 pub fn write_student_model(dir: &Path, source: &crate::pipeline::model_dir::ModelDir, student: &Student, steps: u64, dtype: SaveDtype) -> Result<crate::pipeline::model_dir::ModelDir> {
     std::fs::create_dir_all(dir).map_err(|e| WeightsError::Write { path: dir.display().to_string(), msg: e.to_string() })?;
     let unet = dir.join("unet.safetensors");
-    save_weights(&unet, &student.merged_params()?, dtype, &[("model", "t2v-turbo student unet3d".into()), ("steps", steps.to_string())])?;
+    // each weight merged with its adapter as it is written: never the whole merged UNet
+    // next to the student on the device
+    let named: Vec<(String, Vec<usize>)> = student.params.iter().map(|(n, t)| (n.clone(), t.shape().to_vec())).collect();
+    let adapter: std::collections::HashMap<usize, &Lora> = student.adapters.iter().map(|(i, l)| (*i, l)).collect();
+    save_weights_made(&unet, &named, dtype, &[("model", "t2v-turbo student unet3d".into()), ("steps", steps.to_string())], |i| {
+        let w = &student.params[i].1;
+        Ok(match adapter.get(&i) {
+            Some(l) => l.merge(w)?,
+            None => w.clone(),
+        })
+    })?;
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let mut md = source.clone();
     md.root = dir.to_path_buf();
