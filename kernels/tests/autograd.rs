@@ -526,6 +526,23 @@ fn a_substituted_weight_carries_lora_gradients() {
     // a substitute of the wrong size is refused
     let (other, _) = rand_tensor(&[4, 4], 15, -1.0, 1.0);
     assert!(tape.substitute(&other, tape.constant(w.clone())).is_err());
+
+    // an attached adapter: layers that apply it find it (lora_of), other readers get the
+    // merged weight from Tape::param (made once), with the adapter's gradients
+    let tape = Tape::new();
+    let vars = lora.attach(&tape, &w).unwrap();
+    assert!(tape.lora_of(&w).is_some() && tape.lora_of(&other).is_none());
+    let xv = tape.constant(x.clone());
+    let (w1, w2) = (tape.param(&w), tape.param(&w));
+    assert_eq!(w1.value().to_vec().unwrap(), w2.value().to_vec().unwrap());
+    assert_eq!(w1.value().to_vec().unwrap(), lora.merge(&w).unwrap().to_vec().unwrap(), "the merged weight");
+    let y = ad::linear(&xv, &w1, None).unwrap();
+    assert_close("merged on demand", &y.value().to_vec().unwrap(), &to64(&ys.value().to_vec().unwrap()), 1e-5, 1e-5);
+    let gm = tape.backward(&ad::mean_all(&ad::square(&y).unwrap()).unwrap()).unwrap();
+    for (a, b, name) in [(&vars.down, &sv.down, "down (attached)"), (&vars.up, &sv.up, "up (attached)")] {
+        assert_close(name, &gm.get(a).unwrap().to_vec().unwrap(), &to64(&gs.get(b).unwrap().to_vec().unwrap()), 1e-5, 1e-4);
+    }
+    assert!(lora.attach(&Tape::new(), &other).is_err(), "an adapter that does not fit its weight");
 }
 
 /// Frozen half-precision weights (`linear_half`, `conv2d_half`, `temporal_conv_half`): the
