@@ -545,6 +545,42 @@ fn a_substituted_weight_carries_lora_gradients() {
     assert!(lora.attach(&Tape::new(), &other).is_err(), "an adapter that does not fit its weight");
 }
 
+/// A temporal conv's adapter applied beside it: the merged weight's output, and gradients
+/// of the input and both adapter tensors by finite differences (2 channels -> 3, rank 2,
+/// 4 frames of 2 x 3).
+#[test]
+fn temporal_conv_lora_is_the_merged_conv() {
+    use t2v_kernels::autograd::{temporal_conv_lora, LoraVars};
+    let (wt, wv) = rand_tensor(&[3, 2, 3, 1, 1], 21, -0.5, 0.5);
+    let lora_of = |v: &[Var]| LoraVars { down: v[1].clone(), up: v[2].clone(), scale: 1.5 };
+    // the merged weight W + 1.5 up @ down (up (3, 2), down (2, 6))
+    let merged = |x: &[Vec<f64>]| -> Vec<f64> {
+        (0..3).flat_map(|o| (0..6).map(move |j| (o, j))).map(|(o, j)| wv[o * 6 + j] as f64 + 1.5 * (0..2).map(|k| x[2][o * 2 + k] * x[1][k * 6 + j]).sum::<f64>()).collect()
+    };
+    // y[b, o, f, p] = sum over c, t of W'[o, c, t] x[b, c, f + t - 1, p] (zero outside the frames)
+    let cpu = |x: &[Vec<f64>]| -> Vec<f64> {
+        let w = merged(x);
+        let (c, f, p) = (2, 4, 6);
+        let mut y = vec![0.0; 3 * f * p];
+        for o in 0..3 {
+            for fi in 0..f {
+                for pi in 0..p {
+                    for ci in 0..c {
+                        for t in 0..3 {
+                            let ff = fi as isize + t as isize - 1;
+                            if (0..f as isize).contains(&ff) {
+                                y[(o * f + fi) * p + pi] += w[(o * c + ci) * 3 + t] * x[0][(ci * f + ff as usize) * p + pi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        y
+    };
+    grad_check("temporal_conv_lora", &[(&[1, 2, 4, 2, 3], -1.0, 1.0), (&[2, 6], -0.5, 0.5), (&[3, 2], -0.5, 0.5)], &|v| temporal_conv_lora(&v[0], &v[0].tape().constant(wt.clone()), None, &lora_of(v)), &cpu);
+}
+
 /// Frozen half-precision weights (`linear_half`, `conv2d_half`, `temporal_conv_half`): the
 /// outputs and the input and bias gradients equal the f32 ops' on the widened weights bit
 /// for bit, and between the forward and the backward no widened copy stays alive.

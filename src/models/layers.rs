@@ -102,7 +102,11 @@ impl TemporalConv {
     pub fn forward(&self, x: &Var) -> Result<Var> {
         let b = konst(&self.b, x);
         Ok(match &self.w {
-            Weight::F32(w) => ad::temporal_conv(x, &konst(w, x), Some(&b))?,
+            // a LoRA adapter: beside the weight, as for the (3, 1) conv it is
+            Weight::F32(w) => match x.tape().lora_of(w) {
+                Some(l) => ad::temporal_conv_lora(x, &x.tape().constant(w.clone()), Some(&b), &l)?,
+                None => ad::temporal_conv(x, &konst(w, x), Some(&b))?,
+            },
             Weight::Half(w) => {
                 frozen(x)?;
                 ad::temporal_conv_half(x, w, Some(&b))?

@@ -4,7 +4,7 @@
 //! the update is scaled by alpha / rank.
 //!   linear: W x + (alpha/r) B A x, A (r, in), B (out, r)
 //!   conv:   conv(x, W) + (alpha/r) conv1x1(conv(x, A), B), A (r, C, KH, KW) with the base
-//!           layer's stride and padding, B (O, r, 1, 1)
+//!           layer's stride and padding, B (O, r, 1, 1); a temporal (3, 1, 1) conv likewise
 
 use super::{conv2d, linear, Tape, Var};
 use crate::ops::{self as k, Conv2d};
@@ -125,6 +125,17 @@ pub fn linear_lora(x: &Var, w: &Var, bias: Option<&Var>, lora: &LoraVars) -> Res
     let base = linear(x, w, bias)?;
     let delta = linear(&linear(x, &lora.down, None)?, &lora.up, None)?;
     super::axpby(&base, 1.0, &delta, lora.scale)
+}
+
+/// VideoCrafter's temporal conv (x (B, C, F, H, W), w (O, C, 3, 1, 1)) plus scale * up(
+/// temporal_conv(x, down)), as [`conv2d_lora`] on the (3, 1) conv it is; the adapter's
+/// tensors in any layout of (r, C * 3) and (O, r).
+pub fn temporal_conv_lora(x: &Var, w: &Var, bias: Option<&Var>, lora: &LoraVars) -> Result<Var> {
+    let r = lora.down.shape()[0];
+    super::ops::as_conv3x1("temporal_conv_lora", x, w.shape(), |x4, w4, geo| {
+        let lora4 = LoraVars { down: super::reshape(&lora.down, &[r, w4[1], 3, 1])?, up: super::reshape(&lora.up, &[w4[0], r, 1, 1])?, scale: lora.scale };
+        conv2d_lora(x4, &super::reshape(w, w4)?, bias, geo, &lora4)
+    })
 }
 
 /// conv2d(x, w, b) + scale * conv1x1(conv2d(x, down), up).

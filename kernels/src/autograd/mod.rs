@@ -23,6 +23,6 @@ mod lora;
 mod ops;
 mod tape;
 
-pub use lora::{conv2d_lora, linear_lora, Lora, LoraVars};
+pub use lora::{conv2d_lora, linear_lora, temporal_conv_lora, Lora, LoraVars};
 pub use ops::*;
 pub use tape::{Grads, Tape, Var};

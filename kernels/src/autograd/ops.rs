@@ -451,7 +451,7 @@ pub fn temporal_conv(x: &Var, w: &Var, bias: Option<&Var>) -> Result<Var> {
 
 /// A temporal conv of x (B, C, F, H, W) by a weight of shape `ws` (O, C, 3, 1, 1) as the
 /// (3, 1) conv2d `conv` of x viewed (B, C, F, H*W) by the weight viewed `w4` = (O, C, 3, 1).
-fn as_conv3x1(op: &'static str, x: &Var, ws: &[usize], conv: impl FnOnce(&Var, &[usize], Conv2d) -> Result<Var>) -> Result<Var> {
+pub(crate) fn as_conv3x1(op: &'static str, x: &Var, ws: &[usize], conv: impl FnOnce(&Var, &[usize], Conv2d) -> Result<Var>) -> Result<Var> {
     let s = x.shape().to_vec();
     if s.len() != 5 || ws.len() != 5 || ws[2..] != [3, 1, 1] {
         return Err(Error::Shape { op, msg: format!("input {s:?} / weight {ws:?}") });
