@@ -174,28 +174,8 @@ impl Tensor {
                 bytes += 4 * tensors[end].numel() as u64;
                 end += 1;
             }
-            let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
-                label: Some("readback (many)"),
-                size: bytes.max(4),
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            {
-                let mut rec = gpu.0.recorder.lock().unwrap();
-                let mut at = 0;
-                for t in &tensors[start..end] {
-                    let n = 4 * t.numel() as u64;
-                    if n > 0 {
-                        rec.push(gpu, Cmd::Copy { src: t.storage.buffer.clone(), src_at: 0, dst: staging.clone(), dst_at: at, bytes: n })?;
-                    }
-                    at += n;
-                }
-                rec.flush(gpu)?;
-            }
-            gpu.check_errors()?;
-            let all = map_read(gpu, &staging)?;
-            gpu.check_errors()?;
-            drop(staging);
+            let ranges: Vec<(&Tensor, u64, u64)> = tensors[start..end].iter().map(|t| (*t, 0, 4 * t.numel() as u64)).collect();
+            let all = read_staged(gpu, &ranges)?;
             let mut at = 0;
             for (i, t) in tensors[start..end].iter().enumerate() {
                 let n = 4 * t.numel();
@@ -230,25 +210,7 @@ impl Tensor {
     }
 
     fn read_range(&self, offset: u64, bytes: u64) -> Result<Vec<u8>> {
-        let gpu = &self.gpu;
-        let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        {
-            let mut rec = gpu.0.recorder.lock().unwrap();
-            rec.push(
-                gpu,
-                Cmd::Copy { src: self.storage.buffer.clone(), src_at: offset, dst: staging.clone(), dst_at: 0, bytes },
-            )?;
-            rec.flush(gpu)?;
-        }
-        gpu.check_errors()?;
-        let out = map_read(gpu, &staging)?;
-        gpu.check_errors()?;
-        Ok(out)
+        read_staged(&self.gpu, &[(self, offset, bytes)])
     }
 
     /// Same data, new shape (same element count); shares the buffer.
@@ -307,4 +269,32 @@ impl Tensor {
     pub(crate) fn binding(&self) -> (wgpu::Buffer, u64) {
         (self.storage.buffer.clone(), self.binding_bytes())
     }
+}
+
+/// Copies byte ranges (tensor, offset, bytes) of tensors of `gpu`, one after the other,
+/// into one host-visible staging buffer after the recorded work, and reads it back: one
+/// wait for all of them.
+fn read_staged(gpu: &Gpu, ranges: &[(&Tensor, u64, u64)]) -> Result<Vec<u8>> {
+    let total: u64 = ranges.iter().map(|r| r.2).sum();
+    let staging = gpu.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size: total.max(4),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    {
+        let mut rec = gpu.0.recorder.lock().unwrap();
+        let mut at = 0;
+        for &(t, offset, bytes) in ranges {
+            if bytes > 0 {
+                rec.push(gpu, Cmd::Copy { src: t.storage.buffer.clone(), src_at: offset, dst: staging.clone(), dst_at: at, bytes })?;
+            }
+            at += bytes;
+        }
+        rec.flush(gpu)?;
+    }
+    gpu.check_errors()?;
+    let out = map_read(gpu, &staging)?;
+    gpu.check_errors()?;
+    Ok(out)
 }
