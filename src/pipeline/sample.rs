@@ -132,7 +132,7 @@ impl Generator {
 }
 
 /// The models of generation, borrowed: what [`Generator`] owns, or a student in training
-/// (whose tape may carry LoRA substitutions) with the run's VAE and text tower.
+/// (whose tape may carry LoRA adapters) with the run's VAE and text tower.
 #[derive(Clone, Copy)]
 pub struct SamplerModels<'a> {
     pub unet: &'a Unet3d,
@@ -143,8 +143,8 @@ pub struct SamplerModels<'a> {
 }
 
 impl SamplerModels<'_> {
-    /// [`Generator::generate_batch`] on `tape` (run without gradients; a tape with weight
-    /// substitutions samples the substituted weights).
+    /// [`Generator::generate_batch`] on `tape` (run without gradients; a tape with LoRA
+    /// adapters attached samples the adapted weights).
     pub fn generate_batch(&self, tape: &Tape, items: &[(&str, u64)], opts: &SampleOptions) -> Result<Vec<Vec<f32>>> {
         self.run_batch(tape, items, opts, None)
     }

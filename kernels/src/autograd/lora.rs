@@ -74,15 +74,6 @@ impl Lora {
         LoraVars { down: tape.leaf(self.down.clone()), up: tape.leaf(self.up.clone()), scale: self.scale }
     }
 
-    /// Tracked adapter leaves and the merged weight W + (alpha/r) B A on `tape` (W a
-    /// constant), to substitute for W with [`Tape::substitute`]: the same function as the
-    /// adapter applied next to the layer, for any layer type.
-    pub fn merged_on(&self, tape: &Tape, w: &Tensor) -> Result<(LoraVars, Var)> {
-        let vars = self.vars(tape);
-        let merged = merge_vars(tape, w, &vars)?;
-        Ok((vars, merged))
-    }
-
     /// Tracked adapter leaves, attached to `w` on `tape` ([`Tape::attach_lora`]): layers
     /// that apply adapters run W x + (alpha/r) B (A x) without forming the merged weight
     /// (a copy of W per adapted layer), others read the merged weight.

@@ -27,8 +27,6 @@ struct Inner {
     /// When Some: every weight [`Tape::param`] is asked for, once each (see
     /// [`Tape::checkpoint_params`]).
     param_log: Option<(std::collections::HashSet<usize>, Vec<Tensor>)>,
-    /// Weight buffer -> the value [`Tape::param`] returns instead (LoRA-merged weights).
-    substitutes: HashMap<usize, Var>,
     /// Weight buffer -> its LoRA adapter ([`Tape::attach_lora`]) and, once a reader that
     /// does not apply adapters asked [`Tape::param`] for it, the merged weight.
     adapters: HashMap<usize, (super::LoraVars, Option<Var>)>,
@@ -126,12 +124,6 @@ impl Tape {
                 log.push(value.clone());
             }
         }
-        if let Some(v) = t.substitutes.get(&value.storage_id()).cloned() {
-            drop(t);
-            // same element count by construction (checked in `substitute`); a layer may
-            // use a reshaped view of the weight
-            return super::reshape(&v, value.shape()).expect("substitute has the weight's size");
-        }
         if let Some((lora, merged)) = t.adapters.get(&value.storage_id()).cloned() {
             drop(t);
             // a reader that does not apply the adapter itself gets W + (alpha/r) B A, made
@@ -161,16 +153,6 @@ impl Tape {
             }
         };
         Var { value: value.clone(), node: Some(node), tape: self.clone() }
-    }
-
-    /// From now on [`Tape::param`] of `weight` (any view of its buffer) returns `with`
-    /// instead: a computed weight such as W + (alpha/r) B A of a LoRA adapter.
-    pub fn substitute(&self, weight: &Tensor, with: Var) -> Result<()> {
-        if with.value.numel() != weight.numel() {
-            return ad_err(format!("substitute of {} elements for a weight of {}", with.value.numel(), weight.numel()));
-        }
-        self.0.lock().unwrap().substitutes.insert(weight.storage_id(), with);
-        Ok(())
     }
 
     /// Puts LoRA adapter `lora` (down (r, fan_in), up (out, r), any layout of those sizes)
@@ -369,17 +351,17 @@ impl Tape {
     /// [`Tape::checkpoint`] for blocks of a model whose weights are read through
     /// [`Tape::param`] (so they need not be passed in): a first run finds the weights the
     /// block asks for, and those this tape trains get their gradients from the recomputed
-    /// block. With substituted (LoRA) weights, or when nothing needs a gradient, the block
+    /// block. With LoRA adapters attached, or when nothing needs a gradient, the block
     /// simply runs on this tape.
     pub fn checkpoint_params<F>(&self, inputs: &[&Var], block: F) -> Result<Var>
     where
         F: Fn(&[Var]) -> Result<Var> + Send + 'static,
     {
-        let (trainable, only, substituted, recording) = {
+        let (trainable, only, adapted, recording) = {
             let t = self.0.lock().unwrap();
-            (t.trainable, t.only.clone(), !t.substitutes.is_empty() || !t.adapters.is_empty(), t.recording)
+            (t.trainable, t.only.clone(), !t.adapters.is_empty(), t.recording)
         };
-        if substituted || !recording || (!trainable && inputs.iter().all(|v| v.node.is_none())) {
+        if adapted || !recording || (!trainable && inputs.iter().all(|v| v.node.is_none())) {
             return block(&inputs.iter().map(|v| (*v).clone()).collect::<Vec<_>>());
         }
         let inner = Tape::new();

@@ -265,11 +265,16 @@ impl Student {
 
     /// The UNet weights with adapters merged (what a sampler loads).
     pub fn merged_params(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut out = self.params.clone();
-        for (i, l) in &self.adapters {
-            out[*i].1 = l.merge(&self.params[*i].1)?;
-        }
-        Ok(out)
+        (0..self.params.len()).map(|i| Ok((self.params[i].0.clone(), self.merged_param(i)?))).collect()
+    }
+
+    /// UNet weight `i` with its adapter merged (the weight itself without one).
+    fn merged_param(&self, i: usize) -> Result<Tensor> {
+        let w = &self.params[i].1;
+        Ok(match self.adapters.iter().find(|(k, _)| *k == i) {
+            Some((_, l)) => l.merge(w)?,
+            None => w.clone(),
+        })
     }
 }
 
@@ -717,14 +722,7 @@ pub fn write_student_model(dir: &Path, source: &crate::pipeline::model_dir::Mode
     // each weight merged with its adapter as it is written: never the whole merged UNet
     // next to the student on the device
     let named: Vec<(String, Vec<usize>)> = student.params.iter().map(|(n, t)| (n.clone(), t.shape().to_vec())).collect();
-    let adapter: std::collections::HashMap<usize, &Lora> = student.adapters.iter().map(|(i, l)| (*i, l)).collect();
-    save_weights_made(&unet, &named, dtype, &[("model", "t2v-turbo student unet3d".into()), ("steps", steps.to_string())], |i| {
-        let w = &student.params[i].1;
-        Ok(match adapter.get(&i) {
-            Some(l) => l.merge(w)?,
-            None => w.clone(),
-        })
-    })?;
+    save_weights_made(&unet, &named, dtype, &[("model", "t2v-turbo student unet3d".into()), ("steps", steps.to_string())], |i| student.merged_param(i))?;
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let mut md = source.clone();
     md.root = dir.to_path_buf();
