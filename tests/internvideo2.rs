@@ -174,6 +174,37 @@ fn reward_gradients_reach_the_frames() {
     assert!(grad[big].abs() > 1e-4, "the score depends on the frames");
 }
 
+/// The vision blocks recomputed in the backward pass (`train --recompute`): the same
+/// score and frame gradients, with less memory held at the peak.
+#[test]
+fn recomputed_vision_blocks_give_the_same_gradients_with_less_memory() {
+    let g = gpu();
+    let mut r = InternVideo2Reward { model: model(&g), tokenizer: tokenizer(config().max_txt_len) };
+    let (shape, x) = fixture_video();
+    let (h, w, t) = (30, 44, shape[2]);
+    let x: Vec<f32> = (0..3 * 3 * t * h * w).map(|i| x[(i * 7) % x.len()] * 0.8).collect();
+    let mut run = |recompute: bool| -> (Vec<f32>, Vec<f32>, u64) {
+        r.set_checkpointing(recompute);
+        g.sync().unwrap();
+        g.reset_peak_memory();
+        let tape = Tape::new();
+        let xv = tape.leaf(Tensor::from_slice(&g, &[3, 3, t, h, w], &x).unwrap());
+        let s = r.score(&xv, &["a lazy cat", "a dog", "waves"], 0.3).unwrap();
+        let grad = tape.backward(&ad::sum_all(&s).unwrap()).unwrap().get(&xv).expect("gradient w.r.t. the frames").to_vec().unwrap();
+        (s.value().to_vec().unwrap(), grad, g.memory().peak_live_bytes)
+    };
+    let (s0, g0, m0) = run(false);
+    let (s1, g1, m1) = run(true);
+    for (a, b) in s0.iter().zip(&s1) {
+        assert!((a - b).abs() <= 1e-6, "scores {s0:?} stored, {s1:?} recomputed");
+    }
+    let scale = g0.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = g0.iter().zip(&g1).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(scale > 0.0 && worst <= 1e-4 * scale, "frame gradients differ by {worst} (largest {scale})");
+    assert!(m1 < m0, "peak memory {m1} recomputed, {m0} stored");
+    eprintln!("peak live memory: {m0} -> {m1} bytes");
+}
+
 #[test]
 fn min_side_crop_resizes_the_shorter_side_and_crops_where_asked() {
     let g = gpu();

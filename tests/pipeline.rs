@@ -179,24 +179,34 @@ fn two_devices_train_the_one_device_steps() {
     assert!(e.contains("replica 1 was not loaded like the student"), "{e}");
 }
 
-/// `--recompute` (UNet blocks and the reward frames' VAE decoding recomputed in the
-/// backward) trains the same steps: losses, rewards and gradient norms.
+/// `--recompute` (UNet blocks, the reward frames' VAE decoding and the reward models'
+/// vision layers recomputed in the backward) trains the same steps — losses, rewards and
+/// gradient norms — with less memory at the peak; with LoRA too (the adapters' gradients
+/// through the recomputed blocks).
 #[test]
 fn recomputation_trains_the_same_steps() {
     let (g, md, data) = opened_fixture();
-    let steps = |recompute: bool| -> Vec<(f32, Option<f32>, Option<f32>, f32)> {
-        let cfg = TrainConfig { recompute, ..config(3) };
-        let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
-        let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
-        (0..3).map(|_| t.step().unwrap()).map(|m| (m.loss, m.image_reward, m.video_reward, m.grad_norm)).collect()
-    };
-    let (plain, recomputed) = (steps(false), steps(true));
-    assert!(plain.iter().any(|s| s.1.is_some() && s.2.is_some()), "no reward step in {plain:?}");
-    let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1e-3);
-    for (p, r) in plain.iter().zip(&recomputed) {
-        let same = close(p.0, r.0) && close(p.3, r.3) && p.1.is_some() == r.1.is_some() && p.2.is_some() == r.2.is_some()
-            && p.1.zip(r.1).is_none_or(|(a, b)| close(a, b)) && p.2.zip(r.2).is_none_or(|(a, b)| close(a, b));
-        assert!(same, "steps differ:\n  plain      {plain:?}\n  recomputed {recomputed:?}");
+    for lora in [None, Some(LoraConfig { rank: 4, alpha: 4.0 })] {
+        // the steps' metrics and their largest peak of live memory (a step resets the peak)
+        let steps = |recompute: bool| -> (Vec<(f32, Option<f32>, Option<f32>, f32)>, u64) {
+            let cfg = TrainConfig { recompute, lora, ..config(3) };
+            let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+            let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
+            (0..3).map(|_| (t.step().unwrap(), g.memory().peak_live_bytes)).fold((vec![], 0), |(mut v, p), (m, live)| {
+                v.push((m.loss, m.image_reward, m.video_reward, m.grad_norm));
+                (v, p.max(live))
+            })
+        };
+        let ((plain, peak0), (recomputed, peak1)) = (steps(false), steps(true));
+        assert!(plain.iter().any(|s| s.1.is_some() && s.2.is_some()), "no reward step in {plain:?}");
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1e-3);
+        for (p, r) in plain.iter().zip(&recomputed) {
+            let same = close(p.0, r.0) && close(p.3, r.3) && p.1.is_some() == r.1.is_some() && p.2.is_some() == r.2.is_some()
+                && p.1.zip(r.1).is_none_or(|(a, b)| close(a, b)) && p.2.zip(r.2).is_none_or(|(a, b)| close(a, b));
+            assert!(same, "lora {lora:?}: steps differ:\n  plain      {plain:?}\n  recomputed {recomputed:?}");
+        }
+        assert!(peak1 < peak0, "lora {lora:?}: peak {peak1} bytes recomputed, {peak0} stored");
+        eprintln!("lora {lora:?}: peak live memory {peak0} -> {peak1} bytes");
     }
 }
 
@@ -480,6 +490,11 @@ fn the_commands_run_end_to_end() {
     std::fs::write(d.join("val.txt"), "a red circle moving left\n\n").unwrap();
     let val = p("val.txt");
     let train = ["train", "--models", &m, "--data", &p("shards"), "--out", &p("run"), "--steps", "2", "--checkpoint-every", "1", "--lr", "1e-4", "--validate-every", "2", "--validate-prompts", &val, "--model-dtype", "bf16"];
+    // out of memory (the models alone over --max-memory): stopped, with the options that
+    // need less
+    let (ok, out) = t2v(&[&train[..5], &["--out", &p("tight"), "--max-memory", "1MiB", "--recompute", "--weights-dtype", "f32"]].concat());
+    assert!(!ok && out.contains("over the memory limit of 1 MiB") && out.contains("To need less memory, add: --weights-dtype stored"), "{out}");
+    assert!(out.contains("--lora-rank 64") && out.contains("--adam8bit") && !out.contains("add: --recompute") && !out.contains(", --recompute"), "{out}");
     let (ok, out) = t2v(&train);
     assert!(ok, "{out}");
     assert!(d.join("run/model/config.json").exists() && d.join("run/metrics.png").exists());

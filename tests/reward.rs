@@ -72,6 +72,35 @@ fn reward_gradients_reach_the_frames() {
     }
 }
 
+/// The vision layers recomputed in the backward pass (`train --recompute`): the same score
+/// and frame gradients, with less memory held at the peak.
+#[test]
+fn recomputed_vision_layers_give_the_same_gradients_with_less_memory() {
+    let g = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap();
+    let ids: Vec<Vec<u32>> = (0..6).map(|i| ClipTokenizer::new().unwrap().encode(&format!("a cat number {i}")).unwrap().ids).collect();
+    let mut r = ImageTextReward { clip: clip(&g), mode: Preprocess::Hps };
+    let (h, w) = (24, 40);
+    let x: Vec<f32> = (0..6).flat_map(|i| frame(10 + i, h, w)).collect();
+    let mut run = |recompute: bool| -> (f32, Vec<f32>, u64) {
+        r.clip.vision.set_checkpointing(recompute);
+        g.sync().unwrap();
+        g.reset_peak_memory();
+        let tape = Tape::new();
+        let xv = tape.leaf(Tensor::from_slice(&g, &[6, 3, h, w], &x).unwrap());
+        let s = ad::sum_all(&r.score(&xv, &ids).unwrap()).unwrap();
+        let grad = tape.backward(&s).unwrap().get(&xv).expect("gradient w.r.t. the frames").to_vec().unwrap();
+        (s.value().item_at(0).unwrap(), grad, g.memory().peak_live_bytes)
+    };
+    let (s0, g0, m0) = run(false);
+    let (s1, g1, m1) = run(true);
+    assert!((s0 - s1).abs() <= 1e-6 * s0.abs().max(1.0), "score {s0} stored, {s1} recomputed");
+    let scale = g0.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = g0.iter().zip(&g1).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(scale > 0.0 && worst <= 1e-4 * scale, "frame gradients differ by {worst} (largest {scale})");
+    assert!(m1 < m0, "peak memory {m1} recomputed, {m0} stored");
+    eprintln!("peak live memory: {m0} -> {m1} bytes");
+}
+
 /// `eval --models`: a clip's scores are the shipped reward models' own scores of the frames
 /// picked from it — each image reward's mean over evenly spaced frames, weighted by the
 /// folder's weights, and the video reward of its model's number of strided frames (centre

@@ -358,6 +358,56 @@ fn checkpointed_block_gives_the_same_gradients() {
     }
 }
 
+/// Blocks checkpointed with `checkpoint_params` on a tape with LoRA adapters attached: the
+/// adapters of the weights a block reads (applied beside a linear layer, or merged for a
+/// plain reader) get the gradients they get without recomputation, also through a block
+/// whose inputs carry none; an adapter no block reads gets none.
+#[test]
+fn checkpointed_params_carry_lora_gradients() {
+    use t2v_kernels::autograd::{linear_lora, Lora};
+    let g = gpu();
+    let (x, _) = rand_tensor(&[3, 5], 31, -1.0, 1.0);
+    let (w1, _) = rand_tensor(&[5, 5], 32, -0.5, 0.5);
+    let (w2, _) = rand_tensor(&[5, 5], 33, -0.5, 0.5);
+    let (unread, _) = rand_tensor(&[4, 5], 34, -0.5, 0.5);
+    let lora = |seed: u64, out: usize| {
+        let mut l = Lora::linear(g, 5, out, 2, 3.0, seed).unwrap();
+        l.up = Tensor::from_slice(g, &[out, 2], &Rng::new(seed + 100).uniform(out * 2, -0.5, 0.5)).unwrap();
+        l
+    };
+    let (l1, l2, l3) = (lora(41, 5), lora(42, 5), lora(43, 4));
+    // a layer that applies an attached adapter beside its weight (as the models' Linear
+    // does), then a plain reader of an adapted weight (merged on demand)
+    let block = {
+        let (w1, w2) = (w1.clone(), w2.clone());
+        move |v: &[Var]| -> Result<Var> {
+            let tape = v[0].tape();
+            let l = tape.lora_of(&w1).expect("w1 is adapted");
+            let h = ad::gelu(&linear_lora(&v[0], &tape.constant(w1.clone()), None, &l)?)?;
+            ad::linear(&h, &tape.param(&w2), None)
+        }
+    };
+    let run = |checkpoint: bool| -> Vec<Option<Vec<f32>>> {
+        let tape = Tape::new();
+        let adapters: Vec<_> = [(&l1, &w1), (&l2, &w2), (&l3, &unread)].iter().map(|(l, w)| l.attach(&tape, w).unwrap()).collect();
+        let mut h = tape.constant(x.clone());
+        for _ in 0..2 {
+            h = if checkpoint { tape.checkpoint_params(&[&h], block.clone()).unwrap() } else { block(&[h]).unwrap() };
+        }
+        let grads = tape.backward(&ad::mean_all(&ad::square(&h).unwrap()).unwrap()).unwrap();
+        adapters.iter().flat_map(|a| [&a.down, &a.up]).map(|v| grads.get(v).map(|t| t.to_vec().unwrap())).collect()
+    };
+    let (plain, ckpt) = (run(false), run(true));
+    for (i, (a, b)) in plain.iter().zip(&ckpt).enumerate() {
+        match (a, b) {
+            (Some(a), Some(b)) => assert_close(&format!("adapter tensor {i}"), b, &to64(a), 1e-5, 1e-5),
+            (None, None) => assert!(i >= 4, "adapter tensor {i} of a read weight got no gradient"),
+            _ => panic!("adapter tensor {i}: a gradient {} recomputation only", if a.is_some() { "without" } else { "with" }),
+        }
+    }
+    assert!(ckpt[..4].iter().all(|v| v.as_ref().is_some_and(|v| v.iter().any(|&x| x != 0.0))));
+}
+
 /// softmax(scale q k^T) v on the host: q (bh, lq, d), k (bk, lk, d), v (bk, lk, dv).
 fn attention_ref(x: &[Vec<f64>], bh: usize, bk: usize, lq: usize, lk: usize, d: usize, dv: usize, scale: f64) -> Vec<f64> {
     attention_ref_masked(x, bh, bk, lq, lk, d, dv, scale, false)

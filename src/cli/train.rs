@@ -118,9 +118,9 @@ pub struct TrainArgs {
     /// LoRA scale numerator: the adapters' product is scaled by alpha / rank.
     #[arg(long, default_value_t = 64.0)]
     pub lora_alpha: f32,
-    /// Recompute each UNet block, and each reward frame's VAE decoding, during the backward
-    /// pass instead of keeping their activations (much less memory at full size, about one
-    /// more forward of time).
+    /// Recompute each UNet block, each reward frame's VAE decoding and the reward models'
+    /// vision layers during the backward pass instead of keeping their activations (much
+    /// less memory at full size, about one more forward of time; with LoRA too).
     #[arg(long)]
     pub recompute: bool,
     /// AdamW with 8-bit states, as the reference trains (`--use_8bit_adam`: bitsandbytes'
@@ -229,7 +229,8 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
     super::warn_matrix_cores_in_training(&gpu);
     let md = md.with_precision(a.weights_dtype.precision(&gpu));
     let weights = (!a.reward_weights.is_empty()).then_some(a.reward_weights.as_slice());
-    let (student, models) = load_run(&gpu, &md, &config, weights).map_err(|e| CliError::Check(e.to_string()))?;
+    let failed = |e: TrainError| CliError::Check(with_memory_hint(e, a, &gpu));
+    let (student, models) = load_run(&gpu, &md, &config, weights).map_err(failed)?;
     // copies for the other devices, loaded the same way
     let replicas = gpus[1..]
         .iter()
@@ -238,7 +239,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
             Ok(Replica { student, models })
         })
         .collect::<Result<Vec<_>, TrainError>>()
-        .map_err(|e| CliError::Check(e.to_string()))?;
+        .map_err(failed)?;
     let records: usize = shards.iter().map(|s| s.records.len()).sum();
     eprintln!(
         "{records} records in {} shards; student: {} parameters{}",
@@ -264,11 +265,11 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
             if a.batch_size % gpus.len() == 0 { String::new() } else { format!("; warning: --batch-size {} is not a multiple of {}, some devices wait every step", a.batch_size, gpus.len()) }
         );
     }
-    let mut trainer = Trainer::new(config, student, &models, &shards).map_err(|e| CliError::Check(e.to_string()))?;
-    trainer.add_replicas(replicas).map_err(|e| CliError::Check(e.to_string()))?;
+    let mut trainer = Trainer::new(config, student, &models, &shards).map_err(failed)?;
+    trainer.add_replicas(replicas).map_err(failed)?;
     let validation = validation(&gpu, &md, a, trainer.grid_points())?;
     let opts = RunOptions { out: a.out.clone(), validation, checkpoint_every: a.checkpoint_every, keep_checkpoints: a.keep_checkpoints, stop_after: None, quiet: false };
-    let ms = run_training(&mut trainer, &opts).map_err(|e| CliError::Check(e.to_string()))?;
+    let ms = run_training(&mut trainer, &opts).map_err(failed)?;
     let model = a.out.join("model");
     write_student_model(&model, &md, &trainer.student, trainer.state.step, a.model_dtype)?;
     if let Some(m) = ms.last() {
@@ -277,4 +278,36 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         println!("nothing to do (already at step {}); student model folder: {}", trainer.state.step, model.display());
     }
     Ok(())
+}
+
+/// A training error; when a device ran out of memory, followed by the options this run
+/// does not use that would make it need less.
+fn with_memory_hint(e: TrainError, a: &TrainArgs, gpu: &t2v_kernels::Gpu) -> String {
+    if !e.is_out_of_memory() {
+        return e.to_string();
+    }
+    let mut hints = Vec::new();
+    if a.weights_dtype.precision(gpu) == crate::models::weights::WeightPrecision::F32 {
+        hints.push("--weights-dtype stored (16-bit files stay 16-bit on the device; frozen models and LoRA's base weights)");
+    }
+    if !a.recompute {
+        hints.push("--recompute (activations recomputed in the backward pass: UNet blocks, reward frames' decoding, reward models' layers)");
+    }
+    if a.lora_rank == 0 {
+        hints.push("--lora-rank 64 (gradients and optimizer state for the adapters only)");
+    }
+    if !a.adam8bit {
+        hints.push("--adam8bit (a quarter of the optimizer state)");
+    }
+    if a.beta_vid > 0.0 {
+        hints.push("--beta-vid 0 (no video reward: its model's backward is the largest reward cost)");
+    }
+    if a.img_frames > 1 && a.beta_img > 0.0 {
+        hints.push("--img-frames 1 (one decoded frame per image reward)");
+    }
+    let devices = if a.devices.is_empty() { String::new() } else { " (on every device of --devices)".to_string() };
+    if hints.is_empty() {
+        return format!("{e}\nEvery memory-saving option is on{devices}: preprocess shorter or smaller clips (--frames, --height, --width), or use a device with more memory.");
+    }
+    format!("{e}\nTo need less memory{devices}, add: {}; or preprocess shorter or smaller clips.", hints.join(", "))
 }

@@ -5,11 +5,13 @@
 //! ...); a VideoCrafter2 checkpoint puts the text tower under `cond_stage_model.model.`.
 //! Forward passes run on autograd values, so rewards can be backpropagated to images.
 
+use std::sync::Arc;
+
 use t2v_kernels::autograd::{self as ad, Var};
 use t2v_kernels::ops::Conv2d;
 use t2v_kernels::Tensor;
 
-use super::layers::{LayerNorm, Linear};
+use super::layers::{run_blocks, LayerNorm, Linear};
 use super::weights::{Loader, Result, WeightsError};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -211,9 +213,10 @@ pub struct VisionTower {
     class_embedding: Tensor,
     positional_embedding: Tensor,
     ln_pre: LayerNorm,
-    resblocks: Vec<ResBlock>,
+    resblocks: Vec<Arc<ResBlock>>,
     ln_post: LayerNorm,
     proj: Tensor,
+    checkpointing: bool,
 }
 
 impl VisionTower {
@@ -227,10 +230,17 @@ impl VisionTower {
             class_embedding: l.get("visual.class_embedding", &[w])?,
             positional_embedding: l.get("visual.positional_embedding", &[grid * grid + 1, w])?,
             ln_pre: LayerNorm::load(l, "visual.ln_pre", w, LN_EPS)?,
-            resblocks: (0..cfg.layers).map(|i| ResBlock::load(l, &format!("visual.transformer.resblocks.{i}"), w)).collect::<Result<_>>()?,
+            resblocks: (0..cfg.layers).map(|i| Ok(Arc::new(ResBlock::load(l, &format!("visual.transformer.resblocks.{i}"), w)?))).collect::<Result<_>>()?,
             ln_post: LayerNorm::load(l, "visual.ln_post", w, LN_EPS)?,
             proj: l.get("visual.proj", &[w, embed_dim])?,
+            checkpointing: false,
         })
+    }
+
+    /// Recompute each transformer layer in the backward pass instead of keeping its
+    /// activations (the gradient of a reward with respect to the frames).
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
     }
 
     /// encode_image of normalised images (N, 3, S, S) -> (N, embed_dim), L2-normalised.
@@ -242,11 +252,8 @@ impl VisionTower {
         let tokens = ad::permute(&ad::reshape(&x, &[n, w, g2])?, &[0, 2, 1])?; // (N, g*g, W)
         let cls = ad::broadcast_to(&ad::reshape(&tape.param(&self.class_embedding), &[1, 1, w])?, &[n, 1, w])?;
         let x = ad::add(&ad::concat(&[&cls, &tokens], 1)?, &tape.param(&self.positional_embedding))?;
-        let mut x = self.ln_pre.forward(&x)?;
         let heads = w / self.config.head_width;
-        for b in &self.resblocks {
-            x = b.forward(&x, heads, false)?;
-        }
+        let x = run_blocks(self.ln_pre.forward(&x)?, &self.resblocks, self.checkpointing, move |b: &ResBlock, x: &Var| b.forward(x, heads, false))?;
         let cls_out = ad::reshape(&ad::slice(&x, 1, 0, 1)?, &[n, w])?;
         l2_normalize(&ad::matmul(&self.ln_post.forward(&cls_out)?, &tape.param(&self.proj))?)
     }

@@ -15,12 +15,14 @@
 //!
 //! Scoring: normalize(vision_proj(pooled)) . normalize(text_proj(BERT(ids, mask)[:, 0])).
 
+use std::sync::Arc;
+
 use t2v_kernels::autograd::{self as ad, Var};
 use t2v_kernels::Tensor;
 
 use super::bert::{Bert, BertConfig};
 use super::clip::l2_normalize;
-use super::layers::{konst, LayerNorm, Linear};
+use super::layers::{konst, run_blocks, LayerNorm, Linear};
 use super::weights::{Loader, Result, WeightsError};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -337,8 +339,9 @@ pub struct VisionEncoder {
     cls_token: Tensor,
     pos_embed: Tensor,
     img_pos_embed: Option<Tensor>,
-    blocks: Vec<Block>,
+    blocks: Vec<Arc<Block>>,
     clip_projector: AttentionPool,
+    checkpointing: bool,
 }
 
 impl VisionEncoder {
@@ -357,9 +360,16 @@ impl VisionEncoder {
             cls_token: l.get(&format!("{key}.cls_token"), &[1, 1, d])?,
             pos_embed: l.get(&format!("{key}.pos_embed"), &[1, tokens + 1, d])?,
             img_pos_embed: c.sep_image_video_pos_embed.then(|| l.get(&format!("{key}.img_pos_embed"), &[1, grid * grid + 1, d])).transpose()?,
-            blocks: (0..c.depth).map(|i| Block::load(l, &format!("{key}.blocks.{i}"), c)).collect::<Result<_>>()?,
+            blocks: (0..c.depth).map(|i| Ok(Arc::new(Block::load(l, &format!("{key}.blocks.{i}"), c)?))).collect::<Result<_>>()?,
             clip_projector: AttentionPool::load(l, &format!("{key}.clip_projector"), c)?,
+            checkpointing: false,
         })
+    }
+
+    /// Recompute each block in the backward pass instead of keeping its activations (the
+    /// gradient of the video reward with respect to the frames).
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
     }
 
     /// Tokens after the blocks (N, 1 + T'*g*g, D) of normalised frames (N, T, 3, S, S),
@@ -404,11 +414,8 @@ impl VisionEncoder {
                 ad::concat(&[&ad::slice(&pe, 1, 0, 1)?, &spatial], 1)?
             }
         };
-        let mut x = ad::add(&ad::concat(&[&cls, &x], 1)?, &pos)?;
-        for b in &self.blocks {
-            x = b.forward(&x, c.num_heads)?;
-        }
-        Ok(x)
+        let heads = c.num_heads;
+        run_blocks(ad::add(&ad::concat(&[&cls, &x], 1)?, &pos)?, &self.blocks, self.checkpointing, move |b: &Block, x: &Var| b.forward(x, heads))
     }
 
     /// The attention-pooled output (N, clip_embed_dim) of [`VisionEncoder::tokens`].

@@ -2,6 +2,8 @@
 //! with frozen weights put on the caller's tape as constants. Matrix weights (linear and
 //! conv kernels) are [`Weight`]s: f32, or half precision where the loader keeps them so.
 
+use std::sync::Arc;
+
 use t2v_kernels::autograd::{self as ad, LoraVars, Var};
 use t2v_kernels::ops::Conv2d as Geo;
 use t2v_kernels::Tensor;
@@ -148,4 +150,25 @@ impl LayerNorm {
     pub fn forward(&self, x: &Var) -> Result<Var> {
         Ok(ad::layer_norm(x, Some(&konst(&self.w, x)), Some(&konst(&self.b, x)), self.eps)?)
     }
+}
+
+/// A stack of blocks run in order on x. With `recompute`, each is a recomputation
+/// checkpoint ([`ad::Tape::checkpoint_params`]): only its input is kept for the backward
+/// pass, which runs the block again (a reward model's transformer layers under `train
+/// --recompute`).
+pub fn run_blocks<B, F>(x: Var, blocks: &[Arc<B>], recompute: bool, forward: F) -> Result<Var>
+where
+    B: Send + Sync + 'static,
+    F: Fn(&B, &Var) -> Result<Var> + Clone + Send + 'static,
+{
+    let mut x = x;
+    for b in blocks {
+        x = if recompute {
+            let (b, f) = (b.clone(), forward.clone());
+            x.tape().clone().checkpoint_params(&[&x], move |v| Ok(f(&b, &v[0])?))?
+        } else {
+            forward(b, &x)?
+        };
+    }
+    Ok(x)
 }

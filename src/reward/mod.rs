@@ -65,6 +65,9 @@ pub trait VideoTextReward: Send + Sync {
     fn frames(&self) -> Option<usize> {
         None
     }
+    /// Recompute the vision side's layers in the backward pass instead of keeping their
+    /// activations.
+    fn set_checkpointing(&mut self, on: bool);
 }
 
 fn token_error(e: TokenizerError) -> WeightsError {
@@ -99,6 +102,9 @@ impl VideoTextReward for ClipVideoReward {
         let txt = self.clip.text.features(video.tape(), &ids)?;
         diagonal(&cosine(&pooled, &txt)?, b)
     }
+    fn set_checkpointing(&mut self, on: bool) {
+        self.clip.vision.set_checkpointing(on);
+    }
 }
 
 /// InternVideo2-stage2 as the reference's reward function uses it: frames to [0, 1],
@@ -121,5 +127,8 @@ impl VideoTextReward for InternVideo2Reward {
     }
     fn frames(&self) -> Option<usize> {
         Some(self.model.config.vision.num_frames)
+    }
+    fn set_checkpointing(&mut self, on: bool) {
+        self.model.vision.set_checkpointing(on);
     }
 }

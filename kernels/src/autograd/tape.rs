@@ -14,6 +14,16 @@ struct Node {
     backward: Option<Backward>,
 }
 
+impl Inner {
+    fn log_param(&mut self, value: &Tensor) {
+        if let Some((seen, log)) = self.param_log.as_mut() {
+            if seen.insert(value.storage_id()) {
+                log.push(value.clone());
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     nodes: Vec<Node>,
@@ -24,8 +34,8 @@ struct Inner {
     params: HashMap<usize, usize>,
     /// With `trainable`: only these weight buffers become leaves (None: all).
     only: Option<std::collections::HashSet<usize>>,
-    /// When Some: every weight [`Tape::param`] is asked for, once each (see
-    /// [`Tape::checkpoint_params`]).
+    /// When Some: every weight [`Tape::param`] or [`Tape::lora_of`] is asked for, once
+    /// each (see [`Tape::checkpoint_params`]).
     param_log: Option<(std::collections::HashSet<usize>, Vec<Tensor>)>,
     /// Weight buffer -> its LoRA adapter ([`Tape::attach_lora`]) and, once a reader that
     /// does not apply adapters asked [`Tape::param`] for it, the merged weight.
@@ -119,11 +129,7 @@ impl Tape {
     /// leaf of this weight's buffer (the same leaf each time it is used, whatever view).
     pub fn param(&self, value: &Tensor) -> Var {
         let mut t = self.0.lock().unwrap();
-        if let Some((seen, log)) = t.param_log.as_mut() {
-            if seen.insert(value.storage_id()) {
-                log.push(value.clone());
-            }
-        }
+        t.log_param(value);
         if let Some((lora, merged)) = t.adapters.get(&value.storage_id()).cloned() {
             drop(t);
             // a reader that does not apply the adapter itself gets W + (alpha/r) B A, made
@@ -171,7 +177,19 @@ impl Tape {
 
     /// The LoRA adapter [`Tape::attach_lora`] put on `weight`, if any.
     pub fn lora_of(&self, weight: &Tensor) -> Option<super::LoraVars> {
-        self.0.lock().unwrap().adapters.get(&weight.storage_id()).map(|(l, _)| l.clone())
+        let mut t = self.0.lock().unwrap();
+        t.log_param(weight);
+        t.adapters.get(&weight.storage_id()).map(|(l, _)| l.clone())
+    }
+
+    /// Puts adapter `(down, up)` values on `weight`'s buffer of this tape, each a leaf
+    /// where `track` says so (else a constant): a checkpointed block's runs apply the
+    /// adapters of the tape it was recorded on.
+    fn attach_values(&self, weight: usize, lora: &super::LoraVars, track: [bool; 2]) -> super::LoraVars {
+        let put = |v: &Var, leaf: bool| if leaf { self.leaf(v.value.clone()) } else { self.constant(v.value.clone()) };
+        let vars = super::LoraVars { down: put(&lora.down, track[0]), up: put(&lora.up, track[1]), scale: lora.scale };
+        self.0.lock().unwrap().adapters.insert(weight, (vars.clone(), None));
+        vars
     }
 
     /// The leaf of a weight made by [`Tape::param`], if it was used on this tape.
@@ -351,30 +369,39 @@ impl Tape {
     /// [`Tape::checkpoint`] for blocks of a model whose weights are read through
     /// [`Tape::param`] (so they need not be passed in): a first run finds the weights the
     /// block asks for, and those this tape trains get their gradients from the recomputed
-    /// block. With LoRA adapters attached, or when nothing needs a gradient, the block
-    /// simply runs on this tape.
+    /// block, as do the LoRA adapters ([`Tape::attach_lora`]) on the weights it reads. When
+    /// nothing can need a gradient, the block simply runs on this tape.
     pub fn checkpoint_params<F>(&self, inputs: &[&Var], block: F) -> Result<Var>
     where
         F: Fn(&[Var]) -> Result<Var> + Send + 'static,
     {
-        let (trainable, only, adapted, recording) = {
+        let (trainable, only, adapters, recording) = {
             let t = self.0.lock().unwrap();
-            (t.trainable, t.only.clone(), !t.adapters.is_empty(), t.recording)
+            let adapters: Vec<(usize, super::LoraVars)> = t.adapters.iter().map(|(&k, (l, _))| (k, l.clone())).collect();
+            (t.trainable, t.only.clone(), adapters, t.recording)
         };
-        if adapted || !recording || (!trainable && inputs.iter().all(|v| v.node.is_none())) {
+        if !recording || (!trainable && adapters.is_empty() && inputs.iter().all(|v| v.node.is_none())) {
             return block(&inputs.iter().map(|v| (*v).clone()).collect::<Vec<_>>());
         }
         let inner = Tape::new();
         inner.0.lock().unwrap().param_log = Some(Default::default());
+        for (w, l) in &adapters {
+            inner.attach_values(*w, l, [false, false]);
+        }
         let detached: Vec<Var> = inputs.iter().map(|v| inner.constant(v.value.clone())).collect();
         let out = memory_lean(inputs.first().map(|v| &v.value), || inner.no_grad(|| block(&detached)))?;
         let used = inner.0.lock().unwrap().param_log.take().map(|(_, l)| l).unwrap_or_default();
+        // the adapters on weights the block read: their (down, up) become the node's inputs
+        let adapted: Vec<(usize, super::LoraVars)> =
+            used.iter().filter_map(|w| adapters.iter().find(|(k, _)| *k == w.storage_id()).cloned()).collect();
         let trained: Vec<Tensor> = if trainable { used.into_iter().filter(|w| only.as_ref().is_none_or(|o| o.contains(&w.storage_id()))).collect() } else { vec![] };
         let wvars: Vec<Var> = trained.iter().map(|w| self.param(w)).collect();
         let mut all: Vec<&Var> = inputs.to_vec();
         all.extend(wvars.iter());
+        let lora_inputs: Vec<Var> = adapted.iter().flat_map(|(_, l)| [l.down.clone(), l.up.clone()]).collect();
+        all.extend(lora_inputs.iter());
         let saved: Vec<Tensor> = inputs.iter().map(|v| v.value.clone()).collect();
-        let n_in = saved.len();
+        let (n_in, n_w) = (saved.len(), trained.len());
         self.record(
             out.value.clone(),
             &all,
@@ -383,6 +410,9 @@ impl Tape {
                 let vars: Vec<Var> = saved.iter().zip(needs).map(|(t, &n)| if n { sub.leaf(t.clone()) } else { sub.constant(t.clone()) }).collect();
                 let train: Vec<Tensor> = trained.iter().zip(&needs[n_in..]).filter(|(_, &n)| n).map(|(w, _)| w.clone()).collect();
                 sub.train_only(&train);
+                let lora_needs = &needs[n_in + n_w..];
+                let lora_vars: Vec<super::LoraVars> =
+                    adapted.iter().enumerate().map(|(i, (w, l))| sub.attach_values(*w, l, [lora_needs[2 * i], lora_needs[2 * i + 1]])).collect();
                 let y = block(&vars)?;
                 if y.node.is_none() {
                     return Ok(vec![None; needs.len()]);
@@ -392,6 +422,7 @@ impl Tape {
                 for (w, &n) in trained.iter().zip(&needs[n_in..]) {
                     out.push(if n { sub.param_grad(&grads, w)? } else { None });
                 }
+                out.extend(lora_vars.iter().flat_map(|l| [grads.get(&l.down).cloned(), grads.get(&l.up).cloned()]));
                 Ok(out)
             })),
         )

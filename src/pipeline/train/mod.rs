@@ -71,8 +71,9 @@ pub struct TrainConfig {
     /// Sampler steps of [`RewardInput::Sample`].
     #[serde(default = "default_reward_sample_steps")]
     pub reward_sample_steps: usize,
-    /// Recompute UNet blocks and the reward frames' VAE decoding in the backward pass (less
-    /// memory, ~1 more forward of time).
+    /// Recompute UNet blocks (also with LoRA), the reward frames' VAE decoding and the
+    /// reward models' vision layers in the backward pass (less memory, ~1 more forward of
+    /// time).
     #[serde(default)]
     pub recompute: bool,
     /// AdamW with 8-bit states (the reference's `--use_8bit_adam`, bitsandbytes'
@@ -174,6 +175,14 @@ pub enum TrainError {
     Checkpoint { step: u64, msg: String, kept: String },
     #[error("{0}")]
     Setup(String),
+}
+
+impl TrainError {
+    /// Did a device run out of memory (or over its `--max-memory`)?
+    pub fn is_out_of_memory(&self) -> bool {
+        use t2v_kernels::Error::OutOfMemory;
+        matches!(self, TrainError::Gpu(OutOfMemory { .. }) | TrainError::Model(WeightsError::Gpu(OutOfMemory { .. })))
+    }
 }
 
 /// The models a run uses besides the student.
@@ -290,7 +299,9 @@ pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &T
     if let Some(l) = config.lora {
         student = student.with_lora(l, config.seed)?;
     }
-    Ok((student, RewardModels::load(gpu, md, reward_weights)?))
+    let mut models = RewardModels::load(gpu, md, reward_weights)?;
+    models.set_checkpointing(config.recompute);
+    Ok((student, models))
 }
 
 impl RewardModels {
@@ -308,6 +319,18 @@ impl RewardModels {
         }
         let tokenizer = ClipTokenizer::new().map_err(|e| TrainError::Setup(e.to_string()))?;
         Ok(RewardModels { vae: md.load_vae(gpu)?, image, video: md.load_video_reward(gpu)?, tokenizer })
+    }
+
+    /// Recompute the reward models' vision layers in the backward pass instead of keeping
+    /// their activations (`train --recompute`; the reward frames' VAE decoding follows
+    /// [`TrainConfig::recompute`]).
+    pub fn set_checkpointing(&mut self, on: bool) {
+        for (r, _) in &mut self.image {
+            r.clip.vision.set_checkpointing(on);
+        }
+        if let Some(v) = &mut self.video {
+            v.set_checkpointing(on);
+        }
     }
 
     /// R_img: the weighted sum over the image rewards of their mean score of `images`
