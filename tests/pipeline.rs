@@ -475,6 +475,9 @@ fn the_commands_run_end_to_end() {
     caps += "{\"path\": \"short\", \"caption\": \"a blue square\"}\n";
     std::fs::write(d.join("world/captions.jsonl"), caps).unwrap();
     let pre = ["preprocess", "--models", &m, "--captions", &p("world/captions.jsonl"), "--out", &p("shards"), "--ddim-steps", "10", "--shard-size", "2"];
+    // the models over --max-memory: stopped, with the options that need less
+    let (ok, out) = t2v(&[&pre[..7], &["--max-memory", "1MiB", "--weights-dtype", "f32"]].concat());
+    assert!(!ok && out.contains("over the memory limit of 1 MiB") && out.contains("To need less memory, add: --weights-dtype stored"), "{out}");
     let (ok, out) = t2v(&pre);
     assert!(ok, "{out}");
     assert!(out.contains("3 records") && out.contains("2 videos skipped") && out.contains("3 new shards"), "{out}");

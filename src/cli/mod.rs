@@ -218,6 +218,24 @@ pub enum CliError {
     Torch(#[from] crate::models::torch_checkpoint::TorchError),
 }
 
+impl CliError {
+    /// Did a device run out of memory (or over its `--max-memory`)?
+    pub fn is_out_of_memory(&self) -> bool {
+        use t2v_kernels::Error::OutOfMemory;
+        matches!(self, CliError::Kernels(OutOfMemory { .. }) | CliError::Weights(crate::models::weights::WeightsError::Gpu(OutOfMemory { .. })))
+    }
+}
+
+/// An out-of-memory error followed by what would make the run need less: `options` (those
+/// of its options it does not use yet), else `otherwise`.
+fn memory_advice(e: &dyn std::fmt::Display, options: &[&str], several_devices: bool, otherwise: &str) -> String {
+    let each = if several_devices { " (on every device)" } else { "" };
+    if options.is_empty() {
+        return format!("{e}\nEvery memory-saving option is on{each}: {otherwise}.");
+    }
+    format!("{e}\nTo need less memory{each}, add: {}; or {otherwise}.", options.join(", "))
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {

@@ -153,7 +153,11 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
     let gpu = Gpu::new(&dev.gpu_options(false))?;
     let md = md.with_precision(a.weights_dtype.precision(&gpu));
     let t0 = Instant::now();
-    let (unet, vae, text) = (md.load_unet(&gpu)?, md.load_vae(&gpu)?, md.load_text(&gpu)?);
+    let loaded = || -> Result<_, CliError> { Ok((md.load_unet(&gpu)?, md.load_vae(&gpu)?, md.load_text(&gpu)?)) };
+    let (unet, vae, text) = loaded().map_err(|e| {
+        let oom = e.is_out_of_memory();
+        CliError::Check(with_memory_hint(&e, oom, a, &gpu))
+    })?;
     let tokenizer = ClipTokenizer::new().map_err(|e| CliError::Check(e.to_string()))?;
     eprintln!("loaded models in {:.1} s", t0.elapsed().as_secs_f64());
     let job = PreprocessJob {
@@ -174,7 +178,10 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
         quiet: false,
     };
     let t = Instant::now();
-    let rep = preprocess_dataset(&PreprocessModels { unet: &unet, vae: &vae, text: &text, tokenizer: &tokenizer }, &job).map_err(|e| CliError::Check(e.to_string()))?;
+    let rep = preprocess_dataset(&PreprocessModels { unet: &unet, vae: &vae, text: &text, tokenizer: &tokenizer }, &job).map_err(|e| {
+        let oom = e.is_out_of_memory();
+        CliError::Check(with_memory_hint(&e, oom, a, &gpu))
+    })?;
     let secs = t.elapsed().as_secs_f64();
     println!(
         "{} records ({} motion-guided) in {} new shards, {} shards done earlier, {} videos skipped; {:.2} s per clip, peak GPU memory {:.0} MiB (one clip, or one group of inversions)",
@@ -187,4 +194,20 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
         rep.peak_bytes as f64 / 1048576.0
     );
     Ok(())
+}
+
+/// An error; when the device ran out of memory (`oom`), followed by the options this run
+/// does not use that would make it need less.
+fn with_memory_hint(e: &dyn std::fmt::Display, oom: bool, a: &PreprocessArgs, gpu: &Gpu) -> String {
+    if !oom {
+        return e.to_string();
+    }
+    let mut options = Vec::new();
+    if a.weights_dtype.precision(gpu) == crate::models::weights::WeightPrecision::F32 {
+        options.push("--weights-dtype stored (16-bit files stay 16-bit on the device)");
+    }
+    if a.inversion_batch > 1 {
+        options.push("--inversion-batch 1 (one clip's DDIM inversion at a time)");
+    }
+    super::memory_advice(e, &options, false, "preprocess fewer --frames or a smaller --height / --width, or use a device with more memory (the shards written are kept: the same command continues)")
 }

@@ -217,7 +217,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
     let mut generators = Vec::with_capacity(gpus.len());
     let mut shape = None;
     for gpu in &gpus {
-        let (generator, s) = load_generator(gpu, a)?;
+        let (generator, s) = load_generator(gpu, a).map_err(|e| with_memory_hint(e, a, gpu))?;
         shape = s;
         generators.push(match a.vae_frames_per_pass {
             Some(n) => Generator { vae: generator.vae.with_images_per_pass(n), ..generator },
@@ -353,7 +353,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
             writing = Some(w);
         }
         if let Some(e) = failure {
-            return Err(e);
+            return Err(with_memory_hint(e, a, gpu));
         }
     }
     if let Some(w) = writing.take() {
@@ -448,6 +448,25 @@ impl Writing {
         jobs.write_captions(&self.out)?;
         Ok(self.done.len())
     }
+}
+
+/// A sampling error; when a device ran out of memory, followed by the options this run
+/// does not use that would make it need less.
+fn with_memory_hint(e: CliError, a: &SampleArgs, gpu: &Gpu) -> CliError {
+    if !e.is_out_of_memory() {
+        return e;
+    }
+    let mut options = Vec::new();
+    if a.batch > 1 {
+        options.push("--batch 1 (one video at a time; the videos do not depend on the batch, and --resume keeps those written)");
+    }
+    if a.vae_frames_per_pass != Some(1) {
+        options.push("--vae-frames-per-pass 1 (the decoder's activations of one frame at a time)");
+    }
+    if a.weights_dtype.precision(gpu) == crate::models::weights::WeightPrecision::F32 {
+        options.push("--weights-dtype stored (16-bit files stay 16-bit on the device)");
+    }
+    CliError::Check(super::memory_advice(&e, &options, a.devices.len() > 1, "sample fewer --frames or a smaller --height / --width, or use a device with more memory"))
 }
 
 fn parse_strength(s: &str) -> Result<f32, String> {

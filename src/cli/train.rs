@@ -286,28 +286,24 @@ fn with_memory_hint(e: TrainError, a: &TrainArgs, gpu: &t2v_kernels::Gpu) -> Str
     if !e.is_out_of_memory() {
         return e.to_string();
     }
-    let mut hints = Vec::new();
+    let mut options = Vec::new();
     if a.weights_dtype.precision(gpu) == crate::models::weights::WeightPrecision::F32 {
-        hints.push("--weights-dtype stored (16-bit files stay 16-bit on the device; frozen models and LoRA's base weights)");
+        options.push("--weights-dtype stored (16-bit files stay 16-bit on the device; frozen models and LoRA's base weights)");
     }
     if !a.recompute {
-        hints.push("--recompute (activations recomputed in the backward pass: UNet blocks, reward frames' decoding, reward models' layers)");
+        options.push("--recompute (activations recomputed in the backward pass: UNet blocks, reward frames' decoding, reward models' layers)");
     }
     if a.lora_rank == 0 {
-        hints.push("--lora-rank 64 (gradients and optimizer state for the adapters only)");
+        options.push("--lora-rank 64 (gradients and optimizer state for the adapters only)");
     }
     if !a.adam8bit {
-        hints.push("--adam8bit (a quarter of the optimizer state)");
+        options.push("--adam8bit (a quarter of the optimizer state)");
     }
     if a.beta_vid > 0.0 {
-        hints.push("--beta-vid 0 (no video reward: its model's backward is the largest reward cost)");
+        options.push("--beta-vid 0 (no video reward: its model's backward is the largest reward cost)");
     }
     if a.img_frames > 1 && a.beta_img > 0.0 {
-        hints.push("--img-frames 1 (one decoded frame per image reward)");
+        options.push("--img-frames 1 (one decoded frame per image reward)");
     }
-    let devices = if a.devices.is_empty() { String::new() } else { " (on every device of --devices)".to_string() };
-    if hints.is_empty() {
-        return format!("{e}\nEvery memory-saving option is on{devices}: preprocess shorter or smaller clips (--frames, --height, --width), or use a device with more memory.");
-    }
-    format!("{e}\nTo need less memory{devices}, add: {}; or preprocess shorter or smaller clips.", hints.join(", "))
+    super::memory_advice(&e, &options, a.devices.len() > 1, "preprocess shorter or smaller clips (--frames, --height, --width), or use a device with more memory")
 }

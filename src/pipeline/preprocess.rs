@@ -410,3 +410,11 @@ pub enum PreprocessError {
     #[error("{0}")]
     OutOfMemory(String),
 }
+
+impl PreprocessError {
+    /// Did the device run out of memory (or over its `--max-memory`)?
+    pub fn is_out_of_memory(&self) -> bool {
+        use t2v_kernels::Error::OutOfMemory;
+        matches!(self, PreprocessError::OutOfMemory(_) | PreprocessError::Gpu(OutOfMemory { .. }) | PreprocessError::Model(WeightsError::Gpu(OutOfMemory { .. })))
+    }
+}
