@@ -122,6 +122,13 @@ fn a_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
     let mut t = Trainer::new(TrainConfig { lr: 2e-4, ..config(6) }, student, &rewards, &data).unwrap();
     let e = run(&mut t, &opts(&resumed_dir, None)).unwrap_err().to_string();
     assert!(e.contains("other settings"), "{e}");
+    // recomputation may change (a run stopped out of memory continues with it)
+    let cfg = TrainConfig { recompute: true, ..config(5) };
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
+    let more = run(&mut t, &opts(&resumed_dir, None)).unwrap();
+    assert_eq!(more.iter().map(|m| m.step).collect::<Vec<_>>(), vec![5]);
+    assert!(more[0].loss.is_finite());
 }
 
 /// Data parallelism (`train --devices`): with a step's records shared by two devices (record

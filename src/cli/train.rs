@@ -305,5 +305,7 @@ fn with_memory_hint(e: TrainError, a: &TrainArgs, gpu: &t2v_kernels::Gpu) -> Str
     if a.img_frames > 1 && a.beta_img > 0.0 {
         options.push("--img-frames 1 (one decoded frame per image reward)");
     }
-    super::memory_advice(&e, &options, a.devices.len() > 1, "preprocess shorter or smaller clips (--frames, --height, --width), or use a device with more memory")
+    let advice = super::memory_advice(&e, &options, a.devices.len() > 1, "preprocess shorter or smaller clips (--frames, --height, --width), or use a device with more memory");
+    // the checkpoints written are kept; --recompute is the option a resumed run may change
+    format!("{advice}\nA run with checkpoints continues with --resume (and may add --recompute; the other settings must stay).")
 }

@@ -601,10 +601,12 @@ impl Trainer<'_> {
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.display())))?;
         let config: TrainConfig = serde_json::from_value(v["config"].clone()).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.display())))?;
         let state: TrainState = serde_json::from_value(v["state"].clone()).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.display())))?;
-        let same = TrainConfig { steps: self.config.steps, ..config.clone() };
+        // what may change: the length, and recomputation (the same steps up to rounding: a
+        // run stopped out of memory continues with --recompute)
+        let same = TrainConfig { steps: self.config.steps, recompute: self.config.recompute, ..config.clone() };
         if same != self.config {
             return Err(TrainError::Setup(format!(
-                "{} was written with other settings; resume with the same ones (only --steps may change).\n  checkpoint: {config:?}\n  now:        {:?}",
+                "{} was written with other settings; resume with the same ones (only --steps and --recompute may change).\n  checkpoint: {config:?}\n  now:        {:?}",
                 ckpt.display(),
                 self.config
             )));
