@@ -159,7 +159,13 @@ pub struct StepMetrics {
     pub grad_norm: f32,
     pub lr: f32,
     pub seconds: f32,
+    /// The step's peak of device memory: tensors and the pool of reusable buffers (the
+    /// largest over the devices of a data-parallel run).
     pub peak_gpu_mib: f32,
+    /// The step's peak of memory in tensors at once (what `--max-memory` must leave room
+    /// for; 0 in metrics written before it was recorded).
+    #[serde(default)]
+    pub peak_live_mib: f32,
 }
 
 /// Errors of training.
@@ -568,8 +574,9 @@ impl<'a> Trainer<'a> {
         let mean = |v: Vec<f32>| (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32);
         let image_reward = mean(values.iter().filter_map(|v| v.image_reward).collect());
         let video_reward = mean(values.iter().filter_map(|v| v.video_reward).collect());
-        let peak = devices.iter().map(|d| d.memory().peak_total_bytes).max().unwrap_or(0);
-        Ok(StepMetrics { step: self.state.step, loss, cd_loss, image_reward, video_reward, grad_norm, lr: self.config.lr, seconds: t0.elapsed().as_secs_f32(), peak_gpu_mib: peak as f32 / 1048576.0 })
+        let mib = |f: &dyn Fn(&t2v_kernels::PoolStats) -> u64| devices.iter().map(|d| f(&d.memory())).max().unwrap_or(0) as f32 / 1048576.0;
+        let (peak_gpu_mib, peak_live_mib) = (mib(&|m| m.peak_total_bytes), mib(&|m| m.peak_live_bytes));
+        Ok(StepMetrics { step: self.state.step, loss, cd_loss, image_reward, video_reward, grad_norm, lr: self.config.lr, seconds: t0.elapsed().as_secs_f32(), peak_gpu_mib, peak_live_mib })
     }
 }
 
