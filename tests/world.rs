@@ -187,6 +187,13 @@ fn captions_files_csv_and_jsonl() {
     let rows = read_captions(&jl).unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1].short_caption, None);
+    // a byte-order mark (spreadsheet exports) and CRLF line ends
+    let bom = d.join("bom.csv");
+    std::fs::write(&bom, "\u{feff}path,caption\r\nclip1,a red ball\r\n").unwrap();
+    assert_eq!(read_captions(&bom).unwrap(), vec![CaptionRow { path: "clip1".into(), caption: "a red ball".into(), short_caption: None }]);
+    let bom = d.join("bom.jsonl");
+    std::fs::write(&bom, "\u{feff}{\"path\": \"a\", \"caption\": \"x\"}\r\n").unwrap();
+    assert_eq!(read_captions(&bom).unwrap()[0].caption, "x");
 
     let err = |name: &str, text: &str| {
         let p = d.join(name);

@@ -218,6 +218,13 @@ pub enum CliError {
     Torch(#[from] crate::models::torch_checkpoint::TorchError),
 }
 
+/// A prompts file: one prompt per line, blank lines skipped, a leading byte-order mark
+/// (spreadsheet and Windows editor exports) dropped. `what` names it in errors.
+pub(crate) fn read_prompt_lines(path: &std::path::Path, what: &str) -> Result<Vec<String>, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::Check(format!("{what}{}: {e}", path.display())))?;
+    Ok(text.trim_start_matches('\u{feff}').lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+}
+
 impl CliError {
     /// Did a device run out of memory (or over its `--max-memory`)?
     pub fn is_out_of_memory(&self) -> bool {
@@ -357,6 +364,17 @@ mod tests {
         let mut missing = Vec::new();
         undocumented(&super::Cli::command(), "t2v-turbo", &mut missing);
         assert!(missing.is_empty(), "options without help text:\n{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn prompt_files_drop_blank_lines_and_a_byte_order_mark() {
+        let path = std::env::temp_dir().join(format!("t2v-prompts-{}.txt", std::process::id()));
+        std::fs::write(&path, "\u{feff}a red fox\r\n\n  a blue square moving up  \n").unwrap();
+        let got = super::read_prompt_lines(&path, "").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(got, ["a red fox", "a blue square moving up"]);
+        let e = super::read_prompt_lines(&path, "--validate-prompts ").unwrap_err().to_string();
+        assert!(e.starts_with("--validate-prompts ") && e.contains("t2v-prompts-"), "{e}");
     }
 
     #[test]

@@ -186,8 +186,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
             // a captions file (another run's captions.jsonl, a data set's CSV): its captions
             prompts.extend(read_captions(p).map_err(|e| CliError::Check(e.to_string()))?.into_iter().map(|r| r.caption));
         } else {
-            let s = std::fs::read_to_string(p).map_err(|e| CliError::Check(format!("{}: {e}", p.display())))?;
-            prompts.extend(s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+            prompts.extend(super::read_prompt_lines(p, "")?);
         }
     }
     if prompts.is_empty() && !streamed {

@@ -162,7 +162,7 @@ fn validation(gpu: &Gpu, md: &ModelDir, a: &TrainArgs, grid_points: usize) -> Re
     }
     let v = &md.video;
     let prompts: Vec<String> = match &a.validate_prompts {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| CliError::Check(format!("--validate-prompts {}: {e}", p.display())))?.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect(),
+        Some(p) => super::read_prompt_lines(p, "--validate-prompts ")?,
         None => held_out_prompts(a.seed, 8, &WorldConfig { frames: v.frames, size: v.height, short_fraction: 0.5 }),
     };
     if prompts.is_empty() {

@@ -44,9 +44,11 @@ const SHORT_COLS: [&str; 2] = ["short_caption", "short_text"];
 pub fn read_captions(path: &Path) -> Result<Vec<CaptionRow>, CaptionsError> {
     let e = |msg: String| CaptionsError { path: path.display().to_string(), msg };
     let text = std::fs::read_to_string(path).map_err(|x| e(x.to_string()))?;
+    // spreadsheet exports often begin with a byte-order mark
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let rows = match path.extension().and_then(|x| x.to_str()).map(|x| x.to_ascii_lowercase()).as_deref() {
-        Some("csv") => parse_csv(&text).map_err(e)?,
-        Some("jsonl") | Some("json") => parse_jsonl(&text).map_err(e)?,
+        Some("csv") => parse_csv(text).map_err(e)?,
+        Some("jsonl") | Some("json") => parse_jsonl(text).map_err(e)?,
         _ => return Err(e("unknown format: use a .csv (with a header row) or a .jsonl file".into())),
     };
     if rows.is_empty() {
