@@ -491,7 +491,26 @@ fn the_commands_run_end_to_end() {
     assert!(manifest.contains("clips/missing"), "{manifest}");
     // again: everything is done already
     let (ok, out) = t2v(&pre);
-    assert!(ok && out.contains("0 new shards, 3 shards done earlier"), "{out}");
+    assert!(ok && out.contains("0 new shards, 3 shards done earlier, 2 videos skipped"), "{out}");
+    // the manifest keeps the skipped videos and their reasons
+    assert_eq!(std::fs::read_to_string(d.join("shards/manifest-0of1.json")).unwrap(), manifest);
+    // on two devices (two of one adapter here), each taking the next shard file: the
+    // files and the manifest are the one-device run's, byte for byte
+    let shards2 = p("shards2");
+    let mut two = pre.to_vec();
+    two[6] = &shards2;
+    let (ok, out) = t2v(&[two.as_slice(), &["--devices", "cpu,cpu"]].concat());
+    assert!(ok && out.contains("preprocessing on 2 devices") && out.contains("3 records") && out.contains("3 new shards"), "{out}");
+    let files = |dir: &str| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(d.join(dir)).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap())).collect();
+        v.sort();
+        v
+    };
+    let (one, both) = (files("shards"), files("shards2"));
+    assert_eq!(one.iter().map(|f| &f.0).collect::<Vec<_>>(), both.iter().map(|f| &f.0).collect::<Vec<_>>());
+    for ((name, a), (_, b)) in one.iter().zip(&both) {
+        assert!(a == b, "{name} differs between one and two devices");
+    }
     let (ok, out) = t2v(&["preprocess", "--models", &m, "--captions", &p("world/captions.jsonl"), "--out", &p("s2"), "--shard", "2/2"]);
     assert!(!ok && out.contains("expected i/n"), "{out}");
 

@@ -9,7 +9,7 @@ use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::guidance::MotionScales;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::pipeline::model_dir::ModelDir;
-use crate::pipeline::preprocess::{preprocess_dataset, MotionReference, PreprocessConfig, PreprocessJob, PreprocessModels};
+use crate::pipeline::preprocess::{preprocess_dataset_on, MotionReference, PreprocessConfig, PreprocessJob, PreprocessModels};
 use crate::pipeline::shards::ShardConfig;
 
 #[derive(clap::Args, Debug)]
@@ -35,6 +35,12 @@ pub struct PreprocessArgs {
     /// Records per shard file.
     #[arg(long, default_value_t = 64)]
     pub shard_size: usize,
+    /// Preprocess on several GPUs at once: adapters as `--adapter` takes them,
+    /// comma-separated, e.g. `0,1` (see `t2v-turbo info`). Each loads the models and takes
+    /// the next shard file not yet done; the files are those one GPU writes. Replaces
+    /// --adapter; --max-memory applies to each. (Across machines: --shard.)
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub devices: Vec<String>,
     /// Frames per clip (default: the model folder's).
     #[arg(long)]
     pub frames: Option<usize>,
@@ -150,14 +156,21 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
         return Err(CliError::Check("--inversion-batch must be at least 1".into()));
     }
     std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;
-    let gpu = Gpu::new(&dev.gpu_options(false))?;
-    let md = md.with_precision(a.weights_dtype.precision(&gpu));
+    let gpus = dev.gpus(&a.devices)?;
+    let gpu = &gpus[0];
     let t0 = Instant::now();
-    let loaded = || -> Result<_, CliError> { Ok((md.load_unet(&gpu)?, md.load_vae(&gpu)?, md.load_text(&gpu)?)) };
-    let (unet, vae, text) = loaded().map_err(|e| {
-        let oom = e.is_out_of_memory();
-        CliError::Check(with_memory_hint(&e, oom, a, &gpu))
-    })?;
+    // the teacher UNet, VAE and text encoder on each device
+    let loaded = gpus
+        .iter()
+        .map(|g| {
+            let md = md.clone().with_precision(a.weights_dtype.precision(g));
+            let load = || -> Result<_, CliError> { Ok((md.load_unet(g)?, md.load_vae(g)?, md.load_text(g)?)) };
+            load().map_err(|e| {
+                let oom = e.is_out_of_memory();
+                CliError::Check(with_memory_hint(&e, oom, a, g))
+            })
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
     let tokenizer = ClipTokenizer::new().map_err(|e| CliError::Check(e.to_string()))?;
     eprintln!("loaded models in {:.1} s", t0.elapsed().as_secs_f64());
     let job = PreprocessJob {
@@ -178,9 +191,13 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
         quiet: false,
     };
     let t = Instant::now();
-    let rep = preprocess_dataset(&PreprocessModels { unet: &unet, vae: &vae, text: &text, tokenizer: &tokenizer }, &job).map_err(|e| {
+    let models: Vec<PreprocessModels> = loaded.iter().map(|(unet, vae, text)| PreprocessModels { unet, vae, text, tokenizer: &tokenizer }).collect();
+    if gpus.len() > 1 {
+        eprintln!("preprocessing on {} devices, a shard file at a time each", gpus.len());
+    }
+    let rep = preprocess_dataset_on(&models, &job).map_err(|e| {
         let oom = e.is_out_of_memory();
-        CliError::Check(with_memory_hint(&e, oom, a, &gpu))
+        CliError::Check(with_memory_hint(&e, oom, a, gpu))
     })?;
     let secs = t.elapsed().as_secs_f64();
     println!(
@@ -209,5 +226,5 @@ fn with_memory_hint(e: &dyn std::fmt::Display, oom: bool, a: &PreprocessArgs, gp
     if a.inversion_batch > 1 {
         options.push("--inversion-batch 1 (one clip's DDIM inversion at a time)");
     }
-    super::memory_advice(e, &options, false, "preprocess fewer --frames or a smaller --height / --width, or use a device with more memory (the shards written are kept: the same command continues)")
+    super::memory_advice(e, &options, a.devices.len() > 1, "preprocess fewer --frames or a smaller --height / --width, or use a device with more memory (the shards written are kept: the same command continues)")
 }

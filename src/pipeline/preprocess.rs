@@ -223,36 +223,142 @@ pub struct PreprocessReport {
 /// its own random stream (seeded by the data set seed and the row), so results do not
 /// depend on sharding or on resuming; finished shards are skipped.
 pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::result::Result<PreprocessReport, PreprocessError> {
-    use crate::pipeline::captions::read_captions;
-    use crate::pipeline::video_io::read_video;
-    let rows = read_captions(&job.captions)?;
+    preprocess_dataset_on(std::slice::from_ref(m), job)
+}
+
+/// [`preprocess_dataset`] on several devices at once, `models` holding one set per device:
+/// each shard file goes to the next free device, and is the file one device writes (its
+/// records depend only on their rows). A device that fails stops the others after their
+/// current shard; the shards written are kept for the next run.
+pub fn preprocess_dataset_on(models: &[PreprocessModels], job: &PreprocessJob) -> std::result::Result<PreprocessReport, PreprocessError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    let rows = crate::pipeline::captions::read_captions(&job.captions)?;
     let (i, n) = job.shard;
     let mine: Vec<usize> = (0..rows.len()).filter(|r| r % n == i).collect();
     let chunks: Vec<&[usize]> = mine.chunks(job.shard_size.max(1)).collect();
-    let cfg = &job.config;
-    let gpu = m.vae.gpu().clone();
-    let sched = Schedule::videocrafter();
-    let solver = DdimSolver::new(&sched, cfg.ddim_steps);
-    let tape = Tape::new();
-    let encode_text = |text: &str| -> Result<Tensor> {
-        let ids = vec![m.tokenizer.encode_warn(text).map_err(|e| WeightsError::Data { path: "caption".into(), msg: e.to_string() })?.ids];
-        tape.no_grad(|| Ok(m.text.penultimate(&tape, &ids)?.value().clone()))
+    let progress = crate::pipeline::progress::Progress::new("preprocess", mine.len()).quiet(job.quiet);
+    // the videos an earlier run into this folder skipped, with its reasons (its shards'
+    // rows that have no record)
+    let earlier = std::fs::read_to_string(job.out.join(manifest_name(job.shard))).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let earlier_skips = earlier
+        .as_ref()
+        .and_then(|v| v["skipped_videos"].as_array())
+        .map(|a| a.iter().filter_map(|e| Some((e["path"].as_str()?.to_string(), e["error"].as_str()?.to_string()))).collect())
+        .unwrap_or_default();
+    let shared = std::sync::Mutex::new(Tally { report: PreprocessReport::default(), done: Vec::new(), skipped: Vec::new(), earlier_skips, progress });
+    let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let work = |m: &PreprocessModels| -> std::result::Result<(), PreprocessError> {
+        let device = DeviceRun::new(m, job)?;
+        while !stop.load(Relaxed) {
+            let k = next.fetch_add(1, Relaxed);
+            let Some(chunk) = chunks.get(k) else { break };
+            if let Err(e) = device.shard(k, chunk, &rows, &shared) {
+                stop.store(true, Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(())
     };
-    let uncond = encode_text("")?;
-    let stride = job.source_fps.map(|s| (s / cfg.fps).round().max(1.0) as usize).unwrap_or(1);
-    let mut report = PreprocessReport::default();
-    let mut progress = crate::pipeline::progress::Progress::new("preprocess", mine.len()).quiet(job.quiet);
-    let mut done_shards = Vec::new();
-    for (k, chunk) in chunks.iter().enumerate() {
+    match models {
+        [] => return Err(PreprocessError::Model(WeightsError::Data { path: "preprocess".into(), msg: "no device given".into() })),
+        [m] => work(m)?,
+        _ => {
+            let results: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = models.iter().map(|m| s.spawn(|| work(m))).collect();
+                handles.into_iter().map(|h| h.join().expect("a preprocessing thread panicked")).collect()
+            });
+            // the first device's error first
+            results.into_iter().collect::<std::result::Result<Vec<()>, _>>()?;
+        }
+    }
+    let tally = shared.into_inner().expect("no thread panicked holding the tally");
+    write_manifest(job, &tally.done, &tally.report)?;
+    Ok(tally.report)
+}
+
+/// A run's counts, shared by its devices; the manifest lists shards and skipped videos in
+/// row order, whichever device finished them first.
+struct Tally {
+    report: PreprocessReport,
+    /// (shard number, file name) of the shards finished.
+    done: Vec<(usize, String)>,
+    /// (row, path, reason) of the videos skipped (in shards done earlier too).
+    skipped: Vec<(usize, String, String)>,
+    /// path -> reason, from the folder's manifest of an earlier run.
+    earlier_skips: std::collections::HashMap<String, String>,
+    progress: crate::pipeline::progress::Progress,
+}
+
+impl Tally {
+    fn skip(&mut self, row: usize, path: &str, why: String) {
+        let at = self.skipped.partition_point(|s| s.0 < row);
+        self.skipped.insert(at, (row, path.to_string(), why));
+        self.report.skipped_videos = self.skipped.iter().map(|(_, p, e)| (p.clone(), e.clone())).collect();
+    }
+    fn finished(&mut self, k: usize, name: String) {
+        let at = self.done.partition_point(|d| d.0 < k);
+        self.done.insert(at, (k, name));
+    }
+    fn advance(&mut self, n: usize) {
+        let note = skipped_note(&self.report);
+        self.progress.advance(n, &note);
+    }
+}
+
+/// The text encoder's penultimate features of a caption (the UNet's context).
+fn encode_caption(m: &PreprocessModels, tape: &Tape, text: &str) -> Result<Tensor> {
+    let ids = vec![m.tokenizer.encode_warn(text).map_err(|e| WeightsError::Data { path: "caption".into(), msg: e.to_string() })?.ids];
+    tape.no_grad(|| Ok(m.text.penultimate(tape, &ids)?.value().clone()))
+}
+
+/// One device's part of a run: its models and what every shard needs.
+struct DeviceRun<'a, 'm> {
+    m: &'a PreprocessModels<'m>,
+    job: &'a PreprocessJob,
+    gpu: t2v_kernels::Gpu,
+    sched: Schedule,
+    solver: DdimSolver,
+    tape: Tape,
+    uncond: Tensor,
+    /// Frame-folder stride (`source_fps / fps`).
+    stride: usize,
+}
+
+impl<'a, 'm> DeviceRun<'a, 'm> {
+    fn new(m: &'a PreprocessModels<'m>, job: &'a PreprocessJob) -> std::result::Result<Self, PreprocessError> {
+        let cfg = &job.config;
+        let sched = Schedule::videocrafter();
+        let solver = DdimSolver::new(&sched, cfg.ddim_steps);
+        let stride = job.source_fps.map(|s| (s / cfg.fps).round().max(1.0) as usize).unwrap_or(1);
+        let tape = Tape::new();
+        let uncond = encode_caption(m, &tape, "")?;
+        Ok(DeviceRun { m, job, gpu: m.vae.gpu().clone(), sched, solver, tape, uncond, stride })
+    }
+
+    fn encode_text(&self, text: &str) -> Result<Tensor> {
+        encode_caption(self.m, &self.tape, text)
+    }
+
+    /// Shard file `k` (rows `chunk`): skipped when an earlier run finished it, else its
+    /// clips' draws and teacher outputs one by one, then the motion-guided ones' DDIM
+    /// inversions a group at a time (shared UNet calls), their guidance gradients one by one.
+    fn shard(&self, k: usize, chunk: &[usize], rows: &[crate::pipeline::captions::CaptionRow], tally: &std::sync::Mutex<Tally>) -> std::result::Result<(), PreprocessError> {
+        let (m, job, gpu, cfg) = (self.m, self.job, &self.gpu, &self.job.config);
+        let tally = || tally.lock().expect("no thread panicked holding the tally");
         let name = shard_name(job.shard, k);
         let path = job.out.join(&name);
         if path.exists() {
             match Shard::open(&path) {
                 Ok(s) if s.config == *cfg && s.records.iter().all(|r| chunk.contains(&r.row)) => {
-                    report.shards_skipped += 1;
-                    done_shards.push(name);
-                    progress.advance(chunk.len(), "(done earlier)");
-                    continue;
+                    let mut t = tally();
+                    for &r in chunk.iter().filter(|&&r| !s.records.iter().any(|rec| rec.row == r)) {
+                        let why = t.earlier_skips.get(&rows[r].path).cloned().unwrap_or_else(|| "skipped by an earlier run".into());
+                        t.skip(r, &rows[r].path, why);
+                    }
+                    t.report.shards_skipped += 1;
+                    t.finished(k, name);
+                    t.progress.advance(chunk.len(), "(done earlier)");
+                    return Ok(());
                 }
                 Ok(s) => {
                     return Err(PreprocessError::Exists(format!(
@@ -265,13 +371,10 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
                 Err(_) => {}
             }
         }
-        // the chunk's clips: draws and teacher outputs one by one; then the motion-guided
-        // ones' DDIM inversions a group at a time (shared UNet calls), their guidance
-        // gradients one by one
         let mut clips: Vec<Pending> = Vec::new();
-        for &r in chunk.iter() {
+        for &r in chunk {
             let row = &rows[r];
-            let video = read_video(&row.resolve(&job.captions), cfg.fps, stride, cfg.frames).and_then(|v| {
+            let video = crate::pipeline::video_io::read_video(&row.resolve(&job.captions), cfg.fps, self.stride, cfg.frames).and_then(|v| {
                 if v.frames.len() < cfg.frames {
                     Err(crate::pipeline::video_io::VideoIoError { path: row.path.clone(), msg: format!("{} frames, {} needed", v.frames.len(), cfg.frames) })
                 } else {
@@ -284,36 +387,31 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
                     if !job.quiet {
                         eprintln!("skipping {}: {e}", row.path);
                     }
-                    report.skipped_videos.push((row.path.clone(), e.to_string()));
-                    progress.advance(1, &format!("skipped {}", report.skipped_videos.len()));
+                    let mut t = tally();
+                    t.skip(r, &row.path, e.to_string());
+                    t.advance(1);
                     continue;
                 }
             };
             gpu.reset_peak_memory();
-            let x = Tensor::from_slice(&gpu, &[1, 3, cfg.frames, cfg.height, cfg.width], &video.to_model_input(cfg.height, cfg.width))?;
-            let z0 = tape.no_grad(|| -> Result<Tensor> { Ok(m.vae.encode_video(&tape.constant(x))?.value().clone()) })?;
-            let context = encode_text(&row.caption)?;
+            let x = Tensor::from_slice(gpu, &[1, 3, cfg.frames, cfg.height, cfg.width], &video.to_model_input(cfg.height, cfg.width))?;
+            let z0 = self.tape.no_grad(|| -> Result<Tensor> { Ok(m.vae.encode_video(&self.tape.constant(x))?.value().clone()) })?;
+            let context = self.encode_text(&row.caption)?;
             let mut rng = Gaussian::new(cfg.seed ^ (r as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F));
-            let rec = draw_teacher(m.unet, &sched, &solver, &z0, &context, &uncond, &[cfg.fps], &job.settings, &mut rng)?;
+            let rec = draw_teacher(m.unet, &self.sched, &self.solver, &z0, &context, &self.uncond, &[cfg.fps], &job.settings, &mut rng)?;
             // a noised reference now, from the clip's own stream (inversions come below, a
             // group at a time)
             let z_ref = match job.settings.reference {
-                MotionReference::Noised { t } if rec.cond_eps.is_none() => Some(noised_reference(&sched, &z0, t, &mut rng)?),
+                MotionReference::Noised { t } if rec.cond_eps.is_none() => Some(noised_reference(&self.sched, &z0, t, &mut rng)?),
                 _ => None,
             };
-            report.peak_bytes = report.peak_bytes.max(gpu.memory().peak_total_bytes);
-            let meta = RecordMeta {
-                row: r,
-                path: row.path.clone(),
-                caption: row.caption.clone(),
-                short_caption: row.short_caption.clone(),
-                index: rec.index,
-                w: rec.w,
-                motion_energy: None,
-            };
+            let mut t = tally();
+            t.report.peak_bytes = t.report.peak_bytes.max(gpu.memory().peak_total_bytes);
             if rec.cond_eps.is_some() {
-                progress.advance(1, &skipped_note(&report));
+                t.advance(1);
             }
+            drop(t);
+            let meta = RecordMeta { row: r, path: row.path.clone(), caption: row.caption.clone(), short_caption: row.short_caption.clone(), index: rec.index, w: rec.w, motion_energy: None };
             clips.push(Pending { meta, drawn: Some(rec), done: None, z0, context, z_ref });
         }
         let motion: Vec<usize> = (0..clips.len()).filter(|&i| clips[i].drawn.as_ref().is_some_and(|d| d.cond_eps.is_none())).collect();
@@ -325,7 +423,7 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
                 let z0s = ops::concat(&group.iter().map(|&i| &clips[i].z0).collect::<Vec<_>>(), 0)?;
                 let contexts = ops::concat(&group.iter().map(|&i| &clips[i].context).collect::<Vec<_>>(), 0)?;
                 let indices: Vec<usize> = group.iter().map(|&i| clips[i].drawn.as_ref().expect("not finished yet").index).collect();
-                ddim_invert_batch(m.unet, &sched, &solver.grid, &z0s, &contexts, &vec![cfg.fps; group.len()], &indices).map_err(|e| match e {
+                ddim_invert_batch(m.unet, &self.sched, &self.solver.grid, &z0s, &contexts, &vec![cfg.fps; group.len()], &indices).map_err(|e| match e {
                     WeightsError::Gpu(oom @ t2v_kernels::Error::OutOfMemory { .. }) if group.len() > 1 => {
                         PreprocessError::OutOfMemory(format!("{oom} (DDIM inversion of {} clips at once: a smaller --inversion-batch needs less)", group.len()))
                     }
@@ -336,13 +434,15 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
             };
             for (&i, z_ref) in group.iter().zip(&refs) {
                 let c = &mut clips[i];
-                let rec = c.drawn.take().expect("not finished yet").with_motion(m.unet, &solver, z_ref, &c.context, &[cfg.fps], &job.settings)?;
+                let rec = c.drawn.take().expect("not finished yet").with_motion(m.unet, &self.solver, z_ref, &c.context, &[cfg.fps], &job.settings)?;
                 c.meta.motion_energy = rec.energy;
                 c.done = Some(rec);
-                report.motion_records += 1;
-                progress.advance(1, &skipped_note(&report));
+                let mut t = tally();
+                t.report.motion_records += 1;
+                t.advance(1);
             }
-            report.peak_bytes = report.peak_bytes.max(gpu.memory().peak_total_bytes);
+            let mut t = tally();
+            t.report.peak_bytes = t.report.peak_bytes.max(gpu.memory().peak_total_bytes);
         }
         let records: Vec<_> = clips
             .into_iter()
@@ -351,14 +451,15 @@ pub fn preprocess_dataset(m: &PreprocessModels, job: &PreprocessJob) -> std::res
                 (c.meta, RecordTensors { z_t: rec.z_t, cond_eps: rec.cond_eps, uncond_eps: rec.uncond_eps, context: c.context, score: rec.score })
             })
             .collect();
-        report.records += records.len();
+        let n = records.len();
         write_shard(&path, cfg, &records)?;
-        report.shards_written += 1;
-        done_shards.push(name);
-        write_manifest(job, cfg, &done_shards, &report)?;
+        let mut t = tally();
+        t.report.records += n;
+        t.report.shards_written += 1;
+        t.finished(k, name);
+        write_manifest(job, &t.done, &t.report)?;
+        Ok(())
     }
-    write_manifest(job, cfg, &done_shards, &report)?;
-    Ok(report)
 }
 
 /// A clip of a shard on its way to a record.
@@ -383,7 +484,8 @@ fn skipped_note(report: &PreprocessReport) -> String {
     }
 }
 
-fn write_manifest(job: &PreprocessJob, cfg: &ShardConfig, shards: &[String], report: &PreprocessReport) -> Result<()> {
+fn write_manifest(job: &PreprocessJob, shards: &[(usize, String)], report: &PreprocessReport) -> Result<()> {
+    let (cfg, shards): (&ShardConfig, Vec<&String>) = (&job.config, shards.iter().map(|(_, name)| name).collect());
     let v = serde_json::json!({
         "format": "t2v-turbo shards",
         "captions": job.captions.display().to_string(),
