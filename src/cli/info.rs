@@ -183,7 +183,7 @@ pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> Result<(), CliError> {
     // several GPUs of one kind: say how to use them together
     let gpus: Vec<String> = adapters.iter().filter(|a| matches!(a.info.device_type, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu)).map(|a| a.index.to_string()).collect();
     if gpus.len() > 1 {
-        println!("several GPUs: `train --devices {0}` and `sample --devices {0}` use them together; `preprocess --shard i/{1} --adapter i`, one process each", gpus.join(","), gpus.len());
+        println!("several GPUs: `train --devices {0}`, `sample --devices {0}` and `preprocess --devices {0}` use them together", gpus.join(","));
     }
     if args.no_check {
         return Ok(());
