@@ -179,11 +179,11 @@ fn reward_gradients_reach_the_frames() {
 #[test]
 fn recomputed_vision_blocks_give_the_same_gradients_with_less_memory() {
     let g = gpu();
-    let mut r = InternVideo2Reward { model: model(&g), tokenizer: tokenizer(config().max_txt_len) };
+    let r = InternVideo2Reward { model: model(&g), tokenizer: tokenizer(config().max_txt_len) };
     let (shape, x) = fixture_video();
     let (h, w, t) = (30, 44, shape[2]);
     let x: Vec<f32> = (0..3 * 3 * t * h * w).map(|i| x[(i * 7) % x.len()] * 0.8).collect();
-    let mut run = |recompute: bool| -> (Vec<f32>, Vec<f32>, u64) {
+    let run = |recompute: bool| -> (Vec<f32>, Vec<f32>, u64) {
         r.set_checkpointing(recompute);
         g.sync().unwrap();
         g.reset_peak_memory();

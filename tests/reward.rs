@@ -78,10 +78,10 @@ fn reward_gradients_reach_the_frames() {
 fn recomputed_vision_layers_give_the_same_gradients_with_less_memory() {
     let g = Gpu::new(&GpuOptions { quiet: true, ..Default::default() }).unwrap();
     let ids: Vec<Vec<u32>> = (0..6).map(|i| ClipTokenizer::new().unwrap().encode(&format!("a cat number {i}")).unwrap().ids).collect();
-    let mut r = ImageTextReward { clip: clip(&g), mode: Preprocess::Hps };
+    let r = ImageTextReward { clip: clip(&g), mode: Preprocess::Hps };
     let (h, w) = (24, 40);
     let x: Vec<f32> = (0..6).flat_map(|i| frame(10 + i, h, w)).collect();
-    let mut run = |recompute: bool| -> (f32, Vec<f32>, u64) {
+    let run = |recompute: bool| -> (f32, Vec<f32>, u64) {
         r.clip.vision.set_checkpointing(recompute);
         g.sync().unwrap();
         g.reset_peak_memory();

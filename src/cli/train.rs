@@ -120,7 +120,9 @@ pub struct TrainArgs {
     pub lora_alpha: f32,
     /// Recompute each UNet block, each reward frame's VAE decoding and the reward models'
     /// vision layers during the backward pass instead of keeping their activations (much
-    /// less memory at full size, about one more forward of time; with LoRA too).
+    /// less memory at full size, about one more forward of time; with LoRA too). Without
+    /// it, a step that runs out of device memory is run again recomputing, and the rest of
+    /// the run recomputes too.
     #[arg(long)]
     pub recompute: bool,
     /// AdamW with 8-bit states, as the reference trains (`--use_8bit_adam`: bitsandbytes'
@@ -229,7 +231,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
     super::warn_matrix_cores_in_training(&gpu);
     let md = md.with_precision(a.weights_dtype.precision(&gpu));
     let weights = (!a.reward_weights.is_empty()).then_some(a.reward_weights.as_slice());
-    let failed = |e: TrainError| CliError::Check(with_memory_hint(e, a, &gpu));
+    let failed = |e: TrainError| CliError::Check(with_memory_hint(e, a, &gpu, a.recompute));
     let (student, models) = load_run(&gpu, &md, &config, weights).map_err(failed)?;
     // copies for the other devices, loaded the same way
     let replicas = gpus[1..]
@@ -267,9 +269,10 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
     }
     let mut trainer = Trainer::new(config, student, &models, &shards).map_err(failed)?;
     trainer.add_replicas(replicas).map_err(failed)?;
+    trainer.recompute_when_out_of_memory(true);
     let validation = validation(&gpu, &md, a, trainer.grid_points())?;
     let opts = RunOptions { out: a.out.clone(), validation, checkpoint_every: a.checkpoint_every, keep_checkpoints: a.keep_checkpoints, stop_after: None, quiet: false };
-    let ms = run_training(&mut trainer, &opts).map_err(failed)?;
+    let ms = run_training(&mut trainer, &opts).map_err(|e| CliError::Check(with_memory_hint(e, a, &gpu, trainer.config.recompute)))?;
     let model = a.out.join("model");
     write_student_model(&model, &md, &trainer.student, trainer.state.step, a.model_dtype)?;
     if let Some(m) = ms.last() {
@@ -281,8 +284,8 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
 }
 
 /// A training error; when a device ran out of memory, followed by the options this run
-/// does not use that would make it need less.
-fn with_memory_hint(e: TrainError, a: &TrainArgs, gpu: &t2v_kernels::Gpu) -> String {
+/// does not use that would make it need less (`recomputing`: whether it recomputes by now).
+fn with_memory_hint(e: TrainError, a: &TrainArgs, gpu: &t2v_kernels::Gpu, recomputing: bool) -> String {
     if !e.is_out_of_memory() {
         return e.to_string();
     }
@@ -290,7 +293,7 @@ fn with_memory_hint(e: TrainError, a: &TrainArgs, gpu: &t2v_kernels::Gpu) -> Str
     if a.weights_dtype.precision(gpu) == crate::models::weights::WeightPrecision::F32 {
         options.push("--weights-dtype stored (16-bit files stay 16-bit on the device; frozen models and LoRA's base weights)");
     }
-    if !a.recompute {
+    if !recomputing {
         options.push("--recompute (activations recomputed in the backward pass: UNet blocks, reward frames' decoding, reward models' layers)");
     }
     if a.lora_rank == 0 {

@@ -5,6 +5,7 @@
 //! ...); a VideoCrafter2 checkpoint puts the text tower under `cond_stage_model.model.`.
 //! Forward passes run on autograd values, so rewards can be backpropagated to images.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use t2v_kernels::autograd::{self as ad, Var};
@@ -216,7 +217,7 @@ pub struct VisionTower {
     resblocks: Vec<Arc<ResBlock>>,
     ln_post: LayerNorm,
     proj: Tensor,
-    checkpointing: bool,
+    checkpointing: AtomicBool,
 }
 
 impl VisionTower {
@@ -233,14 +234,15 @@ impl VisionTower {
             resblocks: (0..cfg.layers).map(|i| Ok(Arc::new(ResBlock::load(l, &format!("visual.transformer.resblocks.{i}"), w)?))).collect::<Result<_>>()?,
             ln_post: LayerNorm::load(l, "visual.ln_post", w, LN_EPS)?,
             proj: l.get("visual.proj", &[w, embed_dim])?,
-            checkpointing: false,
+            checkpointing: AtomicBool::new(false),
         })
     }
 
     /// Recompute each transformer layer in the backward pass instead of keeping its
-    /// activations (the gradient of a reward with respect to the frames).
-    pub fn set_checkpointing(&mut self, on: bool) {
-        self.checkpointing = on;
+    /// activations (the gradient of a reward with respect to the frames). A setting of
+    /// shared models: a run may turn it on between steps.
+    pub fn set_checkpointing(&self, on: bool) {
+        self.checkpointing.store(on, Relaxed);
     }
 
     /// encode_image of normalised images (N, 3, S, S) -> (N, embed_dim), L2-normalised.
@@ -253,7 +255,7 @@ impl VisionTower {
         let cls = ad::broadcast_to(&ad::reshape(&tape.param(&self.class_embedding), &[1, 1, w])?, &[n, 1, w])?;
         let x = ad::add(&ad::concat(&[&cls, &tokens], 1)?, &tape.param(&self.positional_embedding))?;
         let heads = w / self.config.head_width;
-        let x = run_blocks(self.ln_pre.forward(&x)?, &self.resblocks, self.checkpointing, move |b: &ResBlock, x: &Var| b.forward(x, heads, false))?;
+        let x = run_blocks(self.ln_pre.forward(&x)?, &self.resblocks, self.checkpointing.load(Relaxed), move |b: &ResBlock, x: &Var| b.forward(x, heads, false))?;
         let cls_out = ad::reshape(&ad::slice(&x, 1, 0, 1)?, &[n, w])?;
         l2_normalize(&ad::matmul(&self.ln_post.forward(&cls_out)?, &tape.param(&self.proj))?)
     }

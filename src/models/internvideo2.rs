@@ -15,6 +15,7 @@
 //!
 //! Scoring: normalize(vision_proj(pooled)) . normalize(text_proj(BERT(ids, mask)[:, 0])).
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use t2v_kernels::autograd::{self as ad, Var};
@@ -341,7 +342,7 @@ pub struct VisionEncoder {
     img_pos_embed: Option<Tensor>,
     blocks: Vec<Arc<Block>>,
     clip_projector: AttentionPool,
-    checkpointing: bool,
+    checkpointing: AtomicBool,
 }
 
 impl VisionEncoder {
@@ -362,14 +363,15 @@ impl VisionEncoder {
             img_pos_embed: c.sep_image_video_pos_embed.then(|| l.get(&format!("{key}.img_pos_embed"), &[1, grid * grid + 1, d])).transpose()?,
             blocks: (0..c.depth).map(|i| Ok(Arc::new(Block::load(l, &format!("{key}.blocks.{i}"), c)?))).collect::<Result<_>>()?,
             clip_projector: AttentionPool::load(l, &format!("{key}.clip_projector"), c)?,
-            checkpointing: false,
+            checkpointing: AtomicBool::new(false),
         })
     }
 
     /// Recompute each block in the backward pass instead of keeping its activations (the
-    /// gradient of the video reward with respect to the frames).
-    pub fn set_checkpointing(&mut self, on: bool) {
-        self.checkpointing = on;
+    /// gradient of the video reward with respect to the frames). A setting of shared
+    /// models: a run may turn it on between steps.
+    pub fn set_checkpointing(&self, on: bool) {
+        self.checkpointing.store(on, Relaxed);
     }
 
     /// Tokens after the blocks (N, 1 + T'*g*g, D) of normalised frames (N, T, 3, S, S),
@@ -415,7 +417,7 @@ impl VisionEncoder {
             }
         };
         let heads = c.num_heads;
-        run_blocks(ad::add(&ad::concat(&[&cls, &x], 1)?, &pos)?, &self.blocks, self.checkpointing, move |b: &Block, x: &Var| b.forward(x, heads))
+        run_blocks(ad::add(&ad::concat(&[&cls, &x], 1)?, &pos)?, &self.blocks, self.checkpointing.load(Relaxed), move |b: &Block, x: &Var| b.forward(x, heads))
     }
 
     /// The attention-pooled output (N, clip_embed_dim) of [`VisionEncoder::tokens`].

@@ -67,7 +67,7 @@ pub trait VideoTextReward: Send + Sync {
     }
     /// Recompute the vision side's layers in the backward pass instead of keeping their
     /// activations.
-    fn set_checkpointing(&mut self, on: bool);
+    fn set_checkpointing(&self, on: bool);
 }
 
 fn token_error(e: TokenizerError) -> WeightsError {
@@ -102,7 +102,7 @@ impl VideoTextReward for ClipVideoReward {
         let txt = self.clip.text.features(video.tape(), &ids)?;
         diagonal(&cosine(&pooled, &txt)?, b)
     }
-    fn set_checkpointing(&mut self, on: bool) {
+    fn set_checkpointing(&self, on: bool) {
         self.clip.vision.set_checkpointing(on);
     }
 }
@@ -128,7 +128,7 @@ impl VideoTextReward for InternVideo2Reward {
     fn frames(&self) -> Option<usize> {
         Some(self.model.config.vision.num_frames)
     }
-    fn set_checkpointing(&mut self, on: bool) {
+    fn set_checkpointing(&self, on: bool) {
         self.model.vision.set_checkpointing(on);
     }
 }

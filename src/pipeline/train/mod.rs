@@ -35,7 +35,7 @@ mod record;
 
 pub use parallel::Replica;
 use parallel::data_parallel;
-use record::{pick_frames, strided_frames, RecordDraws, RecordGrads, Recipe};
+use record::{pick_frames, strided_frames, RecordDraws, RecordGrads, RecordValues, Recipe};
 
 /// LoRA settings.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -305,7 +305,7 @@ pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &T
     if let Some(l) = config.lora {
         student = student.with_lora(l, config.seed)?;
     }
-    let mut models = RewardModels::load(gpu, md, reward_weights)?;
+    let models = RewardModels::load(gpu, md, reward_weights)?;
     models.set_checkpointing(config.recompute);
     Ok((student, models))
 }
@@ -330,11 +330,11 @@ impl RewardModels {
     /// Recompute the reward models' vision layers in the backward pass instead of keeping
     /// their activations (`train --recompute`; the reward frames' VAE decoding follows
     /// [`TrainConfig::recompute`]).
-    pub fn set_checkpointing(&mut self, on: bool) {
-        for (r, _) in &mut self.image {
+    pub fn set_checkpointing(&self, on: bool) {
+        for (r, _) in &self.image {
             r.clip.vision.set_checkpointing(on);
         }
-        if let Some(v) = &mut self.video {
+        if let Some(v) = &self.video {
             v.set_checkpointing(on);
         }
     }
@@ -373,6 +373,9 @@ pub struct Trainer<'a> {
     sched: Schedule,
     solver: DdimSolver,
     fps: f32,
+    /// See [`Trainer::recompute_when_out_of_memory`].
+    recompute_on_oom: bool,
+    recompute_switched_at: Option<u64>,
 }
 
 /// The order of epoch `epoch`: a seeded Fisher-Yates shuffle.
@@ -406,7 +409,7 @@ impl<'a> Trainer<'a> {
             vec![ParamGroup { params: student.trainable(), lr_scale: 1.0, weight_decay: None }],
         );
         let state = TrainState { step: 0, epoch: 0, cursor: 0, rng: Gaussian::new(config.seed ^ 0x7A11).state() };
-        Ok(Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, replicas: vec![], state, sched, solver })
+        Ok(Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, replicas: vec![], state, sched, solver, recompute_on_oom: false, recompute_switched_at: None })
     }
 
     /// Points of the data's DDIM grid (the origin a consistency sampler of this run uses).
@@ -516,20 +519,10 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// One optimizer step over `batch_size` records.
-    pub fn step(&mut self) -> std::result::Result<StepMetrics, TrainError> {
-        let t0 = Instant::now();
-        let devices = self.devices();
-        for d in &devices {
-            d.reset_peak_memory();
-        }
-        let b = self.config.batch_size;
-        let mut rng = Gaussian::from_state(self.state.rng);
-        let mut jobs = Vec::with_capacity(b);
-        for _ in 0..b {
-            let item = self.next_item();
-            jobs.push((item, self.draws(&mut rng, item)?));
-        }
+    /// The records' forward, rewards and backward (on the replicas too): their gradients
+    /// summed in record order, and their values.
+    fn run_records(&self, jobs: &[(Item, RecordDraws)]) -> Result<(Vec<Tensor>, Vec<RecordValues>)> {
+        let b = jobs.len();
         let recipe = self.recipe();
         let mut acc: Option<Vec<Tensor>> = None;
         let mut values = Vec::with_capacity(b);
@@ -548,13 +541,62 @@ impl<'a> Trainer<'a> {
             Ok(())
         };
         if self.replicas.is_empty() {
-            for (item, draws) in &jobs {
+            for (item, draws) in jobs {
                 add(recipe.record(&self.student, self.models, *item, draws, b)?)?;
             }
         } else {
-            data_parallel(&recipe, (&self.student, self.models), &self.replicas, &jobs, &mut add)?;
+            data_parallel(&recipe, (&self.student, self.models), &self.replicas, jobs, &mut add)?;
         }
-        let grads = acc.expect("batch of at least one");
+        Ok((acc.expect("batch of at least one"), values))
+    }
+
+    /// Recomputation on or off for the rest of the run (student, reward models, replicas).
+    fn set_recompute(&mut self, on: bool) {
+        self.config.recompute = on;
+        self.student.unet.set_checkpointing(on);
+        self.models.set_checkpointing(on);
+        for r in &mut self.replicas {
+            r.student.unet.set_checkpointing(on);
+            r.models.set_checkpointing(on);
+        }
+    }
+
+    /// Turns recomputation on (for the rest of the run) when a step runs out of device
+    /// memory without it, and runs that step again; [`Trainer::recompute_switched_at`] then
+    /// says which step. Off by default: the error comes back.
+    pub fn recompute_when_out_of_memory(&mut self, on: bool) {
+        self.recompute_on_oom = on;
+    }
+
+    /// The step at which [`Trainer::recompute_when_out_of_memory`] turned recomputation on.
+    pub fn recompute_switched_at(&self) -> Option<u64> {
+        self.recompute_switched_at
+    }
+
+    /// One optimizer step over `batch_size` records.
+    pub fn step(&mut self) -> std::result::Result<StepMetrics, TrainError> {
+        let t0 = Instant::now();
+        let devices = self.devices();
+        for d in &devices {
+            d.reset_peak_memory();
+        }
+        let b = self.config.batch_size;
+        let mut rng = Gaussian::from_state(self.state.rng);
+        let mut jobs = Vec::with_capacity(b);
+        for _ in 0..b {
+            let item = self.next_item();
+            jobs.push((item, self.draws(&mut rng, item)?));
+        }
+        let (grads, values) = match self.run_records(&jobs) {
+            // out of memory while keeping activations: again with recomputation, for this
+            // step and the rest of the run (the same step up to rounding: the draws are made)
+            Err(e) if self.recompute_on_oom && !self.config.recompute && matches!(e, WeightsError::Gpu(t2v_kernels::Error::OutOfMemory { .. })) => {
+                self.set_recompute(true);
+                self.recompute_switched_at = Some(self.state.step + 1);
+                self.run_records(&jobs)?
+            }
+            r => r?,
+        };
         let loss_sum: f32 = values.iter().map(|v| v.cd - self.config.beta_img * v.image_reward.unwrap_or(0.0) - self.config.beta_vid * v.video_reward.unwrap_or(0.0)).sum();
         let (loss, cd_loss) = (loss_sum / b as f32, values.iter().map(|v| v.cd).sum::<f32>() / b as f32);
         if !loss.is_finite() {
@@ -710,6 +752,9 @@ pub fn run(trainer: &mut Trainer, o: &RunOptions) -> std::result::Result<Vec<Ste
             }
             Err(e) => return Err(e),
         };
+        if trainer.recompute_switched_at() == Some(m.step) && !o.quiet {
+            eprintln!("\nstep {}: out of device memory keeping the activations; recomputing them from now on, as with --recompute (the same steps up to rounding)", m.step);
+        }
         let note = format!(
             "loss {:.4} cd {:.4}{}{}",
             m.loss,
