@@ -196,10 +196,10 @@ fn sample_writes_gifs_and_frames_reproducibly_and_never_overwrites() {
     assert!(memory(&stdout).0 <= limit, "peak over the --max-memory {limit}MiB: {stdout}");
     // far too little: stopped with the reason
     let mut args = sample_args(&base.join("tight"));
-    args.extend(["--max-memory", "1MiB"].map(String::from));
+    args.extend(["--max-memory", "1MiB", "--weights-dtype", "f32"].map(String::from));
     let (ok, _, err) = t2v(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     assert!(!ok && err.contains("over the memory limit of 1 MiB"), "{err}");
-    assert!(err.contains("To need less memory, add: --vae-frames-per-pass 1") && !err.contains("--batch 1"), "{err}");
+    assert!(err.contains("To need less memory, add: --weights-dtype stored") && !err.contains("--batch 1"), "{err}");
     let gif = std::fs::read(a.join("000_a_red_fox_running_through_snow.gif")).unwrap();
     assert_eq!(&gif[..6], b"GIF89a");
     let frames: Vec<_> = std::fs::read_dir(a.join("000_a_red_fox_running_through_snow")).unwrap().collect();

@@ -131,6 +131,19 @@ fn passes_of_fewer_images_give_the_same_values_and_gradients() {
             assert!(err <= 1e-5 * scale.max(1e-3), "{name}: passes differ from one pass by {err:e} (scale {scale})");
         }
     }
+    // under a memory limit between the two peaks, a decode without a backward pass to keep
+    // for splits its pass in halves when it runs out of memory: the same images
+    g.sync().unwrap();
+    let base = g.memory().live_bytes;
+    g.set_memory_limit(Some(base + (p_passes + p_whole) / 2));
+    let tape = Tape::new();
+    let split = tape.no_grad(|| whole.decode(&tape.constant(z.clone()))).unwrap().value().to_vec().unwrap();
+    let (err, scale) = max_err(&split, &a.1);
+    assert!(err <= 1e-5 * scale.max(1e-3), "split passes differ from one pass by {err:e} (scale {scale})");
+    // a decode that records for a backward pass is not split: out of memory
+    let e = whole.decode(&tape.leaf(z.clone())).unwrap_err().to_string();
+    assert!(e.contains("over the memory limit"), "{e}");
+    g.set_memory_limit(None);
     // the third image is the first again
     let n = a.1.len() / 3;
     let (err, scale) = max_err(&a.1[2 * n..], &a.1[..n]);

@@ -117,7 +117,8 @@ pub struct SampleArgs {
     pub lora_strength: f32,
     /// Frames the VAE decodes (and --init-video encodes) at once: fewer take less GPU memory
     /// (1: the least; at 320x512 the decoder's activations of one frame instead of up to 12)
-    /// and may keep a large GPU less busy. Default: as many as one GPU binding holds.
+    /// and may keep a large GPU less busy. Default: as many as one GPU binding holds, fewer
+    /// (halved) where a pass runs out of memory.
     #[arg(long)]
     pub vae_frames_per_pass: Option<usize>,
     /// Sample on several GPUs at once: adapters as `--adapter` takes them, comma-separated,
@@ -458,9 +459,6 @@ fn with_memory_hint(e: CliError, a: &SampleArgs, gpu: &Gpu) -> CliError {
     let mut options = Vec::new();
     if a.batch > 1 {
         options.push("--batch 1 (one video at a time; the videos do not depend on the batch, and --resume keeps those written)");
-    }
-    if a.vae_frames_per_pass != Some(1) {
-        options.push("--vae-frames-per-pass 1 (the decoder's activations of one frame at a time)");
     }
     if a.weights_dtype.precision(gpu) == crate::models::weights::WeightPrecision::F32 {
         options.push("--weights-dtype stored (16-bit files stay 16-bit on the device)");

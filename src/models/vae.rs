@@ -11,7 +11,7 @@ use t2v_kernels::ops::Conv2d as Geo;
 use t2v_kernels::Tensor;
 
 use super::layers::{Conv, GroupNorm};
-use super::weights::{Loader, Result};
+use super::weights::{Loader, Result, WeightsError};
 
 /// `ddconfig` + `embed_dim` of the reference config (defaults: VideoCrafter2).
 #[derive(Clone, Debug, PartialEq)]
@@ -351,12 +351,30 @@ impl Vae {
 
     /// Runs `pass` on chunks of at most `per` images of `x` (N, ...) along N and
     /// concatenates each of its outputs (one pass when N fits); differentiable like `pass`.
+    /// A pass of several images that runs out of device memory without recording anything
+    /// on the tape (sampling, preprocessing: nothing kept for a backward pass) is split in
+    /// halves, and the rest of the batch goes in passes of that size: the same images up
+    /// to the rounding of other batch sizes.
     fn in_passes<const K: usize>(x: &Var, per: usize, pass: impl Fn(&Var) -> Result<[Var; K]>) -> Result<[Var; K]> {
         let n = x.shape()[0];
-        if n <= per {
-            return pass(x);
+        let tape = x.tape();
+        let (mut parts, mut start, mut per) = (Vec::new(), 0, per.max(1));
+        while start < n {
+            let len = per.min(n - start);
+            let recorded = tape.len();
+            let part = if len == n { pass(x) } else { ad::slice(x, 0, start, len).map_err(Into::into).and_then(|xs| pass(&xs)) };
+            match part {
+                Ok(p) => {
+                    parts.push(p);
+                    start += len;
+                }
+                Err(WeightsError::Gpu(t2v_kernels::Error::OutOfMemory { .. })) if len > 1 && tape.len() == recorded => per = len / 2,
+                Err(e) => return Err(e),
+            }
         }
-        let parts = (0..n).step_by(per).map(|s| pass(&ad::slice(x, 0, s, per.min(n - s))?)).collect::<Result<Vec<_>>>()?;
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part"));
+        }
         let out = (0..K).map(|k| Ok(ad::concat(&parts.iter().map(|p| &p[k]).collect::<Vec<_>>(), 0)?)).collect::<Result<Vec<Var>>>()?;
         Ok(out.try_into().ok().expect("K outputs"))
     }
