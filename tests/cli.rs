@@ -222,6 +222,40 @@ fn sample_writes_gifs_and_frames_reproducibly_and_never_overwrites() {
     assert!(!ok && err.contains("no prompt"), "{err}");
 }
 
+/// A batch that runs out of device memory is halved for the rest of the run: under a limit
+/// between what batches of one and of three hold at once, `--batch 3` writes the videos
+/// `--batch 1` writes, byte for byte.
+#[test]
+fn a_batch_that_runs_out_of_memory_is_split() {
+    let base = Scratch::new("sample-split", "cli");
+    // (peak MiB, MiB in tensors at once) over a run's lines
+    let at_once = |stdout: &str| -> f64 {
+        stdout.split("MiB, ").skip(1).filter_map(|r| r.split_whitespace().next()?.parse::<f64>().ok()).fold(0.0, f64::max)
+    };
+    let run = |dir: &str, extra: &[&str]| -> (String, String) {
+        let mut args = sample_args(&base.join(dir));
+        args.extend(["--videos-per-prompt", "3", "--no-mp4"].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (ok, stdout, err) = t2v(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+        assert!(ok, "{dir}: {stdout}\n{err}");
+        (stdout, err)
+    };
+    let (one, _) = run("one", &["--batch", "1"]);
+    let (three, _) = run("three", &["--batch", "3"]);
+    let (a1, a3) = (at_once(&one), at_once(&three));
+    assert!(a3 > a1 + 1.0, "batches of three hold more at once: {a1} vs {a3} MiB");
+    let limit = format!("{}MiB", ((a1 + a3) / 2.0).round());
+    let (split, err) = run("split", &["--batch", "3", "--max-memory", &limit]);
+    assert!(err.contains("a batch of 3 videos ran out of device memory: batches of 1 from now on"), "{err}");
+    assert!(split.contains("in a batch of 1") && !split.contains("in a batch of 3"), "{split}");
+    // the progress line counts the three batches of one (4 steps each) as its total
+    assert!(err.contains("] 12/12 "), "{err}");
+    for v in 0..3 {
+        let frame = |dir: &str| std::fs::read(base.join(dir).join(format!("{v:03}_a_red_fox_running_through_snow/frame_002.png"))).unwrap();
+        assert_eq!(frame("split"), frame("one"), "video {v}: split batch vs --batch 1");
+    }
+}
+
 #[test]
 fn demo_world_and_train_refuse_bad_settings_before_any_work() {
     let out = std::env::temp_dir().join(format!("t2v-demo-bad-mgs-{}", std::process::id()));

@@ -77,7 +77,8 @@ pub struct SampleArgs {
     #[arg(long, value_enum, default_value_t = FileNames::Index)]
     pub names: FileNames,
     /// Videos generated together in one batch (more use the device better and need more
-    /// memory; a video does not depend on the batch it is in).
+    /// memory; a video does not depend on the batch it is in). A batch that runs out of
+    /// device memory is halved for the rest of the run.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Frames (default: the model folder's, else 16).
@@ -268,6 +269,8 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         }
     }
     let mut jobs = Jobs::new(a, &prompts, streamed, earlier);
+    // the largest batch that fits: --batch, halved where one runs out of memory
+    let max_batch = std::sync::atomic::AtomicUsize::new(a.batch);
     if jobs.kept() > 0 {
         eprintln!("resuming: {} videos of the earlier run kept, {} to generate", jobs.kept(), jobs.pending());
     }
@@ -302,18 +305,15 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         }
         let t = Instant::now();
         let bar = std::sync::Mutex::new(progress.take().unwrap_or_else(|| Progress::new("sample", opts.sampling_steps())));
-        let results: Vec<Result<Vec<Vec<f32>>, CliError>> = std::thread::scope(|s| {
+        let results: Vec<Result<(Vec<Vec<f32>>, usize), CliError>> = std::thread::scope(|s| {
             let handles: Vec<_> = round
                 .iter()
                 .zip(&generators)
                 .map(|(batch, generator)| {
-                    let (bar, opts) = (&bar, &opts);
+                    let (bar, opts, max_batch) = (&bar, &opts, &max_batch);
                     s.spawn(move || {
                         let items: Vec<(&str, u64)> = batch.iter().map(|j| (j.prompt.as_str(), a.seed + j.index as u64)).collect();
-                        Ok(generator.generate_batch_observed(&items, opts, &mut |_| {
-                            bar.lock().expect("progress").advance(1, "steps");
-                            ControlFlow::Continue(())
-                        })?)
+                        generate_fitting(generator, &items, opts, max_batch, bar)
                     })
                 })
                 .collect();
@@ -327,8 +327,7 @@ pub fn run(dev: &DeviceArgs, a: &SampleArgs) -> Result<(), CliError> {
         let (mut done, mut videos, mut failure) = (Vec::new(), Vec::new(), None);
         for (batch, result) in round.into_iter().zip(results) {
             match result {
-                Ok(vs) => {
-                    let n = batch.len();
+                Ok((vs, n)) => {
                     for (job, video) in batch.into_iter().zip(vs) {
                         videos.push((job.name.clone(), video));
                         done.push((job, n));
@@ -448,6 +447,50 @@ impl Writing {
         jobs.write_captions(&self.out)?;
         Ok(self.done.len())
     }
+}
+
+/// Generates `items` in batches of at most `max_batch` videos; a batch of several that runs
+/// out of device memory is halved (for this run: `max_batch` is shared) and generated again
+/// — the same videos, since none depends on its batch. Returns the videos and the batch
+/// size they were made in; `bar` counts sampling steps (its total grows by the steps a
+/// split adds).
+fn generate_fitting(generator: &Generator, items: &[(&str, u64)], opts: &SampleOptions, max_batch: &std::sync::atomic::AtomicUsize, bar: &std::sync::Mutex<Progress>) -> Result<(Vec<Vec<f32>>, usize), CliError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let steps = opts.sampling_steps();
+    // the bar planned `steps` for these items; the steps of a failed batch and of the
+    // batches a split makes are added
+    let (mut allotted, mut consumed) = (steps, 0);
+    let (mut videos, mut start, mut used) = (Vec::new(), 0, items.len());
+    while start < items.len() {
+        let len = max_batch.load(Relaxed).clamp(1, items.len() - start);
+        // what is left in batches of `len`, after what was done
+        let need = consumed + (items.len() - start).div_ceil(len) * steps;
+        if need > allotted {
+            bar.lock().expect("progress").grow(need - allotted);
+            allotted = need;
+        }
+        let mut stepped = 0;
+        let r = generator.generate_batch_observed(&items[start..start + len], opts, &mut |_| {
+            stepped += 1;
+            bar.lock().expect("progress").advance(1, "steps");
+            ControlFlow::Continue(())
+        });
+        consumed += stepped;
+        match r {
+            Ok(v) => {
+                videos.extend(v);
+                start += len;
+                used = used.min(len);
+            }
+            Err(crate::models::weights::WeightsError::Gpu(t2v_kernels::Error::OutOfMemory { .. })) if len > 1 => {
+                if max_batch.fetch_min(len / 2, Relaxed) > len / 2 {
+                    eprintln!("a batch of {len} videos ran out of device memory: batches of {} from now on (the same videos)", len / 2);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((videos, used))
 }
 
 /// A sampling error; when a device ran out of memory, followed by the options this run

@@ -23,6 +23,10 @@ impl Progress {
         self.quiet = quiet;
         self
     }
+    /// `n` more items to do than planned (work done again, or split).
+    pub fn grow(&mut self, n: usize) {
+        self.total += n;
+    }
     /// Marks `n` more items done; `note` is shown at the end of the line (e.g. the loss).
     pub fn advance(&mut self, n: usize, note: &str) {
         self.done += n;
