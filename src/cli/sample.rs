@@ -494,15 +494,12 @@ fn generate_fitting(generator: &Generator, items: &[(&str, u64)], opts: &SampleO
 }
 
 /// A sampling error; when a device ran out of memory, followed by the options this run
-/// does not use that would make it need less.
+/// does not use that would make it need less (batches and VAE passes are split already).
 fn with_memory_hint(e: CliError, a: &SampleArgs, gpu: &Gpu) -> CliError {
     if !e.is_out_of_memory() {
         return e;
     }
     let mut options = Vec::new();
-    if a.batch > 1 {
-        options.push("--batch 1 (one video at a time; the videos do not depend on the batch, and --resume keeps those written)");
-    }
     if a.weights_dtype.precision(gpu) == crate::models::weights::WeightPrecision::F32 {
         options.push("--weights-dtype stored (16-bit files stay 16-bit on the device)");
     }
