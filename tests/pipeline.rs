@@ -996,3 +996,41 @@ fn video_to_video_keeps_more_of_the_video_the_lower_the_strength() {
         assert!(e.contains("values"), "{e}");
     }
 }
+
+/// A group of DDIM inversions that runs out of device memory is halved for the rest of the
+/// run: under a limit between what one inversion and a group of three hold at once,
+/// `--inversion-batch 3` writes the shard one-at-a-time inversions write, byte for byte.
+#[test]
+fn a_group_of_inversions_that_runs_out_of_memory_is_split() {
+    let (models, _) = fixture();
+    let g = gpu();
+    let md = ModelDir::read(models).unwrap();
+    let d = tmp("inversion-split");
+    write_dataset(&d.join("world"), 6, 4, &WorldConfig { short_fraction: 0.75, ..Default::default() }, true).unwrap();
+    let (unet, vae, text) = (md.load_unet(&g).unwrap(), md.load_vae(&g).unwrap(), md.load_text(&g).unwrap());
+    let tokenizer = ClipTokenizer::new().unwrap();
+    let run = |name: &str, inversion_batch: usize| {
+        let job = PreprocessJob {
+            captions: d.join("world/captions.jsonl"),
+            out: d.join(name),
+            shard: (0, 1),
+            shard_size: 6,
+            config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true, motion_reference: Default::default() },
+            source_fps: None,
+            settings: PreprocessConfig { inversion_batch, ..PreprocessConfig::default() },
+            quiet: true,
+        };
+        std::fs::create_dir_all(&job.out).unwrap();
+        let rep = preprocess_dataset(&PreprocessModels { unet: &unet, vae: &vae, text: &text, tokenizer: &tokenizer }, &job).unwrap();
+        (rep, std::fs::read(d.join(name).join("shard-0of1-00000.safetensors")).unwrap())
+    };
+    let (one, one_file) = run("one", 1);
+    let (group, _) = run("group", 3);
+    assert!(one.motion_records >= 2, "{one:?}");
+    assert!(group.peak_live_bytes > one.peak_live_bytes, "a group of inversions holds more: {} vs {}", group.peak_live_bytes, one.peak_live_bytes);
+    g.set_memory_limit(Some((one.peak_live_bytes + group.peak_live_bytes) / 2));
+    let (split, split_file) = run("split", 3);
+    g.set_memory_limit(None);
+    assert_eq!(split.motion_records, one.motion_records);
+    assert!(split_file == one_file, "the split run's shard differs from one-at-a-time inversions'");
+}

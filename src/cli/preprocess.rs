@@ -78,7 +78,8 @@ pub struct PreprocessArgs {
     pub temp_loss_scale: f32,
     /// Motion-guided clips whose DDIM inversions share UNet calls (within a shard): faster
     /// where small batches are overhead-bound (CPU adapters, small models); peak memory
-    /// grows with it. 1: one clip at a time.
+    /// grows with it, and a group that runs out of device memory is halved for the rest of
+    /// the run. 1: one clip at a time.
     #[arg(long, default_value_t = 8)]
     pub inversion_batch: usize,
     /// Where the motion reference comes from: `inversion` (T2V-Turbo-v2's: DDIM inversion of
@@ -201,14 +202,15 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
     })?;
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "{} records ({} motion-guided) in {} new shards, {} shards done earlier, {} videos skipped; {:.2} s per clip, peak GPU memory {:.0} MiB (one clip, or one group of inversions)",
+        "{} records ({} motion-guided) in {} new shards, {} shards done earlier, {} videos skipped; {:.2} s per clip, peak GPU memory {:.0} MiB, {:.0} MiB of it in tensors at once (one clip, or one group of inversions)",
         rep.records,
         rep.motion_records,
         rep.shards_written,
         rep.shards_skipped,
         rep.skipped_videos.len(),
         secs / rep.records.max(1) as f64,
-        rep.peak_bytes as f64 / 1048576.0
+        rep.peak_bytes as f64 / 1048576.0,
+        rep.peak_live_bytes as f64 / 1048576.0
     );
     Ok(())
 }
@@ -222,9 +224,6 @@ fn with_memory_hint(e: &dyn std::fmt::Display, oom: bool, a: &PreprocessArgs, gp
     let mut options = Vec::new();
     if a.weights_dtype.precision(gpu) == crate::models::weights::WeightPrecision::F32 {
         options.push("--weights-dtype stored (16-bit files stay 16-bit on the device)");
-    }
-    if a.inversion_batch > 1 {
-        options.push("--inversion-batch 1 (one clip's DDIM inversion at a time)");
     }
     super::memory_advice(e, &options, a.devices.len() > 1, "preprocess fewer --frames or a smaller --height / --width, or use a device with more memory (the shards written are kept: the same command continues)")
 }

@@ -215,8 +215,11 @@ pub struct PreprocessReport {
     pub motion_records: usize,
     /// Videos that could not be read, with the reason.
     pub skipped_videos: Vec<(String, String)>,
-    /// Peak GPU memory of one clip (of one group of DDIM inversions, if larger), bytes.
+    /// Peak GPU memory of one clip (of one group of DDIM inversions, if larger), bytes:
+    /// tensors and the pool of reusable buffers.
     pub peak_bytes: u64,
+    /// The same, of memory in tensors at once (what `--max-memory` must leave room for).
+    pub peak_live_bytes: u64,
 }
 
 /// Runs Algorithm 1 over machine `shard.0`'s part of the captions file. Each row draws from
@@ -276,6 +279,14 @@ pub fn preprocess_dataset_on(models: &[PreprocessModels], job: &PreprocessJob) -
     Ok(tally.report)
 }
 
+impl PreprocessReport {
+    /// Takes a device's peaks since its last reset into the run's.
+    fn peak(&mut self, m: &t2v_kernels::PoolStats) {
+        self.peak_bytes = self.peak_bytes.max(m.peak_total_bytes);
+        self.peak_live_bytes = self.peak_live_bytes.max(m.peak_live_bytes);
+    }
+}
+
 /// A run's counts, shared by its devices; the manifest lists shards and skipped videos in
 /// row order, whichever device finished them first.
 struct Tally {
@@ -322,6 +333,8 @@ struct DeviceRun<'a, 'm> {
     uncond: Tensor,
     /// Frame-folder stride (`source_fps / fps`).
     stride: usize,
+    /// Inversions run together: `--inversion-batch`, halved where a group ran out of memory.
+    inversion_batch: std::cell::Cell<usize>,
 }
 
 impl<'a, 'm> DeviceRun<'a, 'm> {
@@ -332,7 +345,7 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
         let stride = job.source_fps.map(|s| (s / cfg.fps).round().max(1.0) as usize).unwrap_or(1);
         let tape = Tape::new();
         let uncond = encode_caption(m, &tape, "")?;
-        Ok(DeviceRun { m, job, gpu: m.vae.gpu().clone(), sched, solver, tape, uncond, stride })
+        Ok(DeviceRun { m, job, gpu: m.vae.gpu().clone(), sched, solver, tape, uncond, stride, inversion_batch: std::cell::Cell::new(job.settings.inversion_batch.max(1)) })
     }
 
     fn encode_text(&self, text: &str) -> Result<Tensor> {
@@ -406,7 +419,7 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
                 _ => None,
             };
             let mut t = tally();
-            t.report.peak_bytes = t.report.peak_bytes.max(gpu.memory().peak_total_bytes);
+            t.report.peak(&gpu.memory());
             if rec.cond_eps.is_some() {
                 t.advance(1);
             }
@@ -416,22 +429,32 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
         }
         let motion: Vec<usize> = (0..clips.len()).filter(|&i| clips[i].drawn.as_ref().is_some_and(|d| d.cond_eps.is_none())).collect();
         // the motion-guided clips' reference latents: noised above, or DDIM-inverted here
-        let groups: Vec<&[usize]> = if job.settings.reference.is_inversion() { motion.chunks(job.settings.inversion_batch.max(1)).collect() } else { motion.chunks(1).collect() };
-        for group in groups {
+        // a group of inversions that runs out of memory is halved, for this device's rest
+        let inverted = job.settings.reference.is_inversion();
+        let mut at = 0;
+        while at < motion.len() {
+            let len = if inverted { self.inversion_batch.get().clamp(1, motion.len() - at) } else { 1 };
+            let group = &motion[at..at + len];
             gpu.reset_peak_memory();
-            let refs = if job.settings.reference.is_inversion() {
+            let refs = if inverted {
                 let z0s = ops::concat(&group.iter().map(|&i| &clips[i].z0).collect::<Vec<_>>(), 0)?;
                 let contexts = ops::concat(&group.iter().map(|&i| &clips[i].context).collect::<Vec<_>>(), 0)?;
                 let indices: Vec<usize> = group.iter().map(|&i| clips[i].drawn.as_ref().expect("not finished yet").index).collect();
-                ddim_invert_batch(m.unet, &self.sched, &self.solver.grid, &z0s, &contexts, &vec![cfg.fps; group.len()], &indices).map_err(|e| match e {
-                    WeightsError::Gpu(oom @ t2v_kernels::Error::OutOfMemory { .. }) if group.len() > 1 => {
-                        PreprocessError::OutOfMemory(format!("{oom} (DDIM inversion of {} clips at once: a smaller --inversion-batch needs less)", group.len()))
+                match ddim_invert_batch(m.unet, &self.sched, &self.solver.grid, &z0s, &contexts, &vec![cfg.fps; len], &indices) {
+                    Ok(refs) => refs,
+                    Err(WeightsError::Gpu(t2v_kernels::Error::OutOfMemory { .. })) if len > 1 => {
+                        self.inversion_batch.set(len / 2);
+                        if !job.quiet {
+                            eprintln!("DDIM inversion of {len} clips at once ran out of device memory: {} at a time from now on (--inversion-batch)", len / 2);
+                        }
+                        continue;
                     }
-                    e => e.into(),
-                })?
+                    Err(e) => return Err(e.into()),
+                }
             } else {
                 group.iter().map(|&i| clips[i].z_ref.take().expect("noised when drawn")).collect()
             };
+            at += len;
             for (&i, z_ref) in group.iter().zip(&refs) {
                 let c = &mut clips[i];
                 let rec = c.drawn.take().expect("not finished yet").with_motion(m.unet, &self.solver, z_ref, &c.context, &[cfg.fps], &job.settings)?;
@@ -442,7 +465,7 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
                 t.advance(1);
             }
             let mut t = tally();
-            t.report.peak_bytes = t.report.peak_bytes.max(gpu.memory().peak_total_bytes);
+            t.report.peak(&gpu.memory());
         }
         let records: Vec<_> = clips
             .into_iter()
@@ -509,14 +532,12 @@ pub enum PreprocessError {
     Gpu(#[from] t2v_kernels::Error),
     #[error("{0}")]
     Exists(String),
-    #[error("{0}")]
-    OutOfMemory(String),
 }
 
 impl PreprocessError {
     /// Did the device run out of memory (or over its `--max-memory`)?
     pub fn is_out_of_memory(&self) -> bool {
         use t2v_kernels::Error::OutOfMemory;
-        matches!(self, PreprocessError::OutOfMemory(_) | PreprocessError::Gpu(OutOfMemory { .. }) | PreprocessError::Model(WeightsError::Gpu(OutOfMemory { .. })))
+        matches!(self, PreprocessError::Gpu(OutOfMemory { .. }) | PreprocessError::Model(WeightsError::Gpu(OutOfMemory { .. })))
     }
 }
