@@ -291,7 +291,7 @@ fn with_memory_hint(e: TrainError, a: &TrainArgs, gpu: &t2v_kernels::Gpu, recomp
     }
     let mut options = Vec::new();
     if a.weights_dtype.precision(gpu) == crate::models::weights::WeightPrecision::F32 {
-        options.push("--weights-dtype stored (16-bit files stay 16-bit on the device; frozen models and LoRA's base weights)");
+        options.push("--weights-dtype stored (16-bit files of the frozen models stay 16-bit on the device: VAE, text encoder, reward models)");
     }
     if !recomputing {
         options.push("--recompute (activations recomputed in the backward pass: UNet blocks, reward frames' decoding, reward models' layers)");
