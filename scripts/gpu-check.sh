@@ -7,10 +7,10 @@
 #                                          # under its own time limit, one log each in OUTDIR
 #
 # `run` unpacks `.gl/*.deb` (libvulkan1 etc., downloaded as the device README says) when
-# present. The checks, in order (10-12 minutes on an H200; their limits add up to 25, so
+# present. The checks, in order (10-12 minutes on an H200; their limits add up to 38 minutes, so
 # split them over calls where one call may run 10 — the targets first:
 # `run OUT info sample-auto preprocess-auto`, then `run OUT matrix sample-matrix
-# models-matrix train-auto`, then `run OUT kernels models-auto parallel`):
+# models-matrix train-auto`, then `run OUT kernels models-auto parallel memory`):
 #   info                         adapter, limits, self-check
 #   gemm present embed           the GEMM / Winograd, storage-texture and lent-device tests
 #   kernels                      Winograd F(2x2) / F(4x4) rows against the direct conv
@@ -20,6 +20,8 @@
 #   train-auto                   one training step at full size: time and live peak memory
 #   parallel                     determinism on the GPU: two devices on it train the one-device
 #                                steps bit for bit, a resumed run the uninterrupted one
+#   memory                       recomputation (LoRA too) on the GPU, and the out-of-memory
+#                                fallbacks under --max-memory-style limits
 #   matrix                       the matrix-core GEMM (cooperative matrices, f16 inputs): its
 #                                test, the unet3d fixture on it, `info --matrix-cores`
 #                                (kernels has its bench rows)
@@ -79,7 +81,7 @@ run)
         tail -n 6 "$out/$name.log"
     }
     only="$*"
-    known=" info gemm present embed kernels models-direct models-auto sample-direct sample-auto preprocess-auto train-auto parallel matrix models-matrix sample-matrix "
+    known=" info gemm present embed kernels models-direct models-auto sample-direct sample-auto preprocess-auto train-auto parallel memory matrix models-matrix sample-matrix "
     for c in $only; do [[ "$known" == *" $c "* ]] || { echo "unknown check $c; the checks:$known" >&2; exit 2; }; done
     step info 60 devbin/t2v-turbo info
     step gemm 120 devbin/gemm --test-threads 1
@@ -95,6 +97,7 @@ run)
     # preprocessed on the 50-point grid to keep the inversion short
     step train-auto 240 env T2V_CONV_PATH=auto devbin/pipeline --bench --once --sections train --grid 50
     step parallel 180 devbin/pipeline-tests two_devices a_resumed_run --test-threads 1
+    step memory 180 devbin/pipeline-tests recomputation a_group_of_inversions --test-threads 1
     step matrix 120 sh -c 'devbin/t2v-turbo info --matrix-cores && devbin/gemm matrix_core --nocapture && devbin/diffusion matrix_cores --nocapture'
     step models-matrix 120 env T2V_MATRIX_CORES=1 T2V_PROFILE=1 devbin/models --bench
     step sample-matrix 150 env T2V_MATRIX_CORES=1 devbin/pipeline --bench --once --sections sample
