@@ -554,6 +554,8 @@ fn the_commands_run_end_to_end() {
     assert_eq!(dtypes(d.join("run/checkpoints/step-000002/student.safetensors")).into_iter().collect::<Vec<_>>(), vec![safetensors::Dtype::F32]);
     assert!(out.contains("validation at step 0: accuracy") && out.contains("validation at step 2: "), "{out}");
     assert!(out.contains("GPU memory held through the run: models") && out.contains("f32 moments; --adam8bit: a quarter"), "{out}");
+    // the progress line ends with the step's peak in tensors
+    assert!(out.lines().any(|l| l.starts_with("train [") && l.contains(" 2/2 ") && l.trim_end().ends_with(" MiB")), "{out}");
     assert!(d.join("run/validation/step-000002/000.gif").exists() && d.join("run/validation.png").exists());
     let (ok, out) = t2v(&train);
     assert!(!ok && out.contains("--resume"), "{out}");

@@ -755,8 +755,9 @@ pub fn run(trainer: &mut Trainer, o: &RunOptions) -> std::result::Result<Vec<Ste
         if trainer.recompute_switched_at() == Some(m.step) && !o.quiet {
             eprintln!("\nstep {}: out of device memory keeping the activations; recomputing them from now on, as with --recompute (the same steps up to rounding)", m.step);
         }
+        let mem = if m.peak_live_mib >= 1024.0 { format!("{:.1} GiB", m.peak_live_mib / 1024.0) } else { format!("{:.0} MiB", m.peak_live_mib) };
         let note = format!(
-            "loss {:.4} cd {:.4}{}{}",
+            "loss {:.4} cd {:.4}{}{} mem {mem}",
             m.loss,
             m.cd_loss,
             m.image_reward.map(|r| format!(" img {r:.3}")).unwrap_or_default(),
