@@ -235,6 +235,13 @@ fn recomputation_trains_the_same_steps() {
             assert!(close(a.0, r.0) && close(a.3, r.3) && a.1.zip(r.1).is_none_or(|(x, y)| close(x, y)), "steps differ:\n  switched   {auto:?}\n  recomputed {recomputed:?}");
         }
         g.set_memory_limit(None);
+        // a run resumed from its checkpoint keeps recomputing
+        let dir = tmp("switched");
+        let ckpt = t.save_checkpoint(&dir, 1).unwrap();
+        let (student, rewards) = load_run(&g, &md, &config(4), None).unwrap();
+        let mut resumed = Trainer::new(config(4), student, &rewards, &data).unwrap();
+        resumed.load_checkpoint(&ckpt).unwrap();
+        assert_eq!((resumed.recompute_switched_at(), resumed.config.recompute), (Some(1), true));
     }
 }
 

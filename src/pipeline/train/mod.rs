@@ -145,6 +145,10 @@ pub struct TrainState {
     pub cursor: usize,
     /// State of the step stream (frame choices).
     pub rng: u64,
+    /// The step from which the run recomputes because a step ran out of memory without
+    /// ([`Trainer::recompute_when_out_of_memory`]; a resumed run keeps recomputing).
+    #[serde(default)]
+    pub recompute_since: Option<u64>,
 }
 
 /// The losses and rewards of one step.
@@ -375,7 +379,6 @@ pub struct Trainer<'a> {
     fps: f32,
     /// See [`Trainer::recompute_when_out_of_memory`].
     recompute_on_oom: bool,
-    recompute_switched_at: Option<u64>,
 }
 
 /// The order of epoch `epoch`: a seeded Fisher-Yates shuffle.
@@ -408,8 +411,8 @@ impl<'a> Trainer<'a> {
             AdamWConfig { lr: config.lr, weight_decay: config.weight_decay, eight_bit: config.adam8bit, ..Default::default() },
             vec![ParamGroup { params: student.trainable(), lr_scale: 1.0, weight_decay: None }],
         );
-        let state = TrainState { step: 0, epoch: 0, cursor: 0, rng: Gaussian::new(config.seed ^ 0x7A11).state() };
-        Ok(Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, replicas: vec![], state, sched, solver, recompute_on_oom: false, recompute_switched_at: None })
+        let state = TrainState { step: 0, epoch: 0, cursor: 0, rng: Gaussian::new(config.seed ^ 0x7A11).state(), recompute_since: None };
+        Ok(Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, replicas: vec![], state, sched, solver, recompute_on_oom: false })
     }
 
     /// Points of the data's DDIM grid (the origin a consistency sampler of this run uses).
@@ -561,16 +564,17 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// Turns recomputation on (for the rest of the run) when a step runs out of device
-    /// memory without it, and runs that step again; [`Trainer::recompute_switched_at`] then
-    /// says which step. Off by default: the error comes back.
+    /// Turns recomputation on (for the rest of the run, resumed runs included) when a step
+    /// runs out of device memory without it, and runs that step again;
+    /// [`Trainer::recompute_switched_at`] then says which step. Off by default: the error
+    /// comes back.
     pub fn recompute_when_out_of_memory(&mut self, on: bool) {
         self.recompute_on_oom = on;
     }
 
     /// The step at which [`Trainer::recompute_when_out_of_memory`] turned recomputation on.
     pub fn recompute_switched_at(&self) -> Option<u64> {
-        self.recompute_switched_at
+        self.state.recompute_since
     }
 
     /// One optimizer step over `batch_size` records.
@@ -592,7 +596,7 @@ impl<'a> Trainer<'a> {
             // step and the rest of the run (the same step up to rounding: the draws are made)
             Err(e) if self.recompute_on_oom && !self.config.recompute && matches!(e, WeightsError::Gpu(t2v_kernels::Error::OutOfMemory { .. })) => {
                 self.set_recompute(true);
-                self.recompute_switched_at = Some(self.state.step + 1);
+                self.state.recompute_since = Some(self.state.step + 1);
                 self.run_records(&jobs)?
             }
             r => r?,
@@ -679,6 +683,10 @@ impl Trainer<'_> {
         }
         self.opt.load(&ckpt.join("optimizer.safetensors"))?;
         self.sync_replicas()?;
+        // a run that switched to recomputation when out of memory keeps it
+        if state.recompute_since.is_some() && !self.config.recompute {
+            self.set_recompute(true);
+        }
         self.state = state;
         Ok(())
     }
