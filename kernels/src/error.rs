@@ -60,6 +60,13 @@ pub enum Error {
     DType { op: &'static str, expected: crate::DType, actual: crate::DType },
 }
 
+impl Error {
+    /// Did the device run out of memory (or over its memory limit)?
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Error::OutOfMemory { .. })
+    }
+}
+
 /// Shorthand for a shape error.
 pub(crate) fn shape_err<T>(op: &'static str, msg: impl Into<String>) -> Result<T> {
     Err(Error::Shape { op, msg: msg.into() })

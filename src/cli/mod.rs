@@ -228,8 +228,11 @@ pub(crate) fn read_prompt_lines(path: &std::path::Path, what: &str) -> Result<Ve
 impl CliError {
     /// Did a device run out of memory (or over its `--max-memory`)?
     pub fn is_out_of_memory(&self) -> bool {
-        use t2v_kernels::Error::OutOfMemory;
-        matches!(self, CliError::Kernels(OutOfMemory { .. }) | CliError::Weights(crate::models::weights::WeightsError::Gpu(OutOfMemory { .. })))
+        match self {
+            CliError::Kernels(e) => e.is_out_of_memory(),
+            CliError::Weights(e) => e.is_out_of_memory(),
+            _ => false,
+        }
     }
 }
 

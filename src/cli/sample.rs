@@ -455,42 +455,28 @@ impl Writing {
 /// size they were made in; `bar` counts sampling steps (its total grows by the steps a
 /// split adds).
 fn generate_fitting(generator: &Generator, items: &[(&str, u64)], opts: &SampleOptions, max_batch: &std::sync::atomic::AtomicUsize, bar: &std::sync::Mutex<Progress>) -> Result<(Vec<Vec<f32>>, usize), CliError> {
-    use std::sync::atomic::Ordering::Relaxed;
     let steps = opts.sampling_steps();
     // the bar planned `steps` for these items; the steps of a failed batch and of the
     // batches a split makes are added
     let (mut allotted, mut consumed) = (steps, 0);
-    let (mut videos, mut start, mut used) = (Vec::new(), 0, items.len());
-    while start < items.len() {
-        let len = max_batch.load(Relaxed).clamp(1, items.len() - start);
-        // what is left in batches of `len`, after what was done
-        let need = consumed + (items.len() - start).div_ceil(len) * steps;
+    let mut halve = |from: usize, to: usize| eprintln!("a batch of {from} videos ran out of device memory: batches of {to} from now on (the same videos)");
+    let batches = crate::models::fitting::in_fitting_parts(items.len(), max_batch, &|| true, &mut halve, |r| {
+        // what is left in batches of this size, after what was done
+        let need = consumed + (items.len() - r.start).div_ceil(r.len()) * steps;
         if need > allotted {
             bar.lock().expect("progress").grow(need - allotted);
             allotted = need;
         }
-        let mut stepped = 0;
-        let r = generator.generate_batch_observed(&items[start..start + len], opts, &mut |_| {
-            stepped += 1;
+        let len = r.len();
+        let videos = generator.generate_batch_observed(&items[r], opts, &mut |_| {
+            consumed += 1;
             bar.lock().expect("progress").advance(1, "steps");
             ControlFlow::Continue(())
-        });
-        consumed += stepped;
-        match r {
-            Ok(v) => {
-                videos.extend(v);
-                start += len;
-                used = used.min(len);
-            }
-            Err(crate::models::weights::WeightsError::Gpu(t2v_kernels::Error::OutOfMemory { .. })) if len > 1 => {
-                if max_batch.fetch_min(len / 2, Relaxed) > len / 2 {
-                    eprintln!("a batch of {len} videos ran out of device memory: batches of {} from now on (the same videos)", len / 2);
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok((videos, used))
+        })?;
+        Ok((videos, len))
+    })?;
+    let used = batches.iter().map(|b| b.1).min().unwrap_or(items.len());
+    Ok((batches.into_iter().flat_map(|b| b.0).collect(), used))
 }
 
 /// A sampling error; when a device ran out of memory, followed by the options this run

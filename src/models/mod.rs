@@ -1,6 +1,7 @@
 //! Networks of the method, loadable from the real checkpoints' key names.
 
 pub mod weights;
+pub mod fitting;
 pub mod torch_checkpoint;
 pub mod vae;
 pub mod tokenizer;

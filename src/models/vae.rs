@@ -11,7 +11,8 @@ use t2v_kernels::ops::Conv2d as Geo;
 use t2v_kernels::Tensor;
 
 use super::layers::{Conv, GroupNorm};
-use super::weights::{Loader, Result, WeightsError};
+use super::fitting::in_fitting_parts;
+use super::weights::{Loader, Result};
 
 /// `ddconfig` + `embed_dim` of the reference config (defaults: VideoCrafter2).
 #[derive(Clone, Debug, PartialEq)]
@@ -358,20 +359,15 @@ impl Vae {
     fn in_passes<const K: usize>(x: &Var, per: usize, pass: impl Fn(&Var) -> Result<[Var; K]>) -> Result<[Var; K]> {
         let n = x.shape()[0];
         let tape = x.tape();
-        let (mut parts, mut start, mut per) = (Vec::new(), 0, per.max(1));
-        while start < n {
-            let len = per.min(n - start);
-            let recorded = tape.len();
-            let part = if len == n { pass(x) } else { ad::slice(x, 0, start, len).map_err(Into::into).and_then(|xs| pass(&xs)) };
-            match part {
-                Ok(p) => {
-                    parts.push(p);
-                    start += len;
-                }
-                Err(WeightsError::Gpu(t2v_kernels::Error::OutOfMemory { .. })) if len > 1 && tape.len() == recorded => per = len / 2,
-                Err(e) => return Err(e),
+        let recorded = tape.len();
+        let limit = std::sync::atomic::AtomicUsize::new(per);
+        let mut parts = in_fitting_parts(n, &limit, &|| tape.len() == recorded, &mut |_, _| {}, |r| {
+            if r.len() == n {
+                pass(x)
+            } else {
+                pass(&ad::slice(x, 0, r.start, r.len())?)
             }
-        }
+        })?;
         if parts.len() == 1 {
             return Ok(parts.pop().expect("one part"));
         }

@@ -47,6 +47,13 @@ pub enum WeightsError {
 
 pub type Result<T, E = WeightsError> = std::result::Result<T, E>;
 
+impl WeightsError {
+    /// Did the device run out of memory (or over its memory limit)?
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, WeightsError::Gpu(e) if e.is_out_of_memory())
+    }
+}
+
 /// Model code run inside the compute core's closures (recomputation checkpoints) reports
 /// through its error type: device errors as they are, others by message.
 impl From<WeightsError> for t2v_kernels::Error {

@@ -12,6 +12,7 @@ use t2v_kernels::{ops, Tensor};
 
 use crate::diffusion::{ddim_invert, ddim_invert_batch, DdimSolver, Schedule};
 use crate::guidance::{motion_guidance, MotionScales};
+use crate::models::fitting::in_fitting_parts;
 use crate::models::unet3d::{Unet3d, UnetInputs};
 use crate::models::weights::{Result, WeightsError};
 use crate::pipeline::sample::Gaussian;
@@ -334,7 +335,7 @@ struct DeviceRun<'a, 'm> {
     /// Frame-folder stride (`source_fps / fps`).
     stride: usize,
     /// Inversions run together: `--inversion-batch`, halved where a group ran out of memory.
-    inversion_batch: std::cell::Cell<usize>,
+    inversion_batch: std::sync::atomic::AtomicUsize,
 }
 
 impl<'a, 'm> DeviceRun<'a, 'm> {
@@ -345,7 +346,7 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
         let stride = job.source_fps.map(|s| (s / cfg.fps).round().max(1.0) as usize).unwrap_or(1);
         let tape = Tape::new();
         let uncond = encode_caption(m, &tape, "")?;
-        Ok(DeviceRun { m, job, gpu: m.vae.gpu().clone(), sched, solver, tape, uncond, stride, inversion_batch: std::cell::Cell::new(job.settings.inversion_batch.max(1)) })
+        Ok(DeviceRun { m, job, gpu: m.vae.gpu().clone(), sched, solver, tape, uncond, stride, inversion_batch: std::sync::atomic::AtomicUsize::new(job.settings.inversion_batch.max(1)) })
     }
 
     fn encode_text(&self, text: &str) -> Result<Tensor> {
@@ -428,33 +429,30 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
             clips.push(Pending { meta, drawn: Some(rec), done: None, z0, context, z_ref });
         }
         let motion: Vec<usize> = (0..clips.len()).filter(|&i| clips[i].drawn.as_ref().is_some_and(|d| d.cond_eps.is_none())).collect();
-        // the motion-guided clips' reference latents: noised above, or DDIM-inverted here
-        // a group of inversions that runs out of memory is halved, for this device's rest
+        // the motion-guided clips' reference latents: noised above, or DDIM-inverted here a
+        // group at a time (shared UNet calls); a group whose inversion runs out of memory is
+        // halved (for this device's rest), one whose guidance does is not (its clips moved on)
         let inverted = job.settings.reference.is_inversion();
-        let mut at = 0;
-        while at < motion.len() {
-            let len = if inverted { self.inversion_batch.get().clamp(1, motion.len() - at) } else { 1 };
-            let group = &motion[at..at + len];
+        let one = std::sync::atomic::AtomicUsize::new(1);
+        let guiding = std::cell::Cell::new(false);
+        let mut halve = |from: usize, to: usize| {
+            if !job.quiet {
+                eprintln!("DDIM inversion of {from} clips at once ran out of device memory: {to} at a time from now on (--inversion-batch)");
+            }
+        };
+        in_fitting_parts(motion.len(), if inverted { &self.inversion_batch } else { &one }, &|| !guiding.get(), &mut halve, |r| {
+            let group = &motion[r];
+            guiding.set(false);
             gpu.reset_peak_memory();
             let refs = if inverted {
                 let z0s = ops::concat(&group.iter().map(|&i| &clips[i].z0).collect::<Vec<_>>(), 0)?;
                 let contexts = ops::concat(&group.iter().map(|&i| &clips[i].context).collect::<Vec<_>>(), 0)?;
                 let indices: Vec<usize> = group.iter().map(|&i| clips[i].drawn.as_ref().expect("not finished yet").index).collect();
-                match ddim_invert_batch(m.unet, &self.sched, &self.solver.grid, &z0s, &contexts, &vec![cfg.fps; len], &indices) {
-                    Ok(refs) => refs,
-                    Err(WeightsError::Gpu(t2v_kernels::Error::OutOfMemory { .. })) if len > 1 => {
-                        self.inversion_batch.set(len / 2);
-                        if !job.quiet {
-                            eprintln!("DDIM inversion of {len} clips at once ran out of device memory: {} at a time from now on (--inversion-batch)", len / 2);
-                        }
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                ddim_invert_batch(m.unet, &self.sched, &self.solver.grid, &z0s, &contexts, &vec![cfg.fps; group.len()], &indices)?
             } else {
                 group.iter().map(|&i| clips[i].z_ref.take().expect("noised when drawn")).collect()
             };
-            at += len;
+            guiding.set(true);
             for (&i, z_ref) in group.iter().zip(&refs) {
                 let c = &mut clips[i];
                 let rec = c.drawn.take().expect("not finished yet").with_motion(m.unet, &self.solver, z_ref, &c.context, &[cfg.fps], &job.settings)?;
@@ -464,9 +462,9 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
                 t.report.motion_records += 1;
                 t.advance(1);
             }
-            let mut t = tally();
-            t.report.peak(&gpu.memory());
-        }
+            tally().report.peak(&gpu.memory());
+            Ok(())
+        })?;
         let records: Vec<_> = clips
             .into_iter()
             .map(|c| {
@@ -537,7 +535,10 @@ pub enum PreprocessError {
 impl PreprocessError {
     /// Did the device run out of memory (or over its `--max-memory`)?
     pub fn is_out_of_memory(&self) -> bool {
-        use t2v_kernels::Error::OutOfMemory;
-        matches!(self, PreprocessError::Gpu(OutOfMemory { .. }) | PreprocessError::Model(WeightsError::Gpu(OutOfMemory { .. })))
+        match self {
+            PreprocessError::Gpu(e) => e.is_out_of_memory(),
+            PreprocessError::Model(e) => e.is_out_of_memory(),
+            _ => false,
+        }
     }
 }

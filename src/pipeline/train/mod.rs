@@ -190,8 +190,11 @@ pub enum TrainError {
 impl TrainError {
     /// Did a device run out of memory (or over its `--max-memory`)?
     pub fn is_out_of_memory(&self) -> bool {
-        use t2v_kernels::Error::OutOfMemory;
-        matches!(self, TrainError::Gpu(OutOfMemory { .. }) | TrainError::Model(WeightsError::Gpu(OutOfMemory { .. })))
+        match self {
+            TrainError::Gpu(e) => e.is_out_of_memory(),
+            TrainError::Model(e) => e.is_out_of_memory(),
+            _ => false,
+        }
     }
 }
 
@@ -594,7 +597,7 @@ impl<'a> Trainer<'a> {
         let (grads, values) = match self.run_records(&jobs) {
             // out of memory while keeping activations: again with recomputation, for this
             // step and the rest of the run (the same step up to rounding: the draws are made)
-            Err(e) if self.recompute_on_oom && !self.config.recompute && matches!(e, WeightsError::Gpu(t2v_kernels::Error::OutOfMemory { .. })) => {
+            Err(e) if self.recompute_on_oom && !self.config.recompute && e.is_out_of_memory() => {
                 self.set_recompute(true);
                 self.state.recompute_since = Some(self.state.step + 1);
                 self.run_records(&jobs)?
