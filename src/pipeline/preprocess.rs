@@ -249,7 +249,7 @@ pub fn preprocess_dataset_on(models: &[PreprocessModels], job: &PreprocessJob) -
         .and_then(|v| v["skipped_videos"].as_array())
         .map(|a| a.iter().filter_map(|e| Some((e["path"].as_str()?.to_string(), e["error"].as_str()?.to_string()))).collect())
         .unwrap_or_default();
-    let shared = std::sync::Mutex::new(Tally { report: PreprocessReport::default(), done: Vec::new(), skipped: Vec::new(), earlier_skips, progress });
+    let shared = std::sync::Mutex::new(Tally { report: PreprocessReport::default(), done: Vec::new(), skipped_rows: Vec::new(), earlier_skips, progress });
     let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
     let work = |m: &PreprocessModels| -> std::result::Result<(), PreprocessError> {
         let device = DeviceRun::new(m, job)?;
@@ -294,8 +294,8 @@ struct Tally {
     report: PreprocessReport,
     /// (shard number, file name) of the shards finished.
     done: Vec<(usize, String)>,
-    /// (row, path, reason) of the videos skipped (in shards done earlier too).
-    skipped: Vec<(usize, String, String)>,
+    /// The rows of `report.skipped_videos` (in shards done earlier too), ascending.
+    skipped_rows: Vec<usize>,
     /// path -> reason, from the folder's manifest of an earlier run.
     earlier_skips: std::collections::HashMap<String, String>,
     progress: crate::pipeline::progress::Progress,
@@ -303,9 +303,9 @@ struct Tally {
 
 impl Tally {
     fn skip(&mut self, row: usize, path: &str, why: String) {
-        let at = self.skipped.partition_point(|s| s.0 < row);
-        self.skipped.insert(at, (row, path.to_string(), why));
-        self.report.skipped_videos = self.skipped.iter().map(|(_, p, e)| (p.clone(), e.clone())).collect();
+        let at = self.skipped_rows.partition_point(|&r| r < row);
+        self.skipped_rows.insert(at, row);
+        self.report.skipped_videos.insert(at, (path.to_string(), why));
     }
     fn finished(&mut self, k: usize, name: String) {
         let at = self.done.partition_point(|d| d.0 < k);
