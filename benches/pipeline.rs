@@ -230,7 +230,7 @@ fn main() {
         let params = student_loader.params();
         // what 8-bit AdamW states (`train --adam8bit`) would save of this run's f32 ones
         let q8_saving: u64 = params.iter().map(|(_, t)| state_bytes(t.numel(), false) - state_bytes(t.numel(), true)).sum();
-        let st = Student { unet: student, params, adapters: vec![] };
+        let st = Student { unet: student, params, adapters: vec![], target: None };
         // lr 0: the weights stay, so every step computes the same loss; at VideoCrafter2
         // size with recomputation checkpoints (--recompute), as such a run would train
         gpu.trim_pool();

@@ -112,7 +112,7 @@ fn video_to_video_timesteps_cut_the_grid_at_the_strength() {
 #[test]
 fn distillation_steps_lower_the_consistency_loss() {
     use t2v_kernels::optim::{AdamW, AdamWConfig, ParamGroup};
-    use t2v_turbo::diffusion::distill::consistency_loss;
+    use t2v_turbo::diffusion::distill::{consistency_loss, Distance};
     use t2v_turbo::diffusion::DdimSolver;
     let (dir, g, unet, params) = fixture_unet();
     let inputs = StepInputs::read(&dir, &g);
@@ -124,7 +124,7 @@ fn distillation_steps_lower_the_consistency_loss() {
     for _ in 0..4 {
         let tape = Tape::new();
         tape.set_trainable(true);
-        let out = consistency_loss(&unet, &sched, &solver, &tape, &sample, 0.001).unwrap();
+        let out = consistency_loss(&unet, None, &sched, &solver, &tape, &sample, Distance::PseudoHuber(0.001)).unwrap();
         losses.push(out.loss.value().item_at(0).unwrap());
         let grads = tape.backward(&out.loss).unwrap();
         let gs: Vec<Tensor> = params
@@ -141,7 +141,7 @@ fn distillation_steps_lower_the_consistency_loss() {
 
 #[test]
 fn preprocessed_records_feed_the_distillation_loss() {
-    use t2v_turbo::diffusion::distill::{consistency_loss, CdSample};
+    use t2v_turbo::diffusion::distill::{consistency_loss, CdSample, Distance};
     use t2v_turbo::diffusion::DdimSolver;
     use t2v_turbo::guidance::{motion_guidance, MotionScales};
     use t2v_turbo::pipeline::preprocess::{preprocess_clip, PreprocessConfig};
@@ -185,10 +185,10 @@ fn preprocessed_records_feed_the_distillation_loss() {
             assert!(diff <= 1e-5, "seed {seed}: stored eps differs from the teacher's forward by {diff}");
         }
         let tape = Tape::new();
-        let out = consistency_loss(&unet, &sched, &solver, &tape, &CdSample {
+        let out = consistency_loss(&unet, None, &sched, &solver, &tape, &CdSample {
             z_t: &r.z_t, index: r.index, cond_eps: &r.cond_eps, uncond_eps: &r.uncond_eps, score: r.score.as_ref(),
             use_motion: r.score.is_some(), w: r.w, motion_gs: 0.05, motion_percentage: 0.5, noise_factor: Default::default(), context: &ctx, fps: &[8.0],
-        }, 0.001).unwrap();
+        }, Distance::PseudoHuber(0.001)).unwrap();
         assert!(out.loss.value().item_at(0).unwrap().is_finite());
     }
     assert!(seen_motion, "some seed drew the upper half");
@@ -241,9 +241,47 @@ fn batched_ddim_inversions_match_one_by_one() {
     assert!(ddim_invert_batch(&unet, &sched, &solver.grid, &cat(&z0s), &cat(&ctxs), &[8.0; 3], &[1, 2, 8]).is_err());
 }
 
+/// The target of the consistency loss from another network (the reference's
+/// `--use_target_unet`): an identical copy gives the student's own target bit for bit, a
+/// changed copy changes the target but not the online prediction; the L2 distance is the
+/// mean squared difference of the two.
+#[test]
+fn consistency_targets_come_from_the_target_network() {
+    use t2v_turbo::diffusion::distill::{consistency_loss, Distance};
+    use t2v_turbo::diffusion::DdimSolver;
+    let (dir, g, unet, _) = fixture_unet();
+    // a second copy on the same device
+    let cfg = UnetConfig::from_json(&serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()).unwrap();
+    let wf = WeightFile::open(&dir.join("weights.safetensors")).unwrap();
+    let loader = Loader::new(&wf, &g, "model.diffusion_model.");
+    let (copy, copy_params) = (Unet3d::load(&loader, &cfg).unwrap(), loader.params());
+    let inputs = StepInputs::read(&dir, &g);
+    let sample = inputs.sample();
+    let sched = Schedule::videocrafter();
+    let solver = DdimSolver::new(&sched, 200);
+    let run = |target: Option<&Unet3d>, d: Distance| {
+        let out = consistency_loss(&unet, target, &sched, &solver, &Tape::new(), &sample, d).unwrap();
+        (out.loss.value().item_at(0).unwrap(), out.model_pred.value().to_vec().unwrap(), out.target.to_vec().unwrap())
+    };
+    let own = run(None, Distance::PseudoHuber(0.001));
+    assert_eq!(run(Some(&copy), Distance::PseudoHuber(0.001)), own);
+    // the L2 distance of the same prediction and target
+    let (l2, pred, target) = run(None, Distance::L2);
+    let want = pred.iter().zip(&target).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / pred.len() as f64;
+    assert!((l2 as f64 - want).abs() <= 1e-5 * want, "L2 loss {l2}, mean squared difference {want}");
+    assert_eq!((&pred, &target), (&own.1, &own.2));
+    // another target network: the same online prediction, another target
+    let w = &copy_params[0].1;
+    w.write(&w.to_vec().unwrap().iter().map(|x| x * 1.5).collect::<Vec<_>>()).unwrap();
+    let other = run(Some(&copy), Distance::PseudoHuber(0.001));
+    assert_eq!(other.1, own.1);
+    assert_ne!(other.2, own.2);
+    assert_ne!(other.0, own.0);
+}
+
 #[test]
 fn recomputed_unet_blocks_give_the_same_gradients_with_less_memory() {
-    use t2v_turbo::diffusion::distill::consistency_loss;
+    use t2v_turbo::diffusion::distill::{consistency_loss, Distance};
     use t2v_turbo::diffusion::DdimSolver;
     let (dir, g, mut unet, params) = fixture_unet();
     let inputs = StepInputs::read(&dir, &g);
@@ -256,7 +294,7 @@ fn recomputed_unet_blocks_give_the_same_gradients_with_less_memory() {
         g.reset_peak_memory();
         let tape = Tape::new();
         tape.train_only(&params);
-        let out = consistency_loss(&unet, &sched, &solver, &tape, &sample, 0.001).unwrap();
+        let out = consistency_loss(&unet, None, &sched, &solver, &tape, &sample, Distance::PseudoHuber(0.001)).unwrap();
         let grads = tape.backward(&out.loss).unwrap();
         let gs = params.iter().map(|p| tape.param_grad(&grads, p).unwrap().map(|x| x.to_vec().unwrap()).unwrap_or_default()).collect();
         (out.loss.value().item_at(0).unwrap(), gs, g.memory().peak_live_bytes)

@@ -186,6 +186,87 @@ fn two_devices_train_the_one_device_steps() {
     assert!(e.contains("replica 1 was not loaded like the student"), "{e}");
 }
 
+/// The reference's other training options. A temporal learning-rate scale applies to the
+/// temporal transformers as the reference picks them (not the middle block's); an EMA
+/// target starts as the student and moves by decay * target + (1 - decay) * student after
+/// each step, on replicas too; and a run with a warmed-up cosine schedule, a temporal
+/// scale, the L2 distance and an EMA target resumes bit for bit, each step at its rate.
+#[test]
+fn the_reference_training_options_act_and_resume_exactly() {
+    use t2v_turbo::pipeline::train::{LossType, LrSchedule};
+    let (g, md, data) = opened_fixture();
+    let host = |ts: &[(String, t2v_kernels::Tensor)]| ts.iter().map(|(n, t)| (n.clone(), t.to_vec().unwrap())).collect::<Vec<_>>();
+
+    // a temporal rate of 0: those weights stay, the others move
+    let cfg = TrainConfig { temporal_lr_scale: 0.0, ..config(1) };
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let paths = student.unet.temporal_transformer_paths();
+    assert!(paths.contains(&"init_attn.0".into()) && paths.contains(&"middle_block.2".into()) && paths.contains(&"input_blocks.1.2".into()), "{paths:?}");
+    let before = host(&student.params);
+    let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
+    t.step().unwrap();
+    let (mut still, mut moved) = (vec![], vec![]);
+    for ((name, was), (_, now)) in before.iter().zip(host(&t.student.params)) {
+        let under = |p: &String| name.starts_with(&format!("{p}."));
+        let group = if name.starts_with("middle_block.2.") { "middle temporal" } else if paths.iter().any(under) { "temporal" } else { "other" };
+        if *was == now { still.push(group) } else { moved.push(group) }
+    }
+    assert!(still.contains(&"temporal") && !moved.contains(&"temporal"), "temporal weights moved at rate 0");
+    assert!(moved.contains(&"middle temporal") && moved.contains(&"other"), "moved: {moved:?}");
+
+    // the EMA target: the student's start, then the average after a step
+    let cfg = TrainConfig { ema_target: Some(0.9), ..config(1) };
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let start = host(&student.params);
+    let target = |t: &Trainer| t.student.target.as_ref().unwrap().params.iter().map(|p| p.to_vec().unwrap()).collect::<Vec<_>>();
+    let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
+    assert_eq!(target(&t), start.iter().map(|p| p.1.clone()).collect::<Vec<_>>());
+    t.step().unwrap();
+    let mut worst = 0f32;
+    for ((_, w0), (w1, ema)) in start.iter().zip(host(&t.student.params).iter().map(|p| &p.1).zip(target(&t))) {
+        for ((a, b), e) in w0.iter().zip(w1).zip(ema) {
+            worst = worst.max((0.9 * a + 0.1 * b - e).abs());
+        }
+    }
+    assert!(worst <= 1e-6, "EMA target off by {worst}");
+    let lora = TrainConfig { lora: Some(LoraConfig { rank: 2, alpha: 2.0 }), ..t.config.clone() };
+    let e = load_run(&g, &md, &lora, None).err().expect("LoRA with an EMA target").to_string();
+    assert!(e.contains("full fine-tuning"), "{e}");
+
+    // on two devices: the replica's target follows the student's
+    let cfg = TrainConfig { ema_target: Some(0.5), batch_size: 2, ..config(2) };
+    let g2 = gpu();
+    let two_runs = |devices: usize| {
+        let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+        let mut t = Trainer::new(cfg.clone(), student, &rewards, &data).unwrap();
+        if devices == 2 {
+            let (student2, rewards2) = load_run(&g2, &md, &cfg, None).unwrap();
+            t.add_replicas(vec![Replica { student: student2, models: rewards2 }]).unwrap();
+        }
+        let ms = run(&mut t, &opts(&tmp(&format!("ema-{devices}")), None)).unwrap();
+        (ms.iter().map(|m| (m.loss.to_bits(), m.grad_norm.to_bits())).collect::<Vec<_>>(), target(&t))
+    };
+    assert_eq!(two_runs(2), two_runs(1));
+
+    // all of them, stopped after step 1 and resumed
+    let cfg = TrainConfig { lr_schedule: LrSchedule::Cosine, lr_warmup_steps: 1, temporal_lr_scale: 3.0, loss: LossType::L2, ema_target: Some(0.9), ..config(3) };
+    let steps = |out: &Path, stop: Option<u64>| {
+        let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+        let mut t = Trainer::new(cfg.clone(), student, &rewards, &data).unwrap();
+        run(&mut t, &opts(out, stop)).unwrap().iter().map(|m| (m.loss.to_bits(), m.grad_norm.to_bits(), m.lr)).collect::<Vec<_>>()
+    };
+    let straight = steps(&tmp("options-straight"), None);
+    let dir = tmp("options-resumed");
+    let mut parts = steps(&dir, Some(1));
+    assert!(dir.join("checkpoints/step-000001/ema_target.safetensors").exists());
+    parts.extend(steps(&dir, None));
+    assert_eq!(parts, straight);
+    // warmup from 0, then half a cosine over the two steps left: 1e-4 * [0, 1, 0.5]
+    let lrs: Vec<f32> = straight.iter().map(|s| s.2).collect();
+    assert_eq!(lrs[0], 0.0);
+    assert!((lrs[1] - 1e-4).abs() < 1e-10 && (lrs[2] - 5e-5).abs() < 1e-10, "{lrs:?}");
+}
+
 /// `--recompute` (UNet blocks, the reward frames' VAE decoding and the reward models'
 /// vision layers recomputed in the backward) trains the same steps — losses, rewards and
 /// gradient norms — with less memory at the peak; with LoRA too (the adapters' gradients
@@ -546,7 +627,7 @@ fn the_commands_run_end_to_end() {
 
     std::fs::write(d.join("val.txt"), "a red circle moving left\n\n").unwrap();
     let val = p("val.txt");
-    let train = ["train", "--models", &m, "--data", &p("shards"), "--out", &p("run"), "--steps", "2", "--checkpoint-every", "1", "--lr", "1e-4", "--validate-every", "2", "--validate-prompts", &val, "--model-dtype", "bf16"];
+    let train = ["train", "--models", &m, "--data", &p("shards"), "--out", &p("run"), "--steps", "2", "--checkpoint-every", "1", "--lr", "1e-4", "--validate-every", "2", "--validate-prompts", &val, "--model-dtype", "bf16", "--lr-scheduler", "cosine_with_restarts", "--lr-warmup-steps", "1", "--ema-target"];
     // out of memory (the models alone over --max-memory): stopped, with the options that
     // need less
     let (ok, out) = t2v(&[&train[..5], &["--out", &p("tight"), "--max-memory", "1MiB", "--recompute", "--weights-dtype", "f32"]].concat());
@@ -574,6 +655,8 @@ fn the_commands_run_end_to_end() {
     // step 3 on two devices (of one adapter here), the batch of 1 on the first
     let (ok, out) = t2v(&[more.as_slice(), &["--devices", "cpu,cpu"]].concat());
     assert!(ok && out.contains("step 3") && out.contains("data parallel on 2 devices") && out.contains("is not a multiple of 2"), "{out}");
+    assert!(out.contains("learning-rate schedule now ends at step 3 (it ended at 2)"), "{out}");
+    assert!(d.join("run/checkpoints/step-000003/ema_target.safetensors").exists());
     // the disk fills up while step 4's checkpoint is written (files limited to 2000 blocks,
     // well below the student's weights): a clear stop, step 3's checkpoint kept, no
     // partial folder left; once there is room again the run continues from step 3

@@ -12,7 +12,7 @@ use crate::models::weights::SaveDtype;
 use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::shards::open_datasets;
 use crate::pipeline::sample::SampleOptions;
-use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, Replica, RewardInput, RunOptions, TrainConfig, TrainError, Trainer};
+use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, LossType, LrSchedule, Replica, RewardInput, RunOptions, TrainConfig, TrainError, Trainer};
 use crate::pipeline::validation::Validation;
 use crate::world::{held_out_prompts, WorldConfig};
 
@@ -60,18 +60,45 @@ pub struct TrainArgs {
     /// 8-GPU run averages 3 records on each of its 6 distillation processes).
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
-    /// AdamW learning rate (constant).
+    /// AdamW learning rate (after the warmup, before any decay of --lr-scheduler).
     #[arg(long, default_value_t = 1e-5)]
     pub lr: f32,
+    /// How the learning rate changes over the run, as the reference's `--lr_scheduler`
+    /// (diffusers' schedules; the reference trains with `constant`). The decaying ones
+    /// (linear, cosine, cosine-with-restarts: one cycle, polynomial: power 1 down to 1e-7)
+    /// reach their end at --steps, so a run resumed with another --steps changes the rates
+    /// of its later steps. metrics.jsonl records each step's rate.
+    #[arg(long, value_enum, default_value_t = LrSchedule::Constant)]
+    pub lr_scheduler: LrSchedule,
+    /// Steps of linear warmup from 0 (every schedule but `constant`; the reference's
+    /// default of 500 is unused by its `constant`).
+    #[arg(long, default_value_t = 0)]
+    pub lr_warmup_steps: u64,
+    /// Multiplies the learning rate of the temporal transformers' weights (the reference's
+    /// `--temporal_lr_scale`, chosen as it chooses them: those of `init_attn` and of the
+    /// input and output blocks, not the middle block's).
+    #[arg(long, default_value_t = 1.0)]
+    pub temporal_lr_scale: f32,
     /// AdamW decoupled weight decay.
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
     /// Global gradient-norm clipping.
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f32,
+    /// The consistency loss's distance (the reference's `--loss_type`): pseudo-Huber
+    /// (`huber`, with --huber-c) or the mean squared error (`l2`).
+    #[arg(long, value_enum, default_value_t = LossType::Huber)]
+    pub loss: LossType,
     /// c of the pseudo-Huber distance.
     #[arg(long, default_value_t = 0.001)]
     pub huber_c: f32,
+    /// Take the consistency targets from an exponential moving average of the student with
+    /// this decay (the reference's `--use_target_unet` with `--ema_decay`; 0.95 when given
+    /// without a value), updated after every step, instead of from the student itself (the
+    /// reference's default). Holds a second UNet on each device; checkpoints keep it.
+    /// Full fine-tuning only.
+    #[arg(long, num_args = 0..=1, default_missing_value = "0.95")]
+    pub ema_target: Option<f32>,
     /// Ignore the stored motion scores (plain consistency distillation).
     #[arg(long)]
     pub no_motion: bool,
@@ -207,9 +234,14 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         steps: a.steps,
         batch_size: a.batch_size,
         lr: a.lr,
+        lr_schedule: a.lr_scheduler,
+        lr_warmup_steps: a.lr_warmup_steps,
+        temporal_lr_scale: a.temporal_lr_scale,
         weight_decay: a.weight_decay,
         max_grad_norm: a.max_grad_norm,
+        loss: a.loss,
         huber_c: a.huber_c,
+        ema_target: a.ema_target,
         use_motion: !a.no_motion,
         motion_gs: a.motion_gs,
         motion_percentage: a.motion_percentage,

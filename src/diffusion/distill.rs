@@ -6,9 +6,10 @@
 //!   teacher: x0 = x0_c + w (x0_c - x0_u), eps = eps_c + w (eps_c - eps_u),
 //!            eps -= motion_gs sqrt(1 - sqrt(abar[start_t])) score   (motion-guided samples)
 //!   x_prev = DDIM step (x0, eps) on the grid
-//!   target = c_skip(t_prev) x_prev + c_out(t_prev) x0(student(x_prev, t_prev))  (no grad,
-//!            the same network: no EMA target)
-//!   loss = pseudo_huber(model_pred, target, c)
+//!   target = c_skip(t_prev) x_prev + c_out(t_prev) x0(target_net(x_prev, t_prev))  (no grad;
+//!            target_net: the student itself, as the reference trains, or an EMA copy of it,
+//!            its `--use_target_unet`)
+//!   loss = pseudo_huber(model_pred, target, c)   (or the mean squared error)
 //! ```
 //! The student sees w and the motion scale (motion_gs on motion-guided samples with
 //! index >= (1 - motion_percentage) * grid, else 0) through their guidance-scale embeddings.
@@ -41,6 +42,15 @@ impl NoiseFactor {
     }
 }
 
+/// The distance of the consistency loss (the reference's `--loss_type`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Distance {
+    /// mean(sqrt((a - b)^2 + c^2) - c): the reference's default, c = 0.001.
+    PseudoHuber(f32),
+    /// mean((a - b)^2).
+    L2,
+}
+
 /// One preprocessed sample (Algorithm 1's record).
 pub struct CdSample<'a> {
     pub z_t: &'a Tensor,
@@ -71,8 +81,9 @@ pub struct CdOutput {
     pub motion_scale: f32,
 }
 
-/// The loss on `tape` (whose parameters the caller made trainable, or not).
-pub fn consistency_loss(unet: &Unet3d, sched: &Schedule, solver: &DdimSolver, tape: &Tape, s: &CdSample, huber_c: f32) -> Result<CdOutput> {
+/// The loss on `tape` (whose parameters the caller made trainable, or not); the target
+/// comes from `target` (untracked) or, without one, from `unet` itself.
+pub fn consistency_loss(unet: &Unet3d, target: Option<&Unet3d>, sched: &Schedule, solver: &DdimSolver, tape: &Tape, s: &CdSample, distance: Distance) -> Result<CdOutput> {
     let gpu = s.z_t.gpu();
     let b = s.z_t.shape()[0];
     let start_t = solver.grid[s.index];
@@ -85,14 +96,14 @@ pub fn consistency_loss(unet: &Unet3d, sched: &Schedule, solver: &DdimSolver, ta
     let m_emb = tape.constant(guidance_scale_embedding(gpu, &vec![m; b], unet.config.motion_cond_proj_dim.unwrap_or(256))?);
     let motion = unet.config.motion_cond_proj_dim.map(|_| &m_emb);
     let context = tape.constant(s.context.clone());
-    let student = |z: &Var, t: usize| -> Result<Var> {
+    let run = |unet: &Unet3d, z: &Var, t: usize| -> Result<Var> {
         let ts = vec![t as f32; b];
         let eps = unet.forward(&UnetInputs { z, t: &ts, context: &context, fps: s.fps, w_embedding: Some(&w_emb), motion_embedding: motion, record_attention: false })?.eps;
         sched.x0_from_eps(z, &eps, t)
     };
     let z = tape.constant(s.z_t.clone());
     let (cs, co) = boundary(start_t as f32);
-    let model_pred = ad::axpby(&z, cs, &student(&z, start_t)?, co)?;
+    let model_pred = ad::axpby(&z, cs, &run(unet, &z, start_t)?, co)?;
 
     let (target, x_prev) = tape.no_grad(|| -> Result<(Tensor, Tensor)> {
         let (ec, eu) = (tape.constant(s.cond_eps.clone()), tape.constant(s.uncond_eps.clone()));
@@ -106,9 +117,12 @@ pub fn consistency_loss(unet: &Unet3d, sched: &Schedule, solver: &DdimSolver, ta
         }
         let x_prev = solver.step(&x0, &eps, s.index)?;
         let (cs, co) = boundary(t_prev as f32);
-        let target = ad::axpby(&x_prev, cs, &student(&x_prev, t_prev)?, co)?;
+        let target = ad::axpby(&x_prev, cs, &run(target.unwrap_or(unet), &x_prev, t_prev)?, co)?;
         Ok((target.value().clone(), x_prev.value().clone()))
     })?;
-    let loss = ad::pseudo_huber(&model_pred, &tape.constant(target.clone()), huber_c)?;
+    let loss = match distance {
+        Distance::PseudoHuber(c) => ad::pseudo_huber(&model_pred, &tape.constant(target.clone()), c)?,
+        Distance::L2 => ad::mse(&model_pred, &tape.constant(target.clone()))?,
+    };
     Ok(CdOutput { loss, model_pred, target, x_prev, start_t, t_prev, motion_scale: m })
 }

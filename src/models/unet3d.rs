@@ -543,6 +543,19 @@ impl Unet3d {
         })
     }
 
+    /// The checkpoint paths of its TemporalTransformer modules (`input_blocks.1.2`,
+    /// `middle_block.2`, `init_attn.0`, …): a block's layers sit at their module indices.
+    pub fn temporal_transformer_paths(&self) -> Vec<String> {
+        let mut paths: Vec<String> = self.init_attn.iter().map(|_| "init_attn.0".to_string()).collect();
+        let blocks = self.input_blocks.iter().enumerate().map(|(i, b)| (format!("input_blocks.{i}"), b));
+        let blocks = blocks.chain(std::iter::once(("middle_block".to_string(), &self.middle_block)));
+        let blocks = blocks.chain(self.output_blocks.iter().enumerate().map(|(i, b)| (format!("output_blocks.{i}"), b)));
+        for (key, layers) in blocks {
+            paths.extend(layers.iter().enumerate().filter(|(_, l)| matches!(l, Layer::Temporal(_))).map(|(j, _)| format!("{key}.{j}")));
+        }
+        paths
+    }
+
     /// One call: eps prediction (and recorded attention maps).
     pub fn forward(&self, inp: &UnetInputs) -> Result<UnetOutput> {
         self.forward_blocks(inp, self.checkpointing)

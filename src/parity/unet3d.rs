@@ -79,7 +79,7 @@ pub fn run(dir: &Path, gpu: &Gpu) -> Result<Vec<Check>, ParityError> {
 
 /// train_step.safetensors: one consistency-distillation loss and its parameter gradients.
 fn train_step(dir: &Path, unet: &Unet3d, params: &[(String, t2v_kernels::Tensor)], grad_params: &[String]) -> Result<Vec<Check>, ParityError> {
-    use crate::diffusion::distill::{consistency_loss, CdSample};
+    use crate::diffusion::distill::{consistency_loss, CdSample, Distance};
     use crate::diffusion::{DdimSolver, Schedule};
     let path = dir.join("train_step.safetensors");
     let ts = WeightFile::open(&path)?;
@@ -107,7 +107,7 @@ fn train_step(dir: &Path, unet: &Unet3d, params: &[(String, t2v_kernels::Tensor)
     let solver = DdimSolver::new(&sched, 200);
     let tape = Tape::new();
     tape.set_trainable(true);
-    let out = consistency_loss(unet, &sched, &solver, &tape, &sample, 0.001)?;
+    let out = consistency_loss(unet, None, &sched, &solver, &tape, &sample, Distance::PseudoHuber(0.001))?;
     let mut checks = vec![
         Check::new("train.model_pred", &out.model_pred.value().to_vec()?, &ts.host_f32("mid.model_pred")?.1, 1e-4),
         Check::new("train.x_prev", &out.x_prev.to_vec()?, &ts.host_f32("mid.x_prev")?.1, 1e-4),

@@ -1,11 +1,13 @@
 //! Algorithm 2 over preprocessed shards: consistency distillation of the student (the same
-//! network as its own target, no EMA) with pseudo-Huber distance, plus reward feedback on
+//! network as its own target, as the reference trains, or optionally an EMA copy of it)
+//! with pseudo-Huber distance (or L2), plus reward feedback on
 //! the consistency output `model_pred` for records that carry a short caption:
 //!   image rewards on `img_frames` random decoded frames against the short caption,
 //!   weighted sum over the reward models, scaled by beta_img;
 //!   the video reward on `vid_frames` evenly strided frames (random start) against the
 //!   full caption, scaled by beta_vid.
-//! loss = cd - beta_img * R_img - beta_vid * R_vid; AdamW with global-norm clipping.
+//! loss = cd - beta_img * R_img - beta_vid * R_vid; AdamW with global-norm clipping, a
+//! learning-rate schedule, and optionally another rate for the temporal transformers.
 //! Full fine-tuning or LoRA adapters on every >= 2-D UNet weight.
 //!
 //! Everything a step draws comes from one seeded stream, and the data order from the seed
@@ -20,6 +22,7 @@ use t2v_kernels::autograd::{self as ad, Lora, Tape, Var};
 use t2v_kernels::optim::{AdamW, AdamWConfig, ParamGroup};
 use t2v_kernels::{Gpu, Tensor};
 
+use crate::diffusion::distill::Distance;
 use crate::diffusion::{DdimSolver, Schedule};
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet3d::Unet3d;
@@ -30,8 +33,11 @@ use crate::pipeline::shards::{dataset_fingerprint, Shard};
 use crate::pipeline::validation::{self, Validation, ValidationRow};
 use crate::reward::{ImageTextReward, VideoTextReward};
 
+mod lr_schedule;
 mod parallel;
 mod record;
+
+pub use lr_schedule::LrSchedule;
 
 pub use parallel::Replica;
 use parallel::data_parallel;
@@ -50,11 +56,30 @@ pub struct TrainConfig {
     pub steps: u64,
     /// Records per optimizer step (gradients are averaged).
     pub batch_size: usize,
+    /// The base learning rate (the schedule's multiplier applies to it).
     pub lr: f32,
+    /// How the rate changes over the run (the reference: constant).
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear warmup of schedules that have one.
+    #[serde(default)]
+    pub lr_warmup_steps: u64,
+    /// Multiplies the rate of the temporal transformers' weights (the reference's
+    /// `--temporal_lr_scale`, 1 there).
+    #[serde(default = "one")]
+    pub temporal_lr_scale: f32,
     pub weight_decay: f32,
     pub max_grad_norm: f32,
+    /// The distance of the consistency loss (the reference: pseudo-Huber).
+    #[serde(default)]
+    pub loss: LossType,
     /// c of the pseudo-Huber distance.
     pub huber_c: f32,
+    /// Targets from an exponential moving average of the student with this decay, updated
+    /// after every step (the reference's `--use_target_unet` with `--ema_decay`, off there);
+    /// None: the student itself under no_grad.
+    #[serde(default)]
+    pub ema_target: Option<f32>,
     /// Use the stored motion scores (the student then sees motion_gs).
     pub use_motion: bool,
     pub motion_gs: f32,
@@ -91,9 +116,14 @@ impl Default for TrainConfig {
             steps: 8000,
             batch_size: 1,
             lr: 1e-5,
+            lr_schedule: LrSchedule::Constant,
+            lr_warmup_steps: 0,
+            temporal_lr_scale: 1.0,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
+            loss: LossType::Huber,
             huber_c: 0.001,
+            ema_target: None,
             use_motion: true,
             motion_gs: 0.05,
             motion_percentage: 0.5,
@@ -115,6 +145,36 @@ impl Default for TrainConfig {
 
 fn default_reward_sample_steps() -> usize {
     4
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl TrainConfig {
+    /// The learning rate of optimizer step `step` (0 = the first).
+    pub fn lr_at(&self, step: u64) -> f32 {
+        (self.lr as f64 * self.lr_schedule.factor(step, self.lr_warmup_steps, self.steps, self.lr)) as f32
+    }
+
+    /// The distance of the consistency loss.
+    pub fn distance(&self) -> Distance {
+        match self.loss {
+            LossType::Huber => Distance::PseudoHuber(self.huber_c),
+            LossType::L2 => Distance::L2,
+        }
+    }
+}
+
+/// The consistency loss's distance (the reference's `--loss_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LossType {
+    /// Pseudo-Huber with c = `huber_c` (the reference's default).
+    #[default]
+    Huber,
+    /// Mean squared error.
+    L2,
 }
 
 /// What reward feedback scores.
@@ -213,6 +273,16 @@ pub struct Student {
     pub params: Vec<(String, Tensor)>,
     /// With LoRA: (index into `params`, adapter) for every >= 2-D weight.
     pub adapters: Vec<(usize, Lora)>,
+    /// The network of the consistency targets when it is not the student itself.
+    pub target: Option<EmaTarget>,
+}
+
+/// An exponential moving average of the student's weights that the consistency targets
+/// come from ([`TrainConfig::ema_target`]); full fine-tuning only.
+pub struct EmaTarget {
+    pub unet: Unet3d,
+    /// Its weights, in the order of [`Student::params`].
+    pub params: Vec<Tensor>,
 }
 
 impl Student {
@@ -230,6 +300,45 @@ impl Student {
 
     fn unet_gpu(&self) -> Gpu {
         self.params[0].1.gpu().clone()
+    }
+
+    /// Takes targets from `unet` (a copy of the student: the same checkpoint keys and
+    /// shapes), whose weights [`Student::update_target`] then moves towards the student's.
+    pub fn with_ema_target(mut self, unet: Unet3d, params: Vec<(String, Tensor)>) -> Result<Student> {
+        let bad = |msg: String| Err(WeightsError::Data { path: "EMA target".into(), msg });
+        if !self.adapters.is_empty() {
+            return bad("an EMA target needs full fine-tuning (LoRA adapters train only part of each weight)".into());
+        }
+        if params.len() != self.params.len() {
+            return bad(format!("{} weights, the student has {}", params.len(), self.params.len()));
+        }
+        for ((n, t), (m, s)) in params.iter().zip(&self.params) {
+            if n != m || t.shape() != s.shape() {
+                return bad(format!("{n} {:?} where the student has {m} {:?}", t.shape(), s.shape()));
+            }
+        }
+        self.target = Some(EmaTarget { unet, params: params.into_iter().map(|(_, t)| t).collect() });
+        Ok(self)
+    }
+
+    /// The network the consistency targets come from, when not the student itself.
+    pub fn target_unet(&self) -> Option<&Unet3d> {
+        self.target.as_ref().map(|t| &t.unet)
+    }
+
+    /// target <- decay * target + (1 - decay) * student, weight by weight (the reference's
+    /// `update_ema` after every optimizer step); nothing without a target.
+    pub fn update_target(&self, decay: f32) -> Result<()> {
+        let Some(target) = &self.target else { return Ok(()) };
+        for (t, (_, s)) in target.params.iter().zip(&self.params) {
+            t.copy_from(&t2v_kernels::ops::axpby(t, decay, s, 1.0 - decay)?)?;
+        }
+        Ok(())
+    }
+
+    /// The EMA target's weights (empty without one), in the order of [`Student::params`].
+    fn target_params(&self) -> Vec<Tensor> {
+        self.target.as_ref().map(|t| t.params.clone()).unwrap_or_default()
     }
 
     /// The tensors the optimizer updates.
@@ -306,11 +415,20 @@ impl Student {
 /// tokenizer.
 pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &TrainConfig, reward_weights: Option<&[f32]>) -> std::result::Result<(Student, RewardModels), TrainError> {
     let init = (!md.is_student()).then_some((config.cond_dim, config.seed));
-    let (mut unet, params) = crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init, crate::models::weights::WeightPrecision::F32)?;
+    let load = || crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init, crate::models::weights::WeightPrecision::F32);
+    let (mut unet, params) = load()?;
     unet.set_checkpointing(config.recompute);
-    let mut student = Student { unet, params, adapters: vec![] };
+    let mut student = Student { unet, params, adapters: vec![], target: None };
     if let Some(l) = config.lora {
         student = student.with_lora(l, config.seed)?;
+    }
+    if config.ema_target.is_some() {
+        if config.lora.is_some() {
+            return Err(TrainError::Setup("--ema-target needs full fine-tuning: it averages whole UNet weights, which LoRA adapters do not train (leave out --lora-rank or --ema-target)".into()));
+        }
+        // the same file and initialisation: the target starts as the student
+        let (unet, params) = load()?;
+        student = student.with_ema_target(unet, params)?;
     }
     let models = RewardModels::load(gpu, md, reward_weights)?;
     models.set_checkpointing(config.recompute);
@@ -361,6 +479,33 @@ impl RewardModels {
     }
 }
 
+/// The optimizer's groups over [`Student::trainable`], in its order: runs of consecutive
+/// tensors that do or do not belong to a temporal transformer, the former at
+/// `temporal_lr_scale` times the rate (one group when it is 1). A tensor is temporal as the
+/// reference decides (`train_latent_t2v_turbo_v2.py`): its name starts with `init_attn.0`,
+/// or its first three name parts are a TemporalTransformer's path — which leaves out the
+/// middle block's (`middle_block.2.…`, whose first three parts name a layer inside it).
+fn param_groups(student: &Student, temporal_lr_scale: f32) -> Vec<ParamGroup> {
+    let tensors = student.trainable();
+    if temporal_lr_scale == 1.0 {
+        return vec![ParamGroup { params: tensors, lr_scale: 1.0, weight_decay: None }];
+    }
+    let temporal = student.unet.temporal_transformer_paths();
+    let is_temporal = |name: &str| {
+        let parts: Vec<&str> = name.split('.').collect();
+        name.starts_with("init_attn.0") || (parts.len() > 2 && temporal.contains(&parts[..3].join(".")))
+    };
+    let mut groups: Vec<ParamGroup> = Vec::new();
+    for (name, t) in student.trainable_names().iter().zip(tensors) {
+        let lr_scale = if is_temporal(name) { temporal_lr_scale } else { 1.0 };
+        match groups.last_mut() {
+            Some(g) if g.lr_scale == lr_scale => g.params.push(t),
+            _ => groups.push(ParamGroup { params: vec![t], lr_scale, weight_decay: None }),
+        }
+    }
+    groups
+}
+
 /// A record address: (shard, index in shard).
 type Item = (usize, usize);
 
@@ -408,11 +553,21 @@ impl<'a> Trainer<'a> {
         if config.img_frames > sc.frames || config.vid_frames > sc.frames {
             return Err(TrainError::Setup(format!("reward frames ({} image, {} video) exceed the clips' {} frames", config.img_frames, config.vid_frames, sc.frames)));
         }
+        config.lr_schedule.check(config.lr).map_err(TrainError::Setup)?;
+        if !(config.temporal_lr_scale.is_finite() && config.temporal_lr_scale >= 0.0) {
+            return Err(TrainError::Setup(format!("the temporal learning-rate scale must be a finite number >= 0, got {}", config.temporal_lr_scale)));
+        }
+        if let Some(d) = config.ema_target.filter(|d| !(0.0..1.0).contains(d)) {
+            return Err(TrainError::Setup(format!("the EMA target's decay must be in [0, 1), got {d}")));
+        }
+        if config.ema_target.is_some() != student.target.is_some() {
+            return Err(TrainError::Setup("the student was not loaded for this run's EMA target setting (use load_run with the same config)".into()));
+        }
         let sched = Schedule::videocrafter();
         let solver = DdimSolver::new(&sched, sc.ddim_steps);
         let opt = AdamW::new(
-            AdamWConfig { lr: config.lr, weight_decay: config.weight_decay, eight_bit: config.adam8bit, ..Default::default() },
-            vec![ParamGroup { params: student.trainable(), lr_scale: 1.0, weight_decay: None }],
+            AdamWConfig { lr: config.lr_at(0), weight_decay: config.weight_decay, eight_bit: config.adam8bit, ..Default::default() },
+            param_groups(&student, config.temporal_lr_scale),
         );
         let state = TrainState { step: 0, epoch: 0, cursor: 0, rng: Gaussian::new(config.seed ^ 0x7A11).state(), recompute_since: None };
         Ok(Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, replicas: vec![], state, sched, solver, recompute_on_oom: false })
@@ -494,7 +649,7 @@ impl<'a> Trainer<'a> {
         let shapes = |s: &Student| s.trainable_names().into_iter().zip(s.trainable().iter().map(|t| t.shape().to_vec())).collect::<Vec<_>>();
         let reward_weights = |m: &RewardModels| m.image.iter().map(|r| r.1).collect::<Vec<f32>>();
         for (i, r) in replicas.iter().enumerate() {
-            if shapes(&r.student) != shapes(&self.student) {
+            if shapes(&r.student) != shapes(&self.student) || r.student.target.is_some() != self.student.target.is_some() {
                 return Err(TrainError::Setup(format!("replica {} was not loaded like the student: its trainable weights differ", i + 1)));
             }
             if reward_weights(&r.models) != reward_weights(self.models) || r.models.video.is_some() != self.models.video.is_some() {
@@ -511,13 +666,14 @@ impl<'a> Trainer<'a> {
         1 + self.replicas.len()
     }
 
-    /// Copies the student's trainable weights to every replica.
+    /// Copies the student's trainable weights (and its EMA target's) to every replica.
     fn sync_replicas(&self) -> Result<()> {
         if self.replicas.is_empty() {
             return Ok(());
         }
-        let dst: Vec<Vec<Tensor>> = self.replicas.iter().map(|r| r.student.trainable()).collect();
-        Tensor::read_each(&self.student.trainable().iter().collect::<Vec<_>>(), |k, data| -> Result<()> {
+        let synced = |s: &Student| [s.trainable(), s.target_params()].concat();
+        let dst: Vec<Vec<Tensor>> = self.replicas.iter().map(|r| synced(&r.student)).collect();
+        Tensor::read_each(&synced(&self.student).iter().collect::<Vec<_>>(), |k, data| -> Result<()> {
             for d in &dst {
                 d[k].write(&data)?;
             }
@@ -609,6 +765,8 @@ impl<'a> Trainer<'a> {
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step: self.state.step + 1, what: format!("loss {loss}"), checkpoint: String::new() });
         }
+        let lr = self.config.lr_at(self.state.step);
+        self.opt.config.lr = lr;
         let info = self.opt.step(&grads, Some(self.config.max_grad_norm))?;
         // the global norm is finite iff every gradient element is (one value read instead
         // of a check per tensor); on failure the in-memory weights are spoiled, but the run
@@ -616,6 +774,9 @@ impl<'a> Trainer<'a> {
         let grad_norm = info.grad_norm.to_vec()?[0];
         if !grad_norm.is_finite() {
             return Err(TrainError::NonFinite { step: self.state.step + 1, what: format!("gradient norm {grad_norm}"), checkpoint: String::new() });
+        }
+        if let Some(decay) = self.config.ema_target {
+            self.student.update_target(decay)?;
         }
         self.sync_replicas()?;
         self.state.rng = rng.state();
@@ -625,7 +786,7 @@ impl<'a> Trainer<'a> {
         let video_reward = mean(values.iter().filter_map(|v| v.video_reward).collect());
         let mib = |f: &dyn Fn(&t2v_kernels::PoolStats) -> u64| devices.iter().map(|d| f(&d.memory())).max().unwrap_or(0) as f32 / 1048576.0;
         let (peak_gpu_mib, peak_live_mib) = (mib(&|m| m.peak_total_bytes), mib(&|m| m.peak_live_bytes));
-        Ok(StepMetrics { step: self.state.step, loss, cd_loss, image_reward, video_reward, grad_norm, lr: self.config.lr, seconds: t0.elapsed().as_secs_f32(), peak_gpu_mib, peak_live_mib })
+        Ok(StepMetrics { step: self.state.step, loss, cd_loss, image_reward, video_reward, grad_norm, lr, seconds: t0.elapsed().as_secs_f32(), peak_gpu_mib, peak_live_mib })
     }
 }
 
@@ -638,6 +799,10 @@ impl Trainer<'_> {
         t2v_kernels::io::write_atomic_dir(&fin, |tmp| -> Result<()> {
             let named: Vec<(String, Tensor)> = self.student.trainable_names().into_iter().zip(self.student.trainable()).collect();
             save_weights(&tmp.join("student.safetensors"), &named, SaveDtype::F32, &[("format", "t2v-turbo student".into())])?;
+            if let Some(target) = &self.student.target {
+                let named: Vec<(String, Tensor)> = self.student.params.iter().map(|(n, _)| n.clone()).zip(target.params.iter().cloned()).collect();
+                save_weights(&tmp.join(EMA_TARGET_FILE), &named, SaveDtype::F32, &[("format", "t2v-turbo ema target".into())])?;
+            }
             self.opt.save(&tmp.join("optimizer.safetensors"))?;
             let state = serde_json::json!({ "state": self.state, "config": self.config, "data": dataset_fingerprint(self.shards) });
             Ok(t2v_kernels::io::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&state).expect("json").as_bytes())?)
@@ -651,8 +816,9 @@ impl Trainer<'_> {
     }
 
     /// Restores weights, optimizer, stream and cursor from a checkpoint folder. The run's
-    /// settings must equal the checkpoint's.
-    pub fn load_checkpoint(&mut self, ckpt: &Path) -> std::result::Result<(), TrainError> {
+    /// settings must equal the checkpoint's but for the length and recomputation; returns
+    /// the checkpoint's.
+    pub fn load_checkpoint(&mut self, ckpt: &Path) -> std::result::Result<TrainConfig, TrainError> {
         let text = std::fs::read_to_string(ckpt.join("state.json")).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.join("state.json").display())))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.display())))?;
         let config: TrainConfig = serde_json::from_value(v["config"].clone()).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.display())))?;
@@ -676,13 +842,20 @@ impl Trainer<'_> {
                 ckpt.display()
             )));
         }
-        let f = WeightFile::open(&ckpt.join("student.safetensors"))?;
-        for (name, t) in self.student.trainable_names().iter().zip(self.student.trainable()) {
-            let (shape, data) = f.host_f32(name)?;
-            if shape != t.shape() {
-                return Err(TrainError::Setup(format!("{}: {name} is {shape:?}, the student has {:?}", ckpt.display(), t.shape())));
+        let restore = |file: &str, named: Vec<(String, Tensor)>| -> std::result::Result<(), TrainError> {
+            let f = WeightFile::open(&ckpt.join(file))?;
+            for (name, t) in named {
+                let (shape, data) = f.host_f32(&name)?;
+                if shape != t.shape() {
+                    return Err(TrainError::Setup(format!("{}: {name} is {shape:?}, the student has {:?}", ckpt.join(file).display(), t.shape())));
+                }
+                t.write(&data)?;
             }
-            t.write(&data)?;
+            Ok(())
+        };
+        restore("student.safetensors", self.student.trainable_names().into_iter().zip(self.student.trainable()).collect())?;
+        if let Some(target) = &self.student.target {
+            restore(EMA_TARGET_FILE, self.student.params.iter().map(|(n, _)| n.clone()).zip(target.params.iter().cloned()).collect())?;
         }
         self.opt.load(&ckpt.join("optimizer.safetensors"))?;
         self.sync_replicas()?;
@@ -691,9 +864,12 @@ impl Trainer<'_> {
             self.set_recompute(true);
         }
         self.state = state;
-        Ok(())
+        Ok(config)
     }
 }
+
+/// A checkpoint's EMA target weights (runs with [`TrainConfig::ema_target`]).
+const EMA_TARGET_FILE: &str = "ema_target.safetensors";
 
 /// Checkpoint folders in `dir`, oldest first.
 pub fn list_checkpoints(dir: &Path) -> Vec<PathBuf> {
@@ -723,9 +899,13 @@ pub fn run(trainer: &mut Trainer, o: &RunOptions) -> std::result::Result<Vec<Ste
     std::fs::create_dir_all(&o.out).map_err(|e| WeightsError::Write { path: o.out.display().to_string(), msg: e.to_string() })?;
     let ckpt_dir = o.out.join("checkpoints");
     if let Some(last) = list_checkpoints(&ckpt_dir).pop() {
-        trainer.load_checkpoint(&last)?;
+        let was = trainer.load_checkpoint(&last)?;
         if !o.quiet {
             eprintln!("resuming from {} (step {})", last.display(), trainer.state.step);
+            if was.steps != trainer.config.steps && trainer.config.lr_schedule.decays() {
+                let name = clap::ValueEnum::to_possible_value(&trainer.config.lr_schedule).map(|v| v.get_name().to_string()).unwrap_or_default();
+                eprintln!("note: the {name} learning-rate schedule now ends at step {} (it ended at {}): the later steps' rates change", trainer.config.steps, was.steps);
+            }
         }
     }
     let metrics_path = o.out.join("metrics.jsonl");

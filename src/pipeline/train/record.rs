@@ -72,7 +72,7 @@ impl Recipe<'_> {
             context: &rec.context,
             fps: &[self.fps],
         };
-        let out = consistency_loss(&student.unet, self.sched, self.solver, &tape, &sample, c.huber_c)?;
+        let out = consistency_loss(&student.unet, student.target_unet(), self.sched, self.solver, &tape, &sample, c.distance())?;
         let mut total = out.loss.clone();
         let mut probes = vec![out.loss.value().clone()];
         let (mut img_k, mut vid_k) = (None, None);
