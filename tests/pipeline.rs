@@ -229,6 +229,15 @@ fn the_reference_training_options_act_and_resume_exactly() {
         }
     }
     assert!(worst <= 1e-6, "EMA target off by {worst}");
+    // (its first step is the plain student's: AdamW's epsilon reaches the update)
+    let eps = TrainConfig { adam_eps: 1.0, ..config(1) };
+    let (student, rewards) = load_run(&g, &md, &eps, None).unwrap();
+    let mut e = Trainer::new(eps, student, &rewards, &data).unwrap();
+    e.step().unwrap();
+    assert_ne!(host(&e.student.params), host(&t.student.params));
+    let (student, rewards) = load_run(&g, &md, &config(1), None).unwrap();
+    let bad = Trainer::new(TrainConfig { adam_betas: (0.9, 1.0), ..config(1) }, student, &rewards, &data).err().expect("beta2 of 1").to_string();
+    assert!(bad.contains("betas in [0, 1)"), "{bad}");
     let lora = TrainConfig { lora: Some(LoraConfig { rank: 2, alpha: 2.0 }), ..t.config.clone() };
     let e = load_run(&g, &md, &lora, None).err().expect("LoRA with an EMA target").to_string();
     assert!(e.contains("full fine-tuning"), "{e}");

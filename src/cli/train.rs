@@ -82,6 +82,15 @@ pub struct TrainArgs {
     /// AdamW decoupled weight decay.
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
+    /// AdamW's beta1 (the reference's `--adam_beta1`).
+    #[arg(long, default_value_t = 0.9)]
+    pub adam_beta1: f32,
+    /// AdamW's beta2 (the reference's `--adam_beta2`).
+    #[arg(long, default_value_t = 0.999)]
+    pub adam_beta2: f32,
+    /// AdamW's epsilon (the reference's `--adam_epsilon`).
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_epsilon: f32,
     /// Global gradient-norm clipping.
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f32,
@@ -238,6 +247,8 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         lr_warmup_steps: a.lr_warmup_steps,
         temporal_lr_scale: a.temporal_lr_scale,
         weight_decay: a.weight_decay,
+        adam_betas: (a.adam_beta1, a.adam_beta2),
+        adam_eps: a.adam_epsilon,
         max_grad_norm: a.max_grad_norm,
         loss: a.loss,
         huber_c: a.huber_c,

@@ -69,6 +69,12 @@ pub struct TrainConfig {
     #[serde(default = "one")]
     pub temporal_lr_scale: f32,
     pub weight_decay: f32,
+    /// AdamW's beta1, beta2 and epsilon (the reference's `--adam_beta1`, `--adam_beta2`,
+    /// `--adam_epsilon`: PyTorch's 0.9, 0.999, 1e-8).
+    #[serde(default = "adam_betas")]
+    pub adam_betas: (f32, f32),
+    #[serde(default = "adam_eps")]
+    pub adam_eps: f32,
     pub max_grad_norm: f32,
     /// The distance of the consistency loss (the reference: pseudo-Huber).
     #[serde(default)]
@@ -120,6 +126,8 @@ impl Default for TrainConfig {
             lr_warmup_steps: 0,
             temporal_lr_scale: 1.0,
             weight_decay: 0.0,
+            adam_betas: adam_betas(),
+            adam_eps: adam_eps(),
             max_grad_norm: 1.0,
             loss: LossType::Huber,
             huber_c: 0.001,
@@ -149,6 +157,14 @@ fn default_reward_sample_steps() -> usize {
 
 fn one() -> f32 {
     1.0
+}
+
+fn adam_betas() -> (f32, f32) {
+    (0.9, 0.999)
+}
+
+fn adam_eps() -> f32 {
+    1e-8
 }
 
 impl TrainConfig {
@@ -557,6 +573,10 @@ impl<'a> Trainer<'a> {
         if !(config.temporal_lr_scale.is_finite() && config.temporal_lr_scale >= 0.0) {
             return Err(TrainError::Setup(format!("the temporal learning-rate scale must be a finite number >= 0, got {}", config.temporal_lr_scale)));
         }
+        let (b1, b2) = config.adam_betas;
+        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2) && config.adam_eps > 0.0) {
+            return Err(TrainError::Setup(format!("AdamW needs betas in [0, 1) and epsilon > 0, got betas {b1}, {b2} and epsilon {}", config.adam_eps)));
+        }
         if let Some(d) = config.ema_target.filter(|d| !(0.0..1.0).contains(d)) {
             return Err(TrainError::Setup(format!("the EMA target's decay must be in [0, 1), got {d}")));
         }
@@ -566,7 +586,7 @@ impl<'a> Trainer<'a> {
         let sched = Schedule::videocrafter();
         let solver = DdimSolver::new(&sched, sc.ddim_steps);
         let opt = AdamW::new(
-            AdamWConfig { lr: config.lr_at(0), weight_decay: config.weight_decay, eight_bit: config.adam8bit, ..Default::default() },
+            AdamWConfig { lr: config.lr_at(0), beta1: config.adam_betas.0, beta2: config.adam_betas.1, eps: config.adam_eps, weight_decay: config.weight_decay, eight_bit: config.adam8bit },
             param_groups(&student, config.temporal_lr_scale),
         );
         let state = TrainState { step: 0, epoch: 0, cursor: 0, rng: Gaussian::new(config.seed ^ 0x7A11).state(), recompute_since: None };
