@@ -339,6 +339,9 @@ fn with_memory_hint(e: TrainError, a: &TrainArgs, gpu: &t2v_kernels::Gpu, recomp
     if !recomputing {
         options.push("--recompute (activations recomputed in the backward pass: UNet blocks, reward frames' decoding, reward models' layers)");
     }
+    if a.ema_target.is_some() {
+        options.push("drop --ema-target (it holds a second UNet; the targets then come from the student, as the reference trains)");
+    }
     if a.lora_rank == 0 {
         options.push("--lora-rank 64 (gradients and optimizer state for the adapters only)");
     }
