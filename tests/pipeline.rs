@@ -41,7 +41,7 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
             out: d.join("shards"),
             shard: (0, 1),
             shard_size: 2,
-            config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true, motion_reference: Default::default() },
+            config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true, motion_reference: Default::default(), negative_prompt: String::new() },
             source_fps: None,
             settings: PreprocessConfig::default(),
             quiet: true,
@@ -184,6 +184,60 @@ fn two_devices_train_the_one_device_steps() {
     let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
     let e = t.add_replicas(vec![Replica { student: student2, models: rewards2 }]).unwrap_err().to_string();
     assert!(e.contains("replica 1 was not loaded like the student"), "{e}");
+}
+
+/// `preprocess --negative-prompt` (the reference's `--negative_prompt`): the teacher's
+/// unconditional outputs come from that text and the rest of a record is as without it;
+/// the shards record it, and a folder preprocessed with another one is refused.
+#[test]
+fn a_negative_prompt_conditions_the_unconditional_teacher_outputs() {
+    use t2v_kernels::autograd::Tape;
+    use t2v_turbo::diffusion::{DdimSolver, Schedule};
+    use t2v_turbo::models::unet3d::UnetInputs;
+    let (g, md, _) = opened_fixture();
+    let world = fixture().0.parent().unwrap().join("world/captions.jsonl");
+    let (unet, vae, text) = (md.load_unet(&g).unwrap(), md.load_vae(&g).unwrap(), md.load_text(&g).unwrap());
+    let tokenizer = ClipTokenizer::new().unwrap();
+    let models = PreprocessModels { unet: &unet, vae: &vae, text: &text, tokenizer: &tokenizer };
+    let d = tmp("negative");
+    // the first clip of the world's five, without motion guidance
+    let job = |out: &str, negative: &str| PreprocessJob {
+        captions: world.clone(),
+        out: d.join(out),
+        shard: (0, 5),
+        shard_size: 1,
+        config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: false, motion_reference: Default::default(), negative_prompt: negative.into() },
+        source_fps: None,
+        settings: PreprocessConfig { motion: false, ..PreprocessConfig::default() },
+        quiet: true,
+    };
+    let record = |out: &str, negative: &str| {
+        let job = job(out, negative);
+        std::fs::create_dir_all(&job.out).unwrap();
+        assert_eq!(preprocess_dataset(&models, &job).unwrap().records, 1);
+        let shard = open_dataset(&job.out).unwrap().remove(0);
+        let t = shard.tensors(&g, 0).unwrap();
+        let host = |t: &t2v_kernels::Tensor| t.to_vec().unwrap();
+        (shard.config.negative_prompt.clone(), (shard.records[0].index, shard.records[0].w), host(&t.z_t), host(&t.cond_eps), t.uncond_eps)
+    };
+    let plain = record("plain", "");
+    let negative = record("negative", "static, blurry");
+    assert_eq!((plain.0.as_str(), negative.0.as_str()), ("", "static, blurry"));
+    assert_eq!((&plain.1, &plain.2, &plain.3), (&negative.1, &negative.2, &negative.3));
+    let uncond = negative.4.to_vec().unwrap();
+    assert_ne!(plain.4.to_vec().unwrap(), uncond);
+    // the teacher on the record's z_t at its timestep, conditioned on the negative prompt
+    let tape = Tape::new();
+    let t = DdimSolver::new(&Schedule::videocrafter(), 10).grid[negative.1 .0] as f32;
+    let z = tape.constant(t2v_kernels::Tensor::from_slice(&g, negative.4.shape(), &negative.2).unwrap());
+    let ids = vec![tokenizer.encode_warn("static, blurry").unwrap().ids];
+    let context = text.penultimate(&tape, &ids).unwrap();
+    let eps = unet.forward(&UnetInputs { z: &z, t: &[t], context: &context, fps: &[8.0], w_embedding: None, motion_embedding: None, record_attention: false }).unwrap().eps.value().to_vec().unwrap();
+    let worst = eps.iter().zip(&uncond).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1e-5, "stored unconditional eps differs from the teacher's on the negative prompt by {worst}");
+    // the plain folder again with the negative prompt: refused
+    let e = preprocess_dataset(&models, &job("plain", "static, blurry")).unwrap_err().to_string();
+    assert!(e.contains("other settings"), "{e}");
 }
 
 /// The reference's other training options. A temporal learning-rate scale applies to the
@@ -1116,7 +1170,7 @@ fn a_group_of_inversions_that_runs_out_of_memory_is_split() {
             out: d.join(name),
             shard: (0, 1),
             shard_size: 6,
-            config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true, motion_reference: Default::default() },
+            config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true, motion_reference: Default::default(), negative_prompt: String::new() },
             source_fps: None,
             settings: PreprocessConfig { inversion_batch, ..PreprocessConfig::default() },
             quiet: true,

@@ -95,6 +95,12 @@ pub struct PreprocessArgs {
     /// and the clip's position, so shards and resumed runs match a single run).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The text of the teacher's unconditional outputs, which classifier-free guidance
+    /// steers away from (the reference's `--negative_prompt`; empty there), e.g. "blurry,
+    /// low quality, static". The shards record it; a student trained on them learns that
+    /// guidance.
+    #[arg(long, default_value = "")]
+    pub negative_prompt: String,
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize), CliError> {
@@ -143,6 +149,7 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
         seed: a.seed,
         motion: !a.no_motion,
         motion_reference: reference,
+        negative_prompt: a.negative_prompt.clone(),
     };
     if a.ddim_steps == 0 || 1000 % a.ddim_steps != 0 {
         return Err(CliError::Check(format!("--ddim-steps {} must divide 1000", a.ddim_steps)));

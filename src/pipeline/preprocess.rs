@@ -345,7 +345,7 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
         let solver = DdimSolver::new(&sched, cfg.ddim_steps);
         let stride = job.source_fps.map(|s| (s / cfg.fps).round().max(1.0) as usize).unwrap_or(1);
         let tape = Tape::new();
-        let uncond = encode_caption(m, &tape, "")?;
+        let uncond = encode_caption(m, &tape, &job.config.negative_prompt)?;
         Ok(DeviceRun { m, job, gpu: m.vae.gpu().clone(), sched, solver, tape, uncond, stride, inversion_batch: std::sync::atomic::AtomicUsize::new(job.settings.inversion_batch.max(1)) })
     }
 

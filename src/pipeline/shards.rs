@@ -42,6 +42,10 @@ pub struct ShardConfig {
     /// DDIM inversion, T2V-Turbo-v2's).
     #[serde(default, skip_serializing_if = "MotionReference::is_inversion")]
     pub motion_reference: MotionReference,
+    /// The text of the teacher's unconditional outputs (the reference's `--negative_prompt`
+    /// of preprocessing, empty there and when absent from the file).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub negative_prompt: String,
 }
 
 /// One record's tensors.
