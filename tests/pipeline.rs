@@ -240,6 +240,60 @@ fn a_negative_prompt_conditions_the_unconditional_teacher_outputs() {
     assert!(e.contains("other settings"), "{e}");
 }
 
+/// Each reward's term of a step is the mean over the records that have it, as in the
+/// reference, not over the batch: next to a record without a short caption, a rewarded
+/// record pulls as hard as alone. `img_reward_records` / `vid_reward_records` reward that
+/// many of a step's records.
+#[test]
+fn rewards_are_means_over_the_rewarded_records() {
+    let (g, md, data) = opened_fixture();
+    let d = tmp("reward-means");
+    let mut all = Vec::new();
+    for s in &data {
+        for j in 0..s.records.len() {
+            all.push((s.records[j].clone(), s.tensors(&g, j).unwrap()));
+        }
+    }
+    let a = all.iter().position(|r| r.0.short_caption.is_some()).expect("a record with a short caption");
+    let (b, mut plain) = all.iter().enumerate().find(|(k, _)| *k != a).map(|(k, r)| (k, r.0.clone())).unwrap();
+    plain.short_caption = None;
+    let write = |name: &str, recs: Vec<(t2v_turbo::pipeline::shards::RecordMeta, t2v_turbo::pipeline::shards::RecordTensors)>| {
+        std::fs::create_dir_all(d.join(name)).unwrap();
+        write_shard(&d.join(name).join("shard-0of1-00000.safetensors"), &data[0].config, &recs).unwrap();
+        open_dataset(&d.join(name)).unwrap()
+    };
+    let copy = |k: usize| { let t = &all[k].1; t2v_turbo::pipeline::shards::RecordTensors { z_t: t.z_t.clone(), cond_eps: t.cond_eps.clone(), uncond_eps: t.uncond_eps.clone(), context: t.context.clone(), score: t.score.clone() } };
+    let alone = write("a", vec![(all[a].0.clone(), copy(a))]);
+    let pair = write("ab", vec![(all[a].0.clone(), copy(a)), (plain, copy(b))]);
+    // a large image-reward scale: its gradient outweighs the consistency loss's
+    let step = |shards: &[Shard], batch: usize| {
+        let cfg = TrainConfig { batch_size: batch, beta_img: 1e4, beta_vid: 0.0, ..config(1) };
+        let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+        Trainer::new(cfg, student, &rewards, shards).unwrap().step().unwrap()
+    };
+    let (one, two) = (step(&alone, 1), step(&pair, 2));
+    assert_eq!((one.image_reward_records, two.image_reward_records), (1, 1));
+    assert_eq!(one.image_reward, two.image_reward);
+    let ratio = two.grad_norm / one.grad_norm;
+    assert!((ratio - 1.0).abs() < 0.05, "gradient norms {} (with the unrewarded record) vs {} (alone)", two.grad_norm, one.grad_norm);
+    // the loss is the mean consistency loss minus each reward's mean, scaled
+    assert!((two.loss - (two.cd_loss - 1e4 * two.image_reward.unwrap())).abs() <= 1e-3 * two.loss.abs().max(1.0), "{two:?}");
+
+    // at most one record a step gets each reward
+    let shorts = data.iter().flat_map(|s| s.records.iter()).filter(|r| r.short_caption.is_some()).count();
+    assert!(shorts >= 2, "the fixture has {shorts} records with a short caption");
+    let cfg = TrainConfig { batch_size: 4, img_reward_records: Some(1), vid_reward_records: Some(1), ..config(1) };
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let m = Trainer::new(cfg.clone(), student, &rewards, &data).unwrap().step().unwrap();
+    assert_eq!((m.image_reward_records, m.video_reward_records), (1, 1));
+    let want = m.cd_loss - cfg.beta_img * m.image_reward.unwrap() - cfg.beta_vid * m.video_reward.unwrap();
+    assert!((m.loss - want).abs() <= 1e-6, "{m:?}");
+    let cfg = TrainConfig { batch_size: 4, ..config(1) };
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let m = Trainer::new(cfg, student, &rewards, &data).unwrap().step().unwrap();
+    assert_eq!((m.image_reward_records, m.video_reward_records), (shorts, shorts));
+}
+
 /// The reference's other training options. A temporal learning-rate scale applies to the
 /// temporal transformers as the reference picks them (not the middle block's); an EMA
 /// target starts as the student and moves by decay * target + (1 - decay) * student after

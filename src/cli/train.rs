@@ -133,6 +133,18 @@ pub struct TrainArgs {
     /// Strided frames per clip for the video reward.
     #[arg(long, default_value_t = 4)]
     pub vid_frames: usize,
+    /// At most this many records of a step get the image rewards, drawn among those with a
+    /// short caption (default: all of them); each reward term is the mean over the records
+    /// that have it. The reference rewards 1 record of each process's 3 (its 8-GPU run:
+    /// `--batch-size 18 --img-reward-records 6`).
+    #[arg(long)]
+    pub img_reward_records: Option<usize>,
+    /// The same for the video reward (the reference: 2 records a step, on processes of their
+    /// own, whose gradients are averaged with the 6 distillation processes': relative to
+    /// the consistency loss its video reward weighs 2/6 of --beta-vid; `--vid-reward-records
+    /// 2 --beta-vid 0.1667` reproduces that balance).
+    #[arg(long)]
+    pub vid_reward_records: Option<usize>,
     /// Weights of the image rewards, in config.json order (default: the config's).
     #[arg(long, value_delimiter = ',')]
     pub reward_weights: Vec<f32>,
@@ -261,6 +273,8 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         beta_vid: a.beta_vid,
         img_frames: a.img_frames,
         vid_frames: a.vid_frames,
+        img_reward_records: a.img_reward_records,
+        vid_reward_records: a.vid_reward_records,
         lora: (a.lora_rank > 0).then_some(LoraConfig { rank: a.lora_rank, alpha: a.lora_alpha }),
         reward_input: a.reward_input,
         reward_sample_steps: a.reward_sample_steps.map_or(TrainConfig::default().reward_sample_steps, |n| n as usize),

@@ -95,6 +95,14 @@ pub struct TrainConfig {
     pub beta_vid: f32,
     pub img_frames: usize,
     pub vid_frames: usize,
+    /// At most this many records of a step get the image reward (drawn among those with a
+    /// short caption; None: all of them). The reference rewards 1 of each process's 3.
+    #[serde(default)]
+    pub img_reward_records: Option<usize>,
+    /// The same for the video reward (the reference: 1 record on each of its 2 video-reward
+    /// processes).
+    #[serde(default)]
+    pub vid_reward_records: Option<usize>,
     pub lora: Option<LoraConfig>,
     /// What the rewards score (the reference: the consistency output on the data).
     #[serde(default)]
@@ -140,6 +148,8 @@ impl Default for TrainConfig {
             beta_vid: 0.5,
             img_frames: 2,
             vid_frames: 4,
+            img_reward_records: None,
+            vid_reward_records: None,
             lora: None,
             reward_input: RewardInput::Data,
             reward_sample_steps: default_reward_sample_steps(),
@@ -233,9 +243,15 @@ pub struct StepMetrics {
     pub step: u64,
     pub loss: f32,
     pub cd_loss: f32,
-    /// Mean weighted image reward of the records that had a short caption (None: none had).
+    /// Mean weighted image reward of the records that had one (those with a short caption,
+    /// or as many as `img_reward_records` of them; None: none had).
     pub image_reward: Option<f32>,
     pub video_reward: Option<f32>,
+    /// How many of the step's records had an image / a video reward.
+    #[serde(default)]
+    pub image_reward_records: usize,
+    #[serde(default)]
+    pub video_reward_records: usize,
     pub grad_norm: f32,
     pub lr: f32,
     pub seconds: f32,
@@ -562,8 +578,8 @@ impl<'a> Trainer<'a> {
         if items.is_empty() {
             return Err(TrainError::Setup("the shards hold no records".into()));
         }
-        if config.batch_size == 0 || config.img_frames == 0 || config.vid_frames == 0 {
-            return Err(TrainError::Setup("batch size and frame counts must be at least 1".into()));
+        if config.batch_size == 0 || config.img_frames == 0 || config.vid_frames == 0 || config.img_reward_records == Some(0) || config.vid_reward_records == Some(0) {
+            return Err(TrainError::Setup("batch size, frame counts and rewarded records must be at least 1".into()));
         }
         let sc = &shards[0].config;
         if config.img_frames > sc.frames || config.vid_frames > sc.frames {
@@ -622,15 +638,43 @@ impl<'a> Trainer<'a> {
         Recipe { config: &self.config, sched: &self.sched, solver: &self.solver, shards: self.shards, fps: self.fps }
     }
 
-    /// What record `item` draws from the step's stream, in the order the step draws it.
-    fn draws(&self, rng: &mut Gaussian, item: Item) -> Result<RecordDraws> {
+    /// Which of a step's records get the image and which the video reward: those with a
+    /// short caption while the reward is on, at most `img_reward_records` /
+    /// `vid_reward_records` of them, drawn at random from the step's stream (no draw
+    /// without a limit or while they are fewer).
+    fn rewarded(&self, rng: &mut Gaussian, items: &[Item]) -> [Vec<bool>; 2] {
+        let c = &self.config;
+        let short: Vec<bool> = items.iter().map(|&(s, j)| self.shards[s].records[j].short_caption.is_some()).collect();
+        let mut pick = |on: bool, limit: Option<usize>| -> Vec<bool> {
+            if !on {
+                return vec![false; items.len()];
+            }
+            let mut chosen = short.clone();
+            let mut eligible: Vec<usize> = (0..items.len()).filter(|&k| short[k]).collect();
+            if let Some(limit) = limit.filter(|&l| l < eligible.len()) {
+                // the first `limit` places of a partial Fisher-Yates shuffle
+                for i in 0..limit {
+                    let j = i + ((rng.uniform() * (eligible.len() - i) as f64) as usize).min(eligible.len() - i - 1);
+                    eligible.swap(i, j);
+                }
+                for &k in &eligible[limit..] {
+                    chosen[k] = false;
+                }
+            }
+            chosen
+        };
+        let image = pick(c.beta_img > 0.0 && !self.models.image.is_empty(), c.img_reward_records);
+        let video = pick(c.beta_vid > 0.0 && self.models.video.is_some(), c.vid_reward_records);
+        [image, video]
+    }
+
+    /// What record `item` draws from the step's stream, in the order the step draws it;
+    /// `image` and `video`: whether it gets those rewards ([`Trainer::rewarded`]).
+    fn draws(&self, rng: &mut Gaussian, item: Item, image: bool, video: bool) -> Result<RecordDraws> {
         let c = &self.config;
         let shard = &self.shards[item.0];
-        let meta = &shard.records[item.1];
-        let image = c.beta_img > 0.0 && !self.models.image.is_empty();
-        let video = c.beta_vid > 0.0 && self.models.video.is_some();
-        let mut d = RecordDraws { noise: vec![], image_frames: vec![], video: None };
-        if meta.short_caption.is_none() || !(image || video) {
+        let mut d = RecordDraws { noise: vec![], image_frames: vec![], video: None, reward_weights: (0.0, 0.0) };
+        if !(image || video) {
             return Ok(d);
         }
         let shape = shard.latent_shape(item.1)?; // (1, C, F, h, w): the consistency output's
@@ -765,10 +809,17 @@ impl<'a> Trainer<'a> {
         }
         let b = self.config.batch_size;
         let mut rng = Gaussian::from_state(self.state.rng);
+        let items: Vec<Item> = (0..b).map(|_| self.next_item()).collect();
+        let [image, video] = self.rewarded(&mut rng, &items);
         let mut jobs = Vec::with_capacity(b);
-        for _ in 0..b {
-            let item = self.next_item();
-            jobs.push((item, self.draws(&mut rng, item)?));
+        for (k, &item) in items.iter().enumerate() {
+            jobs.push((item, self.draws(&mut rng, item, image[k], video[k])?));
+        }
+        // each reward's term is the mean over the records that have it
+        let weight = |n: usize| 1.0 / n.max(1) as f32;
+        let (n_img, n_vid) = (jobs.iter().filter(|j| !j.1.image_frames.is_empty()).count(), jobs.iter().filter(|j| j.1.video.is_some()).count());
+        for (_, d) in &mut jobs {
+            d.reward_weights = (weight(n_img), weight(n_vid));
         }
         let (grads, values) = match self.run_records(&jobs) {
             // out of memory while keeping activations: again with recomputation, for this
@@ -780,8 +831,11 @@ impl<'a> Trainer<'a> {
             }
             r => r?,
         };
-        let loss_sum: f32 = values.iter().map(|v| v.cd - self.config.beta_img * v.image_reward.unwrap_or(0.0) - self.config.beta_vid * v.video_reward.unwrap_or(0.0)).sum();
-        let (loss, cd_loss) = (loss_sum / b as f32, values.iter().map(|v| v.cd).sum::<f32>() / b as f32);
+        let mean = |v: Vec<f32>| (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32);
+        let image_reward = mean(values.iter().filter_map(|v| v.image_reward).collect());
+        let video_reward = mean(values.iter().filter_map(|v| v.video_reward).collect());
+        let cd_loss = values.iter().map(|v| v.cd).sum::<f32>() / b as f32;
+        let loss = cd_loss - self.config.beta_img * image_reward.unwrap_or(0.0) - self.config.beta_vid * video_reward.unwrap_or(0.0);
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step: self.state.step + 1, what: format!("loss {loss}"), checkpoint: String::new() });
         }
@@ -801,12 +855,9 @@ impl<'a> Trainer<'a> {
         self.sync_replicas()?;
         self.state.rng = rng.state();
         self.state.step += 1;
-        let mean = |v: Vec<f32>| (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32);
-        let image_reward = mean(values.iter().filter_map(|v| v.image_reward).collect());
-        let video_reward = mean(values.iter().filter_map(|v| v.video_reward).collect());
         let mib = |f: &dyn Fn(&t2v_kernels::PoolStats) -> u64| devices.iter().map(|d| f(&d.memory())).max().unwrap_or(0) as f32 / 1048576.0;
         let (peak_gpu_mib, peak_live_mib) = (mib(&|m| m.peak_total_bytes), mib(&|m| m.peak_live_bytes));
-        Ok(StepMetrics { step: self.state.step, loss, cd_loss, image_reward, video_reward, grad_norm, lr, seconds: t0.elapsed().as_secs_f32(), peak_gpu_mib, peak_live_mib })
+        Ok(StepMetrics { step: self.state.step, loss, cd_loss, image_reward, video_reward, image_reward_records: n_img, video_reward_records: n_vid, grad_norm, lr, seconds: t0.elapsed().as_secs_f32(), peak_gpu_mib, peak_live_mib })
     }
 }
 

@@ -23,6 +23,10 @@ pub(super) struct RecordDraws {
     pub(super) image_frames: Vec<usize>,
     /// Frames for the video reward and where its crop goes.
     pub(super) video: Option<(Vec<usize>, f32)>,
+    /// What this record's image and video rewards weigh in the step's loss: one over the
+    /// number of the step's records that have that reward (each reward term of a step is
+    /// the mean over its rewarded records, as in the reference).
+    pub(super) reward_weights: (f32, f32),
 }
 
 /// The losses one record adds to a step.
@@ -32,7 +36,7 @@ pub(super) struct RecordValues {
     pub(super) video_reward: Option<f32>,
 }
 
-/// One record's gradients of the trainable tensors (already divided by the batch size) and values.
+/// One record's gradients of the trainable tensors (already weighted for the step's loss) and values.
 pub(super) struct RecordGrads {
     pub(super) grads: Vec<Tensor>,
     pub(super) values: RecordValues,
@@ -73,7 +77,9 @@ impl Recipe<'_> {
             fps: &[self.fps],
         };
         let out = consistency_loss(&student.unet, student.target_unet(), self.sched, self.solver, &tape, &sample, c.distance())?;
-        let mut total = out.loss.clone();
+        // the step's loss: the mean consistency loss over its records, minus each reward's
+        // mean over the records that have it
+        let mut total = ad::scale(&out.loss, 1.0 / b as f32)?;
         let mut probes = vec![out.loss.value().clone()];
         let (mut img_k, mut vid_k) = (None, None);
         if !draws.image_frames.is_empty() || draws.video.is_some() {
@@ -86,7 +92,7 @@ impl Recipe<'_> {
                 let images = self.decode_frames(models, &pred, &draws.image_frames)?; // (M, 3, H, W)
                 let ids = vec![models.tokenizer.encode_warn(short).map_err(|e| WeightsError::Data { path: "caption".into(), msg: e.to_string() })?.ids; draws.image_frames.len()];
                 let r = models.image_reward(&images, &ids)?.expect("at least one image reward");
-                total = ad::axpby(&total, 1.0, &r, -c.beta_img)?;
+                total = ad::axpby(&total, 1.0, &r, -c.beta_img * draws.reward_weights.0)?;
                 probes.push(r.value().clone());
                 img_k = Some(probes.len() - 1);
             }
@@ -95,12 +101,12 @@ impl Recipe<'_> {
                 let s = images.shape().to_vec();
                 let video = ad::permute(&ad::reshape(&images, &[1, s[0], s[1], s[2], s[3]])?, &[0, 2, 1, 3, 4])?;
                 let r = ad::mean_all(&model.score(&video, &[meta.caption.as_str()], *crop_at)?)?;
-                total = ad::axpby(&total, 1.0, &r, -c.beta_vid)?;
+                total = ad::axpby(&total, 1.0, &r, -c.beta_vid * draws.reward_weights.1)?;
                 probes.push(r.value().clone());
                 vid_k = Some(probes.len() - 1);
             }
         }
-        let grads = tape.backward(&ad::scale(&total, 1.0 / b as f32)?)?;
+        let grads = tape.backward(&total)?;
         let grads = student.grads(&tape, &grads, &leaves)?;
         // one readback per record: the loss and the rewards
         let vals = t2v_kernels::ops::concat(&probes.iter().map(|p| p.reshape(&[1])).collect::<t2v_kernels::Result<Vec<_>>>()?.iter().collect::<Vec<_>>(), 0)?.to_vec()?;
