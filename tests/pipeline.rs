@@ -13,7 +13,7 @@ use t2v_turbo::pipeline::model_dir::{init_random, ModelDir, Preset};
 use t2v_turbo::pipeline::preprocess::{preprocess_dataset, PreprocessConfig, PreprocessJob, PreprocessModels};
 use t2v_turbo::pipeline::shards::{open_dataset, open_datasets, write_shard, RecordTensors, Shard, ShardConfig};
 use t2v_turbo::pipeline::sample::SampleOptions;
-use t2v_turbo::pipeline::train::{load_run, run, LoraConfig, Replica, RewardInput, RunOptions, StepMetrics, TrainConfig, TrainError, Trainer};
+use t2v_turbo::pipeline::train::{load_run, run, LoraConfig, Replica, RewardCaptions, RewardInput, RunOptions, StepMetrics, TrainConfig, TrainError, Trainer};
 use t2v_turbo::pipeline::validation::{validate, Validation, ValidationRow};
 use t2v_turbo::world::{write_dataset, WorldConfig};
 
@@ -264,7 +264,7 @@ fn rewards_are_means_over_the_rewarded_records() {
     };
     let copy = |k: usize| { let t = &all[k].1; t2v_turbo::pipeline::shards::RecordTensors { z_t: t.z_t.clone(), cond_eps: t.cond_eps.clone(), uncond_eps: t.uncond_eps.clone(), context: t.context.clone(), score: t.score.clone() } };
     let alone = write("a", vec![(all[a].0.clone(), copy(a))]);
-    let pair = write("ab", vec![(all[a].0.clone(), copy(a)), (plain, copy(b))]);
+    let pair = write("ab", vec![(all[a].0.clone(), copy(a)), (plain.clone(), copy(b))]);
     // a large image-reward scale: its gradient outweighs the consistency loss's
     let step = |shards: &[Shard], batch: usize| {
         let cfg = TrainConfig { batch_size: batch, beta_img: 1e4, beta_vid: 0.0, ..config(1) };
@@ -292,6 +292,18 @@ fn rewards_are_means_over_the_rewarded_records() {
     let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
     let m = Trainer::new(cfg, student, &rewards, &data).unwrap().step().unwrap();
     assert_eq!((m.image_reward_records, m.video_reward_records), (shorts, shorts));
+
+    // which records: data without short captions gets its captions scored under `auto` (as
+    // the reference code does), nothing under `short`; data with some: `auto` is `short`
+    let mut a_plain = all[a].0.clone();
+    a_plain.short_caption = None;
+    let none = write("none", vec![(a_plain, copy(a)), (plain, copy(b))]);
+    for (shards, captions, want) in [(&none, RewardCaptions::Auto, 2), (&none, RewardCaptions::Short, 0), (&pair, RewardCaptions::Auto, 1), (&pair, RewardCaptions::Any, 2)] {
+        let cfg = TrainConfig { batch_size: 2, reward_captions: captions, ..config(1) };
+        let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+        let m = Trainer::new(cfg, student, &rewards, shards).unwrap().step().unwrap();
+        assert_eq!((m.image_reward_records, m.video_reward_records), (want, want), "{captions:?}");
+    }
 }
 
 /// The reference's other training options. A temporal learning-rate scale applies to the

@@ -12,7 +12,7 @@ use crate::models::weights::SaveDtype;
 use crate::pipeline::model_dir::ModelDir;
 use crate::pipeline::shards::open_datasets;
 use crate::pipeline::sample::SampleOptions;
-use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, LossType, LrSchedule, Replica, RewardInput, RunOptions, TrainConfig, TrainError, Trainer};
+use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, LossType, LrSchedule, Replica, RewardCaptions, RewardInput, RunOptions, TrainConfig, TrainError, Trainer};
 use crate::pipeline::validation::Validation;
 use crate::world::{held_out_prompts, WorldConfig};
 
@@ -145,6 +145,13 @@ pub struct TrainArgs {
     /// 2 --beta-vid 0.1667` reproduces that balance).
     #[arg(long)]
     pub vid_reward_records: Option<usize>,
+    /// Which records the rewards score: `short` (those with a short caption, as the paper
+    /// trains: rewards on the WebVid part of its mix), `any` (every record: the image rewards
+    /// read the short caption, or the caption where there is none, truncated to 77 tokens),
+    /// `auto` (`short` when the data has short captions, else `any`, as the reference code
+    /// does).
+    #[arg(long, value_enum, default_value_t = RewardCaptions::Auto)]
+    pub reward_captions: RewardCaptions,
     /// Weights of the image rewards, in config.json order (default: the config's).
     #[arg(long, value_delimiter = ',')]
     pub reward_weights: Vec<f32>,
@@ -275,6 +282,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         vid_frames: a.vid_frames,
         img_reward_records: a.img_reward_records,
         vid_reward_records: a.vid_reward_records,
+        reward_captions: a.reward_captions,
         lora: (a.lora_rank > 0).then_some(LoraConfig { rank: a.lora_rank, alpha: a.lora_alpha }),
         reward_input: a.reward_input,
         reward_sample_steps: a.reward_sample_steps.map_or(TrainConfig::default().reward_sample_steps, |n| n as usize),
@@ -300,8 +308,9 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         .collect::<Result<Vec<_>, TrainError>>()
         .map_err(failed)?;
     let records: usize = shards.iter().map(|s| s.records.len()).sum();
+    let short = shards.iter().flat_map(|s| &s.records).filter(|r| r.short_caption.is_some()).count();
     eprintln!(
-        "{records} records in {} shards; student: {} parameters{}",
+        "{records} records in {} shards, {short} with a short caption; student: {} parameters{}",
         shards.len(),
         student.params.iter().map(|(_, t)| t.numel()).sum::<usize>(),
         if student.adapters.is_empty() { String::new() } else { format!(", LoRA rank {} on {} weights", a.lora_rank, student.adapters.len()) }
@@ -325,6 +334,13 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         );
     }
     let mut trainer = Trainer::new(config, student, &models, &shards).map_err(failed)?;
+    let rewarded = (a.beta_img > 0.0 && !models.image.is_empty()) || (a.beta_vid > 0.0 && models.video.is_some());
+    match (rewarded, trainer.rewards_score_any_record(), short) {
+        (true, true, 0) => eprintln!("no record has a short caption: the rewards score every record against its caption (--reward-captions {})", if a.reward_captions == RewardCaptions::Any { "any" } else { "auto" }),
+        (true, true, _) => eprintln!("the rewards score every record (--reward-captions any): the image rewards read the short caption, or the caption"),
+        (true, false, 0) => eprintln!("warning: no record has a short caption and --reward-captions short: the rewards score nothing (preprocess captions with a short_caption column, or use --reward-captions any)"),
+        _ => {}
+    }
     trainer.add_replicas(replicas).map_err(failed)?;
     trainer.recompute_when_out_of_memory(true);
     let validation = validation(&gpu, &md, a, trainer.grid_points())?;

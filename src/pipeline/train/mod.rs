@@ -103,6 +103,9 @@ pub struct TrainConfig {
     /// processes).
     #[serde(default)]
     pub vid_reward_records: Option<usize>,
+    /// Which records the rewards may score.
+    #[serde(default)]
+    pub reward_captions: RewardCaptions,
     pub lora: Option<LoraConfig>,
     /// What the rewards score (the reference: the consistency output on the data).
     #[serde(default)]
@@ -150,6 +153,7 @@ impl Default for TrainConfig {
             vid_frames: 4,
             img_reward_records: None,
             vid_reward_records: None,
+            reward_captions: RewardCaptions::Auto,
             lora: None,
             reward_input: RewardInput::Data,
             reward_sample_steps: default_reward_sample_steps(),
@@ -201,6 +205,23 @@ pub enum LossType {
     Huber,
     /// Mean squared error.
     L2,
+}
+
+/// Which records reward feedback scores (the image rewards against the short caption, or
+/// the caption where a record has none; the video reward against the caption).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardCaptions {
+    /// `short` when some record of the data has a short caption, else `any`: the
+    /// reference's two cases (its code scores the captions of data without short ones,
+    /// unless the data's path names WebVid).
+    #[default]
+    Auto,
+    /// Only records with a short caption (the paper: rewards on the WebVid part of the mix,
+    /// whose captions the reward models read whole).
+    Short,
+    /// Every record.
+    Any,
 }
 
 /// What reward feedback scores.
@@ -559,6 +580,9 @@ pub struct Trainer<'a> {
     fps: f32,
     /// See [`Trainer::recompute_when_out_of_memory`].
     recompute_on_oom: bool,
+    /// The rewards may score every record, not only those with a short caption
+    /// ([`TrainConfig::reward_captions`] resolved on the data).
+    rewards_any: bool,
 }
 
 /// The order of epoch `epoch`: a seeded Fisher-Yates shuffle.
@@ -606,7 +630,13 @@ impl<'a> Trainer<'a> {
             param_groups(&student, config.temporal_lr_scale),
         );
         let state = TrainState { step: 0, epoch: 0, cursor: 0, rng: Gaussian::new(config.seed ^ 0x7A11).state(), recompute_since: None };
-        Ok(Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, replicas: vec![], state, sched, solver, recompute_on_oom: false })
+        let any_short = shards.iter().flat_map(|s| &s.records).any(|r| r.short_caption.is_some());
+        let rewards_any = match config.reward_captions {
+            RewardCaptions::Auto => !any_short,
+            RewardCaptions::Short => false,
+            RewardCaptions::Any => true,
+        };
+        Ok(Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, replicas: vec![], state, sched, solver, recompute_on_oom: false, rewards_any })
     }
 
     /// Points of the data's DDIM grid (the origin a consistency sampler of this run uses).
@@ -638,13 +668,19 @@ impl<'a> Trainer<'a> {
         Recipe { config: &self.config, sched: &self.sched, solver: &self.solver, shards: self.shards, fps: self.fps }
     }
 
+    /// Whether the rewards may score every record (not only those with a short caption).
+    pub fn rewards_score_any_record(&self) -> bool {
+        self.rewards_any
+    }
+
     /// Which of a step's records get the image and which the video reward: those with a
-    /// short caption while the reward is on, at most `img_reward_records` /
+    /// short caption (or all, [`Trainer::rewards_score_any_record`]) while the reward is
+    /// on, at most `img_reward_records` /
     /// `vid_reward_records` of them, drawn at random from the step's stream (no draw
     /// without a limit or while they are fewer).
     fn rewarded(&self, rng: &mut Gaussian, items: &[Item]) -> [Vec<bool>; 2] {
         let c = &self.config;
-        let short: Vec<bool> = items.iter().map(|&(s, j)| self.shards[s].records[j].short_caption.is_some()).collect();
+        let short: Vec<bool> = items.iter().map(|&(s, j)| self.rewards_any || self.shards[s].records[j].short_caption.is_some()).collect();
         let mut pick = |on: bool, limit: Option<usize>| -> Vec<bool> {
             if !on {
                 return vec![false; items.len()];

@@ -83,7 +83,8 @@ impl Recipe<'_> {
         let mut probes = vec![out.loss.value().clone()];
         let (mut img_k, mut vid_k) = (None, None);
         if !draws.image_frames.is_empty() || draws.video.is_some() {
-            let short = meta.short_caption.as_deref().expect("rewards are drawn for records with a short caption");
+            // the image rewards read the short caption (77 tokens), or the caption without one
+            let short = meta.short_caption.as_deref().unwrap_or(&meta.caption);
             let pred = match draws.noise.len() {
                 0 => out.model_pred.clone(),
                 _ => self.generation_from_noise(student, &tape, &draws.noise, &rec.z_t, &rec.context, meta.w)?,
