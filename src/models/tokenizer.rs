@@ -32,6 +32,23 @@ pub struct Tokens {
 
 pub struct ClipTokenizer {
     inner: tokenizers::Tokenizer,
+    warned: Warned,
+}
+
+/// The prompts a tokenizer has warned about: each truncation is said once (a training run
+/// scores the same captions again and again).
+#[derive(Default)]
+struct Warned(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl Warned {
+    /// Prints `message` on stderr the first time `prompt` comes; whether it did.
+    fn once(&self, prompt: &str, message: impl FnOnce() -> String) -> bool {
+        let first = self.0.lock().expect("no thread panicked holding the set").insert(prompt.to_string());
+        if first {
+            eprintln!("{}", message());
+        }
+        first
+    }
 }
 
 impl ClipTokenizer {
@@ -51,7 +68,7 @@ impl ClipTokenizer {
         // Truncation and padding are applied here, so that truncation can be detected.
         inner.with_truncation(None).map_err(|e| TokenizerError::Load { source_name: name.into(), msg: e.to_string() })?;
         inner.with_padding(None);
-        Ok(ClipTokenizer { inner })
+        Ok(ClipTokenizer { inner, warned: Warned::default() })
     }
 
     /// `open_clip.tokenize(prompt)[0]`.
@@ -69,11 +86,11 @@ impl ClipTokenizer {
     }
 
     /// Encodes and warns on stderr when a prompt is truncated (like the reference, which
-    /// silently cuts; users should know).
+    /// silently cuts; users should know), once per prompt.
     pub fn encode_warn(&self, prompt: &str) -> Result<Tokens, TokenizerError> {
         let t = self.encode(prompt)?;
         if t.truncated {
-            eprintln!("warning: prompt longer than {} tokens, truncated: {prompt:?}", CONTEXT_LENGTH - 2);
+            self.warned.once(prompt, || format!("warning: prompt longer than {} tokens, truncated: {prompt:?}", CONTEXT_LENGTH - 2));
         }
         Ok(t)
     }
@@ -143,6 +160,7 @@ pub struct BertTokenizer {
     pad: u32,
     /// Tokens per prompt, special tokens and padding included.
     pub max_len: usize,
+    warned: Warned,
 }
 
 impl BertTokenizer {
@@ -194,7 +212,7 @@ impl BertTokenizer {
         let id = |t: &str| inner.token_to_id(t).ok_or_else(|| format!("the vocabulary has no {t} token; is this a BERT vocabulary?"));
         let (cls, sep, pad) = (id("[CLS]")?, id("[SEP]")?, id("[PAD]")?);
         id("[UNK]")?;
-        Ok(BertTokenizer { inner, cls, sep, pad, max_len })
+        Ok(BertTokenizer { inner, cls, sep, pad, max_len, warned: Warned::default() })
     }
 
     pub fn encode(&self, prompt: &str) -> Result<BertTokens, TokenizerError> {
@@ -212,11 +230,11 @@ impl BertTokenizer {
         Ok(BertTokens { ids, mask, truncated })
     }
 
-    /// Encodes and warns on stderr when a prompt is truncated.
+    /// Encodes and warns on stderr when a prompt is truncated, once per prompt.
     pub fn encode_warn(&self, prompt: &str) -> Result<BertTokens, TokenizerError> {
         let t = self.encode(prompt)?;
         if t.truncated {
-            eprintln!("warning: prompt longer than {} word pieces, truncated for the text encoder: {prompt:?}", self.max_len - 2);
+            self.warned.once(prompt, || format!("warning: prompt longer than {} word pieces, truncated for the text encoder: {prompt:?}", self.max_len - 2));
         }
         Ok(t)
     }
@@ -225,5 +243,16 @@ impl BertTokenizer {
     pub fn encode_batch<S: AsRef<str>>(&self, prompts: &[S]) -> Result<(TokenRows, TokenRows), TokenizerError> {
         let toks = prompts.iter().map(|p| self.encode_warn(p.as_ref())).collect::<Result<Vec<_>, _>>()?;
         Ok(toks.into_iter().map(|t| (t.ids, t.mask)).unzip())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A truncation is said once per prompt, however often the prompt comes.
+    #[test]
+    fn truncation_warnings_come_once_per_prompt() {
+        let w = super::Warned::default();
+        let said = |p: &str| w.once(p, || format!("warning (test): {p}"));
+        assert_eq!([said("a"), said("a"), said("b"), said("a")], [true, false, true, false]);
     }
 }
