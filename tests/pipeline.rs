@@ -734,6 +734,10 @@ fn the_commands_run_end_to_end() {
     assert!(ok && out.contains("0 new shards, 3 shards done earlier, 2 videos skipped"), "{out}");
     // the manifest keeps the skipped videos and their reasons
     assert_eq!(std::fs::read_to_string(d.join("shards/manifest-0of1.json")).unwrap(), manifest);
+    // what the folder holds
+    let (ok, out) = t2v(&["info", "--data", &p("shards")]);
+    assert!(ok && out.contains("3 shard files, 3 records of 8 frames") && out.contains("on a DDIM grid of 10 points") && out.contains("skipped videos       2"), "{out}");
+    assert!(out.contains("clips/missing: ") && out.contains("motion-guided") && out.contains("negative prompt      \"\""), "{out}");
     // on two devices (two of one adapter here), each taking the next shard file: the
     // files and the manifest are the one-device run's, byte for byte
     let shards2 = p("shards2");

@@ -20,6 +20,11 @@ pub struct InfoArgs {
     /// whether the UNet is a teacher or a student, the clip size, a LoRA file beside it.
     #[arg(long, value_name = "DIR")]
     pub models: Option<std::path::PathBuf>,
+    /// Describe a folder of shards `preprocess` wrote instead: clip size and grid, how many
+    /// records are motion-guided and carry a short caption, the draws of n and w, the
+    /// negative prompt, and the videos its manifests say were skipped.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<std::path::PathBuf>,
 }
 
 /// The parameters of tensors given as (dtype, shape), and their dtypes counted ("F16 x626").
@@ -71,6 +76,72 @@ fn describe_models(dir: &std::path::Path) -> Result<(), CliError> {
     let lora = dir.join("lora.safetensors");
     if lora.exists() {
         println!("{}", line("LoRA adapters", &lora)?);
+    }
+    Ok(())
+}
+
+/// `info --data DIR`.
+fn describe_data(dir: &std::path::Path) -> Result<(), CliError> {
+    let shards = crate::pipeline::shards::open_dataset(dir)?;
+    let records: Vec<&crate::pipeline::shards::RecordMeta> = shards.iter().flat_map(|s| &s.records).collect();
+    let c = &shards[0].config;
+    println!(
+        "{}: {} shard files, {} records of {} frames {}x{} at {} fps, on a DDIM grid of {} points",
+        dir.display(),
+        shards.len(),
+        records.len(),
+        c.frames,
+        c.height,
+        c.width,
+        c.fps,
+        c.ddim_steps
+    );
+    let guided = records.iter().filter(|r| r.motion_energy.is_some()).count();
+    use crate::pipeline::preprocess::MotionReference;
+    let references: std::collections::BTreeSet<String> = shards
+        .iter()
+        .map(|s| match s.config.motion_reference {
+            MotionReference::Inversion => "DDIM inversion".to_string(),
+            MotionReference::Noised { t } => format!("noised to t = {t}"),
+        })
+        .collect();
+    println!("  motion-guided        {guided} of {} (reference: {})", records.len(), references.into_iter().collect::<Vec<_>>().join(", "));
+    let short = records.iter().filter(|r| r.short_caption.is_some()).count();
+    println!("  short captions       {short} of {} ({})", records.len(), if short > 0 { "the records rewards score" } else { "none: rewards score the captions" });
+    let range = |v: Vec<f64>| v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    if !records.is_empty() {
+        let (lo, hi) = range(records.iter().map(|r| r.index as f64).collect());
+        let upper = records.iter().filter(|r| 2 * r.index >= c.ddim_steps).count();
+        println!("  grid index n         {lo}..{hi} ({upper} in the upper half)");
+        let (lo, hi) = range(records.iter().map(|r| r.w as f64).collect());
+        println!("  guidance scale w     {lo:.2}..{hi:.2}");
+    }
+    let negatives: std::collections::BTreeSet<&str> = shards.iter().map(|s| s.config.negative_prompt.as_str()).collect();
+    println!("  negative prompt      {}", negatives.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "));
+    let seeds: std::collections::BTreeSet<u64> = shards.iter().map(|s| s.config.seed).collect();
+    println!("  seeds                {}", seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "));
+    // what each machine's manifest says it skipped
+    let mut skipped = Vec::new();
+    let mut manifests = 0;
+    for entry in std::fs::read_dir(dir).map_err(|e| CliError::Check(format!("{}: {e}", dir.display())))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("manifest-") && name.ends_with(".json")) {
+            continue;
+        }
+        manifests += 1;
+        let text = std::fs::read_to_string(entry.path()).map_err(|e| CliError::Check(format!("{}: {e}", entry.path().display())))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| CliError::Check(format!("{}: {e}", entry.path().display())))?;
+        for s in v["skipped_videos"].as_array().into_iter().flatten() {
+            skipped.push(format!("{}: {}", s["path"].as_str().unwrap_or("?"), s["error"].as_str().unwrap_or("?")));
+        }
+    }
+    skipped.sort();
+    println!("  skipped videos       {} (in {manifests} manifest(s))", skipped.len());
+    for s in skipped.iter().take(10) {
+        println!("    {s}");
+    }
+    if skipped.len() > 10 {
+        println!("    … and {} more", skipped.len() - 10);
     }
     Ok(())
 }
@@ -174,6 +245,9 @@ pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> Result<(), CliError> {
     }
     if let Some(d) = &args.models {
         return describe_models(d);
+    }
+    if let Some(d) = &args.data {
+        return describe_data(d);
     }
     let adapters = list_adapters();
     println!("t2v-turbo {} — {} adapter(s):", env!("CARGO_PKG_VERSION"), adapters.len());
