@@ -279,6 +279,18 @@ fn demo_world_and_train_refuse_bad_settings_before_any_work() {
     let (ok, _, err) = t2v(&["train", "--models", "assets/tiny", "--data", "no-such-shards", "--out", out.to_str().unwrap(), "--reward-sample-steps", "2"], &[]);
     assert!(!ok && err.contains("--reward-sample-steps applies to --reward-input sample only"), "{err}");
     assert!(!out.exists(), "train: nothing is written for a refused run");
+    // settings that cannot work are refused before anything is read or written
+    for (args, msg) in [
+        (&["--ema-target", "1.5"][..], "the EMA target's decay must be in [0, 1), got 1.5"),
+        (&["--ema-target", "--lora-rank", "4"][..], "--ema-target needs full fine-tuning"),
+        (&["--lr-scheduler", "polynomial", "--lr", "1e-8"][..], "the polynomial schedule decays to 1e-7"),
+        (&["--adam-beta2", "1"][..], "AdamW needs betas in [0, 1)"),
+        (&["--vid-reward-records", "0"][..], "rewarded records must be at least 1"),
+    ] {
+        let (ok, _, err) = t2v(&[&["train", "--models", "assets/tiny", "--data", "no-such-shards", "--out", out.to_str().unwrap()][..], args].concat(), &[]);
+        assert!(!ok && err.contains(msg), "{args:?}: {err}");
+        assert!(!out.exists(), "train {args:?}: nothing is written for a refused run");
+    }
 }
 
 #[test]

@@ -255,9 +255,6 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         (true, false, _) => return Err(CliError::Check(format!("--resume: no checkpoint in {}", a.out.join("checkpoints").display()))),
         _ => {}
     }
-    std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;
-    let md = ModelDir::read(&a.models)?;
-    let shards = open_datasets(&a.data)?;
     let config = TrainConfig {
         steps: a.steps,
         batch_size: a.batch_size,
@@ -291,6 +288,10 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         seed: a.seed,
         cond_dim: 256,
     };
+    config.check().map_err(CliError::Check)?;
+    std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;
+    let md = ModelDir::read(&a.models)?;
+    let shards = open_datasets(&a.data)?;
     let gpus = dev.gpus(&a.devices)?;
     let gpu = gpus[0].clone();
     super::warn_matrix_cores_in_training(&gpu);

@@ -182,6 +182,29 @@ fn adam_eps() -> f32 {
 }
 
 impl TrainConfig {
+    /// What makes these settings unusable, whatever the data and models (checked before
+    /// anything is loaded).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.batch_size == 0 || self.img_frames == 0 || self.vid_frames == 0 || self.img_reward_records == Some(0) || self.vid_reward_records == Some(0) {
+            return Err("batch size, frame counts and rewarded records must be at least 1".into());
+        }
+        self.lr_schedule.check(self.lr)?;
+        if !(self.temporal_lr_scale.is_finite() && self.temporal_lr_scale >= 0.0) {
+            return Err(format!("the temporal learning-rate scale must be a finite number >= 0, got {}", self.temporal_lr_scale));
+        }
+        let (b1, b2) = self.adam_betas;
+        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2) && self.adam_eps > 0.0) {
+            return Err(format!("AdamW needs betas in [0, 1) and epsilon > 0, got betas {b1}, {b2} and epsilon {:e}", self.adam_eps));
+        }
+        if let Some(d) = self.ema_target.filter(|d| !(0.0..1.0).contains(d)) {
+            return Err(format!("the EMA target's decay must be in [0, 1), got {d}"));
+        }
+        if self.ema_target.is_some() && self.lora.is_some() {
+            return Err(EMA_WITH_LORA.into());
+        }
+        Ok(())
+    }
+
     /// The learning rate of optimizer step `step` (0 = the first).
     pub fn lr_at(&self, step: u64) -> f32 {
         (self.lr as f64 * self.lr_schedule.factor(step, self.lr_warmup_steps, self.steps, self.lr)) as f32
@@ -477,7 +500,7 @@ pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &T
     }
     if config.ema_target.is_some() {
         if config.lora.is_some() {
-            return Err(TrainError::Setup("--ema-target needs full fine-tuning: it averages whole UNet weights, which LoRA adapters do not train (leave out --lora-rank or --ema-target)".into()));
+            return Err(TrainError::Setup(EMA_WITH_LORA.into()));
         }
         // the same file and initialisation: the target starts as the student
         let (unet, params) = load()?;
@@ -602,23 +625,10 @@ impl<'a> Trainer<'a> {
         if items.is_empty() {
             return Err(TrainError::Setup("the shards hold no records".into()));
         }
-        if config.batch_size == 0 || config.img_frames == 0 || config.vid_frames == 0 || config.img_reward_records == Some(0) || config.vid_reward_records == Some(0) {
-            return Err(TrainError::Setup("batch size, frame counts and rewarded records must be at least 1".into()));
-        }
+        config.check().map_err(TrainError::Setup)?;
         let sc = &shards[0].config;
         if config.img_frames > sc.frames || config.vid_frames > sc.frames {
             return Err(TrainError::Setup(format!("reward frames ({} image, {} video) exceed the clips' {} frames", config.img_frames, config.vid_frames, sc.frames)));
-        }
-        config.lr_schedule.check(config.lr).map_err(TrainError::Setup)?;
-        if !(config.temporal_lr_scale.is_finite() && config.temporal_lr_scale >= 0.0) {
-            return Err(TrainError::Setup(format!("the temporal learning-rate scale must be a finite number >= 0, got {}", config.temporal_lr_scale)));
-        }
-        let (b1, b2) = config.adam_betas;
-        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2) && config.adam_eps > 0.0) {
-            return Err(TrainError::Setup(format!("AdamW needs betas in [0, 1) and epsilon > 0, got betas {b1}, {b2} and epsilon {}", config.adam_eps)));
-        }
-        if let Some(d) = config.ema_target.filter(|d| !(0.0..1.0).contains(d)) {
-            return Err(TrainError::Setup(format!("the EMA target's decay must be in [0, 1), got {d}")));
         }
         if config.ema_target.is_some() != student.target.is_some() {
             return Err(TrainError::Setup("the student was not loaded for this run's EMA target setting (use load_run with the same config)".into()));
@@ -974,6 +984,8 @@ impl Trainer<'_> {
         Ok(config)
     }
 }
+
+const EMA_WITH_LORA: &str = "--ema-target needs full fine-tuning: it averages whole UNet weights, which LoRA adapters do not train (leave out --lora-rank or --ema-target)";
 
 /// A checkpoint's EMA target weights (runs with [`TrainConfig::ema_target`]).
 const EMA_TARGET_FILE: &str = "ema_target.safetensors";
