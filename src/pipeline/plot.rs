@@ -161,17 +161,45 @@ pub fn plot_series(path: &Path, series: &[(&str, Vec<(f32, f32)>)]) -> Result<()
     cv.save(path)
 }
 
-/// The training curves: loss, consistency loss, image and video rewards, gradient norm.
+/// The training curves: loss, consistency loss, image and video rewards, gradient norm,
+/// and the learning rate when a schedule changes it.
 pub fn plot_metrics(path: &Path, ms: &[StepMetrics]) -> Result<()> {
     let s = |f: &dyn Fn(&StepMetrics) -> Option<f32>| ms.iter().filter_map(|m| f(m).map(|v| (m.step as f32, v))).collect::<Vec<_>>();
-    plot_series(
-        path,
-        &[
-            ("LOSS", s(&|m| Some(m.loss))),
-            ("CONSISTENCY LOSS", s(&|m| Some(m.cd_loss))),
-            ("IMAGE REWARD", s(&|m| m.image_reward)),
-            ("VIDEO REWARD", s(&|m| m.video_reward)),
-            ("GRAD NORM", s(&|m| Some(m.grad_norm))),
-        ],
-    )
+    let mut panels = vec![
+        ("LOSS", s(&|m| Some(m.loss))),
+        ("CONSISTENCY LOSS", s(&|m| Some(m.cd_loss))),
+        ("IMAGE REWARD", s(&|m| m.image_reward)),
+        ("VIDEO REWARD", s(&|m| m.video_reward)),
+        ("GRAD NORM", s(&|m| Some(m.grad_norm))),
+    ];
+    // a schedule's rates, when they change
+    if ms.iter().any(|m| m.lr != ms[0].lr) {
+        panels.push(("LEARNING RATE", s(&|m| Some(m.lr))));
+    }
+    plot_series(path, &panels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plot_metrics;
+    use crate::pipeline::train::StepMetrics;
+
+    /// The PNG's height (IHDR), in pixels.
+    fn png_height(path: &std::path::Path) -> u32 {
+        let b = std::fs::read(path).unwrap();
+        u32::from_be_bytes([b[20], b[21], b[22], b[23]])
+    }
+
+    /// A learning-rate panel joins the five when a schedule changes the rate.
+    #[test]
+    fn the_learning_rate_is_plotted_when_it_changes() {
+        let step = |k: u64, lr: f32| StepMetrics { step: k, loss: 1.0 / k as f32, cd_loss: 0.5, image_reward: Some(0.1), video_reward: None, image_reward_records: 1, video_reward_records: 0, grad_norm: 2.0, lr, seconds: 1.0, peak_gpu_mib: 1.0, peak_live_mib: 1.0 };
+        let dir = std::env::temp_dir().join(format!("t2v-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (flat, decaying) = (dir.join("flat.png"), dir.join("decaying.png"));
+        plot_metrics(&flat, &[step(1, 1e-5), step(2, 1e-5)]).unwrap();
+        plot_metrics(&decaying, &[step(1, 1e-5), step(2, 5e-6)]).unwrap();
+        assert_eq!((png_height(&flat), png_height(&decaying)), (5 * 150, 6 * 150));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
