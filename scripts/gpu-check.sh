@@ -7,10 +7,11 @@
 #                                          # under its own time limit, one log each in OUTDIR
 #
 # `run` unpacks `.gl/*.deb` (libvulkan1 etc., downloaded as the device README says) when
-# present. The checks, in order (10-12 minutes on an H200; their limits add up to 38 minutes, so
+# present. The checks, in order (12-14 minutes on an H200; their limits add up to 43 minutes, so
 # split them over calls where one call may run 10 — the targets first:
-# `run OUT info sample-auto preprocess-auto`, then `run OUT matrix sample-matrix
-# models-matrix train-auto`, then `run OUT kernels models-auto parallel memory`):
+# `run OUT info sample-auto preprocess-auto`, then `run OUT sample-matrix preprocess-matrix
+# matrix`, then `run OUT models-matrix train-auto kernels`, then `run OUT models-auto
+# parallel memory`):
 #   info                         adapter, limits, self-check
 #   gemm present embed           the GEMM / Winograd, storage-texture and lent-device tests
 #   kernels                      Winograd F(2x2) / F(4x4) rows against the direct conv
@@ -25,8 +26,9 @@
 #   matrix                       the matrix-core GEMM (cooperative matrices, f16 inputs): its
 #                                test, the unet3d fixture on it, `info --matrix-cores`
 #                                (kernels has its bench rows)
-#   models-matrix sample-matrix  the models (profiled per kernel) and the samples with
-#                                T2V_MATRIX_CORES=1
+#   models-matrix sample-matrix  the models (profiled per kernel), the samples and the
+#   preprocess-matrix            motion-guided preprocessing with T2V_MATRIX_CORES=1 (f16
+#                                GEMM inputs: the preprocessing target is not an f32 one)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,7 +83,7 @@ run)
         tail -n 6 "$out/$name.log"
     }
     only="$*"
-    known=" info gemm present embed kernels models-direct models-auto sample-direct sample-auto preprocess-auto train-auto parallel memory matrix models-matrix sample-matrix "
+    known=" info gemm present embed kernels models-direct models-auto sample-direct sample-auto preprocess-auto train-auto parallel memory matrix models-matrix sample-matrix preprocess-matrix "
     for c in $only; do [[ "$known" == *" $c "* ]] || { echo "unknown check $c; the checks:$known" >&2; exit 2; }; done
     step info 60 devbin/t2v-turbo info
     step gemm 120 devbin/gemm --test-threads 1
@@ -101,6 +103,7 @@ run)
     step matrix 120 sh -c 'devbin/t2v-turbo info --matrix-cores && devbin/gemm matrix_core --nocapture && devbin/diffusion matrix_cores --nocapture'
     step models-matrix 120 env T2V_MATRIX_CORES=1 T2V_PROFILE=1 devbin/models --bench
     step sample-matrix 150 env T2V_MATRIX_CORES=1 devbin/pipeline --bench --once --sections sample
+    step preprocess-matrix 300 env T2V_MATRIX_CORES=1 devbin/pipeline --bench --once --sections preprocess --grid 200
     ;;
 *)
     sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
