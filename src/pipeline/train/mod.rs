@@ -1,12 +1,14 @@
 //! Algorithm 2 over preprocessed shards: consistency distillation of the student (the same
 //! network as its own target, as the reference trains, or optionally an EMA copy of it)
 //! with pseudo-Huber distance (or L2), plus reward feedback on
-//! the consistency output `model_pred` for records that carry a short caption:
+//! the consistency output `model_pred` for records that carry a short caption (or all,
+//! `reward_captions`; at most `img_reward_records` / `vid_reward_records` a step):
 //!   image rewards on `img_frames` random decoded frames against the short caption,
 //!   weighted sum over the reward models, scaled by beta_img;
 //!   the video reward on `vid_frames` evenly strided frames (random start) against the
 //!   full caption, scaled by beta_vid.
-//! loss = cd - beta_img * R_img - beta_vid * R_vid; AdamW with global-norm clipping, a
+//! loss = mean cd - beta_img * mean R_img - beta_vid * mean R_vid (each mean over the
+//! step's records that have the term); AdamW with global-norm clipping, a
 //! learning-rate schedule, and optionally another rate for the temporal transformers.
 //! Full fine-tuning or LoRA adapters on every >= 2-D UNet weight.
 //!
@@ -490,6 +492,7 @@ impl Student {
 /// the VAE, reward models (image-reward weights overridden by `reward_weights`) and the
 /// tokenizer.
 pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &TrainConfig, reward_weights: Option<&[f32]>) -> std::result::Result<(Student, RewardModels), TrainError> {
+    config.check().map_err(TrainError::Setup)?;
     let init = (!md.is_student()).then_some((config.cond_dim, config.seed));
     let load = || crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init, crate::models::weights::WeightPrecision::F32);
     let (mut unet, params) = load()?;
@@ -499,9 +502,6 @@ pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &T
         student = student.with_lora(l, config.seed)?;
     }
     if config.ema_target.is_some() {
-        if config.lora.is_some() {
-            return Err(TrainError::Setup(EMA_WITH_LORA.into()));
-        }
         // the same file and initialisation: the target starts as the student
         let (unet, params) = load()?;
         student = student.with_ema_target(unet, params)?;
