@@ -236,20 +236,27 @@ fn main() {
         gpu.trim_pool();
         gpu.reset_peak_memory();
         let recompute = !cpu;
-        let mut trainer = Trainer::new(TrainConfig { steps: u64::MAX, lr: 0.0, recompute, ..TrainConfig::default() }, st, &rewards, &shards).unwrap();
-        let t0 = std::time::Instant::now();
-        let first = trainer.step().unwrap();
-        let mut best = t0.elapsed().as_secs_f64();
-        let start = std::time::Instant::now();
-        // the first step compiled the backward's shaders; `once`: one more step, timed
-        let mut runs = 0;
-        while runs < 1 || !once && start.elapsed().as_secs_f64() < budget {
-            runs += 1;
-            let t = std::time::Instant::now();
-            let m = trainer.step().unwrap();
-            assert_eq!(m.cd_loss.to_bits(), first.cd_loss.to_bits(), "a repeated step gave another loss");
-            best = best.min(t.elapsed().as_secs_f64());
-        }
+        let config = TrainConfig { steps: u64::MAX, lr: 0.0, recompute, ..TrainConfig::default() };
+        // the best time of a step (the first compiled the backward's shaders; `once`: one
+        // more step, timed)
+        let time_steps = |trainer: &mut Trainer| -> f64 {
+            let t0 = std::time::Instant::now();
+            let first = trainer.step().unwrap();
+            let mut best = t0.elapsed().as_secs_f64();
+            let start = std::time::Instant::now();
+            let mut runs = 0;
+            while runs < 1 || !once && start.elapsed().as_secs_f64() < budget {
+                runs += 1;
+                let t = std::time::Instant::now();
+                let m = trainer.step().unwrap();
+                // (an EMA target of the unchanged student moves by rounding only)
+                assert!((m.cd_loss - first.cd_loss).abs() <= 1e-5 * first.cd_loss.abs(), "a repeated step gave another loss: {} vs {}", m.cd_loss, first.cd_loss);
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            best
+        };
+        let mut trainer = Trainer::new(config.clone(), st, &rewards, &shards).unwrap();
+        let best = time_steps(&mut trainer);
         let how = if recompute { ", recomputation checkpoints" } else { "" };
         // peak: every model resident (the teacher too), the AdamW state and the pool; the
         // live peak is what the tensors held at once, the device memory a run needs
@@ -262,8 +269,29 @@ fn main() {
             mib(mem.peak_total_bytes),
             best / t_fwd
         );
-        let _ = std::fs::remove_dir_all(&dir);
         drop(trainer);
+        // with an EMA target (`train --ema-target`): a second UNet, the target's forward from
+        // it and one EMA update per step (lr 0: the target stays the student)
+        let unet = |seed| {
+            let l = Loader::random(&gpu, seed);
+            (Unet3d::load(&l, &student_cfg).unwrap(), l.params())
+        };
+        let (s_unet, s_params) = unet(1);
+        let (t_unet, t_params) = unet(1);
+        let st = Student { unet: s_unet, params: s_params, adapters: vec![], target: None }.with_ema_target(t_unet, t_params).unwrap();
+        gpu.trim_pool();
+        gpu.reset_peak_memory();
+        let mut trainer = Trainer::new(TrainConfig { ema_target: Some(0.95), ..config }, st, &rewards, &shards).unwrap();
+        let with_ema = time_steps(&mut trainer);
+        let mem_ema = gpu.memory();
+        println!(
+            "| train step, the same with an EMA target (live peak {:.0} MiB) | {with_ema:.3} | {:.0} | {:.2}x | the step without |",
+            mib(mem_ema.peak_live_bytes),
+            mib(mem_ema.peak_total_bytes),
+            with_ema / best
+        );
+        drop(trainer);
+        let _ = std::fs::remove_dir_all(&dir);
     }
     if !want("teacher") {
         return;

@@ -620,7 +620,7 @@ fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 }
 
 impl<'a> Trainer<'a> {
-    pub fn new(config: TrainConfig, student: Student, models: &'a RewardModels, shards: &'a [Shard]) -> std::result::Result<Trainer<'a>, TrainError> {
+    pub fn new(config: TrainConfig, mut student: Student, models: &'a RewardModels, shards: &'a [Shard]) -> std::result::Result<Trainer<'a>, TrainError> {
         let items: Vec<Item> = shards.iter().enumerate().flat_map(|(s, sh)| (0..sh.records.len()).map(move |j| (s, j))).collect();
         if items.is_empty() {
             return Err(TrainError::Setup("the shards hold no records".into()));
@@ -633,6 +633,9 @@ impl<'a> Trainer<'a> {
         if config.ema_target.is_some() != student.target.is_some() {
             return Err(TrainError::Setup("the student was not loaded for this run's EMA target setting (use load_run with the same config)".into()));
         }
+        // recomputation as the settings say, however the student and models were loaded
+        student.unet.set_checkpointing(config.recompute);
+        models.set_checkpointing(config.recompute);
         let sched = Schedule::videocrafter();
         let solver = DdimSolver::new(&sched, sc.ddim_steps);
         let opt = AdamW::new(
