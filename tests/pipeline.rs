@@ -407,7 +407,8 @@ fn recomputation_trains_the_same_steps() {
         // the steps' metrics and their largest peak of memory in tensors
         let steps = |recompute: bool| -> (Vec<(f32, Option<f32>, Option<f32>, f32)>, f32) {
             let cfg = TrainConfig { recompute, lora, ..config(3) };
-            let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+            // loaded without recomputation: the trainer applies its settings
+            let (student, rewards) = load_run(&g, &md, &TrainConfig { recompute: false, ..cfg.clone() }, None).unwrap();
             let mut t = Trainer::new(cfg, student, &rewards, &data).unwrap();
             let m: Vec<StepMetrics> = (0..3).map(|_| t.step().unwrap()).collect();
             (m.iter().map(|m| (m.loss, m.image_reward, m.video_reward, m.grad_norm)).collect(), m.iter().map(|m| m.peak_live_mib).fold(0.0, f32::max))
