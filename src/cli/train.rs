@@ -133,8 +133,9 @@ pub struct TrainArgs {
     /// Strided frames per clip for the video reward.
     #[arg(long, default_value_t = 4)]
     pub vid_frames: usize,
-    /// At most this many records of a step get the image rewards, drawn among those with a
-    /// short caption (default: all of them); each reward term is the mean over the records
+    /// At most this many records of a step get the image rewards, drawn among those the
+    /// rewards may score (--reward-captions; default: all of them); each reward term is the
+    /// mean over the records
     /// that have it. The reference rewards 1 record of each process's 3 (its 8-GPU run:
     /// `--batch-size 18 --img-reward-records 6`).
     #[arg(long)]
