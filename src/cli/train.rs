@@ -135,9 +135,8 @@ pub struct TrainArgs {
     pub vid_frames: usize,
     /// At most this many records of a step get the image rewards, drawn among those the
     /// rewards may score (--reward-captions; default: all of them); each reward term is the
-    /// mean over the records
-    /// that have it. The reference rewards 1 record of each process's 3 (its 8-GPU run:
-    /// `--batch-size 18 --img-reward-records 6`).
+    /// mean over the records that have it. The reference rewards 1 record of each process's
+    /// 3 (its 8-GPU run: `--batch-size 18 --img-reward-records 6`).
     #[arg(long)]
     pub img_reward_records: Option<usize>,
     /// The same for the video reward (the reference: 2 records a step, on processes of their
