@@ -177,6 +177,9 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
             beta_vid: if var.rewards { 0.5 } else { 0.0 },
             reward_input: c.reward_input,
             reward_sample_steps: c.student_steps,
+            // the clips with a short caption are the reward data (--short-fraction), as in
+            // the paper's mix, whatever their share
+            reward_captions: crate::pipeline::train::RewardCaptions::Short,
             seed: c.seed,
             ..TrainConfig::default()
         };
