@@ -286,6 +286,8 @@ fn demo_world_and_train_refuse_bad_settings_before_any_work() {
         (&["--lr-scheduler", "polynomial", "--lr", "1e-8"][..], "the polynomial schedule decays to 1e-7"),
         (&["--adam-beta2", "1"][..], "AdamW needs betas in [0, 1)"),
         (&["--vid-reward-records", "0"][..], "rewarded records must be at least 1"),
+        (&["--w-min", "3"][..], "--w-min and --w-max apply to --redraw-w only"),
+        (&["--redraw-w", "--w-min", "9", "--w-max", "3"][..], "the guidance-scale range must be finite with min <= max"),
     ] {
         let (ok, _, err) = t2v(&[&["train", "--models", "assets/tiny", "--data", "no-such-shards", "--out", out.to_str().unwrap()][..], args].concat(), &[]);
         assert!(!ok && err.contains(msg), "{args:?}: {err}");

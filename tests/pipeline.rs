@@ -377,8 +377,24 @@ fn the_reference_training_options_act_and_resume_exactly() {
     };
     assert_eq!(two_runs(2), two_runs(1));
 
+    // w drawn at every use (the reference code's): a range of the record's own w trains
+    // what the record's w does, another w something else
+    let d = tmp("redraw-w");
+    std::fs::create_dir_all(&d).unwrap();
+    let (s0, meta) = (&data[0], data[0].records[0].clone());
+    write_shard(&d.join("shard-0of1-00000.safetensors"), &s0.config, &[(meta.clone(), s0.tensors(&g, 0).unwrap())]).unwrap();
+    let one = open_dataset(&d).unwrap();
+    let cd = |redraw_w: Option<(f32, f32)>| {
+        let cfg = TrainConfig { redraw_w, ..config(1) };
+        let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+        Trainer::new(cfg, student, &rewards, &one).unwrap().step().unwrap().cd_loss
+    };
+    let own = cd(None);
+    assert_eq!(cd(Some((meta.w, meta.w))).to_bits(), own.to_bits());
+    assert_ne!(cd(Some((meta.w + 3.0, meta.w + 3.0))), own);
+
     // all of them, stopped after step 1 and resumed
-    let cfg = TrainConfig { lr_schedule: LrSchedule::Cosine, lr_warmup_steps: 1, temporal_lr_scale: 3.0, loss: LossType::L2, ema_target: Some(0.9), ..config(3) };
+    let cfg = TrainConfig { lr_schedule: LrSchedule::Cosine, lr_warmup_steps: 1, temporal_lr_scale: 3.0, loss: LossType::L2, ema_target: Some(0.9), redraw_w: Some((5.0, 15.0)), ..config(3) };
     let steps = |out: &Path, stop: Option<u64>| {
         let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
         let mut t = Trainer::new(cfg.clone(), student, &rewards, &data).unwrap();

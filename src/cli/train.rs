@@ -152,6 +152,17 @@ pub struct TrainArgs {
     /// does).
     #[arg(long, value_enum, default_value_t = RewardCaptions::Auto)]
     pub reward_captions: RewardCaptions,
+    /// Draw the guidance scale w ~ U[--w-min, --w-max] at every use of a record, as the
+    /// reference code trains, instead of the w drawn at preprocessing (the paper's
+    /// Algorithm 1; the default).
+    #[arg(long)]
+    pub redraw_w: bool,
+    /// --redraw-w: the range's low end (the reference's `--w_min`; default 5).
+    #[arg(long)]
+    pub w_min: Option<f32>,
+    /// --redraw-w: the range's high end (the reference's `--w_max`; default 15).
+    #[arg(long)]
+    pub w_max: Option<f32>,
     /// Weights of the image rewards, in config.json order (default: the config's).
     #[arg(long, value_delimiter = ',')]
     pub reward_weights: Vec<f32>,
@@ -247,6 +258,9 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
     if a.reward_sample_steps.is_some() && a.reward_input != RewardInput::Sample {
         return Err(CliError::Check("--reward-sample-steps applies to --reward-input sample only".into()));
     }
+    if (a.w_min.is_some() || a.w_max.is_some()) && !a.redraw_w {
+        return Err(CliError::Check("--w-min and --w-max apply to --redraw-w only (without it, each record trains with the w it was preprocessed with: preprocess --w-min/--w-max)".into()));
+    }
     let has_ckpt = !list_checkpoints(&a.out.join("checkpoints")).is_empty();
     let non_empty = super::holds_files(&a.out);
     match (a.resume, has_ckpt, non_empty) {
@@ -280,6 +294,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         img_reward_records: a.img_reward_records,
         vid_reward_records: a.vid_reward_records,
         reward_captions: a.reward_captions,
+        redraw_w: a.redraw_w.then_some((a.w_min.unwrap_or(5.0), a.w_max.unwrap_or(15.0))),
         lora: (a.lora_rank > 0).then_some(LoraConfig { rank: a.lora_rank, alpha: a.lora_alpha }),
         reward_input: a.reward_input,
         reward_sample_steps: a.reward_sample_steps.map_or(TrainConfig::default().reward_sample_steps, |n| n as usize),

@@ -108,6 +108,12 @@ pub struct TrainConfig {
     /// Which records the rewards may score.
     #[serde(default)]
     pub reward_captions: RewardCaptions,
+    /// Draw the guidance scale w ~ U[min, max] at every use of a record, as the reference
+    /// code's training does (its `--w_min`, `--w_max`: 5, 15), instead of the w the record
+    /// was preprocessed with (the paper's Algorithm 1). The teacher's conditional and
+    /// unconditional outputs are stored apart, so either costs nothing.
+    #[serde(default)]
+    pub redraw_w: Option<(f32, f32)>,
     pub lora: Option<LoraConfig>,
     /// What the rewards score (the reference: the consistency output on the data).
     #[serde(default)]
@@ -156,6 +162,7 @@ impl Default for TrainConfig {
             img_reward_records: None,
             vid_reward_records: None,
             reward_captions: RewardCaptions::Auto,
+            redraw_w: None,
             lora: None,
             reward_input: RewardInput::Data,
             reward_sample_steps: default_reward_sample_steps(),
@@ -203,6 +210,9 @@ impl TrainConfig {
         }
         if self.ema_target.is_some() && self.lora.is_some() {
             return Err(EMA_WITH_LORA.into());
+        }
+        if let Some((lo, hi)) = self.redraw_w.filter(|(lo, hi)| !(lo.is_finite() && hi.is_finite() && lo <= hi)) {
+            return Err(format!("the guidance-scale range must be finite with min <= max, got {lo}..{hi}"));
         }
         Ok(())
     }
@@ -722,7 +732,9 @@ impl<'a> Trainer<'a> {
     fn draws(&self, rng: &mut Gaussian, item: Item, image: bool, video: bool) -> Result<RecordDraws> {
         let c = &self.config;
         let shard = &self.shards[item.0];
-        let mut d = RecordDraws { noise: vec![], image_frames: vec![], video: None, reward_weights: (0.0, 0.0) };
+        // the reference code's w: drawn at every use of a record
+        let w = c.redraw_w.map(|(lo, hi)| lo + (hi - lo) * rng.uniform() as f32);
+        let mut d = RecordDraws { noise: vec![], image_frames: vec![], video: None, reward_weights: (0.0, 0.0), w };
         if !(image || video) {
             return Ok(d);
         }

@@ -27,6 +27,9 @@ pub(super) struct RecordDraws {
     /// number of the step's records that have that reward (each reward term of a step is
     /// the mean over its rewarded records, as in the reference).
     pub(super) reward_weights: (f32, f32),
+    /// The guidance scale this use of the record trains with, when drawn afresh
+    /// ([`TrainConfig::redraw_w`]); else the record's own.
+    pub(super) w: Option<f32>,
 }
 
 /// The losses one record adds to a step.
@@ -69,7 +72,7 @@ impl Recipe<'_> {
             uncond_eps: &rec.uncond_eps,
             score: rec.score.as_ref(),
             use_motion: c.use_motion,
-            w: meta.w,
+            w: draws.w.unwrap_or(meta.w),
             motion_gs: c.motion_gs,
             motion_percentage: c.motion_percentage,
             noise_factor: if c.noise_factor_paper { NoiseFactor::Paper } else { NoiseFactor::Code },
@@ -87,7 +90,7 @@ impl Recipe<'_> {
             let short = meta.short_caption.as_deref().unwrap_or(&meta.caption);
             let pred = match draws.noise.len() {
                 0 => out.model_pred.clone(),
-                _ => self.generation_from_noise(student, &tape, &draws.noise, &rec.z_t, &rec.context, meta.w)?,
+                _ => self.generation_from_noise(student, &tape, &draws.noise, &rec.z_t, &rec.context, draws.w.unwrap_or(meta.w))?,
             };
             if !draws.image_frames.is_empty() {
                 let images = self.decode_frames(models, &pred, &draws.image_frames)?; // (M, 3, H, W)
