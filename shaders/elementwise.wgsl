@@ -346,8 +346,9 @@ fn binary4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     c4[i] = vec4<f32>(binary_op(u.x, v.x), binary_op(u.y, v.y), binary_op(u.z, v.z), binary_op(u.w, v.w));
 }
 
-// add_assign4: acc += b in place, whole contiguous tensors of one size (gradient
-// accumulation without a new buffer). binding 4 = acc, binding 5 = b.
+// add_assign4: acc = alpha * acc + beta * b in place, whole contiguous tensors of one size
+// (gradient accumulation with alpha = beta = 1, moving averages; no new buffer).
+// binding 4 = acc, binding 5 = b.
 @group(0) @binding(4) var<storage, read_write> acc4: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> addend4: array<vec4<f32>>;
 
@@ -358,7 +359,7 @@ fn add_assign4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (i * 4u >= p.n) {
         return;
     }
-    acc4[i] = acc4[i] + addend4[i];
+    acc4[i] = p.alpha * acc4[i] + p.beta * addend4[i];
 }
 
 // d/dv of alpha * op(v) + beta, without alpha (same OP codes as unary_op).

@@ -365,6 +365,11 @@ fn add_assign_accumulates_in_place_and_checks_sizes() {
         assert_close(&format!("add_assign {n}"), &acc.to_vec().unwrap(), &want, 1e-6, 1e-6);
         // b is untouched
         assert_close(&format!("add_assign {n} b"), &b.to_vec().unwrap(), &bv.iter().map(|&x| x as f64).collect::<Vec<_>>(), 0.0, 0.0);
+        // alpha acc + beta b (a moving average's update)
+        let (acc, av) = rand_tensor(&[n], 60 + n as u64, -2.0, 2.0);
+        ops::axpby_assign(&acc, 0.9, &b, 0.1).unwrap();
+        let want: Vec<f64> = av.iter().zip(&bv).map(|(x, y)| 0.9 * *x as f64 + 0.1 * *y as f64).collect();
+        assert_close(&format!("axpby_assign {n}"), &acc.to_vec().unwrap(), &want, 1e-6, 1e-6);
     }
     let (a, _) = rand_tensor(&[2, 3], 50, -1.0, 1.0);
     let (b, _) = rand_tensor(&[7], 51, -1.0, 1.0);

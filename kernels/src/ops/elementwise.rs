@@ -447,6 +447,12 @@ fn binary_impl(op_name: &'static str, a: &Tensor, b: &Tensor, op: BinaryOp, alph
 /// acc += b in place (same number of elements). `acc` must not share its buffer with a
 /// tensor that is read later (e.g. a gradient accumulator the caller owns alone).
 pub fn add_assign(acc: &Tensor, b: &Tensor) -> Result<()> {
+    axpby_assign(acc, 1.0, b, 1.0)
+}
+
+/// acc = alpha * acc + beta * b in place (same number of elements; e.g. an exponential
+/// moving average), with [`add_assign`]'s caveat.
+pub fn axpby_assign(acc: &Tensor, alpha: f32, b: &Tensor, beta: f32) -> Result<()> {
     check_f32("add_assign", &[acc, b])?;
     if acc.numel() != b.numel() {
         return shape_err("add_assign", format!("{:?} += {:?}: sizes differ", acc.shape(), b.shape()));
@@ -455,7 +461,7 @@ pub fn add_assign(acc: &Tensor, b: &Tensor) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
-    let p = EwParams { n: n as u32, rank: 1, flags: 7, x_off: 0, out_off: 0, alpha: 1.0, beta: 1.0, gamma: 0.0, shape: pad8(&[n]), xs: pad8(&[1]), bs: pad8(&[1]), os: pad8(&[1]) };
+    let p = EwParams { n: n as u32, rank: 1, flags: 7, x_off: 0, out_off: 0, alpha, beta, gamma: 0.0, shape: pad8(&[n]), xs: pad8(&[1]), bs: pad8(&[1]), os: pad8(&[1]) };
     let gpu = acc.gpu();
     super::launch_at(gpu, &ELEMENTWISE, "add_assign4", &[], bytemuck::bytes_of(&p), 4, &[acc, b], fold_groups(gpu, n.div_ceil(4), 256))
 }

@@ -419,7 +419,7 @@ impl Student {
     pub fn update_target(&self, decay: f32) -> Result<()> {
         let Some(target) = &self.target else { return Ok(()) };
         for (t, (_, s)) in target.params.iter().zip(&self.params) {
-            t.copy_from(&t2v_kernels::ops::axpby(t, decay, s, 1.0 - decay)?)?;
+            t2v_kernels::ops::axpby_assign(t, decay, s, 1.0 - decay)?;
         }
         Ok(())
     }
@@ -566,16 +566,13 @@ impl RewardModels {
 }
 
 /// The optimizer's groups over [`Student::trainable`], in its order: runs of consecutive
-/// tensors that do or do not belong to a temporal transformer, the former at
-/// `temporal_lr_scale` times the rate (one group when it is 1). A tensor is temporal as the
+/// tensors whose rate scale is the same: `temporal_lr_scale` for those of a temporal
+/// transformer, 1 for the others (one group when the scale is 1). A tensor is temporal as the
 /// reference decides (`train_latent_t2v_turbo_v2.py`): its name starts with `init_attn.0`,
 /// or its first three name parts are a TemporalTransformer's path — which leaves out the
 /// middle block's (`middle_block.2.…`, whose first three parts name a layer inside it).
 fn param_groups(student: &Student, temporal_lr_scale: f32) -> Vec<ParamGroup> {
     let tensors = student.trainable();
-    if temporal_lr_scale == 1.0 {
-        return vec![ParamGroup { params: tensors, lr_scale: 1.0, weight_decay: None }];
-    }
     let temporal = student.unet.temporal_transformer_paths();
     let is_temporal = |name: &str| {
         let parts: Vec<&str> = name.split('.').collect();
@@ -630,7 +627,7 @@ fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 }
 
 impl<'a> Trainer<'a> {
-    pub fn new(config: TrainConfig, mut student: Student, models: &'a RewardModels, shards: &'a [Shard]) -> std::result::Result<Trainer<'a>, TrainError> {
+    pub fn new(config: TrainConfig, student: Student, models: &'a RewardModels, shards: &'a [Shard]) -> std::result::Result<Trainer<'a>, TrainError> {
         let items: Vec<Item> = shards.iter().enumerate().flat_map(|(s, sh)| (0..sh.records.len()).map(move |j| (s, j))).collect();
         if items.is_empty() {
             return Err(TrainError::Setup("the shards hold no records".into()));
@@ -643,9 +640,6 @@ impl<'a> Trainer<'a> {
         if config.ema_target.is_some() != student.target.is_some() {
             return Err(TrainError::Setup("the student was not loaded for this run's EMA target setting (use load_run with the same config)".into()));
         }
-        // recomputation as the settings say, however the student and models were loaded
-        student.unet.set_checkpointing(config.recompute);
-        models.set_checkpointing(config.recompute);
         let sched = Schedule::videocrafter();
         let solver = DdimSolver::new(&sched, sc.ddim_steps);
         let opt = AdamW::new(
@@ -659,7 +653,10 @@ impl<'a> Trainer<'a> {
             RewardCaptions::Short => false,
             RewardCaptions::Any => true,
         };
-        Ok(Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, replicas: vec![], state, sched, solver, recompute_on_oom: false, rewards_any })
+        let mut trainer = Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, replicas: vec![], state, sched, solver, recompute_on_oom: false, rewards_any };
+        // recomputation as the settings say, however the student and models were loaded
+        trainer.set_recompute(trainer.config.recompute);
+        Ok(trainer)
     }
 
     /// Points of the data's DDIM grid (the origin a consistency sampler of this run uses).
@@ -703,20 +700,20 @@ impl<'a> Trainer<'a> {
     /// without a limit or while they are fewer).
     fn rewarded(&self, rng: &mut Gaussian, items: &[Item]) -> [Vec<bool>; 2] {
         let c = &self.config;
-        let short: Vec<bool> = items.iter().map(|&(s, j)| self.rewards_any || self.shards[s].records[j].short_caption.is_some()).collect();
+        let eligible: Vec<bool> = items.iter().map(|&(s, j)| self.rewards_any || self.shards[s].records[j].short_caption.is_some()).collect();
         let mut pick = |on: bool, limit: Option<usize>| -> Vec<bool> {
             if !on {
                 return vec![false; items.len()];
             }
-            let mut chosen = short.clone();
-            let mut eligible: Vec<usize> = (0..items.len()).filter(|&k| short[k]).collect();
-            if let Some(limit) = limit.filter(|&l| l < eligible.len()) {
+            let mut chosen = eligible.clone();
+            let mut candidates: Vec<usize> = (0..items.len()).filter(|&k| eligible[k]).collect();
+            if let Some(limit) = limit.filter(|&l| l < candidates.len()) {
                 // the first `limit` places of a partial Fisher-Yates shuffle
                 for i in 0..limit {
-                    let j = i + ((rng.uniform() * (eligible.len() - i) as f64) as usize).min(eligible.len() - i - 1);
-                    eligible.swap(i, j);
+                    let j = i + ((rng.uniform() * (candidates.len() - i) as f64) as usize).min(candidates.len() - i - 1);
+                    candidates.swap(i, j);
                 }
-                for &k in &eligible[limit..] {
+                for &k in &candidates[limit..] {
                     chosen[k] = false;
                 }
             }
@@ -782,6 +779,7 @@ impl<'a> Trainer<'a> {
             }
         }
         self.replicas.extend(replicas);
+        self.set_recompute(self.config.recompute);
         self.sync_replicas()?;
         Ok(())
     }
@@ -837,7 +835,8 @@ impl<'a> Trainer<'a> {
         Ok((acc.expect("batch of at least one"), values))
     }
 
-    /// Recomputation on or off for the rest of the run (student, reward models, replicas).
+    /// Recomputation on or off for the rest of the run (student, reward models, replicas):
+    /// the one place that switches it.
     fn set_recompute(&mut self, on: bool) {
         self.config.recompute = on;
         self.student.unet.set_checkpointing(on);
