@@ -129,11 +129,8 @@ fn describe_data(dir: &std::path::Path) -> Result<(), CliError> {
             continue;
         }
         manifests += 1;
-        let text = std::fs::read_to_string(entry.path()).map_err(|e| CliError::Check(format!("{}: {e}", entry.path().display())))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| CliError::Check(format!("{}: {e}", entry.path().display())))?;
-        for s in v["skipped_videos"].as_array().into_iter().flatten() {
-            skipped.push(format!("{}: {}", s["path"].as_str().unwrap_or("?"), s["error"].as_str().unwrap_or("?")));
-        }
+        let listed = crate::pipeline::shards::manifest_skipped_videos(&entry.path()).ok_or_else(|| CliError::Check(format!("{}: not a readable manifest", entry.path().display())))?;
+        skipped.extend(listed.into_iter().map(|(path, why)| format!("{path}: {why}")));
     }
     skipped.sort();
     println!("  skipped videos       {} (in {manifests} manifest(s))", skipped.len());

@@ -243,12 +243,7 @@ pub fn preprocess_dataset_on(models: &[PreprocessModels], job: &PreprocessJob) -
     let progress = crate::pipeline::progress::Progress::new("preprocess", mine.len()).quiet(job.quiet);
     // the videos an earlier run into this folder skipped, with its reasons (its shards'
     // rows that have no record)
-    let earlier = std::fs::read_to_string(job.out.join(manifest_name(job.shard))).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-    let earlier_skips = earlier
-        .as_ref()
-        .and_then(|v| v["skipped_videos"].as_array())
-        .map(|a| a.iter().filter_map(|e| Some((e["path"].as_str()?.to_string(), e["error"].as_str()?.to_string()))).collect())
-        .unwrap_or_default();
+    let earlier_skips = crate::pipeline::shards::manifest_skipped_videos(&job.out.join(manifest_name(job.shard))).unwrap_or_default().into_iter().collect();
     let shared = std::sync::Mutex::new(Tally { report: PreprocessReport::default(), done: Vec::new(), skipped_rows: Vec::new(), earlier_skips, progress });
     let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
     let work = |m: &PreprocessModels| -> std::result::Result<(), PreprocessError> {

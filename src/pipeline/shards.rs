@@ -65,6 +65,13 @@ pub fn manifest_name(shard: (usize, usize)) -> String {
     format!("manifest-{}of{}.json", shard.0, shard.1)
 }
 
+/// The videos a preprocessing manifest lists as skipped, as (path, reason); None when the
+/// file is missing or not a manifest's JSON.
+pub fn manifest_skipped_videos(path: &Path) -> Option<Vec<(String, String)>> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    Some(v["skipped_videos"].as_array().into_iter().flatten().filter_map(|e| Some((e["path"].as_str()?.to_string(), e["error"].as_str()?.to_string()))).collect())
+}
+
 fn bad(path: &Path, msg: impl std::fmt::Display) -> WeightsError {
     WeightsError::Data { path: path.display().to_string(), msg: msg.to_string() }
 }
