@@ -230,7 +230,7 @@ fn main() {
         let params = student_loader.params();
         // what 8-bit AdamW states (`train --adam8bit`) would save of this run's f32 ones
         let q8_saving: u64 = params.iter().map(|(_, t)| state_bytes(t.numel(), false) - state_bytes(t.numel(), true)).sum();
-        let st = Student { unet: student, params, adapters: vec![], target: None };
+        let st = Student { unet: student, params, adapters: vec![], target: None, text: None };
         // lr 0: the weights stay, so every step computes the same loss; at VideoCrafter2
         // size with recomputation checkpoints (--recompute), as such a run would train
         gpu.trim_pool();
@@ -278,7 +278,7 @@ fn main() {
         };
         let (s_unet, s_params) = unet(1);
         let (t_unet, t_params) = unet(1);
-        let st = Student { unet: s_unet, params: s_params, adapters: vec![], target: None }.with_ema_target(t_unet, t_params).unwrap();
+        let st = Student { unet: s_unet, params: s_params, adapters: vec![], target: None, text: None }.with_ema_target(t_unet, t_params).unwrap();
         gpu.trim_pool();
         gpu.reset_peak_memory();
         let mut trainer = Trainer::new(TrainConfig { ema_target: Some(0.95), ..config }, st, &rewards, &shards).unwrap();

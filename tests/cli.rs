@@ -288,6 +288,9 @@ fn demo_world_and_train_refuse_bad_settings_before_any_work() {
         (&["--vid-reward-records", "0"][..], "rewarded records must be at least 1"),
         (&["--w-min", "3"][..], "--w-min and --w-max apply to --redraw-w only"),
         (&["--redraw-w", "--w-min", "9", "--w-max", "3"][..], "the guidance-scale range must be finite with min <= max"),
+        (&["--train-text-encoder", "--lora-rank", "4"][..], "--train-text-encoder needs full fine-tuning"),
+        (&["--train-text-encoder", "--unlocked-text-layers", "0"][..], "--unlocked-text-layers must be at least 1"),
+        (&["--unlocked-text-layers", "2"][..], "--train-text-encoder"),
     ] {
         let (ok, _, err) = t2v(&[&["train", "--models", "assets/tiny", "--data", "no-such-shards", "--out", out.to_str().unwrap()][..], args].concat(), &[]);
         assert!(!ok && err.contains(msg), "{args:?}: {err}");

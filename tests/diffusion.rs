@@ -45,7 +45,8 @@ impl StepInputs {
             w: ts.host_f32("in.w").unwrap().1[0],
         }
     }
-    fn sample(&self) -> t2v_turbo::diffusion::distill::CdSample<'_> {
+    /// The record, reading `context`: its context as a constant of the tape that runs it.
+    fn sample<'a>(&'a self, context: &'a t2v_kernels::autograd::Var) -> t2v_turbo::diffusion::distill::CdSample<'a> {
         t2v_turbo::diffusion::distill::CdSample {
             z_t: &self.z_t,
             index: self.index,
@@ -57,7 +58,7 @@ impl StepInputs {
             motion_gs: 0.05,
             motion_percentage: 0.5,
             noise_factor: t2v_turbo::diffusion::distill::NoiseFactor::Code,
-            context: &self.context,
+            context,
             fps: &[8.0],
         }
     }
@@ -116,15 +117,15 @@ fn distillation_steps_lower_the_consistency_loss() {
     use t2v_turbo::diffusion::DdimSolver;
     let (dir, g, unet, params) = fixture_unet();
     let inputs = StepInputs::read(&dir, &g);
-    let sample = inputs.sample();
     let sched = Schedule::videocrafter();
     let solver = DdimSolver::new(&sched, 200);
-    let mut opt = AdamW::new(AdamWConfig { lr: 1e-3, weight_decay: 0.0, ..Default::default() }, vec![ParamGroup { params: params.clone(), lr_scale: 1.0, weight_decay: None }]);
+    let mut opt = AdamW::new(AdamWConfig { lr: 1e-3, weight_decay: 0.0, ..Default::default() }, vec![ParamGroup { params: params.clone(), lr_scale: 1.0, weight_decay: None, clipped: true }]);
     let mut losses = vec![];
     for _ in 0..4 {
         let tape = Tape::new();
         tape.set_trainable(true);
-        let out = consistency_loss(&unet, None, &sched, &solver, &tape, &sample, Distance::PseudoHuber(0.001)).unwrap();
+        let ctx = tape.constant(inputs.context.clone());
+        let out = consistency_loss(&unet, None, &sched, &solver, &tape, &inputs.sample(&ctx), Distance::PseudoHuber(0.001)).unwrap();
         losses.push(out.loss.value().item_at(0).unwrap());
         let grads = tape.backward(&out.loss).unwrap();
         let gs: Vec<Tensor> = params
@@ -187,7 +188,7 @@ fn preprocessed_records_feed_the_distillation_loss() {
         let tape = Tape::new();
         let out = consistency_loss(&unet, None, &sched, &solver, &tape, &CdSample {
             z_t: &r.z_t, index: r.index, cond_eps: &r.cond_eps, uncond_eps: &r.uncond_eps, score: r.score.as_ref(),
-            use_motion: r.score.is_some(), w: r.w, motion_gs: 0.05, motion_percentage: 0.5, noise_factor: Default::default(), context: &ctx, fps: &[8.0],
+            use_motion: r.score.is_some(), w: r.w, motion_gs: 0.05, motion_percentage: 0.5, noise_factor: Default::default(), context: &tape.constant(ctx.clone()), fps: &[8.0],
         }, Distance::PseudoHuber(0.001)).unwrap();
         assert!(out.loss.value().item_at(0).unwrap().is_finite());
     }
@@ -256,11 +257,12 @@ fn consistency_targets_come_from_the_target_network() {
     let loader = Loader::new(&wf, &g, "model.diffusion_model.");
     let (copy, copy_params) = (Unet3d::load(&loader, &cfg).unwrap(), loader.params());
     let inputs = StepInputs::read(&dir, &g);
-    let sample = inputs.sample();
     let sched = Schedule::videocrafter();
     let solver = DdimSolver::new(&sched, 200);
     let run = |target: Option<&Unet3d>, d: Distance| {
-        let out = consistency_loss(&unet, target, &sched, &solver, &Tape::new(), &sample, d).unwrap();
+        let tape = Tape::new();
+        let ctx = tape.constant(inputs.context.clone());
+        let out = consistency_loss(&unet, target, &sched, &solver, &tape, &inputs.sample(&ctx), d).unwrap();
         (out.loss.value().item_at(0).unwrap(), out.model_pred.value().to_vec().unwrap(), out.target.to_vec().unwrap())
     };
     let own = run(None, Distance::PseudoHuber(0.001));
@@ -285,7 +287,6 @@ fn recomputed_unet_blocks_give_the_same_gradients_with_less_memory() {
     use t2v_turbo::diffusion::DdimSolver;
     let (dir, g, mut unet, params) = fixture_unet();
     let inputs = StepInputs::read(&dir, &g);
-    let sample = inputs.sample();
     let sched = Schedule::videocrafter();
     let solver = DdimSolver::new(&sched, 200);
     let mut run = |recompute: bool| -> (f32, Vec<Vec<f32>>, u64) {
@@ -294,7 +295,8 @@ fn recomputed_unet_blocks_give_the_same_gradients_with_less_memory() {
         g.reset_peak_memory();
         let tape = Tape::new();
         tape.train_only(&params);
-        let out = consistency_loss(&unet, None, &sched, &solver, &tape, &sample, Distance::PseudoHuber(0.001)).unwrap();
+        let ctx = tape.constant(inputs.context.clone());
+        let out = consistency_loss(&unet, None, &sched, &solver, &tape, &inputs.sample(&ctx), Distance::PseudoHuber(0.001)).unwrap();
         let grads = tape.backward(&out.loss).unwrap();
         let gs = params.iter().map(|p| tape.param_grad(&grads, p).unwrap().map(|x| x.to_vec().unwrap()).unwrap_or_default()).collect();
         (out.loss.value().item_at(0).unwrap(), gs, g.memory().peak_live_bytes)

@@ -412,6 +412,79 @@ fn the_reference_training_options_act_and_resume_exactly() {
     assert!((lrs[1] - 1e-4).abs() < 1e-10 && (lrs[2] - 5e-5).abs() < 1e-10, "{lrs:?}");
 }
 
+/// `--train-text-encoder` (the reference's `--train_text_encoder`): the student reads its
+/// encoder's context of each caption (the stored one before training), the last N blocks
+/// the context reads and ln_final learn (the unread last block and the earlier ones stay),
+/// the UNet's clipping reads the UNet's gradients alone, a resumed run equals an
+/// uninterrupted one bit for bit, and the student model folder carries the trained encoder.
+#[test]
+fn the_text_encoder_trains_with_the_unet() {
+    let (g, md, data) = opened_fixture();
+    let host = |ts: &[(String, t2v_kernels::Tensor)]| ts.iter().map(|(n, t)| (n.clone(), t.to_vec().unwrap())).collect::<Vec<_>>();
+    let cfg = TrainConfig { text_layers: Some(2), ..config(1) };
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    let text = student.text.as_ref().unwrap();
+    // the tiny encoder has 2 blocks: N = 2 trains block 0 (block 1 is unread) and ln_final
+    let names: Vec<&str> = text.params.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.iter().all(|n| n.starts_with("transformer.resblocks.0.") || n.starts_with("ln_final.")) && names.contains(&"ln_final.weight") && names.len() > 2, "{names:?}");
+    assert!(student.trainable_names().iter().any(|n| n == "cond_stage_model.model.ln_final.weight"));
+    let reader = t2v_turbo::pipeline::model_dir::load_text_file_tensors(&g, &md.text.0, &md.text.1.text, t2v_turbo::models::weights::WeightPrecision::F32).unwrap().1;
+    let all_before: Vec<(String, Vec<f32>)> = reader.iter().map(|(n, _, p)| (n.clone(), p.iter().flat_map(|t| t.to_vec().unwrap()).collect())).collect();
+    let unet_before = host(&student.params);
+    let mut t = Trainer::new(cfg.clone(), student, &rewards, &data).unwrap();
+    let m = t.step().unwrap();
+    // the same step's values as a run that reads the stored contexts
+    let (plain_student, plain_rewards) = load_run(&g, &md, &config(1), None).unwrap();
+    let plain = Trainer::new(config(1), plain_student, &plain_rewards, &data).unwrap().step().unwrap();
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * (1.0 + b.abs());
+    assert!(close(m.loss, plain.loss) && close(m.cd_loss, plain.cd_loss), "with the encoder {m:?}, stored contexts {plain:?}");
+    // the clipping's norm is the UNet's alone; the encoder's is reported apart
+    assert!(close(m.grad_norm, plain.grad_norm), "UNet gradient norm {} vs {}", m.grad_norm, plain.grad_norm);
+    assert!(m.text_grad_norm.is_some_and(|n| n > 0.0) && plain.text_grad_norm.is_none(), "{m:?}");
+    // what moved: the trained tensors, not the frozen ones; the UNet too
+    let text = t.student.text.as_ref().unwrap();
+    let trained: Vec<&str> = text.params.iter().map(|(n, _)| n.as_str()).collect();
+    let now = load_tensors(text);
+    for ((name, was), (_, is)) in all_before.iter().zip(&now) {
+        assert_eq!(trained.contains(&name.as_str()), was != is, "{name}: trained {}, moved {}", trained.contains(&name.as_str()), was != is);
+    }
+    assert_ne!(host(&t.student.params), unet_before);
+    // the model folder carries the trained encoder: its context is the student's
+    let d = tmp("text-encoder");
+    let smd = t2v_turbo::pipeline::train::write_student_model(&d.join("model"), &md, &t.student, 1, SaveDtype::F32).unwrap();
+    assert_eq!(smd.text.0, d.join("model/text.safetensors"));
+    let ids = vec![ClipTokenizer::new().unwrap().encode("a red circle moving left").unwrap().ids];
+    let context = |tower: &t2v_turbo::models::clip::TextTower| {
+        let tape = t2v_kernels::autograd::Tape::new();
+        tape.no_grad(|| tower.penultimate(&tape, &ids)).unwrap().value().to_vec().unwrap()
+    };
+    let (saved, student_ctx, teacher_ctx) = (context(&smd.load_text(&g).unwrap()), context(&text.tower), context(&md.load_text(&g).unwrap()));
+    assert_eq!(saved, student_ctx);
+    assert_ne!(saved, teacher_ctx);
+    // stopped after step 1 and resumed: the uninterrupted run bit for bit
+    let cfg = TrainConfig { text_layers: Some(2), batch_size: 2, ..config(3) };
+    let steps = |out: &Path, stop: Option<u64>| {
+        let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+        let mut t = Trainer::new(cfg.clone(), student, &rewards, &data).unwrap();
+        run(&mut t, &opts(out, stop)).unwrap().iter().map(|m| (m.loss.to_bits(), m.grad_norm.to_bits(), m.text_grad_norm.map(f32::to_bits))).collect::<Vec<_>>()
+    };
+    let straight = steps(&tmp("text-straight"), None);
+    let dir = tmp("text-resumed");
+    let mut parts = steps(&dir, Some(1));
+    parts.extend(steps(&dir, None));
+    assert_eq!(parts, straight);
+    // refused: more layers than the encoder has, and with LoRA
+    let e = load_run(&g, &md, &TrainConfig { text_layers: Some(3), ..config(1) }, None).err().expect("3 of 2 layers").to_string();
+    assert!(e.contains("has 2 resblocks"), "{e}");
+    let e = load_run(&g, &md, &TrainConfig { text_layers: Some(2), lora: Some(LoraConfig { rank: 2, alpha: 2.0 }), ..config(1) }, None).err().expect("with LoRA").to_string();
+    assert!(e.contains("full fine-tuning"), "{e}");
+}
+
+/// Every tensor of a trained text encoder, by key, on the host.
+fn load_tensors(text: &t2v_turbo::pipeline::train::TextStudent) -> Vec<(String, Vec<f32>)> {
+    text.tensors().iter().map(|(n, _, p)| (n.clone(), p.iter().flat_map(|t| t.to_vec().unwrap()).collect())).collect()
+}
+
 /// `--recompute` (UNet blocks, the reward frames' VAE decoding and the reward models'
 /// vision layers recomputed in the backward) trains the same steps — losses, rewards and
 /// gradient norms — with less memory at the peak; with LoRA too (the adapters' gradients
@@ -777,7 +850,7 @@ fn the_commands_run_end_to_end() {
 
     std::fs::write(d.join("val.txt"), "a red circle moving left\n\n").unwrap();
     let val = p("val.txt");
-    let train = ["train", "--models", &m, "--data", &p("shards"), "--out", &p("run"), "--steps", "2", "--checkpoint-every", "1", "--lr", "1e-4", "--validate-every", "2", "--validate-prompts", &val, "--model-dtype", "bf16", "--lr-scheduler", "cosine_with_restarts", "--lr-warmup-steps", "1", "--ema-target"];
+    let train = ["train", "--models", &m, "--data", &p("shards"), "--out", &p("run"), "--steps", "2", "--checkpoint-every", "1", "--lr", "1e-4", "--validate-every", "2", "--validate-prompts", &val, "--model-dtype", "bf16", "--lr-scheduler", "cosine_with_restarts", "--lr-warmup-steps", "1", "--ema-target", "--train-text-encoder", "--unlocked-text-layers", "2"];
     // out of memory (the models alone over --max-memory): stopped, with the options that
     // need less
     let (ok, out) = t2v(&[&train[..5], &["--out", &p("tight"), "--max-memory", "1MiB", "--recompute", "--weights-dtype", "f32"]].concat());
@@ -789,6 +862,9 @@ fn the_commands_run_end_to_end() {
     // the student's weights as asked (the checkpoints stay f32, for exact resumption)
     let dtypes = |f: PathBuf| t2v_turbo::models::weights::WeightFile::open(&f).unwrap().entries().values().map(|e| e.dtype).collect::<std::collections::BTreeSet<_>>();
     assert_eq!(dtypes(d.join("run/model/unet.safetensors")).into_iter().collect::<Vec<_>>(), vec![safetensors::Dtype::BF16]);
+    // the trained text encoder too (block 0 of the tiny encoder's 2, and ln_final)
+    assert_eq!(dtypes(d.join("run/model/text.safetensors")).into_iter().collect::<Vec<_>>(), vec![safetensors::Dtype::BF16]);
+    assert!(out.contains("text encoder: ") && out.contains("(resblock 0 of 2 and ln_final;"), "{out}");
     assert_eq!(dtypes(d.join("run/checkpoints/step-000002/student.safetensors")).into_iter().collect::<Vec<_>>(), vec![safetensors::Dtype::F32]);
     assert!(out.contains("validation at step 0: accuracy") && out.contains("validation at step 2: "), "{out}");
     assert!(out.contains("GPU memory held through the run: models") && out.contains("f32 moments; --adam8bit: a quarter"), "{out}");

@@ -139,7 +139,7 @@ fn main() {
         (block(&vars).unwrap(), vars)
     };
     let tf = best_time(budget, 3, || finite(forward(&Tape::new()).0.value()));
-    let mut opt = AdamW::new(AdamWConfig { lr: 1e-4, ..Default::default() }, vec![ParamGroup { params: params.all(), lr_scale: 1.0, weight_decay: None }]);
+    let mut opt = AdamW::new(AdamWConfig { lr: 1e-4, ..Default::default() }, vec![ParamGroup { params: params.all(), lr_scale: 1.0, weight_decay: None, clipped: true }]);
     let before = params.proj.item_at(0).unwrap();
     let ts = best_time(budget, 3, || {
         let tape = Tape::new();
@@ -165,7 +165,7 @@ fn main() {
     let mut f32_ms = 0.0;
     for eight_bit in [false, true] {
         let weights: Vec<Tensor> = sizes.iter().enumerate().map(|(i, &n)| t(&gpu, &[n], 40 + i as u32, 1.0)).collect();
-        let mut opt = AdamW::new(AdamWConfig { lr: 1e-4, eight_bit, ..Default::default() }, vec![ParamGroup { params: weights.clone(), lr_scale: 1.0, weight_decay: None }]);
+        let mut opt = AdamW::new(AdamWConfig { lr: 1e-4, eight_bit, ..Default::default() }, vec![ParamGroup { params: weights.clone(), lr_scale: 1.0, weight_decay: None, clipped: true }]);
         let ms = 1e3 * best_time(budget, 3, || {
             let info = opt.step(&grads, Some(1.0)).unwrap();
             finite(&weights[0]);

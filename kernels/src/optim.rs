@@ -126,13 +126,19 @@ pub struct ParamGroup {
     pub lr_scale: f32,
     /// Overrides the optimizer's weight decay.
     pub weight_decay: Option<f32>,
+    /// Whether the group's gradients count in the global norm of [`AdamW::step`]'s clipping
+    /// and are scaled by it (false: used as they are, like parameters left out of
+    /// torch.nn.utils.clip_grad_norm_).
+    pub clipped: bool,
 }
 
 /// What one step measured (lazily: nothing is read back unless asked).
 #[derive(Debug)]
 pub struct StepInfo {
-    /// The global gradient norm before clipping, shape `[1]`.
+    /// The global norm of the clipped groups' gradients before clipping, shape `[1]`.
     pub grad_norm: Tensor,
+    /// The same over the groups outside the clipping (None when there are none).
+    pub unclipped_norm: Option<Tensor>,
 }
 
 /// AdamW over parameter groups; updates the parameter tensors in place.
@@ -166,8 +172,9 @@ impl AdamW {
     }
 
     /// One update from `grads` (one per parameter, same order and shapes). With
-    /// `max_norm`, gradients are scaled by min(1, max_norm / (||g|| + 1e-6)) like
-    /// torch.nn.utils.clip_grad_norm_, the norm being computed on the GPU.
+    /// `max_norm`, the gradients of the [`ParamGroup::clipped`] groups are scaled by
+    /// min(1, max_norm / (||g|| + 1e-6)) like torch.nn.utils.clip_grad_norm_ over their
+    /// parameters, the norm being computed on the GPU.
     pub fn step(&mut self, grads: &[Tensor], max_norm: Option<f32>) -> Result<StepInfo> {
         let n_params = self.params().count();
         if grads.len() != n_params {
@@ -182,14 +189,20 @@ impl AdamW {
             return opt_err("no parameters to optimise");
         };
         let gpu = first.gpu().clone();
-        let grad_norm = global_norm(grads)?;
+        // which gradients the clipping reads and scales
+        let clipped: Vec<bool> = self.groups.iter().flat_map(|g| std::iter::repeat_n(g.clipped, g.params.len())).collect();
+        let pick = |on: bool| grads.iter().zip(&clipped).filter(|(_, &c)| c == on).map(|(g, _)| g.clone()).collect::<Vec<_>>();
+        let (inside, outside) = (pick(true), pick(false));
+        let grad_norm = if inside.is_empty() { Tensor::zeros(&gpu, &[1])? } else { global_norm(&inside)? };
+        let unclipped_norm = if outside.is_empty() { None } else { Some(global_norm(&outside)?) };
+        let one = Tensor::full(&gpu, &[1], 1.0)?;
         let clip = match max_norm {
             Some(mx) => {
                 // min(1, max / (norm + 1e-6))
                 let coef = ops::scale(&ops::recip(&ops::affine(&grad_norm, 1.0, 1e-6)?)?, mx)?;
-                ops::minimum(&coef, &Tensor::full(&gpu, &[1], 1.0)?)?
+                ops::minimum(&coef, &one)?
             }
-            None => Tensor::full(&gpu, &[1], 1.0)?,
+            None => one.clone(),
         };
         if self.state.is_empty() {
             self.state = self.zero_state()?;
@@ -200,6 +213,7 @@ impl AdamW {
         let mut k = 0;
         for group in &self.groups {
             let wd = group.weight_decay.unwrap_or(c.weight_decay);
+            let clip = if group.clipped { &clip } else { &one };
             for p in &group.params {
                 let prm = Params {
                     n: p.numel() as u32,
@@ -215,17 +229,17 @@ impl AdamW {
                 };
                 match &self.state[k] {
                     _ if p.numel() == 0 => {}
-                    State::F32 { m, v } => launch(&gpu, &OPTIM, "adamw", &[], bytemuck::bytes_of(&prm), &[p, &grads[k], m, v, &clip], fold_groups(&gpu, p.numel(), 256))?,
+                    State::F32 { m, v } => launch(&gpu, &OPTIM, "adamw", &[], bytemuck::bytes_of(&prm), &[p, &grads[k], m, v, clip], fold_groups(&gpu, p.numel(), 256))?,
                     State::Q8 { m, v, absmax } => {
                         let codes = self.codes.as_ref().expect("created with the 8-bit states");
                         let blocks = p.numel().div_ceil(Q8_BLOCK);
-                        ops::launch_at(&gpu, &OPTIM, "adamw8bit", &[], bytemuck::bytes_of(&prm), 8, &[p, &grads[k], m, v, absmax, &clip, codes], fold_groups(&gpu, blocks, 1))?
+                        ops::launch_at(&gpu, &OPTIM, "adamw8bit", &[], bytemuck::bytes_of(&prm), 8, &[p, &grads[k], m, v, absmax, clip, codes], fold_groups(&gpu, blocks, 1))?
                     }
                 }
                 k += 1;
             }
         }
-        Ok(StepInfo { grad_norm })
+        Ok(StepInfo { grad_norm, unclipped_norm })
     }
 
     /// Bytes the moments take on the device (0 before the first step).

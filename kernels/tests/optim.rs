@@ -33,8 +33,8 @@ fn adamw_matches_torch_with_groups_and_clipping() {
     let (p0, p0v) = rand_tensor(&[7, 3], 1, -1.0, 1.0);
     let (p1, p1v) = rand_tensor(&[5], 2, -1.0, 1.0);
     let mut opt = AdamW::new(c, vec![
-        ParamGroup { params: vec![p0.clone()], lr_scale: 1.0, weight_decay: None },
-        ParamGroup { params: vec![p1.clone()], lr_scale: 0.5, weight_decay: Some(0.0) },
+        ParamGroup { params: vec![p0.clone()], lr_scale: 1.0, weight_decay: None, clipped: true },
+        ParamGroup { params: vec![p1.clone()], lr_scale: 0.5, weight_decay: Some(0.0), clipped: true },
     ]);
     let (mut h0, mut h1) = (to64(&p0v), to64(&p1v));
     let mut s0 = HostAdamW { m: vec![0.0; 21], v: vec![0.0; 21], t: 0 };
@@ -57,6 +57,43 @@ fn adamw_matches_torch_with_groups_and_clipping() {
     assert!(bad.to_string().contains("shape"), "{bad}");
 }
 
+/// A group outside the clipping (like parameters left out of torch's clip_grad_norm_):
+/// the norm and the scale come from the clipped group alone, its own gradients are used
+/// as they are, and its norm is reported apart.
+#[test]
+fn a_group_can_stay_outside_the_clipping() {
+    let g = gpu();
+    // an epsilon that makes the update depend on the gradient's scale (Adam's is
+    // otherwise nearly scale-free, so a wrong clip would hardly show)
+    let c = AdamWConfig { lr: 0.05, eps: 1.0, weight_decay: 0.0, ..Default::default() };
+    let (p0, p0v) = rand_tensor(&[4, 5], 3, -1.0, 1.0);
+    let (p1, p1v) = rand_tensor(&[3, 3], 4, -1.0, 1.0);
+    let mut opt = AdamW::new(c, vec![
+        ParamGroup { params: vec![p0.clone()], lr_scale: 1.0, weight_decay: None, clipped: true },
+        ParamGroup { params: vec![p1.clone()], lr_scale: 1.0, weight_decay: None, clipped: false },
+    ]);
+    let (mut h0, mut h1) = (to64(&p0v), to64(&p1v));
+    let mut s0 = HostAdamW { m: vec![0.0; 20], v: vec![0.0; 20], t: 0 };
+    let mut s1 = HostAdamW { m: vec![0.0; 9], v: vec![0.0; 9], t: 0 };
+    for step in 0..3 {
+        let g0 = Rng::new(30 + step).uniform(20, -2.0, 2.0);
+        // large enough that a norm over both groups would clip differently
+        let g1 = Rng::new(40 + step).uniform(9, -20.0, 20.0);
+        let grads = [Tensor::from_slice(g, &[4, 5], &g0).unwrap(), Tensor::from_slice(g, &[3, 3], &g1).unwrap()];
+        let info = opt.step(&grads, Some(0.5)).unwrap();
+        let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let (n0, n1) = (norm(&g0), norm(&g1));
+        assert!((info.grad_norm.item_at(0).unwrap() as f64 - n0).abs() < 1e-4 * n0);
+        assert!((info.unclipped_norm.as_ref().unwrap().item_at(0).unwrap() as f64 - n1).abs() < 1e-4 * n1);
+        let clip = (0.5 / (n0 + 1e-6)).min(1.0);
+        assert!(clip < 1.0);
+        s0.step(&mut h0, &to64(&g0).iter().map(|x| x * clip).collect::<Vec<_>>(), 0.05, 0.0, &c);
+        s1.step(&mut h1, &to64(&g1), 0.05, 0.0, &c);
+        assert_close(&format!("clipped param step {step}"), &p0.to_vec().unwrap(), &h0, 2e-6, 2e-5);
+        assert_close(&format!("unclipped param step {step}"), &p1.to_vec().unwrap(), &h1, 2e-6, 2e-5);
+    }
+}
+
 #[test]
 fn state_round_trips_and_resumes_exactly() {
     let g = gpu();
@@ -67,7 +104,7 @@ fn state_round_trips_and_resumes_exactly() {
     let grads: Vec<Tensor> = (0..5).map(|s| Tensor::from_slice(g, &[3, 4], &Rng::new(40 + s).uniform(12, -1.0, 1.0)).unwrap()).collect();
     let make = || {
         let p = Tensor::from_slice(g, &[3, 4], &init).unwrap();
-        (p.clone(), AdamW::new(AdamWConfig { lr: 0.01, ..Default::default() }, vec![ParamGroup { params: vec![p], lr_scale: 1.0, weight_decay: None }]))
+        (p.clone(), AdamW::new(AdamWConfig { lr: 0.01, ..Default::default() }, vec![ParamGroup { params: vec![p], lr_scale: 1.0, weight_decay: None, clipped: true }]))
     };
     // uninterrupted: 5 steps
     let (pa, mut a) = make();
@@ -95,7 +132,7 @@ fn state_round_trips_and_resumes_exactly() {
     assert!(e.contains("junk.safetensors"), "{e}");
     let (_, mut other) = {
         let p = Tensor::zeros(g, &[2]).unwrap();
-        (p.clone(), AdamW::new(AdamWConfig::default(), vec![ParamGroup { params: vec![p.clone(), p], lr_scale: 1.0, weight_decay: None }]))
+        (p.clone(), AdamW::new(AdamWConfig::default(), vec![ParamGroup { params: vec![p.clone(), p], lr_scale: 1.0, weight_decay: None, clipped: true }]))
     };
     assert!(other.load(&path).unwrap_err().to_string().contains("parameters"));
     assert!(c.load(&dir.join("missing.safetensors")).is_err());
@@ -143,7 +180,7 @@ fn a_small_network_learns_on_this_device() {
         .into_iter()
         .map(|(s, seed, a)| Tensor::from_slice(g, &s, &Rng::new(seed).uniform(numel(&s), -a, a)).unwrap())
         .collect();
-    let mut opt = AdamW::new(AdamWConfig { lr: 0.02, weight_decay: 0.0, ..Default::default() }, vec![ParamGroup { params: params.clone(), lr_scale: 1.0, weight_decay: None }]);
+    let mut opt = AdamW::new(AdamWConfig { lr: 0.02, weight_decay: 0.0, ..Default::default() }, vec![ParamGroup { params: params.clone(), lr_scale: 1.0, weight_decay: None, clipped: true }]);
     let mut losses = vec![];
     for step in 0..300 {
         let tape = Tape::new();
@@ -239,7 +276,7 @@ fn adamw_8bit_states_match_blockwise_quantisation() {
     let ns: Vec<usize> = shapes.iter().map(|s| numel(s)).collect();
     let init: Vec<(Tensor, Vec<f32>)> = shapes.iter().enumerate().map(|(k, s)| rand_tensor(s, 30 + k as u64, -1.0, 1.0)).collect();
     let params: Vec<Tensor> = init.iter().map(|(t, _)| t.clone()).collect();
-    let mut opt = AdamW::new(c, vec![ParamGroup { params: params.clone(), lr_scale: 1.0, weight_decay: None }]);
+    let mut opt = AdamW::new(c, vec![ParamGroup { params: params.clone(), lr_scale: 1.0, weight_decay: None, clipped: true }]);
     let mut host: Vec<Vec<f32>> = init.iter().map(|(_, v)| v.clone()).collect();
     let mut q8: Vec<HostAdamW8> = ns[..2].iter().map(|&n| HostAdamW8::new(n)).collect();
     let mut small = HostAdamW { m: vec![0.0; 15], v: vec![0.0; 15], t: 0 };
@@ -277,8 +314,8 @@ fn adamw_8bit_states_match_blockwise_quantisation() {
     assert_eq!(ns.iter().map(|&n| state_bytes(n, true)).sum::<u64>(), want_bytes as u64);
     // resume: the state after step 1, reloaded, continues as the run did
     let resumed: Vec<Tensor> = init.iter().map(|(t, v)| Tensor::from_slice(g, t.shape(), v).unwrap()).collect();
-    let mut again = AdamW::new(c, vec![ParamGroup { params: resumed.clone(), lr_scale: 1.0, weight_decay: None }]);
-    let mut straight = AdamW::new(c, vec![ParamGroup { params: resumed.iter().map(|t| Tensor::from_slice(g, t.shape(), &t.to_vec().unwrap()).unwrap()).collect(), lr_scale: 1.0, weight_decay: None }]);
+    let mut again = AdamW::new(c, vec![ParamGroup { params: resumed.clone(), lr_scale: 1.0, weight_decay: None, clipped: true }]);
+    let mut straight = AdamW::new(c, vec![ParamGroup { params: resumed.iter().map(|t| Tensor::from_slice(g, t.shape(), &t.to_vec().unwrap()).unwrap()).collect(), lr_scale: 1.0, weight_decay: None, clipped: true }]);
     let step_with = |o: &mut AdamW, s: u64| {
         let grads: Vec<Tensor> = grads_at(s).iter().zip(&shapes).map(|(v, sh)| Tensor::from_slice(g, sh, v).unwrap()).collect();
         o.step(&grads, Some(10.0)).unwrap();
@@ -291,14 +328,14 @@ fn adamw_8bit_states_match_blockwise_quantisation() {
     again.save(&mid).unwrap();
     let weights: Vec<Vec<f32>> = resumed.iter().map(|t| t.to_vec().unwrap()).collect();
     let reloaded: Vec<Tensor> = weights.iter().zip(&shapes).map(|(v, s)| Tensor::from_slice(g, s, v).unwrap()).collect();
-    let mut third = AdamW::new(c, vec![ParamGroup { params: reloaded.clone(), lr_scale: 1.0, weight_decay: None }]);
+    let mut third = AdamW::new(c, vec![ParamGroup { params: reloaded.clone(), lr_scale: 1.0, weight_decay: None, clipped: true }]);
     third.load(&mid).unwrap();
     step_with(&mut third, 2);
     step_with(&mut straight, 2);
     let bits = |ts: &[Tensor]| ts.iter().flat_map(|t| t.to_vec().unwrap()).map(f32::to_bits).collect::<Vec<_>>();
     assert_eq!(bits(&reloaded), bits(&straight.params().cloned().collect::<Vec<_>>()), "a resumed 8-bit state continues bit for bit");
     // the other kind of state is refused
-    let mut f32opt = AdamW::new(AdamWConfig { eight_bit: false, ..c }, vec![ParamGroup { params: reloaded, lr_scale: 1.0, weight_decay: None }]);
+    let mut f32opt = AdamW::new(AdamWConfig { eight_bit: false, ..c }, vec![ParamGroup { params: reloaded, lr_scale: 1.0, weight_decay: None, clipped: true }]);
     let e = f32opt.load(&mid).unwrap_err().to_string();
     assert!(e.contains("8-bit moments") && e.contains("32-bit"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -56,8 +56,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 8000)]
     pub steps: u64,
     /// Records per optimizer step. Each record runs (forward, rewards, backward) on its own and
-    /// their gradients are averaged: a larger batch costs time, not memory (the reference's
-    /// 8-GPU run averages 3 records on each of its 6 distillation processes).
+    /// their gradients are averaged: a larger batch costs time, not memory, so it also
+    /// plays the part of the reference's `--gradient_accumulation_steps` (its 8-GPU run
+    /// averages 3 records on each of its 6 distillation processes: 18).
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
     /// AdamW learning rate (after the warmup, before any decay of --lr-scheduler).
@@ -184,6 +185,18 @@ pub struct TrainArgs {
     /// LoRA scale numerator: the adapters' product is scaled by alpha / rank.
     #[arg(long, default_value_t = 64.0)]
     pub lora_alpha: f32,
+    /// Train the conditioning text encoder too (the reference's `--train_text_encoder`):
+    /// its last --unlocked-text-layers resblocks and its final layer norm, at the UNet's
+    /// rate, outside the gradient clipping (the reference clips the UNet's gradients alone);
+    /// the student reads its context of each caption instead of the stored one. The student
+    /// model folder then holds the trained text.safetensors. Full fine-tuning only.
+    #[arg(long)]
+    pub train_text_encoder: bool,
+    /// --train-text-encoder: the last N resblocks train, counted as the reference counts
+    /// (`--unlocked_text_layers`, 4): the very last, which the UNet's penultimate-layer
+    /// context does not read, is one of them, so N - 1 blocks learn.
+    #[arg(long, default_value_t = 4, requires = "train_text_encoder")]
+    pub unlocked_text_layers: usize,
     /// Recompute each UNet block, each reward frame's VAE decoding and the reward models'
     /// vision layers during the backward pass instead of keeping their activations (much
     /// less memory at full size, about one more forward of time; with LoRA too). Without
@@ -296,6 +309,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         reward_captions: a.reward_captions,
         redraw_w: a.redraw_w.then_some((a.w_min.unwrap_or(5.0), a.w_max.unwrap_or(15.0))),
         lora: (a.lora_rank > 0).then_some(LoraConfig { rank: a.lora_rank, alpha: a.lora_alpha }),
+        text_layers: a.train_text_encoder.then_some(a.unlocked_text_layers),
         reward_input: a.reward_input,
         reward_sample_steps: a.reward_sample_steps.map_or(TrainConfig::default().reward_sample_steps, |n| n as usize),
         recompute: a.recompute,
@@ -331,6 +345,18 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         student.params.iter().map(|(_, t)| t.numel()).sum::<usize>(),
         if student.adapters.is_empty() { String::new() } else { format!(", LoRA rank {} on {} weights", a.lora_rank, student.adapters.len()) }
     );
+    if let Some(text) = &student.text {
+        let layers = text.tower.config.layers;
+        let blocks = match a.unlocked_text_layers {
+            1 => "no resblock".to_string(),
+            2 => format!("resblock {}", layers - 2),
+            n => format!("resblocks {}-{}", layers - n, layers - 2),
+        };
+        eprintln!(
+            "text encoder: {} parameters train ({blocks} of {layers} and ln_final; the last block, unread by the context, stays)",
+            text.params.iter().map(|(_, t)| t.numel()).sum::<usize>()
+        );
+    }
     // what stays on the device through the run, before any activation
     let trained: Vec<usize> = student.trainable().iter().map(|t| t.numel()).collect();
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;

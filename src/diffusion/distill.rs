@@ -66,7 +66,8 @@ pub struct CdSample<'a> {
     /// Fraction of the trajectory (high noise) where motion guidance applies (0.5).
     pub motion_percentage: f32,
     pub noise_factor: NoiseFactor,
-    pub context: &'a Tensor,
+    /// The UNet's text context (tracked when the text encoder trains).
+    pub context: &'a Var,
     pub fps: &'a [f32],
 }
 
@@ -95,10 +96,10 @@ pub fn consistency_loss(unet: &Unet3d, target: Option<&Unet3d>, sched: &Schedule
     let w_emb = tape.constant(guidance_scale_embedding(gpu, &vec![s.w; b], unet.config.time_cond_proj_dim.unwrap_or(256))?);
     let m_emb = tape.constant(guidance_scale_embedding(gpu, &vec![m; b], unet.config.motion_cond_proj_dim.unwrap_or(256))?);
     let motion = unet.config.motion_cond_proj_dim.map(|_| &m_emb);
-    let context = tape.constant(s.context.clone());
+    let context = s.context;
     let run = |unet: &Unet3d, z: &Var, t: usize| -> Result<Var> {
         let ts = vec![t as f32; b];
-        let eps = unet.forward(&UnetInputs { z, t: &ts, context: &context, fps: s.fps, w_embedding: Some(&w_emb), motion_embedding: motion, record_attention: false })?.eps;
+        let eps = unet.forward(&UnetInputs { z, t: &ts, context, fps: s.fps, w_embedding: Some(&w_emb), motion_embedding: motion, record_attention: false })?.eps;
         sched.x0_from_eps(z, &eps, t)
     };
     let z = tape.constant(s.z_t.clone());

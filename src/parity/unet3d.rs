@@ -86,7 +86,9 @@ fn train_step(dir: &Path, unet: &Unet3d, params: &[(String, t2v_kernels::Tensor)
     let gpu = unet_gpu(params)?;
     let t = |k: &str| ts.tensor(&gpu, k);
     let scalar = |k: &str| -> Result<f32, ParityError> { Ok(ts.host_f32(k)?.1[0]) };
-    let (z_t, cond, uncond, score, context) = (t("in.z_t")?, t("in.cond_teacher_out")?, t("in.uncond_teacher_out")?, t("in.score")?, t("in.context")?);
+    let (z_t, cond, uncond, score) = (t("in.z_t")?, t("in.cond_teacher_out")?, t("in.uncond_teacher_out")?, t("in.score")?);
+    let tape = Tape::new();
+    let context = tape.constant(t("in.context")?);
     let fps: Vec<f32> = ts.host_i64("in.fps")?.1.into_iter().map(|x| x as f32).collect();
     let use_motion = ts.host_f32("in.use_motion_guide")?.1[0] != 0.0;
     let sample = CdSample {
@@ -105,7 +107,6 @@ fn train_step(dir: &Path, unet: &Unet3d, params: &[(String, t2v_kernels::Tensor)
     };
     let sched = Schedule::videocrafter();
     let solver = DdimSolver::new(&sched, 200);
-    let tape = Tape::new();
     tape.set_trainable(true);
     let out = consistency_loss(unet, None, &sched, &solver, &tape, &sample, Distance::PseudoHuber(0.001))?;
     let mut checks = vec![

@@ -253,13 +253,20 @@ pub fn load_vae_file(gpu: &Gpu, path: &Path, config: &VaeConfig, precision: Weig
 /// The conditioning text tower from `path` (VideoCrafter2's `cond_stage_model.model.`
 /// prefix, an open_clip file, or none); the rest of an open_clip model is ignored.
 pub fn load_text_file(gpu: &Gpu, path: &Path, config: &TextConfig, precision: WeightPrecision) -> Result<TextTower> {
+    Ok(load_text_file_tensors(gpu, path, config, precision)?.0)
+}
+
+/// [`load_text_file`], with every tensor of the tower as [`save_weight_parts`] writes them
+/// (keys without prefix; the tower reads these very tensors).
+pub fn load_text_file_tensors(gpu: &Gpu, path: &Path, config: &TextConfig, precision: WeightPrecision) -> Result<(TextTower, Vec<(String, Vec<usize>, Vec<t2v_kernels::Tensor>)>)> {
     let f = WeightFile::open(path)?;
     let l = Loader::new(&f, gpu, &f.prefix_among(&["cond_stage_model.model."]))
         .ignoring(&["visual.", "text_projection", "logit_scale", "model.diffusion_model.", "first_stage_model."])
         .with_precision(precision);
     let t = TextTower::load(&l, config, None)?;
+    let tensors = l.all_tensors();
     l.finish()?;
-    Ok(t)
+    Ok((t, tensors))
 }
 
 pub fn load_clip(gpu: &Gpu, path: &Path, config: &ClipConfig, precision: WeightPrecision) -> Result<Clip> {

@@ -193,7 +193,7 @@ mod tests {
     /// A learning-rate panel joins the five when a schedule changes the rate.
     #[test]
     fn the_learning_rate_is_plotted_when_it_changes() {
-        let step = |k: u64, lr: f32| StepMetrics { step: k, loss: 1.0 / k as f32, cd_loss: 0.5, image_reward: Some(0.1), video_reward: None, image_reward_records: 1, video_reward_records: 0, grad_norm: 2.0, lr, seconds: 1.0, peak_gpu_mib: 1.0, peak_live_mib: 1.0 };
+        let step = |k: u64, lr: f32| StepMetrics { step: k, loss: 1.0 / k as f32, cd_loss: 0.5, image_reward: Some(0.1), video_reward: None, image_reward_records: 1, video_reward_records: 0, grad_norm: 2.0, text_grad_norm: None, lr, seconds: 1.0, peak_gpu_mib: 1.0, peak_live_mib: 1.0 };
         let dir = std::env::temp_dir().join(format!("t2v-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (flat, decaying) = (dir.join("flat.png"), dir.join("decaying.png"));

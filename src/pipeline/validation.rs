@@ -29,7 +29,8 @@ pub struct Validation {
     pub options: SampleOptions,
     /// Videos per sampling batch.
     pub batch: usize,
-    /// The text tower of the model folder (training itself reads stored text contexts).
+    /// The text tower of the model folder (training itself reads stored text contexts; a
+    /// run that trains the text encoder samples with its own).
     pub text: TextTower,
 }
 
@@ -60,7 +61,9 @@ pub fn validate(trainer: &Trainer, v: &Validation, out: &Path) -> Result<Validat
     let models = trainer.models;
     let tape = Tape::new();
     trainer.student.attach_for_sampling(&tape)?;
-    let sampler = SamplerModels { unet: &trainer.student.unet, vae: &models.vae, text: &v.text, tokenizer: &models.tokenizer, schedule: trainer.schedule() };
+    // a run that trains the text encoder samples with the trained one
+    let text = trainer.student.text.as_ref().map_or(&v.text, |t| &t.tower);
+    let sampler = SamplerModels { unet: &trainer.student.unet, vae: &models.vae, text, tokenizer: &models.tokenizer, schedule: trainer.schedule() };
     let o = &v.options;
     let dir = out.join("validation").join(format!("step-{:06}", trainer.state.step));
     std::fs::create_dir_all(&dir).map_err(|e| WeightsError::Write { path: dir.display().to_string(), msg: e.to_string() })?;

@@ -108,7 +108,7 @@ pub fn run_loop(
 ) -> Result<Vec<LoopMetrics>> {
     let io = |p: &Path, e: std::io::Error| WeightsError::Io { path: p.display().to_string(), msg: e.to_string() };
     let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
-    let mut opt = AdamW::new(AdamWConfig { lr: cfg.lr, weight_decay: 0.0, ..Default::default() }, vec![ParamGroup { params: tensors.clone(), lr_scale: 1.0, weight_decay: None }]);
+    let mut opt = AdamW::new(AdamWConfig { lr: cfg.lr, weight_decay: 0.0, ..Default::default() }, vec![ParamGroup { params: tensors.clone(), lr_scale: 1.0, weight_decay: None, clipped: true }]);
     let ckpts = dir.join("checkpoints");
     let mut rng = Gaussian::new(cfg.seed ^ 0x009E_7A1A);
     let mut at = 0u64;

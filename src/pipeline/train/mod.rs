@@ -10,7 +10,8 @@
 //! loss = mean cd - beta_img * mean R_img - beta_vid * mean R_vid (each mean over the
 //! step's records that have the term); AdamW with global-norm clipping, a
 //! learning-rate schedule, and optionally another rate for the temporal transformers.
-//! Full fine-tuning or LoRA adapters on every >= 2-D UNet weight.
+//! Full fine-tuning or LoRA adapters on every >= 2-D UNet weight; optionally the
+//! conditioning text encoder's last layers too (the reference's `--train_text_encoder`).
 //!
 //! Everything a step draws comes from one seeded stream, and the data order from the seed
 //! and the epoch, so a run resumed from a checkpoint (weights, optimizer, stream state,
@@ -26,6 +27,7 @@ use t2v_kernels::{Gpu, Tensor};
 
 use crate::diffusion::distill::Distance;
 use crate::diffusion::{DdimSolver, Schedule};
+use crate::models::clip::TextTower;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet3d::Unet3d;
 use crate::models::vae::Vae;
@@ -115,6 +117,16 @@ pub struct TrainConfig {
     #[serde(default)]
     pub redraw_w: Option<(f32, f32)>,
     pub lora: Option<LoraConfig>,
+    /// Train the conditioning text encoder too: its last `n` resblocks and its final layer
+    /// norm, counted as the reference counts them (`--train_text_encoder` with
+    /// `--unlocked_text_layers`, 4; off there): the very last block, which the UNet's
+    /// penultimate-layer context does not read, is one of the `n` and gets no gradient, so
+    /// `n - 1` blocks train. The student then reads the context its encoder makes of each
+    /// record's caption instead of the stored one; these weights join the optimizer's
+    /// default group, outside the gradient clipping (the reference clips the UNet's alone).
+    /// Full fine-tuning only.
+    #[serde(default)]
+    pub text_layers: Option<usize>,
     /// What the rewards score (the reference: the consistency output on the data).
     #[serde(default)]
     pub reward_input: RewardInput,
@@ -164,6 +176,7 @@ impl Default for TrainConfig {
             reward_captions: RewardCaptions::Auto,
             redraw_w: None,
             lora: None,
+            text_layers: None,
             reward_input: RewardInput::Data,
             reward_sample_steps: default_reward_sample_steps(),
             recompute: false,
@@ -210,6 +223,12 @@ impl TrainConfig {
         }
         if self.ema_target.is_some() && self.lora.is_some() {
             return Err(EMA_WITH_LORA.into());
+        }
+        if self.text_layers == Some(0) {
+            return Err("--unlocked-text-layers must be at least 1".into());
+        }
+        if self.text_layers.is_some() && self.lora.is_some() {
+            return Err(TEXT_WITH_LORA.into());
         }
         if let Some((lo, hi)) = self.redraw_w.filter(|(lo, hi)| !(lo.is_finite() && hi.is_finite() && lo <= hi)) {
             return Err(format!("the guidance-scale range must be finite with min <= max, got {lo}..{hi}"));
@@ -308,7 +327,13 @@ pub struct StepMetrics {
     pub image_reward_records: usize,
     #[serde(default)]
     pub video_reward_records: usize,
+    /// The gradient norm of the UNet's trained tensors (or adapters) before clipping: what
+    /// the clipping reads.
     pub grad_norm: f32,
+    /// The trained text encoder's gradient norm (not clipped; None without
+    /// [`TrainConfig::text_layers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_grad_norm: Option<f32>,
     pub lr: f32,
     pub seconds: f32,
     /// The step's peak of device memory: tensors and the pool of reusable buffers (the
@@ -363,6 +388,49 @@ pub struct Student {
     pub adapters: Vec<(usize, Lora)>,
     /// The network of the consistency targets when it is not the student itself.
     pub target: Option<EmaTarget>,
+    /// The conditioning text encoder when it trains too ([`TrainConfig::text_layers`]).
+    pub text: Option<TextStudent>,
+}
+
+/// The conditioning text encoder of a run that trains it ([`TrainConfig::text_layers`]):
+/// the whole tower in f32, of which `params` train.
+pub struct TextStudent {
+    pub tower: TextTower,
+    /// The trained tensors (keys of the text file, without prefix).
+    pub params: Vec<(String, Tensor)>,
+    /// Every tensor of the tower (`params` among them), as its file is written.
+    tensors: Vec<(String, Vec<usize>, Vec<Tensor>)>,
+}
+
+/// The prefix of the text encoder's weights among the student's trainable tensors (in
+/// checkpoints): VideoCrafter2's key path of its conditioning tower.
+const TEXT_PREFIX: &str = "cond_stage_model.model.";
+
+impl TextStudent {
+    /// The model folder's text tower in f32, its last `layers` resblocks (the reference's
+    /// count: the last one, unread, included) and `ln_final` trainable.
+    pub fn load(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, layers: usize) -> Result<TextStudent> {
+        let (tower, tensors) = crate::pipeline::model_dir::load_text_file_tensors(gpu, &md.text.0, &md.text.1.text, crate::models::weights::WeightPrecision::F32)?;
+        let total = tower.config.layers;
+        if layers > total {
+            return Err(WeightsError::Data { path: md.text.0.display().to_string(), msg: format!("--unlocked-text-layers {layers}: the text encoder has {total} resblocks") });
+        }
+        // blocks [total - layers, total - 1): the penultimate-layer context reads them
+        let trained = |key: &str| key.starts_with("ln_final.") || (total - layers..total.saturating_sub(1)).any(|i| key.starts_with(&format!("transformer.resblocks.{i}.")));
+        let params = tensors.iter().filter(|(k, _, parts)| trained(k) && parts.len() == 1).map(|(k, _, parts)| (k.clone(), parts[0].clone())).collect();
+        Ok(TextStudent { tower, params, tensors })
+    }
+
+    /// Every tensor of the tower (key, shape, row chunks), the trained ones among them.
+    pub fn tensors(&self) -> &[(String, Vec<usize>, Vec<Tensor>)] {
+        &self.tensors
+    }
+
+    /// Writes the whole tower (trained weights included) as a text file `load_text_file`
+    /// reads.
+    pub fn save(&self, path: &Path, dtype: SaveDtype, steps: u64) -> Result<()> {
+        crate::models::weights::save_weight_parts(path, &self.tensors, dtype, &[("model", "t2v-turbo student text encoder".into()), ("steps", steps.to_string())])
+    }
 }
 
 /// An exponential moving average of the student's weights that the consistency targets
@@ -429,22 +497,31 @@ impl Student {
         self.target.as_ref().map(|t| t.params.clone()).unwrap_or_default()
     }
 
-    /// The tensors the optimizer updates.
+    /// The tensors the optimizer updates: the UNet's (or its adapters), then the text
+    /// encoder's when it trains.
     pub fn trainable(&self) -> Vec<Tensor> {
-        if self.adapters.is_empty() {
+        let unet: Vec<Tensor> = if self.adapters.is_empty() {
             self.params.iter().map(|(_, t)| t.clone()).collect()
         } else {
             self.adapters.iter().flat_map(|(_, l)| [l.down.clone(), l.up.clone()]).collect()
-        }
+        };
+        unet.into_iter().chain(self.text_params().map(|(_, t)| t.clone())).collect()
     }
 
-    /// Names of [`Student::trainable`] in checkpoints.
+    /// Names of [`Student::trainable`] in checkpoints (the text encoder's under
+    /// VideoCrafter2's `cond_stage_model.model.`).
     pub fn trainable_names(&self) -> Vec<String> {
-        if self.adapters.is_empty() {
+        let unet: Vec<String> = if self.adapters.is_empty() {
             self.params.iter().map(|(n, _)| n.clone()).collect()
         } else {
             self.adapters.iter().flat_map(|(i, _)| [format!("{}.lora_down", self.params[*i].0), format!("{}.lora_up", self.params[*i].0)]).collect()
-        }
+        };
+        unet.into_iter().chain(self.text_params().map(|(n, _)| format!("{TEXT_PREFIX}{n}"))).collect()
+    }
+
+    /// The trained text encoder's tensors (none when it does not train).
+    fn text_params(&self) -> impl Iterator<Item = &(String, Tensor)> {
+        self.text.iter().flat_map(|t| &t.params)
     }
 
     /// Puts the student on `tape`: trainable weights, or frozen weights with their
@@ -476,8 +553,9 @@ impl Student {
     /// Gradients of [`Student::trainable`] (zeros where none).
     fn grads(&self, tape: &Tape, grads: &ad::Grads, leaves: &[Var]) -> Result<Vec<Tensor>> {
         let zero = |t: &Tensor| Tensor::zeros(t.gpu(), t.shape());
+        let param = |p: &Tensor| Ok(match tape.param_grad(grads, p)? { Some(g) => g, None => zero(p)? });
         if self.adapters.is_empty() {
-            return self.params.iter().map(|(_, p)| Ok(match tape.param_grad(grads, p)? { Some(g) => g, None => zero(p)? })).collect();
+            return self.trainable().iter().map(param).collect();
         }
         leaves.iter().map(|v| Ok(match grads.get(v) { Some(g) => g.reshape(v.shape())?, None => zero(v.value())? })).collect()
     }
@@ -507,9 +585,12 @@ pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &T
     let load = || crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init, crate::models::weights::WeightPrecision::F32);
     let (mut unet, params) = load()?;
     unet.set_checkpointing(config.recompute);
-    let mut student = Student { unet, params, adapters: vec![], target: None };
+    let mut student = Student { unet, params, adapters: vec![], target: None, text: None };
     if let Some(l) = config.lora {
         student = student.with_lora(l, config.seed)?;
+    }
+    if let Some(layers) = config.text_layers {
+        student.text = Some(TextStudent::load(gpu, md, layers)?);
     }
     if config.ema_target.is_some() {
         // the same file and initialisation: the target starts as the student
@@ -566,8 +647,9 @@ impl RewardModels {
 }
 
 /// The optimizer's groups over [`Student::trainable`], in its order: runs of consecutive
-/// tensors whose rate scale is the same: `temporal_lr_scale` for those of a temporal
-/// transformer, 1 for the others (one group when the scale is 1). A tensor is temporal as the
+/// tensors whose rate scale and clipping are the same: `temporal_lr_scale` for those of a
+/// temporal transformer, 1 for the others (one group when the scale is 1); a trained text
+/// encoder's tensors at 1, outside the clipping. A tensor is temporal as the
 /// reference decides (`train_latent_t2v_turbo_v2.py`): its name starts with `init_attn.0`,
 /// or its first three name parts are a TemporalTransformer's path — which leaves out the
 /// middle block's (`middle_block.2.…`, whose first three parts name a layer inside it).
@@ -580,10 +662,11 @@ fn param_groups(student: &Student, temporal_lr_scale: f32) -> Vec<ParamGroup> {
     };
     let mut groups: Vec<ParamGroup> = Vec::new();
     for (name, t) in student.trainable_names().iter().zip(tensors) {
-        let lr_scale = if is_temporal(name) { temporal_lr_scale } else { 1.0 };
+        let clipped = !name.starts_with(TEXT_PREFIX);
+        let lr_scale = if clipped && is_temporal(name) { temporal_lr_scale } else { 1.0 };
         match groups.last_mut() {
-            Some(g) if g.lr_scale == lr_scale => g.params.push(t),
-            _ => groups.push(ParamGroup { params: vec![t], lr_scale, weight_decay: None }),
+            Some(g) if g.lr_scale == lr_scale && g.clipped == clipped => g.params.push(t),
+            _ => groups.push(ParamGroup { params: vec![t], lr_scale, weight_decay: None, clipped }),
         }
     }
     groups
@@ -902,12 +985,16 @@ impl<'a> Trainer<'a> {
         let lr = self.config.lr_at(self.state.step);
         self.opt.config.lr = lr;
         let info = self.opt.step(&grads, Some(self.config.max_grad_norm))?;
-        // the global norm is finite iff every gradient element is (one value read instead
-        // of a check per tensor); on failure the in-memory weights are spoiled, but the run
-        // stops and the last checkpoint was written before them
-        let grad_norm = info.grad_norm.to_vec()?[0];
-        if !grad_norm.is_finite() {
-            return Err(TrainError::NonFinite { step: self.state.step + 1, what: format!("gradient norm {grad_norm}"), checkpoint: String::new() });
+        // the global norms are finite iff every gradient element is (one read instead of a
+        // check per tensor); on failure the in-memory weights are spoiled, but the run stops
+        // and the last checkpoint was written before them
+        let norms = match &info.unclipped_norm {
+            Some(text) => t2v_kernels::ops::concat(&[&info.grad_norm, text], 0)?.to_vec()?,
+            None => info.grad_norm.to_vec()?,
+        };
+        let (grad_norm, text_grad_norm) = (norms[0], norms.get(1).copied());
+        if let Some(bad) = norms.iter().find(|n| !n.is_finite()) {
+            return Err(TrainError::NonFinite { step: self.state.step + 1, what: format!("gradient norm {bad}"), checkpoint: String::new() });
         }
         if let Some(decay) = self.config.ema_target {
             self.student.update_target(decay)?;
@@ -917,7 +1004,7 @@ impl<'a> Trainer<'a> {
         self.state.step += 1;
         let mib = |f: &dyn Fn(&t2v_kernels::PoolStats) -> u64| devices.iter().map(|d| f(&d.memory())).max().unwrap_or(0) as f32 / 1048576.0;
         let (peak_gpu_mib, peak_live_mib) = (mib(&|m| m.peak_total_bytes), mib(&|m| m.peak_live_bytes));
-        Ok(StepMetrics { step: self.state.step, loss, cd_loss, image_reward, video_reward, image_reward_records: n_img, video_reward_records: n_vid, grad_norm, lr, seconds: t0.elapsed().as_secs_f32(), peak_gpu_mib, peak_live_mib })
+        Ok(StepMetrics { step: self.state.step, loss, cd_loss, image_reward, video_reward, image_reward_records: n_img, video_reward_records: n_vid, grad_norm, text_grad_norm, lr, seconds: t0.elapsed().as_secs_f32(), peak_gpu_mib, peak_live_mib })
     }
 }
 
@@ -998,6 +1085,8 @@ impl Trainer<'_> {
         Ok(config)
     }
 }
+
+const TEXT_WITH_LORA: &str = "--train-text-encoder needs full fine-tuning of the UNet: a LoRA run's adapters file would not carry the text encoder (leave out --lora-rank or --train-text-encoder)";
 
 const EMA_WITH_LORA: &str = "--ema-target needs full fine-tuning: it averages whole UNet weights, which LoRA adapters do not train (leave out --lora-rank or --ema-target)";
 
@@ -1132,6 +1221,11 @@ pub fn write_student_model(dir: &Path, source: &crate::pipeline::model_dir::Mode
         *f = abs(f);
     }
     md.unet = (unet, student.unet.config.clone());
+    if let Some(text) = &student.text {
+        let file = dir.join("text.safetensors");
+        text.save(&file, dtype, steps)?;
+        md.text.0 = file;
+    }
     md.write_config()?;
     // a LoRA run's adapters also on their own: a small file that makes the student from
     // the teacher's folder

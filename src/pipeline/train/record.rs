@@ -65,6 +65,12 @@ impl Recipe<'_> {
         let rec = shard.tensors(&gpu, item.1)?;
         let tape = Tape::new();
         let leaves = student.attach(&tape)?;
+        let context = match &student.text {
+            // the trained encoder's context of the caption (tracked), the stored one's equal
+            // before training
+            Some(text) => text.tower.penultimate(&tape, &[models.tokenizer.encode_warn(&meta.caption).map_err(|e| WeightsError::Data { path: "caption".into(), msg: e.to_string() })?.ids])?,
+            None => tape.constant(rec.context.clone()),
+        };
         let sample = CdSample {
             z_t: &rec.z_t,
             index: meta.index,
@@ -76,7 +82,7 @@ impl Recipe<'_> {
             motion_gs: c.motion_gs,
             motion_percentage: c.motion_percentage,
             noise_factor: if c.noise_factor_paper { NoiseFactor::Paper } else { NoiseFactor::Code },
-            context: &rec.context,
+            context: &context,
             fps: &[self.fps],
         };
         let out = consistency_loss(&student.unet, student.target_unet(), self.sched, self.solver, &tape, &sample, c.distance())?;
@@ -90,7 +96,7 @@ impl Recipe<'_> {
             let short = meta.short_caption.as_deref().unwrap_or(&meta.caption);
             let pred = match draws.noise.len() {
                 0 => out.model_pred.clone(),
-                _ => self.generation_from_noise(student, &tape, &draws.noise, &rec.z_t, &rec.context, draws.w.unwrap_or(meta.w))?,
+                _ => self.generation_from_noise(student, &tape, &draws.noise, &rec.z_t, &context, draws.w.unwrap_or(meta.w))?,
             };
             if !draws.image_frames.is_empty() {
                 let images = self.decode_frames(models, &pred, &draws.image_frames)?; // (M, 3, H, W)
@@ -121,7 +127,7 @@ impl Recipe<'_> {
     /// 1 step: the sampler's first), shaped like `like`, from the top of the grid, on
     /// `tape` — gradients flow through every step (for [`RewardInput::Noise`] and
     /// [`RewardInput::Sample`]).
-    fn generation_from_noise(&self, student: &Student, tape: &Tape, noise: &[Vec<f32>], like: &Tensor, context: &Tensor, w: f32) -> Result<Var> {
+    fn generation_from_noise(&self, student: &Student, tape: &Tape, noise: &[Vec<f32>], like: &Tensor, context: &Var, w: f32) -> Result<Var> {
         let upload = |i: usize| Tensor::from_slice(like.gpu(), like.shape(), &noise[i]);
         let cfg = SamplerConfig {
             timesteps: consistency_timesteps(self.sched.len(), self.solver.grid.len(), noise.len()),
@@ -129,7 +135,7 @@ impl Recipe<'_> {
             motion_scale: if self.config.use_motion { self.config.motion_gs } else { 0.0 },
             motion_percentage: self.config.motion_percentage,
         };
-        let out = consistency_sample(&student.unet, self.sched, &tape.constant(upload(0)?), &tape.constant(context.clone()), &[self.fps], &cfg, |i| Ok(upload(i + 1)?), || Ok(()))?;
+        let out = consistency_sample(&student.unet, self.sched, &tape.constant(upload(0)?), context, &[self.fps], &cfg, |i| Ok(upload(i + 1)?), || Ok(()))?;
         Ok(out.into_iter().last().expect("at least one step"))
     }
 
