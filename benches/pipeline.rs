@@ -27,7 +27,7 @@ use t2v_turbo::pipeline::model_dir::{world_vocab, Preset};
 use t2v_turbo::pipeline::preprocess::{preprocess_clip, MotionReference, PreprocessConfig};
 use t2v_turbo::pipeline::sample::{Gaussian, Generator, InitVideo, SampleOptions};
 use t2v_turbo::pipeline::shards::{open_dataset, write_shard, RecordMeta, RecordTensors, ShardConfig};
-use t2v_turbo::pipeline::train::{RewardModels, Student, TrainConfig, Trainer};
+use t2v_turbo::pipeline::train::{RewardModels, Student, TextStudent, TrainConfig, Trainer};
 use t2v_turbo::reward::{ImageTextReward, InternVideo2Reward, Preprocess};
 
 /// What `--sections` can name (default: all, in this order).
@@ -281,7 +281,7 @@ fn main() {
         let st = Student { unet: s_unet, params: s_params, adapters: vec![], target: None, text: None }.with_ema_target(t_unet, t_params).unwrap();
         gpu.trim_pool();
         gpu.reset_peak_memory();
-        let mut trainer = Trainer::new(TrainConfig { ema_target: Some(0.95), ..config }, st, &rewards, &shards).unwrap();
+        let mut trainer = Trainer::new(TrainConfig { ema_target: Some(0.95), ..config.clone() }, st, &rewards, &shards).unwrap();
         let with_ema = time_steps(&mut trainer);
         let mem_ema = gpu.memory();
         println!(
@@ -289,6 +289,30 @@ fn main() {
             mib(mem_ema.peak_live_bytes),
             mib(mem_ema.peak_total_bytes),
             with_ema / best
+        );
+        drop(trainer);
+        // training the text encoder's last blocks too (`train --train-text-encoder`, the
+        // reference's 4 of VideoCrafter2's 24; the tiny encoder has 2): its forward and
+        // backward per record, the blocks' gradients and AdamW state
+        let (s_unet, s_params) = unet(1);
+        let l = Loader::random(&gpu, 3);
+        let tower = TextTower::load(&l, &tcfg.text, None).unwrap();
+        let layers = 4.min(tcfg.text.layers);
+        let text = TextStudent::new(tower, l.all_tensors(), layers).unwrap();
+        let text_weights: usize = text.params.iter().map(|(_, t)| t.numel()).sum();
+        let st = Student { unet: s_unet, params: s_params, adapters: vec![], target: None, text: Some(text) };
+        gpu.trim_pool();
+        gpu.reset_peak_memory();
+        let mut trainer = Trainer::new(TrainConfig { text_layers: Some(layers), ..config }, st, &rewards, &shards).unwrap();
+        let with_text = time_steps(&mut trainer);
+        let mem_text = gpu.memory();
+        println!(
+            "| train step, the same training the text encoder's last {layers} of {} blocks ({:.2} M weights; live peak {:.0} MiB) | {with_text:.3} | {:.0} | {:.2}x | the step without |",
+            tcfg.text.layers,
+            text_weights as f64 / 1e6,
+            mib(mem_text.peak_live_bytes),
+            mib(mem_text.peak_total_bytes),
+            with_text / best
         );
         drop(trainer);
         let _ = std::fs::remove_dir_all(&dir);

@@ -411,9 +411,15 @@ impl TextStudent {
     /// count: the last one, unread, included) and `ln_final` trainable.
     pub fn load(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, layers: usize) -> Result<TextStudent> {
         let (tower, tensors) = crate::pipeline::model_dir::load_text_file_tensors(gpu, &md.text.0, &md.text.1.text, crate::models::weights::WeightPrecision::F32)?;
+        TextStudent::new(tower, tensors, layers).map_err(|msg| WeightsError::Data { path: md.text.0.display().to_string(), msg })
+    }
+
+    /// A loaded f32 tower and all its tensors (the loader's `all_tensors`), its last
+    /// `layers` resblocks and `ln_final` trainable.
+    pub fn new(tower: TextTower, tensors: Vec<(String, Vec<usize>, Vec<Tensor>)>, layers: usize) -> std::result::Result<TextStudent, String> {
         let total = tower.config.layers;
         if layers > total {
-            return Err(WeightsError::Data { path: md.text.0.display().to_string(), msg: format!("--unlocked-text-layers {layers}: the text encoder has {total} resblocks") });
+            return Err(format!("--unlocked-text-layers {layers}: the text encoder has {total} resblocks"));
         }
         // blocks [total - layers, total - 1): the penultimate-layer context reads them
         let trained = |key: &str| key.starts_with("ln_final.") || (total - layers..total.saturating_sub(1)).any(|i| key.starts_with(&format!("transformer.resblocks.{i}.")));
