@@ -596,6 +596,12 @@ fn lora_trains_adapters_and_leaves_the_base_weights() {
     let before = video(Generator::from_model_dir(&g, &base_md).unwrap());
     let (d0, moved) = (max_diff(&none, &before), max_diff(&none, &merged));
     assert!(d0 <= 1e-5 && moved > 1e-3, "strength 0 vs the untrained student {d0}, vs the trained {moved}");
+    // the same folder exported from a checkpoint of the run (`t2v-turbo export`)
+    let ck = t.save_checkpoint(&d.join("checkpoints"), 1).unwrap();
+    t2v_turbo::pipeline::train::export_checkpoint(&g, &md, &ck, &d.join("exported"), SaveDtype::F32, t2v_turbo::pipeline::train::Exported::Student).unwrap();
+    for f in ["unet.safetensors", "lora.safetensors"] {
+        assert!(std::fs::read(d.join("exported").join(f)).unwrap() == std::fs::read(d.join("model").join(f)).unwrap(), "exported {f} differs");
+    }
     let e = Generator::from_model_dir_with_lora(&g, &md, &md.unet.0, 1.0).err().unwrap().to_string();
     assert!(e.contains("not a LoRA file"), "{e}");
     eprintln!("LoRA file: vs merged {d1}, strength 0 vs untrained {d0}, vs trained {moved}");
@@ -893,6 +899,23 @@ fn the_commands_run_end_to_end() {
     assert!(left.contains(&"step-000003".to_string()) && left.iter().all(|n| n.starts_with("step-") && n.as_str() <= "step-000003"), "{left:?}");
     let (ok, out) = t2v(&more);
     assert!(ok && out.contains("resuming from") && out.contains("step 3") && out.contains("step 4"), "{out}");
+    // a model folder from a checkpoint: the run's newest is the final student, byte for
+    // byte (the trained text encoder too); the EMA target is another UNet
+    let (ok, out) = t2v(&["export", &p("run"), "--out", &p("exported"), "--model-dtype", "bf16"]);
+    assert!(ok && out.contains("the student at step 4 of") && out.contains("step-000004"), "{out}");
+    for f in ["unet.safetensors", "text.safetensors"] {
+        assert!(std::fs::read(d.join("exported").join(f)).unwrap() == std::fs::read(d.join("run/model").join(f)).unwrap(), "exported {f} differs from the run's");
+    }
+    let (ok, out) = t2v(&["export", &p("run"), "--out", &p("exported-ema"), "--ema-target", "--model-dtype", "bf16"]);
+    assert!(ok && out.contains("the EMA target at step 4"), "{out}");
+    let weights = |f: &str| t2v_turbo::models::weights::WeightFile::open(&d.join(f)).unwrap().host_f32("out.2.weight").unwrap().1;
+    assert_ne!(weights("exported-ema/unet.safetensors"), weights("exported/unet.safetensors"));
+    let (ok, out) = t2v(&["export", &p("run/checkpoints/step-000003"), "--out", &p("exported-3")]);
+    assert!(ok && out.contains("the student at step 3"), "{out}");
+    let (ok, out) = t2v(&["export", &p("run"), "--out", &p("exported")]);
+    assert!(!ok && out.contains("not empty"), "{out}");
+    let (ok, out) = t2v(&["export", &p("shards"), "--out", &p("exported-none")]);
+    assert!(!ok && out.contains("neither a checkpoint folder") && !d.join("exported-none").exists(), "{out}");
 
     let (ok, out) = t2v(&["sample", "--models", &p("run/model"), "--prompt", "a red circle moving left", "--out", &p("videos")]);
     assert!(ok, "{out}");

@@ -6,6 +6,7 @@
 mod convert;
 mod demo;
 mod eval;
+mod export;
 mod info;
 mod init;
 mod parity;
@@ -203,6 +204,9 @@ pub enum Command {
     /// Algorithm 2: consistency distillation with reward feedback and motion guidance on
     /// preprocessed shards (checkpoints, exact resume, metrics).
     Train(Box<train::TrainArgs>),
+    /// Write a model folder from one of a training run's checkpoints (the student, or its
+    /// EMA target, at that step), to sample or evaluate intermediate steps.
+    Export(export::ExportArgs),
 }
 
 /// Errors of the command line.
@@ -260,6 +264,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Train(args) => train::run(&cli.device, &args),
         Command::Pretrain(args) => pretrain::run(&cli.device, &args),
         Command::Convert(args) => convert::run(&args),
+        Command::Export(args) => export::run(&cli.device, &args),
     }
 }
 

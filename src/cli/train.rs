@@ -44,9 +44,9 @@ pub struct TrainArgs {
     /// number of GPUs when resuming. Replaces --adapter; --max-memory applies to each.
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub devices: Vec<String>,
-    /// Storage of the student model folder's UNet written at the end (checkpoints stay f32,
-    /// for exact resumption): f16 / bf16 files are half the size, and `sample` keeps them
-    /// 16-bit on GPUs (--weights-dtype).
+    /// Storage of the student model folder's UNet (and a trained text encoder) written at
+    /// the end (checkpoints stay f32, for exact resumption): f16 / bf16 files are half the
+    /// size, and `sample` keeps them 16-bit on GPUs (--weights-dtype).
     #[arg(long, value_enum, default_value_t = SaveDtype::F32)]
     pub model_dtype: SaveDtype,
     /// Continue the run in --out from its newest checkpoint (same settings; --steps may grow).
@@ -376,6 +376,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         );
     }
     let mut trainer = Trainer::new(config, student, &models, &shards).map_err(failed)?;
+    trainer.record_models_folder(&a.models);
     let rewarded = (a.beta_img > 0.0 && !models.image.is_empty()) || (a.beta_vid > 0.0 && models.video.is_some());
     match (rewarded, trainer.rewards_score_any_record(), short) {
         (true, true, 0) => eprintln!("no record has a short caption: the rewards score every record against its caption (--reward-captions {})", if a.reward_captions == RewardCaptions::Any { "any" } else { "auto" }),

@@ -37,9 +37,12 @@ use crate::pipeline::shards::{dataset_fingerprint, Shard};
 use crate::pipeline::validation::{self, Validation, ValidationRow};
 use crate::reward::{ImageTextReward, VideoTextReward};
 
+mod export;
 mod lr_schedule;
 mod parallel;
 mod record;
+
+pub use export::{export_checkpoint, resolve_checkpoint, Exported};
 
 pub use lr_schedule::LrSchedule;
 
@@ -586,6 +589,15 @@ impl Student {
 /// the VAE, reward models (image-reward weights overridden by `reward_weights`) and the
 /// tokenizer.
 pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &TrainConfig, reward_weights: Option<&[f32]>) -> std::result::Result<(Student, RewardModels), TrainError> {
+    let student = load_student(gpu, md, config)?;
+    let models = RewardModels::load(gpu, md, reward_weights)?;
+    models.set_checkpointing(config.recompute);
+    Ok((student, models))
+}
+
+/// The trainable part of [`load_run`]: the student (with its LoRA adapters, trained text
+/// encoder and EMA target as `config` asks), without the reward models.
+pub fn load_student(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &TrainConfig) -> std::result::Result<Student, TrainError> {
     config.check().map_err(TrainError::Setup)?;
     let init = (!md.is_student()).then_some((config.cond_dim, config.seed));
     let load = || crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init, crate::models::weights::WeightPrecision::F32);
@@ -603,9 +615,7 @@ pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &T
         let (unet, params) = load()?;
         student = student.with_ema_target(unet, params)?;
     }
-    let models = RewardModels::load(gpu, md, reward_weights)?;
-    models.set_checkpointing(config.recompute);
-    Ok((student, models))
+    Ok(student)
 }
 
 impl RewardModels {
@@ -702,6 +712,9 @@ pub struct Trainer<'a> {
     /// The rewards may score every record, not only those with a short caption
     /// ([`TrainConfig::reward_captions`] resolved on the data).
     rewards_any: bool,
+    /// The model folder the run trains from, recorded in its checkpoints
+    /// ([`Trainer::record_models_folder`]).
+    models_folder: Option<PathBuf>,
 }
 
 /// The order of epoch `epoch`: a seeded Fisher-Yates shuffle.
@@ -742,10 +755,16 @@ impl<'a> Trainer<'a> {
             RewardCaptions::Short => false,
             RewardCaptions::Any => true,
         };
-        let mut trainer = Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, replicas: vec![], state, sched, solver, recompute_on_oom: false, rewards_any };
+        let mut trainer = Trainer { fps: sc.fps, config, student, models, shards, items, order: None, opt, replicas: vec![], state, sched, solver, recompute_on_oom: false, rewards_any, models_folder: None };
         // recomputation as the settings say, however the student and models were loaded
         trainer.set_recompute(trainer.config.recompute);
         Ok(trainer)
+    }
+
+    /// Records `dir`, the model folder the student was loaded from, in the checkpoints, so
+    /// that `export` finds the rest of the models.
+    pub fn record_models_folder(&mut self, dir: &Path) {
+        self.models_folder = Some(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()));
     }
 
     /// Points of the data's DDIM grid (the origin a consistency sampler of this run uses).
@@ -1028,7 +1047,10 @@ impl Trainer<'_> {
                 save_weights(&tmp.join(EMA_TARGET_FILE), &named, SaveDtype::F32, &[("format", "t2v-turbo ema target".into())])?;
             }
             self.opt.save(&tmp.join("optimizer.safetensors"))?;
-            let state = serde_json::json!({ "state": self.state, "config": self.config, "data": dataset_fingerprint(self.shards) });
+            let mut state = serde_json::json!({ "state": self.state, "config": self.config, "data": dataset_fingerprint(self.shards) });
+            if let Some(models) = &self.models_folder {
+                state["models"] = serde_json::json!(models.display().to_string());
+            }
             Ok(t2v_kernels::io::write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&state).expect("json").as_bytes())?)
         })?;
         let mut all = list_checkpoints(dir);
@@ -1043,10 +1065,7 @@ impl Trainer<'_> {
     /// settings must equal the checkpoint's but for the length and recomputation; returns
     /// the checkpoint's.
     pub fn load_checkpoint(&mut self, ckpt: &Path) -> std::result::Result<TrainConfig, TrainError> {
-        let text = std::fs::read_to_string(ckpt.join("state.json")).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.join("state.json").display())))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.display())))?;
-        let config: TrainConfig = serde_json::from_value(v["config"].clone()).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.display())))?;
-        let state: TrainState = serde_json::from_value(v["state"].clone()).map_err(|e| TrainError::Setup(format!("{}: {e}", ckpt.display())))?;
+        let CheckpointInfo { config, state, data, .. } = read_checkpoint(ckpt)?;
         // what may change: the length, and recomputation (the same steps up to rounding: a
         // run stopped out of memory continues with --recompute)
         let same = TrainConfig { steps: self.config.steps, recompute: self.config.recompute, ..config.clone() };
@@ -1059,28 +1078,14 @@ impl Trainer<'_> {
         }
         // the order of records (the cursor's meaning) depends on the data; checkpoints
         // of earlier versions do not record it
-        let data = dataset_fingerprint(self.shards);
-        if let Some(was) = v.get("data").filter(|was| **was != data) {
+        let now = dataset_fingerprint(self.shards);
+        if let Some(was) = data.filter(|was| *was != now) {
             return Err(TrainError::Setup(format!(
-                "{} was trained on other data ({was}; now {data}): resume with the same --data folders, in the same order",
+                "{} was trained on other data ({was}; now {now}): resume with the same --data folders, in the same order",
                 ckpt.display()
             )));
         }
-        let restore = |file: &str, named: Vec<(String, Tensor)>| -> std::result::Result<(), TrainError> {
-            let f = WeightFile::open(&ckpt.join(file))?;
-            for (name, t) in named {
-                let (shape, data) = f.host_f32(&name)?;
-                if shape != t.shape() {
-                    return Err(TrainError::Setup(format!("{}: {name} is {shape:?}, the student has {:?}", ckpt.join(file).display(), t.shape())));
-                }
-                t.write(&data)?;
-            }
-            Ok(())
-        };
-        restore("student.safetensors", self.student.trainable_names().into_iter().zip(self.student.trainable()).collect())?;
-        if let Some(target) = &self.student.target {
-            restore(EMA_TARGET_FILE, self.student.params.iter().map(|(n, _)| n.clone()).zip(target.params.iter().cloned()).collect())?;
-        }
+        restore_student(ckpt, &self.student)?;
         self.opt.load(&ckpt.join("optimizer.safetensors"))?;
         self.sync_replicas()?;
         // a run that switched to recomputation when out of memory keeps it
@@ -1090,6 +1095,52 @@ impl Trainer<'_> {
         self.state = state;
         Ok(config)
     }
+}
+
+/// What a checkpoint's `state.json` holds.
+pub struct CheckpointInfo {
+    /// The run's settings.
+    pub config: TrainConfig,
+    /// Where the run was.
+    pub state: TrainState,
+    /// The fingerprint of the data it trained on (None: written before it was recorded).
+    pub data: Option<serde_json::Value>,
+    /// The model folder it trained from (None: not recorded, e.g. a run made through the
+    /// library without [`Trainer::record_models_folder`]).
+    pub models: Option<PathBuf>,
+}
+
+/// Reads a checkpoint folder's `state.json`.
+pub fn read_checkpoint(ckpt: &Path) -> std::result::Result<CheckpointInfo, TrainError> {
+    let file = ckpt.join("state.json");
+    let bad = |e: &dyn std::fmt::Display| TrainError::Setup(format!("{}: {e} (not a checkpoint folder of `train`?)", file.display()));
+    let text = std::fs::read_to_string(&file).map_err(|e| bad(&e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&e))?;
+    let config: TrainConfig = serde_json::from_value(v["config"].clone()).map_err(|e| bad(&e))?;
+    let state: TrainState = serde_json::from_value(v["state"].clone()).map_err(|e| bad(&e))?;
+    let models = v.get("models").and_then(|m| m.as_str()).map(PathBuf::from);
+    Ok(CheckpointInfo { config, state, data: v.get("data").cloned(), models })
+}
+
+/// Writes a checkpoint's weights into `student` (loaded with the checkpoint's settings):
+/// its trainable tensors and, with one, its EMA target.
+pub fn restore_student(ckpt: &Path, student: &Student) -> std::result::Result<(), TrainError> {
+    let restore = |file: &str, named: Vec<(String, Tensor)>| -> std::result::Result<(), TrainError> {
+        let f = WeightFile::open(&ckpt.join(file))?;
+        for (name, t) in named {
+            let (shape, data) = f.host_f32(&name)?;
+            if shape != t.shape() {
+                return Err(TrainError::Setup(format!("{}: {name} is {shape:?}, the student has {:?}", ckpt.join(file).display(), t.shape())));
+            }
+            t.write(&data)?;
+        }
+        Ok(())
+    };
+    restore("student.safetensors", student.trainable_names().into_iter().zip(student.trainable()).collect())?;
+    if let Some(target) = &student.target {
+        restore(EMA_TARGET_FILE, student.params.iter().map(|(n, _)| n.clone()).zip(target.params.iter().cloned()).collect())?;
+    }
+    Ok(())
 }
 
 const TEXT_WITH_LORA: &str = "--train-text-encoder needs full fine-tuning of the UNet: a LoRA run's adapters file would not carry the text encoder (leave out --lora-rank or --train-text-encoder)";
