@@ -899,6 +899,10 @@ fn the_commands_run_end_to_end() {
     assert!(left.contains(&"step-000003".to_string()) && left.iter().all(|n| n.starts_with("step-") && n.as_str() <= "step-000003"), "{left:?}");
     let (ok, out) = t2v(&more);
     assert!(ok && out.contains("resuming from") && out.contains("step 3") && out.contains("step 4"), "{out}");
+    let (ok, out) = t2v(&["info", "--run", &p("run")]);
+    assert!(ok && out.contains("step 4 of 4") && out.contains("step-000003, step-000004") && out.contains("last step            4: loss"), "{out}");
+    assert!(out.contains("ema_target = 0.95") && out.contains("text_layers = 2") && out.contains("lr_schedule = \"cosine_with_restarts\"") && !out.contains("huber_c"), "{out}");
+    assert!(out.contains("trains from") && out.contains("validation at step 4") && out.contains("student model folder"), "{out}");
     // a model folder from a checkpoint: the run's newest is the final student, byte for
     // byte (the trained text encoder too); the EMA target is another UNet
     let (ok, out) = t2v(&["export", &p("run"), "--out", &p("exported"), "--model-dtype", "bf16"]);

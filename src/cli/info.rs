@@ -25,6 +25,11 @@ pub struct InfoArgs {
     /// negative prompt, and the videos its manifests say were skipped.
     #[arg(long, value_name = "DIR")]
     pub data: Option<std::path::PathBuf>,
+    /// Describe a training run instead (its --out folder, or one of its checkpoints): the
+    /// step reached, its checkpoints, the settings that differ from the defaults, the model
+    /// folder it trains from, the last step's losses and rewards, the last validation.
+    #[arg(long, value_name = "DIR")]
+    pub run: Option<std::path::PathBuf>,
 }
 
 /// The parameters of tensors given as (dtype, shape), and their dtypes counted ("F16 x626").
@@ -143,6 +148,68 @@ fn describe_data(dir: &std::path::Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `info --run DIR`.
+fn describe_run(dir: &std::path::Path) -> Result<(), CliError> {
+    use crate::pipeline::train::{list_checkpoints, read_checkpoint, resolve_checkpoint, StepMetrics, TrainConfig};
+    use crate::pipeline::validation::ValidationRow;
+    let fail = |e: crate::pipeline::train::TrainError| CliError::Check(e.to_string());
+    let ckpt = resolve_checkpoint(dir).map_err(fail)?;
+    let info = read_checkpoint(&ckpt).map_err(fail)?;
+    // the run folder: RUN/checkpoints/step-N -> RUN
+    let run = ckpt.parent().and_then(|c| c.parent()).unwrap_or(dir).to_path_buf();
+    let all: Vec<String> = list_checkpoints(&run.join("checkpoints")).iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
+    println!("{}: step {} of {} ({})", run.display(), info.state.step, info.config.steps, ckpt.display());
+    println!("  checkpoints          {}", all.join(", "));
+    match &info.models {
+        Some(m) => println!("  trains from          {}", m.display()),
+        None => println!("  trains from          (not recorded)"),
+    }
+    // the settings that differ from the defaults, as the checkpoint stores them
+    let (set, default) = (serde_json::to_value(&info.config).expect("json"), serde_json::to_value(TrainConfig::default()).expect("json"));
+    let changed: Vec<String> = set.as_object().into_iter().flatten().filter(|(k, v)| k.as_str() != "steps" && default.get(k.as_str()) != Some(v)).map(|(k, v)| format!("{k} = {}", setting(v))).collect();
+    println!("  settings             {}", if changed.is_empty() { "the defaults".to_string() } else { changed.join(", ") });
+    let lines = |file: &str| std::fs::read_to_string(run.join(file)).unwrap_or_default();
+    let metrics: Vec<StepMetrics> = lines("metrics.jsonl").lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    if let Some(m) = metrics.last() {
+        let reward = |r: Option<f32>| r.map_or("-".to_string(), |r| format!("{r:.4}"));
+        let recent = &metrics[metrics.len().saturating_sub(10)..];
+        println!(
+            "  last step            {}: loss {:.5}, consistency {:.5}, image reward {}, video reward {}, gradient norm {:.3}, lr {:e}",
+            m.step,
+            m.loss,
+            m.cd_loss,
+            reward(m.image_reward),
+            reward(m.video_reward),
+            m.grad_norm,
+            m.lr
+        );
+        println!(
+            "  time and memory      {:.2} s a step (the last {}), peak {:.0} MiB in tensors",
+            recent.iter().map(|m| m.seconds).sum::<f32>() / recent.len() as f32,
+            recent.len(),
+            metrics.iter().map(|m| m.peak_live_mib).fold(0.0, f32::max)
+        );
+    }
+    let validations: Vec<ValidationRow> = lines("validation.jsonl").lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    if let Some(v) = validations.last() {
+        println!("  {}", crate::pipeline::validation::describe(v));
+    }
+    if run.join("model/config.json").exists() {
+        println!("  student model folder {}", run.join("model").display());
+    }
+    Ok(())
+}
+
+/// A setting as JSON, its f32 numbers written shortest (0.95, not 0.949999988079071).
+fn setting(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => (n.as_f64().unwrap_or(f64::NAN) as f32).to_string(),
+        serde_json::Value::Array(items) => format!("[{}]", items.iter().map(setting).collect::<Vec<_>>().join(", ")),
+        serde_json::Value::Object(fields) => format!("{{{}}}", fields.iter().map(|(k, v)| format!("{k}: {}", setting(v))).collect::<Vec<_>>().join(", ")),
+        _ => v.to_string(),
+    }
+}
+
 /// Known checkpoint key prefixes and what they hold.
 const MODELS: &[(&str, &str)] = &[
     ("model.diffusion_model.", "VideoCrafter2 / T2V-Turbo 3D UNet"),
@@ -245,6 +312,9 @@ pub fn run(dev: &DeviceArgs, args: &InfoArgs) -> Result<(), CliError> {
     }
     if let Some(d) = &args.data {
         return describe_data(d);
+    }
+    if let Some(d) = &args.run {
+        return describe_run(d);
     }
     let adapters = list_adapters();
     println!("t2v-turbo {} — {} adapter(s):", env!("CARGO_PKG_VERSION"), adapters.len());
