@@ -162,7 +162,8 @@ pub fn plot_series(path: &Path, series: &[(&str, Vec<(f32, f32)>)]) -> Result<()
 }
 
 /// The training curves: loss, consistency loss, image and video rewards, gradient norm,
-/// and the learning rate when a schedule changes it.
+/// the trained text encoder's gradient norm in runs that train it, and the learning rate
+/// when a schedule changes it.
 pub fn plot_metrics(path: &Path, ms: &[StepMetrics]) -> Result<()> {
     let s = |f: &dyn Fn(&StepMetrics) -> Option<f32>| ms.iter().filter_map(|m| f(m).map(|v| (m.step as f32, v))).collect::<Vec<_>>();
     let mut panels = vec![
@@ -172,6 +173,9 @@ pub fn plot_metrics(path: &Path, ms: &[StepMetrics]) -> Result<()> {
         ("VIDEO REWARD", s(&|m| m.video_reward)),
         ("GRAD NORM", s(&|m| Some(m.grad_norm))),
     ];
+    if ms.iter().any(|m| m.text_grad_norm.is_some()) {
+        panels.push(("TEXT ENCODER GRAD NORM", s(&|m| m.text_grad_norm)));
+    }
     // a schedule's rates, when they change
     if ms.iter().any(|m| m.lr != ms[0].lr) {
         panels.push(("LEARNING RATE", s(&|m| Some(m.lr))));
@@ -190,16 +194,19 @@ mod tests {
         u32::from_be_bytes([b[20], b[21], b[22], b[23]])
     }
 
-    /// A learning-rate panel joins the five when a schedule changes the rate.
+    /// A learning-rate panel joins the five when a schedule changes the rate, a text
+    /// encoder's gradient norm when the run trains it.
     #[test]
     fn the_learning_rate_is_plotted_when_it_changes() {
         let step = |k: u64, lr: f32| StepMetrics { step: k, loss: 1.0 / k as f32, cd_loss: 0.5, image_reward: Some(0.1), video_reward: None, image_reward_records: 1, video_reward_records: 0, grad_norm: 2.0, text_grad_norm: None, lr, seconds: 1.0, peak_gpu_mib: 1.0, peak_live_mib: 1.0 };
         let dir = std::env::temp_dir().join(format!("t2v-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (flat, decaying) = (dir.join("flat.png"), dir.join("decaying.png"));
+        let (flat, decaying, text) = (dir.join("flat.png"), dir.join("decaying.png"), dir.join("text.png"));
         plot_metrics(&flat, &[step(1, 1e-5), step(2, 1e-5)]).unwrap();
         plot_metrics(&decaying, &[step(1, 1e-5), step(2, 5e-6)]).unwrap();
-        assert_eq!((png_height(&flat), png_height(&decaying)), (5 * 150, 6 * 150));
+        let with_text = |k| StepMetrics { text_grad_norm: Some(0.5), ..step(k, 5e-6) };
+        plot_metrics(&text, &[with_text(1), with_text(2)]).unwrap();
+        assert_eq!((png_height(&flat), png_height(&decaying), png_height(&text)), (5 * 150, 6 * 150, 6 * 150));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
