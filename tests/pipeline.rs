@@ -76,7 +76,7 @@ fn validation(g: &Gpu, md: &ModelDir, every: u64) -> Validation {
     let v = &md.video;
     let prompts = ["a red circle moving left", "a blue square moving up", "a green triangle moving down"].map(String::from).to_vec();
     let options = SampleOptions { steps: 4, origin: 10, w: 7.5, motion_scale: 0.05, motion_percentage: 0.5, seed: 3, frames: v.frames, height: v.height, width: v.width, fps: v.fps, teacher: None, negative_prompt: None, init: None };
-    Validation { every, prompts, options, batch: 2, text: md.load_text(g).unwrap() }
+    Validation { every, prompts, options, batch: 2, text: Some(md.load_text(g).unwrap()) }
 }
 
 /// A validation row without its wall-clock time.

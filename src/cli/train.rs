@@ -232,8 +232,8 @@ pub struct TrainArgs {
     pub validate_steps: usize,
 }
 
-/// The validation of a run, if asked for: prompts, the model folder's text tower, and the
-/// sampler settings of the demo (guidance 7.5, the run's motion scale, the data's grid).
+/// The validation of a run, if asked for: prompts, the model folder's text tower (unless
+/// the run trains its own), and the sampler settings of the demo (guidance 7.5, the run's motion scale, the data's grid).
 fn validation(gpu: &Gpu, md: &ModelDir, a: &TrainArgs, grid_points: usize) -> Result<Option<Validation>, CliError> {
     if a.validate_every == 0 {
         return Ok(None);
@@ -264,7 +264,9 @@ fn validation(gpu: &Gpu, md: &ModelDir, a: &TrainArgs, grid_points: usize) -> Re
         negative_prompt: None,
         init: None,
     };
-    Ok(Some(Validation { every: a.validate_every, prompts, options, batch: 8, text: md.load_text(gpu)? }))
+    // a run that trains the text encoder samples with its own
+    let text = if a.train_text_encoder { None } else { Some(md.load_text(gpu)?) };
+    Ok(Some(Validation { every: a.validate_every, prompts, options, batch: 8, text }))
 }
 
 pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {

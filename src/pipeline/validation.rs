@@ -29,9 +29,9 @@ pub struct Validation {
     pub options: SampleOptions,
     /// Videos per sampling batch.
     pub batch: usize,
-    /// The text tower of the model folder (training itself reads stored text contexts; a
-    /// run that trains the text encoder samples with its own).
-    pub text: TextTower,
+    /// The text tower of the model folder (training itself reads stored text contexts);
+    /// None for a run that trains the text encoder, which samples with its own.
+    pub text: Option<TextTower>,
 }
 
 /// One validation.
@@ -62,7 +62,11 @@ pub fn validate(trainer: &Trainer, v: &Validation, out: &Path) -> Result<Validat
     let tape = Tape::new();
     trainer.student.attach_for_sampling(&tape)?;
     // a run that trains the text encoder samples with the trained one
-    let text = trainer.student.text.as_ref().map_or(&v.text, |t| &t.tower);
+    let text = match (&trainer.student.text, &v.text) {
+        (Some(t), _) => &t.tower,
+        (None, Some(t)) => t,
+        (None, None) => return Err(WeightsError::Data { path: "validation".into(), msg: "no text encoder to sample with: give the model folder's".into() }),
+    };
     let sampler = SamplerModels { unet: &trainer.student.unet, vae: &models.vae, text, tokenizer: &models.tokenizer, schedule: trainer.schedule() };
     let o = &v.options;
     let dir = out.join("validation").join(format!("step-{:06}", trainer.state.step));
