@@ -615,6 +615,69 @@ fn lora_trains_adapters_and_leaves_the_base_weights() {
     assert!(ok && text.contains("a LoRA file of `t2v-turbo train --lora-rank`") && text.contains("--lora"), "{text}");
 }
 
+/// An image reward of weight 0 is left out of a step (not run): a reward model whose
+/// weights are all NaN spoils the loss at any other weight, not at 0, where the image
+/// reward is the other models' alone.
+#[test]
+fn an_image_reward_of_weight_zero_is_not_run() {
+    use t2v_turbo::reward::ImageTextReward;
+    let (g, md, data) = opened_fixture();
+    let cfg = TrainConfig { reward_captions: RewardCaptions::Any, ..config(1) };
+    let step = |second: Option<f32>| {
+        let (student, mut rewards) = load_run(&g, &md, &cfg, None).unwrap();
+        rewards.image.truncate(1);
+        if let Some(weight) = second {
+            let spec = &md.image_rewards[1];
+            let l = t2v_turbo::models::weights::Loader::random(&g, 9);
+            let clip = t2v_turbo::models::clip::Clip::load(&l, &spec.config).unwrap();
+            for (_, t) in l.params() {
+                t.write(&vec![f32::NAN; t.numel()]).unwrap();
+            }
+            rewards.image.push((ImageTextReward { clip, mode: spec.preprocess }, weight));
+        }
+        Trainer::new(cfg.clone(), student, &rewards, &data).unwrap().step()
+    };
+    let alone = step(None).unwrap();
+    let zero = step(Some(0.0)).unwrap();
+    assert!(alone.image_reward.is_some());
+    assert_eq!((zero.loss.to_bits(), zero.image_reward.map(f32::to_bits)), (alone.loss.to_bits(), alone.image_reward.map(f32::to_bits)));
+    let e = step(Some(0.5)).err().expect("a NaN reward model at weight 0.5").to_string();
+    assert!(e.contains("not finite"), "{e}");
+}
+
+/// `--no-motion-cond`: T2V-Turbo (v1)'s student, conditioned on w alone: no motion-scale
+/// layers, in its model folder and in a LoRA file, and both sample alike; refused on a
+/// student's folder that has them.
+#[test]
+fn a_student_conditioned_on_w_alone() {
+    use t2v_turbo::pipeline::sample::Generator;
+    let (g, md, data) = opened_fixture();
+    let cfg = TrainConfig { motion_cond: false, lora: Some(LoraConfig { rank: 2, alpha: 2.0 }), lr: 1e-2, ..config(1) };
+    let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();
+    assert!(student.unet.config.time_cond_proj_dim.is_some() && student.unet.config.motion_cond_proj_dim.is_none());
+    assert!(student.params.iter().any(|(n, _)| n.starts_with("time_cond_proj.")) && !student.params.iter().any(|(n, _)| n.starts_with("motion_cond_proj.") || n.starts_with("combine_proj.")));
+    let mut t = Trainer::new(cfg.clone(), student, &rewards, &data).unwrap();
+    assert!(t.step().unwrap().loss.is_finite());
+    let d = tmp("w-alone");
+    let smd = t2v_turbo::pipeline::train::write_student_model(&d.join("model"), &md, &t.student, 1, SaveDtype::F32).unwrap();
+    let smd = ModelDir::read(&smd.root).unwrap();
+    assert!(smd.is_student() && smd.unet.1.motion_cond_proj_dim.is_none());
+    let lora = t2v_turbo::models::weights::WeightFile::open(&d.join("model/lora.safetensors")).unwrap();
+    assert!(lora.entries().contains_key("student.time_cond_proj.weight") && !lora.entries().keys().any(|k| k.contains("motion_cond_proj")));
+    // the teacher's folder plus the LoRA file is the merged student
+    let opts = SampleOptions { steps: 2, seed: 5, ..SampleOptions::for_models(&smd) };
+    let merged = Generator::from_model_dir(&g, &smd).unwrap().generate("a blue square moving up", &opts).unwrap();
+    let applied = Generator::from_model_dir_with_lora(&g, &md, &d.join("model/lora.safetensors"), 1.0).unwrap().generate("a blue square moving up", &opts).unwrap();
+    let diff = merged.iter().zip(&applied).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff <= 1e-5, "teacher + LoRA file vs the merged w-only student: {diff}");
+    // a student folder with motion layers cannot become one without
+    let v2 = TrainConfig { lora: None, ..config(1) };
+    let (v2_student, _) = load_run(&g, &md, &v2, None).unwrap();
+    let v2md = t2v_turbo::pipeline::train::write_student_model(&d.join("v2"), &md, &v2_student, 0, SaveDtype::F32).unwrap();
+    let e = load_run(&g, &v2md, &TrainConfig { motion_cond: false, ..config(1) }, None).err().expect("a v2 student's folder").to_string();
+    assert!(e.contains("a student with a motion-scale embedding"), "{e}");
+}
+
 /// `--reward-input noise` scores the student's one-step generation from fresh noise: other
 /// rewards than on the data's consistency output, the same consistency loss, and gradients
 /// through that generation (the weights end elsewhere than without rewards).

@@ -112,6 +112,10 @@ pub struct TrainArgs {
     /// Ignore the stored motion scores (plain consistency distillation).
     #[arg(long)]
     pub no_motion: bool,
+    /// Make the student from a teacher's UNet without the motion-scale embedding: T2V-Turbo
+    /// (v1)'s student, conditioned on w alone (v2's also reads the motion scale λ).
+    #[arg(long)]
+    pub no_motion_cond: bool,
     /// Motion-guidance strength lambda (the student sees it as a condition).
     #[arg(long, default_value_t = 0.05)]
     pub motion_gs: f32,
@@ -164,7 +168,8 @@ pub struct TrainArgs {
     /// --redraw-w: the range's high end (the reference's `--w_max`; default 15).
     #[arg(long)]
     pub w_max: Option<f32>,
-    /// Weights of the image rewards, in config.json order (default: the config's).
+    /// Weights of the image rewards, in config.json order (default: the config's); a model
+    /// of weight 0 is not run (`--reward-weights 1,0`: HPSv2.1 alone, T2V-Turbo v1's).
     #[arg(long, value_delimiter = ',')]
     pub reward_weights: Vec<f32>,
     /// What the rewards score: `data` (the reference: the consistency output from the
@@ -318,6 +323,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         adam8bit: a.adam8bit,
         seed: a.seed,
         cond_dim: 256,
+        motion_cond: !a.no_motion_cond,
     };
     config.check().map_err(CliError::Check)?;
     std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;
@@ -379,7 +385,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
     }
     let mut trainer = Trainer::new(config, student, &models, &shards).map_err(failed)?;
     trainer.record_models_folder(&a.models);
-    let rewarded = (a.beta_img > 0.0 && !models.image.is_empty()) || (a.beta_vid > 0.0 && models.video.is_some());
+    let rewarded = (a.beta_img > 0.0 && models.has_image_reward()) || (a.beta_vid > 0.0 && models.video.is_some());
     match (rewarded, trainer.rewards_score_any_record(), short) {
         (true, true, 0) => eprintln!("no record has a short caption: the rewards score every record against its caption (--reward-captions {})", if a.reward_captions == RewardCaptions::Any { "any" } else { "auto" }),
         (true, true, _) => eprintln!("the rewards score every record (--reward-captions any): the image rewards read the short caption, or the caption"),

@@ -55,6 +55,12 @@ pub fn student_cond_dim(f: &WeightFile) -> Option<usize> {
     f.entries().get("student.time_cond_proj.weight").and_then(|e| e.shape.last().copied())
 }
 
+/// Whether a LoRA file's student layers include the motion-scale embedding (T2V-Turbo-v2's
+/// student; without: T2V-Turbo (v1)'s, conditioned on w alone).
+pub fn student_motion_cond(f: &WeightFile) -> bool {
+    f.entries().contains_key("student.motion_cond_proj.weight")
+}
+
 /// What [`apply_lora`] changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoraApplied {

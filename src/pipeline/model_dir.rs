@@ -218,20 +218,34 @@ impl ModelDir {
     }
 }
 
+/// The layers a teacher's UNet gets to become a student ([`load_unet_file`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StudentInit {
+    /// Width of the guidance- (and motion-) scale embeddings (256).
+    pub dim: usize,
+    /// Also the motion-scale embedding (`motion_cond_proj`, `combine_proj`): T2V-Turbo-v2's
+    /// student; without it, T2V-Turbo (v1)'s, conditioned on w alone.
+    pub motion: bool,
+    /// Seed of the new layers' initialisation.
+    pub seed: u64,
+}
+
 /// A UNet from `path`. With `student`, the config gets the student's conditioning
-/// (guidance- and motion-scale embeddings of `dim`) and layers the file lacks are
-/// initialised (deterministic in `seed`), like the reference's `strict=False` load.
-/// Returns the named parameters too (checkpoint keys without prefix; f32 weights only, so
-/// a UNet to train is loaded with `WeightPrecision::F32`).
-pub fn load_unet_file(gpu: &Gpu, path: &Path, config: &UnetConfig, student: Option<(usize, u64)>, precision: WeightPrecision) -> Result<(Unet3d, Vec<(String, t2v_kernels::Tensor)>)> {
+/// (the guidance-scale embedding and, unless left out, the motion-scale one) and layers
+/// the file lacks are initialised (deterministic in the seed), like the reference's
+/// `strict=False` load. Returns the named parameters too (checkpoint keys without prefix;
+/// f32 weights only, so a UNet to train is loaded with `WeightPrecision::F32`).
+pub fn load_unet_file(gpu: &Gpu, path: &Path, config: &UnetConfig, student: Option<StudentInit>, precision: WeightPrecision) -> Result<(Unet3d, Vec<(String, t2v_kernels::Tensor)>)> {
     let f = WeightFile::open(path)?;
     let l = Loader::new(&f, gpu, &f.prefix_among(&["model.diffusion_model."])).ignoring(&["first_stage_model.", "cond_stage_model."]).with_precision(precision);
     let (l, config) = match student {
-        Some((dim, seed)) => {
+        Some(s) => {
             let mut c = config.clone();
-            c.time_cond_proj_dim = c.time_cond_proj_dim.or(Some(dim));
-            c.motion_cond_proj_dim = c.motion_cond_proj_dim.or(Some(dim));
-            (l.init_missing(&STUDENT_LAYERS, seed), c)
+            c.time_cond_proj_dim = c.time_cond_proj_dim.or(Some(s.dim));
+            if s.motion {
+                c.motion_cond_proj_dim = c.motion_cond_proj_dim.or(Some(s.dim));
+            }
+            (l.init_missing(&STUDENT_LAYERS, s.seed), c)
         }
         None => (l, config.clone()),
     };

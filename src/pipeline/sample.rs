@@ -70,11 +70,11 @@ impl Generator {
     /// `strength` ([`crate::pipeline::lora_file`]): a teacher's folder and a LoRA run's
     /// `lora.safetensors` make its student. The UNet is kept in f32 (the merge writes it).
     pub fn from_model_dir_with_lora(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, lora: &Path, strength: f32) -> Result<Generator> {
-        use crate::pipeline::lora_file::{apply_lora, open_lora, student_cond_dim};
+        use crate::pipeline::lora_file::{apply_lora, open_lora, student_cond_dim, student_motion_cond};
         let file = open_lora(lora)?;
         let init = match (md.is_student(), student_cond_dim(&file)) {
             (true, _) => None,
-            (false, Some(dim)) => Some((dim, 0)),
+            (false, Some(dim)) => Some(crate::pipeline::model_dir::StudentInit { dim, motion: student_motion_cond(&file), seed: 0 }),
             (false, None) => return Err(WeightsError::Data { path: lora.display().to_string(), msg: format!("carries no student layers, and the UNet of {} is a teacher: a student's LoRA needs the student it was trained on", md.root.display()) }),
         };
         let (unet, params) = crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init, WeightPrecision::F32)?;

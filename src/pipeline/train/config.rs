@@ -103,6 +103,11 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Dimension of the student's guidance-scale embeddings (256).
     pub cond_dim: usize,
+    /// A student made from a teacher's UNet gets the motion-scale embedding too
+    /// (T2V-Turbo-v2's; false: T2V-Turbo (v1)'s student, conditioned on w alone). A model
+    /// folder whose UNet is a student already keeps its own layers.
+    #[serde(default = "yes")]
+    pub motion_cond: bool,
 }
 
 impl Default for TrainConfig {
@@ -141,8 +146,13 @@ impl Default for TrainConfig {
             adam8bit: false,
             seed: 0,
             cond_dim: 256,
+            motion_cond: true,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_reward_sample_steps() -> usize {

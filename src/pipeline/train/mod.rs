@@ -289,7 +289,7 @@ impl<'a> Trainer<'a> {
             }
             chosen
         };
-        let image = pick(c.beta_img > 0.0 && !self.models.image.is_empty(), c.img_reward_records);
+        let image = pick(c.beta_img > 0.0 && self.models.has_image_reward(), c.img_reward_records);
         let video = pick(c.beta_vid > 0.0 && self.models.video.is_some(), c.vid_reward_records);
         [image, video]
     }

@@ -241,7 +241,13 @@ pub fn load_run(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &T
 /// encoder and EMA target as `config` asks), without the reward models.
 pub fn load_student(gpu: &Gpu, md: &crate::pipeline::model_dir::ModelDir, config: &TrainConfig) -> std::result::Result<Student, TrainError> {
     config.check().map_err(TrainError::Setup)?;
-    let init = (!md.is_student()).then_some((config.cond_dim, config.seed));
+    if md.is_student() && !config.motion_cond && md.unet.1.motion_cond_proj_dim.is_some() {
+        return Err(TrainError::Setup(format!(
+            "the UNet of {} is a student with a motion-scale embedding; --no-motion-cond makes a student conditioned on w alone from a teacher's folder",
+            md.root.display()
+        )));
+    }
+    let init = (!md.is_student()).then_some(crate::pipeline::model_dir::StudentInit { dim: config.cond_dim, motion: config.motion_cond, seed: config.seed });
     let load = || crate::pipeline::model_dir::load_unet_file(gpu, &md.unet.0, &md.unet.1, init, crate::models::weights::WeightPrecision::F32);
     let (mut unet, params) = load()?;
     unet.set_checkpointing(config.recompute);
@@ -289,11 +295,17 @@ impl RewardModels {
         }
     }
 
+    /// Whether some image reward weighs anything (a model of weight 0 is not run).
+    pub fn has_image_reward(&self) -> bool {
+        self.image.iter().any(|(_, w)| *w != 0.0)
+    }
+
     /// R_img: the weighted sum over the image rewards of their mean score of `images`
-    /// (N, 3, H, W) in [-1, 1] against `ids` (one per image); None without image rewards.
+    /// (N, 3, H, W) in [-1, 1] against `ids` (one per image), models of weight 0 left out
+    /// (not run); None without image rewards.
     pub fn image_reward(&self, images: &Var, ids: &[Vec<u32>]) -> Result<Option<Var>> {
         let mut r: Option<Var> = None;
-        for (model, weight) in &self.image {
+        for (model, weight) in self.image.iter().filter(|(_, w)| *w != 0.0) {
             let s = ad::scale(&ad::mean_all(&model.score(images, ids)?)?, *weight)?;
             r = Some(match r {
                 Some(r) => ad::add(&r, &s)?,
