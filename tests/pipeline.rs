@@ -981,6 +981,8 @@ fn the_commands_run_end_to_end() {
     assert!(ok && out.contains("the student at step 3"), "{out}");
     let (ok, out) = t2v(&["export", &p("run"), "--out", &p("exported")]);
     assert!(!ok && out.contains("not empty"), "{out}");
+    let (ok, out) = t2v(&["sample", "--models", &p("run/checkpoints/step-000004"), "--prompt", "x", "--out", &p("from-checkpoint")]);
+    assert!(!ok && out.contains("is a training run or checkpoint, not a model folder") && out.contains("t2v-turbo export"), "{out}");
     let (ok, out) = t2v(&["export", &p("shards"), "--out", &p("exported-none")]);
     assert!(!ok && out.contains("neither a checkpoint folder") && !d.join("exported-none").exists(), "{out}");
 

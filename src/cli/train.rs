@@ -10,7 +10,7 @@ use super::{CliError, DeviceArgs, WeightsDtype};
 use crate::diffusion::distill::NoiseFactor;
 use crate::models::weights::SaveDtype;
 use crate::pipeline::model_dir::ModelDir;
-use crate::pipeline::shards::open_datasets;
+use crate::pipeline::shards::{open_datasets, ShardConfig};
 use crate::pipeline::sample::SampleOptions;
 use crate::pipeline::train::{list_checkpoints, load_run, write_student_model, run as run_training, LoraConfig, LossType, LrSchedule, Replica, RewardCaptions, RewardInput, RunOptions, TrainConfig, TrainError, Trainer};
 use crate::pipeline::validation::Validation;
@@ -238,15 +238,16 @@ pub struct TrainArgs {
 }
 
 /// The validation of a run, if asked for: prompts, the model folder's text tower (unless
-/// the run trains its own), and the sampler settings of the demo (guidance 7.5, the run's motion scale, the data's grid).
-fn validation(gpu: &Gpu, md: &ModelDir, a: &TrainArgs, grid_points: usize) -> Result<Option<Validation>, CliError> {
+/// the run trains its own), and the sampler settings of the demo (guidance 7.5, the run's
+/// motion scale; the data's grid, clip size and fps, which the student learns).
+fn validation(gpu: &Gpu, md: &ModelDir, a: &TrainArgs, grid_points: usize, data: &ShardConfig) -> Result<Option<Validation>, CliError> {
     if a.validate_every == 0 {
         return Ok(None);
     }
     if a.validate_steps == 0 {
         return Err(CliError::Check("--validate-steps must be at least 1".into()));
     }
-    let v = &md.video;
+    let v = data;
     let prompts: Vec<String> = match &a.validate_prompts {
         Some(p) => super::read_prompt_lines(p, "--validate-prompts ")?,
         None => held_out_prompts(a.seed, 8, &WorldConfig { frames: v.frames, size: v.height, short_fraction: 0.5 }),
@@ -394,7 +395,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
     }
     trainer.add_replicas(replicas).map_err(failed)?;
     trainer.recompute_when_out_of_memory(true);
-    let validation = validation(&gpu, &md, a, trainer.grid_points())?;
+    let validation = validation(&gpu, &md, a, trainer.grid_points(), &shards[0].config)?;
     let opts = RunOptions { out: a.out.clone(), validation, checkpoint_every: a.checkpoint_every, keep_checkpoints: a.keep_checkpoints, stop_after: None, quiet: false };
     let ms = run_training(&mut trainer, &opts).map_err(|e| CliError::Check(with_memory_hint(e, a, &gpu, trainer.config.recompute)))?;
     let model = a.out.join("model");

@@ -110,7 +110,15 @@ impl ModelDir {
 
     pub fn read(root: &Path) -> Result<ModelDir> {
         let cfg_path = root.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, format!("{e} (a model folder needs config.json; `t2v-turbo init` writes one)")))?;
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+            // a training run or one of its checkpoints given where a model folder goes
+            let hint = if root.join("checkpoints").is_dir() || root.join("state.json").exists() {
+                format!("{} is a training run or checkpoint, not a model folder: use its final student, RUN/model, or write one from a checkpoint with `t2v-turbo export {} --out DIR`", root.display(), root.display())
+            } else {
+                "a model folder needs config.json; `t2v-turbo init` writes one".to_string()
+            };
+            bad(&cfg_path, format!("{e} ({hint})"))
+        })?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&cfg_path, e))?;
         let path_of = |sec: &serde_json::Value, name: &str, key: &str| -> Result<PathBuf> {
             let f = sec[key].as_str().ok_or_else(|| bad(&cfg_path, format!("{name}.{key} missing")))?;
