@@ -212,7 +212,7 @@ fn main() {
         let mut rng = Gaussian::new(9);
         let rec = preprocess_clip(&teacher, &sched, &solver, &z0, &ctx, &unc, &[shape.fps], &PreprocessConfig { index_range: (0.5, 1.0), ..PreprocessConfig::default() }, &mut rng).unwrap();
         let meta = RecordMeta { row: 0, path: "bench".into(), caption: "a red circle moves from left to right".into(), short_caption: Some("a red circle moving right".into()), index: rec.index, w: rec.w, motion_energy: rec.energy };
-        let sc = ShardConfig { ddim_steps: grid, frames: shape.frames, height: shape.height, width: shape.width, fps: shape.fps, seed: 0, motion: true, motion_reference: Default::default(), negative_prompt: String::new() };
+        let sc = ShardConfig { ddim_steps: grid, frames: shape.frames, height: shape.height, width: shape.width, fps: shape.fps, seed: 0, motion: true, motion_reference: Default::default(), negative_prompt: String::new(), draws: 1 };
         write_shard(&dir.join("shard-0of1-00000.safetensors"), &sc, &[(meta, RecordTensors { z_t: rec.z_t, cond_eps: rec.cond_eps, uncond_eps: rec.uncond_eps, context: ctx.clone(), score: rec.score })]).unwrap();
         let shards = open_dataset(&dir).unwrap();
         let clip = |seed| Clip::load(&Loader::random(&gpu, seed), &rcfg).unwrap();

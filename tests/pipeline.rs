@@ -41,7 +41,7 @@ fn fixture() -> &'static (PathBuf, PathBuf) {
             out: d.join("shards"),
             shard: (0, 1),
             shard_size: 2,
-            config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true, motion_reference: Default::default(), negative_prompt: String::new() },
+            config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true, motion_reference: Default::default(), negative_prompt: String::new(), draws: 1 },
             source_fps: None,
             settings: PreprocessConfig::default(),
             quiet: true,
@@ -206,7 +206,7 @@ fn a_negative_prompt_conditions_the_unconditional_teacher_outputs() {
         out: d.join(out),
         shard: (0, 5),
         shard_size: 1,
-        config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: false, motion_reference: Default::default(), negative_prompt: negative.into() },
+        config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: false, motion_reference: Default::default(), negative_prompt: negative.into(), draws: 1 },
         source_fps: None,
         settings: PreprocessConfig { motion: false, ..PreprocessConfig::default() },
         quiet: true,
@@ -237,6 +237,55 @@ fn a_negative_prompt_conditions_the_unconditional_teacher_outputs() {
     assert!(worst <= 1e-5, "stored unconditional eps differs from the teacher's on the negative prompt by {worst}");
     // the plain folder again with the negative prompt: refused
     let e = preprocess_dataset(&models, &job("plain", "static, blurry")).unwrap_err().to_string();
+    assert!(e.contains("other settings"), "{e}");
+}
+
+/// `preprocess --draws K`: K records of a clip, each its own draw of n and w with its own
+/// teacher outputs (motion-guided where n is in the upper half); draw 0 is the one-draw
+/// run's record, bit for bit; the folder's setting is recorded and a run with another one
+/// refused.
+#[test]
+fn several_draws_per_clip() {
+    let (g, md, _) = opened_fixture();
+    let world = fixture().0.parent().unwrap().join("world/captions.jsonl");
+    let (unet, vae, text) = (md.load_unet(&g).unwrap(), md.load_vae(&g).unwrap(), md.load_text(&g).unwrap());
+    let tokenizer = ClipTokenizer::new().unwrap();
+    let models = PreprocessModels { unet: &unet, vae: &vae, text: &text, tokenizer: &tokenizer };
+    let d = tmp("draws");
+    // the first clip of the world's five, motion guidance on
+    let job = |out: &str, draws: usize| PreprocessJob {
+        captions: world.clone(),
+        out: d.join(out),
+        shard: (0, 5),
+        shard_size: 1,
+        config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true, motion_reference: Default::default(), negative_prompt: String::new(), draws },
+        source_fps: None,
+        settings: PreprocessConfig::default(),
+        quiet: true,
+    };
+    let records = |out: &str, draws: usize| {
+        let job = job(out, draws);
+        std::fs::create_dir_all(&job.out).unwrap();
+        assert_eq!(preprocess_dataset(&models, &job).unwrap().records, draws);
+        let shard = open_dataset(&job.out).unwrap().remove(0);
+        assert_eq!(shard.config.draws, draws);
+        let host = |t: &t2v_kernels::Tensor| t.to_vec().unwrap();
+        (0..shard.records.len())
+            .map(|j| {
+                let (m, t) = (&shard.records[j], shard.tensors(&g, j).unwrap());
+                (m.row, m.index, m.w.to_bits(), host(&t.z_t), host(&t.cond_eps), host(&t.uncond_eps), t.score.as_ref().map(host))
+            })
+            .collect::<Vec<_>>()
+    };
+    let one = records("one", 1);
+    let four = records("four", 4);
+    assert_eq!(four[0], one[0], "draw 0 is the one-draw record");
+    assert!(four.iter().all(|r| r.0 == one[0].0), "every draw is of the same clip");
+    let ws: std::collections::BTreeSet<u32> = four.iter().map(|r| r.2).collect();
+    assert_eq!(ws.len(), 4, "four draws of w");
+    // each draw motion-guided exactly where its n is in the upper half of the grid
+    assert!(four.iter().all(|r| r.6.is_some() == (2 * r.1 >= 10)), "{:?}", four.iter().map(|r| (r.1, r.6.is_some())).collect::<Vec<_>>());
+    let e = preprocess_dataset(&models, &job("one", 2)).unwrap_err().to_string();
     assert!(e.contains("other settings"), "{e}");
 }
 
@@ -896,7 +945,7 @@ fn the_commands_run_end_to_end() {
     // what the folder holds
     let (ok, out) = t2v(&["info", "--data", &p("shards")]);
     assert!(ok && out.contains("3 shard files, 3 records of 8 frames") && out.contains("on a DDIM grid of 10 points") && out.contains("skipped videos       2"), "{out}");
-    assert!(out.contains("clips/missing: ") && out.contains("motion-guided") && out.contains("negative prompt      \"\""), "{out}");
+    assert!(out.contains("clips/missing: ") && out.contains("motion-guided") && out.contains("negative prompt      \"\"") && out.contains("draws per clip       1"), "{out}");
     // on two devices (two of one adapter here), each taking the next shard file: the
     // files and the manifest are the one-device run's, byte for byte
     let shards2 = p("shards2");
@@ -1425,7 +1474,7 @@ fn a_group_of_inversions_that_runs_out_of_memory_is_split() {
             out: d.join(name),
             shard: (0, 1),
             shard_size: 6,
-            config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true, motion_reference: Default::default(), negative_prompt: String::new() },
+            config: ShardConfig { ddim_steps: 10, frames: 8, height: 32, width: 32, fps: 8.0, seed: 0, motion: true, motion_reference: Default::default(), negative_prompt: String::new(), draws: 1 },
             source_fps: None,
             settings: PreprocessConfig { inversion_batch, ..PreprocessConfig::default() },
             quiet: true,

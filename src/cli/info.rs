@@ -111,6 +111,8 @@ fn describe_data(dir: &std::path::Path) -> Result<(), CliError> {
         })
         .collect();
     println!("  motion-guided        {guided} of {} (reference: {})", records.len(), references.into_iter().collect::<Vec<_>>().join(", "));
+    let draws: std::collections::BTreeSet<usize> = shards.iter().map(|s| s.config.draws).collect();
+    println!("  draws per clip       {}", draws.iter().map(usize::to_string).collect::<Vec<_>>().join(", "));
     let short = records.iter().filter(|r| r.short_caption.is_some()).count();
     println!("  short captions       {short} of {} ({})", records.len(), if short > 0 { "the records rewards score" } else { "none: rewards score the captions" });
     let range = |v: Vec<f64>| v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));

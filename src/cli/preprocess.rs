@@ -101,6 +101,12 @@ pub struct PreprocessArgs {
     /// guidance.
     #[arg(long, default_value = "")]
     pub negative_prompt: String,
+    /// Records per clip: K independent draws of n and w, each with its own teacher outputs
+    /// (and motion guidance where n falls in the upper half), from one decoding and VAE
+    /// encoding of the clip — K timesteps of each clip for training, where the reference
+    /// stores one (T2V-Turbo v1 draws afresh at every step). Draw 0 is the one-draw run's.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub draws: u64,
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize), CliError> {
@@ -150,6 +156,7 @@ pub fn run(dev: &DeviceArgs, a: &PreprocessArgs) -> Result<(), CliError> {
         motion: !a.no_motion,
         motion_reference: reference,
         negative_prompt: a.negative_prompt.clone(),
+        draws: a.draws as usize,
     };
     if a.ddim_steps == 0 || 1000 % a.ddim_steps != 0 {
         return Err(CliError::Check(format!("--ddim-steps {} must divide 1000", a.ddim_steps)));

@@ -141,7 +141,7 @@ pub fn run_demo(gpu: &Gpu, models: &ModelDir, out: &Path, c: &DemoConfig) -> Res
 
     // 2. Algorithm 1
     let t = Instant::now();
-    let shard_cfg = ShardConfig { ddim_steps: c.ddim_steps, frames: v.frames, height: v.height, width: v.width, fps: v.fps, seed: c.seed, motion: true, motion_reference: c.motion_reference, negative_prompt: String::new() };
+    let shard_cfg = ShardConfig { ddim_steps: c.ddim_steps, frames: v.frames, height: v.height, width: v.width, fps: v.fps, seed: c.seed, motion: true, motion_reference: c.motion_reference, negative_prompt: String::new(), draws: 1 };
     {
         let (unet, vae, text) = (models.load_unet(gpu)?, models.load_vae(gpu)?, models.load_text(gpu)?);
         let tokenizer = ClipTokenizer::new().map_err(|e| io(Path::new("tokenizer"), e))?;

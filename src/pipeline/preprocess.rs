@@ -240,7 +240,9 @@ pub fn preprocess_dataset_on(models: &[PreprocessModels], job: &PreprocessJob) -
     let (i, n) = job.shard;
     let mine: Vec<usize> = (0..rows.len()).filter(|r| r % n == i).collect();
     let chunks: Vec<&[usize]> = mine.chunks(job.shard_size.max(1)).collect();
-    let progress = crate::pipeline::progress::Progress::new("preprocess", mine.len()).quiet(job.quiet);
+    // one unit per record: a clip's draws each
+    let draws = job.config.draws.max(1);
+    let progress = crate::pipeline::progress::Progress::new("preprocess", mine.len() * draws).quiet(job.quiet);
     // the videos an earlier run into this folder skipped, with its reasons (its shards'
     // rows that have no record)
     let earlier_skips = crate::pipeline::shards::manifest_skipped_videos(&job.out.join(manifest_name(job.shard))).unwrap_or_default().into_iter().collect();
@@ -366,7 +368,7 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
                     }
                     t.report.shards_skipped += 1;
                     t.finished(k, name);
-                    t.progress.advance(chunk.len(), "(done earlier)");
+                    t.progress.advance(chunk.len() * cfg.draws.max(1), "(done earlier)");
                     return Ok(());
                 }
                 Ok(s) => {
@@ -398,7 +400,7 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
                     }
                     let mut t = tally();
                     t.skip(r, &row.path, e.to_string());
-                    t.advance(1);
+                    t.advance(cfg.draws.max(1));
                     continue;
                 }
             };
@@ -406,22 +408,24 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
             let x = Tensor::from_slice(gpu, &[1, 3, cfg.frames, cfg.height, cfg.width], &video.to_model_input(cfg.height, cfg.width))?;
             let z0 = self.tape.no_grad(|| -> Result<Tensor> { Ok(m.vae.encode_video(&self.tape.constant(x))?.value().clone()) })?;
             let context = self.encode_text(&row.caption)?;
-            let mut rng = Gaussian::new(cfg.seed ^ (r as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F));
-            let rec = draw_teacher(m.unet, &self.sched, &self.solver, &z0, &context, &self.uncond, &[cfg.fps], &job.settings, &mut rng)?;
-            // a noised reference now, from the clip's own stream (inversions come below, a
-            // group at a time)
-            let z_ref = match job.settings.reference {
-                MotionReference::Noised { t } if rec.cond_eps.is_none() => Some(noised_reference(&self.sched, &z0, t, &mut rng)?),
-                _ => None,
-            };
-            let mut t = tally();
-            t.report.peak(&gpu.memory());
-            if rec.cond_eps.is_some() {
-                t.advance(1);
+            for d in 0..cfg.draws.max(1) {
+                let mut rng = Gaussian::new(draw_seed(cfg.seed, r, d));
+                let rec = draw_teacher(m.unet, &self.sched, &self.solver, &z0, &context, &self.uncond, &[cfg.fps], &job.settings, &mut rng)?;
+                // a noised reference now, from the draw's own stream (inversions come below,
+                // a group at a time)
+                let z_ref = match job.settings.reference {
+                    MotionReference::Noised { t } if rec.cond_eps.is_none() => Some(noised_reference(&self.sched, &z0, t, &mut rng)?),
+                    _ => None,
+                };
+                let mut t = tally();
+                t.report.peak(&gpu.memory());
+                if rec.cond_eps.is_some() {
+                    t.advance(1);
+                }
+                drop(t);
+                let meta = RecordMeta { row: r, path: row.path.clone(), caption: row.caption.clone(), short_caption: row.short_caption.clone(), index: rec.index, w: rec.w, motion_energy: None };
+                clips.push(Pending { meta, drawn: Some(rec), done: None, z0: z0.clone(), context: context.clone(), z_ref });
             }
-            drop(t);
-            let meta = RecordMeta { row: r, path: row.path.clone(), caption: row.caption.clone(), short_caption: row.short_caption.clone(), index: rec.index, w: rec.w, motion_energy: None };
-            clips.push(Pending { meta, drawn: Some(rec), done: None, z0, context, z_ref });
         }
         let motion: Vec<usize> = (0..clips.len()).filter(|&i| clips[i].drawn.as_ref().is_some_and(|d| d.cond_eps.is_none())).collect();
         // the motion-guided clips' reference latents: noised above, or DDIM-inverted here a
@@ -478,7 +482,13 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
     }
 }
 
-/// A clip of a shard on its way to a record.
+/// The seed of draw `d` of row `r`'s clip: draw 0's is the clip's stream of a one-draw run,
+/// so adding draws keeps the first records.
+fn draw_seed(seed: u64, r: usize, d: usize) -> u64 {
+    seed ^ (r as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F) ^ (d as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// A draw of a shard's clip on its way to a record.
 struct Pending {
     meta: RecordMeta,
     /// Until finished.

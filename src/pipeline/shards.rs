@@ -46,6 +46,18 @@ pub struct ShardConfig {
     /// of preprocessing, empty there and when absent from the file).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub negative_prompt: String,
+    /// Records per clip: independent draws of n and w, each with its own teacher outputs
+    /// (absent in the file: 1, the reference's).
+    #[serde(default = "one_draw", skip_serializing_if = "is_one_draw")]
+    pub draws: usize,
+}
+
+fn one_draw() -> usize {
+    1
+}
+
+fn is_one_draw(n: &usize) -> bool {
+    *n == 1
 }
 
 /// One record's tensors.
