@@ -193,13 +193,14 @@ pub struct TrainArgs {
     /// Train the conditioning text encoder too (the reference's `--train_text_encoder`):
     /// its last --unlocked-text-layers resblocks and its final layer norm, at the UNet's
     /// rate, outside the gradient clipping (the reference clips the UNet's gradients alone);
-    /// the student reads its context of each caption instead of the stored one. The student
-    /// model folder then holds the trained text.safetensors. Full fine-tuning only.
+    /// the student reads the trained encoder's context of each caption instead of the
+    /// stored one. The student model folder then holds the trained text.safetensors. Full
+    /// fine-tuning only.
     #[arg(long)]
     pub train_text_encoder: bool,
-    /// --train-text-encoder: the last N resblocks train, counted as the reference counts
-    /// (`--unlocked_text_layers`, 4): the very last, which the UNet's penultimate-layer
-    /// context does not read, is one of them, so N - 1 blocks learn.
+    /// --train-text-encoder: how many of the last resblocks are unlocked, counted as the
+    /// reference counts (`--unlocked_text_layers`, 4): the very last, which the UNet's
+    /// penultimate-layer context does not read, is one of them, so N - 1 blocks learn.
     #[arg(long, default_value_t = 4, requires = "train_text_encoder")]
     pub unlocked_text_layers: usize,
     /// Recompute each UNet block, each reward frame's VAE decoding and the reward models'
