@@ -122,6 +122,11 @@ fn a_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
     let mut t = Trainer::new(TrainConfig { lr: 2e-4, ..config(6) }, student, &rewards, &data).unwrap();
     let e = run(&mut t, &opts(&resumed_dir, None)).unwrap_err().to_string();
     assert!(e.contains("other settings"), "{e}");
+    // nor other image-reward weights (recorded in the checkpoint)
+    let (student, rewards) = load_run(&g, &md, &config(6), Some(&[0.5, 1.0])).unwrap();
+    let mut t = Trainer::new(config(6), student, &rewards, &data).unwrap();
+    let e = run(&mut t, &opts(&resumed_dir, None)).unwrap_err().to_string();
+    assert!(e.contains("other settings") && e.contains("image_reward_weights: Some([1.0, 1.0])"), "{e}");
     // recomputation may change (a run stopped out of memory continues with it)
     let cfg = TrainConfig { recompute: true, ..config(5) };
     let (student, rewards) = load_run(&g, &md, &cfg, None).unwrap();

@@ -326,6 +326,7 @@ pub fn run(dev: &DeviceArgs, a: &TrainArgs) -> Result<(), CliError> {
         seed: a.seed,
         cond_dim: 256,
         motion_cond: !a.no_motion_cond,
+        image_reward_weights: None,
     };
     config.check().map_err(CliError::Check)?;
     std::fs::create_dir_all(&a.out).map_err(|e| CliError::Check(format!("{}: {e}", a.out.display())))?;

@@ -44,7 +44,9 @@ impl Trainer<'_> {
         let CheckpointInfo { config, state, data, .. } = read_checkpoint(ckpt)?;
         // what may change: the length, and recomputation (the same steps up to rounding: a
         // run stopped out of memory continues with --recompute)
-        let same = TrainConfig { steps: self.config.steps, recompute: self.config.recompute, ..config.clone() };
+        // (checkpoints written before the image-reward weights were recorded hold none)
+        let weights = config.image_reward_weights.clone().or_else(|| self.config.image_reward_weights.clone());
+        let same = TrainConfig { steps: self.config.steps, recompute: self.config.recompute, image_reward_weights: weights, ..config.clone() };
         if same != self.config {
             return Err(TrainError::Setup(format!(
                 "{} was written with other settings; resume with the same ones (only --steps and --recompute may change).\n  checkpoint: {config:?}\n  now:        {:?}",

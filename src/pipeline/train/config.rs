@@ -100,6 +100,11 @@ pub struct TrainConfig {
     /// AdamW8bit): 2 bytes of optimizer state per weight instead of 8.
     #[serde(default)]
     pub adam8bit: bool,
+    /// The weights of the image rewards the run trains with: filled in by `Trainer::new`
+    /// from its reward models, so that a checkpoint records them and a resume with others
+    /// is refused (None: not yet, or a checkpoint written before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_reward_weights: Option<Vec<f32>>,
     pub seed: u64,
     /// Dimension of the student's guidance-scale embeddings (256).
     pub cond_dim: usize,
@@ -147,6 +152,7 @@ impl Default for TrainConfig {
             seed: 0,
             cond_dim: 256,
             motion_cond: true,
+            image_reward_weights: None,
         }
     }
 }

@@ -191,7 +191,12 @@ fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 }
 
 impl<'a> Trainer<'a> {
-    pub fn new(config: TrainConfig, student: Student, models: &'a RewardModels, shards: &'a [Shard]) -> std::result::Result<Trainer<'a>, TrainError> {
+    pub fn new(mut config: TrainConfig, student: Student, models: &'a RewardModels, shards: &'a [Shard]) -> std::result::Result<Trainer<'a>, TrainError> {
+        let weights: Vec<f32> = models.image.iter().map(|r| r.1).collect();
+        if config.image_reward_weights.as_ref().is_some_and(|w| *w != weights) {
+            return Err(TrainError::Setup(format!("the settings name image-reward weights {:?}, the reward models have {weights:?}", config.image_reward_weights)));
+        }
+        config.image_reward_weights = Some(weights);
         let items: Vec<Item> = shards.iter().enumerate().flat_map(|(s, sh)| (0..sh.records.len()).map(move |j| (s, j))).collect();
         if items.is_empty() {
             return Err(TrainError::Setup("the shards hold no records".into()));
