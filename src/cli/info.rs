@@ -152,7 +152,7 @@ fn describe_data(dir: &std::path::Path) -> Result<(), CliError> {
 
 /// `info --run DIR`.
 fn describe_run(dir: &std::path::Path) -> Result<(), CliError> {
-    use crate::pipeline::train::{list_checkpoints, read_checkpoint, resolve_checkpoint, StepMetrics, TrainConfig};
+    use crate::pipeline::train::{list_checkpoints, read_checkpoint, read_jsonl, resolve_checkpoint, StepMetrics, TrainConfig};
     use crate::pipeline::validation::ValidationRow;
     let fail = |e: crate::pipeline::train::TrainError| CliError::Check(e.to_string());
     let ckpt = resolve_checkpoint(dir).map_err(fail)?;
@@ -170,8 +170,7 @@ fn describe_run(dir: &std::path::Path) -> Result<(), CliError> {
     let (set, default) = (serde_json::to_value(&info.config).expect("json"), serde_json::to_value(TrainConfig::default()).expect("json"));
     let changed: Vec<String> = set.as_object().into_iter().flatten().filter(|(k, v)| k.as_str() != "steps" && default.get(k.as_str()) != Some(v)).map(|(k, v)| format!("{k} = {}", setting(v))).collect();
     println!("  settings             {}", if changed.is_empty() { "the defaults".to_string() } else { changed.join(", ") });
-    let lines = |file: &str| std::fs::read_to_string(run.join(file)).unwrap_or_default();
-    let metrics: Vec<StepMetrics> = lines("metrics.jsonl").lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let metrics: Vec<StepMetrics> = read_jsonl(&run.join("metrics.jsonl"));
     if let Some(m) = metrics.last() {
         let reward = |r: Option<f32>| r.map_or("-".to_string(), |r| format!("{r:.4}"));
         let recent = &metrics[metrics.len().saturating_sub(10)..];
@@ -192,7 +191,7 @@ fn describe_run(dir: &std::path::Path) -> Result<(), CliError> {
             metrics.iter().map(|m| m.peak_live_mib).fold(0.0, f32::max)
         );
     }
-    let validations: Vec<ValidationRow> = lines("validation.jsonl").lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let validations: Vec<ValidationRow> = read_jsonl(&run.join("validation.jsonl"));
     if let Some(v) = validations.last() {
         println!("  {}", crate::pipeline::validation::describe(v));
     }

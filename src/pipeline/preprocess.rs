@@ -356,6 +356,7 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
     fn shard(&self, k: usize, chunk: &[usize], rows: &[crate::pipeline::captions::CaptionRow], tally: &std::sync::Mutex<Tally>) -> std::result::Result<(), PreprocessError> {
         let (m, job, gpu, cfg) = (self.m, self.job, &self.gpu, &self.job.config);
         let tally = || tally.lock().expect("no thread panicked holding the tally");
+        let draws = cfg.draws.max(1);
         let name = shard_name(job.shard, k);
         let path = job.out.join(&name);
         if path.exists() {
@@ -368,7 +369,7 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
                     }
                     t.report.shards_skipped += 1;
                     t.finished(k, name);
-                    t.progress.advance(chunk.len() * cfg.draws.max(1), "(done earlier)");
+                    t.progress.advance(chunk.len() * draws, "(done earlier)");
                     return Ok(());
                 }
                 Ok(s) => {
@@ -400,7 +401,7 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
                     }
                     let mut t = tally();
                     t.skip(r, &row.path, e.to_string());
-                    t.advance(cfg.draws.max(1));
+                    t.advance(draws);
                     continue;
                 }
             };
@@ -408,7 +409,7 @@ impl<'a, 'm> DeviceRun<'a, 'm> {
             let x = Tensor::from_slice(gpu, &[1, 3, cfg.frames, cfg.height, cfg.width], &video.to_model_input(cfg.height, cfg.width))?;
             let z0 = self.tape.no_grad(|| -> Result<Tensor> { Ok(m.vae.encode_video(&self.tape.constant(x))?.value().clone()) })?;
             let context = self.encode_text(&row.caption)?;
-            for d in 0..cfg.draws.max(1) {
+            for d in 0..draws {
                 let mut rng = Gaussian::new(draw_seed(cfg.seed, r, d));
                 let rec = draw_teacher(m.unet, &self.sched, &self.solver, &z0, &context, &self.uncond, &[cfg.fps], &job.settings, &mut rng)?;
                 // a noised reference now, from the draw's own stream (inversions come below,

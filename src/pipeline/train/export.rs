@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use t2v_kernels::Gpu;
 
-use super::{list_checkpoints, load_student, read_checkpoint, restore_student, write_student_model, CheckpointInfo, Student, TrainError};
+use super::{list_checkpoints, load_student, read_checkpoint, restore_student, write_student_model, CheckpointInfo, Student, TrainConfig, TrainError};
 use crate::models::weights::SaveDtype;
 use crate::pipeline::model_dir::ModelDir;
 
@@ -39,8 +39,13 @@ pub enum Exported {
 /// the checkpoint holds.
 pub fn export_checkpoint(gpu: &Gpu, md: &ModelDir, ckpt: &Path, out: &Path, dtype: SaveDtype, which: Exported) -> Result<(ModelDir, CheckpointInfo), TrainError> {
     let info = read_checkpoint(ckpt)?;
-    // the recomputation setting does not matter here
-    let student = load_student(gpu, md, &info.config)?;
+    // the student alone needs no second UNet for the EMA target (the recomputation setting
+    // does not matter here)
+    let config = match which {
+        Exported::Student => TrainConfig { ema_target: None, ..info.config.clone() },
+        Exported::EmaTarget => info.config.clone(),
+    };
+    let student = load_student(gpu, md, &config)?;
     restore_student(ckpt, &student)?;
     let student = match which {
         Exported::Student => student,

@@ -593,7 +593,9 @@ pub fn run(trainer: &mut Trainer, o: &RunOptions) -> std::result::Result<Vec<Ste
     Ok(now)
 }
 
-fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+/// The rows of a JSON-lines file a run writes (`metrics.jsonl`, `validation.jsonl`); none
+/// when it is missing, unreadable rows skipped.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
     std::fs::read_to_string(path).map(|s| s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()).unwrap_or_default()
 }
 
